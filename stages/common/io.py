@@ -1,0 +1,74 @@
+"""Atomic output: everything is written to a temporary name and renamed when complete."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    The temporary name keeps the suffix (np.save and cv2.imwrite look at it).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path | str) -> Iterator[Path]:
+    """Yield a temporary folder; it replaces `path` (removed first) only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_json(path: Path | str, data: Any) -> None:
+    """Write JSON (indented, keys in given order) atomically."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
+
+
+def save_npz(path: Path | str, **arrays: np.ndarray) -> None:
+    """np.savez (uncompressed) atomically."""
+    with atomic_write(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+
+
+def save_npy(path: Path | str, array: np.ndarray) -> None:
+    """np.save atomically."""
+    with atomic_write(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

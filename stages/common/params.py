@@ -1,0 +1,101 @@
+"""Load params.yaml, check it against the schema and coerce its types.
+
+`dvc exp run -S key=value` may rewrite 1.0 as 1 or 1e-4 as a string; every value is coerced
+to the type the schema gives, and an unknown or missing key stops with a message naming it.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import yaml
+
+from stages.common.schema import SCHEMA
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class ParamsError(ValueError):
+    """params.yaml does not match the schema."""
+
+
+def _coerce(value: Any, kind: Any, where: str) -> Any:
+    """Coerce one value to `kind` (a type, a (type, None) optional pair, or [type] list)."""
+    if isinstance(kind, tuple):
+        return None if value is None else _coerce(value, kind[0], where)
+    if isinstance(kind, list):
+        if not isinstance(value, (list, tuple)):
+            raise ParamsError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, kind[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    try:
+        if kind is bool:
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            if isinstance(value, bool):
+                return value
+            raise TypeError
+        if kind is int:
+            number = float(value)
+            if number != int(number) or isinstance(value, bool):
+                raise TypeError
+            return int(number)
+        if kind is float:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if kind is str:
+            if not isinstance(value, str):
+                raise TypeError
+            return value
+    except (TypeError, ValueError):
+        raise ParamsError(f"{where}: expected {kind.__name__}, got {value!r}") from None
+    raise ParamsError(f"{where}: schema type {kind!r} is not supported")
+
+
+def _check_section(name: str, raw: Any, schema: Any, source: Path) -> Any:
+    """Validate one section (a dict of leaves, or a bare leaf like `seed`)."""
+    if not isinstance(schema, dict):
+        return _coerce(raw, schema, f"{source}: {name}")
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: section '{name}' must be a mapping")
+    unknown = sorted(set(raw) - set(schema))
+    missing = sorted(set(schema) - set(raw))
+    if unknown:
+        raise ParamsError(f"{source}: unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)}")
+    if missing:
+        raise ParamsError(f"{source}: missing key(s) {', '.join(f'{name}.{k}' for k in missing)}")
+    return {k: _coerce(raw[k], schema[k], f"{source}: {name}.{k}") for k in schema}
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> dict[str, Any]:
+    """Read and validate the whole params file; returns {section: {key: value}}."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found (run from the project root)") from None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: top level must be a mapping of sections")
+    unknown = sorted(set(raw) - set(SCHEMA))
+    if unknown:
+        raise ParamsError(f"{path}: unknown section(s) {', '.join(unknown)}")
+    missing = sorted(set(SCHEMA) - set(raw))
+    if missing:
+        raise ParamsError(f"{path}: missing section(s) {', '.join(missing)}")
+    return {name: _check_section(name, raw[name], SCHEMA[name], path) for name in SCHEMA}
+
+
+def section(params: dict[str, Any], name: str) -> SimpleNamespace:
+    """One section as attribute access: section(p, 'train').epochs."""
+    return SimpleNamespace(**params[name])
+
+
+def stage_args(description: str) -> argparse.Namespace:
+    """Common command line of every stage: --params FILE."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--params", default=str(PARAMS_FILE), help="params file (default params.yaml)")
+    return parser.parse_args()

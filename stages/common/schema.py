@@ -1,0 +1,41 @@
+"""The schema of params.yaml: every section, every key and its type.
+
+A type is a Python type (str, int, float, bool), `(type, None)` for an optional value, or
+`[type]` for a list. Each stage owns its section; `data`, `seed` and `lambda` are shared.
+Add a key here and in params.yaml (and in stages/profiles/*.yaml where it differs).
+"""
+
+SCHEMA = {
+    "seed": int,
+    "data": {
+        "root": str,              # data root in the WCPA layout (synthetic or the real download)
+        "test_gt": str,           # folder with test ground truth (info/ layout); '' when none
+        "blendshapes": str,       # folder of <ARKitName>.obj blendshape meshes, for the PCA
+        "workers": int,           # joblib workers for per-image work
+        "skip_bad": bool,         # skip unreadable samples (listed in a file) instead of stopping
+        "max_bad_fraction": float,  # with skip_bad, fail when more than this fraction is bad
+    },
+    "lambda": {
+        "gnll": float,
+        "vdc": float,
+        "wpdc": float,
+        "pnp": float,
+    },
+    "synth": {
+        "out": str,
+        "test_gt_out": str,
+        "train_subjects": int,
+        "test_subjects": int,
+        "actions_per_subject": int,
+        "frames_per_action": int,
+        "image_size": int,
+        "jpeg_quality": int,
+        "workers": int,
+    },
+    "split": {
+        "val_fraction": float,
+    },
+    "submit": {
+        "predictors": [str],
+    },
+}

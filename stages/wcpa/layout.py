@@ -1,0 +1,210 @@
+"""The challenge's data layout: lists, per-sample files and resources (see README "Data").
+
+<root>/image/<subject>/<action>/<img>_ar.jpg, info/.../<img>_info.npz (verts, R_t),
+68landmarks/.../<img>_68landmarks.txt, list/WCPA_track2_{train,test}.csv,
+resources/{example.obj, kpt_ind.npy, projection_matrix.txt, example_submission.npy}.
+Ids are read as strings (they may have leading zeros). Nothing here assumes the vertex count,
+the landmark count or the image size: they come from the resources and the images.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from stages.common.io import atomic_write
+from stages.face.mesh import read_obj
+from stages.wcpa.camera import Camera
+
+ID_COLUMNS = ["subject_id", "facial_action", "img_id"]
+SPLIT_LISTS = {"train": "WCPA_track2_train.csv", "test": "WCPA_track2_test.csv"}
+
+
+class DataError(ValueError):
+    """A data file is missing, unreadable or malformed; the message names it."""
+
+
+def image_path(root: Path, row) -> Path:
+    return Path(root) / "image" / row.subject_id / row.facial_action / f"{row.img_id}_ar.jpg"
+
+
+def info_path(root: Path, row) -> Path:
+    return Path(root) / "info" / row.subject_id / row.facial_action / f"{row.img_id}_info.npz"
+
+
+def landmarks_path(root: Path, row) -> Path:
+    return Path(root) / "68landmarks" / row.subject_id / row.facial_action / f"{row.img_id}_68landmarks.txt"
+
+
+def list_path(root: Path, split: str) -> Path:
+    return Path(root) / "list" / SPLIT_LISTS[split]
+
+
+def read_list(path: Path | str) -> pd.DataFrame:
+    """A list CSV -> DataFrame with the three id columns as strings, in file order."""
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise DataError(f"{path}: list file not found") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not a readable CSV: {err}") from None
+    missing = [c for c in ID_COLUMNS if c not in table.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
+    table = table[ID_COLUMNS].reset_index(drop=True)
+    empty = (table == "").any(axis=1)
+    if empty.any():
+        raise DataError(f"{path}: row {int(np.argmax(empty.to_numpy())) + 2} has an empty id")
+    return table
+
+
+def write_list(path: Path | str, table: pd.DataFrame) -> None:
+    """Write the id columns of `table` as a list CSV (the challenge's format)."""
+    with atomic_write(path) as tmp:
+        table[ID_COLUMNS].to_csv(tmp, index=False)
+
+
+def sample_key(row) -> str:
+    """'subject/action/img' of a list row, for messages and skip lists."""
+    return f"{row.subject_id}/{row.facial_action}/{row.img_id}"
+
+
+def read_image(path: Path | str) -> np.ndarray:
+    """A JPEG -> (H, W, 3) uint8 RGB."""
+    path = Path(path)
+    data = np.fromfile(path, dtype=np.uint8) if path.exists() else None
+    if data is None:
+        raise DataError(f"{path}: image not found")
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise DataError(f"{path}: not a decodable image (corrupt or empty)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def image_size(path: Path | str) -> tuple[int, int]:
+    """(width, height) of an image file."""
+    image = read_image(path)
+    return image.shape[1], image.shape[0]
+
+
+def read_info(path: Path | str, n_verts: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """An _info.npz -> verts (V, 3) float32 metres, R_t (4, 4) float64 (row-vector form)."""
+    path = Path(path)
+    try:
+        with np.load(path) as npz:
+            keys = set(npz.files)
+            for key in ("verts", "R_t"):
+                if key not in keys:
+                    raise DataError(f"{path}: missing key '{key}' (has {sorted(keys)})")
+            verts, R_t = npz["verts"], npz["R_t"]
+    except FileNotFoundError:
+        raise DataError(f"{path}: info file not found") from None
+    except DataError:
+        raise
+    except Exception as err:   # zipfile/pickle/value errors of a corrupt npz
+        raise DataError(f"{path}: not a readable npz: {err}") from None
+    if verts.ndim != 2 or verts.shape[1] != 3 or (n_verts is not None and len(verts) != n_verts):
+        raise DataError(f"{path}: verts has shape {verts.shape}, expected ({n_verts or 'V'}, 3)")
+    if R_t.shape != (4, 4):
+        raise DataError(f"{path}: R_t has shape {R_t.shape}, expected (4, 4)")
+    if not (np.isfinite(verts).all() and np.isfinite(R_t).all()):
+        raise DataError(f"{path}: non-finite values")
+    return verts.astype(np.float32), R_t.astype(np.float64)
+
+
+def read_landmarks(path: Path | str, n_points: int) -> np.ndarray:
+    """A _68landmarks.txt ('x y' per line) -> (n_points, 2) float64 pixels."""
+    path = Path(path)
+    try:
+        rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    except FileNotFoundError:
+        raise DataError(f"{path}: landmarks file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: cannot read: {err}") from None
+    if len(rows) != n_points:
+        raise DataError(f"{path}: {len(rows)} lines, expected {n_points}")
+    try:
+        points = np.array([[float(r[0]), float(r[1])] for r in rows])
+    except (ValueError, IndexError):
+        raise DataError(f"{path}: each line must be two numbers 'x y'") from None
+    if any(len(r) != 2 for r in rows) or not np.isfinite(points).all():
+        raise DataError(f"{path}: each line must be two finite numbers 'x y'")
+    return points
+
+
+def write_landmarks(path: Path | str, points: np.ndarray) -> None:
+    """Write (K, 2) pixel points as integer 'x y' lines (the challenge's format)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("".join(f"{int(x)} {int(y)}\n" for x, y in np.rint(points)))
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What the data root's resources/ define: topology, landmark vertices and the camera.
+
+    template: (V, 3) example mesh; faces: (F, 3) triangles; kpt_ind: (K,) landmark vertices.
+    """
+
+    camera: Camera
+    template: np.ndarray
+    faces: np.ndarray
+    kpt_ind: np.ndarray
+
+    @property
+    def n_verts(self) -> int:
+        return len(self.template)
+
+    @property
+    def n_kpts(self) -> int:
+        return len(self.kpt_ind)
+
+
+def load_resources(root: Path | str) -> Resources:
+    """Read resources/ of a data root; the image size comes from the first training image."""
+    root = Path(root)
+    res = root / "resources"
+    if not (res / "example.obj").is_file():
+        raise DataError(f"{res / 'example.obj'}: not found")
+    try:
+        template, faces = read_obj(res / "example.obj")
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    kpt_file = res / "kpt_ind.npy"
+    try:
+        kpt_ind = np.load(kpt_file).astype(np.int64).ravel()
+    except (OSError, ValueError) as err:
+        raise DataError(f"{kpt_file}: cannot read landmark indices: {err}") from None
+    if kpt_ind.min() < 0 or kpt_ind.max() >= len(template):
+        raise DataError(f"{kpt_file}: indices outside 0..{len(template) - 1}")
+    first = read_list(list_path(root, "train")).iloc[0]
+    width, height = image_size(image_path(root, first))
+    try:
+        camera = Camera.from_file(res / "projection_matrix.txt", width, height)
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    return Resources(camera=camera, template=template, faces=faces, kpt_ind=kpt_ind)
+
+
+def check_files(root: Path | str, table: pd.DataFrame, with_info: bool) -> list[str]:
+    """Up-front existence check of every sample's files -> list of 'path: problem' strings."""
+    root = Path(root)
+    problems = []
+    for row in table.itertuples(index=False):
+        paths = [image_path(root, row), landmarks_path(root, row)]
+        if with_info:
+            paths.append(info_path(root, row))
+        problems += [f"{p}: not found (list row {sample_key(row)})" for p in paths if not p.is_file()]
+    return problems
+
+
+def load_labels(root: Path | str, table: pd.DataFrame, n_verts: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ground truth of the listed samples -> verts (N, V, 3) float32, R_t (N, 4, 4) float64."""
+    verts = np.empty((len(table), n_verts, 3), dtype=np.float32)
+    poses = np.empty((len(table), 4, 4), dtype=np.float64)
+    for i, row in enumerate(table.itertuples(index=False)):
+        verts[i], poses[i] = read_info(info_path(root, row), n_verts)
+    return verts, poses
