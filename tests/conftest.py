@@ -26,3 +26,7 @@ def face_points(rng: np.random.Generator, n: int) -> np.ndarray:
     direction[:, 2] = np.abs(direction[:, 2])
     direction /= np.linalg.norm(direction, axis=1, keepdims=True)
     return direction * np.array([0.078, 0.092, 0.048])
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end-to-end tests that run dvc repro (minutes)")
