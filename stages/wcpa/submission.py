@@ -1,0 +1,143 @@
+"""The challenge's submission file: writer, reader and validator.
+
+One float32 array of shape (N_test, 3V + 9 + 3), rows in the test list's order:
+  columns 0 .. 3V-1     canonical vertices (metres), flattened row-major (x0 y0 z0 x1 ...)
+  columns 3V .. 3V+8    R_t[:3, :3] flattened row-major (the row-vector form, not transposed)
+  columns 3V+9 .. 3V+11 t = R_t[3, :3] (metres)
+The .npy is uploaded inside a .zip. Both files are written atomically and byte-reproducibly:
+the same predictions give identical .npy and .zip bytes (fixed zip date, permissions, order).
+"""
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from stages.common.io import atomic_write
+
+POSE_COLUMNS = 9 + 3
+ORTHONORMAL_TOL = 1e-4      # max |R R^T - I| entry; float32 storage of an exact rotation gives ~1e-7
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)   # the earliest date a zip entry can hold
+ZIP_MODE = 0o644
+
+
+class SubmissionError(ValueError):
+    """A submission array or file breaks the challenge format; the message names the problem."""
+
+
+def to_submission(verts: np.ndarray, R_t: np.ndarray) -> np.ndarray:
+    """Predictions -> submission array. verts (N, V, 3) metres, R_t (N, 4, 4) -> (N, 3V + 12) float32."""
+    verts = np.asarray(verts)
+    R_t = np.asarray(R_t)
+    n = len(verts)
+    if verts.ndim != 3 or verts.shape[2] != 3 or R_t.shape != (n, 4, 4):
+        raise SubmissionError(f"expected verts (N, V, 3) and R_t (N, 4, 4), got {verts.shape} and {R_t.shape}")
+    columns = [verts.reshape(n, -1), R_t[:, :3, :3].reshape(n, 9), R_t[:, 3, :3]]
+    return np.concatenate(columns, axis=1).astype(np.float32)
+
+
+def from_submission(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Submission array (N, 3V + 12) -> verts (N, V, 3) float32, R_t (N, 4, 4) float64."""
+    n, columns = array.shape
+    n_verts = (columns - POSE_COLUMNS) // 3
+    verts = array[:, :3 * n_verts].reshape(n, n_verts, 3).astype(np.float32)
+    R_t = np.zeros((n, 4, 4))
+    R_t[:, :3, :3] = array[:, 3 * n_verts:3 * n_verts + 9].reshape(n, 3, 3)
+    R_t[:, 3, :3] = array[:, 3 * n_verts + 9:]
+    R_t[:, 3, 3] = 1.0
+    return verts, R_t
+
+
+def _first_row(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def validate_submission(array: np.ndarray, n_rows: int, n_verts: int, name: str = "submission") -> None:
+    """Raise SubmissionError (naming `name` and the problem, with a row index) unless `array` is valid.
+
+    Checks: 2-D float32 of shape (n_rows, 3 n_verts + 12); all finite; every R orthonormal
+    (|R R^T - I| <= ORTHONORMAL_TOL per entry) with det +1 (within the same tolerance); tz < 0
+    (the OpenGL camera looks down -z).
+    """
+    expected = (n_rows, 3 * n_verts + POSE_COLUMNS)
+    if not isinstance(array, np.ndarray) or array.ndim != 2:
+        raise SubmissionError(f"{name}: expected a 2-D array of shape {expected}, got "
+                              f"{getattr(array, 'shape', type(array).__name__)}")
+    if array.shape[1] != expected[1]:
+        raise SubmissionError(f"{name}: {array.shape[1]} columns, expected {expected[1]} "
+                              f"({n_verts} vertices x 3 + 9 rotation + 3 translation)")
+    if array.shape[0] != n_rows:
+        raise SubmissionError(f"{name}: {array.shape[0]} rows, expected {n_rows} (one per test list row)")
+    if array.dtype != np.float32:
+        raise SubmissionError(f"{name}: dtype {array.dtype}, expected float32")
+    finite = np.isfinite(array).all(axis=1)
+    if not finite.all():
+        raise SubmissionError(f"{name}: row {_first_row(~finite)} has NaN or inf values")
+    _, R_t = from_submission(array)
+    R = R_t[:, :3, :3]
+    deviation = np.abs(R @ np.swapaxes(R, 1, 2) - np.eye(3)).max(axis=(1, 2))
+    if (deviation > ORTHONORMAL_TOL).any():
+        row = _first_row(deviation > ORTHONORMAL_TOL)
+        raise SubmissionError(f"{name}: row {row} rotation is not orthonormal "
+                              f"(max |R R^T - I| = {deviation[row]:.2e} > {ORTHONORMAL_TOL:g})")
+    det = np.linalg.det(R)
+    if (np.abs(det - 1.0) > ORTHONORMAL_TOL).any():
+        row = _first_row(np.abs(det - 1.0) > ORTHONORMAL_TOL)
+        raise SubmissionError(f"{name}: row {row} rotation has det {det[row]:+.4f}, expected +1 (a reflection)")
+    if (R_t[:, 3, 2] >= 0).any():
+        row = _first_row(R_t[:, 3, 2] >= 0)
+        raise SubmissionError(f"{name}: row {row} has tz = {R_t[row, 3, 2]:.4f} m >= 0 "
+                              "(the face must be in front of the camera, tz < 0)")
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def write_submission(npy_path: Path | str, zip_path: Path | str, verts: np.ndarray, R_t: np.ndarray,
+                     n_rows: int, n_verts: int) -> np.ndarray:
+    """Validate and write the .npy and the upload .zip (holding the .npy); returns the array.
+
+    verts (N, V, 3) metres, R_t (N, 4, 4); n_rows: rows of the test list; n_verts: vertices of
+    the data's topology. Nothing is written when validation fails.
+    """
+    npy_path, zip_path = Path(npy_path), Path(zip_path)
+    try:
+        array = to_submission(verts, R_t)
+    except SubmissionError as err:
+        raise SubmissionError(f"{npy_path}: {err}") from None
+    validate_submission(array, n_rows, n_verts, name=str(npy_path))
+    payload = _npy_bytes(array)
+    with atomic_write(npy_path) as tmp:
+        tmp.write_bytes(payload)
+    entry = zipfile.ZipInfo(npy_path.name, date_time=ZIP_DATE)
+    entry.external_attr = ZIP_MODE << 16
+    entry.compress_type = zipfile.ZIP_DEFLATED
+    with atomic_write(zip_path) as tmp:
+        with zipfile.ZipFile(tmp, "w") as archive:
+            archive.writestr(entry, payload)
+    return array
+
+
+def read_submission(path: Path | str, n_rows: int, n_verts: int) -> np.ndarray:
+    """Read and validate a submission .npy, or a .zip holding exactly one .npy."""
+    path = Path(path)
+    try:
+        if path.suffix == ".zip":
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.endswith(".npy")]
+                if len(names) != 1:
+                    raise SubmissionError(f"{path}: expected one .npy inside, found {names}")
+                array = np.load(io.BytesIO(archive.read(names[0])), allow_pickle=False)
+        else:
+            array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise SubmissionError(f"{path}: submission file not found") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise SubmissionError(f"{path}: not a readable submission: {err}") from None
+    validate_submission(array, n_rows, n_verts, name=str(path))
+    return array
