@@ -1,0 +1,87 @@
+"""Skipping bad samples on request: collect them, list them in skipped.csv, fail past a fraction.
+
+Without data.skip_bad a bad sample stops the stage (its DataError propagates). With it, the
+sample is recorded (key, file, reason) and the stage goes on; at the end `finish` writes
+skipped.csv beside the stage's outputs and raises when more than data.max_bad_fraction of the
+samples were bad. Usage:
+
+    bad = BadInputs(skip=data.skip_bad, max_fraction=data.max_bad_fraction)
+    for row in table.itertuples(index=False):
+        with bad.guard(sample_key(row)):
+            results.append(process(row))
+    bad.finish(out_dir, total=len(table))
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+
+from stages.common.io import atomic_write
+from stages.wcpa.layout import DataError
+
+log = logging.getLogger(__name__)
+SKIPPED_FILE = "skipped.csv"
+SKIPPED_COLUMNS = ["key", "file", "reason"]
+
+
+class TooManyBadInputs(DataError):
+    """More samples were bad than data.max_bad_fraction allows."""
+
+
+def split_message(err: Exception) -> tuple[str, str]:
+    """A DataError message 'path: problem' -> (path, problem); ('', message) without a path."""
+    file, sep, reason = str(err).partition(": ")
+    return (file, reason) if sep else ("", str(err))
+
+
+class BadInputs:
+    """The skipped samples of one stage run: (sample key, file, reason) records."""
+
+    def __init__(self, skip: bool, max_fraction: float):
+        self.skip = skip
+        self.max_fraction = max_fraction
+        self.records: list[dict[str, str]] = []
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def keys(self) -> set[str]:
+        """Keys of the skipped samples."""
+        return {r["key"] for r in self.records}
+
+    def add(self, key: str, file: str, reason: str) -> None:
+        """Record one skipped sample (key: 'subject/action/img'; file: the offending path)."""
+        self.records.append({"key": key, "file": str(file), "reason": reason})
+        log.warning("skipping %s: %s: %s", key, file, reason)
+
+    def add_error(self, key: str, err: Exception) -> None:
+        """Record a sample from its DataError (e.g. one returned by a worker process)."""
+        self.add(key, *split_message(err))
+
+    @contextlib.contextmanager
+    def guard(self, key: str) -> Iterator[None]:
+        """Run a sample's block: a DataError is recorded when skipping, re-raised otherwise."""
+        try:
+            yield
+        except DataError as err:
+            if not self.skip:
+                raise
+            self.add_error(key, err)
+
+    def finish(self, out_dir: Path | str, total: int) -> Path:
+        """Write out_dir/skipped.csv (header only when none), then raise past max_fraction."""
+        path = Path(out_dir) / SKIPPED_FILE
+        with atomic_write(path) as tmp:
+            pd.DataFrame(self.records, columns=SKIPPED_COLUMNS).to_csv(tmp, index=False)
+        if self.records:
+            log.warning("%d of %d samples skipped as bad input, listed in %s", len(self), total, path)
+        if total and len(self) / total > self.max_fraction:
+            first = "; ".join(f"{r['file']}: {r['reason']}" for r in self.records[:3])
+            raise TooManyBadInputs(f"{path}: {len(self)} of {total} samples are bad, more than "
+                                   f"data.max_bad_fraction = {self.max_fraction:g} (first: {first})")
+        return path

@@ -1,0 +1,53 @@
+"""Skipping bad samples: recorded with file and reason, listed in skipped.csv, capped by a fraction."""
+import pandas as pd
+import pytest
+
+from stages.common.badinput import BadInputs, TooManyBadInputs
+from stages.wcpa.layout import DataError
+
+
+def _run(bad: BadInputs, keys: list[str], broken: set[str]) -> list[str]:
+    done = []
+    for key in keys:
+        with bad.guard(key):
+            if key in broken:
+                raise DataError(f"/data/{key}.jpg: not a decodable image (corrupt or empty)")
+            done.append(key)
+    return done
+
+
+def test_without_skipping_the_first_bad_sample_stops():
+    with pytest.raises(DataError, match="/data/b.jpg: not a decodable image"):
+        _run(BadInputs(skip=False, max_fraction=0.5), ["a", "b", "c"], {"b"})
+
+
+def test_skipped_samples_are_listed_with_file_and_reason(tmp_path):
+    bad = BadInputs(skip=True, max_fraction=0.5)
+    assert _run(bad, ["a", "b", "c"], {"b"}) == ["a", "c"]
+    assert bad.keys == {"b"}
+    path = bad.finish(tmp_path, total=3)
+    assert path == tmp_path / "skipped.csv"
+    table = pd.read_csv(path)
+    assert table.to_dict("records") == [{"key": "b", "file": "/data/b.jpg",
+                                         "reason": "not a decodable image (corrupt or empty)"}]
+
+
+def test_no_bad_sample_writes_an_empty_list(tmp_path):
+    bad = BadInputs(skip=True, max_fraction=0.0)
+    _run(bad, ["a"], set())
+    assert pd.read_csv(bad.finish(tmp_path, total=1)).empty
+
+
+def test_more_bad_samples_than_the_fraction_fail_after_listing_them(tmp_path):
+    bad = BadInputs(skip=True, max_fraction=0.25)
+    _run(bad, list("abcd"), {"a", "b"})
+    with pytest.raises(TooManyBadInputs, match="2 of 4 samples are bad, more than data.max_bad_fraction = 0.25"):
+        bad.finish(tmp_path, total=4)
+    assert len(pd.read_csv(tmp_path / "skipped.csv")) == 2
+
+
+def test_other_errors_are_never_swallowed():
+    bad = BadInputs(skip=True, max_fraction=1.0)
+    with pytest.raises(ZeroDivisionError):
+        with bad.guard("a"):
+            raise ZeroDivisionError

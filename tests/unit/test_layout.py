@@ -1,0 +1,117 @@
+"""Bad input in the data layout stops with a message naming the file and the problem."""
+import re
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from stages.wcpa.layout import (DataError, check_files, image_path, info_path, landmarks_path, load_labels,
+                                read_image, read_info, read_landmarks, read_list, write_landmarks, write_list)
+
+ROW = pd.DataFrame({"subject_id": ["007"], "facial_action": ["01"], "img_id": ["0042"]})
+
+
+def _named(path, problem: str) -> str:
+    """Regex matching 'path: problem' literally."""
+    return re.escape(f"{path}: {problem}")
+
+
+def _write_sample(root, row, n_verts=5, n_kpts=68):
+    """One sample's image, info and landmark files under `root`."""
+    for path in (image_path(root, row), info_path(root, row)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    ok, jpeg = cv2.imencode(".jpg", np.full((16, 16, 3), 128, np.uint8))
+    image_path(root, row).write_bytes(jpeg.tobytes())
+    R_t = np.eye(4)
+    R_t[3, 2] = -0.5
+    np.savez(info_path(root, row), verts=np.zeros((n_verts, 3), np.float32), R_t=R_t)
+    write_landmarks(landmarks_path(root, row), np.full((n_kpts, 2), 8.0))
+
+
+@pytest.fixture
+def root(tmp_path):
+    _write_sample(tmp_path, next(ROW.itertuples(index=False)))
+    return tmp_path
+
+
+@pytest.fixture
+def row():
+    return next(ROW.itertuples(index=False))
+
+
+def test_a_good_sample_reads(root, row):
+    assert read_image(image_path(root, row)).shape == (16, 16, 3)
+    verts, R_t = read_info(info_path(root, row), 5)
+    assert verts.shape == (5, 3) and R_t[3, 2] == -0.5
+    assert read_landmarks(landmarks_path(root, row), 68).shape == (68, 2)
+    assert check_files(root, ROW, with_info=True) == []
+
+
+def test_ids_keep_leading_zeros(tmp_path):
+    write_list(tmp_path / "list.csv", ROW)
+    assert read_list(tmp_path / "list.csv").iloc[0].tolist() == ["007", "01", "0042"]
+
+
+def test_corrupt_jpeg_names_the_file(root, row):
+    path = image_path(root, row)
+    path.write_bytes(path.read_bytes()[:20])
+    with pytest.raises(DataError, match=_named(path, "not a decodable image")):
+        read_image(path)
+
+
+def test_missing_npz_names_the_file(root, row):
+    path = info_path(root, row)
+    path.unlink()
+    with pytest.raises(DataError, match=_named(path, "info file not found")):
+        read_info(path)
+
+
+def test_npz_without_R_t_names_the_file_and_the_key(root, row):
+    path = info_path(root, row)
+    np.savez(path, verts=np.zeros((5, 3)))
+    with pytest.raises(DataError, match=_named(path, "missing key 'R_t'")):
+        read_info(path)
+
+
+def test_truncated_npz_names_the_file(root, row):
+    path = info_path(root, row)
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(DataError, match=_named(path, "not a readable npz")):
+        read_info(path)
+
+
+def test_npz_with_other_vertex_count_names_the_file(root, row):
+    with pytest.raises(DataError, match=_named(info_path(root, row), "verts has shape (5, 3), expected (6, 3)")):
+        read_info(info_path(root, row), 6)
+
+
+def test_landmarks_of_67_lines_name_the_file(root, row):
+    path = landmarks_path(root, row)
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:67]))
+    with pytest.raises(DataError, match=_named(path, "67 lines, expected 68")):
+        read_landmarks(path, 68)
+
+
+def test_landmarks_with_words_name_the_file(root, row):
+    path = landmarks_path(root, row)
+    path.write_text("x y\n" * 68)
+    with pytest.raises(DataError, match=_named(path, "each line must be two")):
+        read_landmarks(path, 68)
+
+
+def test_list_row_pointing_at_nothing_is_reported_and_stops_reading(root):
+    ghost = pd.DataFrame({"subject_id": ["007"], "facial_action": ["01"], "img_id": ["9999"]})
+    ghost_row = next(ghost.itertuples(index=False))
+    problems = check_files(root, ghost, with_info=True)
+    assert problems == [f"{p}: not found (list row 007/01/9999)" for p in
+                        (image_path(root, ghost_row), landmarks_path(root, ghost_row), info_path(root, ghost_row))]
+    with pytest.raises(DataError, match=_named(info_path(root, ghost_row), "info file not found")):
+        load_labels(root, ghost, 5)
+
+
+def test_list_without_an_id_column_names_the_file(tmp_path):
+    path = tmp_path / "list.csv"
+    path.write_text("subject_id,img_id\n1,2\n")
+    with pytest.raises(DataError, match=_named(path, "missing column")):
+        read_list(path)
