@@ -1,0 +1,76 @@
+"""The trained two-pass detector: saving, loading and batched prediction on full images.
+
+Pass 1 (locate) runs on the downscaled whole image; pass 2 (refine) on a square around the
+pass-1 landmarks, repeated `refine_passes` times, each time re-centred on the latest estimate.
+With `flip_test`, each refine pass also runs on the mirrored crop and the two are averaged.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from stages.coarse.model import LandmarkNet
+from stages.coarse.train import to_tensor
+from stages.coarse.views import locate_warp, refine_warp
+from stages.common.io import atomic_write
+from stages.face.warp import apply_warp, invert_warp, warp_image
+
+CONFIG_KEYS = ("locate_backbone", "refine_backbone", "locate_size", "refine_size", "refine_margin",
+               "head_width", "n_points")
+
+
+def save_detector(path: Path | str, nets: dict[str, LandmarkNet], config: dict[str, Any],
+                  flip_order: np.ndarray) -> None:
+    """Write model.pt: {'config', 'nets': {'locate', 'refine'}, 'flip_order'} (CPU tensors)."""
+    state = {"config": {k: config[k] for k in CONFIG_KEYS},
+             "nets": {k: {n: t.detach().cpu() for n, t in net.state_dict().items()} for k, net in nets.items()},
+             "flip_order": np.asarray(flip_order)}
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
+
+
+class Detector:
+    """Full images (H, W, 3) uint8 -> 68 landmarks (K, 2) full-image px."""
+
+    def __init__(self, path: Path | str, device: torch.device, workers: int = 1):
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.config = state["config"]
+        self.flip_order = np.asarray(state["flip_order"])
+        self.device = device
+        self.nets = {}
+        for name in ("locate", "refine"):
+            net = LandmarkNet(self.config[f"{name}_backbone"], self.config["n_points"], False,
+                              self.config["head_width"])
+            net.load_state_dict(state["nets"][name])
+            self.nets[name] = net.to(device).eval()
+        self.pool = ThreadPoolExecutor(max(workers, 1))
+
+    def _run(self, name: str, images: list[np.ndarray], warps: np.ndarray, flip: bool) -> np.ndarray:
+        """Warp each image into the pass's input, predict -> landmarks (B, K, 2) full px."""
+        size = self.config[f"{name}_size"]
+        crops = np.stack(list(self.pool.map(lambda a: warp_image(a[0], a[1], size), zip(images, warps))))
+        points = self._predict(self.nets[name], crops)
+        if flip:
+            mirrored = self._predict(self.nets[name], crops[:, :, ::-1])[:, self.flip_order]
+            mirrored[..., 0] = size - mirrored[..., 0]
+            points = (points + mirrored) / 2
+        return apply_warp(invert_warp(warps), points)
+
+    @torch.no_grad()
+    def _predict(self, net: LandmarkNet, crops: np.ndarray) -> np.ndarray:
+        with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+            return net(to_tensor(crops, self.device)).float().cpu().numpy().astype(np.float64)
+
+    def __call__(self, images: list[np.ndarray], refine_passes: int = 1, flip_test: bool = False) -> np.ndarray:
+        """A batch of full images -> landmarks (B, K, 2) full-image px."""
+        size = self.config["locate_size"]
+        warps = np.stack([locate_warp(a.shape[1], a.shape[0], size) for a in images])
+        landmarks = self._run("locate", images, warps, flip=False)
+        for _ in range(refine_passes):
+            warps = refine_warp(landmarks, self.config["refine_size"], self.config["refine_margin"])
+            landmarks = self._run("refine", images, warps, flip_test)
+        return landmarks

@@ -1,0 +1,38 @@
+"""Training targets of the coarse detector: the landmark vertices projected with the GT pose."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from stages.common.badinput import BadInputs
+from stages.face.mesh import flip_permutation, kpt_flip_permutation
+from stages.wcpa.layout import Resources, info_path, read_info, sample_key
+
+
+def project_landmarks(resources: Resources, verts: np.ndarray, R_t: np.ndarray) -> np.ndarray:
+    """Canonical meshes (N, V, 3) and poses (N, 4, 4) -> landmarks (N, K, 2) full-image px."""
+    return resources.camera.project(np.asarray(verts)[:, resources.kpt_ind], R_t)
+
+
+def load_targets(root: Path | str, table: pd.DataFrame, resources: Resources,
+                 bad: BadInputs) -> tuple[np.ndarray, np.ndarray]:
+    """GT landmarks of the listed samples from their info files -> (landmarks (N', K, 2)
+    full-image px, kept row indices (N',)). A bad info file stops with its name, or with
+    data.skip_bad is recorded in `bad` and left out."""
+    verts = np.empty((len(table), resources.n_verts, 3), dtype=np.float32)
+    poses = np.empty((len(table), 4, 4))
+    kept = []
+    for index, row in enumerate(table.itertuples(index=False)):
+        with bad.guard(sample_key(row)):
+            verts[index], poses[index] = read_info(info_path(root, row), resources.n_verts)
+            kept.append(index)
+    kept = np.asarray(kept, dtype=np.int64)
+    return project_landmarks(resources, verts[kept], poses[kept]), kept
+
+
+def landmark_flip_order(resources: Resources) -> np.ndarray:
+    """(K,) mirror order of the landmarks: in a mirrored image, landmark k is the mirror of
+    landmark order[k] of the original."""
+    return kpt_flip_permutation(resources.kpt_ind, flip_permutation(resources.template))

@@ -1,0 +1,114 @@
+"""Stage coarse_predict: the coarse detector's 68 landmarks on every train, val and test image.
+
+Reads artifacts/coarse_train/model.pt, artifacts/split/{train,val}.csv and the data root's test
+list. Writes artifacts/coarse_predict/:
+  {train,val,test}.npy   (N, K, 2) float64 landmarks in full-image px, rows aligned with the lists
+                         (NaN rows for samples skipped as bad input)
+  metrics.json           landmark errors against the projected GT (train, val): median and 95th
+                         percentile over all points and over per-image means, in full-image px
+  skipped.csv            samples skipped as bad input (with data.skip_bad)
+"""
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from stages.coarse.detector import Detector
+from stages.coarse.targets import load_targets
+from stages.coarse.train import device
+from stages.common.badinput import BadInputs
+from stages.common.io import atomic_dir, save_json
+from stages.common.params import load_params, section, stage_args
+from stages.wcpa.layout import DataError, image_path, list_path, load_resources, read_image, read_list, sample_key
+
+log = logging.getLogger("coarse_predict")
+SPLITS = ("train", "val", "test")
+
+
+def split_tables(root: Path | str, split_dir: Path) -> dict[str, pd.DataFrame]:
+    """The train/val lists of the split stage and the data root's test list."""
+    tables = {s: read_list(split_dir / f"{s}.csv") for s in ("train", "val")}
+    tables["test"] = read_list(list_path(root, "test"))
+    return tables
+
+
+def _read_or_error(path: Path) -> np.ndarray | DataError:
+    try:
+        return read_image(path)
+    except DataError as err:
+        return err
+
+
+def predict_split(detector: Detector, root: Path | str, table: pd.DataFrame, cfg, workers: int,
+                  bad: BadInputs, desc: str) -> np.ndarray:
+    """Landmarks (N, K, 2) full px for every listed image (NaN rows where skipped)."""
+    out = np.full((len(table), detector.config["n_points"], 2), np.nan)
+    rows = list(table.itertuples(index=False))
+    with ThreadPoolExecutor(max(workers, 1)) as pool, tqdm(total=len(rows), desc=desc, unit="img") as bar:
+        for start in range(0, len(rows), cfg.batch_size):
+            chunk = rows[start:start + cfg.batch_size]
+            images, where = [], []
+            for offset, image in enumerate(pool.map(_read_or_error, [image_path(root, r) for r in chunk])):
+                with bad.guard(sample_key(chunk[offset])):
+                    if isinstance(image, DataError):
+                        raise image
+                    images.append(image)
+                    where.append(start + offset)
+            if images:
+                out[where] = detector(images, cfg.refine_passes, cfg.flip_test)
+            bar.update(len(chunk))
+    return out
+
+
+def error_summary(pred: np.ndarray, target: np.ndarray) -> dict:
+    """Landmark errors in full-image px: over all points, and over per-image means."""
+    errors = np.linalg.norm(pred - target, axis=-1)
+    per_image = errors.mean(-1)
+    return {"median_px": float(np.median(errors)), "p95_px": float(np.percentile(errors, 95)),
+            "mean_px": float(errors.mean()), "image_mean_median_px": float(np.median(per_image)),
+            "image_mean_p95_px": float(np.percentile(per_image, 95)),
+            "image_mean_max_px": float(per_image.max()), "images": int(len(per_image))}
+
+
+def run(params: dict, out: Path = Path("artifacts/coarse_predict"),
+        model: Path = Path("artifacts/coarse_train/model.pt"), split_dir: Path = Path("artifacts/split")) -> dict:
+    cfg, data = section(params, "coarse_predict"), section(params, "data")
+    resources = load_resources(data.root)
+    tables = split_tables(data.root, split_dir)
+    detector = Detector(model, device(), data.workers)
+    bad = BadInputs(skip=data.skip_bad, max_fraction=data.max_bad_fraction)
+    metrics, landmarks = {}, {}
+    for split in SPLITS:
+        started = time.perf_counter()
+        landmarks[split] = predict_split(detector, data.root, tables[split], cfg, data.workers, bad, split)
+        seconds = time.perf_counter() - started
+        metrics[f"{split}_seconds"] = seconds
+        metrics[f"{split}_images_per_second"] = len(tables[split]) / max(seconds, 1e-9)
+    for split in ("train", "val"):
+        target, kept = load_targets(data.root, tables[split], resources, bad)
+        pred = landmarks[split][kept]
+        valid = np.isfinite(pred).all((-1, -2))
+        metrics[split] = error_summary(pred[valid], target[valid])
+    with atomic_dir(out) as tmp:
+        for split in SPLITS:
+            np.save(tmp / f"{split}.npy", landmarks[split])
+        save_json(tmp / "metrics.json", metrics)
+        bad.finish(tmp, total=sum(len(t) for t in tables.values()))
+    log.info("metrics: %s", metrics)
+    return metrics
+
+
+def main() -> None:
+    args = stage_args(__doc__.splitlines()[0])
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    run(load_params(args.params))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Stage coarse_train: train the coarse landmark detector (locate + refine passes) on the train split.
+
+Targets are the landmark vertices (resources/kpt_ind.npy) of each info mesh projected with its
+R_t. Reads artifacts/split/{train,val}.csv. Writes artifacts/coarse_train/:
+  model.pt       both nets, their config and the landmark flip order (stages/coarse/detector.py)
+  metrics.json   final validation errors (full-image px, refine on GT-centred views), times
+  live/          dvclive metrics and per-epoch curves
+  skipped.csv    samples skipped as bad input (with data.skip_bad)
+Work in progress lives in artifacts/coarse_train.partial/ (checkpoint after every epoch, dvclive
+history): an interrupted run resumes from there when params and lists are unchanged.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from dvclive import Live
+
+from stages.coarse.augment import Jitter
+from stages.coarse.detector import save_detector
+from stages.coarse.sources import cut_views
+from stages.coarse.targets import landmark_flip_order, load_targets
+from stages.coarse.train import Checkpoint, TrainConfig, train
+from stages.common.badinput import SKIPPED_FILE, BadInputs
+from stages.common.io import atomic_dir, save_json
+from stages.common.params import load_params, section, stage_args
+from stages.wcpa.layout import load_resources, read_list
+
+log = logging.getLogger("coarse_train")
+SPLITS = ("train", "val")
+
+
+def train_config(params: dict) -> TrainConfig:
+    cfg = section(params, "coarse_train")
+    return TrainConfig(
+        locate_backbone=cfg.locate_backbone, refine_backbone=cfg.refine_backbone,
+        pretrained=cfg.pretrained, locate_size=cfg.locate_size, refine_size=cfg.refine_size,
+        refine_margin=cfg.refine_margin, head_width=cfg.head_width, epochs=cfg.epochs,
+        batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, flip_prob=cfg.flip_prob,
+        locate_jitter=Jitter(cfg.locate_shift, cfg.locate_scale, cfg.locate_rotate),
+        refine_jitter=Jitter(cfg.refine_shift, cfg.refine_scale, cfg.refine_rotate),
+        seed=params["seed"])
+
+
+def fingerprint(params: dict, tables: dict) -> str:
+    """Hash of what the training depends on: its params, the seed, the data root and the lists."""
+    digest = hashlib.sha256(json.dumps([params["coarse_train"], params["seed"], params["data"]["root"]],
+                                       sort_keys=True).encode())
+    for split in SPLITS:
+        digest.update(tables[split].to_csv(index=False).encode())
+    return digest.hexdigest()
+
+
+def run(params: dict, out: Path = Path("artifacts/coarse_train"),
+        split_dir: Path = Path("artifacts/split")) -> dict:
+    started = time.perf_counter()
+    cfg, data = train_config(params), section(params, "data")
+    resources = load_resources(data.root)
+    flip_order = landmark_flip_order(resources)
+    tables = {s: read_list(split_dir / f"{s}.csv") for s in SPLITS}
+    bad = BadInputs(skip=data.skip_bad, max_fraction=data.max_bad_fraction)
+    views = {}
+    for split in SPLITS:
+        log.info("%s: %d samples", split, len(tables[split]))
+        landmarks, kept = load_targets(data.root, tables[split], resources, bad)
+        locate, refine, _ = cut_views(data.root, tables[split].iloc[kept], landmarks, cfg.locate_size,
+                                      cfg.refine_size, cfg.refine_margin, data.workers, bad)
+        views[split] = {"locate": locate, "refine": refine}
+    partial = out.with_name(out.name + ".partial")
+    bad.finish(partial, total=sum(len(t) for t in tables.values()))
+    prepared = time.perf_counter()
+    checkpoint = Checkpoint(partial / "checkpoint.pt", fingerprint(params, tables))
+    resuming = checkpoint.load() is not None
+    if not resuming:
+        shutil.rmtree(partial / "live", ignore_errors=True)
+    with Live(dir=str(partial / "live"), resume=resuming, dvcyaml=None, save_dvc_exp=False,
+              report=None) as live:
+        nets = train(cfg, views["train"], views["val"], flip_order, checkpoint, live)
+    last = checkpoint.load()["metrics"]
+    metrics = {**{k: v for k, v in last.items() if k.startswith("val/")},
+               "train_samples": len(views["train"]["refine"].images),
+               "prepare_seconds": prepared - started, "total_seconds": time.perf_counter() - started}
+    with atomic_dir(out) as tmp:
+        save_detector(tmp / "model.pt", nets, {**vars(section(params, "coarse_train")),
+                                               "n_points": resources.n_kpts}, flip_order)
+        shutil.copytree(partial / "live", tmp / "live")
+        save_json(tmp / "metrics.json", metrics)
+        shutil.copy(partial / SKIPPED_FILE, tmp / SKIPPED_FILE)
+    shutil.rmtree(partial)
+    log.info("metrics: %s", metrics)
+    return metrics
+
+
+def main() -> None:
+    args = stage_args(__doc__.splitlines()[0])
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    run(load_params(args.params))
+
+
+if __name__ == "__main__":
+    main()

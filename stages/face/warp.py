@@ -1,0 +1,119 @@
+"""2D similarity warps between the full image and a crop, in continuous pixel coordinates.
+
+A warp is a (..., 2, 3) matrix M mapping a point p (..., 2) to q = M[:, :2] p + M[:, 2]. Both
+sides use the project's continuous coordinates (array pixel i has its centre at i + 0.5).
+OpenCV's warpAffine puts pixel centres at integers: `to_opencv` shifts by half a pixel.
+
+Frontalization: `frontal_warp` fits a crop so that the eye line is horizontal (roll 0) and the
+landmarks match a frontal reference shape in the least-squares sense (scale and shift only,
+the rotation being fixed by the eye line). Eyes follow the iBUG-68 order: 36-41 are the
+subject's right eye (image left in a frontal view), 42-47 the left eye.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+RIGHT_EYE = slice(36, 42)
+LEFT_EYE = slice(42, 48)
+
+
+def similarity(angle: np.ndarray, scale: np.ndarray, src_centre: np.ndarray,
+               dst_centre: np.ndarray) -> np.ndarray:
+    """Warps (..., 2, 3): rotate by `angle` (radians, counter-clockwise on screen, image y down)
+    and scale about `src_centre` (..., 2), which lands on `dst_centre` (..., 2)."""
+    angle = np.asarray(angle, dtype=np.float64)
+    scale = np.asarray(scale, dtype=np.float64)
+    cos, sin = scale * np.cos(angle), scale * np.sin(angle)
+    linear = np.stack([np.stack([cos, sin], -1), np.stack([-sin, cos], -1)], -2)
+    shift = np.asarray(dst_centre, dtype=np.float64) - np.einsum(
+        "...ij,...j->...i", linear, np.asarray(src_centre, dtype=np.float64))
+    return np.concatenate([linear, shift[..., None]], axis=-1)
+
+
+def apply_warp(warps: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Map points (..., K, 2) through warps (..., 2, 3) -> (..., K, 2)."""
+    warps = np.asarray(warps, dtype=np.float64)
+    points = np.asarray(points, dtype=np.float64)
+    return np.einsum("...ij,...kj->...ki", warps[..., :2], points) + warps[..., None, :, 2]
+
+
+def invert_warp(warps: np.ndarray) -> np.ndarray:
+    """Inverse affine maps (..., 2, 3)."""
+    warps = np.asarray(warps, dtype=np.float64)
+    linear_inv = np.linalg.inv(warps[..., :2])
+    shift = -np.einsum("...ij,...j->...i", linear_inv, warps[..., 2])
+    return np.concatenate([linear_inv, shift[..., None]], axis=-1)
+
+
+def compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """The warp (..., 2, 3) that applies `inner` first, then `outer`."""
+    outer = np.asarray(outer, dtype=np.float64)
+    inner = np.asarray(inner, dtype=np.float64)
+    linear = outer[..., :2] @ inner[..., :2]
+    shift = np.einsum("...ij,...j->...i", outer[..., :2], inner[..., 2]) + outer[..., 2]
+    return np.concatenate([linear, shift[..., None]], axis=-1)
+
+
+def to_opencv(warp: np.ndarray) -> np.ndarray:
+    """A continuous-coordinate warp (2, 3) -> the matrix cv2.warpAffine expects (centres at
+    integers): q - 1/2 = A (p + 1/2) + b - 1/2."""
+    warp = np.asarray(warp, dtype=np.float64)
+    out = warp.copy()
+    out[:, 2] = warp[:, 2] + warp[:, :2] @ np.array([0.5, 0.5]) - 0.5
+    return out
+
+
+def warp_image(image: np.ndarray, warp: np.ndarray, size: int,
+               interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """Resample `image` (H, W, C) into a (size, size, C) crop through `warp` (full -> crop).
+
+    Pixels outside the image are black. When the warp shrinks by more than 2x, the image is
+    pre-smoothed with INTER_AREA resizing first to avoid aliasing.
+    """
+    scale = float(np.sqrt(abs(np.linalg.det(np.asarray(warp)[:, :2]))))
+    if scale < 0.5:
+        factor = 1.0 / int(1.0 / scale)
+        height, width = image.shape[:2]
+        small = cv2.resize(image, (round(width * factor), round(height * factor)),
+                           interpolation=cv2.INTER_AREA)
+        ratio = np.diag([width / small.shape[1], height / small.shape[0]])
+        warp = np.concatenate([np.asarray(warp)[:, :2] @ ratio, np.asarray(warp)[:, 2:]], axis=1)
+        image = small
+    return cv2.warpAffine(image, to_opencv(warp), (size, size), flags=interpolation,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def eye_centres(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """iBUG-68 landmarks (..., 68, 2) -> (right eye centre, left eye centre), each (..., 2)."""
+    landmarks = np.asarray(landmarks, dtype=np.float64)
+    return landmarks[..., RIGHT_EYE, :].mean(-2), landmarks[..., LEFT_EYE, :].mean(-2)
+
+
+def eye_line_angle(landmarks: np.ndarray) -> np.ndarray:
+    """Angle (...,) in radians of the line from the right to the left eye centre, measured
+    from the image x axis (positive when the left eye is lower on screen, image y down)."""
+    right, left = eye_centres(landmarks)
+    delta = left - right
+    return np.arctan2(delta[..., 1], delta[..., 0])
+
+
+def frontal_warp(landmarks: np.ndarray, reference: np.ndarray, size: int) -> np.ndarray:
+    """Similarity warps (..., 2, 3) full image -> crop with the eye line horizontal.
+
+    landmarks: (..., K, 2) full-image px; reference: (K, 2) the frontal reference shape in crop
+    px (already scaled and placed with the margin). The rotation undoes the eye-line angle;
+    scale and shift are the least-squares fit of the rotated landmarks to the reference.
+    """
+    landmarks = np.asarray(landmarks, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    angle = eye_line_angle(landmarks)
+    origin = np.zeros(landmarks.shape[:-2] + (2,))
+    rotated = apply_warp(similarity(angle, np.ones(landmarks.shape[:-2]), origin, origin), landmarks)
+    centred = rotated - rotated.mean(-2, keepdims=True)
+    ref_mean = reference.mean(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = (centred * (reference - ref_mean)).sum((-1, -2)) / (centred ** 2).sum((-1, -2))
+    if np.any(~np.isfinite(scale)) or np.any(scale <= 0):
+        raise ValueError("degenerate landmarks: cannot fit a similarity (all points equal?)")
+    return similarity(angle, scale, landmarks.mean(-2), np.broadcast_to(ref_mean, landmarks.shape[:-2] + (2,)))
