@@ -38,4 +38,9 @@ SCHEMA = {
     "submit": {
         "predictors": [str],
     },
+    "evaluate": {
+        "sheet_samples": int,     # samples on each qualitative sheet (half best, half worst)
+        "tile_size": int,         # side of a sheet tile, px
+        "bins": int,              # bins of the error histograms and of the error-vs-yaw/distance curves
+    },
 }

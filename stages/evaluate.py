@@ -1,0 +1,126 @@
+"""Stage evaluate: the challenge score and the paper's metrics of one predictor, on val and test.
+
+`python -m stages.evaluate --predictor NAME` reads artifacts/NAME/predictions_{val,test}.npz.
+val: ground truth from <data.root>/info. test: ground truth from <data.test_gt>/info when that
+folder exists (the synthetic set's local leaderboard); with data.test_gt '' or absent, the
+test metrics are skipped (logged), and the test sheet shows the predictions alone.
+Writes to artifacts/evaluate/NAME/: metrics.json ({"val": {...}, "test": {...}}),
+errors_{val,test}.csv (per sample, with ids, yaw_deg and distance_m), plots/<split>_*.csv
+(histograms and error against |yaw| and distance) and sheet_{val,test}.png.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+
+from stages.common.io import atomic_write, save_json
+from stages.common.params import load_params, section
+from stages.common.predictor import check_finite, predictions_path, predictor_args
+from stages.viz.draw import save_png
+from stages.viz.sheet import SheetSample, pick_extremes, pick_random, qualitative_sheet
+from stages.wcpa.layout import (Resources, image_path, list_path, load_labels, load_resources, read_image,
+                                read_list, sample_key)
+from stages.wcpa.predictions import load_predictions
+from stages.wcpa.report import empty_error_table, error_table, plot_tables
+from stages.wcpa.score import summarize
+
+log = logging.getLogger(__name__)
+SPLIT = Path("artifacts/split")
+OUT = Path("artifacts/evaluate")
+SUMMARY_COLUMNS = ["score", "score_cam", "score_add", "score_shape10", "ADD", "MAE_r", "MAE_t",
+                   "mesh_median", "mesh_mean", "landmark_px", "n"]
+
+
+@dataclass(frozen=True)
+class SplitData:
+    """One split to evaluate: its list, the predictions file and the ground-truth root (None: none)."""
+
+    name: str
+    table: pd.DataFrame
+    predictions: Path
+    gt_root: Path | None
+
+
+def splits_of(predictor: str, data: SimpleNamespace) -> list[SplitData]:
+    """val (labels in data.root) and test (labels in data.test_gt when present)."""
+    root = Path(data.root)
+    test_gt = Path(data.test_gt) if data.test_gt else None
+    if test_gt is None or not (test_gt / "info").is_dir():
+        log.info("test: no ground truth at data.test_gt = %r; test metrics skipped (the real challenge's "
+                 "test labels are not public: upload submissions/%s.zip instead)", data.test_gt, predictor)
+        test_gt = None
+    return [SplitData("val", read_list(SPLIT / "val.csv"), predictions_path(predictor, "val"), root),
+            SplitData("test", read_list(list_path(root, "test")), predictions_path(predictor, "test"), test_gt)]
+
+
+def sheet_samples(split: SplitData, root: Path, predictions: dict, labels, errors: pd.DataFrame,
+                  resources: Resources, count: int, seed: int) -> list[SheetSample]:
+    """The rows to draw: lowest/highest scores with ground truth, seeded random rows without."""
+    camera = resources.camera
+    rows = pick_random(len(split.table), count, seed) if labels is None else pick_extremes(errors["score"].to_numpy(), count)
+    samples = []
+    for i in rows:
+        row = split.table.iloc[i]
+        uv_pred = camera.project(predictions["verts"][i], predictions["R_t"][i])
+        uv_gt = None if labels is None else camera.project(labels[0][i], labels[1][i])
+        label = "prediction" if labels is None else f"score {errors['score'].iloc[i]:.1f} mm"
+        samples.append(SheetSample(read_image(image_path(root, row)), uv_pred, uv_gt, sample_key(row), label))
+    return samples
+
+
+def write_plots(folder: Path, split: str, errors: pd.DataFrame, bins: int) -> None:
+    """plots/<split>_<kind>.csv for each kind of plot_tables (header only without ground truth)."""
+    for kind, table in plot_tables(errors, bins).items():
+        with atomic_write(folder / f"{split}_{kind}.csv") as tmp:
+            table.to_csv(tmp, index=False, float_format="%.6g")
+
+
+def evaluate_split(split: SplitData, out: Path, root: Path, resources: Resources, params: dict) -> dict | None:
+    """Metrics of one split (None without ground truth); writes its errors, plots and sheet."""
+    settings = section(params, "evaluate")
+    predictions = load_predictions(split.predictions, split.table)
+    check_finite(split.predictions, predictions)
+    labels = None if split.gt_root is None else load_labels(split.gt_root, split.table, resources.n_verts)
+    if labels is None:
+        errors = empty_error_table("landmarks" in predictions)
+    else:
+        errors = error_table(split.table, *labels, predictions, resources.camera)
+    with atomic_write(out / f"errors_{split.name}.csv") as tmp:
+        errors.to_csv(tmp, index=False, float_format="%.6g")
+    write_plots(out / "plots", split.name, errors, settings.bins)
+    samples = sheet_samples(split, root, predictions, labels, errors, resources, settings.sheet_samples, params["seed"])
+    save_png(out / f"sheet_{split.name}.png", qualitative_sheet(samples, resources.faces, resources.kpt_ind,
+                                                                 settings.tile_size))
+    return None if labels is None else summarize(errors)
+
+
+def metrics_table(metrics: dict) -> str:
+    """The metrics of each split as a small text table (mm, degrees, px)."""
+    frame = pd.DataFrame(metrics).T.reindex(columns=SUMMARY_COLUMNS).dropna(axis=1, how="all")
+    return frame.to_string(float_format=lambda v: f"{v:.3f}", formatters={"n": lambda v: f"{v:.0f}"})
+
+
+def main(params_file: str, predictor: str) -> None:
+    params = load_params(params_file)
+    data = section(params, "data")
+    root = Path(data.root)
+    resources = load_resources(root)
+    out = OUT / predictor
+    metrics = {}
+    for split in splits_of(predictor, data):
+        summary = evaluate_split(split, out, root, resources, params)
+        if summary is not None:
+            metrics[split.name] = summary
+    save_json(out / "metrics.json", metrics)
+    log.info("%s (mm, deg, px):\n%s", predictor, metrics_table(metrics))
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = predictor_args(__doc__.splitlines()[0])
+    main(args.params, args.predictor)

@@ -1,0 +1,158 @@
+"""split -> baseline -> submit / evaluate on a tiny hand-made data root, in a temporary project."""
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.spatial.transform import Rotation
+
+from stages import baseline, evaluate, split, submit
+from stages.split import split_table
+from stages.wcpa.layout import DataError, info_path, list_path, load_labels, load_resources, read_list
+from stages.wcpa.predictions import load_predictions, save_predictions
+from stages.wcpa.submission import read_submission
+from tests.stages.tiny_wcpa import grid_mesh, make_tiny_root, write_params
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    base = tmp_path_factory.mktemp("tiny")
+    make_tiny_root(base / "root", base / "test_gt")
+    return base
+
+
+@pytest.fixture
+def project(tiny_root, tmp_path, monkeypatch):
+    """A working directory with params.yaml pointing at the tiny root."""
+    shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path / "params.yaml", tiny_root / "root", tiny_root / "test_gt")
+    return tmp_path
+
+
+def test_split_is_subject_disjoint_ordered_and_deterministic():
+    table = pd.DataFrame({"subject_id": [f"{k % 10:03d}" for k in range(100)], "facial_action": "1",
+                          "img_id": [str(k) for k in range(100)]})
+    train, val = split_table(table, 0.2, seed=7)
+    assert set(train["subject_id"]).isdisjoint(val["subject_id"])
+    assert val["subject_id"].nunique() == 2 and len(train) + len(val) == 100
+    assert train["img_id"].astype(int).is_monotonic_increasing and val["img_id"].astype(int).is_monotonic_increasing
+    again_train, again_val = split_table(table, 0.2, seed=7)
+    pd.testing.assert_frame_equal(val, again_val)
+    assert not split_table(table, 0.2, seed=8)[1].equals(val)
+
+
+def test_split_needs_two_subjects():
+    table = pd.DataFrame({"subject_id": ["1", "1"], "facial_action": "1", "img_id": ["1", "2"]})
+    with pytest.raises(DataError, match="at least 2 subjects"):
+        split_table(table, 0.2, seed=0)
+
+
+def test_baseline_predicts_the_mean_shape_and_pose(project, tiny_root):
+    split.main()
+    summary = json.loads(Path("artifacts/split/summary.json").read_text())
+    assert summary["val"] == {"samples": 4, "subjects": 1} and summary["train"]["subjects"] == 4
+    baseline.main()
+    root = tiny_root / "root"
+    train = read_list("artifacts/split/train.csv")
+    verts, poses = load_labels(root, train, len(grid_mesh()[0]))
+    val = read_list("artifacts/split/val.csv")
+    predicted = load_predictions("artifacts/baseline/predictions_val.npz", val)
+    assert np.allclose(predicted["verts"], verts.mean(axis=0), atol=1e-6)
+    scipy_mean = Rotation.from_matrix(poses[:, :3, :3]).mean().as_matrix()
+    assert np.allclose(predicted["R_t"][:, :3, :3], scipy_mean, atol=1e-9)
+    assert np.allclose(predicted["R_t"][:, 3, :3], poses[:, 3, :3].mean(axis=0))
+    test = load_predictions("artifacts/baseline/predictions_test.npz", read_list(list_path(root, "test")))
+    assert len(test["verts"]) == 4
+    assert pd.read_csv("artifacts/baseline/skipped.csv").empty
+
+
+def test_submit_and_evaluate_the_baseline(project, tiny_root, caplog):
+    split.main()
+    baseline.main()
+    submit.main("params.yaml", "baseline")
+    test = read_list(list_path(tiny_root / "root", "test"))
+    array = read_submission("submissions/baseline.zip", len(test), len(grid_mesh()[0]))
+    assert np.array_equal(array, np.load("submissions/baseline.npy"))
+    caplog.set_level("INFO")
+    evaluate.main("params.yaml", "baseline")
+    out = Path("artifacts/evaluate/baseline")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"val", "test"} and metrics["test"]["n"] == 4
+    errors = pd.read_csv(out / "errors_test.csv", dtype={"subject_id": str, "img_id": str, "facial_action": str})
+    assert errors["subject_id"].tolist() == test["subject_id"].tolist()
+    assert metrics["test"]["score"] == pytest.approx(errors["score"].mean())
+    assert {"yaw_deg", "distance_m"} <= set(errors.columns)
+    for split_name in ("val", "test"):
+        sheet = cv2.imread(str(out / f"sheet_{split_name}.png"))
+        assert sheet.shape == (4 * 256, 3 * 256, 3)
+        histogram = pd.read_csv(out / "plots" / f"{split_name}_hist_score.csv")
+        assert histogram["samples"].sum() == 4
+        assert pd.read_csv(out / "plots" / f"{split_name}_vs_yaw.csv")["samples"].sum() == 4
+    assert "score_shape10" in caplog.text
+
+
+def test_evaluate_without_test_ground_truth_skips_test(project, tiny_root, caplog):
+    write_params(project / "params.yaml", tiny_root / "root", "")
+    split.main()
+    baseline.main()
+    caplog.set_level("INFO")
+    evaluate.main("params.yaml", "baseline")
+    metrics = json.loads(Path("artifacts/evaluate/baseline/metrics.json").read_text())
+    assert set(metrics) == {"val"}
+    assert "test metrics skipped" in caplog.text
+    assert pd.read_csv("artifacts/evaluate/baseline/errors_test.csv").empty
+
+
+def test_evaluate_reports_the_landmark_error(project, tiny_root):
+    split.main()
+    baseline.main()
+    root = tiny_root / "root"
+    val = read_list("artifacts/split/val.csv")
+    verts, poses = load_labels(root, val, len(grid_mesh()[0]))
+    uv = load_resources(root).camera.project(verts, poses) + np.array([3.0, 4.0])
+    save_predictions("artifacts/baseline/predictions_val.npz", val, verts, poses, landmarks=uv.astype(np.float32))
+    evaluate.main("params.yaml", "baseline")
+    metrics = json.loads(Path("artifacts/evaluate/baseline/metrics.json").read_text())
+    assert metrics["val"]["landmark_px"] == pytest.approx(5.0, abs=1e-3)
+    assert metrics["val"]["score"] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_submit_refuses_nan_predictions(project, tiny_root):
+    root = tiny_root / "root"
+    test = read_list(list_path(root, "test"))
+    verts, poses = load_labels(tiny_root / "test_gt", test, len(grid_mesh()[0]))
+    verts[2, 0, 1] = np.nan
+    save_predictions("artifacts/nanny/predictions_test.npz", test, verts, poses)
+    with pytest.raises(DataError, match="predictions_test.npz: 'verts' has NaN or inf in 1 row.*first row 2"):
+        submit.main("params.yaml", "nanny")
+    assert not Path("submissions/nanny.npy").exists()
+
+
+def test_submit_refuses_predictions_in_another_order(project, tiny_root):
+    test = read_list(list_path(tiny_root / "root", "test"))
+    verts, poses = load_labels(tiny_root / "test_gt", test, len(grid_mesh()[0]))
+    shuffled = test.iloc[::-1].reset_index(drop=True)
+    save_predictions("artifacts/shuffled/predictions_test.npz", shuffled, verts[::-1], poses[::-1])
+    with pytest.raises(DataError, match="rows do not match the list"):
+        submit.main("params.yaml", "shuffled")
+
+
+def test_baseline_skips_a_bad_label_only_when_told(project, tiny_root, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_root / "root", root)
+    write_params(project / "params.yaml", root, tiny_root / "test_gt")
+    split.main()
+    bad_row = next(read_list("artifacts/split/train.csv").itertuples(index=False))
+    info_path(root, bad_row).write_bytes(b"garbage")
+    with pytest.raises(DataError, match=str(info_path(root, bad_row))):
+        baseline.main()
+    write_params(project / "params.yaml", root, tiny_root / "test_gt", data__skip_bad=True, data__max_bad_fraction=0.1)
+    baseline.main()
+    skipped = pd.read_csv("artifacts/baseline/skipped.csv")
+    assert skipped["file"].tolist() == [str(info_path(root, bad_row))]
