@@ -43,4 +43,29 @@ SCHEMA = {
         "tile_size": int,         # side of a sheet tile, px
         "bins": int,              # bins of the error histograms and of the error-vs-yaw/distance curves
     },
+    "pca": {
+        "n_components": int,      # PCA components (clamped, with a warning, to meshes - 1)
+        "neutral_list": str,      # CSV of ids (subject_id, facial_action, img_id); '' = automatic
+        "allow_missing_blendshapes": bool,  # fit without data.blendshapes (a warning) instead of failing
+        "max_frames_per_subject": int,      # neutral selection scores at most this many frames per subject
+    },
+    "train": {
+        "depth": int,             # torchvision ResNet depth: 18, 34 or 50
+        "pretrained": bool,       # ImageNet weights through torchvision (must be in the torch hub cache)
+        "coordconv": bool,        # 5-channel input (RGB + crop X, Y maps) instead of RGB
+        "shape_head": str,        # pca (coefficients, sec. 2.3) | direct (vertices, Table 2)
+        "landmark_loss": str,     # gnll (eq. 1) | mse (gnll with sigma fixed to 1 px)
+        "epochs": int,
+        "batch_size": int,
+        "lr": float,              # Adam learning rate
+        "schedule": str,          # constant | cosine (per step, to lr * min_lr_ratio)
+        "min_lr_ratio": float,
+        "weight_decay": float,
+        "flip": float,            # horizontal flip probability
+        "color_jitter": float,    # brightness/contrast/saturation strength (hue: a quarter of it)
+        "workers": int,           # DataLoader worker processes (0 = load in the main process)
+        "device": str,            # auto | cpu | cuda
+        "amp": bool,              # autocast + GradScaler on CUDA (ignored on CPU)
+        "val_batch_size": int,
+    },
 }

@@ -11,7 +11,7 @@ import pandas as pd
 
 from stages.wcpa.camera import Camera, euler_from_rt
 from stages.wcpa.layout import ID_COLUMNS
-from stages.wcpa.score import ERROR_COLUMNS, landmark_errors, sample_errors
+from stages.wcpa.score import CHUNK, ERROR_COLUMNS, landmark_errors, sample_errors
 
 HIST_METRICS = ("score", "add", "shape")
 CURVE_METRICS = ("score", "cam", "add", "shape")
@@ -26,10 +26,18 @@ def error_table(table: pd.DataFrame, verts_gt: np.ndarray, Rt_gt: np.ndarray, pr
     """
     errors = sample_errors(verts_gt, Rt_gt, predictions["verts"], predictions["R_t"])
     if "landmarks" in predictions:
-        errors["landmark_px"] = landmark_errors(camera.project(verts_gt, Rt_gt), predictions["landmarks"])
+        errors["landmark_px"] = projected_landmark_errors(camera, verts_gt, Rt_gt, predictions["landmarks"])
     context = pd.DataFrame({"yaw_deg": np.degrees(euler_from_rt(Rt_gt)[:, 0]),
                             "distance_m": np.linalg.norm(Rt_gt[:, 3, :3], axis=1)})
     return pd.concat([table[ID_COLUMNS].reset_index(drop=True), errors, context], axis=1)
+
+
+def projected_landmark_errors(camera: Camera, verts_gt: np.ndarray, Rt_gt: np.ndarray,
+                              uv_pred: np.ndarray) -> np.ndarray:
+    """Mean px distance of predicted 2D points (N, V, 2) to the projected ground truth, (N,), in batches."""
+    return np.concatenate([
+        landmark_errors(camera.project(verts_gt[k:k + CHUNK], Rt_gt[k:k + CHUNK]), uv_pred[k:k + CHUNK])
+        for k in range(0, len(verts_gt), CHUNK)] or [np.empty(0)])
 
 
 def empty_error_table(with_landmarks: bool) -> pd.DataFrame:

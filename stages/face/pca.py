@@ -1,0 +1,224 @@
+"""The PCA face space of the 3D branch (paper sec. 2.3.1): neutral meshes + ARKit blendshapes.
+
+Meshes are canonical (V, 3) arrays in metres. The basis stores orthonormal components over the
+flattened 3V vector and the standard deviation of the fitting meshes along each of them, so the
+network works with *normalised* coefficients a_k (unit variance over the fitting meshes):
+
+    verts = mean + sum_k a_k * std_k * component_k
+
+WPDC weight of coefficient k (eq. 3; the paper does not define W): the RMS vertex displacement,
+in millimetres, that a unit change of a_k causes, w_k = 1000 * std_k / sqrt(V). With these
+weights ||w * (a_pred - a_gt)||^2 is the mean squared vertex error (mm^2) of the in-span part of
+the mesh, i.e. every coefficient is weighted by how much it moves the surface.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from stages.common.io import save_npz
+from stages.face.mesh import read_obj
+
+log = logging.getLogger(__name__)
+
+ARKIT_BLENDSHAPES = (
+    "eyeBlinkLeft", "eyeLookDownLeft", "eyeLookInLeft", "eyeLookOutLeft", "eyeLookUpLeft",
+    "eyeSquintLeft", "eyeWideLeft", "eyeBlinkRight", "eyeLookDownRight", "eyeLookInRight",
+    "eyeLookOutRight", "eyeLookUpRight", "eyeSquintRight", "eyeWideRight", "jawForward", "jawLeft",
+    "jawRight", "jawOpen", "mouthClose", "mouthFunnel", "mouthPucker", "mouthLeft", "mouthRight",
+    "mouthSmileLeft", "mouthSmileRight", "mouthFrownLeft", "mouthFrownRight", "mouthDimpleLeft",
+    "mouthDimpleRight", "mouthStretchLeft", "mouthStretchRight", "mouthRollLower", "mouthRollUpper",
+    "mouthShrugLower", "mouthShrugUpper", "mouthPressLeft", "mouthPressRight", "mouthLowerDownLeft",
+    "mouthLowerDownRight", "mouthUpperUpLeft", "mouthUpperUpRight", "browDownLeft", "browDownRight",
+    "browInnerUp", "browOuterUpLeft", "browOuterUpRight", "cheekPuff", "cheekSquintLeft",
+    "cheekSquintRight", "noseSneerLeft", "noseSneerRight",
+)   # the 52 ARKit blendshapes but tongueOut (paper sec. 2.3.1)
+
+
+@dataclass(frozen=True)
+class PCABasis:
+    """mean (V, 3) metres; components (K, V, 3) orthonormal as 3V vectors; std (K,) metres."""
+
+    mean: np.ndarray
+    components: np.ndarray
+    std: np.ndarray
+
+    @property
+    def n_components(self) -> int:
+        return len(self.components)
+
+    @property
+    def n_verts(self) -> int:
+        return len(self.mean)
+
+    def project(self, verts: np.ndarray) -> np.ndarray:
+        """Least-squares normalised coefficients of meshes (..., V, 3) -> (..., K) float32."""
+        verts = np.asarray(verts, dtype=np.float64)
+        flat = (verts - self.mean).reshape(verts.shape[:-2] + (-1,))
+        coeffs = flat @ self.components.reshape(self.n_components, -1).T / self.std
+        return coeffs.astype(np.float32)
+
+    def reconstruct(self, coeffs: np.ndarray) -> np.ndarray:
+        """Normalised coefficients (..., K) -> meshes (..., V, 3) float32 metres."""
+        coeffs = np.asarray(coeffs, dtype=np.float64) * self.std
+        flat = coeffs @ self.components.reshape(self.n_components, -1)
+        return (self.mean + flat.reshape(coeffs.shape[:-1] + self.mean.shape)).astype(np.float32)
+
+    def wpdc_weights(self) -> np.ndarray:
+        """(K,) mm: RMS vertex displacement caused by a unit change of each normalised coefficient."""
+        return (1000.0 * self.std / np.sqrt(self.n_verts)).astype(np.float32)
+
+    def save(self, path: Path | str, **extra: np.ndarray) -> None:
+        """Write mean, components, std, wpdc_weights and any extra arrays to one .npz, atomically."""
+        save_npz(path, mean=self.mean, components=self.components, std=self.std,
+                 wpdc_weights=self.wpdc_weights(), **extra)
+
+    @classmethod
+    def load(cls, path: Path | str) -> "PCABasis":
+        path = Path(path)
+        try:
+            with np.load(path) as npz:
+                return cls(mean=npz["mean"], components=npz["components"], std=npz["std"])
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: PCA basis not found (run `dvc repro pca`)") from None
+        except KeyError as err:
+            raise ValueError(f"{path}: not a PCA basis file (missing {err})") from None
+
+
+def fit_pca(meshes: np.ndarray, n_components: int) -> PCABasis:
+    """PCA of meshes (N, V, 3) by SVD of the centred data.
+
+    n_components is clamped to N - 1 (the rank of N centred meshes) with a logged warning, so
+    that a small data set still gets a usable, exactly-spanning basis.
+    """
+    meshes = np.asarray(meshes, dtype=np.float64)
+    n = len(meshes)
+    if n < 2:
+        raise ValueError(f"PCA needs at least 2 meshes, got {n}")
+    if n_components > n - 1:
+        log.warning("pca.n_components=%d > %d meshes - 1: clamped to %d", n_components, n, n - 1)
+        n_components = n - 1
+    mean = meshes.mean(axis=0)
+    centred = (meshes - mean).reshape(n, -1)
+    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+    std = singular[:n_components] / np.sqrt(n - 1)
+    if (std <= 1e-12).any():
+        raise ValueError(f"PCA: {int((std <= 1e-12).sum())} of {n_components} components have zero "
+                         "variance (duplicate meshes?); lower pca.n_components")
+    return PCABasis(mean=mean, components=vt[:n_components].reshape(n_components, *mean.shape), std=std)
+
+
+def expression_directions(blendshapes: np.ndarray) -> np.ndarray:
+    """Blendshape meshes (B, V, 3) -> expression displacements (B, 3V) from their rest face.
+
+    The rest face is the per-vertex median of the blendshapes: each ARKit blendshape moves one
+    region (an eye, the jaw, the brows), so at every vertex most of them sit at rest.
+    """
+    blendshapes = np.asarray(blendshapes, dtype=np.float64)
+    rest = np.median(blendshapes, axis=0)
+    return (blendshapes - rest).reshape(len(blendshapes), -1)
+
+
+def expression_energy(verts: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """Expression magnitude (N,) metres RMS per vertex of one subject's frames (N, V, 3).
+
+    Model: frame f = neutral + sum_k w_fk D_k with w >= 0 (ARKit activations are non-negative)
+    and the subject's neutral unknown. Least-squares activations c_f of the frames about their
+    mean are shifted so that each blendshape's smallest activation over the frames is 0
+    (w_f = c_f - min_f c_f: the least-expressive frame rests every blendshape); the energy is
+    the RMS vertex displacement of D^T w_f.
+    """
+    flat = np.asarray(verts, dtype=np.float64).reshape(len(verts), -1)
+    activations = np.linalg.lstsq(directions.T, (flat - flat.mean(0)).T, rcond=None)[0].T
+    weights = activations - activations.min(0)
+    return np.sqrt(((weights @ directions) ** 2).reshape(len(verts), -1, 3).sum(-1).mean(-1))
+
+
+def medoid_index(verts: np.ndarray) -> int:
+    """Index of the frame (N, V, 3) with the smallest summed RMS distance to the others."""
+    flat = np.asarray(verts, dtype=np.float64).reshape(len(verts), -1)
+    sq = (flat ** 2).sum(1)
+    dist = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * flat @ flat.T, 0.0))
+    return int(np.argmin(dist.sum(1)))
+
+
+def select_neutral_frames(verts: np.ndarray, subjects: np.ndarray, blendshapes: np.ndarray | None = None,
+                          max_frames: int = 500, seed: int = 0) -> np.ndarray:
+    """One neutral-expression frame per subject -> row indices (S,) in order of first appearance.
+
+    With blendshapes (B, V, 3): the frame of least expression energy (`expression_energy`).
+    Without (B = 0 or None): the subject's medoid frame, the hub the expressions radiate from
+    (less reliable: a mild expression can be nearer the others than the rest face). Subjects
+    with more than `max_frames` frames are scored on a seeded subsample.
+    verts: (N, V, 3) canonical meshes; subjects: (N,) subject ids.
+    """
+    subjects = np.asarray(subjects)
+    directions = expression_directions(blendshapes) if blendshapes is not None and len(blendshapes) else None
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for subject in pd.unique(subjects):
+        rows = np.flatnonzero(subjects == subject)
+        if len(rows) > max_frames:
+            rows = np.sort(rng.choice(rows, max_frames, replace=False))
+        frames = np.asarray(verts[rows])
+        best = medoid_index(frames) if directions is None else int(np.argmin(expression_energy(frames, directions)))
+        chosen.append(rows[best])
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def read_neutral_list(path: Path | str, table: pd.DataFrame) -> np.ndarray:
+    """A hand-made CSV of ids (subject_id, facial_action, img_id) -> row indices into `table`."""
+    path = Path(path)
+    try:
+        chosen = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: neutral list (pca.neutral_list) not found") from None
+    columns = ["subject_id", "facial_action", "img_id"]
+    if any(c not in chosen.columns for c in columns):
+        raise ValueError(f"{path}: needs columns {', '.join(columns)}")
+    keys = table[columns].agg("/".join, axis=1)
+    where = pd.Series(np.arange(len(table)), index=keys.to_numpy())
+    wanted = chosen[columns].agg("/".join, axis=1)
+    unknown = wanted[~wanted.isin(where.index)]
+    if len(unknown):
+        raise ValueError(f"{path}: {len(unknown)} id(s) not in the training split, e.g. {unknown.iloc[0]}")
+    return where[wanted.to_numpy()].to_numpy().astype(np.int64)
+
+
+def read_blendshapes(folder: Path | str, n_verts: int, allow_missing: bool = False) -> np.ndarray:
+    """The 51 ARKit blendshape meshes <folder>/<Name>.obj -> (51, V, 3) metres.
+
+    A missing folder or file is an error naming it; with allow_missing the PCA goes without
+    blendshapes: a warning is logged and (0, V, 3) is returned.
+    """
+    folder = Path(folder)
+    missing = [name for name in ARKIT_BLENDSHAPES if not (folder / f"{name}.obj").is_file()]
+    if missing:
+        what = (f"{folder}: blendshape folder not found" if not folder.is_dir() else
+                f"{folder}: {len(missing)} blendshape mesh(es) missing, e.g. {missing[0]}.obj")
+        if not allow_missing:
+            raise FileNotFoundError(f"{what} (set data.blendshapes, or pca.allow_missing_blendshapes: "
+                                    "true to fit the PCA on neutral meshes only)")
+        log.warning("%s: the PCA is fitted without blendshapes", what)
+        return np.zeros((0, n_verts, 3))
+    meshes = []
+    for name in ARKIT_BLENDSHAPES:
+        verts, _ = read_obj(folder / f"{name}.obj")
+        if verts.shape != (n_verts, 3):
+            raise ValueError(f"{folder / f'{name}.obj'}: {len(verts)} vertices, the data has {n_verts}")
+        meshes.append(verts)
+    return np.stack(meshes)
+
+
+def reconstruction_errors(basis: PCABasis, verts: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Per-sample mean vertex distance (mm) between meshes (N, V, 3) and their PCA fit. (N,)"""
+    errors = []
+    for start in range(0, len(verts), chunk):
+        part = np.asarray(verts[start:start + chunk], dtype=np.float64)
+        fit = basis.reconstruct(basis.project(part))
+        errors.append(1000.0 * np.linalg.norm(fit - part, axis=-1).mean(-1))
+    return np.concatenate(errors) if errors else np.zeros(0)

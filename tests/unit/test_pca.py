@@ -1,0 +1,99 @@
+"""PCA face space: exact reconstruction, clamping, WPDC weights, neutral selection, blendshapes."""
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stages.face.mesh import write_obj
+from stages.face.pca import (ARKIT_BLENDSHAPES, fit_pca, read_blendshapes, read_neutral_list,
+                             reconstruction_errors, select_neutral_frames)
+from tests.tiny_project import face_blendshapes, make_faces, symmetric_template
+
+
+def random_meshes(n=12, v=30, seed=0):
+    return np.random.default_rng(seed).normal(0, 0.01, (n, v, 3)) + np.linspace(0, 0.1, v * 3).reshape(v, 3)
+
+
+def test_all_components_reconstruct_training_meshes_exactly():
+    meshes = random_meshes()
+    basis = fit_pca(meshes, len(meshes) - 1)
+    assert reconstruction_errors(basis, meshes).max() < 1e-4       # mm (float32 coefficients)
+    flat = basis.components.reshape(basis.n_components, -1)
+    np.testing.assert_allclose(flat @ flat.T, np.eye(basis.n_components), atol=1e-10)
+
+
+def test_normalised_coefficients_have_unit_variance_over_fitting_meshes():
+    meshes = random_meshes()
+    basis = fit_pca(meshes, 5)
+    np.testing.assert_allclose(basis.project(meshes).std(0, ddof=1), 1.0, rtol=1e-4)
+
+
+def test_n_components_is_clamped_to_meshes_minus_one(caplog):
+    meshes = random_meshes(n=8)
+    with caplog.at_level(logging.WARNING):
+        basis = fit_pca(meshes, 250)
+    assert basis.n_components == 7
+    assert "clamped to 7" in caplog.text
+
+
+def test_wpdc_weights_are_the_rms_displacement_of_a_unit_coefficient_change():
+    meshes = random_meshes()
+    basis = fit_pca(meshes, 6)
+    weights = basis.wpdc_weights()
+    assert (weights > 0).all()
+    for k in range(basis.n_components):
+        unit = np.zeros(basis.n_components)
+        unit[k] = 1.0
+        moved = basis.reconstruct(unit) - basis.reconstruct(np.zeros_like(unit))
+        rms_mm = 1000 * np.sqrt((moved.astype(np.float64) ** 2).sum(-1).mean())
+        assert rms_mm == pytest.approx(weights[k], rel=1e-4)
+
+
+def test_neutral_selection_finds_the_rest_face():
+    rng = np.random.default_rng(3)
+    template = symmetric_template(15, rng)
+    blendshapes = face_blendshapes(rng, template)
+    table, meshes = make_faces(rng, template, 10, ["smile", "neutral", "talk"], 3, blendshapes)
+    chosen = select_neutral_frames(meshes, table.subject_id.to_numpy(), blendshapes)
+    assert len(chosen) == 10
+    assert (table.facial_action.iloc[chosen] == "neutral").all()
+    assert table.subject_id.iloc[chosen].is_unique
+
+
+def test_hand_made_neutral_list_gives_its_rows(tmp_path):
+    table = pd.DataFrame({"subject_id": ["a", "a", "b"], "facial_action": ["x", "y", "x"], "img_id": ["1", "2", "1"]})
+    table.iloc[[2, 1]].to_csv(tmp_path / "n.csv", index=False)
+    assert read_neutral_list(tmp_path / "n.csv", table).tolist() == [2, 1]
+    pd.DataFrame({"subject_id": ["c"], "facial_action": ["x"], "img_id": ["1"]}).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(ValueError, match="bad.csv.*c/x/1"):
+        read_neutral_list(tmp_path / "bad.csv", table)
+
+
+def test_missing_blendshape_folder_is_an_error_naming_it(tmp_path, caplog):
+    folder = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match="nowhere: blendshape folder not found"):
+        read_blendshapes(folder, 30)
+    with caplog.at_level(logging.WARNING):
+        assert read_blendshapes(folder, 30, allow_missing=True).shape == (0, 30, 3)
+    assert "without blendshapes" in caplog.text
+
+
+def test_blendshapes_are_read_in_arkit_order_and_checked(tmp_path):
+    shapes = np.random.default_rng(0).normal(size=(len(ARKIT_BLENDSHAPES), 30, 3))
+    for name, shape in zip(ARKIT_BLENDSHAPES, shapes):
+        write_obj(tmp_path / f"{name}.obj", shape)
+    np.testing.assert_allclose(read_blendshapes(tmp_path, 30), shapes, atol=1e-6)
+    with pytest.raises(ValueError, match="eyeBlinkLeft.obj: 30 vertices"):
+        read_blendshapes(tmp_path, 31)
+    (tmp_path / "jawOpen.obj").unlink()
+    with pytest.raises(FileNotFoundError, match="missing, e.g. jawOpen.obj"):
+        read_blendshapes(tmp_path, 30)
+
+
+def test_medoid_fallback_without_blendshapes_returns_one_frame_per_subject():
+    rng = np.random.default_rng(4)
+    template = symmetric_template(15, rng)
+    table, meshes = make_faces(rng, template, 5, ["smile", "neutral"], 2, face_blendshapes(rng, template))
+    chosen = select_neutral_frames(meshes, table.subject_id.to_numpy(), None)
+    assert table.subject_id.iloc[chosen].tolist() == sorted(table.subject_id.unique())
