@@ -31,9 +31,51 @@ SCHEMA = {
         "image_size": int,
         "jpeg_quality": int,
         "workers": int,
+        "identity_scale": float,
+        "supersample": int,
+        "blur_max": float,
+        "noise_max": float,
+        "rot_mean": [float],
+        "rot_std": [float],
+        "trans_mean": [float],
+        "trans_std": [float],
+        "margin_px": float,
+        "sheet_samples": int,
     },
     "split": {
         "val_fraction": float,
+    },
+    "coarse_train": {
+        "locate_backbone": str,   # torchvision backbone of pass 1 (whole image downscaled)
+        "refine_backbone": str,   # torchvision backbone of pass 2 (square around the pass-1 face)
+        "pretrained": bool,       # ImageNet weights (needs them in the torch hub cache)
+        "locate_size": int,       # pass-1 input side, px
+        "refine_size": int,       # pass-2 input side, px
+        "refine_margin": float,   # pass-2 square side / longer side of the landmarks' box
+        "head_width": int,        # channels of the feature pyramid and heatmap head
+        "epochs": int,
+        "batch_size": int,
+        "lr": float,              # peak of the one-cycle schedule (AdamW)
+        "weight_decay": float,
+        "flip_prob": float,       # horizontal flip probability (landmarks mirrored + reordered)
+        "locate_shift": float,    # augmentation: max shift, fraction of the input side
+        "locate_scale": float,    # augmentation: max zoom factor (and 1/factor)
+        "locate_rotate": float,   # augmentation: max rotation, degrees
+        "refine_shift": float,
+        "refine_scale": float,
+        "refine_rotate": float,
+    },
+    "coarse_predict": {
+        "batch_size": int,
+        "refine_passes": int,     # pass 2 repeated, each time re-centred on the latest landmarks
+        "flip_test": bool,        # average pass 2 with its mirrored run
+    },
+    "crop": {
+        "source": str,            # landmarks that place the crop: coarse | given68 | gt (gt: train only)
+        "size": int,              # crop side, px
+        "margin": float,          # crop side / side of the reference face (whole mesh) in the crop
+        "rotation": str,          # what levels the face: eye_line | pose (roll of a PnP fit)
+        "chunk": int,             # images per work unit (the resume granularity)
     },
     "submit": {
         "predictors": [str],

@@ -98,18 +98,15 @@ def eye_line_angle(landmarks: np.ndarray) -> np.ndarray:
     return np.arctan2(delta[..., 1], delta[..., 0])
 
 
-def frontal_warp(landmarks: np.ndarray, reference: np.ndarray, size: int) -> np.ndarray:
-    """Similarity warps (..., 2, 3) full image -> crop with the eye line horizontal.
-
-    landmarks: (..., K, 2) full-image px; reference: (K, 2) the frontal reference shape in crop
-    px (already scaled and placed with the margin). The rotation undoes the eye-line angle;
-    scale and shift are the least-squares fit of the rotated landmarks to the reference.
-    """
+def fit_similarity(landmarks: np.ndarray, reference: np.ndarray, angle: np.ndarray) -> np.ndarray:
+    """Similarity warps (..., 2, 3) with a fixed rotation `angle` (...,) (radians, as in
+    `similarity`) whose scale and shift best map landmarks (..., K, 2) onto reference (K, 2) in
+    the least-squares sense. Raises ValueError for degenerate (coincident) landmarks."""
     landmarks = np.asarray(landmarks, dtype=np.float64)
     reference = np.asarray(reference, dtype=np.float64)
-    angle = eye_line_angle(landmarks)
+    angle = np.broadcast_to(np.asarray(angle, dtype=np.float64), landmarks.shape[:-2])
     origin = np.zeros(landmarks.shape[:-2] + (2,))
-    rotated = apply_warp(similarity(angle, np.ones(landmarks.shape[:-2]), origin, origin), landmarks)
+    rotated = apply_warp(similarity(angle, np.ones(angle.shape), origin, origin), landmarks)
     centred = rotated - rotated.mean(-2, keepdims=True)
     ref_mean = reference.mean(0)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -117,3 +114,19 @@ def frontal_warp(landmarks: np.ndarray, reference: np.ndarray, size: int) -> np.
     if np.any(~np.isfinite(scale)) or np.any(scale <= 0):
         raise ValueError("degenerate landmarks: cannot fit a similarity (all points equal?)")
     return similarity(angle, scale, landmarks.mean(-2), np.broadcast_to(ref_mean, landmarks.shape[:-2] + (2,)))
+
+
+def frontal_warp(landmarks: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Similarity warps (..., 2, 3) full image -> crop with the eye line horizontal.
+
+    landmarks: (..., K, 2) full-image px (iBUG order); reference: (K, 2) the frontal reference
+    shape in crop px (already scaled and placed with the margin). The rotation undoes the
+    eye-line angle; scale and shift are the least-squares fit to the reference.
+    """
+    return fit_similarity(landmarks, reference, eye_line_angle(landmarks))
+
+
+def rotation_angle(warps: np.ndarray) -> np.ndarray:
+    """The rotation angle (...,) in radians of similarity warps (..., 2, 3), as in `similarity`."""
+    warps = np.asarray(warps, dtype=np.float64)
+    return np.arctan2(warps[..., 0, 1], warps[..., 0, 0])

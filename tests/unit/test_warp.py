@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from stages.face.warp import (apply_warp, compose, eye_line_angle, frontal_warp, invert_warp,
-                              similarity, to_opencv, warp_image)
+                              rotation_angle, similarity, to_opencv, warp_image)
 
 
 def _reference(rng) -> np.ndarray:
@@ -29,9 +29,10 @@ def test_frontal_warp_levels_eye_line_and_recovers_exact_similarity():
     to_full = similarity(np.array([0.3, -0.5]), np.array([0.4, 2.5]),
                          np.array([[64.0, 64.0], [64.0, 64.0]]), np.array([[400.0, 380.0], [300.0, 500.0]]))
     landmarks = apply_warp(to_full, reference)
-    warps = frontal_warp(landmarks, reference, 128)
+    warps = frontal_warp(landmarks, reference)
     in_crop = apply_warp(warps, landmarks)
     assert np.allclose(eye_line_angle(in_crop), 0.0, atol=1e-9)
+    assert np.allclose(rotation_angle(warps), [-0.3, 0.5])
     assert np.allclose(in_crop, reference, atol=1e-6)
     linear = warps[:, :, :2]
     assert np.allclose(linear @ np.swapaxes(linear, 1, 2),
@@ -41,7 +42,7 @@ def test_frontal_warp_levels_eye_line_and_recovers_exact_similarity():
 def test_frontal_warp_rejects_degenerate_landmarks():
     reference = _reference(np.random.default_rng(1))
     with pytest.raises(ValueError, match="degenerate"):
-        frontal_warp(np.full((68, 2), 300.0), reference, 128)
+        frontal_warp(np.full((68, 2), 300.0), reference)
 
 
 def test_round_trip_crop_to_full_to_crop():

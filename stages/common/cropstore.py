@@ -1,0 +1,90 @@
+"""Writing one split of the crop store, resumably.
+
+Final layout of a split folder: images.npy (N, S, S, 3) uint8 RGB (.npy, read with
+np.load(mmap_mode='r')), warps.npy (N, 2, 3) float64 full px -> crop px, inv_warps.npy (N, 2, 3)
+crop px -> full px, index.csv (the list's id columns + `skipped`, 1 for a sample skipped as bad
+input: its image is black and its warps NaN).
+
+While writing, everything lives in a work folder: images.npy is a memory-mapped .npy filled
+chunk by chunk, done.npy (N,) bool marks the rows already written (saved after each chunk), and
+config.json identifies the job (size, rows, a hash of the warps). A rerun with the same job
+continues with the rows not done; any other job starts afresh. `finish` moves the images into
+the split folder and writes the rest.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from stages.common.io import save_json, save_npy
+from stages.face.warp import invert_warp
+from stages.wcpa.layout import ID_COLUMNS
+
+
+def job_key(warps: np.ndarray, size: int, table: pd.DataFrame) -> str:
+    """Identity of a crop job: its warps, crop size and rows."""
+    digest = hashlib.sha256(np.ascontiguousarray(warps, dtype=np.float64).tobytes())
+    digest.update(str(size).encode())
+    digest.update(table[ID_COLUMNS].to_csv(index=False).encode())
+    return digest.hexdigest()
+
+
+class CropStoreWriter:
+    """The work folder of one split: images (N, S, S, 3) memmap, done mask (N,)."""
+
+    def __init__(self, work: Path | str, table: pd.DataFrame, warps: np.ndarray, size: int):
+        self.work = Path(work)
+        self.table = table.reset_index(drop=True)
+        self.warps = np.asarray(warps, dtype=np.float64)
+        self.size = size
+        key = job_key(self.warps, size, self.table)
+        config = self.work / "config.json"
+        resumable = config.is_file() and json.loads(config.read_text()).get("key") == key \
+            and (self.work / "images.npy").is_file() and (self.work / "done.npy").is_file()
+        if not resumable:
+            shutil.rmtree(self.work, ignore_errors=True)
+            self.work.mkdir(parents=True)
+            np.lib.format.open_memmap(self.work / "images.npy", mode="w+", dtype=np.uint8,
+                                      shape=(len(self.table), size, size, 3)).flush()
+            save_npy(self.work / "done.npy", np.zeros(len(self.table), dtype=bool))
+            save_json(config, {"key": key, "rows": len(self.table), "size": size})
+        self.images = np.load(self.work / "images.npy", mmap_mode="r+")
+        self.done = np.load(self.work / "done.npy")
+
+    def pending(self, rows: np.ndarray, chunk: int) -> list[np.ndarray]:
+        """The not-yet-written rows among `rows`, in chunks of at most `chunk`."""
+        todo = np.asarray(rows, dtype=np.int64)
+        todo = todo[~self.done[todo]]
+        return [todo[i:i + chunk] for i in range(0, len(todo), chunk)]
+
+    def write(self, rows: np.ndarray, crops: np.ndarray) -> None:
+        """Store crops (n, S, S, 3) at `rows` and mark them done (flushed before the mark)."""
+        if len(rows):
+            self.images[rows] = crops
+            self.images.flush()
+            self.done[rows] = True
+            save_npy(self.work / "done.npy", self.done)
+
+    def finish(self, out: Path | str, skipped: np.ndarray) -> None:
+        """Write the finished split into `out`; skipped (N,) bool rows get NaN warps."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        missing = ~self.done & ~skipped
+        if missing.any():
+            raise RuntimeError(f"{self.work}: {int(missing.sum())} rows neither written nor skipped")
+        identity = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+        inverse = invert_warp(np.where(skipped[:, None, None], identity, self.warps))
+        self.images.flush()
+        del self.images
+        os.replace(self.work / "images.npy", out / "images.npy")
+        save_npy(out / "warps.npy", np.where(skipped[:, None, None], np.nan, self.warps))
+        save_npy(out / "inv_warps.npy", np.where(skipped[:, None, None], np.nan, inverse))
+        index = self.table[ID_COLUMNS].assign(skipped=skipped.astype(int))
+        index.to_csv(out / "index.csv", index=False)
+        shutil.rmtree(self.work)

@@ -1,0 +1,104 @@
+"""In-plane frontalization of the face crop (pipeline step 2) and how well a crop achieved it.
+
+The reference shape is the template mesh seen from the front (orthographic, +x to the right,
++y up), scaled so that the whole mesh's longer side is `size / margin` crop px and centred. A
+crop warp is the similarity that maps the image landmarks onto the reference landmarks in the
+least-squares sense, with its rotation fixed by one of:
+  eye_line  the line between the eye centres (iBUG 36-41, 42-47) becomes horizontal;
+  pose      the roll of the head pose fitted to the landmarks (OpenCV PnP of the template's
+            landmark vertices) is undone, so that the pose's Euler roll is 0 in the crop.
+Rotating the image by `a` (counter-clockwise on screen) is rotating the camera points by `a`
+about the optical axis, so the pose's roll becomes roll + a ('yxz' Euler: roll is outermost).
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from stages.face.warp import apply_warp, eye_line_angle, fit_similarity, rotation_angle
+from stages.wcpa.camera import Camera, euler_from_rt, make_rt, opencv_to_rt
+
+ROTATIONS = ("eye_line", "pose")
+
+
+def reference_shape(template: np.ndarray, kpt_ind: np.ndarray, size: int, margin: float) -> np.ndarray:
+    """Template (V, 3) metres -> reference landmarks (K, 2) in crop px."""
+    front = np.asarray(template, dtype=np.float64)[:, :2] * [1.0, -1.0]
+    low, high = front.min(0), front.max(0)
+    scale = size / (margin * (high - low).max())
+    return (front[kpt_ind] - (low + high) / 2) * scale + size / 2
+
+
+def pnp_roll(camera: Camera, model_points: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """Euler roll (N,) in radians of the pose that best projects model_points (K, 3) metres onto
+    each image's landmarks (N, K, 2) px (OpenCV iterative PnP from an EPnP start)."""
+    model = np.ascontiguousarray(model_points, dtype=np.float64)
+    rolls = np.empty(len(landmarks))
+    for index, points in enumerate(np.asarray(landmarks, dtype=np.float64)):
+        found, rvec, tvec = cv2.solvePnP(model, np.ascontiguousarray(points), camera.K, None,
+                                         flags=cv2.SOLVEPNP_EPNP)
+        if found:
+            found, rvec, tvec = cv2.solvePnP(model, np.ascontiguousarray(points), camera.K, None, rvec, tvec,
+                                             useExtrinsicGuess=True, flags=cv2.SOLVEPNP_ITERATIVE)
+        if not found:
+            raise ValueError(f"PnP failed on landmarks of image {index}")
+        R_t = opencv_to_rt(cv2.Rodrigues(rvec)[0], tvec.ravel())
+        rolls[index] = euler_from_rt(R_t)[2]
+    return rolls
+
+
+def crop_warps(landmarks: np.ndarray, reference: np.ndarray, rotation: str,
+               camera: Camera | None = None, model_points: np.ndarray | None = None) -> np.ndarray:
+    """Landmarks (N, K, 2) full px -> crop warps (N, 2, 3) full px -> crop px.
+
+    rotation: 'eye_line' or 'pose' (which needs the camera and the model's landmark vertices).
+    Raises ValueError for degenerate landmarks.
+    """
+    if rotation == "eye_line":
+        angle = eye_line_angle(landmarks)
+    elif rotation == "pose":
+        angle = -pnp_roll(camera, model_points, landmarks)
+    else:
+        raise ValueError(f"unknown crop rotation {rotation!r}; choose one of {', '.join(ROTATIONS)}")
+    return fit_similarity(landmarks, reference, angle)
+
+
+def rotate_pose_in_plane(R_t: np.ndarray, angle: np.ndarray) -> np.ndarray:
+    """Poses (..., 4, 4) seen by a camera rolled so that the image turns by `angle` (...,) rad
+    counter-clockwise on screen: camera points x -> Rz(angle) x."""
+    R_t = np.asarray(R_t, dtype=np.float64)
+    angle = np.asarray(angle, dtype=np.float64)
+    cos, sin = np.cos(angle), np.sin(angle)
+    zeros, ones = np.zeros_like(angle), np.ones_like(angle)
+    rz = np.stack([np.stack([cos, -sin, zeros], -1), np.stack([sin, cos, zeros], -1),
+                   np.stack([zeros, zeros, ones], -1)], -2)
+    rz_t = np.swapaxes(rz, -1, -2)
+    return make_rt(R_t[..., :3, :3] @ rz_t, np.einsum("...i,...ij->...j", R_t[..., 3, :3], rz_t))
+
+
+def crop_quality(camera: Camera, verts: np.ndarray, R_t: np.ndarray, warps: np.ndarray,
+                 kpt_ind: np.ndarray, size: int) -> dict[str, np.ndarray]:
+    """Ground truth seen through the crops, per image:
+    roll_deg: Euler roll of the GT pose after the crop's in-plane rotation;
+    eye_line_deg: angle of the GT eye line in the crop;
+    inside: whether every projected mesh vertex lies inside the crop.
+    verts (N, V, 3), R_t (N, 4, 4), warps (N, 2, 3)."""
+    uv = apply_warp(warps, camera.project(verts, R_t))
+    rolled = rotate_pose_in_plane(R_t, rotation_angle(warps))
+    return {"roll_deg": np.degrees(euler_from_rt(rolled)[..., 2]),
+            "eye_line_deg": np.degrees(eye_line_angle(uv[:, kpt_ind])),
+            "inside": ((uv >= 0) & (uv <= size)).all((-1, -2))}
+
+
+def landmark_problem(landmarks: np.ndarray, width: int, height: int, min_spread: float = 1.0) -> str:
+    """What makes landmarks (K, 2) px unusable for a crop ('' when nothing): non-finite values,
+    most points outside the width x height image, or all points (nearly) equal."""
+    landmarks = np.asarray(landmarks, dtype=np.float64)
+    if not np.isfinite(landmarks).all():
+        return "landmarks are not finite"
+    inside = ((landmarks >= 0) & (landmarks <= [width, height])).all(-1)
+    if inside.mean() < 0.5:
+        return f"landmarks outside the {width}x{height} image ({int((~inside).sum())} of {len(inside)} points)"
+    if np.ptp(landmarks, axis=0).max() < min_spread:
+        return "degenerate landmarks (all points equal)"
+    return ""
