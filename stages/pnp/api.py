@@ -1,0 +1,92 @@
+"""The batched PnP solver: closed-form start, Levenberg-Marquardt, covariance, validity.
+
+Everything is in OpenCV's camera frame: x_cam = R x3d + t, pixels in the project's continuous
+coordinates, K the (3, 3) intrinsic matrix (stages.wcpa.camera.Camera.K). Convert to the
+challenge's R_t with stages.wcpa.camera.opencv_to_rt only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from stages.pnp.checks import sanitise
+from stages.pnp.cost import planar, transform
+from stages.pnp.init import dlt_pose
+from stages.pnp.rotation import rt_to_pose
+from stages.pnp.solver import covariance, levenberg_marquardt
+
+
+@dataclass
+class PnPResult:
+    """Solutions of a batch of PnP problems (B problems).
+
+    R (B, 3, 3), t (B, 3): OpenCV pose, x_cam = R x + t (t in the units of x3d).
+    pose (B, 6): (rotation vector in rad, t). cost (B,): the cost at the solution (see
+    stages.pnp.cost). cov (B, 6, 6): covariance of the left increment (delta, dt), H^-1.
+    valid (B,) bool: false for degenerate problems; their R, t, pose, cost and cov are NaN in
+    `solve_pnp`'s answer. iterations: LM iterations run (the most over the batch).
+    """
+
+    R: torch.Tensor
+    t: torch.Tensor
+    pose: torch.Tensor
+    cost: torch.Tensor
+    cov: torch.Tensor
+    valid: torch.Tensor
+    iterations: int
+
+    def masked(self) -> "PnPResult":
+        """The same result with NaN in every field of the invalid problems."""
+        nan = torch.tensor(float("nan"), dtype=self.t.dtype, device=self.t.device)
+
+        def mask(x: torch.Tensor) -> torch.Tensor:
+            return torch.where(self.valid.view((-1,) + (1,) * (x.dim() - 1)), x, nan)
+
+        return PnPResult(mask(self.R), mask(self.t), mask(self.pose), mask(self.cost),
+                         mask(self.cov), self.valid, self.iterations)
+
+
+def uniform_weights(x2d: torch.Tensor) -> torch.Tensor:
+    """Unit weights (B, N, 2) like x2d."""
+    return torch.ones_like(x2d)
+
+
+def solve_sanitised(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor, K: torch.Tensor,
+                    huber_delta: float | None = None, max_iters: int = 50) -> PnPResult:
+    """Solve problems already passed through stages.pnp.checks.sanitise (no gradients).
+
+    Points in planar layout (stages.pnp.cost.planar): x3d (B, 3, N), x2d, w2d (B, 2, N).
+    Every field is finite; `valid` only reflects the checks after the solve (the covariance is
+    positive definite and the weighted points lie in front of the camera)."""
+    with torch.no_grad():
+        R0, t0 = dlt_pose(x3d, x2d, w2d, K)
+        R, t, cost, H, iters = levenberg_marquardt(x3d, x2d, w2d, K, R0, t0, huber_delta,
+                                                   max_iters)
+        cov, cov_ok = covariance(H)
+        depth = transform(R, t, x3d)[:, 2]
+        weighted = (w2d != 0).any(1)
+        in_front = ((depth > 0) | ~weighted).all(-1)
+        valid = cov_ok & in_front & torch.isfinite(cost)
+        return PnPResult(R, t, rt_to_pose(R, t), cost, cov, valid, iters)
+
+
+def solve_pnp(x3d: torch.Tensor, x2d: torch.Tensor, K: torch.Tensor,
+              w2d: torch.Tensor | None = None, huber_delta: float | None = None,
+              max_iters: int = 50) -> PnPResult:
+    """Solve B PnP problems at once (no gradients; see stages.pnp.epro for those).
+
+    x3d (B, N, 3) object points; x2d (B, N, 2) pixels; K (3, 3) or (B, 3, 3) intrinsics;
+    w2d (B, N, 2) per-coordinate weights, 1 / sigma in pixels (default 1);
+    huber_delta: Huber threshold on each point's weighted residual norm (None: least squares).
+    Works in the inputs' dtype (float32 or float64) and device. Degenerate problems (NaN
+    inputs, fewer than 6 weighted points, collinear points, singular at the solution) come back
+    with valid = False and NaN fields; the others are unaffected.
+    """
+    w2d = uniform_weights(x2d) if w2d is None else w2d
+    K = K.to(dtype=x3d.dtype, device=x3d.device)
+    x3d_s, x2d_s, w2d_s, ok = sanitise(x3d.detach(), x2d.detach(), w2d.detach(), K)
+    result = solve_sanitised(planar(x3d_s), planar(x2d_s), planar(w2d_s), K, huber_delta,
+                             max_iters)
+    result.valid = result.valid & ok
+    return result.masked()
