@@ -32,11 +32,11 @@ def symmetric_template(half: int, rng: np.random.Generator) -> np.ndarray:
 
 def make_faces(rng: np.random.Generator, template: np.ndarray, subjects: int, actions: list[str],
                frames: int, blendshapes: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
-    """Ids table and meshes (N, V, 3): identity (3 mm) + non-negative blendshape mix (none when neutral)."""
+    """Ids table and meshes (N, V, 3): identity (1 mm) + non-negative blendshape mix (none when neutral)."""
     rows, meshes = [], []
     deltas = blendshapes - template
     for s in range(subjects):
-        identity = template + rng.normal(0, 0.003, template.shape)
+        identity = template + rng.normal(0, 0.001, template.shape)
         for action in actions:
             weights = np.zeros(len(deltas)) if action == "neutral" else rng.uniform(0, 1, len(deltas)) * (rng.random(len(deltas)) < 0.2)
             for f in range(frames):
@@ -47,11 +47,11 @@ def make_faces(rng: np.random.Generator, template: np.ndarray, subjects: int, ac
 
 
 def face_blendshapes(rng: np.random.Generator, template: np.ndarray) -> np.ndarray:
-    """(51, V, 3): each blendshape moves a few points by up to 8 mm."""
+    """(51, V, 3): each blendshape moves a few points by a few mm."""
     shapes = np.repeat(template[None], len(ARKIT_BLENDSHAPES), 0)
     for shape in shapes:
         moved = rng.choice(len(template), 4, replace=False)
-        shape[moved] += rng.normal(0, 0.004, (4, 3))
+        shape[moved] += rng.normal(0, 0.0015, (4, 3))
     return shapes
 
 

@@ -1,0 +1,135 @@
+"""Training samples from the crop store: crops, 2D targets on the crop, meshes and PCA targets.
+
+The crop store (stage crop) holds artifacts/crop/<split>/images.npy (N, S, S, 3) uint8 RGB,
+warps.npy (N, 2, 3) full image px -> crop px, inv_warps.npy and index.csv. Labels come from
+the pca stage's cache (verts_<split>.npy, poses_<split>.npy, coeffs_<split>.npy), row-aligned.
+
+The dataset is indexed by *batches* (a list of row indices, from a BatchSampler): memory-mapped
+rows are read in one sorted gather and the targets are computed with array operations.
+Augmentation: albumentations ColorJitter per crop, and a horizontal flip consistent with the
+geometry (see `flip_targets`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from stages.face.mesh import flip_mesh
+from stages.face.pca import PCABasis
+from stages.face.warp import apply_warp
+from stages.wcpa.camera import Camera
+from stages.wcpa.layout import ID_COLUMNS, DataError
+
+
+@dataclass(frozen=True)
+class CropStore:
+    """One split of the crop store: images (N, S, S, 3) uint8 memmap, warps / inv_warps (N, 2, 3)."""
+
+    images: np.ndarray
+    warps: np.ndarray
+    inv_warps: np.ndarray
+    index: pd.DataFrame
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @classmethod
+    def open(cls, folder: Path | str) -> "CropStore":
+        folder = Path(folder)
+        paths = {name: folder / name for name in ("images.npy", "warps.npy", "inv_warps.npy", "index.csv")}
+        for path in paths.values():
+            if not path.is_file():
+                raise DataError(f"{path}: not found (run `dvc repro crop`)")
+        images = np.load(paths["images.npy"], mmap_mode="r")
+        warps = np.load(paths["warps.npy"])
+        inv_warps = np.load(paths["inv_warps.npy"])
+        index = pd.read_csv(paths["index.csv"], dtype=str, keep_default_na=False)
+        n = len(images)
+        if images.ndim != 4 or images.shape[1] != images.shape[2] or images.shape[3] != 3:
+            raise DataError(f"{paths['images.npy']}: shape {images.shape}, expected (N, S, S, 3)")
+        for name, array in (("warps.npy", warps), ("inv_warps.npy", inv_warps)):
+            if array.shape != (n, 2, 3):
+                raise DataError(f"{paths[name]}: shape {array.shape}, expected ({n}, 2, 3)")
+        if len(index) != n:
+            raise DataError(f"{paths['index.csv']}: {len(index)} rows for {n} crops")
+        return cls(images=images, warps=warps, inv_warps=inv_warps, index=index)
+
+    def check_rows(self, table: pd.DataFrame, where: str) -> None:
+        """Stop unless the store's rows are the list `table`'s rows, in order."""
+        ours = self.index[ID_COLUMNS].to_numpy(dtype=str)
+        theirs = table[ID_COLUMNS].to_numpy(dtype=str)
+        if ours.shape != theirs.shape or not (ours == theirs).all():
+            raise DataError(f"{where}: crop store rows differ from the split list (re-run `dvc repro crop`)")
+
+
+def crop_targets(camera: Camera, verts: np.ndarray, poses: np.ndarray, warps: np.ndarray) -> np.ndarray:
+    """2D targets: every vertex projected (Camera.project) then warped to the crop -> (B, V, 2) px."""
+    return apply_warp(warps, camera.project(verts, poses)).astype(np.float32)
+
+
+def flip_targets(images: np.ndarray, uv: np.ndarray, verts: np.ndarray, perm: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mirror crops (B, S, S, 3), their targets (B, V, 2) crop px and meshes (B, V, 3).
+
+    u -> S - u (continuous coordinates) and the points are reordered by the flip permutation,
+    so that point i is again vertex i of the mirrored mesh flip_mesh(verts, perm). This is the
+    mirrored pose's projection (camera.flip_rt) seen through the mirrored crop warp.
+    """
+    size = images.shape[2]
+    uv = uv[:, perm].copy()
+    uv[..., 0] = size - uv[..., 0]
+    return images[:, :, ::-1], uv, flip_mesh(verts, perm)
+
+
+class TrainBatches(Dataset):
+    """Item = one batch (a list of row indices) -> dict of tensors:
+
+    images (B, 3, S, S) uint8, uv (B, V, 2) crop px, verts (B, V, 3) metres, coeffs (B, K).
+    """
+
+    def __init__(self, store: CropStore, verts: np.ndarray, poses: np.ndarray, camera: Camera,
+                 basis: PCABasis, flip_perm: np.ndarray, flip_prob: float, color_jitter: float,
+                 seed: int, augment: bool = True):
+        self.store, self.verts, self.poses = store, verts, poses
+        self.camera, self.basis, self.perm = camera, basis, flip_perm
+        self.flip_prob = flip_prob if augment else 0.0
+        self.jitter = (A.Compose([A.ColorJitter(color_jitter, color_jitter, color_jitter,
+                                                color_jitter / 4, p=1.0)])
+                       if augment and color_jitter > 0 else None)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Augmentation draws depend on (seed, epoch, batch): reproducible, distinct per epoch."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, rows) -> dict[str, torch.Tensor]:
+        rows = np.sort(np.asarray(rows, dtype=np.int64))
+        rng = np.random.default_rng([self.seed, self.epoch, int(rows[0]), len(rows)])
+        images = np.asarray(self.store.images[rows])
+        verts = np.asarray(self.verts[rows], dtype=np.float32)
+        uv = crop_targets(self.camera, verts, self.poses[rows], self.store.warps[rows])
+        flip = rng.random(len(rows)) < self.flip_prob
+        if flip.any():
+            images[flip], uv[flip], verts[flip] = flip_targets(images[flip], uv[flip], verts[flip], self.perm)
+        if self.jitter is not None:
+            self.jitter.set_random_seed(int(rng.integers(2**31)))
+            images = np.stack([self.jitter(image=image)["image"] for image in images])
+        return {
+            "images": torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))),
+            "uv": torch.from_numpy(uv),
+            "verts": torch.from_numpy(verts),
+            "coeffs": torch.from_numpy(self.basis.project(verts)),
+        }

@@ -1,0 +1,53 @@
+"""The two-branch network (paper Fig. 1): one backbone, a 2D landmark head and a 3D shape head."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from stages.nets.backbone import build_backbone
+from stages.nets.coordconv import add_coord_channels
+from stages.nets.heads import LandmarkHead, ShapeHead
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Everything needed to rebuild the network (saved in checkpoints and model.pt)."""
+
+    depth: int
+    coordconv: bool
+    shape_head: str
+    crop_size: int
+    n_verts: int
+    n_components: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class FaceNet(nn.Module):
+    """images (B, 3, S, S) RGB in [0, 255] (uint8 or float) -> dict of
+    mu (B, V, 2) crop px, sigma (B, V) crop px, verts (B, V, 3) metres, coeffs (B, K)."""
+
+    def __init__(self, config: NetConfig, pretrained: bool = False):
+        super().__init__()
+        self.config = config
+        in_channels = 5 if config.coordconv else 3
+        self.backbone, features = build_backbone(config.depth, in_channels, pretrained)
+        self.landmarks = LandmarkHead(features, config.n_verts, config.crop_size)
+        self.shape = ShapeHead(features, config.n_verts, config.n_components, config.shape_head)
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = (images.float() - self.pixel_mean) / self.pixel_std
+        if self.config.coordconv:
+            x = add_coord_channels(x)
+        features = self.backbone(x)
+        mu, sigma = self.landmarks(features)
+        verts, coeffs = self.shape(features)
+        return {"mu": mu, "sigma": sigma, "verts": verts, "coeffs": coeffs}

@@ -1,0 +1,325 @@
+"""Training of the two-branch network (paper sec. 3.1): GNLL + VDC + WPDC, Adam, per-epoch
+checkpoints with resume, validation through OpenCV PnP, dvclive curves, DDP under torchrun.
+
+Single process: `python -m stages.train`. Several GPUs or CPU processes:
+`torchrun --nproc_per_node N -m stages.train` (nccl on CUDA, gloo on CPU; train.batch_size is
+the global batch, split across the processes; rank 0 validates, logs and writes checkpoints).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from stages.common.io import atomic_write, save_json
+from stages.face.pca import PCABasis
+from stages.nets import losses
+from stages.nets.dataset import CropStore, TrainBatches, crop_targets
+from stages.nets.model import FaceNet, NetConfig
+from stages.nets.validate import evaluate, predict
+from stages.wcpa.camera import Camera
+from stages.wcpa.layout import read_list
+
+log = logging.getLogger("train")
+KEEP_CHECKPOINTS = 2
+
+
+@dataclass(frozen=True)
+class TrainPaths:
+    """Inputs and outputs of a training run."""
+
+    crop: Path      # artifacts/crop (train/ and val/ inside)
+    pca: Path       # artifacts/pca
+    split: Path     # artifacts/split
+    out: Path       # artifacts/train
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.out / "checkpoints"
+
+
+@dataclass
+class SplitData:
+    """A split's crops and row-aligned labels."""
+
+    store: CropStore
+    verts: np.ndarray    # (N, V, 3) float32 metres
+    poses: np.ndarray    # (N, 4, 4) float64
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a (possibly single-process) run."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def start_distributed(device_name: str) -> Dist:
+    """Join the torchrun process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU)."""
+    use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+    if device_name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but CUDA is not available")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
+    return Dist(rank=rank, world=world, device=device)
+
+
+def load_split(paths: TrainPaths, split: str) -> SplitData:
+    """Open a split's crop store and the pca stage's label cache; check that their rows agree."""
+    store = CropStore.open(paths.crop / split)
+    store.check_rows(read_list(paths.split / f"{split}.csv"), str(paths.crop / split))
+    verts = np.load(paths.pca / f"verts_{split}.npy", mmap_mode="r")
+    poses = np.load(paths.pca / f"poses_{split}.npy")
+    if len(verts) != len(store) or len(poses) != len(store):
+        raise ValueError(f"{paths.pca}: {len(verts)} labels for {len(store)} {split} crops (re-run `dvc repro pca`)")
+    return SplitData(store=store, verts=verts, poses=poses)
+
+
+RESUME_FREE_KEYS = ("epochs", "workers", "device", "val_batch_size")   # may change between resumes
+
+
+def fingerprint(cfg: SimpleNamespace, lambdas: dict, seed: int, extra: dict) -> str:
+    """Hash of everything a checkpoint's validity depends on (resume only when it matches).
+
+    train.epochs is left out, so that raising it continues a finished run."""
+    train = {k: v for k, v in vars(cfg).items() if k not in RESUME_FREE_KEYS}
+    text = json.dumps({"train": train, "lambda": lambdas, "seed": seed, **extra}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def build_model(cfg: SimpleNamespace, basis: PCABasis, crop_size: int, mean_uv: np.ndarray) -> FaceNet:
+    config = NetConfig(depth=cfg.depth, coordconv=cfg.coordconv, shape_head=cfg.shape_head,
+                       crop_size=crop_size, n_verts=basis.n_verts, n_components=basis.n_components)
+    model = FaceNet(config, pretrained=cfg.pretrained)
+    model.shape.set_basis(basis.mean, basis.components, basis.std)
+    model.landmarks.init_mean(torch.as_tensor(mean_uv))
+    return model
+
+
+def mean_target(camera: Camera, data: SplitData, limit: int = 512) -> np.ndarray:
+    """Mean 2D target (V, 2) crop px over the first `limit` training samples."""
+    rows = slice(0, min(limit, len(data.store)))
+    return crop_targets(camera, np.asarray(data.verts[rows]), data.poses[rows], data.store.warps[rows]).mean(0)
+
+
+def loss_terms(out: dict, batch: dict, cfg: SimpleNamespace, weights_mm: torch.Tensor) -> dict:
+    """Loss terms (eq. 1-3) of one batch; see stages.nets.losses for their units."""
+    if cfg.landmark_loss == "gnll":
+        landmark = losses.gnll(out["mu"], out["sigma"], batch["uv"])
+    elif cfg.landmark_loss == "mse":
+        landmark = losses.landmark_mse(out["mu"], batch["uv"])
+    else:
+        raise ValueError(f"train.landmark_loss={cfg.landmark_loss!r}: expected 'gnll' or 'mse'")
+    return {"gnll": landmark, "vdc": losses.vdc(out["verts"], batch["verts"]),
+            "wpdc": losses.wpdc(out["coeffs"], batch["coeffs"], weights_mm)}
+
+
+def lr_factor(cfg: SimpleNamespace, step: int, total: int) -> float:
+    """Multiplier of train.lr at an optimizer step: 1 (constant) or a cosine to min_lr_ratio."""
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "cosine":
+        progress = min(step / max(total, 1), 1.0)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    raise ValueError(f"train.schedule={cfg.schedule!r}: expected 'constant' or 'cosine'")
+
+
+def make_loader(dataset: TrainBatches, ctx: Dist, cfg: SimpleNamespace, seed: int) -> DataLoader:
+    """Shuffled batches of train.batch_size / world rows per process (the global batch is fixed)."""
+    per_rank = max(cfg.batch_size // ctx.world, 1)
+    sampler = DistributedSampler(range(len(dataset)), num_replicas=ctx.world, rank=ctx.rank,
+                                 shuffle=True, seed=seed, drop_last=True)
+    batches = BatchSampler(sampler, per_rank, drop_last=True)
+    if len(batches) == 0:
+        raise ValueError(f"{len(dataset)} training crops are fewer than one batch of {per_rank}")
+    return DataLoader(dataset, sampler=batches, batch_size=None, num_workers=cfg.workers,
+                      pin_memory=ctx.device.type == "cuda")
+
+
+def latest_checkpoint(folder: Path, fp: str) -> dict | None:
+    """The newest checkpoint in `folder` written with fingerprint `fp`, or None."""
+    for path in sorted(folder.glob("epoch_*.pt"), reverse=True):
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state.get("fingerprint") == fp:
+            log.info("resuming from %s (epoch %d done)", path, state["epoch"])
+            return state
+        log.warning("%s was written with other params: ignored", path)
+    return None
+
+
+def save_checkpoint(folder: Path, state: dict) -> None:
+    """epoch_<NNN>.pt, atomically; only the newest KEEP_CHECKPOINTS are kept."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_write(folder / f"epoch_{state['epoch']:03d}.pt") as tmp:
+        torch.save(state, tmp)
+    for old in sorted(folder.glob("epoch_*.pt"))[:-KEEP_CHECKPOINTS]:
+        old.unlink()
+
+
+class Trainer:
+    """One training run: model, optimizer, scaler, data and the epoch loop."""
+
+    def __init__(self, params: dict, paths: TrainPaths, camera: Camera):
+        self.cfg = SimpleNamespace(**params["train"])
+        self.lambdas = {k: params["lambda"][k] for k in ("gnll", "vdc", "wpdc")}
+        self.seed, self.paths, self.camera = params["seed"], paths, camera
+        self.ctx = start_distributed(self.cfg.device)
+        torch.manual_seed(self.seed)
+        self.basis = PCABasis.load(paths.pca / "basis.npz")
+        flip_perm = np.load(paths.pca / "basis.npz")["flip_perm"]
+        self.train_data, self.val_data = load_split(paths, "train"), load_split(paths, "val")
+        size = self.train_data.store.size
+        self.model = build_model(self.cfg, self.basis, size, mean_target(camera, self.train_data)).to(self.ctx.device)
+        self.net = (DistributedDataParallel(self.model, device_ids=[self.ctx.device] if self.ctx.device.type == "cuda" else None)
+                    if self.ctx.world > 1 else self.model)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        self.amp = self.cfg.amp and self.ctx.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.weights_mm = torch.as_tensor(self.basis.wpdc_weights(), device=self.ctx.device)
+        self.dataset = TrainBatches(self.train_data.store, self.train_data.verts, self.train_data.poses, camera,
+                                    self.basis, flip_perm, self.cfg.flip, self.cfg.color_jitter, self.seed)
+        self.loader = make_loader(self.dataset, self.ctx, self.cfg, self.seed)
+        self.fp = fingerprint(self.cfg, self.lambdas, self.seed,
+                              {"crop": size, "n_train": len(self.train_data.store), "basis": list(self.basis.components.shape)})
+        self.start_epoch, self.history = 0, []
+
+    def resume(self) -> bool:
+        """Load the latest matching checkpoint; False when training starts from scratch."""
+        state = latest_checkpoint(self.paths.checkpoints, self.fp)
+        if state is None:
+            return False
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch, self.history = state["epoch"] + 1, state["history"]
+        return True
+
+    def train_step(self, batch: dict, step: int, total: int) -> dict:
+        """Forward, loss, backward and optimizer step on one batch -> the loss terms (floats)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.lr * lr_factor(self.cfg, step, total)
+        batch = {k: v.to(self.ctx.device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(self.ctx.device.type, enabled=self.amp):
+            out = self.net(batch["images"])
+        terms = loss_terms(out, batch, self.cfg, self.weights_mm)
+        total_loss = sum(self.lambdas[k] * terms[k] for k in terms)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total_loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return {"loss": float(total_loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
+
+    def train_epoch(self, epoch: int) -> dict:
+        """One pass over the training crops -> mean loss terms."""
+        self.loader.sampler.sampler.set_epoch(epoch)
+        self.dataset.set_epoch(epoch)
+        self.net.train()
+        per_epoch = len(self.loader)
+        sums: dict[str, float] = {}
+        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", disable=not self.ctx.main)
+        for i, batch in enumerate(bar):
+            terms = self.train_step(batch, epoch * per_epoch + i, self.cfg.epochs * per_epoch)
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + value
+            bar.set_postfix(loss=f"{terms['loss']:.1f}")
+        self.sync_buffers()
+        return {key: value / per_epoch for key, value in sums.items()}
+
+    def sync_buffers(self) -> None:
+        """Give every rank rank 0's buffers (BatchNorm statistics are updated per rank between
+        DDP's broadcasts at each forward), so that all ranks hold one and the same model."""
+        if self.ctx.world > 1:
+            for buffer in self.model.buffers():
+                dist.broadcast(buffer, src=0)
+
+    def validate(self) -> dict:
+        """Challenge score and landmark/mesh errors on the val split (rank 0)."""
+        data = self.val_data
+        pred = predict(self.model, data.store.images, self.cfg.val_batch_size, self.ctx.device, self.amp)
+        uv_gt = crop_targets(self.camera, np.asarray(data.verts), data.poses, data.store.warps)
+        return evaluate(pred, data.store.inv_warps, self.camera, np.asarray(data.verts), data.poses, uv_gt)
+
+    def checkpoint(self, epoch: int) -> None:
+        save_checkpoint(self.paths.checkpoints, {
+            "epoch": epoch, "fingerprint": self.fp, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "params": vars(self.cfg), "config": self.model.config.to_dict(),
+            "basis_shape": list(self.basis.components.shape), "history": self.history})
+
+    def save_model(self) -> None:
+        """artifacts/train/model.pt: config, weights (with the PCA basis buffers) and params."""
+        with atomic_write(self.paths.out / "model.pt") as tmp:
+            torch.save({"config": self.model.config.to_dict(), "model": self.model.state_dict(),
+                        "params": vars(self.cfg), "basis_shape": list(self.basis.components.shape)}, tmp)
+
+
+def run_training(params: dict, paths: TrainPaths, camera: Camera) -> dict:
+    """Train (or resume) to train.epochs; returns the final metrics (rank 0) or {} (other ranks)."""
+    trainer = Trainer(params, paths, camera)
+    resumed = trainer.resume()
+    if not resumed and trainer.ctx.main:
+        for stale in (paths.checkpoints, paths.out / "live"):
+            shutil.rmtree(stale, ignore_errors=True)
+    live = open_live(paths.out / "live", resumed) if trainer.ctx.main else None
+    started = time.perf_counter()
+    for epoch in range(trainer.start_epoch, trainer.cfg.epochs):
+        train_terms = trainer.train_epoch(epoch)
+        if trainer.ctx.main:
+            val = trainer.validate()
+            record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in train_terms.items()},
+                      **{f"val_{k}": v for k, v in val.items()}}
+            trainer.history.append(record)
+            log_epoch(live, record)
+            trainer.checkpoint(epoch)
+            log.info("epoch %d: %s", epoch + 1, json.dumps({k: round(v, 3) for k, v in record.items()}))
+        if trainer.ctx.world > 1:
+            dist.barrier()
+    if not trainer.ctx.main:
+        return {}
+    trainer.save_model()
+    metrics = {"final": trainer.history[-1] if trainer.history else {},
+               "train_seconds_this_run": round(time.perf_counter() - started, 1),
+               "epochs": trainer.history}
+    save_json(paths.out / "metrics.json", metrics)
+    if live is not None:
+        live.end()
+    return metrics
+
+
+def open_live(folder: Path, resumed: bool):
+    """dvclive logger that never touches dvc.yaml (plots are declared there by hand)."""
+    from dvclive import Live
+    return Live(dir=str(folder), resume=resumed, save_dvc_exp=False, dvcyaml=None, report=None)
+
+
+def log_epoch(live, record: dict) -> None:
+    for key, value in record.items():
+        if key != "epoch":
+            live.log_metric(key.replace("_", "/", 1), value)
+    live.next_step()

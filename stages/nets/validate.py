@@ -1,0 +1,56 @@
+"""Validation of the two-branch network: predict on crops, unwarp, OpenCV PnP, challenge score."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from stages.face.warp import apply_warp
+from stages.wcpa.camera import Camera
+from stages.wcpa.score import sample_errors, summarize
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int, device: torch.device,
+            amp: bool = False) -> dict[str, np.ndarray]:
+    """Run the network over crops (N, S, S, 3) uint8 -> numpy mu (N, V, 2) crop px,
+    sigma (N, V) crop px, verts (N, V, 3) metres, coeffs (N, K)."""
+    was_training = model.training
+    model.eval()
+    parts: dict[str, list[np.ndarray]] = {}
+    starts = range(0, len(images), batch_size)
+    for start in tqdm(starts, desc="predict", leave=False, disable=len(starts) < 10):
+        chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size].transpose(0, 3, 1, 2)))
+        with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
+            out = model(chunk.to(device, non_blocking=True))
+        for key, value in out.items():
+            parts.setdefault(key, []).append(value.float().cpu().numpy())
+    model.train(was_training)
+    return {key: np.concatenate(value) for key, value in parts.items()}
+
+
+def solve_poses(verts: np.ndarray, uv_full: np.ndarray, camera: Camera) -> np.ndarray:
+    """Poses (N, 4, 4) from predicted meshes (N, V, 3) and their landmarks (N, V, 2) full-image px,
+    by OpenCV's iterative PnP on all points (stages.pnp.pose_from_landmarks)."""
+    from stages.pnp import pose_from_landmarks
+    poses = pose_from_landmarks(torch.as_tensor(verts, dtype=torch.float64),
+                                torch.as_tensor(uv_full, dtype=torch.float64), camera,
+                                method="opencv", flags="ITERATIVE")
+    return np.asarray(torch.as_tensor(poses).cpu().numpy(), dtype=np.float64)
+
+
+def evaluate(pred: dict[str, np.ndarray], inv_warps: np.ndarray, camera: Camera,
+             verts_gt: np.ndarray, poses_gt: np.ndarray, uv_gt_crop: np.ndarray) -> dict[str, float]:
+    """Validation metrics of predictions on one split.
+
+    Landmarks are unwarped to the full image with inv_warps (N, 2, 3), the pose comes from PnP
+    between them and the predicted canonical mesh; the challenge score and the paper's metrics
+    follow (stages.wcpa.score). uv_gt_crop: (N, V, 2) target positions, crop px.
+    """
+    uv_full = apply_warp(inv_warps, pred["mu"])
+    poses = solve_poses(pred["verts"], uv_full, camera)
+    summary = summarize(sample_errors(verts_gt, poses_gt, pred["verts"], poses))
+    summary["landmark_crop_px"] = float(np.linalg.norm(pred["mu"] - uv_gt_crop, axis=-1).mean())
+    uv_gt_full = apply_warp(inv_warps, uv_gt_crop)
+    summary["landmark_full_px"] = float(np.linalg.norm(uv_full - uv_gt_full, axis=-1).mean())
+    return {key: float(value) for key, value in summary.items()}

@@ -1,0 +1,35 @@
+"""Stage train: the two-branch network on the crop store, without the PnP layer (paper sec. 3.1).
+
+Reads artifacts/crop/{train,val}, artifacts/pca (basis, label cache), artifacts/split and the
+camera of data.root. Writes artifacts/train/: checkpoints/epoch_NNN.pt (every epoch; a rerun
+resumes from the newest one written with the same params), model.pt (the final network),
+metrics.json (final val metrics and the per-epoch history) and live/ (dvclive curves).
+Multi-GPU: `torchrun --nproc_per_node N -m stages.train`.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from stages.common.params import load_params, section, stage_args
+from stages.nets.trainer import TrainPaths, run_training
+from stages.wcpa.layout import load_resources
+
+OUT = Path("artifacts/train")
+
+
+def run(params: dict, paths: TrainPaths | None = None) -> dict:
+    paths = paths or TrainPaths(crop=Path("artifacts/crop"), pca=Path("artifacts/pca"),
+                                split=Path("artifacts/split"), out=OUT)
+    camera = load_resources(section(params, "data").root).camera
+    return run_training(params, paths, camera)
+
+
+def main() -> None:
+    args = stage_args(__doc__.splitlines()[0])
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    run(load_params(args.params))
+
+
+if __name__ == "__main__":
+    main()

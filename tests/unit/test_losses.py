@@ -1,0 +1,43 @@
+"""Losses of eq. 1-3 against torch's GaussianNLLLoss and hand-computed cases."""
+import numpy as np
+import pytest
+import torch
+
+from stages.face.pca import fit_pca
+from stages.nets import losses
+
+
+def test_gnll_equals_torch_gaussian_nll_with_the_variance_on_both_coordinates():
+    gen = torch.Generator().manual_seed(0)
+    mu, target = torch.randn(3, 50, 2, generator=gen) * 5, torch.randn(3, 50, 2, generator=gen) * 5
+    sigma = torch.rand(3, 50, generator=gen) * 3 + 0.1
+    var = (sigma ** 2)[..., None].expand(-1, -1, 2)
+    reference = torch.nn.GaussianNLLLoss(full=False, eps=1e-12, reduction="sum")(mu, target, var)
+    # torch: 0.5 * (log var + d^2 / var) per coordinate -> eq. 1 per point; sum / batch = ours
+    assert losses.gnll(mu, sigma, target).item() == pytest.approx(reference.item() / 3, rel=1e-6)
+
+
+def test_gnll_hand_case_and_mse_is_gnll_at_unit_sigma():
+    mu = torch.tensor([[[0.0, 0.0], [1.0, 1.0]]])
+    target = torch.tensor([[[3.0, 4.0], [1.0, 1.0]]])
+    sigma = torch.tensor([[2.0, 1.0]])
+    assert losses.gnll(mu, sigma, target).item() == pytest.approx(np.log(4) + 25 / 8 + 0.0)
+    assert losses.landmark_mse(mu, target).item() == pytest.approx(
+        losses.gnll(mu, torch.ones(1, 2), target).item())
+
+
+def test_vdc_is_the_mean_squared_vertex_distance_in_mm2():
+    verts = torch.zeros(2, 4, 3)
+    target = torch.zeros(2, 4, 3)
+    target[0, 0] = torch.tensor([0.003, 0.0, 0.004])      # 5 mm on one of 4 vertices
+    assert losses.vdc(verts, target).item() == pytest.approx(25 / 4 / 2)
+
+
+def test_wpdc_with_pca_weights_is_the_in_span_vertex_error():
+    meshes = np.random.default_rng(1).normal(0, 0.01, (12, 20, 3))
+    basis = fit_pca(meshes, 8)
+    a, b = basis.project(meshes[:3]), basis.project(meshes[3:6])
+    weights = torch.as_tensor(basis.wpdc_weights())
+    wpdc = losses.wpdc(torch.as_tensor(a), torch.as_tensor(b), weights).item()
+    vdc = losses.vdc(torch.as_tensor(basis.reconstruct(a)), torch.as_tensor(basis.reconstruct(b))).item()
+    assert wpdc == pytest.approx(vdc, rel=1e-4)

@@ -1,0 +1,84 @@
+"""Backbone, CoordConv, heads and the paper-size network (one CPU training step)."""
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+
+from stages.face.pca import fit_pca
+from stages.nets import backbone, losses
+from stages.nets.coordconv import add_coord_channels
+from stages.nets.heads import LandmarkHead, ShapeHead
+from stages.nets.model import FaceNet, NetConfig
+
+
+def test_coord_maps_scale_pixel_indices_to_minus_one_one():
+    out = add_coord_channels(torch.zeros(2, 3, 5, 5))
+    assert out.shape == (2, 5, 5, 5)
+    np.testing.assert_allclose(out[0, 3, 0].numpy(), [-1, -0.5, 0, 0.5, 1])     # X along a row
+    np.testing.assert_allclose(out[1, 4, :, 2].numpy(), [-1, -0.5, 0, 0.5, 1])  # Y down a column
+    assert (out[:, 3, :, 4] == 1).all() and (out[:, 4, 0] == -1).all()
+
+
+def test_widened_first_conv_keeps_rgb_weights_and_zeroes_the_coordinate_channels():
+    conv = torch.nn.Conv2d(3, 8, 3, bias=False)
+    wide = backbone.widen_input(conv, 5)
+    assert torch.equal(wide.weight[:, :3], conv.weight) and (wide.weight[:, 3:] == 0).all()
+    image = torch.randn(1, 3, 9, 9)
+    assert torch.allclose(wide(add_coord_channels(image)), conv(image), atol=1e-6)
+
+
+def test_unavailable_imagenet_weights_say_where_to_put_the_file(monkeypatch):
+    def offline(weights=None):
+        raise urllib.error.URLError("no network")
+    monkeypatch.setitem(backbone.RESNETS, 18, (offline, backbone.RESNETS[18][1]))
+    with pytest.raises(backbone.WeightsUnavailable, match=r"no network.*resnet18-.*\.pth.*hub.*checkpoints"):
+        backbone.build_backbone(18, 5, pretrained=True)
+
+
+def test_unknown_depth_is_an_error():
+    with pytest.raises(ValueError, match="train.depth=20"):
+        backbone.build_backbone(20)
+
+
+def test_landmark_head_starts_at_the_mean_position_with_positive_sigma():
+    head = LandmarkHead(16, 7, crop_size=64)
+    torch.nn.init.zeros_(head.fc.weight)
+    mean_uv = torch.rand(7, 2) * 64
+    head.init_mean(mean_uv)
+    mu, sigma = head(torch.randn(3, 16))
+    assert torch.allclose(mu, mean_uv.expand(3, -1, -1), atol=1e-4)
+    assert (sigma > 0).all()
+
+
+def test_shape_head_coefficients_round_trip_and_direct_mode_projects():
+    meshes = np.random.default_rng(0).normal(0, 0.01, (10, 6, 3))
+    basis = fit_pca(meshes, 9)
+    for mode in ("pca", "direct"):
+        head = ShapeHead(4, 6, 9, mode)
+        head.set_basis(basis.mean, basis.components, basis.std)
+        verts, coeffs = head(torch.randn(2, 4))
+        assert verts.shape == (2, 6, 3) and coeffs.shape == (2, 9)
+        target = torch.as_tensor(basis.project(meshes[:2]))
+        assert torch.allclose(head.to_coeffs(head.to_verts(target)), target, atol=1e-3)
+    np.testing.assert_allclose(head.to_verts(target).numpy(), basis.reconstruct(target.numpy()), atol=1e-6)
+
+
+def test_paper_network_runs_one_training_step_on_cpu():
+    """ResNet50, 256 x 256, 5 channels, 1220 x 3 landmark outputs + 250 coefficients."""
+    torch.manual_seed(0)
+    config = NetConfig(depth=50, coordconv=True, shape_head="pca", crop_size=256, n_verts=1220, n_components=250)
+    model = FaceNet(config, pretrained=False)
+    assert model.backbone.conv1.in_channels == 5
+    assert model.landmarks.fc.out_features == 1220 * 3 and model.shape.fc.out_features == 250
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    images = torch.randint(0, 256, (2, 3, 256, 256), dtype=torch.uint8)
+    out = model(images)
+    loss = (0.01 * losses.gnll(out["mu"], out["sigma"], torch.rand(2, 1220, 2) * 256)
+            + 20 * losses.vdc(out["verts"], torch.zeros(2, 1220, 3))
+            + 10 * losses.wpdc(out["coeffs"], torch.zeros(2, 250), torch.ones(250)))
+    before = model.shape.fc.weight.detach().clone()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss) and not torch.equal(before, model.shape.fc.weight)
