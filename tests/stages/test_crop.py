@@ -1,11 +1,13 @@
 """Stage crop on a tiny data root: the store, bad input (stop / skip / fraction) and resuming."""
 import json
 
+import cv2
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from stages import crop
+from stages import crop, crop_sheet
 from stages.coarse.targets import project_landmarks
 from stages.common.badinput import TooManyBadInputs
 from stages.common.cropstore import CropStoreWriter
@@ -141,3 +143,13 @@ def test_interrupted_crop_resumes_without_redoing_finished_chunks(tiny, monkeypa
     (tmp / "crop").rename(tmp / "crop_resumed")
     run(params, tmp, split_dir, coarse_dir)
     assert np.array_equal(np.load(tmp / "crop/train/images.npy"), resumed)
+
+
+def test_crop_sheet_draws_sixteen_or_fewer_tiles(tiny):
+    params, tmp, split_dir, coarse_dir = tiny
+    run(params, tmp, split_dir, coarse_dir)
+    path = crop_sheet.run(params, tmp / "crop_sheet", tmp / "crop/val", split_dir)
+    sheet = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    assert sheet.shape == (crop_sheet.TILE_SIZE, 4 * crop_sheet.TILE_SIZE, 3)   # 2 val crops: one row
+    green = (sheet[..., 1] > 200) & (sheet[..., 0] < 80)
+    assert green[:, :2 * crop_sheet.TILE_SIZE].any() and not green[:, 2 * crop_sheet.TILE_SIZE:].any()
