@@ -95,6 +95,7 @@ SCHEMA = {
         "depth": int,             # torchvision ResNet depth: 18, 34 or 50
         "pretrained": bool,       # ImageNet weights through torchvision (must be in the torch hub cache)
         "coordconv": bool,        # 5-channel input (RGB + crop X, Y maps) instead of RGB
+        "input_size": int,        # crop resized to this side before the backbone (0 = the crop size)
         "shape_head": str,        # pca (coefficients, sec. 2.3) | direct (vertices, Table 2)
         "landmark_loss": str,     # gnll (eq. 1) | mse (gnll with sigma fixed to 1 px)
         "epochs": int,

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from stages.nets.backbone import build_backbone
@@ -24,6 +25,7 @@ class NetConfig:
     crop_size: int
     n_verts: int
     n_components: int
+    input_size: int = 0     # side the crop is resized to before the backbone; 0 = crop_size
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -31,7 +33,11 @@ class NetConfig:
 
 class FaceNet(nn.Module):
     """images (B, 3, S, S) RGB in [0, 255] (uint8 or float) -> dict of
-    mu (B, V, 2) crop px, sigma (B, V) crop px, verts (B, V, 3) metres, coeffs (B, K)."""
+    mu (B, V, 2) crop px, sigma (B, V) crop px, verts (B, V, 3) metres, coeffs (B, K).
+
+    With config.input_size < S the crop is resized (antialiased bilinear) before the backbone,
+    a cheaper network for the CPU demo; the outputs stay in the S-pixel crop's coordinates.
+    """
 
     def __init__(self, config: NetConfig, pretrained: bool = False):
         super().__init__()
@@ -45,6 +51,9 @@ class FaceNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         x = (images.float() - self.pixel_mean) / self.pixel_std
+        size = self.config.input_size
+        if size and size != x.shape[-1]:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         if self.config.coordconv:
             x = add_coord_channels(x)
         features = self.backbone(x)

@@ -115,7 +115,8 @@ def fingerprint(cfg: SimpleNamespace, lambdas: dict, seed: int, extra: dict) -> 
 
 def build_model(cfg: SimpleNamespace, basis: PCABasis, crop_size: int, mean_uv: np.ndarray) -> FaceNet:
     config = NetConfig(depth=cfg.depth, coordconv=cfg.coordconv, shape_head=cfg.shape_head,
-                       crop_size=crop_size, n_verts=basis.n_verts, n_components=basis.n_components)
+                       crop_size=crop_size, n_verts=basis.n_verts, n_components=basis.n_components,
+                       input_size=cfg.input_size)
     model = FaceNet(config, pretrained=cfg.pretrained)
     model.shape.set_basis(basis.mean, basis.components, basis.std)
     model.landmarks.init_mean(torch.as_tensor(mean_uv))
@@ -320,6 +321,6 @@ def open_live(folder: Path, resumed: bool):
 
 def log_epoch(live, record: dict) -> None:
     for key, value in record.items():
-        if key != "epoch":
+        if key not in ("epoch", "val_n"):
             live.log_metric(key.replace("_", "/", 1), value)
     live.next_step()
