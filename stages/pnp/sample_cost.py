@@ -16,41 +16,86 @@ Points in planar layout (stages.pnp.cost.planar).
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from stages.pnp.cost import intrinsics
 
+log = logging.getLogger(__name__)
 
-class _Chunk:
-    """Residual terms of one chunk of poses: X (B, S, 3, N), ratios and residuals (B, S, N)."""
 
-    def __init__(self, R, t, x3d, terms):
-        B, S = R.shape[:2]
-        wfx, wfy, off_u, off_v = terms
-        X = (R.reshape(B, S * 3, 3) @ x3d).view(B, S, 3, -1) + t[..., None]
-        self.inv_z = X[:, :, 2].reciprocal()
-        self.xz = X[:, :, 0] * self.inv_z
-        self.yz = X[:, :, 1] * self.inv_z
-        self.ru = torch.addcmul(off_u, self.xz, wfx)
-        self.rv = torch.addcmul(off_v, self.yz, wfy)
+def _camera_ratios(R: torch.Tensor, t: torch.Tensor, x3d: torch.Tensor):
+    """X / Z, Y / Z and 1 / Z, each (B, S, N), of poses R (B, S, 3, 3), t (B, S, 3) applied
+    to points x3d (B, 3, N), written as plain arithmetic so that a compiler can fuse it."""
+    x, y, z = x3d[:, None, 0], x3d[:, None, 1], x3d[:, None, 2]
+    r = R[..., None]
+    X = r[:, :, 0, 0] * x + r[:, :, 0, 1] * y + r[:, :, 0, 2] * z + t[:, :, 0, None]
+    Y = r[:, :, 1, 0] * x + r[:, :, 1, 1] * y + r[:, :, 1, 2] * z + t[:, :, 1, None]
+    Z = r[:, :, 2, 0] * x + r[:, :, 2, 1] * y + r[:, :, 2, 2] * z + t[:, :, 2, None]
+    inv_z = 1 / Z
+    return X * inv_z, Y * inv_z, inv_z
 
-    def costs(self, huber_delta: float | None) -> torch.Tensor:
-        """(B, S) robust costs."""
-        sq = torch.addcmul(self.ru * self.ru, self.rv, self.rv)
-        if huber_delta is None:
-            return 0.5 * sq.sum(-1)
-        norm = sq.clamp_min(torch.finfo(sq.dtype).tiny).sqrt()
-        return torch.where(norm <= huber_delta, 0.5 * sq,
-                           huber_delta * norm - 0.5 * huber_delta ** 2).sum(-1)
 
-    def residual_gradients(self, huber_delta: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """d cost / d r_u and d cost / d r_v, each (B, S, N)."""
-        if huber_delta is None:
-            return self.ru, self.rv
-        norm = torch.addcmul(self.ru * self.ru, self.rv, self.rv).clamp_min(
-            torch.finfo(self.ru.dtype).tiny).sqrt()
-        scale = torch.where(norm <= huber_delta, torch.ones_like(norm), huber_delta / norm)
-        return self.ru * scale, self.rv * scale
+def _huber_scale(ru: torch.Tensor, rv: torch.Tensor, huber_delta: float) -> torch.Tensor:
+    """rho'(s) / s of the residual norms s = |(ru, rv)|, (B, S, N)."""
+    norm = torch.sqrt(ru * ru + rv * rv + torch.finfo(ru.dtype).tiny)
+    return torch.where(norm <= huber_delta, torch.ones_like(norm), huber_delta / norm)
+
+
+def chunk_costs(R, t, x3d, wfx, wfy, off_u, off_v, huber_delta: float | None) -> torch.Tensor:
+    """Costs (B, S) of poses R (B, S, 3, 3), t (B, S, 3) for points x3d (B, 3, N) with the
+    per-point factors of `_point_terms` (B, 1, N)."""
+    xz, yz, _ = _camera_ratios(R, t, x3d)
+    ru = off_u + xz * wfx
+    rv = off_v + yz * wfy
+    sq = ru * ru + rv * rv
+    if huber_delta is None:
+        return 0.5 * sq.sum(-1)
+    norm = torch.sqrt(sq + torch.finfo(sq.dtype).tiny)
+    return torch.where(norm <= huber_delta, 0.5 * sq,
+                       huber_delta * norm - 0.5 * huber_delta ** 2).sum(-1)
+
+
+def chunk_gradient_sums(R, t, x3d, wfx, wfy, off_u, off_v, grad_costs,
+                        huber_delta: float | None) -> tuple[torch.Tensor, ...]:
+    """For a chunk of poses and the incoming gradient grad_costs (B, S): sums over the poses of
+    e_u, e_v, (X/Z) e_u, (Y/Z) e_v, each (B, N) (e = d cost / d r times grad_costs), and the
+    gradient w.r.t. x3d (B, 3, N)."""
+    xz, yz, inv_z = _camera_ratios(R, t, x3d)
+    ru = off_u + xz * wfx
+    rv = off_v + yz * wfy
+    go = grad_costs[..., None]
+    if huber_delta is not None:
+        go = go * _huber_scale(ru, rv, huber_delta)
+    eu, ev = ru * go, rv * go
+    xz_eu, yz_ev = xz * eu, yz * ev
+    a_u = eu * wfx * inv_z                      # d / dX
+    a_v = ev * wfy * inv_z                      # d / dY
+    a_z = -(xz_eu * wfx + yz_ev * wfy) * inv_z  # d / dZ
+    r = R[..., None]
+    grad_x3d = torch.stack([(r[:, :, 0, j] * a_u + r[:, :, 1, j] * a_v + r[:, :, 2, j] * a_z)
+                            .sum(1) for j in range(3)], 1)
+    return eu.sum(1), ev.sum(1), xz_eu.sum(1), yz_ev.sum(1), grad_x3d
+
+
+_KERNELS = {"eager": (chunk_costs, chunk_gradient_sums)}
+
+
+def _kernels(compiled: bool):
+    """(chunk_costs, chunk_gradient_sums), compiled with torch.compile when asked and
+    possible (the first call compiles, tens of seconds on CPU; later processes reuse
+    inductor's disk cache); the plain functions otherwise."""
+    if not compiled:
+        return _KERNELS["eager"]
+    if "compiled" not in _KERNELS:
+        try:
+            _KERNELS["compiled"] = (torch.compile(chunk_costs, dynamic=True),
+                                    torch.compile(chunk_gradient_sums, dynamic=True))
+        except RuntimeError as err:
+            log.warning("torch.compile unavailable (%s); sample costs run eagerly", err)
+            _KERNELS["compiled"] = _KERNELS["eager"]
+    return _KERNELS["compiled"]
 
 
 def _point_terms(x2d: torch.Tensor, w2d: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -69,55 +114,45 @@ def _chunks(n_samples: int, batch: int, chunk_size: int) -> list[slice]:
 
 class SampleCost(torch.autograd.Function):
     """costs (B, S) = SampleCost.apply(x3d (B, 3, N), x2d (B, 2, N), w2d (B, 2, N), K,
-    R (B, S, 3, 3), t (B, S, 3), huber_delta, chunk_size)."""
+    R (B, S, 3, 3), t (B, S, 3), huber_delta, chunk_size, compiled)."""
 
     @staticmethod
-    def forward(ctx, x3d, x2d, w2d, K, R, t, huber_delta, chunk_size):
+    def forward(ctx, x3d, x2d, w2d, K, R, t, huber_delta, chunk_size, compiled):
         ctx.save_for_backward(x3d, x2d, w2d, K, R, t)
-        ctx.huber_delta, ctx.chunk_size = huber_delta, chunk_size
+        ctx.options = (huber_delta, chunk_size, compiled)
+        costs_fn, _ = _kernels(compiled)
         terms = _point_terms(x2d, w2d, K)
-        costs = [_Chunk(R[:, c], t[:, c], x3d, terms).costs(huber_delta)
+        costs = [costs_fn(R[:, c], t[:, c], x3d, *terms, huber_delta)
                  for c in _chunks(R.shape[1], R.shape[0], chunk_size)]
         return torch.cat(costs, 1)
 
     @staticmethod
     def backward(ctx, grad_costs):
         x3d, x2d, w2d, K, R, t = ctx.saved_tensors
+        huber_delta, chunk_size, compiled = ctx.options
+        _, sums_fn = _kernels(compiled)
         fx, fy, cx, cy = intrinsics(K, x3d.shape[0])
         terms = _point_terms(x2d, w2d, K)
-        wfx, wfy = terms[0][:, 0], terms[1][:, 0]
-        sum_eu = torch.zeros_like(x2d[:, 0])
-        sum_ev, sum_xz_eu, sum_yz_ev = (torch.zeros_like(sum_eu) for _ in range(3))
-        grad_x3d = torch.zeros_like(x3d)
-        for c in _chunks(R.shape[1], R.shape[0], ctx.chunk_size):
-            chunk = _Chunk(R[:, c], t[:, c], x3d, terms)
-            gu, gv = chunk.residual_gradients(ctx.huber_delta)
-            go = grad_costs[:, c, None]
-            eu, ev = gu * go, gv * go
-            xz_eu, yz_ev = chunk.xz * eu, chunk.yz * ev
-            sum_eu += eu.sum(1)
-            sum_ev += ev.sum(1)
-            sum_xz_eu += xz_eu.sum(1)
-            sum_yz_ev += yz_ev.sum(1)
-            dX = torch.empty(eu.shape[:2] + (3,) + eu.shape[2:], dtype=eu.dtype, device=eu.device)
-            torch.mul(eu * chunk.inv_z, wfx[:, None], out=dX[:, :, 0])
-            torch.mul(ev * chunk.inv_z, wfy[:, None], out=dX[:, :, 1])
-            torch.mul(torch.addcmul(xz_eu * wfx[:, None], yz_ev, wfy[:, None]), -chunk.inv_z,
-                      out=dX[:, :, 2])
-            B, S = dX.shape[:2]
-            grad_x3d += R[:, c].reshape(B, S * 3, 3).transpose(1, 2) @ dX.view(B, S * 3, -1)
+        grad_costs = grad_costs.contiguous()
+        sums = [torch.zeros_like(x2d[:, 0]) for _ in range(4)] + [torch.zeros_like(x3d)]
+        for c in _chunks(R.shape[1], R.shape[0], chunk_size):
+            for total, part in zip(sums, sums_fn(R[:, c], t[:, c], x3d, *terms,
+                                                 grad_costs[:, c], huber_delta)):
+                total += part
+        sum_eu, sum_ev, sum_xz_eu, sum_yz_ev, grad_x3d = sums
         wu, wv = w2d[:, 0], w2d[:, 1]
         grad_x2d = -torch.stack([wu * sum_eu, wv * sum_ev], 1)
         grad_w2d = torch.stack([fx * sum_xz_eu + (cx - x2d[:, 0]) * sum_eu,
                                 fy * sum_yz_ev + (cy - x2d[:, 1]) * sum_ev], 1)
-        return grad_x3d, grad_x2d, grad_w2d, None, None, None, None, None
+        return grad_x3d, grad_x2d, grad_w2d, None, None, None, None, None, None
 
 
 def sample_costs(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor, K: torch.Tensor,
                  R: torch.Tensor, t: torch.Tensor, huber_delta: float | None = None,
-                 chunk_size: int = 8192) -> torch.Tensor:
+                 chunk_size: int = 8192, compiled: bool = False) -> torch.Tensor:
     """Costs (B, S) of poses R (B, S, 3, 3), t (B, S, 3) (constants) for the problems x3d
     (B, 3, N), x2d, w2d (B, 2, N) (differentiable), K (3, 3) or (B, 3, 3). chunk_size: poses
-    (over all problems) evaluated at once; memory is about 12 * chunk_size * N numbers."""
+    (over all problems) evaluated at once; memory is about 12 * chunk_size * N numbers.
+    compiled: fuse the per-chunk arithmetic with torch.compile (about 10x faster on CPU)."""
     return SampleCost.apply(x3d, x2d, w2d, K.expand(x3d.shape[0], 3, 3), R.detach(),
-                            t.detach(), huber_delta, chunk_size)
+                            t.detach(), huber_delta, chunk_size, compiled)

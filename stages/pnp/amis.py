@@ -1,0 +1,112 @@
+"""Adaptive importance sampling (AMIS-style refitted proposals) of a normaliser log Z = log int exp(-f(y)) dy.
+
+Batched over B independent integrals on R^D. Proposals are multivariate Student-t
+distributions (integer degrees of freedom `dof`; heavier tails than the Laplace approximation
+they start from). Iteration k draws S / K samples from proposal k, weighted against that
+proposal alone: w = exp(-f(y)) / q_k(y). Proposal k + 1 takes the weighted mean and covariance
+of all samples so far (plus a small share of the first covariance, so that it never
+collapses). Each sample is weighted by the proposal it was drawn from, which was fixed before
+it was drawn, so Z_hat = mean_i w_i is unbiased; weighting every sample against the mixture of
+all proposals (deterministic-mixture AMIS) instead re-uses the samples that fitted the later
+proposals and biases log Z_hat low by about 0.05 with 512 samples in 6-D (measured), which is
+more than its spread. The estimate
+  log Z_hat = logsumexp_i (-f(y_i) - log q_k(i)(y_i)) - log S
+is differentiable through f (the samples and the proposals are constants): its gradient is the
+self-normalised estimate of E_p[-grad f]. The effective sample size (sum w)^2 / sum w^2 of
+the final weights is returned with it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+COVARIANCE_FLOOR = 0.01     # share of the first proposal's covariance kept in refitted ones
+
+
+@dataclass
+class StudentT:
+    """Multivariate t proposals: mean (B, D), scale_tril (B, D, D) lower Cholesky factor."""
+
+    mean: torch.Tensor
+    scale_tril: torch.Tensor
+    dof: int
+
+    def sample(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
+        """Samples (B, n, D): mean + L z / sqrt(chi2_dof / dof)."""
+        B, D = self.mean.shape
+        kw = dict(dtype=self.mean.dtype, device=self.mean.device, generator=generator)
+        z = torch.randn(B, n, D, **kw)
+        chi2 = (torch.randn(B, n, self.dof, **kw) ** 2).sum(-1, keepdim=True)
+        return self.mean[:, None] + (z @ self.scale_tril.transpose(1, 2)) * torch.rsqrt(
+            chi2 / self.dof)
+
+    def log_prob(self, y: torch.Tensor) -> torch.Tensor:
+        """Log densities (B, S) of points y (B, S, D)."""
+        D, nu = y.shape[-1], float(self.dof)
+        diff = (y - self.mean[:, None]).transpose(1, 2)
+        m = torch.linalg.solve_triangular(self.scale_tril, diff, upper=False)
+        maha = (m * m).sum(1)
+        log_det = torch.log(torch.diagonal(self.scale_tril, dim1=-2, dim2=-1)).sum(-1)
+        const = (math.lgamma((nu + D) / 2) - math.lgamma(nu / 2)
+                 - D / 2 * math.log(nu * math.pi))
+        return const - log_det[:, None] - (nu + D) / 2 * torch.log1p(maha / nu)
+
+
+@dataclass
+class NormaliserEstimate:
+    """log_z (B,) differentiable through f; ess (B,) effective sample size; samples (B, S, D);
+    log_weights (B, S) (detached, unnormalised)."""
+
+    log_z: torch.Tensor
+    ess: torch.Tensor
+    samples: torch.Tensor
+    log_weights: torch.Tensor
+
+
+def _refit(samples: torch.Tensor, log_w: torch.Tensor, first_cov: torch.Tensor,
+           dof: int) -> StudentT:
+    """The t proposal with the weighted mean and covariance of samples (B, S, D)."""
+    w = torch.softmax(log_w, -1)
+    w = torch.where(torch.isfinite(w), w, torch.zeros_like(w))
+    mean = (w[..., None] * samples).sum(1)
+    diff = samples - mean[:, None]
+    cov = (w[..., None] * diff).transpose(1, 2) @ diff + COVARIANCE_FLOOR * first_cov
+    L, info = torch.linalg.cholesky_ex(cov)
+    fallback = torch.linalg.cholesky(first_cov)
+    return StudentT(mean, torch.where((info == 0)[:, None, None], L, fallback), dof)
+
+
+def _ess(log_w: torch.Tensor) -> torch.Tensor:
+    """Effective sample size (B,) of weights given as logs (B, S)."""
+    return torch.exp(2 * torch.logsumexp(log_w, -1) - torch.logsumexp(2 * log_w, -1))
+
+
+def amis_log_normaliser(neg_log_integrand: Callable[[torch.Tensor], torch.Tensor],
+                        mean: torch.Tensor, cov: torch.Tensor, n_samples: int = 512,
+                        n_iters: int = 4, dof: int = 3,
+                        generator: torch.Generator | None = None) -> NormaliserEstimate:
+    """Estimate log int exp(-f(y)) dy for B problems.
+
+    neg_log_integrand: f, maps y (B, s, D) to (B, s) (may be +inf where the integrand is 0,
+    must not be NaN). mean (B, D), cov (B, D, D): the first proposal (e.g. the Laplace
+    approximation). n_samples in all, split evenly over n_iters proposals.
+    """
+    per_iter = max(1, n_samples // n_iters)
+    proposal = StudentT(mean.detach(), torch.linalg.cholesky(cov.detach()), dof)
+    samples, f_values, log_q = [], [], []
+    for k in range(n_iters):
+        with torch.no_grad():
+            samples.append(proposal.sample(per_iter, generator))
+            log_q.append(proposal.log_prob(samples[-1]))
+        f_values.append(neg_log_integrand(samples[-1]))
+        if k + 1 < n_iters:
+            with torch.no_grad():
+                log_w = -torch.cat(f_values, 1).detach() - torch.cat(log_q, 1)
+                proposal = _refit(torch.cat(samples, 1), log_w, cov.detach(), dof)
+    log_ratio = -torch.cat(f_values, 1) - torch.cat(log_q, 1)
+    log_z = torch.logsumexp(log_ratio, -1) - math.log(log_ratio.shape[1])
+    return NormaliserEstimate(log_z, _ess(log_ratio.detach()), torch.cat(samples, 1),
+                              log_ratio.detach())

@@ -1,0 +1,121 @@
+"""EPro-PnP (Chen et al., CVPR 2022): the pose as a distribution, its Monte Carlo NLL loss.
+
+The pose y = (R, t) of a problem has the density p(y) = exp(-cost(y)) / Z with respect to the
+Haar measure on rotations (normalised to match Lebesgue measure on rotation vectors near any
+rotation) times Lebesgue measure on translations. The training loss of a problem is the
+negative log-likelihood of its ground-truth pose,
+    loss = cost(y_gt) + log Z,
+differentiable w.r.t. x2d, x3d and w2d. Z is estimated by AMIS (stages.pnp.amis) in the local
+coordinates y = (exp(delta) R*, t* + dt) around the LM solution (R*, t*), starting from its
+Laplace approximation N(0, H^-1); the Haar density in these coordinates is
+stages.pnp.rotation.haar_log_density, and |delta| < pi keeps the chart one-to-one.
+With correct weights the cost's scale is meaningful: scaling every weight by s adds
+cost * (s^2 - 1) to cost(y_gt) and about -6 log s to log Z, which is what trains w2d.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from stages.pnp.amis import amis_log_normaliser
+from stages.pnp.api import PnPResult, solve_sanitised, uniform_weights
+from stages.pnp.checks import sanitise
+from stages.pnp.cost import planar, residuals, robust_cost
+from stages.pnp.diffpose import gauss_newton_pose
+from stages.pnp.rotation import haar_log_density, so3_exp
+from stages.pnp.sample_cost import sample_costs
+
+
+@dataclass
+class EProPnPOutput:
+    """Per-problem outputs of `epro_pnp` (B problems).
+
+    loss (B,): NLL of the ground-truth pose (0 where mask is false); mask (B,) bool: problems
+    that count (well-posed, solved, finite ground truth and loss); take the mean of
+    loss[mask]. cost_gt (B,), log_z (B,): the two terms of the loss. ess (B,): effective sample
+    size of the final importance weights. R (B, 3, 3), t (B, 3): the differentiable pose (one
+    Gauss-Newton step from the LM solution; for eq. 5, see stages.pnp.diffpose.pose_loss).
+    solution: the LM solution (no gradients).
+    """
+
+    loss: torch.Tensor
+    mask: torch.Tensor
+    cost_gt: torch.Tensor
+    log_z: torch.Tensor
+    ess: torch.Tensor
+    R: torch.Tensor
+    t: torch.Tensor
+    solution: PnPResult
+
+
+def pose_log_normaliser(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor,
+                        K: torch.Tensor, R0: torch.Tensor, t0: torch.Tensor, cov: torch.Tensor,
+                        huber_delta: float | None = None, n_samples: int = 512,
+                        n_iters: int = 4, chunk_size: int = 8192, dof: int = 3,
+                        compiled: bool = False, generator: torch.Generator | None = None):
+    """AMIS estimate (stages.pnp.amis.NormaliserEstimate) of log Z = log int exp(-cost) d mu
+    around R0 (B, 3, 3), t0 (B, 3) with first proposal covariance cov (B, 6, 6). Points in
+    planar layout: x3d (B, 3, N), x2d, w2d (B, 2, N)."""
+    R0, t0 = R0.detach(), t0.detach()
+
+    def neg_log_integrand(y: torch.Tensor) -> torch.Tensor:
+        R = so3_exp(y[..., :3]) @ R0[:, None]
+        t = t0[:, None] + y[..., 3:]
+        cost = sample_costs(x3d, x2d, w2d, K, R, t, huber_delta, chunk_size, compiled)
+        value = cost - haar_log_density(y[..., :3])
+        return torch.where(y[..., :3].norm(dim=-1) < math.pi, value, math.inf)
+
+    mean = torch.zeros_like(t0.new_zeros(t0.shape[0], 6))
+    return amis_log_normaliser(neg_log_integrand, mean, cov, n_samples, n_iters, dof, generator)
+
+
+def epro_pnp(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor | None, K: torch.Tensor,
+             R_gt: torch.Tensor, t_gt: torch.Tensor, n_samples: int = 512, n_iters: int = 4,
+             chunk_size: int = 8192, huber_delta: float | None = None, dof: int = 3,
+             compiled: bool = False, generator: torch.Generator | None = None,
+             solution: PnPResult | None = None) -> EProPnPOutput:
+    """The EPro-PnP loss and the differentiable pose of B problems.
+
+    x3d (B, N, 3) object points, x2d (B, N, 2) pixels, w2d (B, N, 2) weights 1 / sigma (None:
+    1), all differentiable; K (3, 3) or (B, 3, 3); R_gt (B, 3, 3), t_gt (B, 3) the true OpenCV
+    poses. n_samples: Monte Carlo samples per problem, over n_iters AMIS proposals; chunk_size:
+    sampled poses (all problems together) whose costs are evaluated at once; dof: degrees of
+    freedom of the Student-t proposals; compiled: fuse the sample costs with torch.compile
+    (stages.pnp.sample_cost); generator: for reproducible samples. solution: a given LM solution (on the same inputs) instead of solving.
+    Degenerate problems are masked out and get zero loss and zero gradients.
+    """
+    w2d = uniform_weights(x2d) if w2d is None else w2d
+    K = K.to(dtype=x3d.dtype, device=x3d.device)
+    x3d_s, x2d_s, w2d_s, ok = sanitise(x3d, x2d, w2d, K)
+    x3d_p, x2d_p, w2d_p = planar(x3d_s), planar(x2d_s), planar(w2d_s)
+    if solution is None:
+        solution = solve_sanitised(x3d_p.detach(), x2d_p.detach(), w2d_p.detach(), K,
+                                   huber_delta)
+        solution.valid = solution.valid & ok
+    valid = solution.valid & ok
+    R0, t0, cov = _finite_start(solution, valid)
+    gt_ok = torch.isfinite(R_gt).flatten(1).all(-1) & torch.isfinite(t_gt).all(-1)
+    R_gt = torch.where(gt_ok[:, None, None], R_gt.to(x3d.dtype), R0)
+    t_gt = torch.where(gt_ok[:, None], t_gt.to(x3d.dtype), t0)
+    cost_gt = robust_cost(residuals(R_gt, t_gt, x3d_p, x2d_p, w2d_p, K), huber_delta)
+    estimate = pose_log_normaliser(x3d_p, x2d_p, w2d_p, K, R0, t0, cov, huber_delta,
+                                   n_samples, n_iters, chunk_size, dof, compiled, generator)
+    loss = cost_gt + estimate.log_z
+    mask = valid & gt_ok & torch.isfinite(loss.detach())
+    R, t = gauss_newton_pose(x3d_p, x2d_p, w2d_p, K, R0, t0, huber_delta)
+    return EProPnPOutput(torch.where(mask, loss, torch.zeros_like(loss)), mask, cost_gt,
+                         estimate.log_z, estimate.ess, R, t, solution)
+
+
+def _finite_start(solution: PnPResult, valid: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """R (B, 3, 3), t (B, 3), cov (B, 6, 6) of the solution; a harmless stand-in (identity
+    rotation, unit depth, unit covariance) where the solution is not valid."""
+    eye3 = torch.eye(3, dtype=solution.t.dtype, device=solution.t.device)
+    unit_t = torch.zeros_like(solution.t)
+    unit_t[:, 2] = 1
+    eye6 = torch.eye(6, dtype=solution.t.dtype, device=solution.t.device)
+    keep = valid[:, None, None]
+    return (torch.where(keep, solution.R, eye3), torch.where(valid[:, None], solution.t, unit_t),
+            torch.where(keep, solution.cov, eye6))

@@ -1,0 +1,80 @@
+"""OpenCV's solvePnP as the reference, and the pose-from-landmarks entry point of the pipeline.
+
+OpenCV works in its own camera frame (x right, y down, z forward); the challenge's R_t is
+reached only through stages.wcpa.camera.opencv_to_rt.
+"""
+from __future__ import annotations
+
+import logging
+
+import cv2
+import numpy as np
+import torch
+
+from stages.pnp.api import solve_pnp
+from stages.wcpa.camera import Camera, opencv_to_rt
+
+log = logging.getLogger(__name__)
+
+METHODS = ("opencv", "batched")
+
+
+def opencv_flag(name: str) -> int:
+    """The cv2.SOLVEPNP_<name> constant, e.g. 'ITERATIVE', 'EPNP', 'SQPNP'."""
+    flag = getattr(cv2, f"SOLVEPNP_{name.upper()}", None)
+    if flag is None:
+        raise ValueError(f"unknown OpenCV PnP method {name!r} (no cv2.SOLVEPNP_{name.upper()})")
+    return flag
+
+
+def solve_pnp_opencv(x3d: np.ndarray, x2d: np.ndarray, K: np.ndarray,
+                     flags: str = "ITERATIVE") -> tuple[np.ndarray, np.ndarray]:
+    """cv2.solvePnP on each of B problems: x3d (B, N, 3), x2d (B, N, 2) pixels, K (3, 3).
+
+    Returns OpenCV poses R (B, 3, 3), t (B, 3) float64 (x_cam = R x + t); NaN for a problem
+    OpenCV rejects or fails on."""
+    x3d = np.ascontiguousarray(x3d, dtype=np.float64)
+    x2d = np.ascontiguousarray(x2d, dtype=np.float64)
+    K = np.asarray(K, dtype=np.float64)
+    flag = opencv_flag(flags)
+    R = np.full((len(x3d), 3, 3), np.nan)
+    t = np.full((len(x3d), 3), np.nan)
+    for i, (obj, img) in enumerate(zip(x3d, x2d)):
+        try:
+            ok, rvec, tvec = cv2.solvePnP(obj, img, K, None, flags=flag)
+        except cv2.error:
+            ok = False
+        if ok and np.isfinite(rvec).all() and np.isfinite(tvec).all():
+            R[i] = cv2.Rodrigues(rvec)[0]
+            t[i] = tvec[:, 0]
+    return R, t
+
+
+def pose_from_landmarks(verts: np.ndarray, uv: np.ndarray, camera: Camera,
+                        method: str = "opencv", flags: str = "ITERATIVE",
+                        sigma: np.ndarray | None = None) -> np.ndarray:
+    """Poses R_t (B, 4, 4) float64 (row-vector form) from canonical vertices verts (B, V, 3)
+    in metres and their image points uv (B, V, 2) in full-image pixels.
+
+    method 'opencv': cv2.solvePnP with cv2.SOLVEPNP_<flags> per sample (no weights: sigma must
+    be None). method 'batched': stages.pnp.api.solve_pnp in float64, with weights 1 / sigma
+    (sigma (B, V, 2) pixels) when given. Problems that cannot be solved get NaN rows, and a
+    warning says how many."""
+    if method not in METHODS:
+        raise ValueError(f"unknown PnP method {method!r}; expected one of {METHODS}")
+    if method == "opencv":
+        if sigma is not None:
+            raise ValueError("OpenCV's solvePnP takes no per-point weights: use method='batched'"
+                             " with sigma, or pass sigma=None")
+        R, t = solve_pnp_opencv(verts, uv, camera.K, flags)
+    else:
+        w2d = None if sigma is None else torch.from_numpy(1.0 / np.asarray(sigma, np.float64))
+        result = solve_pnp(torch.from_numpy(np.asarray(verts, np.float64)),
+                           torch.from_numpy(np.asarray(uv, np.float64)),
+                           torch.from_numpy(camera.K), w2d)
+        R, t = result.R.numpy(), result.t.numpy()
+    failed = ~(np.isfinite(R).all((-1, -2)) & np.isfinite(t).all(-1))
+    if failed.any():
+        log.warning("PnP (%s) failed on %d of %d samples: their poses are NaN",
+                    method, int(failed.sum()), len(failed))
+    return opencv_to_rt(R, t)
