@@ -1,0 +1,40 @@
+"""Stage finetune: the trained network finetuned through the differentiable PnP layer (EPro-PnP,
+paper sec. 2.4, eq. 4-6).
+
+Reads artifacts/train/model.pt (the start), artifacts/crop/{train,val}, artifacts/pca,
+artifacts/split and the camera of data.root; params: finetune, lambda.*, seed. Writes
+artifacts/finetune/: checkpoints/epoch_NNN.pt (every epoch; a rerun resumes from the newest one
+written with the same params and start model), model.pt (same format as the train stage's),
+metrics.json (val metrics of the start model and the final one, their change, the history) and
+live/ (dvclive curves; step 0 is the start model).
+Multi-GPU: `torchrun --nproc_per_node N -m stages.finetune`.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from stages.common.params import load_params, section, stage_args
+from stages.finetuning.trainer import FinetunePaths, run_finetune
+from stages.nets.trainer import TrainPaths
+from stages.wcpa.layout import load_resources
+
+START = Path("artifacts/train/model.pt")
+OUT = Path("artifacts/finetune")
+
+
+def run(params: dict, paths: FinetunePaths | None = None) -> dict:
+    paths = paths or FinetunePaths(start=START, data=TrainPaths(
+        crop=Path("artifacts/crop"), pca=Path("artifacts/pca"), split=Path("artifacts/split"), out=OUT))
+    camera = load_resources(section(params, "data").root).camera
+    return run_finetune(params, paths, camera)
+
+
+def main() -> None:
+    args = stage_args(__doc__.splitlines()[0])
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    run(load_params(args.params))
+
+
+if __name__ == "__main__":
+    main()

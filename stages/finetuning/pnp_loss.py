@@ -1,0 +1,105 @@
+"""The PnP terms of the finetuning loss (paper eq. 4-6): the network's 2D and 3D outputs meet
+in the differentiable PnP layer (stages.pnp.epro), in the full image's camera.
+
+Mapping the 2D branch to the full image: mu (crop px) goes through the crop's inverse warp,
+a similarity with scale s_inv = sqrt|det A| full px per crop px; sigma is isotropic, so
+sigma_full = sigma_crop * s_inv and the PnP weights are w2d = 1 / sigma_full (1 / px).
+
+Terms (per sample; the batch value is the mean over the samples the layer accepts):
+  pose: eq. 5, mean_v |P_pred X_gt - P_gt X_gt| + mean_v |P_pred X_pred - P_gt X_gt|, in mm
+        (so that lambda.pnp = 2 weighs ~2 x 20 mm against the other terms' ~20-60).
+  mc:   EPro-PnP's Monte Carlo NLL of the true pose, cost(P_gt) + log Z (nats); it is what
+        trains sigma together with the pose (the cost is a sum over the PnP points, like eq. 1).
+Samples the layer flags as degenerate (non-finite outputs, too few weighted points, no valid
+solution) are left out of both terms; their inputs are replaced before any arithmetic, so
+their gradients are exactly zero, never NaN.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from stages.pnp.api import solve_pnp
+from stages.pnp.diffpose import pose_loss
+from stages.pnp.epro import epro_pnp
+
+MM_PER_M = 1000.0
+
+
+@dataclass(frozen=True)
+class PnPSettings:
+    """How the layer is run: mc_samples Monte Carlo poses per sample over amis_iters proposals,
+    lm_iters the most Levenberg-Marquardt iterations of the solve, points the vertices used by
+    the PnP (0 = all; a random subset per batch otherwise), dtype of the PnP arithmetic."""
+
+    mc_samples: int
+    amis_iters: int
+    lm_iters: int = 50
+    points: int = 0
+    dtype: torch.dtype = torch.float32
+
+
+def crop_to_full(mu: torch.Tensor, sigma: torch.Tensor, inv_warps: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """mu (B, V, 2) crop px, sigma (B, V) crop px, inv_warps (B, 2, 3) crop -> full similarity
+    -> x2d (B, V, 2) full-image px and w2d (B, V, 2) = 1 / sigma_full (1 / full px)."""
+    linear = inv_warps[:, :, :2]
+    x2d = mu @ linear.transpose(1, 2) + inv_warps[:, None, :, 2]
+    scale = torch.sqrt(torch.abs(torch.linalg.det(linear)))
+    w2d = 1.0 / (sigma * scale[:, None])
+    return x2d, w2d[..., None].expand(-1, -1, 2)
+
+
+def finite_samples(*tensors: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: every value of sample b is finite in all tensors (B, ...)."""
+    ok = torch.ones(tensors[0].shape[0], dtype=torch.bool, device=tensors[0].device)
+    for x in tensors:
+        ok &= torch.isfinite(x.detach()).flatten(1).all(-1)
+    return ok
+
+
+def neutralise(x: torch.Tensor, keep: torch.Tensor, fill: float) -> torch.Tensor:
+    """x (B, ...) with the samples outside `keep` (B,) set to `fill` (zero gradient there)."""
+    return torch.where(keep.view((-1,) + (1,) * (x.dim() - 1)), x, torch.full_like(x, fill))
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of values (B,) over mask (B,); 0 (still in the graph) when the mask is empty."""
+    values = torch.where(mask, values, torch.zeros_like(values))
+    return values.sum() / mask.sum().clamp_min(1)
+
+
+def pnp_terms(out: dict, batch: dict, settings: PnPSettings,
+              generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """The PnP terms of a batch.
+
+    out: network outputs mu (B, V, 2) crop px, sigma (B, V) crop px, verts (B, V, 3) metres.
+    batch: verts (B, V, 3) metres (ground truth), R_gt (B, 3, 3), t_gt (B, 3) metres (OpenCV
+    pose), K (B, 3, 3), inv_warps (B, 2, 3). Returns pose (mm) and mc (nats), scalars with
+    gradients, and the diagnostics valid (B,) bool and ess (B,) (detached).
+    """
+    dtype = settings.dtype
+    mu, sigma, verts = out["mu"].to(dtype), out["sigma"].to(dtype), out["verts"].to(dtype)
+    finite = finite_samples(mu, sigma, verts)
+    mu, sigma, verts = neutralise(mu, finite, 0.0), neutralise(sigma, finite, 1.0), neutralise(verts, finite, 0.0)
+    x2d, w2d = crop_to_full(mu, sigma, batch["inv_warps"].to(dtype))
+    w2d = neutralise(w2d, finite, 0.0)
+    subset = point_subset(verts.shape[1], settings.points, generator, verts.device)
+    R_gt, t_gt = batch["R_gt"].to(dtype), batch["t_gt"].to(dtype)
+    x3d, x2d, w2d, K = verts[:, subset], x2d[:, subset], w2d[:, subset], batch["K"].to(dtype)
+    solution = solve_pnp(x3d.detach(), x2d.detach(), K, w2d.detach(), max_iters=settings.lm_iters)
+    layer = epro_pnp(x3d, x2d, w2d, K, R_gt, t_gt, n_samples=settings.mc_samples,
+                     n_iters=settings.amis_iters, generator=generator, solution=solution)
+    valid = layer.mask & finite
+    pose = pose_loss(layer.R, layer.t, R_gt, t_gt, batch["verts"].to(dtype), verts) * MM_PER_M
+    return {"pose": masked_mean(pose, valid).float(), "mc": masked_mean(layer.loss, valid).float(),
+            "valid": valid.detach(), "ess": layer.ess.detach()}
+
+
+def point_subset(n_verts: int, points: int, generator: torch.Generator | None,
+                 device: torch.device) -> torch.Tensor:
+    """Indices of the PnP points: all (points = 0 or >= n_verts) or a random subset of `points`."""
+    if points <= 0 or points >= n_verts:
+        return torch.arange(n_verts, device=device)
+    return torch.randperm(n_verts, generator=generator, device=device)[:points].sort().values

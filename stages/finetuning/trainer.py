@@ -1,0 +1,174 @@
+"""Finetuning of the trained two-branch network through the differentiable PnP layer
+(paper sec. 2.4, eq. 6): L = l_gnll GNLL + l_vdc VDC + l_wpdc WPDC + l_pnp L_pnp + l_mc NLL_mc.
+
+It reuses stages.nets.trainer.Trainer (data, DDP, AMP, checkpoints, validation) with three
+changes: the network starts from artifacts/train/model.pt, the batches carry the true poses
+(stages.finetuning.batches) and the loss adds the PnP terms (stages.finetuning.pnp_loss).
+The run's fingerprint includes the start model's digest, so a new train model restarts it.
+Validation runs on the start model first, so metrics.json shows the effect of finetuning.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from stages.common.io import save_json
+from stages.finetuning.batches import PoseBatches
+from stages.finetuning.pnp_loss import PnPSettings, pnp_terms
+from stages.nets.trainer import (Trainer, TrainPaths, fingerprint, log_epoch, loss_terms, lr_factor,
+                                 make_loader, open_live)
+from stages.wcpa.camera import Camera
+
+log = logging.getLogger("finetune")
+# finetune keys that replace the start model's train keys (the optimisation, not the network)
+TRAIN_KEYS = ("epochs", "batch_size", "lr", "schedule", "min_lr_ratio", "weight_decay", "flip",
+              "color_jitter", "workers", "device", "amp", "val_batch_size")
+PNP_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+STEP_SEED_STRIDE = 1_000_003
+
+
+@dataclass(frozen=True)
+class FinetunePaths:
+    """start: the train stage's model.pt; data: crop/pca/split inputs and out = artifacts/finetune."""
+
+    start: Path
+    data: TrainPaths
+
+
+def load_start(path: Path) -> dict:
+    """The train stage's model.pt {config, model, params, basis_shape}; stops naming the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (run `dvc repro train` first)")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    missing = {"config", "model", "params", "basis_shape"} - set(state)
+    if missing:
+        raise ValueError(f"{path}: not a train model file (missing {', '.join(sorted(missing))})")
+    return state
+
+
+def file_digest(path: Path) -> str:
+    """sha256 prefix of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def finetune_config(train_params: dict, finetune: dict) -> dict:
+    """The start model's train config with finetune's optimisation keys. pretrained is off:
+    the weights come from the start model."""
+    return {**train_params, **{k: finetune[k] for k in TRAIN_KEYS}, "pretrained": False}
+
+
+def pnp_settings(finetune: dict) -> PnPSettings:
+    if finetune["pnp_dtype"] not in PNP_DTYPES:
+        raise ValueError(f"finetune.pnp_dtype={finetune['pnp_dtype']!r}: expected one of {sorted(PNP_DTYPES)}")
+    return PnPSettings(mc_samples=finetune["mc_samples"], amis_iters=finetune["amis_iters"],
+                       lm_iters=finetune["lm_iters"], points=finetune["pnp_points"],
+                       dtype=PNP_DTYPES[finetune["pnp_dtype"]])
+
+
+class FinetuneTrainer(Trainer):
+    """Trainer started from the train stage's model, with the PnP terms in the loss."""
+
+    def __init__(self, params: dict, paths: FinetunePaths, camera: Camera):
+        start = load_start(paths.start)
+        finetune = params["finetune"]
+        super().__init__({**params, "train": finetune_config(start["params"], finetune)}, paths.data, camera)
+        if self.model.config.to_dict() != start["config"] or list(self.basis.components.shape) != start["basis_shape"]:
+            raise ValueError(f"{paths.start}: network {start['config']} / basis {start['basis_shape']} do not match "
+                             f"this crop store and PCA basis (re-run `dvc repro train`)")
+        self.model.load_state_dict(start["model"])
+        self.lambdas = {**{k: params["lambda"][k] for k in ("gnll", "vdc", "wpdc", "pnp")}, "mc": finetune["mc_weight"]}
+        self.pnp = pnp_settings(finetune)
+        data = self.train_data
+        self.dataset = PoseBatches(data.store, data.verts, data.poses, camera, self.basis, self.dataset.perm,
+                                   flip_prob=self.cfg.flip, color_jitter=self.cfg.color_jitter, seed=self.seed)
+        self.loader = make_loader(self.dataset, self.ctx, self.cfg, self.seed)
+        self.generator = torch.Generator(device=self.ctx.device)
+        self.fp = fingerprint(self.cfg, self.lambdas, self.seed, {
+            "pnp": {k: str(v) for k, v in asdict(self.pnp).items()}, "start": file_digest(paths.start),
+            "crop": self.train_data.store.size, "n_train": len(data.store)})
+
+    def loss_terms(self, out: dict, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        """Eq. 6 terms (keys of self.lambdas) and the PnP diagnostics pnp_valid, pnp_ess."""
+        terms = loss_terms(out, batch, self.cfg, self.weights_mm)
+        self.generator.manual_seed(self.seed * STEP_SEED_STRIDE + step * self.ctx.world + self.ctx.rank)
+        pnp = pnp_terms(out, batch, self.pnp, self.generator)
+        return {**terms, "pnp": pnp["pose"], "mc": pnp["mc"],
+                "pnp_valid": pnp["valid"].float().mean(), "pnp_ess": pnp["ess"].float().mean()}
+
+    def train_step(self, batch: dict, step: int, total: int) -> dict:
+        """Trainer.train_step with the eq. 6 loss (diagnostics are reported, not optimised)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.lr * lr_factor(self.cfg, step, total)
+        batch = {k: v.to(self.ctx.device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(self.ctx.device.type, enabled=self.amp):
+            out = self.net(batch["images"])
+        terms = self.loss_terms(out, batch, step)
+        total_loss = sum(self.lambdas[k] * terms[k] for k in self.lambdas)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total_loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return {"loss": float(total_loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
+
+    def validation_record(self, epoch: int, train_terms: dict) -> dict:
+        """History entry of an epoch (epoch 0 = the start model, no train terms)."""
+        return {"epoch": epoch, **{f"train_{k}": v for k, v in train_terms.items()},
+                **{f"val_{k}": v for k, v in self.validate().items()}}
+
+
+def run_finetune(params: dict, paths: FinetunePaths, camera: Camera) -> dict:
+    """Finetune (or resume) to finetune.epochs; returns the metrics (rank 0) or {} (other ranks)."""
+    trainer = FinetuneTrainer(params, paths, camera)
+    out = paths.data.out
+    resumed = trainer.resume()
+    main = trainer.ctx.main
+    if not resumed and main:
+        for stale in (paths.data.checkpoints, out / "live"):
+            shutil.rmtree(stale, ignore_errors=True)
+    live = open_live(out / "live", resumed) if main else None
+    if not resumed and main:
+        record = trainer.validation_record(0, {})
+        trainer.history.append(record)
+        log_epoch(live, record)
+        log.info("start model: %s", json.dumps({k: round(v, 3) for k, v in record.items()}))
+    started = time.perf_counter()
+    for epoch in range(trainer.start_epoch, trainer.cfg.epochs):
+        train_terms = trainer.train_epoch(epoch)
+        if main:
+            record = trainer.validation_record(epoch + 1, train_terms)
+            trainer.history.append(record)
+            log_epoch(live, record)
+            trainer.checkpoint(epoch)
+            log.info("epoch %d: %s", epoch + 1, json.dumps({k: round(v, 3) for k, v in record.items()}))
+        if trainer.ctx.world > 1:
+            dist.barrier()
+    if not main:
+        return {}
+    trainer.save_model()
+    metrics = summary(trainer.history, time.perf_counter() - started)
+    save_json(out / "metrics.json", metrics)
+    live.end()
+    return metrics
+
+
+def summary(history: list[dict], seconds: float) -> dict:
+    """metrics.json: val metrics of the start model and of the final one, their change
+    (final - start; negative = better for errors and the score), and the per-epoch history."""
+    start = {k: v for k, v in history[0].items() if k.startswith("val_")}
+    final = history[-1]
+    change = {k: final[k] - v for k, v in start.items() if np.isfinite(final.get(k, np.nan))}
+    return {"start": start, "final": final, "change": change,
+            "finetune_seconds_this_run": round(seconds, 1), "epochs": history}

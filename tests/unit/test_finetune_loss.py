@@ -1,0 +1,125 @@
+"""The finetuning stage's PnP terms and pose-carrying batches: crop -> full mapping of mu and
+sigma, eq. 5 vanishing (value and gradient) at exact outputs, degenerate samples masked with
+finite gradients, and flipped samples whose pose, camera and warp reproduce their 2D targets."""
+import numpy as np
+import torch
+
+from stages.face.mesh import flip_permutation
+from stages.face.pca import fit_pca
+from stages.face.warp import apply_warp, invert_warp
+from stages.finetuning.batches import PoseBatches
+from stages.finetuning.pnp_loss import PnPSettings, crop_to_full, pnp_terms
+from stages.nets.dataset import CropStore
+from stages.wcpa.camera import Camera, rt_to_opencv
+from tests.conftest import face_points, random_poses
+from tests.tiny_project import PROJ, crop_warps, symmetric_template
+
+CAMERA = Camera(PROJ, 800, 800)
+SETTINGS = PnPSettings(mc_samples=64, amis_iters=2, lm_iters=30, points=0, dtype=torch.float64)
+
+
+def exact_batch(n=4, V=60, size=64, seed=0):
+    """Outputs that are exactly the ground truth (mu = projections on the crop, verts = mesh),
+    and the batch of labels the PnP terms read."""
+    rng = np.random.default_rng(seed)
+    verts = np.stack([face_points(rng, V) for _ in range(n)])
+    poses = random_poses(rng, n)
+    uv_full = CAMERA.project(verts, poses)
+    warps = crop_warps(uv_full, size)
+    R, t = rt_to_opencv(poses)
+    batch = {"verts": torch.tensor(verts), "R_gt": torch.tensor(R), "t_gt": torch.tensor(t),
+             "K": torch.tensor(np.repeat(CAMERA.K[None], n, 0)), "inv_warps": torch.tensor(invert_warp(warps))}
+    out = {"mu": torch.tensor(apply_warp(warps, uv_full), requires_grad=True),
+           "sigma": torch.full((n, V), 1.5, dtype=torch.float64, requires_grad=True),
+           "verts": torch.tensor(verts, requires_grad=True)}
+    return out, batch, warps
+
+
+def test_crop_to_full_maps_points_by_the_inverse_warp_and_sigma_by_its_scale():
+    out, batch, warps = exact_batch()
+    x2d, w2d = crop_to_full(out["mu"], out["sigma"], batch["inv_warps"])
+    np.testing.assert_allclose(x2d.detach().numpy(), apply_warp(invert_warp(warps), out["mu"].detach().numpy()), atol=1e-9)
+    crop_scale = warps[:, 0, 0]      # crop px per full px (crop_warps: no rotation)
+    np.testing.assert_allclose(w2d.detach().numpy(), np.broadcast_to((crop_scale / 1.5)[:, None, None], w2d.shape), rtol=1e-12)
+
+
+def pose_term_and_gradients(noise_px: float):
+    out, batch, _ = exact_batch()
+    with torch.no_grad():
+        out["mu"] += noise_px * torch.randn(out["mu"].shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    terms = pnp_terms(out, batch, SETTINGS, torch.Generator().manual_seed(0))
+    assert terms["valid"].all()
+    terms["pose"].backward()
+    return float(terms["pose"].detach()), {name: float(out[name].grad.abs().max()) for name in ("mu", "sigma", "verts")}
+
+
+def test_pose_term_is_zero_with_zero_gradient_at_the_exact_outputs():
+    """Zero up to the norm's smoothing (1e-12 m per distance, 2e-9 mm in all); the gradient is
+    below 1e-3 of its size at a 0.5 px landmark error (the norm is not smooth at 0: its gradient
+    is a unit vector until the distance falls under the smoothing)."""
+    exact, exact_grads = pose_term_and_gradients(0.0)
+    noisy, noisy_grads = pose_term_and_gradients(0.5)
+    assert exact < 1e-8 and noisy > 1.0         # mm
+    for name, grad in exact_grads.items():
+        assert grad <= 1e-3 * noisy_grads[name], name
+
+
+def test_pose_term_grows_with_a_wrong_mesh_and_its_gradient_points_back():
+    out, batch, _ = exact_batch()
+    with torch.no_grad():
+        out["verts"] += 0.002                   # every vertex 2 mm off along each axis
+    terms = pnp_terms(out, batch, SETTINGS, torch.Generator().manual_seed(0))
+    assert float(terms["pose"].detach()) > 1.0  # mm
+    terms["pose"].backward()
+    assert float((out["verts"].grad.sum((0, 1)))[0]) > 0      # descent lowers x back
+
+
+def test_degenerate_sample_is_masked_and_gradients_stay_finite():
+    out, batch, _ = exact_batch()
+    with torch.no_grad():
+        out["mu"] += torch.randn_like(out["mu"])
+        out["sigma"][1, 3] = float("nan")
+    terms = pnp_terms(out, batch, SETTINGS, torch.Generator().manual_seed(0))
+    assert terms["valid"].tolist() == [True, False, True, True]
+    loss = terms["pose"] + 0.01 * terms["mc"]
+    assert torch.isfinite(loss)
+    loss.backward()
+    for name in ("mu", "sigma", "verts"):
+        assert torch.isfinite(out[name].grad).all(), name
+        assert float(out[name].grad[1].abs().max()) == 0.0, name
+        assert float(out[name].grad[0].abs().max()) > 0.0, name
+
+
+def test_mc_term_trains_sigma_towards_the_residuals():
+    """With 1 px noise and sigma = 3 px, the NLL's gradient shrinks sigma; at 0.3 px it grows it."""
+    out, batch, _ = exact_batch(seed=3)
+    noise = torch.randn(out["mu"].shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for sigma, sign in ((3.0, 1.0), (0.3, -1.0)):
+        mu = (out["mu"].detach() + noise).requires_grad_()
+        sig = torch.full_like(out["sigma"], sigma, requires_grad=True)
+        terms = pnp_terms({"mu": mu, "sigma": sig, "verts": out["verts"]}, batch, SETTINGS, torch.Generator().manual_seed(0))
+        terms["mc"].backward()
+        assert sign * float(sig.grad.sum()) > 0, sigma
+
+
+def test_batches_carry_a_pose_camera_and_warp_that_reproduce_the_targets_also_when_flipped(tmp_path):
+    rng = np.random.default_rng(4)
+    template = symmetric_template(15, rng)
+    n, size = 6, 48
+    verts = (template[None] + rng.normal(0, 0.002, (n,) + template.shape)).astype(np.float32)
+    poses = random_poses(rng, n)
+    warps = crop_warps(CAMERA.project(verts, poses), size)
+    store = CropStore(images=rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), warps=warps,
+                      inv_warps=invert_warp(warps), index=None)
+    basis = fit_pca(verts.astype(np.float64), 3)
+    for flip_prob in (0.0, 1.0):
+        batches = PoseBatches(store, verts, poses, CAMERA, basis, flip_permutation(template),
+                              flip_prob=flip_prob, color_jitter=0.0, seed=0)
+        item = batches[list(range(n))]
+        x_cv = item["verts"].double() @ item["R_gt"].transpose(1, 2) + item["t_gt"][:, None]
+        full = (x_cv @ item["K"].transpose(1, 2))
+        full = (full[..., :2] / full[..., 2:]).numpy()
+        np.testing.assert_allclose(apply_warp(invert_warp(item["inv_warps"].numpy()), full), item["uv"].numpy(), atol=1e-3)
+        np.testing.assert_allclose(item["coeffs"].numpy(), basis.project(item["verts"].numpy()), atol=1e-5)
+        flipped_images = np.array_equal(item["images"].numpy(), store.images.transpose(0, 3, 1, 2)[..., ::-1])
+        assert flipped_images == (flip_prob == 1.0)
