@@ -19,12 +19,14 @@ from stages.face.topology import MOUTH_Q
 FAN_RINGS = (0.7, 0.4, 0.0)
 EYE_DEPTH_MM, MOUTH_DEPTH_MM = 2.0, 9.0
 IRIS_RADIUS_MM, PUPIL_RADIUS_MM = 5.8, 2.2
+SKIRT_RINGS_MM = ((10.0, 12.0), (20.0, 35.0), (22.0, 70.0))   # (outward, backward) of the head skirt
+SKIRT_CENTRE_Y_MM = -10.0
 
 
 @dataclass(frozen=True)
 class Look:
     """A subject's colours (RGB in [0, 1]): skin, brows (and lashes), lips, iris; brow
-    thickness scale; gaze offset (2,) in mm on the chart."""
+    thickness scale; gaze offset (2,) in mm on the chart; hair colour and hairline shift (mm)."""
 
     skin: np.ndarray
     brow: np.ndarray
@@ -32,6 +34,8 @@ class Look:
     iris: np.ndarray
     brow_scale: float
     gaze: np.ndarray
+    hair: np.ndarray
+    hairline: float
 
 
 def random_look(rng: np.random.Generator) -> Look:
@@ -43,8 +47,11 @@ def random_look(rng: np.random.Generator) -> Look:
     brow = np.clip(rng.uniform(0.08, 0.35) * np.array([1.0, 0.8, 0.65]) * rng.uniform(0.8, 1.2, 3), 0, 1)
     lips = np.clip(skin * np.array([0.85, 0.52, 0.52]) * rng.uniform(0.85, 1.05), 0, 1)
     iris = rng.choice([np.array([0.25, 0.15, 0.08]), np.array([0.35, 0.45, 0.6]), np.array([0.3, 0.35, 0.2])])
+    hair = rng.choice([np.array([0.06, 0.05, 0.04]), np.array([0.22, 0.14, 0.08]), np.array([0.55, 0.42, 0.25]),
+                       np.array([0.5, 0.5, 0.5])]) * rng.uniform(0.7, 1.3)
+    hairline = 80.0 if rng.random() < 0.1 else rng.uniform(-8.0, 6.0)
     return Look(skin=skin, brow=brow, lips=lips, iris=iris * rng.uniform(0.7, 1.2),
-                brow_scale=rng.uniform(0.8, 1.25), gaze=np.zeros(2))
+                brow_scale=rng.uniform(0.8, 1.25), gaze=np.zeros(2), hair=np.clip(hair, 0, 1), hairline=hairline)
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,7 @@ class RenderMesh:
     faces: np.ndarray
     attributes: np.ndarray
     fans: tuple                   # (loop (L,), depth_mm) per hole
+    skirt: np.ndarray             # the outer rim loop, extended outward and backward by rings
 
 
 def _fan(loop: np.ndarray, first: int) -> tuple[np.ndarray, int]:
@@ -114,7 +122,46 @@ def render_mesh() -> RenderMesh:
             attrs.append(_attributes(ring, material, np.full(len(ring), r), ring_upper))
         fans.append((loop, depth))
         first = next_first
-    return RenderMesh(faces=np.concatenate(faces), attributes=np.concatenate(attrs), fans=tuple(fans))
+    rim = _oriented(_rim_loop(topo), topo.chart)
+    faces.append(_skirt_faces(rim, first))
+    chart = topo.build_chart[rim]
+    outward = chart - [0.0, SKIRT_CENTRE_Y_MM]
+    outward /= np.linalg.norm(outward, axis=1, keepdims=True)
+    for out_mm, back_mm in SKIRT_RINGS_MM:
+        attrs.append(_attributes(chart + outward * (out_mm + 0.6 * back_mm), (0, 0), np.ones(len(rim)), np.ones(len(rim))))
+    return RenderMesh(faces=np.concatenate(faces), attributes=np.concatenate(attrs), fans=tuple(fans), skirt=rim)
+
+
+def _rim_loop(topo) -> np.ndarray:
+    """The outer boundary as one loop: the rim's boundary edges chained in order."""
+    f = topo.faces
+    edges = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
+    unique, counts = np.unique(edges, axis=0, return_counts=True)
+    rim = set(topo.rim.tolist())
+    boundary = [e for e in unique[counts == 1] if e[0] in rim or e[1] in rim]
+    neighbours: dict[int, list[int]] = {}
+    for a, b in boundary:
+        neighbours.setdefault(int(a), []).append(int(b))
+        neighbours.setdefault(int(b), []).append(int(a))
+    loop = [next(iter(neighbours))]
+    while len(loop) < len(neighbours):
+        step = [v for v in neighbours[loop[-1]] if v not in loop[-2:]]
+        loop.append(step[0])
+    return np.array(loop, dtype=np.int64)
+
+
+def _skirt_faces(rim: np.ndarray, first: int) -> np.ndarray:
+    """Quads (as triangle pairs) between the rim loop and successive skirt rings numbered from
+    `first`, facing outward."""
+    n = len(rim)
+    rings = [rim] + [np.arange(first + k * n, first + (k + 1) * n) for k in range(len(SKIRT_RINGS_MM))]
+    faces = []
+    for inner, outer in zip(rings[:-1], rings[1:]):
+        for k in range(n):
+            a, b = inner[k], inner[(k + 1) % n]
+            c, d = outer[k], outer[(k + 1) % n]
+            faces += [[a, c, d], [a, d, b]]
+    return np.array(faces, dtype=np.int64)
 
 
 def _attributes(chart: np.ndarray, material: tuple, radial: np.ndarray, upper: np.ndarray) -> np.ndarray:
@@ -132,6 +179,11 @@ def extend(mesh: RenderMesh, verts: np.ndarray) -> np.ndarray:
             ring = centre + r * (rim - centre) if r > 0 else centre[None]
             back = depth * MM * (np.sqrt(1 - r) if depth > EYE_DEPTH_MM else 0.5 + 0.5 * r * r)
             out.append(ring - np.array([0.0, 0.0, back]))
+    rim = verts[mesh.skirt]
+    outward = rim[:, :2] - [0.0, SKIRT_CENTRE_Y_MM * MM]
+    outward /= np.linalg.norm(outward, axis=1, keepdims=True)
+    for out_mm, back_mm in SKIRT_RINGS_MM:
+        out.append(rim + MM * np.column_stack([outward * out_mm, np.full(len(rim), -back_mm)]))
     return np.concatenate(out)
 
 
@@ -148,7 +200,7 @@ def _soft(x: np.ndarray, width: float) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(np.clip(x / width, -30, 30)))
 
 
-FIELD_STEP_MM = 0.25
+FIELD_STEP_MM = 0.4
 FIELDS = ("brow_distance", "lashes", "lips", "nostrils", "cheeks", "eye_shadow")
 
 
@@ -211,6 +263,9 @@ def albedo(attrs: np.ndarray, look: Look) -> np.ndarray:
 def _skin(chart: np.ndarray, look: Look, fields: ChartFields) -> np.ndarray:
     brow_d, lashes, lips, nostrils, cheeks, shadow = fields.sample(chart).T
     colour = look.skin * (1 - 0.08 * cheeks[:, None] * np.array([-0.3, 1.0, 1.0]))
+    hairline = 68.0 + look.hairline - 0.0055 * chart[:, 0] ** 2
+    hair_w = _soft(hairline - chart[:, 1], 1.5)[:, None]
+    colour = colour * (1 - hair_w) + look.hair * hair_w
     colour *= (1 - 0.12 * shadow)[:, None]
     inner = np.clip(np.abs(chart[:, 0]) - 14.0, 0.0, None) / 40.0
     brow_w = _soft(brow_d - look.brow_scale * (3.2 - 1.8 * inner), 0.7)[:, None]

@@ -40,15 +40,21 @@ def shapes(rng: np.random.Generator, image: np.ndarray, count: int) -> np.ndarra
 
 
 def random_background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A (size, size, 3) uint8 RGB background: gradient or flat colour + smooth noise + shapes."""
+    """A (size, size, 3) uint8 RGB background: gradient or flat colour + smooth noise + shapes.
+
+    Built at a quarter of the resolution (everything in it is smooth) and upsampled, plus a
+    fine texture."""
+    low = max(size // 4, 8)
     if rng.random() < 0.5:
-        base = gradient(rng, size)
+        base = gradient(rng, low)
     else:
-        base = np.full((size, size, 3), rng.uniform(20, 235, 3), dtype=np.float32)
-    base += smooth_noise(rng, size, int(rng.integers(3, 12)), rng.uniform(10, 60))
+        base = np.full((low, low, 3), rng.uniform(20, 235, 3), dtype=np.float32)
+    base += smooth_noise(rng, low, int(rng.integers(3, 12)), rng.uniform(10, 60))
     image = np.clip(base, 0, 255).astype(np.uint8)
     if rng.random() < 0.7:
         image = shapes(rng, image, int(rng.integers(2, 10)))
-        image = cv2.GaussianBlur(image, (0, 0), rng.uniform(1.0, 6.0))
-    texture = smooth_noise(rng, size, size // 8, rng.uniform(2, 10))
+        image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.3, 1.5))
+    image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+    texture = smooth_noise(rng, size // 2, size // 8, rng.uniform(2, 10))
+    texture = cv2.resize(texture, (size, size), interpolation=cv2.INTER_LINEAR)
     return np.clip(image + texture, 0, 255).astype(np.uint8)

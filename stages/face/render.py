@@ -58,30 +58,36 @@ def rasterize(uv: np.ndarray, depth: np.ndarray, faces: np.ndarray, width: int, 
     counts = span[ids, 0] * span[ids, 1]
     tri = np.repeat(ids, counts)
     local = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    px = lo[tri, 0] + local % span[tri, 0]
-    py = lo[tri, 1] + local // span[tri, 0]
-    lam = _barycentric(tri_uv[tri], px + 0.5, py + 0.5, area[tri])
-    inside = (lam >= -1e-9).all(axis=1)
+    dy, dx = np.divmod(local, span[tri, 0])
+    px, py = lo[tri, 0] + dx, lo[tri, 1] + dy
+    edge_a, edge_b, edge_c = _edge_functions(tri_uv, area)
+    lam = (edge_a[tri] * (px + 0.5)[:, None].astype(np.float32) + edge_b[tri] * (py + 0.5)[:, None].astype(np.float32)
+           + edge_c[tri])
+    inside = np.flatnonzero((lam >= -1e-6).all(axis=1))
     tri, px, py, lam = tri[inside], px[inside], py[inside], lam[inside]
-    inv_z = 1.0 / depth[faces[tri]]                                          # (K, 3)
+    inv_z = (1.0 / depth[faces[tri]]).astype(np.float32)                    # (K, 3)
     inv_depth = (lam * inv_z).sum(axis=1)
     pix = py * width + px
-    best = np.full(width * height, -np.inf)
+    best = np.full(width * height, -np.inf, dtype=np.float32)
     np.maximum.at(best, pix, inv_depth)
     win = np.flatnonzero(inv_depth >= best[pix])
-    _, first = np.unique(pix[win], return_index=True)
-    win = win[first]
+    owner = np.full(width * height, -1, dtype=np.int64)
+    owner[pix[win]] = win                       # one winner per pixel where depths tie exactly
+    win = owner[owner >= 0]
     bary = lam[win] * inv_z[win] / inv_depth[win, None]
     return Raster(pix=pix[win], tri=tri[win], bary=bary, shape=(height, width))
 
 
-def _barycentric(tri_uv: np.ndarray, x: np.ndarray, y: np.ndarray, area: np.ndarray) -> np.ndarray:
-    """Screen-space barycentric weights (K, 3) of points (x, y) in triangles (K, 3, 2)."""
-    out = np.empty((len(x), 3))
-    for k in range(3):
-        p, q = tri_uv[:, (k + 1) % 3], tri_uv[:, (k + 2) % 3]
-        out[:, k] = ((p[:, 0] - x) * (q[:, 1] - y) - (p[:, 1] - y) * (q[:, 0] - x)) / area
-    return out
+def _edge_functions(tri_uv: np.ndarray, area: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-triangle affine barycentric functions lam_k(x, y) = a_k x + b_k y + c_k, each (F, 3)
+    float32, for triangles (F, 3, 2) of signed doubled area (F,)."""
+    p = tri_uv[:, [1, 2, 0]]
+    q = tri_uv[:, [2, 0, 1]]
+    inv = 1.0 / np.where(area == 0, 1.0, area)[:, None]
+    a = (p[..., 1] - q[..., 1]) * inv
+    b = (q[..., 0] - p[..., 0]) * inv
+    c = (p[..., 0] * q[..., 1] - p[..., 1] * q[..., 0]) * inv
+    return a.astype(np.float32), b.astype(np.float32), c.astype(np.float32)
 
 
 def _empty(height: int, width: int) -> Raster:
@@ -137,10 +143,11 @@ def render_region(verts_cam: np.ndarray, uv: np.ndarray, faces: np.ndarray, attr
     w, h = (x1 - x0) * supersample, (y1 - y0) * supersample
     local_uv = (uv - [x0, y0]) * supersample
     raster = rasterize(local_uv, -verts_cam[:, 2], faces, w, h)
-    normals = raster.interpolate(vertex_normals(verts_cam, faces), faces)
-    points = raster.interpolate(verts_cam, faces)
+    per_vertex = np.column_stack([vertex_normals(verts_cam, faces), verts_cam, attributes])
+    values = raster.interpolate(per_vertex, faces)
+    normals, points = values[:, :3], values[:, 3:6]
     view = -points / np.linalg.norm(points, axis=1, keepdims=True)
-    colour = shade(normals, view, albedo_fn(raster.interpolate(attributes, faces)), light)
+    colour = shade(normals, view, albedo_fn(values[:, 6:]), light)
     canvas = np.zeros((h * w, 4), dtype=np.float32)
     canvas[raster.pix, :3] = colour
     canvas[raster.pix, 3] = 1.0

@@ -8,6 +8,7 @@ weights and adds a few weak random ones.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -124,7 +125,7 @@ def render_frame(model: FaceModel, identity: np.ndarray, look: Look, action: str
     verts = identity + np.tensordot(weights, build_blendshapes(), axes=1)
     R_t = draw_pose(rng, stats, verts, camera)
     light = random_light(rng)
-    image = random_background(rng, camera.width).astype(np.float32) / 255.0
+    image = random_background(rng, camera.width)
     mesh = render_mesh()
     look = Look(**{**look.__dict__, "gaze": gaze(weights)})
     render_verts = extend(mesh, verts)
@@ -134,20 +135,28 @@ def render_frame(model: FaceModel, identity: np.ndarray, look: Look, action: str
     x1, y1 = np.minimum(np.ceil(uv.max(axis=0)).astype(int) + 2, [camera.width, camera.height])
     rgb, alpha = render_region(cam, uv, mesh.faces, mesh.attributes, lambda a: albedo(a, look),
                                light, (x0, y0, x1, y1), supersample)
-    region = image[y0:y1, x0:x1]
-    image[y0:y1, x0:x1] = region * (1 - alpha[..., None]) + rgb * alpha[..., None]
+    region = image[y0:y1, x0:x1].astype(np.float32) / 255.0
+    blended = region * (1 - alpha[..., None]) + rgb * alpha[..., None]
+    image[y0:y1, x0:x1] = np.clip(blended * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return Frame(image=_camera_effects(image, rng, blur_max, noise_max), verts=verts.astype(np.float32),
                  R_t=R_t)
 
 
+@lru_cache(maxsize=1)
+def _grain_tile() -> np.ndarray:
+    """A fixed (1024, 1024, 3) float32 standard-normal noise tile (same in every process)."""
+    return np.random.default_rng(12345).standard_normal((1024, 1024, 3)).astype(np.float32)
+
+
 def _camera_effects(image: np.ndarray, rng: np.random.Generator, blur_max: float, noise_max: float) -> np.ndarray:
-    """Float image in [0, 1] -> uint8 with mild Gaussian blur and sensor noise."""
-    sigma = rng.uniform(0.3, max(blur_max, 0.3))
-    image = cv2.GaussianBlur(image, (0, 0), sigma)
-    out = np.clip(image * 255.0, 0, 255).astype(np.uint8)
+    """uint8 image -> uint8 with mild Gaussian blur and sensor noise (a random window of a
+    fixed noise tile, scaled)."""
+    image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.5, max(blur_max, 0.5)))
     noise = rng.uniform(0.0, noise_max)
-    if noise > 0.5:
-        small = rng.normal(0, noise, (out.shape[0] // 2, out.shape[1] // 2, 3)).astype(np.float32)
-        grain = cv2.resize(small, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_NEAREST)
-        out = np.clip(out + grain, 0, 255).astype(np.uint8)
-    return out
+    h, w = image.shape[:2]
+    tile = _grain_tile()
+    if noise > 0.5 and h <= tile.shape[0] and w <= tile.shape[1]:
+        y, x = rng.integers(0, tile.shape[0] - h + 1), rng.integers(0, tile.shape[1] - w + 1)
+        image = cv2.scaleAdd(tile[y:y + h, x:x + w], float(noise), image.astype(np.float32))
+        image = np.clip(image, 0, 255).astype(np.uint8)
+    return image

@@ -1,0 +1,71 @@
+"""Synthetic data throughput: images/s of the synth generator on 2 workers (render + JPEG +
+labels written), against a reference measured in the same process: encoding and writing an
+800x800 JPEG of the same kind of content, with nothing rendered.
+
+    python -m benchmarks.bench_synth [--images 120] [--workers 2]
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from joblib import Parallel, delayed
+
+from stages.common.params import load_params
+from stages.face.background import random_background
+from stages.face.synth_data import CHUNK, generate, plan, write_lists, write_resources, _write_chunk
+from stages.synth import config
+
+
+def bench_generator(cfg, root: Path, gt: Path, images: int, workers: int) -> float:
+    """Seconds to render and write `images` samples on `workers` processes (warm workers)."""
+    specs = plan(cfg)[:images]
+    write_lists(root, specs)
+    write_resources(root, cfg, sum(s.split == "test" for s in specs))
+    chunks = [specs[k:k + CHUNK] for k in range(0, len(specs), CHUNK)]
+    with Parallel(n_jobs=workers) as parallel:
+        parallel(delayed(_write_chunk)(cfg, c, root, gt) for c in chunks[:workers])   # warm-up
+        start = time.perf_counter()
+        parallel(delayed(_write_chunk)(cfg, c, root, gt) for c in chunks)
+        return time.perf_counter() - start
+
+
+def jpeg_only(images: int, size: int, quality: int, folder: Path) -> float:
+    """Seconds to encode and write `images` JPEGs of random backgrounds (backgrounds precomputed)."""
+    rng = np.random.default_rng(0)
+    frames = [random_background(rng, size) for _ in range(8)]
+    start = time.perf_counter()
+    for k in range(images):
+        ok, data = cv2.imencode(".jpg", frames[k % len(frames)], [cv2.IMWRITE_JPEG_QUALITY, quality])
+        (folder / f"{k}.jpg").write_bytes(data.tobytes())
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=120)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    cfg = config(load_params())
+    tmp = Path(tempfile.mkdtemp(prefix="bench_synth_"))
+    try:
+        seconds = bench_generator(cfg, tmp / "root", tmp / "gt", args.images, args.workers)
+        (tmp / "jpeg").mkdir()
+        ref = jpeg_only(args.images, cfg.image_size, cfg.jpeg_quality, tmp / "jpeg")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    rate, ref_rate = args.images / seconds, args.images / ref
+    print(f"synth generator: {rate:.1f} images/s on {args.workers} workers "
+          f"({1000 * seconds * args.workers / args.images:.0f} ms per image per worker)")
+    print(f"reference (JPEG encode + write only, 1 process): {ref_rate:.1f} images/s "
+          f"({1000 * ref / args.images:.1f} ms per image)")
+    print(f"per-image cost ratio generator/reference: {(seconds * args.workers) / ref:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
