@@ -111,6 +111,26 @@ SCHEMA = {
         "amp": bool,              # autocast + GradScaler on CUDA (ignored on CPU)
         "val_batch_size": int,
     },
+    "finetune": {                 # stage finetune (EPro-PnP, eq. 4-6); reads lambda.* too
+        "epochs": int,
+        "batch_size": int,
+        "lr": float,              # Adam learning rate
+        "schedule": str,          # constant | cosine (per step, to lr * min_lr_ratio)
+        "min_lr_ratio": float,
+        "weight_decay": float,
+        "flip": float,            # horizontal flip probability
+        "color_jitter": float,    # as train.color_jitter
+        "workers": int,           # DataLoader worker processes (0 = load in the main process)
+        "device": str,            # auto | cpu | cuda
+        "amp": bool,              # autocast + GradScaler on CUDA (ignored on CPU)
+        "val_batch_size": int,
+        "mc_weight": float,       # weight of EPro-PnP's Monte Carlo NLL (nats; trains sigma with the pose)
+        "mc_samples": int,        # Monte Carlo poses per sample (AMIS)
+        "amis_iters": int,        # AMIS proposals the samples are split over
+        "lm_iters": int,          # most Levenberg-Marquardt iterations of the PnP solve
+        "pnp_points": int,        # vertices in the PnP, a random subset per batch (0 = all)
+        "pnp_dtype": str,         # float32 | float64: precision of the PnP layer
+    },
     "infer": {
         "checkpoint": str,        # network of artifacts/<checkpoint>/model.pt: finetune | train
         "batch_size": int,        # crops per forward (each pass runs 2x this with flip & merge)
