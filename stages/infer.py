@@ -1,0 +1,92 @@
+"""Stage infer: the trained network's predictions on val or test (flip & merge, unwarp, PnP).
+
+`python -m stages.infer --split val|test` reads the network artifacts/<infer.checkpoint>/model.pt
+(checked against train.depth / coordconv / shape_head / input_size, the crop size, the data's
+vertex count and the PCA size), the crop store artifacts/crop/<split>, artifacts/pca (flip
+permutation, mean mesh, training poses for the fallback) and the camera of data.root. Writes
+artifacts/infer/predictions_<split>.npz (stages/wcpa/predictions.py; rows =
+artifacts/split/val.csv or <data.root>/list/WCPA_track2_test.csv) with verts, R_t, landmarks (N, V, 2) full-image px,
+sigma (N, V) full-image px (NaN for skipped samples) and skipped (N,) bool.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+
+from stages.common.params import PARAMS_FILE, load_params, section
+from stages.face.pca import PCABasis
+from stages.nets.checkpoint import Expected, load_network
+from stages.nets.dataset import CropStore
+from stages.nets.inference import Fallback, InferSettings, infer_split, mean_pose, pick_device
+from stages.wcpa.layout import list_path, load_resources, read_list
+from stages.wcpa.predictions import save_predictions
+
+log = logging.getLogger("infer")
+SPLITS = ("val", "test")
+
+
+ARTIFACTS = Path("artifacts")
+
+
+def split_list(params: dict, split: str) -> pd.DataFrame:
+    """The list the predictions are aligned with: artifacts/split/val.csv or the data's test list."""
+    if split == "val":
+        return read_list(ARTIFACTS / "split" / "val.csv")
+    if split == "test":
+        return read_list(list_path(Path(section(params, "data").root), "test"))
+    raise ValueError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
+
+
+def settings_of(cfg: SimpleNamespace) -> InferSettings:
+    return InferSettings(batch_size=cfg.batch_size, flip_merge=cfg.flip_merge, pnp=cfg.pnp,
+                         pnp_flags=cfg.pnp_flags, device=pick_device(cfg.device), amp=cfg.amp,
+                         workers=cfg.workers)
+
+
+def run(params: dict, split: str, artifacts: Path = ARTIFACTS) -> dict[str, np.ndarray]:
+    """Predict one split and write artifacts/infer/predictions_<split>.npz; returns the arrays."""
+    cfg, train = section(params, "infer"), section(params, "train")
+    resources = load_resources(section(params, "data").root)
+    table = split_list(params, split)
+    store = CropStore.open(artifacts / "crop" / split)
+    store.check_rows(table, str(artifacts / "crop" / split))
+    basis_path = artifacts / "pca" / "basis.npz"
+    basis = PCABasis.load(basis_path)
+    with np.load(basis_path) as npz:
+        perm = npz["flip_perm"]
+    checkpoint = artifacts / cfg.checkpoint / "model.pt"
+    expected = Expected(depth=train.depth, coordconv=train.coordconv, shape_head=train.shape_head,
+                        crop_size=store.size, n_verts=resources.n_verts, n_components=basis.n_components,
+                        input_size=train.input_size)
+    model = load_network(checkpoint, expected)
+    fallback = Fallback(verts=basis.mean.astype(np.float32),
+                        R_t=mean_pose(np.load(artifacts / "pca" / "poses_train.npy")))
+    settings = settings_of(cfg)
+    log.info("%s: %d crops, checkpoint %s, flip_merge=%s, pnp=%s, device %s", split, len(store), checkpoint,
+             settings.flip_merge, settings.pnp, settings.device)
+    started = time.perf_counter()
+    pred = infer_split(model, store, table, perm, resources.camera, settings, fallback,
+                       f"{checkpoint} on {artifacts / 'crop' / split}")
+    elapsed = time.perf_counter() - started
+    log.info("%s: %d samples in %.1f s (%.1f images/s)", split, len(store), elapsed, len(store) / max(elapsed, 1e-9))
+    save_predictions(artifacts / "infer" / f"predictions_{split}.npz", table, **pred)
+    return pred
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default=str(PARAMS_FILE), help="params file (default params.yaml)")
+    parser.add_argument("--split", required=True, choices=SPLITS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    run(load_params(args.params), args.split)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Loading a trained network (artifacts/{train,finetune}/model.pt) for inference, with checks.
+
+model.pt holds {"config": NetConfig as a dict, "model": state_dict (PCA basis buffers included),
+"params": the training params, "basis_shape": [K, V, 3]}. A checkpoint that does not fit the
+params or the data (another backbone depth, CoordConv setting, shape head, input size, vertex
+count, crop size or PCA size) stops with a message that names the file and every mismatch.
+"""
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
+
+import torch
+
+from stages.nets.model import FaceNet, NetConfig
+
+REQUIRED_KEYS = ("config", "model")
+
+
+class CheckpointError(ValueError):
+    """A model.pt that is missing, unreadable or does not match the params / data."""
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the network must be: from params (train.*) and from the data (crop store, PCA)."""
+
+    depth: int          # train.depth
+    coordconv: bool     # train.coordconv
+    shape_head: str     # train.shape_head
+    crop_size: int      # side of the crop store's images, px
+    n_verts: int        # vertices of the data's template mesh
+    n_components: int   # components of artifacts/pca/basis.npz
+    input_size: int     # train.input_size (0: the crop size)
+
+
+def read_checkpoint(path: Path) -> dict:
+    """The saved dict; a missing or malformed file is a CheckpointError naming it."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found (run `dvc repro {path.parent.name}`, "
+                              "or set infer.checkpoint to a stage that has one)")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:     # torch raises several unrelated types for a corrupt file
+        raise CheckpointError(f"{path}: cannot read the checkpoint: {err}") from None
+    missing = [key for key in REQUIRED_KEYS if not isinstance(saved, dict) or key not in saved]
+    if missing:
+        raise CheckpointError(f"{path}: not a model checkpoint (missing {', '.join(missing)})")
+    return saved
+
+
+def config_of(path: Path, saved: dict) -> NetConfig:
+    """The NetConfig saved in a checkpoint (fields added later take their defaults)."""
+    config = saved["config"]
+    required = {f.name for f in fields(NetConfig) if f.default is MISSING}
+    absent = sorted(required - set(config))
+    if absent:
+        raise CheckpointError(f"{path}: config lacks {', '.join(absent)}")
+    return NetConfig(**{f.name: config[f.name] for f in fields(NetConfig) if f.name in config})
+
+
+def mismatches(config: NetConfig, expected: Expected) -> list[str]:
+    """Human-readable differences between a checkpoint's config and what params / data need."""
+    sources = {"depth": "train.depth", "coordconv": "train.coordconv", "shape_head": "train.shape_head",
+               "crop_size": "crop store image size", "n_verts": "data vertex count",
+               "n_components": "artifacts/pca basis components", "input_size": "train.input_size"}
+    out = []
+    for name, source in sources.items():
+        have, want = getattr(config, name), getattr(expected, name)
+        if have != want:
+            out.append(f"{name} {have!r} in the checkpoint, {want!r} from {source}")
+    return out
+
+
+def load_network(path: Path | str, expected: Expected) -> FaceNet:
+    """Rebuild the network of `path` and load its weights (on the CPU, in eval mode)."""
+    path = Path(path)
+    saved = read_checkpoint(path)
+    config = config_of(path, saved)
+    problems = mismatches(config, expected)
+    if problems:
+        raise CheckpointError(f"{path}: checkpoint does not match the params/data: " + "; ".join(problems))
+    model = FaceNet(config, pretrained=False)
+    try:
+        model.load_state_dict(saved["model"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        raise CheckpointError(f"{path}: weights do not fit its own config {config.to_dict()}: "
+                              f"{' '.join(first[:3])[:400]}") from None
+    return model.eval()

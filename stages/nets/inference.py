@@ -1,0 +1,212 @@
+"""Inference of the two-branch network on a crop store (paper sec. 2.5): flip & merge, unwarp, PnP.
+
+Per batch of crops (read from the memory-mapped store while the previous batch runs):
+  1. one forward pass of the batch concatenated with its mirror (u -> S - u), on CUDA with AMP
+     when present (stages.nets.flipmerge maps the mirrored outputs back and merges them);
+  2. landmarks and sigma go from crop px to full-image px through the store's inv_warps;
+  3. the pose comes from PnP between the landmarks and the predicted canonical mesh
+     (stages.nets.poses), solved in a thread pool while the next batch runs through the network.
+
+Skipped samples (the crop store's index.csv `skipped` = 1: no usable crop) get the fallback
+prediction: the PCA mean mesh in the mean training pose (chordal mean rotation, mean translation
+of artifacts/pca/poses_train.npy), its projection as landmarks and sigma NaN. Any other row
+with a non-finite mesh, landmark or pose stops the run with the rows named.
+"""
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.spatial.transform import Rotation
+from tqdm import tqdm
+
+from stages.face.warp import apply_warp
+from stages.nets.dataset import CropStore
+from stages.nets.flipmerge import check_mode, merge_outputs, unmirror_outputs
+from stages.nets.model import FaceNet
+from stages.nets.poses import solve_poses
+from stages.wcpa.camera import Camera, make_rt
+from stages.wcpa.layout import ID_COLUMNS
+
+log = logging.getLogger(__name__)
+OUTPUT_KEYS = ("mu", "sigma", "verts")
+
+
+class InferenceError(RuntimeError):
+    """The network or the PnP produced non-finite predictions for usable samples."""
+
+
+@dataclass(frozen=True)
+class InferSettings:
+    """params infer.*: see stages/common/schema.py."""
+
+    batch_size: int
+    flip_merge: str     # none | 3d | both
+    pnp: str            # opencv | batched
+    pnp_flags: str      # OpenCV solvePnP method name (ITERATIVE, EPNP, SQPNP, ...)
+    device: torch.device
+    amp: bool
+    workers: int        # PnP threads
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """The prediction of a skipped sample: verts (V, 3) metres, R_t (4, 4)."""
+
+    verts: np.ndarray
+    R_t: np.ndarray
+
+
+def pick_device(name: str) -> torch.device:
+    """infer.device: auto (CUDA when present) | cpu | cuda."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"infer.device={name!r}: expected auto, cpu or cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("infer.device=cuda but CUDA is not available")
+    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def mean_pose(poses: np.ndarray) -> np.ndarray:
+    """Poses (N, 4, 4) -> their mean R_t (4, 4): chordal L2 mean rotation, mean translation."""
+    poses = np.asarray(poses, dtype=np.float64)
+    rotation = Rotation.from_matrix(poses[:, :3, :3]).mean().as_matrix()
+    return make_rt(rotation, poses[:, 3, :3].mean(0))
+
+
+def _to_numpy(out: dict[str, torch.Tensor], rows: slice) -> dict[str, np.ndarray]:
+    return {key: out[key][rows].float().cpu().numpy() for key in OUTPUT_KEYS}
+
+
+def _read_batch(images: np.ndarray, start: int, batch_size: int, pin: bool) -> torch.Tensor:
+    """Crops [start, start + batch_size) of a (memory-mapped) store -> (B, S, S, 3) uint8 tensor
+    (in pinned memory for a fast copy to the GPU when `pin`)."""
+    batch = torch.from_numpy(np.array(images[start:start + batch_size]))
+    return batch.pin_memory() if pin else batch
+
+
+@torch.no_grad()
+def network_outputs(model: FaceNet, images: np.ndarray, batch_size: int, device: torch.device, amp: bool,
+                    perm: np.ndarray | None) -> Iterator[tuple[slice, dict, dict | None]]:
+    """Run the network over crops (N, S, S, 3) uint8 (a memmap is read batch by batch).
+
+    Yields (rows, plain, mirrored_back): the outputs mu (B, V, 2) crop px, sigma (B, V) crop px,
+    verts (B, V, 3) metres of the crops, and those of their mirrors mapped back to the original
+    crops (None when perm is None: no mirror pass). With a mirror, each batch is one forward of
+    2B images (the crops, then their mirrors).
+    """
+    model = model.to(device).eval()
+    size = images.shape[2]
+    starts = list(range(0, len(images), batch_size))
+    pin = device.type == "cuda"
+    with ThreadPoolExecutor(1) as reader:
+        pending = reader.submit(_read_batch, images, starts[0], batch_size, pin) if starts else None
+        for i, start in enumerate(tqdm(starts, desc="infer", leave=False, disable=len(starts) < 10)):
+            batch = pending.result()
+            if i + 1 < len(starts):
+                pending = reader.submit(_read_batch, images, starts[i + 1], batch_size, pin)
+            x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2)
+            n = len(x)
+            if perm is not None:
+                x = torch.cat([x, x.flip(-1)])
+            with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
+                out = model(x)
+            back = None if perm is None else unmirror_outputs(_to_numpy(out, slice(n, 2 * n)), perm, size)
+            yield slice(start, start + n), _to_numpy(out, slice(0, n)), back
+
+
+def to_full_image(mu: np.ndarray, sigma: np.ndarray, inv_warps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Crop px -> full-image px: landmarks (B, V, 2) through inv_warps (B, 2, 3), sigma (B, V)
+    scaled by each similarity's scale (NaN out for NaN warps)."""
+    with np.errstate(invalid="ignore"):      # skipped rows have NaN warps
+        scale = np.sqrt(np.abs(np.linalg.det(np.asarray(inv_warps, dtype=np.float64)[:, :, :2])))
+    return apply_warp(inv_warps, mu), sigma * scale[:, None]
+
+
+def batch_predictions(plain: dict, back: dict | None, inv_warps: np.ndarray,
+                      mode: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Merged outputs of a batch in full-image px -> verts (B, V, 3), landmarks (B, V, 2), sigma (B, V)."""
+    merged = merge_outputs(plain, back if back is not None else plain, mode)
+    uv, sigma = to_full_image(merged["mu"], merged["sigma"], inv_warps)
+    return merged["verts"], uv, sigma
+
+
+def skipped_rows(store: CropStore) -> np.ndarray:
+    """(N,) bool: rows the crop stage skipped (index.csv `skipped` = 1)."""
+    if "skipped" not in store.index.columns:
+        return np.zeros(len(store), dtype=bool)
+    return store.index["skipped"].astype(str).str.strip().isin(["1", "True", "true"]).to_numpy()
+
+
+def apply_fallback(pred: dict[str, np.ndarray], skipped: np.ndarray, fallback: Fallback, camera: Camera) -> None:
+    """Give skipped rows the fallback mesh and pose, its projection as landmarks and NaN sigma."""
+    if not skipped.any():
+        return
+    pred["verts"][skipped] = fallback.verts
+    pred["R_t"][skipped] = fallback.R_t
+    pred["landmarks"][skipped] = camera.project(fallback.verts, fallback.R_t)
+    pred["sigma"][skipped] = np.nan
+
+
+def check_predictions(pred: dict[str, np.ndarray], skipped: np.ndarray, table: pd.DataFrame, where: str) -> None:
+    """Stop when a usable row's mesh, landmarks or pose is not finite, naming up to 5 rows."""
+    def finite(key: str) -> np.ndarray:
+        return np.isfinite(pred[key].reshape(len(pred[key]), -1)).all(1)
+
+    net_ok = finite("verts") & finite("landmarks")
+    bad = ~(net_ok & finite("R_t")) & ~skipped
+    if not bad.any():
+        return
+    rows = np.flatnonzero(bad)
+    names = ["/".join(map(str, table.iloc[i][ID_COLUMNS])) + f" (row {i})" for i in rows[:5]]
+    pnp_only = int((net_ok[rows]).sum())
+    raise InferenceError(f"{where}: non-finite predictions in {len(rows)} sample(s) that were not skipped "
+                         f"({len(rows) - pnp_only} from the network, {pnp_only} where only PnP failed): "
+                         + ", ".join(names))
+
+
+def predict_store(model: FaceNet, store: CropStore, perm: np.ndarray, camera: Camera,
+                  settings: InferSettings) -> dict[str, np.ndarray]:
+    """verts (N, V, 3), R_t (N, 4, 4), landmarks (N, V, 2) full px, sigma (N, V) full px for a
+    store's rows (fallback rows not yet filled: see `apply_fallback`)."""
+    mode = check_mode(settings.flip_merge)
+    mirror = perm if mode != "none" else None
+    parts: dict[str, list] = {"verts": [], "landmarks": [], "sigma": []}
+    with ThreadPoolExecutor(max(1, settings.workers)) as solvers:
+        poses = []
+        for rows, plain, back in network_outputs(model, store.images, settings.batch_size, settings.device,
+                                                 settings.amp, mirror):
+            verts, uv, sigma = batch_predictions(plain, back, store.inv_warps[rows], mode)
+            poses.append(solvers.submit(solve_poses, settings.pnp, verts, uv, sigma, camera,
+                                        settings.pnp_flags, 1))
+            for key, value in zip(("verts", "landmarks", "sigma"), (verts, uv, sigma)):
+                parts[key].append(value)
+        R_t = [future.result() for future in poses]
+    if not R_t:
+        n_verts = model.config.n_verts
+        return {"verts": np.zeros((0, n_verts, 3), np.float32), "R_t": np.zeros((0, 4, 4)),
+                "landmarks": np.zeros((0, n_verts, 2), np.float32), "sigma": np.zeros((0, n_verts), np.float32)}
+    out = {key: np.concatenate(value).astype(np.float32) for key, value in parts.items()}
+    out["R_t"] = np.concatenate(R_t)
+    return out
+
+
+def infer_split(model: FaceNet, store: CropStore, table: pd.DataFrame, perm: np.ndarray, camera: Camera,
+                settings: InferSettings, fallback: Fallback, where: str) -> dict[str, np.ndarray]:
+    """Predictions of one split, fallback rows filled and checked: the arrays of the predictions
+    file (verts, R_t, landmarks, sigma, skipped (N,) bool). `where` names the run in errors."""
+    skipped = skipped_rows(store)
+    pred = predict_store(model, store, perm, camera, settings)
+    apply_fallback(pred, skipped, fallback, camera)
+    check_predictions(pred, skipped, table, where)
+    if skipped.any():
+        log.warning("%s: %d skipped sample(s) got the fallback prediction (PCA mean mesh, mean training pose)",
+                    where, int(skipped.sum()))
+    else:
+        log.info("%s: no skipped samples", where)
+    pred["skipped"] = skipped
+    return pred

@@ -1,0 +1,157 @@
+"""Stage infer on a tiny project: a random depth-18 network at 32 px on a tiny crop store."""
+import shutil
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from stages import infer, pca
+from stages.face.pca import PCABasis
+from stages.nets.checkpoint import CheckpointError
+from stages.nets.inference import InferenceError, network_outputs
+from stages.nets.flipmerge import unmirror_outputs
+from stages.nets.model import FaceNet, NetConfig
+from stages.wcpa.layout import ID_COLUMNS, read_list
+from stages.wcpa.predictions import load_predictions
+from tests.tiny_project import make_tiny_project
+
+CROP = 32
+
+
+def net_config(params, **changes) -> NetConfig:
+    train = params["train"]
+    config = dict(depth=18, coordconv=train["coordconv"], shape_head=train["shape_head"], crop_size=CROP,
+                  n_verts=28, n_components=20, input_size=train["input_size"])
+    return NetConfig(**{**config, **changes})
+
+
+def save_model(root, params, **changes) -> FaceNet:
+    """A random network with the PCA basis loaded, saved as artifacts/train/model.pt."""
+    torch.manual_seed(0)
+    model = FaceNet(net_config(params, **changes))
+    basis = PCABasis.load(root / "artifacts" / "pca" / "basis.npz")
+    if model.config.n_verts == basis.n_verts:
+        model.shape.set_basis(basis.mean, basis.components, basis.std)
+    path = root / "artifacts" / "train" / "model.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": model.config.to_dict(), "model": model.state_dict(), "params": params["train"],
+                "basis_shape": [20, 28, 3]}, path)
+    return model
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    params = make_tiny_project(tmp_path, subjects=4, crop_size=CROP)
+    monkeypatch.chdir(tmp_path)
+    pca.run(params)
+    params["infer"].update(checkpoint="train", batch_size=5, device="cpu", workers=2)
+    params["train"]["depth"] = 18
+    return tmp_path, params
+
+
+def make_test_split(root):
+    """The test list and crop store: a copy of val (the tiny project has no test images)."""
+    shutil.copytree(root / "artifacts" / "crop" / "val", root / "artifacts" / "crop" / "test")
+    shutil.copy(root / "artifacts" / "split" / "val.csv", root / "data" / "synth" / "list" / "WCPA_track2_test.csv")
+
+
+def skip_row(root, split, row):
+    """Mark a crop as skipped, as the crop stage does: NaN warps, index skipped = 1."""
+    folder = root / "artifacts" / "crop" / split
+    index = pd.read_csv(folder / "index.csv", dtype=str)
+    index["skipped"] = "0"
+    index.loc[row, "skipped"] = "1"
+    index.to_csv(folder / "index.csv", index=False)
+    for name in ("warps.npy", "inv_warps.npy"):
+        warps = np.load(folder / name)
+        warps[row] = np.nan
+        np.save(folder / name, warps)
+
+
+def test_infer_writes_aligned_finite_predictions_with_fallback_for_skipped(project, monkeypatch):
+    root, params = project
+    save_model(root, params)
+    make_test_split(root)
+    skip_row(root, "test", 2)
+    infer.run(params, "val")
+    monkeypatch.setattr(sys, "argv", ["infer", "--split", "test"])
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    infer.main()
+    for split in ("val", "test"):
+        table = read_list(root / "artifacts" / "split" / "val.csv")
+        pred = load_predictions(root / "artifacts" / "infer" / f"predictions_{split}.npz", table)
+        n = len(table)
+        assert pred["verts"].shape == (n, 28, 3) and pred["R_t"].shape == (n, 4, 4)
+        assert pred["landmarks"].shape == (n, 28, 2) and pred["sigma"].shape == (n, 28)
+        assert np.isfinite(pred["verts"]).all() and np.isfinite(pred["R_t"]).all()
+        assert np.isfinite(pred["landmarks"]).all()
+    basis = PCABasis.load(root / "artifacts" / "pca" / "basis.npz")
+    assert pred["skipped"].tolist() == [i == 2 for i in range(n)]
+    np.testing.assert_allclose(pred["verts"][2], basis.mean, atol=1e-6)
+    assert np.isnan(pred["sigma"][2]).all() and np.isfinite(pred["sigma"][[0, 1, 3]]).all()
+    np.testing.assert_allclose(pred["R_t"][:, 3, 3], 1.0)
+
+
+def test_mirror_pass_is_the_network_on_flipped_crops(project):
+    root, params = project
+    model = save_model(root, params).eval()
+    images = np.load(root / "artifacts" / "crop" / "val" / "images.npy", mmap_mode="r")[:3]
+    perm = np.load(root / "artifacts" / "pca" / "basis.npz")["flip_perm"]
+    [(rows, plain, back)] = list(network_outputs(model, images, 8, torch.device("cpu"), False, perm))
+    with torch.no_grad():
+        flipped = model(torch.from_numpy(np.ascontiguousarray(images[:, :, ::-1])).permute(0, 3, 1, 2))
+    expected = unmirror_outputs({k: v.numpy() for k, v in flipped.items()}, perm, CROP)
+    assert rows == slice(0, 3)
+    for key in ("mu", "sigma", "verts"):
+        np.testing.assert_allclose(back[key], expected[key], rtol=1e-4, atol=1e-5)
+        assert not np.allclose(plain[key], back[key])
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"depth": 34}, "depth 34 in the checkpoint, 18 from train.depth"),
+    ({"n_verts": 30}, "n_verts 30 in the checkpoint, 28 from data vertex count"),
+    ({"crop_size": 64}, "crop_size 64 in the checkpoint, 32 from crop store image size"),
+    ({"coordconv": False}, "coordconv False in the checkpoint, True from train.coordconv"),
+])
+def test_mismatching_checkpoint_stops_naming_the_file_and_the_mismatch(project, changes, message):
+    root, params = project
+    config = net_config(params, **changes)
+    path = root / "artifacts" / "train" / "model.pt"
+    path.parent.mkdir(parents=True)
+    torch.save({"config": config.to_dict(), "model": {}}, path)
+    with pytest.raises(CheckpointError, match=message) as err:
+        infer.run(params, "val")
+    assert str(err.value).startswith("artifacts/train/model.pt: checkpoint does not match the params/data")
+
+
+def test_weights_that_do_not_fit_the_config_stop(project):
+    root, params = project
+    model = save_model(root, params, coordconv=False)
+    saved = {"config": {**model.config.to_dict(), "coordconv": True}, "model": model.state_dict()}
+    torch.save(saved, root / "artifacts" / "train" / "model.pt")
+    with pytest.raises(CheckpointError, match="weights do not fit"):
+        infer.run(params, "val")
+
+
+def test_missing_checkpoint_names_the_stage(project):
+    _, params = project
+    params["infer"]["checkpoint"] = "finetune"
+    with pytest.raises(CheckpointError, match=r"artifacts/finetune/model.pt: checkpoint not found"):
+        infer.run(params, "val")
+
+
+def test_nan_outputs_stop_naming_the_rows_unless_skipped(project):
+    root, params = project
+    model = save_model(root, params)
+    with torch.no_grad():
+        model.shape.fc.bias[0] = float("nan")
+    torch.save({"config": model.config.to_dict(), "model": model.state_dict()},
+               root / "artifacts" / "train" / "model.pt")
+    table = read_list(root / "artifacts" / "split" / "val.csv")
+    first = "/".join(table.iloc[0][ID_COLUMNS])
+    with pytest.raises(InferenceError, match=f"non-finite predictions in {len(table)} sample.*{first} \\(row 0\\)"):
+        infer.run(params, "val")
+    assert not (root / "artifacts" / "infer" / "predictions_val.npz").exists()

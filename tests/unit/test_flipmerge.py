@@ -1,0 +1,104 @@
+"""Flip & merge of the network's outputs, and the two PnP paths of inference."""
+import numpy as np
+import pytest
+
+from stages.face.mesh import flip_mesh, flip_permutation
+from stages.nets.flipmerge import merge_outputs, unmirror_outputs
+from stages.nets.poses import solve_poses
+from stages.wcpa.camera import rotation_angle_deg
+from tests.conftest import face_points, random_poses
+from tests.tiny_project import symmetric_template
+
+SIZE = 32
+
+
+def random_outputs(rng, batch, n_verts):
+    return {"mu": rng.uniform(0, SIZE, (batch, n_verts, 2)), "sigma": rng.uniform(0.1, 2, (batch, n_verts)),
+            "verts": rng.normal(0, 0.05, (batch, n_verts, 3))}
+
+
+@pytest.fixture
+def perm():
+    return flip_permutation(symmetric_template(6, np.random.default_rng(0)))
+
+
+def test_unmirroring_twice_is_the_identity(perm):
+    out = random_outputs(np.random.default_rng(1), 3, len(perm))
+    twice = unmirror_outputs(unmirror_outputs(out, perm, SIZE), perm, SIZE)
+    for key in out:
+        np.testing.assert_allclose(twice[key], out[key])
+
+
+def test_unmirrored_point_is_where_np_flip_puts_the_pixel(perm):
+    """A landmark on pixel (row 5, col c) has u = c + 0.5; in np.flip(image, width) the pixel is at
+    column S - 1 - c, i.e. u = S - (c + 0.5), and the mesh is flip_mesh of the original."""
+    rng = np.random.default_rng(2)
+    image = np.zeros((SIZE, SIZE, 3), np.uint8)
+    col = 7
+    image[5, col] = 255
+    mirrored = np.flip(image, axis=1)
+    mirrored_col = int(np.flatnonzero(mirrored[5, :, 0])[0])
+    out = random_outputs(rng, 1, len(perm))
+    out["mu"][0, perm[0]] = (mirrored_col + 0.5, 5.5)      # mirrored-crop landmark of vertex 0
+    back = unmirror_outputs(out, perm, SIZE)
+    np.testing.assert_allclose(back["mu"][0, 0], (col + 0.5, 5.5))
+    np.testing.assert_allclose(back["verts"], flip_mesh(out["verts"], perm))
+    np.testing.assert_allclose(back["sigma"][0, 0], out["sigma"][0, perm[0]])
+
+
+@pytest.mark.parametrize("mode", ["none", "3d", "both"])
+def test_merging_with_an_exact_mirror_copy_returns_the_prediction(perm, mode):
+    """A perfectly mirror-equivariant network: its output on the mirror is unmirror(output)."""
+    out = random_outputs(np.random.default_rng(3), 4, len(perm))
+    on_mirror = unmirror_outputs(out, perm, SIZE)
+    merged = merge_outputs(out, unmirror_outputs(on_mirror, perm, SIZE), mode)
+    for key in ("mu", "sigma", "verts"):
+        np.testing.assert_allclose(merged[key], out[key], rtol=1e-12, atol=1e-12)
+
+
+def test_merge_modes_average_what_they_say(perm):
+    rng = np.random.default_rng(4)
+    a, b = random_outputs(rng, 2, len(perm)), random_outputs(rng, 2, len(perm))
+    three_d = merge_outputs(a, b, "3d")
+    np.testing.assert_allclose(three_d["verts"], (a["verts"] + b["verts"]) / 2)
+    np.testing.assert_array_equal(three_d["mu"], a["mu"])
+    both = merge_outputs(a, b, "both")
+    np.testing.assert_allclose(both["mu"], (a["mu"] + b["mu"]) / 2)
+    np.testing.assert_allclose(both["sigma"] ** 2, (a["sigma"] ** 2 + b["sigma"] ** 2) / 2)
+    with pytest.raises(ValueError, match="infer.flip_merge"):
+        merge_outputs(a, b, "2d")
+
+
+def test_opencv_and_batched_pnp_agree_on_noiseless_landmarks(camera):
+    rng = np.random.default_rng(5)
+    n = 6
+    verts = np.stack([face_points(rng, 200) for _ in range(n)])
+    poses = random_poses(rng, n)
+    uv = camera.project(verts, poses)
+    sigma = rng.uniform(0.5, 2.0, (n, 200))
+    opencv = solve_poses("opencv", verts, uv, sigma, camera, "ITERATIVE", workers=2)
+    batched = solve_poses("batched", verts, uv, sigma, camera)
+    for solved in (opencv, batched):
+        assert rotation_angle_deg(solved[:, :3, :3], poses[:, :3, :3]).max() < 1e-4
+        np.testing.assert_allclose(solved[:, 3, :3], poses[:, 3, :3], atol=1e-7)
+    np.testing.assert_allclose(opencv, batched, atol=1e-6)
+
+
+def test_pnp_of_nan_input_is_nan_and_other_rows_are_solved(camera):
+    rng = np.random.default_rng(6)
+    verts = np.stack([face_points(rng, 100) for _ in range(3)])
+    poses = random_poses(rng, 3)
+    uv = camera.project(verts, poses)
+    uv[1] = np.nan
+    for method in ("opencv", "batched"):
+        solved = solve_poses(method, verts, uv, np.ones((3, 100)), camera)
+        assert np.isnan(solved[1]).all()
+        np.testing.assert_allclose(solved[[0, 2], 3, :3], poses[[0, 2], 3, :3], atol=1e-7)
+
+
+def test_unknown_pnp_settings_name_the_param(camera):
+    verts, uv, sigma = np.zeros((1, 8, 3)), np.zeros((1, 8, 2)), np.ones((1, 8))
+    with pytest.raises(ValueError, match="infer.pnp_flags"):
+        solve_poses("opencv", verts, uv, sigma, camera, "MAGIC")
+    with pytest.raises(ValueError, match="infer.pnp="):
+        solve_poses("dlt", verts, uv, sigma, camera)
