@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.optimize import nnls
+from tqdm import tqdm
 
 from stages.common.io import save_npz
 from stages.face.mesh import read_obj
@@ -123,19 +125,42 @@ def expression_directions(blendshapes: np.ndarray) -> np.ndarray:
     return (blendshapes - rest).reshape(len(blendshapes), -1)
 
 
-def expression_energy(verts: np.ndarray, directions: np.ndarray) -> np.ndarray:
-    """Expression magnitude (N,) metres RMS per vertex of one subject's frames (N, V, 3).
+class NonNegativeFit:
+    """Best non-negative blendshape combination of displacement vectors, solved in the small
+    (B x B) Gram space of the expression directions D (B, 3V):
 
-    Model: frame f = neutral + sum_k w_fk D_k with w >= 0 (ARKit activations are non-negative)
-    and the subject's neutral unknown. Least-squares activations c_f of the frames about their
-    mean are shifted so that each blendshape's smallest activation over the frames is 0
-    (w_f = c_f - min_f c_f: the least-expressive frame rests every blendshape); the energy is
-    the RMS vertex displacement of D^T w_f.
+        min_{w >= 0} ||D^T w - y||^2 = ||A w - z||^2 + ||y||^2 - ||z||^2,
+        D D^T = U S U^T,  A = S^(1/2) U^T,  z = S^(-1/2) U^T D y   (zero eigenvalues dropped)
+    """
+
+    def __init__(self, directions: np.ndarray):
+        self.directions = np.asarray(directions, dtype=np.float64)
+        values, vectors = np.linalg.eigh(self.directions @ self.directions.T)
+        keep = values > 1e-10 * values.max()
+        self.root = np.sqrt(values[keep])
+        self.basis = vectors[:, keep]
+        self.matrix = self.root[:, None] * self.basis.T
+
+    def squared_residuals(self, displacements: np.ndarray) -> np.ndarray:
+        """(M, 3V) displacements -> (M,) squared residual of their best non-negative fit (m^2)."""
+        y = np.asarray(displacements, dtype=np.float64)
+        z = (y @ self.directions.T @ self.basis) / self.root
+        fits = np.array([nnls(self.matrix, row)[1] ** 2 for row in z])
+        return np.maximum(fits + (y ** 2).sum(1) - (z ** 2).sum(1), 0.0)
+
+
+def expression_scores(verts: np.ndarray, fit: NonNegativeFit) -> np.ndarray:
+    """How badly each frame of one subject (N, V, 3) serves as its rest face -> (N,) m^2.
+
+    ARKit activations are non-negative, so from the rest face every other frame of the subject
+    is a non-negative blendshape combination (its identity cancels in the difference): the score
+    of candidate g is the mean over frames f of the squared residual of the best non-negative
+    fit of x_f - x_g. A frame with an expression leaves the frames without it unexplained.
     """
     flat = np.asarray(verts, dtype=np.float64).reshape(len(verts), -1)
-    activations = np.linalg.lstsq(directions.T, (flat - flat.mean(0)).T, rcond=None)[0].T
-    weights = activations - activations.min(0)
-    return np.sqrt(((weights @ directions) ** 2).reshape(len(verts), -1, 3).sum(-1).mean(-1))
+    n = len(flat)
+    differences = (flat[None, :, :] - flat[:, None, :]).reshape(n * n, -1)
+    return fit.squared_residuals(differences).reshape(n, n).mean(1)
 
 
 def medoid_index(verts: np.ndarray) -> int:
@@ -147,25 +172,26 @@ def medoid_index(verts: np.ndarray) -> int:
 
 
 def select_neutral_frames(verts: np.ndarray, subjects: np.ndarray, blendshapes: np.ndarray | None = None,
-                          max_frames: int = 500, seed: int = 0) -> np.ndarray:
+                          max_frames: int = 100, seed: int = 0) -> np.ndarray:
     """One neutral-expression frame per subject -> row indices (S,) in order of first appearance.
 
-    With blendshapes (B, V, 3): the frame of least expression energy (`expression_energy`).
-    Without (B = 0 or None): the subject's medoid frame, the hub the expressions radiate from
-    (less reliable: a mild expression can be nearer the others than the rest face). Subjects
-    with more than `max_frames` frames are scored on a seeded subsample.
+    With blendshapes (B, V, 3): the frame with the lowest `expression_scores` (every other frame
+    is its non-negative blendshape combination). Without (B = 0 or None): the subject's medoid,
+    the hub the expressions radiate from (less reliable: a mild expression can be nearer the
+    others than the rest face). Subjects with more than `max_frames` frames are scored on a
+    seeded subsample (the cost grows with its square).
     verts: (N, V, 3) canonical meshes; subjects: (N,) subject ids.
     """
     subjects = np.asarray(subjects)
-    directions = expression_directions(blendshapes) if blendshapes is not None and len(blendshapes) else None
+    fit = NonNegativeFit(expression_directions(blendshapes)) if blendshapes is not None and len(blendshapes) else None
     rng = np.random.default_rng(seed)
     chosen = []
-    for subject in pd.unique(subjects):
+    for subject in tqdm(pd.unique(subjects), desc="neutral frames", leave=False):
         rows = np.flatnonzero(subjects == subject)
         if len(rows) > max_frames:
             rows = np.sort(rng.choice(rows, max_frames, replace=False))
         frames = np.asarray(verts[rows])
-        best = medoid_index(frames) if directions is None else int(np.argmin(expression_energy(frames, directions)))
+        best = medoid_index(frames) if fit is None else int(np.argmin(expression_scores(frames, fit)))
         chosen.append(rows[best])
     return np.asarray(chosen, dtype=np.int64)
 
