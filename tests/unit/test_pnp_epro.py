@@ -1,0 +1,173 @@
+"""EPro-PnP loss, Monte Carlo normaliser and differentiable pose of stages/pnp: gradients against
+finite differences, statistics against closed forms, robustness to degenerate problems."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from stages.pnp.amis import amis_log_normaliser
+from stages.pnp.api import solve_pnp, solve_sanitised
+from stages.pnp.cost import planar, residuals, robust_cost
+from stages.pnp.diffpose import gauss_newton_pose, pose_loss
+from stages.pnp.epro import epro_pnp, pose_log_normaliser
+from stages.pnp.sample_cost import sample_costs
+from stages.pnp.rotation import so3_exp
+from tests.unit.pnp_cases import make_problems, rotation_error_rad
+
+F64 = torch.float64
+
+
+def small_case(seed, batch=2, n=10, noise_px=1.0):
+    """float64 leaf tensors x3d (B, N, 3), x2d (B, N, 2), w2d (B, N, 2), K and truth."""
+    rng = np.random.default_rng(seed)
+    case = make_problems(rng, batch, n, noise_px=noise_px)
+    leaf = lambda a: torch.tensor(a, dtype=F64, requires_grad=True)   # noqa: E731
+    w2d = rng.uniform(0.5, 1.5, size=case["x2d"].shape)
+    return (leaf(case["x3d"]), leaf(case["x2d"]), leaf(w2d), torch.tensor(case["K"]),
+            torch.tensor(case["R"]), torch.tensor(case["t"]))
+
+
+@pytest.mark.parametrize("huber_delta", [None, 1.5])
+def test_sample_costs_forward_and_gradients(huber_delta):
+    x3d, x2d, w2d, K, R_true, t_true = small_case(0, n=7, noise_px=2.0)
+    gen = torch.Generator().manual_seed(0)
+    R = so3_exp(0.02 * torch.randn(2, 5, 3, dtype=F64, generator=gen)) @ R_true[:, None]
+    t = t_true[:, None] + 0.002 * torch.randn(2, 5, 3, dtype=F64, generator=gen)
+    args = (planar(x3d), planar(x2d), planar(w2d))
+    costs = sample_costs(*args, K, R, t, huber_delta, chunk_size=4)
+    expected = torch.stack([robust_cost(residuals(R[:, s], t[:, s], *args, K), huber_delta)
+                            for s in range(5)], 1)
+    assert torch.allclose(costs, expected, rtol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda a, b, c: sample_costs(planar(a), planar(b), planar(c), K, R, t, huber_delta, 4),
+        (x3d, x2d, w2d))
+
+
+def test_differentiable_pose_gradients_match_finite_differences():
+    x3d, x2d, w2d, K, _, _ = small_case(1, batch=1, n=8)
+    start = solve_pnp(x3d.detach(), x2d.detach(), K, w2d.detach())
+
+    def pose(a, b, c):
+        R, t = gauss_newton_pose(planar(a), planar(b), planar(c), K, start.R, start.t)
+        return torch.cat([R.flatten(1), t], 1)
+
+    assert torch.allclose(pose(x3d, x2d, w2d)[:, 9:], start.t, atol=1e-10)
+    assert torch.autograd.gradcheck(pose, (x3d, x2d, w2d))
+
+
+def test_monte_carlo_loss_gradients_match_finite_differences():
+    """Fixed samples: a given LM solution, one proposal, a re-seeded generator."""
+    x3d, x2d, w2d, K, R_gt, t_gt = small_case(2, batch=1, n=8)
+    solution = solve_sanitised(planar(x3d.detach()), planar(x2d.detach()),
+                               planar(w2d.detach()), K)
+
+    def loss(a, b, c):
+        out = epro_pnp(a, b, c, K, R_gt, t_gt, n_samples=32, n_iters=1, chunk_size=16,
+                       generator=torch.Generator().manual_seed(3), solution=solution)
+        return out.loss
+
+    assert torch.autograd.gradcheck(loss, (x3d, x2d, w2d), atol=1e-5)
+
+
+def test_pose_loss_is_eq5_and_differentiable():
+    rng = np.random.default_rng(4)
+    x_gt = torch.tensor(rng.normal(size=(2, 30, 3)) * 0.05, requires_grad=True)
+    x_pred = (x_gt.detach() + 0.001).requires_grad_()
+    R_gt = so3_exp(torch.tensor(rng.normal(size=(2, 3)), dtype=F64))
+    t_gt = torch.tensor([[0.0, 0.0, 0.5]] * 2, dtype=F64)
+    R_pred = (so3_exp(torch.full((2, 3), 0.01, dtype=F64)) @ R_gt).requires_grad_()
+    t_pred = (t_gt + 0.002).requires_grad_()
+    value = pose_loss(R_pred, t_pred, R_gt, t_gt, x_gt, x_pred)
+    target = x_gt @ R_gt.transpose(1, 2) + t_gt[:, None]
+    first = (x_gt @ R_pred.transpose(1, 2) + t_pred[:, None] - target).norm(dim=-1).mean(-1)
+    second = (x_pred @ R_pred.transpose(1, 2) + t_pred[:, None] - target).norm(dim=-1).mean(-1)
+    assert torch.allclose(value, first + second)
+    assert torch.autograd.gradcheck(lambda R, t, x: pose_loss(R, t, R_gt, t_gt, x_gt, x),
+                                    (R_pred, t_pred, x_pred))
+    same = pose_loss(R_gt, t_gt, R_gt, t_gt, x_gt, x_gt)
+    assert same.max() < 1e-11
+
+
+def test_cost_at_the_true_pose_averages_the_number_of_points():
+    """With w = 1 / sigma of the added noise, cost = chi2(2N) / 2: mean N."""
+    rng = np.random.default_rng(5)
+    sigma = rng.uniform(0.5, 3.0, size=(64, 1220, 2))
+    case = make_problems(rng, 64, 1220, sigma=sigma)
+    cost = robust_cost(residuals(torch.tensor(case["R"]), torch.tensor(case["t"]),
+                                 planar(torch.tensor(case["x3d"])),
+                                 planar(torch.tensor(case["x2d"])),
+                                 planar(torch.tensor(1 / sigma)), torch.tensor(case["K"])))
+    assert abs(cost.mean().item() / 1220 - 1) < 0.02
+
+
+def test_normaliser_of_a_quadratic_cost_is_exact_within_005():
+    """A linearised Gaussian: cost = (y - m)^T A (y - m) / 2 on R^6, log Z = 3 log 2pi -
+    log det A / 2; the proposal starts off-centre and too wide, AMIS refits it."""
+    gen = torch.Generator().manual_seed(6)
+    M = torch.randn(4, 6, 6, dtype=F64, generator=gen)
+    A = M @ M.transpose(1, 2) + 0.5 * torch.eye(6, dtype=F64)
+    m = 0.3 * torch.randn(4, 6, dtype=F64, generator=gen)
+
+    def cost(y):
+        d = y - m[:, None]
+        return 0.5 * torch.einsum("bsi,bij,bsj->bs", d, A, d)
+
+    estimate = amis_log_normaliser(cost, torch.zeros(4, 6, dtype=F64), 2 * torch.linalg.inv(A),
+                                   n_samples=2048, n_iters=4, generator=gen)
+    exact = 3 * math.log(2 * math.pi) - 0.5 * torch.logdet(A)
+    assert (estimate.log_z - exact).abs().max() < 0.05
+    assert estimate.ess.shape == (4,) and (estimate.ess > 2048 / 8).all()
+
+
+def test_pose_normaliser_matches_the_laplace_approximation():
+    """1,220 points, 1 px noise: the pose posterior is nearly Gaussian, so log Z is close to
+    -cost* + 3 log 2pi + log det(cov) / 2 (the Laplace approximation at the LM solution)."""
+    case = make_problems(np.random.default_rng(7), 4, 1220, noise_px=1.0)
+    x3d, x2d, K = (torch.tensor(case[k]) for k in ("x3d", "x2d", "K"))
+    args = (planar(x3d), planar(x2d), torch.ones_like(planar(x2d)))
+    sol = solve_sanitised(*args, K)
+    estimate = pose_log_normaliser(*args, K, sol.R, sol.t, sol.cov, n_samples=1024,
+                                   generator=torch.Generator().manual_seed(8))
+    laplace = -sol.cost + 3 * math.log(2 * math.pi) + 0.5 * torch.logdet(sol.cov)
+    assert (estimate.log_z - laplace).abs().max() < 0.05
+    assert (estimate.ess > 256).all()
+
+
+def test_degenerate_samples_are_masked_and_gradients_stay_finite():
+    rng = np.random.default_rng(9)
+    case = make_problems(rng, 6, 200, noise_px=1.0)
+    x3d = torch.tensor(case["x3d"], dtype=torch.float32)
+    x2d = torch.tensor(case["x2d"], dtype=torch.float32)
+    w2d = torch.ones_like(x2d)
+    x3d[0] = torch.linspace(0, 1, 200)[:, None] * torch.tensor([0.1, 0.05, 0.02])
+    w2d[1] = 0
+    x2d[2, 5, 0] = float("nan")
+    leaves = [x.requires_grad_() for x in (x3d, x2d, w2d)]
+    out = epro_pnp(*leaves, torch.tensor(case["K"]), torch.tensor(case["R"]),
+                   torch.tensor(case["t"]), n_samples=128,
+                   generator=torch.Generator().manual_seed(0))
+    assert out.mask.tolist() == [False, False, False, True, True, True]
+    assert torch.isfinite(out.loss).all() and (out.loss[:3] == 0).all()
+    total = out.loss[out.mask].mean() + pose_loss(
+        out.R, out.t, torch.tensor(case["R"], dtype=torch.float32),
+        torch.tensor(case["t"], dtype=torch.float32), x3d, x3d)[out.mask].mean()
+    total.backward()
+    for leaf in leaves:
+        assert torch.isfinite(leaf.grad).all()
+        assert (leaf.grad[:3] == 0).all() and leaf.grad[3:].abs().sum() > 0
+    good = out.R[3:].detach().double().numpy()
+    assert np.degrees(rotation_error_rad(good, case["R"][3:])).max() < 0.5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    case = make_problems(np.random.default_rng(10), 16, 1220, noise_px=1.0)
+    x3d, x2d, K = (torch.tensor(case[k]) for k in ("x3d", "x2d", "K"))
+    cpu = solve_pnp(x3d, x2d, K)
+    gpu = solve_pnp(x3d.cuda(), x2d.cuda(), K.cuda())
+    assert torch.allclose(gpu.R.cpu(), cpu.R, atol=1e-9)
+    out = epro_pnp(x3d.float().cuda().requires_grad_(), x2d.float().cuda(), None, K.cuda(),
+                   torch.tensor(case["R"]).cuda(), torch.tensor(case["t"]).cuda())
+    out.loss[out.mask].mean().backward()
+    assert out.mask.all() and torch.isfinite(out.loss).all()
