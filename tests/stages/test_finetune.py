@@ -1,0 +1,64 @@
+"""Stage finetune on a tiny project: from a 1-epoch train model, one finetuning epoch writes
+model.pt (the train stage's format), a checkpoint and metrics with the start and final val
+metrics; a rerun with more epochs resumes; a changed start model restarts."""
+import json
+import logging
+import sys
+
+import torch
+import yaml
+
+from stages import finetune, pca, train
+from tests.tiny_project import make_tiny_project
+
+
+def run_main(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["finetune"])
+    finetune.main()
+
+
+def write_params(tmp_path, params):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_finetune_starts_from_train_writes_model_and_resumes(tmp_path, monkeypatch, caplog):
+    params = make_tiny_project(tmp_path, subjects=4, crop_size=32)
+    params["train"].update(epochs=1, batch_size=6)
+    params["finetune"].update(epochs=1, batch_size=6, device="cpu", val_batch_size=8, mc_samples=32,
+                              amis_iters=2, pnp_points=0)
+    write_params(tmp_path, params)
+    monkeypatch.chdir(tmp_path)
+    pca.run(params)
+    train.run(params)
+    run_main(monkeypatch)
+    out = tmp_path / "artifacts" / "finetune"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_000.pt"]
+    model = torch.load(out / "model.pt", weights_only=False)
+    start = torch.load(tmp_path / "artifacts" / "train" / "model.pt", weights_only=False)
+    assert set(model) == set(start) and model["config"] == start["config"]
+    assert any(not torch.equal(model["model"][k], start["model"][k]) for k in start["model"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"val_score", "val_ADD", "val_MAE_r", "val_MAE_t"} <= set(metrics["start"]) & set(metrics["change"])
+    assert metrics["final"]["train_pnp_valid"] > 0.5 and metrics["final"]["train_pnp"] > 0
+    assert [e["epoch"] for e in metrics["epochs"]] == [0, 1]
+    assert (out / "live" / "plots" / "metrics" / "val" / "ADD.tsv").is_file()
+
+    params["finetune"]["epochs"] = 2
+    write_params(tmp_path, params)
+    with caplog.at_level(logging.INFO):
+        run_main(monkeypatch)
+    assert "resuming from" in caplog.text and "epoch_000.pt" in caplog.text
+    resumed = json.loads((out / "metrics.json").read_text())
+    assert [e["epoch"] for e in resumed["epochs"]] == [0, 1, 2] and resumed["start"] == metrics["start"]
+    assert not (tmp_path / "dvc.yaml").exists()      # dvclive wrote no dvc.yaml
+
+    start_file = tmp_path / "artifacts" / "train" / "model.pt"
+    start["model"]["landmarks.fc.bias"] += 0.01       # a new start model: finetuning restarts
+    torch.save(start, start_file)
+    params["finetune"]["epochs"] = 0
+    write_params(tmp_path, params)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        run_main(monkeypatch)
+    assert "resuming from" not in caplog.text
+    assert [e["epoch"] for e in json.loads((out / "metrics.json").read_text())["epochs"]] == [0]
