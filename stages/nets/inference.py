@@ -10,7 +10,8 @@ Per batch of crops (read from the memory-mapped store while the previous batch r
 Skipped samples (the crop store's index.csv `skipped` = 1: no usable crop) get the fallback
 prediction: the PCA mean mesh in the mean training pose (chordal mean rotation, mean translation
 of artifacts/pca/poses_train.npy), its projection as landmarks and sigma NaN. Any other row
-with a non-finite mesh, landmark or pose stops the run with the rows named.
+with a non-finite mesh, landmark or pose, or a pose behind the camera, stops the run with the
+rows named.
 """
 from __future__ import annotations
 
@@ -153,20 +154,22 @@ def apply_fallback(pred: dict[str, np.ndarray], skipped: np.ndarray, fallback: F
 
 
 def check_predictions(pred: dict[str, np.ndarray], skipped: np.ndarray, table: pd.DataFrame, where: str) -> None:
-    """Stop when a usable row's mesh, landmarks or pose is not finite, naming up to 5 rows."""
+    """Stop when a usable row's mesh, landmarks or pose is not finite, or its pose puts the face
+    behind the camera (tz >= 0, which the submission validator rejects), naming up to 5 rows."""
     def finite(key: str) -> np.ndarray:
         return np.isfinite(pred[key].reshape(len(pred[key]), -1)).all(1)
 
     net_ok = finite("verts") & finite("landmarks")
-    bad = ~(net_ok & finite("R_t")) & ~skipped
+    in_front = pred["R_t"][:, 3, 2] < 0          # the challenge's camera looks down -z
+    bad = ~(net_ok & finite("R_t") & in_front) & ~skipped
     if not bad.any():
         return
     rows = np.flatnonzero(bad)
     names = ["/".join(map(str, table.iloc[i][ID_COLUMNS])) + f" (row {i})" for i in rows[:5]]
     pnp_only = int((net_ok[rows]).sum())
-    raise InferenceError(f"{where}: non-finite predictions in {len(rows)} sample(s) that were not skipped "
-                         f"({len(rows) - pnp_only} from the network, {pnp_only} where only PnP failed): "
-                         + ", ".join(names))
+    raise InferenceError(f"{where}: bad predictions in {len(rows)} sample(s) that were not skipped "
+                         f"({len(rows) - pnp_only} non-finite from the network, {pnp_only} where PnP failed "
+                         "or put the face behind the camera): " + ", ".join(names))
 
 
 def predict_store(model: FaceNet, store: CropStore, perm: np.ndarray, camera: Camera,

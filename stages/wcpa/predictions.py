@@ -4,7 +4,8 @@ One .npz per predictor and split, rows aligned with the split's list:
   ids:      (N, 3) str   subject_id, facial_action, img_id
   verts:    (N, V, 3) float32  canonical vertices, metres
   R_t:      (N, 4, 4) float64  pose, row-vector form (WCPA.md)
-  optional: landmarks (N, V, 2) float32 pixels in the full image; sigma (N, V, 2); any extra
+  optional: landmarks (N, V, 2) float32 pixels in the full image; sigma (N, V) or (N, V, 2)
+            pixels (the landmarks' uncertainty); any extra (infer adds skipped (N,) bool)
 """
 from __future__ import annotations
 

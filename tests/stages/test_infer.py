@@ -8,13 +8,14 @@ import pytest
 import torch
 import yaml
 
-from stages import infer, pca
+from stages import infer, pca, submit
 from stages.face.pca import PCABasis
 from stages.nets.checkpoint import CheckpointError
-from stages.nets.inference import InferenceError, network_outputs
+from stages.nets.inference import InferenceError, check_predictions, network_outputs
 from stages.nets.flipmerge import unmirror_outputs
+from stages.nets.dataset import CropStore, crop_targets
 from stages.nets.model import FaceNet, NetConfig
-from stages.wcpa.layout import ID_COLUMNS, read_list
+from stages.wcpa.layout import ID_COLUMNS, load_resources, read_list
 from stages.wcpa.predictions import load_predictions
 from tests.tiny_project import make_tiny_project
 
@@ -29,12 +30,20 @@ def net_config(params, **changes) -> NetConfig:
 
 
 def save_model(root, params, **changes) -> FaceNet:
-    """A random network with the PCA basis loaded, saved as artifacts/train/model.pt."""
+    """A random network saved as artifacts/train/model.pt, with the PCA basis loaded and its
+    landmarks near the mean val target (weights scaled down), so that PnP finds a face pose."""
     torch.manual_seed(0)
     model = FaceNet(net_config(params, **changes))
     basis = PCABasis.load(root / "artifacts" / "pca" / "basis.npz")
     if model.config.n_verts == basis.n_verts:
         model.shape.set_basis(basis.mean, basis.components, basis.std)
+        store = CropStore.open(root / "artifacts" / "crop" / "val")
+        camera = load_resources(root / "data" / "synth").camera
+        uv = crop_targets(camera, np.load(root / "artifacts" / "pca" / "verts_val.npy"),
+                          np.load(root / "artifacts" / "pca" / "poses_val.npy"), store.warps)
+        model.landmarks.init_mean(torch.as_tensor(uv.mean(0)))
+        with torch.no_grad():
+            model.landmarks.fc.weight.mul_(0.01)
     path = root / "artifacts" / "train" / "model.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"config": model.config.to_dict(), "model": model.state_dict(), "params": params["train"],
@@ -93,6 +102,8 @@ def test_infer_writes_aligned_finite_predictions_with_fallback_for_skipped(proje
     np.testing.assert_allclose(pred["verts"][2], basis.mean, atol=1e-6)
     assert np.isnan(pred["sigma"][2]).all() and np.isfinite(pred["sigma"][[0, 1, 3]]).all()
     np.testing.assert_allclose(pred["R_t"][:, 3, 3], 1.0)
+    submit.main(str(root / "params.yaml"), "infer")
+    assert (root / "submissions" / "infer.zip").is_file()
 
 
 def test_mirror_pass_is_the_network_on_flipped_crops(project):
@@ -152,6 +163,17 @@ def test_nan_outputs_stop_naming_the_rows_unless_skipped(project):
                root / "artifacts" / "train" / "model.pt")
     table = read_list(root / "artifacts" / "split" / "val.csv")
     first = "/".join(table.iloc[0][ID_COLUMNS])
-    with pytest.raises(InferenceError, match=f"non-finite predictions in {len(table)} sample.*{first} \\(row 0\\)"):
+    with pytest.raises(InferenceError, match=f"bad predictions in {len(table)} sample.*{len(table)} non-finite.*{first} \\(row 0\\)"):
         infer.run(params, "val")
     assert not (root / "artifacts" / "infer" / "predictions_val.npz").exists()
+
+
+def test_pose_behind_the_camera_stops_but_skipped_rows_may_be_nan():
+    table = pd.DataFrame({"subject_id": ["a", "b", "c"], "facial_action": "x", "img_id": ["1", "2", "3"]})
+    pred = {"verts": np.zeros((3, 4, 3)), "landmarks": np.zeros((3, 4, 2)), "R_t": np.tile(np.eye(4), (3, 1, 1))}
+    pred["R_t"][:, 3, 2] = -0.5
+    pred["verts"][2] = np.nan
+    check_predictions(pred, np.array([False, False, True]), table, "here")
+    pred["R_t"][1, 3, 2] = 0.2
+    with pytest.raises(InferenceError, match=r"here: bad predictions in 1 sample.*1 where PnP failed.*b/x/2 \(row 1\)"):
+        check_predictions(pred, np.array([False, False, True]), table, "here")

@@ -1,0 +1,146 @@
+"""Inference throughput (flip & merge + PnP) against half the bare backbone's (README "Inference").
+
+Reference (same process, same batch, channels and backbone input size): the torchvision ResNet
+trunk alone, forward only, on random tensors already on the device; flip & merge runs two
+passes per image, so the target is half its rate. Measured: stage infer's whole pipeline
+(stages.nets.inference.predict_store) on a memory-mapped crop store in a temporary folder:
+reading, one forward of the batch with its mirror, merge, unwarp, PnP in threads. The network
+has random weights scaled so that its landmarks stay near a face's projection (PnP then works
+as hard as on real predictions). Prints both throughputs and their ratio.
+
+    python -m benchmarks.bench_infer [--params params.yaml] [--batches 8] [--pnp opencv|batched]
+Needs the data root's resources (camera, template mesh): dvc repro synth.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from stages.common.params import load_params, section
+from stages.face.mesh import flip_permutation
+from stages.face.warp import apply_warp, invert_warp, similarity
+from stages.nets.backbone import build_backbone
+from stages.nets.dataset import CropStore
+from stages.nets.inference import predict_store
+from stages.nets.model import FaceNet, NetConfig
+from stages.wcpa.camera import rt_from_euler
+from stages.wcpa.layout import load_resources
+from stages.infer import settings_of
+
+N_COMPONENTS = 40
+FACE_DISTANCE_M = 0.53
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def reference_rate(depth: int, channels: int, batch: int, size: int, steps: int, device: torch.device,
+                   amp: bool) -> float:
+    """Images per second of the bare backbone's forward on random tensors."""
+    net, _ = build_backbone(depth, channels)
+    net.to(device).eval()
+    images = torch.randn(batch, channels, size, size, device=device)
+    for i in range(steps + 2):
+        if i == 2:
+            sync(device)
+            start = time.perf_counter()
+        with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
+            net(images)
+    sync(device)
+    return batch * steps / (time.perf_counter() - start)
+
+
+def face_crop_warp(template: np.ndarray, camera, crop: int) -> tuple[np.ndarray, np.ndarray]:
+    """A frontal face at the usual distance: its crop warp (2, 3) and crop landmarks (V, 2)."""
+    pose = rt_from_euler(np.zeros(3), np.array([0.0, 0.0, -FACE_DISTANCE_M]))
+    uv = camera.project(template, pose)
+    low, high = uv.min(0), uv.max(0)
+    scale = 0.8 * crop / (high - low).max()
+    warp = similarity(0.0, scale, (low + high) / 2, np.array([crop / 2, crop / 2]))
+    return warp, apply_warp(warp, uv)
+
+
+def bench_model(config: NetConfig, template: np.ndarray, mean_uv: np.ndarray) -> FaceNet:
+    """Random network whose outputs are a face: landmarks near mean_uv, meshes near the template."""
+    torch.manual_seed(0)
+    model = FaceNet(config)
+    components = np.linalg.qr(np.random.default_rng(0).normal(size=(template.size, config.n_components)))[0].T
+    model.shape.set_basis(template, components.reshape(config.n_components, -1, 3), np.full(config.n_components, 1e-3))
+    model.landmarks.init_mean(torch.as_tensor(mean_uv))
+    with torch.no_grad():
+        model.landmarks.fc.weight.mul_(0.01)
+    return model.eval()
+
+
+def write_store(folder: Path, n: int, crop: int, warp: np.ndarray) -> CropStore:
+    """A crop store of n random crops, all with the same warp."""
+    folder.mkdir(parents=True)
+    images = np.lib.format.open_memmap(folder / "images.npy", mode="w+", dtype=np.uint8, shape=(n, crop, crop, 3))
+    images[:] = np.random.default_rng(1).integers(0, 256, images.shape, dtype=np.uint8)
+    images.flush()
+    np.save(folder / "warps.npy", np.repeat(warp[None], n, 0))
+    np.save(folder / "inv_warps.npy", np.repeat(invert_warp(warp)[None], n, 0))
+    pd.DataFrame({"subject_id": "0", "facial_action": "a", "img_id": [f"{i:05d}" for i in range(n)],
+                  "skipped": 0}).to_csv(folder / "index.csv", index=False)
+    return CropStore.open(folder)
+
+
+def pipeline_rate(model, store, perm, camera, settings) -> float:
+    """Images per second of predict_store over the whole store (after a one-batch warm-up)."""
+    warm = replace(store, images=store.images[:settings.batch_size], inv_warps=store.inv_warps[:settings.batch_size])
+    predict_store(model, warm, perm, camera, settings)
+    sync(settings.device)
+    start = time.perf_counter()
+    predict_store(model, store, perm, camera, settings)
+    sync(settings.device)
+    return len(store) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--pnp", choices=["opencv", "batched"], help="default: infer.pnp")
+    parser.add_argument("--flip-merge", choices=["none", "3d", "both"], help="default: infer.flip_merge")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    params = load_params(args.params)
+    train, infer_cfg = section(params, "train"), section(params, "infer")
+    settings = settings_of(infer_cfg)
+    settings = replace(settings, pnp=args.pnp or settings.pnp, flip_merge=args.flip_merge or settings.flip_merge)
+    resources = load_resources(params["data"]["root"])
+    crop = params["crop"]["size"]
+    config = NetConfig(depth=train.depth, coordconv=train.coordconv, shape_head=train.shape_head, crop_size=crop,
+                       n_verts=resources.n_verts, n_components=N_COMPONENTS, input_size=train.input_size)
+    warp, mean_uv = face_crop_warp(resources.template, resources.camera, crop)
+    model = bench_model(config, resources.template, mean_uv)
+    perm = flip_permutation(resources.template)
+    size = train.input_size or crop
+    channels = 5 if train.coordconv else 3
+    print(f"ResNet{train.depth}, batch {settings.batch_size}, crops {crop}px, backbone input {size}px, "
+          f"{channels} channels, V {resources.n_verts}, flip_merge {settings.flip_merge}, pnp {settings.pnp} "
+          f"({settings.pnp_flags}), PnP threads {settings.workers}, torch threads {torch.get_num_threads()}, "
+          f"device {settings.device}")
+    reference = reference_rate(train.depth, channels, settings.batch_size, size, args.batches, settings.device,
+                               settings.amp)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = write_store(Path(tmp) / "crops", settings.batch_size * args.batches, crop, warp)
+        full = pipeline_rate(model, store, perm, resources.camera, settings)
+    print(f"reference (bare backbone forward, random tensors): {reference:8.1f} img/s (half: {reference / 2:.1f})")
+    print(f"inference (read, 2 passes, merge, unwarp, PnP):    {full:8.1f} img/s")
+    print(f"ratio inference / (reference / 2): {full / (reference / 2):.3f}")
+
+
+if __name__ == "__main__":
+    main()
