@@ -1,0 +1,53 @@
+"""End to end: `dvc repro` of the tiny profile in a temporary clone, then
+`dvc exp run -S lambda.pnp=2` must rerun only finetune and the stages after it."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+AFTER_FINETUNE = {"finetune", "infer@val", "infer@test", "submit@infer", "evaluate@infer"}
+
+
+def _run(args, cwd, env):
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result.stdout + result.stderr
+
+
+def _stages_run(log: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", log))
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory):
+    """A clone of the committed project with the tiny profile applied and committed."""
+    work = tmp_path_factory.mktemp("pipeline") / "project"
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", PYTHONPATH="",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    _run(["git", "clone", "-q", str(ROOT), str(work)], ROOT, env)
+    _run([sys.executable, "-m", "stages.profile", "tiny"], work, env)
+    _run(["git", "commit", "-qam", "tiny profile"], work, env)
+    return work, env
+
+
+@pytest.mark.slow
+def test_repro_then_lambda_pnp_experiment(clone):
+    work, env = clone
+    log = _run(["dvc", "repro"], work, env)
+    assert {"synth", "split", "train", "finetune", "submit@infer", "evaluate@infer"} <= _stages_run(log)
+    for name in ("baseline", "infer"):
+        submission = np.load(work / "submissions" / f"{name}.npy")
+        assert submission.dtype == np.float32 and np.isfinite(submission).all()
+        metrics = json.loads((work / "artifacts" / "evaluate" / name / "metrics.json").read_text())
+        assert metrics["val"]["score"] > 0
+    _run(["git", "add", "dvc.lock"], work, env)
+    _run(["git", "commit", "-qm", "lock"], work, env)
+    log = _run(["dvc", "exp", "run", "-S", "lambda.pnp=2.5"], work, env)
+    assert _stages_run(log) == AFTER_FINETUNE
