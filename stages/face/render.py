@@ -29,8 +29,11 @@ class Raster:
 
     def interpolate(self, values: np.ndarray, faces: np.ndarray) -> np.ndarray:
         """Per-vertex values (N, C) -> per-sample values (K, C)."""
-        corners = values[faces[self.tri]]                   # (K, 3, C)
-        return np.einsum("kj,kjc->kc", self.bary, corners)
+        corner = faces[self.tri]                             # (K, 3)
+        out = self.bary[:, :1] * values[corner[:, 0]]
+        out += self.bary[:, 1:2] * values[corner[:, 1]]
+        out += self.bary[:, 2:3] * values[corner[:, 2]]
+        return out
 
 
 def rasterize(uv: np.ndarray, depth: np.ndarray, faces: np.ndarray, width: int, height: int,
@@ -143,7 +146,7 @@ def render_region(verts_cam: np.ndarray, uv: np.ndarray, faces: np.ndarray, attr
     w, h = (x1 - x0) * supersample, (y1 - y0) * supersample
     local_uv = (uv - [x0, y0]) * supersample
     raster = rasterize(local_uv, -verts_cam[:, 2], faces, w, h)
-    per_vertex = np.column_stack([vertex_normals(verts_cam, faces), verts_cam, attributes])
+    per_vertex = np.column_stack([vertex_normals(verts_cam, faces), verts_cam, attributes]).astype(np.float32)
     values = raster.interpolate(per_vertex, faces)
     normals, points = values[:, :3], values[:, 3:6]
     view = -points / np.linalg.norm(points, axis=1, keepdims=True)
