@@ -19,7 +19,7 @@ from joblib import Parallel, delayed
 
 from stages.common.params import load_params
 from stages.face.background import random_background
-from stages.face.synth_data import CHUNK, generate, plan, write_lists, write_resources, _write_chunk
+from stages.face.synth_data import CHUNK, _write_chunk, plan, write_lists, write_resources
 from stages.synth import config
 
 

@@ -23,7 +23,7 @@ from stages.face.appearance import random_look
 from stages.face.blendshapes import ARKIT_NAMES, build_blendshapes
 from stages.face.mesh import write_obj
 from stages.face.model import build_face_model
-from stages.face.scene import ACTIONS, PoseStats, render_frame
+from stages.face.scene import ACTIONS, Frame, PoseStats, render_frame
 from stages.wcpa.camera import Camera, rt_from_euler
 from stages.wcpa.layout import image_path, info_path, landmarks_path, list_path, write_landmarks, write_list
 
@@ -100,17 +100,16 @@ def plan(cfg: SynthConfig) -> list[SampleSpec]:
     return specs
 
 
-def render_sample(cfg: SynthConfig, spec: SampleSpec):
-    """Render one sample -> (image (H, W, 3) uint8 RGB, verts (V, 3) float32, R_t (4, 4))."""
+def render_sample(cfg: SynthConfig, spec: SampleSpec) -> Frame:
+    """Render one sample -> Frame (image (H, W, 3) uint8 RGB, verts (V, 3) float32, R_t (4, 4))."""
     model = build_face_model()
     srng = subject_rng(cfg, spec.split, spec.subject_index)
     identity = model.identity(cfg.identity_scale * srng.standard_normal(len(model.identity_names)))
     look = random_look(srng)
     rng = np.random.default_rng([cfg.seed, SPLITS[spec.split], spec.subject_index, 2,
                                  spec.action_index, spec.frame_index])
-    frame = render_frame(model, identity, look, spec.facial_action, projection_camera(cfg.image_size), cfg.pose, rng,
-                         cfg.supersample, cfg.blur_max, cfg.noise_max)
-    return frame
+    return render_frame(model, identity, look, spec.facial_action, projection_camera(cfg.image_size), cfg.pose, rng,
+                        cfg.supersample, cfg.blur_max, cfg.noise_max)
 
 
 def write_sample(cfg: SynthConfig, spec: SampleSpec, root: Path, gt_root: Path) -> None:

@@ -12,7 +12,7 @@ from stages import synth
 from stages.face.blendshapes import ARKIT_NAMES, build_blendshapes
 from stages.face.mesh import flip_mesh, flip_permutation, kpt_flip_permutation
 from stages.face.model import build_face_model
-from stages.wcpa.camera import flip_rt, rt_from_euler
+from stages.wcpa.camera import flip_rt
 from stages.wcpa.layout import (image_path, info_path, landmarks_path, list_path, load_labels, load_resources,
                                 read_image, read_landmarks, read_list)
 
