@@ -13,7 +13,7 @@ import torch
 from stages.pnp.checks import sanitise
 from stages.pnp.cost import planar, transform
 from stages.pnp.init import dlt_pose
-from stages.pnp.rotation import rt_to_pose
+from stages.pnp.rotation import orthogonalise, rt_to_pose
 from stages.pnp.solver import covariance, levenberg_marquardt
 
 
@@ -60,7 +60,7 @@ def solve_sanitised(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor, K: 
     Every field is finite; `valid` only reflects the checks after the solve (the covariance is
     positive definite and the weighted points lie in front of the camera)."""
     with torch.no_grad():
-        R0, t0 = dlt_pose(x3d, x2d, w2d, K)
+        R0, t0 = _float32_start(x3d, x2d, w2d, K, huber_delta, max_iters)
         R, t, cost, H, iters = levenberg_marquardt(x3d, x2d, w2d, K, R0, t0, huber_delta,
                                                    max_iters)
         cov, cov_ok = covariance(H)
@@ -69,6 +69,16 @@ def solve_sanitised(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor, K: 
         in_front = ((depth > 0) | ~weighted).all(-1)
         valid = cov_ok & in_front & torch.isfinite(cost)
         return PnPResult(R, t, rt_to_pose(R, t), cost, cov, valid, iters)
+
+
+def _float32_start(x3d, x2d, w2d, K, huber_delta, max_iters):
+    """Start pose R (B, 3, 3), t (B, 3): the DLT, refined by float32 LM first when the problem
+    is in float64 (the float64 LM then needs one or two iterations: about 2x faster)."""
+    if x3d.dtype != torch.float64:
+        return dlt_pose(x3d, x2d, w2d, K)
+    args = [x.float() for x in (x3d, x2d, w2d, K)]
+    R, t, _, _, _ = levenberg_marquardt(*args, *dlt_pose(*args), huber_delta, max_iters)
+    return orthogonalise(R.double()), t.double()
 
 
 def solve_pnp(x3d: torch.Tensor, x2d: torch.Tensor, K: torch.Tensor,

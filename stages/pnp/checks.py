@@ -22,14 +22,18 @@ def well_posed(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor) -> torch
     with torch.no_grad():
         finite = (torch.isfinite(x3d.sum((1, 2))) & torch.isfinite(x2d.sum((1, 2)))
                   & torch.isfinite(w2d.sum((1, 2))))
-        keep = finite[:, None, None]
-        x3d = torch.where(keep, x3d, torch.zeros_like(x3d))
-        weighted = torch.where(keep[..., 0], (w2d[..., 0] != 0) & (w2d[..., 1] != 0), False)
+        if not bool(finite.all()):
+            keep = finite[:, None, None]
+            x3d = torch.where(keep, x3d, torch.zeros_like(x3d))
+            w2d = torch.where(keep, w2d, torch.zeros_like(w2d))
+        weighted = (w2d[..., 0] != 0) & (w2d[..., 1] != 0)
         enough = weighted.sum(-1) >= MIN_POINTS
         weight = weighted.to(x3d.dtype)[..., None]
-        total = weight.sum(1, keepdim=True).clamp_min(1)
-        centred = x3d - (weight * x3d).sum(1, keepdim=True) / total
-        scatter = (centred * weight).transpose(1, 2) @ centred / total
+        total = weight.sum(1).clamp_min(1)[..., None]
+        x3d = x3d - x3d[:, :1]                   # moments about a point of the set, for accuracy
+        xw = x3d * weight
+        mean = xw.sum(1, keepdim=True) / total
+        scatter = xw.transpose(1, 2) @ x3d / total - mean.transpose(1, 2) @ mean
         eigenvalues = torch.linalg.eigvalsh(scatter)
         spread = eigenvalues[:, 1] > COLLINEAR_RATIO * eigenvalues[:, 2].clamp_min(
             torch.finfo(x3d.dtype).tiny)

@@ -13,6 +13,11 @@ the incoming gradient of cost_bs:
   d / d x3d = sum_s R_s^T d cost / d X_s,  d cost / d X = (a_u, a_v, -(a_u X + a_v Y) / Z)
   with a_u = e_u w_u fx / Z, a_v = e_v w_v fy / Z.
 Points in planar layout (stages.pnp.cost.planar).
+
+The per-chunk arithmetic is written as plain elementwise expressions so that torch.compile
+(`compiled=True`) fuses each pass into one loop: about 10x faster than eager on CPU, and no
+(B, S, N) array is materialised. If compiling fails (no C++ compiler, say), a warning is logged
+and the eager functions are used from then on.
 """
 from __future__ import annotations
 
@@ -82,19 +87,32 @@ def chunk_gradient_sums(R, t, x3d, wfx, wfy, off_u, off_v, grad_costs,
 _KERNELS = {"eager": (chunk_costs, chunk_gradient_sums)}
 
 
+def _with_fallback(fn, eager_fn):
+    """fn, replaced by eager_fn for good once it raises (torch.compile fails on first call)."""
+    state = {"fn": fn}
+
+    def call(*args):
+        try:
+            return state["fn"](*args)
+        except Exception as err:  # noqa: BLE001 - any compiler failure falls back the same way
+            if state["fn"] is eager_fn:
+                raise
+            log.warning("torch.compile failed (%s: %s); sample costs run eagerly",
+                        type(err).__name__, err)
+            state["fn"] = eager_fn
+            return eager_fn(*args)
+
+    return call
+
+
 def _kernels(compiled: bool):
-    """(chunk_costs, chunk_gradient_sums), compiled with torch.compile when asked and
-    possible (the first call compiles, tens of seconds on CPU; later processes reuse
-    inductor's disk cache); the plain functions otherwise."""
+    """(chunk_costs, chunk_gradient_sums), compiled with torch.compile when asked (the first
+    call compiles, tens of seconds on CPU; later processes reuse inductor's disk cache)."""
     if not compiled:
         return _KERNELS["eager"]
     if "compiled" not in _KERNELS:
-        try:
-            _KERNELS["compiled"] = (torch.compile(chunk_costs, dynamic=True),
-                                    torch.compile(chunk_gradient_sums, dynamic=True))
-        except RuntimeError as err:
-            log.warning("torch.compile unavailable (%s); sample costs run eagerly", err)
-            _KERNELS["compiled"] = _KERNELS["eager"]
+        _KERNELS["compiled"] = tuple(
+            _with_fallback(torch.compile(fn, dynamic=True), fn) for fn in _KERNELS["eager"])
     return _KERNELS["compiled"]
 
 

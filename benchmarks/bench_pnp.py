@@ -1,0 +1,133 @@
+"""Speed and memory of the batched PnP layer (stages/pnp), against OpenCV in the same process.
+
+    .venv/bin/python -m benchmarks.bench_pnp [--threads 2] [--repeats 3]
+
+1. Solve (DLT start + LM), 256 problems x 1,220 points, 1.5 px noise, float64 and float32,
+   against cv2.solvePnP(SOLVEPNP_ITERATIVE) in a Python loop over the same problems.
+2. EPro-PnP Monte Carlo loss, forward + backward, 32 problems x 512 samples (float32), eager
+   and with the compiled sample-cost kernels (the first compiled call is timed separately).
+3. Peak RSS increase of the loss (forward + backward) for 256 problems x 512 samples, each mode
+   in a fresh subprocess.
+Times are the best of --repeats runs (other processes share the cores).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+from stages.pnp.api import solve_pnp
+from stages.pnp.epro import epro_pnp
+from stages.pnp.opencv import solve_pnp_opencv
+from tests.unit.pnp_cases import make_problems, rotation_error_rad
+
+
+def best_time(fn, repeats: int) -> tuple[float, object]:
+    """Best wall time (s) of fn() over repeats, and its last result."""
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def bench_solve(repeats: int) -> None:
+    case = make_problems(np.random.default_rng(0), 256, 1220, noise_px=1.5)
+    t_cv, (R_cv, tr_cv) = best_time(
+        lambda: solve_pnp_opencv(case["x3d"], case["x2d"], case["K"], "ITERATIVE"), repeats)
+    print(f"solve 256 x 1220: OpenCV ITERATIVE loop {t_cv * 1000:.1f} ms")
+    for dtype in (torch.float64, torch.float32):
+        x3d, x2d, K = (torch.tensor(case[k], dtype=dtype) for k in ("x3d", "x2d", "K"))
+        t_b, result = best_time(lambda: solve_pnp(x3d, x2d, K), repeats)
+        rot = np.degrees(rotation_error_rad(result.R.double().numpy(), R_cv)).max()
+        trans = np.abs(result.t.double().numpy() - tr_cv).max() * 1000
+        print(f"  batched {str(dtype):14s} {t_b * 1000:7.1f} ms  speed-up x{t_cv / t_b:.1f}  "
+              f"iterations {result.iterations}  max diff to OpenCV {rot:.2e} deg {trans:.2e} mm")
+
+
+def loss_inputs(batch: int, seed: int = 1):
+    rng = np.random.default_rng(seed)
+    sigma = rng.uniform(0.5, 3.0, size=(batch, 1220, 2))
+    case = make_problems(rng, batch, 1220, sigma=sigma)
+    f32 = lambda a: torch.tensor(a, dtype=torch.float32)   # noqa: E731
+    leaves = [f32(case["x3d"]).requires_grad_(), f32(case["x2d"]).requires_grad_(),
+              f32(1 / sigma).requires_grad_()]
+    return leaves, f32(case["K"]), f32(case["R"]), f32(case["t"])
+
+
+def run_loss(leaves, K, R, t, compiled: bool, chunk_size: int = 8192):
+    for leaf in leaves:
+        leaf.grad = None
+    out = epro_pnp(*leaves, K, R, t, n_samples=512, n_iters=4, chunk_size=chunk_size,
+                   compiled=compiled, generator=torch.Generator().manual_seed(0))
+    out.loss[out.mask].mean().backward()
+    return out
+
+
+def bench_loss(repeats: int) -> None:
+    leaves, K, R, t = loss_inputs(32)
+    print("EPro-PnP loss, 32 problems x 512 samples x 1220 points, forward + backward (float32):")
+    results = {}
+    for compiled in (False, True):
+        if compiled:
+            first, _ = best_time(lambda: run_loss(leaves, K, R, t, True), 1)
+            print(f"  compiled: first call (compiles or loads the cache) {first:.1f} s")
+        t_l, out = best_time(lambda: run_loss(leaves, K, R, t, compiled), repeats)
+        results[compiled] = (out.loss.detach().clone(), [x.grad.clone() for x in leaves])
+        print(f"  {'compiled' if compiled else 'eager':8s} {t_l * 1000:7.1f} ms  "
+              f"ESS mean {out.ess.mean():.0f} min {out.ess.min():.0f} of 512  "
+              f"loss mean {out.loss[out.mask].mean():.2f}")
+    (l_e, g_e), (l_c, g_c) = results[False], results[True]
+    grad_diff = max(((a - b).abs().max() / b.abs().max()).item() for a, b in zip(g_c, g_e))
+    print(f"  compiled vs eager: loss {(l_c - l_e).abs().max():.2e}, gradients (relative) "
+          f"{grad_diff:.2e}")
+
+
+def memory_child(compiled: bool) -> None:
+    """In a subprocess: peak RSS increase (MB) of one loss forward + backward, 256 x 512."""
+    torch.set_num_threads(2)
+    leaves, K, R, t = loss_inputs(256)
+    run_loss([x.detach()[:2].requires_grad_() for x in leaves], K, R[:2], t[:2], compiled)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    run_loss(leaves, K, R, t, compiled)
+    seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_increase_mb": (after - before) / 1024, "seconds": seconds}))
+
+
+def bench_memory() -> None:
+    print("EPro-PnP loss, 256 problems x 512 samples, peak RSS increase (fresh subprocess):")
+    for compiled in (False, True):
+        code = ("from benchmarks.bench_pnp import memory_child; "
+                f"memory_child({compiled})")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True).stdout.strip().splitlines()[-1]
+        stats = json.loads(out)
+        print(f"  {'compiled' if compiled else 'eager':8s} {stats['peak_increase_mb']:7.0f} MB  "
+              f"({stats['seconds']:.2f} s forward + backward)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-memory", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads")
+    bench_solve(args.repeats)
+    bench_loss(args.repeats)
+    if not args.skip_memory:
+        bench_memory()
+
+
+if __name__ == "__main__":
+    main()
