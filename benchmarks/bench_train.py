@@ -1,6 +1,6 @@
 """Training-step throughput against the bare backbone (README "Training").
 
-Reference (same process, same batch and crop size): the torchvision ResNet trunk alone, with
+Reference (same process, same batch and backbone input size): the torchvision ResNet trunk alone, with
 the same input channels, forward + backward of its mean output on random tensors already in
 memory. Measured: the full training step of stage train (batch from the crop store through the
 DataLoader with flip + colour jitter, targets, forward of both heads, GNLL + VDC + WPDC,
@@ -75,9 +75,10 @@ def main() -> None:
     paths = TrainPaths(crop=Path("artifacts/crop"), pca=Path("artifacts/pca"), split=Path("artifacts/split"),
                        out=Path("artifacts/bench_train"))
     trainer = Trainer(params, paths, load_resources(params["data"]["root"]).camera)
-    cfg, size = trainer.cfg, trainer.train_data.store.size
+    cfg, crop = trainer.cfg, trainer.train_data.store.size
+    size = cfg.input_size or crop          # what the backbone sees
     channels = 5 if cfg.coordconv else 3
-    print(f"ResNet{cfg.depth}, batch {cfg.batch_size}, crops {size}px, {channels} channels, "
+    print(f"ResNet{cfg.depth}, batch {cfg.batch_size}, crops {crop}px, backbone input {size}px, {channels} channels, "
           f"workers {cfg.workers}, threads {torch.get_num_threads()}, device {trainer.ctx.device}")
     reference = reference_rate(cfg.depth, channels, cfg.batch_size, size, args.steps, trainer.ctx.device, trainer.amp)
     full = full_step_rate(trainer, args.steps)

@@ -64,6 +64,12 @@ class CropStore:
             raise DataError(f"{paths['index.csv']}: {len(index)} rows for {n} crops")
         return cls(images=images, warps=warps, inv_warps=inv_warps, index=index)
 
+    @property
+    def usable(self) -> np.ndarray:
+        """(N,) bool: rows the crop stage did not skip (index.csv 'skipped', NaN warps)."""
+        skipped = self.index["skipped"].astype(int).to_numpy() == 1 if "skipped" in self.index else False
+        return ~skipped & np.isfinite(self.warps).all(axis=(1, 2))
+
     def check_rows(self, table: pd.DataFrame, where: str) -> None:
         """Stop unless the store's rows are the list `table`'s rows, in order."""
         ours = self.index[ID_COLUMNS].to_numpy(dtype=str)
@@ -92,9 +98,10 @@ def flip_targets(images: np.ndarray, uv: np.ndarray, verts: np.ndarray, perm: np
 
 
 class TrainBatches(Dataset):
-    """Item = one batch (a list of row indices) -> dict of tensors:
+    """Item = one batch (a list of positions among the store's usable rows) -> dict of tensors:
 
     images (B, 3, S, S) uint8, uv (B, V, 2) crop px, verts (B, V, 3) metres, coeffs (B, K).
+    Rows the crop stage skipped are left out.
     """
 
     def __init__(self, store: CropStore, verts: np.ndarray, poses: np.ndarray, camera: Camera,
@@ -107,16 +114,17 @@ class TrainBatches(Dataset):
                                                 color_jitter / 4, p=1.0)])
                        if augment and color_jitter > 0 else None)
         self.seed, self.epoch = seed, 0
+        self.rows = np.flatnonzero(store.usable)
 
     def set_epoch(self, epoch: int) -> None:
         """Augmentation draws depend on (seed, epoch, batch): reproducible, distinct per epoch."""
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.store)
+        return len(self.rows)
 
-    def __getitem__(self, rows) -> dict[str, torch.Tensor]:
-        rows = np.sort(np.asarray(rows, dtype=np.int64))
+    def __getitem__(self, positions) -> dict[str, torch.Tensor]:
+        rows = np.sort(self.rows[np.asarray(positions, dtype=np.int64)])
         rng = np.random.default_rng([self.seed, self.epoch, int(rows[0]), len(rows)])
         images = np.asarray(self.store.images[rows])
         verts = np.asarray(self.verts[rows], dtype=np.float32)

@@ -124,8 +124,8 @@ def build_model(cfg: SimpleNamespace, basis: PCABasis, crop_size: int, mean_uv: 
 
 
 def mean_target(camera: Camera, data: SplitData, limit: int = 512) -> np.ndarray:
-    """Mean 2D target (V, 2) crop px over the first `limit` training samples."""
-    rows = slice(0, min(limit, len(data.store)))
+    """Mean 2D target (V, 2) crop px over the first `limit` usable training samples."""
+    rows = np.flatnonzero(data.store.usable)[:limit]
     return crop_targets(camera, np.asarray(data.verts[rows]), data.poses[rows], data.store.warps[rows]).mean(0)
 
 
@@ -260,11 +260,17 @@ class Trainer:
                 dist.broadcast(buffer, src=0)
 
     def validate(self) -> dict:
-        """Challenge score and landmark/mesh errors on the val split (rank 0)."""
+        """Challenge score and landmark/mesh errors on the val split's usable crops (rank 0)."""
         data = self.val_data
-        pred = predict(self.model, data.store.images, self.cfg.val_batch_size, self.ctx.device, self.amp)
-        uv_gt = crop_targets(self.camera, np.asarray(data.verts), data.poses, data.store.warps)
-        return evaluate(pred, data.store.inv_warps, self.camera, np.asarray(data.verts), data.poses, uv_gt)
+        rows = np.flatnonzero(data.store.usable)
+        if not len(rows):
+            raise ValueError(f"{self.paths.crop / 'val'}: every val crop was skipped")
+        verts, poses, warps = np.asarray(data.verts[rows]), data.poses[rows], data.store.warps[rows]
+        pred = predict(self.model, data.store.images[rows] if len(rows) < len(data.store) else data.store.images,
+                       self.cfg.val_batch_size, self.ctx.device, self.amp)
+        metrics = evaluate(pred, data.store.inv_warps[rows], self.camera, verts, poses,
+                           crop_targets(self.camera, verts, poses, warps))
+        return {**metrics, "skipped": float(len(data.store) - len(rows))}
 
     def checkpoint(self, epoch: int) -> None:
         save_checkpoint(self.paths.checkpoints, {
@@ -321,6 +327,6 @@ def open_live(folder: Path, resumed: bool):
 
 def log_epoch(live, record: dict) -> None:
     for key, value in record.items():
-        if key not in ("epoch", "val_n"):
+        if key not in ("epoch", "val_n", "val_skipped", "val_pnp_failed"):
             live.log_metric(key.replace("_", "/", 1), value)
     live.next_step()

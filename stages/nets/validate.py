@@ -6,6 +6,7 @@ import torch
 from tqdm import tqdm
 
 from stages.face.warp import apply_warp
+from stages.pnp.opencv import pose_from_landmarks
 from stages.wcpa.camera import Camera
 from stages.wcpa.score import sample_errors, summarize
 
@@ -29,14 +30,16 @@ def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int, device:
     return {key: np.concatenate(value) for key, value in parts.items()}
 
 
-def solve_poses(verts: np.ndarray, uv_full: np.ndarray, camera: Camera) -> np.ndarray:
-    """Poses (N, 4, 4) from predicted meshes (N, V, 3) and their landmarks (N, V, 2) full-image px,
-    by OpenCV's iterative PnP on all points (stages.pnp.pose_from_landmarks)."""
-    from stages.pnp import pose_from_landmarks
-    poses = pose_from_landmarks(torch.as_tensor(verts, dtype=torch.float64),
-                                torch.as_tensor(uv_full, dtype=torch.float64), camera,
-                                method="opencv", flags="ITERATIVE")
-    return np.asarray(torch.as_tensor(poses).cpu().numpy(), dtype=np.float64)
+def solve_poses(verts: np.ndarray, uv_full: np.ndarray, camera: Camera) -> tuple[np.ndarray, int]:
+    """Poses (N, 4, 4) from predicted meshes (N, V, 3) and their landmarks (N, V, 2) full-image
+    px, by OpenCV's iterative PnP on all points, and the number of failed samples (their pose
+    is replaced by the element-wise median of the solved ones, so the score stays defined)."""
+    poses = pose_from_landmarks(verts, uv_full, camera, method="opencv", flags="ITERATIVE")
+    failed = ~np.isfinite(poses).all(axis=(1, 2))
+    if failed.all():
+        raise ValueError("PnP failed on every validation sample")
+    poses[failed] = np.median(poses[~failed], axis=0)
+    return poses, int(failed.sum())
 
 
 def evaluate(pred: dict[str, np.ndarray], inv_warps: np.ndarray, camera: Camera,
@@ -48,8 +51,9 @@ def evaluate(pred: dict[str, np.ndarray], inv_warps: np.ndarray, camera: Camera,
     follow (stages.wcpa.score). uv_gt_crop: (N, V, 2) target positions, crop px.
     """
     uv_full = apply_warp(inv_warps, pred["mu"])
-    poses = solve_poses(pred["verts"], uv_full, camera)
+    poses, failed = solve_poses(pred["verts"], uv_full, camera)
     summary = summarize(sample_errors(verts_gt, poses_gt, pred["verts"], poses))
+    summary["pnp_failed"] = failed
     summary["landmark_crop_px"] = float(np.linalg.norm(pred["mu"] - uv_gt_crop, axis=-1).mean())
     uv_gt_full = apply_warp(inv_warps, uv_gt_crop)
     summary["landmark_full_px"] = float(np.linalg.norm(uv_full - uv_gt_full, axis=-1).mean())
