@@ -25,7 +25,7 @@ def mirror_warp(width: float) -> np.ndarray:
 
 
 class PoseBatches(TrainBatches):
-    """Item = one batch (row indices) -> TrainBatches' dict (images, uv, verts, coeffs) plus
+    """Item = one batch (positions among the usable rows) -> TrainBatches' dict (images, uv, verts, coeffs) plus
     R_gt (B, 3, 3), t_gt (B, 3) metres (OpenCV pose, x_cv = R v + t), K (B, 3, 3) and
     inv_warps (B, 2, 3) crop px -> full-image px, all float64."""
 
@@ -33,9 +33,10 @@ class PoseBatches(TrainBatches):
         super().__init__(*args, flip_prob=0.0, augment=augment, **kwargs)
         self.pose_flip_prob = flip_prob if augment else 0.0
 
-    def __getitem__(self, rows) -> dict[str, torch.Tensor]:
-        rows = np.sort(np.asarray(rows, dtype=np.int64))
-        item = super().__getitem__(rows)
+    def __getitem__(self, positions) -> dict[str, torch.Tensor]:
+        positions = np.sort(np.asarray(positions, dtype=np.int64))
+        item = super().__getitem__(positions)
+        rows = self.rows[positions]       # the store rows of the item, in its order
         rng = np.random.default_rng([self.seed, self.epoch, int(rows[0]), len(rows), FLIP_STREAM])
         flip = rng.random(len(rows)) < self.pose_flip_prob
         poses = np.array(self.poses[rows], dtype=np.float64)

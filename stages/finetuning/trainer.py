@@ -100,7 +100,7 @@ class FinetuneTrainer(Trainer):
             "pnp": {k: str(v) for k, v in asdict(self.pnp).items()}, "start": file_digest(paths.start),
             "crop": self.train_data.store.size, "n_train": len(data.store)})
 
-    def loss_terms(self, out: dict, batch: dict, step: int) -> dict[str, torch.Tensor]:
+    def finetune_terms(self, out: dict, batch: dict, step: int) -> dict[str, torch.Tensor]:
         """Eq. 6 terms (keys of self.lambdas) and the PnP diagnostics pnp_valid, pnp_ess."""
         terms = loss_terms(out, batch, self.cfg, self.weights_mm)
         self.generator.manual_seed(self.seed * STEP_SEED_STRIDE + step * self.ctx.world + self.ctx.rank)
@@ -115,7 +115,7 @@ class FinetuneTrainer(Trainer):
         batch = {k: v.to(self.ctx.device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(self.ctx.device.type, enabled=self.amp):
             out = self.net(batch["images"])
-        terms = self.loss_terms(out, batch, step)
+        terms = self.finetune_terms(out, batch, step)
         total_loss = sum(self.lambdas[k] * terms[k] for k in self.lambdas)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total_loss).backward()
