@@ -1,4 +1,5 @@
-"""Adaptive importance sampling (AMIS-style refitted proposals) of a normaliser log Z = log int exp(-f(y)) dy.
+"""Adaptive importance sampling (AMIS-style refitted proposals) of a normaliser
+log Z = log int exp(-f(y)) dy.
 
 Batched over B independent integrals on R^D. Proposals are multivariate Student-t
 distributions (integer degrees of freedom `dof`; heavier tails than the Laplace approximation

@@ -83,7 +83,8 @@ def epro_pnp(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor | None, K: 
     poses. n_samples: Monte Carlo samples per problem, over n_iters AMIS proposals; chunk_size:
     sampled poses (all problems together) whose costs are evaluated at once; dof: degrees of
     freedom of the Student-t proposals; compiled: fuse the sample costs with torch.compile
-    (stages.pnp.sample_cost); generator: for reproducible samples. solution: a given LM solution (on the same inputs) instead of solving.
+    (stages.pnp.sample_cost); generator: for reproducible samples. solution: a given LM
+    solution (on the same inputs) instead of solving.
     Degenerate problems are masked out and get zero loss and zero gradients.
     """
     w2d = uniform_weights(x2d) if w2d is None else w2d

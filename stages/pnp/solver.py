@@ -69,7 +69,8 @@ def levenberg_marquardt(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor,
     iters = 0
     for iters in range(1, max_iters + 1):
         step = _damped_step(state.H, state.g, lam)
-        predicted = -(step * state.g).sum(-1) - 0.5 * (step * (state.H @ step[..., None])[..., 0]).sum(-1)
+        curvature = (step * (state.H @ step[..., None])[..., 0]).sum(-1)
+        predicted = -(step * state.g).sum(-1) - 0.5 * curvature
         R_new, t_new = apply_increment(state.R, state.t, step)
         trial = _State(R_new, t_new, x3d, x2d, w2d, Kb, huber_delta)
         accept = torch.isfinite(trial.cost) & (trial.cost < state.cost)

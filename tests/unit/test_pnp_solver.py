@@ -9,7 +9,7 @@ from stages.pnp.cost import (gauss_newton_system, normal_equations, planar, resi
                              residuals_and_jacobian, robust_cost)
 from stages.pnp.init import dlt_pose
 from stages.pnp.opencv import opencv_flag, pose_from_landmarks, solve_pnp_opencv
-from stages.pnp.rotation import apply_increment, so3_exp
+from stages.pnp.rotation import apply_increment
 from stages.wcpa.camera import rt_to_opencv
 from tests.unit.pnp_cases import make_problems, rotation_error_rad
 
