@@ -1,5 +1,5 @@
 """Inference variants on val (README "Inference"): flip & merge none / 3d / both x OpenCV PnP /
-the sigma-weighted batched solver, scored with stages/wcpa/score.py.
+the sigma-weighted batched solver, and OpenCV's PnP methods, scored with stages/wcpa/score.py.
 
 The network runs once over the val crops with the mirror pass; each variant then merges, unwarps
 and solves the poses as stage infer does (skipped crops get its fallback). Ground truth: the pca
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ from stages.wcpa.score import landmark_errors, sample_errors, summarize
 
 ARTIFACTS = Path("artifacts")
 COLUMNS = ["score", "ADD", "MAE_r", "MAE_t", "mesh_mean", "landmark_px"]
+OPENCV_FLAGS = ("ITERATIVE", "EPNP", "SQPNP", "EPNP+ITERATIVE")
 
 
 def collect_outputs(model, store: CropStore, perm: np.ndarray, settings) -> tuple[dict, dict]:
@@ -44,6 +46,12 @@ def collect_outputs(model, store: CropStore, perm: np.ndarray, settings) -> tupl
             for key, value in part.items():
                 out.setdefault(key, []).append(value)
     return ({k: np.concatenate(v) for k, v in plain.items()}, {k: np.concatenate(v) for k, v in back.items()})
+
+
+def variants(default_flags: str) -> list[tuple[str, str, str]]:
+    """(flip_merge, pnp, pnp_flags): every merge mode with both solvers, and OpenCV's methods."""
+    grid = [(mode, method, default_flags) for mode in FLIP_MERGE_MODES for method in METHODS]
+    return grid + [("3d", "opencv", flags) for flags in OPENCV_FLAGS if flags != default_flags]
 
 
 def variant_metrics(plain, back, store, mode, method, camera, settings, fallback, labels) -> dict:
@@ -80,12 +88,12 @@ def main() -> None:
     labels = (np.load(ARTIFACTS / "pca" / "verts_val.npy"), np.load(ARTIFACTS / "pca" / "poses_val.npy"))
     plain, back = collect_outputs(model, store, perm, settings)
     rows = {}
-    for mode in FLIP_MERGE_MODES:
-        for method in METHODS:
-            rows[(mode, method)] = variant_metrics(plain, back, store, mode, method, resources.camera, settings,
-                                                   fallback, labels)
+    for mode, method, flags in variants(settings.pnp_flags):
+        run = replace(settings, pnp_flags=flags)
+        rows[(mode, method, flags if method == "opencv" else "1/sigma")] = variant_metrics(
+            plain, back, store, mode, method, resources.camera, run, fallback, labels)
     table = pd.DataFrame(rows).T[COLUMNS + ["pnp_failed"]]
-    table.index.names = ["flip_merge", "pnp"]
+    table.index.names = ["flip_merge", "pnp", "flags"]
     print(f"{checkpoint} on {len(store)} val crops (mm, deg, px):")
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
 

@@ -1,8 +1,10 @@
 """Head poses from predicted meshes and landmarks at inference, in parallel chunks.
 
 A thin layer over the pipeline's pose-from-landmarks entry point (stages.pnp.opencv):
-  opencv   cv2.solvePnP per sample (infer.pnp_flags: ITERATIVE, EPNP, SQPNP, ...), all points
-           weighted alike
+  opencv   cv2.solvePnP per sample, all points weighted alike. infer.pnp_flags names the
+           method (ITERATIVE, EPNP, SQPNP, ...) or a method refined by OpenCV's iterative LM
+           from its solution, 'EPNP+ITERATIVE' (the default): OpenCV's own start for ITERATIVE
+           (DLT) puts the face behind the camera on noisy landmarks of a nearly flat face.
   batched  the project's batched Levenberg-Marquardt solver (stages.pnp.api), each point
            weighted by 1 / sigma, the landmark head's uncertainty
 Chunks run in joblib threads (OpenCV and torch release the GIL). Rows with NaN input (skipped
@@ -10,32 +12,61 @@ samples) are not solved and come back NaN, like the problems the solver rejects.
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from joblib import Parallel, delayed
 
 from stages.pnp.opencv import METHODS, opencv_flag, pose_from_landmarks
-from stages.wcpa.camera import Camera
+from stages.wcpa.camera import Camera, opencv_to_rt, rt_to_opencv
 
 CHUNK = 64      # samples per task
 
 
+def parse_flags(flags: str) -> tuple[str, bool]:
+    """infer.pnp_flags -> (OpenCV method, refine with ITERATIVE): 'EPNP+ITERATIVE' -> ('EPNP', True)."""
+    method, _, refine = flags.upper().partition("+")
+    if refine not in ("", "ITERATIVE"):
+        raise ValueError(f"infer.pnp_flags={flags!r}: only ITERATIVE can refine a solution ('<METHOD>+ITERATIVE')")
+    try:
+        opencv_flag(method)
+    except ValueError as err:
+        raise ValueError(f"infer.pnp_flags: {err}") from None
+    return method, bool(refine)
+
+
+def refine_iterative(verts: np.ndarray, uv: np.ndarray, R_t: np.ndarray, camera: Camera) -> np.ndarray:
+    """OpenCV's iterative LM started from poses R_t (n, 4, 4) -> refined R_t (n, 4, 4); rows
+    that are NaN or fail stay as they were."""
+    R_cv, t_cv = rt_to_opencv(R_t)
+    out = R_t.copy()
+    for i in np.flatnonzero(np.isfinite(R_t).all((1, 2))):
+        rvec = cv2.Rodrigues(R_cv[i])[0]
+        ok, rvec, tvec = cv2.solvePnP(verts[i], uv[i], camera.K, None, rvec, t_cv[i].reshape(3, 1).copy(),
+                                      useExtrinsicGuess=True, flags=cv2.SOLVEPNP_ITERATIVE)
+        if ok and np.isfinite(rvec).all() and np.isfinite(tvec).all():
+            out[i] = opencv_to_rt(cv2.Rodrigues(rvec)[0], tvec.ravel())
+    return out
+
+
 def _solve_chunk(method: str, verts: np.ndarray, uv: np.ndarray, sigma: np.ndarray, camera: Camera,
                  flags: str) -> np.ndarray:
-    weights = None if method == "opencv" else np.repeat(np.asarray(sigma, np.float64)[..., None], 2, -1)
-    return pose_from_landmarks(verts, uv, camera, method=method, flags=flags, sigma=weights)
+    if method == "batched":
+        weights = np.repeat(np.asarray(sigma, np.float64)[..., None], 2, -1)
+        return pose_from_landmarks(verts, uv, camera, method=method, sigma=weights)
+    start, refine = parse_flags(flags)
+    verts, uv = np.asarray(verts, np.float64), np.asarray(uv, np.float64)
+    poses = pose_from_landmarks(verts, uv, camera, method=method, flags=start)
+    return refine_iterative(verts, uv, poses, camera) if refine else poses
 
 
 def solve_poses(method: str, verts: np.ndarray, uv: np.ndarray, sigma: np.ndarray, camera: Camera,
-                flags: str = "ITERATIVE", workers: int = 1) -> np.ndarray:
+                flags: str = "EPNP+ITERATIVE", workers: int = 1) -> np.ndarray:
     """verts (N, V, 3) metres, uv (N, V, 2) full-image px, sigma (N, V) full-image px (used by
     'batched') -> R_t (N, 4, 4) float64, NaN where the input has NaN or PnP fails."""
     if method not in METHODS:
         raise ValueError(f"infer.pnp={method!r}: expected one of {', '.join(METHODS)}")
     if method == "opencv":
-        try:
-            opencv_flag(flags)
-        except ValueError as err:
-            raise ValueError(f"infer.pnp_flags: {err}") from None
+        parse_flags(flags)
     finite = np.isfinite(uv).all((1, 2)) & np.isfinite(verts).all((1, 2)) & np.isfinite(sigma).all(1)
     rows = np.flatnonzero(finite)
     out = np.full((len(verts), 4, 4), np.nan)

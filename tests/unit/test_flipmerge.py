@@ -4,7 +4,7 @@ import pytest
 
 from stages.face.mesh import flip_mesh, flip_permutation
 from stages.nets.flipmerge import merge_outputs, unmirror_outputs
-from stages.nets.poses import solve_poses
+from stages.nets.poses import refine_iterative, solve_poses
 from stages.wcpa.camera import rotation_angle_deg
 from tests.conftest import face_points, random_poses
 from tests.tiny_project import symmetric_template
@@ -77,11 +77,25 @@ def test_opencv_and_batched_pnp_agree_on_noiseless_landmarks(camera):
     uv = camera.project(verts, poses)
     sigma = rng.uniform(0.5, 2.0, (n, 200))
     opencv = solve_poses("opencv", verts, uv, sigma, camera, "ITERATIVE", workers=2)
+    refined = solve_poses("opencv", verts, uv, sigma, camera, "EPNP+ITERATIVE", workers=2)
     batched = solve_poses("batched", verts, uv, sigma, camera)
-    for solved in (opencv, batched):
+    for solved in (opencv, refined, batched):
         assert rotation_angle_deg(solved[:, :3, :3], poses[:, :3, :3]).max() < 1e-4
         np.testing.assert_allclose(solved[:, 3, :3], poses[:, 3, :3], atol=1e-7)
     np.testing.assert_allclose(opencv, batched, atol=1e-6)
+
+
+def test_refinement_moves_a_perturbed_start_to_the_exact_pose(camera):
+    rng = np.random.default_rng(7)
+    verts = np.stack([face_points(rng, 150) for _ in range(4)])
+    poses = random_poses(rng, 4)
+    uv = camera.project(verts, poses)
+    start = poses.copy()
+    start[:, 3, :3] += rng.normal(0, 0.01, (4, 3))
+    start[2] = np.nan
+    refined = refine_iterative(verts, uv, start, camera)
+    np.testing.assert_allclose(refined[[0, 1, 3]], poses[[0, 1, 3]], atol=1e-6)
+    assert np.isnan(refined[2]).all()
 
 
 def test_pnp_of_nan_input_is_nan_and_other_rows_are_solved(camera):
@@ -100,5 +114,7 @@ def test_unknown_pnp_settings_name_the_param(camera):
     verts, uv, sigma = np.zeros((1, 8, 3)), np.zeros((1, 8, 2)), np.ones((1, 8))
     with pytest.raises(ValueError, match="infer.pnp_flags"):
         solve_poses("opencv", verts, uv, sigma, camera, "MAGIC")
+    with pytest.raises(ValueError, match="only ITERATIVE can refine"):
+        solve_poses("opencv", verts, uv, sigma, camera, "EPNP+SQPNP")
     with pytest.raises(ValueError, match="infer.pnp="):
         solve_poses("dlt", verts, uv, sigma, camera)
