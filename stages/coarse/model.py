@@ -17,6 +17,7 @@ BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilene
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PYRAMID_STRIDES = (4, 8, 16)
+BN_MOMENTUM = 0.1   # torchvision's MobileNetV3 uses 0.01: too slow for a few hundred steps
 
 
 def _backbone_blocks(name: str, pretrained: bool) -> list[nn.Module]:
@@ -53,6 +54,9 @@ class LandmarkNet(nn.Module):
     def __init__(self, backbone: str, n_points: int, pretrained: bool = False, width: int = 64):
         super().__init__()
         blocks = _backbone_blocks(backbone, pretrained)
+        for module in nn.ModuleList(blocks).modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.momentum = BN_MOMENTUM
         taps, channels = _pyramid_taps(blocks)
         self.blocks = nn.ModuleList(blocks[: taps[-1] + 1])
         self.taps = taps
