@@ -8,7 +8,7 @@ reading, one forward of the batch with its mirror, merge, unwarp, PnP in threads
 has random weights scaled so that its landmarks stay near a face's projection (PnP then works
 as hard as on real predictions). Prints both throughputs and their ratio.
 
-    python -m benchmarks.bench_infer [--params params.yaml] [--batches 8] [--pnp opencv|batched]
+    python -m benchmarks.bench_infer [--params params.yaml] [--batches 8] [--repeats 3] [--pnp opencv|batched]
 Needs the data root's resources (camera, template mesh): dvc repro synth.
 """
 from __future__ import annotations
@@ -111,6 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs of each; medians are compared")
     parser.add_argument("--pnp", choices=["opencv", "batched"], help="default: infer.pnp")
     parser.add_argument("--flip-merge", choices=["none", "3d", "both"], help="default: infer.flip_merge")
     args = parser.parse_args()
@@ -132,11 +133,16 @@ def main() -> None:
           f"{channels} channels, V {resources.n_verts}, flip_merge {settings.flip_merge}, pnp {settings.pnp} "
           f"({settings.pnp_flags}), PnP threads {settings.workers}, torch threads {torch.get_num_threads()}, "
           f"device {settings.device}")
-    reference = reference_rate(train.depth, channels, settings.batch_size, size, args.batches, settings.device,
-                               settings.amp)
+    references, fulls = [], []
     with tempfile.TemporaryDirectory() as tmp:
         store = write_store(Path(tmp) / "crops", settings.batch_size * args.batches, crop, warp)
-        full = pipeline_rate(model, store, perm, resources.camera, settings)
+        for _ in range(args.repeats):      # interleaved, so that both see the same machine load
+            references.append(reference_rate(train.depth, channels, settings.batch_size, size, args.batches,
+                                             settings.device, settings.amp))
+            fulls.append(pipeline_rate(model, store, perm, resources.camera, settings))
+    reference, full = float(np.median(references)), float(np.median(fulls))
+    print(f"runs (img/s): reference {', '.join(f'{r:.1f}' for r in references)}; "
+          f"inference {', '.join(f'{r:.1f}' for r in fulls)}; medians below")
     print(f"reference (bare backbone forward, random tensors): {reference:8.1f} img/s (half: {reference / 2:.1f})")
     print(f"inference (read, 2 passes, merge, unwarp, PnP):    {full:8.1f} img/s")
     print(f"ratio inference / (reference / 2): {full / (reference / 2):.3f}")
