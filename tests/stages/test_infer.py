@@ -57,7 +57,7 @@ def project(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     pca.run(params)
     params["infer"].update(checkpoint="train", batch_size=5, device="cpu", workers=2)
-    params["train"]["depth"] = 18
+    params["train"].update(depth=18, input_size=0)
     return tmp_path, params
 
 
