@@ -169,7 +169,8 @@ def check_predictions(pred: dict[str, np.ndarray], skipped: np.ndarray, table: p
     pnp_only = int((net_ok[rows]).sum())
     raise InferenceError(f"{where}: bad predictions in {len(rows)} sample(s) that were not skipped "
                          f"({len(rows) - pnp_only} non-finite from the network, {pnp_only} where PnP failed "
-                         "or put the face behind the camera): " + ", ".join(names))
+                         "or put the face behind the camera): " + ", ".join(names)
+                         + (" (another infer.pnp_flags, e.g. EPNP or SQPNP, may solve them)" if pnp_only else ""))
 
 
 def predict_store(model: FaceNet, store: CropStore, perm: np.ndarray, camera: Camera,
