@@ -163,7 +163,8 @@ def test_nan_outputs_stop_naming_the_rows_unless_skipped(project):
                root / "artifacts" / "train" / "model.pt")
     table = read_list(root / "artifacts" / "split" / "val.csv")
     first = "/".join(table.iloc[0][ID_COLUMNS])
-    with pytest.raises(InferenceError, match=f"bad predictions in {len(table)} sample.*{len(table)} non-finite.*{first} \\(row 0\\)"):
+    expected = f"bad predictions in {len(table)} sample.*{len(table)} non-finite.*{first} \\(row 0\\)"
+    with pytest.raises(InferenceError, match=expected):
         infer.run(params, "val")
     assert not (root / "artifacts" / "infer" / "predictions_val.npz").exists()
 
