@@ -6,7 +6,7 @@ memory. Measured: the full training step of stage train (batch from the crop sto
 DataLoader with flip + colour jitter, targets, forward of both heads, GNLL + VDC + WPDC,
 backward, Adam step). Prints both throughputs and their ratio.
 
-    python -m benchmarks.bench_train [--steps 8] [--params params.yaml]
+    python -m benchmarks.bench_train [--steps 8] [--params params.yaml] [--crop artifacts/crop]
 Needs artifacts/crop, artifacts/pca and artifacts/split (dvc repro pca crop).
 """
 from __future__ import annotations
@@ -69,10 +69,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--crop", default="artifacts/crop", help="crop store folder (train/ and val/ inside)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     params = load_params(args.params)
-    paths = TrainPaths(crop=Path("artifacts/crop"), pca=Path("artifacts/pca"), split=Path("artifacts/split"),
+    paths = TrainPaths(crop=Path(args.crop), pca=Path("artifacts/pca"), split=Path("artifacts/split"),
                        out=Path("artifacts/bench_train"))
     trainer = Trainer(params, paths, load_resources(params["data"]["root"]).camera)
     cfg, crop = trainer.cfg, trainer.train_data.store.size

@@ -110,6 +110,7 @@ SCHEMA = {
         "device": str,            # auto | cpu | cuda
         "amp": bool,              # autocast + GradScaler on CUDA (ignored on CPU)
         "val_batch_size": int,
+        "val_pnp_flags": str,     # OpenCV PnP of the per-epoch validation (cv2.SOLVEPNP_<name>)
     },
     "finetune": {                 # stage finetune (EPro-PnP, eq. 4-6); reads lambda.* too
         "epochs": int,

@@ -17,27 +17,31 @@ DIRECT_SCALE_M = 0.01   # direct vertex regression: one output unit moves a vert
 class LandmarkHead(nn.Module):
     """features (B, F) -> mu (B, V, 2) crop px (continuous coordinates), sigma (B, V) crop px.
 
-    The FC output is normalised: mu = (o + 1) * S / 2, so o in [-1, 1] spans the crop, and
-    sigma = softplus(o_sigma) * S / 20 + SIGMA_MIN_PX (about S / 29 px at o_sigma = 0).
+    Outputs are normalised: mu = centre + o * S / 20 and sigma = softplus(o_sigma) * S / 20
+    + SIGMA_MIN_PX, where centre (V, 2) is the mean training target (`init_mean`; the crop
+    centre before) and S / 20 px is about the spread of the targets around it in an aligned
+    crop. The FC weights start at zero, so training starts from the mean landmarks with
+    sigma ~ S / 29 px, and one unit of output is a step of the size the task needs.
     """
 
     def __init__(self, features: int, n_verts: int, crop_size: int):
         super().__init__()
         self.n_verts = n_verts
-        self.half = crop_size / 2.0
+        self.unit = crop_size / 20.0
+        self.register_buffer("centre", torch.full((n_verts, 2), crop_size / 2.0))
         self.fc = nn.Linear(features, n_verts * 3)
+        nn.init.zeros_(self.fc.weight)
+        nn.init.zeros_(self.fc.bias)
 
     def init_mean(self, mean_uv: torch.Tensor) -> None:
-        """Start mu at the mean target position (V, 2) crop px, so training begins there."""
+        """Centre the outputs on the mean target position (V, 2) crop px."""
         with torch.no_grad():
-            bias = self.fc.bias.view(self.n_verts, 3)
-            bias[:, :2] = torch.as_tensor(mean_uv, dtype=bias.dtype) / self.half - 1.0
-            bias[:, 2] = 0.0
+            self.centre.copy_(torch.as_tensor(mean_uv, dtype=torch.float32))
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.fc(features).float().view(-1, self.n_verts, 3)
-        mu = (out[..., :2] + 1.0) * self.half
-        sigma = F.softplus(out[..., 2]) * (self.half / 10.0) + SIGMA_MIN_PX
+        mu = self.centre + out[..., :2] * self.unit
+        sigma = F.softplus(out[..., 2]) * self.unit + SIGMA_MIN_PX
         return mu, sigma
 
 
@@ -45,7 +49,7 @@ class ShapeHead(nn.Module):
     """features (B, F) -> verts (B, V, 3) metres and normalised PCA coefficients (B, K).
 
     mode 'pca': the FC gives the K coefficients in units of each component's std (well
-    conditioned), the mesh is mean + (a * std) @ components. mode 'direct': the FC gives all
+    conditioned), the mesh is mean + (a * std) @ components. The FC starts at zero (the mean mesh). mode 'direct': the FC gives all
     vertices (offsets from the mean mesh in cm) and the coefficients are their projection.
     The basis is kept in buffers, so a saved model carries it.
     """
@@ -59,6 +63,8 @@ class ShapeHead(nn.Module):
         self.register_buffer("components", torch.zeros(n_components, n_verts * 3))
         self.register_buffer("std", torch.ones(n_components))
         self.fc = nn.Linear(features, n_components if mode == "pca" else n_verts * 3)
+        nn.init.zeros_(self.fc.weight)      # start at the mean mesh
+        nn.init.zeros_(self.fc.bias)
 
     def set_basis(self, mean, components, std) -> None:
         """Load a PCA basis: mean (V, 3), components (K, V, 3) orthonormal, std (K,), metres."""

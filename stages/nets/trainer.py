@@ -101,7 +101,7 @@ def load_split(paths: TrainPaths, split: str) -> SplitData:
     return SplitData(store=store, verts=verts, poses=poses)
 
 
-RESUME_FREE_KEYS = ("epochs", "workers", "device", "val_batch_size")   # may change between resumes
+RESUME_FREE_KEYS = ("epochs", "workers", "device", "val_batch_size", "val_pnp_flags")   # may change between resumes
 
 
 def fingerprint(cfg: SimpleNamespace, lambdas: dict, seed: int, extra: dict) -> str:
@@ -269,7 +269,7 @@ class Trainer:
         pred = predict(self.model, data.store.images[rows] if len(rows) < len(data.store) else data.store.images,
                        self.cfg.val_batch_size, self.ctx.device, self.amp)
         metrics = evaluate(pred, data.store.inv_warps[rows], self.camera, verts, poses,
-                           crop_targets(self.camera, verts, poses, warps))
+                           crop_targets(self.camera, verts, poses, warps), self.cfg.val_pnp_flags)
         return {**metrics, "skipped": float(len(data.store) - len(rows))}
 
     def checkpoint(self, epoch: int) -> None:

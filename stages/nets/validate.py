@@ -30,11 +30,12 @@ def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int, device:
     return {key: np.concatenate(value) for key, value in parts.items()}
 
 
-def solve_poses(verts: np.ndarray, uv_full: np.ndarray, camera: Camera) -> tuple[np.ndarray, int]:
+def solve_poses(verts: np.ndarray, uv_full: np.ndarray, camera: Camera, flags: str) -> tuple[np.ndarray, int]:
     """Poses (N, 4, 4) from predicted meshes (N, V, 3) and their landmarks (N, V, 2) full-image
-    px, by OpenCV's iterative PnP on all points, and the number of failed samples (their pose
-    is replaced by the element-wise median of the solved ones, so the score stays defined)."""
-    poses = pose_from_landmarks(verts, uv_full, camera, method="opencv", flags="ITERATIVE")
+    px, by OpenCV's PnP (cv2.SOLVEPNP_<flags>) on all points, and the number of failed samples
+    (their pose is replaced by the element-wise median of the solved ones, so the score stays
+    defined)."""
+    poses = pose_from_landmarks(verts, uv_full, camera, method="opencv", flags=flags)
     failed = ~np.isfinite(poses).all(axis=(1, 2))
     if failed.all():
         raise ValueError("PnP failed on every validation sample")
@@ -43,7 +44,8 @@ def solve_poses(verts: np.ndarray, uv_full: np.ndarray, camera: Camera) -> tuple
 
 
 def evaluate(pred: dict[str, np.ndarray], inv_warps: np.ndarray, camera: Camera,
-             verts_gt: np.ndarray, poses_gt: np.ndarray, uv_gt_crop: np.ndarray) -> dict[str, float]:
+             verts_gt: np.ndarray, poses_gt: np.ndarray, uv_gt_crop: np.ndarray,
+             pnp_flags: str = "SQPNP") -> dict[str, float]:
     """Validation metrics of predictions on one split.
 
     Landmarks are unwarped to the full image with inv_warps (N, 2, 3), the pose comes from PnP
@@ -51,7 +53,7 @@ def evaluate(pred: dict[str, np.ndarray], inv_warps: np.ndarray, camera: Camera,
     follow (stages.wcpa.score). uv_gt_crop: (N, V, 2) target positions, crop px.
     """
     uv_full = apply_warp(inv_warps, pred["mu"])
-    poses, failed = solve_poses(pred["verts"], uv_full, camera)
+    poses, failed = solve_poses(pred["verts"], uv_full, camera, pnp_flags)
     summary = summarize(sample_errors(verts_gt, poses_gt, pred["verts"], poses))
     summary["pnp_failed"] = failed
     summary["landmark_crop_px"] = float(np.linalg.norm(pred["mu"] - uv_gt_crop, axis=-1).mean())
