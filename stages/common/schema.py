@@ -125,6 +125,7 @@ SCHEMA = {
         "device": str,            # auto | cpu | cuda
         "amp": bool,              # autocast + GradScaler on CUDA (ignored on CPU)
         "val_batch_size": int,
+        "val_pnp_flags": str,     # OpenCV PnP of the validation (as train.val_pnp_flags)
         "mc_weight": float,       # weight of EPro-PnP's Monte Carlo NLL (nats; trains sigma with the pose)
         "mc_samples": int,        # Monte Carlo poses per sample (AMIS)
         "amis_iters": int,        # AMIS proposals the samples are split over

@@ -1,0 +1,82 @@
+"""Finetuning-step throughput against the train stage's step (README "Finetuning").
+
+Reference (same process, same model, same batches): stages.nets.trainer.Trainer.train_step,
+i.e. GNLL + VDC + WPDC without the PnP layer. Measured: the finetune stage's step
+(FinetuneTrainer.train_step: the same plus the EPro-PnP terms with finetune.mc_samples,
+amis_iters, lm_iters, pnp_points, pnp_dtype). Prints both throughputs (wall clock and CPU time)
+and their ratio, the price of the PnP layer.
+
+    python -m benchmarks.bench_finetune [--steps 6] [--params params.yaml] [--start artifacts/train/model.pt]
+        [--crop artifacts/crop] [--set finetune.pnp_points=0 ...]
+Needs artifacts/train/model.pt, artifacts/crop, artifacts/pca and artifacts/split.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from stages.common.params import load_params
+from stages.finetuning.trainer import FinetunePaths, FinetuneTrainer
+from stages.nets.trainer import Trainer, TrainPaths
+from stages.wcpa.layout import load_resources
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_rate(trainer: FinetuneTrainer, step, batches: list[dict]) -> tuple[float, float]:
+    """Images per wall-clock second and per CPU second of `step` over the batches (after one
+    warm-up batch)."""
+    step(batches[0], 0, len(batches))
+    sync(trainer.ctx.device)
+    wall, cpu, images = time.perf_counter(), time.process_time(), 0
+    for i, batch in enumerate(batches[1:], 1):
+        step(batch, i, len(batches))
+        images += len(batch["images"])
+    sync(trainer.ctx.device)
+    return images / (time.perf_counter() - wall), images / (time.process_time() - cpu)
+
+
+def override(params: dict, assignments: list[str]) -> None:
+    """Apply section.key=value assignments (typed like the current value)."""
+    for assignment in assignments:
+        key, value = assignment.split("=", 1)
+        name, leaf = key.split(".")
+        old = params[name][leaf]
+        params[name][leaf] = (value.lower() == "true") if isinstance(old, bool) else type(old)(value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--start", default="artifacts/train/model.pt")
+    parser.add_argument("--crop", default="artifacts/crop")
+    parser.add_argument("--set", nargs="*", default=[], help="section.key=value overrides")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    params = load_params(args.params)
+    override(params, args.set)
+    paths = FinetunePaths(start=Path(args.start), data=TrainPaths(
+        crop=Path(args.crop), pca=Path("artifacts/pca"), split=Path("artifacts/split"), out=Path("/tmp/bench_finetune")))
+    trainer = FinetuneTrainer(params, paths, load_resources(params["data"]["root"]).camera)
+    loader = iter(trainer.loader)
+    batches = [next(loader) for _ in range(args.steps + 1)]
+    base_wall, base_cpu = step_rate(trainer, lambda *a: Trainer.train_step(trainer, *a), batches)
+    ft_wall, ft_cpu = step_rate(trainer, trainer.train_step, batches)
+    cfg = params["finetune"]
+    print(f"batch {len(batches[0]['images'])}, pnp_points {cfg['pnp_points']}, mc_samples {cfg['mc_samples']}, "
+          f"{cfg['pnp_dtype']}, device {trainer.ctx.device}, torch threads {torch.get_num_threads()}")
+    print(f"train step (reference): {base_wall:7.1f} img/s wall, {base_cpu:7.1f} img/CPU-s")
+    print(f"finetune step:          {ft_wall:7.1f} img/s wall, {ft_cpu:7.1f} img/CPU-s")
+    print(f"ratio finetune/train:   {ft_wall / base_wall:7.2f} wall, {ft_cpu / base_cpu:7.2f} CPU")
+
+
+if __name__ == "__main__":
+    main()
