@@ -46,7 +46,7 @@ def split_list(params: dict, split: str) -> pd.DataFrame:
 def settings_of(cfg: SimpleNamespace) -> InferSettings:
     return InferSettings(batch_size=cfg.batch_size, flip_merge=cfg.flip_merge, pnp=cfg.pnp,
                          pnp_flags=cfg.pnp_flags, device=pick_device(cfg.device), amp=cfg.amp,
-                         workers=cfg.workers)
+                         workers=cfg.workers, max_pnp_failures=cfg.max_pnp_failures)
 
 
 def run(params: dict, split: str, artifacts: Path = ARTIFACTS) -> dict[str, np.ndarray]:

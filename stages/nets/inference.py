@@ -10,8 +10,8 @@ Per batch of crops (read from the memory-mapped store while the previous batch r
 Skipped samples (the crop store's index.csv `skipped` = 1: no usable crop) get the fallback
 prediction: the PCA mean mesh in the mean training pose (chordal mean rotation, mean translation
 of artifacts/pca/poses_train.npy), its projection as landmarks and sigma NaN. Any other row
-with a non-finite mesh, landmark or pose, or a pose behind the camera, stops the run with the
-rows named.
+with a non-finite mesh or landmark stops the run with the rows named. Rows whose PnP fails (or puts the face behind the camera) keep their mesh and get
+the fallback pose, up to infer.max_pnp_failures of the split; past that the run stops.
 """
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ class InferSettings:
     device: torch.device
     amp: bool
     workers: int        # PnP threads
+    max_pnp_failures: float = 0.0   # fraction of usable rows whose PnP may fail (they get the fallback pose)
 
 
 @dataclass(frozen=True)
@@ -153,24 +154,42 @@ def apply_fallback(pred: dict[str, np.ndarray], skipped: np.ndarray, fallback: F
     pred["sigma"][skipped] = np.nan
 
 
-def check_predictions(pred: dict[str, np.ndarray], skipped: np.ndarray, table: pd.DataFrame, where: str) -> None:
-    """Stop when a usable row's mesh, landmarks or pose is not finite, or its pose puts the face
-    behind the camera (tz >= 0, which the submission validator rejects), naming up to 5 rows."""
-    def finite(key: str) -> np.ndarray:
-        return np.isfinite(pred[key].reshape(len(pred[key]), -1)).all(1)
+def check_network(pred: dict[str, np.ndarray], skipped: np.ndarray, table: pd.DataFrame, where: str) -> None:
+    """Stop when the network gave a usable row a non-finite mesh or landmarks, naming up to 5 rows."""
+    bad = ~(_finite(pred, "verts") & _finite(pred, "landmarks")) & ~skipped
+    if bad.any():
+        raise InferenceError(f"{where}: the network gave non-finite outputs for {int(bad.sum())} sample(s): "
+                             + _names(table, np.flatnonzero(bad)))
 
-    net_ok = finite("verts") & finite("landmarks")
-    in_front = pred["R_t"][:, 3, 2] < 0          # the challenge's camera looks down -z
-    bad = ~(net_ok & finite("R_t") & in_front) & ~skipped
-    if not bad.any():
-        return
-    rows = np.flatnonzero(bad)
+
+def repair_poses(pred: dict[str, np.ndarray], skipped: np.ndarray, fallback: Fallback, table: pd.DataFrame,
+                 max_fraction: float, where: str) -> np.ndarray:
+    """Rows whose PnP failed (non-finite pose, or the face behind the camera: tz >= 0, which the
+    submission validator rejects) get the fallback pose and keep their predicted mesh.
+
+    Returns (N,) bool of those rows; stops, naming them, when they are more than `max_fraction`
+    of the usable rows (a broken network or a PnP method unfit for its landmarks)."""
+    failed = ~(_finite(pred, "R_t") & (pred["R_t"][:, 3, 2] < 0)) & ~skipped
+    usable = max(int((~skipped).sum()), 1)
+    if failed.sum() > max_fraction * usable:
+        raise InferenceError(f"{where}: PnP failed or put the face behind the camera for {int(failed.sum())} of "
+                             f"{usable} sample(s) (infer.max_pnp_failures={max_fraction}); another "
+                             "infer.pnp_flags, e.g. EPNP or SQPNP, may solve them: " + _names(table, np.flatnonzero(failed)))
+    if failed.any():
+        pred["R_t"][failed] = fallback.R_t
+        log.warning("%s: PnP failed for %d sample(s): they get the mean training pose (%s)", where,
+                    int(failed.sum()), _names(table, np.flatnonzero(failed)))
+    return failed
+
+
+def _finite(pred: dict[str, np.ndarray], key: str) -> np.ndarray:
+    return np.isfinite(pred[key].reshape(len(pred[key]), -1)).all(1)
+
+
+def _names(table: pd.DataFrame, rows: np.ndarray) -> str:
+    """'subject/action/img (row i)' of up to 5 rows."""
     names = ["/".join(map(str, table.iloc[i][ID_COLUMNS])) + f" (row {i})" for i in rows[:5]]
-    pnp_only = int((net_ok[rows]).sum())
-    raise InferenceError(f"{where}: bad predictions in {len(rows)} sample(s) that were not skipped "
-                         f"({len(rows) - pnp_only} non-finite from the network, {pnp_only} where PnP failed "
-                         "or put the face behind the camera): " + ", ".join(names)
-                         + (" (another infer.pnp_flags, e.g. EPNP or SQPNP, may solve them)" if pnp_only else ""))
+    return ", ".join(names) + (", ..." if len(rows) > 5 else "")
 
 
 def predict_store(model: FaceNet, store: CropStore, perm: np.ndarray, camera: Camera,
@@ -202,11 +221,12 @@ def predict_store(model: FaceNet, store: CropStore, perm: np.ndarray, camera: Ca
 def infer_split(model: FaceNet, store: CropStore, table: pd.DataFrame, perm: np.ndarray, camera: Camera,
                 settings: InferSettings, fallback: Fallback, where: str) -> dict[str, np.ndarray]:
     """Predictions of one split, fallback rows filled and checked: the arrays of the predictions
-    file (verts, R_t, landmarks, sigma, skipped (N,) bool). `where` names the run in errors."""
+    file (verts, R_t, landmarks, sigma, skipped (N,) bool, pnp_failed (N,) bool). `where` names the run in errors."""
     skipped = skipped_rows(store)
     pred = predict_store(model, store, perm, camera, settings)
     apply_fallback(pred, skipped, fallback, camera)
-    check_predictions(pred, skipped, table, where)
+    check_network(pred, skipped, table, where)
+    pred["pnp_failed"] = repair_poses(pred, skipped, fallback, table, settings.max_pnp_failures, where)
     if skipped.any():
         log.warning("%s: %d skipped sample(s) got the fallback prediction (PCA mean mesh, mean training pose)",
                     where, int(skipped.sum()))

@@ -11,7 +11,7 @@ import yaml
 from stages import infer, pca, submit
 from stages.face.pca import PCABasis
 from stages.nets.checkpoint import CheckpointError
-from stages.nets.inference import InferenceError, check_predictions, network_outputs
+from stages.nets.inference import Fallback, InferenceError, check_network, network_outputs, repair_poses
 from stages.nets.flipmerge import unmirror_outputs
 from stages.nets.dataset import CropStore, crop_targets
 from stages.nets.model import FaceNet, NetConfig
@@ -31,7 +31,7 @@ def net_config(params, **changes) -> NetConfig:
 
 def save_model(root, params, **changes) -> FaceNet:
     """A random network saved as artifacts/train/model.pt, with the PCA basis loaded and its
-    landmarks near the mean val target (weights scaled down), so that PnP finds a face pose."""
+    landmarks near the mean val target (small random head weights), so that PnP finds a face pose."""
     torch.manual_seed(0)
     model = FaceNet(net_config(params, **changes))
     basis = PCABasis.load(root / "artifacts" / "pca" / "basis.npz")
@@ -42,8 +42,9 @@ def save_model(root, params, **changes) -> FaceNet:
         uv = crop_targets(camera, np.load(root / "artifacts" / "pca" / "verts_val.npy"),
                           np.load(root / "artifacts" / "pca" / "poses_val.npy"), store.warps)
         model.landmarks.init_mean(torch.as_tensor(uv.mean(0)))
-        with torch.no_grad():
-            model.landmarks.fc.weight.mul_(0.01)
+        with torch.no_grad():            # the heads start at zero: give them small random weights
+            torch.nn.init.normal_(model.landmarks.fc.weight, std=1e-3)
+            torch.nn.init.normal_(model.shape.fc.weight, std=1e-3)
     path = root / "artifacts" / "train" / "model.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"config": model.config.to_dict(), "model": model.state_dict(), "params": params["train"],
@@ -163,18 +164,36 @@ def test_nan_outputs_stop_naming_the_rows_unless_skipped(project):
                root / "artifacts" / "train" / "model.pt")
     table = read_list(root / "artifacts" / "split" / "val.csv")
     first = "/".join(table.iloc[0][ID_COLUMNS])
-    expected = f"bad predictions in {len(table)} sample.*{len(table)} non-finite.*{first} \\(row 0\\)"
+    expected = f"non-finite outputs for {len(table)} sample.*{first} \\(row 0\\)"
     with pytest.raises(InferenceError, match=expected):
         infer.run(params, "val")
     assert not (root / "artifacts" / "infer" / "predictions_val.npz").exists()
 
 
-def test_pose_behind_the_camera_stops_but_skipped_rows_may_be_nan():
+def _three_rows():
     table = pd.DataFrame({"subject_id": ["a", "b", "c"], "facial_action": "x", "img_id": ["1", "2", "3"]})
     pred = {"verts": np.zeros((3, 4, 3)), "landmarks": np.zeros((3, 4, 2)), "R_t": np.tile(np.eye(4), (3, 1, 1))}
     pred["R_t"][:, 3, 2] = -0.5
+    return table, pred
+
+
+def test_skipped_rows_may_be_nan_but_network_nan_stops():
+    table, pred = _three_rows()
     pred["verts"][2] = np.nan
-    check_predictions(pred, np.array([False, False, True]), table, "here")
-    pred["R_t"][1, 3, 2] = 0.2
-    with pytest.raises(InferenceError, match=r"here: bad predictions in 1 sample.*1 where PnP failed.*b/x/2 \(row 1\)"):
-        check_predictions(pred, np.array([False, False, True]), table, "here")
+    check_network(pred, np.array([False, False, True]), table, "here")
+    with pytest.raises(InferenceError, match=r"here: the network gave non-finite outputs for 1 sample.*c/x/3 \(row 2\)"):
+        check_network(pred, np.zeros(3, bool), table, "here")
+
+
+def test_failed_pnp_gets_the_fallback_pose_up_to_the_allowed_fraction():
+    table, pred = _three_rows()
+    fallback = Fallback(verts=np.zeros((4, 3)), R_t=np.diag([1.0, 1.0, 1.0, 1.0]))
+    fallback.R_t[3, 2] = -0.6
+    pred["R_t"][1, 3, 2] = 0.2                       # behind the camera
+    pred["R_t"][2] = np.nan                          # skipped: not counted, not repaired here
+    skipped = np.array([False, False, True])
+    with pytest.raises(InferenceError, match=r"here: PnP failed .* for 1 of 2 sample.*b/x/2 \(row 1\)"):
+        repair_poses({k: v.copy() for k, v in pred.items()}, skipped, fallback, table, 0.25, "here")
+    failed = repair_poses(pred, skipped, fallback, table, 0.5, "here")
+    assert failed.tolist() == [False, True, False]
+    assert pred["R_t"][1, 3, 2] == -0.6 and pred["R_t"][0, 3, 2] == -0.5
