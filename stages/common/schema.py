@@ -143,17 +143,6 @@ SCHEMA = {
         "device": str,            # auto | cpu | cuda
         "amp": bool,              # autocast on CUDA (ignored on CPU)
         "workers": int,           # PnP threads (run while the network does the next batch)
-    },
-    "infer": {
-        "checkpoint": str,        # network of artifacts/<checkpoint>/model.pt: finetune | train
-        "batch_size": int,        # crops per forward (each pass runs 2x this with flip & merge)
-        "flip_merge": str,        # none | 3d (merge the mesh only, the paper) | both (mesh and landmarks)
-        "pnp": str,               # opencv (cv2.solvePnP) | batched (stages/pnp LM, weights 1 / sigma)
-        "pnp_flags": str,         # OpenCV method cv2.SOLVEPNP_<name> (ITERATIVE, EPNP, SQPNP, ...), or
-                                  # <name>+ITERATIVE: that method's pose refined by OpenCV's LM
-        "device": str,            # auto | cpu | cuda
-        "amp": bool,              # autocast on CUDA (ignored on CPU)
-        "workers": int,           # PnP threads (run while the network does the next batch)
         "max_pnp_failures": float,  # fraction of rows whose PnP may fail (mean pose instead); more stops
     },
 }
