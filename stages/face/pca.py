@@ -24,21 +24,11 @@ from tqdm import tqdm
 
 from stages.common.io import save_npz
 from stages.face.mesh import read_obj
+from stages.wcpa.arkit import ARKIT_NAMES
 
 log = logging.getLogger(__name__)
 
-ARKIT_BLENDSHAPES = (
-    "eyeBlinkLeft", "eyeLookDownLeft", "eyeLookInLeft", "eyeLookOutLeft", "eyeLookUpLeft",
-    "eyeSquintLeft", "eyeWideLeft", "eyeBlinkRight", "eyeLookDownRight", "eyeLookInRight",
-    "eyeLookOutRight", "eyeLookUpRight", "eyeSquintRight", "eyeWideRight", "jawForward", "jawLeft",
-    "jawRight", "jawOpen", "mouthClose", "mouthFunnel", "mouthPucker", "mouthLeft", "mouthRight",
-    "mouthSmileLeft", "mouthSmileRight", "mouthFrownLeft", "mouthFrownRight", "mouthDimpleLeft",
-    "mouthDimpleRight", "mouthStretchLeft", "mouthStretchRight", "mouthRollLower", "mouthRollUpper",
-    "mouthShrugLower", "mouthShrugUpper", "mouthPressLeft", "mouthPressRight", "mouthLowerDownLeft",
-    "mouthLowerDownRight", "mouthUpperUpLeft", "mouthUpperUpRight", "browDownLeft", "browDownRight",
-    "browInnerUp", "browOuterUpLeft", "browOuterUpRight", "cheekPuff", "cheekSquintLeft",
-    "cheekSquintRight", "noseSneerLeft", "noseSneerRight",
-)   # the 52 ARKit blendshapes but tongueOut (paper sec. 2.3.1)
+ARKIT_BLENDSHAPES = ARKIT_NAMES      # the 51 blendshape meshes of the PCA (paper sec. 2.3.1)
 
 
 @dataclass(frozen=True)
