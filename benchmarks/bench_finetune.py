@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -68,7 +69,8 @@ def main() -> None:
     trainer = FinetuneTrainer(params, paths, load_resources(params["data"]["root"]).camera)
     loader = iter(trainer.loader)
     batches = [next(loader) for _ in range(args.steps + 1)]
-    base_wall, base_cpu = step_rate(trainer, lambda *a: Trainer.train_step(trainer, *a), batches)
+    plain_terms = partial(Trainer.step_terms, trainer)    # the train stage's eq. 1-3 only
+    base_wall, base_cpu = step_rate(trainer, lambda *a: trainer.train_step(*a, step_terms=plain_terms), batches)
     ft_wall, ft_cpu = step_rate(trainer, trainer.train_step, batches)
     cfg = params["finetune"]
     print(f"batch {len(batches[0]['images'])}, pnp_points {cfg['pnp_points']}, mc_samples {cfg['mc_samples']}, "

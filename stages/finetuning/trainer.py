@@ -24,7 +24,7 @@ import torch.distributed as dist
 from stages.common.io import save_json
 from stages.finetuning.batches import PoseBatches
 from stages.finetuning.pnp_loss import PnPSettings, pnp_terms
-from stages.nets.trainer import (Trainer, TrainPaths, fingerprint, log_epoch, loss_terms, lr_factor,
+from stages.nets.trainer import (Trainer, TrainPaths, fingerprint, log_epoch,
                                  make_loader, open_live)
 from stages.wcpa.camera import Camera
 
@@ -100,28 +100,13 @@ class FinetuneTrainer(Trainer):
             "pnp": {k: str(v) for k, v in asdict(self.pnp).items()}, "start": file_digest(paths.start),
             "crop": self.train_data.store.size, "n_train": len(data.store)})
 
-    def finetune_terms(self, out: dict, batch: dict, step: int) -> dict[str, torch.Tensor]:
-        """Eq. 6 terms (keys of self.lambdas) and the PnP diagnostics pnp_valid, pnp_ess."""
-        terms = loss_terms(out, batch, self.cfg, self.weights_mm)
+    def step_terms(self, out: dict, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        """Eq. 6 terms (keys of self.lambdas) and the PnP diagnostics pnp_valid, pnp_ess (no weight)."""
+        terms = super().step_terms(out, batch, step)
         self.generator.manual_seed(self.seed * STEP_SEED_STRIDE + step * self.ctx.world + self.ctx.rank)
         pnp = pnp_terms(out, batch, self.pnp, self.generator)
         return {**terms, "pnp": pnp["pose"], "mc": pnp["mc"],
                 "pnp_valid": pnp["valid"].float().mean(), "pnp_ess": pnp["ess"].float().mean()}
-
-    def train_step(self, batch: dict, step: int, total: int) -> dict:
-        """Trainer.train_step with the eq. 6 loss (diagnostics are reported, not optimised)."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.cfg.lr * lr_factor(self.cfg, step, total)
-        batch = {k: v.to(self.ctx.device, non_blocking=True) for k, v in batch.items()}
-        with torch.autocast(self.ctx.device.type, enabled=self.amp):
-            out = self.net(batch["images"])
-        terms = self.finetune_terms(out, batch, step)
-        total_loss = sum(self.lambdas[k] * terms[k] for k in self.lambdas)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total_loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return {"loss": float(total_loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
 
     def validation_record(self, epoch: int, train_terms: dict) -> dict:
         """History entry of an epoch (epoch 0 = the start model, no train terms)."""

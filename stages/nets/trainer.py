@@ -221,15 +221,23 @@ class Trainer:
         self.start_epoch, self.history = state["epoch"] + 1, state["history"]
         return True
 
-    def train_step(self, batch: dict, step: int, total: int) -> dict:
-        """Forward, loss, backward and optimizer step on one batch -> the loss terms (floats)."""
+    def step_terms(self, out: dict, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        """The loss terms of one batch (eq. 1-3); subclasses add theirs (finetune: eq. 5, MC)."""
+        return loss_terms(out, batch, self.cfg, self.weights_mm)
+
+    def train_step(self, batch: dict, step: int, total: int, step_terms=None) -> dict:
+        """Forward, loss, backward and optimizer step on one batch -> the loss terms (floats).
+
+        The loss is sum_k lambda_k term_k over the terms that have a weight in self.lambdas;
+        other terms are diagnostics, reported only. step_terms: another terms function with
+        step_terms' signature (default self.step_terms)."""
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.lr * lr_factor(self.cfg, step, total)
         batch = {k: v.to(self.ctx.device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(self.ctx.device.type, enabled=self.amp):
             out = self.net(batch["images"])
-        terms = loss_terms(out, batch, self.cfg, self.weights_mm)
-        total_loss = sum(self.lambdas[k] * terms[k] for k in terms)
+        terms = (step_terms or self.step_terms)(out, batch, step)
+        total_loss = sum(self.lambdas[k] * value for k, value in terms.items() if k in self.lambdas)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total_loss).backward()
         self.scaler.step(self.optimizer)

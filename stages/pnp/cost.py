@@ -81,6 +81,14 @@ def robust_point_weights(r: torch.Tensor, huber_delta: float | None = None) -> t
     return torch.where(norm <= huber_delta, torch.ones_like(norm), huber_delta / norm)
 
 
+def _rotated_and_normalised(R: torch.Tensor, t: torch.Tensor, x3d: torch.Tensor):
+    """P = R x3d (B, 3, N) and the camera point's X / Z, Y / Z, 1 / Z, each (B, N)."""
+    P = R @ x3d
+    X, Y, Z = (P + t[..., None]).unbind(1)
+    inv_z = 1 / Z
+    return P, X * inv_z, Y * inv_z, inv_z
+
+
 def residuals_and_jacobian(R: torch.Tensor, t: torch.Tensor, x3d: torch.Tensor,
                            x2d: torch.Tensor, w2d: torch.Tensor,
                            K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,10 +98,7 @@ def residuals_and_jacobian(R: torch.Tensor, t: torch.Tensor, x3d: torch.Tensor,
     d r / d delta = P x g and d r / d dt = g.
     """
     fx, fy, cx, cy = intrinsics(K, x3d.shape[0])
-    P = R @ x3d
-    X, Y, Z = (P + t[..., None]).unbind(1)
-    inv_z = 1 / Z
-    xz, yz = X * inv_z, Y * inv_z
+    P, xz, yz, inv_z = _rotated_and_normalised(R, t, x3d)
     wu, wv = w2d.unbind(1)
     r = torch.stack([wu * (fx * xz + cx - x2d[:, 0]), wv * (fy * yz + cy - x2d[:, 1])], 1)
     a = wu * fx * inv_z                      # g_u = a (1, 0, -xz)
@@ -135,10 +140,7 @@ def gauss_newton_system(R: torch.Tensor, t: torch.Tensor, x3d: torch.Tensor, x2d
     with e = A^T W r. The sums over points reduce to the moments sum_n C_kl P_i P_j and
     sum_n e_k P_i, one batched matrix product with the products of P = R x3d."""
     fx, fy, cx, cy = intrinsics(K, x3d.shape[0])
-    P = R @ x3d
-    X, Y, Z = (P + t[..., None]).unbind(1)
-    inv_z = 1 / Z
-    xz, yz = X * inv_z, Y * inv_z
+    P, xz, yz, inv_z = _rotated_and_normalised(R, t, x3d)
     wu, wv = w2d.unbind(1)
     ru = wu * (fx * xz + cx - x2d[:, 0])
     rv = wv * (fy * yz + cy - x2d[:, 1])
