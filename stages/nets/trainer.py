@@ -26,6 +26,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from stages.common.io import atomic_write, save_json
+from stages.common.threads import single_thread_blas
 from stages.face.pca import PCABasis
 from stages.nets import losses
 from stages.nets.dataset import CropStore, TrainBatches, crop_targets
@@ -191,6 +192,7 @@ class Trainer:
         self.lambdas = {k: params["lambda"][k] for k in ("gnll", "vdc", "wpdc")}
         self.seed, self.paths, self.camera = params["seed"], paths, camera
         self.ctx = start_distributed(self.cfg.device)
+        single_thread_blas()        # the batches are prepared in this process: see stages.common.threads
         torch.manual_seed(self.seed)
         self.basis = PCABasis.load(paths.pca / "basis.npz")
         flip_perm = np.load(paths.pca / "basis.npz")["flip_perm"]
@@ -199,7 +201,8 @@ class Trainer:
         self.model = build_model(self.cfg, self.basis, size, mean_target(camera, self.train_data)).to(self.ctx.device)
         self.net = (DistributedDataParallel(self.model, device_ids=[self.ctx.device] if self.ctx.device.type == "cuda" else None)
                     if self.ctx.world > 1 else self.model)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
+                                          fused=True)
         self.amp = self.cfg.amp and self.ctx.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.weights_mm = torch.as_tensor(self.basis.wpdc_weights(), device=self.ctx.device)
