@@ -26,6 +26,7 @@ for _a, _i, _k in ((0, 1, 2), (1, 2, 0), (2, 0, 1)):
 SYMMETRIC_4x4 = torch.tensor([0, 1, 2, 3, 1, 4, 5, 6, 2, 5, 7, 8, 3, 6, 8, 9])
 # Index of C_kl among the 5 stored entries (c11, c22, c13, c23, c33; c12 = 0 is entry 5).
 SYMMETRIC_3x3 = torch.tensor([0, 5, 2, 5, 1, 3, 2, 3, 4])
+CPU_CHUNK_POINTS = 1 << 15      # points (problems x points each) per chunk of gauss_newton_system
 
 
 def symmetric_products(x: torch.Tensor) -> torch.Tensor:
@@ -133,7 +134,26 @@ def gauss_newton_system(R: torch.Tensor, t: torch.Tensor, x3d: torch.Tensor, x2d
                         w2d: torch.Tensor, K: torch.Tensor, huber_delta: float | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """cost (B,), H (B, 6, 6) and g (B, 6), equal to robust_cost and normal_equations of
-    residuals_and_jacobian, without building the (B, 6, 2, N) Jacobian.
+    residuals_and_jacobian, without building the (B, 6, 2, N) Jacobian (`_moment_system`).
+
+    On CPU the batch is taken CPU_CHUNK_POINTS points at a time: every temporary then stays
+    small enough for the allocator to reuse, where whole-batch float64 temporaries (256 x 1220
+    points: 2.5 MB each) went back to the OS and were page-faulted in again at every operation
+    (benchmarks.bench_pnp: the float64 solve was several times slower than float32)."""
+    batch, points = x3d.shape[0], x3d.shape[-1]
+    rows = max(1, CPU_CHUNK_POINTS // max(points, 1))
+    if x3d.device.type != "cpu" or batch <= rows:
+        return _moment_system(R, t, x3d, x2d, w2d, K, huber_delta)
+    K = K.expand(batch, 3, 3)
+    parts = [_moment_system(*(x[i:i + rows] for x in (R, t, x3d, x2d, w2d, K)), huber_delta)
+             for i in range(0, batch, rows)]
+    return tuple(torch.cat(part) for part in zip(*parts))
+
+
+def _moment_system(R: torch.Tensor, t: torch.Tensor, x3d: torch.Tensor, x2d: torch.Tensor,
+                   w2d: torch.Tensor, K: torch.Tensor, huber_delta: float | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """gauss_newton_system on one chunk of the batch.
 
     Per point, J = A [-hat(P), I] with A = d r / d X (2 x 3); so J^T W J = [-hat(P), I]^T C
     [-hat(P), I] with C = A^T W A (3 x 3, five distinct entries) and J^T W r = [-hat(P), I]^T e

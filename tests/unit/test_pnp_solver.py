@@ -100,6 +100,18 @@ def test_moment_normal_equations_match_the_explicit_jacobian(huber_delta):
     assert torch.allclose(cost, robust_cost(r, huber_delta))
 
 
+def test_cpu_chunks_of_the_batch_give_the_whole_batch_system(monkeypatch):
+    case = make_problems(np.random.default_rng(6), 7, 50, noise_px=2.0)
+    x3d, x2d, K = planar_tensors(case)
+    w2d = torch.rand_like(x2d) + 0.1
+    R, t = torch.from_numpy(case["R"]), torch.from_numpy(case["t"])
+    whole = gauss_newton_system(R, t, x3d, x2d, w2d, K, 2.0)
+    monkeypatch.setattr("stages.pnp.cost.CPU_CHUNK_POINTS", 3 * 50)     # chunks of 3, 3, 1 problems
+    chunked = gauss_newton_system(R, t, x3d, x2d, w2d, K.expand(7, 3, 3), 2.0)
+    for a, b in zip(chunked, whole):
+        assert a.shape == b.shape and torch.allclose(a, b, rtol=1e-12, atol=0)
+
+
 def test_jacobian_matches_finite_differences_of_the_left_increment():
     case = make_problems(np.random.default_rng(6), 2, 20, noise_px=1.0)
     x3d, x2d, K = planar_tensors(case)
