@@ -26,6 +26,7 @@ import torch
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
+from stages.common.threads import single_thread_blas
 from stages.face.warp import apply_warp
 from stages.nets.dataset import CropStore
 from stages.nets.flipmerge import check_mode, merge_outputs, unmirror_outputs
@@ -195,7 +196,9 @@ def _names(table: pd.DataFrame, rows: np.ndarray) -> str:
 def predict_store(model: FaceNet, store: CropStore, perm: np.ndarray, camera: Camera,
                   settings: InferSettings) -> dict[str, np.ndarray]:
     """verts (N, V, 3), R_t (N, 4, 4), landmarks (N, V, 2) full px, sigma (N, V) full px for a
-    store's rows (fallback rows not yet filled: see `apply_fallback`)."""
+    store's rows (fallback rows not yet filled: see `apply_fallback`). numpy's BLAS gets one
+    thread (stages.common.threads): the PnP threads and torch share the cores."""
+    single_thread_blas()
     mode = check_mode(settings.flip_merge)
     mirror = perm if mode != "none" else None
     parts: dict[str, list] = {"verts": [], "landmarks": [], "sigma": []}
