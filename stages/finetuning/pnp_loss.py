@@ -12,7 +12,7 @@ Terms (per sample; the batch value is the mean over the samples the layer accept
         score from 81.37 to 79.99 and ADD from 21.69 to 21.06 mm, against 80.37 and 21.24 for
         the same run without the PnP terms; in metres (lambda 2 -> 1000x weaker) the run was
         that control to three decimals. (At a constant 1e-4 the mm term had made one epoch's
-        landmarks worse: README "Finetuning".)
+        landmarks worse: README "Differentiable PnP and EPro-PnP finetuning".)
   mc:   EPro-PnP's Monte Carlo NLL of the true pose, cost(P_gt) + log Z (nats); it is what
         trains sigma together with the pose (the cost is a sum over the PnP points, like eq. 1).
 Samples the layer flags as degenerate (non-finite outputs, too few weighted points, no valid

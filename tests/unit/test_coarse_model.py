@@ -36,7 +36,7 @@ def test_forward_shapes_and_one_training_step_lowers_the_loss(backbone):
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < losses[0]
 
 
