@@ -3,9 +3,10 @@
 Each problem of the batch keeps its own damping lambda; a step solves
 (H + lambda diag(H)) step = -g with H, g the (IRLS) normal equations of stages.pnp.cost, and
 is kept only if it lowers the cost (then lambda / 10, else lambda * 10). A problem stops when
-an accepted step's predicted decrease of the cost (from the quadratic model) is below
-`cost_rtol * (1 + cost)`, when a rejected step changes the cost by no more than rounding, or
-when lambda reaches its maximum; the iterations then run on the still active problems only.
+the next step's predicted decrease of the cost (from the quadratic model, tested before that
+step is evaluated, and only while no step has been rejected since the last accepted one) is
+below `cost_rtol * (1 + cost)`, when a rejected step changes the cost by no more than rounding,
+or when lambda reaches its maximum; the iterations then run on the still active problems only.
 The covariance of the pose (left increment coordinates (delta, dt)) is H^-1 at the solution,
 the inverse of J^T W J (W the robust weights), i.e. the Laplace approximation of exp(-cost).
 """
@@ -66,28 +67,35 @@ def levenberg_marquardt(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor,
     index = torch.arange(x3d.shape[0], device=x3d.device)
     state = _State(R, t, x3d, x2d, w2d, Kb, huber_delta)
     lam = torch.full_like(state.cost, LAMBDA_START)
+    fresh = torch.ones_like(state.cost, dtype=torch.bool)     # no step rejected since the last accepted one
     iters = 0
     for iters in range(1, max_iters + 1):
         step = _damped_step(state.H, state.g, lam)
         curvature = (step * (state.H @ step[..., None])[..., 0]).sum(-1)
         predicted = -(step * state.g).sum(-1) - 0.5 * curvature
+        converged = fresh & (predicted <= cost_rtol * (1 + state.cost))
+        if converged.any():          # stop before evaluating a step that could not help
+            _store(R_out, t_out, cost_out, H_out, index[converged], state, converged)
+            keep = ~converged
+            if not keep.any():
+                break
+            index, state, lam, step = index[keep], _subset(state, keep), lam[keep], step[keep]
+            x3d, x2d, w2d, Kb = x3d[keep], x2d[keep], w2d[keep], Kb[keep]
         R_new, t_new = apply_increment(state.R, state.t, step)
         trial = _State(R_new, t_new, x3d, x2d, w2d, Kb, huber_delta)
         accept = torch.isfinite(trial.cost) & (trial.cost < state.cost)
         unchanged = (trial.cost - state.cost).abs() <= 100 * eps * state.cost.abs()
         state.select(accept, trial)
         lam = torch.where(accept, lam / 10, lam * 10).clamp(LAMBDA_MIN, LAMBDA_MAX)
-        done = ((accept & (predicted <= cost_rtol * (1 + state.cost))) | (~accept & unchanged)
-                | (lam >= LAMBDA_MAX) | ~torch.isfinite(state.cost))
+        fresh = accept
+        done = (~accept & unchanged) | (lam >= LAMBDA_MAX) | ~torch.isfinite(state.cost)
         if iters == max_iters:
             done = torch.ones_like(done)
         _store(R_out, t_out, cost_out, H_out, index[done], state, done)
         keep = ~done
         if not keep.any():
             break
-        index = index[keep]
-        state = _subset(state, keep)
-        lam = lam[keep]
+        index, state, lam, fresh = index[keep], _subset(state, keep), lam[keep], fresh[keep]
         x3d, x2d, w2d, Kb = x3d[keep], x2d[keep], w2d[keep], Kb[keep]
     return R_out, t_out, cost_out, H_out, iters
 

@@ -32,7 +32,7 @@ def test_noiseless_problems_are_solved_exactly():
     assert result.valid.all()
     assert rotation_error_rad(result.R.numpy(), case["R"]).max() < 1e-4
     assert np.abs(result.t.numpy() - case["t"]).max() * 1000 < 0.01
-    assert result.cost.max() < 1e-12
+    assert result.cost.max() < 1e-9          # RMS reprojection error < 2e-6 px (stops at cost_rtol 1e-10)
 
 
 def test_noisy_problems_reach_opencv_iterative_minimum():
