@@ -48,7 +48,7 @@ def bench_solve(repeats: int) -> None:
         t_b, result = best_time(lambda: solve_pnp(x3d, x2d, K), repeats)
         rot = np.degrees(rotation_error_rad(result.R.double().numpy(), R_cv)).max()
         trans = np.abs(result.t.double().numpy() - tr_cv).max() * 1000
-        print(f"  batched {str(dtype):14s} {t_b * 1000:7.1f} ms  speed-up x{t_cv / t_b:.1f}  "
+        print(f"  batched {str(dtype):14s} {t_b * 1000:7.1f} ms  speed-up x{t_cv / t_b:.2f}  "
               f"iterations {result.iterations}  max diff to OpenCV {rot:.2e} deg {trans:.2e} mm")
 
 
