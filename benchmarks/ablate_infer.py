@@ -82,8 +82,7 @@ def main() -> None:
     basis = PCABasis.load(ARTIFACTS / "pca" / "basis.npz")
     perm = np.load(ARTIFACTS / "pca" / "basis.npz")["flip_perm"]
     checkpoint = ARTIFACTS / (args.checkpoint or cfg.checkpoint) / "model.pt"
-    model = load_network(checkpoint, Expected(train.depth, train.coordconv, train.shape_head, store.size,
-                                              resources.n_verts, basis.n_components, train.input_size))
+    model = load_network(checkpoint, Expected.of(train, store.size, resources.n_verts, basis.n_components))
     fallback = Fallback(basis.mean.astype(np.float32), mean_pose(np.load(ARTIFACTS / "pca" / "poses_train.npy")))
     labels = (np.load(ARTIFACTS / "pca" / "verts_val.npy"), np.load(ARTIFACTS / "pca" / "poses_val.npy"))
     plain, back = collect_outputs(model, store, perm, settings)

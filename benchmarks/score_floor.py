@@ -88,8 +88,7 @@ def main() -> None:
     train = section(params, "train")
     basis = PCABasis.load(ARTIFACTS / "pca" / "basis.npz")
     model = load_network(ARTIFACTS / args.checkpoint / "model.pt",
-                         Expected(train.depth, train.coordconv, train.shape_head, store.size,
-                                  resources.n_verts, basis.n_components, train.input_size))
+                         Expected.of(train, store.size, resources.n_verts, basis.n_components))
     n_train = len(split["train"][1])
     print(f"Mesh from 2D landmarks by ridge regression (fitted on {n_train} train samples), val mesh error (mm):")
     targets, predicted = {}, {}

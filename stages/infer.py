@@ -61,10 +61,7 @@ def run(params: dict, split: str, artifacts: Path = ARTIFACTS) -> dict[str, np.n
     with np.load(basis_path) as npz:
         perm = npz["flip_perm"]
     checkpoint = artifacts / cfg.checkpoint / "model.pt"
-    expected = Expected(depth=train.depth, coordconv=train.coordconv, shape_head=train.shape_head,
-                        crop_size=store.size, n_verts=resources.n_verts, n_components=basis.n_components,
-                        input_size=train.input_size)
-    model = load_network(checkpoint, expected)
+    model = load_network(checkpoint, Expected.of(train, store.size, resources.n_verts, basis.n_components))
     fallback = Fallback(verts=basis.mean.astype(np.float32),
                         R_t=mean_pose(np.load(artifacts / "pca" / "poses_train.npy")))
     settings = settings_of(cfg)

@@ -13,13 +13,11 @@ import hashlib
 import json
 import logging
 import shutil
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from stages.common.io import save_json
 from stages.finetuning.batches import PoseBatches
@@ -108,11 +106,6 @@ class FinetuneTrainer(Trainer):
         return {**terms, "pnp": pnp["pose"], "mc": pnp["mc"],
                 "pnp_valid": pnp["valid"].float().mean(), "pnp_ess": pnp["ess"].float().mean()}
 
-    def validation_record(self, epoch: int, train_terms: dict) -> dict:
-        """History entry of an epoch (epoch 0 = the start model, no train terms)."""
-        return {"epoch": epoch, **{f"train_{k}": v for k, v in train_terms.items()},
-                **{f"val_{k}": v for k, v in self.validate().items()}}
-
 
 def run_finetune(params: dict, paths: FinetunePaths, camera: Camera) -> dict:
     """Finetune (or resume) to finetune.epochs; returns the metrics (rank 0) or {} (other ranks)."""
@@ -129,21 +122,11 @@ def run_finetune(params: dict, paths: FinetunePaths, camera: Camera) -> dict:
         trainer.history.append(record)
         log_epoch(live, record)
         log.info("start model: %s", json.dumps({k: round(v, 3) for k, v in record.items()}))
-    started = time.perf_counter()
-    for epoch in range(trainer.start_epoch, trainer.cfg.epochs):
-        train_terms = trainer.train_epoch(epoch)
-        if main:
-            record = trainer.validation_record(epoch + 1, train_terms)
-            trainer.history.append(record)
-            log_epoch(live, record)
-            trainer.checkpoint(epoch)
-            log.info("epoch %d: %s", epoch + 1, json.dumps({k: round(v, 3) for k, v in record.items()}))
-        if trainer.ctx.world > 1:
-            dist.barrier()
+    seconds = trainer.run_epochs(live)
     if not main:
         return {}
     trainer.save_model()
-    metrics = summary(trainer.history, time.perf_counter() - started)
+    metrics = summary(trainer.history, seconds)
     save_json(out / "metrics.json", metrics)
     live.end()
     return metrics

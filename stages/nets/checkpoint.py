@@ -33,6 +33,13 @@ class Expected:
     n_components: int   # components of artifacts/pca/basis.npz
     input_size: int     # train.input_size (0: the crop size)
 
+    @classmethod
+    def of(cls, train, crop_size: int, n_verts: int, n_components: int) -> "Expected":
+        """From the train params section (depth, coordconv, shape_head, input_size) and the data."""
+        return cls(depth=train.depth, coordconv=train.coordconv, shape_head=train.shape_head,
+                   crop_size=crop_size, n_verts=n_verts, n_components=n_components,
+                   input_size=train.input_size)
+
 
 def read_checkpoint(path: Path) -> dict:
     """The saved dict; a missing or malformed file is a CheckpointError naming it."""

@@ -283,6 +283,27 @@ class Trainer:
                            crop_targets(self.camera, verts, poses, warps), self.cfg.val_pnp_flags)
         return {**metrics, "skipped": float(len(data.store) - len(rows))}
 
+    def validation_record(self, epoch: int, train_terms: dict) -> dict:
+        """History entry of an epoch: its mean train terms and the val metrics (rank 0)."""
+        return {"epoch": epoch, **{f"train_{k}": v for k, v in train_terms.items()},
+                **{f"val_{k}": v for k, v in self.validate().items()}}
+
+    def run_epochs(self, live) -> float:
+        """Train from start_epoch to cfg.epochs; after each epoch rank 0 validates, logs to `live`
+        and writes a checkpoint. Returns the seconds taken."""
+        started = time.perf_counter()
+        for epoch in range(self.start_epoch, self.cfg.epochs):
+            train_terms = self.train_epoch(epoch)
+            if self.ctx.main:
+                record = self.validation_record(epoch + 1, train_terms)
+                self.history.append(record)
+                log_epoch(live, record)
+                self.checkpoint(epoch)
+                log.info("epoch %d: %s", epoch + 1, json.dumps({k: round(v, 3) for k, v in record.items()}))
+            if self.ctx.world > 1:
+                dist.barrier()
+        return time.perf_counter() - started
+
     def checkpoint(self, epoch: int) -> None:
         save_checkpoint(self.paths.checkpoints, {
             "epoch": epoch, "fingerprint": self.fp, "model": self.model.state_dict(),
@@ -305,24 +326,12 @@ def run_training(params: dict, paths: TrainPaths, camera: Camera) -> dict:
         for stale in (paths.checkpoints, paths.out / "live"):
             shutil.rmtree(stale, ignore_errors=True)
     live = open_live(paths.out / "live", resumed) if trainer.ctx.main else None
-    started = time.perf_counter()
-    for epoch in range(trainer.start_epoch, trainer.cfg.epochs):
-        train_terms = trainer.train_epoch(epoch)
-        if trainer.ctx.main:
-            val = trainer.validate()
-            record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in train_terms.items()},
-                      **{f"val_{k}": v for k, v in val.items()}}
-            trainer.history.append(record)
-            log_epoch(live, record)
-            trainer.checkpoint(epoch)
-            log.info("epoch %d: %s", epoch + 1, json.dumps({k: round(v, 3) for k, v in record.items()}))
-        if trainer.ctx.world > 1:
-            dist.barrier()
+    seconds = trainer.run_epochs(live)
     if not trainer.ctx.main:
         return {}
     trainer.save_model()
     metrics = {"final": trainer.history[-1] if trainer.history else {},
-               "train_seconds_this_run": round(time.perf_counter() - started, 1),
+               "train_seconds_this_run": round(seconds, 1),
                "epochs": trainer.history}
     save_json(paths.out / "metrics.json", metrics)
     if live is not None:

@@ -76,11 +76,10 @@ def levenberg_marquardt(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor,
         converged = fresh & (predicted <= cost_rtol * (1 + state.cost))
         if converged.any():          # stop before evaluating a step that could not help
             _store(R_out, t_out, cost_out, H_out, index[converged], state, converged)
-            keep = ~converged
-            if not keep.any():
+            if converged.all():
                 break
-            index, state, lam, step = index[keep], _subset(state, keep), lam[keep], step[keep]
-            x3d, x2d, w2d, Kb = x3d[keep], x2d[keep], w2d[keep], Kb[keep]
+            state, (index, lam, step, x3d, x2d, w2d, Kb) = _active(~converged, state, index, lam, step,
+                                                                   x3d, x2d, w2d, Kb)
         R_new, t_new = apply_increment(state.R, state.t, step)
         trial = _State(R_new, t_new, x3d, x2d, w2d, Kb, huber_delta)
         accept = torch.isfinite(trial.cost) & (trial.cost < state.cost)
@@ -92,11 +91,10 @@ def levenberg_marquardt(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor,
         if iters == max_iters:
             done = torch.ones_like(done)
         _store(R_out, t_out, cost_out, H_out, index[done], state, done)
-        keep = ~done
-        if not keep.any():
+        if done.all():
             break
-        index, state, lam, fresh = index[keep], _subset(state, keep), lam[keep], fresh[keep]
-        x3d, x2d, w2d, Kb = x3d[keep], x2d[keep], w2d[keep], Kb[keep]
+        state, (index, lam, fresh, x3d, x2d, w2d, Kb) = _active(~done, state, index, lam, fresh,
+                                                               x3d, x2d, w2d, Kb)
     return R_out, t_out, cost_out, H_out, iters
 
 
@@ -106,6 +104,11 @@ def _store(R_out, t_out, cost_out, H_out, rows, state: _State, mask: torch.Tenso
     t_out[rows] = state.t[mask]
     cost_out[rows] = state.cost[mask]
     H_out[rows] = state.H[mask]
+
+
+def _active(keep: torch.Tensor, state: _State, *tensors: torch.Tensor) -> tuple[_State, list]:
+    """The state and the per-problem tensors (b, ...) of the problems where keep (b,) is true."""
+    return _subset(state, keep), [x[keep] for x in tensors]
 
 
 def _subset(state: _State, keep: torch.Tensor) -> _State:
