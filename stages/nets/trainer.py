@@ -164,14 +164,18 @@ def make_loader(dataset: TrainBatches, ctx: Dist, cfg: SimpleNamespace, seed: in
                       pin_memory=ctx.device.type == "cuda")
 
 
-def latest_checkpoint(folder: Path, fp: str) -> dict | None:
-    """The newest checkpoint in `folder` written with fingerprint `fp`, or None."""
+def latest_checkpoint(folder: Path, fp: str, epochs: int) -> dict | None:
+    """The newest checkpoint in `folder` written with fingerprint `fp` and at most `epochs`
+    epochs done (a run asked for fewer epochs than a checkpoint has must not end there), or None."""
     for path in sorted(folder.glob("epoch_*.pt"), reverse=True):
         state = torch.load(path, map_location="cpu", weights_only=False)
-        if state.get("fingerprint") == fp:
-            log.info("resuming from %s (epoch %d done)", path, state["epoch"])
+        if state.get("fingerprint") != fp:
+            log.warning("%s was written with other params: ignored", path)
+        elif state["epoch"] + 1 > epochs:
+            log.warning("%s has %d epochs done, more than the %d asked for: ignored", path, state["epoch"] + 1, epochs)
+        else:
+            log.info("resuming from %s (%d epochs done)", path, state["epoch"] + 1)
             return state
-        log.warning("%s was written with other params: ignored", path)
     return None
 
 
@@ -215,7 +219,7 @@ class Trainer:
 
     def resume(self) -> bool:
         """Load the latest matching checkpoint; False when training starts from scratch."""
-        state = latest_checkpoint(self.paths.checkpoints, self.fp)
+        state = latest_checkpoint(self.paths.checkpoints, self.fp, self.cfg.epochs)
         if state is None:
             return False
         self.model.load_state_dict(state["model"])

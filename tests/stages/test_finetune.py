@@ -1,6 +1,7 @@
 """Stage finetune on a tiny project: from a 1-epoch train model, one finetuning epoch writes
 model.pt (the train stage's format), a checkpoint and metrics with the start and final val
-metrics; a rerun with more epochs resumes; a changed start model restarts."""
+metrics; a rerun with more epochs resumes, one with fewer ends at its own epoch's checkpoint; a
+changed start model restarts."""
 import json
 import logging
 import sys
@@ -51,6 +52,15 @@ def test_finetune_starts_from_train_writes_model_and_resumes(tmp_path, monkeypat
     resumed = json.loads((out / "metrics.json").read_text())
     assert [e["epoch"] for e in resumed["epochs"]] == [0, 1, 2] and resumed["start"] == metrics["start"]
     assert not (tmp_path / "dvc.yaml").exists()      # dvclive wrote no dvc.yaml
+
+    params["finetune"]["epochs"] = 1                  # fewer epochs: not the 2-epoch checkpoint
+    write_params(tmp_path, params)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        run_main(monkeypatch)
+    assert "epoch_001.pt has 2 epochs done, more than the 1 asked for" in caplog.text
+    assert "resuming from" in caplog.text and "epoch_000.pt (1 epochs done)" in caplog.text
+    assert [e["epoch"] for e in json.loads((out / "metrics.json").read_text())["epochs"]] == [0, 1]
 
     start_file = tmp_path / "artifacts" / "train" / "model.pt"
     start["model"]["landmarks.fc.bias"] += 0.01       # a new start model: finetuning restarts
