@@ -20,6 +20,7 @@ import torch
 
 from stages.common.params import load_params
 from stages.nets.backbone import build_backbone
+from stages.common.precision import autocast
 from stages.nets.trainer import Trainer, TrainPaths
 from stages.wcpa.layout import load_resources
 
@@ -30,8 +31,9 @@ def sync(device: torch.device) -> None:
 
 
 def reference_rate(depth: int, channels: int, batch: int, size: int, steps: int, device: torch.device,
-                   amp: bool) -> float:
-    """Images per second of the bare backbone's forward + backward on random tensors."""
+                   amp: torch.dtype | None) -> float:
+    """Images per second of the bare backbone's forward + backward on random tensors, under the
+    training step's autocast type `amp` (stages.common.precision; None: float32)."""
     net, _ = build_backbone(depth, channels)
     net.to(device).train()
     images = torch.randn(batch, channels, size, size, device=device)
@@ -40,7 +42,7 @@ def reference_rate(depth: int, channels: int, batch: int, size: int, steps: int,
             sync(device)
             start = time.perf_counter()
         net.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, enabled=amp):
+        with autocast(device, amp):
             out = net(images)
         out.float().mean().backward()
     sync(device)
@@ -80,7 +82,8 @@ def main() -> None:
     size = cfg.input_size or crop          # what the backbone sees
     channels = 5 if cfg.coordconv else 3
     print(f"ResNet{cfg.depth}, batch {cfg.batch_size}, crops {crop}px, backbone input {size}px, {channels} channels, "
-          f"workers {cfg.workers}, threads {torch.get_num_threads()}, device {trainer.ctx.device}")
+          f"workers {cfg.workers}, threads {torch.get_num_threads()}, device {trainer.ctx.device}, "
+          f"autocast {trainer.amp or 'off (float32)'}")
     reference = reference_rate(cfg.depth, channels, cfg.batch_size, size, args.steps, trainer.ctx.device, trainer.amp)
     full = full_step_rate(trainer, args.steps)
     print(f"reference (bare backbone fwd+bwd, random tensors): {reference:7.1f} img/s")

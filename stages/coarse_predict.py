@@ -81,7 +81,7 @@ def run(params: dict, out: Path = Path("artifacts/coarse_predict"),
     cfg, data = section(params, "coarse_predict"), section(params, "data")
     resources = load_resources(data.root)
     tables = split_tables(data.root, split_dir)
-    detector = Detector(model, device(), data.workers)
+    detector = Detector(model, device(), data.workers, cfg.amp)
     bad = BadInputs(skip=data.skip_bad, max_fraction=data.max_bad_fraction)
     metrics, landmarks = {}, {}
     for split in SPLITS:

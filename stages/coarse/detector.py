@@ -17,6 +17,7 @@ from stages.coarse.model import LandmarkNet
 from stages.coarse.train import to_tensor
 from stages.coarse.views import locate_warp, refine_warp
 from stages.common.io import atomic_write
+from stages.common.precision import amp_dtype, autocast
 from stages.face.warp import apply_warp, invert_warp, warp_image
 
 CONFIG_KEYS = ("locate_backbone", "refine_backbone", "locate_size", "refine_size", "refine_margin",
@@ -36,8 +37,10 @@ def save_detector(path: Path | str, nets: dict[str, LandmarkNet], config: dict[s
 class Detector:
     """Full images (H, W, 3) uint8 -> 68 landmarks (K, 2) full-image px."""
 
-    def __init__(self, path: Path | str, device: torch.device, workers: int = 1):
+    def __init__(self, path: Path | str, device: torch.device, workers: int = 1, amp: bool = False):
+        """amp: mixed-precision inference where the device has it (stages.common.precision)."""
         state = torch.load(path, map_location="cpu", weights_only=False)
+        self.amp = amp_dtype(device, amp)
         self.config = state["config"]
         self.flip_order = np.asarray(state["flip_order"])
         self.device = device
@@ -62,7 +65,7 @@ class Detector:
 
     @torch.no_grad()
     def _predict(self, net: LandmarkNet, crops: np.ndarray) -> np.ndarray:
-        with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+        with autocast(self.device, self.amp):
             return net(to_tensor(crops, self.device)).float().cpu().numpy().astype(np.float64)
 
     def __call__(self, images: list[np.ndarray], refine_passes: int = 1, flip_test: bool = False) -> np.ndarray:

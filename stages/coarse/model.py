@@ -82,7 +82,9 @@ class LandmarkNet(nn.Module):
         return self.fuse(fused)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        logits = self.heatmaps(self.features(image)).float()
+        features = self.features(image).float()
+        with torch.autocast(features.device.type, enabled=False):    # logits in float32 (stages.common.precision)
+            logits = self.heatmaps(features)
         return soft_argmax(logits * self.log_beta.exp(), image.shape[-1] / logits.shape[-1])
 
 

@@ -69,6 +69,7 @@ SCHEMA = {
         "batch_size": int,
         "refine_passes": int,     # pass 2 repeated, each time re-centred on the latest landmarks
         "flip_test": bool,        # average pass 2 with its mirrored run
+        "amp": bool,              # mixed precision: float16 on CUDA, bfloat16 on CPUs with native bfloat16
     },
     "crop": {
         "source": str,            # landmarks that place the crop: coarse | given68 | gt (gt: train only)
@@ -106,9 +107,13 @@ SCHEMA = {
         "weight_decay": float,
         "flip": float,            # horizontal flip probability
         "color_jitter": float,    # brightness/contrast/saturation strength (hue: a quarter of it)
+        "reframe_shift": float,   # crop reframing: largest shift of the centre, fraction of the crop side
+        "reframe_scale": float,   # largest |log zoom| (0.1: zoom 0.90-1.11)
+        "reframe_rotate": float,  # largest rotation, degrees
         "workers": int,           # DataLoader worker processes (0 = load in the main process)
         "device": str,            # auto | cpu | cuda
-        "amp": bool,              # autocast + GradScaler on CUDA (ignored on CPU)
+        "amp": bool,              # float16 autocast + GradScaler on CUDA; bfloat16 autocast on CPUs with
+                                  # native bfloat16 (AVX512-BF16, AMX), float32 on others
         "val_batch_size": int,
         "val_pnp_flags": str,     # OpenCV PnP of the per-epoch validation (cv2.SOLVEPNP_<name>)
     },
@@ -121,9 +126,13 @@ SCHEMA = {
         "weight_decay": float,
         "flip": float,            # horizontal flip probability
         "color_jitter": float,    # as train.color_jitter
+        "reframe_shift": float,   # as train.reframe_*
+        "reframe_scale": float,
+        "reframe_rotate": float,
         "workers": int,           # DataLoader worker processes (0 = load in the main process)
         "device": str,            # auto | cpu | cuda
-        "amp": bool,              # autocast + GradScaler on CUDA (ignored on CPU)
+        "amp": bool,              # float16 autocast + GradScaler on CUDA; bfloat16 autocast on CPUs with
+                                  # native bfloat16 (AVX512-BF16, AMX), float32 on others
         "val_batch_size": int,
         "val_pnp_flags": str,     # OpenCV PnP of the validation (as train.val_pnp_flags)
         "mc_weight": float,       # weight of EPro-PnP's Monte Carlo NLL (nats; trains sigma with the pose)
@@ -141,7 +150,7 @@ SCHEMA = {
         "pnp_flags": str,         # OpenCV method cv2.SOLVEPNP_<name> (ITERATIVE, EPNP, SQPNP, ...), or
                                   # <name>+ITERATIVE: that method's pose refined by OpenCV's LM
         "device": str,            # auto | cpu | cuda
-        "amp": bool,              # autocast on CUDA (ignored on CPU)
+        "amp": bool,              # autocast: float16 on CUDA, bfloat16 on CPUs with native bfloat16
         "workers": int,           # PnP threads (run while the network does the next batch)
         "max_pnp_failures": float,  # fraction of rows whose PnP may fail (mean pose instead); more stops
     },

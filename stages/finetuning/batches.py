@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from stages.face.warp import compose
+from stages.face.warp import compose, invert_warp
 from stages.nets.dataset import TrainBatches, flip_targets
 from stages.wcpa.camera import flip_rt, rt_to_opencv
 
@@ -27,7 +27,7 @@ def mirror_warp(width: float) -> np.ndarray:
 class PoseBatches(TrainBatches):
     """Item = one batch (positions among the usable rows) -> TrainBatches' dict (images, uv, verts, coeffs) plus
     R_gt (B, 3, 3), t_gt (B, 3) metres (OpenCV pose, x_cv = R v + t), K (B, 3, 3) and
-    inv_warps (B, 2, 3) crop px -> full-image px, all float64."""
+    inv_warps (B, 2, 3) crop px (of the returned, possibly reframed crop) -> full-image px, all float64."""
 
     def __init__(self, *args, flip_prob: float, augment: bool = True, **kwargs):
         super().__init__(*args, flip_prob=0.0, augment=augment, **kwargs)
@@ -40,7 +40,7 @@ class PoseBatches(TrainBatches):
         rng = np.random.default_rng([self.seed, self.epoch, int(rows[0]), len(rows), FLIP_STREAM])
         flip = rng.random(len(rows)) < self.pose_flip_prob
         poses = np.array(self.poses[rows], dtype=np.float64)
-        inv_warps = np.array(self.store.inv_warps[rows], dtype=np.float64)
+        inv_warps = compose(self.store.inv_warps[rows], invert_warp(item["reframe"].numpy()))
         K = np.repeat(self.camera.K[None], len(rows), 0)
         if flip.any():
             self._mirror(item, torch.from_numpy(flip))

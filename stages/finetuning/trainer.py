@@ -23,13 +23,14 @@ from stages.common.io import save_json
 from stages.finetuning.batches import PoseBatches
 from stages.finetuning.pnp_loss import PnPSettings, pnp_terms
 from stages.nets.trainer import (Trainer, TrainPaths, fingerprint, log_epoch,
-                                 make_loader, open_live)
+                                 make_loader, open_live, reframe_limits)
 from stages.wcpa.camera import Camera
 
 log = logging.getLogger("finetune")
 # finetune keys that replace the start model's train keys (the optimisation, not the network)
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "schedule", "min_lr_ratio", "weight_decay", "flip",
-              "color_jitter", "workers", "device", "amp", "val_batch_size", "val_pnp_flags")
+              "color_jitter", "reframe_shift", "reframe_scale", "reframe_rotate", "workers", "device", "amp",
+              "val_batch_size", "val_pnp_flags")
 PNP_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 STEP_SEED_STRIDE = 1_000_003
 
@@ -91,7 +92,8 @@ class FinetuneTrainer(Trainer):
         self.pnp = pnp_settings(finetune)
         data = self.train_data
         self.dataset = PoseBatches(data.store, data.verts, data.poses, camera, self.basis, self.dataset.perm,
-                                   flip_prob=self.cfg.flip, color_jitter=self.cfg.color_jitter, seed=self.seed)
+                                   flip_prob=self.cfg.flip, color_jitter=self.cfg.color_jitter, seed=self.seed,
+                                   reframe=reframe_limits(self.cfg))
         self.loader = make_loader(self.dataset, self.ctx, self.cfg, self.seed)
         self.generator = torch.Generator(device=self.ctx.device)
         self.fp = fingerprint(self.cfg, self.lambdas, self.seed, {

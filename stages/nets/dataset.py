@@ -6,8 +6,10 @@ the pca stage's cache (verts_<split>.npy, poses_<split>.npy, coeffs_<split>.npy)
 
 The dataset is indexed by *batches* (a list of row indices, from a BatchSampler): memory-mapped
 rows are read in one sorted gather and the targets are computed with array operations.
-Augmentation: albumentations ColorJitter per crop, and a horizontal flip consistent with the
-geometry (see `flip_targets`).
+Augmentation: a random reframing of each crop (a small shift, scale and rotation about its centre,
+`reframe_warps`: the network learns to find the face in a crop the coarse landmarks placed
+imperfectly, instead of trusting the framing), albumentations ColorJitter per crop, and a
+horizontal flip consistent with the geometry (see `flip_targets`).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from torch.utils.data import Dataset
 
 from stages.face.mesh import flip_mesh
 from stages.face.pca import PCABasis
-from stages.face.warp import apply_warp
+from stages.face.warp import apply_warp, similarity, warp_image
 from stages.wcpa.camera import Camera
 from stages.wcpa.layout import ID_COLUMNS, DataError
 
@@ -97,19 +99,46 @@ def flip_targets(images: np.ndarray, uv: np.ndarray, verts: np.ndarray, perm: np
     return images[:, :, ::-1], uv, flip_mesh(verts, perm)
 
 
+@dataclass(frozen=True)
+class Reframe:
+    """Largest random reframing of a crop: shift (fraction of the crop side, per axis),
+    scale (|log| of the zoom factor) and rotate (degrees). All 0: off."""
+
+    shift: float = 0.0
+    scale: float = 0.0
+    rotate: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return max(self.shift, self.scale, self.rotate) > 0
+
+
+def reframe_warps(rng: np.random.Generator, count: int, size: int, limits: Reframe) -> np.ndarray:
+    """Random similarity warps (count, 2, 3), crop px -> reframed crop px (continuous coordinates):
+    the reframed crop is centred on a point shifted by up to limits.shift * size from the crop's
+    centre, zoomed by exp(U(-scale, scale)) and rotated by U(-rotate, rotate) degrees."""
+    centre = np.full(2, size / 2.0)
+    shift = rng.uniform(-limits.shift, limits.shift, (count, 2)) * size
+    zoom = np.exp(rng.uniform(-limits.scale, limits.scale, count))
+    angle = np.deg2rad(rng.uniform(-limits.rotate, limits.rotate, count))
+    return similarity(angle, zoom, centre + shift, np.broadcast_to(centre, (count, 2)))
+
+
 class TrainBatches(Dataset):
     """Item = one batch (a list of positions among the store's usable rows) -> dict of tensors:
 
-    images (B, 3, S, S) uint8, uv (B, V, 2) crop px, verts (B, V, 3) metres, coeffs (B, K).
-    Rows the crop stage skipped are left out.
+    images (B, 3, S, S) uint8, uv (B, V, 2) crop px, verts (B, V, 3) metres, coeffs (B, K),
+    reframe (B, 2, 3) float64: the warp from the stored crop to the returned one (identity when
+    the reframing is off). Rows the crop stage skipped are left out.
     """
 
     def __init__(self, store: CropStore, verts: np.ndarray, poses: np.ndarray, camera: Camera,
                  basis: PCABasis, flip_perm: np.ndarray, flip_prob: float, color_jitter: float,
-                 seed: int, augment: bool = True):
+                 seed: int, augment: bool = True, reframe: Reframe = Reframe()):
         self.store, self.verts, self.poses = store, verts, poses
         self.camera, self.basis, self.perm = camera, basis, flip_perm
         self.flip_prob = flip_prob if augment else 0.0
+        self.reframe = reframe if augment else Reframe()
         self.jitter = (A.Compose([A.ColorJitter(color_jitter, color_jitter, color_jitter,
                                                 color_jitter / 4, p=1.0)])
                        if augment and color_jitter > 0 else None)
@@ -129,6 +158,11 @@ class TrainBatches(Dataset):
         images = np.asarray(self.store.images[rows])
         verts = np.asarray(self.verts[rows], dtype=np.float32)
         uv = crop_targets(self.camera, verts, self.poses[rows], self.store.warps[rows])
+        reframe = np.broadcast_to(np.eye(2, 3), (len(rows), 2, 3)).copy()
+        if self.reframe.active:
+            reframe = reframe_warps(rng, len(rows), self.store.size, self.reframe)
+            images = np.stack([warp_image(image, warp, self.store.size) for image, warp in zip(images, reframe)])
+            uv = apply_warp(reframe, uv).astype(np.float32)
         flip = rng.random(len(rows)) < self.flip_prob
         if flip.any():
             images[flip], uv[flip], verts[flip] = flip_targets(images[flip], uv[flip], verts[flip], self.perm)
@@ -140,4 +174,5 @@ class TrainBatches(Dataset):
             "uv": torch.from_numpy(uv),
             "verts": torch.from_numpy(verts),
             "coeffs": torch.from_numpy(self.basis.project(verts)),
+            "reframe": torch.from_numpy(reframe),
         }

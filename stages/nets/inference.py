@@ -32,6 +32,7 @@ from stages.nets.dataset import CropStore
 from stages.nets.flipmerge import check_mode, merge_outputs, unmirror_outputs
 from stages.nets.model import FaceNet
 from stages.nets.poses import solve_poses
+from stages.common.precision import amp_dtype, autocast
 from stages.wcpa.camera import Camera, make_rt
 from stages.wcpa.layout import ID_COLUMNS
 
@@ -116,7 +117,7 @@ def network_outputs(model: FaceNet, images: np.ndarray, batch_size: int, device:
             n = len(x)
             if perm is not None:
                 x = torch.cat([x, x.flip(-1)])
-            with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
+            with autocast(device, amp_dtype(device, amp)):
                 out = model(x)
             back = None if perm is None else unmirror_outputs(_to_numpy(out, slice(n, 2 * n)), perm, size)
             yield slice(start, start + n), _to_numpy(out, slice(0, n)), back

@@ -56,7 +56,8 @@ class FaceNet(nn.Module):
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         if self.config.coordconv:
             x = add_coord_channels(x)
-        features = self.backbone(x)
-        mu, sigma = self.landmarks(features)
-        verts, coeffs = self.shape(features)
+        features = self.backbone(x).float()
+        with torch.autocast(features.device.type, enabled=False):     # heads in float32 (stages.common.precision)
+            mu, sigma = self.landmarks(features)
+            verts, coeffs = self.shape(features)
         return {"mu": mu, "sigma": sigma, "verts": verts, "coeffs": coeffs}

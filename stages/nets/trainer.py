@@ -29,8 +29,9 @@ from stages.common.io import atomic_write, save_json
 from stages.common.threads import single_thread_blas
 from stages.face.pca import PCABasis
 from stages.nets import losses
-from stages.nets.dataset import CropStore, TrainBatches, crop_targets
+from stages.nets.dataset import CropStore, Reframe, TrainBatches, crop_targets
 from stages.nets.model import FaceNet, NetConfig
+from stages.common.precision import amp_dtype, autocast, needs_grad_scaler
 from stages.nets.validate import evaluate, predict
 from stages.wcpa.camera import Camera
 from stages.wcpa.layout import read_list
@@ -124,6 +125,11 @@ def build_model(cfg: SimpleNamespace, basis: PCABasis, crop_size: int, mean_uv: 
     return model
 
 
+def reframe_limits(cfg) -> Reframe:
+    """The crop reframing augmentation of a train (or finetune) section."""
+    return Reframe(shift=cfg.reframe_shift, scale=cfg.reframe_scale, rotate=cfg.reframe_rotate)
+
+
 def mean_target(camera: Camera, data: SplitData, limit: int = 512) -> np.ndarray:
     """Mean 2D target (V, 2) crop px over the first `limit` usable training samples."""
     rows = np.flatnonzero(data.store.usable)[:limit]
@@ -207,11 +213,12 @@ class Trainer:
                     if self.ctx.world > 1 else self.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
                                           fused=True)
-        self.amp = self.cfg.amp and self.ctx.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.amp = amp_dtype(self.ctx.device, self.cfg.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(self.amp))
         self.weights_mm = torch.as_tensor(self.basis.wpdc_weights(), device=self.ctx.device)
         self.dataset = TrainBatches(self.train_data.store, self.train_data.verts, self.train_data.poses, camera,
-                                    self.basis, flip_perm, self.cfg.flip, self.cfg.color_jitter, self.seed)
+                                    self.basis, flip_perm, self.cfg.flip, self.cfg.color_jitter, self.seed,
+                                    reframe=reframe_limits(self.cfg))
         self.loader = make_loader(self.dataset, self.ctx, self.cfg, self.seed)
         self.fp = fingerprint(self.cfg, self.lambdas, self.seed,
                               {"crop": size, "n_train": len(self.train_data.store), "basis": list(self.basis.components.shape)})
@@ -241,7 +248,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.lr * lr_factor(self.cfg, step, total)
         batch = {k: v.to(self.ctx.device, non_blocking=True) for k, v in batch.items()}
-        with torch.autocast(self.ctx.device.type, enabled=self.amp):
+        with autocast(self.ctx.device, self.amp):
             out = self.net(batch["images"])
         terms = (step_terms or self.step_terms)(out, batch, step)
         total_loss = sum(self.lambdas[k] * value for k, value in terms.items() if k in self.lambdas)

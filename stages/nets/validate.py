@@ -6,6 +6,7 @@ import torch
 from tqdm import tqdm
 
 from stages.face.warp import apply_warp
+from stages.common.precision import autocast
 from stages.pnp.opencv import pose_from_landmarks
 from stages.wcpa.camera import Camera
 from stages.wcpa.score import sample_errors, summarize
@@ -13,16 +14,17 @@ from stages.wcpa.score import sample_errors, summarize
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int, device: torch.device,
-            amp: bool = False) -> dict[str, np.ndarray]:
+            amp: torch.dtype | None = None) -> dict[str, np.ndarray]:
     """Run the network over crops (N, S, S, 3) uint8 -> numpy mu (N, V, 2) crop px,
-    sigma (N, V) crop px, verts (N, V, 3) metres, coeffs (N, K)."""
+    sigma (N, V) crop px, verts (N, V, 3) metres, coeffs (N, K). amp: the autocast type
+    (stages.common.precision.amp_dtype), None for float32."""
     was_training = model.training
     model.eval()
     parts: dict[str, list[np.ndarray]] = {}
     starts = range(0, len(images), batch_size)
     for start in tqdm(starts, desc="predict", leave=False, disable=len(starts) < 10):
         chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size].transpose(0, 3, 1, 2)))
-        with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
+        with autocast(device, amp):
             out = model(chunk.to(device, non_blocking=True))
         for key, value in out.items():
             parts.setdefault(key, []).append(value.float().cpu().numpy())

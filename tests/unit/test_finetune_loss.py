@@ -1,6 +1,7 @@
 """The finetuning stage's PnP terms and pose-carrying batches: crop -> full mapping of mu and
 sigma, eq. 5 vanishing (value and gradient) at exact outputs, degenerate samples masked with
-finite gradients, and flipped samples whose pose, camera and warp reproduce their 2D targets."""
+finite gradients, and flipped or reframed samples whose pose, camera and warp reproduce their 2D
+targets."""
 import numpy as np
 import pandas as pd
 import torch
@@ -10,7 +11,7 @@ from stages.face.pca import fit_pca
 from stages.face.warp import apply_warp, invert_warp
 from stages.finetuning.batches import PoseBatches
 from stages.finetuning.pnp_loss import PnPSettings, crop_to_full, pnp_terms
-from stages.nets.dataset import CropStore
+from stages.nets.dataset import CropStore, Reframe
 from stages.wcpa.camera import Camera, rt_to_opencv
 from tests.conftest import face_points, random_poses
 from tests.tiny_project import PROJ, crop_warps, symmetric_template
@@ -103,7 +104,7 @@ def test_mc_term_trains_sigma_towards_the_residuals():
         assert sign * float(sig.grad.sum()) > 0, sigma
 
 
-def test_batches_carry_a_pose_camera_and_warp_that_reproduce_the_targets_also_when_flipped():
+def test_batches_carry_a_pose_camera_and_warp_that_reproduce_the_targets_also_when_flipped_or_reframed():
     rng = np.random.default_rng(4)
     template = symmetric_template(15, rng)
     n, size = 6, 48
@@ -115,14 +116,16 @@ def test_batches_carry_a_pose_camera_and_warp_that_reproduce_the_targets_also_wh
                       inv_warps=invert_warp(warps), index=pd.DataFrame(index=range(n)))
     usable = [0, 1, 3, 4, 5]
     basis = fit_pca(verts.astype(np.float64), 3)
-    for flip_prob in (0.0, 1.0):
+    for flip_prob, reframe in ((0.0, Reframe()), (1.0, Reframe()), (0.0, Reframe(0.1, 0.1, 10)),
+                               (1.0, Reframe(0.1, 0.1, 10))):
         batches = PoseBatches(store, verts, poses, CAMERA, basis, flip_permutation(template),
-                              flip_prob=flip_prob, color_jitter=0.0, seed=0)
+                              flip_prob=flip_prob, color_jitter=0.0, seed=0, reframe=reframe)
         item = batches[list(range(len(usable)))]
         x_cv = item["verts"].double() @ item["R_gt"].transpose(1, 2) + item["t_gt"][:, None]
         full = (x_cv @ item["K"].transpose(1, 2))
         full = (full[..., :2] / full[..., 2:]).numpy()
         np.testing.assert_allclose(apply_warp(invert_warp(item["inv_warps"].numpy()), full), item["uv"].numpy(), atol=1e-3)
         np.testing.assert_allclose(item["coeffs"].numpy(), basis.project(item["verts"].numpy()), atol=1e-5)
-        flipped_images = np.array_equal(item["images"].numpy(), store.images[usable].transpose(0, 3, 1, 2)[..., ::-1])
-        assert flipped_images == (flip_prob == 1.0)
+        if not reframe.active:
+            flipped_images = np.array_equal(item["images"].numpy(), store.images[usable].transpose(0, 3, 1, 2)[..., ::-1])
+            assert flipped_images == (flip_prob == 1.0)
