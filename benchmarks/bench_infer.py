@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from stages.common.params import load_params, section
+from stages.common.precision import amp_dtype, autocast
 from stages.face.mesh import flip_permutation
 from stages.face.warp import apply_warp, invert_warp, similarity
 from stages.nets.backbone import build_backbone
@@ -55,7 +56,7 @@ def reference_rate(depth: int, channels: int, batch: int, size: int, steps: int,
         if i == 2:
             sync(device)
             start = time.perf_counter()
-        with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
+        with autocast(device, amp_dtype(device, amp)):      # as stage infer: stages.common.precision
             net(images)
     sync(device)
     return batch * steps / (time.perf_counter() - start)
