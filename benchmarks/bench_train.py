@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from stages.common.params import load_params
-from stages.nets.backbone import build_backbone
 from stages.common.precision import autocast
+from stages.nets.backbone import build_backbone
 from stages.nets.trainer import Trainer, TrainPaths
 from stages.wcpa.layout import load_resources
 

@@ -65,6 +65,24 @@ def crop_warps(uv: np.ndarray, size: int) -> np.ndarray:
     return warps
 
 
+def memory_store(rng: np.random.Generator, n: int, size: int, camera: Camera, skipped: tuple = ()) -> tuple:
+    """A crop store in memory over n noisy copies of a 34-point symmetric template (noise crops,
+    warps framing each projection; the rows in `skipped` have NaN warps, as the crop stage marks
+    them) -> (template (V, 3), verts (n, V, 3) float32, poses (n, 4, 4), CropStore, 3-component PCA)."""
+    from stages.face.pca import fit_pca
+    from stages.face.warp import invert_warp
+    from stages.nets.dataset import CropStore
+    from tests.conftest import random_poses
+    template = symmetric_template(15, rng)
+    verts = (template[None] + rng.normal(0, 0.002, (n,) + template.shape)).astype(np.float32)
+    poses = random_poses(rng, n)
+    warps = crop_warps(camera.project(verts, poses), size)
+    warps[list(skipped)] = np.nan
+    store = CropStore(images=rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), warps=warps,
+                      inv_warps=invert_warp(warps), index=pd.DataFrame(index=range(n)))
+    return template, verts, poses, store, fit_pca(verts.astype(np.float64), 3)
+
+
 def write_store(folder: Path, table: pd.DataFrame, uv: np.ndarray, size: int, rng: np.random.Generator) -> None:
     from stages.face.warp import invert_warp
     folder.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,8 @@
 `amp: true` means float16 autocast with a GradScaler on CUDA, and bfloat16 autocast on a CPU with
 native bfloat16 arithmetic (oneDNN reports it: AVX512-BF16 or AMX). bfloat16 keeps float32's
 range, so it needs no loss scaling. Elsewhere (an older CPU, Apple MPS) the network runs in
-float32. The regression heads always run in float32 (stages.nets.model, stages.coarse.model): crop-pixel positions
-need more than bfloat16's 8-bit mantissa.
+float32. The regression heads always run in float32 (stages.nets.model, stages.coarse.model):
+crop-pixel positions need more than bfloat16's 8-bit mantissa.
 """
 from __future__ import annotations
 

@@ -26,13 +26,13 @@ import torch
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
+from stages.common.precision import amp_dtype, autocast
 from stages.common.threads import single_thread_blas
 from stages.face.warp import apply_warp
 from stages.nets.dataset import CropStore
 from stages.nets.flipmerge import check_mode, merge_outputs, unmirror_outputs
 from stages.nets.model import FaceNet
 from stages.nets.poses import solve_poses
-from stages.common.precision import amp_dtype, autocast
 from stages.wcpa.camera import Camera, make_rt
 from stages.wcpa.layout import ID_COLUMNS
 
@@ -104,6 +104,7 @@ def network_outputs(model: FaceNet, images: np.ndarray, batch_size: int, device:
     2B images (the crops, then their mirrors).
     """
     model = model.to(device).eval()
+    dtype = amp_dtype(device, amp)
     size = images.shape[2]
     starts = list(range(0, len(images), batch_size))
     pin = device.type == "cuda"
@@ -117,7 +118,7 @@ def network_outputs(model: FaceNet, images: np.ndarray, batch_size: int, device:
             n = len(x)
             if perm is not None:
                 x = torch.cat([x, x.flip(-1)])
-            with autocast(device, amp_dtype(device, amp)):
+            with autocast(device, dtype):
                 out = model(x)
             back = None if perm is None else unmirror_outputs(_to_numpy(out, slice(n, 2 * n)), perm, size)
             yield slice(start, start + n), _to_numpy(out, slice(0, n)), back

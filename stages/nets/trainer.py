@@ -26,12 +26,12 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from stages.common.io import atomic_write, save_json
+from stages.common.precision import amp_dtype, autocast, needs_grad_scaler
 from stages.common.threads import single_thread_blas
 from stages.face.pca import PCABasis
 from stages.nets import losses
 from stages.nets.dataset import CropStore, Reframe, TrainBatches, crop_targets
 from stages.nets.model import FaceNet, NetConfig
-from stages.common.precision import amp_dtype, autocast, needs_grad_scaler
 from stages.nets.validate import evaluate, predict
 from stages.wcpa.camera import Camera
 from stages.wcpa.layout import read_list

@@ -5,8 +5,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from stages.face.warp import apply_warp
 from stages.common.precision import autocast
+from stages.face.warp import apply_warp
 from stages.pnp.opencv import pose_from_landmarks
 from stages.wcpa.camera import Camera
 from stages.wcpa.score import sample_errors, summarize

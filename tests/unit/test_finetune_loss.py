@@ -3,18 +3,16 @@ sigma, eq. 5 vanishing (value and gradient) at exact outputs, degenerate samples
 finite gradients, and flipped or reframed samples whose pose, camera and warp reproduce their 2D
 targets."""
 import numpy as np
-import pandas as pd
 import torch
 
 from stages.face.mesh import flip_permutation
-from stages.face.pca import fit_pca
 from stages.face.warp import apply_warp, invert_warp
 from stages.finetuning.batches import PoseBatches
 from stages.finetuning.pnp_loss import PnPSettings, crop_to_full, pnp_terms
-from stages.nets.dataset import CropStore, Reframe
+from stages.nets.dataset import Reframe
 from stages.wcpa.camera import Camera, rt_to_opencv
 from tests.conftest import face_points, random_poses
-from tests.tiny_project import PROJ, crop_warps, symmetric_template
+from tests.tiny_project import PROJ, crop_warps, memory_store
 
 CAMERA = Camera(PROJ, 800, 800)
 SETTINGS = PnPSettings(mc_samples=64, amis_iters=2, lm_iters=30, points=0, dtype=torch.float64)
@@ -105,17 +103,9 @@ def test_mc_term_trains_sigma_towards_the_residuals():
 
 
 def test_batches_carry_a_pose_camera_and_warp_that_reproduce_the_targets_also_when_flipped_or_reframed():
-    rng = np.random.default_rng(4)
-    template = symmetric_template(15, rng)
-    n, size = 6, 48
-    verts = (template[None] + rng.normal(0, 0.002, (n,) + template.shape)).astype(np.float32)
-    poses = random_poses(rng, n)
-    warps = crop_warps(CAMERA.project(verts, poses), size)
-    warps[2] = np.nan                           # a row the crop stage skipped: never in a batch
-    store = CropStore(images=rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), warps=warps,
-                      inv_warps=invert_warp(warps), index=pd.DataFrame(index=range(n)))
+    # row 2: a crop the crop stage skipped, never in a batch
+    template, verts, poses, store, basis = memory_store(np.random.default_rng(4), 6, 48, CAMERA, skipped=(2,))
     usable = [0, 1, 3, 4, 5]
-    basis = fit_pca(verts.astype(np.float64), 3)
     for flip_prob, reframe in ((0.0, Reframe()), (1.0, Reframe()), (0.0, Reframe(0.1, 0.1, 10)),
                                (1.0, Reframe(0.1, 0.1, 10))):
         batches = PoseBatches(store, verts, poses, CAMERA, basis, flip_permutation(template),

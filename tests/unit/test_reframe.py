@@ -1,13 +1,10 @@
 """Crop reframing augmentation: warps within their limits, images and targets moved together."""
 import numpy as np
-import pandas as pd
 
-from stages.face.pca import fit_pca
 from stages.face.warp import apply_warp, invert_warp, warp_image
-from stages.nets.dataset import CropStore, Reframe, TrainBatches, reframe_warps
+from stages.nets.dataset import Reframe, TrainBatches, reframe_warps
 from stages.wcpa.camera import Camera
-from tests.conftest import random_poses
-from tests.tiny_project import PROJ, crop_warps, symmetric_template
+from tests.tiny_project import PROJ, memory_store
 
 CAMERA = Camera(PROJ, 800, 800)
 
@@ -27,16 +24,10 @@ def test_reframe_warps_stay_within_their_limits_and_are_the_identity_when_off():
 
 
 def test_reframed_batch_moves_the_image_and_the_targets_by_the_same_warp():
-    rng = np.random.default_rng(1)
-    template = symmetric_template(15, rng)
     n, size = 4, 48
-    verts = (template[None] + rng.normal(0, 0.002, (n,) + template.shape)).astype(np.float32)
-    poses = random_poses(rng, n)
-    warps = crop_warps(CAMERA.project(verts, poses), size)
-    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-    store = CropStore(images=images, warps=warps, inv_warps=invert_warp(warps), index=pd.DataFrame(index=range(n)))
-    basis = fit_pca(verts.astype(np.float64), 3)
-    common = (store, verts, poses, CAMERA, basis, np.arange(15), 0.0, 0.0, 0)
+    _, verts, poses, store, basis = memory_store(np.random.default_rng(1), n, size, CAMERA)
+    images = store.images
+    common = (store, verts, poses, CAMERA, basis, np.arange(verts.shape[1]), 0.0, 0.0, 0)
     plain = TrainBatches(*common)[list(range(n))]
     moved = TrainBatches(*common, reframe=Reframe(0.1, 0.1, 10))[list(range(n))]
     reframe = moved["reframe"].numpy()
