@@ -3,10 +3,12 @@
 Reference (same process, same batch and backbone input size): the torchvision ResNet trunk alone, with
 the same input channels, forward + backward of its mean output on random tensors already in
 memory. Measured: the full training step of stage train (batch from the crop store through the
-DataLoader with flip + colour jitter, targets, forward of both heads, GNLL + VDC + WPDC,
-backward, Adam step). Prints both throughputs and their ratio.
+DataLoader with flip, targets, colour jitter, forward of both heads, GNLL + VDC + WPDC,
+backward, Adam step). Both run in interleaved rounds and every step is timed: the rates come
+from the median step times, robust to the bursts of a shared machine. Prints both throughputs
+and their ratio.
 
-    python -m benchmarks.bench_train [--steps 8] [--params params.yaml] [--crop artifacts/crop]
+    python -m benchmarks.bench_train [--steps 10] [--rounds 5] [--params params.yaml] [--crop artifacts/crop]
 Needs artifacts/crop, artifacts/pca and artifacts/split (dvc repro pca crop).
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from stages.common.params import load_params
@@ -30,47 +33,48 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def reference_rate(depth: int, channels: int, batch: int, size: int, steps: int, device: torch.device,
-                   amp: torch.dtype | None) -> float:
-    """Images per second of the bare backbone's forward + backward on random tensors, under the
-    training step's autocast type `amp` (stages.common.precision; None: float32)."""
-    net, _ = build_backbone(depth, channels)
-    net.to(device).train()
-    images = torch.randn(batch, channels, size, size, device=device)
-    for i in range(steps + 2):
-        if i == 2:
-            sync(device)
-            start = time.perf_counter()
+def reference_steps(net: torch.nn.Module, images: torch.Tensor, steps: int, device: torch.device,
+                    amp: torch.dtype | None) -> list[float]:
+    """Seconds of each of `steps` forward + backward passes of the bare backbone `net` on the
+    random batch `images`, under the training step's autocast type `amp` (None: float32)."""
+    times = []
+    for _ in range(steps):
+        sync(device)
+        start = time.perf_counter()
         net.zero_grad(set_to_none=True)
         with autocast(device, amp):
             out = net(images)
         out.float().mean().backward()
-    sync(device)
-    return batch * steps / (time.perf_counter() - start)
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return times
 
 
-def full_step_rate(trainer: Trainer, steps: int) -> float:
-    """Images per second of stage train's full step, loading included."""
+def full_steps(trainer: Trainer, batches, steps: int) -> list[float]:
+    """Seconds of each of `steps` full steps of stage train, the next batch's loading included;
+    `batches` is an endless iterator over the trainer's loader."""
     total = trainer.cfg.epochs * len(trainer.loader)
-    done, start, images = 0, None, 0
-    while done < steps + 2:
-        for batch in trainer.loader:
-            if done == 2:
-                sync(trainer.ctx.device)
-                start, images = time.perf_counter(), 0
-            trainer.train_step(batch, done, total)
-            images += len(batch["images"])
-            done += 1
-            if done == steps + 2:
-                break
-    sync(trainer.ctx.device)
-    return images / (time.perf_counter() - start)
+    times = []
+    for i in range(steps):
+        sync(trainer.ctx.device)
+        start = time.perf_counter()
+        trainer.train_step(next(batches), i, total)
+        sync(trainer.ctx.device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def endless(loader):
+    """Batches of `loader`, epoch after epoch."""
+    while True:
+        yield from loader
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10, help="steps of each per round")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of reference and full steps")
     parser.add_argument("--crop", default="artifacts/crop", help="crop store folder (train/ and val/ inside)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -84,12 +88,23 @@ def main() -> None:
     print(f"ResNet{cfg.depth}, batch {cfg.batch_size}, crops {crop}px, backbone input {size}px, {channels} channels, "
           f"workers {cfg.workers}, threads {torch.get_num_threads()}, device {trainer.ctx.device}, "
           f"autocast {trainer.amp or 'off (float32)'}")
-    reference = reference_rate(cfg.depth, channels, cfg.batch_size, size, args.steps, trainer.ctx.device, trainer.amp)
-    full = full_step_rate(trainer, args.steps)
-    print(f"reference (bare backbone fwd+bwd, random tensors): {reference:7.1f} img/s")
-    print(f"full training step (load, augment, fwd, bwd, Adam):  {full:7.1f} img/s")
-    print(f"ratio full / reference: {full / reference:.3f}")
-
+    net, _ = build_backbone(cfg.depth, channels)
+    net.to(trainer.ctx.device).train()
+    images = torch.randn(cfg.batch_size, channels, size, size, device=trainer.ctx.device)
+    batches = endless(trainer.loader)
+    reference_steps(net, images, 2, trainer.ctx.device, trainer.amp)         # warm-up
+    full_steps(trainer, batches, 2)
+    reference, full = [], []
+    for _ in range(args.rounds):        # interleaved, so that both see the same machine load
+        reference += reference_steps(net, images, args.steps, trainer.ctx.device, trainer.amp)
+        full += full_steps(trainer, batches, args.steps)
+    reference_rate, full_rate = cfg.batch_size / np.median(reference), cfg.batch_size / np.median(full)
+    print(f"{args.rounds} rounds of {args.steps} steps each; rates from the median step time "
+          f"(quartiles: reference {np.percentile(reference, 25) * 1e3:.1f}-{np.percentile(reference, 75) * 1e3:.1f} ms, "
+          f"full {np.percentile(full, 25) * 1e3:.1f}-{np.percentile(full, 75) * 1e3:.1f} ms)")
+    print(f"reference (bare backbone fwd+bwd, random tensors): {reference_rate:7.1f} img/s")
+    print(f"full training step (load, augment, fwd, bwd, Adam):  {full_rate:7.1f} img/s")
+    print(f"ratio full / reference: {full_rate / reference_rate:.3f}")
 
 if __name__ == "__main__":
     main()

@@ -35,7 +35,7 @@ def apply_warp(warps: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Map points (..., K, 2) through warps (..., 2, 3) -> (..., K, 2)."""
     warps = np.asarray(warps, dtype=np.float64)
     points = np.asarray(points, dtype=np.float64)
-    return np.einsum("...ij,...kj->...ki", warps[..., :2], points) + warps[..., None, :, 2]
+    return points @ np.swapaxes(warps[..., :2], -1, -2) + warps[..., None, :, 2]
 
 
 def invert_warp(warps: np.ndarray) -> np.ndarray:

@@ -4,8 +4,8 @@ the camera K and the crop -> full-image warp, consistent with the horizontal fli
 A flipped sample is the crop of the mirrored full image (u -> W - u): its mesh is the mirrored
 mesh (flip permutation), its pose camera.flip_rt of the true one, its crop -> full warp
 mirror(W) . inv_warp . mirror(S), and its camera has the principal point cx' = W - cx (the same
-camera when cx = W / 2, as in the challenge). The flip is drawn here, after the colour jitter
-of TrainBatches (the two commute), so that these geometric labels follow it.
+camera when cx = W / 2, as in the challenge). The flip is drawn here, so that these geometric labels
+follow it (the colour jitter, applied later on the device, commutes with it).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from stages.face.warp import compose, invert_warp
 from stages.nets.dataset import TrainBatches, flip_targets
 from stages.wcpa.camera import flip_rt, rt_to_opencv
 
-FLIP_STREAM = 1   # extra entry of the random seed: flip draws independent of the jitter's
+FLIP_STREAM = 1   # extra entry of the random seed: flip draws independent of TrainBatches' draws
 
 
 def mirror_warp(width: float) -> np.ndarray:

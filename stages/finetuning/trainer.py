@@ -93,7 +93,7 @@ class FinetuneTrainer(Trainer):
         data = self.train_data
         self.dataset = PoseBatches(data.store, data.verts, data.poses, camera, self.basis, self.dataset.perm,
                                    flip_prob=self.cfg.flip, color_jitter=self.cfg.color_jitter, seed=self.seed,
-                                   reframe=reframe_limits(self.cfg))
+                                   reframe=reframe_limits(self.cfg), coeffs=data.coeffs)
         self.loader = make_loader(self.dataset, self.ctx, self.cfg, self.seed)
         self.generator = torch.Generator(device=self.ctx.device)
         self.fp = fingerprint(self.cfg, self.lambdas, self.seed, {

@@ -8,21 +8,22 @@ The dataset is indexed by *batches* (a list of row indices, from a BatchSampler)
 rows are read in one sorted gather and the targets are computed with array operations.
 Augmentation: a random reframing of each crop (a small shift, scale and rotation about its centre,
 `reframe_warps`: the network learns to find the face in a crop the coarse landmarks placed
-imperfectly, instead of trusting the framing), albumentations ColorJitter per crop, and a
-horizontal flip consistent with the geometry (see `flip_targets`).
+imperfectly, instead of trusting the framing), a horizontal flip consistent with the geometry (see
+`flip_targets`) and colour jitter, whose parameters are drawn here and applied to the whole batch on
+the training device (stages.nets.colour).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-import albumentations as A
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
 from stages.face.mesh import flip_mesh
+from stages.nets.colour import draw_jitter
 from stages.face.pca import PCABasis
 from stages.face.warp import apply_warp, similarity, warp_image
 from stages.wcpa.camera import Camera
@@ -129,19 +130,19 @@ class TrainBatches(Dataset):
 
     images (B, 3, S, S) uint8, uv (B, V, 2) crop px, verts (B, V, 3) metres, coeffs (B, K),
     reframe (B, 2, 3) float64: the warp from the stored crop to the returned one (identity when
-    the reframing is off). Rows the crop stage skipped are left out.
+    the reframing is off), jitter (B, 8) float32: colour jitter parameters for
+    stages.nets.colour.jitter_images (the identity when off). Rows the crop stage skipped are left out.
     """
 
     def __init__(self, store: CropStore, verts: np.ndarray, poses: np.ndarray, camera: Camera,
                  basis: PCABasis, flip_perm: np.ndarray, flip_prob: float, color_jitter: float,
-                 seed: int, augment: bool = True, reframe: Reframe = Reframe()):
+                 seed: int, augment: bool = True, reframe: Reframe = Reframe(), coeffs: np.ndarray | None = None):
         self.store, self.verts, self.poses = store, verts, poses
         self.camera, self.basis, self.perm = camera, basis, flip_perm
+        self.coeffs = coeffs            # (N, K) basis.project(verts) (the pca stage's cache), or None: per batch
         self.flip_prob = flip_prob if augment else 0.0
         self.reframe = reframe if augment else Reframe()
-        self.jitter = (A.Compose([A.ColorJitter(color_jitter, color_jitter, color_jitter,
-                                                color_jitter / 4, p=1.0)])
-                       if augment and color_jitter > 0 else None)
+        self.jitter = color_jitter if augment else 0.0
         self.seed, self.epoch = seed, 0
         self.rows = np.flatnonzero(store.usable)
 
@@ -164,15 +165,15 @@ class TrainBatches(Dataset):
             images = np.stack([warp_image(image, warp, self.store.size) for image, warp in zip(images, reframe)])
             uv = apply_warp(reframe, uv).astype(np.float32)
         flip = rng.random(len(rows)) < self.flip_prob
+        coeffs = self.basis.project(verts) if self.coeffs is None else np.array(self.coeffs[rows], dtype=np.float32)
         if flip.any():
             images[flip], uv[flip], verts[flip] = flip_targets(images[flip], uv[flip], verts[flip], self.perm)
-        if self.jitter is not None:
-            self.jitter.set_random_seed(int(rng.integers(2**31)))
-            images = np.stack([self.jitter(image=image)["image"] for image in images])
+            coeffs[flip] = self.basis.project(verts[flip])
         return {
             "images": torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))),
             "uv": torch.from_numpy(uv),
             "verts": torch.from_numpy(verts),
-            "coeffs": torch.from_numpy(self.basis.project(verts)),
+            "coeffs": torch.from_numpy(coeffs),
             "reframe": torch.from_numpy(reframe),
+            "jitter": torch.from_numpy(draw_jitter(rng, len(rows), self.jitter)),
         }

@@ -114,7 +114,7 @@ def network_outputs(model: FaceNet, images: np.ndarray, batch_size: int, device:
             batch = pending.result()
             if i + 1 < len(starts):
                 pending = reader.submit(_read_batch, images, starts[i + 1], batch_size, pin)
-            x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2)
+            x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).contiguous()    # NCHW, as in training
             n = len(x)
             if perm is not None:
                 x = torch.cat([x, x.flip(-1)])

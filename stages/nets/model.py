@@ -50,10 +50,11 @@ class FaceNet(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = (images.float() - self.pixel_mean) / self.pixel_std
+        x = images.float()
         size = self.config.input_size
-        if size and size != x.shape[-1]:
+        if size and size != x.shape[-1]:      # first: a linear filter with unit weights commutes with the normalisation
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        x = (x - self.pixel_mean) / self.pixel_std
         if self.config.coordconv:
             x = add_coord_channels(x)
         features = self.backbone(x).float()

@@ -30,6 +30,7 @@ from stages.common.precision import amp_dtype, autocast, needs_grad_scaler
 from stages.common.threads import single_thread_blas
 from stages.face.pca import PCABasis
 from stages.nets import losses
+from stages.nets.colour import jitter_images
 from stages.nets.dataset import CropStore, Reframe, TrainBatches, crop_targets
 from stages.nets.model import FaceNet, NetConfig
 from stages.nets.validate import evaluate, predict
@@ -61,6 +62,7 @@ class SplitData:
     store: CropStore
     verts: np.ndarray    # (N, V, 3) float32 metres
     poses: np.ndarray    # (N, 4, 4) float64
+    coeffs: np.ndarray   # (N, K) float32 normalised PCA coefficients of verts
 
 
 @dataclass(frozen=True)
@@ -98,9 +100,10 @@ def load_split(paths: TrainPaths, split: str) -> SplitData:
     store.check_rows(read_list(paths.split / f"{split}.csv"), str(paths.crop / split))
     verts = np.load(paths.pca / f"verts_{split}.npy", mmap_mode="r")
     poses = np.load(paths.pca / f"poses_{split}.npy")
-    if len(verts) != len(store) or len(poses) != len(store):
+    coeffs = np.load(paths.pca / f"coeffs_{split}.npy", mmap_mode="r")
+    if not len(verts) == len(poses) == len(coeffs) == len(store):
         raise ValueError(f"{paths.pca}: {len(verts)} labels for {len(store)} {split} crops (re-run `dvc repro pca`)")
-    return SplitData(store=store, verts=verts, poses=poses)
+    return SplitData(store=store, verts=verts, poses=poses, coeffs=coeffs)
 
 
 RESUME_FREE_KEYS = ("epochs", "workers", "device", "val_batch_size", "val_pnp_flags")   # may change between resumes
@@ -218,7 +221,7 @@ class Trainer:
         self.weights_mm = torch.as_tensor(self.basis.wpdc_weights(), device=self.ctx.device)
         self.dataset = TrainBatches(self.train_data.store, self.train_data.verts, self.train_data.poses, camera,
                                     self.basis, flip_perm, self.cfg.flip, self.cfg.color_jitter, self.seed,
-                                    reframe=reframe_limits(self.cfg))
+                                    reframe=reframe_limits(self.cfg), coeffs=self.train_data.coeffs)
         self.loader = make_loader(self.dataset, self.ctx, self.cfg, self.seed)
         self.fp = fingerprint(self.cfg, self.lambdas, self.seed,
                               {"crop": size, "n_train": len(self.train_data.store), "basis": list(self.basis.components.shape)})
@@ -248,8 +251,9 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.lr * lr_factor(self.cfg, step, total)
         batch = {k: v.to(self.ctx.device, non_blocking=True) for k, v in batch.items()}
+        images = jitter_images(batch["images"], batch["jitter"])
         with autocast(self.ctx.device, self.amp):
-            out = self.net(batch["images"])
+            out = self.net(images)
         terms = (step_terms or self.step_terms)(out, batch, step)
         total_loss = sum(self.lambdas[k] * value for k, value in terms.items() if k in self.lambdas)
         self.optimizer.zero_grad(set_to_none=True)

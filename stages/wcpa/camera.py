@@ -85,7 +85,7 @@ class Camera:
     def project_camera_points(self, x_cam: np.ndarray) -> np.ndarray:
         """OpenGL camera points (..., 3) in metres -> pixels (..., 2), through the 4x4 matrix."""
         x_cam = np.asarray(x_cam, dtype=np.float64)
-        clip = np.concatenate([x_cam, np.ones_like(x_cam[..., :1])], axis=-1) @ self.proj
+        clip = x_cam @ self.proj[:3] + self.proj[3]          # [x, y, z, 1] @ proj
         ndc = clip[..., :3] / clip[..., 3:4]
         u = (ndc[..., 0] + 1) * self.width / 2
         v = self.height - (ndc[..., 1] + 1) * self.height / 2
