@@ -83,7 +83,7 @@ class CropStore:
 
 def crop_targets(camera: Camera, verts: np.ndarray, poses: np.ndarray, warps: np.ndarray) -> np.ndarray:
     """2D targets: every vertex projected (Camera.project) then warped to the crop -> (B, V, 2) px."""
-    return apply_warp(warps, camera.project(verts, poses)).astype(np.float32)
+    return camera.project_warped(verts, poses, warps).astype(np.float32)
 
 
 def flip_targets(images: np.ndarray, uv: np.ndarray, verts: np.ndarray, perm: np.ndarray

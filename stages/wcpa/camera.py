@@ -95,6 +95,26 @@ class Camera:
         """Canonical vertices (..., V, 3) and poses (..., 4, 4) -> pixels (..., V, 2)."""
         return self.project_camera_points(to_camera(verts, R_t))
 
+    def pixel_matrix(self) -> np.ndarray:
+        """(4, 3) row-vector map of homogeneous OpenGL camera points [x, y, z, 1] to homogeneous
+        pixels w * [u, v, 1] (w = clip w): the projection and the NDC -> pixel step in one matrix."""
+        clip_to_pixel = np.array([[self.width / 2, 0.0, 0.0], [0.0, -self.height / 2, 0.0], [0.0, 0.0, 0.0],
+                                  [self.width / 2, self.height / 2, 1.0]])
+        return self.proj @ clip_to_pixel
+
+    def project_warped(self, verts: np.ndarray, R_t: np.ndarray, warps: np.ndarray) -> np.ndarray:
+        """Canonical vertices (B, V, 3), poses (B, 4, 4) and affine pixel warps (B, 2, 3) ->
+        warped pixels (B, V, 2): apply_warp(warps, project(verts, R_t)) in one batched product
+        of homogeneous coordinates."""
+        warps = np.asarray(warps, dtype=np.float64)
+        warp_rows = np.zeros(warps.shape[:-2] + (3, 3))
+        warp_rows[..., :, :2] = np.swapaxes(warps, -1, -2)         # [u, v, 1] @ warp_rows = [u', v', 1]
+        warp_rows[..., 2, 2] = 1.0
+        total = np.asarray(R_t, dtype=np.float64) @ self.pixel_matrix() @ warp_rows      # (B, 4, 3)
+        verts = np.asarray(verts, dtype=np.float64)
+        out = verts @ total[..., :3, :] + total[..., 3:4, :]
+        return out[..., :2] / out[..., 2:]
+
     def pixel_rays(self, uv: np.ndarray) -> np.ndarray:
         """Pixels (..., 2) -> OpenGL camera-frame ray directions (..., 3) with z = -1."""
         uv = np.asarray(uv, dtype=np.float64)

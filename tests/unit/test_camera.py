@@ -34,6 +34,18 @@ def test_opencv_project_points_agrees_with_wcpa_projection(camera):
         assert np.abs(uv_cv[:, 0] - camera.project(verts, R_t)).max() < 1e-3
 
 
+def test_warped_projection_is_the_projection_then_the_warp(camera):
+    from stages.face.warp import apply_warp
+    rng = np.random.default_rng(7)
+    poses = random_poses(rng, 6)
+    verts = np.stack([face_points(rng, 150) for _ in range(6)])
+    warps = np.concatenate([rng.normal(0, 0.3, (6, 2, 2)) + np.eye(2), rng.normal(0, 50, (6, 2, 1))], axis=2)
+    expected = apply_warp(warps, camera.project(verts, poses))
+    np.testing.assert_allclose(camera.project_warped(verts, poses, warps), expected, atol=1e-9)
+    identity = np.broadcast_to(np.eye(2, 3), (6, 2, 3))
+    np.testing.assert_allclose(camera.project_warped(verts, poses, identity), camera.project(verts, poses), atol=1e-9)
+
+
 def test_opencv_frame_is_gl_frame_with_y_and_z_negated():
     rng = np.random.default_rng(1)
     R_t = random_poses(rng, 1)[0]
