@@ -106,5 +106,6 @@ def main() -> None:
     print(f"full training step (load, augment, fwd, bwd, Adam):  {full_rate:7.1f} img/s")
     print(f"ratio full / reference: {full_rate / reference_rate:.3f}")
 
+
 if __name__ == "__main__":
     main()

@@ -23,9 +23,9 @@ import torch
 from torch.utils.data import Dataset
 
 from stages.face.mesh import flip_mesh
-from stages.nets.colour import draw_jitter
 from stages.face.pca import PCABasis
 from stages.face.warp import apply_warp, similarity, warp_image
+from stages.nets.colour import draw_jitter
 from stages.wcpa.camera import Camera
 from stages.wcpa.layout import ID_COLUMNS, DataError
 
