@@ -206,18 +206,21 @@ FIELDS = ("brow_distance", "lashes", "lips", "nostrils", "cheeks", "eye_shadow")
 
 @dataclass(frozen=True)
 class ChartFields:
-    """Albedo feature fields sampled on a chart grid: values (H, W, len(FIELDS)) float32 with
-    grid point (i, j) at chart (origin + (j, i) * FIELD_STEP_MM); eye_centres (2, 2) mm."""
+    """Albedo feature fields sampled on a chart grid of shape (H, W): planes (len(FIELDS), H * W)
+    float32, row-major, with grid point (i, j) at chart (origin + (j, i) * FIELD_STEP_MM);
+    eye_centres (2, 2) mm."""
 
-    values: np.ndarray
+    planes: np.ndarray
+    shape: tuple[int, int]
     origin: np.ndarray
     eye_centres: np.ndarray
 
-    def sample(self, chart: np.ndarray) -> np.ndarray:
-        """Nearest-grid-point lookup: chart (K, 2) mm -> (K, len(FIELDS))."""
+    def sample(self, chart: np.ndarray) -> list[np.ndarray]:
+        """Nearest-grid-point lookup: chart (K, 2) mm -> one (K,) array per field (FIELDS order)."""
         idx = np.rint((chart - self.origin) / FIELD_STEP_MM).astype(np.int64)
-        h, w = self.values.shape[:2]
-        return self.values[np.clip(idx[:, 1], 0, h - 1), np.clip(idx[:, 0], 0, w - 1)]
+        h, w = self.shape
+        flat = np.clip(idx[:, 1], 0, h - 1) * w + np.clip(idx[:, 0], 0, w - 1)
+        return [plane.take(flat) for plane in self.planes]
 
 
 @lru_cache(maxsize=1)
@@ -242,9 +245,9 @@ def chart_fields() -> ChartFields:
     nostrils = np.exp(-(((np.abs(p) - 5.5) / 2.8) ** 2 + ((q + 29.5) / 1.6) ** 2))
     cheeks = np.exp(-(((np.abs(p) - 42) / 14) ** 2 + ((q + 20) / 12) ** 2))
     shadow = np.exp(-(((np.abs(p) - 33) / 12) ** 2 + ((q - 13) / 7) ** 2))
-    values = np.stack([brows, lashes, lips, nostrils, cheeks, shadow], -1).reshape(size[1], size[0], -1)
+    planes = np.stack([brows, lashes, lips, nostrils, cheeks, shadow]).astype(np.float32)
     centres = np.array([chart[topo.eye_loops[s]].mean(axis=0) + [0.0, 0.8] for s in ("right", "left")])
-    return ChartFields(values=values.astype(np.float32), origin=origin, eye_centres=centres)
+    return ChartFields(planes=planes, shape=(int(size[1]), int(size[0])), origin=origin, eye_centres=centres)
 
 
 def albedo(attrs: np.ndarray, look: Look) -> np.ndarray:
@@ -261,18 +264,25 @@ def albedo(attrs: np.ndarray, look: Look) -> np.ndarray:
 
 
 def _skin(chart: np.ndarray, look: Look, fields: ChartFields) -> np.ndarray:
-    brow_d, lashes, lips, nostrils, cheeks, shadow = fields.sample(chart).T
+    brow_d, lashes, lips, nostrils, cheeks, shadow = fields.sample(chart)
     colour = look.skin * (1 - 0.08 * cheeks[:, None] * np.array([-0.3, 1.0, 1.0]))
     hairline = 68.0 + look.hairline - 0.0055 * chart[:, 0] ** 2
     hair_w = _soft(hairline - chart[:, 1], 1.5)[:, None]
-    colour = colour * (1 - hair_w) + look.hair * hair_w
+    _blend(colour, hair_w, look.hair)
     colour *= (1 - 0.12 * shadow)[:, None]
     inner = np.clip(np.abs(chart[:, 0]) - 14.0, 0.0, None) / 40.0
     brow_w = _soft(brow_d - look.brow_scale * (3.2 - 1.8 * inner), 0.7)[:, None]
-    colour = colour * (1 - brow_w) + look.brow * brow_w
-    colour = colour * (1 - lashes[:, None]) + 0.5 * look.brow * lashes[:, None]
-    colour = colour * (1 - lips[:, None]) + look.lips * lips[:, None]
-    return colour * (1 - 0.75 * nostrils)[:, None]
+    _blend(colour, brow_w, look.brow)
+    _blend(colour, lashes[:, None], 0.5 * look.brow)
+    _blend(colour, lips[:, None], look.lips)
+    colour *= (1 - 0.75 * nostrils)[:, None]
+    return colour
+
+
+def _blend(colour: np.ndarray, weight: np.ndarray, paint) -> None:
+    """colour (K, 3) <- colour * (1 - weight) + paint * weight, in place; weight (K, 1)."""
+    colour *= 1 - weight
+    colour += paint * weight
 
 
 def _inside(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:

@@ -57,4 +57,5 @@ def random_background(rng: np.random.Generator, size: int) -> np.ndarray:
     image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
     texture = smooth_noise(rng, size // 2, size // 8, rng.uniform(2, 10))
     texture = cv2.resize(texture, (size, size), interpolation=cv2.INTER_LINEAR)
-    return np.clip(image + texture, 0, 255).astype(np.uint8)
+    texture += image                    # float32, in place: the bits of image + texture
+    return np.clip(texture, 0, 255, out=texture).astype(np.uint8)

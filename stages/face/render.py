@@ -5,7 +5,8 @@ raster pixel (i, j) is sampled at its centre (i + 0.5, j + 0.5), so projected ve
 by stages/viz/draw.py sit exactly on the rendered surface.
 
 Each triangle's candidate pixels are the ones in its bounding box; barycentric coordinates
-come from per-triangle affine edge functions; the nearest surface wins through a
+come from per-triangle affine edge functions, each evaluated only on the candidates the previous
+ones kept (about half of a box is outside its triangle); the nearest surface wins through a
 `np.maximum.at` buffer of inverse depth; attributes are interpolated perspective-correctly.
 """
 from __future__ import annotations
@@ -58,18 +59,11 @@ def rasterize(uv: np.ndarray, depth: np.ndarray, faces: np.ndarray, width: int, 
     ids = np.flatnonzero(keep)
     if ids.size == 0:
         return _empty(height, width)
-    counts = span[ids, 0] * span[ids, 1]
-    tri = np.repeat(ids, counts)
-    local = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    dy, dx = np.divmod(local, span[tri, 0])
-    px, py = lo[tri, 0] + dx, lo[tri, 1] + dy
-    edge_a, edge_b, edge_c = _edge_functions(tri_uv, area)
-    lam = (edge_a[tri] * (px + 0.5)[:, None].astype(np.float32) + edge_b[tri] * (py + 0.5)[:, None].astype(np.float32)
-           + edge_c[tri])
-    inside = np.flatnonzero((lam >= -1e-6).all(axis=1))
-    tri, px, py, lam = tri[inside], px[inside], py[inside], lam[inside]
-    inv_z = (1.0 / depth[faces[tri]]).astype(np.float32)                    # (K, 3)
-    inv_depth = (lam * inv_z).sum(axis=1)
+    tri, px, py = _box_pixels(ids, lo, span)
+    tri, px, py, lam = _inside(tri, px, py, _edge_functions(tri_uv, area))
+    inv_vertex_depth = (1.0 / depth).astype(np.float32)
+    inv_z = [inv_vertex_depth[faces[tri, k]] for k in range(3)]
+    inv_depth = lam[0] * inv_z[0] + lam[1] * inv_z[1] + lam[2] * inv_z[2]
     pix = py * width + px
     best = np.full(width * height, -np.inf, dtype=np.float32)
     np.maximum.at(best, pix, inv_depth)
@@ -77,20 +71,47 @@ def rasterize(uv: np.ndarray, depth: np.ndarray, faces: np.ndarray, width: int, 
     owner = np.full(width * height, -1, dtype=np.int64)
     owner[pix[win]] = win                       # one winner per pixel where depths tie exactly
     win = owner[owner >= 0]
-    bary = lam[win] * inv_z[win] / inv_depth[win, None]
+    bary = np.stack([lam[k][win] * inv_z[k][win] / inv_depth[win] for k in range(3)], axis=1)
     return Raster(pix=pix[win], tri=tri[win], bary=bary, shape=(height, width))
 
 
-def _edge_functions(tri_uv: np.ndarray, area: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-triangle affine barycentric functions lam_k(x, y) = a_k x + b_k y + c_k, each (F, 3)
-    float32, for triangles (F, 3, 2) of signed doubled area (F,)."""
+def _box_pixels(ids: np.ndarray, lo: np.ndarray, span: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pixel of the bounding boxes of triangles `ids`, boxes lo (F, 2) px of span (F, 2)
+    pixels, row by row -> triangle index, pixel x and pixel y, each (K,)."""
+    counts = span[ids, 0] * span[ids, 1]
+    tri = np.repeat(ids, counts)
+    local = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    dy, dx = np.divmod(local, span[tri, 0])
+    return tri, lo[tri, 0] + dx, lo[tri, 1] + dy
+
+
+def _inside(tri: np.ndarray, px: np.ndarray, py: np.ndarray, edges: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Keep the candidate pixels (tri, px, py, each (K,)) whose centre is inside its triangle:
+    all three barycentric functions edges (3, 3, F) [a/b/c, k, triangle] at least -1e-6. Each
+    function is evaluated only where the previous ones passed. Returns the kept tri, px, py and
+    their barycentric coordinates [lam_0, lam_1, lam_2], each (K',) float32."""
+    x = px.astype(np.float32) + np.float32(0.5)
+    y = py.astype(np.float32) + np.float32(0.5)
+    lam: list[np.ndarray] = []
+    for k in range(3):
+        value = edges[0, k].take(tri) * x + edges[1, k].take(tri) * y + edges[2, k].take(tri)
+        keep = np.flatnonzero(value >= -1e-6)
+        tri, px, py, x, y = tri[keep], px[keep], py[keep], x[keep], y[keep]
+        lam = [previous[keep] for previous in lam] + [value[keep]]
+    return tri, px, py, lam
+
+
+def _edge_functions(tri_uv: np.ndarray, area: np.ndarray) -> np.ndarray:
+    """Per-triangle affine barycentric functions lam_k(x, y) = a_k x + b_k y + c_k of triangles
+    (F, 3, 2) of signed doubled area (F,) -> (3, 3, F) float32: [a/b/c, k, triangle]."""
     p = tri_uv[:, [1, 2, 0]]
     q = tri_uv[:, [2, 0, 1]]
     inv = 1.0 / np.where(area == 0, 1.0, area)[:, None]
     a = (p[..., 1] - q[..., 1]) * inv
     b = (q[..., 0] - p[..., 0]) * inv
     c = (p[..., 0] * q[..., 1] - p[..., 1] * q[..., 0]) * inv
-    return a.astype(np.float32), b.astype(np.float32), c.astype(np.float32)
+    return np.ascontiguousarray(np.stack([a, b, c]).transpose(0, 2, 1), dtype=np.float32)
 
 
 def _empty(height: int, width: int) -> Raster:
@@ -123,13 +144,25 @@ class Light:
 def shade(normals: np.ndarray, view: np.ndarray, albedo: np.ndarray, light: Light) -> np.ndarray:
     """Per-sample colour (K, 3) in [0, 1] from unit normals (K, 3), unit view vectors toward the
     camera (K, 3), albedo (K, 3) and the light."""
-    n = normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+    n = normals / np.maximum(_row_norms(normals), 1e-12)
     n_dot_l = np.clip(n @ light.direction, 0.0, None)
     half = light.direction + view
-    half /= np.maximum(np.linalg.norm(half, axis=1, keepdims=True), 1e-12)
-    spec = light.specular * np.clip((n * half).sum(1), 0.0, None) ** light.shininess * (n_dot_l > 0)
+    half /= np.maximum(_row_norms(half), 1e-12)
+    spec = light.specular * np.clip(_row_dots(n, half), 0.0, None) ** light.shininess * (n_dot_l > 0)
     colour = albedo * (light.ambient + light.diffuse * n_dot_l)[:, None] + spec[:, None]
     return np.clip(colour * light.tint, 0.0, 1.0)
+
+
+def _row_dots(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Row-wise dot products (K,) of (K, 3) arrays, summed in index order as ndarray.sum(1)
+    sums three terms (the same bits)."""
+    return x[:, 0] * y[:, 0] + x[:, 1] * y[:, 1] + x[:, 2] * y[:, 2]
+
+
+def _row_norms(x: np.ndarray) -> np.ndarray:
+    """Euclidean norms (K, 1) of the rows of x (K, 3): np.linalg.norm(x, axis=1, keepdims=True),
+    bit for bit, without its (K, 3) temporaries."""
+    return np.sqrt(_row_dots(x, x))[:, None]
 
 
 def render_region(verts_cam: np.ndarray, uv: np.ndarray, faces: np.ndarray, attributes: np.ndarray,
@@ -149,7 +182,7 @@ def render_region(verts_cam: np.ndarray, uv: np.ndarray, faces: np.ndarray, attr
     per_vertex = np.column_stack([vertex_normals(verts_cam, faces), verts_cam, attributes]).astype(np.float32)
     values = raster.interpolate(per_vertex, faces)
     normals, points = values[:, :3], values[:, 3:6]
-    view = -points / np.linalg.norm(points, axis=1, keepdims=True)
+    view = -points / _row_norms(points)
     colour = shade(normals, view, albedo_fn(values[:, 6:]), light)
     canvas = np.zeros((h * w, 4), dtype=np.float32)
     canvas[raster.pix, :3] = colour
