@@ -5,8 +5,9 @@ the same input channels, forward + backward of its mean output on random tensors
 memory. Measured: the full training step of stage train (batch from the crop store through the
 DataLoader with flip, targets, colour jitter, forward of both heads, GNLL + VDC + WPDC,
 backward, Adam step). Both run in interleaved rounds and every step is timed: the rates come
-from the median step times, robust to the bursts of a shared machine. Prints both throughputs
-and their ratio.
+from the median step times, robust to the bursts of a shared machine. Prints both throughputs,
+their ratio, and where the difference goes: the batch loading within the full steps and the
+optimizer step timed alone (on CPU it is memory-bound: README "Benchmarks").
 
     python -m benchmarks.bench_train [--steps 10] [--rounds 5] [--params params.yaml] [--crop artifacts/crop]
 Needs artifacts/crop, artifacts/pca and artifacts/split (dvc repro pca crop).
@@ -50,15 +51,31 @@ def reference_steps(net: torch.nn.Module, images: torch.Tensor, steps: int, devi
     return times
 
 
-def full_steps(trainer: Trainer, batches, steps: int) -> list[float]:
-    """Seconds of each of `steps` full steps of stage train, the next batch's loading included;
-    `batches` is an endless iterator over the trainer's loader."""
+def full_steps(trainer: Trainer, batches, steps: int) -> tuple[list[float], list[float]]:
+    """Seconds of each of `steps` full steps of stage train, the next batch's loading included,
+    and of the loading alone within them; `batches` is an endless iterator over the trainer's loader."""
     total = trainer.cfg.epochs * len(trainer.loader)
-    times = []
+    times, loading = [], []
     for i in range(steps):
         sync(trainer.ctx.device)
         start = time.perf_counter()
-        trainer.train_step(next(batches), i, total)
+        batch = next(batches)
+        loaded = time.perf_counter()
+        trainer.train_step(batch, i, total)
+        sync(trainer.ctx.device)
+        times.append(time.perf_counter() - start)
+        loading.append(loaded - start)
+    return times, loading
+
+
+def optimizer_steps(trainer: Trainer, steps: int) -> list[float]:
+    """Seconds of each of `steps` optimizer steps alone, on the gradients of the last full step
+    (the weights move; it is a timing)."""
+    times = []
+    for _ in range(steps):
+        sync(trainer.ctx.device)
+        start = time.perf_counter()
+        trainer.optimizer.step()
         sync(trainer.ctx.device)
         times.append(time.perf_counter() - start)
     return times
@@ -94,10 +111,13 @@ def main() -> None:
     batches = endless(trainer.loader)
     reference_steps(net, images, 2, trainer.ctx.device, trainer.amp)         # warm-up
     full_steps(trainer, batches, 2)
-    reference, full = [], []
-    for _ in range(args.rounds):        # interleaved, so that both see the same machine load
+    reference, full, loading, optimizer = [], [], [], []
+    for _ in range(args.rounds):        # interleaved, so that all see the same machine load
         reference += reference_steps(net, images, args.steps, trainer.ctx.device, trainer.amp)
-        full += full_steps(trainer, batches, args.steps)
+        times, loads = full_steps(trainer, batches, args.steps)
+        full += times
+        loading += loads
+        optimizer += optimizer_steps(trainer, args.steps)
     reference_rate, full_rate = cfg.batch_size / np.median(reference), cfg.batch_size / np.median(full)
     print(f"{args.rounds} rounds of {args.steps} steps each; rates from the median step time "
           f"(quartiles: reference {np.percentile(reference, 25) * 1e3:.1f}-{np.percentile(reference, 75) * 1e3:.1f} ms, "
@@ -105,6 +125,8 @@ def main() -> None:
     print(f"reference (bare backbone fwd+bwd, random tensors): {reference_rate:7.1f} img/s")
     print(f"full training step (load, augment, fwd, bwd, Adam):  {full_rate:7.1f} img/s")
     print(f"ratio full / reference: {full_rate / reference_rate:.3f}")
+    print(f"medians: full step {np.median(full) * 1e3:.1f} ms, of which batch loading {np.median(loading) * 1e3:.1f} ms; "
+          f"optimizer step alone {np.median(optimizer) * 1e3:.1f} ms; reference {np.median(reference) * 1e3:.1f} ms")
 
 
 if __name__ == "__main__":
