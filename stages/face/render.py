@@ -60,7 +60,7 @@ def rasterize(uv: np.ndarray, depth: np.ndarray, faces: np.ndarray, width: int, 
     if ids.size == 0:
         return _empty(height, width)
     tri, px, py = _box_pixels(ids, lo, span)
-    tri, px, py, lam = _inside(tri, px, py, _edge_functions(tri_uv, area))
+    tri, px, py, lam = _inside_triangles(tri, px, py, _edge_functions(tri_uv, area))
     inv_vertex_depth = (1.0 / depth).astype(np.float32)
     inv_z = [inv_vertex_depth[faces[tri, k]] for k in range(3)]
     inv_depth = lam[0] * inv_z[0] + lam[1] * inv_z[1] + lam[2] * inv_z[2]
@@ -85,8 +85,8 @@ def _box_pixels(ids: np.ndarray, lo: np.ndarray, span: np.ndarray) -> tuple[np.n
     return tri, lo[tri, 0] + dx, lo[tri, 1] + dy
 
 
-def _inside(tri: np.ndarray, px: np.ndarray, py: np.ndarray, edges: np.ndarray
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
+def _inside_triangles(tri: np.ndarray, px: np.ndarray, py: np.ndarray, edges: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
     """Keep the candidate pixels (tri, px, py, each (K,)) whose centre is inside its triangle:
     all three barycentric functions edges (3, 3, F) [a/b/c, k, triangle] at least -1e-6. Each
     function is evaluated only where the previous ones passed. Returns the kept tri, px, py and
