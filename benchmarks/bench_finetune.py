@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from stages.common.params import load_params
+from stages.common.params import apply_overrides, load_params
 from stages.finetuning.trainer import FinetunePaths, FinetuneTrainer
 from stages.nets.trainer import Trainer, TrainPaths
 from stages.wcpa.layout import load_resources
@@ -44,15 +44,6 @@ def step_rate(trainer: FinetuneTrainer, step, batches: list[dict]) -> tuple[floa
     return images / (time.perf_counter() - wall), images / (time.process_time() - cpu)
 
 
-def override(params: dict, assignments: list[str]) -> None:
-    """Apply section.key=value assignments (typed like the current value)."""
-    for assignment in assignments:
-        key, value = assignment.split("=", 1)
-        name, leaf = key.split(".")
-        old = params[name][leaf]
-        params[name][leaf] = (value.lower() == "true") if isinstance(old, bool) else type(old)(value)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
@@ -63,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     params = load_params(args.params)
-    override(params, args.set)
+    apply_overrides(params, args.set)
     paths = FinetunePaths(start=Path(args.start), data=TrainPaths(
         crop=Path(args.crop), pca=Path("artifacts/pca"), split=Path("artifacts/split"), out=Path("/tmp/bench_finetune")))
     trainer = FinetuneTrainer(params, paths, load_resources(params["data"]["root"]).camera)

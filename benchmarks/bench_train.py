@@ -9,8 +9,16 @@ from the median step times, robust to the bursts of a shared machine. Prints bot
 their ratio, and where the difference goes: the batch loading within the full steps and the
 optimizer step timed alone (on CPU it is memory-bound: README "Benchmarks").
 
-    python -m benchmarks.bench_train [--steps 10] [--rounds 5] [--params params.yaml] [--crop artifacts/crop]
-Needs artifacts/crop, artifacts/pca and artifacts/split (dvc repro pca crop).
+    python -m benchmarks.bench_train [--steps 10] [--rounds 5] [--params params.yaml]
+        [--profile paper] [--set train.batch_size=32 ...] [--crop artifacts/crop]
+
+--profile measures another profile (stages/profiles/<name>.yaml merged over --params in memory,
+e.g. the paper's ResNet50 at 256 px); the initial weights do not change the timing, so
+train.pretrained is set to false (no download). When the crop store's side differs from the
+profile's crop.size, a store of that side is cut once into artifacts/bench_crop_<size>
+(stage crop's code, about 30 s for the demo data at 256 px).
+Needs artifacts/crop (or the coarse landmarks to cut one), artifacts/pca and artifacts/split
+(dvc repro pca crop).
 """
 from __future__ import annotations
 
@@ -22,10 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.common.params import load_params
+from stages.common.params import apply_overrides, load_params
 from stages.common.precision import autocast
 from stages.nets.backbone import build_backbone
+from stages.nets.dataset import CropStore
 from stages.nets.trainer import Trainer, TrainPaths
+from stages.profile import profile_params
 from stages.wcpa.layout import load_resources
 
 
@@ -87,17 +97,44 @@ def endless(loader):
         yield from loader
 
 
+def bench_params(args: argparse.Namespace) -> dict:
+    """--params, with --profile merged in (pretrained weights off: no download) and --set applied."""
+    if args.profile:
+        params = profile_params(args.profile, Path(args.params))
+        params["train"]["pretrained"] = False
+    else:
+        params = load_params(args.params)
+    apply_overrides(params, args.set)
+    return params
+
+
+def crop_folder(params: dict, crop: Path) -> Path:
+    """`crop` when its crops have the side params crop.size asks for; otherwise a store of that
+    side cut once into artifacts/bench_crop_<size> by stage crop's code."""
+    size = params["crop"]["size"]
+    if (crop / "train").is_dir() and CropStore.open(crop / "train").size == size:
+        return crop
+    folder = Path(f"artifacts/bench_crop_{size}")
+    if not (folder / "train").is_dir():
+        from stages.crop import run as cut_crops
+        print(f"{crop} does not hold {size}px crops: cutting them into {folder} (once)")
+        cut_crops(params, out=folder)
+    return folder
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--profile", help="merge stages/profiles/<name>.yaml over --params, e.g. paper")
+    parser.add_argument("--set", nargs="*", default=[], help="section.key=value overrides")
     parser.add_argument("--steps", type=int, default=10, help="steps of each per round")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of reference and full steps")
     parser.add_argument("--crop", default="artifacts/crop", help="crop store folder (train/ and val/ inside)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    params = load_params(args.params)
-    paths = TrainPaths(crop=Path(args.crop), pca=Path("artifacts/pca"), split=Path("artifacts/split"),
-                       out=Path("artifacts/bench_train"))
+    params = bench_params(args)
+    paths = TrainPaths(crop=crop_folder(params, Path(args.crop)), pca=Path("artifacts/pca"),
+                       split=Path("artifacts/split"), out=Path("artifacts/bench_train"))
     trainer = Trainer(params, paths, load_resources(params["data"]["root"]).camera)
     cfg, crop = trainer.cfg, trainer.train_data.store.size
     size = cfg.input_size or crop          # what the backbone sees

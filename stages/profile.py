@@ -13,7 +13,7 @@ from pathlib import Path
 from ruamel.yaml import YAML
 
 from stages.common.io import atomic_write
-from stages.common.params import ParamsError, load_params
+from stages.common.params import PARAMS_FILE, ParamsError, check_params, load_params
 
 PROFILES = Path(__file__).parent / "profiles"
 log = logging.getLogger("profile")
@@ -31,20 +31,34 @@ def merge(target, overrides, where: str = "") -> None:
             target[key] = value
 
 
+def profile_file(name: str) -> Path:
+    """stages/profiles/<name>.yaml; a clear stop when there is no such profile."""
+    path = PROFILES / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PROFILES.glob("*.yaml")))
+        raise SystemExit(f"{path}: no such profile (known: {known})")
+    return path
+
+
 def apply_profile(name: str, params_file: Path) -> None:
     """Merge stages/profiles/<name>.yaml into `params_file` and validate the result."""
     yaml = YAML()
-    profile_file = PROFILES / f"{name}.yaml"
-    if not profile_file.is_file():
-        known = ", ".join(sorted(p.stem for p in PROFILES.glob("*.yaml")))
-        raise SystemExit(f"{profile_file}: no such profile (known: {known})")
     params = yaml.load(params_file.read_text())
-    merge(params, yaml.load(profile_file.read_text()) or {})
+    merge(params, yaml.load(profile_file(name).read_text()) or {})
     with atomic_write(params_file) as tmp:
         with open(tmp, "w") as handle:
             yaml.dump(params, handle)
         load_params(tmp)
     log.info("%s now holds profile '%s'", params_file, name)
+
+
+def profile_params(name: str, params_file: Path = PARAMS_FILE) -> dict:
+    """The params of `params_file` with profile `name` merged in, validated, without writing
+    anything (benchmarks measure another profile this way)."""
+    yaml = YAML(typ="safe")
+    params = yaml.load(Path(params_file).read_text())
+    merge(params, yaml.load(profile_file(name).read_text()) or {})
+    return check_params(params, f"{params_file} + {profile_file(name)}")
 
 
 def main() -> None:

@@ -78,6 +78,12 @@ def load_params(path: Path | str = PARAMS_FILE) -> dict[str, Any]:
         raise ParamsError(f"{path}: file not found (run from the project root)") from None
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    return check_params(raw, path)
+
+
+def check_params(raw: Any, source: Path | str) -> dict[str, Any]:
+    """Validate and coerce a parsed params mapping; `source` names it in the messages."""
+    path = Path(source)
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: top level must be a mapping of sections")
     unknown = sorted(set(raw) - set(SCHEMA))
@@ -87,6 +93,26 @@ def load_params(path: Path | str = PARAMS_FILE) -> dict[str, Any]:
     if missing:
         raise ParamsError(f"{path}: missing section(s) {', '.join(missing)}")
     return {name: _check_section(name, raw[name], SCHEMA[name], path) for name in SCHEMA}
+
+
+def apply_overrides(params: dict[str, Any], assignments: list[str]) -> None:
+    """Apply `section.key=value` (or `seed=value`) assignments in place, each value read as
+    YAML (as `dvc exp run -S` does) and coerced to the schema's type."""
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        name, _, leaf = key.partition(".")
+        schema = SCHEMA.get(name)
+        known = leaf in schema if isinstance(schema, dict) else (schema is not None and not leaf)
+        if not (sep and known):
+            raise ParamsError(f"--set {assignment!r}: expected key=value with a key of params.yaml, e.g. train.epochs=3")
+        try:
+            raw = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ParamsError(f"--set {assignment!r}: not a YAML value: {err}") from None
+        if leaf:
+            params[name][leaf] = _coerce(raw, schema[leaf], f"--set {key}")
+        else:
+            params[name] = _coerce(raw, schema, f"--set {key}")
 
 
 def section(params: dict[str, Any], name: str) -> SimpleNamespace:

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.common.params import ParamsError, load_params
-from stages.profile import apply_profile
+from stages.common.params import ParamsError, apply_overrides, load_params
+from stages.profile import apply_profile, profile_params
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,3 +54,42 @@ def test_paper_profile_applies_and_validates(tmp_path):
     params = load_params(target)
     assert params["lambda"] == {"gnll": 0.01, "vdc": 20.0, "wpdc": 10.0, "pnp": 2.0}
     assert "# " in target.read_text()          # comments survive
+
+
+def test_profile_params_merge_in_memory_as_apply_profile_writes(tmp_path):
+    target = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", target)
+    before = target.read_text()
+    merged = profile_params("paper", target)
+    assert target.read_text() == before                      # nothing written
+    apply_profile("paper", target)
+    assert merged == load_params(target)
+
+
+def test_unknown_profile_stops_with_the_known_ones():
+    with pytest.raises(SystemExit, match="no such profile.*paper"):
+        profile_params("papr", ROOT / "params.yaml")
+
+
+def test_overrides_are_read_as_yaml_and_typed_by_the_schema():
+    params = load_params(ROOT / "params.yaml")
+    apply_overrides(params, ["train.pretrained=true", "seed=7", "train.lr=2e-3", "train.epochs=3.0",
+                             "infer.pnp_flags=EPNP+ITERATIVE"])
+    assert params["train"]["pretrained"] is True and params["seed"] == 7
+    assert params["train"]["lr"] == 0.002 and isinstance(params["train"]["lr"], float)
+    assert params["train"]["epochs"] == 3 and isinstance(params["train"]["epochs"], int)
+    assert params["infer"]["pnp_flags"] == "EPNP+ITERATIVE"
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("train.nope=1", "key of params.yaml"),
+    ("train=3", "key of params.yaml"),
+    ("train.epochs", "key of params.yaml"),
+    ("seed.x=1", "key of params.yaml"),
+    ("train.epochs=2.5", "train.epochs: expected int"),
+    ("train.lr=[1", "not a YAML value"),
+])
+def test_bad_overrides_name_the_assignment(assignment, message):
+    params = load_params(ROOT / "params.yaml")
+    with pytest.raises(ParamsError, match=message):
+        apply_overrides(params, [assignment])
