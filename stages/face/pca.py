@@ -54,6 +54,15 @@ class PCABasis:
         coeffs = flat @ self.components.reshape(self.n_components, -1).T / self.std
         return coeffs.astype(np.float32)
 
+    def off_span_mm2(self, verts: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
+        """Mean squared distance (mm^2) of the vertices of meshes (..., V, 3) from their
+        projection on the basis, given their `project` coefficients (..., K): by Pythagoras
+        (orthonormal components) |v - mean|^2 - |a * std|^2 per vertex, in float64, clipped at 0."""
+        centred = np.asarray(verts, dtype=np.float64) - self.mean
+        total = (centred ** 2).sum(axis=(-2, -1))
+        in_span = ((np.asarray(coeffs, dtype=np.float64) * self.std) ** 2).sum(-1)
+        return np.maximum(total - in_span, 0.0) * 1e6 / self.n_verts
+
     def reconstruct(self, coeffs: np.ndarray) -> np.ndarray:
         """Normalised coefficients (..., K) -> meshes (..., V, 3) float32 metres."""
         coeffs = np.asarray(coeffs, dtype=np.float64) * self.std

@@ -60,4 +60,6 @@ class PoseBatches(TrainBatches):
         item["images"][flip] = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
         item["uv"][flip] = torch.from_numpy(uv)
         item["verts"][flip] = torch.from_numpy(verts)
-        item["coeffs"][flip] = torch.from_numpy(self.basis.project(verts))
+        coeffs = self.basis.project(verts)
+        item["coeffs"][flip] = torch.from_numpy(coeffs)
+        item["off_span"][flip] = torch.from_numpy(self.basis.off_span_mm2(verts, coeffs).astype(np.float32))

@@ -100,6 +100,14 @@ class FinetuneTrainer(Trainer):
             "pnp": {k: str(v) for k, v in asdict(self.pnp).items()}, "start": file_digest(paths.start),
             "crop": self.train_data.store.size, "n_train": len(data.store)})
 
+    def trains_sigma(self) -> bool:
+        """sigma weights the PnP residuals (eq. 5 and the MC loss): always trained here."""
+        return True
+
+    def needs_verts(self) -> bool:
+        """The PnP layer solves against the predicted mesh."""
+        return True
+
     def step_terms(self, out: dict, batch: dict, step: int) -> dict[str, torch.Tensor]:
         """Eq. 6 terms (keys of self.lambdas) and the PnP diagnostics pnp_valid, pnp_ess (no weight)."""
         terms = super().step_terms(out, batch, step)

@@ -129,6 +129,7 @@ class TrainBatches(Dataset):
     """Item = one batch (a list of positions among the store's usable rows) -> dict of tensors:
 
     images (B, 3, S, S) uint8, uv (B, V, 2) crop px, verts (B, V, 3) metres, coeffs (B, K),
+    off_span (B,) mm^2: each mesh's mean squared vertex distance from the basis' span,
     reframe (B, 2, 3) float64: the warp from the stored crop to the returned one (identity when
     the reframing is off), jitter (B, 8) float32: colour jitter parameters for
     stages.nets.colour.jitter_images (the identity when off). Rows the crop stage skipped are left out.
@@ -174,6 +175,7 @@ class TrainBatches(Dataset):
             "uv": torch.from_numpy(uv),
             "verts": torch.from_numpy(verts),
             "coeffs": torch.from_numpy(coeffs),
+            "off_span": torch.from_numpy(self.basis.off_span_mm2(verts, coeffs).astype(np.float32)),
             "reframe": torch.from_numpy(reframe),
             "jitter": torch.from_numpy(draw_jitter(rng, len(rows), self.jitter)),
         }

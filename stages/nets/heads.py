@@ -21,7 +21,9 @@ class LandmarkHead(nn.Module):
     + SIGMA_MIN_PX, where centre (V, 2) is the mean training target (`init_mean`; the crop
     centre before) and S / 20 px is about the spread of the targets around it in an aligned
     crop. The FC weights start at zero, so training starts from the mean landmarks with
-    sigma ~ S / 29 px, and one unit of output is a step of the size the task needs.
+    sigma ~ S / 29 px, and one unit of output is a step of the size the task needs. mu and
+    sigma are two FC layers (one FC of 3V outputs split in two), so that a loss without sigma
+    (MSE) leaves sigma's out of the backward.
     """
 
     def __init__(self, features: int, n_verts: int, crop_size: int):
@@ -29,9 +31,11 @@ class LandmarkHead(nn.Module):
         self.n_verts = n_verts
         self.unit = crop_size / 20.0
         self.register_buffer("centre", torch.full((n_verts, 2), crop_size / 2.0))
-        self.fc = nn.Linear(features, n_verts * 3)
-        nn.init.zeros_(self.fc.weight)
-        nn.init.zeros_(self.fc.bias)
+        self.mu = nn.Linear(features, n_verts * 2)
+        self.sigma = nn.Linear(features, n_verts)
+        for fc in (self.mu, self.sigma):
+            nn.init.zeros_(fc.weight)
+            nn.init.zeros_(fc.bias)
 
     def init_mean(self, mean_uv: torch.Tensor) -> None:
         """Centre the outputs on the mean target position (V, 2) crop px."""
@@ -39,9 +43,8 @@ class LandmarkHead(nn.Module):
             self.centre.copy_(torch.as_tensor(mean_uv, dtype=torch.float32))
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.fc(features).float().view(-1, self.n_verts, 3)
-        mu = self.centre + out[..., :2] * self.unit
-        sigma = F.softplus(out[..., 2]) * self.unit + SIGMA_MIN_PX
+        mu = self.centre + self.mu(features).float().view(-1, self.n_verts, 2) * self.unit
+        sigma = F.softplus(self.sigma(features).float()) * self.unit + SIGMA_MIN_PX
         return mu, sigma
 
 
@@ -81,9 +84,11 @@ class ShapeHead(nn.Module):
         """Meshes (B, V, 3) -> least-squares normalised coefficients (B, K)."""
         return ((verts.reshape(len(verts), -1) - self.mean) @ self.components.T) / self.std
 
-    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, features: torch.Tensor, with_verts: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """-> (verts, coeffs); in 'pca' mode verts is None when not `with_verts` (a loss on
+        the coefficients alone does not need the decode)."""
         out = self.fc(features).float()
         if self.mode == "pca":
-            return self.to_verts(out), out
+            return (self.to_verts(out) if with_verts else None), out
         verts = (self.mean + out * DIRECT_SCALE_M).view(-1, self.n_verts, 3)
         return verts, self.to_coeffs(verts)

@@ -33,6 +33,15 @@ def vdc(verts: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (((verts.float() - target.float()) * 1000.0) ** 2).sum(-1).mean(-1).mean()
 
 
+def vdc_from_coeffs(wpdc_value: torch.Tensor, off_span_mm2: torch.Tensor) -> torch.Tensor:
+    """Eq. 2 for a mesh decoded from a PCA basis (orthonormal components, stages.face.pca), with
+    the WPDC weights w_k = 1000 std_k / sqrt(V) mm: the predicted mesh lies in the basis' span, so
+    its squared distance to the target splits (Pythagoras) into the in-span part, which is WPDC
+    exactly, and the target's own distance from the span, off_span_mm2 (B,) (PCABasis.off_span_mm2),
+    a constant. Same value and gradient as `vdc` on the decoded mesh, without the decode."""
+    return wpdc_value + off_span_mm2.float().mean()
+
+
 def wpdc(coeffs: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Eq. 3: ||w * (a_pred - a_gt)||^2, coeffs (B, K) normalised, weights (K,) mm -> mm^2."""
     return ((weights * (coeffs.float() - target.float())) ** 2).sum(-1).mean()

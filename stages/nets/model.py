@@ -33,7 +33,8 @@ class NetConfig:
 
 class FaceNet(nn.Module):
     """images (B, 3, S, S) RGB in [0, 255] (uint8 or float) -> dict of
-    mu (B, V, 2) crop px, sigma (B, V) crop px, verts (B, V, 3) metres, coeffs (B, K).
+    mu (B, V, 2) crop px, sigma (B, V) crop px, verts (B, V, 3) metres, coeffs (B, K)
+    (verts left out under with_verts=False with a PCA shape head).
 
     With config.input_size < S the crop is resized (antialiased bilinear) before the backbone,
     a cheaper network for the CPU demo; the outputs stay in the S-pixel crop's coordinates.
@@ -49,7 +50,8 @@ class FaceNet(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255)
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor, with_verts: bool = True) -> dict[str, torch.Tensor]:
+        """with_verts=False leaves "verts" out where the shape head need not decode it ('pca' mode)."""
         x = images.float()
         size = self.config.input_size
         if size and size != x.shape[-1]:      # first: a linear filter with unit weights commutes with the normalisation
@@ -60,5 +62,6 @@ class FaceNet(nn.Module):
         features = self.backbone(x).float()
         with torch.autocast(features.device.type, enabled=False):     # heads in float32 (stages.common.precision)
             mu, sigma = self.landmarks(features)
-            verts, coeffs = self.shape(features)
-        return {"mu": mu, "sigma": sigma, "verts": verts, "coeffs": coeffs}
+            verts, coeffs = self.shape(features, with_verts)
+        out = {"mu": mu, "sigma": sigma, "coeffs": coeffs}
+        return out if verts is None else {**out, "verts": verts}

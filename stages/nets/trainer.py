@@ -140,15 +140,19 @@ def mean_target(camera: Camera, data: SplitData, limit: int = 512) -> np.ndarray
 
 
 def loss_terms(out: dict, batch: dict, cfg: SimpleNamespace, weights_mm: torch.Tensor) -> dict:
-    """Loss terms (eq. 1-3) of one batch; see stages.nets.losses for their units."""
+    """Loss terms (eq. 1-3) of one batch; see stages.nets.losses for their units. Without
+    out["verts"] (a PCA head run with with_verts=False) the VDC comes from the coefficients:
+    weights_mm must then be the basis' own WPDC weights (PCABasis.wpdc_weights)."""
     if cfg.landmark_loss == "gnll":
         landmark = losses.gnll(out["mu"], out["sigma"], batch["uv"])
     elif cfg.landmark_loss == "mse":
         landmark = losses.landmark_mse(out["mu"], batch["uv"])
     else:
         raise ValueError(f"train.landmark_loss={cfg.landmark_loss!r}: expected 'gnll' or 'mse'")
-    return {"gnll": landmark, "vdc": losses.vdc(out["verts"], batch["verts"]),
-            "wpdc": losses.wpdc(out["coeffs"], batch["coeffs"], weights_mm)}
+    wpdc = losses.wpdc(out["coeffs"], batch["coeffs"], weights_mm)
+    vdc = (losses.vdc(out["verts"], batch["verts"]) if "verts" in out
+           else losses.vdc_from_coeffs(wpdc, batch["off_span"]))
+    return {"gnll": landmark, "vdc": vdc, "wpdc": wpdc}
 
 
 def lr_factor(cfg: SimpleNamespace, step: int, total: int) -> float:
@@ -212,6 +216,7 @@ class Trainer:
         self.train_data, self.val_data = load_split(paths, "train"), load_split(paths, "val")
         size = self.train_data.store.size
         self.model = build_model(self.cfg, self.basis, size, mean_target(camera, self.train_data)).to(self.ctx.device)
+        self.model.landmarks.sigma.requires_grad_(self.trains_sigma())
         self.net = (DistributedDataParallel(self.model, device_ids=[self.ctx.device] if self.ctx.device.type == "cuda" else None)
                     if self.ctx.world > 1 else self.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
@@ -238,6 +243,15 @@ class Trainer:
         self.start_epoch, self.history = state["epoch"] + 1, state["history"]
         return True
 
+    def trains_sigma(self) -> bool:
+        """Whether sigma's FC is trained: only the GNLL uses it here (under MSE it keeps its
+        start, and is left out of the backward, the optimizer and DDP)."""
+        return self.cfg.landmark_loss == "gnll"
+
+    def needs_verts(self) -> bool:
+        """Whether the loss needs the decoded mesh (a PCA head's VDC comes from its coefficients)."""
+        return self.cfg.shape_head != "pca"
+
     def step_terms(self, out: dict, batch: dict, step: int) -> dict[str, torch.Tensor]:
         """The loss terms of one batch (eq. 1-3); subclasses add theirs (finetune: eq. 5, MC)."""
         return loss_terms(out, batch, self.cfg, self.weights_mm)
@@ -253,7 +267,7 @@ class Trainer:
         batch = {k: v.to(self.ctx.device, non_blocking=True) for k, v in batch.items()}
         images = jitter_images(batch["images"], batch["jitter"])
         with autocast(self.ctx.device, self.amp):
-            out = self.net(images)
+            out = self.net(images, with_verts=self.needs_verts())
         terms = (step_terms or self.step_terms)(out, batch, step)
         total_loss = sum(self.lambdas[k] * value for k, value in terms.items() if k in self.lambdas)
         self.optimizer.zero_grad(set_to_none=True)

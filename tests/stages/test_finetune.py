@@ -24,7 +24,7 @@ def write_params(tmp_path, params):
 
 def test_finetune_starts_from_train_writes_model_and_resumes(tmp_path, monkeypatch, caplog):
     params = make_tiny_project(tmp_path, subjects=4, crop_size=32)
-    params["train"].update(epochs=1, batch_size=6)
+    params["train"].update(epochs=1, batch_size=6, landmark_loss="mse")
     params["finetune"].update(epochs=1, batch_size=6, device="cpu", val_batch_size=8, mc_samples=32,
                               amis_iters=2, pnp_points=0)
     write_params(tmp_path, params)
@@ -38,6 +38,8 @@ def test_finetune_starts_from_train_writes_model_and_resumes(tmp_path, monkeypat
     start = torch.load(tmp_path / "artifacts" / "train" / "model.pt", weights_only=False)
     assert set(model) == set(start) and model["config"] == start["config"]
     assert any(not torch.equal(model["model"][k], start["model"][k]) for k in start["model"])
+    sigma = "landmarks.sigma.weight"      # untrained under the train stage's MSE, trained by the PnP terms
+    assert not start["model"][sigma].any() and model["model"][sigma].any()
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"val_score", "val_ADD", "val_MAE_r", "val_MAE_t"} <= set(metrics["start"]) & set(metrics["change"])
     assert metrics["final"]["train_pnp_valid"] > 0.5 and metrics["final"]["train_pnp"] > 0
@@ -63,7 +65,7 @@ def test_finetune_starts_from_train_writes_model_and_resumes(tmp_path, monkeypat
     assert [e["epoch"] for e in json.loads((out / "metrics.json").read_text())["epochs"]] == [0, 1]
 
     start_file = tmp_path / "artifacts" / "train" / "model.pt"
-    start["model"]["landmarks.fc.bias"] += 0.01       # a new start model: finetuning restarts
+    start["model"]["landmarks.mu.bias"] += 0.01       # a new start model: finetuning restarts
     torch.save(start, start_file)
     params["finetune"]["epochs"] = 0
     write_params(tmp_path, params)

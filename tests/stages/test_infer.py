@@ -43,7 +43,8 @@ def save_model(root, params, **changes) -> FaceNet:
                           np.load(root / "artifacts" / "pca" / "poses_val.npy"), store.warps)
         model.landmarks.init_mean(torch.as_tensor(uv.mean(0)))
         with torch.no_grad():            # the heads start at zero: give them small random weights
-            torch.nn.init.normal_(model.landmarks.fc.weight, std=1e-3)
+            torch.nn.init.normal_(model.landmarks.mu.weight, std=1e-3)
+            torch.nn.init.normal_(model.landmarks.sigma.weight, std=1e-3)
             torch.nn.init.normal_(model.shape.fc.weight, std=1e-3)
     path = root / "artifacts" / "train" / "model.pt"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,10 +3,14 @@ import json
 import logging
 import sys
 
+import pytest
 import torch
 import yaml
 
 from stages import pca, train
+from stages.nets import losses
+from stages.nets.trainer import Trainer, TrainPaths
+from stages.wcpa.layout import load_resources
 from tests.tiny_project import make_tiny_project
 
 
@@ -41,3 +45,35 @@ def test_train_writes_checkpoints_and_resumes(tmp_path, monkeypatch, caplog):
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_000.pt", "epoch_001.pt"]
     assert not (tmp_path / "dvc.yaml").exists()      # dvclive wrote no dvc.yaml
+
+
+def one_step_trainer(tmp_path, monkeypatch, landmark_loss):
+    """A Trainer on a tiny project after one training step -> (trainer, batch, sigma FC before)."""
+    params = make_tiny_project(tmp_path, subjects=4, crop_size=32)
+    params["train"].update(batch_size=6, landmark_loss=landmark_loss)
+    monkeypatch.chdir(tmp_path)
+    pca.run(params)
+    paths = TrainPaths(crop=tmp_path / "artifacts" / "crop", pca=tmp_path / "artifacts" / "pca",
+                       split=tmp_path / "artifacts" / "split", out=tmp_path / "artifacts" / "train")
+    trainer = Trainer(params, paths, load_resources(params["data"]["root"]).camera)
+    sigma_before = trainer.model.landmarks.sigma.weight.detach().clone()
+    batch = next(iter(trainer.loader))
+    trainer.train_step(batch, 0, 10)
+    return trainer, batch, sigma_before
+
+
+def test_mse_leaves_sigma_out_and_the_vdc_comes_from_the_coefficients(tmp_path, monkeypatch):
+    trainer, batch, sigma_before = one_step_trainer(tmp_path, monkeypatch, "mse")
+    sigma = trainer.model.landmarks.sigma
+    assert sigma.weight.grad is None and torch.equal(sigma.weight, sigma_before)
+    assert trainer.model.landmarks.mu.weight.grad is not None and not trainer.needs_verts()
+    with torch.no_grad():                 # the coefficient VDC is eq. 2 on the decoded mesh
+        out = trainer.model(batch["images"])
+        terms = trainer.step_terms({k: v for k, v in out.items() if k != "verts"}, batch, 0)
+        on_mesh = losses.vdc(out["verts"], batch["verts"])
+    assert terms["vdc"].item() == pytest.approx(on_mesh.item(), rel=1e-4)
+
+
+def test_gnll_trains_sigma(tmp_path, monkeypatch):
+    trainer, _, sigma_before = one_step_trainer(tmp_path, monkeypatch, "gnll")
+    assert not torch.equal(trainer.model.landmarks.sigma.weight, sigma_before)

@@ -41,3 +41,35 @@ def test_wpdc_with_pca_weights_is_the_in_span_vertex_error():
     wpdc = losses.wpdc(torch.as_tensor(a), torch.as_tensor(b), weights).item()
     vdc = losses.vdc(torch.as_tensor(basis.reconstruct(a)), torch.as_tensor(basis.reconstruct(b))).item()
     assert wpdc == pytest.approx(vdc, rel=1e-4)
+
+
+def _off_span_case():
+    """A 6-component basis of 20-vertex meshes and targets with parts outside its span."""
+    rng = np.random.default_rng(2)
+    basis = fit_pca(rng.normal(0, 0.01, (7, 20, 3)), 6)
+    targets = rng.normal(0, 0.01, (4, 20, 3)).astype(np.float32)        # not in the span
+    return basis, targets, basis.project(targets)
+
+
+def test_off_span_distance_is_the_distance_to_the_projection():
+    basis, targets, coeffs = _off_span_case()
+    direct = ((targets.astype(np.float64) - basis.reconstruct(coeffs)) ** 2).sum(-1).mean(-1) * 1e6
+    np.testing.assert_allclose(basis.off_span_mm2(targets, coeffs), direct, rtol=1e-4)
+    assert basis.off_span_mm2(targets, coeffs).min() > 10          # the case has something off the span
+
+
+def test_vdc_from_coefficients_equals_vdc_on_the_decoded_mesh_value_and_gradient():
+    basis, targets, target_coeffs = _off_span_case()
+    weights = torch.as_tensor(basis.wpdc_weights())
+    components = torch.as_tensor(basis.components.reshape(6, -1), dtype=torch.float64)
+    mean, std = torch.as_tensor(basis.mean.reshape(-1)), torch.as_tensor(basis.std)
+    pred = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    decoded = (mean + (pred * std) @ components).view(4, 20, 3)
+    on_mesh = losses.vdc(decoded, torch.as_tensor(targets, dtype=torch.float64))
+    gt = torch.as_tensor(target_coeffs, dtype=torch.float64)
+    off_span = torch.as_tensor(basis.off_span_mm2(targets, target_coeffs))
+    from_coeffs = losses.vdc_from_coeffs(losses.wpdc(pred, gt, weights.double()), off_span)
+    assert from_coeffs.item() == pytest.approx(on_mesh.item(), rel=1e-5)
+    grad_mesh, = torch.autograd.grad(on_mesh, pred)
+    grad_coeffs, = torch.autograd.grad(from_coeffs, pred)
+    torch.testing.assert_close(grad_coeffs, grad_mesh, rtol=1e-5, atol=1e-9)

@@ -71,16 +71,18 @@ def test_paper_network_runs_one_training_step_on_cpu():
     model = FaceNet(config, pretrained=False)
     model.shape.set_basis(torch.zeros(1220, 3), torch.randn(250, 1220, 3) * 1e-3, torch.ones(250))
     assert model.backbone.conv1.in_channels == 5
-    assert model.landmarks.fc.out_features == 1220 * 3 and model.shape.fc.out_features == 250
+    assert model.landmarks.mu.out_features == 1220 * 2 and model.landmarks.sigma.out_features == 1220
+    assert model.shape.fc.out_features == 250
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     images = torch.randint(0, 256, (2, 3, 256, 256), dtype=torch.uint8)
     out = model(images)
     loss = (0.01 * losses.gnll(out["mu"], out["sigma"], torch.rand(2, 1220, 2) * 256)
             + 20 * losses.vdc(out["verts"], torch.randn(2, 1220, 3) * 0.01)
             + 10 * losses.wpdc(out["coeffs"], torch.zeros(2, 250), torch.ones(250)))
-    before = [head.fc.weight.detach().clone() for head in (model.landmarks, model.shape)]
+    fcs = (model.landmarks.mu, model.landmarks.sigma, model.shape.fc)
+    before = [fc.weight.detach().clone() for fc in fcs]
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
     assert torch.isfinite(loss)
-    assert not any(torch.equal(b, head.fc.weight) for b, head in zip(before, (model.landmarks, model.shape)))
+    assert not any(torch.equal(b, fc.weight) for b, fc in zip(before, fcs))

@@ -30,8 +30,8 @@ def _random_net() -> FaceNet:
     model = FaceNet(config).eval()
     model.shape.set_basis(torch.zeros(50, 3), torch.linalg.qr(torch.randn(150, 8))[0].T.reshape(8, 50, 3),
                           torch.full((8,), 0.005))
-    for head in (model.landmarks, model.shape):
-        torch.nn.init.normal_(head.fc.weight, std=0.02)
+    for fc in (model.landmarks.mu, model.landmarks.sigma, model.shape.fc):
+        torch.nn.init.normal_(fc.weight, std=0.02)
     return model
 
 
