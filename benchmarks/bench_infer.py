@@ -80,7 +80,8 @@ def bench_model(config: NetConfig, template: np.ndarray, mean_uv: np.ndarray) ->
     model.shape.set_basis(template, components.reshape(config.n_components, -1, 3), np.full(config.n_components, 1e-3))
     model.landmarks.init_mean(torch.as_tensor(mean_uv))
     with torch.no_grad():
-        model.landmarks.fc.weight.mul_(0.01)
+        for fc in (model.landmarks.mu, model.landmarks.sigma):
+            fc.weight.mul_(0.01)
     return model.eval()
 
 
