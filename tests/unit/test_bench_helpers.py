@@ -1,0 +1,31 @@
+"""Benchmark helpers that CI does not otherwise run: the random inference model of bench_infer
+and the params of bench_train --profile / --set."""
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.bench_infer import bench_model
+from benchmarks.bench_train import bench_params
+from stages.nets.model import NetConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_infer_model_predicts_the_mean_landmarks_and_a_mesh_near_the_template():
+    config = NetConfig(depth=18, coordconv=True, shape_head="pca", crop_size=32, n_verts=10, n_components=4)
+    rng = np.random.default_rng(0)
+    template, mean_uv = rng.normal(0, 0.05, (10, 3)), rng.uniform(8, 24, (10, 2))
+    model = bench_model(config, template, mean_uv)
+    with torch.no_grad():
+        out = model(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
+    np.testing.assert_allclose(out["mu"].numpy(), np.broadcast_to(mean_uv, (2, 10, 2)), atol=1e-4)
+    np.testing.assert_allclose(out["verts"].numpy(), np.broadcast_to(template, (2, 10, 3)), atol=1e-4)
+
+
+def test_bench_train_profile_params_drop_the_pretrained_weights_and_take_overrides():
+    args = argparse.Namespace(params=str(ROOT / "params.yaml"), profile="paper", set=["train.batch_size=8"])
+    params = bench_params(args)
+    assert params["train"]["depth"] == 50 and params["crop"]["size"] == 256
+    assert params["train"]["pretrained"] is False and params["train"]["batch_size"] == 8
