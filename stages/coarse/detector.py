@@ -16,7 +16,7 @@ import torch
 from stages.coarse.model import LandmarkNet
 from stages.coarse.train import to_tensor
 from stages.coarse.views import locate_warp, refine_warp
-from stages.common.io import atomic_write
+from stages.common.io import save_torch
 from stages.common.precision import amp_dtype, autocast
 from stages.face.warp import apply_warp, invert_warp, warp_image
 
@@ -30,8 +30,7 @@ def save_detector(path: Path | str, nets: dict[str, LandmarkNet], config: dict[s
     state = {"config": {k: config[k] for k in CONFIG_KEYS},
              "nets": {k: {n: t.detach().cpu() for n, t in net.state_dict().items()} for k, net in nets.items()},
              "flip_order": np.asarray(flip_order)}
-    with atomic_write(path) as tmp:
-        torch.save(state, tmp)
+    save_torch(state, path)
 
 
 class Detector:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from stages.coarse.augment import Augmenter, Jitter
 from stages.coarse.model import LandmarkNet
 from stages.coarse.sources import Views
-from stages.common.io import atomic_write
+from stages.common.io import save_torch
 
 log = logging.getLogger(__name__)
 PASSES = ("locate", "refine")
@@ -103,8 +103,7 @@ class Checkpoint:
         return state
 
     def save(self, state: dict[str, Any]) -> None:
-        with atomic_write(self.path) as tmp:
-            torch.save({**state, "fingerprint": self.fingerprint}, tmp)
+        save_torch({**state, "fingerprint": self.fingerprint}, self.path)
 
 
 def train(cfg: TrainConfig, train_views: dict[str, Views], val_views: dict[str, Views],

@@ -28,6 +28,15 @@ def atomic_write(path: Path | str) -> Iterator[Path]:
             tmp.unlink()
 
 
+def save_torch(obj: Any, path: Path | str) -> None:
+    """torch.save `obj` to `path` atomically, through a file handle: the archive's records are then
+    named 'archive/...' instead of after the temporary file, so equal objects give equal bytes
+    (and equal DVC hashes) from run to run."""
+    import torch          # lazily: most stages that write through this module never load torch
+    with atomic_write(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(obj, handle)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: Path | str) -> Iterator[Path]:
     """Yield a temporary folder; it replaces `path` (removed first) only if the block succeeds."""

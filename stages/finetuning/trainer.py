@@ -23,7 +23,7 @@ from stages.common.io import save_json
 from stages.finetuning.batches import PoseBatches
 from stages.finetuning.pnp_loss import PnPSettings, pnp_terms
 from stages.nets.trainer import (Trainer, TrainPaths, fingerprint, log_epoch,
-                                 make_loader, open_live, reframe_limits)
+                                 make_loader, open_live, reframe_limits, state_layout)
 from stages.wcpa.camera import Camera
 
 log = logging.getLogger("finetune")
@@ -98,7 +98,7 @@ class FinetuneTrainer(Trainer):
         self.generator = torch.Generator(device=self.ctx.device)
         self.fp = fingerprint(self.cfg, self.lambdas, self.seed, {
             "pnp": {k: str(v) for k, v in asdict(self.pnp).items()}, "start": file_digest(paths.start),
-            "crop": self.train_data.store.size, "n_train": len(data.store)})
+            "crop": self.train_data.store.size, "n_train": len(data.store), "layout": state_layout(self.model)})
 
     def trains_sigma(self) -> bool:
         """sigma weights the PnP residuals (eq. 5 and the MC loss): always trained here."""

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from stages.common.io import atomic_write, save_json
+from stages.common.io import save_json, save_torch
 from stages.common.precision import amp_dtype, autocast, needs_grad_scaler
 from stages.common.threads import single_thread_blas
 from stages.face.pca import PCABasis
@@ -118,6 +118,14 @@ def fingerprint(cfg: SimpleNamespace, lambdas: dict, seed: int, extra: dict) -> 
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def state_layout(model: torch.nn.Module) -> list:
+    """[name, shape, trained] of every parameter and buffer: what a checkpoint's model and
+    optimizer state must match (part of the fingerprint, so that a checkpoint written by a
+    network of another layout, e.g. by older code, is not resumed)."""
+    params = [[name, list(p.shape), p.requires_grad] for name, p in model.named_parameters()]
+    return params + [[name, list(b.shape), False] for name, b in model.named_buffers()]
+
+
 def build_model(cfg: SimpleNamespace, basis: PCABasis, crop_size: int, mean_uv: np.ndarray) -> FaceNet:
     config = NetConfig(depth=cfg.depth, coordconv=cfg.coordconv, shape_head=cfg.shape_head,
                        crop_size=crop_size, n_verts=basis.n_verts, n_components=basis.n_components,
@@ -195,8 +203,7 @@ def latest_checkpoint(folder: Path, fp: str, epochs: int) -> dict | None:
 def save_checkpoint(folder: Path, state: dict) -> None:
     """epoch_<NNN>.pt, atomically; only the newest KEEP_CHECKPOINTS are kept."""
     folder.mkdir(parents=True, exist_ok=True)
-    with atomic_write(folder / f"epoch_{state['epoch']:03d}.pt") as tmp:
-        torch.save(state, tmp)
+    save_torch(state, folder / f"epoch_{state['epoch']:03d}.pt")
     for old in sorted(folder.glob("epoch_*.pt"))[:-KEEP_CHECKPOINTS]:
         old.unlink()
 
@@ -229,7 +236,8 @@ class Trainer:
                                     reframe=reframe_limits(self.cfg), coeffs=self.train_data.coeffs)
         self.loader = make_loader(self.dataset, self.ctx, self.cfg, self.seed)
         self.fp = fingerprint(self.cfg, self.lambdas, self.seed,
-                              {"crop": size, "n_train": len(self.train_data.store), "basis": list(self.basis.components.shape)})
+                              {"crop": size, "n_train": len(self.train_data.store), "basis": list(self.basis.components.shape),
+                               "layout": state_layout(self.model)})
         self.start_epoch, self.history = 0, []
 
     def resume(self) -> bool:
@@ -342,9 +350,8 @@ class Trainer:
 
     def save_model(self) -> None:
         """artifacts/train/model.pt: config, weights (with the PCA basis buffers) and params."""
-        with atomic_write(self.paths.out / "model.pt") as tmp:
-            torch.save({"config": self.model.config.to_dict(), "model": self.model.state_dict(),
-                        "params": vars(self.cfg), "basis_shape": list(self.basis.components.shape)}, tmp)
+        save_torch({"config": self.model.config.to_dict(), "model": self.model.state_dict(),
+                    "params": vars(self.cfg), "basis_shape": list(self.basis.components.shape)}, self.paths.out / "model.pt")
 
 
 def run_training(params: dict, paths: TrainPaths, camera: Camera) -> dict:

@@ -2,6 +2,7 @@
 import json
 import logging
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,7 +10,8 @@ import yaml
 
 from stages import pca, train
 from stages.nets import losses
-from stages.nets.trainer import Trainer, TrainPaths
+from stages.nets.model import FaceNet, NetConfig
+from stages.nets.trainer import Trainer, TrainPaths, fingerprint, state_layout
 from stages.wcpa.layout import load_resources
 from tests.tiny_project import make_tiny_project
 
@@ -77,3 +79,17 @@ def test_mse_leaves_sigma_out_and_the_vdc_comes_from_the_coefficients(tmp_path, 
 def test_gnll_trains_sigma(tmp_path, monkeypatch):
     trainer, _, sigma_before = one_step_trainer(tmp_path, monkeypatch, "gnll")
     assert not torch.equal(trainer.model.landmarks.sigma.weight, sigma_before)
+
+
+def test_a_checkpoint_of_another_network_layout_has_another_fingerprint():
+    """Older code's checkpoints (e.g. one FC for mu and sigma, or sigma trained) are not resumed."""
+    config = NetConfig(depth=18, coordconv=True, shape_head="pca", crop_size=32, n_verts=10, n_components=4)
+    cfg, lambdas = SimpleNamespace(lr=1e-3, epochs=3), {"gnll": 0.01}
+    def fp(model):
+        return fingerprint(cfg, lambdas, 0, {"layout": state_layout(model)})
+    first, second = FaceNet(config), FaceNet(config)
+    assert fp(first) == fp(second)
+    second.landmarks.sigma.requires_grad_(False)             # frozen: another optimizer state
+    third = FaceNet(config)
+    third.landmarks.sigma = torch.nn.Linear(512, 20)          # another shape
+    assert fp(second) != fp(first) != fp(third)
