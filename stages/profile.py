@@ -55,10 +55,10 @@ def apply_profile(name: str, params_file: Path) -> None:
 def profile_params(name: str, params_file: Path = PARAMS_FILE) -> dict:
     """The params of `params_file` with profile `name` merged in, validated, without writing
     anything (benchmarks measure another profile this way)."""
-    yaml = YAML(typ="safe")
+    yaml, profile = YAML(typ="safe"), profile_file(name)
     params = yaml.load(Path(params_file).read_text())
-    merge(params, yaml.load(profile_file(name).read_text()) or {})
-    return check_params(params, f"{params_file} + {profile_file(name)}")
+    merge(params, yaml.load(profile.read_text()) or {})
+    return check_params(params, f"{params_file} + {profile}")
 
 
 def main() -> None:
