@@ -24,7 +24,7 @@ import pandas as pd
 from stages.common.params import load_params, section
 from stages.face.pca import PCABasis
 from stages.infer import settings_of
-from stages.nets.checkpoint import Expected, load_network
+from stages.nets.checkpoint import Expected, load_network, used_inputs
 from stages.nets.dataset import CropStore
 from stages.nets.flipmerge import FLIP_MERGE_MODES
 from stages.nets.inference import Fallback, apply_fallback, batch_predictions, mean_pose, network_outputs, skipped_rows
@@ -82,7 +82,8 @@ def main() -> None:
     basis = PCABasis.load(ARTIFACTS / "pca" / "basis.npz")
     perm = np.load(ARTIFACTS / "pca" / "basis.npz")["flip_perm"]
     checkpoint = ARTIFACTS / (args.checkpoint or cfg.checkpoint) / "model.pt"
-    model = load_network(checkpoint, Expected.of(train, store.size, resources.n_verts, basis.n_components))
+    model = load_network(checkpoint, Expected.of(train, store.size, resources.n_verts, basis.n_components),
+                         used_inputs(store.run, ARTIFACTS / "pca" / "basis.npz"))
     fallback = Fallback(basis.mean.astype(np.float32), mean_pose(np.load(ARTIFACTS / "pca" / "poses_train.npy")))
     labels = (np.load(ARTIFACTS / "pca" / "verts_val.npy"), np.load(ARTIFACTS / "pca" / "poses_val.npy"))
     plain, back = collect_outputs(model, store, perm, settings)

@@ -25,7 +25,7 @@ import torch
 
 from stages.common.params import load_params, section
 from stages.face.pca import PCABasis
-from stages.nets.checkpoint import Expected, load_network
+from stages.nets.checkpoint import Expected, load_network, used_inputs
 from stages.nets.dataset import CropStore, crop_targets
 from stages.nets.validate import predict
 from stages.nets.poses import solve_poses
@@ -115,7 +115,8 @@ def main() -> None:
     basis = PCABasis.load(ARTIFACTS / "pca" / "basis.npz")
     model = load_network(ARTIFACTS / args.checkpoint / "model.pt",
                          Expected.of(section(params, "train"), split["val"][0].size, resources.n_verts,
-                                     basis.n_components))
+                                     basis.n_components),
+                         used_inputs(split["val"][0].run, ARTIFACTS / "pca" / "basis.npz"))
     predicted = {name: predict(model, s[0].images, 64, torch.device("cpu")) for name, s in split.items()}
     print_pnp_oracles(split, predicted["val"]["verts"].astype(np.float64), resources.camera)
     print_ridge_probe(split, predicted, resources.camera, args.ridge)

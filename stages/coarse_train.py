@@ -7,7 +7,8 @@ R_t. Reads artifacts/split/{train,val}.csv. Writes artifacts/coarse_train/:
   live/          dvclive metrics and per-epoch curves
   skipped.csv    samples skipped as bad input (with data.skip_bad)
 Work in progress lives in artifacts/coarse_train.partial/ (checkpoint after every epoch, dvclive
-history): an interrupted run resumes from there when params and lists are unchanged.
+history): an interrupted run resumes from there when the params, the lists and the data's
+identity (resources and a sample of the files' bytes) are unchanged.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from dvclive import Live
 
 from stages.coarse.augment import Jitter
@@ -27,12 +29,14 @@ from stages.coarse.sources import cut_views
 from stages.coarse.targets import landmark_flip_order, load_targets
 from stages.coarse.train import Checkpoint, TrainConfig, train
 from stages.common.badinput import SKIPPED_FILE, BadInputs
+from stages.common.identity import files_digest, path_digest
 from stages.common.io import atomic_dir, save_json
 from stages.common.params import load_params, section, stage_args
-from stages.wcpa.layout import load_resources, read_list
+from stages.wcpa.layout import image_path, info_path, load_resources, read_list
 
 log = logging.getLogger("coarse_train")
 SPLITS = ("train", "val")
+DATA_SAMPLES = 64
 
 
 def train_config(params: dict) -> TrainConfig:
@@ -47,9 +51,21 @@ def train_config(params: dict) -> TrainConfig:
         seed=params["seed"])
 
 
-def fingerprint(params: dict, tables: dict) -> str:
-    """Hash of what the training depends on: its params, the seed, the data root and the lists."""
-    digest = hashlib.sha256(json.dumps([params["coarse_train"], params["seed"], params["data"]["root"]],
+def data_identity(root: Path | str, tables: dict) -> dict[str, str]:
+    """Identity of the data the detector learns from: the resources and the bytes of
+    DATA_SAMPLES evenly spaced listed samples' info and image files (names and counts are in the
+    lists, which the fingerprint hashes whole)."""
+    rows = pd.concat([tables[split] for split in SPLITS], ignore_index=True)
+    picked = np.unique(np.linspace(0, len(rows) - 1, min(DATA_SAMPLES, len(rows))).astype(np.int64))
+    files = [path for row in rows.iloc[picked].itertuples(index=False)
+             for path in (info_path(root, row), image_path(root, row)) if path.is_file()]
+    return {"resources": path_digest(Path(root) / "resources"), "samples": files_digest(files)}
+
+
+def fingerprint(params: dict, tables: dict, data: dict[str, str]) -> str:
+    """Hash of what the training depends on: its params, the seed, the data root, the lists
+    and the data's identity (data_identity)."""
+    digest = hashlib.sha256(json.dumps([params["coarse_train"], params["seed"], params["data"]["root"], data],
                                        sort_keys=True).encode())
     for split in SPLITS:
         digest.update(tables[split].to_csv(index=False).encode())
@@ -74,7 +90,8 @@ def run(params: dict, out: Path = Path("artifacts/coarse_train"),
     partial = out.with_name(out.name + ".partial")
     bad.finish(partial, total=sum(len(t) for t in tables.values()))
     prepared = time.perf_counter()
-    checkpoint = Checkpoint(partial / "checkpoint.pt", fingerprint(params, tables))
+    identity = data_identity(data.root, tables)
+    checkpoint = Checkpoint(partial / "checkpoint.pt", fingerprint(params, tables, identity))
     resuming = checkpoint.load() is not None
     if not resuming:
         shutil.rmtree(partial / "live", ignore_errors=True)
@@ -87,7 +104,7 @@ def run(params: dict, out: Path = Path("artifacts/coarse_train"),
                "prepare_seconds": prepared - started, "total_seconds": time.perf_counter() - started}
     with atomic_dir(out) as tmp:
         save_detector(tmp / "model.pt", nets, {**vars(section(params, "coarse_train")),
-                                               "n_points": resources.n_kpts}, flip_order)
+                                               "n_points": resources.n_kpts}, flip_order, identity)
         shutil.copytree(partial / "live", tmp / "live")
         save_json(tmp / "metrics.json", metrics)
         shutil.copy(partial / SKIPPED_FILE, tmp / SKIPPED_FILE)

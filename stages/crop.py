@@ -29,7 +29,7 @@ from tqdm import tqdm
 from stages.coarse.targets import project_landmarks
 from stages.coarse_predict import split_tables
 from stages.common.badinput import BadInputs
-from stages.common.cropstore import CropStoreWriter
+from stages.common.cropstore import CropStoreWriter, stamp_run
 from stages.common.io import atomic_dir, save_json
 from stages.common.params import load_params, section, stage_args
 from stages.face.frontal import crop_quality, crop_warps, landmark_problem, reference_shape
@@ -185,6 +185,7 @@ def run(params: dict, out: Path = Path("artifacts/crop"), coarse_dir: Path = Pat
         bad.finish(tmp, total=sum(len(t) for t in tables.values()))
         for split in SPLITS:
             writers[split].finish(tmp / split, skipped[split])
+        stamp_run([tmp / split for split in SPLITS])
         save_json(tmp / "metrics.json", metrics)
     shutil.rmtree(partial, ignore_errors=True)
     log.info("metrics: %s", metrics)

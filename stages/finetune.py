@@ -4,7 +4,8 @@ paper sec. 2.4, eq. 4-6).
 Reads artifacts/train/model.pt (the start), artifacts/crop/{train,val}, artifacts/pca,
 artifacts/split and the camera of data.root; params: finetune, lambda.*, seed. Writes
 artifacts/finetune/: checkpoints/epoch_NNN.pt (every epoch; a rerun resumes from the newest one
-written with the same params and start model), model.pt (same format as the train stage's),
+written with the same params, start model and inputs; a start model trained on other inputs
+stops the stage), model.pt (same format as the train stage's),
 metrics.json (val metrics of the start model and the final one, their change, the history) and
 live/ (dvclive curves; step 0 is the start model).
 Multi-GPU: `torchrun --nproc_per_node N -m stages.finetune`.

@@ -21,7 +21,7 @@ import pandas as pd
 
 from stages.common.params import PARAMS_FILE, load_params, section
 from stages.face.pca import PCABasis
-from stages.nets.checkpoint import Expected, load_network
+from stages.nets.checkpoint import Expected, load_network, used_inputs
 from stages.nets.dataset import CropStore
 from stages.nets.inference import Fallback, InferSettings, infer_split, mean_pose, pick_device
 from stages.wcpa.layout import list_path, load_resources, read_list
@@ -61,7 +61,8 @@ def run(params: dict, split: str, artifacts: Path = ARTIFACTS) -> dict[str, np.n
     with np.load(basis_path) as npz:
         perm = npz["flip_perm"]
     checkpoint = artifacts / cfg.checkpoint / "model.pt"
-    model = load_network(checkpoint, Expected.of(train, store.size, resources.n_verts, basis.n_components))
+    model = load_network(checkpoint, Expected.of(train, store.size, resources.n_verts, basis.n_components),
+                         used_inputs(store.run, basis_path))
     fallback = Fallback(verts=basis.mean.astype(np.float32),
                         R_t=mean_pose(np.load(artifacts / "pca" / "poses_train.npy")))
     settings = settings_of(cfg)

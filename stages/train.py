@@ -2,7 +2,9 @@
 
 Reads artifacts/crop/{train,val}, artifacts/pca (basis, label cache), artifacts/split and the
 camera of data.root. Writes artifacts/train/: checkpoints/epoch_NNN.pt (every epoch; a rerun
-resumes from the newest one written with the same params), model.pt (the final network),
+resumes from the newest one written with the same params and inputs: crops, PCA basis and
+label caches, split lists and resources, by content), model.pt (the final network, with the
+identity of those inputs),
 metrics.json (final val metrics and the per-epoch history) and live/ (dvclive curves).
 Multi-GPU: `torchrun --nproc_per_node N -m stages.train`.
 """

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from stages.common.cropstore import stamp_run
 from stages.face.mesh import write_obj
 from stages.face.pca import ARKIT_BLENDSHAPES
 from stages.wcpa.camera import Camera, rt_from_euler
@@ -126,6 +127,7 @@ def make_tiny_project(root: Path, subjects: int = 6, crop_size: int = 32, half: 
         (root / "artifacts" / "split").mkdir(parents=True, exist_ok=True)
         part.to_csv(root / "artifacts" / "split" / f"{split}.csv", index=False)
         write_store(root / "artifacts" / "crop" / split, part, uv[mask], crop_size, rng)
+    stamp_run([root / "artifacts" / "crop" / split for split in ("train", "val")])
     params = tiny_params()
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return params

@@ -16,7 +16,7 @@ import torch
 from stages.coarse.model import LandmarkNet
 from stages.coarse.train import to_tensor
 from stages.coarse.views import locate_warp, refine_warp
-from stages.common.io import save_torch
+from stages.common.io import load_torch, save_torch
 from stages.common.precision import amp_dtype, autocast
 from stages.face.warp import apply_warp, invert_warp, warp_image
 
@@ -25,11 +25,12 @@ CONFIG_KEYS = ("locate_backbone", "refine_backbone", "locate_size", "refine_size
 
 
 def save_detector(path: Path | str, nets: dict[str, LandmarkNet], config: dict[str, Any],
-                  flip_order: np.ndarray) -> None:
-    """Write model.pt: {'config', 'nets': {'locate', 'refine'}, 'flip_order'} (CPU tensors)."""
+                  flip_order: np.ndarray, inputs: dict[str, str]) -> None:
+    """Write model.pt: {'config', 'nets': {'locate', 'refine'} (CPU tensors), 'flip_order' (a list),
+    'inputs' (the identity of the data it was trained on)}: tensors and plain data only."""
     state = {"config": {k: config[k] for k in CONFIG_KEYS},
              "nets": {k: {n: t.detach().cpu() for n, t in net.state_dict().items()} for k, net in nets.items()},
-             "flip_order": np.asarray(flip_order)}
+             "flip_order": np.asarray(flip_order).tolist(), "inputs": dict(inputs)}
     save_torch(state, path)
 
 
@@ -38,7 +39,7 @@ class Detector:
 
     def __init__(self, path: Path | str, device: torch.device, workers: int = 1, amp: bool = False):
         """amp: mixed-precision inference where the device has it (stages.common.precision)."""
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_torch(path)
         self.amp = amp_dtype(device, amp)
         self.config = state["config"]
         self.flip_order = np.asarray(state["flip_order"])

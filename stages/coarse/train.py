@@ -20,7 +20,7 @@ from tqdm import tqdm
 from stages.coarse.augment import Augmenter, Jitter
 from stages.coarse.model import LandmarkNet
 from stages.coarse.sources import Views
-from stages.common.io import save_torch
+from stages.common.io import UnsafeCheckpointError, load_torch, save_torch
 
 log = logging.getLogger(__name__)
 PASSES = ("locate", "refine")
@@ -94,10 +94,16 @@ class Checkpoint:
         self.fingerprint = fingerprint
 
     def load(self) -> dict[str, Any] | None:
+        """The saved state when it exists, holds tensors and plain data only and carries this
+        run's fingerprint (checked before anything else is read); else None."""
         if not self.path.exists():
             return None
-        state = torch.load(self.path, map_location="cpu", weights_only=False)
-        if state.get("fingerprint") != self.fingerprint:
+        try:
+            state = load_torch(self.path)
+        except UnsafeCheckpointError as err:
+            log.warning("%s: ignored, starting afresh", err)
+            return None
+        if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
             log.info("%s: made with other params or data, starting afresh", self.path)
             return None
         return state

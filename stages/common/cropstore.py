@@ -3,7 +3,9 @@
 Final layout of a split folder: images.npy (N, S, S, 3) uint8 RGB (.npy, read with
 np.load(mmap_mode='r')), warps.npy (N, 2, 3) float64 full px -> crop px, inv_warps.npy (N, 2, 3)
 crop px -> full px, index.csv (the list's id columns + `skipped`, 1 for a sample skipped as bad
-input: its image is black and its warps NaN).
+input: its image is black and its warps NaN) and run.json ({"run": the identity of the crop run,
+a digest over every split's warps, rows and images, the same in each split}: a network records
+it, and infer refuses crops of another run).
 
 While writing, everything lives in a work folder: images.npy is a memory-mapped .npy filled
 chunk by chunk, done.npy (N,) bool marks the rows already written (saved after each chunk), and
@@ -22,9 +24,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from stages.common.identity import files_digest
 from stages.common.io import save_json, save_npy
 from stages.face.warp import invert_warp
-from stages.wcpa.layout import ID_COLUMNS
+from stages.wcpa.layout import ID_COLUMNS, DataError
+
+RUN_FILE = "run.json"
+RUN_CONTENT = ("warps.npy", "index.csv", "images.npy")
 
 
 def job_key(warps: np.ndarray, size: int, table: pd.DataFrame) -> str:
@@ -88,3 +94,19 @@ class CropStoreWriter:
         index = self.table[ID_COLUMNS].assign(skipped=skipped.astype(int))
         index.to_csv(out / "index.csv", index=False)
         shutil.rmtree(self.work)
+
+
+def stamp_run(splits: list[Path]) -> str:
+    """Write RUN_FILE into each finished split folder: one identity for the whole crop run."""
+    run = files_digest([Path(folder) / name for folder in splits for name in RUN_CONTENT])
+    for folder in splits:
+        save_json(Path(folder) / RUN_FILE, {"run": run})
+    return run
+
+
+def read_run(path: Path) -> str:
+    """The crop run identity of a split's RUN_FILE."""
+    try:
+        return str(json.loads(Path(path).read_text())["run"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DataError(f"{path}: not a crop run record ({err}); re-run `dvc repro crop`") from None

@@ -28,6 +28,26 @@ def atomic_write(path: Path | str) -> Iterator[Path]:
             tmp.unlink()
 
 
+class UnsafeCheckpointError(ValueError):
+    """A torch file that is corrupt or holds more than tensors and plain data (its pickle would
+    build other objects, possibly run code): refused unread."""
+
+
+def load_torch(path: Path | str) -> Any:
+    """torch.load on the CPU with weights_only=True: tensors, numbers, strings, lists and dicts
+    only. A file whose pickle asks for anything else (a function call, a class) or that is not
+    a torch archive raises UnsafeCheckpointError naming it; a missing one, FileNotFoundError."""
+    import torch
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:     # pickle, zip and torch raise several unrelated types
+        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise UnsafeCheckpointError(f"{path}: refused: not a file of tensors and plain data ({reason})") from None
+
+
 def save_torch(obj: Any, path: Path | str) -> None:
     """torch.save `obj` to `path` atomically, through a file handle: the archive's records are then
     named 'archive/...' instead of after the temporary file, so equal objects give equal bytes

@@ -4,12 +4,12 @@
 It reuses stages.nets.trainer.Trainer (data, DDP, AMP, checkpoints, validation) with three
 changes: the network starts from artifacts/train/model.pt, the batches carry the true poses
 (stages.finetuning.batches) and the loss adds the PnP terms (stages.finetuning.pnp_loss).
-The run's fingerprint includes the start model's digest, so a new train model restarts it.
+The run's fingerprint includes the start model's digest and the inputs' identity, so a new
+train model or new crops restart it; a start model trained on other inputs stops it.
 Validation runs on the start model first, so metrics.json shows the effect of finetuning.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.common.io import save_json
+from stages.common.identity import file_digest, identity_mismatches
+from stages.common.io import load_torch, save_json
 from stages.finetuning.batches import PoseBatches
 from stages.finetuning.pnp_loss import PnPSettings, pnp_terms
 from stages.nets.trainer import (Trainer, TrainPaths, fingerprint, log_epoch,
@@ -44,23 +45,24 @@ class FinetunePaths:
 
 
 def load_start(path: Path) -> dict:
-    """The train stage's model.pt {config, model, params, basis_shape}; stops naming the file."""
+    """The train stage's model.pt {config, model, params, basis_shape, inputs}, read as tensors and
+    plain data only; stops naming the file."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found (run `dvc repro train` first)")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    missing = {"config", "model", "params", "basis_shape"} - set(state)
+    state = load_torch(path)
+    missing = {"config", "model", "params", "basis_shape", "inputs"} - set(state if isinstance(state, dict) else {})
     if missing:
-        raise ValueError(f"{path}: not a train model file (missing {', '.join(sorted(missing))})")
+        raise ValueError(f"{path}: not a train model file (missing {', '.join(sorted(missing))}; "
+                         "re-run `dvc repro train`)")
     return state
 
 
-def file_digest(path: Path) -> str:
-    """sha256 prefix of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+def check_start_inputs(path: Path, start: dict, inputs: dict[str, str]) -> None:
+    """Stop unless the start model was trained on the same inputs (crops, basis, labels, lists)."""
+    differ = identity_mismatches(start["inputs"], inputs)
+    if differ:
+        raise ValueError(f"{path}: trained on other inputs than finetune reads ({', '.join(differ)} differ): "
+                         "re-run `dvc repro train`")
 
 
 def finetune_config(train_params: dict, finetune: dict) -> dict:
@@ -87,6 +89,7 @@ class FinetuneTrainer(Trainer):
         if self.model.config.to_dict() != start["config"] or list(self.basis.components.shape) != start["basis_shape"]:
             raise ValueError(f"{paths.start}: network {start['config']} / basis {start['basis_shape']} do not match "
                              f"this crop store and PCA basis (re-run `dvc repro train`)")
+        check_start_inputs(paths.start, start, self.inputs)
         self.model.load_state_dict(start["model"])
         self.lambdas = {**{k: params["lambda"][k] for k in ("gnll", "vdc", "wpdc", "pnp")}, "mc": finetune["mc_weight"]}
         self.pnp = pnp_settings(finetune)
@@ -98,7 +101,7 @@ class FinetuneTrainer(Trainer):
         self.generator = torch.Generator(device=self.ctx.device)
         self.fp = fingerprint(self.cfg, self.lambdas, self.seed, {
             "pnp": {k: str(v) for k, v in asdict(self.pnp).items()}, "start": file_digest(paths.start),
-            "crop": self.train_data.store.size, "n_train": len(data.store), "layout": state_layout(self.model)})
+            "inputs": self.inputs, "layout": state_layout(self.model)})
 
     def trains_sigma(self) -> bool:
         """sigma weights the PnP residuals (eq. 5 and the MC loss): always trained here."""

@@ -1,20 +1,23 @@
 """Loading a trained network (artifacts/{train,finetune}/model.pt) for inference, with checks.
 
 model.pt holds {"config": NetConfig as a dict, "model": state_dict (PCA basis buffers included),
-"params": the training params, "basis_shape": [K, V, 3]}. A checkpoint that does not fit the
-params or the data (another backbone depth, CoordConv setting, shape head, input size, vertex
-count, crop size or PCA size) stops with a message that names the file and every mismatch.
+"params": the training params, "basis_shape": [K, V, 3], "inputs": the identity of what it was
+trained on (stages.nets.trainer.training_inputs: "crop_run", "pca/basis.npz", ...)}. It is read as
+tensors and plain data only. A checkpoint that does not fit the params or the data (another
+backbone depth, CoordConv setting, shape head, input size, vertex count, crop size or PCA size),
+or that was trained on crops of another crop run or on another PCA basis, stops with a message
+that names the file and every mismatch.
 """
 from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
-import torch
-
+from stages.common.identity import path_digest
+from stages.common.io import UnsafeCheckpointError, load_torch
 from stages.nets.model import FaceNet, NetConfig
 
-REQUIRED_KEYS = ("config", "model")
+REQUIRED_KEYS = ("config", "model", "inputs")
 
 
 class CheckpointError(ValueError):
@@ -47,13 +50,30 @@ def read_checkpoint(path: Path) -> dict:
         raise CheckpointError(f"{path}: checkpoint not found (run `dvc repro {path.parent.name}`, "
                               "or set infer.checkpoint to a stage that has one)")
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:     # torch raises several unrelated types for a corrupt file
-        raise CheckpointError(f"{path}: cannot read the checkpoint: {err}") from None
+        saved = load_torch(path)
+    except UnsafeCheckpointError as err:
+        raise CheckpointError(str(err)) from None
     missing = [key for key in REQUIRED_KEYS if not isinstance(saved, dict) or key not in saved]
     if missing:
-        raise CheckpointError(f"{path}: not a model checkpoint (missing {', '.join(missing)})")
+        raise CheckpointError(f"{path}: not a model checkpoint (missing {', '.join(missing)}; "
+                              "a model of older code: re-run its stage)")
     return saved
+
+
+def used_inputs(crop_run: str, basis: Path) -> dict[str, str]:
+    """The identities a network is checked against where it is used: the crop run of the store
+    it predicts on (CropStore.run) and the PCA basis file (names as in training_inputs)."""
+    return {"crop_run": crop_run, "pca/basis.npz": path_digest(basis)}
+
+
+def check_inputs(path: Path, saved: dict, current: dict[str, str]) -> None:
+    """Stop unless the checkpoint was trained on the inputs whose identities are `current`
+    ({name: digest}, e.g. {"crop_run": CropStore.run, "pca/basis.npz": digest})."""
+    recorded = saved["inputs"]
+    differ = [name for name, value in current.items() if recorded.get(name) != value]
+    if differ:
+        raise CheckpointError(f"{path}: trained on other inputs than these ({', '.join(differ)} differ): "
+                              "re-run `dvc repro` (train, finetune) on the current crops and basis")
 
 
 def config_of(path: Path, saved: dict) -> NetConfig:
@@ -79,10 +99,13 @@ def mismatches(config: NetConfig, expected: Expected) -> list[str]:
     return out
 
 
-def load_network(path: Path | str, expected: Expected) -> FaceNet:
-    """Rebuild the network of `path` and load its weights (on the CPU, in eval mode)."""
+def load_network(path: Path | str, expected: Expected, inputs: dict[str, str]) -> FaceNet:
+    """Rebuild the network of `path` and load its weights (on the CPU, in eval mode), after
+    checking it against the params / data (`expected`) and the identity of the crop run and
+    basis it is used with (`inputs`, see check_inputs)."""
     path = Path(path)
     saved = read_checkpoint(path)
+    check_inputs(path, saved, inputs)
     config = config_of(path, saved)
     problems = mismatches(config, expected)
     if problems:

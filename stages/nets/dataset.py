@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from stages.common.cropstore import RUN_FILE, read_run
 from stages.face.mesh import flip_mesh
 from stages.face.pca import PCABasis
 from stages.face.warp import apply_warp, similarity, warp_image
@@ -32,12 +33,15 @@ from stages.wcpa.layout import ID_COLUMNS, DataError
 
 @dataclass(frozen=True)
 class CropStore:
-    """One split of the crop store: images (N, S, S, 3) uint8 memmap, warps / inv_warps (N, 2, 3)."""
+    """One split of the crop store: images (N, S, S, 3) uint8 memmap, warps / inv_warps (N, 2, 3),
+    and `run`, the identity of the crop run that wrote it (the same in its train, val and test
+    splits; stages.common.cropstore.RUN_FILE)."""
 
     images: np.ndarray
     warps: np.ndarray
     inv_warps: np.ndarray
     index: pd.DataFrame
+    run: str = ""
 
     @property
     def size(self) -> int:
@@ -49,7 +53,7 @@ class CropStore:
     @classmethod
     def open(cls, folder: Path | str) -> "CropStore":
         folder = Path(folder)
-        paths = {name: folder / name for name in ("images.npy", "warps.npy", "inv_warps.npy", "index.csv")}
+        paths = {name: folder / name for name in ("images.npy", "warps.npy", "inv_warps.npy", "index.csv", RUN_FILE)}
         for path in paths.values():
             if not path.is_file():
                 raise DataError(f"{path}: not found (run `dvc repro crop`)")
@@ -65,7 +69,7 @@ class CropStore:
                 raise DataError(f"{paths[name]}: shape {array.shape}, expected ({n}, 2, 3)")
         if len(index) != n:
             raise DataError(f"{paths['index.csv']}: {len(index)} rows for {n} crops")
-        return cls(images=images, warps=warps, inv_warps=inv_warps, index=index)
+        return cls(images=images, warps=warps, inv_warps=inv_warps, index=index, run=read_run(paths[RUN_FILE]))
 
     @property
     def usable(self) -> np.ndarray:

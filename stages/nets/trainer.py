@@ -25,7 +25,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from stages.common.io import save_json, save_torch
+from stages.common.identity import input_identity
+from stages.common.io import UnsafeCheckpointError, load_torch, save_json, save_torch
 from stages.common.precision import amp_dtype, autocast, needs_grad_scaler
 from stages.common.threads import single_thread_blas
 from stages.face.pca import PCABasis
@@ -107,10 +108,23 @@ def load_split(paths: TrainPaths, split: str) -> SplitData:
 
 
 RESUME_FREE_KEYS = ("epochs", "workers", "device", "val_batch_size", "val_pnp_flags")   # may change between resumes
+PCA_FILES = ("basis.npz", "verts_train.npy", "verts_val.npy", "poses_train.npy", "poses_val.npy",
+             "coeffs_train.npy", "coeffs_val.npy")
+
+
+def training_inputs(paths: TrainPaths, data_root: Path | str) -> dict[str, Path]:
+    """Every input a training run reads, by the names its records and messages use: the crop
+    store, the PCA basis and label caches, the split lists and the data root's resources."""
+    inputs = {f"crop/{split}": paths.crop / split for split in ("train", "val")}
+    inputs.update({f"pca/{name}": paths.pca / name for name in PCA_FILES})
+    inputs.update({f"split/{split}.csv": paths.split / f"{split}.csv" for split in ("train", "val")})
+    inputs["resources"] = Path(data_root) / "resources"
+    return inputs
 
 
 def fingerprint(cfg: SimpleNamespace, lambdas: dict, seed: int, extra: dict) -> str:
-    """Hash of everything a checkpoint's validity depends on (resume only when it matches).
+    """Hash of everything a checkpoint's validity depends on (resume only when it matches):
+    the params and `extra` (the inputs' identity, the network's layout, ...).
 
     train.epochs is left out, so that raising it continues a finished run."""
     train = {k: v for k, v in vars(cfg).items() if k not in RESUME_FREE_KEYS}
@@ -187,10 +201,16 @@ def make_loader(dataset: TrainBatches, ctx: Dist, cfg: SimpleNamespace, seed: in
 
 def latest_checkpoint(folder: Path, fp: str, epochs: int) -> dict | None:
     """The newest checkpoint in `folder` written with fingerprint `fp` and at most `epochs`
-    epochs done (a run asked for fewer epochs than a checkpoint has must not end there), or None."""
+    epochs done (a run asked for fewer epochs than a checkpoint has must not end there), or None.
+    Files are read as tensors and plain data only (a file that is anything else is ignored with
+    a warning), and the fingerprint is compared before any of their content is used."""
     for path in sorted(folder.glob("epoch_*.pt"), reverse=True):
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if state.get("fingerprint") != fp:
+        try:
+            state = load_torch(path)
+        except UnsafeCheckpointError as err:
+            log.warning("%s: ignored", err)
+            continue
+        if not isinstance(state, dict) or state.get("fingerprint") != fp:
             log.warning("%s was written with other params: ignored", path)
         elif state["epoch"] + 1 > epochs:
             log.warning("%s has %d epochs done, more than the %d asked for: ignored", path, state["epoch"] + 1, epochs)
@@ -235,9 +255,10 @@ class Trainer:
                                     self.basis, flip_perm, self.cfg.flip, self.cfg.color_jitter, self.seed,
                                     reframe=reframe_limits(self.cfg), coeffs=self.train_data.coeffs)
         self.loader = make_loader(self.dataset, self.ctx, self.cfg, self.seed)
+        self.inputs = {"crop_run": self.train_data.store.run,
+                       **input_identity(training_inputs(paths, params["data"]["root"]))}
         self.fp = fingerprint(self.cfg, self.lambdas, self.seed,
-                              {"crop": size, "n_train": len(self.train_data.store), "basis": list(self.basis.components.shape),
-                               "layout": state_layout(self.model)})
+                              {"inputs": self.inputs, "layout": state_layout(self.model)})
         self.start_epoch, self.history = 0, []
 
     def resume(self) -> bool:
@@ -349,9 +370,11 @@ class Trainer:
             "basis_shape": list(self.basis.components.shape), "history": self.history})
 
     def save_model(self) -> None:
-        """artifacts/train/model.pt: config, weights (with the PCA basis buffers) and params."""
+        """artifacts/train/model.pt: config, weights (with the PCA basis buffers), params and the
+        identity of the inputs it was trained on (checked by finetune and infer)."""
         save_torch({"config": self.model.config.to_dict(), "model": self.model.state_dict(),
-                    "params": vars(self.cfg), "basis_shape": list(self.basis.components.shape)}, self.paths.out / "model.pt")
+                    "params": vars(self.cfg), "basis_shape": list(self.basis.components.shape),
+                    "inputs": self.inputs}, self.paths.out / "model.pt")
 
 
 def run_training(params: dict, paths: TrainPaths, camera: Camera) -> dict:

@@ -2,6 +2,7 @@
 import json
 import numpy as np
 import pytest
+import torch
 
 from stages import coarse_predict, coarse_train
 from stages.coarse import train as train_module
@@ -65,3 +66,25 @@ def test_interrupted_training_resumes_after_the_last_checkpoint(tiny, monkeypatc
     assert epochs == [1]
     curve = (tmp / "coarse_train/live/plots/metrics/train/loss.tsv").read_text().splitlines()
     assert len(curve) == 1 + TINY["epochs"]
+
+
+def test_a_checkpoint_of_other_data_at_the_same_root_is_not_resumed(tiny, monkeypatch):
+    params, tmp, split_dir = tiny
+    save = Checkpoint.save
+
+    def save_then_interrupt(self, state):
+        save(self, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpoint, "save", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        coarse_train.run(params, tmp / "coarse_train", split_dir)
+    monkeypatch.setattr(Checkpoint, "save", save)
+    write_tiny_root(tmp / "data", n_train=10, n_test=3, seed=1)       # same ids and counts, other faces
+    epochs = []
+    run_epoch = train_module._epoch
+    monkeypatch.setattr(train_module, "_epoch", lambda *a: epochs.append(a[-1]) or run_epoch(*a))
+    coarse_train.run(params, tmp / "coarse_train", split_dir)
+    assert epochs == [0, 1]
+    saved = torch.load(tmp / "coarse_train/model.pt", weights_only=True)
+    assert set(saved["inputs"]) == {"resources", "samples"} and isinstance(saved["flip_order"], list)

@@ -13,6 +13,7 @@ from stages.common.badinput import TooManyBadInputs
 from stages.common.cropstore import CropStoreWriter
 from stages.common.params import load_params
 from stages.face.warp import apply_warp, eye_line_angle
+from stages.nets.dataset import CropStore
 from stages.wcpa.layout import DataError, image_path, load_labels, load_resources, list_path, read_list, write_list
 from tests.stages.tiny_data import write_tiny_root
 
@@ -153,3 +154,13 @@ def test_crop_sheet_draws_sixteen_or_fewer_tiles(tiny):
     assert sheet.shape == (crop_sheet.TILE_SIZE, 4 * crop_sheet.TILE_SIZE, 3)   # 2 val crops: one row
     green = (sheet[..., 1] > 200) & (sheet[..., 0] < 80)
     assert green[:, :2 * crop_sheet.TILE_SIZE].any() and not green[:, 2 * crop_sheet.TILE_SIZE:].any()
+
+
+def test_every_split_carries_the_identity_of_its_crop_run(tiny):
+    params, tmp, split_dir, coarse_dir = tiny
+    run(params, tmp, split_dir, coarse_dir)
+    runs = {split: CropStore.open(tmp / "crop" / split).run for split in ("train", "val", "test")}
+    assert len(set(runs.values())) == 1 and len(runs["train"]) == 16
+    params["crop"]["margin"] = 1.6
+    run(params, tmp, split_dir, coarse_dir)
+    assert CropStore.open(tmp / "crop" / "test").run != runs["test"]

@@ -6,10 +6,13 @@ import json
 import logging
 import sys
 
+import numpy as np
+import pytest
 import torch
 import yaml
 
 from stages import finetune, pca, train
+from stages.common.cropstore import stamp_run
 from tests.tiny_project import make_tiny_project
 
 
@@ -34,8 +37,8 @@ def test_finetune_starts_from_train_writes_model_and_resumes(tmp_path, monkeypat
     run_main(monkeypatch)
     out = tmp_path / "artifacts" / "finetune"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_000.pt"]
-    model = torch.load(out / "model.pt", weights_only=False)
-    start = torch.load(tmp_path / "artifacts" / "train" / "model.pt", weights_only=False)
+    model = torch.load(out / "model.pt", weights_only=True)
+    start = torch.load(tmp_path / "artifacts" / "train" / "model.pt", weights_only=True)
     assert set(model) == set(start) and model["config"] == start["config"]
     assert any(not torch.equal(model["model"][k], start["model"][k]) for k in start["model"])
     sigma = "landmarks.sigma.weight"      # untrained under the train stage's MSE, trained by the PnP terms
@@ -74,3 +77,19 @@ def test_finetune_starts_from_train_writes_model_and_resumes(tmp_path, monkeypat
         run_main(monkeypatch)
     assert "resuming from" not in caplog.text
     assert [e["epoch"] for e in json.loads((out / "metrics.json").read_text())["epochs"]] == [0]
+
+
+def test_a_start_model_trained_on_other_crops_stops(tmp_path, monkeypatch):
+    params = make_tiny_project(tmp_path, subjects=4, crop_size=32)
+    params["train"].update(epochs=1, batch_size=6, landmark_loss="mse")
+    params["finetune"].update(epochs=1, batch_size=6, device="cpu", val_batch_size=8)
+    write_params(tmp_path, params)
+    monkeypatch.chdir(tmp_path)
+    pca.run(params)
+    train.run(params)
+    crops = tmp_path / "artifacts" / "crop"
+    np.save(crops / "train" / "images.npy", 255 - np.load(crops / "train" / "images.npy"))
+    stamp_run([crops / "train", crops / "val"])        # crop reran; train did not
+    with pytest.raises(ValueError, match=r"artifacts/train/model.pt: trained on other inputs than finetune reads "
+                                         r"\(crop_run, crop/train, crop/val differ\): re-run `dvc repro train`"):
+        run_main(monkeypatch)

@@ -9,8 +9,9 @@ import torch
 import yaml
 
 from stages import infer, pca, submit
+from stages.common.cropstore import stamp_run
 from stages.face.pca import PCABasis
-from stages.nets.checkpoint import CheckpointError
+from stages.nets.checkpoint import CheckpointError, used_inputs
 from stages.nets.inference import Fallback, InferenceError, check_network, network_outputs, repair_poses
 from stages.nets.flipmerge import unmirror_outputs
 from stages.nets.dataset import CropStore, crop_targets
@@ -48,9 +49,21 @@ def save_model(root, params, **changes) -> FaceNet:
             torch.nn.init.normal_(model.shape.fc.weight, std=1e-3)
     path = root / "artifacts" / "train" / "model.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"config": model.config.to_dict(), "model": model.state_dict(), "params": params["train"],
-                "basis_shape": [20, 28, 3]}, path)
+    write_checkpoint(root, {"config": model.config.to_dict(), "model": model.state_dict(), "params": params["train"],
+                            "basis_shape": [20, 28, 3]})
     return model
+
+
+def current_inputs(root) -> dict:
+    """The identities infer checks: the val crop run and the PCA basis of the tiny project."""
+    return used_inputs(CropStore.open(root / "artifacts" / "crop" / "val").run, root / "artifacts" / "pca" / "basis.npz")
+
+
+def write_checkpoint(root, state: dict) -> None:
+    """artifacts/train/model.pt with `state` and the current inputs' identity."""
+    path = root / "artifacts" / "train" / "model.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({**state, "inputs": current_inputs(root)}, path)
 
 
 @pytest.fixture
@@ -132,9 +145,7 @@ def test_mirror_pass_is_the_network_on_flipped_crops(project):
 def test_mismatching_checkpoint_stops_naming_the_file_and_the_mismatch(project, changes, message):
     root, params = project
     config = net_config(params, **changes)
-    path = root / "artifacts" / "train" / "model.pt"
-    path.parent.mkdir(parents=True)
-    torch.save({"config": config.to_dict(), "model": {}}, path)
+    write_checkpoint(root, {"config": config.to_dict(), "model": {}})
     with pytest.raises(CheckpointError, match=message) as err:
         infer.run(params, "val")
     assert str(err.value).startswith("artifacts/train/model.pt: checkpoint does not match the params/data")
@@ -143,9 +154,23 @@ def test_mismatching_checkpoint_stops_naming_the_file_and_the_mismatch(project, 
 def test_weights_that_do_not_fit_the_config_stop(project):
     root, params = project
     model = save_model(root, params, coordconv=False)
-    saved = {"config": {**model.config.to_dict(), "coordconv": True}, "model": model.state_dict()}
-    torch.save(saved, root / "artifacts" / "train" / "model.pt")
+    write_checkpoint(root, {"config": {**model.config.to_dict(), "coordconv": True}, "model": model.state_dict()})
     with pytest.raises(CheckpointError, match="weights do not fit"):
+        infer.run(params, "val")
+
+
+def test_a_model_trained_on_other_crops_or_another_basis_stops(project):
+    root, params = project
+    save_model(root, params)
+    basis_file = root / "artifacts" / "pca" / "basis.npz"
+    basis = dict(np.load(basis_file))
+    basis["mean"] = basis["mean"] + 1e-4
+    np.savez(basis_file, **basis)
+    with pytest.raises(CheckpointError, match=r"model.pt: trained on other inputs than these \(pca/basis.npz differ\)"):
+        infer.run(params, "val")
+    save_model(root, params)
+    stamp_run([root / "artifacts" / "crop" / "val"])        # val as another crop run (of val alone) stamps it
+    with pytest.raises(CheckpointError, match=r"trained on other inputs than these \(crop_run differ\)"):
         infer.run(params, "val")
 
 
@@ -161,8 +186,7 @@ def test_nan_outputs_stop_naming_the_rows_unless_skipped(project):
     model = save_model(root, params)
     with torch.no_grad():
         model.shape.fc.bias[0] = float("nan")
-    torch.save({"config": model.config.to_dict(), "model": model.state_dict()},
-               root / "artifacts" / "train" / "model.pt")
+    write_checkpoint(root, {"config": model.config.to_dict(), "model": model.state_dict()})
     table = read_list(root / "artifacts" / "split" / "val.csv")
     first = "/".join(table.iloc[0][ID_COLUMNS])
     expected = f"non-finite outputs for {len(table)} sample.*{first} \\(row 0\\)"

@@ -1,14 +1,18 @@
 """Stage train on a tiny project: one epoch writes a checkpoint, a rerun with more epochs resumes."""
 import json
 import logging
+import shutil
 import sys
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
 from stages import pca, train
+from stages.common.cropstore import stamp_run
+from stages.nets.dataset import CropStore
 from stages.nets import losses
 from stages.nets.model import FaceNet, NetConfig
 from stages.nets.trainer import Trainer, TrainPaths, fingerprint, state_layout
@@ -30,9 +34,9 @@ def test_train_writes_checkpoints_and_resumes(tmp_path, monkeypatch, caplog):
     run_main(monkeypatch)
     out = tmp_path / "artifacts" / "train"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_000.pt"]
-    first = torch.load(out / "checkpoints" / "epoch_000.pt", weights_only=False)
+    first = torch.load(out / "checkpoints" / "epoch_000.pt", weights_only=True)
     assert first["epoch"] == 0 and set(first) >= {"model", "optimizer", "scaler", "params", "basis_shape"}
-    model = torch.load(out / "model.pt", weights_only=False)
+    model = torch.load(out / "model.pt", weights_only=True)
     assert model["config"]["n_components"] == 20 and model["config"]["coordconv"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"score", "ADD", "MAE_r", "MAE_t", "landmark_crop_px"} <= {k[4:] for k in metrics["final"] if k.startswith("val_")}
@@ -93,3 +97,71 @@ def test_a_checkpoint_of_another_network_layout_has_another_fingerprint():
     third = FaceNet(config)
     third.landmarks.sigma = torch.nn.Linear(512, 20)          # another shape
     assert fp(second) != fp(first) != fp(third)
+
+
+def train_tiny(root, monkeypatch, seed: int = 0, epochs: int = 1) -> dict:
+    """A tiny project at `root` (data `seed`), pca fitted; returns its params (train.epochs set)."""
+    params = make_tiny_project(root, subjects=4, crop_size=32, seed=seed)
+    params["train"].update(epochs=epochs, batch_size=6)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    monkeypatch.chdir(root)
+    pca.run(params)
+    return params
+
+
+def model_bytes(root) -> bytes:
+    return (root / "artifacts" / "train" / "model.pt").read_bytes()
+
+
+def test_new_crops_retrain_instead_of_resuming(tmp_path, monkeypatch, caplog):
+    """`dvc exp run -S crop.margin=...` reruns crop: train must not resume its persisted checkpoints."""
+    train_tiny(tmp_path, monkeypatch)
+    run_main(monkeypatch)
+    before = model_bytes(tmp_path)
+    crops = tmp_path / "artifacts" / "crop"
+    for split in ("train", "val"):                     # the crops of another margin: other warps and pixels
+        warps = np.load(crops / split / "warps.npy")
+        warps[:, :, :2] *= 1.1
+        np.save(crops / split / "warps.npy", warps)
+        images = np.load(crops / split / "images.npy")
+        np.save(crops / split / "images.npy", 255 - images)
+    stamp_run([crops / "train", crops / "val"])
+    with caplog.at_level(logging.INFO):
+        run_main(monkeypatch)
+    assert "resuming from" not in caplog.text
+    assert model_bytes(tmp_path) != before
+    assert torch.load(tmp_path / "artifacts" / "train" / "model.pt", weights_only=True)["inputs"]["crop_run"] == \
+        CropStore.open(crops / "train").run
+
+
+def test_another_data_root_with_the_same_image_count_retrains(tmp_path, monkeypatch, caplog):
+    first, second = tmp_path / "first", tmp_path / "second"
+    train_tiny(first, monkeypatch, seed=0)
+    run_main(monkeypatch)
+    train_tiny(second, monkeypatch, seed=1)           # same ids and counts, other faces and crops
+    shutil.copytree(first / "artifacts" / "train", second / "artifacts" / "train")   # persisted checkpoints
+    with caplog.at_level(logging.INFO):
+        run_main(monkeypatch)
+    assert "resuming from" not in caplog.text
+    assert model_bytes(second) != model_bytes(first)
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_model(tmp_path, monkeypatch):
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    train_tiny(whole, monkeypatch, epochs=2)
+    run_main(monkeypatch)
+    params = train_tiny(parts, monkeypatch, epochs=2)
+    run_epoch = Trainer.train_epoch
+
+    def stop_in_epoch_2(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return run_epoch(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", stop_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_main(monkeypatch)
+    monkeypatch.setattr(Trainer, "train_epoch", run_epoch)
+    assert params["train"]["epochs"] == 2 and not (parts / "artifacts" / "train" / "model.pt").exists()
+    run_main(monkeypatch)
+    assert model_bytes(parts) == model_bytes(whole)

@@ -13,6 +13,6 @@ def test_equal_objects_give_equal_bytes_and_load_back(tmp_path, monkeypatch):
     save_torch(state, tmp_path / "b" / "model.pt")
     first, second = (tmp_path / d / "model.pt" for d in "ab")
     assert first.read_bytes() == second.read_bytes()
-    loaded = torch.load(second, weights_only=False)
+    loaded = torch.load(second, weights_only=True)
     assert loaded["epoch"] == 3 and torch.equal(loaded["model"]["w"], state["model"]["w"])
     assert sorted(p.name for p in second.parent.iterdir()) == ["model.pt"]      # no temporary left

@@ -1,0 +1,59 @@
+"""Every loader of a torch file refuses one whose pickle would run code, before running it."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from stages.coarse.detector import Detector
+from stages.coarse.train import Checkpoint
+from stages.common.io import UnsafeCheckpointError, load_torch
+from stages.finetuning.trainer import load_start
+from stages.nets.checkpoint import CheckpointError, read_checkpoint
+from stages.nets.trainer import latest_checkpoint
+
+
+class RunsCode:
+    """Unpickling this calls Path.touch(marker): what a planted file could do with os.system."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+@pytest.fixture
+def planted(tmp_path):
+    """A checkpoint-like dict with a code-running object inside -> (path, marker file)."""
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "checkpoints" / "epoch_009.pt"
+    path.parent.mkdir()
+    torch.save({"epoch": 9, "fingerprint": "x", "config": {}, "model": {}, "params": {}, "basis_shape": [],
+                "inputs": {}, "payload": RunsCode(marker)}, path)
+    return path, marker
+
+
+def test_the_planted_file_does_run_code_when_loaded_unsafely(planted):
+    path, marker = planted
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("load, error", [
+    (load_torch, UnsafeCheckpointError),
+    (read_checkpoint, CheckpointError),
+    (load_start, UnsafeCheckpointError),
+    (lambda path: Detector(path, torch.device("cpu")), UnsafeCheckpointError),
+])
+def test_model_loaders_refuse_it(planted, load, error):
+    path, marker = planted
+    with pytest.raises(error, match=f"{path}: refused: not a file of tensors and plain data"):
+        load(path)
+    assert not marker.exists()
+
+
+def test_resume_ignores_it(planted, caplog):
+    path, marker = planted
+    assert latest_checkpoint(path.parent, "x", epochs=20) is None
+    assert Checkpoint(path, "x").load() is None
+    assert not marker.exists() and "refused" in caplog.text
