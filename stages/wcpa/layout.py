@@ -59,7 +59,22 @@ def read_list(path: Path | str) -> pd.DataFrame:
     empty = (table == "").any(axis=1)
     if empty.any():
         raise DataError(f"{path}: row {int(np.argmax(empty.to_numpy())) + 2} has an empty id")
+    _check_ids_safe(path, table)
+    duplicated = table.duplicated()
+    if duplicated.any():
+        line = int(np.argmax(duplicated.to_numpy())) + 2
+        raise DataError(f"{path}: line {line} repeats sample {sample_key(table.iloc[line - 2])}")
     return table
+
+
+def _check_ids_safe(path: Path, table: pd.DataFrame) -> None:
+    """Stop on an id that is not one plain path component ('/', '\\', '..', '.', a drive or root):
+    joined under the data root, such an id could name a file outside it."""
+    for line, row in enumerate(table.itertuples(index=False), start=2):
+        for column, value in zip(ID_COLUMNS, row):
+            if value in (".", "..") or any(c in value for c in "/\\:\0"):
+                raise DataError(f"{path}: line {line}: {column} {value!r} is not a plain name "
+                                "(no '/', '\\', ':', '.' or '..'): it could resolve outside the data root")
 
 
 def write_list(path: Path | str, table: pd.DataFrame) -> None:
