@@ -88,6 +88,13 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def atomic_target(path: Path | str) -> Path:
+    """The output an atomic_dir temporary `.<name>.tmp<pid>` stands for; any other path itself."""
+    path = Path(path)
+    match = re.fullmatch(r"\.(.+)\.tmp\d+", path.name)
+    return path.with_name(match.group(1)) if match else path
+
+
 def save_json(path: Path | str, data: Any) -> None:
     """Write JSON (indented, keys in given order) atomically."""
     with atomic_write(path) as tmp:
