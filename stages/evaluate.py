@@ -7,6 +7,9 @@ test metrics are skipped (logged), and the test sheet shows the predictions alon
 Writes to artifacts/evaluate/NAME/: metrics.json ({"val": {...}, "test": {...}}),
 errors_{val,test}.csv (per sample, with ids, yaw_deg and distance_m), plots/<split>_*.csv
 (histograms and error against |yaw| and distance) and sheet_{val,test}.png.
+Rows the crop stage skipped (the predictions' `skipped`) are scored with their fallback
+prediction, as the submission holds it, but never drawn (their image may be unreadable). With
+data.skip_bad a bad ground-truth info file leaves its row out of the metrics, listed in skipped.csv.
 """
 from __future__ import annotations
 
@@ -18,13 +21,14 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
+from stages.common.badinput import BadInputs
 from stages.common.io import atomic_write, save_json
 from stages.common.params import load_params, section
 from stages.common.predictor import check_finite, predictions_path, predictor_args
 from stages.viz.draw import save_png
 from stages.viz.sheet import SheetSample, pick_extremes, pick_random, qualitative_sheet
-from stages.wcpa.layout import (Resources, image_path, list_path, load_labels, load_resources, read_image,
-                                read_list, sample_key)
+from stages.wcpa.layout import (Resources, image_path, labelled_rows, list_path, load_labels, load_resources,
+                                read_image, read_list, sample_key)
 from stages.wcpa.predictions import load_predictions
 from stages.wcpa.report import empty_error_table, error_table, plot_tables
 from stages.wcpa.score import summarize
@@ -60,9 +64,14 @@ def splits_of(predictor: str, data: SimpleNamespace) -> list[SplitData]:
 
 def sheet_samples(split: SplitData, root: Path, predictions: dict, labels, errors: pd.DataFrame,
                   resources: Resources, count: int, seed: int) -> list[SheetSample]:
-    """The rows to draw: lowest/highest scores with ground truth, seeded random rows without."""
+    """The rows to draw among those the crop stage did not skip: lowest/highest scores with
+    ground truth, seeded random rows without."""
     camera = resources.camera
-    rows = pick_random(len(split.table), count, seed) if labels is None else pick_extremes(errors["score"].to_numpy(), count)
+    drawable = np.flatnonzero(~crop_skipped(predictions))
+    if labels is None:
+        rows = drawable[pick_random(len(drawable), count, seed)]
+    else:
+        rows = drawable[pick_extremes(errors["score"].to_numpy()[drawable], count)]
     samples = []
     for i in rows:
         row = split.table.iloc[i]
@@ -80,12 +89,29 @@ def write_plots(folder: Path, split: str, errors: pd.DataFrame, bins: int) -> No
             table.to_csv(tmp, index=False, float_format="%.6g")
 
 
-def evaluate_split(split: SplitData, out: Path, root: Path, resources: Resources, params: dict) -> dict | None:
+def crop_skipped(predictions: dict) -> np.ndarray:
+    """(N,) bool: rows the crop stage skipped (the predictions' `skipped`; none when absent)."""
+    return np.asarray(predictions.get("skipped", np.zeros(len(predictions["verts"]), bool)), dtype=bool)
+
+
+def labelled_split(split: SplitData, predictions: dict, labels: tuple) -> tuple:
+    """The split, predictions and labels (verts (N, V, 3), R_t (N, 4, 4)) restricted to the rows
+    with ground truth (load_labels leaves the rows of skipped info files NaN)."""
+    keep = labelled_rows(labels[1])
+    table = split.table[keep].reset_index(drop=True)
+    subset = {k: v[keep] if len(v) == len(keep) else v for k, v in predictions.items()}
+    return SplitData(split.name, table, split.predictions, split.gt_root), subset, (labels[0][keep], labels[1][keep])
+
+
+def evaluate_split(split: SplitData, out: Path, root: Path, resources: Resources, params: dict,
+                   bad: BadInputs) -> dict | None:
     """Metrics of one split (None without ground truth); writes its errors, plots and sheet."""
     settings = section(params, "evaluate")
     predictions = load_predictions(split.predictions, split.table)
     check_finite(split.predictions, predictions)
-    labels = None if split.gt_root is None else load_labels(split.gt_root, split.table, resources.n_verts)
+    labels = None if split.gt_root is None else load_labels(split.gt_root, split.table, resources.n_verts, bad)
+    if labels is not None:
+        split, predictions, labels = labelled_split(split, predictions, labels)
     if labels is None:
         errors = empty_error_table("landmarks" in predictions)
     else:
@@ -112,10 +138,13 @@ def main(params_file: str, predictor: str) -> None:
     resources = load_resources(root)
     out = OUT / predictor
     metrics = {}
-    for split in splits_of(predictor, data):
-        summary = evaluate_split(split, out, root, resources, params)
+    bad = BadInputs(skip=data.skip_bad, max_fraction=data.max_bad_fraction)
+    splits = splits_of(predictor, data)
+    for split in splits:
+        summary = evaluate_split(split, out, root, resources, params, bad)
         if summary is not None:
             metrics[split.name] = summary
+    bad.finish(out, total=sum(len(s.table) for s in splits if s.gt_root is not None))
     save_json(out / "metrics.json", metrics)
     log.info("%s (mm, deg, px):\n%s", predictor, metrics_table(metrics))
 

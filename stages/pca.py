@@ -9,6 +9,8 @@ blendshape meshes (data.blendshapes). Writes artifacts/pca/:
   poses_{split}.npy      (N, 4, 4) float64 ground-truth R_t
   neutral.csv            the neutral frame chosen per training subject
   metrics.json           reconstruction errors (mm) and the neutral-selection check
+  skipped.csv            samples whose info file was bad (data.skip_bad): their rows of the three
+                         caches are NaN (train and finetune leave them out), the fit ignores them
 """
 from __future__ import annotations
 
@@ -18,12 +20,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from stages.common.badinput import BadInputs
 from stages.common.io import save_json, save_npy
 from stages.common.params import load_params, section, stage_args
 from stages.face.mesh import flip_permutation
 from stages.face.pca import (PCABasis, fit_pca, read_blendshapes, read_neutral_list,
                              reconstruction_errors, select_neutral_frames)
-from stages.wcpa.layout import load_labels, load_resources, read_list, write_list
+from stages.wcpa.layout import labelled_rows, load_labels, load_resources, read_list, write_list
 
 log = logging.getLogger("pca")
 SPLITS = ("train", "val")
@@ -32,11 +35,14 @@ NEUTRAL_ACTION = "neutral"   # the synthetic data's rest-face action: used to me
 
 def choose_neutral(table: pd.DataFrame, verts: np.ndarray, blendshapes: np.ndarray, neutral_list: str,
                    seed: int, max_frames: int) -> np.ndarray:
-    """Row indices of one neutral frame per training subject (automatic, or a hand-made list)."""
+    """Row indices of one neutral frame per training subject (automatic, or a hand-made list),
+    among the labelled rows of verts (N, V, 3) (a skipped sample is never chosen)."""
+    labelled = np.flatnonzero(labelled_rows(verts))
+    table, verts = table.iloc[labelled].reset_index(drop=True), verts[labelled]
     if neutral_list:
         log.info("neutral meshes from the hand-made list %s", neutral_list)
-        return read_neutral_list(neutral_list, table)
-    return select_neutral_frames(verts, table.subject_id.to_numpy(), blendshapes, max_frames, seed)
+        return labelled[read_neutral_list(neutral_list, table)]
+    return labelled[select_neutral_frames(verts, table.subject_id.to_numpy(), blendshapes, max_frames, seed)]
 
 
 def neutral_check(table: pd.DataFrame, chosen: np.ndarray) -> dict:
@@ -60,10 +66,12 @@ def run(params: dict, out: Path = Path("artifacts/pca"), split_dir: Path = Path(
     cfg, data = section(params, "pca"), section(params, "data")
     resources = load_resources(data.root)
     tables = {s: read_list(split_dir / f"{s}.csv") for s in SPLITS}
+    bad = BadInputs(skip=data.skip_bad, max_fraction=data.max_bad_fraction)
     labels = {}
     for split in SPLITS:
         log.info("reading %d %s labels from %s", len(tables[split]), split, data.root)
-        labels[split] = load_labels(data.root, tables[split], resources.n_verts)
+        labels[split] = load_labels(data.root, tables[split], resources.n_verts, bad)
+    bad.finish(out, total=sum(len(t) for t in tables.values()))
     train_verts = labels["train"][0]
     blendshapes = read_blendshapes(data.blendshapes, resources.n_verts, cfg.allow_missing_blendshapes)
     chosen = choose_neutral(tables["train"], train_verts, blendshapes, cfg.neutral_list, params["seed"],
@@ -73,14 +81,15 @@ def run(params: dict, out: Path = Path("artifacts/pca"), split_dir: Path = Path(
     basis = fit_pca(meshes, cfg.n_components)
     metrics = {"n_meshes": len(meshes), "n_neutral": len(chosen), "n_blendshapes": len(blendshapes),
                "n_components": basis.n_components, "neutral": neutral_check(tables["train"], chosen)}
-    out.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
         verts, poses = labels[split]
         save_npy(out / f"coeffs_{split}.npy", basis.project(verts))
         save_npy(out / f"verts_{split}.npy", verts)
         save_npy(out / f"poses_{split}.npy", poses)
-        metrics[f"reconstruction_{split}"] = error_summary(reconstruction_errors(basis, verts))
-    basis.save(out / "basis.npz", flip_perm=flip_permutation(train_verts))
+        labelled = labelled_rows(verts)
+        metrics[f"reconstruction_{split}"] = error_summary(reconstruction_errors(basis, verts[labelled]))
+        metrics[f"skipped_{split}"] = int((~labelled).sum())
+    basis.save(out / "basis.npz", flip_perm=flip_permutation(train_verts[labelled_rows(train_verts)]))
     write_list(out / "neutral.csv", tables["train"].iloc[chosen])
     save_json(out / "metrics.json", metrics)
     log.info("metrics: %s", metrics)

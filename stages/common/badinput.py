@@ -1,9 +1,11 @@
 """Skipping bad samples on request: collect them, list them in skipped.csv, fail past a fraction.
 
 Without data.skip_bad a bad sample stops the stage (its DataError propagates). With it, the
-sample is recorded (key, file, reason) and the stage goes on; at the end `finish` writes
-skipped.csv beside the stage's outputs and raises when more than data.max_bad_fraction of the
-samples were bad. Usage:
+sample is recorded (key, file, reason; once per key, whichever of its files failed first) and
+the stage goes on; at the end `finish` writes skipped.csv beside the stage's outputs and raises
+when more than data.max_bad_fraction of the samples were bad. A failing stage's outputs are
+thrown away with their temporary folder, so its list is then written beside the output folder,
+as <output>.skipped.csv (artifacts/crop.skipped.csv), where the message points. Usage:
 
     bad = BadInputs(skip=data.skip_bad, max_fraction=data.max_bad_fraction)
     for row in table.itertuples(index=False):
@@ -20,7 +22,7 @@ from typing import Iterator
 
 import pandas as pd
 
-from stages.common.io import atomic_write
+from stages.common.io import atomic_target, atomic_write
 from stages.wcpa.layout import DataError
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,11 @@ class BadInputs:
         return {r["key"] for r in self.records}
 
     def add(self, key: str, file: str, reason: str) -> None:
-        """Record one skipped sample (key: 'subject/action/img'; file: the offending path)."""
+        """Record one skipped sample (key: 'subject/action/img'; file: the offending path), once:
+        a sample whose image and info file both fail counts as one bad sample."""
+        if key in self.keys:
+            log.debug("%s already skipped; also %s: %s", key, file, reason)
+            return
         self.records.append({"key": key, "file": str(file), "reason": reason})
         log.warning("skipping %s: %s: %s", key, file, reason)
 
@@ -74,14 +80,31 @@ class BadInputs:
             self.add_error(key, err)
 
     def finish(self, out_dir: Path | str, total: int) -> Path:
-        """Write out_dir/skipped.csv (header only when none), then raise past max_fraction."""
-        path = Path(out_dir) / SKIPPED_FILE
-        with atomic_write(path) as tmp:
-            pd.DataFrame(self.records, columns=SKIPPED_COLUMNS).to_csv(tmp, index=False)
+        """Write out_dir/skipped.csv (header only when none), or raise past max_fraction after
+        writing the list where it outlives the failed run (failure_list_path)."""
+        out_dir = Path(out_dir)
+        failed = bool(total) and len(self) / total > self.max_fraction
+        failure_list = failure_list_path(out_dir)
+        path = failure_list if failed else out_dir / SKIPPED_FILE
+        self.write(path)
+        if not failed and failure_list != path:
+            failure_list.unlink(missing_ok=True)      # the list of an earlier failed run
         if self.records:
             log.warning("%d of %d samples skipped as bad input, listed in %s", len(self), total, path)
-        if total and len(self) / total > self.max_fraction:
+        if failed:
             first = "; ".join(f"{r['file']}: {r['reason']}" for r in self.records[:3])
             raise TooManyBadInputs(f"{path}: {len(self)} of {total} samples are bad, more than "
                                    f"data.max_bad_fraction = {self.max_fraction:g} (first: {first})")
         return path
+
+    def write(self, path: Path) -> None:
+        """The records as a CSV (key, file, reason), header only when none."""
+        with atomic_write(path) as tmp:
+            pd.DataFrame(self.records, columns=SKIPPED_COLUMNS).to_csv(tmp, index=False)
+
+
+def failure_list_path(out_dir: Path) -> Path:
+    """Where a failed run's skip list survives: beside the output folder that an atomic_dir
+    temporary `out_dir` stands for (<output>.skipped.csv); inside a folder that persists."""
+    target = atomic_target(out_dir)
+    return out_dir / SKIPPED_FILE if target == out_dir else target.with_name(f"{target.name}.{SKIPPED_FILE}")

@@ -1,14 +1,47 @@
-"""Atomic output: everything is written to a temporary name and renamed when complete."""
+"""Atomic output: everything is written to a temporary name and renamed when complete.
+
+The temporary name carries the writer's PID (`.<stem>.tmp<pid><suffix>`, `.<name>.tmp<pid>`), so
+that processes writing side by side (torchrun ranks) never share one. A killed run leaves its
+temporary behind: the next write of the same output removes those whose process is gone.
+"""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def remove_stale_temporaries(folder: Path, prefix: str, suffix: str = "") -> list[Path]:
+    """Remove `<prefix><pid><suffix>` files or folders in `folder` whose process is gone; returns them."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)" + re.escape(suffix))
+    stale = []
+    for entry in os.scandir(folder):
+        match = pattern.fullmatch(entry.name)
+        if match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1))):
+            stale.append(Path(entry.path))
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)         # another run may be cleaning up too
+    return stale
 
 
 @contextlib.contextmanager
@@ -19,6 +52,7 @@ def atomic_write(path: Path | str) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path.parent, f".{path.stem}.tmp", path.suffix)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
         yield tmp
@@ -62,6 +96,7 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
     """Yield a temporary folder; it replaces `path` (removed first) only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path.parent, f".{path.name}.tmp")
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -71,6 +106,13 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def atomic_target(path: Path | str) -> Path:
+    """The output an atomic_dir temporary `.<name>.tmp<pid>` stands for; any other path itself."""
+    path = Path(path)
+    match = re.fullmatch(r"\.(.+)\.tmp\d+", path.name)
+    return path.with_name(match.group(1)) if match else path
 
 
 def save_json(path: Path | str, data: Any) -> None:

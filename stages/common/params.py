@@ -1,7 +1,8 @@
 """Load params.yaml, check it against the schema and coerce its types.
 
 `dvc exp run -S key=value` may rewrite 1.0 as 1 or 1e-4 as a string; every value is coerced
-to the type the schema gives, and an unknown or missing key stops with a message naming it.
+to the type the schema gives, and an unknown or missing key stops with a message naming it, as
+does a value outside its Range or Choice ("params.yaml: train.epochs = 0: must be >= 1").
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from stages.common.schema import SCHEMA
+from stages.common.schema import SCHEMA, Choice, Range
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -21,8 +22,30 @@ class ParamsError(ValueError):
     """params.yaml does not match the schema."""
 
 
+def _check_range(value: float, bounds: Range, where: str) -> float:
+    """Stop unless `value` lies within `bounds`."""
+    low_ok = bounds.low is None or (value > bounds.low if bounds.open else value >= bounds.low)
+    high_ok = bounds.high is None or (value < bounds.high if bounds.open else value <= bounds.high)
+    if not (low_ok and high_ok):
+        low, high = (">", "<") if bounds.open else (">=", "<=")
+        limits = [f"{sign} {limit:g}" for sign, limit in ((low, bounds.low), (high, bounds.high)) if limit is not None]
+        raise ParamsError(f"{where} = {value!r}: must be {' and '.join(limits)}")
+    return value
+
+
+def _check_choice(value: Any, choice: Choice, where: str) -> Any:
+    """Stop unless `value` is one of the choice's values."""
+    if value not in choice.values:
+        raise ParamsError(f"{where} = {value!r}: must be one of {', '.join(map(str, choice.values))}")
+    return value
+
+
 def _coerce(value: Any, kind: Any, where: str) -> Any:
-    """Coerce one value to `kind` (a type, a (type, None) optional pair, or [type] list)."""
+    """Coerce one value to `kind` (a type, a (type, None) optional pair, [type] list, Range or Choice)."""
+    if isinstance(kind, Range):
+        return _check_range(_coerce(value, kind.kind, where), kind, where)
+    if isinstance(kind, Choice):
+        return _check_choice(_coerce(value, kind.kind, where), kind, where)
     if isinstance(kind, tuple):
         return None if value is None else _coerce(value, kind[0], where)
     if isinstance(kind, list):

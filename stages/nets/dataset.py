@@ -14,7 +14,7 @@ the training device (stages.nets.colour).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -74,8 +74,13 @@ class CropStore:
     @property
     def usable(self) -> np.ndarray:
         """(N,) bool: rows the crop stage did not skip (index.csv 'skipped', NaN warps)."""
-        skipped = self.index["skipped"].astype(int).to_numpy() == 1 if "skipped" in self.index else False
+        skipped = self.index["skipped"].astype(int).to_numpy() == 1 if "skipped" in self.index else np.zeros(len(self), bool)
         return ~skipped & np.isfinite(self.warps).all(axis=(1, 2))
+
+    def skip(self, rows: np.ndarray) -> "CropStore":
+        """This store with rows (N,) bool marked skipped, e.g. the samples without a label."""
+        skipped = ~self.usable | rows
+        return replace(self, index=self.index.assign(skipped=skipped.astype(int).astype(str)))
 
     def check_rows(self, table: pd.DataFrame, where: str) -> None:
         """Stop unless the store's rows are the list `table`'s rows, in order."""

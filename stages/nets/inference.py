@@ -34,7 +34,7 @@ from stages.nets.flipmerge import check_mode, merge_outputs, unmirror_outputs
 from stages.nets.model import FaceNet
 from stages.nets.poses import solve_poses
 from stages.wcpa.camera import Camera, make_rt
-from stages.wcpa.layout import ID_COLUMNS
+from stages.wcpa.layout import ID_COLUMNS, labelled_rows
 
 log = logging.getLogger(__name__)
 OUTPUT_KEYS = ("mu", "sigma", "verts")
@@ -76,8 +76,10 @@ def pick_device(name: str) -> torch.device:
 
 
 def mean_pose(poses: np.ndarray) -> np.ndarray:
-    """Poses (N, 4, 4) -> their mean R_t (4, 4): chordal L2 mean rotation, mean translation."""
+    """Poses (N, 4, 4) -> their mean R_t (4, 4): chordal L2 mean rotation, mean translation.
+    NaN rows (samples the pca stage skipped) are left out."""
     poses = np.asarray(poses, dtype=np.float64)
+    poses = poses[labelled_rows(poses)]
     rotation = Rotation.from_matrix(poses[:, :3, :3]).mean().as_matrix()
     return make_rt(rotation, poses[:, 3, :3].mean(0))
 

@@ -36,7 +36,7 @@ from stages.nets.dataset import CropStore, Reframe, TrainBatches, crop_targets
 from stages.nets.model import FaceNet, NetConfig
 from stages.nets.validate import evaluate, predict
 from stages.wcpa.camera import Camera
-from stages.wcpa.layout import read_list
+from stages.wcpa.layout import labelled_rows, read_list
 
 log = logging.getLogger("train")
 KEEP_CHECKPOINTS = 2
@@ -96,7 +96,8 @@ def start_distributed(device_name: str) -> Dist:
 
 
 def load_split(paths: TrainPaths, split: str) -> SplitData:
-    """Open a split's crop store and the pca stage's label cache; check that their rows agree."""
+    """Open a split's crop store and the pca stage's label cache; check that their rows agree.
+    Rows the pca stage skipped (NaN labels) are marked skipped in the store: never trained on."""
     store = CropStore.open(paths.crop / split)
     store.check_rows(read_list(paths.split / f"{split}.csv"), str(paths.crop / split))
     verts = np.load(paths.pca / f"verts_{split}.npy", mmap_mode="r")
@@ -104,7 +105,7 @@ def load_split(paths: TrainPaths, split: str) -> SplitData:
     coeffs = np.load(paths.pca / f"coeffs_{split}.npy", mmap_mode="r")
     if not len(verts) == len(poses) == len(coeffs) == len(store):
         raise ValueError(f"{paths.pca}: {len(verts)} labels for {len(store)} {split} crops (re-run `dvc repro pca`)")
-    return SplitData(store=store, verts=verts, poses=poses, coeffs=coeffs)
+    return SplitData(store=store.skip(~labelled_rows(poses)), verts=verts, poses=poses, coeffs=coeffs)
 
 
 RESUME_FREE_KEYS = ("epochs", "workers", "device", "val_batch_size", "val_pnp_flags")   # may change between resumes

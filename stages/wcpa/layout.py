@@ -8,8 +8,10 @@ the landmark count or the image size: they come from the resources and the image
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -18,6 +20,9 @@ import pandas as pd
 from stages.common.io import atomic_write
 from stages.face.mesh import read_obj
 from stages.wcpa.camera import Camera
+
+if TYPE_CHECKING:                # badinput imports DataError from here
+    from stages.common.badinput import BadInputs
 
 ID_COLUMNS = ["subject_id", "facial_action", "img_id"]
 SPLIT_LISTS = {"train": "WCPA_track2_train.csv", "test": "WCPA_track2_test.csv"}
@@ -59,7 +64,22 @@ def read_list(path: Path | str) -> pd.DataFrame:
     empty = (table == "").any(axis=1)
     if empty.any():
         raise DataError(f"{path}: row {int(np.argmax(empty.to_numpy())) + 2} has an empty id")
+    _check_ids_safe(path, table)
+    duplicated = table.duplicated()
+    if duplicated.any():
+        line = int(np.argmax(duplicated.to_numpy())) + 2
+        raise DataError(f"{path}: line {line} repeats sample {sample_key(table.iloc[line - 2])}")
     return table
+
+
+def _check_ids_safe(path: Path, table: pd.DataFrame) -> None:
+    """Stop on an id that is not one plain path component ('/', '\\', '..', '.', a drive or root):
+    joined under the data root, such an id could name a file outside it."""
+    for line, row in enumerate(table.itertuples(index=False), start=2):
+        for column, value in zip(ID_COLUMNS, row):
+            if value in (".", "..") or any(c in value for c in "/\\:\0"):
+                raise DataError(f"{path}: line {line}: {column} {value!r} is not a plain name "
+                                "(no '/', '\\', ':', '.' or '..'): it could resolve outside the data root")
 
 
 def write_list(path: Path | str, table: pd.DataFrame) -> None:
@@ -201,10 +221,21 @@ def check_files(root: Path | str, table: pd.DataFrame, with_info: bool) -> list[
     return problems
 
 
-def load_labels(root: Path | str, table: pd.DataFrame, n_verts: int) -> tuple[np.ndarray, np.ndarray]:
-    """Ground truth of the listed samples -> verts (N, V, 3) float32, R_t (N, 4, 4) float64."""
-    verts = np.empty((len(table), n_verts, 3), dtype=np.float32)
-    poses = np.empty((len(table), 4, 4), dtype=np.float64)
+def load_labels(root: Path | str, table: pd.DataFrame, n_verts: int,
+                bad: "BadInputs | None" = None) -> tuple[np.ndarray, np.ndarray]:
+    """Ground truth of the listed samples -> verts (N, V, 3) float32 metres, R_t (N, 4, 4) float64.
+
+    A bad info file stops with its name; with `bad` (data.skip_bad) it is recorded there instead
+    and its row is NaN, so that the rows stay aligned with the list."""
+    verts = np.full((len(table), n_verts, 3), np.nan, dtype=np.float32)
+    poses = np.full((len(table), 4, 4), np.nan, dtype=np.float64)
     for i, row in enumerate(table.itertuples(index=False)):
-        verts[i], poses[i] = read_info(info_path(root, row), n_verts)
+        with contextlib.nullcontext() if bad is None else bad.guard(sample_key(row)):
+            verts[i], poses[i] = read_info(info_path(root, row), n_verts)
     return verts, poses
+
+
+def labelled_rows(labels: np.ndarray) -> np.ndarray:
+    """(N,) bool: the rows of verts (N, V, 3) or R_t (N, 4, 4) that hold a label (load_labels
+    leaves the rows of skipped samples NaN)."""
+    return np.isfinite(np.asarray(labels).reshape(len(labels), -1)).all(axis=1)

@@ -19,6 +19,9 @@ from stages.common.io import atomic_write
 
 POSE_COLUMNS = 9 + 3
 ORTHONORMAL_TOL = 1e-4      # max |R R^T - I| entry; float32 storage of an exact rotation gives ~1e-7
+MAX_VERTEX_RADIUS_M = 0.5  # |canonical vertex|: a head is ~0.25 m across and centred near the origin;
+                           # past 0.5 m the mesh is in other units (mm, or a scale slip like 1e6)
+MAX_DISTANCE_M = 10.0      # |t|: the WCPA faces are ~0.5 m from the camera; at 10 m a face spans a few px
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)   # the earliest date a zip entry can hold
 ZIP_MODE = 0o644
 
@@ -59,7 +62,8 @@ def validate_submission(array: np.ndarray, n_rows: int, n_verts: int, name: str 
 
     Checks: 2-D float32 of shape (n_rows, 3 n_verts + 12); all finite; every R orthonormal
     (|R R^T - I| <= ORTHONORMAL_TOL per entry) with det +1 (within the same tolerance); tz < 0
-    (the OpenGL camera looks down -z).
+    (the OpenGL camera looks down -z); plausible scale: every canonical vertex within
+    MAX_VERTEX_RADIUS_M of the origin and |t| < MAX_DISTANCE_M.
     """
     expected = (n_rows, 3 * n_verts + POSE_COLUMNS)
     if not isinstance(array, np.ndarray) or array.ndim != 2:
@@ -75,7 +79,8 @@ def validate_submission(array: np.ndarray, n_rows: int, n_verts: int, name: str 
     finite = np.isfinite(array).all(axis=1)
     if not finite.all():
         raise SubmissionError(f"{name}: row {_first_row(~finite)} has NaN or inf values")
-    _, R_t = from_submission(array)
+    verts, R_t = from_submission(array)
+    _check_scale(verts, R_t, name)
     R = R_t[:, :3, :3]
     deviation = np.abs(R @ np.swapaxes(R, 1, 2) - np.eye(3)).max(axis=(1, 2))
     if (deviation > ORTHONORMAL_TOL).any():
@@ -90,6 +95,20 @@ def validate_submission(array: np.ndarray, n_rows: int, n_verts: int, name: str 
         row = _first_row(R_t[:, 3, 2] >= 0)
         raise SubmissionError(f"{name}: row {row} has tz = {R_t[row, 3, 2]:.4f} m >= 0 "
                               "(the face must be in front of the camera, tz < 0)")
+
+
+def _check_scale(verts: np.ndarray, R_t: np.ndarray, name: str) -> None:
+    """Stop on a row whose vertices (N, V, 3) or translation R_t[:, 3, :3] are implausibly far (metres)."""
+    radius = np.linalg.norm(verts, axis=-1).max(axis=1)
+    if (radius > MAX_VERTEX_RADIUS_M).any():
+        row = _first_row(radius > MAX_VERTEX_RADIUS_M)
+        raise SubmissionError(f"{name}: row {row} has a vertex {radius[row]:.3g} m from the origin, more than "
+                              f"MAX_VERTEX_RADIUS_M = {MAX_VERTEX_RADIUS_M} m (vertices must be in metres)")
+    distance = np.linalg.norm(R_t[:, 3, :3], axis=-1)
+    if (distance >= MAX_DISTANCE_M).any():
+        row = _first_row(distance >= MAX_DISTANCE_M)
+        raise SubmissionError(f"{name}: row {row} has |t| = {distance[row]:.3g} m, not below "
+                              f"MAX_DISTANCE_M = {MAX_DISTANCE_M} m (translations must be in metres)")
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

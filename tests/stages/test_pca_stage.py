@@ -1,11 +1,19 @@
-"""Stage pca on a tiny project: basis, coefficients, label cache and metrics."""
+"""Stage pca on a tiny project: basis, coefficients, label cache and metrics; a bad info file
+stops it, or with data.skip_bad leaves a NaN row that train does not use."""
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pytest
+import yaml
 
 from stages import pca
 from stages.face.pca import PCABasis
+from stages.nets.inference import mean_pose
+from stages.nets.trainer import TrainPaths, load_split
+from stages.wcpa.layout import DataError
 from tests.tiny_project import make_tiny_project
 
 
@@ -27,3 +35,42 @@ def test_pca_stage_writes_basis_coefficients_and_metrics(tmp_path, monkeypatch):
     assert metrics["neutral"]["neutral_accuracy"] == 1.0
     assert metrics["reconstruction_train"]["mean_mm"] < metrics["reconstruction_train"]["max_mm"]
     assert (out / "neutral.csv").read_text().count("neutral") == 4
+
+
+def _corrupt_one_train_info(root) -> tuple[int, str]:
+    """Overwrite the info file of a training row (not a neutral frame) -> (row, key)."""
+    table = pd.read_csv(root / "artifacts" / "split" / "train.csv", dtype=str)
+    row = int(np.flatnonzero(table.facial_action != "neutral")[0])
+    ids = table.iloc[row]
+    info = root / "data" / "synth" / "info" / ids.subject_id / ids.facial_action / f"{ids.img_id}_info.npz"
+    info.write_bytes(b"not an npz")
+    return row, f"{ids.subject_id}/{ids.facial_action}/{ids.img_id}"
+
+
+def test_pca_stops_on_a_bad_info_file_without_skip_bad(tmp_path, monkeypatch):
+    make_tiny_project(tmp_path)
+    _corrupt_one_train_info(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"_info\.npz: not a readable npz"):
+        pca.run(yaml.safe_load((tmp_path / "params.yaml").read_text()))
+
+
+def test_pca_skips_a_bad_info_file_and_train_never_sees_its_row(tmp_path, monkeypatch):
+    params = make_tiny_project(tmp_path)
+    row, key = _corrupt_one_train_info(tmp_path)
+    params["data"].update(skip_bad=True, max_bad_fraction=0.2)
+    monkeypatch.chdir(tmp_path)
+    metrics = pca.run(params)
+    out = tmp_path / "artifacts" / "pca"
+    assert pd.read_csv(out / "skipped.csv").key.tolist() == [key]
+    assert metrics["skipped_train"] == 1 and metrics["skipped_val"] == 0
+    for name in ("verts_train", "poses_train", "coeffs_train"):
+        cache = np.load(out / f"{name}.npy")
+        assert len(cache) == len(pd.read_csv(tmp_path / "artifacts" / "split" / "train.csv"))   # row-aligned
+        assert np.isnan(cache[row]).all() and np.isfinite(np.delete(cache, row, axis=0)).all()
+    assert np.isfinite(np.load(out / "basis.npz")["components"]).all()
+    paths = TrainPaths(crop=Path("artifacts/crop"), pca=Path("artifacts/pca"), split=Path("artifacts/split"),
+                       out=Path("artifacts/train"))
+    data = load_split(paths, "train")
+    assert not data.store.usable[row] and data.store.usable.sum() == len(data.store) - 1
+    assert np.isfinite(mean_pose(np.load(out / "poses_train.npy"))).all()

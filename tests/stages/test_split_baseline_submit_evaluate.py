@@ -11,7 +11,8 @@ from scipy.spatial.transform import Rotation
 
 from stages import baseline, evaluate, split, submit
 from stages.split import split_table
-from stages.wcpa.layout import DataError, info_path, list_path, load_labels, load_resources, read_list
+from stages.wcpa.layout import (DataError, image_path, info_path, list_path, load_labels, load_resources,
+                                read_list)
 from stages.wcpa.predictions import load_predictions, save_predictions
 from stages.wcpa.submission import read_submission
 from tests.stages.tiny_wcpa import grid_mesh, make_tiny_root, write_params
@@ -156,3 +157,30 @@ def test_baseline_skips_a_bad_label_only_when_told(project, tiny_root, tmp_path)
     baseline.main()
     skipped = pd.read_csv("artifacts/baseline/skipped.csv")
     assert skipped["file"].tolist() == [str(info_path(root, bad_row))]
+
+
+def test_evaluate_scores_a_skipped_crop_without_drawing_it_and_skips_a_bad_label(project, tiny_root, tmp_path):
+    root, test_gt = tmp_path / "copy", tmp_path / "copy_gt"
+    shutil.copytree(tiny_root / "root", root)
+    shutil.copytree(tiny_root / "test_gt", test_gt)
+    write_params(project / "params.yaml", root, test_gt)
+    split.main()
+    baseline.main()
+    test = read_list(list_path(root, "test"))
+    rows = list(test.itertuples(index=False))
+    image_path(root, rows[1]).unlink()                      # crop skipped it: unreadable
+    predictions = load_predictions("artifacts/baseline/predictions_test.npz")
+    save_predictions("artifacts/baseline/predictions_test.npz", test, predictions["verts"], predictions["R_t"],
+                     skipped=np.array([False, True, False, False]))
+    info_path(test_gt, rows[2]).write_bytes(b"garbage")     # a bad ground-truth label
+    with pytest.raises(DataError, match=str(info_path(test_gt, rows[2]))):
+        evaluate.main("params.yaml", "baseline")
+    write_params(project / "params.yaml", root, test_gt, data__skip_bad=True, data__max_bad_fraction=0.2)
+    evaluate.main("params.yaml", "baseline")
+    out = Path("artifacts/evaluate/baseline")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 3 and metrics["val"]["n"] == 4
+    errors = pd.read_csv(out / "errors_test.csv", dtype=str)
+    assert errors["img_id"].tolist() == [rows[i].img_id for i in (0, 1, 3)]     # the fallback row is scored
+    assert pd.read_csv(out / "skipped.csv")["file"].tolist() == [str(info_path(test_gt, rows[2]))]
+    assert cv2.imread(str(out / "sheet_test.png")) is not None

@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 
 from stages.common.badinput import BadInputs, TooManyBadInputs
+from stages.common.io import atomic_dir
 from stages.wcpa.layout import DataError
 
 
@@ -51,3 +52,26 @@ def test_other_errors_are_never_swallowed():
     with pytest.raises(ZeroDivisionError):
         with bad.guard("a"):
             raise ZeroDivisionError
+
+
+def test_a_sample_failing_twice_counts_once(tmp_path):
+    bad = BadInputs(skip=True, max_fraction=0.5)
+    _run(bad, ["a", "b"], {"a"})
+    bad.add("a", "/data/info/a_info.npz", "info file not found")      # its info file fails too
+    assert len(bad) == 1
+    assert pd.read_csv(bad.finish(tmp_path, total=2)).file.tolist() == ["/data/a.jpg"]
+
+
+def test_a_failed_stage_keeps_its_list_beside_the_output_folder(tmp_path):
+    bad = BadInputs(skip=True, max_fraction=0.25)
+    _run(bad, list("abcd"), {"a", "b"})
+    out = tmp_path / "artifacts" / "crop"
+    with pytest.raises(TooManyBadInputs) as failure:
+        with atomic_dir(out) as tmp:
+            bad.finish(tmp, total=4)
+    kept = tmp_path / "artifacts" / "crop.skipped.csv"
+    assert str(failure.value).startswith(f"{kept}: 2 of 4 samples are bad")
+    assert pd.read_csv(kept).key.tolist() == ["a", "b"] and not out.exists()
+    with atomic_dir(out) as tmp:                                       # a later run that passes
+        BadInputs(skip=True, max_fraction=0.25).finish(tmp, total=4)
+    assert (out / "skipped.csv").is_file() and not kept.exists()

@@ -115,3 +115,19 @@ def test_list_without_an_id_column_names_the_file(tmp_path):
     path.write_text("subject_id,img_id\n1,2\n")
     with pytest.raises(DataError, match=_named(path, "missing column")):
         read_list(path)
+
+
+def test_read_list_stops_on_a_duplicate_row(tmp_path):
+    path = tmp_path / "list.csv"
+    path.write_text("subject_id,facial_action,img_id\n007,01,0042\n007,01,0043\n007,01,0042\n")
+    with pytest.raises(DataError, match=_named(path, "line 4 repeats sample 007/01/0042")):
+        read_list(path)
+
+
+@pytest.mark.parametrize("bad_id", ["../etc", "..", "/abs", "a/b", "a\\b", "C:x", "."])
+def test_read_list_stops_on_an_id_that_could_leave_the_data_root(tmp_path, bad_id):
+    path = tmp_path / "list.csv"
+    pd.DataFrame({"subject_id": ["007", "007"], "facial_action": ["01", bad_id],
+                  "img_id": ["0042", "0043"]}).to_csv(path, index=False)
+    with pytest.raises(DataError, match=_named(path, f"line 3: facial_action {bad_id!r} is not a plain name")):
+        read_list(path)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.common.params import ParamsError, apply_overrides, load_params
+from stages.common.params import ParamsError, apply_overrides, check_params, load_params
 from stages.profile import apply_profile, profile_params
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,3 +93,38 @@ def test_bad_overrides_name_the_assignment(assignment, message):
     params = load_params(ROOT / "params.yaml")
     with pytest.raises(ParamsError, match=message):
         apply_overrides(params, [assignment])
+
+
+def test_every_profile_validates():
+    for name in ("paper", "tiny"):
+        check_params(profile_params(name, ROOT / "params.yaml"), f"{name}.yaml")
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d["train"].update(epochs=0), r"train.epochs = 0: must be >= 1"),
+    (lambda d: d["coarse_train"].update(batch_size=-1), r"coarse_train.batch_size = -1: must be >= 1"),
+    (lambda d: d["finetune"].update(val_batch_size=0), r"finetune.val_batch_size = 0: must be >= 1"),
+    (lambda d: d["crop"].update(chunk=0), r"crop.chunk = 0: must be >= 1"),
+    (lambda d: d["infer"].update(batch_size=0), r"infer.batch_size = 0: must be >= 1"),
+    (lambda d: d["data"].update(workers=0), r"data.workers = 0: must be >= 1"),
+    (lambda d: d["synth"].update(image_size=0), r"synth.image_size = 0: must be >= 1"),
+    (lambda d: d["split"].update(val_fraction=1.5), r"split.val_fraction = 1.5: must be > 0 and < 1"),
+    (lambda d: d["data"].update(max_bad_fraction=-0.1), r"data.max_bad_fraction = -0.1: must be >= 0 and <= 1"),
+    (lambda d: d["coarse_train"].update(flip_prob=2.0), r"coarse_train.flip_prob = 2.0: must be >= 0 and <= 1"),
+    (lambda d: d["infer"].update(max_pnp_failures=1.5), r"infer.max_pnp_failures = 1.5"),
+    (lambda d: d["train"].update(landmark_loss="l1"), r"train.landmark_loss = 'l1': must be one of gnll, mse"),
+    (lambda d: d["train"].update(depth=20), r"train.depth = 20: must be one of 18, 34, 50"),
+    (lambda d: d["crop"].update(source="coars"), r"crop.source = 'coars': must be one of coarse, given68, gt"),
+    (lambda d: d["infer"].update(flip_merge="2d"), r"infer.flip_merge = '2d'"),
+    (lambda d: d["finetune"].update(pnp_dtype="float16"), r"finetune.pnp_dtype = 'float16'"),
+    (lambda d: d["train"].update(device="gpu"), r"train.device = 'gpu'"),
+])
+def test_values_outside_their_range_or_choice_stop_at_load(tmp_path, mutate, message):
+    with pytest.raises(ParamsError, match=r"params.yaml: " + message):
+        load_params(_write(tmp_path, mutate))
+
+
+def test_overrides_are_range_checked():
+    params = load_params(ROOT / "params.yaml")
+    with pytest.raises(ParamsError, match=r"--set train.epochs = 0: must be >= 1"):
+        apply_overrides(params, ["train.epochs=0"])

@@ -50,6 +50,11 @@ def _broken(predictions, defect):
     elif defect == "behind":
         R_t[4, 3, 2] = 0.3
         array = to_submission(verts, R_t)
+    elif defect == "micrometres":
+        array = to_submission(verts * 1e6, R_t)
+    elif defect == "far":
+        R_t[4, 3, :3] = [0.0, 0.0, -50.0]
+        array = to_submission(verts, R_t)
     elif defect == "float64":
         array = array.astype(np.float64)
     elif defect == "columns":
@@ -66,6 +71,8 @@ def _broken(predictions, defect):
     ("scaled", r"sub\.npy: row 4 rotation is not orthonormal"),
     ("reflection", r"sub\.npy: row 4 rotation has det -1"),
     ("behind", r"sub\.npy: row 4 has tz = 0.3000 m >= 0"),
+    ("micrometres", r"sub\.npy: row 0 has a vertex .* m from the origin, more than MAX_VERTEX_RADIUS_M = 0.5 m"),
+    ("far", r"sub\.npy: row 4 has \|t\| = 50 m, not below MAX_DISTANCE_M = 10.0 m"),
     ("float64", r"sub\.npy: dtype float64, expected float32"),
     ("columns", r"sub\.npy: 161 columns, expected 162"),
     ("rows", r"sub\.npy: 5 rows, expected 6"),
