@@ -14,6 +14,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -76,12 +77,21 @@ def error_summary(pred: np.ndarray, target: np.ndarray) -> dict:
             "image_mean_max_px": float(per_image.max()), "images": int(len(per_image))}
 
 
+def usable_flip_test(cfg: SimpleNamespace, detector: Detector) -> SimpleNamespace:
+    """cfg with flip_test off (and a warning) when the detector has no landmark flip order."""
+    if not cfg.flip_test or detector.flip_order is not None:
+        return cfg
+    log.warning("coarse_predict.flip_test ignored: the detector has no landmark flip order")
+    return SimpleNamespace(**{**vars(cfg), "flip_test": False})
+
+
 def run(params: dict, out: Path = Path("artifacts/coarse_predict"),
         model: Path = Path("artifacts/coarse_train/model.pt"), split_dir: Path = Path("artifacts/split")) -> dict:
     cfg, data = section(params, "coarse_predict"), section(params, "data")
     resources = load_resources(data.root)
     tables = split_tables(data.root, split_dir)
     detector = Detector(model, device(), data.workers, cfg.amp)
+    cfg = usable_flip_test(cfg, detector)
     bad = BadInputs(skip=data.skip_bad, max_fraction=data.max_bad_fraction)
     metrics, landmarks = {}, {}
     for split in SPLITS:

@@ -1,12 +1,16 @@
 """Stages coarse_train and coarse_predict on a tiny data root (CPU, seconds)."""
 import json
+import logging
+
 import numpy as np
 import pytest
+import torch
 
 from stages import coarse_predict, coarse_train
 from stages.coarse import train as train_module
 from stages.coarse.train import Checkpoint
 from stages.common.params import load_params
+from stages.face import ibug68
 from stages.wcpa.layout import write_list
 from tests.stages.tiny_data import write_tiny_root
 
@@ -65,3 +69,44 @@ def test_interrupted_training_resumes_after_the_last_checkpoint(tiny, monkeypatc
     assert epochs == [1]
     curve = (tmp / "coarse_train/live/plots/metrics/train/loss.tsv").read_text().splitlines()
     assert len(curve) == 1 + TINY["epochs"]
+
+
+def _record_augmenters(monkeypatch) -> list:
+    """Patch the training's Augmenter to record (flip_order, flip_prob) of each one made."""
+    made, make = [], train_module.Augmenter
+
+    def recording(size, jitter, flip_order, flip_prob, seed):
+        made.append((flip_order, flip_prob))
+        return make(size, jitter, flip_order, flip_prob, seed)
+
+    monkeypatch.setattr(train_module, "Augmenter", recording)
+    return made
+
+
+def test_asymmetric_mesh_trains_with_the_ibug_flip_order(tmp_path, monkeypatch):
+    tables = write_tiny_root(tmp_path / "data", n_train=10, n_test=3, asymmetric=True)
+    write_list(tmp_path / "split/train.csv", tables["train"].iloc[:8])
+    write_list(tmp_path / "split/val.csv", tables["train"].iloc[8:])
+    params = load_params("params.yaml")
+    params["data"].update(root=str(tmp_path / "data"), workers=1)
+    params["coarse_train"].update(TINY, epochs=1, flip_prob=0.5)
+    made = _record_augmenters(monkeypatch)
+    coarse_train.run(params, tmp_path / "coarse_train", tmp_path / "split")
+    assert made and all(np.array_equal(order, ibug68.MIRROR) and prob == 0.5 for order, prob in made)
+    saved = torch.load(tmp_path / "coarse_train/model.pt", weights_only=False)["flip_order"]
+    assert np.array_equal(saved, ibug68.MIRROR)
+
+
+def test_without_a_flip_order_training_and_flip_test_run_with_flips_off(tiny, monkeypatch, caplog):
+    params, tmp, split_dir = tiny
+    params["coarse_train"].update(epochs=1, flip_prob=0.5)
+    params["coarse_predict"].update(flip_test=True)
+    monkeypatch.setattr(coarse_train, "landmark_flip_order", lambda resources: None)
+    made = _record_augmenters(monkeypatch)
+    with caplog.at_level(logging.WARNING):
+        coarse_train.run(params, tmp / "coarse_train", split_dir)
+        coarse_predict.run(params, tmp / "coarse_predict", tmp / "coarse_train/model.pt", split_dir)
+    assert made and all(order is None and prob == 0.0 for order, prob in made)
+    assert "coarse_train.flip_prob=0.5 ignored" in caplog.text
+    assert "coarse_predict.flip_test ignored" in caplog.text
+    assert np.isfinite(np.load(tmp / "coarse_predict/val.npy")).all()
