@@ -9,6 +9,7 @@ from stages.coarse.targets import landmark_flip_order
 from stages.face import ibug68
 from stages.face.mesh import flip_permutation, kpt_flip_permutation
 from stages.face.model import build_face_model
+from stages.face.pca import fit_pca, load_flip_perm, vertex_flip
 from stages.wcpa.camera import Camera, make_rt
 from stages.wcpa.layout import Resources
 from tests.conftest import CHALLENGE_PROJ
@@ -68,3 +69,26 @@ def test_augmenter_without_an_order_refuses_flips_and_runs_without():
     image, points = augment(np.zeros((32, 32, 3), np.uint8), np.full((6, 2), 16.0))
     assert image.shape == (32, 32, 3) and points.shape == (6, 2)
 
+
+def _basis(template: np.ndarray):
+    """A 2-component PCA basis of three noisy copies of `template` (V, 3)."""
+    noise = np.random.default_rng(1).normal(0.0, 1e-3, (3,) + template.shape)
+    return fit_pca(template + noise, 2)
+
+
+def test_basis_of_asymmetric_meshes_records_why_and_flips_stop_naming_the_param(tmp_path, caplog):
+    template, _ = asymmetric_mesh(np.random.default_rng(0))
+    with caplog.at_level(logging.WARNING):
+        entry = vertex_flip(template[None])
+    assert set(entry) == {"flip_problem"} and "infer.flip_merge" in caplog.text
+    _basis(template).save(tmp_path / "basis.npz", **entry)
+    with pytest.raises(ValueError, match=r"basis.npz: no vertex flip permutation \(.*not symmetric\); "
+                                         r"set infer.flip_merge: none"):
+        load_flip_perm(tmp_path / "basis.npz", "set infer.flip_merge: none")
+
+
+def test_basis_of_symmetric_meshes_keeps_its_flip_permutation(tmp_path):
+    template, _ = grid_mesh()
+    entry = vertex_flip(template[None])
+    _basis(template).save(tmp_path / "basis.npz", **entry)
+    assert np.array_equal(load_flip_perm(tmp_path / "basis.npz", "unused"), flip_permutation(template))
