@@ -80,7 +80,7 @@ def run(params: dict, out: Path = Path("artifacts/coarse_train"),
     for split in SPLITS:
         log.info("%s: %d samples", split, len(tables[split]))
         landmarks, kept = load_targets(data.root, tables[split], resources, bad)
-        locate, refine, _ = cut_views(data.root, tables[split].iloc[kept], landmarks, cfg.locate_size,
+        locate, refine, _ = cut_views(data.root, tables[split].iloc[kept], resources.camera.size, landmarks, cfg.locate_size,
                                       cfg.refine_size, cfg.refine_margin, data.workers, bad)
         views[split] = {"locate": locate, "refine": refine}
     partial = out.with_name(out.name + ".partial")

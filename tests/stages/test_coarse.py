@@ -1,7 +1,9 @@
 """Stages coarse_train and coarse_predict on a tiny data root (CPU, seconds)."""
 import json
 import logging
+import re
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from stages.coarse import train as train_module
 from stages.coarse.train import Checkpoint
 from stages.common.params import load_params
 from stages.face import ibug68
-from stages.wcpa.layout import write_list
+from stages.wcpa.layout import DataError, image_path, list_path, read_list, write_list
 from tests.stages.tiny_data import write_tiny_root
 
 TINY = {"locate_backbone": "mobilenet_v3_small", "refine_backbone": "mobilenet_v3_small",
@@ -110,3 +112,39 @@ def test_without_a_flip_order_training_and_flip_test_run_with_flips_off(tiny, mo
     assert "coarse_train.flip_prob=0.5 ignored" in caplog.text
     assert "coarse_predict.flip_test ignored" in caplog.text
     assert np.isfinite(np.load(tmp / "coarse_predict/val.npy")).all()
+
+
+def _odd_size_image(root, row):
+    """Overwrite a sample's image with a 640x480 one -> its path."""
+    path = image_path(root, row)
+    cv2.imwrite(str(path), np.full((480, 640, 3), 90, np.uint8))
+    return path
+
+
+@pytest.mark.parametrize("position", [0, 5])
+def test_an_image_of_another_size_stops_training_naming_it_or_is_skipped(tiny, position):
+    params, tmp, split_dir = tiny
+    params["coarse_train"].update(epochs=1)
+    row = next(read_list(split_dir / "train.csv").iloc[position:].itertuples(index=False))
+    path = _odd_size_image(params["data"]["root"], row)
+    with pytest.raises(DataError, match=re.escape(f"{path}: image is 640x480, the data set's images are 200x200")):
+        coarse_train.run(params, tmp / "coarse_train", split_dir)
+    params["data"].update(skip_bad=True, max_bad_fraction=0.2)
+    metrics = coarse_train.run(params, tmp / "coarse_train", split_dir)
+    assert metrics["train_samples"] == 7
+    assert str(path) in (tmp / "coarse_train/skipped.csv").read_text()
+
+
+def test_an_image_of_another_size_stops_prediction_naming_it_or_is_skipped(tiny):
+    params, tmp, split_dir = tiny
+    params["coarse_train"].update(epochs=1)
+    coarse_train.run(params, tmp / "coarse_train", split_dir)
+    root = params["data"]["root"]
+    path = _odd_size_image(root, next(read_list(list_path(root, "test")).iloc[1:].itertuples(index=False)))
+    with pytest.raises(DataError, match=re.escape(f"{path}: image is 640x480, the data set's images are 200x200")):
+        coarse_predict.run(params, tmp / "coarse_predict", tmp / "coarse_train/model.pt", split_dir)
+    params["data"].update(skip_bad=True, max_bad_fraction=0.2)
+    coarse_predict.run(params, tmp / "coarse_predict", tmp / "coarse_train/model.pt", split_dir)
+    test = np.load(tmp / "coarse_predict/test.npy")
+    assert np.isnan(test[1]).all() and np.isfinite(test[[0, 2]]).all()
+    assert str(path) in (tmp / "coarse_predict/skipped.csv").read_text()
