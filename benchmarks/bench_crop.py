@@ -43,7 +43,7 @@ def crop_vs_decode(params: dict, count: int) -> tuple[float, float]:
     table = read_list(Path("artifacts/split/val.csv")).iloc[:count].reset_index(drop=True)
     warps = np.load("artifacts/crop/val/warps.npy")[:count]
     paths = [image_path(root, row) for row in table.itertuples(index=False)]
-    shape = read_image(paths[0]).shape[:2]
+    shape = read_image(paths[0]).shape[1::-1]   # (width, height)
 
     def decode() -> None:
         Parallel(n_jobs=workers, prefer="threads")(delayed(read_image)(p) for p in paths)

@@ -14,6 +14,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -38,23 +39,24 @@ def split_tables(root: Path | str, split_dir: Path) -> dict[str, pd.DataFrame]:
     return tables
 
 
-def _read_or_error(path: Path) -> np.ndarray | DataError:
+def _read_or_error(path: Path, size: tuple[int, int]) -> np.ndarray | DataError:
     try:
-        return read_image(path)
+        return read_image(path, size)
     except DataError as err:
         return err
 
 
-def predict_split(detector: Detector, root: Path | str, table: pd.DataFrame, cfg, workers: int,
-                  bad: BadInputs, desc: str) -> np.ndarray:
-    """Landmarks (N, K, 2) full px for every listed image (NaN rows where skipped)."""
+def predict_split(detector: Detector, root: Path | str, table: pd.DataFrame, size: tuple[int, int], cfg,
+                  workers: int, bad: BadInputs, desc: str) -> np.ndarray:
+    """Landmarks (N, K, 2) full px for every listed image (NaN rows where skipped); size: the data
+    set's (width, height) px, which every image must have."""
     out = np.full((len(table), detector.config["n_points"], 2), np.nan)
     rows = list(table.itertuples(index=False))
     with ThreadPoolExecutor(max(workers, 1)) as pool, tqdm(total=len(rows), desc=desc, unit="img") as bar:
         for start in range(0, len(rows), cfg.batch_size):
             chunk = rows[start:start + cfg.batch_size]
             images, where = [], []
-            for offset, image in enumerate(pool.map(_read_or_error, [image_path(root, r) for r in chunk])):
+            for offset, image in enumerate(pool.map(lambda r: _read_or_error(image_path(root, r), size), chunk)):
                 with bad.guard(sample_key(chunk[offset])):
                     if isinstance(image, DataError):
                         raise image
@@ -76,17 +78,27 @@ def error_summary(pred: np.ndarray, target: np.ndarray) -> dict:
             "image_mean_max_px": float(per_image.max()), "images": int(len(per_image))}
 
 
+def usable_flip_test(cfg: SimpleNamespace, detector: Detector) -> SimpleNamespace:
+    """cfg with flip_test off (and a warning) when the detector has no landmark flip order."""
+    if not cfg.flip_test or detector.flip_order is not None:
+        return cfg
+    log.warning("coarse_predict.flip_test ignored: the detector has no landmark flip order")
+    return SimpleNamespace(**{**vars(cfg), "flip_test": False})
+
+
 def run(params: dict, out: Path = Path("artifacts/coarse_predict"),
         model: Path = Path("artifacts/coarse_train/model.pt"), split_dir: Path = Path("artifacts/split")) -> dict:
     cfg, data = section(params, "coarse_predict"), section(params, "data")
     resources = load_resources(data.root)
     tables = split_tables(data.root, split_dir)
     detector = Detector(model, device(), data.workers, cfg.amp)
+    cfg = usable_flip_test(cfg, detector)
     bad = BadInputs(skip=data.skip_bad, max_fraction=data.max_bad_fraction)
     metrics, landmarks = {}, {}
     for split in SPLITS:
         started = time.perf_counter()
-        landmarks[split] = predict_split(detector, data.root, tables[split], cfg, data.workers, bad, split)
+        landmarks[split] = predict_split(detector, data.root, tables[split], resources.camera.size, cfg,
+                                         data.workers, bad, split)
         seconds = time.perf_counter() - started
         metrics[f"{split}_seconds"] = seconds
         metrics[f"{split}_images_per_second"] = len(tables[split]) / max(seconds, 1e-9)

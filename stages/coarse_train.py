@@ -2,7 +2,8 @@
 
 Targets are the landmark vertices (resources/kpt_ind.npy) of each info mesh projected with its
 R_t. Reads artifacts/split/{train,val}.csv. Writes artifacts/coarse_train/:
-  model.pt       both nets, their config and the landmark flip order (stages/coarse/detector.py)
+  model.pt       both nets, their config and the landmark flip order (stages/coarse/detector.py;
+                 None when the landmarks have no known mirror order: then flips are off)
   metrics.json   final validation errors (full-image px, refine on GT-centred views), times
   live/          dvclive metrics and per-epoch curves
   skipped.csv    samples skipped as bad input (with data.skip_bad)
@@ -12,6 +13,7 @@ identity (resources and a sample of the files' bytes) are unchanged.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -72,19 +74,29 @@ def fingerprint(params: dict, tables: dict, data: dict[str, str]) -> str:
     return digest.hexdigest()
 
 
+def without_flips(cfg: TrainConfig, flip_order: np.ndarray | None) -> TrainConfig:
+    """cfg with flip_prob 0 (and a warning) when there is no landmark flip order."""
+    if flip_order is not None or cfg.flip_prob == 0:
+        return cfg
+    log.warning("coarse_train.flip_prob=%g ignored: no landmark flip order, training without flips",
+                cfg.flip_prob)
+    return dataclasses.replace(cfg, flip_prob=0.0)
+
+
 def run(params: dict, out: Path = Path("artifacts/coarse_train"),
         split_dir: Path = Path("artifacts/split")) -> dict:
     started = time.perf_counter()
     cfg, data = train_config(params), section(params, "data")
     resources = load_resources(data.root)
     flip_order = landmark_flip_order(resources)
+    cfg = without_flips(cfg, flip_order)
     tables = {s: read_list(split_dir / f"{s}.csv") for s in SPLITS}
     bad = BadInputs(skip=data.skip_bad, max_fraction=data.max_bad_fraction)
     views = {}
     for split in SPLITS:
         log.info("%s: %d samples", split, len(tables[split]))
         landmarks, kept = load_targets(data.root, tables[split], resources, bad)
-        locate, refine, _ = cut_views(data.root, tables[split].iloc[kept], landmarks, cfg.locate_size,
+        locate, refine, _ = cut_views(data.root, tables[split].iloc[kept], resources.camera.size, landmarks, cfg.locate_size,
                                       cfg.refine_size, cfg.refine_margin, data.workers, bad)
         views[split] = {"locate": locate, "refine": refine}
     partial = out.with_name(out.name + ".partial")

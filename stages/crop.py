@@ -96,19 +96,17 @@ def valid_rows(table: pd.DataFrame, landmarks: np.ndarray, files: list[str], wid
     return valid
 
 
-def _crop_one(path: Path, warp: np.ndarray, size: int, shape: tuple[int, int]) -> np.ndarray | DataError:
+def _crop_one(path: Path, warp: np.ndarray, size: int, image_size: tuple[int, int]) -> np.ndarray | DataError:
     try:
-        image = read_image(path)
-        if image.shape[:2] != shape:
-            raise DataError(f"{path}: image is {image.shape[1]}x{image.shape[0]}, expected {shape[1]}x{shape[0]}")
-        return warp_image(image, warp, size)
+        return warp_image(read_image(path, image_size), warp, size)
     except DataError as err:
         return err
 
 
 def crop_split(writer: CropStoreWriter, root: Path, table: pd.DataFrame, rows: np.ndarray, size: int,
-               shape: tuple[int, int], chunk: int, workers: int, bad: BadInputs, desc: str) -> np.ndarray:
-    """Crop the pending `rows` into the writer -> (N,) bool of rows that failed (recorded in bad)."""
+               image_size: tuple[int, int], chunk: int, workers: int, bad: BadInputs, desc: str) -> np.ndarray:
+    """Crop the pending `rows` (images of the data set's (width, height) `image_size` px) into the
+    writer -> (N,) bool of rows that failed (recorded in bad)."""
     failed = np.zeros(len(table), dtype=bool)
     chunks = writer.pending(rows, chunk)
     paths = [image_path(root, row) for row in table.itertuples(index=False)]
@@ -116,7 +114,7 @@ def crop_split(writer: CropStoreWriter, root: Path, table: pd.DataFrame, rows: n
     with Parallel(n_jobs=workers, prefer="threads") as parallel:
         with tqdm(total=len(rows), initial=len(rows) - sum(map(len, chunks)), desc=desc, unit="img") as bar:
             for part in chunks:
-                results = parallel(delayed(_crop_one)(paths[i], writer.warps[i], size, shape) for i in part)
+                results = parallel(delayed(_crop_one)(paths[i], writer.warps[i], size, image_size) for i in part)
                 good, crops = [], []
                 for index, result in zip(part, results):
                     with bad.guard(keys[index]):
@@ -174,7 +172,7 @@ def run(params: dict, out: Path = Path("artifacts/crop"), coarse_dir: Path = Pat
             warps[valid] = crop_warps(landmarks[valid], reference, cfg.rotation, camera, model_points)
         writers[split] = CropStoreWriter(partial / split, table, warps, cfg.size)
         failed = crop_split(writers[split], root, table, np.flatnonzero(valid), cfg.size,
-                            (camera.height, camera.width), cfg.chunk, data.workers, bad, split)
+                            camera.size, cfg.chunk, data.workers, bad, split)
         skipped[split] = ~valid | failed
         seconds = time.perf_counter() - started
         metrics[split] = {"seconds": seconds, "images_per_second": len(table) / max(seconds, 1e-9),

@@ -78,7 +78,7 @@ def sheet_samples(split: SplitData, root: Path, predictions: dict, labels, error
         uv_pred = camera.project(predictions["verts"][i], predictions["R_t"][i])
         uv_gt = None if labels is None else camera.project(labels[0][i], labels[1][i])
         label = "prediction" if labels is None else f"score {errors['score'].iloc[i]:.1f} mm"
-        samples.append(SheetSample(read_image(image_path(root, row)), uv_pred, uv_gt, sample_key(row), label))
+        samples.append(SheetSample(read_image(image_path(root, row), camera.size), uv_pred, uv_gt, sample_key(row), label))
     return samples
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from stages.common.params import PARAMS_FILE, load_params, section
-from stages.face.pca import PCABasis
+from stages.face.pca import PCABasis, load_flip_perm
 from stages.nets.checkpoint import Expected, load_network, used_inputs
 from stages.nets.dataset import CropStore
 from stages.nets.inference import Fallback, InferSettings, infer_split, mean_pose, pick_device
@@ -58,8 +58,7 @@ def run(params: dict, split: str, artifacts: Path = ARTIFACTS) -> dict[str, np.n
     store.check_rows(table, str(artifacts / "crop" / split))
     basis_path = artifacts / "pca" / "basis.npz"
     basis = PCABasis.load(basis_path)
-    with np.load(basis_path) as npz:
-        perm = npz["flip_perm"]
+    perm = load_flip_perm(basis_path, "set infer.flip_merge: none") if cfg.flip_merge != "none" else None
     checkpoint = artifacts / cfg.checkpoint / "model.pt"
     model = load_network(checkpoint, Expected.of(train, store.size, resources.n_verts, basis.n_components),
                          used_inputs(store.run, basis_path))

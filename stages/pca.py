@@ -3,7 +3,8 @@
 Reads the train/val lists (artifacts/split), their ground truth (data.root/info) and the 51
 blendshape meshes (data.blendshapes). Writes artifacts/pca/:
   basis.npz              mean (V,3), components (K,V,3), std (K,), wpdc_weights (K,) mm,
-                         flip_perm (V,) (left-right vertex permutation of the training meshes)
+                         flip_perm (V,) (left-right vertex permutation of the training meshes), or
+                         flip_problem (a string) when they are not left-right symmetric
   coeffs_{split}.npy     (N, K) float32 normalised coefficients, rows = the split's list
   verts_{split}.npy      (N, V, 3) float32 ground-truth meshes (metres), a label cache for train
   poses_{split}.npy      (N, 4, 4) float64 ground-truth R_t
@@ -23,9 +24,8 @@ import pandas as pd
 from stages.common.badinput import BadInputs
 from stages.common.io import save_json, save_npy
 from stages.common.params import load_params, section, stage_args
-from stages.face.mesh import flip_permutation
 from stages.face.pca import (PCABasis, fit_pca, read_blendshapes, read_neutral_list,
-                             reconstruction_errors, select_neutral_frames)
+                             reconstruction_errors, select_neutral_frames, vertex_flip)
 from stages.wcpa.layout import labelled_rows, load_labels, load_resources, read_list, write_list
 
 log = logging.getLogger("pca")
@@ -89,7 +89,7 @@ def run(params: dict, out: Path = Path("artifacts/pca"), split_dir: Path = Path(
         labelled = labelled_rows(verts)
         metrics[f"reconstruction_{split}"] = error_summary(reconstruction_errors(basis, verts[labelled]))
         metrics[f"skipped_{split}"] = int((~labelled).sum())
-    basis.save(out / "basis.npz", flip_perm=flip_permutation(train_verts[labelled_rows(train_verts)]))
+    basis.save(out / "basis.npz", **vertex_flip(train_verts[labelled_rows(train_verts)]))
     write_list(out / "neutral.csv", tables["train"].iloc[chosen])
     save_json(out / "metrics.json", metrics)
     log.info("metrics: %s", metrics)

@@ -32,7 +32,7 @@ def build_sheet(root: Path | str, samples: int, seed: int) -> np.ndarray:
     tiles = []
     for k, row in enumerate(rows.itertuples(index=False)):
         verts, R_t = read_info(info_path(root, row), res.n_verts)
-        image = read_image(image_path(root, row))
+        image = read_image(image_path(root, row), res.camera.size)
         label = f"{row.subject_id}/{row.facial_action}/{row.img_id}"
         tiles += sample_tiles(image, verts, R_t, res.camera, res.kpt_ind, res.faces, TILE, label, k < FULL_VIEWS)
     return sheet(tiles, COLUMNS, TILE)

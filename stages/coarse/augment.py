@@ -38,10 +38,13 @@ def colour_transforms() -> list[A.BasicTransform]:
 class Augmenter:
     """Source view (S_src, S_src, 3) uint8 + landmarks (K, 2) px -> input (S, S, 3) + landmarks.
 
-    flip_order: (K,) landmark mirror order; flip_prob: probability of a horizontal flip.
+    flip_order: (K,) landmark mirror order, or None (then flip_prob must be 0); flip_prob:
+    probability of a horizontal flip.
     """
 
-    def __init__(self, size: int, jitter: Jitter, flip_order: np.ndarray, flip_prob: float, seed: int):
+    def __init__(self, size: int, jitter: Jitter, flip_order: np.ndarray | None, flip_prob: float, seed: int):
+        if flip_order is None and flip_prob > 0:
+            raise ValueError(f"flip_prob={flip_prob}: horizontal flips need a landmark flip order")
         keypoints = A.KeypointParams(format="xy", remove_invisible=False)
         self.geometry = A.Compose([
             A.Affine(scale=(1 / jitter.scale, jitter.scale), translate_percent=(-jitter.shift, jitter.shift),
@@ -50,7 +53,7 @@ class Augmenter:
         ], keypoint_params=keypoints, seed=seed)
         self.flip = A.Compose([A.HorizontalFlip(p=1.0)], keypoint_params=keypoints)
         self.colour = A.Compose(colour_transforms(), seed=seed + 1)
-        self.flip_order = np.asarray(flip_order)
+        self.flip_order = None if flip_order is None else np.asarray(flip_order)
         self.flip_prob = flip_prob
         self.rng = np.random.default_rng(seed + 2)
 

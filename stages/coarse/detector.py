@@ -25,12 +25,13 @@ CONFIG_KEYS = ("locate_backbone", "refine_backbone", "locate_size", "refine_size
 
 
 def save_detector(path: Path | str, nets: dict[str, LandmarkNet], config: dict[str, Any],
-                  flip_order: np.ndarray, inputs: dict[str, str]) -> None:
-    """Write model.pt: {'config', 'nets': {'locate', 'refine'} (CPU tensors), 'flip_order' (a list),
-    'inputs' (the identity of the data it was trained on)}: tensors and plain data only."""
+                  flip_order: np.ndarray | None, inputs: dict[str, str]) -> None:
+    """Write model.pt: {'config', 'nets': {'locate', 'refine'} (CPU tensors), 'flip_order' (a list
+    of K indices, or None when the landmarks have no known mirror order), 'inputs' (the identity
+    of the data it was trained on)}: tensors and plain data only."""
     state = {"config": {k: config[k] for k in CONFIG_KEYS},
              "nets": {k: {n: t.detach().cpu() for n, t in net.state_dict().items()} for k, net in nets.items()},
-             "flip_order": np.asarray(flip_order).tolist(), "inputs": dict(inputs)}
+             "flip_order": None if flip_order is None else np.asarray(flip_order).tolist(), "inputs": dict(inputs)}
     save_torch(state, path)
 
 
@@ -42,7 +43,7 @@ class Detector:
         state = load_torch(path)
         self.amp = amp_dtype(device, amp)
         self.config = state["config"]
-        self.flip_order = np.asarray(state["flip_order"])
+        self.flip_order = None if state["flip_order"] is None else np.asarray(state["flip_order"])
         self.device = device
         self.nets = {}
         for name in ("locate", "refine"):
@@ -69,7 +70,9 @@ class Detector:
             return net(to_tensor(crops, self.device)).float().cpu().numpy().astype(np.float64)
 
     def __call__(self, images: list[np.ndarray], refine_passes: int = 1, flip_test: bool = False) -> np.ndarray:
-        """A batch of full images -> landmarks (B, K, 2) full-image px."""
+        """A batch of full images -> landmarks (B, K, 2) full-image px. flip_test needs a flip order."""
+        if flip_test and self.flip_order is None:
+            raise ValueError("flip_test: this detector has no landmark flip order")
         size = self.config["locate_size"]
         warps = np.stack([locate_warp(a.shape[1], a.shape[0], size) for a in images])
         landmarks = self._run("locate", images, warps, flip=False)

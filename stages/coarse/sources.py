@@ -37,10 +37,11 @@ def source_size(size: int) -> int:
     return 2 * int(np.ceil(size * SOURCE_FIELD / 2))
 
 
-def _cut(path: Path, landmarks: np.ndarray, locate_size: int, refine_size: int,
+def _cut(path: Path, size: tuple[int, int], landmarks: np.ndarray, locate_size: int, refine_size: int,
          margin: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One image -> (locate view, its warp, refine source view, its warp)."""
-    image = read_image(path)
+    """One image of the data set's (width, height) `size` -> (locate view, its warp, refine
+    source view, its warp)."""
+    image = read_image(path, size)
     to_locate = locate_warp(image.shape[1], image.shape[0], locate_size)
     big = source_size(refine_size)
     to_refine = refine_warp(landmarks, big, margin * big / refine_size)
@@ -54,17 +55,17 @@ def _cut_or_error(path: Path, *args) -> tuple | DataError:
         return err
 
 
-def cut_views(root: Path | str, table: pd.DataFrame, landmarks: np.ndarray, locate_size: int,
-              refine_size: int, margin: float, workers: int,
+def cut_views(root: Path | str, table: pd.DataFrame, size: tuple[int, int], landmarks: np.ndarray,
+              locate_size: int, refine_size: int, margin: float, workers: int,
               bad: BadInputs) -> tuple[Views, Views, np.ndarray]:
     """Decode every listed image once -> (locate Views, refine source Views, kept row indices).
 
-    landmarks: (N, K, 2) GT landmarks in full-image px, which centre the refine source views.
-    An unreadable image stops with its name, or with data.skip_bad is recorded in `bad` and left
-    out of the views.
+    size: the data set's (width, height) px; landmarks: (N, K, 2) GT landmarks in full-image px,
+    which centre the refine source views. An unreadable image or one of another size stops with
+    its name, or with data.skip_bad is recorded in `bad` and left out of the views.
     """
     paths = [image_path(root, row) for row in table.itertuples(index=False)]
-    jobs = (delayed(_cut_or_error)(p, lm, locate_size, refine_size, margin) for p, lm in zip(paths, landmarks))
+    jobs = (delayed(_cut_or_error)(p, size, lm, locate_size, refine_size, margin) for p, lm in zip(paths, landmarks))
     outcomes = list(tqdm(Parallel(n_jobs=workers, prefer="threads", return_as="generator")(jobs),
                          total=len(paths), desc="decode views", unit="img"))
     kept = []

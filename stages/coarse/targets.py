@@ -1,14 +1,18 @@
 """Training targets of the coarse detector: the landmark vertices projected with the GT pose."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from stages.common.badinput import BadInputs
+from stages.face import ibug68
 from stages.face.mesh import flip_permutation, kpt_flip_permutation
 from stages.wcpa.layout import Resources, info_path, read_info, sample_key
+
+log = logging.getLogger("coarse")
 
 
 def project_landmarks(resources: Resources, verts: np.ndarray, R_t: np.ndarray) -> np.ndarray:
@@ -32,7 +36,21 @@ def load_targets(root: Path | str, table: pd.DataFrame, resources: Resources,
     return project_landmarks(resources, verts[kept], poses[kept]), kept
 
 
-def landmark_flip_order(resources: Resources) -> np.ndarray:
+def landmark_flip_order(resources: Resources) -> np.ndarray | None:
     """(K,) mirror order of the landmarks: in a mirrored image, landmark k is the mirror of
-    landmark order[k] of the original."""
-    return kpt_flip_permutation(resources.kpt_ind, flip_permutation(resources.template))
+    landmark order[k] of the original; None when no order is known (flips must stay off).
+
+    From the template's vertex flip permutation when the landmarks are closed under it; else,
+    for 68 landmarks, the iBUG-68 mirror table (the challenge's landmark order); else None,
+    with a warning that says why.
+    """
+    try:
+        return kpt_flip_permutation(resources.kpt_ind, flip_permutation(resources.template))
+    except ValueError as err:
+        reason = f"resources/example.obj gives no landmark mirror order ({err})"
+    if resources.n_kpts == ibug68.N_POINTS:
+        log.warning("%s: using the iBUG-68 mirror table", reason)
+        return ibug68.MIRROR.copy()
+    log.warning("%s, and %d landmarks are not the iBUG-68 set: horizontal flips are off",
+                reason, resources.n_kpts)
+    return None

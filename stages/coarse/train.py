@@ -113,10 +113,11 @@ class Checkpoint:
 
 
 def train(cfg: TrainConfig, train_views: dict[str, Views], val_views: dict[str, Views],
-          flip_order: np.ndarray, checkpoint: Checkpoint, live) -> dict[str, LandmarkNet]:
+          flip_order: np.ndarray | None, checkpoint: Checkpoint, live) -> dict[str, LandmarkNet]:
     """Train both passes for cfg.epochs, resuming from `checkpoint` when it matches.
 
     train_views / val_views: {'locate': Views, 'refine': Views} (refine = wider source views).
+    flip_order: (K,) landmark mirror order, or None when cfg.flip_prob is 0.
     live: a dvclive.Live (or None). Returns the nets, on the training device, in eval mode.
     """
     dev = device()

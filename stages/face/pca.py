@@ -23,7 +23,7 @@ from scipy.optimize import nnls
 from tqdm import tqdm
 
 from stages.common.io import save_npz
-from stages.face.mesh import read_obj
+from stages.face.mesh import flip_permutation, read_obj
 from stages.wcpa.arkit import ARKIT_NAMES
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,27 @@ class PCABasis:
             raise FileNotFoundError(f"{path}: PCA basis not found (run `dvc repro pca`)") from None
         except KeyError as err:
             raise ValueError(f"{path}: not a PCA basis file (missing {err})") from None
+
+
+def vertex_flip(meshes: np.ndarray) -> dict[str, np.ndarray]:
+    """The basis file's flip entry for canonical meshes (N, V, 3): {'flip_perm': (V,) int64}, or,
+    when the meshes are not left-right symmetric, {'flip_problem': why} and a warning."""
+    try:
+        return {"flip_perm": flip_permutation(meshes)}
+    except ValueError as err:
+        log.warning("no vertex flip permutation (%s): train.flip, finetune.flip and infer.flip_merge "
+                    "must be off", err)
+        return {"flip_problem": np.array(str(err))}
+
+
+def load_flip_perm(path: Path | str, needed_by: str) -> np.ndarray:
+    """flip_perm (V,) int64 of a basis file; stops naming `needed_by` (the params that asked for
+    a flip) when the pca stage found no flip permutation."""
+    with np.load(path) as npz:
+        if "flip_perm" in npz.files:
+            return npz["flip_perm"]
+        problem = str(npz["flip_problem"]) if "flip_problem" in npz.files else "no flip_perm entry"
+    raise ValueError(f"{path}: no vertex flip permutation ({problem}); {needed_by}")
 
 
 def fit_pca(meshes: np.ndarray, n_components: int) -> PCABasis:

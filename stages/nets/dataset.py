@@ -145,7 +145,7 @@ class TrainBatches(Dataset):
     """
 
     def __init__(self, store: CropStore, verts: np.ndarray, poses: np.ndarray, camera: Camera,
-                 basis: PCABasis, flip_perm: np.ndarray, flip_prob: float, color_jitter: float,
+                 basis: PCABasis, flip_perm: np.ndarray | None, flip_prob: float, color_jitter: float,
                  seed: int, augment: bool = True, reframe: Reframe = Reframe(), coeffs: np.ndarray | None = None):
         self.store, self.verts, self.poses = store, verts, poses
         self.camera, self.basis, self.perm = camera, basis, flip_perm

@@ -197,7 +197,7 @@ def _names(table: pd.DataFrame, rows: np.ndarray) -> str:
     return ", ".join(names) + (", ..." if len(rows) > 5 else "")
 
 
-def predict_store(model: FaceNet, store: CropStore, perm: np.ndarray, camera: Camera,
+def predict_store(model: FaceNet, store: CropStore, perm: np.ndarray | None, camera: Camera,
                   settings: InferSettings) -> dict[str, np.ndarray]:
     """verts (N, V, 3), R_t (N, 4, 4), landmarks (N, V, 2) full px, sigma (N, V) full px for a
     store's rows (fallback rows not yet filled: see `apply_fallback`). numpy's BLAS gets one
@@ -225,7 +225,7 @@ def predict_store(model: FaceNet, store: CropStore, perm: np.ndarray, camera: Ca
     return out
 
 
-def infer_split(model: FaceNet, store: CropStore, table: pd.DataFrame, perm: np.ndarray, camera: Camera,
+def infer_split(model: FaceNet, store: CropStore, table: pd.DataFrame, perm: np.ndarray | None, camera: Camera,
                 settings: InferSettings, fallback: Fallback, where: str) -> dict[str, np.ndarray]:
     """Predictions of one split, fallback rows filled and checked: the arrays of the predictions
     file (verts, R_t, landmarks, sigma, skipped (N,) bool, pnp_failed (N,) bool). `where` names the run in errors."""

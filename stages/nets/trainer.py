@@ -29,7 +29,7 @@ from stages.common.identity import input_identity
 from stages.common.io import UnsafeCheckpointError, load_torch, save_json, save_torch
 from stages.common.precision import amp_dtype, autocast, needs_grad_scaler
 from stages.common.threads import single_thread_blas
-from stages.face.pca import PCABasis
+from stages.face.pca import PCABasis, load_flip_perm
 from stages.nets import losses
 from stages.nets.colour import jitter_images
 from stages.nets.dataset import CropStore, Reframe, TrainBatches, crop_targets
@@ -240,7 +240,8 @@ class Trainer:
         single_thread_blas()        # the batches are prepared in this process: see stages.common.threads
         torch.manual_seed(self.seed)
         self.basis = PCABasis.load(paths.pca / "basis.npz")
-        flip_perm = np.load(paths.pca / "basis.npz")["flip_perm"]
+        flip_perm = (load_flip_perm(paths.pca / "basis.npz", "set train.flip (finetune.flip) to 0")
+                     if self.cfg.flip > 0 else None)
         self.train_data, self.val_data = load_split(paths, "train"), load_split(paths, "val")
         size = self.train_data.store.size
         self.model = build_model(self.cfg, self.basis, size, mean_target(camera, self.train_data)).to(self.ctx.device)

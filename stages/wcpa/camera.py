@@ -38,6 +38,13 @@ class Camera:
         m = np.asarray(self.proj, dtype=np.float64)
         if m.shape != (4, 4):
             raise ValueError(f"projection matrix must be 4x4, got {m.shape}")
+        if not np.isfinite(m).all():
+            raise ValueError("projection matrix has non-finite entries (NaN or inf)")
+        if not (m[0, 0] > 0 and m[1, 1] > 0):
+            raise ValueError(f"projection matrix focal terms M[0,0]={m[0, 0]:g}, M[1,1]={m[1, 1]:g} "
+                             "must be positive")
+        if self.width <= 0 or self.height <= 0:
+            raise ValueError(f"image size {self.width}x{self.height} must be positive")
         off = [m[0, 1], m[1, 0], m[3, 0], m[3, 1], m[0, 3], m[1, 3], m[3, 3]]
         if not np.allclose(off, 0.0) or not np.isclose(m[2, 3], -1.0):
             raise ValueError("projection matrix is not an OpenGL perspective matrix "
@@ -56,6 +63,11 @@ class Camera:
             return cls(m.reshape(4, 4) if m.size == 16 else m, width, height)
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the images, in pixels."""
+        return self.width, self.height
 
     @property
     def fx(self) -> float:

@@ -4,11 +4,14 @@
 68landmarks/.../<img>_68landmarks.txt, list/WCPA_track2_{train,test}.csv,
 resources/{example.obj, kpt_ind.npy, projection_matrix.txt, example_submission.npy}.
 Ids are read as strings (they may have leading zeros). Nothing here assumes the vertex count,
-the landmark count or the image size: they come from the resources and the images.
+the landmark count or the image size: they come from the resources and the images. The image
+size is the data set's (the most common size of the first train images); every image a stage
+reads is checked against it.
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +29,8 @@ if TYPE_CHECKING:                # badinput imports DataError from here
 
 ID_COLUMNS = ["subject_id", "facial_action", "img_id"]
 SPLIT_LISTS = {"train": "WCPA_track2_train.csv", "test": "WCPA_track2_test.csv"}
+SIZE_PROBES = 5   # first train images whose most common size is the data set's image size
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -93,8 +98,9 @@ def sample_key(row) -> str:
     return f"{row.subject_id}/{row.facial_action}/{row.img_id}"
 
 
-def read_image(path: Path | str) -> np.ndarray:
-    """A JPEG -> (H, W, 3) uint8 RGB."""
+def read_image(path: Path | str, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A JPEG -> (H, W, 3) uint8 RGB. size: the data set's (width, height) in px (the camera's
+    `size`); an image of another size is a DataError naming the file and both sizes."""
     path = Path(path)
     data = np.fromfile(path, dtype=np.uint8) if path.exists() else None
     if data is None:
@@ -102,13 +108,34 @@ def read_image(path: Path | str) -> np.ndarray:
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         raise DataError(f"{path}: not a decodable image (corrupt or empty)")
+    if size is not None and (image.shape[1], image.shape[0]) != tuple(size):
+        raise DataError(f"{path}: image is {image.shape[1]}x{image.shape[0]}, "
+                        f"the data set's images are {size[0]}x{size[1]}")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def image_size(path: Path | str) -> tuple[int, int]:
-    """(width, height) of an image file."""
-    image = read_image(path)
-    return image.shape[1], image.shape[0]
+def data_image_size(root: Path | str) -> tuple[int, int]:
+    """(width, height) in px of the data set's images: the most common size among the first
+    SIZE_PROBES readable train images (an odd or unreadable one among them is left to the stages,
+    which name it when they read it). A tie or no readable image is a DataError."""
+    table = read_list(list_path(root, "train")).iloc[:SIZE_PROBES]
+    sizes, problems = {}, []
+    for row in table.itertuples(index=False):
+        try:
+            image = read_image(image_path(root, row))
+        except DataError as err:
+            problems.append(str(err))
+            continue
+        sizes.setdefault((image.shape[1], image.shape[0]), []).append(str(image_path(root, row)))
+    if not sizes:
+        raise DataError(f"no readable image among the first train images: {'; '.join(problems)}")
+    ranked = sorted(sizes.items(), key=lambda item: -len(item[1]))
+    found = ", ".join(f"{w}x{h}: {', '.join(paths)}" for (w, h), paths in ranked)
+    if len(ranked) > 1 and len(ranked[0][1]) == len(ranked[1][1]):
+        raise DataError(f"the first train images disagree on the image size, no majority ({found})")
+    if len(ranked) > 1:
+        log.warning("image size %dx%d from the first train images; odd ones: %s", *ranked[0][0], found)
+    return ranked[0][0]
 
 
 def read_info(path: Path | str, n_verts: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -184,7 +211,7 @@ class Resources:
 
 
 def load_resources(root: Path | str) -> Resources:
-    """Read resources/ of a data root; the image size comes from the first training image."""
+    """Read resources/ of a data root; the image size is `data_image_size`'s."""
     root = Path(root)
     res = root / "resources"
     if not (res / "example.obj").is_file():
@@ -200,8 +227,7 @@ def load_resources(root: Path | str) -> Resources:
         raise DataError(f"{kpt_file}: cannot read landmark indices: {err}") from None
     if kpt_ind.min() < 0 or kpt_ind.max() >= len(template):
         raise DataError(f"{kpt_file}: indices outside 0..{len(template) - 1}")
-    first = read_list(list_path(root, "train")).iloc[0]
-    width, height = image_size(image_path(root, first))
+    width, height = data_image_size(root)
     try:
         camera = Camera.from_file(res / "projection_matrix.txt", width, height)
     except ValueError as err:

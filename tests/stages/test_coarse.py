@@ -1,5 +1,9 @@
 """Stages coarse_train and coarse_predict on a tiny data root (CPU, seconds)."""
 import json
+import logging
+import re
+
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -8,7 +12,8 @@ from stages import coarse_predict, coarse_train
 from stages.coarse import train as train_module
 from stages.coarse.train import Checkpoint
 from stages.common.params import load_params
-from stages.wcpa.layout import write_list
+from stages.face import ibug68
+from stages.wcpa.layout import DataError, image_path, list_path, read_list, write_list
 from tests.stages.tiny_data import write_tiny_root
 
 TINY = {"locate_backbone": "mobilenet_v3_small", "refine_backbone": "mobilenet_v3_small",
@@ -88,3 +93,80 @@ def test_a_checkpoint_of_other_data_at_the_same_root_is_not_resumed(tiny, monkey
     assert epochs == [0, 1]
     saved = torch.load(tmp / "coarse_train/model.pt", weights_only=True)
     assert set(saved["inputs"]) == {"resources", "samples"} and isinstance(saved["flip_order"], list)
+
+
+def _record_augmenters(monkeypatch) -> list:
+    """Patch the training's Augmenter to record (flip_order, flip_prob) of each one made."""
+    made, make = [], train_module.Augmenter
+
+    def recording(size, jitter, flip_order, flip_prob, seed):
+        made.append((flip_order, flip_prob))
+        return make(size, jitter, flip_order, flip_prob, seed)
+
+    monkeypatch.setattr(train_module, "Augmenter", recording)
+    return made
+
+
+def test_asymmetric_mesh_trains_with_the_ibug_flip_order(tmp_path, monkeypatch):
+    tables = write_tiny_root(tmp_path / "data", n_train=10, n_test=3, asymmetric=True)
+    write_list(tmp_path / "split/train.csv", tables["train"].iloc[:8])
+    write_list(tmp_path / "split/val.csv", tables["train"].iloc[8:])
+    params = load_params("params.yaml")
+    params["data"].update(root=str(tmp_path / "data"), workers=1)
+    params["coarse_train"].update(TINY, epochs=1, flip_prob=0.5)
+    made = _record_augmenters(monkeypatch)
+    coarse_train.run(params, tmp_path / "coarse_train", tmp_path / "split")
+    assert made and all(np.array_equal(order, ibug68.MIRROR) and prob == 0.5 for order, prob in made)
+    saved = torch.load(tmp_path / "coarse_train/model.pt", weights_only=True)["flip_order"]
+    assert np.array_equal(saved, ibug68.MIRROR)
+
+
+def test_without_a_flip_order_training_and_flip_test_run_with_flips_off(tiny, monkeypatch, caplog):
+    params, tmp, split_dir = tiny
+    params["coarse_train"].update(epochs=1, flip_prob=0.5)
+    params["coarse_predict"].update(flip_test=True)
+    monkeypatch.setattr(coarse_train, "landmark_flip_order", lambda resources: None)
+    made = _record_augmenters(monkeypatch)
+    with caplog.at_level(logging.WARNING):
+        coarse_train.run(params, tmp / "coarse_train", split_dir)
+        coarse_predict.run(params, tmp / "coarse_predict", tmp / "coarse_train/model.pt", split_dir)
+    assert made and all(order is None and prob == 0.0 for order, prob in made)
+    assert "coarse_train.flip_prob=0.5 ignored" in caplog.text
+    assert "coarse_predict.flip_test ignored" in caplog.text
+    assert np.isfinite(np.load(tmp / "coarse_predict/val.npy")).all()
+
+
+def _odd_size_image(root, row):
+    """Overwrite a sample's image with a 640x480 one -> its path."""
+    path = image_path(root, row)
+    cv2.imwrite(str(path), np.full((480, 640, 3), 90, np.uint8))
+    return path
+
+
+@pytest.mark.parametrize("position", [0, 5])
+def test_an_image_of_another_size_stops_training_naming_it_or_is_skipped(tiny, position):
+    params, tmp, split_dir = tiny
+    params["coarse_train"].update(epochs=1)
+    row = next(read_list(split_dir / "train.csv").iloc[position:].itertuples(index=False))
+    path = _odd_size_image(params["data"]["root"], row)
+    with pytest.raises(DataError, match=re.escape(f"{path}: image is 640x480, the data set's images are 200x200")):
+        coarse_train.run(params, tmp / "coarse_train", split_dir)
+    params["data"].update(skip_bad=True, max_bad_fraction=0.2)
+    metrics = coarse_train.run(params, tmp / "coarse_train", split_dir)
+    assert metrics["train_samples"] == 7
+    assert str(path) in (tmp / "coarse_train/skipped.csv").read_text()
+
+
+def test_an_image_of_another_size_stops_prediction_naming_it_or_is_skipped(tiny):
+    params, tmp, split_dir = tiny
+    params["coarse_train"].update(epochs=1)
+    coarse_train.run(params, tmp / "coarse_train", split_dir)
+    root = params["data"]["root"]
+    path = _odd_size_image(root, next(read_list(list_path(root, "test")).iloc[1:].itertuples(index=False)))
+    with pytest.raises(DataError, match=re.escape(f"{path}: image is 640x480, the data set's images are 200x200")):
+        coarse_predict.run(params, tmp / "coarse_predict", tmp / "coarse_train/model.pt", split_dir)
+    params["data"].update(skip_bad=True, max_bad_fraction=0.2)
+    coarse_predict.run(params, tmp / "coarse_predict", tmp / "coarse_train/model.pt", split_dir)
+    test = np.load(tmp / "coarse_predict/test.npy")
+    assert np.isnan(test[1]).all() and np.isfinite(test[[0, 2]]).all()
+    assert str(path) in (tmp / "coarse_predict/skipped.csv").read_text()

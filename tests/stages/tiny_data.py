@@ -1,5 +1,6 @@
 """A tiny data root in the WCPA layout for stage tests: a symmetric toy mesh whose 68 landmark
-vertices are drawn as coloured dots on a noisy background (iBUG eyes at 36-41 / 42-47)."""
+vertices are drawn as coloured dots on a noisy background (iBUG eyes at 36-41 / 42-47), or an
+asymmetric one (no vertex flip permutation) whose landmarks are mirror pairs in iBUG-68 order."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +9,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from stages.face import ibug68
 from stages.face.mesh import write_obj
 from stages.wcpa.camera import Camera, rt_from_euler
 from stages.wcpa.layout import image_path, info_path, landmarks_path, list_path, write_landmarks, write_list
@@ -15,6 +17,7 @@ from stages.wcpa.layout import image_path, info_path, landmarks_path, list_path,
 PROJ = np.array([[1.57443701, 0, 0, 0], [0, 1.57443701, 0, 0],
                  [0, 0, -0.99999976, -1], [0, 0, -0.001, 0]])
 N_EXTRA = 20   # mirrored pairs of non-landmark vertices
+SHIFTED = 3    # extra vertices of the asymmetric mesh moved sideways
 
 
 def toy_mesh(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -33,6 +36,25 @@ def toy_mesh(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return verts, kpt_ind
 
 
+def asymmetric_mesh(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(V, 3) mesh (metres) with SHIFTED non-landmark vertices moved 2 cm sideways, and its 68
+    landmark indices in iBUG-68 order (the landmark vertices are mirror images of each other)."""
+    pairs = [k for k in range(ibug68.N_POINTS) if ibug68.MIRROR[k] > k]
+    middle = [k for k in range(ibug68.N_POINTS) if ibug68.MIRROR[k] == k]
+    n_half = len(pairs) + N_EXTRA
+    right = np.column_stack([-rng.uniform(0.005, 0.07, n_half), rng.uniform(-0.08, 0.06, n_half),
+                             rng.uniform(0.0, 0.05, n_half)])
+    mid = np.column_stack([np.zeros(len(middle)), rng.uniform(-0.08, 0.06, len(middle)),
+                           rng.uniform(0.0, 0.05, len(middle))])
+    verts = np.concatenate([right, right * [-1.0, 1.0, 1.0], mid])
+    verts[len(pairs):len(pairs) + SHIFTED, 0] += 0.02
+    kpt_ind = np.empty(ibug68.N_POINTS, dtype=np.int64)
+    kpt_ind[pairs] = np.arange(len(pairs))
+    kpt_ind[ibug68.MIRROR[pairs]] = n_half + np.arange(len(pairs))
+    kpt_ind[middle] = 2 * n_half + np.arange(len(middle))
+    return verts, kpt_ind
+
+
 def _render(camera: Camera, points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     image = rng.integers(0, 60, size=(camera.height, camera.width, 3), dtype=np.uint8)
     colours = (np.arange(len(points))[:, None] * [37, 91, 53] % 200 + 55).astype(int)
@@ -41,10 +63,13 @@ def _render(camera: Camera, points: np.ndarray, rng: np.random.Generator) -> np.
     return image
 
 
-def write_tiny_root(root: Path, n_train: int, n_test: int, size: int = 200, seed: int = 0) -> dict:
-    """Write root/ (images, info, 68landmarks, lists, resources) -> {'train': table, 'test': table}."""
+def write_tiny_root(root: Path, n_train: int, n_test: int, size: int = 200, seed: int = 0,
+                    asymmetric: bool = False) -> dict:
+    """Write root/ (images, info, 68landmarks, lists, resources) -> {'train': table, 'test': table}.
+
+    asymmetric: the mesh of `asymmetric_mesh` instead of the symmetric toy mesh."""
     rng = np.random.default_rng(seed)
-    verts, kpt_ind = toy_mesh(rng)
+    verts, kpt_ind = (asymmetric_mesh if asymmetric else toy_mesh)(rng)
     (root / "resources").mkdir(parents=True, exist_ok=True)
     write_obj(root / "resources/example.obj", verts, np.array([[0, 1, 2]]))
     np.save(root / "resources/kpt_ind.npy", kpt_ind)

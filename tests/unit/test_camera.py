@@ -114,3 +114,16 @@ def test_camera_rejects_non_perspective_matrix(tmp_path):
     path.write_text("1 2 3\n")
     with pytest.raises(ValueError, match="projection_matrix.txt"):
         Camera.from_file(path, 800, 800)
+
+
+@pytest.mark.parametrize("entry, value, problem", [((0, 0), np.nan, "non-finite"), ((3, 2), np.inf, "non-finite"),
+                                                   ((0, 0), 0.0, "must be positive"),
+                                                   ((1, 1), -1.57443701, "must be positive")])
+def test_projection_file_with_nan_or_a_non_positive_focal_is_named(tmp_path, entry, value, problem):
+    proj = CHALLENGE_PROJ.copy()
+    proj[entry] = value
+    path = tmp_path / "resources" / "projection_matrix.txt"
+    path.parent.mkdir()
+    np.savetxt(path, proj)
+    with pytest.raises(ValueError, match=f"resources/projection_matrix.txt: .*{problem}"):
+        Camera.from_file(path, 800, 800)

@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.wcpa.layout import (DataError, check_files, image_path, info_path, landmarks_path, load_labels,
-                                read_image, read_info, read_landmarks, read_list, write_landmarks, write_list)
+from stages.wcpa.layout import (DataError, check_files, data_image_size, image_path, info_path, landmarks_path,
+                                list_path, load_labels, read_image, read_info, read_landmarks, read_list,
+                                write_landmarks, write_list)
 
 ROW = pd.DataFrame({"subject_id": ["007"], "facial_action": ["01"], "img_id": ["0042"]})
 
@@ -131,3 +132,42 @@ def test_read_list_stops_on_an_id_that_could_leave_the_data_root(tmp_path, bad_i
                   "img_id": ["0042", "0043"]}).to_csv(path, index=False)
     with pytest.raises(DataError, match=_named(path, f"line 3: facial_action {bad_id!r} is not a plain name")):
         read_list(path)
+
+
+def _train_root(tmp_path, sizes):
+    """A data root whose train list has one image per (width, height) in `sizes` -> the table."""
+    table = pd.DataFrame({"subject_id": ["001"] * len(sizes), "facial_action": ["01"] * len(sizes),
+                          "img_id": [f"{k:04d}" for k in range(len(sizes))]})
+    write_list(list_path(tmp_path, "train"), table)
+    for row, (width, height) in zip(table.itertuples(index=False), sizes):
+        image_path(tmp_path, row).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(image_path(tmp_path, row)), np.zeros((height, width, 3), np.uint8))
+    return table
+
+
+def test_image_of_another_size_names_the_file_and_both_sizes(root, row):
+    path = image_path(root, row)
+    with pytest.raises(DataError, match=_named(path, "image is 16x16, the data set's images are 640x480")):
+        read_image(path, (640, 480))
+    assert read_image(path, (16, 16)).shape == (16, 16, 3)
+
+
+def test_an_odd_first_image_does_not_set_the_data_set_size(tmp_path):
+    table = _train_root(tmp_path, [(640, 480)] + [(200, 200)] * 3)
+    assert data_image_size(tmp_path) == (200, 200)
+    first = image_path(tmp_path, next(table.itertuples(index=False)))
+    with pytest.raises(DataError, match=_named(first, "image is 640x480, the data set's images are 200x200")):
+        read_image(first, data_image_size(tmp_path))
+
+
+def test_an_unreadable_first_image_does_not_stop_the_size(tmp_path):
+    table = _train_root(tmp_path, [(200, 200)] * 3)
+    image_path(tmp_path, next(table.itertuples(index=False))).write_bytes(b"")
+    assert data_image_size(tmp_path) == (200, 200)
+
+
+def test_first_images_without_a_majority_size_are_all_named(tmp_path):
+    table = _train_root(tmp_path, [(640, 480), (200, 200)])
+    paths = [str(image_path(tmp_path, row)) for row in table.itertuples(index=False)]
+    with pytest.raises(DataError, match=f"no majority.*{re.escape(paths[0])}.*{re.escape(paths[1])}"):
+        data_image_size(tmp_path)

@@ -1,0 +1,94 @@
+"""Landmark mirror order: from the mesh, else the iBUG-68 table, else None (flips off)."""
+import logging
+
+import numpy as np
+import pytest
+
+from stages.coarse.augment import Augmenter, Jitter
+from stages.coarse.targets import landmark_flip_order
+from stages.face import ibug68
+from stages.face.mesh import flip_permutation, kpt_flip_permutation
+from stages.face.model import build_face_model
+from stages.face.pca import fit_pca, load_flip_perm, vertex_flip
+from stages.wcpa.camera import Camera, make_rt
+from stages.wcpa.layout import Resources
+from tests.conftest import CHALLENGE_PROJ
+from tests.stages.tiny_data import asymmetric_mesh
+from tests.stages.tiny_wcpa import KPT_IND, grid_mesh
+
+
+def _resources(template: np.ndarray, kpt_ind: np.ndarray) -> Resources:
+    return Resources(camera=Camera(CHALLENGE_PROJ, 200, 200), template=template,
+                     faces=np.zeros((0, 3), np.int64), kpt_ind=kpt_ind)
+
+
+def test_ibug_table_is_an_involution_with_the_midline_fixed():
+    assert np.array_equal(ibug68.MIRROR[ibug68.MIRROR], np.arange(ibug68.N_POINTS))
+    assert np.flatnonzero(ibug68.MIRROR == np.arange(ibug68.N_POINTS)).tolist() == [
+        8, 27, 28, 29, 30, 33, 51, 57, 62, 66]
+
+
+def test_ibug_table_mirrors_the_synthetic_face_seen_frontally():
+    model = build_face_model()
+    camera = Camera(CHALLENGE_PROJ, 800, 800)
+    uv = camera.project(model.template[model.kpt_ind], make_rt(np.eye(3), [0.0, 0.0, -0.5]))
+    np.testing.assert_allclose(camera.flip_points(uv)[ibug68.MIRROR], uv, atol=1e-6)
+    from_mesh = kpt_flip_permutation(model.kpt_ind, flip_permutation(model.template))
+    assert np.array_equal(from_mesh, ibug68.MIRROR)
+
+
+def test_symmetric_mesh_gives_the_order_of_its_flip_permutation():
+    template, _ = grid_mesh()
+    order = landmark_flip_order(_resources(template, KPT_IND))
+    assert np.array_equal(order, kpt_flip_permutation(KPT_IND, flip_permutation(template)))
+
+
+def test_asymmetric_mesh_with_68_landmarks_gives_the_ibug_order(caplog):
+    template, kpt_ind = asymmetric_mesh(np.random.default_rng(0))
+    with pytest.raises(ValueError):
+        flip_permutation(template)
+    with caplog.at_level(logging.WARNING):
+        order = landmark_flip_order(_resources(template, kpt_ind))
+    assert np.array_equal(order, ibug68.MIRROR)
+    assert "iBUG-68" in caplog.text and "not symmetric" in caplog.text
+
+
+def test_asymmetric_mesh_with_other_landmarks_gives_none_and_says_why(caplog):
+    template, _ = grid_mesh()
+    template[[1, 7], 0] += 0.02
+    with caplog.at_level(logging.WARNING):
+        order = landmark_flip_order(_resources(template, KPT_IND))
+    assert order is None
+    assert "6 landmarks are not the iBUG-68 set" in caplog.text and "flips are off" in caplog.text
+
+
+def test_augmenter_without_an_order_refuses_flips_and_runs_without():
+    with pytest.raises(ValueError, match="flip order"):
+        Augmenter(32, Jitter(0.0, 1.0, 0.0), None, 0.5, seed=0)
+    augment = Augmenter(32, Jitter(0.0, 1.0, 0.0), None, 0.0, seed=0)
+    image, points = augment(np.zeros((32, 32, 3), np.uint8), np.full((6, 2), 16.0))
+    assert image.shape == (32, 32, 3) and points.shape == (6, 2)
+
+
+def _basis(template: np.ndarray):
+    """A 2-component PCA basis of three noisy copies of `template` (V, 3)."""
+    noise = np.random.default_rng(1).normal(0.0, 1e-3, (3,) + template.shape)
+    return fit_pca(template + noise, 2)
+
+
+def test_basis_of_asymmetric_meshes_records_why_and_flips_stop_naming_the_param(tmp_path, caplog):
+    template, _ = asymmetric_mesh(np.random.default_rng(0))
+    with caplog.at_level(logging.WARNING):
+        entry = vertex_flip(template[None])
+    assert set(entry) == {"flip_problem"} and "infer.flip_merge" in caplog.text
+    _basis(template).save(tmp_path / "basis.npz", **entry)
+    with pytest.raises(ValueError, match=r"basis.npz: no vertex flip permutation \(.*not symmetric\); "
+                                         r"set infer.flip_merge: none"):
+        load_flip_perm(tmp_path / "basis.npz", "set infer.flip_merge: none")
+
+
+def test_basis_of_symmetric_meshes_keeps_its_flip_permutation(tmp_path):
+    template, _ = grid_mesh()
+    entry = vertex_flip(template[None])
+    _basis(template).save(tmp_path / "basis.npz", **entry)
+    assert np.array_equal(load_flip_perm(tmp_path / "basis.npz", "unused"), flip_permutation(template))
