@@ -73,6 +73,8 @@ SCHEMA = {
     },
     "crop": {
         "source": str,            # landmarks that place the crop: coarse | given68 | gt (gt: train only)
+        "detector": [str],        # dvc.yaml builds coarse_train/coarse_predict per entry: [coarse] with
+                                  # source coarse or gt, [] with given68 (checked by the params loader)
         "size": int,              # crop side, px
         "margin": float,          # crop side / side of the reference face (whole mesh) in the crop
         "rotation": str,          # what levels the face: eye_line | pose (roll of a PnP fit)
