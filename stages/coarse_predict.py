@@ -26,17 +26,10 @@ from stages.coarse.train import device
 from stages.common.badinput import BadInputs
 from stages.common.io import atomic_dir, save_json
 from stages.common.params import load_params, section, stage_args
-from stages.wcpa.layout import DataError, image_path, list_path, load_resources, read_image, read_list, sample_key
+from stages.wcpa.layout import DataError, image_path, load_resources, read_image, sample_key, split_tables
 
 log = logging.getLogger("coarse_predict")
 SPLITS = ("train", "val", "test")
-
-
-def split_tables(root: Path | str, split_dir: Path) -> dict[str, pd.DataFrame]:
-    """The train/val lists of the split stage and the data root's test list."""
-    tables = {s: read_list(split_dir / f"{s}.csv") for s in ("train", "val")}
-    tables["test"] = read_list(list_path(root, "test"))
-    return tables
 
 
 def _read_or_error(path: Path, size: tuple[int, int]) -> np.ndarray | DataError:

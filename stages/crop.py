@@ -27,7 +27,6 @@ from joblib import Parallel, delayed
 from tqdm import tqdm
 
 from stages.coarse.targets import project_landmarks
-from stages.coarse_predict import split_tables
 from stages.common.badinput import BadInputs
 from stages.common.cropstore import CropStoreWriter, stamp_run
 from stages.common.io import atomic_dir, save_json
@@ -35,7 +34,8 @@ from stages.common.params import load_params, section, stage_args
 from stages.face.frontal import crop_quality, crop_warps, landmark_problem, reference_shape
 from stages.face.warp import warp_image
 from stages.wcpa.layout import (DataError, Resources, image_path, info_path, landmarks_path,
-                                load_resources, read_image, read_info, read_landmarks, sample_key)
+                                load_resources, read_image, read_info, read_landmarks, sample_key,
+                                split_tables)
 
 log = logging.getLogger("crop")
 SPLITS = ("train", "val", "test")

@@ -24,7 +24,7 @@ import pandas as pd
 from stages.common.badinput import BadInputs
 from stages.common.io import save_json, save_npy
 from stages.common.params import load_params, section, stage_args
-from stages.face.pca import (PCABasis, fit_pca, read_blendshapes, read_neutral_list,
+from stages.face.pca import (fit_pca, read_blendshapes, read_neutral_list,
                              reconstruction_errors, select_neutral_frames, vertex_flip)
 from stages.wcpa.layout import labelled_rows, load_labels, load_resources, read_list, write_list
 

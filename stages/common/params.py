@@ -115,7 +115,19 @@ def check_params(raw: Any, source: Path | str) -> dict[str, Any]:
     missing = sorted(set(SCHEMA) - set(raw))
     if missing:
         raise ParamsError(f"{path}: missing section(s) {', '.join(missing)}")
-    return {name: _check_section(name, raw[name], SCHEMA[name], path) for name in SCHEMA}
+    params = {name: _check_section(name, raw[name], SCHEMA[name], path) for name in SCHEMA}
+    _check_detector(params["crop"], path)
+    return params
+
+
+def _check_detector(crop: dict[str, Any], path: Path) -> None:
+    """crop.detector (the list dvc.yaml builds the coarse stages from) must match crop.source."""
+    wanted = [] if crop["source"] == "given68" else ["coarse"]
+    if crop["detector"] != wanted:
+        shown = f"[{', '.join(wanted)}]"
+        raise ParamsError(f"{path}: crop.source is {crop['source']}: set crop.detector: {shown} "
+                          f"(it is {crop['detector']}); dvc.yaml builds coarse_train and coarse_predict "
+                          f"from it, e.g. dvc exp run -S crop.source={crop['source']} -S 'crop.detector={shown}'")
 
 
 def apply_overrides(params: dict[str, Any], assignments: list[str]) -> None:

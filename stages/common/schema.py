@@ -109,6 +109,8 @@ SCHEMA = {
     },
     "crop": {
         "source": Choice("coarse", "given68", "gt"),  # landmarks that place the crop (gt: train only)
+        "detector": [str],        # dvc.yaml builds coarse_train/coarse_predict per entry: [coarse] with
+                                  # source coarse or gt, [] with given68 (checked by the params loader)
         "size": COUNT,            # crop side, px
         "margin": POSITIVE,       # crop side / side of the reference face (whole mesh) in the crop
         "rotation": Choice("eye_line", "pose"),  # what levels the face (pose: roll of a PnP fit)

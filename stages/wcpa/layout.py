@@ -87,6 +87,13 @@ def _check_ids_safe(path: Path, table: pd.DataFrame) -> None:
                                 "(no '/', '\\', ':', '.' or '..'): it could resolve outside the data root")
 
 
+def split_tables(root: Path | str, split_dir: Path | str) -> dict[str, pd.DataFrame]:
+    """The train/val lists of the split stage (split_dir) and the data root's test list."""
+    tables = {s: read_list(Path(split_dir) / f"{s}.csv") for s in ("train", "val")}
+    tables["test"] = read_list(list_path(root, "test"))
+    return tables
+
+
 def write_list(path: Path | str, table: pd.DataFrame) -> None:
     """Write the id columns of `table` as a list CSV (the challenge's format)."""
     with atomic_write(path) as tmp:

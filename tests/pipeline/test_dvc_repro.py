@@ -42,6 +42,7 @@ def test_repro_then_lambda_pnp_experiment(clone):
     work, env = clone
     log = _run(["dvc", "repro"], work, env)
     assert {"synth", "split", "train", "finetune", "submit@infer", "evaluate@infer"} <= _stages_run(log)
+    assert not {s for s in _stages_run(log) if s.startswith("coarse_")}   # tiny: crop.source given68
     for name in ("baseline", "infer"):
         submission = np.load(work / "submissions" / f"{name}.npy")
         assert submission.dtype == np.float32 and np.isfinite(submission).all()
@@ -51,3 +52,16 @@ def test_repro_then_lambda_pnp_experiment(clone):
     _run(["git", "commit", "-qm", "lock"], work, env)
     log = _run(["dvc", "exp", "run", "-S", "lambda.pnp=2.5"], work, env)
     assert _stages_run(log) == AFTER_FINETUNE
+
+
+def _stage_names(cwd, env) -> set[str]:
+    return {line.split()[0] for line in _run(["dvc", "stage", "list"], cwd, env).splitlines() if line.strip()}
+
+
+@pytest.mark.slow
+def test_coarse_stages_follow_crop_source(clone):
+    """The default params build coarse_train/coarse_predict; crop.source given68 (tiny) builds none."""
+    work, env = clone
+    assert {"coarse_train@coarse", "coarse_predict@coarse", "crop"} <= _stage_names(ROOT, env)
+    names = _stage_names(work, env)
+    assert "crop" in names and not {n for n in names if n.startswith("coarse_")}
