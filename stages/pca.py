@@ -73,7 +73,7 @@ def run(params: dict, out: Path = Path("artifacts/pca"), split_dir: Path = Path(
         labels[split] = load_labels(data.root, tables[split], resources.n_verts, bad)
     bad.finish(out, total=sum(len(t) for t in tables.values()))
     train_verts = labels["train"][0]
-    blendshapes = read_blendshapes(data.blendshapes, resources.n_verts, cfg.allow_missing_blendshapes)
+    blendshapes = read_blendshapes(data.blendshapes, resources.n_verts)
     chosen = choose_neutral(tables["train"], train_verts, blendshapes, cfg.neutral_list, params["seed"],
                             cfg.max_frames_per_subject)
     meshes = np.concatenate([train_verts[chosen].astype(np.float64), blendshapes])

@@ -138,7 +138,7 @@ def tiny_params() -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"]["root"] = "data/synth"
     params["data"]["blendshapes"] = "data/synth/blendshapes"
-    params["pca"].update(n_components=20, neutral_list="", allow_missing_blendshapes=False)
+    params["pca"].update(n_components=20, neutral_list="")
     params["train"].update(depth=18, pretrained=False, input_size=0, epochs=1, batch_size=4, workers=0,
                            device="cpu", val_batch_size=8, lr=1e-3)
     return params

@@ -46,7 +46,7 @@ SCHEMA = {
     "data": {
         "root": str,              # data root in the WCPA layout (synthetic or the real download)
         "test_gt": str,           # folder with test ground truth (info/ layout); '' when none
-        "blendshapes": str,       # folder of <ARKitName>.obj blendshape meshes, for the PCA
+        "blendshapes": str,       # folder of <ARKitName>.obj blendshape meshes, for the PCA; data/no_blendshapes: none
         "workers": COUNT,         # joblib workers for per-image work
         "skip_bad": bool,         # skip unreadable samples (listed in a file) instead of stopping
         "max_bad_fraction": FRACTION,  # with skip_bad, fail when more than this fraction is bad
@@ -127,7 +127,6 @@ SCHEMA = {
     "pca": {
         "n_components": COUNT,    # PCA components (clamped, with a warning, to meshes - 1)
         "neutral_list": str,      # CSV of ids (subject_id, facial_action, img_id); '' = automatic
-        "allow_missing_blendshapes": bool,  # fit without data.blendshapes (a warning) instead of failing
         "max_frames_per_subject": COUNT,  # neutral selection scores at most this many frames per subject
     },
     "train": {

@@ -28,6 +28,7 @@ from stages.wcpa.arkit import ARKIT_NAMES
 
 log = logging.getLogger(__name__)
 
+NO_BLENDSHAPES = "data/no_blendshapes"   # a folder without meshes, kept in git: the setting for "none"
 ARKIT_BLENDSHAPES = ARKIT_NAMES      # the 51 blendshape meshes of the PCA (paper sec. 2.3.1)
 
 
@@ -235,22 +236,24 @@ def read_neutral_list(path: Path | str, table: pd.DataFrame) -> np.ndarray:
     return where[wanted.to_numpy()].to_numpy().astype(np.int64)
 
 
-def read_blendshapes(folder: Path | str, n_verts: int, allow_missing: bool = False) -> np.ndarray:
+def read_blendshapes(folder: Path | str, n_verts: int) -> np.ndarray:
     """The 51 ARKit blendshape meshes <folder>/<Name>.obj -> (51, V, 3) metres.
 
-    A missing folder or file is an error naming it; with allow_missing the PCA goes without
-    blendshapes: a warning is logged and (0, V, 3) is returned.
+    A folder with no .obj file at all stands for "no blendshapes" (NO_BLENDSHAPES, for data
+    that comes without them): a warning is logged and (0, V, 3) returned, and the PCA is fitted
+    on the neutral meshes alone. A missing folder, or a folder with some of the meshes, is an
+    error naming it.
     """
     folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: blendshape folder not found (set data.blendshapes; data without "
+                                f"ARKit blendshapes: data.blendshapes: {NO_BLENDSHAPES})")
+    if not any(folder.glob("*.obj")):
+        log.warning("%s: no blendshape meshes: the PCA is fitted on the neutral meshes alone", folder)
+        return np.zeros((0, n_verts, 3))
     missing = [name for name in ARKIT_BLENDSHAPES if not (folder / f"{name}.obj").is_file()]
     if missing:
-        what = (f"{folder}: blendshape folder not found" if not folder.is_dir() else
-                f"{folder}: {len(missing)} blendshape mesh(es) missing, e.g. {missing[0]}.obj")
-        if not allow_missing:
-            raise FileNotFoundError(f"{what} (set data.blendshapes, or pca.allow_missing_blendshapes: "
-                                    "true to fit the PCA on neutral meshes only)")
-        log.warning("%s: the PCA is fitted without blendshapes", what)
-        return np.zeros((0, n_verts, 3))
+        raise FileNotFoundError(f"{folder}: {len(missing)} blendshape mesh(es) missing, e.g. {missing[0]}.obj")
     meshes = []
     for name in ARKIT_BLENDSHAPES:
         verts, _ = read_obj(folder / f"{name}.obj")

@@ -65,3 +65,13 @@ def test_coarse_stages_follow_crop_source(clone):
     assert {"coarse_train@coarse", "coarse_predict@coarse", "crop"} <= _stage_names(ROOT, env)
     names = _stage_names(work, env)
     assert "crop" in names and not {n for n in names if n.startswith("coarse_")}
+
+
+@pytest.mark.slow
+def test_data_without_blendshapes_fits_the_pca_on_neutral_meshes(clone):
+    work, env = clone
+    _run(["dvc", "repro", "split"], work, env)
+    log = _run(["dvc", "exp", "run", "-S", "data.blendshapes=data/no_blendshapes", "pca"], work, env)
+    assert "pca" in _stages_run(log)
+    metrics = json.loads((work / "artifacts" / "pca" / "metrics.json").read_text())
+    assert metrics["n_blendshapes"] == 0 and metrics["n_meshes"] == metrics["n_neutral"]

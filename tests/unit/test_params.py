@@ -1,4 +1,5 @@
 """params.yaml loading: type coercion as `dvc exp run -S` writes values, and clear errors."""
+import re
 import shutil
 from pathlib import Path
 
@@ -128,3 +129,17 @@ def test_overrides_are_range_checked():
     params = load_params(ROOT / "params.yaml")
     with pytest.raises(ParamsError, match=r"--set train.epochs = 0: must be >= 1"):
         apply_overrides(params, ["train.epochs=0"])
+
+
+@pytest.mark.parametrize("source, detector, ok", [
+    ("coarse", ["coarse"], True), ("gt", ["coarse"], True), ("given68", [], True),
+    ("given68", ["coarse"], False), ("coarse", [], False)])
+def test_crop_detector_must_match_the_landmark_source(source, detector, ok):
+    raw = yaml.safe_load(Path("params.yaml").read_text())
+    raw["crop"].update(source=source, detector=detector)
+    if ok:
+        assert check_params(raw, "p.yaml")["crop"]["detector"] == detector
+        return
+    wanted = "[]" if source == "given68" else "[coarse]"
+    with pytest.raises(ParamsError, match=re.escape(f"crop.source is {source}: set crop.detector: {wanted}")):
+        check_params(raw, "p.yaml")

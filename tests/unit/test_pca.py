@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from stages.face.mesh import write_obj
-from stages.face.pca import (ARKIT_BLENDSHAPES, fit_pca, read_blendshapes, read_neutral_list,
+from stages.face.pca import (ARKIT_BLENDSHAPES, NO_BLENDSHAPES, fit_pca, read_blendshapes, read_neutral_list,
                              reconstruction_errors, select_neutral_frames)
 from tests.tiny_project import face_blendshapes, make_faces, symmetric_template
 
@@ -70,13 +70,15 @@ def test_hand_made_neutral_list_gives_its_rows(tmp_path):
         read_neutral_list(tmp_path / "bad.csv", table)
 
 
-def test_missing_blendshape_folder_is_an_error_naming_it(tmp_path, caplog):
-    folder = tmp_path / "nowhere"
-    with pytest.raises(FileNotFoundError, match="nowhere: blendshape folder not found"):
-        read_blendshapes(folder, 30)
+def test_missing_blendshape_folder_is_an_error_naming_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere: blendshape folder not found.*data/no_blendshapes"):
+        read_blendshapes(tmp_path / "nowhere", 30)
+
+
+def test_a_folder_without_meshes_means_no_blendshapes(caplog):
     with caplog.at_level(logging.WARNING):
-        assert read_blendshapes(folder, 30, allow_missing=True).shape == (0, 30, 3)
-    assert "without blendshapes" in caplog.text
+        assert read_blendshapes(NO_BLENDSHAPES, 30).shape == (0, 30, 3)   # the committed folder
+    assert "fitted on the neutral meshes alone" in caplog.text
 
 
 def test_blendshapes_are_read_in_arkit_order_and_checked(tmp_path):
