@@ -61,11 +61,11 @@ def write_basis(root, tables):
     return basis
 
 
-def save_network(root, basis, margin, crop_run="") -> None:
+def save_network(root, basis, margin, crop_run="", input_size=0) -> None:
     """artifacts/train/model.pt: a random network whose landmarks sit near the frontal template."""
     torch.manual_seed(0)
     model = FaceNet(NetConfig(depth=18, coordconv=True, shape_head="pca", crop_size=CROP,
-                              n_verts=basis.n_verts, n_components=COMPONENTS))
+                              n_verts=basis.n_verts, n_components=COMPONENTS, input_size=input_size))
     model.shape.set_basis(basis.mean, basis.components, basis.std)
     frontal = reference_shape(basis.mean, np.arange(basis.n_verts), CROP, margin)
     model.landmarks.init_mean(torch.as_tensor(frontal, dtype=torch.float32))
