@@ -70,13 +70,19 @@ class Detector:
             return net(to_tensor(crops, self.device)).float().cpu().numpy().astype(np.float64)
 
     def __call__(self, images: list[np.ndarray], refine_passes: int = 1, flip_test: bool = False) -> np.ndarray:
-        """A batch of full images -> landmarks (B, K, 2) full-image px. flip_test needs a flip order."""
+        """A batch of full images -> landmarks (B, K, 2) full-image px."""
+        return self.trace(images, refine_passes, flip_test)[-1]
+
+    def trace(self, images: list[np.ndarray], refine_passes: int = 1, flip_test: bool = False) -> np.ndarray:
+        """A batch of full images -> the landmarks of every pass (1 + refine_passes, B, K, 2)
+        full-image px: locate first, the last refine pass last (see stages.coarse.confidence).
+        flip_test needs a flip order."""
         if flip_test and self.flip_order is None:
             raise ValueError("flip_test: this detector has no landmark flip order")
         size = self.config["locate_size"]
         warps = np.stack([locate_warp(a.shape[1], a.shape[0], size) for a in images])
-        landmarks = self._run("locate", images, warps, flip=False)
+        passes = [self._run("locate", images, warps, flip=False)]
         for _ in range(refine_passes):
-            warps = refine_warp(landmarks, self.config["refine_size"], self.config["refine_margin"])
-            landmarks = self._run("refine", images, warps, flip_test)
-        return landmarks
+            warps = refine_warp(passes[-1], self.config["refine_size"], self.config["refine_margin"])
+            passes.append(self._run("refine", images, warps, flip_test))
+        return np.stack(passes)

@@ -200,17 +200,25 @@ def _names(table: pd.DataFrame, rows: np.ndarray) -> str:
 def predict_store(model: FaceNet, store: CropStore, perm: np.ndarray | None, camera: Camera,
                   settings: InferSettings) -> dict[str, np.ndarray]:
     """verts (N, V, 3), R_t (N, 4, 4), landmarks (N, V, 2) full px, sigma (N, V) full px for a
-    store's rows (fallback rows not yet filled: see `apply_fallback`). numpy's BLAS gets one
-    thread (stages.common.threads): the PnP threads and torch share the cores."""
+    store's rows (fallback rows not yet filled: see `apply_fallback`)."""
+    return predict_crops(model, store.images, store.inv_warps, perm, camera, settings)
+
+
+def predict_crops(model: FaceNet, images: np.ndarray, inv_warps: np.ndarray, perm: np.ndarray, camera: Camera,
+                  settings: InferSettings) -> dict[str, np.ndarray]:
+    """Crops (N, S, S, 3) uint8 (a memmap is read batch by batch) and their crop -> full-image
+    warps (N, 2, 3) -> verts (N, V, 3) metres, R_t (N, 4, 4), landmarks (N, V, 2) full px,
+    sigma (N, V) full px. numpy's BLAS gets one thread (stages.common.threads): the PnP
+    threads and torch share the cores."""
     single_thread_blas()
     mode = check_mode(settings.flip_merge)
     mirror = perm if mode != "none" else None
     parts: dict[str, list] = {"verts": [], "landmarks": [], "sigma": []}
     with ThreadPoolExecutor(max(1, settings.workers)) as solvers:
         poses = []
-        for rows, plain, back in network_outputs(model, store.images, settings.batch_size, settings.device,
+        for rows, plain, back in network_outputs(model, images, settings.batch_size, settings.device,
                                                  settings.amp, mirror):
-            verts, uv, sigma = batch_predictions(plain, back, store.inv_warps[rows], mode)
+            verts, uv, sigma = batch_predictions(plain, back, inv_warps[rows], mode)
             poses.append(solvers.submit(solve_poses, settings.pnp, verts, uv, sigma, camera,
                                         settings.pnp_flags, 1))
             for key, value in zip(("verts", "landmarks", "sigma"), (verts, uv, sigma)):

@@ -31,6 +31,19 @@ class NetConfig:
         return asdict(self)
 
 
+class InputResize(nn.Module):
+    """Crops (B, C, S, S) -> (B, C, size, size), antialiased bilinear; unchanged when size is 0 or S."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.size and self.size != x.shape[-1]:
+            return F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+        return x
+
+
 class FaceNet(nn.Module):
     """images (B, 3, S, S) RGB in [0, 255] (uint8 or float) -> dict of
     mu (B, V, 2) crop px, sigma (B, V) crop px, verts (B, V, 3) metres, coeffs (B, K)
@@ -47,15 +60,13 @@ class FaceNet(nn.Module):
         self.backbone, features = build_backbone(config.depth, in_channels, pretrained)
         self.landmarks = LandmarkHead(features, config.n_verts, config.crop_size)
         self.shape = ShapeHead(features, config.n_verts, config.n_components, config.shape_head)
+        self.resize = InputResize(config.input_size)   # first: a linear filter with unit weights commutes with the normalisation
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255)
 
     def forward(self, images: torch.Tensor, with_verts: bool = True) -> dict[str, torch.Tensor]:
         """with_verts=False leaves "verts" out where the shape head need not decode it ('pca' mode)."""
-        x = images.float()
-        size = self.config.input_size
-        if size and size != x.shape[-1]:      # first: a linear filter with unit weights commutes with the normalisation
-            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        x = self.resize(images.float())
         x = (x - self.pixel_mean) / self.pixel_std
         if self.config.coordconv:
             x = add_coord_channels(x)

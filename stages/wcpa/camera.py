@@ -21,6 +21,14 @@ from scipy.spatial.transform import Rotation
 
 GL_TO_CV = np.diag([1.0, -1.0, -1.0])   # OpenGL camera axes -> OpenCV camera axes (self-inverse)
 MIRROR = np.diag([-1.0, 1.0, 1.0])      # left-right mirror of the camera and of the head frame
+NEAR_M, FAR_M = 0.01, 100.0             # clip planes of Camera.pinhole, metres
+
+
+def focal_from_fov(fov_deg: float, width: int) -> float:
+    """Horizontal field of view in degrees of an image `width` px wide -> focal length px."""
+    if not 0 < fov_deg < 180:
+        raise ValueError(f"field of view must be in (0, 180) degrees, got {fov_deg}")
+    return width / 2 / np.tan(np.radians(fov_deg) / 2)
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,19 @@ class Camera:
             return cls(m.reshape(4, 4) if m.size == 16 else m, width, height)
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
+
+    @classmethod
+    def pinhole(cls, focal: float, width: int, height: int, near: float = NEAR_M, far: float = FAR_M) -> "Camera":
+        """The OpenGL projection matrix of a pinhole camera with square pixels: focal length
+        `focal` px, principal point at the image centre, image width x height px, clip planes
+        near / far metres (they do not change the pixels)."""
+        if not focal > 0:
+            raise ValueError(f"focal length must be positive, got {focal} px")
+        proj = np.zeros((4, 4))
+        proj[0, 0], proj[1, 1] = 2 * focal / width, 2 * focal / height
+        proj[2, 2], proj[3, 2] = -(far + near) / (far - near), -2 * far * near / (far - near)
+        proj[2, 3] = -1.0
+        return cls(proj, width, height)
 
     @property
     def size(self) -> tuple[int, int]:

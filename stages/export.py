@@ -1,0 +1,104 @@
+"""Export: the two-branch network as ONNX, for use outside this code base.
+
+`python -m stages.export [--checkpoint finetune|train] [--out artifacts/export/model.onnx]` reads
+artifacts/<checkpoint>/model.pt (default infer.checkpoint), checked as predict checks it
+(stages.predict.load_model: params train.*, crop.size, the data's vertex count, the PCA basis),
+and writes it with torch.onnx's TorchScript exporter (dynamo=False: the default dynamo exporter
+of torch 2.14 needs onnxscript, not a dependency here), opset 18, a dynamic batch axis.
+
+Input  "crops"  float32 (B, 3, S, S): the crop stage's crop (S = crop.size), RGB, NCHW, values
+                0..255 (uint8 cast to float, not scaled). Everything else is inside the graph:
+                the resize to train.input_size (torch's antialiased bilinear, as a fixed linear
+                map: two matrix products), the ImageNet mean / std normalisation, the CoordConv
+                X and Y channels. No flip & merge: run the mirrored crop through it for that.
+Outputs "mu"    float32 (B, V, 2): every vertex's position on the crop, crop px (continuous:
+                the image spans [0, S]; map to the full image through the crop's inverse warp)
+        "sigma" float32 (B, V): its uncertainty, crop px
+        "verts" float32 (B, V, 3): the canonical mesh, metres (head frame; the pose comes from
+                PnP between verts and mu, as in stages.nets.inference)
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from stages.common.io import atomic_write
+from stages.common.params import PARAMS_FILE, load_params, section
+from stages.nets.model import FaceNet, InputResize
+from stages.predict import ARTIFACTS, load_model
+from stages.wcpa.layout import load_resources
+
+log = logging.getLogger("export")
+INPUTS, OUTPUTS = ("crops",), ("mu", "sigma", "verts")
+OPSET = 18
+
+
+class MatrixResize(nn.Module):
+    """InputResize of S-px crops as the linear map it is: x -> A x A^T with A (size, S), taken
+    from InputResize itself (rows of the identity resized): exportable, unlike antialias."""
+
+    def __init__(self, resize: InputResize, crop_size: int):
+        super().__init__()
+        basis = torch.eye(crop_size).view(crop_size, 1, 1, crop_size)
+        with torch.no_grad():
+            columns = InputResize(resize.size)(basis.expand(-1, 1, crop_size, -1))[:, 0, 0, :]
+        self.register_buffer("matrix", columns.T.contiguous())      # (size, S)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.matrix @ x @ self.matrix.T
+
+
+class Exported(nn.Module):
+    """A copy of FaceNet with a graph-friendly resize, returning (mu, sigma, verts)."""
+
+    def __init__(self, model: FaceNet):
+        super().__init__()
+        self.model = model = copy.deepcopy(model)
+        size = model.config.input_size
+        if size and size != model.config.crop_size:
+            model.resize = MatrixResize(model.resize, model.config.crop_size)
+
+    def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.model(crops)
+        return out["mu"], out["sigma"], out["verts"]
+
+
+def export_onnx(model: FaceNet, path: Path | str) -> None:
+    """Write `model` (CPU, eval) to `path` as ONNX, atomically."""
+    size = model.config.crop_size
+    example = torch.rand(2, 3, size, size) * 255
+    axes = {name: {0: "batch"} for name in INPUTS + OUTPUTS}
+    with atomic_write(path) as tmp:
+        torch.onnx.export(Exported(model.eval()), (example,), str(tmp), input_names=list(INPUTS),
+                          output_names=list(OUTPUTS), dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+
+
+def run(params: dict, checkpoint: str | None = None, out: Path | str = ARTIFACTS / "export" / "model.onnx",
+        artifacts: Path = ARTIFACTS) -> Path:
+    """Export artifacts/<checkpoint or infer.checkpoint>/model.pt to `out`."""
+    if checkpoint:
+        params = {**params, "infer": {**params["infer"], "checkpoint": checkpoint}}
+    resources = load_resources(section(params, "data").root)
+    model, _ = load_model(params, Path(artifacts), resources)
+    export_onnx(model, out)
+    log.info("wrote %s", out)
+    return Path(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default=str(PARAMS_FILE), help="params file (default params.yaml)")
+    parser.add_argument("--checkpoint", choices=("finetune", "train"), help="default: infer.checkpoint")
+    parser.add_argument("--out", default=str(ARTIFACTS / "export" / "model.onnx"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    run(load_params(args.params), args.checkpoint, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""Predict: the trained pipeline on any images (coarse detector, crop, network, unwarp, PnP).
+
+`python -m stages.predict IMAGE_OR_FOLDER... --out DIR [--focal PX | --fov DEG]` runs, per batch
+of infer.batch_size images (decoded in data.workers threads):
+  1. the coarse detector artifacts/coarse_train/model.pt (coarse_predict.refine_passes, flip_test,
+     amp), gated by stages.coarse.confidence (no face: stop naming the image);
+  2. the roll-frontalized crop as the crop stage makes it (crop.size, crop.margin, crop.rotation);
+  3. the network artifacts/<infer.checkpoint>/model.pt with flip & merge, unwarp and PnP exactly
+     as stage infer (stages.nets.inference.predict_crops; infer.flip_merge, pnp, pnp_flags).
+Camera: the challenge's (data.root's resources/projection_matrix.txt and image size; other image
+sizes stop) or, with --focal / --fov (horizontal), a pinhole camera with the principal point at
+the image centre (stages.wcpa.camera.Camera.pinhole) for any image size.
+
+The network must fit the params and the data as in infer (stages.nets.checkpoint): backbone,
+CoordConv, shape head, input size, vertex count, PCA size, the crop size crop.size, and the
+identity of artifacts/pca/basis.npz. Its crop-run identity is not checked: there is no crop store
+for arbitrary images, and crop.margin / crop.rotation are not recorded in model.pt; they are
+taken from params.yaml, which must be the params the crop stage and the network were made with
+(`dvc status` tells).
+
+Per image <stem> (folders: their image files, not recursive), written atomically into DIR:
+  <stem>_canonical.obj  the predicted mesh (V, 3) metres in the head frame, the data's triangles
+  <stem>_camera.obj     the same mesh in the OpenGL camera frame (v @ R + t)
+  <stem>_pose.json      R_t (4, 4), the challenge's row-vector convention; landmarks68 (68, 2)
+                        full-image px; detector confidence; camera projection matrix and size
+  <stem>.npz            R_t, verts (V, 3), landmarks (V, 2) and landmarks68 (68, 2) full px
+                        (the network's, flip-merged), coarse68 (68, 2) full px (the detector's),
+                        sigma (V,) full px, proj (4, 4), image_size (width, height)
+  <stem>_overlay.png    the projected mesh (white) and the 68 landmarks (green) over the image
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable, Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from stages.coarse.confidence import MAX_SHIFT, MIN_INSIDE, Confidence, confidence, no_face_reason
+from stages.coarse.detector import Detector
+from stages.common.identity import path_digest
+from stages.common.io import save_json, save_npz
+from stages.common.params import PARAMS_FILE, load_params, section
+from stages.face.frontal import crop_warps, reference_shape
+from stages.face.mesh import write_obj
+from stages.face.pca import PCABasis
+from stages.face.warp import invert_warp, warp_image
+from stages.infer import settings_of
+from stages.nets.checkpoint import CheckpointError, Expected, load_network
+from stages.nets.inference import InferSettings, predict_crops
+from stages.nets.model import FaceNet
+from stages.viz.draw import draw_points, draw_wireframe, save_png
+from stages.wcpa.camera import Camera, focal_from_fov, to_camera
+from stages.wcpa.layout import DataError, Resources, load_resources, read_image
+
+log = logging.getLogger("predict")
+ARTIFACTS = Path("artifacts")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class PredictError(ValueError):
+    """An input image or a model file that predict cannot use; the message names it."""
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """Everything predict runs: detector, network, flip permutation (V,), data resources,
+    crop reference landmarks (K, 2) crop px, params sections crop / coarse_predict, infer settings."""
+
+    detector: Detector
+    model: FaceNet
+    perm: np.ndarray
+    resources: Resources
+    reference: np.ndarray
+    crop: SimpleNamespace
+    coarse: SimpleNamespace
+    settings: InferSettings
+    min_inside: float = MIN_INSIDE
+    max_shift: float = MAX_SHIFT
+
+
+def list_images(inputs: list[Path | str]) -> list[Path]:
+    """Image files and folders (their image files by name, not recursive) -> image paths;
+    stops on a missing path, a folder without images or two images of the same stem."""
+    paths = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise PredictError(f"{item}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+            paths += found
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise PredictError(f"{item}: no such image or folder")
+    stems: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in stems:
+            raise PredictError(f"{path}: same name as {stems[path.stem]} (outputs are named by the image's stem)")
+        stems[path.stem] = path
+    return paths
+
+
+def camera_choice(resources: Resources, focal: float | None, fov: float | None) -> Callable[[Path, int, int], Camera]:
+    """(image path, width, height) -> its Camera: the challenge's (same size only), or a pinhole
+    camera of focal length `focal` px or horizontal field of view `fov` degrees."""
+    challenge = resources.camera
+
+    def camera(path: Path, width: int, height: int) -> Camera:
+        if focal is not None or fov is not None:
+            return Camera.pinhole(focal if focal is not None else focal_from_fov(fov, width), width, height)
+        if (width, height) != (challenge.width, challenge.height):
+            raise PredictError(f"{path}: image is {width}x{height}, the challenge camera's is "
+                               f"{challenge.width}x{challenge.height}: give --focal PX or --fov DEG")
+        return challenge
+    return camera
+
+
+def load_detector(path: Path, settings: InferSettings, workers: int, amp: bool) -> Detector:
+    """The coarse detector; a missing or unreadable file is a PredictError naming it."""
+    if not path.is_file():
+        raise PredictError(f"{path}: coarse detector not found (run `dvc repro coarse_train`)")
+    try:
+        return Detector(path, settings.device, workers, amp)
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise PredictError(f"{path}: not a coarse detector model ({str(err)[:300]})") from None
+
+
+def load_model(params: dict, artifacts: Path, resources: Resources) -> tuple[FaceNet, np.ndarray]:
+    """The network artifacts/<infer.checkpoint>/model.pt checked as in infer, less the crop run
+    (module doc), and the flip permutation (V,) of artifacts/pca/basis.npz."""
+    basis_path = artifacts / "pca" / "basis.npz"
+    if not basis_path.is_file():
+        raise PredictError(f"{basis_path}: PCA basis not found (run `dvc repro pca`)")
+    basis = PCABasis.load(basis_path)
+    with np.load(basis_path) as npz:
+        perm = npz["flip_perm"]
+    expected = Expected.of(section(params, "train"), section(params, "crop").size, resources.n_verts,
+                           basis.n_components)
+    checkpoint = artifacts / section(params, "infer").checkpoint / "model.pt"
+    return load_network(checkpoint, expected, {"pca/basis.npz": path_digest(basis_path)}), perm
+
+
+def load_pipeline(params: dict, artifacts: Path = ARTIFACTS, **gate: float) -> Pipeline:
+    """Detector, network and settings from params and artifacts; `gate`: min_inside, max_shift."""
+    data, crop, coarse = section(params, "data"), section(params, "crop"), section(params, "coarse_predict")
+    resources = load_resources(data.root)
+    settings = settings_of(section(params, "infer"))
+    detector = load_detector(artifacts / "coarse_train" / "model.pt", settings, data.workers, coarse.amp)
+    model, perm = load_model(params, artifacts, resources)
+    reference = reference_shape(resources.template, resources.kpt_ind, crop.size, crop.margin)
+    return Pipeline(detector, model, perm, resources, reference, crop, coarse, settings, **gate)
+
+
+def check_faces(pipeline: Pipeline, trace: np.ndarray, images: list[np.ndarray], paths: list[Path]) -> Confidence:
+    """Confidence of a batch's detections (trace (P, B, K, 2)); stops at the first image without a face."""
+    conf = confidence(trace, np.array([[a.shape[1], a.shape[0]] for a in images]))
+    for index, path in enumerate(paths):
+        reason = no_face_reason(conf, index, pipeline.min_inside, pipeline.max_shift)
+        if reason:
+            raise PredictError(f"{path}: {reason}")
+    return conf
+
+
+def crop_and_predict(pipeline: Pipeline, images: list[np.ndarray], coarse: np.ndarray, camera: Camera,
+                     pool: ThreadPoolExecutor) -> dict[str, np.ndarray]:
+    """Images of one camera and their coarse landmarks (B, K, 2) full px -> the crop stage's crops,
+    then infer's predictions: verts (B, V, 3), R_t (B, 4, 4), landmarks (B, V, 2), sigma (B, V)."""
+    model_points = pipeline.resources.template[pipeline.resources.kpt_ind]
+    warps = crop_warps(coarse, pipeline.reference, pipeline.crop.rotation, camera, model_points)
+    size = pipeline.crop.size
+    crops = np.stack(list(pool.map(lambda pair: warp_image(pair[0], pair[1], size), zip(images, warps))))
+    return predict_crops(pipeline.model, crops, invert_warp(warps), pipeline.perm, camera, pipeline.settings)
+
+
+def check_prediction(pred: dict[str, np.ndarray], row: int, path: Path, settings: InferSettings) -> None:
+    """Stop on non-finite network outputs or a failed PnP (no pose in front of the camera)."""
+    if not (np.isfinite(pred["verts"][row]).all() and np.isfinite(pred["landmarks"][row]).all()):
+        raise PredictError(f"{path}: the network gave non-finite outputs")
+    if not (np.isfinite(pred["R_t"][row]).all() and pred["R_t"][row, 3, 2] < 0):
+        raise PredictError(f"{path}: PnP ({settings.pnp}, {settings.pnp_flags}) failed or put the face behind "
+                           "the camera: another infer.pnp_flags may solve it")
+
+
+def predict_batch(pipeline: Pipeline, images: list[np.ndarray], paths: list[Path],
+                  cameras: Callable[[Path, int, int], Camera], pool: ThreadPoolExecutor) -> Iterator[dict]:
+    """One batch of decoded images -> per image a dict of its results (see write_outputs)."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, image in enumerate(images):
+        groups.setdefault((image.shape[1], image.shape[0]), []).append(index)
+    cams = {size: cameras(paths[rows[0]], *size) for size, rows in groups.items()}
+    trace = pipeline.detector.trace(images, pipeline.coarse.refine_passes, pipeline.coarse.flip_test)
+    conf = check_faces(pipeline, trace, images, paths)
+    for size, rows in groups.items():
+        pred = crop_and_predict(pipeline, [images[i] for i in rows], trace[-1][rows], cams[size], pool)
+        for row, index in enumerate(rows):
+            check_prediction(pred, row, paths[index], pipeline.settings)
+            yield {"path": paths[index], "image": images[index], "camera": cams[size], "coarse68": trace[-1][index],
+                   "confidence": {"inside": float(conf.inside[index]), "shift": float(conf.shift[index])},
+                   **{key: value[row] for key, value in pred.items()}}
+
+
+def write_outputs(out: Path, result: dict, resources: Resources) -> None:
+    """The files of one image (module doc) from a predict_batch result."""
+    stem, R_t, verts = result["path"].stem, result["R_t"], result["verts"]
+    camera = result["camera"]
+    landmarks68 = result["landmarks"][resources.kpt_ind]
+    write_obj(out / f"{stem}_canonical.obj", verts, resources.faces)
+    write_obj(out / f"{stem}_camera.obj", to_camera(verts, R_t), resources.faces)
+    save_json(out / f"{stem}_pose.json", {
+        "image": str(result["path"]), "R_t": R_t, "convention": "row vectors, OpenGL camera: x_cam = [v, 1] @ R_t",
+        "landmarks68": landmarks68, "confidence": result["confidence"],
+        "projection_matrix": camera.proj, "image_size": [camera.width, camera.height]})
+    save_npz(out / f"{stem}.npz", R_t=R_t, verts=verts, landmarks=result["landmarks"], landmarks68=landmarks68,
+             coarse68=result["coarse68"], sigma=result["sigma"], proj=camera.proj,
+             image_size=np.array([camera.width, camera.height]))
+    overlay = draw_wireframe(result["image"], camera.project(verts, R_t), resources.faces)
+    save_png(out / f"{stem}_overlay.png", draw_points(overlay, landmarks68))
+
+
+def read_or_stop(path: Path) -> np.ndarray:
+    """An image file -> (H, W, 3) uint8 RGB; an unreadable one is a PredictError naming it."""
+    try:
+        return read_image(path)
+    except DataError as err:
+        raise PredictError(str(err)) from None
+
+
+def batches(paths: list[Path], size: int, pool: ThreadPoolExecutor) -> Iterator[tuple[list[Path], list[np.ndarray]]]:
+    """(paths, decoded images) per batch of `size`; the next batch decodes in `pool` meanwhile."""
+    chunks = [paths[start:start + size] for start in range(0, len(paths), size)]
+    pending = [pool.map(read_or_stop, chunk) for chunk in chunks[:1]]
+    for index, chunk in enumerate(chunks):
+        if index + 1 < len(chunks):
+            pending.append(pool.map(read_or_stop, chunks[index + 1]))
+        yield chunk, list(pending[index])
+
+
+def run(params: dict, inputs: list[Path | str], out: Path | str, focal: float | None = None,
+        fov: float | None = None, artifacts: Path = ARTIFACTS, **gate: float) -> dict[str, float]:
+    """Predict every image of `inputs` into `out`; returns {"images", "seconds", "images_per_second"}."""
+    if focal is not None and fov is not None:
+        raise PredictError("give --focal or --fov, not both")
+    paths = list_images(inputs)
+    pipeline = load_pipeline(params, Path(artifacts), **gate)
+    cameras = camera_choice(pipeline.resources, focal, fov)
+    started = time.perf_counter()
+    workers = max(1, section(params, "data").workers)
+    with ThreadPoolExecutor(workers) as readers, ThreadPoolExecutor(workers) as pool, \
+            ThreadPoolExecutor(1) as writer, tqdm(total=len(paths), desc="predict", unit="img") as bar:
+        written = []
+        for chunk, images in batches(paths, pipeline.settings.batch_size, readers):
+            for result in predict_batch(pipeline, images, chunk, cameras, pool):
+                written.append(writer.submit(write_outputs, Path(out), result, pipeline.resources))
+            bar.update(len(chunk))
+        for future in written:
+            future.result()
+    seconds = time.perf_counter() - started
+    log.info("%d images in %.1f s (%.1f images/s) into %s", len(paths), seconds, len(paths) / seconds, out)
+    return {"images": len(paths), "seconds": seconds, "images_per_second": len(paths) / max(seconds, 1e-9)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("inputs", nargs="+", help="image files and folders of images")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--params", default=str(PARAMS_FILE), help="params file (default params.yaml)")
+    camera = parser.add_mutually_exclusive_group()
+    camera.add_argument("--focal", type=float, help="focal length in px (principal point at the image centre)")
+    camera.add_argument("--fov", type=float, help="horizontal field of view in degrees")
+    parser.add_argument("--min-inside", type=float, default=MIN_INSIDE, help="stages.coarse.confidence")
+    parser.add_argument("--max-shift", type=float, default=MAX_SHIFT, help="stages.coarse.confidence")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    try:
+        run(load_params(args.params), args.inputs, args.out, args.focal, args.fov,
+            min_inside=args.min_inside, max_shift=args.max_shift)
+    except (PredictError, CheckpointError, DataError) as err:
+        raise SystemExit(f"predict: {err}") from None
+
+
+if __name__ == "__main__":
+    main()
