@@ -41,6 +41,25 @@ DEVICE = Choice("auto", "cpu", "cuda")
 SCHEDULE = Choice("constant", "cosine")
 
 
+OPTIMISATION = {                  # the keys train and finetune share: the optimisation and its data
+    "batch_size": COUNT,
+    "lr": POSITIVE,           # Adam learning rate
+    "schedule": SCHEDULE,     # constant | cosine (per step, to lr * min_lr_ratio)
+    "min_lr_ratio": FRACTION,
+    "weight_decay": WEIGHT,
+    "flip": FRACTION,         # horizontal flip probability
+    "color_jitter": WEIGHT,   # brightness/contrast/saturation strength (hue: a quarter of it)
+    "reframe_shift": WEIGHT,  # crop reframing: largest shift of the centre, fraction of the crop side
+    "reframe_scale": WEIGHT,  # largest |log zoom| (0.1: zoom 0.90-1.11)
+    "reframe_rotate": WEIGHT, # largest rotation, degrees
+    "workers": NON_NEGATIVE,  # DataLoader worker processes (0 = load in the main process)
+    "device": DEVICE,         # auto | cpu | cuda
+    "amp": bool,              # float16 autocast + GradScaler on CUDA; bfloat16 autocast on CPUs with
+                              # native bfloat16 (AVX512-BF16, AMX), float32 on others
+    "val_batch_size": COUNT,
+    "val_pnp_flags": str,     # OpenCV PnP of the per-epoch validation (cv2.SOLVEPNP_<name>)
+}
+
 SCHEMA = {
     "seed": int,
     "data": {
@@ -137,41 +156,11 @@ SCHEMA = {
         "shape_head": Choice("pca", "direct"),  # pca (coefficients, sec. 2.3) | direct (vertices, Table 2)
         "landmark_loss": Choice("gnll", "mse"),  # gnll (eq. 1) | mse (gnll with sigma fixed to 1 px)
         "epochs": COUNT,
-        "batch_size": COUNT,
-        "lr": POSITIVE,           # Adam learning rate
-        "schedule": SCHEDULE,     # constant | cosine (per step, to lr * min_lr_ratio)
-        "min_lr_ratio": FRACTION,
-        "weight_decay": WEIGHT,
-        "flip": FRACTION,         # horizontal flip probability
-        "color_jitter": WEIGHT,   # brightness/contrast/saturation strength (hue: a quarter of it)
-        "reframe_shift": WEIGHT,  # crop reframing: largest shift of the centre, fraction of the crop side
-        "reframe_scale": WEIGHT,  # largest |log zoom| (0.1: zoom 0.90-1.11)
-        "reframe_rotate": WEIGHT, # largest rotation, degrees
-        "workers": NON_NEGATIVE,  # DataLoader worker processes (0 = load in the main process)
-        "device": DEVICE,         # auto | cpu | cuda
-        "amp": bool,              # float16 autocast + GradScaler on CUDA; bfloat16 autocast on CPUs with
-                                  # native bfloat16 (AVX512-BF16, AMX), float32 on others
-        "val_batch_size": COUNT,
-        "val_pnp_flags": str,     # OpenCV PnP of the per-epoch validation (cv2.SOLVEPNP_<name>)
+        **OPTIMISATION,
     },
     "finetune": {                 # stage finetune (EPro-PnP, eq. 4-6); reads lambda.* too
-        "epochs": NON_NEGATIVE,
-        "batch_size": COUNT,
-        "lr": POSITIVE,           # Adam learning rate
-        "schedule": SCHEDULE,     # constant | cosine (per step, to lr * min_lr_ratio)
-        "min_lr_ratio": FRACTION,
-        "weight_decay": WEIGHT,
-        "flip": FRACTION,         # horizontal flip probability
-        "color_jitter": WEIGHT,   # as train.color_jitter
-        "reframe_shift": WEIGHT,  # as train.reframe_*
-        "reframe_scale": WEIGHT,
-        "reframe_rotate": WEIGHT,
-        "workers": NON_NEGATIVE,  # DataLoader worker processes (0 = load in the main process)
-        "device": DEVICE,         # auto | cpu | cuda
-        "amp": bool,              # float16 autocast + GradScaler on CUDA; bfloat16 autocast on CPUs with
-                                  # native bfloat16 (AVX512-BF16, AMX), float32 on others
-        "val_batch_size": COUNT,
-        "val_pnp_flags": str,     # OpenCV PnP of the validation (as train.val_pnp_flags)
+        "epochs": NON_NEGATIVE,   # 0: the start model, unchanged
+        **OPTIMISATION,
         "mc_weight": WEIGHT,      # weight of EPro-PnP's Monte Carlo NLL (nats; trains sigma with the pose)
         "mc_samples": COUNT,      # Monte Carlo poses per sample (AMIS)
         "amis_iters": COUNT,      # AMIS proposals the samples are split over

@@ -50,8 +50,8 @@ def test_train_then_predict_writes_aligned_landmarks(tiny):
     assert saved["val"]["images"] == 2 and saved["val"]["median_px"] == result["val"]["median_px"]
 
 
-def test_interrupted_training_resumes_after_the_last_checkpoint(tiny, monkeypatch):
-    params, tmp, split_dir = tiny
+def interrupt_after_the_first_epoch(params, tmp, split_dir, monkeypatch) -> None:
+    """Run coarse_train until its first checkpoint is saved, then stop it as a kill would."""
     save = Checkpoint.save
 
     def save_then_interrupt(self, state):
@@ -61,36 +61,33 @@ def test_interrupted_training_resumes_after_the_last_checkpoint(tiny, monkeypatc
     monkeypatch.setattr(Checkpoint, "save", save_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         coarse_train.run(params, tmp / "coarse_train", split_dir)
-    assert (tmp / "coarse_train.partial/checkpoint.pt").is_file()
-    assert not (tmp / "coarse_train").exists()
     monkeypatch.setattr(Checkpoint, "save", save)
+
+
+def epochs_trained(params, tmp, split_dir, monkeypatch) -> list[int]:
+    """Run coarse_train to the end -> the epochs it trained (those it did not resume past)."""
     epochs = []
     run_epoch = train_module._epoch
     monkeypatch.setattr(train_module, "_epoch", lambda *a: epochs.append(a[-1]) or run_epoch(*a))
     coarse_train.run(params, tmp / "coarse_train", split_dir)
-    assert epochs == [1]
+    return epochs
+
+
+def test_interrupted_training_resumes_after_the_last_checkpoint(tiny, monkeypatch):
+    params, tmp, split_dir = tiny
+    interrupt_after_the_first_epoch(params, tmp, split_dir, monkeypatch)
+    assert (tmp / "coarse_train.partial/checkpoint.pt").is_file()
+    assert not (tmp / "coarse_train").exists()
+    assert epochs_trained(params, tmp, split_dir, monkeypatch) == [1]
     curve = (tmp / "coarse_train/live/plots/metrics/train/loss.tsv").read_text().splitlines()
     assert len(curve) == 1 + TINY["epochs"]
 
 
 def test_a_checkpoint_of_other_data_at_the_same_root_is_not_resumed(tiny, monkeypatch):
     params, tmp, split_dir = tiny
-    save = Checkpoint.save
-
-    def save_then_interrupt(self, state):
-        save(self, state)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Checkpoint, "save", save_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        coarse_train.run(params, tmp / "coarse_train", split_dir)
-    monkeypatch.setattr(Checkpoint, "save", save)
+    interrupt_after_the_first_epoch(params, tmp, split_dir, monkeypatch)
     write_tiny_root(tmp / "data", n_train=10, n_test=3, seed=1)       # same ids and counts, other faces
-    epochs = []
-    run_epoch = train_module._epoch
-    monkeypatch.setattr(train_module, "_epoch", lambda *a: epochs.append(a[-1]) or run_epoch(*a))
-    coarse_train.run(params, tmp / "coarse_train", split_dir)
-    assert epochs == [0, 1]
+    assert epochs_trained(params, tmp, split_dir, monkeypatch) == [0, 1]
     saved = torch.load(tmp / "coarse_train/model.pt", weights_only=True)
     assert set(saved["inputs"]) == {"resources", "samples"} and isinstance(saved["flip_order"], list)
 
