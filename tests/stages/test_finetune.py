@@ -13,6 +13,7 @@ import yaml
 
 from stages import finetune, pca, train
 from stages.common.cropstore import stamp_run
+from stages.finetuning.trainer import FinetuneTrainer
 from tests.tiny_project import make_tiny_project
 
 
@@ -93,3 +94,37 @@ def test_a_start_model_trained_on_other_crops_stops(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"artifacts/train/model.pt: trained on other inputs than finetune reads "
                                          r"\(crop_run, crop/train, crop/val differ\): re-run `dvc repro train`"):
         run_main(monkeypatch)
+
+
+def finetune_project(root, monkeypatch) -> dict:
+    """A tiny project at `root` with a 1-epoch train model and 2 finetuning epochs asked for."""
+    params = make_tiny_project(root, subjects=4, crop_size=32)
+    params["train"].update(epochs=1, batch_size=6, landmark_loss="mse")
+    params["finetune"].update(epochs=2, batch_size=6, device="cpu", val_batch_size=8, mc_samples=16,
+                              amis_iters=2, pnp_points=0)
+    write_params(root, params)
+    monkeypatch.chdir(root)
+    pca.run(params)
+    train.run(params)
+    return params
+
+
+def test_an_interrupted_finetune_resumes_to_the_uninterrupted_model(tmp_path, monkeypatch):
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    finetune_project(whole, monkeypatch)
+    run_main(monkeypatch)
+    finetune_project(parts, monkeypatch)
+    run_epoch = FinetuneTrainer.train_epoch
+
+    def stop_in_epoch_2(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return run_epoch(self, epoch)
+
+    monkeypatch.setattr(FinetuneTrainer, "train_epoch", stop_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_main(monkeypatch)
+    monkeypatch.setattr(FinetuneTrainer, "train_epoch", run_epoch)
+    run_main(monkeypatch)
+    model = "artifacts/finetune/model.pt"
+    assert (parts / model).read_bytes() == (whole / model).read_bytes()
