@@ -4,8 +4,8 @@
 val: ground truth from <data.root>/info. test: ground truth from <data.test_gt>/info when that
 folder exists (the synthetic set's local leaderboard); with data.test_gt '' or absent, the
 test metrics are skipped (logged), and the test sheet shows the predictions alone.
-Writes to artifacts/evaluate/NAME/: metrics.json ({"val": {...}, "test": {...}}),
-errors_{val,test}.csv (per sample, with ids, yaw_deg and distance_m), plots/<split>_*.csv
+Writes to artifacts/evaluate/NAME/: metrics.json ({"val": {...}, "test": {...}}), headline.json
+(the same splits with HEADLINE_KEYS only: the file dvc.yaml declares as metrics), errors_{val,test}.csv (per sample, with ids, yaw_deg and distance_m), plots/<split>_*.csv
 (histograms and error against |yaw| and distance) and sheet_{val,test}.png.
 Rows the crop stage skipped (the predictions' `skipped`) are scored with their fallback
 prediction, as the submission holds it, but never drawn (their image may be unreadable). With
@@ -38,6 +38,10 @@ SPLIT = Path("artifacts/split")
 OUT = Path("artifacts/evaluate")
 SUMMARY_COLUMNS = ["score", "score_cam", "score_add", "score_shape10", "ADD", "MAE_r", "MAE_t",
                    "mesh_median", "mesh_mean", "landmark_px", "n"]
+# The keys `dvc metrics show` / `dvc exp show` list: the score, its three terms, the pose and shape
+# errors and the landmark error (absent for predictors without landmarks, e.g. the baseline).
+HEADLINE_KEYS = ("score", "score_cam", "score_add", "score_shape10", "ADD", "MAE_r", "MAE_t",
+                 "mesh_median", "mesh_mean", "landmark_px")
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,17 @@ def metrics_table(metrics: dict) -> str:
     return frame.to_string(float_format=lambda v: f"{v:.3f}", formatters={"n": lambda v: f"{v:.0f}"})
 
 
+def headline(metrics: dict) -> dict:
+    """{split: {key: value}} -> the same splits with only HEADLINE_KEYS, in that order."""
+    return {split: {key: values[key] for key in HEADLINE_KEYS if key in values}
+            for split, values in metrics.items()}
+
+
+def write_headline(out: Path, metrics: dict) -> None:
+    """out/headline.json: the headline keys of every scored split (see headline)."""
+    save_json(out / "headline.json", headline(metrics))
+
+
 def main(params_file: str, predictor: str) -> None:
     params = load_params(params_file)
     data = section(params, "data")
@@ -146,6 +161,7 @@ def main(params_file: str, predictor: str) -> None:
             metrics[split.name] = summary
     bad.finish(out, total=sum(len(s.table) for s in splits if s.gt_root is not None))
     save_json(out / "metrics.json", metrics)
+    write_headline(out, metrics)
     log.info("%s (mm, deg, px):\n%s", predictor, metrics_table(metrics))
 
 

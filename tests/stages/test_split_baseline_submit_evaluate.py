@@ -106,6 +106,7 @@ def test_evaluate_without_test_ground_truth_skips_test(project, tiny_root, caplo
     evaluate.main("params.yaml", "baseline")
     metrics = json.loads(Path("artifacts/evaluate/baseline/metrics.json").read_text())
     assert set(metrics) == {"val"}
+    assert set(json.loads(Path("artifacts/evaluate/baseline/headline.json").read_text())) == {"val"}
     assert "test metrics skipped" in caplog.text
     assert pd.read_csv("artifacts/evaluate/baseline/errors_test.csv").empty
 
@@ -122,6 +123,32 @@ def test_evaluate_reports_the_landmark_error(project, tiny_root):
     metrics = json.loads(Path("artifacts/evaluate/baseline/metrics.json").read_text())
     assert metrics["val"]["landmark_px"] == pytest.approx(5.0, abs=1e-3)
     assert metrics["val"]["score"] == pytest.approx(0.0, abs=1e-3)
+
+
+HEADLINE = ["score", "score_cam", "score_add", "score_shape10", "ADD", "MAE_r", "MAE_t",
+            "mesh_median", "mesh_mean", "landmark_px"]
+
+
+def test_evaluate_writes_the_headline_keys_only(project, tiny_root):
+    """headline.json (dvc.yaml's metrics) holds exactly the headline keys of each scored split,
+    with the values of metrics.json; the landmark error only for predictions with landmarks."""
+    split.main()
+    baseline.main()
+    evaluate.main("params.yaml", "baseline")
+    out = Path("artifacts/evaluate/baseline")
+    metrics, head = (json.loads((out / name).read_text()) for name in ("metrics.json", "headline.json"))
+    assert list(head) == ["val", "test"]
+    for split_name, values in head.items():
+        assert list(values) == HEADLINE[:-1]              # the baseline predicts no landmarks
+        assert values == {key: metrics[split_name][key] for key in HEADLINE[:-1]}
+    root = tiny_root / "root"
+    val = read_list("artifacts/split/val.csv")
+    verts, poses = load_labels(root, val, len(grid_mesh()[0]))
+    uv = load_resources(root).camera.project(verts, poses)
+    save_predictions("artifacts/baseline/predictions_val.npz", val, verts, poses, landmarks=uv.astype(np.float32))
+    evaluate.main("params.yaml", "baseline")
+    head = json.loads((out / "headline.json").read_text())
+    assert list(head["val"]) == HEADLINE and list(head["test"]) == HEADLINE[:-1]
 
 
 def test_submit_refuses_nan_predictions(project, tiny_root):
