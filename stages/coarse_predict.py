@@ -33,8 +33,9 @@ SPLITS = ("train", "val", "test")
 
 
 def _read_or_error(path: Path, size: tuple[int, int]) -> np.ndarray | DataError:
+    """The BGR image (the detector converts its small crops) or the DataError."""
     try:
-        return read_image(path, size)
+        return read_image(path, size, rgb=False)
     except DataError as err:
         return err
 
@@ -45,19 +46,26 @@ def predict_split(detector: Detector, root: Path | str, table: pd.DataFrame, siz
     set's (width, height) px, which every image must have."""
     out = np.full((len(table), detector.config["n_points"], 2), np.nan)
     rows = list(table.itertuples(index=False))
+    starts = range(0, len(rows), cfg.batch_size)
     with ThreadPoolExecutor(max(workers, 1)) as pool, tqdm(total=len(rows), desc=desc, unit="img") as bar:
-        for start in range(0, len(rows), cfg.batch_size):
-            chunk = rows[start:start + cfg.batch_size]
+        def decode(start: int) -> list:
+            """Futures of one batch's images: the threads decode it while the network runs."""
+            return [pool.submit(_read_or_error, image_path(root, r), size) for r in rows[start:start + cfg.batch_size]]
+
+        pending = decode(0) if rows else []
+        for start in starts:
+            futures, pending = pending, decode(start + cfg.batch_size) if start + cfg.batch_size < len(rows) else []
             images, where = [], []
-            for offset, image in enumerate(pool.map(lambda r: _read_or_error(image_path(root, r), size), chunk)):
-                with bad.guard(sample_key(chunk[offset])):
+            for offset, future in enumerate(futures):
+                image = future.result()
+                with bad.guard(sample_key(rows[start + offset])):
                     if isinstance(image, DataError):
                         raise image
                     images.append(image)
                     where.append(start + offset)
             if images:
-                out[where] = detector(images, cfg.refine_passes, cfg.flip_test)
-            bar.update(len(chunk))
+                out[where] = detector(images, cfg.refine_passes, cfg.flip_test, bgr=True)
+            bar.update(len(futures))
     return out
 
 

@@ -17,10 +17,14 @@ Work in progress lives in artifacts/crop.partial/; an interrupted run resumes th
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
@@ -33,9 +37,9 @@ from stages.common.io import atomic_dir, save_json
 from stages.common.params import load_params, section, stage_args
 from stages.face.frontal import crop_quality, crop_warps, landmark_problem, reference_shape
 from stages.face.warp import warp_image
-from stages.wcpa.layout import (DataError, Resources, image_path, info_path, landmarks_path,
-                                load_resources, read_image, read_info, read_landmarks, sample_key,
-                                split_tables)
+from stages.wcpa.camera import Camera
+from stages.wcpa.layout import (DataError, Resources, info_path, landmarks_path, load_resources,
+                                read_image, read_info, read_landmarks, sample_key, split_tables)
 
 log = logging.getLogger("crop")
 SPLITS = ("train", "val", "test")
@@ -83,9 +87,16 @@ def load_landmarks(source: str, split: str, root: Path, table: pd.DataFrame, res
 
 def valid_rows(table: pd.DataFrame, landmarks: np.ndarray, files: list[str], width: int, height: int,
                bad: BadInputs) -> np.ndarray:
-    """(N,) bool: rows whose landmarks are usable; the others stop the stage or are recorded."""
-    valid = np.zeros(len(table), dtype=bool)
-    for index, row in enumerate(table.itertuples(index=False)):
+    """(N,) bool: rows whose landmarks are usable; the others stop the stage or are recorded.
+    The test of `landmark_problem` runs on all rows at once; only the rows it flags go through it
+    one by one (for the message)."""
+    points = np.asarray(landmarks, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        inside = ((points >= 0) & (points <= [width, height])).all(-1).mean(-1) >= 0.5
+        spread = np.ptp(points, axis=1).max(-1) >= 1.0 if len(points) else np.zeros(0, bool)
+    valid = np.isfinite(points).all((-1, -2)) & inside & spread
+    for index in np.flatnonzero(~valid):
+        row = table.iloc[index]
         if not np.isfinite(landmarks[index]).all() and sample_key(row) in bad.keys:
             continue   # already recorded when its landmarks were read
         with bad.guard(sample_key(row)):
@@ -96,58 +107,118 @@ def valid_rows(table: pd.DataFrame, landmarks: np.ndarray, files: list[str], wid
     return valid
 
 
-def _crop_one(path: Path, warp: np.ndarray, size: int, image_size: tuple[int, int]) -> np.ndarray | DataError:
+def sample_paths(root: Path, table: pd.DataFrame, folder: str, suffix: str) -> list[str]:
+    """<root>/<folder>/<subject>/<action>/<img><suffix> of every row, as strings (the text of
+    layout's image_path / info_path, built without pathlib: 10x faster on 400k rows)."""
+    base = os.path.join(str(Path(root)), folder)
+    return [os.path.join(base, s, a, i + suffix)
+            for s, a, i in zip(table.subject_id, table.facial_action, table.img_id)]
+
+
+def warps_of(landmarks: np.ndarray, reference: np.ndarray, rotation: str, camera: Camera,
+             model_points: np.ndarray, workers: int, chunk: int = 512) -> np.ndarray:
+    """crop_warps over chunks of rows on `workers` threads (OpenCV's PnP releases the GIL); the
+    warps are per row, so the result is the same as one call on all rows."""
+    parts = [landmarks[i:i + chunk] for i in range(0, len(landmarks), chunk)]
+    with ThreadPoolExecutor(max(workers, 1)) as pool:
+        done = list(pool.map(lambda part: crop_warps(part, reference, rotation, camera, model_points), parts))
+    return np.concatenate(done) if done else np.zeros((0, 2, 3))
+
+
+def _crop_one(path: Path | str, warp: np.ndarray, size: int, image_size: tuple[int, int]) -> np.ndarray | DataError:
+    """The RGB crop of one image. The warp runs on the decoded BGR image and only the crop is
+    converted to RGB: the same pixels (the resampling treats each channel alike) for a fraction
+    of the full-resolution conversion."""
     try:
-        return warp_image(read_image(path, image_size), warp, size)
+        return cv2.cvtColor(warp_image(read_image(path, image_size, rgb=False), warp, size), cv2.COLOR_BGR2RGB)
     except DataError as err:
         return err
+
+
+def _crop_into(writer: CropStoreWriter, index: int, path: str, size: int,
+               image_size: tuple[int, int]) -> DataError | None:
+    """Worker thread: crop row `index` into the writer's store -> None, or the DataError."""
+    result = _crop_one(path, writer.warps[index], size, image_size)
+    if isinstance(result, DataError):
+        return result
+    writer.store(index, result)
+    return None
 
 
 def crop_split(writer: CropStoreWriter, root: Path, table: pd.DataFrame, rows: np.ndarray, size: int,
                image_size: tuple[int, int], chunk: int, workers: int, bad: BadInputs, desc: str) -> np.ndarray:
     """Crop the pending `rows` (images of the data set's (width, height) `image_size` px) into the
-    writer -> (N,) bool of rows that failed (recorded in bad)."""
+    writer -> (N,) bool of rows that failed (recorded in bad).
+
+    `workers` threads decode, warp and store each image; the main thread only commits chunks
+    (flush and done mark) in order, while the threads already work on the next chunk (two
+    chunks in flight: the memory does not grow with the split)."""
     failed = np.zeros(len(table), dtype=bool)
     chunks = writer.pending(rows, chunk)
-    paths = [image_path(root, row) for row in table.itertuples(index=False)]
-    keys = [sample_key(row) for row in table.itertuples(index=False)]
-    with Parallel(n_jobs=workers, prefer="threads") as parallel:
-        with tqdm(total=len(rows), initial=len(rows) - sum(map(len, chunks)), desc=desc, unit="img") as bar:
-            for part in chunks:
-                results = parallel(delayed(_crop_one)(paths[i], writer.warps[i], size, image_size) for i in part)
-                good, crops = [], []
-                for index, result in zip(part, results):
-                    with bad.guard(keys[index]):
-                        if isinstance(result, DataError):
-                            failed[index] = True
-                            raise result
-                        good.append(index)
-                        crops.append(result)
-                writer.write(np.asarray(good, dtype=np.int64), np.asarray(crops).reshape(-1, size, size, 3))
-                bar.update(len(part))
+    paths = sample_paths(root, table, "image", "_ar.jpg")
+    keys = [f"{s}/{a}/{i}" for s, a, i in zip(table.subject_id, table.facial_action, table.img_id)]
+
+    def commit(part: np.ndarray, futures: list) -> None:
+        good = []
+        for index, future in zip(part, futures):
+            error = future.result()
+            with bad.guard(keys[index]):
+                if error is not None:
+                    failed[index] = True
+                    raise error
+                good.append(index)
+        writer.write(np.asarray(good, dtype=np.int64), None)
+        bar.update(len(part))
+
+    with ThreadPoolExecutor(max(workers, 1)) as pool, \
+            tqdm(total=len(rows), initial=len(rows) - sum(map(len, chunks)), desc=desc, unit="img") as bar:
+        flight: deque = deque()
+        for part in chunks:
+            flight.append((part, [pool.submit(_crop_into, writer, i, paths[i], size, image_size) for i in part]))
+            if len(flight) > 1:
+                commit(*flight.popleft())
+        while flight:
+            commit(*flight.popleft())
     return failed
 
 
-def quality(root: Path, table: pd.DataFrame, warps: np.ndarray, valid: np.ndarray,
-            resources: Resources, size: int) -> dict:
-    """GT roll / eye line in the crop and inside fraction over the valid rows with readable info."""
+def _quality_chunk(paths: list[str], warps: np.ndarray, camera: Camera, kpt_ind: np.ndarray, n_verts: int,
+                   size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Worker process: crop_quality of the rows whose info file reads -> (roll, eye line, inside)."""
     verts, poses, kept = [], [], []
-    for index in np.flatnonzero(valid):
+    for index, path in enumerate(paths):
         try:
-            mesh, pose = read_info(info_path(root, table.iloc[index]), resources.n_verts)
+            mesh, pose = read_info(path, n_verts)
         except DataError:
             continue
         verts.append(mesh)
         poses.append(pose)
         kept.append(index)
     if not kept:
+        return np.zeros(0), np.zeros(0), np.zeros(0, bool)
+    result = crop_quality(camera, np.stack(verts), np.stack(poses), warps[kept], kpt_ind, size)
+    return result["roll_deg"], result["eye_line_deg"], result["inside"]
+
+
+def quality(root: Path, table: pd.DataFrame, warps: np.ndarray, valid: np.ndarray,
+            resources: Resources, size: int, workers: int = 1, chunk: int = 1024) -> dict:
+    """GT roll / eye line in the crop and inside fraction over the valid rows with readable info.
+    The info files are read in chunks on `workers` processes, which return three numbers per row
+    (the meshes never gather in this process)."""
+    rows = np.flatnonzero(valid)
+    paths = sample_paths(root, table, "info", "_info.npz")
+    parts = [rows[i:i + chunk] for i in range(0, len(rows), chunk)]
+    jobs = (delayed(_quality_chunk)([paths[i] for i in part], warps[part], resources.camera, resources.kpt_ind,
+                                    resources.n_verts, size) for part in parts)
+    results = Parallel(n_jobs=max(workers, 1) if len(parts) > 1 else 1)(jobs)
+    if not results or not sum(len(r[0]) for r in results):
         return {"images": 0}
-    result = crop_quality(resources.camera, np.stack(verts), np.stack(poses), warps[kept], resources.kpt_ind, size)
-    roll, eyes = np.abs(result["roll_deg"]), np.abs(result["eye_line_deg"])
-    return {"images": len(kept), "roll_abs_median_deg": float(np.median(roll)),
+    roll, eyes, inside = (np.concatenate(column) for column in zip(*results))
+    roll, eyes = np.abs(roll), np.abs(eyes)
+    return {"images": len(roll), "roll_abs_median_deg": float(np.median(roll)),
             "roll_abs_p95_deg": float(np.percentile(roll, 95)), "eye_line_abs_median_deg": float(np.median(eyes)),
             "eye_line_abs_p95_deg": float(np.percentile(eyes, 95)),
-            "inside_fraction": float(result["inside"].mean())}
+            "inside_fraction": float(inside.mean())}
 
 
 def run(params: dict, out: Path = Path("artifacts/crop"), coarse_dir: Path = Path("artifacts/coarse_predict"),
@@ -169,7 +240,7 @@ def run(params: dict, out: Path = Path("artifacts/crop"), coarse_dir: Path = Pat
         valid = valid_rows(table, landmarks, files, camera.width, camera.height, bad)
         warps = np.tile(np.eye(2, 3), (len(table), 1, 1))
         if valid.any():
-            warps[valid] = crop_warps(landmarks[valid], reference, cfg.rotation, camera, model_points)
+            warps[valid] = warps_of(landmarks[valid], reference, cfg.rotation, camera, model_points, data.workers)
         writers[split] = CropStoreWriter(partial / split, table, warps, cfg.size)
         failed = crop_split(writers[split], root, table, np.flatnonzero(valid), cfg.size,
                             camera.size, cfg.chunk, data.workers, bad, split)
@@ -178,7 +249,7 @@ def run(params: dict, out: Path = Path("artifacts/crop"), coarse_dir: Path = Pat
         metrics[split] = {"seconds": seconds, "images_per_second": len(table) / max(seconds, 1e-9),
                           "skipped": int(skipped[split].sum())}
         if split != "test":
-            metrics[split].update(quality(root, table, warps, ~skipped[split], resources, cfg.size))
+            metrics[split].update(quality(root, table, warps, ~skipped[split], resources, cfg.size, data.workers))
     with atomic_dir(out) as tmp:
         bad.finish(tmp, total=sum(len(t) for t in tables.values()))
         for split in SPLITS:

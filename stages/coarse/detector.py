@@ -53,10 +53,12 @@ class Detector:
             self.nets[name] = net.to(device).eval()
         self.pool = ThreadPoolExecutor(max(workers, 1))
 
-    def _run(self, name: str, images: list[np.ndarray], warps: np.ndarray, flip: bool) -> np.ndarray:
+    def _run(self, name: str, images: list[np.ndarray], warps: np.ndarray, flip: bool, bgr: bool = False) -> np.ndarray:
         """Warp each image into the pass's input, predict -> landmarks (B, K, 2) full px."""
         size = self.config[f"{name}_size"]
         crops = np.stack(list(self.pool.map(lambda a: warp_image(a[0], a[1], size), zip(images, warps))))
+        if bgr:     # the same pixels as warping the RGB image: resampling treats channels alike
+            crops = np.ascontiguousarray(crops[..., ::-1])
         points = self._predict(self.nets[name], crops)
         if flip:
             mirrored = self._predict(self.nets[name], crops[:, :, ::-1])[:, self.flip_order]
@@ -69,20 +71,23 @@ class Detector:
         with autocast(self.device, self.amp):
             return net(to_tensor(crops, self.device)).float().cpu().numpy().astype(np.float64)
 
-    def __call__(self, images: list[np.ndarray], refine_passes: int = 1, flip_test: bool = False) -> np.ndarray:
+    def __call__(self, images: list[np.ndarray], refine_passes: int = 1, flip_test: bool = False,
+                 bgr: bool = False) -> np.ndarray:
         """A batch of full images -> landmarks (B, K, 2) full-image px."""
-        return self.trace(images, refine_passes, flip_test)[-1]
+        return self.trace(images, refine_passes, flip_test, bgr)[-1]
 
-    def trace(self, images: list[np.ndarray], refine_passes: int = 1, flip_test: bool = False) -> np.ndarray:
+    def trace(self, images: list[np.ndarray], refine_passes: int = 1, flip_test: bool = False,
+              bgr: bool = False) -> np.ndarray:
         """A batch of full images -> the landmarks of every pass (1 + refine_passes, B, K, 2)
         full-image px: locate first, the last refine pass last (see stages.coarse.confidence).
-        flip_test needs a flip order."""
+        flip_test needs a flip order. bgr: the images are in OpenCV's BGR order
+        (read_image(rgb=False)): only the small crops are converted, not the full images."""
         if flip_test and self.flip_order is None:
             raise ValueError("flip_test: this detector has no landmark flip order")
         size = self.config["locate_size"]
         warps = np.stack([locate_warp(a.shape[1], a.shape[0], size) for a in images])
-        passes = [self._run("locate", images, warps, flip=False)]
+        passes = [self._run("locate", images, warps, flip=False, bgr=bgr)]
         for _ in range(refine_passes):
             warps = refine_warp(passes[-1], self.config["refine_size"], self.config["refine_margin"])
-            passes.append(self._run("refine", images, warps, flip_test))
+            passes.append(self._run("refine", images, warps, flip_test, bgr))
         return np.stack(passes)

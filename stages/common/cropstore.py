@@ -8,7 +8,9 @@ a digest over every split's warps, rows and images, the same in each split}: a n
 it, and infer refuses crops of another run).
 
 While writing, everything lives in a work folder: images.npy is a memory-mapped .npy filled
-chunk by chunk, done.npy (N,) bool marks the rows already written (saved after each chunk), and
+chunk by chunk (`store` from any thread), done.npy (N,) bool, memory-mapped too, marks the rows
+already written: `write` flushes the pages of a chunk's image rows to disk before it marks them
+done, and flushes only those pages and the mask's (the cost of a chunk does not grow with N), and
 config.json identifies the job (size, rows, a hash of the warps). A rerun with the same job
 continues with the rows not done; any other job starts afresh. `finish` moves the images into
 the split folder and writes the rest.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import shutil
 from pathlib import Path
@@ -61,7 +64,7 @@ class CropStoreWriter:
             save_npy(self.work / "done.npy", np.zeros(len(self.table), dtype=bool))
             save_json(config, {"key": key, "rows": len(self.table), "size": size})
         self.images = np.load(self.work / "images.npy", mmap_mode="r+")
-        self.done = np.load(self.work / "done.npy")
+        self.done = np.load(self.work / "done.npy", mmap_mode="r+")
 
     def pending(self, rows: np.ndarray, chunk: int) -> list[np.ndarray]:
         """The not-yet-written rows among `rows`, in chunks of at most `chunk`."""
@@ -69,13 +72,22 @@ class CropStoreWriter:
         todo = todo[~self.done[todo]]
         return [todo[i:i + chunk] for i in range(0, len(todo), chunk)]
 
-    def write(self, rows: np.ndarray, crops: np.ndarray) -> None:
-        """Store crops (n, S, S, 3) at `rows` and mark them done (flushed before the mark)."""
+    def store(self, row: int, crop: np.ndarray) -> None:
+        """Put one crop (S, S, 3) at `row` (any thread; not done until `write` marks it)."""
+        self.images[row] = crop
+
+    def write(self, rows: np.ndarray, crops: np.ndarray | list | None = None) -> None:
+        """Store crops (n, S, S, 3) at `rows` (None: already `store`d) and mark them done: the
+        image rows reach the disk before the mark does, so a crash never leaves a row marked done
+        whose pixels were not written."""
+        rows = np.asarray(rows, dtype=np.int64)
         if len(rows):
-            self.images[rows] = crops
-            self.images.flush()
+            if crops is not None:
+                for row, crop in zip(rows, crops):
+                    self.images[row] = crop
+            flush_rows(self.images, rows)
             self.done[rows] = True
-            save_npy(self.work / "done.npy", self.done)
+            flush_rows(self.done, rows)
 
     def finish(self, out: Path | str, skipped: np.ndarray) -> None:
         """Write the finished split into `out`; skipped (N,) bool rows get NaN warps."""
@@ -87,6 +99,7 @@ class CropStoreWriter:
         identity = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
         inverse = invert_warp(np.where(skipped[:, None, None], identity, self.warps))
         self.images.flush()
+        self.done.flush()
         del self.images
         os.replace(self.work / "images.npy", out / "images.npy")
         save_npy(out / "warps.npy", np.where(skipped[:, None, None], np.nan, self.warps))
@@ -94,6 +107,19 @@ class CropStoreWriter:
         index = self.table[ID_COLUMNS].assign(skipped=skipped.astype(int))
         index.to_csv(out / "index.csv", index=False)
         shutil.rmtree(self.work)
+
+
+def flush_rows(array: np.memmap, rows: np.ndarray) -> None:
+    """Write the pages of `rows` (first-axis indices) of a memory-mapped array to disk (msync of
+    their span only: the cost follows the rows, not the array's size)."""
+    if getattr(array, "_mmap", None) is None or not len(rows):
+        return
+    row_bytes = array.strides[0]
+    start = array.offset % mmap.ALLOCATIONGRANULARITY          # the data's place in the mapping
+    low = start + int(rows.min()) * row_bytes
+    high = start + (int(rows.max()) + 1) * row_bytes
+    low -= low % mmap.ALLOCATIONGRANULARITY
+    array._mmap.flush(low, high - low)
 
 
 def stamp_run(splits: list[Path]) -> str:

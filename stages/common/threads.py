@@ -13,3 +13,17 @@ from threadpoolctl import threadpool_limits
 def single_thread_blas() -> None:
     """Limit numpy's BLAS (OpenBLAS, MKL) to one thread for the rest of the process."""
     threadpool_limits(limits=1, user_api="blas")
+
+
+def single_thread_worker() -> None:
+    """In a worker process of a pool that already spreads the work over the cores: numpy's BLAS,
+    OpenMP, OpenCV's own pool and torch (when loaded) each run on one thread. Without it every
+    worker starts a pool per library sized to the whole machine: 16 workers x 16 OpenCV threads
+    on 16 cores (joblib limits BLAS and OpenMP in its workers, not OpenCV)."""
+    import sys
+
+    import cv2
+    threadpool_limits(limits=1)
+    cv2.setNumThreads(1)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)

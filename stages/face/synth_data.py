@@ -19,6 +19,7 @@ from joblib import Parallel, delayed
 from tqdm import tqdm
 
 from stages.common.io import save_npy, save_npz
+from stages.common.threads import single_thread_worker
 from stages.face.appearance import random_look
 from stages.face.blendshapes import ARKIT_NAMES, build_blendshapes
 from stages.face.mesh import write_obj
@@ -130,6 +131,7 @@ def write_sample(cfg: SynthConfig, spec: SampleSpec, root: Path, gt_root: Path) 
 
 
 def _write_chunk(cfg: SynthConfig, specs: list[SampleSpec], root: Path, gt_root: Path) -> int:
+    single_thread_worker()     # the pool has one process per core: no library pools inside
     for spec in specs:
         write_sample(cfg, spec, root, gt_root)
     return len(specs)

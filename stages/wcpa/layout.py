@@ -105,9 +105,11 @@ def sample_key(row) -> str:
     return f"{row.subject_id}/{row.facial_action}/{row.img_id}"
 
 
-def read_image(path: Path | str, size: tuple[int, int] | None = None) -> np.ndarray:
+def read_image(path: Path | str, size: tuple[int, int] | None = None, rgb: bool = True) -> np.ndarray:
     """A JPEG -> (H, W, 3) uint8 RGB. size: the data set's (width, height) in px (the camera's
-    `size`); an image of another size is a DataError naming the file and both sizes."""
+    `size`); an image of another size is a DataError naming the file and both sizes. rgb False:
+    OpenCV's BGR order as decoded (a caller that only resamples the image can convert the small
+    result instead: the same pixels, without a full-resolution conversion)."""
     path = Path(path)
     data = np.fromfile(path, dtype=np.uint8) if path.exists() else None
     if data is None:
@@ -118,7 +120,7 @@ def read_image(path: Path | str, size: tuple[int, int] | None = None) -> np.ndar
     if size is not None and (image.shape[1], image.shape[0]) != tuple(size):
         raise DataError(f"{path}: image is {image.shape[1]}x{image.shape[0]}, "
                         f"the data set's images are {size[0]}x{size[1]}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if rgb else image
 
 
 def data_image_size(root: Path | str) -> tuple[int, int]:
