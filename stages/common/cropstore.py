@@ -111,7 +111,9 @@ class CropStoreWriter:
 
 def flush_rows(array: np.memmap, rows: np.ndarray) -> None:
     """Write the pages of `rows` (first-axis indices) of a memory-mapped array to disk (msync of
-    their span only: the cost follows the rows, not the array's size)."""
+    their span only: the cost follows the rows, not the array's size), then drop them from this
+    process's mapping (MADV_DONTNEED: the file keeps them), so that the resident memory of a
+    stage that fills a store stays flat in the number of rows."""
     if getattr(array, "_mmap", None) is None or not len(rows):
         return
     row_bytes = array.strides[0]
@@ -120,6 +122,8 @@ def flush_rows(array: np.memmap, rows: np.ndarray) -> None:
     high = start + (int(rows.max()) + 1) * row_bytes
     low -= low % mmap.ALLOCATIONGRANULARITY
     array._mmap.flush(low, high - low)
+    if hasattr(mmap, "MADV_DONTNEED"):
+        array._mmap.madvise(mmap.MADV_DONTNEED, low, high - low)
 
 
 def stamp_run(splits: list[Path]) -> str:

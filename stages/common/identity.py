@@ -53,12 +53,19 @@ def file_digest(path: Path | str) -> str:
 
 
 def _npy_digest(path: Path) -> str:
-    """Digest of a large .npy: dtype, shape and SAMPLED_ROWS evenly spaced rows (memory-mapped)."""
-    array = np.load(path, mmap_mode="r")
-    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
-    rows = np.unique(np.linspace(0, len(array) - 1, min(SAMPLED_ROWS, len(array))).astype(np.int64))
-    for row in rows:
-        digest.update(np.ascontiguousarray(array[row]).tobytes())
+    """Digest of a large .npy: dtype, shape and SAMPLED_ROWS evenly spaced rows, read with file
+    reads (a memory map would leave the file resident in this process's memory)."""
+    with open(path, "rb") as handle:
+        major, _ = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(handle)
+        offset = handle.tell()
+        digest = hashlib.sha256(f"{dtype.str}{shape}{fortran}".encode())
+        count = shape[0] if shape else 1
+        row_bytes = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64)) if shape else dtype.itemsize
+        for row in np.unique(np.linspace(0, count - 1, min(SAMPLED_ROWS, count)).astype(np.int64)):
+            handle.seek(offset + int(row) * row_bytes)
+            digest.update(handle.read(row_bytes))
     return _hex(digest)
 
 
