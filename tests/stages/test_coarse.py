@@ -1,13 +1,14 @@
 """Stages coarse_train and coarse_predict on a tiny data root (CPU, seconds)."""
 import json
 import numpy as np
+import pandas as pd
 import pytest
 
 from stages import coarse_predict, coarse_train
 from stages.coarse import train as train_module
 from stages.coarse.train import Checkpoint
 from stages.common.params import load_params
-from stages.wcpa.layout import write_list
+from stages.wcpa.layout import DataError, image_path, read_list, write_list
 from tests.stages.tiny_data import write_tiny_root
 
 TINY = {"locate_backbone": "mobilenet_v3_small", "refine_backbone": "mobilenet_v3_small",
@@ -60,8 +61,28 @@ def test_interrupted_training_resumes_after_the_last_checkpoint(tiny, monkeypatc
     monkeypatch.setattr(Checkpoint, "save", save)
     epochs = []
     run_epoch = train_module._epoch
-    monkeypatch.setattr(train_module, "_epoch", lambda *a: epochs.append(a[-1]) or run_epoch(*a))
+    monkeypatch.setattr(train_module, "_epoch", lambda *a, **k: epochs.append(a[-1]) or run_epoch(*a, **k))
     coarse_train.run(params, tmp / "coarse_train", split_dir)
     assert epochs == [1]
     curve = (tmp / "coarse_train/live/plots/metrics/train/loss.tsv").read_text().splitlines()
     assert len(curve) == 1 + TINY["epochs"]
+
+
+def test_bad_images_stop_or_are_skipped_once(tiny):
+    params, tmp, split_dir = tiny
+    table = read_list(split_dir / "train.csv")
+    corrupt, empty = (image_path(params["data"]["root"], row) for row in list(table.itertuples(index=False))[2:4])
+    corrupt.write_bytes(b"not a jpeg")          # found while streaming, in every epoch
+    original = empty.read_bytes()
+    empty.write_bytes(b"")                       # found up front
+    with pytest.raises(DataError, match=empty.name):
+        coarse_train.run(params, tmp / "coarse_train", split_dir)
+    empty.write_bytes(original)
+    with pytest.raises(DataError, match=corrupt.name):
+        coarse_train.run(params, tmp / "coarse_train", split_dir)
+    empty.write_bytes(b"")
+    params["data"].update(skip_bad=True, max_bad_fraction=0.5)
+    coarse_train.run(params, tmp / "coarse_train", split_dir)
+    skipped = pd.read_csv(tmp / "coarse_train/skipped.csv")
+    assert sorted(skipped["file"]) == sorted([str(corrupt), str(empty)])
+    assert json.loads((tmp / "coarse_train/metrics.json").read_text())["train_samples"] == 6
