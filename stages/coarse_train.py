@@ -27,7 +27,7 @@ from dvclive import Live
 
 from stages.coarse.augment import Jitter
 from stages.coarse.detector import save_detector
-from stages.coarse.sources import cut_views
+from stages.coarse.sources import list_samples
 from stages.coarse.targets import landmark_flip_order, load_targets
 from stages.coarse.train import Checkpoint, TrainConfig, train
 from stages.common.badinput import SKIPPED_FILE, BadInputs
@@ -92,13 +92,11 @@ def run(params: dict, out: Path = Path("artifacts/coarse_train"),
     cfg = without_flips(cfg, flip_order)
     tables = {s: read_list(split_dir / f"{s}.csv") for s in SPLITS}
     bad = BadInputs(skip=data.skip_bad, max_fraction=data.max_bad_fraction)
-    views = {}
+    samples = {}
     for split in SPLITS:
         log.info("%s: %d samples", split, len(tables[split]))
         landmarks, kept = load_targets(data.root, tables[split], resources, bad)
-        locate, refine, _ = cut_views(data.root, tables[split].iloc[kept], resources.camera.size, landmarks, cfg.locate_size,
-                                      cfg.refine_size, cfg.refine_margin, data.workers, bad)
-        views[split] = {"locate": locate, "refine": refine}
+        samples[split] = list_samples(data.root, tables[split].iloc[kept], landmarks, resources.camera.size, bad)
     partial = out.with_name(out.name + ".partial")
     bad.finish(partial, total=sum(len(t) for t in tables.values()))
     prepared = time.perf_counter()
@@ -109,10 +107,11 @@ def run(params: dict, out: Path = Path("artifacts/coarse_train"),
         shutil.rmtree(partial / "live", ignore_errors=True)
     with Live(dir=str(partial / "live"), resume=resuming, dvcyaml=None, save_dvc_exp=False,
               report=None) as live:
-        nets = train(cfg, views["train"], views["val"], flip_order, checkpoint, live)
+        nets = train(cfg, samples["train"], samples["val"], flip_order, checkpoint, live, data.workers, bad)
+    bad.finish(partial, total=sum(len(t) for t in tables.values()))     # with the images found undecodable
     last = checkpoint.load()["metrics"]
     metrics = {**{k: v for k, v in last.items() if k.startswith("val/")},
-               "train_samples": len(views["train"]["refine"].images),
+               "train_samples": len(samples["train"]) - len(bad.keys & set(samples["train"].keys.astype(str))),
                "prepare_seconds": prepared - started, "total_seconds": time.perf_counter() - started}
     with atomic_dir(out) as tmp:
         save_detector(tmp / "model.pt", nets, {**vars(section(params, "coarse_train")),

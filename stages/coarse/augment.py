@@ -1,23 +1,27 @@
-"""Training augmentation of the detector (albumentations), landmarks kept consistent.
+"""Training augmentation of the detector, drawn per sample from a seeded generator.
 
-Geometry: a random affine (scale, shift, rotation) of a source view larger than the network
-input, then a centre crop to the input size; horizontal flip with the landmarks mirrored and
-re-ordered by the landmark flip order; colour jitter, blur, noise and JPEG artefacts.
-albumentations puts pixel centres at integers, so landmarks are shifted by half a pixel at the
-boundary (the project's pixel i has its centre at i + 0.5).
+Geometry is a warp, composed with the view's warp so that the full image is resampled once
+(stages/coarse/sources.py): the random affine of albumentations' A.Affine (independent x and
+y scales uniform in [1/scale, scale], a rotation uniform in [-rotate, rotate] degrees, both about
+the centre of a source view `source` px wide, then a shift of int(u * source) px with u uniform in
+[-shift, shift] along each axis), a centre crop of the input (size px) out of the source, and a
+horizontal flip with probability flip_prob (landmarks mirrored and re-ordered by the landmark
+flip order). For the refine pass the source is the view SOURCE_FIELD times wider than the input
+(at the input's density), for locate the input itself: the distributions of the former
+albumentations pipeline (Affine + CenterCrop + HorizontalFlip on a pre-cut source view).
+Then the photometric augmentation at the input size: colour jitter, grey, blur, noise, JPEG.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import albumentations as A
-import cv2
 import numpy as np
 
 
 @dataclass(frozen=True)
 class Jitter:
-    """Random geometry: shift (fraction of the input), scale (max factor), rotate (degrees)."""
+    """Random geometry: shift (fraction of the source view), scale (max factor), rotate (degrees)."""
 
     shift: float
     scale: float
@@ -35,32 +39,30 @@ def colour_transforms() -> list[A.BasicTransform]:
     ]
 
 
-class Augmenter:
-    """Source view (S_src, S_src, 3) uint8 + landmarks (K, 2) px -> input (S, S, 3) + landmarks.
+def jitter_warp(rng: np.random.Generator, jitter: Jitter, source: int, size: int) -> np.ndarray:
+    """A random (2, 3) warp, source view (source px) -> input (size px), continuous coordinates:
+    scale and rotate about the source centre, shift, then crop the centre `size` px."""
+    sx, sy = rng.uniform(1 / jitter.scale, jitter.scale, 2)
+    angle = np.deg2rad(rng.uniform(-jitter.rotate, jitter.rotate))
+    shift = np.trunc(rng.uniform(-jitter.shift, jitter.shift, 2) * source)
+    cos, sin = np.cos(angle), np.sin(angle)
+    linear = np.array([[cos, sin], [-sin, cos]]) @ np.diag([sx, sy])
+    centre = np.array([source / 2, source / 2])
+    crop = (source - size) // 2
+    return np.concatenate([linear, (centre + shift - crop - linear @ centre)[:, None]], axis=1)
 
-    flip_order: (K,) landmark mirror order, or None (then flip_prob must be 0); flip_prob:
-    probability of a horizontal flip.
-    """
 
-    def __init__(self, size: int, jitter: Jitter, flip_order: np.ndarray | None, flip_prob: float, seed: int):
-        if flip_order is None and flip_prob > 0:
-            raise ValueError(f"flip_prob={flip_prob}: horizontal flips need a landmark flip order")
-        keypoints = A.KeypointParams(format="xy", remove_invisible=False)
-        self.geometry = A.Compose([
-            A.Affine(scale=(1 / jitter.scale, jitter.scale), translate_percent=(-jitter.shift, jitter.shift),
-                     rotate=(-jitter.rotate, jitter.rotate), border_mode=cv2.BORDER_CONSTANT, fill=0, p=1.0),
-            A.CenterCrop(size, size),
-        ], keypoint_params=keypoints, seed=seed)
-        self.flip = A.Compose([A.HorizontalFlip(p=1.0)], keypoint_params=keypoints)
-        self.colour = A.Compose(colour_transforms(), seed=seed + 1)
-        self.flip_order = None if flip_order is None else np.asarray(flip_order)
-        self.flip_prob = flip_prob
-        self.rng = np.random.default_rng(seed + 2)
+def flip_warp(size: int) -> np.ndarray:
+    """(2, 3) horizontal mirror of a `size` px wide input (x -> size - x)."""
+    return np.array([[-1.0, 0.0, size], [0.0, 1.0, 0.0]])
 
-    def __call__(self, image: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = self.geometry(image=image, keypoints=np.asarray(landmarks) - 0.5)
-        image, points = out["image"], np.asarray(out["keypoints"], dtype=np.float64)
-        if self.rng.random() < self.flip_prob:
-            out = self.flip(image=image, keypoints=points)
-            image, points = out["image"], np.asarray(out["keypoints"], dtype=np.float64)[self.flip_order]
-        return self.colour(image=image)["image"], points + 0.5
+
+class Photometric:
+    """Colour augmentation of an input (S, S, 3) uint8, reseeded per call (worker-independent)."""
+
+    def __init__(self):
+        self.colour = A.Compose(colour_transforms())
+
+    def __call__(self, image: np.ndarray, seed: int) -> np.ndarray:
+        self.colour.set_random_seed(seed)
+        return self.colour(image=image)["image"]

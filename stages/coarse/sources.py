@@ -1,86 +1,166 @@
-"""Decoded training views of the detector, cut once from the full images and kept in memory.
+"""The detector's views, streamed: each image is decoded when a batch needs it, never kept.
 
-For each image: the locate view (the whole image at the locate input size) and a refine source
-view around the ground-truth landmarks, `SOURCE_FIELD` times wider than the refine input at the
-same pixel density, so that random shifts, scales and rotations stay filled with image.
+`list_samples` keeps what the set needs in memory: the listed paths (one bytes array), sample
+keys and GT landmarks (N, K, 2), after a cheap up-front check that every file exists and is not
+empty (no decode). `ViewSet` is the torch Dataset the DataLoader workers read: item (epoch, i)
+decodes image i, warps it once per pass to that pass's input (the view warp composed with the
+random augmentation warp when training, so the full image is resampled once per view and never
+augmented at full size), then the photometric augmentation at the input size. All draws come
+from a generator seeded by (seed, epoch, i): the batches do not depend on the number of workers.
+
+When the views are much smaller than the image, the JPEG is decoded at 1/2, 1/4 or 1/8 of its
+size by libjpeg's scaled IDCT (read_image's `reduce`), at most as far down as keeps the
+decoded image at least as dense as every view; the warp then starts from the reduced image.
+
+A decode failure is not raised in the worker: the item carries the error ('path: reason') and
+the training loop stops with it, or with data.skip_bad drops the sample from its batch and
+records it once (stages/coarse/train.py::take).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed
-from tqdm import tqdm
+from torch.utils.data import Dataset
 
+from stages.coarse.augment import Jitter, Photometric, flip_warp, jitter_warp
 from stages.coarse.views import locate_warp, refine_warp
 from stages.common.badinput import BadInputs
-from stages.face.warp import apply_warp, warp_image
+from stages.face.warp import apply_warp, compose, warp_image
 from stages.wcpa.layout import DataError, image_path, read_image, sample_key
 
 SOURCE_FIELD = 1.5
-
-
-@dataclass
-class Views:
-    """One pass's training views: images (N, S, S, 3) uint8, landmarks (N, K, 2) view px and
-    scale (N,) view px per full-image px."""
-
-    images: np.ndarray
-    landmarks: np.ndarray
-    scale: np.ndarray
+PASSES = ("locate", "refine")
 
 
 def source_size(size: int) -> int:
-    """Side of the refine source view for a refine input of `size` px (even, >= size)."""
+    """Side of the refine source view for a refine input of `size` px (even, >= size): the field
+    the refine augmentation's shift, scale and rotation are drawn in."""
     return 2 * int(np.ceil(size * SOURCE_FIELD / 2))
 
 
-def _cut(path: Path, size: tuple[int, int], landmarks: np.ndarray, locate_size: int, refine_size: int,
-         margin: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One image of the data set's (width, height) `size` -> (locate view, its warp, refine
-    source view, its warp)."""
-    image = read_image(path, size)
-    to_locate = locate_warp(image.shape[1], image.shape[0], locate_size)
-    big = source_size(refine_size)
-    to_refine = refine_warp(landmarks, big, margin * big / refine_size)
-    return warp_image(image, to_locate, locate_size), to_locate, warp_image(image, to_refine, big), to_refine
+@dataclass
+class Samples:
+    """One split's listed images: paths (N,) bytes, keys (N,) bytes, landmarks (N, K, 2) full px,
+    and the data set's image size (width, height) px, which every decoded image must have."""
+
+    paths: np.ndarray
+    keys: np.ndarray
+    landmarks: np.ndarray
+    size: tuple[int, int]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def key(self, index: int) -> str:
+        return self.keys[index].decode()
 
 
-def _cut_or_error(path: Path, *args) -> tuple | DataError:
-    try:
-        return _cut(path, *args)
-    except DataError as err:
-        return err
-
-
-def cut_views(root: Path | str, table: pd.DataFrame, size: tuple[int, int], landmarks: np.ndarray,
-              locate_size: int, refine_size: int, margin: float, workers: int,
-              bad: BadInputs) -> tuple[Views, Views, np.ndarray]:
-    """Decode every listed image once -> (locate Views, refine source Views, kept row indices).
-
-    size: the data set's (width, height) px; landmarks: (N, K, 2) GT landmarks in full-image px,
-    which centre the refine source views. An unreadable image or one of another size stops with
-    its name, or with data.skip_bad is recorded in `bad` and left out of the views.
-    """
-    paths = [image_path(root, row) for row in table.itertuples(index=False)]
-    jobs = (delayed(_cut_or_error)(p, size, lm, locate_size, refine_size, margin) for p, lm in zip(paths, landmarks))
-    outcomes = list(tqdm(Parallel(n_jobs=workers, prefer="threads", return_as="generator")(jobs),
-                         total=len(paths), desc="decode views", unit="img"))
-    kept = []
-    for index, (row, outcome) in enumerate(zip(table.itertuples(index=False), outcomes)):
+def list_samples(root: Path | str, table: pd.DataFrame, landmarks: np.ndarray, size: tuple[int, int],
+                 bad: BadInputs) -> Samples:
+    """The listed images whose file exists and is not empty (a stat, no decode); size: the data
+    set's (width, height) px. A missing or empty file stops with its name, or with data.skip_bad
+    is recorded in `bad` and left out."""
+    paths, keys, kept = [], [], []
+    for index, row in enumerate(table.itertuples(index=False)):
+        path = image_path(root, row)
         with bad.guard(sample_key(row)):
-            if isinstance(outcome, DataError):
-                raise outcome
+            try:
+                empty = os.stat(path).st_size == 0
+            except OSError:
+                raise DataError(f"{path}: image not found") from None
+            if empty:
+                raise DataError(f"{path}: not a decodable image (corrupt or empty)")
+            paths.append(os.fsencode(path))
+            keys.append(sample_key(row).encode())
             kept.append(index)
-    kept = np.asarray(kept, dtype=np.int64)
-    results = [outcomes[i] for i in kept]
-    landmarks = np.asarray(landmarks)[kept]
-    locate_warps = np.stack([r[1] for r in results])
-    refine_warps = np.stack([r[3] for r in results])
-    locate = Views(np.stack([r[0] for r in results]), apply_warp(locate_warps, landmarks),
-                   np.sqrt(np.abs(np.linalg.det(locate_warps[:, :, :2]))))
-    refine = Views(np.stack([r[2] for r in results]), apply_warp(refine_warps, landmarks),
-                   np.sqrt(np.abs(np.linalg.det(refine_warps[:, :, :2]))))
-    return locate, refine, kept
+    return Samples(np.array(paths, dtype=bytes), np.array(keys, dtype=bytes),
+                   np.asarray(landmarks, dtype=np.float64)[kept], tuple(size))
+
+
+def reduction(density: float, limit: int) -> int:
+    """The largest decode reduction (1, 2, 4, 8; <= limit) that keeps the decoded image at least
+    `density` times as dense as the full image needs (density: view px per full px, largest)."""
+    factor = 1
+    while factor * 2 <= limit and factor * 2 * density <= 1.0:
+        factor *= 2
+    return factor
+
+
+class ViewSet(Dataset):
+    """Items (epoch, i) -> both passes' inputs of image i, their landmark targets and scales.
+
+    Returns {'index', 'error' ('' when decoded), 'locate'/'refine': {'image' (S, S, 3) uint8,
+    'points' (K, 2) float32 input px, 'scale' view px per full-image px}}.
+    jitters: {'locate': Jitter, 'refine': Jitter} to augment (training), None for the plain views
+    (validation: locate on the whole image, refine centred on the GT landmarks).
+    flip_order: (K,) landmark mirror order (used only when flipping; None: flip_prob must be 0); max_reduce: the largest
+    decode reduction allowed (1: always decode at full size).
+    """
+
+    def __init__(self, samples: Samples, sizes: dict[str, int], margin: float, seed: int,
+                 jitters: dict[str, Jitter] | None = None, flip_order: np.ndarray | None = None,
+                 flip_prob: float = 0.0, max_reduce: int = 8):
+        self.samples, self.sizes, self.margin, self.seed = samples, dict(sizes), margin, seed
+        if flip_order is None and flip_prob > 0:
+            raise ValueError(f"flip_prob={flip_prob}: horizontal flips need a landmark flip order")
+        self.jitters, self.flip_order, self.flip_prob = jitters, flip_order, flip_prob
+        self.max_reduce = max_reduce
+        self.photometric = Photometric()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def warps(self, index: int, width: int, height: int, rng: np.random.Generator) -> dict[str, tuple]:
+        """{pass: (full image -> input warp (2, 3), view scale, flipped)} of sample `index`."""
+        out = {}
+        for name in PASSES:
+            size = self.sizes[name]
+            if name == "locate":
+                view, source = locate_warp(width, height, size), size
+            else:
+                source = source_size(size) if self.jitters else size
+                view = refine_warp(self.samples.landmarks[index], source, self.margin * source / size)
+            scale = float(np.sqrt(abs(np.linalg.det(view[:, :2]))))
+            flipped = False
+            if self.jitters:
+                view = compose(jitter_warp(rng, self.jitters[name], source, size), view)
+                flipped = bool(rng.random() < self.flip_prob)
+                if flipped:
+                    view = compose(flip_warp(size), view)
+            out[name] = view, scale, flipped
+        return out
+
+    def __getitem__(self, item: tuple[int, int]) -> dict:
+        epoch, index = item
+        path = self.samples.paths[index].decode()
+        landmarks = self.samples.landmarks[index]
+        rng = np.random.default_rng([self.seed, epoch, index])
+        colour_seeds = rng.integers(0, 2**31, len(PASSES))
+        stretch = max((j.scale for j in self.jitters.values()), default=1.0) if self.jitters else 1.0
+        # densest view, bounded before decoding: the image is at least as wide as the landmarks' box
+        side = max(float(np.ptp(landmarks, axis=0).max()), 1e-6)
+        density = max(self.sizes["locate"], self.sizes["refine"] / self.margin) / side
+        reduce = reduction(stretch * density, self.max_reduce)
+        out = {"index": index, "error": ""}
+        try:
+            image = read_image(path, self.samples.size, reduce=reduce)
+        except DataError as err:
+            image, out["error"] = None, str(err)
+        for k, (name, (warp, scale, flipped)) in enumerate(self.warps(index, *self.samples.size, rng).items()):
+            size = self.sizes[name]
+            points = apply_warp(warp, landmarks)
+            if flipped:
+                points = points[np.asarray(self.flip_order)]
+            if image is None:
+                pixels = np.zeros((size, size, 3), dtype=np.uint8)
+            else:
+                on_reduced = warp * np.array([reduce, reduce, 1.0])
+                pixels = warp_image(image, on_reduced, size)
+                if self.jitters:
+                    pixels = self.photometric(pixels, int(colour_seeds[k]))
+            out[name] = {"image": pixels, "points": points.astype(np.float32), "scale": scale}
+        return out

@@ -1,9 +1,11 @@
 """Training loop of the two detector passes (locate, refine), resumable from a per-epoch checkpoint.
 
-Both nets learn together, one batch of each per step, with one AdamW optimiser and a one-cycle
-schedule. The loss is the L1 distance between predicted and target landmarks in units of the
-input size. After each epoch: validation errors in full-image px (refine on views centred on
-the GT landmarks, i.e. without the locate pass), a dvclive step and a checkpoint.
+Both nets learn together, one batch of each per step on the same images, with one AdamW optimiser
+and a one-cycle schedule. The loss is the L1 distance between predicted and target landmarks in
+units of the input size. The images stream through a torch DataLoader with data.workers worker
+processes (stages/coarse/sources.py::ViewSet): nothing of the set's pixels is kept. After each
+epoch: validation errors in full-image px (refine on views centred on the GT landmarks, i.e.
+without the locate pass, streamed the same way), a dvclive step and a checkpoint.
 """
 from __future__ import annotations
 
@@ -11,19 +13,22 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+import cv2
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from stages.coarse.augment import Augmenter, Jitter
+from stages.coarse.augment import Jitter
 from stages.coarse.model import LandmarkNet
-from stages.coarse.sources import Views
+from stages.coarse.sources import PASSES, Samples, ViewSet
+from stages.common.badinput import BadInputs
 from stages.common.io import UnsafeCheckpointError, load_torch, save_torch
+from stages.wcpa.layout import DataError
 
 log = logging.getLogger(__name__)
-PASSES = ("locate", "refine")
 
 
 @dataclass(frozen=True)
@@ -58,32 +63,127 @@ def build_nets(cfg: TrainConfig, n_points: int) -> dict[str, LandmarkNet]:
             "refine": LandmarkNet(cfg.refine_backbone, n_points, cfg.pretrained, cfg.head_width)}
 
 
-def to_tensor(images: np.ndarray, dev: torch.device) -> torch.Tensor:
+def to_tensor(images: np.ndarray | torch.Tensor, dev: torch.device) -> torch.Tensor:
     """uint8 (B, S, S, 3) -> float (B, 3, S, S) in [0, 1] on `dev`."""
-    tensor = torch.from_numpy(np.ascontiguousarray(images)).to(dev, non_blocking=True)
+    if not isinstance(images, torch.Tensor):
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    tensor = images.to(dev, non_blocking=True)
     return tensor.permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def _batch(views: Views, index: np.ndarray, augment: Augmenter) -> tuple[np.ndarray, np.ndarray]:
-    pairs = [augment(views.images[i], views.landmarks[i]) for i in index]
-    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+class _Batches:
+    """The batch sampler of a Stream: whatever batches it was last given."""
+
+    def __init__(self):
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class Stream:
+    """A DataLoader over `views` whose `workers` processes (0: this process) start once and read,
+    in order, the batches (lists of (epoch, index) items) given to each `read`.
+
+    The workers persist from epoch to epoch (fresh train and val workers every epoch cost about
+    0.8 s an epoch on the demo data with 2 workers on 2 cores: fork of a >1 GB process, start-up,
+    the first batches' latency). They are
+    forked with OpenCV's thread pool at one thread: a child forked from a parent whose pool has
+    threads deadlocks in its first parallel OpenCV call (pthreads backend), and one thread per
+    worker is what the workers want anyway. The parent's setting is restored.
+    """
+
+    def __init__(self, views: ViewSet, workers: int):
+        self.views, self.workers, self.sampler = views, workers, _Batches()
+        self.data = DataLoader(views, batch_sampler=self.sampler, num_workers=workers,
+                               persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+
+    def read(self, batches: list[list[tuple[int, int]]]) -> Iterator[dict]:
+        self.sampler.batches = batches
+        threads = cv2.getNumThreads()
+        if self.workers:
+            cv2.setNumThreads(1)
+        try:
+            stream = iter(self.data)          # forks the workers (the first time)
+        finally:
+            cv2.setNumThreads(threads)
+        return stream
+
+
+def loader(views: ViewSet, batches: list[list[tuple[int, int]]], workers: int) -> Iterator[dict]:
+    """Batches of `views` items, each batch a list of (epoch, index) items, read in order by
+    `workers` processes (0: in this process) started for these batches alone."""
+    return Stream(views, workers).read(batches)
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[tuple[int, int]]]:
+    """The training batches of `epoch`: a seeded permutation cut into full batches (all of it
+    when shorter than one batch), as (epoch, index) items."""
+    order = np.random.default_rng(seed + epoch).permutation(n)
+    batches = [order[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)] or [order]
+    return [[(epoch, int(i)) for i in index] for index in batches]
+
+
+def take(batch: dict, samples: Samples, bad: BadInputs | None) -> dict | None:
+    """A loaded batch without its undecodable samples: a decode error stops with the file's name,
+    or with data.skip_bad the sample is recorded once in `bad` and dropped (None: none left)."""
+    failed = [i for i, error in enumerate(batch["error"]) if error]
+    if not failed:
+        return batch
+    for i in failed:
+        key = samples.key(int(batch["index"][i]))
+        if bad is None or not bad.skip:
+            raise DataError(batch["error"][i])
+        if key not in bad.keys:
+            bad.add_error(key, DataError(batch["error"][i]))
+    keep = torch.from_numpy(np.array([not e for e in batch["error"]]))
+    if not keep.any():
+        return None
+    return {"index": batch["index"][keep],
+            **{name: {k: v[keep] for k, v in batch[name].items()} for name in PASSES}}
+
+
+def step(nets: dict[str, LandmarkNet], batch: dict, sizes: dict[str, int], optimiser, schedule, scaler) -> float:
+    """One training step of both nets on a loaded batch -> its loss."""
+    dev = next(nets["refine"].parameters()).device
+    loss = 0.0
+    for name in PASSES:
+        with torch.autocast(dev.type, enabled=dev.type == "cuda"):
+            pred = nets[name](to_tensor(batch[name]["image"], dev))
+        target = batch[name]["points"].to(dev, torch.float32)
+        loss = loss + (pred.float() - target).abs().mean() / sizes[name]
+    optimiser.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimiser)
+    scaler.update()
+    schedule.step()
+    return float(loss.detach())
 
 
 @torch.no_grad()
-def view_errors(net: LandmarkNet, views: Views, size: int, batch_size: int) -> np.ndarray:
-    """Per-point errors (N, K) in full-image px of `net` on the centre (size x size) of `views`."""
-    net.eval()
-    dev = next(net.parameters()).device
-    offset = (views.images.shape[1] - size) // 2
-    errors = []
-    for start in range(0, len(views.images), batch_size):
-        chunk = slice(start, start + batch_size)
-        images = views.images[chunk, offset:offset + size, offset:offset + size]
-        with torch.autocast(dev.type, enabled=dev.type == "cuda"):
-            pred = net(to_tensor(images, dev)).float().cpu().numpy()
-        target = views.landmarks[chunk] - offset
-        errors.append(np.linalg.norm(pred - target, axis=-1) / views.scale[chunk, None])
-    return np.concatenate(errors)
+def view_errors(nets: dict[str, LandmarkNet], stream: Stream, batch_size: int,
+                bad: BadInputs | None = None) -> dict[str, np.ndarray]:
+    """{pass: per-point errors (N, K) in full-image px of its net on the plain views of `stream`}."""
+    for net in nets.values():
+        net.eval()
+    dev = next(nets["refine"].parameters()).device
+    n = len(stream.views)
+    batches = [[(0, i) for i in range(start, min(start + batch_size, n))] for start in range(0, n, batch_size)]
+    errors = {name: [] for name in PASSES}
+    for batch in stream.read(batches):
+        batch = take(batch, stream.views.samples, bad)
+        if batch is None:
+            continue
+        for name in PASSES:
+            with torch.autocast(dev.type, enabled=dev.type == "cuda"):
+                pred = nets[name](to_tensor(batch[name]["image"], dev)).float().cpu().numpy()
+            target = batch[name]["points"].numpy()
+            scale = batch[name]["scale"].numpy()
+            errors[name].append(np.linalg.norm(pred - target, axis=-1) / scale[:, None])
+    return {name: np.concatenate(e) for name, e in errors.items()}
 
 
 class Checkpoint:
@@ -112,39 +212,41 @@ class Checkpoint:
         save_torch({**state, "fingerprint": self.fingerprint}, self.path)
 
 
-def train(cfg: TrainConfig, train_views: dict[str, Views], val_views: dict[str, Views],
-          flip_order: np.ndarray | None, checkpoint: Checkpoint, live) -> dict[str, LandmarkNet]:
+def train(cfg: TrainConfig, train_samples: Samples, val_samples: Samples, flip_order: np.ndarray | None,
+          checkpoint: Checkpoint, live, workers: int = 0, bad: BadInputs | None = None) -> dict[str, LandmarkNet]:
     """Train both passes for cfg.epochs, resuming from `checkpoint` when it matches.
 
-    train_views / val_views: {'locate': Views, 'refine': Views} (refine = wider source views).
-    flip_order: (K,) landmark mirror order, or None when cfg.flip_prob is 0.
-    live: a dvclive.Live (or None). Returns the nets, on the training device, in eval mode.
+    train_samples / val_samples: the splits' images and GT landmarks (stages/coarse/sources.py),
+    streamed through `workers` loader processes. flip_order: (K,) landmark mirror order, passed
+    through to the augmentation (None when cfg.flip_prob is 0). bad: where undecodable images go with data.skip_bad (None: they
+    stop); its records are kept in the checkpoint. live: a dvclive.Live (or None).
+    Returns the nets, on the training device, in eval mode.
     """
     dev = device()
-    n_points = train_views["refine"].landmarks.shape[1]
+    n_points = train_samples.landmarks.shape[1]
     nets = build_nets(cfg, n_points)
     for net in nets.values():
         net.to(dev)
     params = [p for net in nets.values() for p in net.parameters()]
     optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    n_train = len(train_views["refine"].images)
-    steps = cfg.epochs * max(n_train // cfg.batch_size, 1)
+    steps = cfg.epochs * max(len(train_samples) // cfg.batch_size, 1)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, cfg.lr, total_steps=steps, pct_start=0.15)
     scaler = torch.amp.GradScaler(dev.type, enabled=dev.type == "cuda")
-    first_epoch = _resume(checkpoint, nets, optimiser, schedule, scaler)
+    first_epoch = _resume(checkpoint, nets, optimiser, schedule, scaler, bad)
     sizes = {"locate": cfg.locate_size, "refine": cfg.refine_size}
     jitters = {"locate": cfg.locate_jitter, "refine": cfg.refine_jitter}
+    train_stream = Stream(ViewSet(train_samples, sizes, cfg.refine_margin, cfg.seed, jitters, flip_order,
+                                  cfg.flip_prob), workers)
+    val_stream = Stream(ViewSet(val_samples, sizes, cfg.refine_margin, cfg.seed), workers)
     for epoch in range(first_epoch, cfg.epochs):
         started = time.perf_counter()
-        augment = {name: Augmenter(sizes[name], jitters[name], flip_order, cfg.flip_prob,
-                                   cfg.seed + 1000 * epoch + k) for k, name in enumerate(PASSES)}
-        loss = _epoch(nets, train_views, augment, sizes, cfg, optimiser, schedule, scaler, epoch)
+        loss = _epoch(nets, train_stream, sizes, cfg, optimiser, schedule, scaler, epoch, bad=bad)
         metrics = {"train/loss": loss, "lr": schedule.get_last_lr()[0],
                    "epoch_seconds": time.perf_counter() - started}
+        errors = view_errors(nets, val_stream, 2 * cfg.batch_size, bad)
         for name in PASSES:
-            errors = view_errors(nets[name], val_views[name], sizes[name], 2 * cfg.batch_size)
-            metrics[f"val/{name}_median_px"] = float(np.median(errors))
-            metrics[f"val/{name}_p95_px"] = float(np.percentile(errors, 95))
+            metrics[f"val/{name}_median_px"] = float(np.median(errors[name]))
+            metrics[f"val/{name}_p95_px"] = float(np.percentile(errors[name], 95))
         log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs,
                  ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
         if live is not None:
@@ -153,14 +255,16 @@ def train(cfg: TrainConfig, train_views: dict[str, Views], val_views: dict[str, 
             live.next_step()
         checkpoint.save({"epoch": epoch + 1, "nets": {k: n.state_dict() for k, n in nets.items()},
                          "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
-                         "scaler": scaler.state_dict(), "metrics": metrics})
+                         "scaler": scaler.state_dict(), "metrics": metrics,
+                         "bad": list(bad.records) if bad is not None else []})
     for net in nets.values():
         net.eval()
     return nets
 
 
-def _resume(checkpoint: Checkpoint, nets, optimiser, schedule, scaler) -> int:
-    """Load the checkpoint's state into the objects -> the epoch to start from."""
+def _resume(checkpoint: Checkpoint, nets, optimiser, schedule, scaler, bad: BadInputs | None = None) -> int:
+    """Load the checkpoint's state into the objects (and the images found undecodable before it
+    into `bad`) -> the epoch to start from."""
     state = checkpoint.load()
     if state is None:
         return 0
@@ -169,31 +273,28 @@ def _resume(checkpoint: Checkpoint, nets, optimiser, schedule, scaler) -> int:
     optimiser.load_state_dict(state["optimiser"])
     schedule.load_state_dict(state["schedule"])
     scaler.load_state_dict(state["scaler"])
+    if bad is not None:
+        known = bad.keys
+        for record in state.get("bad", []):
+            if record["key"] not in known:
+                bad.add(record["key"], record["file"], record["reason"])
     log.info("resuming after epoch %d from %s", state["epoch"], checkpoint.path)
     return int(state["epoch"])
 
 
-def _epoch(nets, views, augment, sizes, cfg: TrainConfig, optimiser, schedule, scaler, epoch: int) -> float:
-    """One pass over the training views -> mean loss."""
-    dev = next(nets["refine"].parameters()).device
+def _epoch(nets, stream: Stream, sizes, cfg: TrainConfig, optimiser, schedule, scaler, epoch: int,
+           bad: BadInputs | None = None) -> float:
+    """One pass over the training set -> mean loss."""
     for net in nets.values():
         net.train()
-    order = np.random.default_rng(cfg.seed + epoch).permutation(len(views["refine"].images))
-    batches = [order[i:i + cfg.batch_size] for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size)]
-    batches = batches or [order]
-    total = 0.0
-    for index in tqdm(batches, desc=f"epoch {epoch + 1}", unit="batch", leave=False):
-        loss = 0.0
-        for name in PASSES:
-            images, target = _batch(views[name], index, augment[name])
-            with torch.autocast(dev.type, enabled=dev.type == "cuda"):
-                pred = nets[name](to_tensor(images, dev))
-            target = torch.from_numpy(target).to(dev, torch.float32)
-            loss = loss + (pred.float() - target).abs().mean() / sizes[name]
-        optimiser.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimiser)
-        scaler.update()
-        schedule.step()
-        total += float(loss.detach())
-    return total / len(batches)
+    batches = epoch_batches(len(stream.views), cfg.batch_size, cfg.seed, epoch)
+    total, count = 0.0, 0
+    for batch in tqdm(stream.read(batches), total=len(batches), desc=f"epoch {epoch + 1}",
+                      unit="batch", leave=False):
+        batch = take(batch, stream.views.samples, bad)
+        if batch is None:
+            schedule.step()
+            continue
+        total += step(nets, batch, sizes, optimiser, schedule, scaler)
+        count += 1
+    return total / max(count, 1)

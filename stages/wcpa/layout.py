@@ -105,20 +105,27 @@ def sample_key(row) -> str:
     return f"{row.subject_id}/{row.facial_action}/{row.img_id}"
 
 
-def read_image(path: Path | str, size: tuple[int, int] | None = None, rgb: bool = True) -> np.ndarray:
+REDUCED_READS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+                 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def read_image(path: Path | str, size: tuple[int, int] | None = None, rgb: bool = True,
+               reduce: int = 1) -> np.ndarray:
     """A JPEG -> (H, W, 3) uint8 RGB. size: the data set's (width, height) in px (the camera's
     `size`); an image of another size is a DataError naming the file and both sizes. rgb False:
     OpenCV's BGR order as decoded (a caller that only resamples the image can convert the small
-    result instead: the same pixels, without a full-resolution conversion)."""
+    result instead: the same pixels, without a full-resolution conversion). reduce 2, 4 or 8:
+    decoded at that fraction of its size by libjpeg's scaled IDCT -> (ceil(H / reduce),
+    ceil(W / reduce), 3), for a caller that needs no more detail."""
     path = Path(path)
     data = np.fromfile(path, dtype=np.uint8) if path.exists() else None
     if data is None:
         raise DataError(f"{path}: image not found")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    image = cv2.imdecode(data, REDUCED_READS[reduce]) if data.size else None
     if image is None:
         raise DataError(f"{path}: not a decodable image (corrupt or empty)")
-    if size is not None and (image.shape[1], image.shape[0]) != tuple(size):
-        raise DataError(f"{path}: image is {image.shape[1]}x{image.shape[0]}, "
+    if size is not None and image.shape[:2] != (-(-size[1] // reduce), -(-size[0] // reduce)):
+        raise DataError(f"{path}: image is {image.shape[1] * reduce}x{image.shape[0] * reduce}, "
                         f"the data set's images are {size[0]}x{size[1]}")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if rgb else image
 

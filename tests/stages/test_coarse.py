@@ -5,6 +5,7 @@ import re
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -68,7 +69,7 @@ def epochs_trained(params, tmp, split_dir, monkeypatch) -> list[int]:
     """Run coarse_train to the end -> the epochs it trained (those it did not resume past)."""
     epochs = []
     run_epoch = train_module._epoch
-    monkeypatch.setattr(train_module, "_epoch", lambda *a: epochs.append(a[-1]) or run_epoch(*a))
+    monkeypatch.setattr(train_module, "_epoch", lambda *a, **k: epochs.append(a[-1]) or run_epoch(*a, **k))
     coarse_train.run(params, tmp / "coarse_train", split_dir)
     return epochs
 
@@ -93,14 +94,15 @@ def test_a_checkpoint_of_other_data_at_the_same_root_is_not_resumed(tiny, monkey
 
 
 def _record_augmenters(monkeypatch) -> list:
-    """Patch the training's Augmenter to record (flip_order, flip_prob) of each one made."""
-    made, make = [], train_module.Augmenter
+    """Patch the training's ViewSet to record (flip_order, flip_prob) of each augmenting one made."""
+    made, make = [], train_module.ViewSet
 
-    def recording(size, jitter, flip_order, flip_prob, seed):
-        made.append((flip_order, flip_prob))
-        return make(size, jitter, flip_order, flip_prob, seed)
+    def recording(samples, sizes, margin, seed, jitters=None, flip_order=None, flip_prob=0.0, **kwargs):
+        if jitters:
+            made.append((flip_order, flip_prob))
+        return make(samples, sizes, margin, seed, jitters, flip_order, flip_prob, **kwargs)
 
-    monkeypatch.setattr(train_module, "Augmenter", recording)
+    monkeypatch.setattr(train_module, "ViewSet", recording)
     return made
 
 
@@ -167,3 +169,23 @@ def test_an_image_of_another_size_stops_prediction_naming_it_or_is_skipped(tiny)
     test = np.load(tmp / "coarse_predict/test.npy")
     assert np.isnan(test[1]).all() and np.isfinite(test[[0, 2]]).all()
     assert str(path) in (tmp / "coarse_predict/skipped.csv").read_text()
+
+
+def test_bad_images_stop_or_are_skipped_once(tiny):
+    params, tmp, split_dir = tiny
+    table = read_list(split_dir / "train.csv")
+    corrupt, empty = (image_path(params["data"]["root"], row) for row in list(table.itertuples(index=False))[2:4])
+    corrupt.write_bytes(b"not a jpeg")          # found while streaming, in every epoch
+    original = empty.read_bytes()
+    empty.write_bytes(b"")                       # found up front
+    with pytest.raises(DataError, match=empty.name):
+        coarse_train.run(params, tmp / "coarse_train", split_dir)
+    empty.write_bytes(original)
+    with pytest.raises(DataError, match=corrupt.name):
+        coarse_train.run(params, tmp / "coarse_train", split_dir)
+    empty.write_bytes(b"")
+    params["data"].update(skip_bad=True, max_bad_fraction=0.5)
+    coarse_train.run(params, tmp / "coarse_train", split_dir)
+    skipped = pd.read_csv(tmp / "coarse_train/skipped.csv")
+    assert sorted(skipped["file"]) == sorted([str(corrupt), str(empty)])
+    assert json.loads((tmp / "coarse_train/metrics.json").read_text())["train_samples"] == 6

@@ -1,10 +1,12 @@
 """Landmark mirror order: from the mesh, else the iBUG-68 table, else None (flips off)."""
 import logging
 
+import cv2
 import numpy as np
 import pytest
 
-from stages.coarse.augment import Augmenter, Jitter
+from stages.coarse.augment import Jitter
+from stages.coarse.sources import Samples, ViewSet
 from stages.coarse.targets import landmark_flip_order
 from stages.face import ibug68
 from stages.face.mesh import flip_permutation, kpt_flip_permutation
@@ -62,12 +64,18 @@ def test_asymmetric_mesh_with_other_landmarks_gives_none_and_says_why(caplog):
     assert "6 landmarks are not the iBUG-68 set" in caplog.text and "flips are off" in caplog.text
 
 
-def test_augmenter_without_an_order_refuses_flips_and_runs_without():
+def test_training_views_without_an_order_refuse_flips_and_run_without(tmp_path):
+    path = tmp_path / "0.jpg"
+    cv2.imwrite(str(path), np.zeros((64, 64, 3), np.uint8))
+    samples = Samples(np.array([str(path).encode()]), np.array([b"s/a/0"]),
+                      np.random.default_rng(0).uniform(20, 44, (1, 6, 2)), (64, 64))
+    jitters = {name: Jitter(0.0, 1.0, 0.0) for name in ("locate", "refine")}
+    sizes = {"locate": 32, "refine": 32}
     with pytest.raises(ValueError, match="flip order"):
-        Augmenter(32, Jitter(0.0, 1.0, 0.0), None, 0.5, seed=0)
-    augment = Augmenter(32, Jitter(0.0, 1.0, 0.0), None, 0.0, seed=0)
-    image, points = augment(np.zeros((32, 32, 3), np.uint8), np.full((6, 2), 16.0))
-    assert image.shape == (32, 32, 3) and points.shape == (6, 2)
+        ViewSet(samples, sizes, 1.2, 0, jitters, None, 0.5)
+    item = ViewSet(samples, sizes, 1.2, 0, jitters, None, 0.0)[(0, 0)]
+    assert item["error"] == "" and item["refine"]["image"].shape == (32, 32, 3)
+    assert item["refine"]["points"].shape == (6, 2)
 
 
 def _basis(template: np.ndarray):

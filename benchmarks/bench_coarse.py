@@ -1,0 +1,145 @@
+"""coarse_train's streamed training steps against the same batches already in memory (issue 17).
+
+rate (default): reference (same process, same nets, optimiser and batches): the training step of
+stage coarse_train (both passes, forward, L1 loss, backward, AdamW, one-cycle) on batches
+materialised in memory beforehand; measured: the same step with its batch read through the
+stage's DataLoader and its data.workers processes (decode, one warp per view, colour augmentation).
+Both run in interleaved rounds, every step timed; the rates come from the median step times.
+The issue's bar: measured / reference >= 0.85.
+
+stage: the whole stage on --images N training images (and N / 4 validation images), for peak
+memory under /usr/bin/time -v; when the data root lists fewer images, list rows are repeated
+(the same files read again: decode and memory per image are the same).
+
+    python -m benchmarks.bench_coarse [rate] [--steps 10] [--rounds 5] [--split artifacts/split]
+        [--set coarse_train.batch_size=32 data.workers=2 ...]
+    /usr/bin/time -v python -m benchmarks.bench_coarse stage --images 1000 [--epochs 1]
+
+Needs the data root (data.root) and the split lists (dvc repro split).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from stages import coarse_train
+from stages.coarse.sources import ViewSet, list_samples
+from stages.coarse.targets import load_targets
+from stages.coarse.train import build_nets, device, epoch_batches, loader, step
+from stages.common.badinput import BadInputs
+from stages.common.params import apply_overrides, load_params
+from stages.wcpa.layout import load_resources, read_list, write_list
+
+
+def timed_steps(run, batches, steps: int) -> tuple[list[float], list[float]]:
+    """Seconds of each of `steps` calls of run(batch) with batches from the iterator `batches`,
+    the batch's loading included, and of the loading alone."""
+    times, loading = [], []
+    for _ in range(steps):
+        start = time.perf_counter()
+        batch = next(batches)
+        loaded = time.perf_counter()
+        run(batch)
+        times.append(time.perf_counter() - start)
+        loading.append(loaded - start)
+    return times, loading
+
+
+def streamed(views: ViewSet, batch_size: int, seed: int, workers: int, epoch: int, steps: int):
+    """The first `steps` training batches of `epoch` through the stage's loader: workers started
+    afresh (as each epoch of the stage does) and gone once read, so that none works in the
+    background of the reference's rounds nor has batches ready at the start of a round."""
+    return iter(loader(views, epoch_batches(len(views), batch_size, seed, epoch)[:steps], workers))
+
+
+def rate(args: argparse.Namespace, params: dict) -> None:
+    cfg, workers = coarse_train.train_config(params), params["data"]["workers"]
+    root = params["data"]["root"]
+    resources = load_resources(root)
+    table = read_list(Path(args.split) / "train.csv")
+    bad = BadInputs(skip=False, max_fraction=0.0)
+    landmarks, kept = load_targets(root, table, resources, bad)
+    samples = list_samples(root, table.iloc[kept], landmarks, resources.camera.size, bad)
+    sizes = {"locate": cfg.locate_size, "refine": cfg.refine_size}
+    views = ViewSet(samples, sizes, cfg.refine_margin, cfg.seed,
+                    {"locate": cfg.locate_jitter, "refine": cfg.refine_jitter},
+                    coarse_train.landmark_flip_order(resources), cfg.flip_prob)
+    nets = build_nets(cfg, samples.landmarks.shape[1])
+    for net in nets.values():
+        net.to(device()).train()
+    params_ = [p for net in nets.values() for p in net.parameters()]
+    optimiser = torch.optim.AdamW(params_, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = (args.rounds * 2 + 1) * args.steps + 2
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, cfg.lr, total_steps=total, pct_start=0.15)
+    scaler = torch.amp.GradScaler(device().type, enabled=device().type == "cuda")
+
+    def run(batch):
+        step(nets, batch, sizes, optimiser, schedule, scaler)
+
+    print(f"{cfg.locate_backbone} {cfg.locate_size} px + {cfg.refine_backbone} {cfg.refine_size} px, "
+          f"batch {cfg.batch_size}, {len(samples)} training images, workers {workers}, "
+          f"torch threads {torch.get_num_threads()}, device {device()}")
+    held = list(streamed(views, cfg.batch_size, cfg.seed, workers, 0, args.steps))   # the reference's batches
+    in_memory = itertools.cycle(held)
+    timed_steps(run, in_memory, 2)                         # warm-up
+    reference, full, loading = [], [], []
+    for epoch in range(args.rounds):        # interleaved, so that both see the same machine load
+        reference += timed_steps(run, in_memory, args.steps)[0]
+        times, loads = timed_steps(run, streamed(views, cfg.batch_size, cfg.seed, workers, epoch, args.steps),
+                                   args.steps)
+        full += times
+        loading += loads
+    reference_rate, full_rate = cfg.batch_size / np.median(reference), cfg.batch_size / np.median(full)
+    print(f"{args.rounds} rounds of {args.steps} steps each; rates from the median step time "
+          f"(quartiles: reference {np.percentile(reference, 25) * 1e3:.1f}-{np.percentile(reference, 75) * 1e3:.1f} ms, "
+          f"streamed {np.percentile(full, 25) * 1e3:.1f}-{np.percentile(full, 75) * 1e3:.1f} ms)")
+    print(f"reference (batches already in memory):      {reference_rate:7.1f} img/s")
+    print(f"streamed (DataLoader, {workers} workers):             {full_rate:7.1f} img/s")
+    print(f"ratio streamed / reference: {full_rate / reference_rate:.3f}  (mean-time ratio "
+          f"{np.mean(reference) / np.mean(full):.3f})")
+    print(f"medians: streamed step {np.median(full) * 1e3:.1f} ms, of which waiting for the batch "
+          f"{np.median(loading) * 1e3:.1f} ms; reference step {np.median(reference) * 1e3:.1f} ms")
+
+
+def repeated(table: pd.DataFrame, count: int) -> pd.DataFrame:
+    """`count` rows of `table`, repeated as often as needed."""
+    return table.iloc[np.arange(count) % len(table)].reset_index(drop=True)
+
+
+def stage(args: argparse.Namespace, params: dict) -> None:
+    lists = Path(f"artifacts/bench_coarse/lists_{args.images}")
+    for split, count in (("train", args.images), ("val", max(args.images // 4, 1))):
+        write_list(lists / f"{split}.csv", repeated(read_list(Path(args.split) / f"{split}.csv"), count))
+    params["coarse_train"]["epochs"] = args.epochs
+    start = time.perf_counter()
+    metrics = coarse_train.run(params, Path(f"artifacts/bench_coarse/out_{args.images}"), lists)
+    print(f"{args.images} training images, {args.epochs} epoch(s): {time.perf_counter() - start:.1f} s, "
+          f"val refine median {metrics['val/refine_median_px']:.2f} px")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", nargs="?", default="rate", choices=["rate", "stage"])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--set", nargs="*", default=[], help="section.key=value overrides")
+    parser.add_argument("--split", default="artifacts/split", help="folder of train.csv and val.csv")
+    parser.add_argument("--steps", type=int, default=10, help="rate: steps of each per round")
+    parser.add_argument("--rounds", type=int, default=5, help="rate: interleaved rounds")
+    parser.add_argument("--images", type=int, default=1000, help="stage: training images")
+    parser.add_argument("--epochs", type=int, default=1, help="stage: epochs")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    params = load_params(args.params)
+    apply_overrides(params, args.set)
+    (rate if args.mode == "rate" else stage)(args, params)
+
+
+if __name__ == "__main__":
+    main()
