@@ -53,9 +53,10 @@ def timed_steps(run, batches, steps: int) -> tuple[list[float], list[float]]:
 
 
 def streamed(views: ViewSet, batch_size: int, seed: int, workers: int, epoch: int, steps: int):
-    """The first `steps` training batches of `epoch` through the stage's loader: workers started
-    afresh (as each epoch of the stage does) and gone once read, so that none works in the
-    background of the reference's rounds nor has batches ready at the start of a round."""
+    """The first `steps` training batches of `epoch` through the stage's loader, its workers
+    started afresh and gone once read, so that none works in the background of the reference's
+    rounds nor has batches ready at the start of a round (the stage keeps its workers across
+    epochs: a round's first steps here wait for the start-up; the median leaves them out)."""
     return iter(loader(views, epoch_batches(len(views), batch_size, seed, epoch)[:steps], workers))
 
 
