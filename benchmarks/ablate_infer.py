@@ -23,11 +23,10 @@ import pandas as pd
 
 from stages.common.params import load_params, section
 from stages.face.pca import PCABasis
-from stages.infer import settings_of
 from stages.nets.checkpoint import Expected, load_network, used_inputs
 from stages.nets.dataset import CropStore
 from stages.nets.flipmerge import FLIP_MERGE_MODES
-from stages.nets.inference import Fallback, apply_fallback, batch_predictions, mean_pose, network_outputs, skipped_rows
+from stages.nets.inference import Fallback, InferSettings, apply_fallback, batch_predictions, mean_pose, network_outputs, skipped_rows
 from stages.nets.poses import solve_poses
 from stages.pnp.opencv import METHODS
 from stages.wcpa.layout import load_resources
@@ -76,7 +75,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     params = load_params(args.params)
     cfg, train = section(params, "infer"), section(params, "train")
-    settings = settings_of(cfg)
+    settings = InferSettings.of(cfg)
     resources = load_resources(section(params, "data").root)
     store = CropStore.open(ARTIFACTS / "crop" / "val")
     basis = PCABasis.load(ARTIFACTS / "pca" / "basis.npz")

@@ -30,11 +30,10 @@ from stages.face.mesh import flip_permutation
 from stages.face.warp import apply_warp, invert_warp, similarity
 from stages.nets.backbone import build_backbone
 from stages.nets.dataset import CropStore
-from stages.nets.inference import predict_store
+from stages.nets.inference import InferSettings, predict_store
 from stages.nets.model import FaceNet, NetConfig
 from stages.wcpa.camera import rt_from_euler
 from stages.wcpa.layout import load_resources
-from stages.infer import settings_of
 
 N_COMPONENTS = 40
 FACE_DISTANCE_M = 0.53
@@ -120,7 +119,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     params = load_params(args.params)
     train, infer_cfg = section(params, "train"), section(params, "infer")
-    settings = settings_of(infer_cfg)
+    settings = InferSettings.of(infer_cfg)
     settings = replace(settings, pnp=args.pnp or settings.pnp, flip_merge=args.flip_merge or settings.flip_merge)
     resources = load_resources(params["data"]["root"])
     crop = params["crop"]["size"]

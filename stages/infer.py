@@ -14,7 +14,6 @@ import argparse
 import logging
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -23,7 +22,7 @@ from stages.common.params import PARAMS_FILE, load_params, section
 from stages.face.pca import PCABasis, load_flip_perm
 from stages.nets.checkpoint import Expected, load_network, used_inputs
 from stages.nets.dataset import CropStore
-from stages.nets.inference import Fallback, InferSettings, infer_split, mean_pose, pick_device
+from stages.nets.inference import Fallback, InferSettings, infer_split, mean_pose
 from stages.wcpa.layout import list_path, load_resources, read_list
 from stages.wcpa.predictions import save_predictions
 
@@ -43,12 +42,6 @@ def split_list(params: dict, split: str) -> pd.DataFrame:
     raise ValueError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
 
 
-def settings_of(cfg: SimpleNamespace) -> InferSettings:
-    return InferSettings(batch_size=cfg.batch_size, flip_merge=cfg.flip_merge, pnp=cfg.pnp,
-                         pnp_flags=cfg.pnp_flags, device=pick_device(cfg.device), amp=cfg.amp,
-                         workers=cfg.workers, max_pnp_failures=cfg.max_pnp_failures)
-
-
 def run(params: dict, split: str, artifacts: Path = ARTIFACTS) -> dict[str, np.ndarray]:
     """Predict one split and write artifacts/infer/predictions_<split>.npz; returns the arrays."""
     cfg, train = section(params, "infer"), section(params, "train")
@@ -64,7 +57,7 @@ def run(params: dict, split: str, artifacts: Path = ARTIFACTS) -> dict[str, np.n
                          used_inputs(store.run, basis_path))
     fallback = Fallback(verts=basis.mean.astype(np.float32),
                         R_t=mean_pose(np.load(artifacts / "pca" / "poses_train.npy")))
-    settings = settings_of(cfg)
+    settings = InferSettings.of(cfg)
     log.info("%s: %d crops, checkpoint %s, flip_merge=%s, pnp=%s, device %s", split, len(store), checkpoint,
              settings.flip_merge, settings.pnp, settings.device)
     started = time.perf_counter()

@@ -51,7 +51,6 @@ from stages.face.frontal import crop_warps, reference_shape
 from stages.face.mesh import write_obj
 from stages.face.pca import PCABasis
 from stages.face.warp import invert_warp, warp_image
-from stages.infer import settings_of
 from stages.nets.checkpoint import CheckpointError, Expected, load_network
 from stages.nets.inference import InferSettings, predict_crops
 from stages.nets.model import FaceNet
@@ -151,7 +150,7 @@ def load_pipeline(params: dict, artifacts: Path = ARTIFACTS, **gate: float) -> P
     """Detector, network and settings from params and artifacts; `gate`: min_inside, max_shift."""
     data, crop, coarse = section(params, "data"), section(params, "crop"), section(params, "coarse_predict")
     resources = load_resources(data.root)
-    settings = settings_of(section(params, "infer"))
+    settings = InferSettings.of(section(params, "infer"))
     detector = load_detector(artifacts / "coarse_train" / "model.pt", settings, data.workers, coarse.amp)
     model, perm = load_model(params, artifacts, resources)
     reference = reference_shape(resources.template, resources.kpt_ind, crop.size, crop.margin)

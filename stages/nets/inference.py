@@ -57,6 +57,13 @@ class InferSettings:
     workers: int        # PnP threads
     max_pnp_failures: float = 0.0   # fraction of usable rows whose PnP may fail (they get the fallback pose)
 
+    @classmethod
+    def of(cls, cfg) -> "InferSettings":
+        """From the infer params section (a namespace of infer.*)."""
+        return cls(batch_size=cfg.batch_size, flip_merge=cfg.flip_merge, pnp=cfg.pnp, pnp_flags=cfg.pnp_flags,
+                   device=pick_device(cfg.device), amp=cfg.amp, workers=cfg.workers,
+                   max_pnp_failures=cfg.max_pnp_failures)
+
 
 @dataclass(frozen=True)
 class Fallback:
