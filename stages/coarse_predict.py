@@ -30,6 +30,7 @@ from stages.wcpa.layout import DataError, image_path, load_resources, read_image
 
 log = logging.getLogger("coarse_predict")
 SPLITS = ("train", "val", "test")
+FOLDER_README = "README.md"   # in git: crop's dep on this folder must exist without the detector (dvc.yaml)
 
 
 def _read_or_error(path: Path, size: tuple[int, int]) -> np.ndarray | DataError:
@@ -108,7 +109,7 @@ def run(params: dict, out: Path = Path("artifacts/coarse_predict"),
         pred = landmarks[split][kept]
         valid = np.isfinite(pred).all((-1, -2))
         metrics[split] = error_summary(pred[valid], target[valid])
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, keep=(FOLDER_README,)) as tmp:
         for split in SPLITS:
             np.save(tmp / f"{split}.npy", landmarks[split])
         save_json(tmp / "metrics.json", metrics)

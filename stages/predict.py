@@ -27,6 +27,7 @@ Per image <stem> (folders: their image files, not recursive), written atomically
                         (the network's, flip-merged), coarse68 (68, 2) full px (the detector's),
                         sigma (V,) full px, proj (4, 4), image_size (width, height)
   <stem>_overlay.png    the projected mesh (white) and the 68 landmarks (green) over the image
+                        (not with --no-overlay)
 """
 from __future__ import annotations
 
@@ -205,8 +206,9 @@ def predict_batch(pipeline: Pipeline, images: list[np.ndarray], paths: list[Path
                    **{key: value[row] for key, value in pred.items()}}
 
 
-def write_outputs(out: Path, result: dict, resources: Resources) -> None:
-    """The files of one image (module doc) from a predict_batch result."""
+def write_outputs(out: Path, result: dict, resources: Resources, overlay: bool = True) -> None:
+    """The files of one image (module doc) from a predict_batch result; overlay False: without
+    the overlay PNG (its encoding is ~25 ms of an 800x800 image, the largest cost per image)."""
     stem, R_t, verts = result["path"].stem, result["R_t"], result["verts"]
     camera = result["camera"]
     landmarks68 = result["landmarks"][resources.kpt_ind]
@@ -219,8 +221,9 @@ def write_outputs(out: Path, result: dict, resources: Resources) -> None:
     save_npz(out / f"{stem}.npz", R_t=R_t, verts=verts, landmarks=result["landmarks"], landmarks68=landmarks68,
              coarse68=result["coarse68"], sigma=result["sigma"], proj=camera.proj,
              image_size=np.array([camera.width, camera.height]))
-    overlay = draw_wireframe(result["image"], camera.project(verts, R_t), resources.faces)
-    save_png(out / f"{stem}_overlay.png", draw_points(overlay, landmarks68))
+    if overlay:
+        drawn = draw_wireframe(result["image"], camera.project(verts, R_t), resources.faces)
+        save_png(out / f"{stem}_overlay.png", draw_points(drawn, landmarks68))
 
 
 def read_or_stop(path: Path) -> np.ndarray:
@@ -242,8 +245,10 @@ def batches(paths: list[Path], size: int, pool: ThreadPoolExecutor) -> Iterator[
 
 
 def run(params: dict, inputs: list[Path | str], out: Path | str, focal: float | None = None,
-        fov: float | None = None, artifacts: Path = ARTIFACTS, **gate: float) -> dict[str, float]:
-    """Predict every image of `inputs` into `out`; returns {"images", "seconds", "images_per_second"}."""
+        fov: float | None = None, artifacts: Path = ARTIFACTS, overlay: bool = True,
+        **gate: float) -> dict[str, float]:
+    """Predict every image of `inputs` into `out` (files written by data.workers threads while the
+    next batch runs); returns {"images", "seconds", "images_per_second"}."""
     if focal is not None and fov is not None:
         raise PredictError("give --focal or --fov, not both")
     paths = list_images(inputs)
@@ -252,11 +257,11 @@ def run(params: dict, inputs: list[Path | str], out: Path | str, focal: float | 
     started = time.perf_counter()
     workers = max(1, section(params, "data").workers)
     with ThreadPoolExecutor(workers) as readers, ThreadPoolExecutor(workers) as pool, \
-            ThreadPoolExecutor(1) as writer, tqdm(total=len(paths), desc="predict", unit="img") as bar:
+            ThreadPoolExecutor(workers) as writer, tqdm(total=len(paths), desc="predict", unit="img") as bar:
         written = []
         for chunk, images in batches(paths, pipeline.settings.batch_size, readers):
             for result in predict_batch(pipeline, images, chunk, cameras, pool):
-                written.append(writer.submit(write_outputs, Path(out), result, pipeline.resources))
+                written.append(writer.submit(write_outputs, Path(out), result, pipeline.resources, overlay))
             bar.update(len(chunk))
         for future in written:
             future.result()
@@ -275,10 +280,11 @@ def main() -> None:
     camera.add_argument("--fov", type=float, help="horizontal field of view in degrees")
     parser.add_argument("--min-inside", type=float, default=MIN_INSIDE, help="stages.coarse.confidence")
     parser.add_argument("--max-shift", type=float, default=MAX_SHIFT, help="stages.coarse.confidence")
+    parser.add_argument("--no-overlay", dest="overlay", action="store_false", help="skip the overlay PNGs")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     try:
-        run(load_params(args.params), args.inputs, args.out, args.focal, args.fov,
+        run(load_params(args.params), args.inputs, args.out, args.focal, args.fov, overlay=args.overlay,
             min_inside=args.min_inside, max_shift=args.max_shift)
     except (PredictError, CheckpointError, DataError) as err:
         raise SystemExit(f"predict: {err}") from None

@@ -92,8 +92,10 @@ def save_torch(obj: Any, path: Path | str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary folder; it replaces `path` (removed first) only if the block succeeds."""
+def atomic_dir(path: Path | str, keep: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Yield a temporary folder; it replaces `path` (removed first) only if the block succeeds.
+    keep: names of files of the old folder carried into the new one (a README that git tracks
+    in a folder a stage writes)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path.parent, f".{path.name}.tmp")
@@ -102,6 +104,9 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        for name in keep:
+            if (path / name).is_file() and not (tmp / name).exists():
+                shutil.copy2(path / name, tmp / name)
         shutil.rmtree(path, ignore_errors=True)
         os.replace(tmp, path)
     finally:

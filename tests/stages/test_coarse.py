@@ -43,7 +43,10 @@ def test_train_then_predict_writes_aligned_landmarks(tiny):
     assert np.isfinite(metrics["val/refine_median_px"])
     curve = (tmp / "coarse_train/live/plots/metrics/train/loss.tsv").read_text().splitlines()
     assert len(curve) == 1 + TINY["epochs"]
+    (tmp / "coarse_predict").mkdir()
+    (tmp / "coarse_predict/README.md").write_text("in git")      # the folder's README survives the stage
     result = coarse_predict.run(params, tmp / "coarse_predict", tmp / "coarse_train/model.pt", split_dir)
+    assert (tmp / "coarse_predict/README.md").read_text() == "in git"
     for split, count in (("train", 8), ("val", 2), ("test", 3)):
         landmarks = np.load(tmp / f"coarse_predict/{split}.npy")
         assert landmarks.shape == (count, 68, 2) and np.isfinite(landmarks).all()

@@ -45,3 +45,14 @@ def test_temporaries_of_dead_processes_are_removed_and_live_ones_kept(tmp_path):
     assert not any(p.exists() for p in orphans)
     assert all(p.exists() for p in neighbours)
     assert (tmp_path / "crop" / "x").read_text() == "done"
+
+
+def test_atomic_dir_keeps_the_named_files_of_the_folder_it_replaces(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "README.md").write_text("tracked by git")
+    (out / "old.npy").write_text("stale")
+    with atomic_dir(out, keep=("README.md",)) as tmp:
+        (tmp / "new.npy").write_text("fresh")
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "new.npy"]
+    assert (out / "README.md").read_text() == "tracked by git"
