@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
 
 from stages.common.cropstore import stamp_run
@@ -142,3 +143,19 @@ def tiny_params() -> dict:
     params["train"].update(depth=18, pretrained=False, input_size=0, epochs=1, batch_size=4, workers=0,
                            device="cpu", val_batch_size=8, lr=1e-3)
     return params
+
+
+def kill_in_epoch(run, trainer_cls, epoch: int, monkeypatch) -> None:
+    """Call run() with trainer_cls.train_epoch stopping, as a kill would, when it reaches `epoch`
+    (0-based); the trainer is restored afterwards."""
+    train_epoch = trainer_cls.train_epoch
+
+    def stop(self, current):
+        if current == epoch:
+            raise KeyboardInterrupt
+        return train_epoch(self, current)
+
+    monkeypatch.setattr(trainer_cls, "train_epoch", stop)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(trainer_cls, "train_epoch", train_epoch)

@@ -14,7 +14,7 @@ import yaml
 from stages import finetune, pca, train
 from stages.common.cropstore import stamp_run
 from stages.finetuning.trainer import FinetuneTrainer
-from tests.tiny_project import make_tiny_project
+from tests.tiny_project import kill_in_epoch, make_tiny_project
 
 
 def run_main(monkeypatch):
@@ -26,15 +26,21 @@ def write_params(tmp_path, params):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def test_finetune_starts_from_train_writes_model_and_resumes(tmp_path, monkeypatch, caplog):
-    params = make_tiny_project(tmp_path, subjects=4, crop_size=32)
+def finetune_project(root, monkeypatch, epochs: int, mc_samples: int = 16) -> dict:
+    """A tiny project at `root` with a 1-epoch train model and `epochs` finetuning epochs asked for."""
+    params = make_tiny_project(root, subjects=4, crop_size=32)
     params["train"].update(epochs=1, batch_size=6, landmark_loss="mse")
-    params["finetune"].update(epochs=1, batch_size=6, device="cpu", val_batch_size=8, mc_samples=32,
+    params["finetune"].update(epochs=epochs, batch_size=6, device="cpu", val_batch_size=8, mc_samples=mc_samples,
                               amis_iters=2, pnp_points=0)
-    write_params(tmp_path, params)
-    monkeypatch.chdir(tmp_path)
+    write_params(root, params)
+    monkeypatch.chdir(root)
     pca.run(params)
     train.run(params)
+    return params
+
+
+def test_finetune_starts_from_train_writes_model_and_resumes(tmp_path, monkeypatch, caplog):
+    params = finetune_project(tmp_path, monkeypatch, epochs=1, mc_samples=32)
     run_main(monkeypatch)
     out = tmp_path / "artifacts" / "finetune"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_000.pt"]
@@ -81,13 +87,7 @@ def test_finetune_starts_from_train_writes_model_and_resumes(tmp_path, monkeypat
 
 
 def test_a_start_model_trained_on_other_crops_stops(tmp_path, monkeypatch):
-    params = make_tiny_project(tmp_path, subjects=4, crop_size=32)
-    params["train"].update(epochs=1, batch_size=6, landmark_loss="mse")
-    params["finetune"].update(epochs=1, batch_size=6, device="cpu", val_batch_size=8)
-    write_params(tmp_path, params)
-    monkeypatch.chdir(tmp_path)
-    pca.run(params)
-    train.run(params)
+    finetune_project(tmp_path, monkeypatch, epochs=1)
     crops = tmp_path / "artifacts" / "crop"
     np.save(crops / "train" / "images.npy", 255 - np.load(crops / "train" / "images.npy"))
     stamp_run([crops / "train", crops / "val"])        # crop reran; train did not
@@ -96,35 +96,12 @@ def test_a_start_model_trained_on_other_crops_stops(tmp_path, monkeypatch):
         run_main(monkeypatch)
 
 
-def finetune_project(root, monkeypatch) -> dict:
-    """A tiny project at `root` with a 1-epoch train model and 2 finetuning epochs asked for."""
-    params = make_tiny_project(root, subjects=4, crop_size=32)
-    params["train"].update(epochs=1, batch_size=6, landmark_loss="mse")
-    params["finetune"].update(epochs=2, batch_size=6, device="cpu", val_batch_size=8, mc_samples=16,
-                              amis_iters=2, pnp_points=0)
-    write_params(root, params)
-    monkeypatch.chdir(root)
-    pca.run(params)
-    train.run(params)
-    return params
-
-
 def test_an_interrupted_finetune_resumes_to_the_uninterrupted_model(tmp_path, monkeypatch):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
-    finetune_project(whole, monkeypatch)
+    finetune_project(whole, monkeypatch, epochs=2)
     run_main(monkeypatch)
-    finetune_project(parts, monkeypatch)
-    run_epoch = FinetuneTrainer.train_epoch
-
-    def stop_in_epoch_2(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return run_epoch(self, epoch)
-
-    monkeypatch.setattr(FinetuneTrainer, "train_epoch", stop_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        run_main(monkeypatch)
-    monkeypatch.setattr(FinetuneTrainer, "train_epoch", run_epoch)
+    finetune_project(parts, monkeypatch, epochs=2)
+    kill_in_epoch(lambda: run_main(monkeypatch), FinetuneTrainer, 1, monkeypatch)
     run_main(monkeypatch)
     model = "artifacts/finetune/model.pt"
     assert (parts / model).read_bytes() == (whole / model).read_bytes()

@@ -17,7 +17,7 @@ from stages.nets import losses
 from stages.nets.model import FaceNet, NetConfig
 from stages.nets.trainer import Trainer, TrainPaths, fingerprint, state_layout
 from stages.wcpa.layout import load_resources
-from tests.tiny_project import make_tiny_project
+from tests.tiny_project import kill_in_epoch, make_tiny_project
 
 
 def run_main(monkeypatch):
@@ -151,17 +151,7 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_model(tmp_path, monkeyp
     train_tiny(whole, monkeypatch, epochs=2)
     run_main(monkeypatch)
     params = train_tiny(parts, monkeypatch, epochs=2)
-    run_epoch = Trainer.train_epoch
-
-    def stop_in_epoch_2(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return run_epoch(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", stop_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        run_main(monkeypatch)
-    monkeypatch.setattr(Trainer, "train_epoch", run_epoch)
+    kill_in_epoch(lambda: run_main(monkeypatch), Trainer, 1, monkeypatch)
     assert params["train"]["epochs"] == 2 and not (parts / "artifacts" / "train" / "model.pt").exists()
     run_main(monkeypatch)
     assert model_bytes(parts) == model_bytes(whole)
