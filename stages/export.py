@@ -2,7 +2,8 @@
 
 `python -m stages.export [--checkpoint finetune|train] [--out artifacts/export/model.onnx]` reads
 artifacts/<checkpoint>/model.pt (default infer.checkpoint), checked as predict checks it
-(stages.predict.load_model: params train.*, crop.size, the data's vertex count, the PCA basis),
+(stages.nets.checkpoint.load_network_for_images: params train.*, crop.size, the data's vertex
+count, the PCA basis),
 and writes it with torch.onnx's TorchScript exporter (dynamo=False: the default dynamo exporter
 of torch 2.14 needs onnxscript, not a dependency here), opset 18, a dynamic batch axis.
 
@@ -29,11 +30,12 @@ from torch import nn
 
 from stages.common.io import atomic_write
 from stages.common.params import PARAMS_FILE, load_params, section
+from stages.nets.checkpoint import load_network_for_images
 from stages.nets.model import FaceNet, InputResize
-from stages.predict import ARTIFACTS, load_model
 from stages.wcpa.layout import load_resources
 
 log = logging.getLogger("export")
+ARTIFACTS = Path("artifacts")
 INPUTS, OUTPUTS = ("crops",), ("mu", "sigma", "verts")
 OPSET = 18
 
@@ -84,7 +86,9 @@ def run(params: dict, checkpoint: str | None = None, out: Path | str = ARTIFACTS
     if checkpoint:
         params = {**params, "infer": {**params["infer"], "checkpoint": checkpoint}}
     resources = load_resources(section(params, "data").root)
-    model, _ = load_model(params, Path(artifacts), resources)
+    model = load_network_for_images(Path(artifacts) / section(params, "infer").checkpoint / "model.pt",
+                                    Path(artifacts) / "pca" / "basis.npz", section(params, "train"),
+                                    section(params, "crop").size, resources.n_verts)
     export_onnx(model, out)
     log.info("wrote %s", out)
     return Path(out)

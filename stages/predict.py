@@ -45,14 +45,13 @@ from tqdm import tqdm
 
 from stages.coarse.confidence import MAX_SHIFT, MIN_INSIDE, Confidence, confidence, no_face_reason
 from stages.coarse.detector import Detector
-from stages.common.identity import path_digest
 from stages.common.io import save_json, save_npz
 from stages.common.params import PARAMS_FILE, load_params, section
 from stages.face.frontal import crop_warps, reference_shape
 from stages.face.mesh import write_obj
-from stages.face.pca import PCABasis
+from stages.face.pca import load_flip_perm
 from stages.face.warp import invert_warp, warp_image
-from stages.nets.checkpoint import CheckpointError, Expected, load_network
+from stages.nets.checkpoint import CheckpointError, load_network_for_images
 from stages.nets.inference import InferSettings, predict_crops
 from stages.nets.model import FaceNet
 from stages.viz.draw import draw_points, draw_wireframe, save_png
@@ -132,19 +131,16 @@ def load_detector(path: Path, settings: InferSettings, workers: int, amp: bool) 
         raise PredictError(f"{path}: not a coarse detector model ({str(err)[:300]})") from None
 
 
-def load_model(params: dict, artifacts: Path, resources: Resources) -> tuple[FaceNet, np.ndarray]:
+def load_model(params: dict, artifacts: Path, resources: Resources) -> tuple[FaceNet, np.ndarray | None]:
     """The network artifacts/<infer.checkpoint>/model.pt checked as in infer, less the crop run
-    (module doc), and the flip permutation (V,) of artifacts/pca/basis.npz."""
-    basis_path = artifacts / "pca" / "basis.npz"
-    if not basis_path.is_file():
-        raise PredictError(f"{basis_path}: PCA basis not found (run `dvc repro pca`)")
-    basis = PCABasis.load(basis_path)
-    with np.load(basis_path) as npz:
-        perm = npz["flip_perm"]
-    expected = Expected.of(section(params, "train"), section(params, "crop").size, resources.n_verts,
-                           basis.n_components)
-    checkpoint = artifacts / section(params, "infer").checkpoint / "model.pt"
-    return load_network(checkpoint, expected, {"pca/basis.npz": path_digest(basis_path)}), perm
+    (module doc), and the flip permutation (V,) of artifacts/pca/basis.npz (None without
+    flip & merge)."""
+    basis = artifacts / "pca" / "basis.npz"
+    infer = section(params, "infer")
+    model = load_network_for_images(artifacts / infer.checkpoint / "model.pt", basis, section(params, "train"),
+                                    section(params, "crop").size, resources.n_verts)
+    perm = load_flip_perm(basis, "set infer.flip_merge: none") if infer.flip_merge != "none" else None
+    return model, perm
 
 
 def load_pipeline(params: dict, artifacts: Path = ARTIFACTS, **gate: float) -> Pipeline:

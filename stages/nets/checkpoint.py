@@ -15,6 +15,7 @@ from pathlib import Path
 
 from stages.common.identity import path_digest
 from stages.common.io import UnsafeCheckpointError, load_torch
+from stages.face.pca import PCABasis
 from stages.nets.model import FaceNet, NetConfig
 
 REQUIRED_KEYS = ("config", "model", "inputs")
@@ -118,3 +119,13 @@ def load_network(path: Path | str, expected: Expected, inputs: dict[str, str]) -
         raise CheckpointError(f"{path}: weights do not fit its own config {config.to_dict()}: "
                               f"{' '.join(first[:3])[:400]}") from None
     return model.eval()
+
+
+def load_network_for_images(path: Path | str, basis: Path, train, crop_size: int, n_verts: int) -> FaceNet:
+    """The network of `path` for crops made outside the crop store (predict, export): checked as
+    infer checks it (train.* params, crop size, vertex count, PCA size) and against the identity
+    of the PCA basis file `basis`, but not against a crop run (there is none)."""
+    if not Path(basis).is_file():
+        raise CheckpointError(f"{basis}: PCA basis not found (run `dvc repro pca`)")
+    expected = Expected.of(train, crop_size, n_verts, PCABasis.load(basis).n_components)
+    return load_network(path, expected, {"pca/basis.npz": path_digest(basis)})

@@ -1,4 +1,6 @@
 """export: the ONNX graph against PyTorch (onnxruntime), on random and real crops."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,7 @@ from stages import export
 from stages.face.pca import PCABasis
 from stages.face.frontal import crop_warps, reference_shape
 from stages.face.warp import warp_image
-from stages.nets.checkpoint import read_checkpoint
+from stages.nets.checkpoint import load_network_for_images, read_checkpoint
 from stages.wcpa.layout import image_path, landmarks_path, load_resources, read_image, read_landmarks
 from tests.stages.test_predict import CROP, project, save_network  # noqa: F401  (the tiny project fixture)
 
@@ -34,7 +36,8 @@ def test_onnx_matches_pytorch_on_random_and_real_crops(project, tmp_path, input_
                  input_size=input_size)
     params = {**params, "train": {**params["train"], "input_size": input_size}}
     path = export.run(params, "train", tmp_path / "model.onnx", artifacts)
-    model, _ = export.load_model(params, artifacts, load_resources(root / "data"))
+    model = load_network_for_images(artifacts / "train" / "model.pt", artifacts / "pca" / "basis.npz",
+                                    SimpleNamespace(**params["train"]), CROP, load_resources(root / "data").n_verts)
     session = ort.InferenceSession(str(path))
     assert [i.name for i in session.get_inputs()] == ["crops"]
     assert [o.name for o in session.get_outputs()] == ["mu", "sigma", "verts"]
