@@ -8,7 +8,8 @@ distinct training images (the extra rows are new ids whose image, info and landm
 symbolic links to the originals: benchmarks/bench_data.py replicate): the decode is the real one,
 the page cache holds only the distinct files.
 
-For each size the stages run in order, each in its own child process (its own peak memory:
+The stages run in the pipeline's order, each on N and then 4N (so that both see the same load
+of a shared machine), each in its own child process (its own peak memory:
 VmHWM, benchmarks/proc.py) in a project folder of its own: coarse_train (one epoch), coarse_predict
 (on the one-epoch detector), crop (on the given 68 landmarks, so that the crops do not depend on
 the detector's quality), pca, train (one epoch), infer (the N training crops as the val split,
@@ -179,12 +180,12 @@ def main() -> None:
     print(f"profile {args.profile or 'demo (params.yaml)'}; N = {args.rows} and 4N = {4 * args.rows} train rows "
           f"cycling over {len(base)} distinct 800x800 synthetic images (val {len(val)}, test "
           f"{len(read_list(list_path(root, 'test')))} distinct); {os.cpu_count()} CPUs; each stage a child process")
-    counts, results = {}, {s: [] for s in stages}
-    for label, rows in (("N", args.rows), ("4N", 4 * args.rows)):
-        project = folder / f"project_{label}"
-        counts[label] = make_project(project, root, base, val, rows)
-        for stage in stages:
-            fig = run_stage(stage, copy.deepcopy(params), project, root)
+    sizes = {"N": args.rows, "4N": 4 * args.rows}
+    counts = {label: make_project(folder / f"project_{label}", root, base, val, rows) for label, rows in sizes.items()}
+    results = {s: [] for s in stages}
+    for stage in stages:        # N and 4N one after the other: both see the same machine load
+        for label in sizes:
+            fig = run_stage(stage, copy.deepcopy(params), folder / f"project_{label}", root)
             results[stage].append(fig)
             print(f"{stage} {label}: {counts[label][stage]} images in {fig['wall']:.1f} s "
                   f"({counts[label][stage] / fig['wall']:.1f} images/s), peak RSS {fig['maxrss_kb'] / 1024:.0f} MiB",
