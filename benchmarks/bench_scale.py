@@ -178,7 +178,7 @@ def main() -> None:
     paper = profile_params("paper")
     stages = [s for s in STAGES if s in args.stages.split(",")]
     print(f"profile {args.profile or 'demo (params.yaml)'}; N = {args.rows} and 4N = {4 * args.rows} train rows "
-          f"cycling over {len(base)} distinct 800x800 synthetic images (val {len(val)}, test "
+          f"cycling over {min(args.rows, len(base))} (N) and {min(4 * args.rows, len(base))} (4N) distinct 800x800 synthetic images (val {len(val)}, test "
           f"{len(read_list(list_path(root, 'test')))} distinct); {os.cpu_count()} CPUs; each stage a child process")
     sizes = {"N": args.rows, "4N": 4 * args.rows}
     counts = {label: make_project(folder / f"project_{label}", root, base, val, rows) for label, rows in sizes.items()}
