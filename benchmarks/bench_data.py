@@ -25,8 +25,6 @@ the params' coarse_train sizes.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,14 +34,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks.proc import run_child
 from stages.common.params import load_params
 from stages.wcpa.layout import image_path, info_path, landmarks_path, read_image, write_list
 
 CHILD = r"""
 import json, sys, time
-def peak_kb():   # VmHWM: this process's own peak (ru_maxrss keeps the forking parent's across exec)
-    line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
-    return int(line.split()[1])
+from benchmarks.proc import peak_kb
 from stages.common.params import load_params
 args = json.loads(sys.argv[1])
 params = load_params("params.yaml")
@@ -132,14 +129,6 @@ def decode_seconds(paths: list[Path], workers: int, repeats: int = 3) -> float:
     return best
 
 
-def run_child(stage: str, settings: dict) -> dict:
-    result = subprocess.run([sys.executable, "-c", CHILD, json.dumps({"stage": stage, **settings})],
-                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-    if result.returncode:
-        raise RuntimeError(f"{stage} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--unique", type=int, default=250, help="distinct 800x800 images written")
@@ -179,7 +168,7 @@ def main() -> None:
         for label, info in runs.items():
             settings = {"params": overrides, "out": str(folder / f"out_{stage}_{label}"), "split": info["split"],
                         "coarse": info["coarse"], "model": str(model)}
-            figures[label] = run_child(stage, settings)
+            figures[label] = run_child(CHILD, stage, {"stage": stage, **settings})
             figures[label]["rows"] = info["rows"]
         for label, fig in figures.items():
             rate = fig["rows"] / fig["wall"]

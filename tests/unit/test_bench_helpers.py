@@ -1,12 +1,14 @@
-"""Benchmark helpers that CI does not otherwise run: the random inference model of bench_infer
-and the params of bench_train --profile / --set."""
+"""Benchmark helpers that CI does not otherwise run: the random inference model of bench_infer,
+the params of bench_train --profile / --set and bench_scale's extrapolation arithmetic."""
 import argparse
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from benchmarks.bench_infer import bench_model
+from benchmarks.bench_scale import extrapolate_hours, marginal_seconds, real_work
 from benchmarks.bench_train import bench_params
 from stages.nets.model import NetConfig
 
@@ -29,3 +31,17 @@ def test_bench_train_profile_params_drop_the_pretrained_weights_and_take_overrid
     params = bench_params(args)
     assert params["train"]["depth"] == 50 and params["crop"]["size"] == 256
     assert params["train"]["pretrained"] is False and params["train"]["batch_size"] == 8
+
+
+def test_bench_scale_extrapolates_seconds_per_image_times_images_times_epochs():
+    assert extrapolate_hours(0.01, 356_640, 10) == pytest.approx(9.9067, abs=1e-4)   # 35,664 s
+    assert extrapolate_hours(2.0, 1800) == pytest.approx(1.0)
+    assert marginal_seconds((10.0, 40.0), (1000, 4000)) == pytest.approx(0.01)      # start-up cancels
+    assert marginal_seconds((12.0, 30.0), (1000, 4000)) == pytest.approx(0.006)
+    assert marginal_seconds((30.0, 29.0), (1000, 4000)) == pytest.approx(29.0 / 4000)   # noise: the mean
+
+
+def test_bench_scale_real_work_counts_the_real_images_and_the_paper_epochs():
+    work = real_work({"coarse_train": {"epochs": 30}, "train": {"epochs": 10}})
+    assert work["coarse_train"][:2] == (356_640, 30) and work["train"][:2] == (356_640, 10)
+    assert work["crop"][:2] == (447_185, 1) and work["infer"][:2] == (447_185 - 356_640, 1)

@@ -1,0 +1,201 @@
+"""How the pipeline's stages grow with the number of images, and the hours the paper profile
+would take on the real data on this machine (issue 17).
+
+The data: a synthetic data root (stage synth's generator) of --subjects training subjects
+(9 images each: 3 actions x 3 frames, 800x800 JPEGs) and 2 test subjects; the last 3 training
+subjects are the val split. The train list holds N = --rows rows and then 4N, cycling over the
+distinct training images (the extra rows are new ids whose image, info and landmarks files are
+symbolic links to the originals: benchmarks/bench_data.py replicate): the decode is the real one,
+the page cache holds only the distinct files.
+
+The stages run in the pipeline's order, each on N and then 4N (so that both see the same load
+of a shared machine), each in its own child process (its own peak memory:
+VmHWM, benchmarks/proc.py) in a project folder of its own: coarse_train (one epoch), coarse_predict
+(on the one-epoch detector), crop (on the given 68 landmarks, so that the crops do not depend on
+the detector's quality), pca, train (one epoch), infer (the N training crops as the val split,
+checkpoint train). Printed per stage: images/s and peak RSS at N and 4N, their ratios 4N/N, the
+seconds per image at the margin ((t(4N) - t(N)) / (images(4N) - images(N)): the start-up and the
+fixed-size val passes cancel), and that times the real data's images times the paper profile's
+epochs (stages/profiles/paper.yaml): the hours on 447,185 images (356,640 train) on this machine.
+
+By default the stages run at the demo's sizes (params.yaml), so the hours are the paper's image
+counts and epochs at the demo's networks and sizes; --profile paper runs the paper's networks
+and sizes (ResNet50 at 256 px, crops of 256, the coarse detector's resnet18/resnet50 at 256 px;
+pretrained weights off: no download), slow on a CPU: use a small --rows there.
+
+    python -m benchmarks.bench_scale [--rows 1000] [--subjects 32] [--profile paper] [--keep /tmp/bench_scale]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from benchmarks.bench_data import coarse_landmarks, replicate
+from benchmarks.proc import run_child
+from stages.common.params import load_params
+from stages.profile import profile_params
+from stages.wcpa.layout import list_path, read_list, write_list
+
+REAL_IMAGES = 447_185
+REAL_TRAIN = 356_640
+STAGES = ("coarse_train", "coarse_predict", "crop", "pca", "train", "infer")
+
+CHILD = r"""
+import json, sys, time
+from benchmarks.proc import peak_kb
+args = json.loads(sys.argv[1])
+params, stage = args["params"], args["stage"]
+import importlib
+module = importlib.import_module(f"stages.{stage}")
+call = (lambda: module.run(params, "val")) if stage == "infer" else (lambda: module.run(params))
+start = time.perf_counter()
+call()
+print(json.dumps({"wall": time.perf_counter() - start, "maxrss_kb": peak_kb()}))
+"""
+
+
+def extrapolate_hours(seconds_per_image: float, images: int, epochs: int = 1) -> float:
+    """Hours for `epochs` passes over `images` images at `seconds_per_image`."""
+    return seconds_per_image * images * epochs / 3600.0
+
+
+def marginal_seconds(wall: tuple[float, float], images: tuple[int, int]) -> float:
+    """Seconds per image between two runs (t(4N) - t(N)) / (n(4N) - n(N)): what each further image
+    costs, without the fixed start-up; the large run's mean when the difference is not positive
+    (a noisy machine)."""
+    extra = (wall[1] - wall[0]) / (images[1] - images[0])
+    return extra if extra > 0 else wall[1] / images[1]
+
+
+def real_work(paper: dict) -> dict[str, tuple[int, int, str]]:
+    """Per stage: (images per pass, passes, what they are) on the real data, with the paper
+    profile's epochs."""
+    rest = REAL_IMAGES - REAL_TRAIN
+    return {"coarse_train": (REAL_TRAIN, paper["coarse_train"]["epochs"], "train images x coarse_train.epochs"),
+            "coarse_predict": (REAL_IMAGES, 1, "all images"),
+            "crop": (REAL_IMAGES, 1, "all images"),
+            "pca": (REAL_IMAGES, 1, "all labels (upper bound: train + val)"),
+            "train": (REAL_TRAIN, paper["train"]["epochs"], "train images x train.epochs"),
+            "infer": (rest, 1, "val + test images")}
+
+
+def bench_params(profile: str | None, root: Path) -> dict:
+    """params.yaml (or with --profile merged in) for the benchmark: one epoch, no downloads, the
+    benchmark's data root, infer from the train checkpoint."""
+    params = profile_params(profile) if profile else load_params("params.yaml")
+    params["data"].update(root=str(root), blendshapes=str(root / "blendshapes"), skip_bad=False)
+    params["coarse_train"].update(epochs=1, pretrained=False)
+    params["train"].update(epochs=1, pretrained=False)
+    params["infer"]["checkpoint"] = "train"
+    return params
+
+
+def make_root(root: Path, subjects: int, workers: int) -> None:
+    """A synthetic data root of `subjects` training and 2 test subjects (9 images each)."""
+    from stages.face.synth_data import generate
+    from stages.synth import config
+    params = load_params("params.yaml")
+    params["synth"].update(train_subjects=subjects, test_subjects=2, actions_per_subject=3, frames_per_action=3)
+    generate(config(params), root, root.parent / "test_gt", workers)
+
+
+def make_project(folder: Path, root: Path, base: pd.DataFrame, val: pd.DataFrame, rows: int) -> dict[str, int]:
+    """folder/artifacts/split of `rows` train rows cycling over `base`; images each stage reads."""
+    train = replicate(root, base, rows)
+    write_list(folder / "artifacts/split/train.csv", train)
+    write_list(folder / "artifacts/split/val.csv", val)
+    test = len(read_list(list_path(root, "test")))
+    return {"coarse_train": rows, "coarse_predict": rows + len(val) + test, "crop": rows + len(val) + test,
+            "pca": rows + len(val), "train": rows, "infer": rows}
+
+
+def infer_project(folder: Path, project: Path) -> None:
+    """folder/artifacts whose val split is `project`'s train split: infer on its N crops."""
+    art = folder / "artifacts"
+    (art / "split").mkdir(parents=True, exist_ok=True)
+    (art / "crop").mkdir(exist_ok=True)
+    (art / "split/val.csv").write_bytes((project / "artifacts/split/train.csv").read_bytes())
+    for link, target in ((art / "crop/val", project / "artifacts/crop/train"), (art / "pca", project / "artifacts/pca"),
+                         (art / "train", project / "artifacts/train")):
+        if not link.exists():
+            link.symlink_to(target.resolve())
+
+
+def run_stage(stage: str, params: dict, project: Path, root: Path) -> dict:
+    if stage == "crop":        # the given landmarks in place of the one-epoch detector's
+        tables = {"train": read_list(project / "artifacts/split/train.csv"),
+                  "val": read_list(project / "artifacts/split/val.csv"), "test": read_list(list_path(root, "test"))}
+        coarse_landmarks(root, tables, project / "artifacts/coarse_predict")
+    cwd = project
+    if stage == "infer":
+        cwd = project.with_name(project.name + "_infer")
+        infer_project(cwd, project)
+    return run_child(CHILD, stage, {"stage": stage, "params": params}, cwd=cwd)
+
+
+def table(results: dict, counts: dict, paper: dict) -> list[str]:
+    """The printed table's lines."""
+    work = real_work(paper)
+    lines = ["| stage | images/s (N, 4N) | peak MiB (N, 4N) | 4N/N time, peak | s/image (margin) "
+             "| real images x passes | hours on 447k (paper epochs) |", "|---|---|---|---|---|---|---|"]
+    total = 0.0
+    for stage, (small, large) in results.items():
+        images = (counts["N"][stage], counts["4N"][stage])
+        per_image = marginal_seconds((small["wall"], large["wall"]), images)
+        count, passes, what = work[stage]
+        hours = extrapolate_hours(per_image, count, passes)
+        total += hours
+        peak = (small["maxrss_kb"] / 1024, large["maxrss_kb"] / 1024)
+        lines.append(f"| {stage} | {images[0] / small['wall']:.1f}, {images[1] / large['wall']:.1f} "
+                     f"| {peak[0]:.0f}, {peak[1]:.0f} | {large['wall'] / small['wall']:.2f}, {peak[1] / peak[0]:.2f} "
+                     f"| {per_image * 1e3:.1f} ms | {count:,} x {passes} ({what}) | {hours:.1f} |")
+    lines.append(f"| total | | | | | | {total:.1f} ({total / 24:.1f} days) |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1000, help="N: train rows of the small run (4N: the large)")
+    parser.add_argument("--subjects", type=int, default=32, help="synthetic training subjects (9 images each)")
+    parser.add_argument("--profile", help="merge stages/profiles/<name>.yaml over params.yaml, e.g. paper")
+    parser.add_argument("--stages", default=",".join(STAGES))
+    parser.add_argument("--keep", default="", help="folder for the data (the data root is reused when present)")
+    args = parser.parse_args()
+    folder = Path(args.keep or tempfile.mkdtemp(prefix="bench_scale")).resolve()
+    root = folder / "data"
+    if not (root / "list").is_dir():
+        make_root(root, args.subjects, 2)
+    listed = read_list(list_path(root, "train"))
+    val_subjects = sorted(listed.subject_id.unique())[-3:]
+    val = listed[listed.subject_id.isin(val_subjects)].reset_index(drop=True)
+    base = listed[~listed.subject_id.isin(val_subjects)].reset_index(drop=True)
+    params = bench_params(args.profile, root)
+    paper = profile_params("paper")
+    stages = [s for s in STAGES if s in args.stages.split(",")]
+    print(f"profile {args.profile or 'demo (params.yaml)'}; N = {args.rows} and 4N = {4 * args.rows} train rows "
+          f"cycling over {min(args.rows, len(base))} (N) and {min(4 * args.rows, len(base))} (4N) distinct 800x800 synthetic images (val {len(val)}, test "
+          f"{len(read_list(list_path(root, 'test')))} distinct); {os.cpu_count()} CPUs; each stage a child process")
+    sizes = {"N": args.rows, "4N": 4 * args.rows}
+    counts = {label: make_project(folder / f"project_{label}", root, base, val, rows) for label, rows in sizes.items()}
+    results = {s: [] for s in stages}
+    for stage in stages:        # N and 4N one after the other: both see the same machine load
+        for label in sizes:
+            fig = run_stage(stage, copy.deepcopy(params), folder / f"project_{label}", root)
+            results[stage].append(fig)
+            print(f"{stage} {label}: {counts[label][stage]} images in {fig['wall']:.1f} s "
+                  f"({counts[label][stage] / fig['wall']:.1f} images/s), peak RSS {fig['maxrss_kb'] / 1024:.0f} MiB",
+                  flush=True)
+    print("\n".join(table(results, counts, paper)))
+    print(f"hours: marginal seconds per image at these sizes x the real counts x the paper's epochs "
+          f"(coarse_train {paper['coarse_train']['epochs']}, train {paper['train']['epochs']}); finetune "
+          f"({paper['finetune']['epochs']} epochs) and the val passes of each epoch are not in the total")
+    print(f"data in {folder}")
+
+
+if __name__ == "__main__":
+    main()
