@@ -5,7 +5,8 @@ val: ground truth from <data.root>/info. test: ground truth from <data.test_gt>/
 folder exists (the synthetic set's local leaderboard); with data.test_gt '' or absent, the
 test metrics are skipped (logged), and the test sheet shows the predictions alone.
 Writes to artifacts/evaluate/NAME/: metrics.json ({"val": {...}, "test": {...}}), headline.json
-(the same splits with HEADLINE_KEYS only: the file dvc.yaml declares as metrics), errors_{val,test}.csv (per sample, with ids, yaw_deg and distance_m), plots/<split>_*.csv
+(the same splits with HEADLINE_KEYS only: the file dvc.yaml declares as metrics),
+errors_{val,test}.csv (per sample, with ids, yaw_deg and distance_m), plots/<split>_*.csv
 (histograms and error against |yaw| and distance) and sheet_{val,test}.png.
 Rows the crop stage skipped (the predictions' `skipped`) are scored with their fallback
 prediction, as the submission holds it, but never drawn (their image may be unreadable). With

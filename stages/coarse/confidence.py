@@ -18,8 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stages.coarse.views import landmark_box
-
-MIN_INSIDE = 0.5     # as stages.face.frontal.landmark_problem, which the crop stage applies
+from stages.face.frontal import MIN_INSIDE     # the crop stage's threshold (landmark_checks)
 MAX_SHIFT = 0.1      # of the landmarks' box side
 MIN_SIDE_PX = 4.0
 

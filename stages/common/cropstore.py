@@ -76,15 +76,11 @@ class CropStoreWriter:
         """Put one crop (S, S, 3) at `row` (any thread; not done until `write` marks it)."""
         self.images[row] = crop
 
-    def write(self, rows: np.ndarray, crops: np.ndarray | list | None = None) -> None:
-        """Store crops (n, S, S, 3) at `rows` (None: already `store`d) and mark them done: the
-        image rows reach the disk before the mark does, so a crash never leaves a row marked done
-        whose pixels were not written."""
+    def write(self, rows: np.ndarray) -> None:
+        """Mark `rows` (their crops `store`d) done: the image rows reach the disk before the mark
+        does, so a crash never leaves a row marked done whose pixels were not written."""
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows):
-            if crops is not None:
-                for row, crop in zip(rows, crops):
-                    self.images[row] = crop
             flush_rows(self.images, rows)
             self.done[rows] = True
             flush_rows(self.done, rows)

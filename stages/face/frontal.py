@@ -91,15 +91,31 @@ def crop_quality(camera: Camera, verts: np.ndarray, R_t: np.ndarray, warps: np.n
             "inside": ((uv >= 0) & (uv <= size)).all((-1, -2))}
 
 
+MIN_INSIDE = 0.5     # fraction of the landmarks inside the image that a crop needs
+
+
+def landmark_checks(landmarks: np.ndarray, width: int, height: int,
+                    min_spread: float = 1.0) -> dict[str, np.ndarray]:
+    """The tests landmarks (..., K, 2) px must pass for a crop, each (...,) bool: 'finite', 'inside'
+    (at least MIN_INSIDE of the points in the width x height image) and 'spread' (not all points equal)."""
+    landmarks = np.asarray(landmarks, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        inside = ((landmarks >= 0) & (landmarks <= [width, height])).all(-1)
+        spread = np.ptp(landmarks, axis=-2).max(-1) >= min_spread if landmarks.shape[-2] else \
+            np.zeros(landmarks.shape[:-2], bool)
+    return {"finite": np.isfinite(landmarks).all((-1, -2)), "inside": inside.mean(-1) >= MIN_INSIDE,
+            "spread": spread}
+
+
 def landmark_problem(landmarks: np.ndarray, width: int, height: int, min_spread: float = 1.0) -> str:
     """What makes landmarks (K, 2) px unusable for a crop ('' when nothing): non-finite values,
-    most points outside the width x height image, or all points (nearly) equal."""
-    landmarks = np.asarray(landmarks, dtype=np.float64)
-    if not np.isfinite(landmarks).all():
+    most points outside the width x height image, or all points (nearly) equal (landmark_checks)."""
+    checks = landmark_checks(landmarks, width, height, min_spread)
+    if not checks["finite"]:
         return "landmarks are not finite"
-    inside = ((landmarks >= 0) & (landmarks <= [width, height])).all(-1)
-    if inside.mean() < 0.5:
-        return f"landmarks outside the {width}x{height} image ({int((~inside).sum())} of {len(inside)} points)"
-    if np.ptp(landmarks, axis=0).max() < min_spread:
+    if not checks["inside"]:
+        outside = int((~((np.asarray(landmarks) >= 0) & (np.asarray(landmarks) <= [width, height])).all(-1)).sum())
+        return f"landmarks outside the {width}x{height} image ({outside} of {len(landmarks)} points)"
+    if not checks["spread"]:
         return "degenerate landmarks (all points equal)"
     return ""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,16 +38,31 @@ class DataError(ValueError):
     """A data file is missing, unreadable or malformed; the message names it."""
 
 
+SAMPLE_FILES = {"image": "_ar.jpg", "info": "_info.npz", "68landmarks": "_68landmarks.txt"}   # folder: suffix
+
+
+def sample_file(root: Path | str, kind: str, row) -> Path:
+    """<root>/<kind>/<subject>/<action>/<img><suffix> of a list row (kind: a SAMPLE_FILES key)."""
+    return Path(root) / kind / row.subject_id / row.facial_action / f"{row.img_id}{SAMPLE_FILES[kind]}"
+
+
+def sample_files(root: Path | str, table: pd.DataFrame, kind: str) -> list[str]:
+    """sample_file of every row of `table`, as strings, built without pathlib (10x faster on
+    the real lists' 400k rows)."""
+    base, suffix = os.path.join(str(Path(root)), kind), SAMPLE_FILES[kind]
+    return [os.path.join(base, s, a, i + suffix) for s, a, i in zip(table.subject_id, table.facial_action, table.img_id)]
+
+
 def image_path(root: Path, row) -> Path:
-    return Path(root) / "image" / row.subject_id / row.facial_action / f"{row.img_id}_ar.jpg"
+    return sample_file(root, "image", row)
 
 
 def info_path(root: Path, row) -> Path:
-    return Path(root) / "info" / row.subject_id / row.facial_action / f"{row.img_id}_info.npz"
+    return sample_file(root, "info", row)
 
 
 def landmarks_path(root: Path, row) -> Path:
-    return Path(root) / "68landmarks" / row.subject_id / row.facial_action / f"{row.img_id}_68landmarks.txt"
+    return sample_file(root, "68landmarks", row)
 
 
 def list_path(root: Path, split: str) -> Path:
@@ -103,6 +119,11 @@ def write_list(path: Path | str, table: pd.DataFrame) -> None:
 def sample_key(row) -> str:
     """'subject/action/img' of a list row, for messages and skip lists."""
     return f"{row.subject_id}/{row.facial_action}/{row.img_id}"
+
+
+def sample_keys(table: pd.DataFrame) -> list[str]:
+    """sample_key of every row of `table`."""
+    return [f"{s}/{a}/{i}" for s, a, i in zip(table.subject_id, table.facial_action, table.img_id)]
 
 
 REDUCED_READS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,

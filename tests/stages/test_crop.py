@@ -125,8 +125,8 @@ def test_interrupted_crop_resumes_without_redoing_finished_chunks(tiny, monkeypa
     write = CropStoreWriter.write
     calls = []
 
-    def write_then_interrupt(self, rows, crops):
-        write(self, rows, crops)
+    def write_then_interrupt(self, rows):
+        write(self, rows)
         calls.append(len(rows))
         if len(calls) == 2:
             raise KeyboardInterrupt
