@@ -23,26 +23,41 @@ import pandas as pd
 
 from stages.common.badinput import BadInputs
 from stages.common.io import save_json, save_npy
+from stages.common.rowfile import RowReader, RowWriter
 from stages.common.params import load_params, section, stage_args
-from stages.face.pca import (fit_pca, read_blendshapes, read_neutral_list,
+from stages.face.pca import (PCABasis, fit_pca, read_blendshapes, read_neutral_list,
                              reconstruction_errors, select_neutral_frames, vertex_flip)
 from stages.wcpa.layout import labelled_rows, load_labels, load_resources, read_list, write_list
 
 log = logging.getLogger("pca")
 SPLITS = ("train", "val")
 NEUTRAL_ACTION = "neutral"   # the synthetic data's rest-face action: used to measure, never to select
+BLOCK = 1024                 # label rows read, projected and written at a time (15 MB of meshes at 1220 vertices)
 
 
-def choose_neutral(table: pd.DataFrame, verts: np.ndarray, blendshapes: np.ndarray, neutral_list: str,
-                   seed: int, max_frames: int) -> np.ndarray:
-    """Row indices of one neutral frame per training subject (automatic, or a hand-made list),
-    among the labelled rows of verts (N, V, 3) (a skipped sample is never chosen)."""
-    labelled = np.flatnonzero(labelled_rows(verts))
-    table, verts = table.iloc[labelled].reset_index(drop=True), verts[labelled]
+class LabelledRows:
+    """The labelled rows of a verts cache, indexed as if the others were not there (reads on demand)."""
+
+    def __init__(self, verts: RowReader, labelled: np.ndarray):
+        self.verts, self.rows = verts, np.flatnonzero(labelled)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        return self.verts[self.rows[rows]]
+
+
+def choose_neutral(table: pd.DataFrame, verts: RowReader, labelled: np.ndarray, blendshapes: np.ndarray,
+                   neutral_list: str, seed: int, max_frames: int) -> np.ndarray:
+    """Row indices of one neutral frame per training subject (automatic, or a hand-made list)
+    among the labelled rows (N,) bool of the verts cache (N, V, 3) (a skipped sample is never chosen)."""
+    rows = np.flatnonzero(labelled)
     if neutral_list:
         log.info("neutral meshes from the hand-made list %s", neutral_list)
-        return labelled[read_neutral_list(neutral_list, table)]
-    return labelled[select_neutral_frames(verts, table.subject_id.to_numpy(), blendshapes, max_frames, seed)]
+        return rows[read_neutral_list(neutral_list, table.iloc[rows].reset_index(drop=True))]
+    subjects = table.subject_id.to_numpy()[rows]
+    return rows[select_neutral_frames(LabelledRows(verts, labelled), subjects, blendshapes, max_frames, seed)]
 
 
 def neutral_check(table: pd.DataFrame, chosen: np.ndarray) -> dict:
@@ -62,34 +77,62 @@ def error_summary(errors: np.ndarray) -> dict:
             "median_mm": float(np.median(errors))}
 
 
+def cache_labels(root: str, table: pd.DataFrame, n_verts: int, bad: BadInputs,
+                 verts_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read the ground truth of a list block by block into the verts cache (N, V, 3) float32
+    metres at verts_path -> R_t (N, 4, 4) float64 and labelled (N,) bool (False: skipped, NaN rows)."""
+    poses = np.full((len(table), 4, 4), np.nan)
+    labelled = np.zeros(len(table), dtype=bool)
+    with RowWriter(verts_path, (len(table), n_verts, 3), np.float32) as out:
+        for start in range(0, len(table), BLOCK):
+            verts, poses[start:start + BLOCK] = load_labels(root, table.iloc[start:start + BLOCK], n_verts, bad)
+            labelled[start:start + BLOCK] = labelled_rows(verts)
+            out.write(start, verts)
+    return poses, labelled
+
+
+def project_cache(basis: PCABasis, verts: RowReader, labelled: np.ndarray,
+                  coeffs_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Write the coefficients (N, K) float32 of a verts cache to coeffs_path, block by block ->
+    the labelled rows' reconstruction errors (M,) mm and their mean mesh (V, 3) float64 metres."""
+    errors, total = [], np.zeros(verts.shape[1:])
+    with RowWriter(coeffs_path, (len(verts), basis.n_components), np.float32) as out:
+        for start, block in verts.blocks(BLOCK):
+            out.write(start, basis.project(block))
+            usable = block[labelled[start:start + len(block)]]
+            errors.append(reconstruction_errors(basis, usable))
+            total += usable.sum(0, dtype=np.float64)
+    return (np.concatenate(errors) if errors else np.zeros(0)), total / max(int(labelled.sum()), 1)
+
+
 def run(params: dict, out: Path = Path("artifacts/pca"), split_dir: Path = Path("artifacts/split")) -> dict:
     cfg, data = section(params, "pca"), section(params, "data")
     resources = load_resources(data.root)
     tables = {s: read_list(split_dir / f"{s}.csv") for s in SPLITS}
     bad = BadInputs(skip=data.skip_bad, max_fraction=data.max_bad_fraction)
-    labels = {}
+    poses, labelled = {}, {}
     for split in SPLITS:
         log.info("reading %d %s labels from %s", len(tables[split]), split, data.root)
-        labels[split] = load_labels(data.root, tables[split], resources.n_verts, bad)
+        poses[split], labelled[split] = cache_labels(data.root, tables[split], resources.n_verts, bad,
+                                                     out / f"verts_{split}.npy")
     bad.finish(out, total=sum(len(t) for t in tables.values()))
-    train_verts = labels["train"][0]
+    train_verts = RowReader(out / "verts_train.npy")
     blendshapes = read_blendshapes(data.blendshapes, resources.n_verts)
-    chosen = choose_neutral(tables["train"], train_verts, blendshapes, cfg.neutral_list, params["seed"],
-                            cfg.max_frames_per_subject)
+    chosen = choose_neutral(tables["train"], train_verts, labelled["train"], blendshapes, cfg.neutral_list,
+                            params["seed"], cfg.max_frames_per_subject)
     meshes = np.concatenate([train_verts[chosen].astype(np.float64), blendshapes])
     log.info("PCA of %d neutral + %d blendshape meshes", len(chosen), len(blendshapes))
     basis = fit_pca(meshes, cfg.n_components)
     metrics = {"n_meshes": len(meshes), "n_neutral": len(chosen), "n_blendshapes": len(blendshapes),
                "n_components": basis.n_components, "neutral": neutral_check(tables["train"], chosen)}
+    mean_mesh = {}
     for split in SPLITS:
-        verts, poses = labels[split]
-        save_npy(out / f"coeffs_{split}.npy", basis.project(verts))
-        save_npy(out / f"verts_{split}.npy", verts)
-        save_npy(out / f"poses_{split}.npy", poses)
-        labelled = labelled_rows(verts)
-        metrics[f"reconstruction_{split}"] = error_summary(reconstruction_errors(basis, verts[labelled]))
-        metrics[f"skipped_{split}"] = int((~labelled).sum())
-    basis.save(out / "basis.npz", **vertex_flip(train_verts[labelled_rows(train_verts)]))
+        errors, mean_mesh[split] = project_cache(basis, RowReader(out / f"verts_{split}.npy"), labelled[split],
+                                                 out / f"coeffs_{split}.npy")
+        save_npy(out / f"poses_{split}.npy", poses[split])
+        metrics[f"reconstruction_{split}"] = error_summary(errors)
+        metrics[f"skipped_{split}"] = int((~labelled[split]).sum())
+    basis.save(out / "basis.npz", **vertex_flip(mean_mesh["train"]))
     write_list(out / "neutral.csv", tables["train"].iloc[chosen])
     save_json(out / "metrics.json", metrics)
     log.info("metrics: %s", metrics)

@@ -74,3 +74,26 @@ def test_pca_skips_a_bad_info_file_and_train_never_sees_its_row(tmp_path, monkey
     data = load_split(paths, "train")
     assert not data.store.usable[row] and data.store.usable.sum() == len(data.store) - 1
     assert np.isfinite(mean_pose(np.load(out / "poses_train.npy"))).all()
+
+
+def test_pca_in_blocks_of_three_rows_matches_one_block(tmp_path, monkeypatch):
+    """The label caches are read, projected and written block by block (flat memory): blocks of 3
+    rows give the same caches, basis and neutral frames as one block, and the coefficients
+    within float32 rounding (BLAS sums a block's rows in another order)."""
+    params = make_tiny_project(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    outs = {}
+    for block in (10 ** 6, 3):
+        monkeypatch.setattr(pca, "BLOCK", block)
+        outs[block] = tmp_path / f"pca_{block}"
+        pca.run(params, out=outs[block])
+    whole, blocks = outs[10 ** 6], outs[3]
+    for name in ("verts_train.npy", "verts_val.npy", "poses_train.npy", "poses_val.npy", "neutral.csv"):
+        assert (whole / name).read_bytes() == (blocks / name).read_bytes(), name
+    for split in ("train", "val"):
+        np.testing.assert_allclose(np.load(blocks / f"coeffs_{split}.npy"), np.load(whole / f"coeffs_{split}.npy"),
+                                   rtol=1e-6, atol=1e-6)
+    with np.load(whole / "basis.npz") as a, np.load(blocks / "basis.npz") as b:
+        assert set(a.files) == set(b.files)
+        for key in a.files:
+            np.testing.assert_array_equal(a[key], b[key])

@@ -1,0 +1,128 @@
+""".npy arrays written and read a block of rows at a time, with positioned file I/O.
+
+A stage whose output has one row per image (label caches, predictions) writes it through
+`RowWriter` and reads it back through `RowReader`, so that its resident memory stays flat in the
+number of images: no memory map (whose touched pages count as the process's resident memory),
+no whole array in memory. The files are plain .npy files (`np.load` reads them).
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+
+from stages.common.io import atomic_write
+
+
+def _header_bytes(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
+    """The .npy header (magic, version, dict, padding) of a C-order array, as np.save writes it
+    (format 1.0 unless the header is too long for it), so that equal arrays give equal files."""
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    buffer = io.BytesIO()
+    try:
+        np.lib.format.write_array_header_1_0(buffer, header)
+    except ValueError:
+        buffer = io.BytesIO()
+        np.lib.format.write_array_header_2_0(buffer, header)
+    return buffer.getvalue()
+
+
+class RowWriter:
+    """Writes an (N, ...) .npy file block by block (any order), atomically.
+
+    with RowWriter(path, (N, V, 3), np.float32) as out:
+        out.write(start, block)        # block (B, V, 3): rows start .. start + B
+    The file appears at `path` only when the block exits without an error. Rows never written
+    read back as zeros (the file is sparse until written).
+    """
+
+    def __init__(self, path: Path | str, shape: tuple[int, ...], dtype: np.dtype | type):
+        self.path = Path(path)
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = np.dtype(dtype)
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self._atomic = atomic_write(self.path)
+        self._fd = -1
+        self._offset = 0
+
+    def __enter__(self) -> "RowWriter":
+        tmp = self._atomic.__enter__()
+        header = _header_bytes(self.shape, self.dtype)
+        self._offset = len(header)
+        self._fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(self._fd, header)
+        os.ftruncate(self._fd, self._offset + self.shape[0] * self.row_bytes)
+        return self
+
+    def write(self, start: int, block: np.ndarray) -> None:
+        """Rows start .. start + len(block) = block (B, ...) (cast to the file's dtype)."""
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        if block.shape[1:] != self.shape[1:] or start < 0 or start + len(block) > self.shape[0]:
+            raise ValueError(f"{self.path}: rows {start}..{start + len(block)} of shape {block.shape[1:]} "
+                             f"do not fit the array {self.shape}")
+        view = memoryview(block.reshape(-1).view(np.uint8))
+        position = self._offset + start * self.row_bytes
+        while len(view):
+            written = os.pwrite(self._fd, view, position)
+            view, position = view[written:], position + written
+
+    def write_rows(self, rows: np.ndarray, block: np.ndarray) -> None:
+        """Rows `rows` (B,) int = block (B, ...), one at a time (for a few scattered rows)."""
+        for row, value in zip(np.asarray(rows), block):
+            self.write(int(row), value[None])
+
+    def __exit__(self, *exc) -> bool:
+        os.close(self._fd)
+        return self._atomic.__exit__(*exc)
+
+
+class RowReader:
+    """Reads blocks of rows of an (N, ...) C-order .npy file: reader[a:b], reader[int_array]."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        with open(self.path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(handle)
+            self._offset = handle.tell()
+        if fortran or dtype.hasobject or not shape:
+            raise ValueError(f"{self.path}: not a C-order numeric array with rows")
+        self.shape, self.dtype = tuple(shape), dtype
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice | np.ndarray) -> np.ndarray:
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            if isinstance(rows, slice):
+                start, stop, step = rows.indices(len(self))
+                if step != 1:
+                    raise ValueError(f"{self.path}: only contiguous slices are read as one block")
+                return self._read(fd, start, max(stop - start, 0))
+            rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+            block = np.empty((len(rows),) + self.shape[1:], dtype=self.dtype)
+            for i, row in enumerate(rows):
+                block[i] = self._read(fd, int(row), 1)[0]
+            return block
+        finally:
+            os.close(fd)
+
+    def blocks(self, size: int):
+        """Yield (start, rows (B, ...)) over the file in blocks of `size` rows."""
+        for start in range(0, len(self), size):
+            yield start, self[start:start + size]
+
+    def _read(self, fd: int, start: int, count: int) -> np.ndarray:
+        if start < 0 or start + count > len(self):
+            raise IndexError(f"{self.path}: rows {start}..{start + count} of {len(self)}")
+        size = count * self.row_bytes
+        data = os.pread(fd, size, self._offset + start * self.row_bytes)
+        if len(data) != size:
+            raise ValueError(f"{self.path}: truncated ({len(data)} of {size} bytes at row {start})")
+        return np.frombuffer(data, dtype=self.dtype).reshape((count,) + self.shape[1:]).copy()

@@ -1,0 +1,49 @@
+"""Row files: the bytes np.save writes, blocks in any order, reads by slice and by rows, and
+nothing left at the path when the writer fails."""
+import numpy as np
+import pytest
+
+from stages.common.rowfile import RowReader, RowWriter
+
+
+@pytest.mark.parametrize("shape,dtype", [((10, 4, 3), np.float32), ((7, 4, 4), np.float64),
+                                         ((0, 5), np.float32), ((3,), np.int64)])
+def test_written_file_is_the_file_np_save_writes(tmp_path, shape, dtype):
+    array = np.arange(int(np.prod(shape)), dtype=dtype).reshape(shape)
+    with RowWriter(tmp_path / "a.npy", shape, dtype) as out:
+        out.write(0, array)
+    np.save(tmp_path / "b.npy", array)
+    assert (tmp_path / "a.npy").read_bytes() == (tmp_path / "b.npy").read_bytes()
+
+
+def test_blocks_in_any_order_and_scattered_rows(tmp_path):
+    array = np.random.default_rng(0).normal(size=(9, 5, 2)).astype(np.float32)
+    with RowWriter(tmp_path / "a.npy", array.shape, np.float32) as out:
+        out.write(6, array[6:])
+        out.write(0, array[:3])
+        out.write_rows(np.array([4, 3, 5]), array[[4, 3, 5]])
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), array)
+    reader = RowReader(tmp_path / "a.npy")
+    assert len(reader) == 9 and reader.shape == array.shape
+    np.testing.assert_array_equal(reader[2:7], array[2:7])
+    np.testing.assert_array_equal(reader[np.array([8, 0, 8])], array[[8, 0, 8]])
+    np.testing.assert_array_equal(np.concatenate([block for _, block in reader.blocks(4)]), array)
+    assert reader[np.array([], dtype=int)].shape == (0, 5, 2)
+
+
+def test_a_block_that_does_not_fit_is_refused_and_a_failed_writer_leaves_no_file(tmp_path):
+    with pytest.raises(ValueError, match="do not fit"):
+        with RowWriter(tmp_path / "a.npy", (4, 3), np.float32) as out:
+            out.write(3, np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="do not fit"):
+        with RowWriter(tmp_path / "a.npy", (4, 3), np.float32) as out:
+            out.write(0, np.zeros((2, 4)))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reader_names_a_truncated_file(tmp_path):
+    np.save(tmp_path / "a.npy", np.zeros((10, 3), np.float32))
+    data = (tmp_path / "a.npy").read_bytes()
+    (tmp_path / "a.npy").write_bytes(data[:-20])
+    with pytest.raises(ValueError, match="a.npy: truncated"):
+        RowReader(tmp_path / "a.npy")[5:10]
