@@ -26,7 +26,8 @@ from stages.face.pca import PCABasis
 from stages.nets.checkpoint import Expected, load_network, used_inputs
 from stages.nets.dataset import CropStore
 from stages.nets.flipmerge import FLIP_MERGE_MODES
-from stages.nets.inference import Fallback, InferSettings, apply_fallback, batch_predictions, mean_pose, network_outputs, skipped_rows
+from stages.nets.inference import (Fallback, InferSettings, batch_predictions, fallback_rows, mean_pose,
+                                   network_outputs, skipped_rows)
 from stages.nets.poses import solve_poses
 from stages.pnp.opencv import METHODS
 from stages.wcpa.layout import load_resources
@@ -57,7 +58,10 @@ def variant_metrics(plain, back, store, mode, method, camera, settings, fallback
     verts, uv, sigma = batch_predictions(plain, back, store.inv_warps, mode)
     pred = {"verts": verts.astype(np.float32), "landmarks": uv, "sigma": sigma,
             "R_t": solve_poses(method, verts, uv, sigma, camera, settings.pnp_flags, settings.workers)}
-    apply_fallback(pred, skipped_rows(store), fallback, camera)
+    skipped = skipped_rows(store)
+    for key, value in fallback_rows(int(skipped.sum()), fallback, camera).items():
+        pred[key][skipped] = value
+    pred["R_t"][skipped] = fallback.R_t
     solved = np.isfinite(pred["R_t"]).all((1, 2))
     if not solved.any():
         return {**{name: np.nan for name in COLUMNS}, "pnp_failed": len(solved)}

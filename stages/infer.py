@@ -22,9 +22,9 @@ from stages.common.params import PARAMS_FILE, load_params, section
 from stages.face.pca import PCABasis, load_flip_perm
 from stages.nets.checkpoint import Expected, load_network, used_inputs
 from stages.nets.dataset import CropStore
-from stages.nets.inference import Fallback, InferSettings, infer_split, mean_pose
+from stages.nets.inference import Fallback, InferSettings, infer_split, mean_pose, prediction_rows
 from stages.wcpa.layout import list_path, load_resources, read_list
-from stages.wcpa.predictions import save_predictions
+from stages.wcpa.predictions import PredictionWriter
 
 log = logging.getLogger("infer")
 SPLITS = ("val", "test")
@@ -42,8 +42,9 @@ def split_list(params: dict, split: str) -> pd.DataFrame:
     raise ValueError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
 
 
-def run(params: dict, split: str, artifacts: Path = ARTIFACTS) -> dict[str, np.ndarray]:
-    """Predict one split and write artifacts/infer/predictions_<split>.npz; returns the arrays."""
+def run(params: dict, split: str, artifacts: Path = ARTIFACTS) -> Path:
+    """Predict one split into artifacts/infer/predictions_<split>.npz, batch by batch (the
+    resident memory stays flat in the split's size); returns the file's path."""
     cfg, train = section(params, "infer"), section(params, "train")
     resources = load_resources(section(params, "data").root)
     table = split_list(params, split)
@@ -61,12 +62,13 @@ def run(params: dict, split: str, artifacts: Path = ARTIFACTS) -> dict[str, np.n
     log.info("%s: %d crops, checkpoint %s, flip_merge=%s, pnp=%s, device %s", split, len(store), checkpoint,
              settings.flip_merge, settings.pnp, settings.device)
     started = time.perf_counter()
-    pred = infer_split(model, store, table, perm, resources.camera, settings, fallback,
-                       f"{checkpoint} on {artifacts / 'crop' / split}")
+    path = artifacts / "infer" / f"predictions_{split}.npz"
+    with PredictionWriter(path, table, prediction_rows(resources.n_verts)) as out:
+        infer_split(model, store, table, perm, resources.camera, settings, fallback,
+                    f"{checkpoint} on {artifacts / 'crop' / split}", out)
     elapsed = time.perf_counter() - started
     log.info("%s: %d samples in %.1f s (%.1f images/s)", split, len(store), elapsed, len(store) / max(elapsed, 1e-9))
-    save_predictions(artifacts / "infer" / f"predictions_{split}.npz", table, **pred)
-    return pred
+    return path
 
 
 def main() -> None:

@@ -105,21 +105,36 @@ class CropStoreWriter:
         shutil.rmtree(self.work)
 
 
-def flush_rows(array: np.memmap, rows: np.ndarray) -> None:
-    """Write the pages of `rows` (first-axis indices) of a memory-mapped array to disk (msync of
-    their span only: the cost follows the rows, not the array's size), then drop them from this
-    process's mapping (MADV_DONTNEED: the file keeps them), so that the resident memory of a
-    stage that fills a store stays flat in the number of rows."""
+def _mapped_span(array: np.memmap, rows: np.ndarray) -> tuple[int, int] | None:
+    """(offset, length) in the mapping of the pages that hold `rows` (first-axis indices) of a
+    memory-mapped array; None for an array that is not memory-mapped or no rows."""
     if getattr(array, "_mmap", None) is None or not len(rows):
-        return
+        return None
     row_bytes = array.strides[0]
     start = array.offset % mmap.ALLOCATIONGRANULARITY          # the data's place in the mapping
-    low = start + int(rows.min()) * row_bytes
-    high = start + (int(rows.max()) + 1) * row_bytes
+    low = start + int(np.min(rows)) * row_bytes
+    high = start + (int(np.max(rows)) + 1) * row_bytes
     low -= low % mmap.ALLOCATIONGRANULARITY
-    array._mmap.flush(low, high - low)
-    if hasattr(mmap, "MADV_DONTNEED"):
-        array._mmap.madvise(mmap.MADV_DONTNEED, low, high - low)
+    return low, high - low
+
+
+def release_rows(array: np.memmap, rows: np.ndarray) -> None:
+    """Drop the pages of `rows` of a memory-mapped array from this process's mapping
+    (MADV_DONTNEED; the file keeps them, a later read maps them again), so that the resident
+    memory of a stage that reads or fills a store stays flat in the number of rows. Written
+    pages must be flushed first (`flush_rows`)."""
+    span = _mapped_span(array, rows)
+    if span is not None and hasattr(mmap, "MADV_DONTNEED"):
+        array._mmap.madvise(mmap.MADV_DONTNEED, *span)
+
+
+def flush_rows(array: np.memmap, rows: np.ndarray) -> None:
+    """Write the pages of `rows` of a memory-mapped array to disk (msync of their span only: the
+    cost follows the rows, not the array's size), then release them (`release_rows`)."""
+    span = _mapped_span(array, rows)
+    if span is not None:
+        array._mmap.flush(*span)
+        release_rows(array, rows)
 
 
 def stamp_run(splits: list[Path]) -> str:

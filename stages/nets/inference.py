@@ -16,6 +16,7 @@ the fallback pose, up to infer.max_pnp_failures of the split; past that the run 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
@@ -26,6 +27,7 @@ import torch
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
+from stages.common.cropstore import release_rows
 from stages.common.precision import amp_dtype, autocast
 from stages.common.threads import single_thread_blas
 from stages.face.warp import apply_warp
@@ -35,6 +37,7 @@ from stages.nets.model import FaceNet
 from stages.nets.poses import solve_poses
 from stages.wcpa.camera import Camera, make_rt
 from stages.wcpa.layout import ID_COLUMNS, labelled_rows
+from stages.wcpa.predictions import PredictionWriter
 
 log = logging.getLogger(__name__)
 OUTPUT_KEYS = ("mu", "sigma", "verts")
@@ -97,8 +100,11 @@ def _to_numpy(out: dict[str, torch.Tensor], rows: slice) -> dict[str, np.ndarray
 
 def _read_batch(images: np.ndarray, start: int, batch_size: int, pin: bool) -> torch.Tensor:
     """Crops [start, start + batch_size) of a (memory-mapped) store -> (B, S, S, 3) uint8 tensor
-    (in pinned memory for a fast copy to the GPU when `pin`)."""
-    batch = torch.from_numpy(np.array(images[start:start + batch_size]))
+    (in pinned memory for a fast copy to the GPU when `pin`); the store's pages are released
+    once copied, so that reading a whole store keeps the resident memory flat."""
+    batch = np.array(images[start:start + batch_size])
+    release_rows(images, np.array([start, start + len(batch) - 1]) if len(batch) else np.zeros(0, int))
+    batch = torch.from_numpy(batch)
     return batch.pin_memory() if pin else batch
 
 
@@ -156,46 +162,48 @@ def skipped_rows(store: CropStore) -> np.ndarray:
     return store.index["skipped"].astype(str).str.strip().isin(["1", "True", "true"]).to_numpy()
 
 
-def apply_fallback(pred: dict[str, np.ndarray], skipped: np.ndarray, fallback: Fallback, camera: Camera) -> None:
-    """Give skipped rows the fallback mesh and pose, its projection as landmarks and NaN sigma."""
-    if not skipped.any():
-        return
-    pred["verts"][skipped] = fallback.verts
-    pred["R_t"][skipped] = fallback.R_t
-    pred["landmarks"][skipped] = camera.project(fallback.verts, fallback.R_t)
-    pred["sigma"][skipped] = np.nan
+def fallback_rows(n: int, fallback: Fallback, camera: Camera) -> dict[str, np.ndarray]:
+    """The prediction of n skipped rows: the fallback mesh, its projection in the fallback pose
+    as landmarks, NaN sigma -> verts (n, V, 3), landmarks (n, V, 2), sigma (n, V)."""
+    verts = np.broadcast_to(fallback.verts, (n,) + fallback.verts.shape)
+    uv = camera.project(fallback.verts, fallback.R_t)
+    return {"verts": verts, "landmarks": np.broadcast_to(uv, (n,) + uv.shape),
+            "sigma": np.full((n, len(fallback.verts)), np.nan, np.float32)}
 
 
-def check_network(pred: dict[str, np.ndarray], skipped: np.ndarray, table: pd.DataFrame, where: str) -> None:
-    """Stop when the network gave a usable row a non-finite mesh or landmarks, naming up to 5 rows."""
-    bad = ~(_finite(pred, "verts") & _finite(pred, "landmarks")) & ~skipped
+def check_network(finite: np.ndarray, skipped: np.ndarray, table: pd.DataFrame, where: str) -> None:
+    """Stop when the network gave a usable row (finite (N,) bool False: a non-finite mesh or
+    landmarks) non-finite outputs, naming up to 5 rows."""
+    bad = ~finite & ~skipped
     if bad.any():
         raise InferenceError(f"{where}: the network gave non-finite outputs for {int(bad.sum())} sample(s): "
                              + _names(table, np.flatnonzero(bad)))
 
 
-def repair_poses(pred: dict[str, np.ndarray], skipped: np.ndarray, fallback: Fallback, table: pd.DataFrame,
+def repair_poses(R_t: np.ndarray, skipped: np.ndarray, fallback: Fallback, table: pd.DataFrame,
                  max_fraction: float, where: str) -> np.ndarray:
-    """Rows whose PnP failed (non-finite pose, or the face behind the camera: tz >= 0, which the
-    submission validator rejects) get the fallback pose and keep their predicted mesh.
+    """Rows of R_t (N, 4, 4) whose PnP failed (non-finite pose, or the face behind the camera:
+    tz >= 0, which the submission validator rejects) get the fallback pose, in place, and keep
+    their predicted mesh.
 
     Returns (N,) bool of those rows; stops, naming them, when they are more than `max_fraction`
     of the usable rows (a broken network or a PnP method unfit for its landmarks)."""
-    failed = ~(_finite(pred, "R_t") & (pred["R_t"][:, 3, 2] < 0)) & ~skipped
+    failed = ~(finite_rows(R_t) & (R_t[:, 3, 2] < 0)) & ~skipped
     usable = max(int((~skipped).sum()), 1)
     if failed.sum() > max_fraction * usable:
         raise InferenceError(f"{where}: PnP failed or put the face behind the camera for {int(failed.sum())} of "
                              f"{usable} sample(s) (infer.max_pnp_failures={max_fraction}); another "
                              "infer.pnp_flags, e.g. EPNP or SQPNP, may solve them: " + _names(table, np.flatnonzero(failed)))
     if failed.any():
-        pred["R_t"][failed] = fallback.R_t
+        R_t[failed] = fallback.R_t
         log.warning("%s: PnP failed for %d sample(s): they get the mean training pose (%s)", where,
                     int(failed.sum()), _names(table, np.flatnonzero(failed)))
     return failed
 
 
-def _finite(pred: dict[str, np.ndarray], key: str) -> np.ndarray:
-    return np.isfinite(pred[key].reshape(len(pred[key]), -1)).all(1)
+def finite_rows(array: np.ndarray) -> np.ndarray:
+    """(N,) bool: the rows of an (N, ...) array with only finite values."""
+    return np.isfinite(array.reshape(len(array), -1)).all(1)
 
 
 def _names(table: pd.DataFrame, rows: np.ndarray) -> str:
@@ -207,52 +215,78 @@ def _names(table: pd.DataFrame, rows: np.ndarray) -> str:
 def predict_store(model: FaceNet, store: CropStore, perm: np.ndarray | None, camera: Camera,
                   settings: InferSettings) -> dict[str, np.ndarray]:
     """verts (N, V, 3), R_t (N, 4, 4), landmarks (N, V, 2) full px, sigma (N, V) full px for a
-    store's rows (fallback rows not yet filled: see `apply_fallback`)."""
+    store's rows, in memory (skipped rows not filled: see `infer_split`)."""
     return predict_crops(model, store.images, store.inv_warps, perm, camera, settings)
 
 
-def predict_crops(model: FaceNet, images: np.ndarray, inv_warps: np.ndarray, perm: np.ndarray, camera: Camera,
-                  settings: InferSettings) -> dict[str, np.ndarray]:
+def predicted_batches(model: FaceNet, images: np.ndarray, inv_warps: np.ndarray, perm: np.ndarray | None,
+                      camera: Camera, settings: InferSettings) -> Iterator[tuple[slice, dict[str, np.ndarray]]]:
     """Crops (N, S, S, 3) uint8 (a memmap is read batch by batch) and their crop -> full-image
-    warps (N, 2, 3) -> verts (N, V, 3) metres, R_t (N, 4, 4), landmarks (N, V, 2) full px,
-    sigma (N, V) full px. numpy's BLAS gets one thread (stages.common.threads): the PnP
-    threads and torch share the cores."""
+    warps (N, 2, 3) -> per batch, in order, (rows, {verts (B, V, 3) metres, landmarks (B, V, 2)
+    full px, sigma (B, V) full px, R_t (B, 4, 4)}). The PnP of a batch runs in a thread pool while
+    the next batches go through the network, at most `settings.workers` + 1 batches in flight.
+    numpy's BLAS gets one thread (stages.common.threads): the PnP threads and torch share the cores."""
     single_thread_blas()
     mode = check_mode(settings.flip_merge)
     mirror = perm if mode != "none" else None
-    parts: dict[str, list] = {"verts": [], "landmarks": [], "sigma": []}
+    pending: deque = deque()
     with ThreadPoolExecutor(max(1, settings.workers)) as solvers:
-        poses = []
         for rows, plain, back in network_outputs(model, images, settings.batch_size, settings.device,
                                                  settings.amp, mirror):
             verts, uv, sigma = batch_predictions(plain, back, inv_warps[rows], mode)
-            poses.append(solvers.submit(solve_poses, settings.pnp, verts, uv, sigma, camera,
-                                        settings.pnp_flags, 1))
-            for key, value in zip(("verts", "landmarks", "sigma"), (verts, uv, sigma)):
-                parts[key].append(value)
-        R_t = [future.result() for future in poses]
-    if not R_t:
+            pose = solvers.submit(solve_poses, settings.pnp, verts, uv, sigma, camera, settings.pnp_flags, 1)
+            pending.append((rows, {"verts": verts, "landmarks": uv, "sigma": sigma}, pose))
+            while len(pending) > max(1, settings.workers):
+                yield _finished(pending.popleft())
+        while pending:
+            yield _finished(pending.popleft())
+
+
+def _finished(entry: tuple) -> tuple[slice, dict[str, np.ndarray]]:
+    rows, out, pose = entry
+    return rows, {**{key: value.astype(np.float32) for key, value in out.items()}, "R_t": pose.result()}
+
+
+def predict_crops(model: FaceNet, images: np.ndarray, inv_warps: np.ndarray, perm: np.ndarray | None,
+                  camera: Camera, settings: InferSettings) -> dict[str, np.ndarray]:
+    """`predicted_batches` gathered in memory: verts (N, V, 3), R_t (N, 4, 4), landmarks (N, V, 2),
+    sigma (N, V) (for a batch of images; a whole split goes through `infer_split`)."""
+    parts = [out for _, out in predicted_batches(model, images, inv_warps, perm, camera, settings)]
+    if not parts:
         n_verts = model.config.n_verts
         return {"verts": np.zeros((0, n_verts, 3), np.float32), "R_t": np.zeros((0, 4, 4)),
                 "landmarks": np.zeros((0, n_verts, 2), np.float32), "sigma": np.zeros((0, n_verts), np.float32)}
-    out = {key: np.concatenate(value).astype(np.float32) for key, value in parts.items()}
-    out["R_t"] = np.concatenate(R_t)
-    return out
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+
+def prediction_rows(n_verts: int) -> dict[str, tuple[tuple[int, ...], type]]:
+    """The arrays of infer's predictions file: name -> (row shape, dtype) (stages.wcpa.predictions)."""
+    return {"verts": ((n_verts, 3), np.float32), "R_t": ((4, 4), np.float64),
+            "landmarks": ((n_verts, 2), np.float32), "sigma": ((n_verts,), np.float32),
+            "skipped": ((), bool), "pnp_failed": ((), bool)}
 
 
 def infer_split(model: FaceNet, store: CropStore, table: pd.DataFrame, perm: np.ndarray | None, camera: Camera,
-                settings: InferSettings, fallback: Fallback, where: str) -> dict[str, np.ndarray]:
-    """Predictions of one split, fallback rows filled and checked: the arrays of the predictions
-    file (verts, R_t, landmarks, sigma, skipped (N,) bool, pnp_failed (N,) bool). `where` names the run in errors."""
+                settings: InferSettings, fallback: Fallback, where: str, out: PredictionWriter) -> dict[str, np.ndarray]:
+    """Predict one split into a predictions writer (`prediction_rows`), batch by batch, skipped
+    rows given the fallback prediction, the network's outputs and the poses checked. `where`
+    names the run in errors. Returns the small per-row arrays: R_t (N, 4, 4), skipped (N,) bool,
+    pnp_failed (N,) bool."""
     skipped = skipped_rows(store)
-    pred = predict_store(model, store, perm, camera, settings)
-    apply_fallback(pred, skipped, fallback, camera)
-    check_network(pred, skipped, table, where)
-    pred["pnp_failed"] = repair_poses(pred, skipped, fallback, table, settings.max_pnp_failures, where)
+    R_t = np.full((len(store), 4, 4), np.nan)
+    finite = np.ones(len(store), dtype=bool)
+    for rows, batch in predicted_batches(model, store.images, store.inv_warps, perm, camera, settings):
+        finite[rows] = finite_rows(batch["verts"]) & finite_rows(batch["landmarks"])
+        R_t[rows] = batch.pop("R_t")
+        out.write(rows.start, **batch)
+    check_network(finite, skipped, table, where)
+    out.write_rows(np.flatnonzero(skipped), **fallback_rows(int(skipped.sum()), fallback, camera))
+    R_t[skipped] = fallback.R_t
+    pnp_failed = repair_poses(R_t, skipped, fallback, table, settings.max_pnp_failures, where)
     if skipped.any():
         log.warning("%s: %d skipped sample(s) got the fallback prediction (PCA mean mesh, mean training pose)",
                     where, int(skipped.sum()))
     else:
         log.info("%s: no skipped samples", where)
-    pred["skipped"] = skipped
-    return pred
+    out.write(0, R_t=R_t, skipped=skipped, pnp_failed=pnp_failed)
+    return {"R_t": R_t, "skipped": skipped, "pnp_failed": pnp_failed}

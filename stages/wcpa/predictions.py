@@ -9,12 +9,17 @@ One .npz per predictor and split, rows aligned with the split's list:
 """
 from __future__ import annotations
 
+import io
+import shutil
+import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from stages.common.io import save_npz
+from stages.common.io import atomic_write, save_npz
+from stages.common.rowfile import RowWriter
 from stages.wcpa.layout import ID_COLUMNS, DataError
 
 
@@ -26,6 +31,63 @@ def save_predictions(path: Path | str, table: pd.DataFrame, verts: np.ndarray, R
         raise ValueError(f"{path}: {len(verts)} meshes / {len(R_t)} poses for {n} list rows")
     ids = table[ID_COLUMNS].to_numpy(dtype=str)
     save_npz(path, ids=ids, verts=np.asarray(verts, np.float32), R_t=np.asarray(R_t, np.float64), **extra)
+
+
+class PredictionWriter:
+    """Writes a predictions file block by block, for a stage whose resident memory must stay flat
+    in the number of rows: each array goes to a row file in a temporary folder beside `path`;
+    on a clean exit they are packed (copied in 1 MB pieces) into the .npz, atomically.
+
+    with PredictionWriter(path, table, {"verts": ((V, 3), np.float32), "R_t": ((4, 4), np.float64),
+                                        ...}) as out:
+        out.write(start, verts=block, ...)            # rows start .. start + B of each given array
+        out.write_rows(rows, sigma=block)             # scattered rows
+    Rows never written read back as zeros. verts and R_t must be among the arrays.
+    """
+
+    def __init__(self, path: Path | str, table: pd.DataFrame, rows: dict[str, tuple[tuple[int, ...], type]]):
+        if "verts" not in rows or "R_t" not in rows:
+            raise ValueError(f"{path}: predictions need verts and R_t")
+        self.path, self.table, self.rows = Path(path), table, rows
+        self._folder: tempfile.TemporaryDirectory | None = None
+        self._writers: dict[str, RowWriter] = {}
+
+    def __enter__(self) -> "PredictionWriter":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._folder = tempfile.TemporaryDirectory(prefix=f".{self.path.stem}.rows", dir=self.path.parent)
+        for key, (shape, dtype) in self.rows.items():
+            self._writers[key] = RowWriter(Path(self._folder.name) / f"{key}.npy", (len(self.table),) + shape,
+                                           dtype).__enter__()
+        return self
+
+    def write(self, start: int, **blocks: np.ndarray) -> None:
+        for key, block in blocks.items():
+            self._writers[key].write(start, block)
+
+    def write_rows(self, rows: np.ndarray, **blocks: np.ndarray) -> None:
+        for key, block in blocks.items():
+            self._writers[key].write_rows(rows, block)
+
+    def __exit__(self, kind, error, trace) -> bool:
+        try:
+            for writer in self._writers.values():
+                writer.__exit__(kind, error, trace)
+            if kind is None:
+                self._pack()
+        finally:
+            self._folder.cleanup()
+        return False
+
+    def _pack(self) -> None:
+        """The row files and the ids -> the .npz (np.savez's layout: uncompressed, <key>.npy)."""
+        ids = io.BytesIO()
+        np.save(ids, self.table[ID_COLUMNS].to_numpy(dtype=str))
+        with atomic_write(self.path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as npz:
+            npz.writestr("ids.npy", ids.getvalue())
+            for key in self.rows:
+                with open(Path(self._folder.name) / f"{key}.npy", "rb") as src, \
+                        npz.open(f"{key}.npy", "w", force_zip64=True) as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
 
 
 def load_predictions(path: Path | str, table: pd.DataFrame | None = None) -> dict[str, np.ndarray]:

@@ -12,7 +12,8 @@ from stages import infer, pca, submit
 from stages.common.cropstore import stamp_run
 from stages.face.pca import PCABasis
 from stages.nets.checkpoint import CheckpointError, used_inputs
-from stages.nets.inference import Fallback, InferenceError, check_network, network_outputs, repair_poses
+from stages.nets.inference import (Fallback, InferenceError, check_network, finite_rows, network_outputs,
+                                   repair_poses)
 from stages.nets.flipmerge import unmirror_outputs
 from stages.nets.dataset import CropStore, crop_targets
 from stages.nets.model import FaceNet, NetConfig
@@ -205,9 +206,10 @@ def _three_rows():
 def test_skipped_rows_may_be_nan_but_network_nan_stops():
     table, pred = _three_rows()
     pred["verts"][2] = np.nan
-    check_network(pred, np.array([False, False, True]), table, "here")
+    finite = finite_rows(pred["verts"]) & finite_rows(pred["landmarks"])
+    check_network(finite, np.array([False, False, True]), table, "here")
     with pytest.raises(InferenceError, match=r"here: the network gave non-finite outputs for 1 sample.*c/x/3 \(row 2\)"):
-        check_network(pred, np.zeros(3, bool), table, "here")
+        check_network(finite, np.zeros(3, bool), table, "here")
 
 
 def test_failed_pnp_gets_the_fallback_pose_up_to_the_allowed_fraction():
@@ -218,7 +220,7 @@ def test_failed_pnp_gets_the_fallback_pose_up_to_the_allowed_fraction():
     pred["R_t"][2] = np.nan                          # skipped: not counted, not repaired here
     skipped = np.array([False, False, True])
     with pytest.raises(InferenceError, match=r"here: PnP failed .* for 1 of 2 sample.*b/x/2 \(row 1\)"):
-        repair_poses({k: v.copy() for k, v in pred.items()}, skipped, fallback, table, 0.25, "here")
-    failed = repair_poses(pred, skipped, fallback, table, 0.5, "here")
+        repair_poses(pred["R_t"].copy(), skipped, fallback, table, 0.25, "here")
+    failed = repair_poses(pred["R_t"], skipped, fallback, table, 0.5, "here")
     assert failed.tolist() == [False, True, False]
     assert pred["R_t"][1, 3, 2] == -0.6 and pred["R_t"][0, 3, 2] == -0.5
