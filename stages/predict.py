@@ -48,7 +48,6 @@ from stages.coarse.detector import Detector
 from stages.common.io import save_json, save_npz
 from stages.common.params import PARAMS_FILE, load_params, section
 from stages.face.frontal import crop_warps, reference_shape
-from stages.face.mesh import write_obj
 from stages.face.pca import load_flip_perm
 from stages.face.warp import invert_warp, warp_image
 from stages.nets.checkpoint import CheckpointError, load_network_for_images
@@ -57,6 +56,7 @@ from stages.nets.model import FaceNet
 from stages.viz.draw import draw_points, draw_wireframe, save_png
 from stages.wcpa.camera import Camera, focal_from_fov, to_camera
 from stages.wcpa.layout import DataError, Resources, load_resources, read_image
+from stages.wcpa.obj import write_obj
 
 log = logging.getLogger("predict")
 ARTIFACTS = Path("artifacts")

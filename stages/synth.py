@@ -15,8 +15,8 @@ import numpy as np
 
 from stages.common.io import atomic_dir
 from stages.common.params import load_params, section, stage_args
-from stages.face.scene import PoseStats
-from stages.face.synth_data import SynthConfig, generate
+from stages.synthetic.scene import PoseStats
+from stages.synthetic.synth_data import SynthConfig, generate
 
 log = logging.getLogger("synth")
 MARKER = "SKIPPED.txt"

@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from stages import synth
-from stages.face.blendshapes import ARKIT_NAMES, build_blendshapes
 from stages.face.mesh import flip_mesh, flip_permutation, kpt_flip_permutation
-from stages.face.model import build_face_model
+from stages.synthetic.blendshapes import ARKIT_NAMES, build_blendshapes
+from stages.synthetic.model import build_face_model
 from stages.wcpa.camera import flip_rt
 from stages.wcpa.layout import (image_path, info_path, landmarks_path, list_path, load_labels, load_resources,
                                 read_image, read_landmarks, read_list)
