@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from stages.coarse.detector import Detector
 from stages.coarse.targets import load_targets
-from stages.coarse.train import device
 from stages.common.badinput import BadInputs
+from stages.common.device import pick_device
 from stages.common.io import atomic_dir, save_json
 from stages.common.params import load_params, section, stage_args
 from stages.wcpa.layout import DataError, image_path, load_resources, read_image, sample_key, split_tables
@@ -93,7 +93,7 @@ def run(params: dict, out: Path = Path("artifacts/coarse_predict"),
     cfg, data = section(params, "coarse_predict"), section(params, "data")
     resources = load_resources(data.root)
     tables = split_tables(data.root, split_dir)
-    detector = Detector(model, device(), data.workers, cfg.amp)
+    detector = Detector(model, pick_device("auto"), data.workers, cfg.amp)
     cfg = usable_flip_test(cfg, detector)
     bad = BadInputs(skip=data.skip_bad, max_fraction=data.max_bad_fraction)
     metrics, landmarks = {}, {}
