@@ -25,7 +25,8 @@ from stages.coarse.targets import load_targets
 from stages.common.badinput import BadInputs
 from stages.common.device import pick_device
 from stages.common.io import atomic_dir, save_json
-from stages.common.params import load_params, section, stage_args
+from stages.common.params import section
+from stages.common.stage import stage_main
 from stages.wcpa.layout import DataError, image_path, load_resources, read_image, sample_key, split_tables
 
 log = logging.getLogger("coarse_predict")
@@ -118,10 +119,8 @@ def run(params: dict, out: Path = Path("artifacts/coarse_predict"),
     return metrics
 
 
-def main() -> None:
-    args = stage_args(__doc__.splitlines()[0])
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    run(load_params(args.params))
+def main(argv: list[str] | None = None) -> None:
+    stage_main(__doc__, run, argv=argv)
 
 
 if __name__ == "__main__":
