@@ -32,8 +32,9 @@ import torch
 from stages import coarse_train
 from stages.coarse.sources import ViewSet, list_samples
 from stages.coarse.targets import load_targets
-from stages.coarse.train import build_nets, device, epoch_batches, loader, step
+from stages.coarse.train import build_nets, epoch_batches, loader, step
 from stages.common.badinput import BadInputs
+from stages.common.device import pick_device
 from stages.common.params import apply_overrides, load_params
 from stages.wcpa.layout import load_resources, read_list, write_list
 
@@ -73,20 +74,21 @@ def rate(args: argparse.Namespace, params: dict) -> None:
                     {"locate": cfg.locate_jitter, "refine": cfg.refine_jitter},
                     coarse_train.landmark_flip_order(resources), cfg.flip_prob)
     nets = build_nets(cfg, samples.landmarks.shape[1])
+    device = pick_device("auto")
     for net in nets.values():
-        net.to(device()).train()
+        net.to(device).train()
     params_ = [p for net in nets.values() for p in net.parameters()]
     optimiser = torch.optim.AdamW(params_, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = (args.rounds * 2 + 1) * args.steps + 2
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, cfg.lr, total_steps=total, pct_start=0.15)
-    scaler = torch.amp.GradScaler(device().type, enabled=device().type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
 
     def run(batch):
         step(nets, batch, sizes, optimiser, schedule, scaler)
 
     print(f"{cfg.locate_backbone} {cfg.locate_size} px + {cfg.refine_backbone} {cfg.refine_size} px, "
           f"batch {cfg.batch_size}, {len(samples)} training images, workers {workers}, "
-          f"torch threads {torch.get_num_threads()}, device {device()}")
+          f"torch threads {torch.get_num_threads()}, device {device}")
     held = list(streamed(views, cfg.batch_size, cfg.seed, workers, 0, args.steps))   # the reference's batches
     in_memory = itertools.cycle(held)
     timed_steps(run, in_memory, 2)                         # warm-up

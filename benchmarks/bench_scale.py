@@ -97,8 +97,8 @@ def bench_params(profile: str | None, root: Path) -> dict:
 
 def make_root(root: Path, subjects: int, workers: int) -> None:
     """A synthetic data root of `subjects` training and 2 test subjects (9 images each)."""
-    from stages.face.synth_data import generate
     from stages.synth import config
+    from stages.synthetic.synth_data import generate
     params = load_params("params.yaml")
     params["synth"].update(train_subjects=subjects, test_subjects=2, actions_per_subject=3, frames_per_action=3)
     generate(config(params), root, root.parent / "test_gt", workers)

@@ -18,9 +18,9 @@ import numpy as np
 from joblib import Parallel, delayed
 
 from stages.common.params import load_params
-from stages.face.background import random_background
-from stages.face.synth_data import CHUNK, _write_chunk, plan, write_lists, write_resources
 from stages.synth import config
+from stages.synthetic.background import random_background
+from stages.synthetic.synth_data import CHUNK, _write_chunk, plan, write_lists, write_resources
 
 
 def _timed_chunk(cfg, chunk, root: Path, gt: Path) -> float:

@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from stages.common.badinput import BadInputs
 from stages.common.io import atomic_dir, save_json
-from stages.common.params import load_params, section, stage_args
+from stages.common.params import section
+from stages.common.stage import stage_main
 from stages.wcpa.camera import euler_from_rt, make_rt
 from stages.wcpa.layout import DataError, info_path, list_path, load_resources, read_info, read_list, sample_key
 from stages.wcpa.predictions import save_predictions
@@ -81,8 +82,7 @@ def constant_predictions(path: Path, table, verts: np.ndarray, R_t: np.ndarray) 
     save_predictions(path, table, np.broadcast_to(verts, (n,) + verts.shape), np.broadcast_to(R_t, (n, 4, 4)))
 
 
-def main(params_file: str = "params.yaml") -> None:
-    params = load_params(params_file)
+def run(params: dict) -> None:
     data = section(params, "data")
     root = Path(data.root)
     resources = load_resources(root)
@@ -100,6 +100,9 @@ def main(params_file: str = "params.yaml") -> None:
         bad.finish(tmp, total=len(train))
 
 
+def main(argv: list[str] | None = None) -> None:
+    stage_main(__doc__, run, argv=argv)
+
+
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    main(stage_args(__doc__.splitlines()[0]).params)
+    main()

@@ -22,10 +22,11 @@ from tqdm import tqdm
 
 from stages.coarse.detector import Detector
 from stages.coarse.targets import load_targets
-from stages.coarse.train import device
 from stages.common.badinput import BadInputs
+from stages.common.device import pick_device
 from stages.common.io import atomic_dir, save_json
-from stages.common.params import load_params, section, stage_args
+from stages.common.params import section
+from stages.common.stage import stage_main
 from stages.wcpa.layout import DataError, image_path, load_resources, read_image, sample_key, split_tables
 
 log = logging.getLogger("coarse_predict")
@@ -93,7 +94,7 @@ def run(params: dict, out: Path = Path("artifacts/coarse_predict"),
     cfg, data = section(params, "coarse_predict"), section(params, "data")
     resources = load_resources(data.root)
     tables = split_tables(data.root, split_dir)
-    detector = Detector(model, device(), data.workers, cfg.amp)
+    detector = Detector(model, pick_device("auto"), data.workers, cfg.amp)
     cfg = usable_flip_test(cfg, detector)
     bad = BadInputs(skip=data.skip_bad, max_fraction=data.max_bad_fraction)
     metrics, landmarks = {}, {}
@@ -118,10 +119,8 @@ def run(params: dict, out: Path = Path("artifacts/coarse_predict"),
     return metrics
 
 
-def main() -> None:
-    args = stage_args(__doc__.splitlines()[0])
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    run(load_params(args.params))
+def main(argv: list[str] | None = None) -> None:
+    stage_main(__doc__, run, argv=argv)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ from stages.coarse.train import Checkpoint, TrainConfig, train
 from stages.common.badinput import SKIPPED_FILE, BadInputs
 from stages.common.identity import files_digest, path_digest
 from stages.common.io import atomic_dir, save_json
-from stages.common.params import load_params, section, stage_args
+from stages.common.params import section
+from stages.common.stage import stage_main
 from stages.wcpa.layout import image_path, info_path, load_resources, read_list
 
 log = logging.getLogger("coarse_train")
@@ -124,10 +125,8 @@ def run(params: dict, out: Path = Path("artifacts/coarse_train"),
     return metrics
 
 
-def main() -> None:
-    args = stage_args(__doc__.splitlines()[0])
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    run(load_params(args.params))
+def main(argv: list[str] | None = None) -> None:
+    stage_main(__doc__, run, argv=argv)
 
 
 if __name__ == "__main__":

@@ -33,9 +33,10 @@ from stages.coarse.targets import project_landmarks
 from stages.common.badinput import BadInputs
 from stages.common.cropstore import CropStoreWriter, stamp_run
 from stages.common.io import atomic_dir, save_json
-from stages.common.params import load_params, section, stage_args
+from stages.common.params import section
+from stages.common.stage import stage_main
 from stages.face.frontal import crop_quality, crop_warps, landmark_checks, landmark_problem, reference_shape
-from stages.face.warp import warp_image
+from stages.face.warp import invert_warp, warp_image
 from stages.wcpa.camera import Camera
 from stages.wcpa.layout import (DataError, Resources, info_path, landmarks_path, load_resources,
                                 read_image, read_info, read_landmarks, sample_files, sample_key, sample_keys,
@@ -241,7 +242,7 @@ def run(params: dict, out: Path = Path("artifacts/crop"), coarse_dir: Path = Pat
     with atomic_dir(out) as tmp:
         bad.finish(tmp, total=sum(len(t) for t in tables.values()))
         for split in SPLITS:
-            writers[split].finish(tmp / split, skipped[split])
+            writers[split].finish(tmp / split, skipped[split], invert_warp(writers[split].warps))
         stamp_run([tmp / split for split in SPLITS])
         save_json(tmp / "metrics.json", metrics)
     shutil.rmtree(partial, ignore_errors=True)
@@ -249,10 +250,8 @@ def run(params: dict, out: Path = Path("artifacts/crop"), coarse_dir: Path = Pat
     return metrics
 
 
-def main() -> None:
-    args = stage_args(__doc__.splitlines()[0])
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    run(load_params(args.params))
+def main(argv: list[str] | None = None) -> None:
+    stage_main(__doc__, run, argv=argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from stages.common.params import load_params, stage_args
+from stages.common.stage import stage_main
 from stages.face.frontal import crop_quality
 from stages.face.warp import apply_warp
 from stages.viz.draw import contact_sheet, draw_points, put_label, save_png
@@ -62,10 +62,8 @@ def run(params: dict, out: Path = Path("artifacts/crop_sheet"), crop_dir: Path =
     return path
 
 
-def main() -> None:
-    args = stage_args(__doc__.splitlines()[0])
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    run(load_params(args.params))
+def main(argv: list[str] | None = None) -> None:
+    stage_main(__doc__, run, argv=argv)
 
 
 if __name__ == "__main__":

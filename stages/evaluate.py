@@ -24,8 +24,9 @@ import pandas as pd
 
 from stages.common.badinput import BadInputs
 from stages.common.io import atomic_write, save_json
-from stages.common.params import load_params, section
-from stages.common.predictor import check_finite, predictions_path, predictor_args
+from stages.common.params import section
+from stages.common.predictor import add_predictor, check_finite, predictions_path
+from stages.common.stage import stage_main
 from stages.viz.draw import save_png
 from stages.viz.sheet import SheetSample, pick_extremes, pick_random, qualitative_sheet
 from stages.wcpa.layout import (Resources, image_path, labelled_rows, list_path, load_labels, load_resources,
@@ -147,8 +148,7 @@ def write_headline(out: Path, metrics: dict) -> None:
     save_json(out / "headline.json", headline(metrics))
 
 
-def main(params_file: str, predictor: str) -> None:
-    params = load_params(params_file)
+def run(params: dict, predictor: str) -> None:
     data = section(params, "data")
     root = Path(data.root)
     resources = load_resources(root)
@@ -166,7 +166,9 @@ def main(params_file: str, predictor: str) -> None:
     log.info("%s (mm, deg, px):\n%s", predictor, metrics_table(metrics))
 
 
+def main(argv: list[str] | None = None) -> None:
+    stage_main(__doc__, run, add_predictor, argv)
+
+
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = predictor_args(__doc__.splitlines()[0])
-    main(args.params, args.predictor)
+    main()

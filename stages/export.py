@@ -29,7 +29,8 @@ import torch
 from torch import nn
 
 from stages.common.io import atomic_write
-from stages.common.params import PARAMS_FILE, load_params, section
+from stages.common.params import section
+from stages.common.stage import stage_main
 from stages.nets.checkpoint import load_network_for_images
 from stages.nets.model import FaceNet, InputResize
 from stages.wcpa.layout import load_resources
@@ -94,14 +95,13 @@ def run(params: dict, checkpoint: str | None = None, out: Path | str = ARTIFACTS
     return Path(out)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default=str(PARAMS_FILE), help="params file (default params.yaml)")
+def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", choices=("finetune", "train"), help="default: infer.checkpoint")
     parser.add_argument("--out", default=str(ARTIFACTS / "export" / "model.onnx"))
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    run(load_params(args.params), args.checkpoint, args.out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    stage_main(__doc__, run, options, argv)
 
 
 if __name__ == "__main__":

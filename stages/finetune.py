@@ -12,10 +12,10 @@ Multi-GPU: `torchrun --nproc_per_node N -m stages.finetune`.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
-from stages.common.params import load_params, section, stage_args
+from stages.common.params import section
+from stages.common.stage import stage_main
 from stages.finetuning.trainer import FinetunePaths, run_finetune
 from stages.nets.trainer import TrainPaths
 from stages.wcpa.layout import load_resources
@@ -31,10 +31,8 @@ def run(params: dict, paths: FinetunePaths | None = None) -> dict:
     return run_finetune(params, paths, camera)
 
 
-def main() -> None:
-    args = stage_args(__doc__.splitlines()[0])
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    run(load_params(args.params))
+def main(argv: list[str] | None = None) -> None:
+    stage_main(__doc__, run, argv=argv)
 
 
 if __name__ == "__main__":

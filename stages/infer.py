@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages.common.params import PARAMS_FILE, load_params, section
+from stages.common.params import section
+from stages.common.stage import stage_main
 from stages.face.pca import PCABasis, load_flip_perm
 from stages.nets.checkpoint import Expected, load_network, used_inputs
 from stages.nets.dataset import CropStore
@@ -71,13 +72,12 @@ def run(params: dict, split: str, artifacts: Path = ARTIFACTS) -> Path:
     return path
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default=str(PARAMS_FILE), help="params file (default params.yaml)")
+def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", required=True, choices=SPLITS)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    run(load_params(args.params), args.split)
+
+
+def main(argv: list[str] | None = None) -> None:
+    stage_main(__doc__, run, options, argv)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,9 @@ import pandas as pd
 
 from stages.common.badinput import BadInputs
 from stages.common.io import save_json, save_npy
+from stages.common.params import section
 from stages.common.rowfile import RowReader, RowWriter
-from stages.common.params import load_params, section, stage_args
+from stages.common.stage import stage_main
 from stages.face.pca import (PCABasis, fit_pca, read_blendshapes, read_neutral_list,
                              reconstruction_errors, select_neutral_frames, vertex_flip)
 from stages.wcpa.layout import labelled_rows, load_labels, load_resources, read_list, write_list
@@ -139,10 +140,8 @@ def run(params: dict, out: Path = Path("artifacts/pca"), split_dir: Path = Path(
     return metrics
 
 
-def main() -> None:
-    args = stage_args(__doc__.splitlines()[0])
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    run(load_params(args.params))
+def main(argv: list[str] | None = None) -> None:
+    stage_main(__doc__, run, argv=argv)
 
 
 if __name__ == "__main__":

@@ -46,9 +46,9 @@ from tqdm import tqdm
 from stages.coarse.confidence import MAX_SHIFT, MIN_INSIDE, Confidence, confidence, no_face_reason
 from stages.coarse.detector import Detector
 from stages.common.io import save_json, save_npz
-from stages.common.params import PARAMS_FILE, load_params, section
+from stages.common.params import section
+from stages.common.stage import stage_main
 from stages.face.frontal import crop_warps, reference_shape
-from stages.face.mesh import write_obj
 from stages.face.pca import load_flip_perm
 from stages.face.warp import invert_warp, warp_image
 from stages.nets.checkpoint import CheckpointError, load_network_for_images
@@ -57,6 +57,7 @@ from stages.nets.model import FaceNet
 from stages.viz.draw import draw_points, draw_wireframe, save_png
 from stages.wcpa.camera import Camera, focal_from_fov, to_camera
 from stages.wcpa.layout import DataError, Resources, load_resources, read_image
+from stages.wcpa.obj import write_obj
 
 log = logging.getLogger("predict")
 ARTIFACTS = Path("artifacts")
@@ -266,24 +267,19 @@ def run(params: dict, inputs: list[Path | str], out: Path | str, focal: float | 
     return {"images": len(paths), "seconds": seconds, "images_per_second": len(paths) / max(seconds, 1e-9)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", help="image files and folders of images")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--params", default=str(PARAMS_FILE), help="params file (default params.yaml)")
     camera = parser.add_mutually_exclusive_group()
     camera.add_argument("--focal", type=float, help="focal length in px (principal point at the image centre)")
     camera.add_argument("--fov", type=float, help="horizontal field of view in degrees")
     parser.add_argument("--min-inside", type=float, default=MIN_INSIDE, help="stages.coarse.confidence")
     parser.add_argument("--max-shift", type=float, default=MAX_SHIFT, help="stages.coarse.confidence")
     parser.add_argument("--no-overlay", dest="overlay", action="store_false", help="skip the overlay PNGs")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    try:
-        run(load_params(args.params), args.inputs, args.out, args.focal, args.fov, overlay=args.overlay,
-            min_inside=args.min_inside, max_shift=args.max_shift)
-    except (PredictError, CheckpointError, DataError) as err:
-        raise SystemExit(f"predict: {err}") from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    stage_main(__doc__, run, options, argv, errors=(PredictError, CheckpointError, DataError))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from ruamel.yaml import YAML
 
 from stages.common.io import atomic_write
 from stages.common.params import PARAMS_FILE, ParamsError, check_params, load_params
+from stages.common.stage import setup_logging
 
 PROFILES = Path(__file__).parent / "profiles"
 log = logging.getLogger("profile")
@@ -66,7 +67,7 @@ def main() -> None:
     parser.add_argument("name", help="profile name, e.g. paper")
     parser.add_argument("--params", default="params.yaml", type=Path)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    setup_logging()
     apply_profile(args.name, args.params)
 
 

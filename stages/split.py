@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from stages.common.io import atomic_dir, save_json
-from stages.common.params import load_params, section, stage_args
+from stages.common.params import section
+from stages.common.stage import stage_main
 from stages.wcpa.layout import DataError, list_path, read_list, write_list
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,7 @@ def summary(train: pd.DataFrame, val: pd.DataFrame, source: Path) -> dict:
             "val": {"samples": len(val), "subjects": int(val["subject_id"].nunique())}}
 
 
-def main(params_file: str = "params.yaml") -> None:
-    params = load_params(params_file)
+def run(params: dict) -> None:
     root = Path(section(params, "data").root)
     source = list_path(root, "train")
     train, val = split_table(read_list(source), section(params, "split").val_fraction, params["seed"])
@@ -56,6 +56,9 @@ def main(params_file: str = "params.yaml") -> None:
              len(train), train["subject_id"].nunique(), len(val), val["subject_id"].nunique())
 
 
+def main(argv: list[str] | None = None) -> None:
+    stage_main(__doc__, run, argv=argv)
+
+
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    main(stage_args(__doc__.splitlines()[0]).params)
+    main()

@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from stages.common.params import load_params, section
-from stages.common.predictor import check_finite, predictions_path, predictor_args
+from stages.common.params import section
+from stages.common.predictor import add_predictor, check_finite, predictions_path
+from stages.common.stage import stage_main
 from stages.wcpa.layout import list_path, load_resources, read_list
 from stages.wcpa.predictions import load_predictions
 from stages.wcpa.submission import write_submission
@@ -19,8 +20,8 @@ log = logging.getLogger(__name__)
 OUT = Path("submissions")
 
 
-def main(params_file: str, predictor: str) -> None:
-    root = Path(section(load_params(params_file), "data").root)
+def run(params: dict, predictor: str) -> None:
+    root = Path(section(params, "data").root)
     test = read_list(list_path(root, "test"))
     source = predictions_path(predictor, "test")
     predictions = load_predictions(source, test)
@@ -32,7 +33,9 @@ def main(params_file: str, predictor: str) -> None:
              len(test), 3 * n_verts + 12)
 
 
+def main(argv: list[str] | None = None) -> None:
+    stage_main(__doc__, run, add_predictor, argv)
+
+
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = predictor_args(__doc__.splitlines()[0])
-    main(args.params, args.predictor)
+    main()

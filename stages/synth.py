@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from stages.common.io import atomic_dir
-from stages.common.params import load_params, section, stage_args
-from stages.face.scene import PoseStats
-from stages.face.synth_data import SynthConfig, generate
+from stages.common.params import section
+from stages.common.stage import stage_main
+from stages.synthetic.scene import PoseStats
+from stages.synthetic.synth_data import SynthConfig, generate
 
 log = logging.getLogger("synth")
 MARKER = "SKIPPED.txt"
@@ -50,8 +51,7 @@ def write_markers(params: dict) -> None:
             (Path(tmp) / MARKER).write_text(text)
 
 
-def main(params_path: str = "params.yaml") -> None:
-    params = load_params(params_path)
+def run(params: dict) -> None:
     s = section(params, "synth")
     if uses_real_data(params):
         log.info("data.root=%s is not synth.out=%s: real data in use, writing only %s markers",
@@ -66,6 +66,9 @@ def main(params_path: str = "params.yaml") -> None:
              count, s.out, s.test_gt_out, elapsed, count / max(elapsed, 1e-9))
 
 
+def main(argv: list[str] | None = None) -> None:
+    stage_main(__doc__, run, argv=argv)
+
+
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    main(stage_args(__doc__.splitlines()[0]).params)
+    main()

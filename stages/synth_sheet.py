@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.common.params import load_params, section, stage_args
+from stages.common.params import section
+from stages.common.stage import stage_main
 from stages.viz.draw import save_png
 from stages.viz.samples_sheet import sample_tiles, sheet
 from stages.wcpa.layout import image_path, info_path, list_path, load_resources, read_image, read_info, read_list
@@ -38,14 +39,16 @@ def build_sheet(root: Path | str, samples: int, seed: int) -> np.ndarray:
     return sheet(tiles, COLUMNS, TILE)
 
 
-def main(params_path: str = "params.yaml", out: Path = OUT) -> None:
-    params = load_params(params_path)
+def run(params: dict, out: Path = OUT) -> None:
     root = params["data"]["root"]
     image = build_sheet(root, section(params, "synth").sheet_samples, params["seed"])
     save_png(out, image)
     log.info("wrote %s (%dx%d) from %s", out, image.shape[1], image.shape[0], root)
 
 
+def main(argv: list[str] | None = None) -> None:
+    stage_main(__doc__, run, argv=argv)
+
+
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    main(stage_args(__doc__.splitlines()[0]).params)
+    main()

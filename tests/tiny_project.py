@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from stages.common.cropstore import stamp_run
-from stages.face.mesh import write_obj
 from stages.face.pca import ARKIT_BLENDSHAPES
 from stages.wcpa.camera import Camera, rt_from_euler
+from stages.wcpa.obj import write_obj
 
 PROJ = np.array([[1.57443701, 0, 0, 0], [0, 1.57443701, 0, 0], [0, 0, -0.99999976, -1], [0, 0, -0.001, 0]])
 REPO = Path(__file__).resolve().parents[1]

@@ -25,6 +25,7 @@ from stages.coarse.augment import Jitter
 from stages.coarse.model import LandmarkNet
 from stages.coarse.sources import PASSES, Samples, ViewSet
 from stages.common.badinput import BadInputs
+from stages.common.device import pick_device
 from stages.common.io import UnsafeCheckpointError, load_torch, save_torch
 from stages.wcpa.layout import DataError
 
@@ -50,10 +51,6 @@ class TrainConfig:
     locate_jitter: Jitter
     refine_jitter: Jitter
     seed: int
-
-
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def build_nets(cfg: TrainConfig, n_points: int) -> dict[str, LandmarkNet]:
@@ -222,7 +219,7 @@ def train(cfg: TrainConfig, train_samples: Samples, val_samples: Samples, flip_o
     stop); its records are kept in the checkpoint. live: a dvclive.Live (or None).
     Returns the nets, on the training device, in eval mode.
     """
-    dev = device()
+    dev = pick_device("auto")
     n_points = train_samples.landmarks.shape[1]
     nets = build_nets(cfg, n_points)
     for net in nets.values():

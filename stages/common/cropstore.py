@@ -29,7 +29,6 @@ import pandas as pd
 
 from stages.common.identity import files_digest
 from stages.common.io import save_json, save_npy
-from stages.face.warp import invert_warp
 from stages.wcpa.layout import ID_COLUMNS, DataError
 
 RUN_FILE = "run.json"
@@ -85,15 +84,14 @@ class CropStoreWriter:
             self.done[rows] = True
             flush_rows(self.done, rows)
 
-    def finish(self, out: Path | str, skipped: np.ndarray) -> None:
-        """Write the finished split into `out`; skipped (N,) bool rows get NaN warps."""
+    def finish(self, out: Path | str, skipped: np.ndarray, inverse: np.ndarray) -> None:
+        """Write the finished split into `out`: inverse (N, 2, 3) are the warps' inverses (crop px
+        -> full px); skipped (N,) bool rows get NaN warps and inverses."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         missing = ~self.done & ~skipped
         if missing.any():
             raise RuntimeError(f"{self.work}: {int(missing.sum())} rows neither written nor skipped")
-        identity = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-        inverse = invert_warp(np.where(skipped[:, None, None], identity, self.warps))
         self.images.flush()
         self.done.flush()
         del self.images

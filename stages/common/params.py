@@ -6,7 +6,6 @@ does a value outside its Range or Choice ("params.yaml: train.epochs = 0: must b
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -153,10 +152,3 @@ def apply_overrides(params: dict[str, Any], assignments: list[str]) -> None:
 def section(params: dict[str, Any], name: str) -> SimpleNamespace:
     """One section as attribute access: section(p, 'train').epochs."""
     return SimpleNamespace(**params[name])
-
-
-def stage_args(description: str) -> argparse.Namespace:
-    """Common command line of every stage: --params FILE."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--params", default=str(PARAMS_FILE), help="params file (default params.yaml)")
-    return parser.parse_args()

@@ -10,18 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.common.params import PARAMS_FILE
 from stages.wcpa.layout import DataError
 
 ARTIFACTS = Path("artifacts")
 
 
-def predictor_args(description: str) -> argparse.Namespace:
-    """Command line: --params FILE --predictor NAME."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--params", default=str(PARAMS_FILE), help="params file (default params.yaml)")
+def add_predictor(parser: argparse.ArgumentParser) -> None:
+    """The per-predictor stages' option: --predictor NAME."""
     parser.add_argument("--predictor", required=True, help="reads artifacts/<predictor>/predictions_*.npz")
-    return parser.parse_args()
 
 
 def predictions_path(predictor: str, split: str) -> Path:

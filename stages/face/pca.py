@@ -23,8 +23,9 @@ from scipy.optimize import nnls
 from tqdm import tqdm
 
 from stages.common.io import save_npz
-from stages.face.mesh import flip_permutation, read_obj
+from stages.face.mesh import flip_permutation
 from stages.wcpa.arkit import ARKIT_NAMES
+from stages.wcpa.obj import read_obj
 
 log = logging.getLogger(__name__)
 

@@ -18,12 +18,6 @@ class WeightsUnavailable(RuntimeError):
     """ImageNet weights could not be loaded (no network and no cached file)."""
 
 
-def imagenet_weights(depth: int) -> models.WeightsEnum:
-    """The torchvision ImageNet weights used for a ResNet depth (18, 34, 50)."""
-    _check_depth(depth)
-    return RESNETS[depth][1]
-
-
 def _check_depth(depth: int) -> None:
     if depth not in RESNETS:
         raise ValueError(f"train.depth={depth}: supported ResNet depths are {sorted(RESNETS)}")

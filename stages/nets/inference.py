@@ -28,6 +28,7 @@ from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 from stages.common.cropstore import release_rows
+from stages.common.device import pick_device
 from stages.common.precision import amp_dtype, autocast
 from stages.common.threads import single_thread_blas
 from stages.face.warp import apply_warp
@@ -64,7 +65,7 @@ class InferSettings:
     def of(cls, cfg) -> "InferSettings":
         """From the infer params section (a namespace of infer.*)."""
         return cls(batch_size=cfg.batch_size, flip_merge=cfg.flip_merge, pnp=cfg.pnp, pnp_flags=cfg.pnp_flags,
-                   device=pick_device(cfg.device), amp=cfg.amp, workers=cfg.workers,
+                   device=pick_device(cfg.device, "infer.device"), amp=cfg.amp, workers=cfg.workers,
                    max_pnp_failures=cfg.max_pnp_failures)
 
 
@@ -74,15 +75,6 @@ class Fallback:
 
     verts: np.ndarray
     R_t: np.ndarray
-
-
-def pick_device(name: str) -> torch.device:
-    """infer.device: auto (CUDA when present) | cpu | cuda."""
-    if name not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"infer.device={name!r}: expected auto, cpu or cuda")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("infer.device=cuda but CUDA is not available")
-    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
 
 
 def mean_pose(poses: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from stages.common.device import pick_device
 from stages.common.identity import input_identity
 from stages.common.io import UnsafeCheckpointError, load_torch, save_json, save_torch
 from stages.common.precision import amp_dtype, autocast, needs_grad_scaler
@@ -81,13 +82,10 @@ class Dist:
 
 def start_distributed(device_name: str) -> Dist:
     """Join the torchrun process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU)."""
-    use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
-    if device_name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but CUDA is not available")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
+    device = pick_device(device_name, "train.device", int(os.environ.get("LOCAL_RANK", "0")))
+    use_cuda = device.type == "cuda"
     if use_cuda:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():

@@ -86,11 +86,6 @@ def haar_log_density(delta: torch.Tensor) -> torch.Tensor:
     return torch.log(density.clamp_min(torch.finfo(delta.dtype).tiny))
 
 
-def pose_to_rt(pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """6-vectors (..., 6) = (rotvec, t) -> R (..., 3, 3), t (..., 3)."""
-    return so3_exp(pose[..., :3]), pose[..., 3:]
-
-
 def rt_to_pose(R: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """R (..., 3, 3), t (..., 3) -> 6-vectors (..., 6) = (rotvec, t)."""
     return torch.cat([so3_log(R), t], -1)

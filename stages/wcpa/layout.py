@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 
 from stages.common.io import atomic_write
-from stages.face.mesh import read_obj
 from stages.wcpa.camera import Camera
+from stages.wcpa.obj import read_obj
 
 if TYPE_CHECKING:                # badinput imports DataError from here
     from stages.common.badinput import BadInputs
@@ -270,18 +270,6 @@ def load_resources(root: Path | str) -> Resources:
     except ValueError as err:
         raise DataError(str(err)) from None
     return Resources(camera=camera, template=template, faces=faces, kpt_ind=kpt_ind)
-
-
-def check_files(root: Path | str, table: pd.DataFrame, with_info: bool) -> list[str]:
-    """Up-front existence check of every sample's files -> list of 'path: problem' strings."""
-    root = Path(root)
-    problems = []
-    for row in table.itertuples(index=False):
-        paths = [image_path(root, row), landmarks_path(root, row)]
-        if with_info:
-            paths.append(info_path(root, row))
-        problems += [f"{p}: not found (list row {sample_key(row)})" for p in paths if not p.is_file()]
-    return problems
 
 
 def load_labels(root: Path | str, table: pd.DataFrame, n_verts: int,

@@ -118,7 +118,7 @@ def test_infer_writes_aligned_finite_predictions_with_fallback_for_skipped(proje
     np.testing.assert_allclose(pred["verts"][2], basis.mean, atol=1e-6)
     assert np.isnan(pred["sigma"][2]).all() and np.isfinite(pred["sigma"][[0, 1, 3]]).all()
     np.testing.assert_allclose(pred["R_t"][:, 3, 3], 1.0)
-    submit.main(str(root / "params.yaml"), "infer")
+    submit.main(["--params", str(root / "params.yaml"), "--predictor", "infer"])
     assert (root / "submissions" / "infer.zip").is_file()
 
 

@@ -8,18 +8,19 @@ import pytest
 import torch
 
 from stages import crop, infer, predict
+from stages.coarse.confidence import confidence, no_face_reason
 from stages.coarse.detector import save_detector
 from stages.coarse.model import LandmarkNet
-from stages.coarse.confidence import confidence, no_face_reason
 from stages.common.identity import path_digest
 from stages.face.frontal import reference_shape
-from stages.face.mesh import flip_permutation, read_obj
+from stages.face.mesh import flip_permutation
 from stages.face.pca import PCABasis, fit_pca
 from stages.nets.checkpoint import CheckpointError
 from stages.nets.dataset import CropStore
 from stages.nets.model import FaceNet, NetConfig
 from stages.wcpa.camera import Camera, focal_from_fov
 from stages.wcpa.layout import image_path, landmarks_path, load_labels, load_resources, read_landmarks, write_list
+from stages.wcpa.obj import read_obj
 from stages.wcpa.predictions import load_predictions
 from tests.stages.tiny_data import write_tiny_root
 from tests.tiny_project import tiny_params

@@ -55,10 +55,10 @@ def test_split_needs_two_subjects():
 
 
 def test_baseline_predicts_the_mean_shape_and_pose(project, tiny_root):
-    split.main()
+    split.main([])
     summary = json.loads(Path("artifacts/split/summary.json").read_text())
     assert summary["val"] == {"samples": 4, "subjects": 1} and summary["train"]["subjects"] == 4
-    baseline.main()
+    baseline.main([])
     root = tiny_root / "root"
     train = read_list("artifacts/split/train.csv")
     verts, poses = load_labels(root, train, len(grid_mesh()[0]))
@@ -74,14 +74,14 @@ def test_baseline_predicts_the_mean_shape_and_pose(project, tiny_root):
 
 
 def test_submit_and_evaluate_the_baseline(project, tiny_root, caplog):
-    split.main()
-    baseline.main()
-    submit.main("params.yaml", "baseline")
+    split.main([])
+    baseline.main([])
+    submit.main(["--predictor", "baseline"])
     test = read_list(list_path(tiny_root / "root", "test"))
     array = read_submission("submissions/baseline.zip", len(test), len(grid_mesh()[0]))
     assert np.array_equal(array, np.load("submissions/baseline.npy"))
     caplog.set_level("INFO")
-    evaluate.main("params.yaml", "baseline")
+    evaluate.main(["--predictor", "baseline"])
     out = Path("artifacts/evaluate/baseline")
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"val", "test"} and metrics["test"]["n"] == 4
@@ -100,10 +100,10 @@ def test_submit_and_evaluate_the_baseline(project, tiny_root, caplog):
 
 def test_evaluate_without_test_ground_truth_skips_test(project, tiny_root, caplog):
     write_params(project / "params.yaml", tiny_root / "root", "")
-    split.main()
-    baseline.main()
+    split.main([])
+    baseline.main([])
     caplog.set_level("INFO")
-    evaluate.main("params.yaml", "baseline")
+    evaluate.main(["--predictor", "baseline"])
     metrics = json.loads(Path("artifacts/evaluate/baseline/metrics.json").read_text())
     assert set(metrics) == {"val"}
     assert set(json.loads(Path("artifacts/evaluate/baseline/headline.json").read_text())) == {"val"}
@@ -112,14 +112,14 @@ def test_evaluate_without_test_ground_truth_skips_test(project, tiny_root, caplo
 
 
 def test_evaluate_reports_the_landmark_error(project, tiny_root):
-    split.main()
-    baseline.main()
+    split.main([])
+    baseline.main([])
     root = tiny_root / "root"
     val = read_list("artifacts/split/val.csv")
     verts, poses = load_labels(root, val, len(grid_mesh()[0]))
     uv = load_resources(root).camera.project(verts, poses) + np.array([3.0, 4.0])
     save_predictions("artifacts/baseline/predictions_val.npz", val, verts, poses, landmarks=uv.astype(np.float32))
-    evaluate.main("params.yaml", "baseline")
+    evaluate.main(["--predictor", "baseline"])
     metrics = json.loads(Path("artifacts/evaluate/baseline/metrics.json").read_text())
     assert metrics["val"]["landmark_px"] == pytest.approx(5.0, abs=1e-3)
     assert metrics["val"]["score"] == pytest.approx(0.0, abs=1e-3)
@@ -132,9 +132,9 @@ HEADLINE = ["score", "score_cam", "score_add", "score_shape10", "ADD", "MAE_r", 
 def test_evaluate_writes_the_headline_keys_only(project, tiny_root):
     """headline.json (dvc.yaml's metrics) holds exactly the headline keys of each scored split,
     with the values of metrics.json; the landmark error only for predictions with landmarks."""
-    split.main()
-    baseline.main()
-    evaluate.main("params.yaml", "baseline")
+    split.main([])
+    baseline.main([])
+    evaluate.main(["--predictor", "baseline"])
     out = Path("artifacts/evaluate/baseline")
     metrics, head = (json.loads((out / name).read_text()) for name in ("metrics.json", "headline.json"))
     assert list(head) == ["val", "test"]
@@ -146,7 +146,7 @@ def test_evaluate_writes_the_headline_keys_only(project, tiny_root):
     verts, poses = load_labels(root, val, len(grid_mesh()[0]))
     uv = load_resources(root).camera.project(verts, poses)
     save_predictions("artifacts/baseline/predictions_val.npz", val, verts, poses, landmarks=uv.astype(np.float32))
-    evaluate.main("params.yaml", "baseline")
+    evaluate.main(["--predictor", "baseline"])
     head = json.loads((out / "headline.json").read_text())
     assert list(head["val"]) == HEADLINE and list(head["test"]) == HEADLINE[:-1]
 
@@ -158,7 +158,7 @@ def test_submit_refuses_nan_predictions(project, tiny_root):
     verts[2, 0, 1] = np.nan
     save_predictions("artifacts/nanny/predictions_test.npz", test, verts, poses)
     with pytest.raises(DataError, match="predictions_test.npz: 'verts' has NaN or inf in 1 row.*first row 2"):
-        submit.main("params.yaml", "nanny")
+        submit.main(["--predictor", "nanny"])
     assert not Path("submissions/nanny.npy").exists()
 
 
@@ -168,20 +168,20 @@ def test_submit_refuses_predictions_in_another_order(project, tiny_root):
     shuffled = test.iloc[::-1].reset_index(drop=True)
     save_predictions("artifacts/shuffled/predictions_test.npz", shuffled, verts[::-1], poses[::-1])
     with pytest.raises(DataError, match="rows do not match the list"):
-        submit.main("params.yaml", "shuffled")
+        submit.main(["--predictor", "shuffled"])
 
 
 def test_baseline_skips_a_bad_label_only_when_told(project, tiny_root, tmp_path):
     root = tmp_path / "copy"
     shutil.copytree(tiny_root / "root", root)
     write_params(project / "params.yaml", root, tiny_root / "test_gt")
-    split.main()
+    split.main([])
     bad_row = next(read_list("artifacts/split/train.csv").itertuples(index=False))
     info_path(root, bad_row).write_bytes(b"garbage")
     with pytest.raises(DataError, match=str(info_path(root, bad_row))):
-        baseline.main()
+        baseline.main([])
     write_params(project / "params.yaml", root, tiny_root / "test_gt", data__skip_bad=True, data__max_bad_fraction=0.1)
-    baseline.main()
+    baseline.main([])
     skipped = pd.read_csv("artifacts/baseline/skipped.csv")
     assert skipped["file"].tolist() == [str(info_path(root, bad_row))]
 
@@ -191,8 +191,8 @@ def test_evaluate_scores_a_skipped_crop_without_drawing_it_and_skips_a_bad_label
     shutil.copytree(tiny_root / "root", root)
     shutil.copytree(tiny_root / "test_gt", test_gt)
     write_params(project / "params.yaml", root, test_gt)
-    split.main()
-    baseline.main()
+    split.main([])
+    baseline.main([])
     test = read_list(list_path(root, "test"))
     rows = list(test.itertuples(index=False))
     image_path(root, rows[1]).unlink()                      # crop skipped it: unreadable
@@ -201,9 +201,9 @@ def test_evaluate_scores_a_skipped_crop_without_drawing_it_and_skips_a_bad_label
                      skipped=np.array([False, True, False, False]))
     info_path(test_gt, rows[2]).write_bytes(b"garbage")     # a bad ground-truth label
     with pytest.raises(DataError, match=str(info_path(test_gt, rows[2]))):
-        evaluate.main("params.yaml", "baseline")
+        evaluate.main(["--predictor", "baseline"])
     write_params(project / "params.yaml", root, test_gt, data__skip_bad=True, data__max_bad_fraction=0.2)
-    evaluate.main("params.yaml", "baseline")
+    evaluate.main(["--predictor", "baseline"])
     out = Path("artifacts/evaluate/baseline")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["n"] == 3 and metrics["val"]["n"] == 4

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 
 from stages.face import ibug68
-from stages.face.mesh import write_obj
 from stages.wcpa.camera import Camera, rt_from_euler
 from stages.wcpa.layout import image_path, info_path, landmarks_path, list_path, write_landmarks, write_list
+from stages.wcpa.obj import write_obj
 
 PROJ = np.array([[1.57443701, 0, 0, 0], [0, 1.57443701, 0, 0],
                  [0, 0, -0.99999976, -1], [0, 0, -0.001, 0]])

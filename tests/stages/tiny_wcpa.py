@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from stages.face.mesh import write_obj
 from stages.wcpa.camera import Camera
 from stages.wcpa.layout import image_path, info_path, landmarks_path, list_path, write_landmarks, write_list
+from stages.wcpa.obj import write_obj
 from tests.conftest import CHALLENGE_PROJ, random_poses
 
 IMAGE_SIZE = 160

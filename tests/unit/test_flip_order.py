@@ -10,8 +10,8 @@ from stages.coarse.sources import Samples, ViewSet
 from stages.coarse.targets import landmark_flip_order
 from stages.face import ibug68
 from stages.face.mesh import flip_permutation, kpt_flip_permutation
-from stages.face.model import build_face_model
 from stages.face.pca import fit_pca, load_flip_perm, vertex_flip
+from stages.synthetic.model import build_face_model
 from stages.wcpa.camera import Camera, make_rt
 from stages.wcpa.layout import Resources
 from tests.conftest import CHALLENGE_PROJ

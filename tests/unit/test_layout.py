@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.wcpa.layout import (DataError, check_files, data_image_size, image_path, info_path, landmarks_path,
+from stages.wcpa.layout import (DataError, data_image_size, image_path, info_path, landmarks_path,
                                 list_path, load_labels, read_image, read_info, read_landmarks, read_list,
                                 write_landmarks, write_list)
 
@@ -46,7 +46,6 @@ def test_a_good_sample_reads(root, row):
     verts, R_t = read_info(info_path(root, row), 5)
     assert verts.shape == (5, 3) and R_t[3, 2] == -0.5
     assert read_landmarks(landmarks_path(root, row), 68).shape == (68, 2)
-    assert check_files(root, ROW, with_info=True) == []
 
 
 def test_ids_keep_leading_zeros(tmp_path):
@@ -101,12 +100,13 @@ def test_landmarks_with_words_name_the_file(root, row):
         read_landmarks(path, 68)
 
 
-def test_list_row_pointing_at_nothing_is_reported_and_stops_reading(root):
+def test_list_row_pointing_at_nothing_stops_reading_naming_each_file(root):
     ghost = pd.DataFrame({"subject_id": ["007"], "facial_action": ["01"], "img_id": ["9999"]})
     ghost_row = next(ghost.itertuples(index=False))
-    problems = check_files(root, ghost, with_info=True)
-    assert problems == [f"{p}: not found (list row 007/01/9999)" for p in
-                        (image_path(root, ghost_row), landmarks_path(root, ghost_row), info_path(root, ghost_row))]
+    with pytest.raises(DataError, match=_named(image_path(root, ghost_row), "image not found")):
+        read_image(image_path(root, ghost_row))
+    with pytest.raises(DataError, match=_named(landmarks_path(root, ghost_row), "landmarks file not found")):
+        read_landmarks(landmarks_path(root, ghost_row), 68)
     with pytest.raises(DataError, match=_named(info_path(root, ghost_row), "info file not found")):
         load_labels(root, ghost, 5)
 

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.face.mesh import write_obj
+from stages.wcpa.obj import write_obj
 from stages.face.pca import (ARKIT_BLENDSHAPES, NO_BLENDSHAPES, fit_pca, read_blendshapes, read_neutral_list,
                              reconstruction_errors, select_neutral_frames)
 from tests.tiny_project import face_blendshapes, make_faces, symmetric_template

@@ -3,7 +3,7 @@ barycentrics and back-face culling."""
 import cv2
 import numpy as np
 
-from stages.face.render import rasterize
+from stages.synthetic.render import rasterize
 
 FOCAL, CENTRE = 300.0, 40.0          # pinhole of the tests: u = FOCAL x / z + CENTRE (v likewise)
 SIZE = 80

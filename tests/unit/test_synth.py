@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from stages import synth
-from stages.face.blendshapes import ARKIT_NAMES, build_blendshapes
 from stages.face.mesh import flip_mesh, flip_permutation, kpt_flip_permutation
-from stages.face.model import build_face_model
+from stages.synthetic.blendshapes import ARKIT_NAMES, build_blendshapes
+from stages.synthetic.model import build_face_model
 from stages.wcpa.camera import flip_rt
 from stages.wcpa.layout import (image_path, info_path, landmarks_path, list_path, load_labels, load_resources,
                                 read_image, read_landmarks, read_list)
@@ -45,7 +45,7 @@ def write_params(tmp: Path, name: str, real_root: str | None = None) -> Path:
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("synth")
-    synth.main(str(write_params(tmp, "a")))
+    synth.main(["--params", str(write_params(tmp, "a"))])
     return tmp / "a"
 
 
@@ -80,7 +80,7 @@ def test_layout_reader_reads_what_synth_writes_and_test_gt_is_elsewhere(generate
 
 
 def test_same_seed_gives_identical_data(generated, tmp_path):
-    synth.main(str(write_params(tmp_path, "b")))
+    synth.main(["--params", str(write_params(tmp_path, "b"))])
     for name in ("synth", "synth_test_gt"):
         first = sorted(p.relative_to(generated / name) for p in (generated / name).rglob("*") if p.is_file())
         second = sorted(p.relative_to(tmp_path / "b" / name) for p in (tmp_path / "b" / name).rglob("*") if p.is_file())
@@ -90,7 +90,7 @@ def test_same_seed_gives_identical_data(generated, tmp_path):
 
 
 def test_real_data_guard_writes_only_the_marker(tmp_path):
-    synth.main(str(write_params(tmp_path, "real", real_root=str(tmp_path / "download"))))
+    synth.main(["--params", str(write_params(tmp_path, "real", real_root=str(tmp_path / "download")))])
     for name in ("synth", "synth_test_gt"):
         files = [p.name for p in (tmp_path / "real" / name).rglob("*")]
         assert files == [synth.MARKER]

@@ -13,8 +13,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from stages.face.model import MM, build_face_model
-from stages.face.topology import MOUTH_Q
+from stages.synthetic.model import MM, build_face_model
+from stages.synthetic.topology import MOUTH_Q
 
 FAN_RINGS = (0.7, 0.4, 0.0)
 EYE_DEPTH_MM, MOUTH_DEPTH_MM = 2.0, 9.0

@@ -1,6 +1,6 @@
 """The procedural face model: neutral template (3D lift of the chart) and the identity space.
 
-The chart (stages/face/topology.py) is wrapped around an elliptic head cylinder and given
+The chart (stages/synthetic/topology.py) is wrapped around an elliptic head cylinder and given
 relief (nose, eye sockets, brow ridge, cheekbones, lips, chin) by smooth bumps. Units: the
 chart and the relief are in millimetres; the template and every displacement returned by the
 public functions are in metres, in WCPA.md's canonical frame (+x the face's left, +y up, +z
@@ -17,7 +17,7 @@ from functools import lru_cache
 import numpy as np
 from scipy.interpolate import PchipInterpolator
 
-from stages.face.topology import FaceTopology, build_topology
+from stages.synthetic.topology import FaceTopology, build_topology
 
 MM = 1e-3
 HEAD_RADIUS_X, HEAD_DEPTH_RATIO = 92.0, 1.45

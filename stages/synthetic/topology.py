@@ -2,7 +2,7 @@
 
 Everything is laid out on a flat 2D chart (p, q) in millimetres: p runs to the face's left
 (+x), q up, the origin is near the bridge of the nose. The chart is the face "unrolled"; the
-3D template (stages/face/model.py) wraps it around a head shape. The mesh is built on the half
+3D template (stages/synthetic/model.py) wraps it around a head shape. The mesh is built on the half
 p >= 0 (midline points on p = 0 plus points with p > 0), triangulated there, and mirrored, so
 the topology is symmetric by construction. Landmarks carry the iBUG-68 meaning; the subject's
 right (iBUG 0, 17, 36, 48, ...) is at p < 0.

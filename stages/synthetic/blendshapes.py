@@ -11,8 +11,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from stages.face.model import MM, build_face_model, gauss, smoothstep
-from stages.face.topology import EYE_INNER, EYE_OUTER, MOUTH_Q, eye_lids
+from stages.synthetic.model import MM, build_face_model, gauss, smoothstep
+from stages.synthetic.topology import EYE_INNER, EYE_OUTER, MOUTH_Q, eye_lids
 from stages.wcpa.arkit import ARKIT_NAMES
 
 JAW_HINGE = np.array([0.0, -5.0, -75.0])    # mm, template frame

@@ -20,13 +20,13 @@ from tqdm import tqdm
 
 from stages.common.io import save_npy, save_npz
 from stages.common.threads import single_thread_worker
-from stages.face.appearance import random_look
-from stages.face.blendshapes import ARKIT_NAMES, build_blendshapes
-from stages.face.mesh import write_obj
-from stages.face.model import build_face_model
-from stages.face.scene import ACTIONS, Frame, PoseStats, render_frame
+from stages.synthetic.appearance import random_look
+from stages.synthetic.blendshapes import ARKIT_NAMES, build_blendshapes
+from stages.synthetic.model import build_face_model
+from stages.synthetic.scene import ACTIONS, Frame, PoseStats, render_frame
 from stages.wcpa.camera import Camera, rt_from_euler
 from stages.wcpa.layout import image_path, info_path, landmarks_path, list_path, write_landmarks, write_list
+from stages.wcpa.obj import write_obj
 
 log = logging.getLogger(__name__)
 

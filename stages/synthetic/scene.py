@@ -13,11 +13,11 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from stages.face.appearance import Look, albedo, extend, render_mesh
-from stages.face.background import random_background
-from stages.face.blendshapes import ARKIT_NAMES, build_blendshapes
-from stages.face.model import FaceModel
-from stages.face.render import Light, render_region
+from stages.synthetic.appearance import Look, albedo, extend, render_mesh
+from stages.synthetic.background import random_background
+from stages.synthetic.blendshapes import ARKIT_NAMES, build_blendshapes
+from stages.synthetic.model import FaceModel
+from stages.synthetic.render import Light, render_region
 from stages.wcpa.camera import Camera, rt_from_euler, to_camera
 
 ACTIONS = {

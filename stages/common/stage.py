@@ -1,0 +1,43 @@
+"""The entry of every stage module: `python -m stages.<name> [--params FILE] [its own options]`.
+
+Each stage module defines `run(params, **options)` (what tests and benchmarks call) and
+`main(argv=None)`, which is `stage_main(__doc__, run, ...)`: one command line, one log format and
+the stage's wall time in its log.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from typing import Any, Callable
+
+from stages.common.params import PARAMS_FILE, load_params
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+log = logging.getLogger("stage")
+
+
+def setup_logging() -> None:
+    """INFO and above to stderr in LOG_FORMAT."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+
+
+def stage_main(doc: str, run: Callable[..., Any], options: Callable[[argparse.ArgumentParser], Any] | None = None,
+               argv: list[str] | None = None, errors: tuple[type[Exception], ...] = ()) -> None:
+    """Parse --params FILE and the options `options` adds to the parser (argv None: the command
+    line), set up logging, load and check the params, call run(params, **the options) and log the
+    wall time. doc: the module's docstring (its first line is the --help description); errors: the
+    exception types that stop with '<stage>: <message>' instead of a traceback."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--params", default=str(PARAMS_FILE), help="params file (default params.yaml)")
+    if options is not None:
+        options(parser)
+    args = vars(parser.parse_args(argv))
+    setup_logging()
+    name = run.__module__.rpartition(".")[2]
+    started = time.perf_counter()
+    try:
+        run(load_params(args.pop("params")), **args)
+    except errors as err:
+        raise SystemExit(f"{name}: {err}") from None
+    log.info("%s done in %.1f s", name, time.perf_counter() - started)

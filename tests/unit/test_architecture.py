@@ -1,0 +1,155 @@
+"""The import direction of docs/ARCHITECTURE.md, read from the source with `ast`, and dvc.yaml's
+code deps against it: every stage lists the code it runs, and only synth lists the synthetic
+generator."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+STAGES = ROOT / "stages"
+BOTTOM = {"common", "wcpa"}
+# package -> the packages its modules may import (besides itself).
+ALLOWED = {
+    "common": BOTTOM,
+    "wcpa": BOTTOM,
+    "face": BOTTOM,
+    "pnp": BOTTOM,
+    "viz": BOTTOM,
+    "synthetic": BOTTOM,
+    "coarse": BOTTOM | {"face"},
+    "nets": BOTTOM | {"face", "pnp"},
+    "finetuning": BOTTOM | {"face", "pnp", "nets"},
+}
+SYNTHETIC_USERS = {"synth", "synth_sheet"}          # the stage modules that may import stages.synthetic
+# Code a stage runs that is no dep on purpose: the params loader and schema (a stage's params
+# leaves are its deps) and the command-line / logging entry, which change no output.
+NOT_DEPS = {"stages/common/params.py", "stages/common/schema.py", "stages/common/stage.py"}
+
+
+def _type_checking_only(tree: ast.AST) -> set[int]:
+    """ids of the import nodes inside `if TYPE_CHECKING:` blocks (never run)."""
+    return {id(node) for block in ast.walk(tree) if isinstance(block, ast.If)
+            and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING"
+            for node in ast.walk(block)}
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The stages.* modules a file imports at run time ('stages.face.warp', ...); `from stages.face
+    import ibug68` counts as stages.face.ibug68."""
+    tree = ast.parse(path.read_text(), str(path))
+    skip, found = _type_checking_only(tree), set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("stages.")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "stages":
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                found.add(sub if module_file(sub) else node.module)
+    return {m for m in found if module_file(m)}
+
+
+def module_file(module: str) -> Path | None:
+    """stages.a.b -> stages/a/b.py (or the package's __init__.py), None when it is neither."""
+    base = ROOT / Path(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def place(module: str) -> str:
+    """'stages.nets.trainer' -> 'nets'; a stage module 'stages.crop' -> 'stage'."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (STAGES / parts[1]).is_dir() else "stage"
+
+
+def stage_modules() -> list[str]:
+    return sorted(p.stem for p in STAGES.glob("*.py") if p.stem != "__init__")
+
+
+def package_files() -> list[Path]:
+    return sorted(p for p in STAGES.glob("*/*.py"))
+
+
+@pytest.mark.parametrize("path", package_files(), ids=lambda p: str(p.relative_to(STAGES)))
+def test_a_package_imports_only_the_packages_below_it(path):
+    package = path.parent.name
+    assert package in ALLOWED, f"{path}: package {package} has no place in ALLOWED (docs/ARCHITECTURE.md)"
+    wrong = sorted(m for m in imported_modules(path)
+                   if place(m) != package and place(m) not in ALLOWED[package])
+    assert not wrong, f"{path}: {package} may import only {sorted(ALLOWED[package])}, imports {wrong}"
+
+
+@pytest.mark.parametrize("name", stage_modules())
+def test_a_stage_module_imports_no_other_stage_module_and_only_synth_the_generator(name):
+    modules = imported_modules(STAGES / f"{name}.py")
+    assert not [m for m in modules if place(m) == "stage"], f"stages/{name}.py imports a stage module"
+    if name not in SYNTHETIC_USERS:
+        assert not [m for m in modules if place(m) == "synthetic"], f"stages/{name}.py imports stages.synthetic"
+
+
+def test_the_rules_catch_a_violation(tmp_path):
+    """The parser sees the imports the rules are about, including `from stages.face import x`."""
+    assert imported_modules(STAGES / "wcpa" / "layout.py") >= {"stages.wcpa.obj", "stages.wcpa.camera"}
+    assert "stages.common.badinput" not in imported_modules(STAGES / "wcpa" / "layout.py")  # TYPE_CHECKING
+    probe = tmp_path / "probe.py"
+    probe.write_text("from stages.face import ibug68\nimport stages.nets.model\nfrom stages import crop\n")
+    assert imported_modules(probe) == {"stages.face.ibug68", "stages.nets.model", "stages.crop"}
+    assert [place(m) for m in sorted(imported_modules(probe))] == ["stage", "face", "nets"]
+
+
+def code_closure(module: str) -> set[str]:
+    """Every stages/ file (relative path) that running `python -m <module>` imports."""
+    seen, todo = set(), [module]
+    while todo:
+        current = todo.pop()
+        path = module_file(current)
+        rel = str(path.relative_to(ROOT))
+        if rel in seen:
+            continue
+        seen.add(rel)
+        todo += imported_modules(path)
+    return {f for f in seen if not f.endswith("__init__.py")}
+
+
+def dvc_stages() -> dict[str, dict]:
+    """name -> the stage body (a foreach stage's `do`)."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    return {name: body.get("do", body) for name, body in stages.items()}
+
+
+def covered(path: str, deps: list[str]) -> bool:
+    return any(path == dep or path.startswith(dep.rstrip("/") + "/") for dep in deps)
+
+
+@pytest.mark.parametrize("name", sorted(dvc_stages()))
+def test_dvc_deps_list_the_code_a_stage_runs_and_no_other_stage_module(name):
+    body = dvc_stages()[name]
+    module = body["cmd"].split()[2]
+    deps = [d for d in body["deps"] if d.startswith("stages")]
+    missing = sorted(f for f in code_closure(module) - NOT_DEPS if not covered(f, deps))
+    assert not missing, f"dvc.yaml stage {name}: imports {missing} but does not list them as deps"
+    own = module_file(module).relative_to(ROOT).as_posix()
+    others = [d for d in deps if d != own and Path(d).parent == Path("stages") and d.endswith(".py")]
+    assert not others, f"dvc.yaml stage {name} lists other stage modules {others}"
+
+
+@pytest.mark.parametrize("name", sorted(set(dvc_stages()) - SYNTHETIC_USERS))
+def test_only_synth_lists_the_synthetic_generator(name):
+    deps = [d for d in dvc_stages()[name]["deps"] if d.startswith("stages")]
+    listed = [d for d in deps if covered(d, ["stages/synthetic"]) or covered("stages/synthetic/x.py", [d])]
+    assert not listed, f"dvc.yaml stage {name} lists synthetic-generator code {listed}"
+
+
+def test_the_synthetic_generator_reaches_only_synth():
+    """No stage but synth runs synthetic-generator code (so editing the renderer reruns synth alone)."""
+    runs = {name: code_closure(body["cmd"].split()[2]) for name, body in dvc_stages().items()}
+    assert any(f.startswith("stages/synthetic/") for f in runs["synth"])
+    assert [n for n, files in runs.items() if n not in SYNTHETIC_USERS
+            and any(f.startswith("stages/synthetic/") for f in files)] == []
