@@ -158,6 +158,29 @@ def test_float32_loss_matches_float64_and_the_laplace_closed_form():
     assert abs(loss[F64] - closed_form) < 0.005
 
 
+@pytest.mark.parametrize("depth", [0.0, 0.01])
+def test_planar_problems_keep_the_loss_near_the_closed_form(depth):
+    """Planar (depth 0) and near-planar (0.5 mm deep) face-sized point sets, 256 points, 1 px:
+    from the closed-form start alone, LM stops in minima 40-60 deg off (costs several times the
+    true pose's) and calls them valid. The loss solves from the true pose as well and keeps the
+    better solution; a given solution above the true pose's cost is masked out."""
+    case = make_problems(np.random.default_rng(10), 16, 256, noise_px=1.0, depth=depth)
+    x3d, x2d, K, R, t = (torch.tensor(case[k], dtype=torch.float32)
+                         for k in ("x3d", "x2d", "K", "R", "t"))
+    closed_form = laplace_losses(case, np.ones_like(case["x2d"]))
+    alone = solve_pnp(x3d, x2d, K)
+    wrong = alone.valid.numpy() & (np.degrees(rotation_error_rad(
+        alone.R.double().numpy(), case["R"])) > 20)
+    assert wrong.any(), "the case no longer has a wrong minimum to avoid"
+    gen = torch.Generator().manual_seed(13)
+    out = epro_pnp(x3d, x2d, None, K, R, t, n_samples=512, generator=gen)
+    assert out.mask.all()
+    assert np.abs(out.loss.numpy() - closed_form).max() < 0.2
+    given = epro_pnp(x3d, x2d, None, K, R, t, n_samples=512, generator=gen, solution=alone)
+    assert not given.mask.numpy()[wrong].any()
+    assert (given.loss.numpy() > closed_form - 0.2)[given.mask.numpy()].all()
+
+
 def test_degenerate_samples_are_masked_and_gradients_stay_finite():
     rng = np.random.default_rng(9)
     case = make_problems(rng, 6, 200, noise_px=1.0)
