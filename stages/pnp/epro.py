@@ -55,7 +55,7 @@ class EProPnPOutput:
 def pose_log_normaliser(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor,
                         K: torch.Tensor, R0: torch.Tensor, t0: torch.Tensor, cov: torch.Tensor,
                         huber_delta: float | None = None, n_samples: int = 512,
-                        n_iters: int = 4, chunk_size: int = 8192, dof: int = 3,
+                        n_iters: int = 4, chunk_size: int | None = None, dof: int = 3,
                         compiled: bool = False, generator: torch.Generator | None = None):
     """AMIS estimate (stages.pnp.amis.NormaliserEstimate) of log Z = log int exp(-cost) d mu
     around R0 (B, 3, 3), t0 (B, 3) with first proposal covariance cov (B, 6, 6). Points in
@@ -75,7 +75,7 @@ def pose_log_normaliser(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor,
 
 def epro_pnp(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor | None, K: torch.Tensor,
              R_gt: torch.Tensor, t_gt: torch.Tensor, n_samples: int = 512, n_iters: int = 4,
-             chunk_size: int = 8192, huber_delta: float | None = None, dof: int = 3,
+             chunk_size: int | None = None, huber_delta: float | None = None, dof: int = 3,
              compiled: bool = False, generator: torch.Generator | None = None,
              solution: PnPResult | None = None, max_iters: int = 50) -> EProPnPOutput:
     """The EPro-PnP loss and the differentiable pose of B problems.
@@ -83,7 +83,8 @@ def epro_pnp(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor | None, K: 
     x3d (B, N, 3) object points, x2d (B, N, 2) pixels, w2d (B, N, 2) weights 1 / sigma (None:
     1), all differentiable; K (3, 3) or (B, 3, 3); R_gt (B, 3, 3), t_gt (B, 3) the true OpenCV
     poses. n_samples: Monte Carlo samples per problem, over n_iters AMIS proposals; chunk_size:
-    sampled poses (all problems together) whose costs are evaluated at once; dof: degrees of
+    sampled poses (all problems together) whose costs are evaluated at once (None: the
+    device's default, stages.pnp.sample_cost.default_chunk); dof: degrees of
     freedom of the Student-t proposals; compiled: fuse the sample costs with torch.compile
     (stages.pnp.sample_cost); generator: for reproducible samples. solution: a given LM
     solution (on the same inputs) instead of solving; the solve runs at most max_iters LM
