@@ -1,6 +1,6 @@
 """Speed and memory of the batched PnP layer (stages/pnp), against OpenCV in the same process.
 
-    .venv/bin/python -m benchmarks.bench_pnp [--threads 2] [--repeats 3]
+    .venv/bin/python -m benchmarks.bench_pnp [--threads 2] [--repeats 3] [--accuracy | --chunks]
 
 1. Solve (DLT start + LM), 256 problems x 1,220 points, 1.5 px noise, float64 and float32,
    against cv2.solvePnP(SOLVEPNP_ITERATIVE) in a Python loop over the same problems.
@@ -8,12 +8,19 @@
    and with the compiled sample-cost kernels (the first compiled call is timed separately).
 3. Peak RSS increase of the loss (forward + backward) for 256 problems x 512 samples, each mode
    in a fresh subprocess.
+4. With --accuracy (instead of 1-3): the loss against its Laplace closed form
+   (tests.unit.pnp_laplace) in float32 and float64, and on planar and near-planar point sets.
+5. With --chunks (instead of 1-3): the eager loss, forward + backward (float32, the LM solution
+   given), at a few sample-cost chunk sizes on the finetune stage's shapes (params.yaml and the
+   paper profile), as ratios to the CPU default chunk (stages.pnp.sample_cost.CPU_CHUNK_POSES),
+   in interleaved rounds.
 Times are the best of --repeats runs (other processes share the cores).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import subprocess
 import sys
@@ -22,10 +29,18 @@ import time
 import numpy as np
 import torch
 
-from stages.pnp.api import solve_pnp
+from stages.common.params import load_params
+from stages.face.topology import N_VERTS
+from stages.pnp.api import PnPResult, solve_pnp, solve_sanitised
+from stages.pnp.cost import planar
 from stages.pnp.epro import epro_pnp
 from stages.pnp.opencv import solve_pnp_opencv
+from stages.pnp.sample_cost import CPU_CHUNK_POSES
+from stages.profile import profile_params
 from tests.unit.pnp_cases import make_problems, rotation_error_rad
+from tests.unit.pnp_laplace import laplace_losses
+
+CHUNK_CHOICES = (64, 128, 512, 2048, 8192)     # poses, timed against CPU_CHUNK_POSES
 
 
 def best_time(fn, repeats: int) -> tuple[float, object]:
@@ -52,21 +67,23 @@ def bench_solve(repeats: int) -> None:
               f"iterations {result.iterations}  max diff to OpenCV {rot:.2e} deg {trans:.2e} mm")
 
 
-def loss_inputs(batch: int, seed: int = 1):
+def loss_inputs(batch: int, seed: int = 1, points: int = N_VERTS):
     rng = np.random.default_rng(seed)
-    sigma = rng.uniform(0.5, 3.0, size=(batch, 1220, 2))
-    case = make_problems(rng, batch, 1220, sigma=sigma)
+    sigma = rng.uniform(0.5, 3.0, size=(batch, points, 2))
+    case = make_problems(rng, batch, points, sigma=sigma)
     f32 = lambda a: torch.tensor(a, dtype=torch.float32)   # noqa: E731
     leaves = [f32(case["x3d"]).requires_grad_(), f32(case["x2d"]).requires_grad_(),
               f32(1 / sigma).requires_grad_()]
     return leaves, f32(case["K"]), f32(case["R"]), f32(case["t"])
 
 
-def run_loss(leaves, K, R, t, compiled: bool, chunk_size: int = 8192):
+def run_loss(leaves, K, R, t, compiled: bool, chunk_size: int | None = None,
+             n_samples: int = 512, n_iters: int = 4, solution: PnPResult | None = None):
     for leaf in leaves:
         leaf.grad = None
-    out = epro_pnp(*leaves, K, R, t, n_samples=512, n_iters=4, chunk_size=chunk_size,
-                   compiled=compiled, generator=torch.Generator().manual_seed(0))
+    out = epro_pnp(*leaves, K, R, t, n_samples=n_samples, n_iters=n_iters,
+                   chunk_size=chunk_size, compiled=compiled,
+                   generator=torch.Generator().manual_seed(0), solution=solution)
     out.loss[out.mask].mean().backward()
     return out
 
@@ -115,14 +132,99 @@ def bench_memory() -> None:
               f"({stats['seconds']:.2f} s forward + backward)")
 
 
+def case_tensors(case: dict, w2d: np.ndarray, dtype: torch.dtype) -> list[torch.Tensor]:
+    """x3d, x2d, w2d, K, R, t of a make_problems case as tensors of dtype."""
+    return [torch.tensor(a, dtype=dtype) for a in (case["x3d"], case["x2d"], w2d, case["K"],
+                                                    case["R"], case["t"])]
+
+
+def bench_accuracy() -> None:
+    print("EPro-PnP loss minus its Laplace closed form, 16 problems, 1024 samples (dof 30):")
+    for points, noise in ((256, 0.15), (1220, 1.0)):
+        case = make_problems(np.random.default_rng(11), 16, points, noise_px=noise)
+        w2d = np.full(case["x2d"].shape, 1 / noise)
+        closed = laplace_losses(case, w2d)
+        gaps = []
+        for dtype in (torch.float32, torch.float64):
+            with torch.no_grad():
+                out = epro_pnp(*case_tensors(case, w2d, dtype), n_samples=1024, dof=30,
+                               generator=torch.Generator().manual_seed(12))
+            gaps.append(f"{str(dtype)[6:]} {(out.loss.double().numpy() - closed).mean():+.4f}")
+        print(f"  {points} points, {noise} px: closed form {closed.mean():.4f}; "
+              + ", ".join(gaps))
+    print("Planar point sets, 128 problems x 256 points, 1 px, float32, 512 samples:")
+    for depth in (0.0, 0.01):
+        case = make_problems(np.random.default_rng(10), 128, 256, noise_px=1.0, depth=depth)
+        x3d, x2d, w2d, K, R, t = case_tensors(case, np.ones_like(case["x2d"]), torch.float32)
+        alone = solve_pnp(x3d, x2d, K)
+        err = np.degrees(rotation_error_rad(alone.R.double().numpy(), case["R"]))
+        wrong = alone.valid.numpy() & (err > 20)
+        with torch.no_grad():
+            out = epro_pnp(x3d, x2d, w2d, K, R, t, generator=torch.Generator().manual_seed(13))
+        gap = out.loss.numpy()[out.mask.numpy()] - laplace_losses(case, w2d.numpy())[out.mask.numpy()]
+        cost = alone.cost.numpy()[wrong]
+        print(f"  depth x {depth}: closed-form start alone: {wrong.sum()} valid minima > 20 deg "
+              f"off" + (f" ({err[wrong].min():.0f}-{err[wrong].max():.0f} deg, cost "
+                        f"{cost.min():.0f}-{cost.max():.0f})" if wrong.any() else "")
+              + f"; both starts: {out.mask.sum()} of {len(wrong)} valid, loss - closed form "
+              f"{gap.min():+.3f} to {gap.max():+.3f}")
+
+
+def chunk_shapes() -> dict[str, tuple[int, int, int, int]]:
+    """(batch, mc_samples, amis_iters, points) of the finetune stage in params.yaml and in the
+    paper profile (pnp_points 0: all N_VERTS vertices)."""
+    shapes = {}
+    for name, params in (("params.yaml", load_params()), ("paper", profile_params("paper"))):
+        cfg = params["finetune"]
+        shapes[name] = (cfg["batch_size"], cfg["mc_samples"], cfg["amis_iters"],
+                        cfg["pnp_points"] or N_VERTS)
+    return shapes
+
+
+def chunk_times(shape: tuple[int, int, int, int], chunks: list[int],
+                repeats: int) -> dict[int, float]:
+    """Best seconds of the eager float32 loss, forward + backward, per chunk size (poses), over
+    `repeats` rounds that each run every chunk size once; the LM solution is given."""
+    batch, samples, iters, points = shape
+    leaves, K, R, t = loss_inputs(batch, points=points)
+    solution = solve_sanitised(*(planar(x.detach()) for x in leaves), K, start=(R, t))
+    best = dict.fromkeys(chunks, math.inf)
+    for _ in range(repeats):
+        for chunk in chunks:
+            seconds, _ = best_time(lambda: run_loss(leaves, K, R, t, False, chunk, samples,
+                                                    iters, solution), 1)
+            best[chunk] = min(best[chunk], seconds)
+    return best
+
+
+def bench_chunks(repeats: int) -> None:
+    reference = CPU_CHUNK_POSES
+    chunks = sorted(set(CHUNK_CHOICES) | {reference})
+    print(f"EPro-PnP loss (eager, float32), fwd + bwd, time at each chunk size (poses) / time at "
+          f"{reference}:")
+    for name, shape in chunk_shapes().items():
+        times = chunk_times(shape, chunks, repeats)
+        ratios = "  ".join(f"{c}: {times[c] / times[reference]:.2f}" for c in chunks)
+        print(f"  finetune of {name}, {shape[0]} problems x {shape[1]} samples x {shape[3]} "
+              f"points: {times[reference] * 1000:.0f} ms at {reference};  {ratios}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--accuracy", action="store_true", help="the loss against its closed form only")
+    parser.add_argument("--chunks", action="store_true", help="time sample-cost chunk sizes only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads")
+    if args.accuracy:
+        bench_accuracy()
+        return
+    if args.chunks:
+        bench_chunks(args.repeats)
+        return
     bench_solve(args.repeats)
     bench_loss(args.repeats)
     if not args.skip_memory:

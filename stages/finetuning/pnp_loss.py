@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import torch
 
-from stages.pnp.api import solve_pnp
 from stages.pnp.diffpose import pose_loss
 from stages.pnp.epro import epro_pnp
 from stages.wcpa.score import MM_PER_M
@@ -34,7 +33,8 @@ from stages.wcpa.score import MM_PER_M
 @dataclass(frozen=True)
 class PnPSettings:
     """How the layer is run: mc_samples Monte Carlo poses per sample over amis_iters proposals,
-    lm_iters the most Levenberg-Marquardt iterations of the solve, points the vertices used by
+    lm_iters the most Levenberg-Marquardt iterations of the solve (it starts from both the
+    closed-form pose and the true one, stages.pnp.epro), points the vertices used by
     the PnP (0 = all; a random subset per batch otherwise), dtype of the PnP arithmetic."""
 
     mc_samples: int
@@ -92,9 +92,8 @@ def pnp_terms(out: dict, batch: dict, settings: PnPSettings,
     subset = point_subset(verts.shape[1], settings.points, generator, verts.device)
     R_gt, t_gt = batch["R_gt"].to(dtype), batch["t_gt"].to(dtype)
     x3d, x2d, w2d, K = verts[:, subset], x2d[:, subset], w2d[:, subset], batch["K"].to(dtype)
-    solution = solve_pnp(x3d.detach(), x2d.detach(), K, w2d.detach(), max_iters=settings.lm_iters)
     layer = epro_pnp(x3d, x2d, w2d, K, R_gt, t_gt, n_samples=settings.mc_samples,
-                     n_iters=settings.amis_iters, generator=generator, solution=solution)
+                     n_iters=settings.amis_iters, generator=generator, max_iters=settings.lm_iters)
     valid = layer.mask & finite
     pose = pose_loss(layer.R, layer.t, R_gt, t_gt, batch["verts"].to(dtype), verts)
     return {"pose": MM_PER_M * masked_mean(pose, valid).float(), "mc": masked_mean(layer.loss, valid).float(),

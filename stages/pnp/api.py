@@ -55,22 +55,65 @@ def uniform_weights(x2d: torch.Tensor) -> torch.Tensor:
 
 
 def solve_sanitised(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor, K: torch.Tensor,
-                    huber_delta: float | None = None, max_iters: int = 50) -> PnPResult:
+                    huber_delta: float | None = None, max_iters: int = 50,
+                    start: tuple[torch.Tensor, torch.Tensor] | None = None) -> PnPResult:
     """Solve problems already passed through stages.pnp.checks.sanitise (no gradients).
 
     Points in planar layout (stages.pnp.cost.planar): x3d (B, 3, N), x2d, w2d (B, 2, N).
+    start: a second start pose R (B, 3, 3), t (B, 3), e.g. the true pose in training; LM then
+    also runs from it and each problem keeps the better solution (`_better`). From the
+    closed-form start alone, planar or near-planar points can end in a local minimum tens of
+    degrees off (docs/method.md); the EPro-PnP reference, in training, likewise starts from the
+    true pose where its cost is below that of its own initial solver's pose. Rows of start that
+    are not finite use the closed-form start.
     Every field is finite; `valid` only reflects the checks after the solve (the covariance is
     positive definite and the weighted points lie in front of the camera)."""
     with torch.no_grad():
         R0, t0 = _float32_start(x3d, x2d, w2d, K, huber_delta, max_iters)
-        R, t, cost, H, iters = levenberg_marquardt(x3d, x2d, w2d, K, R0, t0, huber_delta,
-                                                   max_iters)
-        cov, cov_ok = covariance(H)
-        depth = transform(R, t, x3d)[:, 2]
-        weighted = (w2d != 0).any(1)
-        in_front = ((depth > 0) | ~weighted).all(-1)
-        valid = cov_ok & in_front & torch.isfinite(cost)
-        return PnPResult(R, t, rt_to_pose(R, t), cost, cov, valid, iters)
+        if start is None:
+            return _refine(x3d, x2d, w2d, K, R0, t0, huber_delta, max_iters)
+        R1, t1 = _finite_or(start, R0, t0)
+        twice = [torch.cat([x, x]) for x in (x3d, x2d, w2d)]
+        K2 = K if K.dim() == 2 else torch.cat([K, K])
+        both = _refine(*twice, K2, torch.cat([R0, R1]), torch.cat([t0, t1]), huber_delta,
+                       max_iters)
+        return _better(both, x3d.shape[0])
+
+
+def _finite_or(start: tuple[torch.Tensor, torch.Tensor], R0: torch.Tensor,
+               t0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The start pose R (B, 3, 3), t (B, 3) in R0's dtype, (R0, t0) where it is not finite."""
+    R, t = (x.to(R0.dtype) for x in start)
+    finite = torch.isfinite(R).flatten(1).all(-1) & torch.isfinite(t).all(-1)
+    return torch.where(finite[:, None, None], R, R0), torch.where(finite[:, None], t, t0)
+
+
+def _refine(x3d, x2d, w2d, K, R0, t0, huber_delta, max_iters) -> PnPResult:
+    """LM from R0 (B, 3, 3), t0 (B, 3) on x3d (B, 3, N), x2d, w2d (B, 2, N), then the
+    covariance and the validity checks: the PnPResult of these starts."""
+    R, t, cost, H, iters = levenberg_marquardt(x3d, x2d, w2d, K, R0, t0, huber_delta, max_iters)
+    cov, cov_ok = covariance(H)
+    depth = transform(R, t, x3d)[:, 2]
+    weighted = (w2d != 0).any(1)
+    in_front = ((depth > 0) | ~weighted).all(-1)
+    valid = cov_ok & in_front & torch.isfinite(cost)
+    return PnPResult(R, t, rt_to_pose(R, t), cost, cov, valid, iters)
+
+
+def _better(both: PnPResult, batch: int) -> PnPResult:
+    """Of the solutions of two starts stacked as rows (2B,), each problem's better one: a valid
+    solution before an invalid one, then the lower cost (the mirror image of a planar problem
+    behind the camera has the same cost)."""
+    first, second = slice(0, batch), slice(batch, 2 * batch)
+    v1, v2 = both.valid[first], both.valid[second]
+    lower = both.cost[second] < both.cost[first]
+    take = (v2 & ~v1) | ((v2 == v1) & lower)
+
+    def pick(x: torch.Tensor) -> torch.Tensor:
+        return torch.where(take.view((-1,) + (1,) * (x.dim() - 1)), x[second], x[first])
+
+    return PnPResult(pick(both.R), pick(both.t), pick(both.pose), pick(both.cost),
+                     pick(both.cov), pick(both.valid), both.iterations)
 
 
 def _float32_start(x3d, x2d, w2d, K, huber_delta, max_iters):

@@ -27,14 +27,16 @@ from stages.pnp.diffpose import gauss_newton_pose
 from stages.pnp.rotation import haar_log_density, so3_exp
 from stages.pnp.sample_cost import sample_costs
 
+MINIMUM_RTOL = 1e-4     # float32 rounding of a cost: below 1e-5 relative (measured 6e-6)
+
 
 @dataclass
 class EProPnPOutput:
     """Per-problem outputs of `epro_pnp` (B problems).
 
     loss (B,): NLL of the ground-truth pose (0 where mask is false); mask (B,) bool: problems
-    that count (well-posed, solved, finite ground truth and loss); take the mean of
-    loss[mask]. cost_gt (B,), log_z (B,): the two terms of the loss. ess (B,): effective sample
+    that count (well-posed, solved, a solution whose cost is not above the ground truth's,
+    finite ground truth and loss); take the mean of loss[mask]. cost_gt (B,), log_z (B,): the two terms of the loss. ess (B,): effective sample
     size of the final importance weights. R (B, 3, 3), t (B, 3): the differentiable pose (one
     Gauss-Newton step from the LM solution; for eq. 5, see stages.pnp.diffpose.pose_loss).
     solution: the LM solution (no gradients).
@@ -53,7 +55,7 @@ class EProPnPOutput:
 def pose_log_normaliser(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor,
                         K: torch.Tensor, R0: torch.Tensor, t0: torch.Tensor, cov: torch.Tensor,
                         huber_delta: float | None = None, n_samples: int = 512,
-                        n_iters: int = 4, chunk_size: int = 8192, dof: int = 3,
+                        n_iters: int = 4, chunk_size: int | None = None, dof: int = 3,
                         compiled: bool = False, generator: torch.Generator | None = None):
     """AMIS estimate (stages.pnp.amis.NormaliserEstimate) of log Z = log int exp(-cost) d mu
     around R0 (B, 3, 3), t0 (B, 3) with first proposal covariance cov (B, 6, 6). Points in
@@ -73,41 +75,55 @@ def pose_log_normaliser(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor,
 
 def epro_pnp(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor | None, K: torch.Tensor,
              R_gt: torch.Tensor, t_gt: torch.Tensor, n_samples: int = 512, n_iters: int = 4,
-             chunk_size: int = 8192, huber_delta: float | None = None, dof: int = 3,
+             chunk_size: int | None = None, huber_delta: float | None = None, dof: int = 3,
              compiled: bool = False, generator: torch.Generator | None = None,
-             solution: PnPResult | None = None) -> EProPnPOutput:
+             solution: PnPResult | None = None, max_iters: int = 50) -> EProPnPOutput:
     """The EPro-PnP loss and the differentiable pose of B problems.
 
     x3d (B, N, 3) object points, x2d (B, N, 2) pixels, w2d (B, N, 2) weights 1 / sigma (None:
     1), all differentiable; K (3, 3) or (B, 3, 3); R_gt (B, 3, 3), t_gt (B, 3) the true OpenCV
     poses. n_samples: Monte Carlo samples per problem, over n_iters AMIS proposals; chunk_size:
-    sampled poses (all problems together) whose costs are evaluated at once; dof: degrees of
+    sampled poses (all problems together) whose costs are evaluated at once (None: the
+    device's default, stages.pnp.sample_cost.default_chunk); dof: degrees of
     freedom of the Student-t proposals; compiled: fuse the sample costs with torch.compile
     (stages.pnp.sample_cost); generator: for reproducible samples. solution: a given LM
-    solution (on the same inputs) instead of solving.
-    Degenerate problems are masked out and get zero loss and zero gradients.
+    solution (on the same inputs) instead of solving; the solve runs at most max_iters LM
+    iterations from both the closed-form start and the true pose (stages.pnp.api).
+    Degenerate problems, and those whose solution is not a minimum the loss can trust (its
+    cost is above the true pose's, `is_minimum`), are masked out and get zero loss and zero
+    gradients.
     """
     w2d = uniform_weights(x2d) if w2d is None else w2d
     K = K.to(dtype=x3d.dtype, device=x3d.device)
+    R_gt, t_gt = R_gt.to(x3d.dtype), t_gt.to(x3d.dtype)
     x3d_s, x2d_s, w2d_s, ok = sanitise(x3d, x2d, w2d, K)
     x3d_p, x2d_p, w2d_p = planar(x3d_s), planar(x2d_s), planar(w2d_s)
     if solution is None:
         solution = solve_sanitised(x3d_p.detach(), x2d_p.detach(), w2d_p.detach(), K,
-                                   huber_delta)
+                                   huber_delta, max_iters, start=(R_gt, t_gt))
         solution.valid = solution.valid & ok
     valid = solution.valid & ok
     R0, t0, cov = _finite_start(solution, valid)
     gt_ok = torch.isfinite(R_gt).flatten(1).all(-1) & torch.isfinite(t_gt).all(-1)
-    R_gt = torch.where(gt_ok[:, None, None], R_gt.to(x3d.dtype), R0)
-    t_gt = torch.where(gt_ok[:, None], t_gt.to(x3d.dtype), t0)
+    R_gt = torch.where(gt_ok[:, None, None], R_gt, R0)
+    t_gt = torch.where(gt_ok[:, None], t_gt, t0)
     cost_gt = robust_cost(residuals(R_gt, t_gt, x3d_p, x2d_p, w2d_p, K), huber_delta)
     estimate = pose_log_normaliser(x3d_p, x2d_p, w2d_p, K, R0, t0, cov, huber_delta,
                                    n_samples, n_iters, chunk_size, dof, compiled, generator)
     loss = cost_gt + estimate.log_z
-    mask = valid & gt_ok & torch.isfinite(loss.detach())
+    mask = (valid & gt_ok & is_minimum(solution.cost, cost_gt.detach())
+            & torch.isfinite(loss.detach()))
     R, t = gauss_newton_pose(x3d_p, x2d_p, w2d_p, K, R0, t0, huber_delta)
     return EProPnPOutput(torch.where(mask, loss, torch.zeros_like(loss)), mask, cost_gt,
                          estimate.log_z, estimate.ess, R, t, solution)
+
+
+def is_minimum(cost: torch.Tensor, cost_gt: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: the solutions' costs (B,) are not above the true poses' costs cost_gt (B,)
+    by more than MINIMUM_RTOL (1 + cost). A solution above it is not the global minimum (a
+    local one, or unconverged), and log Z estimated around it misses the mass near the true
+    pose: the loss, cost_gt + log Z, would come out too low by at least the difference."""
+    return cost_gt >= cost - MINIMUM_RTOL * (1 + cost.abs())
 
 
 def _finite_start(solution: PnPResult, valid: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -8,6 +8,8 @@ dimensions and work in float32 or float64 on any device.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 SMALL_ANGLE = 1e-4     # below this angle (rad) the series expansions are used
@@ -76,13 +78,14 @@ def _log_near_pi(R: torch.Tensor, theta: torch.Tensor, axis_sin: torch.Tensor) -
 def haar_log_density(delta: torch.Tensor) -> torch.Tensor:
     """Log of the Haar measure's density in exponential coordinates, (..., 3) -> (...,).
 
-    d mu(exp(delta) R) = 2 (1 - cos|delta|) / |delta|^2 d delta; equal to 1 at delta = 0, so
-    near any rotation the measure matches Lebesgue measure on rotation vectors.
+    d mu(exp(delta) R) = 2 (1 - cos|delta|) / |delta|^2 d delta = (sin(|delta|/2) / (|delta|/2))^2
+    d delta; equal to 1 at delta = 0, so near any rotation the measure matches Lebesgue measure
+    on rotation vectors. The sinc form has no cancellation: 1 - cos t rounds to 0 in float32 for
+    t below about 2.5e-4 rad, which gave such samples a log density of -87 (docs/method.md).
     """
     theta, theta2 = _safe_angle(delta)
     small = theta2 < SMALL_ANGLE ** 2
-    safe = torch.where(small, torch.ones_like(theta), theta)
-    density = torch.where(small, 1 - theta2 / 12, 2 * (1 - torch.cos(safe)) / safe ** 2)
+    density = torch.where(small, 1 - theta2 / 12, torch.sinc(theta / (2 * math.pi)) ** 2)
     return torch.log(density.clamp_min(torch.finfo(delta.dtype).tiny))
 
 

@@ -29,6 +29,19 @@ from stages.pnp.cost import intrinsics
 
 log = logging.getLogger(__name__)
 
+# Sampled poses (all problems together) whose costs are evaluated at once, by default. On CPU
+# the eager temporaries, chunk x N numbers each, must stay small: on the finetune's shapes
+# 8192 poses took several times as long as 256 (`python -m benchmarks.bench_pnp --chunks`,
+# docs/method.md). On other devices the chunk only bounds memory and fewer, larger chunks
+# launch fewer kernels; 8192 there is not measured.
+CPU_CHUNK_POSES = 256
+DEVICE_CHUNK_POSES = 8192
+
+
+def default_chunk(device: torch.device) -> int:
+    """The default chunk size (poses) on `device`."""
+    return CPU_CHUNK_POSES if device.type == "cpu" else DEVICE_CHUNK_POSES
+
 
 def _camera_ratios(R: torch.Tensor, t: torch.Tensor, x3d: torch.Tensor):
     """X / Z, Y / Z and 1 / Z, each (B, S, N), of poses R (B, S, 3, 3), t (B, S, 3) applied
@@ -167,10 +180,12 @@ class SampleCost(torch.autograd.Function):
 
 def sample_costs(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor, K: torch.Tensor,
                  R: torch.Tensor, t: torch.Tensor, huber_delta: float | None = None,
-                 chunk_size: int = 8192, compiled: bool = False) -> torch.Tensor:
+                 chunk_size: int | None = None, compiled: bool = False) -> torch.Tensor:
     """Costs (B, S) of poses R (B, S, 3, 3), t (B, S, 3) (constants) for the problems x3d
     (B, 3, N), x2d, w2d (B, 2, N) (differentiable), K (3, 3) or (B, 3, 3). chunk_size: poses
-    (over all problems) evaluated at once; memory is about 12 * chunk_size * N numbers.
-    compiled: fuse the per-chunk arithmetic with torch.compile (about 10x faster on CPU)."""
+    (over all problems, at least one per problem) evaluated at once, `default_chunk` if None;
+    memory is about 12 * chunk_size * N numbers. compiled: fuse the per-chunk arithmetic with
+    torch.compile (about 10x faster on CPU)."""
+    chunk_size = default_chunk(x3d.device) if chunk_size is None else chunk_size
     return SampleCost.apply(x3d, x2d, w2d, K.expand(x3d.shape[0], 3, 3), R.detach(),
                             t.detach(), huber_delta, chunk_size, compiled)

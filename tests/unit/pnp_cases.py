@@ -21,14 +21,16 @@ def project_opencv(x3d: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray)
 
 
 def make_problems(rng: np.random.Generator, batch: int, n_points: int, noise_px: float = 0.0,
-                  sigma: np.ndarray | None = None) -> dict:
+                  sigma: np.ndarray | None = None, depth: float = 1.0) -> dict:
     """x3d (B, N, 3) m, x2d (B, N, 2) px, true OpenCV R (B, 3, 3), t (B, 3), K (3, 3), R_t.
 
-    Noise: gaussian with std noise_px, or with per-coordinate std sigma (B, N, 2) when given."""
+    Noise: gaussian with std noise_px, or with per-coordinate std sigma (B, N, 2) when given.
+    depth scales the points' depth (object z): 1 the face-sized half ellipsoid, 0 a planar
+    face-sized ellipse (about 0.5 m from the camera either way)."""
     camera = challenge_camera()
     R_t = random_poses(rng, batch)
     R, t = rt_to_opencv(R_t)
-    x3d = np.stack([face_points(rng, n_points) for _ in range(batch)])
+    x3d = np.stack([face_points(rng, n_points) for _ in range(batch)]) * np.array([1, 1, depth])
     x2d = project_opencv(x3d, R, t, camera.K)
     std = noise_px if sigma is None else sigma
     x2d = x2d + std * rng.normal(size=x2d.shape)

@@ -1,5 +1,6 @@
 """Benchmark helpers that CI does not otherwise run: the random inference model of bench_infer,
-the params of bench_train --profile / --set and bench_scale's extrapolation arithmetic."""
+the params of bench_train --profile / --set, bench_scale's extrapolation arithmetic and the
+chunk timings of bench_pnp --chunks."""
 import argparse
 from pathlib import Path
 
@@ -8,8 +9,10 @@ import pytest
 import torch
 
 from benchmarks.bench_infer import bench_model
+from benchmarks.bench_pnp import chunk_shapes, chunk_times
 from benchmarks.bench_scale import extrapolate_hours, marginal_seconds, real_work
 from benchmarks.bench_train import bench_params
+from stages.face.topology import N_VERTS
 from stages.nets.model import NetConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,3 +48,11 @@ def test_bench_scale_real_work_counts_the_real_images_and_the_paper_epochs():
     work = real_work({"coarse_train": {"epochs": 30}, "train": {"epochs": 10}})
     assert work["coarse_train"][:2] == (356_640, 30) and work["train"][:2] == (356_640, 10)
     assert work["crop"][:2] == (447_185, 1) and work["infer"][:2] == (447_185 - 356_640, 1)
+
+
+def test_bench_pnp_chunks_times_the_finetune_shapes():
+    shapes = chunk_shapes()
+    assert shapes["paper"] == (64, 512, 4, N_VERTS)          # pnp_points 0: every vertex
+    assert set(shapes) == {"params.yaml", "paper"} and min(min(s) for s in shapes.values()) > 0
+    times = chunk_times((2, 8, 2, 12), [2, 16], repeats=1)
+    assert set(times) == {2, 16} and all(0 < t < 60 for t in times.values())

@@ -1,4 +1,6 @@
 """so(3) maps and helpers of stages/pnp/rotation.py against scipy and finite differences."""
+import math
+
 import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
@@ -65,3 +67,19 @@ def test_haar_density_integrates_to_the_volume_of_so3():
     volume = torch.trapezoid(4 * np.pi * theta ** 2 * density, theta)
     assert abs(volume.item() - 8 * np.pi ** 2) < 1e-6
     assert haar_log_density(torch.zeros(1, 3)).abs().item() < 1e-7
+
+
+def test_haar_density_is_accurate_at_small_angles_in_float32():
+    """2 (1 - cos t) / t^2 cancels to 0 in float32 for t between 1e-4 and 2.5e-4 rad. The
+    density must follow its float64 series 2 sum_k (-t^2)^k / (2k + 2)! (to t^8; the closed
+    form loses eps / t^2 to cancellation) below 0.1 rad and the float64 closed form above."""
+    theta = np.concatenate([np.geomspace(1e-7, 0.1, 80), np.linspace(0.1, 3.1, 30)])
+    series = 2 * sum((-theta ** 2) ** k / math.factorial(2 * k + 2) for k in range(5))
+    closed = 2 * (1 - np.cos(theta)) / theta ** 2
+    expected = np.log(np.where(theta < 0.1, series, closed))
+    v = np.zeros((len(theta), 3))
+    v[:, 1] = theta
+    for dtype, tol in ((torch.float32, 2e-7), (torch.float64, 1e-13)):
+        got = haar_log_density(torch.tensor(v, dtype=dtype)).double().numpy()
+        worst = np.abs(got - expected).argmax()
+        assert abs(got[worst] - expected[worst]) < tol, (dtype, theta[worst], got[worst])
