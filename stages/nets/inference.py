@@ -6,6 +6,10 @@ Per batch of crops (read from the memory-mapped store while the previous batch r
   2. landmarks and sigma go from crop px to full-image px through the store's inv_warps;
   3. the pose comes from PnP between the landmarks and the predicted canonical mesh
      (stages.nets.poses), solved in a thread pool while the next batch runs through the network.
+     A network with the direct 6DoF head (train.pose_head = direct6dof) gives the pose itself, in
+     its crop's frame: it is mapped to the camera (stages.nets.crop_pose) from the original crop's
+     outputs (flip & merge applies to its mesh), its landmarks are the mesh projected with that
+     pose and its sigma is NaN (it has none).
 
 Skipped samples (the crop store's index.csv `skipped` = 1: no usable crop) get the fallback
 prediction: the PCA mean mesh in the mean training pose (chordal mean rotation, mean translation
@@ -28,7 +32,8 @@ from tqdm import tqdm
 
 from stages.common.precision import amp_dtype, autocast
 from stages.common.threads import single_thread_blas
-from stages.face.warp import apply_warp
+from stages.face.warp import apply_warp, invert_warp
+from stages.nets.crop_pose import crop_to_camera
 from stages.nets.dataset import CropStore
 from stages.nets.flipmerge import check_mode, merge_outputs, unmirror_outputs
 from stages.nets.model import FaceNet
@@ -38,6 +43,7 @@ from stages.wcpa.layout import ID_COLUMNS, labelled_rows
 
 log = logging.getLogger(__name__)
 OUTPUT_KEYS = ("mu", "sigma", "verts")
+POSE_KEYS = ("R_crop", "t_code")    # the direct 6DoF head's outputs
 
 
 class InferenceError(RuntimeError):
@@ -92,7 +98,18 @@ def mean_pose(poses: np.ndarray) -> np.ndarray:
 
 
 def _to_numpy(out: dict[str, torch.Tensor], rows: slice) -> dict[str, np.ndarray]:
-    return {key: out[key][rows].float().cpu().numpy() for key in OUTPUT_KEYS}
+    return {key: out[key][rows].float().cpu().numpy() for key in OUTPUT_KEYS + POSE_KEYS if key in out}
+
+
+def direct_poses(R_crop: np.ndarray, t_code: np.ndarray, inv_warps: np.ndarray, camera: Camera,
+                 crop_size: int) -> np.ndarray:
+    """The direct head's crop-frame poses R_crop (B, 3, 3), t_code (B, 3) of crops with warps
+    inv_warps (B, 2, 3) crop -> full px -> R_t (B, 4, 4); NaN for rows with NaN warps (skipped)."""
+    out = np.full((len(R_crop), 4, 4), np.nan)
+    rows = np.flatnonzero(np.isfinite(inv_warps).all((1, 2)))
+    if len(rows):
+        out[rows] = crop_to_camera(R_crop[rows], t_code[rows], invert_warp(inv_warps[rows]), camera, crop_size)
+    return out
 
 
 def _read_batch(images: np.ndarray, start: int, batch_size: int, pin: bool) -> torch.Tensor:
@@ -226,8 +243,12 @@ def predict_crops(model: FaceNet, images: np.ndarray, inv_warps: np.ndarray, per
         for rows, plain, back in network_outputs(model, images, settings.batch_size, settings.device,
                                                  settings.amp, mirror):
             verts, uv, sigma = batch_predictions(plain, back, inv_warps[rows], mode)
-            poses.append(solvers.submit(solve_poses, settings.pnp, verts, uv, sigma, camera,
-                                        settings.pnp_flags, 1))
+            if "R_crop" in plain:
+                poses.append(solvers.submit(direct_poses, plain["R_crop"], plain["t_code"], inv_warps[rows], camera,
+                                            images.shape[1]))
+            else:
+                poses.append(solvers.submit(solve_poses, settings.pnp, verts, uv, sigma, camera,
+                                            settings.pnp_flags, 1))
             for key, value in zip(("verts", "landmarks", "sigma"), (verts, uv, sigma)):
                 parts[key].append(value)
         R_t = [future.result() for future in poses]
@@ -237,6 +258,9 @@ def predict_crops(model: FaceNet, images: np.ndarray, inv_warps: np.ndarray, per
                 "landmarks": np.zeros((0, n_verts, 2), np.float32), "sigma": np.zeros((0, n_verts), np.float32)}
     out = {key: np.concatenate(value).astype(np.float32) for key, value in parts.items()}
     out["R_t"] = np.concatenate(R_t)
+    if model.pose is not None:
+        out["landmarks"] = camera.project(out["verts"], out["R_t"]).astype(np.float32)
+        out["sigma"] = np.full_like(out["sigma"], np.nan)
     return out
 
 
