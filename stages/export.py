@@ -90,6 +90,9 @@ def run(params: dict, checkpoint: str | None = None, out: Path | str = ARTIFACTS
     model = load_network_for_images(Path(artifacts) / section(params, "infer").checkpoint / "model.pt",
                                     Path(artifacts) / "pca" / "basis.npz", section(params, "train"),
                                     section(params, "crop").size, resources.n_verts)
+    if model.pose is not None:
+        raise ValueError("train.pose_head=direct6dof: export writes mu, sigma and verts only; the direct head's "
+                         "crop-frame pose needs each crop's warp (stages.nets.crop_pose) and is not exported")
     export_onnx(model, out)
     log.info("wrote %s", out)
     return Path(out)

@@ -116,7 +116,16 @@ def check_params(raw: Any, source: Path | str) -> dict[str, Any]:
         raise ParamsError(f"{path}: missing section(s) {', '.join(missing)}")
     params = {name: _check_section(name, raw[name], SCHEMA[name], path) for name in SCHEMA}
     _check_detector(params["crop"], path)
+    _check_pose_head(params, path)
     return params
+
+
+def _check_pose_head(params: dict[str, Any], path: Path) -> None:
+    """The direct 6DoF head has no finetune stage (EPro-PnP needs landmarks): infer reads train's model."""
+    if params["train"]["pose_head"] == "direct6dof" and params["infer"]["checkpoint"] != "train":
+        raise ParamsError(f"{path}: train.pose_head is direct6dof: set infer.checkpoint: train (finetune needs "
+                          "the PnP head), e.g. dvc exp run -S train.pose_head=direct6dof -S infer.checkpoint=train "
+                          "evaluate@infer submit@infer")
 
 
 def _check_detector(crop: dict[str, Any], path: Path) -> None:

@@ -75,6 +75,8 @@ SCHEMA = {
         "vdc": WEIGHT,
         "wpdc": WEIGHT,
         "pnp": WEIGHT,
+        "rot": WEIGHT,            # direct 6DoF head (train.pose_head): geodesic rotation error, per degree
+        "trans": WEIGHT,          # direct 6DoF head: squared translation error, per mm^2
     },
     "synth": {
         "out": str,
@@ -155,6 +157,8 @@ SCHEMA = {
         "input_size": NON_NEGATIVE,  # crop resized to this side before the backbone (0 = the crop size)
         "shape_head": Choice("pca", "direct"),  # pca (coefficients, sec. 2.3) | direct (vertices, Table 2)
         "landmark_loss": Choice("gnll", "mse"),  # gnll (eq. 1) | mse (gnll with sigma fixed to 1 px)
+        "pose_head": Choice("pnp", "direct6dof"),  # pnp (landmarks + PnP) | direct6dof (6D rotation +
+                                  # translation in the crop's frame, Table 1; needs infer.checkpoint train)
         "epochs": COUNT,
         **OPTIMISATION,
     },

@@ -67,8 +67,17 @@ def check_start_inputs(path: Path, start: dict, inputs: dict[str, str]) -> None:
 
 def finetune_config(train_params: dict, finetune: dict) -> dict:
     """The start model's train config with finetune's optimisation keys. pretrained is off:
-    the weights come from the start model."""
-    return {**train_params, **{k: finetune[k] for k in TRAIN_KEYS}, "pretrained": False}
+    the weights come from the start model; pose_head is pnp for models from before the key."""
+    return {"pose_head": "pnp", **train_params, **{k: finetune[k] for k in TRAIN_KEYS}, "pretrained": False}
+
+
+def check_start_head(path: Path, start: dict) -> None:
+    """Stop unless the start model's pose comes from PnP (the direct 6DoF head has no landmarks
+    for the PnP layer)."""
+    head = start["params"].get("pose_head", "pnp")
+    if head != "pnp":
+        raise ValueError(f"{path}: trained with train.pose_head={head}, which finetune (EPro-PnP) cannot start "
+                         "from: set infer.checkpoint=train and run `dvc repro evaluate@infer submit@infer`")
 
 
 def pnp_settings(finetune: dict) -> PnPSettings:
@@ -84,6 +93,7 @@ class FinetuneTrainer(Trainer):
 
     def __init__(self, params: dict, paths: FinetunePaths, camera: Camera):
         start = load_start(paths.start)
+        check_start_head(paths.start, start)
         finetune = params["finetune"]
         super().__init__({**params, "train": finetune_config(start["params"], finetune)}, paths.data, camera)
         if self.model.config.to_dict() != start["config"] or list(self.basis.components.shape) != start["basis_shape"]:

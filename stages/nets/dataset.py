@@ -25,8 +25,9 @@ from torch.utils.data import Dataset
 from stages.common.cropstore import RUN_FILE, read_run
 from stages.face.mesh import flip_mesh
 from stages.face.pca import PCABasis
-from stages.face.warp import apply_warp, similarity, warp_image
+from stages.face.warp import apply_warp, compose, similarity, warp_image
 from stages.nets.colour import draw_jitter
+from stages.nets.crop_pose import camera_to_crop, crop_scale, mirror_crop_pose
 from stages.wcpa.camera import Camera
 from stages.wcpa.layout import ID_COLUMNS, DataError
 
@@ -142,12 +143,16 @@ class TrainBatches(Dataset):
     reframe (B, 2, 3) float64: the warp from the stored crop to the returned one (identity when
     the reframing is off), jitter (B, 8) float32: colour jitter parameters for
     stages.nets.colour.jitter_images (the identity when off). Rows the crop stage skipped are left out.
+    With pose_targets (the direct 6DoF head) also the pose in the returned crop's frame
+    (stages.nets.crop_pose): R_crop (B, 3, 3), t_code (B, 3) and crop_scale (B,), float32.
     """
 
     def __init__(self, store: CropStore, verts: np.ndarray, poses: np.ndarray, camera: Camera,
                  basis: PCABasis, flip_perm: np.ndarray | None, flip_prob: float, color_jitter: float,
-                 seed: int, augment: bool = True, reframe: Reframe = Reframe(), coeffs: np.ndarray | None = None):
+                 seed: int, augment: bool = True, reframe: Reframe = Reframe(), coeffs: np.ndarray | None = None,
+                 pose_targets: bool = False):
         self.store, self.verts, self.poses = store, verts, poses
+        self.pose_targets = pose_targets
         self.camera, self.basis, self.perm = camera, basis, flip_perm
         self.coeffs = coeffs            # (N, K) basis.project(verts) (the pca stage's cache), or None: per batch
         self.flip_prob = flip_prob if augment else 0.0
@@ -179,7 +184,8 @@ class TrainBatches(Dataset):
         if flip.any():
             images[flip], uv[flip], verts[flip] = flip_targets(images[flip], uv[flip], verts[flip], self.perm)
             coeffs[flip] = self.basis.project(verts[flip])
-        return {
+        pose = self.crop_poses(rows, reframe, flip) if self.pose_targets else {}
+        return {**pose,
             "images": torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))),
             "uv": torch.from_numpy(uv),
             "verts": torch.from_numpy(verts),
@@ -188,3 +194,13 @@ class TrainBatches(Dataset):
             "reframe": torch.from_numpy(reframe),
             "jitter": torch.from_numpy(draw_jitter(rng, len(rows), self.jitter)),
         }
+
+    def crop_poses(self, rows: np.ndarray, reframe: np.ndarray, flip: np.ndarray) -> dict[str, torch.Tensor]:
+        """The poses of store rows (B,) in the frames of their returned crops (reframed by
+        `reframe` (B, 2, 3), mirrored where `flip` (B,) bool)."""
+        warps = compose(reframe, self.store.warps[rows])
+        R_crop, codes = camera_to_crop(self.poses[rows], warps, self.camera, self.store.size)
+        if flip.any():
+            R_crop[flip], codes[flip] = mirror_crop_pose(R_crop[flip], codes[flip])
+        return {"R_crop": torch.from_numpy(R_crop.astype(np.float32)), "t_code": torch.from_numpy(codes.astype(np.float32)),
+                "crop_scale": torch.from_numpy(crop_scale(warps).astype(np.float32))}

@@ -6,6 +6,10 @@ Per batch of crops (read from the memory-mapped store while the previous batch r
   2. landmarks and sigma go from crop px to full-image px through the store's inv_warps;
   3. the pose comes from PnP between the landmarks and the predicted canonical mesh
      (stages.nets.poses), solved in a thread pool while the next batch runs through the network.
+     A network with the direct 6DoF head (train.pose_head = direct6dof) gives the pose itself, in
+     its crop's frame: it is mapped to the camera (stages.nets.crop_pose) from the original crop's
+     outputs (flip & merge applies to its mesh), its landmarks are the mesh projected with that
+     pose and its sigma is NaN (it has none).
 
 Skipped samples (the crop store's index.csv `skipped` = 1: no usable crop) get the fallback
 prediction: the PCA mean mesh in the mean training pose (chordal mean rotation, mean translation
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -31,7 +35,8 @@ from stages.common.cropstore import release_rows
 from stages.common.device import pick_device
 from stages.common.precision import amp_dtype, autocast
 from stages.common.threads import single_thread_blas
-from stages.face.warp import apply_warp
+from stages.face.warp import apply_warp, invert_warp
+from stages.nets.crop_pose import crop_to_camera
 from stages.nets.dataset import CropStore
 from stages.nets.flipmerge import check_mode, merge_outputs, unmirror_outputs
 from stages.nets.model import FaceNet
@@ -42,6 +47,7 @@ from stages.wcpa.predictions import PredictionWriter
 
 log = logging.getLogger(__name__)
 OUTPUT_KEYS = ("mu", "sigma", "verts")
+POSE_KEYS = ("R_crop", "t_code")    # the direct 6DoF head's outputs
 
 
 class InferenceError(RuntimeError):
@@ -87,7 +93,18 @@ def mean_pose(poses: np.ndarray) -> np.ndarray:
 
 
 def _to_numpy(out: dict[str, torch.Tensor], rows: slice) -> dict[str, np.ndarray]:
-    return {key: out[key][rows].float().cpu().numpy() for key in OUTPUT_KEYS}
+    return {key: out[key][rows].float().cpu().numpy() for key in OUTPUT_KEYS + POSE_KEYS if key in out}
+
+
+def direct_poses(R_crop: np.ndarray, t_code: np.ndarray, inv_warps: np.ndarray, camera: Camera,
+                 crop_size: int) -> np.ndarray:
+    """The direct head's crop-frame poses R_crop (B, 3, 3), t_code (B, 3) of crops with warps
+    inv_warps (B, 2, 3) crop -> full px -> R_t (B, 4, 4); NaN for rows with NaN warps (skipped)."""
+    out = np.full((len(R_crop), 4, 4), np.nan)
+    rows = np.flatnonzero(np.isfinite(inv_warps).all((1, 2)))
+    if len(rows):
+        out[rows] = crop_to_camera(R_crop[rows], t_code[rows], invert_warp(inv_warps[rows]), camera, crop_size)
+    return out
 
 
 def _read_batch(images: np.ndarray, start: int, batch_size: int, pin: bool) -> torch.Tensor:
@@ -226,17 +243,27 @@ def predicted_batches(model: FaceNet, images: np.ndarray, inv_warps: np.ndarray,
         for rows, plain, back in network_outputs(model, images, settings.batch_size, settings.device,
                                                  settings.amp, mirror):
             verts, uv, sigma = batch_predictions(plain, back, inv_warps[rows], mode)
-            pose = solvers.submit(solve_poses, settings.pnp, verts, uv, sigma, camera, settings.pnp_flags, 1)
-            pending.append((rows, {"verts": verts, "landmarks": uv, "sigma": sigma}, pose))
+            if "R_crop" in plain:
+                pose = solvers.submit(direct_poses, plain["R_crop"], plain["t_code"], inv_warps[rows], camera,
+                                      images.shape[1])
+            else:
+                pose = solvers.submit(solve_poses, settings.pnp, verts, uv, sigma, camera, settings.pnp_flags, 1)
+            direct = camera if model.pose is not None else None
+            pending.append((rows, {"verts": verts, "landmarks": uv, "sigma": sigma}, pose, direct))
             while len(pending) > max(1, settings.workers):
-                yield _finished(pending.popleft())
+                yield _finished(*pending.popleft())
         while pending:
-            yield _finished(pending.popleft())
+            yield _finished(*pending.popleft())
 
 
-def _finished(entry: tuple) -> tuple[slice, dict[str, np.ndarray]]:
-    rows, out, pose = entry
-    return rows, {**{key: value.astype(np.float32) for key, value in out.items()}, "R_t": pose.result()}
+def _finished(rows: slice, out: dict, pose: Future, direct: Camera | None) -> tuple[slice, dict[str, np.ndarray]]:
+    """A batch's outputs once its pose is solved. direct: the camera of a direct-pose network,
+    whose landmarks are its mesh projected in its pose (sigma NaN: it has no landmark head)."""
+    out = {**{key: value.astype(np.float32) for key, value in out.items()}, "R_t": pose.result()}
+    if direct is not None:
+        out["landmarks"] = direct.project(out["verts"], out["R_t"]).astype(np.float32)
+        out["sigma"] = np.full_like(out["sigma"], np.nan)
+    return rows, out
 
 
 def predict_crops(model: FaceNet, images: np.ndarray, inv_warps: np.ndarray, perm: np.ndarray | None,

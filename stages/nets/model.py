@@ -10,6 +10,7 @@ from torch import nn
 from stages.nets.backbone import build_backbone
 from stages.nets.coordconv import add_coord_channels
 from stages.nets.heads import LandmarkHead, ShapeHead
+from stages.nets.posehead import PoseHead
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -26,6 +27,7 @@ class NetConfig:
     n_verts: int
     n_components: int
     input_size: int = 0     # side the crop is resized to before the backbone; 0 = crop_size
+    pose_head: str = "pnp"  # pnp (pose from landmarks + mesh) | direct6dof (PoseHead, Table 1)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,7 +49,8 @@ class InputResize(nn.Module):
 class FaceNet(nn.Module):
     """images (B, 3, S, S) RGB in [0, 255] (uint8 or float) -> dict of
     mu (B, V, 2) crop px, sigma (B, V) crop px, verts (B, V, 3) metres, coeffs (B, K)
-    (verts left out under with_verts=False with a PCA shape head).
+    (verts left out under with_verts=False with a PCA shape head), and with
+    config.pose_head = direct6dof R_crop (B, 3, 3), t_code (B, 3) (stages.nets.crop_pose).
 
     With config.input_size < S the crop is resized (antialiased bilinear) before the backbone,
     a cheaper network for the CPU demo; the outputs stay in the S-pixel crop's coordinates.
@@ -60,6 +63,9 @@ class FaceNet(nn.Module):
         self.backbone, features = build_backbone(config.depth, in_channels, pretrained)
         self.landmarks = LandmarkHead(features, config.n_verts, config.crop_size)
         self.shape = ShapeHead(features, config.n_verts, config.n_components, config.shape_head)
+        if config.pose_head not in ("pnp", "direct6dof"):
+            raise ValueError(f"train.pose_head={config.pose_head!r}: expected 'pnp' or 'direct6dof'")
+        self.pose = PoseHead(features) if config.pose_head == "direct6dof" else None
         self.resize = InputResize(config.input_size)   # first: a linear filter with unit weights commutes with the normalisation
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255)
@@ -74,5 +80,6 @@ class FaceNet(nn.Module):
         with torch.autocast(features.device.type, enabled=False):     # heads in float32 (stages.common.precision)
             mu, sigma = self.landmarks(features)
             verts, coeffs = self.shape(features, with_verts)
-        out = {"mu": mu, "sigma": sigma, "coeffs": coeffs}
+            pose = {} if self.pose is None else dict(zip(("R_crop", "t_code"), self.pose(features)))
+        out = {"mu": mu, "sigma": sigma, "coeffs": coeffs, **pose}
         return out if verts is None else {**out, "verts": verts}

@@ -21,6 +21,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 import torch.distributed as dist
+from scipy.spatial.transform import Rotation
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from tqdm import tqdm
@@ -31,8 +32,9 @@ from stages.common.io import UnsafeCheckpointError, load_torch, save_json, save_
 from stages.common.precision import amp_dtype, autocast, needs_grad_scaler
 from stages.common.threads import single_thread_blas
 from stages.face.pca import PCABasis, load_flip_perm
-from stages.nets import losses
+from stages.nets import losses, pose_losses
 from stages.nets.colour import jitter_images
+from stages.nets.crop_pose import camera_to_crop
 from stages.nets.dataset import CropStore, Reframe, TrainBatches, crop_targets
 from stages.nets.model import FaceNet, NetConfig
 from stages.nets.validate import evaluate, predict
@@ -139,13 +141,17 @@ def state_layout(model: torch.nn.Module) -> list:
     return params + [[name, list(b.shape), False] for name, b in model.named_buffers()]
 
 
-def build_model(cfg: SimpleNamespace, basis: PCABasis, crop_size: int, mean_uv: np.ndarray) -> FaceNet:
+def build_model(cfg: SimpleNamespace, basis: PCABasis, crop_size: int, mean_uv: np.ndarray,
+                mean_crop_pose: tuple[np.ndarray, np.ndarray] | None = None) -> FaceNet:
+    """The network of a train section; mean_crop_pose (R (3, 3), code (3,)) starts a direct pose head."""
     config = NetConfig(depth=cfg.depth, coordconv=cfg.coordconv, shape_head=cfg.shape_head,
                        crop_size=crop_size, n_verts=basis.n_verts, n_components=basis.n_components,
-                       input_size=cfg.input_size)
+                       input_size=cfg.input_size, pose_head=cfg.pose_head)
     model = FaceNet(config, pretrained=cfg.pretrained)
     model.shape.set_basis(basis.mean, basis.components, basis.std)
     model.landmarks.init_mean(torch.as_tensor(mean_uv))
+    if model.pose is not None:
+        model.pose.init_mean(*map(torch.as_tensor, mean_crop_pose))
     return model
 
 
@@ -160,20 +166,33 @@ def mean_target(camera: Camera, data: SplitData, limit: int = 512) -> np.ndarray
     return crop_targets(camera, np.asarray(data.verts[rows]), data.poses[rows], data.store.warps[rows]).mean(0)
 
 
+def mean_crop_pose(camera: Camera, data: SplitData, limit: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Mean crop-frame pose (stages.nets.crop_pose) over the first `limit` usable training
+    samples: chordal mean rotation (3, 3) and mean translation code (3,)."""
+    rows = np.flatnonzero(data.store.usable)[:limit]
+    R_crop, codes = camera_to_crop(data.poses[rows], data.store.warps[rows], camera, data.store.size)
+    return Rotation.from_matrix(R_crop).mean().as_matrix(), codes.mean(0)
+
+
 def loss_terms(out: dict, batch: dict, cfg: SimpleNamespace, weights_mm: torch.Tensor) -> dict:
     """Loss terms (eq. 1-3) of one batch; see stages.nets.losses for their units. Without
     out["verts"] (a PCA head run with with_verts=False) the VDC comes from the coefficients:
-    weights_mm must then be the basis' own WPDC weights (PCABasis.wpdc_weights)."""
-    if cfg.landmark_loss == "gnll":
-        landmark = losses.gnll(out["mu"], out["sigma"], batch["uv"])
+    weights_mm must then be the basis' own WPDC weights (PCABasis.wpdc_weights). The direct
+    6DoF head (train.pose_head) has its pose terms rot, trans (stages.nets.pose_losses) in
+    place of the landmark term."""
+    if cfg.pose_head == "direct6dof":
+        landmark = {"rot": pose_losses.rotation_deg(out["R_crop"], batch["R_crop"]),
+                    "trans": pose_losses.translation_mm2(out["t_code"], batch["t_code"], batch["crop_scale"])}
+    elif cfg.landmark_loss == "gnll":
+        landmark = {"gnll": losses.gnll(out["mu"], out["sigma"], batch["uv"])}
     elif cfg.landmark_loss == "mse":
-        landmark = losses.landmark_mse(out["mu"], batch["uv"])
+        landmark = {"gnll": losses.landmark_mse(out["mu"], batch["uv"])}
     else:
         raise ValueError(f"train.landmark_loss={cfg.landmark_loss!r}: expected 'gnll' or 'mse'")
     wpdc = losses.wpdc(out["coeffs"], batch["coeffs"], weights_mm)
     vdc = (losses.vdc(out["verts"], batch["verts"]) if "verts" in out
            else losses.vdc_from_coeffs(wpdc, batch["off_span"]))
-    return {"gnll": landmark, "vdc": vdc, "wpdc": wpdc}
+    return {**landmark, "vdc": vdc, "wpdc": wpdc}
 
 
 def lr_factor(cfg: SimpleNamespace, step: int, total: int) -> float:
@@ -232,7 +251,7 @@ class Trainer:
 
     def __init__(self, params: dict, paths: TrainPaths, camera: Camera):
         self.cfg = SimpleNamespace(**params["train"])
-        self.lambdas = {k: params["lambda"][k] for k in ("gnll", "vdc", "wpdc")}
+        self.lambdas = {k: params["lambda"][k] for k in ("gnll", "vdc", "wpdc", "rot", "trans")}
         self.seed, self.paths, self.camera = params["seed"], paths, camera
         self.ctx = start_distributed(self.cfg.device)
         single_thread_blas()        # the batches are prepared in this process: see stages.common.threads
@@ -242,8 +261,11 @@ class Trainer:
                      if self.cfg.flip > 0 else None)
         self.train_data, self.val_data = load_split(paths, "train"), load_split(paths, "val")
         size = self.train_data.store.size
-        self.model = build_model(self.cfg, self.basis, size, mean_target(camera, self.train_data)).to(self.ctx.device)
+        direct = self.cfg.pose_head == "direct6dof"
+        self.model = build_model(self.cfg, self.basis, size, mean_target(camera, self.train_data),
+                                 mean_crop_pose(camera, self.train_data) if direct else None).to(self.ctx.device)
         self.model.landmarks.sigma.requires_grad_(self.trains_sigma())
+        self.model.landmarks.mu.requires_grad_(not direct)     # the direct head has no landmark loss
         self.net = (DistributedDataParallel(self.model, device_ids=[self.ctx.device] if self.ctx.device.type == "cuda" else None)
                     if self.ctx.world > 1 else self.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
@@ -253,7 +275,8 @@ class Trainer:
         self.weights_mm = torch.as_tensor(self.basis.wpdc_weights(), device=self.ctx.device)
         self.dataset = TrainBatches(self.train_data.store, self.train_data.verts, self.train_data.poses, camera,
                                     self.basis, flip_perm, self.cfg.flip, self.cfg.color_jitter, self.seed,
-                                    reframe=reframe_limits(self.cfg), coeffs=self.train_data.coeffs)
+                                    reframe=reframe_limits(self.cfg), coeffs=self.train_data.coeffs,
+                                    pose_targets=direct)
         self.loader = make_loader(self.dataset, self.ctx, self.cfg, self.seed)
         self.inputs = {"crop_run": self.train_data.store.run,
                        **input_identity(training_inputs(paths, params["data"]["root"]))}
@@ -273,9 +296,9 @@ class Trainer:
         return True
 
     def trains_sigma(self) -> bool:
-        """Whether sigma's FC is trained: only the GNLL uses it here (under MSE it keeps its
-        start, and is left out of the backward, the optimizer and DDP)."""
-        return self.cfg.landmark_loss == "gnll"
+        """Whether sigma's FC is trained: only the GNLL uses it here (under MSE or with the direct
+        pose head it keeps its start, and is left out of the backward, the optimizer and DDP)."""
+        return self.cfg.landmark_loss == "gnll" and self.cfg.pose_head == "pnp"
 
     def needs_verts(self) -> bool:
         """Whether the loss needs the decoded mesh (a PCA head's VDC comes from its coefficients)."""
@@ -338,7 +361,7 @@ class Trainer:
         pred = predict(self.model, data.store.images[rows] if len(rows) < len(data.store) else data.store.images,
                        self.cfg.val_batch_size, self.ctx.device, self.amp)
         metrics = evaluate(pred, data.store.inv_warps[rows], self.camera, verts, poses,
-                           crop_targets(self.camera, verts, poses, warps), self.cfg.val_pnp_flags)
+                           crop_targets(self.camera, verts, poses, warps), self.cfg.val_pnp_flags, data.store.size)
         return {**metrics, "skipped": float(len(data.store) - len(rows))}
 
     def validation_record(self, epoch: int, train_terms: dict) -> dict:

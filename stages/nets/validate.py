@@ -6,7 +6,8 @@ import torch
 from tqdm import tqdm
 
 from stages.common.precision import autocast
-from stages.face.warp import apply_warp
+from stages.face.warp import apply_warp, invert_warp
+from stages.nets.crop_pose import crop_to_camera
 from stages.pnp.opencv import pose_from_landmarks
 from stages.wcpa.camera import Camera
 from stages.wcpa.score import sample_errors, summarize
@@ -45,17 +46,31 @@ def solve_poses(verts: np.ndarray, uv_full: np.ndarray, camera: Camera, flags: s
     return poses, int(failed.sum())
 
 
+def direct_poses(pred: dict[str, np.ndarray], inv_warps: np.ndarray, camera: Camera,
+                 crop_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The direct head's poses (N, 4, 4) from its crop-frame outputs R_crop, t_code, and its
+    landmarks: the predicted mesh projected with them, (N, V, 2) full-image px."""
+    poses = crop_to_camera(pred["R_crop"], pred["t_code"], invert_warp(inv_warps), camera, crop_size)
+    return poses, camera.project(pred["verts"], poses)
+
+
 def evaluate(pred: dict[str, np.ndarray], inv_warps: np.ndarray, camera: Camera,
              verts_gt: np.ndarray, poses_gt: np.ndarray, uv_gt_crop: np.ndarray,
-             pnp_flags: str = "SQPNP") -> dict[str, float]:
+             pnp_flags: str = "SQPNP", crop_size: int = 0) -> dict[str, float]:
     """Validation metrics of predictions on one split.
 
     Landmarks are unwarped to the full image with inv_warps (N, 2, 3), the pose comes from PnP
     between them and the predicted canonical mesh; the challenge score and the paper's metrics
-    follow (stages.wcpa.score). uv_gt_crop: (N, V, 2) target positions, crop px.
+    follow (stages.wcpa.score). uv_gt_crop: (N, V, 2) target positions, crop px. Predictions of
+    the direct head (R_crop in pred) take their pose from it (`direct_poses`, crop_size: the
+    crops' side, px) and their landmarks from the mesh projected with it.
     """
-    uv_full = apply_warp(inv_warps, pred["mu"])
-    poses, failed = solve_poses(pred["verts"], uv_full, camera, pnp_flags)
+    if "R_crop" in pred:
+        (poses, uv_full), failed = direct_poses(pred, inv_warps, camera, crop_size), 0
+        pred = {**pred, "mu": apply_warp(invert_warp(inv_warps), uv_full)}
+    else:
+        uv_full = apply_warp(inv_warps, pred["mu"])
+        poses, failed = solve_poses(pred["verts"], uv_full, camera, pnp_flags)
     summary = summarize(sample_errors(verts_gt, poses_gt, pred["verts"], poses))
     summary["pnp_failed"] = failed
     summary["landmark_crop_px"] = float(np.linalg.norm(pred["mu"] - uv_gt_crop, axis=-1).mean())

@@ -53,7 +53,7 @@ def test_paper_profile_applies_and_validates(tmp_path):
     shutil.copy(ROOT / "params.yaml", target)
     apply_profile("paper", target)
     params = load_params(target)
-    assert params["lambda"] == {"gnll": 0.01, "vdc": 20.0, "wpdc": 10.0, "pnp": 2.0}
+    assert params["lambda"] == {"gnll": 0.01, "vdc": 20.0, "wpdc": 10.0, "pnp": 2.0, "rot": 20.0, "trans": 1.0}
     assert "# " in target.read_text()          # comments survive
 
 
@@ -142,4 +142,16 @@ def test_crop_detector_must_match_the_landmark_source(source, detector, ok):
         return
     wanted = "[]" if source == "given68" else "[coarse]"
     with pytest.raises(ParamsError, match=re.escape(f"crop.source is {source}: set crop.detector: {wanted}")):
+        check_params(raw, "p.yaml")
+
+
+@pytest.mark.parametrize("checkpoint, ok", [("train", True), ("finetune", False)])
+def test_direct_pose_head_must_be_inferred_from_the_train_checkpoint(checkpoint, ok):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["train"]["pose_head"] = "direct6dof"
+    raw["infer"]["checkpoint"] = checkpoint
+    if ok:
+        assert check_params(raw, "p.yaml")["train"]["pose_head"] == "direct6dof"
+        return
+    with pytest.raises(ParamsError, match=r"p.yaml: train.pose_head is direct6dof: set infer.checkpoint: train"):
         check_params(raw, "p.yaml")
