@@ -11,6 +11,7 @@ from stages.nets.crop_pose import crop_to_camera
 from stages.nets.dataset import CropStore
 from stages.nets.validate import predict
 from stages.wcpa.layout import load_resources
+from stages.wcpa.predictions import load_predictions
 from tests.tiny_project import make_tiny_project
 
 
@@ -25,7 +26,7 @@ def test_direct_head_trains_infers_without_pnp_and_finetune_refuses_it(tmp_path,
     assert {"train_rot", "train_trans", "train_vdc"} <= set(final) and "train_gnll" not in final
     assert np.isfinite(final["val_MAE_r"]) and final["val_pnp_failed"] == 0
 
-    pred = infer.run(params, "val")
+    pred = load_predictions(infer.run(params, "val"))
     camera = load_resources(tmp_path / "data" / "synth").camera
     assert np.isfinite(pred["R_t"]).all() and np.isnan(pred["sigma"]).all()
     np.testing.assert_allclose(pred["landmarks"], camera.project(pred["verts"], pred["R_t"]), atol=1e-3)
