@@ -27,6 +27,7 @@ from stages.coarse.sources import PASSES, Samples, ViewSet
 from stages.common.badinput import BadInputs
 from stages.common.device import pick_device
 from stages.common.io import UnsafeCheckpointError, load_torch, save_torch
+from stages.common.precision import amp_dtype, autocast, needs_grad_scaler, place_network
 from stages.wcpa.layout import DataError
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,12 @@ def build_nets(cfg: TrainConfig, n_points: int) -> dict[str, LandmarkNet]:
     torch.manual_seed(cfg.seed)
     return {"locate": LandmarkNet(cfg.locate_backbone, n_points, cfg.pretrained, cfg.head_width),
             "refine": LandmarkNet(cfg.refine_backbone, n_points, cfg.pretrained, cfg.head_width)}
+
+
+def training_amp(dev: torch.device) -> torch.dtype | None:
+    """The detector's autocast type: mixed precision on CUDA (stages.common.precision), float32
+    on every CPU (the demo's detector is trained and validated in float32)."""
+    return amp_dtype(dev, dev.type == "cuda")
 
 
 def to_tensor(images: np.ndarray | torch.Tensor, dev: torch.device) -> torch.Tensor:
@@ -148,7 +155,7 @@ def step(nets: dict[str, LandmarkNet], batch: dict, sizes: dict[str, int], optim
     dev = next(nets["refine"].parameters()).device
     loss = 0.0
     for name in PASSES:
-        with torch.autocast(dev.type, enabled=dev.type == "cuda"):
+        with autocast(dev, training_amp(dev)):
             pred = nets[name](to_tensor(batch[name]["image"], dev))
         target = batch[name]["points"].to(dev, torch.float32)
         loss = loss + (pred.float() - target).abs().mean() / sizes[name]
@@ -175,7 +182,7 @@ def view_errors(nets: dict[str, LandmarkNet], stream: Stream, batch_size: int,
         if batch is None:
             continue
         for name in PASSES:
-            with torch.autocast(dev.type, enabled=dev.type == "cuda"):
+            with autocast(dev, training_amp(dev)):
                 pred = nets[name](to_tensor(batch[name]["image"], dev)).float().cpu().numpy()
             target = batch[name]["points"].numpy()
             scale = batch[name]["scale"].numpy()
@@ -223,12 +230,12 @@ def train(cfg: TrainConfig, train_samples: Samples, val_samples: Samples, flip_o
     n_points = train_samples.landmarks.shape[1]
     nets = build_nets(cfg, n_points)
     for net in nets.values():
-        net.to(dev)
+        place_network(net, dev)
     params = [p for net in nets.values() for p in net.parameters()]
     optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * max(len(train_samples) // cfg.batch_size, 1)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, cfg.lr, total_steps=steps, pct_start=0.15)
-    scaler = torch.amp.GradScaler(dev.type, enabled=dev.type == "cuda")
+    scaler = torch.amp.GradScaler(dev.type, enabled=needs_grad_scaler(training_amp(dev)))
     first_epoch = _resume(checkpoint, nets, optimiser, schedule, scaler, bad)
     sizes = {"locate": cfg.locate_size, "refine": cfg.refine_size}
     jitters = {"locate": cfg.locate_jitter, "refine": cfg.refine_jitter}

@@ -54,8 +54,8 @@ OPTIMISATION = {                  # the keys train and finetune share: the optim
     "reframe_rotate": WEIGHT, # largest rotation, degrees
     "workers": NON_NEGATIVE,  # DataLoader worker processes (0 = load in the main process)
     "device": DEVICE,         # auto | cpu | cuda
-    "amp": bool,              # float16 autocast + GradScaler on CUDA; bfloat16 autocast on CPUs with
-                              # native bfloat16 (AVX512-BF16, AMX), float32 on others
+    "amp": bool,              # bfloat16 autocast on CUDA with bfloat16 (else float16 + GradScaler);
+                              # bfloat16 on CPUs with native bfloat16 (AVX512-BF16, AMX), float32 on others
     "val_batch_size": COUNT,
     "val_pnp_flags": str,     # OpenCV PnP of the per-epoch validation (cv2.SOLVEPNP_<name>)
 }
@@ -124,7 +124,7 @@ SCHEMA = {
         "batch_size": COUNT,
         "refine_passes": NON_NEGATIVE,  # pass 2 repeated, each time re-centred on the latest landmarks
         "flip_test": bool,        # average pass 2 with its mirrored run
-        "amp": bool,              # mixed precision: float16 on CUDA, bfloat16 on CPUs with native bfloat16
+        "amp": bool,              # mixed precision: bfloat16 on CUDA (float16 before Ampere) and on CPUs with native bfloat16
     },
     "crop": {
         "source": Choice("coarse", "given68", "gt"),  # landmarks that place the crop (gt: train only)
@@ -176,7 +176,7 @@ SCHEMA = {
         "pnp_flags": str,         # OpenCV method cv2.SOLVEPNP_<name> (ITERATIVE, EPNP, SQPNP, ...), or
                                   # <name>+ITERATIVE: that method's pose refined by OpenCV's LM
         "device": DEVICE,         # auto | cpu | cuda
-        "amp": bool,              # autocast: float16 on CUDA, bfloat16 on CPUs with native bfloat16
+        "amp": bool,              # autocast: bfloat16 on CUDA (float16 before Ampere) and on CPUs with native bfloat16
         "workers": COUNT,         # PnP threads (run while the network does the next batch)
         "max_pnp_failures": FRACTION,  # fraction of rows whose PnP may fail (mean pose instead); more stops
     },

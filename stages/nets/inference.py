@@ -2,7 +2,8 @@
 
 Per batch of crops (read from the memory-mapped store while the previous batch runs):
   1. one forward pass of the batch concatenated with its mirror (u -> S - u), on CUDA with AMP
-     when present (stages.nets.flipmerge maps the mirrored outputs back and merges them);
+     and channels_last when present (stages.common.precision; stages.nets.flipmerge maps the
+     mirrored outputs back and merges them);
   2. landmarks and sigma go from crop px to full-image px through the store's inv_warps;
   3. the pose comes from PnP between the landmarks and the predicted canonical mesh
      (stages.nets.poses), solved in a thread pool while the next batch runs through the network.
@@ -29,7 +30,7 @@ from tqdm import tqdm
 
 from stages.common.cropstore import release_rows
 from stages.common.device import pick_device
-from stages.common.precision import amp_dtype, autocast
+from stages.common.precision import amp_dtype, autocast, place_network
 from stages.common.threads import single_thread_blas
 from stages.face.warp import apply_warp
 from stages.nets.dataset import CropStore
@@ -110,7 +111,7 @@ def network_outputs(model: FaceNet, images: np.ndarray, batch_size: int, device:
     crops (None when perm is None: no mirror pass). With a mirror, each batch is one forward of
     2B images (the crops, then their mirrors).
     """
-    model = model.to(device).eval()
+    model = place_network(model, device).eval()
     dtype = amp_dtype(device, amp)
     size = images.shape[2]
     starts = list(range(0, len(images), batch_size))

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from stages.common.device import pick_device
 from stages.common.identity import input_identity
 from stages.common.io import UnsafeCheckpointError, load_torch, save_json, save_torch
-from stages.common.precision import amp_dtype, autocast, needs_grad_scaler
+from stages.common.precision import amp_dtype, autocast, needs_grad_scaler, place_network
 from stages.common.threads import single_thread_blas
 from stages.face.pca import PCABasis, load_flip_perm
 from stages.nets import losses
@@ -242,7 +242,8 @@ class Trainer:
                      if self.cfg.flip > 0 else None)
         self.train_data, self.val_data = load_split(paths, "train"), load_split(paths, "val")
         size = self.train_data.store.size
-        self.model = build_model(self.cfg, self.basis, size, mean_target(camera, self.train_data)).to(self.ctx.device)
+        self.model = place_network(build_model(self.cfg, self.basis, size, mean_target(camera, self.train_data)),
+                                   self.ctx.device)
         self.model.landmarks.sigma.requires_grad_(self.trains_sigma())
         self.net = (DistributedDataParallel(self.model, device_ids=[self.ctx.device] if self.ctx.device.type == "cuda" else None)
                     if self.ctx.world > 1 else self.model)
