@@ -2,7 +2,8 @@
 
 A type is a Python type (str, int, float, bool), `(type, None)` for an optional value,
 `[type]` for a list, `Range(type, low, high)` for a number within bounds, or `Choice(a, b, ...)`
-for one of a few values. Each stage owns its section; `data`, `seed` and `lambda` are shared.
+for one of a few values, `OrAuto(kind)` for the word `auto` (resolved where the value is used)
+or a value of `kind`. Each stage owns its section; `data`, `seed` and `lambda` are shared.
 Add a key here and in params.yaml (and in stages/profiles/*.yaml where it differs).
 """
 from __future__ import annotations
@@ -31,6 +32,14 @@ class Choice:
         return f"Choice{self.values!r}"
 
 
+@dataclass(frozen=True)
+class OrAuto:
+    """The word `auto` or a value of `kind` (a type, Range or Choice)."""
+
+    kind: object
+
+
+AUTO = "auto"
 COUNT = Range(int, 1)                    # sizes, epochs, batch sizes: at least one
 NON_NEGATIVE = Range(int, 0)             # counts where 0 means off / all / in the main process
 FRACTION = Range(float, 0.0, 1.0)        # probabilities and fractions, ends included
@@ -177,7 +186,8 @@ SCHEMA = {
                                   # <name>+ITERATIVE: that method's pose refined by OpenCV's LM
         "device": DEVICE,         # auto | cpu | cuda
         "amp": bool,              # autocast: bfloat16 on CUDA (float16 before Ampere) and on CPUs with native bfloat16
-        "workers": COUNT,         # PnP threads (run while the network does the next batch)
+        "workers": OrAuto(COUNT),  # PnP threads (run while the network does the next batch); auto: the
+                                   # cores this process may use (os.sched_getaffinity)
         "max_pnp_failures": FRACTION,  # fraction of rows whose PnP may fail (mean pose instead); more stops
     },
 }

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from stages.common.cropstore import release_rows
 from stages.common.device import pick_device
 from stages.common.precision import amp_dtype, autocast, place_network
-from stages.common.threads import single_thread_blas
+from stages.common.threads import single_thread_blas, thread_count
 from stages.face.warp import apply_warp
 from stages.nets.dataset import CropStore
 from stages.nets.flipmerge import check_mode, merge_outputs, unmirror_outputs
@@ -59,14 +59,14 @@ class InferSettings:
     pnp_flags: str      # OpenCV solvePnP method name (ITERATIVE, EPNP, SQPNP, ...)
     device: torch.device
     amp: bool
-    workers: int        # PnP threads
+    workers: int        # PnP threads (infer.workers, `auto` resolved: stages.common.threads.thread_count)
     max_pnp_failures: float = 0.0   # fraction of usable rows whose PnP may fail (they get the fallback pose)
 
     @classmethod
     def of(cls, cfg) -> "InferSettings":
         """From the infer params section (a namespace of infer.*)."""
         return cls(batch_size=cfg.batch_size, flip_merge=cfg.flip_merge, pnp=cfg.pnp, pnp_flags=cfg.pnp_flags,
-                   device=pick_device(cfg.device, "infer.device"), amp=cfg.amp, workers=cfg.workers,
+                   device=pick_device(cfg.device, "infer.device"), amp=cfg.amp, workers=thread_count(cfg.workers),
                    max_pnp_failures=cfg.max_pnp_failures)
 
 

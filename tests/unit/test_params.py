@@ -36,12 +36,20 @@ def test_integral_float_and_string_numbers_are_coerced(tmp_path):
     assert params["data"]["skip_bad"] is True
 
 
+@pytest.mark.parametrize("value, loaded", [("auto", "auto"), (16, 16), ("3", 3), (4.0, 4)])
+def test_infer_workers_take_auto_or_a_count(tmp_path, value, loaded):
+    params = load_params(_write(tmp_path, lambda d: d["infer"].update(workers=value)))
+    assert params["infer"]["workers"] == loaded and type(params["infer"]["workers"]) is type(loaded)
+
+
 @pytest.mark.parametrize("mutate, message", [
     (lambda d: d["lambda"].update(pnpp=1.0), "unknown key.*lambda.pnpp"),
     (lambda d: d["lambda"].pop("vdc"), "missing key.*lambda.vdc"),
     (lambda d: d.update(extra={}), "unknown section.*extra"),
     (lambda d: d["synth"].update(train_subjects=2.5), "synth.train_subjects: expected int"),
     (lambda d: d["lambda"].update(pnp="two"), "lambda.pnp: expected float"),
+    (lambda d: d["infer"].update(workers="many"), r"infer.workers: expected int, got 'many' \(or 'auto'\)"),
+    (lambda d: d["infer"].update(workers=0), r"infer.workers = 0: must be >= 1 \(or 'auto'\)"),
 ])
 def test_bad_params_name_the_key(tmp_path, mutate, message):
     with pytest.raises(ParamsError, match=message):
