@@ -71,6 +71,7 @@ OPTIMISATION = {                  # the keys train and finetune share: the optim
 
 SCHEMA = {
     "seed": int,
+    "gpus": COUNT,                # processes (one per GPU) of coarse_train, train, finetune: stages/launch.py
     "data": {
         "root": str,              # data root in the WCPA layout (synthetic or the real download)
         "test_gt": str,           # folder with test ground truth (info/ layout); '' when none
