@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from stages.common.params import ParamsError, apply_overrides, check_params, load_params
+from stages import profile
 from stages.profile import apply_profile, profile_params
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,8 +106,33 @@ def test_bad_overrides_name_the_assignment(assignment, message):
 
 
 def test_every_profile_validates():
-    for name in ("paper", "tiny"):
+    for name in ("paper", "tiny", "gpu"):
         check_params(profile_params(name, ROOT / "params.yaml"), f"{name}.yaml")
+
+
+def test_gpu_profile_is_the_paper_profile_on_one_gpu_and_16_cores(tmp_path):
+    target = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", target)
+    apply_profile("gpu", target)
+    gpu, paper = load_params(target), profile_params("paper", ROOT / "params.yaml")
+    assert gpu == profile_params("gpu", ROOT / "params.yaml")
+    assert gpu["data"]["workers"] == gpu["synth"]["workers"] == 16 and gpu["infer"]["workers"] == "auto"
+    assert gpu["train"]["batch_size"] == 128 and gpu["gpus"] == 1
+    assert gpu["train"]["val_batch_size"] == gpu["finetune"]["val_batch_size"] == 256
+    different = {(name, key) for name, section in paper.items() if isinstance(section, dict)
+                 for key in section if gpu[name][key] != section[key]}
+    assert different == {("data", "workers"), ("synth", "workers"), ("coarse_predict", "batch_size"),
+                         ("train", "batch_size"), ("train", "workers"), ("train", "val_batch_size"),
+                         ("finetune", "workers"), ("finetune", "val_batch_size"), ("infer", "batch_size"),
+                         ("infer", "workers")}
+
+
+def test_a_profile_that_is_its_own_base_stops(tmp_path, monkeypatch):
+    monkeypatch.setattr(profile, "PROFILES", tmp_path)
+    (tmp_path / "a.yaml").write_text("base: b\n")
+    (tmp_path / "b.yaml").write_text("base: a\nseed: 3\n")
+    with pytest.raises(ParamsError, match=r"profile a is its own base \(a -> b -> a\)"):
+        profile_params("a", ROOT / "params.yaml")
 
 
 @pytest.mark.parametrize("mutate, message", [
