@@ -32,10 +32,11 @@ import torch
 from stages import coarse_train
 from stages.coarse.sources import ViewSet, list_samples
 from stages.coarse.targets import load_targets
-from stages.coarse.train import build_nets, epoch_batches, loader, step
+from stages.coarse.train import build_nets, epoch_batches, loader, step, training_amp
 from stages.common.badinput import BadInputs
 from stages.common.device import pick_device
 from stages.common.params import apply_overrides, load_params
+from stages.common.precision import needs_grad_scaler, place_network
 from stages.wcpa.layout import load_resources, read_list, write_list
 
 
@@ -76,12 +77,12 @@ def rate(args: argparse.Namespace, params: dict) -> None:
     nets = build_nets(cfg, samples.landmarks.shape[1])
     device = pick_device("auto")
     for net in nets.values():
-        net.to(device).train()
+        place_network(net, device).train()
     params_ = [p for net in nets.values() for p in net.parameters()]
     optimiser = torch.optim.AdamW(params_, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = (args.rounds * 2 + 1) * args.steps + 2
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, cfg.lr, total_steps=total, pct_start=0.15)
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(training_amp(device)))
 
     def run(batch):
         step(nets, batch, sizes, optimiser, schedule, scaler)

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from stages.common.params import load_params, section
-from stages.common.precision import amp_dtype, autocast
+from stages.common.precision import amp_dtype, autocast, memory_format, place_network
 from stages.face.mesh import flip_permutation
 from stages.face.warp import apply_warp, invert_warp, similarity
 from stages.nets.backbone import build_backbone
@@ -49,8 +49,8 @@ def reference_rate(depth: int, channels: int, batch: int, size: int, steps: int,
                    amp: bool) -> float:
     """Images per second of the bare backbone's forward on random tensors."""
     net, _ = build_backbone(depth, channels)
-    net.to(device).eval()
-    images = torch.randn(batch, channels, size, size, device=device)
+    place_network(net, device).eval()                       # as stage infer: channels_last on CUDA
+    images = torch.randn(batch, channels, size, size, device=device).contiguous(memory_format=memory_format(device))
     for i in range(steps + 2):
         if i == 2:
             sync(device)

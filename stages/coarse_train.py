@@ -10,9 +10,14 @@ R_t. Reads artifacts/split/{train,val}.csv. Writes artifacts/coarse_train/:
 Work in progress lives in artifacts/coarse_train.partial/ (checkpoint after every epoch, dvclive
 history): an interrupted run resumes from there when the params, the lists and the data's
 identity (resources and a sample of the files' bytes) are unchanged.
+
+Under torchrun (`python -m stages.launch coarse_train` with params `gpus` > 1; docs in
+stages/launch.py) every process prepares the samples and trains its DDP replica; rank 0 alone
+validates and writes.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -31,6 +36,7 @@ from stages.coarse.sources import list_samples
 from stages.coarse.targets import landmark_flip_order, load_targets
 from stages.coarse.train import Checkpoint, TrainConfig, train
 from stages.common.badinput import SKIPPED_FILE, BadInputs
+from stages.common.distributed import start_distributed
 from stages.common.identity import files_digest, path_digest
 from stages.common.io import atomic_dir, save_json
 from stages.common.params import section
@@ -86,12 +92,15 @@ def without_flips(cfg: TrainConfig, flip_order: np.ndarray | None) -> TrainConfi
 
 def run(params: dict, out: Path = Path("artifacts/coarse_train"),
         split_dir: Path = Path("artifacts/split")) -> dict:
+    """Train the detector into `out` -> its metrics ({} in a process other than rank 0 under torchrun)."""
     started = time.perf_counter()
+    ctx = start_distributed("auto", "coarse_train")
     cfg, data = train_config(params), section(params, "data")
     resources = load_resources(data.root)
     flip_order = landmark_flip_order(resources)
     cfg = without_flips(cfg, flip_order)
     tables = {s: read_list(split_dir / f"{s}.csv") for s in SPLITS}
+    total = sum(len(t) for t in tables.values())
     bad = BadInputs(skip=data.skip_bad, max_fraction=data.max_bad_fraction)
     samples = {}
     for split in SPLITS:
@@ -99,30 +108,46 @@ def run(params: dict, out: Path = Path("artifacts/coarse_train"),
         landmarks, kept = load_targets(data.root, tables[split], resources, bad)
         samples[split] = list_samples(data.root, tables[split].iloc[kept], landmarks, resources.camera.size, bad)
     partial = out.with_name(out.name + ".partial")
-    bad.finish(partial, total=sum(len(t) for t in tables.values()))
+    if ctx.main:
+        bad.finish(partial, total=total)
     prepared = time.perf_counter()
     identity = data_identity(data.root, tables)
     checkpoint = Checkpoint(partial / "checkpoint.pt", fingerprint(params, tables, identity))
     resuming = checkpoint.load() is not None
-    if not resuming:
+    if ctx.main and not resuming:
         shutil.rmtree(partial / "live", ignore_errors=True)
-    with Live(dir=str(partial / "live"), resume=resuming, dvcyaml=None, save_dvc_exp=False,
-              report=None) as live:
-        nets = train(cfg, samples["train"], samples["val"], flip_order, checkpoint, live, data.workers, bad)
-    bad.finish(partial, total=sum(len(t) for t in tables.values()))     # with the images found undecodable
+    with open_live(partial / "live", resuming, ctx.main) as live:
+        nets = train(cfg, samples["train"], samples["val"], flip_order, checkpoint, live, data.workers, bad, ctx)
+    if not ctx.main:
+        return {}
+    bad.finish(partial, total=total)     # with the images found undecodable
     last = checkpoint.load()["metrics"]
     metrics = {**{k: v for k, v in last.items() if k.startswith("val/")},
                "train_samples": len(samples["train"]) - len(bad.keys & set(samples["train"].keys.astype(str))),
-               "prepare_seconds": prepared - started, "total_seconds": time.perf_counter() - started}
+               "processes": ctx.world, "prepare_seconds": prepared - started,
+               "total_seconds": time.perf_counter() - started}
+    write_outputs(out, partial, nets, {**vars(section(params, "coarse_train")), "n_points": resources.n_kpts},
+                  flip_order, identity, metrics)
+    log.info("metrics: %s", metrics)
+    return metrics
+
+
+def open_live(folder: Path, resuming: bool, main: bool):
+    """The dvclive logger of rank 0 (an empty context, yielding None, in the other processes)."""
+    if not main:
+        return contextlib.nullcontext()
+    return Live(dir=str(folder), resume=resuming, dvcyaml=None, save_dvc_exp=False, report=None)
+
+
+def write_outputs(out: Path, partial: Path, nets: dict, config: dict, flip_order: np.ndarray | None,
+                  identity: dict[str, str], metrics: dict) -> None:
+    """`out` (model.pt, live/, metrics.json, skipped.csv) in one atomic step; the partial folder goes."""
     with atomic_dir(out) as tmp:
-        save_detector(tmp / "model.pt", nets, {**vars(section(params, "coarse_train")),
-                                               "n_points": resources.n_kpts}, flip_order, identity)
+        save_detector(tmp / "model.pt", nets, config, flip_order, identity)
         shutil.copytree(partial / "live", tmp / "live")
         save_json(tmp / "metrics.json", metrics)
         shutil.copy(partial / SKIPPED_FILE, tmp / SKIPPED_FILE)
     shutil.rmtree(partial)
-    log.info("metrics: %s", metrics)
-    return metrics
 
 
 def main(argv: list[str] | None = None) -> None:

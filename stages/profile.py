@@ -1,7 +1,8 @@
 """Switch params.yaml to a named profile: `python -m stages.profile paper`.
 
-A profile (stages/profiles/<name>.yaml) lists only the keys that differ from the demo defaults;
-they are written over the current params.yaml, keeping its comments. `git checkout params.yaml`
+A profile (stages/profiles/<name>.yaml) lists only the keys that differ from the demo defaults,
+or, with a top-level `base: <profile>`, from that profile (applied first: `gpu` is `paper` on
+one 80 GB GPU and 16 cores); they are written over the current params.yaml, keeping its comments. `git checkout params.yaml`
 returns to the demo profile.
 """
 from __future__ import annotations
@@ -41,11 +42,22 @@ def profile_file(name: str) -> Path:
     return path
 
 
+def merge_profile(params, name: str, yaml: YAML, seen: tuple[str, ...] = ()) -> None:
+    """Merge profile `name` into `params` in place, its `base` profile first (a cycle stops)."""
+    if name in seen:
+        raise ParamsError(f"profile {name} is its own base ({' -> '.join(seen + (name,))})")
+    overrides = yaml.load(profile_file(name).read_text()) or {}
+    base = overrides.pop("base", None)
+    if base is not None:
+        merge_profile(params, base, yaml, seen + (name,))
+    merge(params, overrides)
+
+
 def apply_profile(name: str, params_file: Path) -> None:
-    """Merge stages/profiles/<name>.yaml into `params_file` and validate the result."""
+    """Merge stages/profiles/<name>.yaml (after its base) into `params_file` and validate the result."""
     yaml = YAML()
     params = yaml.load(params_file.read_text())
-    merge(params, yaml.load(profile_file(name).read_text()) or {})
+    merge_profile(params, name, yaml)
     with atomic_write(params_file) as tmp:
         with open(tmp, "w") as handle:
             yaml.dump(params, handle)
@@ -56,10 +68,10 @@ def apply_profile(name: str, params_file: Path) -> None:
 def profile_params(name: str, params_file: Path = PARAMS_FILE) -> dict:
     """The params of `params_file` with profile `name` merged in, validated, without writing
     anything (benchmarks measure another profile this way)."""
-    yaml, profile = YAML(typ="safe"), profile_file(name)
+    yaml = YAML(typ="safe")
     params = yaml.load(Path(params_file).read_text())
-    merge(params, yaml.load(profile.read_text()) or {})
-    return check_params(params, f"{params_file} + {profile}")
+    merge_profile(params, name, yaml)
+    return check_params(params, f"{params_file} + {profile_file(name)}")
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from stages.coarse.model import LandmarkNet
 from stages.coarse.train import to_tensor
 from stages.coarse.views import locate_warp, refine_warp
 from stages.common.io import load_torch, save_torch
-from stages.common.precision import amp_dtype, autocast
+from stages.common.precision import amp_dtype, autocast, place_network
 from stages.face.warp import apply_warp, invert_warp, warp_image
 
 CONFIG_KEYS = ("locate_backbone", "refine_backbone", "locate_size", "refine_size", "refine_margin",
@@ -50,7 +50,7 @@ class Detector:
             net = LandmarkNet(self.config[f"{name}_backbone"], self.config["n_points"], False,
                               self.config["head_width"])
             net.load_state_dict(state["nets"][name])
-            self.nets[name] = net.to(device).eval()
+            self.nets[name] = place_network(net, device).eval()
         self.pool = ThreadPoolExecutor(max(workers, 1))
 
     def _run(self, name: str, images: list[np.ndarray], warps: np.ndarray, flip: bool, bgr: bool = False) -> np.ndarray:

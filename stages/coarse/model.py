@@ -13,6 +13,8 @@ import torchvision
 from torch import nn
 from torch.nn import functional as F
 
+from stages.common.precision import like_weight
+
 BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -68,9 +70,14 @@ class LandmarkNet(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
+    @property
+    def stem(self) -> nn.Conv2d:
+        """The backbone's first convolution (its weight's layout is the input's: like_weight)."""
+        return next(m for m in self.blocks[0].modules() if isinstance(m, nn.Conv2d))
+
     def features(self, image: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> fused stride-4 features (B, width, S/4, S/4)."""
-        x = (image - self.mean) / self.std
+        x = like_weight((image - self.mean) / self.std, self.stem)
         tapped = []
         for index, block in enumerate(self.blocks):
             x = block(x)

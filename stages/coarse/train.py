@@ -6,6 +6,10 @@ units of the input size. The images stream through a torch DataLoader with data.
 processes (stages/coarse/sources.py::ViewSet): nothing of the set's pixels is kept. After each
 epoch: validation errors in full-image px (refine on views centred on the GT landmarks, i.e.
 without the locate pass, streamed the same way), a dvclive step and a checkpoint.
+
+Under torchrun (`python -m stages.launch coarse_train` with params `gpus` > 1) each process trains
+a DDP replica of both nets on its share of every global batch of coarse_train.batch_size, with
+its own data.workers loader processes; rank 0 validates and writes the checkpoint.
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -25,8 +31,9 @@ from stages.coarse.augment import Jitter
 from stages.coarse.model import LandmarkNet
 from stages.coarse.sources import PASSES, Samples, ViewSet
 from stages.common.badinput import BadInputs
-from stages.common.device import pick_device
+from stages.common.distributed import Dist, start_distributed
 from stages.common.io import UnsafeCheckpointError, load_torch, save_torch
+from stages.common.precision import amp_dtype, autocast, needs_grad_scaler, place_network
 from stages.wcpa.layout import DataError
 
 log = logging.getLogger(__name__)
@@ -58,6 +65,12 @@ def build_nets(cfg: TrainConfig, n_points: int) -> dict[str, LandmarkNet]:
     torch.manual_seed(cfg.seed)
     return {"locate": LandmarkNet(cfg.locate_backbone, n_points, cfg.pretrained, cfg.head_width),
             "refine": LandmarkNet(cfg.refine_backbone, n_points, cfg.pretrained, cfg.head_width)}
+
+
+def training_amp(dev: torch.device) -> torch.dtype | None:
+    """The detector's autocast type: mixed precision on CUDA (stages.common.precision), float32
+    on every CPU (the demo's detector is trained and validated in float32)."""
+    return amp_dtype(dev, dev.type == "cuda")
 
 
 def to_tensor(images: np.ndarray | torch.Tensor, dev: torch.device) -> torch.Tensor:
@@ -148,7 +161,7 @@ def step(nets: dict[str, LandmarkNet], batch: dict, sizes: dict[str, int], optim
     dev = next(nets["refine"].parameters()).device
     loss = 0.0
     for name in PASSES:
-        with torch.autocast(dev.type, enabled=dev.type == "cuda"):
+        with autocast(dev, training_amp(dev)):
             pred = nets[name](to_tensor(batch[name]["image"], dev))
         target = batch[name]["points"].to(dev, torch.float32)
         loss = loss + (pred.float() - target).abs().mean() / sizes[name]
@@ -175,7 +188,7 @@ def view_errors(nets: dict[str, LandmarkNet], stream: Stream, batch_size: int,
         if batch is None:
             continue
         for name in PASSES:
-            with torch.autocast(dev.type, enabled=dev.type == "cuda"):
+            with autocast(dev, training_amp(dev)):
                 pred = nets[name](to_tensor(batch[name]["image"], dev)).float().cpu().numpy()
             target = batch[name]["points"].numpy()
             scale = batch[name]["scale"].numpy()
@@ -210,53 +223,115 @@ class Checkpoint:
 
 
 def train(cfg: TrainConfig, train_samples: Samples, val_samples: Samples, flip_order: np.ndarray | None,
-          checkpoint: Checkpoint, live, workers: int = 0, bad: BadInputs | None = None) -> dict[str, LandmarkNet]:
+          checkpoint: Checkpoint, live, workers: int = 0, bad: BadInputs | None = None,
+          ctx: Dist | None = None) -> dict[str, LandmarkNet]:
     """Train both passes for cfg.epochs, resuming from `checkpoint` when it matches.
 
     train_samples / val_samples: the splits' images and GT landmarks (stages/coarse/sources.py),
-    streamed through `workers` loader processes. flip_order: (K,) landmark mirror order, passed
-    through to the augmentation (None when cfg.flip_prob is 0). bad: where undecodable images go with data.skip_bad (None: they
-    stop); its records are kept in the checkpoint. live: a dvclive.Live (or None).
+    streamed through `workers` loader processes (per process). flip_order: (K,) landmark mirror
+    order, passed through to the augmentation (None when cfg.flip_prob is 0). bad: where
+    undecodable images go with data.skip_bad (None: they stop); its records, those of every
+    process, are kept in the checkpoint. live: a dvclive.Live (or None). ctx: this process's
+    place under torchrun (stages.common.distributed; None: start_distributed's): each of the
+    `world` processes trains a DDP replica on its share of every batch of cfg.batch_size (the
+    global batch), rank 0 validates and writes the checkpoint.
     Returns the nets, on the training device, in eval mode.
     """
-    dev = pick_device("auto")
-    n_points = train_samples.landmarks.shape[1]
-    nets = build_nets(cfg, n_points)
+    ctx = ctx or start_distributed("auto", "coarse_train")
+    if cfg.batch_size < ctx.world:
+        raise ValueError(f"coarse_train.batch_size={cfg.batch_size} is smaller than the {ctx.world} processes")
+    nets = build_nets(cfg, train_samples.landmarks.shape[1])
     for net in nets.values():
-        net.to(dev)
+        place_network(net, ctx.device)
     params = [p for net in nets.values() for p in net.parameters()]
     optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * max(len(train_samples) // cfg.batch_size, 1)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, cfg.lr, total_steps=steps, pct_start=0.15)
-    scaler = torch.amp.GradScaler(dev.type, enabled=dev.type == "cuda")
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=needs_grad_scaler(training_amp(ctx.device)))
     first_epoch = _resume(checkpoint, nets, optimiser, schedule, scaler, bad)
     sizes = {"locate": cfg.locate_size, "refine": cfg.refine_size}
     jitters = {"locate": cfg.locate_jitter, "refine": cfg.refine_jitter}
     train_stream = Stream(ViewSet(train_samples, sizes, cfg.refine_margin, cfg.seed, jitters, flip_order,
                                   cfg.flip_prob), workers)
     val_stream = Stream(ViewSet(val_samples, sizes, cfg.refine_margin, cfg.seed), workers)
+    replicas = data_parallel(nets, ctx)
     for epoch in range(first_epoch, cfg.epochs):
         started = time.perf_counter()
-        loss = _epoch(nets, train_stream, sizes, cfg, optimiser, schedule, scaler, epoch, bad=bad)
-        metrics = {"train/loss": loss, "lr": schedule.get_last_lr()[0],
-                   "epoch_seconds": time.perf_counter() - started}
-        errors = view_errors(nets, val_stream, 2 * cfg.batch_size, bad)
-        for name in PASSES:
-            metrics[f"val/{name}_median_px"] = float(np.median(errors[name]))
-            metrics[f"val/{name}_p95_px"] = float(np.percentile(errors[name], 95))
-        log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs,
-                 ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-        if live is not None:
-            for key, value in metrics.items():
-                live.log_metric(key, value)
-            live.next_step()
-        checkpoint.save({"epoch": epoch + 1, "nets": {k: n.state_dict() for k, n in nets.items()},
-                         "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
-                         "scaler": scaler.state_dict(), "metrics": metrics,
-                         "bad": list(bad.records) if bad is not None else []})
+        loss = _epoch(replicas, train_stream, sizes, cfg, optimiser, schedule, scaler, epoch, bad=bad, ctx=ctx)
+        loss = mean_over_ranks(loss, ctx)
+        share_epoch(nets, bad, ctx)
+        if ctx.main:
+            metrics = {"train/loss": loss, "lr": schedule.get_last_lr()[0],
+                       "epoch_seconds": time.perf_counter() - started}
+            _validate_and_save(nets, val_stream, cfg, epoch, metrics, live, bad, checkpoint,
+                               {"optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
+                                "scaler": scaler.state_dict()})
+        if ctx.world > 1:
+            dist.barrier()
     for net in nets.values():
         net.eval()
     return nets
+
+
+def data_parallel(nets: dict[str, LandmarkNet], ctx: Dist) -> dict[str, torch.nn.Module]:
+    """The nets as DDP replicas (gradients averaged over the processes) when world > 1, else themselves."""
+    if ctx.world == 1:
+        return nets
+    ids = [ctx.device] if ctx.device.type == "cuda" else None
+    return {name: DistributedDataParallel(net, device_ids=ids) for name, net in nets.items()}
+
+
+def shard(batches: list[list[tuple[int, int]]], ctx: Dist) -> list[list[tuple[int, int]]]:
+    """This process's share of every batch: items rank, rank + world, ... (the global batches are
+    the same on every process, so every process takes the same number of steps)."""
+    return [batch[ctx.rank::ctx.world] for batch in batches]
+
+
+def mean_over_ranks(value: float, ctx: Dist) -> float:
+    """The mean of a float over the processes (every process must call it)."""
+    if ctx.world == 1:
+        return value
+    total = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(total)
+    return float(total) / ctx.world
+
+
+def share_epoch(nets: dict[str, LandmarkNet], bad: BadInputs | None, ctx: Dist) -> None:
+    """After an epoch under DDP: every process gets rank 0's buffers (BatchNorm statistics drift
+    apart between DDP's broadcasts) and the bad-input records every process found."""
+    if ctx.world == 1:
+        return
+    for net in nets.values():
+        for buffer in net.buffers():
+            dist.broadcast(buffer, src=0)
+    if bad is not None:
+        found: list = [None] * ctx.world
+        dist.all_gather_object(found, list(bad.records))
+        merge_bad(bad, [record for records in found for record in records])
+
+
+def merge_bad(bad: BadInputs, records: list[dict[str, str]]) -> None:
+    """Add the records (key, file, reason) whose key `bad` does not hold yet."""
+    for record in records:
+        if record["key"] not in bad.keys:
+            bad.add(record["key"], record["file"], record["reason"])
+
+
+def _validate_and_save(nets, val_stream: Stream, cfg: TrainConfig, epoch: int, metrics: dict, live,
+                       bad: BadInputs | None, checkpoint: Checkpoint, optimisation: dict) -> None:
+    """Rank 0 after an epoch: val errors into `metrics`, the log, a dvclive step and the checkpoint
+    (optimisation: the optimiser's, schedule's and scaler's states)."""
+    errors = view_errors(nets, val_stream, 2 * cfg.batch_size, bad)
+    for name in PASSES:
+        metrics[f"val/{name}_median_px"] = float(np.median(errors[name]))
+        metrics[f"val/{name}_p95_px"] = float(np.percentile(errors[name], 95))
+    log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    if live is not None:
+        for key, value in metrics.items():
+            live.log_metric(key, value)
+        live.next_step()
+    checkpoint.save({"epoch": epoch + 1, "nets": {k: n.state_dict() for k, n in nets.items()}, **optimisation,
+                     "metrics": metrics, "bad": list(bad.records) if bad is not None else []})
 
 
 def _resume(checkpoint: Checkpoint, nets, optimiser, schedule, scaler, bad: BadInputs | None = None) -> int:
@@ -271,24 +346,24 @@ def _resume(checkpoint: Checkpoint, nets, optimiser, schedule, scaler, bad: BadI
     schedule.load_state_dict(state["schedule"])
     scaler.load_state_dict(state["scaler"])
     if bad is not None:
-        known = bad.keys
-        for record in state.get("bad", []):
-            if record["key"] not in known:
-                bad.add(record["key"], record["file"], record["reason"])
+        merge_bad(bad, state.get("bad", []))
     log.info("resuming after epoch %d from %s", state["epoch"], checkpoint.path)
     return int(state["epoch"])
 
 
 def _epoch(nets, stream: Stream, sizes, cfg: TrainConfig, optimiser, schedule, scaler, epoch: int,
-           bad: BadInputs | None = None) -> float:
-    """One pass over the training set -> mean loss."""
+           bad: BadInputs | None, ctx: Dist) -> float:
+    """One pass over this process's share of the training set -> its mean loss."""
     for net in nets.values():
         net.train()
-    batches = epoch_batches(len(stream.views), cfg.batch_size, cfg.seed, epoch)
+    batches = shard(epoch_batches(len(stream.views), cfg.batch_size, cfg.seed, epoch), ctx)
     total, count = 0.0, 0
     for batch in tqdm(stream.read(batches), total=len(batches), desc=f"epoch {epoch + 1}",
-                      unit="batch", leave=False):
+                      unit="batch", leave=False, disable=not ctx.main):
         batch = take(batch, stream.views.samples, bad)
+        if batch is None and ctx.world > 1:
+            raise DataError(f"every image of a batch share of process {ctx.rank} is undecodable "
+                            "(listed in skipped.csv with data.skip_bad): a DDP step needs images in every process")
         if batch is None:
             schedule.step()
             continue

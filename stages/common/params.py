@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from stages.common.schema import SCHEMA, Choice, Range
+from stages.common.schema import AUTO, SCHEMA, Choice, OrAuto, Range
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -39,8 +39,19 @@ def _check_choice(value: Any, choice: Choice, where: str) -> Any:
     return value
 
 
+def _coerce_or_auto(value: Any, kind: Any, where: str) -> Any:
+    """`value` coerced to `kind`; a message that names `auto` too when it is neither."""
+    try:
+        return _coerce(value, kind, where)
+    except ParamsError as err:
+        raise ParamsError(f"{err} (or {AUTO!r})") from None
+
+
 def _coerce(value: Any, kind: Any, where: str) -> Any:
-    """Coerce one value to `kind` (a type, a (type, None) optional pair, [type] list, Range or Choice)."""
+    """Coerce one value to `kind` (a type, a (type, None) optional pair, [type] list, Range, Choice
+    or OrAuto)."""
+    if isinstance(kind, OrAuto):
+        return AUTO if value == AUTO else _coerce_or_auto(value, kind.kind, where)
     if isinstance(kind, Range):
         return _check_range(_coerce(value, kind.kind, where), kind, where)
     if isinstance(kind, Choice):

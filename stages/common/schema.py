@@ -2,7 +2,8 @@
 
 A type is a Python type (str, int, float, bool), `(type, None)` for an optional value,
 `[type]` for a list, `Range(type, low, high)` for a number within bounds, or `Choice(a, b, ...)`
-for one of a few values. Each stage owns its section; `data`, `seed` and `lambda` are shared.
+for one of a few values, `OrAuto(kind)` for the word `auto` (resolved where the value is used)
+or a value of `kind`. Each stage owns its section; `data`, `seed` and `lambda` are shared.
 Add a key here and in params.yaml (and in stages/profiles/*.yaml where it differs).
 """
 from __future__ import annotations
@@ -31,6 +32,14 @@ class Choice:
         return f"Choice{self.values!r}"
 
 
+@dataclass(frozen=True)
+class OrAuto:
+    """The word `auto` or a value of `kind` (a type, Range or Choice)."""
+
+    kind: object
+
+
+AUTO = "auto"
 COUNT = Range(int, 1)                    # sizes, epochs, batch sizes: at least one
 NON_NEGATIVE = Range(int, 0)             # counts where 0 means off / all / in the main process
 FRACTION = Range(float, 0.0, 1.0)        # probabilities and fractions, ends included
@@ -54,14 +63,15 @@ OPTIMISATION = {                  # the keys train and finetune share: the optim
     "reframe_rotate": WEIGHT, # largest rotation, degrees
     "workers": NON_NEGATIVE,  # DataLoader worker processes (0 = load in the main process)
     "device": DEVICE,         # auto | cpu | cuda
-    "amp": bool,              # float16 autocast + GradScaler on CUDA; bfloat16 autocast on CPUs with
-                              # native bfloat16 (AVX512-BF16, AMX), float32 on others
+    "amp": bool,              # bfloat16 autocast on CUDA with bfloat16 (else float16 + GradScaler);
+                              # bfloat16 on CPUs with native bfloat16 (AVX512-BF16, AMX), float32 on others
     "val_batch_size": COUNT,
     "val_pnp_flags": str,     # OpenCV PnP of the per-epoch validation (cv2.SOLVEPNP_<name>)
 }
 
 SCHEMA = {
     "seed": int,
+    "gpus": COUNT,                # processes (one per GPU) of coarse_train, train, finetune: stages/launch.py
     "data": {
         "root": str,              # data root in the WCPA layout (synthetic or the real download)
         "test_gt": str,           # folder with test ground truth (info/ layout); '' when none
@@ -126,7 +136,7 @@ SCHEMA = {
         "batch_size": COUNT,
         "refine_passes": NON_NEGATIVE,  # pass 2 repeated, each time re-centred on the latest landmarks
         "flip_test": bool,        # average pass 2 with its mirrored run
-        "amp": bool,              # mixed precision: float16 on CUDA, bfloat16 on CPUs with native bfloat16
+        "amp": bool,              # mixed precision: bfloat16 on CUDA (float16 before Ampere) and on CPUs with native bfloat16
     },
     "crop": {
         "source": Choice("coarse", "given68", "gt"),  # landmarks that place the crop (gt: train only)
@@ -180,8 +190,9 @@ SCHEMA = {
         "pnp_flags": str,         # OpenCV method cv2.SOLVEPNP_<name> (ITERATIVE, EPNP, SQPNP, ...), or
                                   # <name>+ITERATIVE: that method's pose refined by OpenCV's LM
         "device": DEVICE,         # auto | cpu | cuda
-        "amp": bool,              # autocast: float16 on CUDA, bfloat16 on CPUs with native bfloat16
-        "workers": COUNT,         # PnP threads (run while the network does the next batch)
+        "amp": bool,              # autocast: bfloat16 on CUDA (float16 before Ampere) and on CPUs with native bfloat16
+        "workers": OrAuto(COUNT),  # PnP threads (run while the network does the next batch); auto: the
+                                   # cores this process may use (os.sched_getaffinity)
         "max_pnp_failures": FRACTION,  # fraction of rows whose PnP may fail (mean pose instead); more stops
     },
 }

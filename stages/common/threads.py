@@ -7,7 +7,11 @@ the forward of ResNet18 at 64 px took 80-100 ms instead of 38 ms (benchmarks.ben
 """
 from __future__ import annotations
 
+import os
+
 from threadpoolctl import threadpool_limits
+
+from stages.common.schema import AUTO
 
 
 def single_thread_blas() -> None:
@@ -27,3 +31,16 @@ def single_thread_worker() -> None:
     cv2.setNumThreads(1)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container's or taskset's share,
+    not the machine's count); os.cpu_count() where affinity is unknown (macOS)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def thread_count(value: int | str) -> int:
+    """A params thread count: an int as it is, `auto` (stages.common.schema.OrAuto) -> usable_cores()."""
+    return usable_cores() if value == AUTO else int(value)

@@ -2,7 +2,8 @@
 
 Per batch of crops (read from the memory-mapped store while the previous batch runs):
   1. one forward pass of the batch concatenated with its mirror (u -> S - u), on CUDA with AMP
-     when present (stages.nets.flipmerge maps the mirrored outputs back and merges them);
+     and channels_last when present (stages.common.precision; stages.nets.flipmerge maps the
+     mirrored outputs back and merges them);
   2. landmarks and sigma go from crop px to full-image px through the store's inv_warps;
   3. the pose comes from PnP between the landmarks and the predicted canonical mesh
      (stages.nets.poses), solved in a thread pool while the next batch runs through the network.
@@ -33,8 +34,8 @@ from tqdm import tqdm
 
 from stages.common.cropstore import release_rows
 from stages.common.device import pick_device
-from stages.common.precision import amp_dtype, autocast
-from stages.common.threads import single_thread_blas
+from stages.common.precision import amp_dtype, autocast, place_network
+from stages.common.threads import single_thread_blas, thread_count
 from stages.face.warp import apply_warp, invert_warp
 from stages.nets.crop_pose import crop_to_camera
 from stages.nets.dataset import CropStore
@@ -64,14 +65,14 @@ class InferSettings:
     pnp_flags: str      # OpenCV solvePnP method name (ITERATIVE, EPNP, SQPNP, ...)
     device: torch.device
     amp: bool
-    workers: int        # PnP threads
+    workers: int        # PnP threads (infer.workers, `auto` resolved: stages.common.threads.thread_count)
     max_pnp_failures: float = 0.0   # fraction of usable rows whose PnP may fail (they get the fallback pose)
 
     @classmethod
     def of(cls, cfg) -> "InferSettings":
         """From the infer params section (a namespace of infer.*)."""
         return cls(batch_size=cfg.batch_size, flip_merge=cfg.flip_merge, pnp=cfg.pnp, pnp_flags=cfg.pnp_flags,
-                   device=pick_device(cfg.device, "infer.device"), amp=cfg.amp, workers=cfg.workers,
+                   device=pick_device(cfg.device, "infer.device"), amp=cfg.amp, workers=thread_count(cfg.workers),
                    max_pnp_failures=cfg.max_pnp_failures)
 
 
@@ -127,7 +128,7 @@ def network_outputs(model: FaceNet, images: np.ndarray, batch_size: int, device:
     crops (None when perm is None: no mirror pass). With a mirror, each batch is one forward of
     2B images (the crops, then their mirrors).
     """
-    model = model.to(device).eval()
+    model = place_network(model, device).eval()
     dtype = amp_dtype(device, amp)
     size = images.shape[2]
     starts = list(range(0, len(images), batch_size))

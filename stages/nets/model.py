@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stages.common.precision import like_weight
 from stages.nets.backbone import build_backbone
 from stages.nets.coordconv import add_coord_channels
 from stages.nets.heads import LandmarkHead, ShapeHead
@@ -76,7 +77,7 @@ class FaceNet(nn.Module):
         x = (x - self.pixel_mean) / self.pixel_std
         if self.config.coordconv:
             x = add_coord_channels(x)
-        features = self.backbone(x).float()
+        features = self.backbone(like_weight(x, self.backbone.conv1)).float()
         with torch.autocast(features.device.type, enabled=False):     # heads in float32 (stages.common.precision)
             mu, sigma = self.landmarks(features)
             verts, coeffs = self.shape(features, with_verts)

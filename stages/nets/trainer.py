@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -26,10 +25,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from stages.common.device import pick_device
+from stages.common.distributed import Dist, start_distributed
 from stages.common.identity import input_identity
 from stages.common.io import UnsafeCheckpointError, load_torch, save_json, save_torch
-from stages.common.precision import amp_dtype, autocast, needs_grad_scaler
+from stages.common.precision import amp_dtype, autocast, needs_grad_scaler, place_network
 from stages.common.threads import single_thread_blas
 from stages.face.pca import PCABasis, load_flip_perm
 from stages.nets import losses, pose_losses
@@ -67,32 +66,6 @@ class SplitData:
     verts: np.ndarray    # (N, V, 3) float32 metres
     poses: np.ndarray    # (N, 4, 4) float64
     coeffs: np.ndarray   # (N, K) float32 normalised PCA coefficients of verts
-
-
-@dataclass(frozen=True)
-class Dist:
-    """This process's place in a (possibly single-process) run."""
-
-    rank: int
-    world: int
-    device: torch.device
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def start_distributed(device_name: str) -> Dist:
-    """Join the torchrun process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    device = pick_device(device_name, "train.device", int(os.environ.get("LOCAL_RANK", "0")))
-    use_cuda = device.type == "cuda"
-    if use_cuda:
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
-    return Dist(rank=rank, world=world, device=device)
 
 
 def load_split(paths: TrainPaths, split: str) -> SplitData:
@@ -262,8 +235,9 @@ class Trainer:
         self.train_data, self.val_data = load_split(paths, "train"), load_split(paths, "val")
         size = self.train_data.store.size
         direct = self.cfg.pose_head == "direct6dof"
-        self.model = build_model(self.cfg, self.basis, size, mean_target(camera, self.train_data),
-                                 mean_crop_pose(camera, self.train_data) if direct else None).to(self.ctx.device)
+        self.model = place_network(build_model(self.cfg, self.basis, size, mean_target(camera, self.train_data),
+                                               mean_crop_pose(camera, self.train_data) if direct else None),
+                                   self.ctx.device)
         self.model.landmarks.sigma.requires_grad_(self.trains_sigma())
         self.model.landmarks.mu.requires_grad_(not direct)     # the direct head has no landmark loss
         self.net = (DistributedDataParallel(self.model, device_ids=[self.ctx.device] if self.ctx.device.type == "cuda" else None)

@@ -1,11 +1,17 @@
-"""DDP: two CPU processes (gloo) train a few steps and end with identical weights."""
+"""DDP: two CPU processes (gloo) train a few steps and end with identical weights: the network
+(train) and the coarse detector (the coarse_train stage, rank 0 writing)."""
 import socket
 
 import torch
 import torch.multiprocessing as mp
 
 from stages import pca
-from tests.ddp_worker import run_rank
+from stages.coarse_train import train_config
+from stages.coarse.train import build_nets
+from stages.common.params import load_params
+from stages.wcpa.layout import write_list
+from tests.ddp_worker import run_coarse_rank, run_rank
+from tests.stages.tiny_data import write_tiny_root
 from tests.tiny_project import make_tiny_project
 
 
@@ -28,3 +34,25 @@ def test_two_gloo_ranks_end_with_identical_weights(tmp_path, monkeypatch):
         assert torch.equal(weight, states[1]["model"][name]), name
     initial = states[0]["initial"]
     assert not torch.equal(states[0]["model"]["backbone.conv1.weight"], initial["backbone.conv1.weight"])
+
+
+def test_two_gloo_ranks_train_the_coarse_detector_on_halves_of_each_batch(tmp_path):
+    tables = write_tiny_root(tmp_path / "data", n_train=10, n_test=3)
+    write_list(tmp_path / "split/train.csv", tables["train"].iloc[:8])
+    write_list(tmp_path / "split/val.csv", tables["train"].iloc[8:])
+    params = load_params("params.yaml")
+    params["data"].update(root=str(tmp_path / "data"), workers=1)
+    params["coarse_train"].update(locate_backbone="mobilenet_v3_small", refine_backbone="mobilenet_v3_small",
+                                  locate_size=64, refine_size=64, epochs=1, batch_size=4, head_width=16)
+    mp.spawn(run_coarse_rank, args=(str(tmp_path), params, free_port()), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"coarse_rank{r}.pt") for r in (0, 1)]
+    assert ranks[0]["metrics"]["processes"] == 2 and ranks[1]["metrics"] == {}      # rank 0 alone writes
+    assert (tmp_path / "coarse_train/model.pt").is_file() and not (tmp_path / "coarse_train.partial").exists()
+    assert len(ranks[0]["steps"]) == len(ranks[1]["steps"]) == 2                    # 8 images / global batch 4
+    for mine, theirs in zip(ranks[0]["steps"], ranks[1]["steps"]):
+        assert len(mine) == len(theirs) == 2 and not set(mine) & set(theirs)       # each its half of the batch
+    initial = build_nets(train_config(params), 68)
+    for name, state in ranks[0]["nets"].items():
+        for key, value in state.items():
+            assert torch.equal(value, ranks[1]["nets"][name][key]), (name, key)
+        assert not torch.equal(state["heatmaps.weight"], initial[name].state_dict()["heatmaps.weight"])

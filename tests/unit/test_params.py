@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from stages.common.params import ParamsError, apply_overrides, check_params, load_params
+from stages import profile
 from stages.profile import apply_profile, profile_params
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,12 +37,20 @@ def test_integral_float_and_string_numbers_are_coerced(tmp_path):
     assert params["data"]["skip_bad"] is True
 
 
+@pytest.mark.parametrize("value, loaded", [("auto", "auto"), (16, 16), ("3", 3), (4.0, 4)])
+def test_infer_workers_take_auto_or_a_count(tmp_path, value, loaded):
+    params = load_params(_write(tmp_path, lambda d: d["infer"].update(workers=value)))
+    assert params["infer"]["workers"] == loaded and type(params["infer"]["workers"]) is type(loaded)
+
+
 @pytest.mark.parametrize("mutate, message", [
     (lambda d: d["lambda"].update(pnpp=1.0), "unknown key.*lambda.pnpp"),
     (lambda d: d["lambda"].pop("vdc"), "missing key.*lambda.vdc"),
     (lambda d: d.update(extra={}), "unknown section.*extra"),
     (lambda d: d["synth"].update(train_subjects=2.5), "synth.train_subjects: expected int"),
     (lambda d: d["lambda"].update(pnp="two"), "lambda.pnp: expected float"),
+    (lambda d: d["infer"].update(workers="many"), r"infer.workers: expected int, got 'many' \(or 'auto'\)"),
+    (lambda d: d["infer"].update(workers=0), r"infer.workers = 0: must be >= 1 \(or 'auto'\)"),
 ])
 def test_bad_params_name_the_key(tmp_path, mutate, message):
     with pytest.raises(ParamsError, match=message):
@@ -97,8 +106,33 @@ def test_bad_overrides_name_the_assignment(assignment, message):
 
 
 def test_every_profile_validates():
-    for name in ("paper", "tiny"):
+    for name in ("paper", "tiny", "gpu"):
         check_params(profile_params(name, ROOT / "params.yaml"), f"{name}.yaml")
+
+
+def test_gpu_profile_is_the_paper_profile_on_one_gpu_and_16_cores(tmp_path):
+    target = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", target)
+    apply_profile("gpu", target)
+    gpu, paper = load_params(target), profile_params("paper", ROOT / "params.yaml")
+    assert gpu == profile_params("gpu", ROOT / "params.yaml")
+    assert gpu["data"]["workers"] == gpu["synth"]["workers"] == 16 and gpu["infer"]["workers"] == "auto"
+    assert gpu["train"]["batch_size"] == 128 and gpu["gpus"] == 1
+    assert gpu["train"]["val_batch_size"] == gpu["finetune"]["val_batch_size"] == 256
+    different = {(name, key) for name, section in paper.items() if isinstance(section, dict)
+                 for key in section if gpu[name][key] != section[key]}
+    assert different == {("data", "workers"), ("synth", "workers"), ("coarse_predict", "batch_size"),
+                         ("train", "batch_size"), ("train", "workers"), ("train", "val_batch_size"),
+                         ("finetune", "workers"), ("finetune", "val_batch_size"), ("infer", "batch_size"),
+                         ("infer", "workers")}
+
+
+def test_a_profile_that_is_its_own_base_stops(tmp_path, monkeypatch):
+    monkeypatch.setattr(profile, "PROFILES", tmp_path)
+    (tmp_path / "a.yaml").write_text("base: b\n")
+    (tmp_path / "b.yaml").write_text("base: a\nseed: 3\n")
+    with pytest.raises(ParamsError, match=r"profile a is its own base \(a -> b -> a\)"):
+        profile_params("a", ROOT / "params.yaml")
 
 
 @pytest.mark.parametrize("mutate, message", [

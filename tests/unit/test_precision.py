@@ -1,15 +1,25 @@
-"""Mixed precision: the autocast type per device, float32 heads under bfloat16 autocast."""
+"""Mixed precision and memory layout: the autocast type per device (CUDA capability patched),
+float32 heads under bfloat16 autocast, channels_last networks equal to NCHW ones on the CPU."""
 import pytest
 import torch
 
+from stages.coarse.model import LandmarkNet
 from stages.common import precision
 from stages.nets.model import FaceNet, NetConfig
-from stages.common.precision import amp_dtype, autocast, needs_grad_scaler
+from stages.common.precision import amp_dtype, autocast, memory_format, needs_grad_scaler, place_network
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_cuda_autocast_type_follows_bfloat16_support(monkeypatch, bf16):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+    dtype = amp_dtype(torch.device("cuda"), True)
+    assert dtype is (torch.bfloat16 if bf16 else torch.float16)
+    assert needs_grad_scaler(dtype) is not bf16
+    assert amp_dtype(torch.device("cuda", 1), False) is None
 
 
 def test_autocast_type_per_device(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert amp_dtype(cuda, True) is torch.float16 and needs_grad_scaler(torch.float16)
     assert amp_dtype(cuda, False) is None and amp_dtype(cpu, False) is None
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
     assert amp_dtype(cpu, True) is torch.bfloat16 and not needs_grad_scaler(torch.bfloat16)
@@ -63,3 +73,53 @@ def test_bfloat16_training_step_updates_the_heads_in_float32():
     assert torch.isfinite(loss)
     assert all(p.dtype == torch.float32 and (p.grad is None or torch.isfinite(p.grad).all())
                for p in model.parameters())
+
+
+def _stem_input_layouts(backbone: torch.nn.Module, model: torch.nn.Module, images: torch.Tensor):
+    """model(images) and whether the backbone's input was channels_last (and not also NCHW)."""
+    seen = []
+    handle = backbone.register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)
+                                         and not args[0].is_contiguous()))
+    with torch.no_grad():
+        out = model(images)
+    handle.remove()
+    return out, seen[0]
+
+
+def test_channels_last_facenet_equals_the_nchw_one_on_cpu():
+    model = _random_net()
+    images = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
+    reference, last = _stem_input_layouts(model.backbone, model, images)
+    assert not last
+    model.to(memory_format=torch.channels_last)
+    mixed, last = _stem_input_layouts(model.backbone, model, images)
+    assert last and model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    for key in ("mu", "sigma", "verts", "coeffs"):
+        torch.testing.assert_close(mixed[key], reference[key], rtol=1e-4, atol=1e-4 * reference[key].abs().max())
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v3_small"])
+def test_channels_last_detector_equals_the_nchw_one_on_cpu(backbone):
+    torch.manual_seed(0)
+    net = LandmarkNet(backbone, 5, width=16).eval()
+    images = torch.rand(2, 3, 96, 96)
+    reference, last = _stem_input_layouts(net.blocks[0], net, images)
+    assert not last
+    net.to(memory_format=torch.channels_last)
+    mixed, last = _stem_input_layouts(net.blocks[0], net, images)
+    assert last
+    torch.testing.assert_close(mixed, reference, rtol=1e-4, atol=1e-3)     # input px of a 96 px image
+
+
+def test_place_network_keeps_the_cpu_network_nchw_and_its_outputs_bit_identical():
+    assert memory_format(torch.device("cuda")) is torch.channels_last
+    assert memory_format(torch.device("cpu")) is torch.contiguous_format
+    model = _random_net()
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        reference = model(images)
+        placed = place_network(model, torch.device("cpu"))
+        out = placed(images)
+    assert placed is model and all(p.is_contiguous() for p in model.parameters())
+    assert all(torch.equal(out[key], reference[key]) for key in reference)

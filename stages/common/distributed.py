@@ -1,0 +1,44 @@
+"""This process's place in a torchrun run: rank, world size and device (one process per GPU).
+
+A stage started by `torchrun --nproc_per_node N -m stages.<name>` (or `python -m stages.launch`,
+with params `gpus` > 1) sees WORLD_SIZE, RANK and LOCAL_RANK; `start_distributed` joins the
+process group (nccl on CUDA, gloo on the CPU) and gives each process its own CUDA device. A
+process started plainly is rank 0 of a world of 1 and joins nothing.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from stages.common.device import pick_device
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a (possibly single-process) run."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def start_distributed(device_name: str, key: str = "train.device") -> Dist:
+    """Join the torchrun process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU).
+    device_name: auto | cpu | cuda (params `key`, named in messages); on CUDA the process's
+    device is cuda:LOCAL_RANK."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = pick_device(device_name, key, int(os.environ.get("LOCAL_RANK", "0")))
+    use_cuda = device.type == "cuda"
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
+    return Dist(rank=rank, world=world, device=device)
