@@ -46,6 +46,7 @@ OPTIMISATION = {                  # the keys train and finetune share: the optim
     "lr": POSITIVE,           # Adam learning rate
     "schedule": SCHEDULE,     # constant | cosine (per step, to lr * min_lr_ratio)
     "min_lr_ratio": FRACTION,
+    "warmup_epochs": WEIGHT,  # linear warm-up of the lr over the first epochs (fractions allowed; 0 = none)
     "weight_decay": WEIGHT,
     "flip": FRACTION,         # horizontal flip probability
     "color_jitter": WEIGHT,   # brightness/contrast/saturation strength (hue: a quarter of it)
@@ -155,6 +156,7 @@ SCHEMA = {
         "input_size": NON_NEGATIVE,  # crop resized to this side before the backbone (0 = the crop size)
         "shape_head": Choice("pca", "direct"),  # pca (coefficients, sec. 2.3) | direct (vertices, Table 2)
         "landmark_loss": Choice("gnll", "mse"),  # gnll (eq. 1) | mse (gnll with sigma fixed to 1 px)
+        "gnll_beta": FRACTION,    # beta-NLL gradient weight sigma^(2 beta) of eq. 1 (its value unchanged)
         "epochs": COUNT,
         **OPTIMISATION,
     },

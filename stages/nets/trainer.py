@@ -165,26 +165,33 @@ def mean_target(camera: Camera, data: SplitData, limit: int = 512) -> np.ndarray
 def loss_terms(out: dict, batch: dict, cfg: SimpleNamespace, weights_mm: torch.Tensor) -> dict:
     """Loss terms (eq. 1-3) of one batch; see stages.nets.losses for their units. Without
     out["verts"] (a PCA head run with with_verts=False) the VDC comes from the coefficients:
-    weights_mm must then be the basis' own WPDC weights (PCABasis.wpdc_weights)."""
+    weights_mm must then be the basis' own WPDC weights (PCABasis.wpdc_weights). Diagnostics,
+    without a weight: sigma_px (mean sigma, crop px) and mu_gain (losses.mean_gain; 1 under MSE)."""
     if cfg.landmark_loss == "gnll":
-        landmark = losses.gnll(out["mu"], out["sigma"], batch["uv"])
+        landmark = losses.gnll(out["mu"], out["sigma"], batch["uv"], cfg.gnll_beta)
+        gain = losses.mean_gain(out["sigma"], cfg.gnll_beta)
     elif cfg.landmark_loss == "mse":
-        landmark = losses.landmark_mse(out["mu"], batch["uv"])
+        landmark, gain = losses.landmark_mse(out["mu"], batch["uv"]), torch.ones(())
     else:
         raise ValueError(f"train.landmark_loss={cfg.landmark_loss!r}: expected 'gnll' or 'mse'")
     wpdc = losses.wpdc(out["coeffs"], batch["coeffs"], weights_mm)
     vdc = (losses.vdc(out["verts"], batch["verts"]) if "verts" in out
            else losses.vdc_from_coeffs(wpdc, batch["off_span"]))
-    return {"gnll": landmark, "vdc": vdc, "wpdc": wpdc}
+    return {"gnll": landmark, "vdc": vdc, "wpdc": wpdc,
+            "sigma_px": out["sigma"].detach().float().mean(), "mu_gain": gain}
 
 
 def lr_factor(cfg: SimpleNamespace, step: int, total: int) -> float:
-    """Multiplier of train.lr at an optimizer step: 1 (constant) or a cosine to min_lr_ratio."""
+    """Multiplier of train.lr at optimizer step `step` of `total`: a linear warm-up over the first
+    warmup_epochs (step k of W at (k + 1) / W) times the schedule, 1 (constant) or a cosine from
+    1 to min_lr_ratio over the whole run."""
+    warm = total * cfg.warmup_epochs / cfg.epochs
+    ramp = min((step + 1) / warm, 1.0) if warm > 0 else 1.0
     if cfg.schedule == "constant":
-        return 1.0
+        return ramp
     if cfg.schedule == "cosine":
         progress = min(step / max(total, 1), 1.0)
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return ramp * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
     raise ValueError(f"train.schedule={cfg.schedule!r}: expected 'constant' or 'cosine'")
 
 
