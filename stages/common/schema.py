@@ -157,6 +157,7 @@ SCHEMA = {
         "shape_head": Choice("pca", "direct"),  # pca (coefficients, sec. 2.3) | direct (vertices, Table 2)
         "landmark_loss": Choice("gnll", "mse"),  # gnll (eq. 1) | mse (gnll with sigma fixed to 1 px)
         "gnll_beta": FRACTION,    # beta-NLL gradient weight sigma^(2 beta) of eq. 1 (its value unchanged)
+        "sigma_backbone": bool,   # sigma's gradient reaches the backbone (true) or trains its FC alone
         "epochs": COUNT,
         **OPTIMISATION,
     },

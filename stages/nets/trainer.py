@@ -253,6 +253,7 @@ class Trainer:
         size = self.train_data.store.size
         self.model = build_model(self.cfg, self.basis, size, mean_target(camera, self.train_data)).to(self.ctx.device)
         self.model.landmarks.sigma.requires_grad_(self.trains_sigma())
+        self.model.landmarks.sigma_trains_backbone = self.cfg.sigma_backbone
         self.net = (DistributedDataParallel(self.model, device_ids=[self.ctx.device] if self.ctx.device.type == "cuda" else None)
                     if self.ctx.world > 1 else self.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
