@@ -5,7 +5,8 @@ On training batches of the crop store, for a network (the initial one, or a chec
 gradient at the backbone's output features (B, F) of lambda.gnll x the landmark term is compared
 with the shape terms' (lambda.vdc VDC + lambda.wpdc WPDC): the ratio of their norms, per landmark
 loss: mse, gnll (eq. 1), gnll with beta-NLL weights (beta 0.5, 1) and the part of the last that
-flows through sigma alone. Also printed: the mean
+flows through sigma alone (sigma reaches the backbone here: train.sigma_backbone true unless
+--set says otherwise). Also printed: the mean
 sigma (crop px), the RMS landmark error (crop px) and the means' gain (stages.nets.losses.mean_gain).
 
     python -m benchmarks.gnll_gradients [--checkpoint artifacts/train/checkpoints/epoch_001.pt]
@@ -65,7 +66,7 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     params = load_params()
-    apply_overrides(params, ["train.landmark_loss=gnll", *args.set])
+    apply_overrides(params, ["train.landmark_loss=gnll", "train.sigma_backbone=true", *args.set])
     paths = TrainPaths(crop=Path("artifacts/crop"), pca=Path("artifacts/pca"), split=Path("artifacts/split"),
                        out=Path("artifacts/bench_gnll"))
     trainer = Trainer(params, paths, load_resources(params["data"]["root"]).camera)
