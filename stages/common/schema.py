@@ -55,6 +55,7 @@ OPTIMISATION = {                  # the keys train and finetune share: the optim
     "lr": POSITIVE,           # Adam learning rate
     "schedule": SCHEDULE,     # constant | cosine (per step, to lr * min_lr_ratio)
     "min_lr_ratio": FRACTION,
+    "warmup_epochs": WEIGHT,  # linear warm-up of the lr over the first epochs (fractions allowed; 0 = none)
     "weight_decay": WEIGHT,
     "flip": FRACTION,         # horizontal flip probability
     "color_jitter": WEIGHT,   # brightness/contrast/saturation strength (hue: a quarter of it)
@@ -169,6 +170,8 @@ SCHEMA = {
         "landmark_loss": Choice("gnll", "mse"),  # gnll (eq. 1) | mse (gnll with sigma fixed to 1 px)
         "pose_head": Choice("pnp", "direct6dof"),  # pnp (landmarks + PnP) | direct6dof (6D rotation +
                                   # translation in the crop's frame, Table 1; needs infer.checkpoint train)
+        "gnll_beta": FRACTION,    # beta-NLL gradient weight sigma^(2 beta) of eq. 1 (its value unchanged)
+        "sigma_backbone": bool,   # sigma's gradient reaches the backbone (true) or trains its FC alone
         "epochs": COUNT,
         **OPTIMISATION,
     },

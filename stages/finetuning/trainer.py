@@ -29,7 +29,7 @@ from stages.wcpa.camera import Camera
 
 log = logging.getLogger("finetune")
 # finetune keys that replace the start model's train keys (the optimisation, not the network)
-TRAIN_KEYS = ("epochs", "batch_size", "lr", "schedule", "min_lr_ratio", "weight_decay", "flip",
+TRAIN_KEYS = ("epochs", "batch_size", "lr", "schedule", "min_lr_ratio", "warmup_epochs", "weight_decay", "flip",
               "color_jitter", "reframe_shift", "reframe_scale", "reframe_rotate", "workers", "device", "amp",
               "val_batch_size", "val_pnp_flags")
 PNP_DTYPES = {"float32": torch.float32, "float64": torch.float64}

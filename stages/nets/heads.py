@@ -23,8 +23,12 @@ class LandmarkHead(nn.Module):
     crop. The FC weights start at zero, so training starts from the mean landmarks with
     sigma ~ S / 29 px, and one unit of output is a step of the size the task needs. mu and
     sigma are two FC layers (one FC of 3V outputs split in two), so that a loss without sigma
-    (MSE) leaves sigma's out of the backward.
+    (MSE) leaves sigma's out of the backward. With `sigma_trains_backbone` False (set by the
+    trainer, train.sigma_backbone) sigma's FC reads the features through a stop-gradient: the
+    values are the same, and sigma's loss gradient trains its FC alone, not the shared backbone.
     """
+
+    sigma_trains_backbone: bool = True
 
     def __init__(self, features: int, n_verts: int, crop_size: int):
         super().__init__()
@@ -44,7 +48,8 @@ class LandmarkHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu = self.centre + self.mu(features).float().view(-1, self.n_verts, 2) * self.unit
-        sigma = F.softplus(self.sigma(features).float()) * self.unit + SIGMA_MIN_PX
+        sigma_in = features if self.sigma_trains_backbone else features.detach()
+        sigma = F.softplus(self.sigma(sigma_in).float()) * self.unit + SIGMA_MIN_PX
         return mu, sigma
 
 

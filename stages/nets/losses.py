@@ -13,14 +13,27 @@ from __future__ import annotations
 import torch
 
 
-def gnll(mu: torch.Tensor, sigma: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def gnll(mu: torch.Tensor, sigma: torch.Tensor, target: torch.Tensor, beta: float = 0.0) -> torch.Tensor:
     """Eq. 1: sum_i log(sigma_i^2) + ||mu_i - target_i||^2 / (2 sigma_i^2), mean over the batch.
 
     mu, target: (B, V, 2) crop px; sigma: (B, V) crop px (isotropic per point).
+    beta: beta-NLL (Seitzer et al. 2022) as a weighting of the gradient only: each point's
+    gradient (of mu and sigma) is multiplied by stop_grad(sigma_i^(2 beta)), so the means move
+    as under MSE at beta = 1; the value stays eq. 1's at any beta.
     """
     var = sigma.float() ** 2
     sq = ((mu.float() - target.float()) ** 2).sum(-1)
-    return (torch.log(var) + sq / (2 * var)).sum(-1).mean()
+    per_point = torch.log(var) + sq / (2 * var)
+    if beta:
+        per_point = per_point.detach() + var.detach() ** beta * (per_point - per_point.detach())
+    return per_point.sum(-1).mean()
+
+
+def mean_gain(sigma: torch.Tensor, beta: float = 0.0) -> torch.Tensor:
+    """The GNLL's gradient on the means relative to MSE's, sigma_i^(2 beta) / sigma_i^2 (the
+    factor on mu_i - target_i), averaged over the points of sigma (B, V) crop px; a diagnostic."""
+    var = sigma.detach().float() ** 2
+    return (var ** (beta - 1)).mean()
 
 
 def landmark_mse(mu: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -152,29 +152,41 @@ def loss_terms(out: dict, batch: dict, cfg: SimpleNamespace, weights_mm: torch.T
     out["verts"] (a PCA head run with with_verts=False) the VDC comes from the coefficients:
     weights_mm must then be the basis' own WPDC weights (PCABasis.wpdc_weights). The direct
     6DoF head (train.pose_head) has its pose terms rot, trans (stages.nets.pose_losses) in
-    place of the landmark term."""
-    if cfg.pose_head == "direct6dof":
-        landmark = {"rot": pose_losses.rotation_deg(out["R_crop"], batch["R_crop"]),
-                    "trans": pose_losses.translation_mm2(out["t_code"], batch["t_code"], batch["crop_scale"])}
-    elif cfg.landmark_loss == "gnll":
-        landmark = {"gnll": losses.gnll(out["mu"], out["sigma"], batch["uv"])}
-    elif cfg.landmark_loss == "mse":
-        landmark = {"gnll": losses.landmark_mse(out["mu"], batch["uv"])}
-    else:
-        raise ValueError(f"train.landmark_loss={cfg.landmark_loss!r}: expected 'gnll' or 'mse'")
+    place of the landmark term. Diagnostics of the landmark head, without a weight: sigma_px
+    (mean sigma, crop px) and mu_gain (losses.mean_gain; 1 under MSE)."""
+    landmark, diagnostics = landmark_terms(out, batch, cfg)
     wpdc = losses.wpdc(out["coeffs"], batch["coeffs"], weights_mm)
     vdc = (losses.vdc(out["verts"], batch["verts"]) if "verts" in out
            else losses.vdc_from_coeffs(wpdc, batch["off_span"]))
-    return {**landmark, "vdc": vdc, "wpdc": wpdc}
+    return {**landmark, "vdc": vdc, "wpdc": wpdc, **diagnostics}
+
+
+def landmark_terms(out: dict, batch: dict, cfg: SimpleNamespace) -> tuple[dict, dict]:
+    """The landmark (or direct pose) terms of loss_terms and their diagnostics."""
+    if cfg.pose_head == "direct6dof":
+        return {"rot": pose_losses.rotation_deg(out["R_crop"], batch["R_crop"]),
+                "trans": pose_losses.translation_mm2(out["t_code"], batch["t_code"], batch["crop_scale"])}, {}
+    if cfg.landmark_loss == "gnll":
+        value = losses.gnll(out["mu"], out["sigma"], batch["uv"], cfg.gnll_beta)
+        gain = losses.mean_gain(out["sigma"], cfg.gnll_beta)
+    elif cfg.landmark_loss == "mse":
+        value, gain = losses.landmark_mse(out["mu"], batch["uv"]), torch.ones(())
+    else:
+        raise ValueError(f"train.landmark_loss={cfg.landmark_loss!r}: expected 'gnll' or 'mse'")
+    return {"gnll": value}, {"sigma_px": out["sigma"].detach().float().mean(), "mu_gain": gain}
 
 
 def lr_factor(cfg: SimpleNamespace, step: int, total: int) -> float:
-    """Multiplier of train.lr at an optimizer step: 1 (constant) or a cosine to min_lr_ratio."""
+    """Multiplier of train.lr at optimizer step `step` of `total`: a linear warm-up over the first
+    warmup_epochs (step k of W at (k + 1) / W) times the schedule, 1 (constant) or a cosine from
+    1 to min_lr_ratio over the whole run."""
+    warm = total * cfg.warmup_epochs / cfg.epochs
+    ramp = min((step + 1) / warm, 1.0) if warm > 0 else 1.0
     if cfg.schedule == "constant":
-        return 1.0
+        return ramp
     if cfg.schedule == "cosine":
         progress = min(step / max(total, 1), 1.0)
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return ramp * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
     raise ValueError(f"train.schedule={cfg.schedule!r}: expected 'constant' or 'cosine'")
 
 
@@ -240,6 +252,7 @@ class Trainer:
                                    self.ctx.device)
         self.model.landmarks.sigma.requires_grad_(self.trains_sigma())
         self.model.landmarks.mu.requires_grad_(not direct)     # the direct head has no landmark loss
+        self.model.landmarks.sigma_trains_backbone = self.cfg.sigma_backbone
         self.net = (DistributedDataParallel(self.model, device_ids=[self.ctx.device] if self.ctx.device.type == "cuda" else None)
                     if self.ctx.world > 1 else self.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,

@@ -54,6 +54,21 @@ def direct_poses(pred: dict[str, np.ndarray], inv_warps: np.ndarray, camera: Cam
     return poses, camera.project(pred["verts"], poses)
 
 
+CALIBRATION_K = (1, 2)   # sigma multiples; a 2D isotropic Gaussian has 1 - exp(-k^2 / 2) = 39.3 % / 86.5 % within
+
+
+def sigma_calibration(errors_px: np.ndarray, sigma_px: np.ndarray) -> dict[str, float]:
+    """Fraction of landmark errors within k sigma for k in CALIBRATION_K, and the mean sigma.
+
+    errors_px: (N, V) landmark distance to its target, sigma_px (N, V), the same px. A calibrated
+    isotropic 2D Gaussian puts 1 - exp(-k^2 / 2) of its errors within k sigma (chi^2, 2 dof).
+    -> {"sigma_within_1": .., "sigma_within_2": .., "sigma_mean_px": ..}.
+    """
+    ratio = errors_px / sigma_px
+    fractions = {f"sigma_within_{k}": float((ratio <= k).mean()) for k in CALIBRATION_K}
+    return {**fractions, "sigma_mean_px": float(sigma_px.mean())}
+
+
 def evaluate(pred: dict[str, np.ndarray], inv_warps: np.ndarray, camera: Camera,
              verts_gt: np.ndarray, poses_gt: np.ndarray, uv_gt_crop: np.ndarray,
              pnp_flags: str = "SQPNP", crop_size: int = 0) -> dict[str, float]:
@@ -61,9 +76,10 @@ def evaluate(pred: dict[str, np.ndarray], inv_warps: np.ndarray, camera: Camera,
 
     Landmarks are unwarped to the full image with inv_warps (N, 2, 3), the pose comes from PnP
     between them and the predicted canonical mesh; the challenge score and the paper's metrics
-    follow (stages.wcpa.score). uv_gt_crop: (N, V, 2) target positions, crop px. Predictions of
-    the direct head (R_crop in pred) take their pose from it (`direct_poses`, crop_size: the
-    crops' side, px) and their landmarks from the mesh projected with it.
+    follow (stages.wcpa.score), with sigma's calibration (sigma_calibration, crop px) for the
+    landmark head. uv_gt_crop: (N, V, 2) target positions, crop px. Predictions of the direct
+    head (R_crop in pred) take their pose from it (`direct_poses`, crop_size: the crops' side,
+    px) and their landmarks from the mesh projected with it.
     """
     if "R_crop" in pred:
         (poses, uv_full), failed = direct_poses(pred, inv_warps, camera, crop_size), 0
@@ -73,7 +89,10 @@ def evaluate(pred: dict[str, np.ndarray], inv_warps: np.ndarray, camera: Camera,
         poses, failed = solve_poses(pred["verts"], uv_full, camera, pnp_flags)
     summary = summarize(sample_errors(verts_gt, poses_gt, pred["verts"], poses))
     summary["pnp_failed"] = failed
-    summary["landmark_crop_px"] = float(np.linalg.norm(pred["mu"] - uv_gt_crop, axis=-1).mean())
+    crop_errors = np.linalg.norm(pred["mu"] - uv_gt_crop, axis=-1)
+    summary["landmark_crop_px"] = float(crop_errors.mean())
+    if "R_crop" not in pred:
+        summary.update(sigma_calibration(crop_errors, pred["sigma"]))
     uv_gt_full = apply_warp(inv_warps, uv_gt_crop)
     summary["landmark_full_px"] = float(np.linalg.norm(uv_full - uv_gt_full, axis=-1).mean())
     return {key: float(value) for key, value in summary.items()}

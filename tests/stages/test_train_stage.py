@@ -39,7 +39,9 @@ def test_train_writes_checkpoints_and_resumes(tmp_path, monkeypatch, caplog):
     model = torch.load(out / "model.pt", weights_only=True)
     assert model["config"]["n_components"] == 20 and model["config"]["coordconv"]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert {"score", "ADD", "MAE_r", "MAE_t", "landmark_crop_px"} <= {k[4:] for k in metrics["final"] if k.startswith("val_")}
+    assert {"score", "ADD", "MAE_r", "MAE_t", "landmark_crop_px", "sigma_within_1", "sigma_within_2"} <= {
+        k[4:] for k in metrics["final"] if k.startswith("val_")}
+    assert {"train_sigma_px", "train_mu_gain"} <= set(metrics["final"])
     assert (out / "live" / "plots" / "metrics" / "val" / "score.tsv").is_file()
 
     params["train"]["epochs"] = 2

@@ -73,3 +73,38 @@ def test_vdc_from_coefficients_equals_vdc_on_the_decoded_mesh_value_and_gradient
     grad_mesh, = torch.autograd.grad(on_mesh, pred)
     grad_coeffs, = torch.autograd.grad(from_coeffs, pred)
     torch.testing.assert_close(grad_coeffs, grad_mesh, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("beta", [0.5, 1.0])
+def test_beta_weighting_keeps_the_value_and_scales_each_points_gradient_by_sigma_to_2beta(beta):
+    gen = torch.Generator().manual_seed(3)
+    mu = (torch.randn(2, 30, 2, generator=gen) * 3).requires_grad_()
+    sigma = (torch.rand(2, 30, generator=gen) * 4 + 0.2).requires_grad_()
+    target = torch.randn(2, 30, 2, generator=gen) * 3
+    plain, weighted = losses.gnll(mu, sigma, target), losses.gnll(mu, sigma, target, beta)
+    assert weighted.item() == pytest.approx(plain.item(), rel=1e-7)
+    g_mu, g_sigma = torch.autograd.grad(plain, (mu, sigma))
+    w_mu, w_sigma = torch.autograd.grad(weighted, (mu, sigma))
+    scale = sigma.detach() ** (2 * beta)
+    torch.testing.assert_close(w_mu, g_mu * scale[..., None])
+    torch.testing.assert_close(w_sigma, g_sigma * scale)
+    # closed form of eq. 1's derivatives: (mu - x) / sigma^2 and 2 / sigma - |mu - x|^2 / sigma^3, over B
+    err, s = (mu - target).detach(), sigma.detach()
+    torch.testing.assert_close(g_mu, err / s[..., None] ** 2 / 2)
+    torch.testing.assert_close(g_sigma, (2 / s - (err ** 2).sum(-1) / s ** 3) / 2)
+
+
+def test_beta_one_moves_the_means_as_mse_does():
+    gen = torch.Generator().manual_seed(4)
+    mu = torch.randn(2, 20, 2, generator=gen).requires_grad_()
+    sigma, target = torch.rand(2, 20, generator=gen) + 0.5, torch.randn(2, 20, generator=gen)[..., None].expand(-1, -1, 2)
+    g_gnll, = torch.autograd.grad(losses.gnll(mu, sigma, target, beta=1.0), mu)
+    g_mse, = torch.autograd.grad(losses.landmark_mse(mu, target), mu)
+    torch.testing.assert_close(g_gnll, g_mse)
+
+
+def test_mean_gain_is_the_factor_on_the_means_gradient():
+    sigma = torch.tensor([[0.5, 2.0]])
+    assert losses.mean_gain(sigma).item() == pytest.approx((4 + 0.25) / 2)
+    assert losses.mean_gain(sigma, beta=0.5).item() == pytest.approx((2 + 0.5) / 2)
+    assert losses.mean_gain(sigma, beta=1.0).item() == pytest.approx(1.0)

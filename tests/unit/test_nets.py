@@ -50,6 +50,20 @@ def test_landmark_head_starts_at_the_mean_position_with_positive_sigma():
     assert (sigma > 0).all()
 
 
+def test_sigma_without_the_backbone_keeps_its_values_and_sends_no_gradient_to_the_features():
+    head = LandmarkHead(16, 7, crop_size=64)
+    torch.nn.init.normal_(head.sigma.weight)
+    features = torch.randn(3, 16, requires_grad=True)
+    _, sigma = head(features)
+    through, = torch.autograd.grad(sigma.sum(), features)
+    head.sigma_trains_backbone = False
+    mu, sigma_detached = head(features)
+    torch.testing.assert_close(sigma_detached, sigma)
+    assert through.abs().sum() > 0
+    assert torch.autograd.grad(sigma_detached.sum(), features, allow_unused=True)[0] is None
+    assert torch.autograd.grad(mu.sum() + sigma_detached.sum(), head.sigma.weight)[0].abs().sum() > 0
+
+
 def test_shape_head_coefficients_round_trip_and_direct_mode_projects():
     meshes = np.random.default_rng(0).normal(0, 0.01, (10, 6, 3))
     basis = fit_pca(meshes, 9)

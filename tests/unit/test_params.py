@@ -106,7 +106,7 @@ def test_bad_overrides_name_the_assignment(assignment, message):
 
 
 def test_every_profile_validates():
-    for name in ("paper", "tiny", "gpu"):
+    for name in ("paper", "paper_exact", "tiny", "gpu"):
         check_params(profile_params(name, ROOT / "params.yaml"), f"{name}.yaml")
 
 

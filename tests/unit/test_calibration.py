@@ -1,0 +1,28 @@
+"""sigma's calibration metric (stages.nets.validate.sigma_calibration) on synthetic Gaussian draws,
+against scipy's chi-square distribution (2 dof: a 2D isotropic Gaussian's |error|^2 / sigma^2)."""
+import numpy as np
+import pytest
+from scipy.stats import chi2
+
+from stages.nets.validate import sigma_calibration
+
+
+def _draws(sigma_true: np.ndarray, seed: int = 0) -> np.ndarray:
+    """|error| (N, V) of 2D isotropic Gaussian errors with per-point std sigma_true (N, V)."""
+    offsets = np.random.default_rng(seed).normal(size=sigma_true.shape + (2,)) * sigma_true[..., None]
+    return np.linalg.norm(offsets, axis=-1)
+
+
+def test_calibrated_sigma_gives_the_chi2_fractions():
+    sigma = np.random.default_rng(1).uniform(0.3, 5.0, (400, 250))
+    got = sigma_calibration(_draws(sigma), sigma)
+    assert got["sigma_within_1"] == pytest.approx(chi2(2).cdf(1.0), abs=0.005)     # 39.3 %
+    assert got["sigma_within_2"] == pytest.approx(chi2(2).cdf(4.0), abs=0.005)     # 86.5 %
+    assert got["sigma_mean_px"] == pytest.approx(sigma.mean())
+
+
+def test_overconfident_sigma_is_seen():
+    sigma = np.full((300, 300), 1.5)
+    got = sigma_calibration(_draws(2 * sigma, seed=2), sigma)    # errors twice as large as claimed
+    assert got["sigma_within_1"] == pytest.approx(chi2(2).cdf(0.25), abs=0.005)    # 11.8 %
+    assert got["sigma_within_2"] == pytest.approx(chi2(2).cdf(1.0), abs=0.005)

@@ -1,0 +1,32 @@
+"""The learning-rate multiplier of train/finetune (stages.nets.trainer.lr_factor) against closed forms."""
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from stages.nets.trainer import lr_factor
+
+
+def _cfg(schedule, warmup_epochs=0.0, epochs=10, min_lr_ratio=0.02):
+    return SimpleNamespace(schedule=schedule, warmup_epochs=warmup_epochs, epochs=epochs, min_lr_ratio=min_lr_ratio)
+
+
+def test_cosine_runs_from_one_to_min_ratio_through_the_half_point():
+    cfg = _cfg("cosine")
+    assert lr_factor(cfg, 0, 1000) == pytest.approx(1.0)
+    assert lr_factor(cfg, 500, 1000) == pytest.approx(0.02 + 0.98 * 0.5)
+    assert lr_factor(cfg, 1000, 1000) == pytest.approx(0.02)
+
+
+def test_warm_up_ramps_linearly_over_its_epochs_then_follows_the_schedule():
+    cfg = _cfg("constant", warmup_epochs=2.0, epochs=10)           # 200 of 1000 steps
+    assert [lr_factor(cfg, k, 1000) for k in (0, 99, 199, 200, 999)] == pytest.approx([1 / 200, 0.5, 1, 1, 1])
+    cosine = _cfg("cosine", warmup_epochs=2.0, epochs=10)
+    expected = (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * 0.1))) * 100 / 200
+    assert lr_factor(cosine, 99, 1000) == pytest.approx(expected, rel=1e-3)
+    assert lr_factor(cosine, 600, 1000) == pytest.approx(lr_factor(_cfg("cosine"), 600, 1000))
+
+
+def test_unknown_schedule_names_the_key():
+    with pytest.raises(ValueError, match="train.schedule='step'"):
+        lr_factor(_cfg("step"), 0, 10)
