@@ -156,7 +156,7 @@ def take(batch: dict, samples: Samples, bad: BadInputs | None) -> dict | None:
             **{name: {k: v[keep] for k, v in batch[name].items()} for name in PASSES}}
 
 
-def step(nets: dict[str, LandmarkNet], batch: dict, sizes: dict[str, int], optimiser, schedule, scaler) -> float:
+def step(nets: dict[str, LandmarkNet], batch: dict, sizes: dict[str, int], optimizer, schedule, scaler) -> float:
     """One training step of both nets on a loaded batch -> its loss."""
     dev = next(nets["refine"].parameters()).device
     loss = 0.0
@@ -165,9 +165,9 @@ def step(nets: dict[str, LandmarkNet], batch: dict, sizes: dict[str, int], optim
             pred = nets[name](to_tensor(batch[name]["image"], dev))
         target = batch[name]["points"].to(dev, torch.float32)
         loss = loss + (pred.float() - target).abs().mean() / sizes[name]
-    optimiser.zero_grad(set_to_none=True)
+    optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
-    scaler.step(optimiser)
+    scaler.step(optimizer)
     scaler.update()
     schedule.step()
     return float(loss.detach())
@@ -176,7 +176,7 @@ def step(nets: dict[str, LandmarkNet], batch: dict, sizes: dict[str, int], optim
 @torch.no_grad()
 def view_errors(nets: dict[str, LandmarkNet], stream: Stream, batch_size: int,
                 bad: BadInputs | None = None) -> dict[str, np.ndarray]:
-    """{pass: per-point errors (N, K) in full-image px of its net on the plain views of `stream`}."""
+    """{pass: per-point errors (N, L) in full-image px of its net on the plain views of `stream`}."""
     for net in nets.values():
         net.eval()
     dev = next(nets["refine"].parameters()).device
@@ -228,7 +228,7 @@ def train(cfg: TrainConfig, train_samples: Samples, val_samples: Samples, flip_o
     """Train both passes for cfg.epochs, resuming from `checkpoint` when it matches.
 
     train_samples / val_samples: the splits' images and GT landmarks (stages/coarse/sources.py),
-    streamed through `workers` loader processes (per process). flip_order: (K,) landmark mirror
+    streamed through `workers` loader processes (per process). flip_order: (L,) landmark mirror
     order, passed through to the augmentation (None when cfg.flip_prob is 0). bad: where
     undecodable images go with data.skip_bad (None: they stop); its records, those of every
     process, are kept in the checkpoint. live: a dvclive.Live (or None). ctx: this process's
@@ -244,11 +244,11 @@ def train(cfg: TrainConfig, train_samples: Samples, val_samples: Samples, flip_o
     for net in nets.values():
         place_network(net, ctx.device)
     params = [p for net in nets.values() for p in net.parameters()]
-    optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * max(len(train_samples) // cfg.batch_size, 1)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, cfg.lr, total_steps=steps, pct_start=0.15)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=steps, pct_start=0.15)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=needs_grad_scaler(training_amp(ctx.device)))
-    first_epoch = _resume(checkpoint, nets, optimiser, schedule, scaler, bad)
+    first_epoch = _resume(checkpoint, nets, optimizer, schedule, scaler, bad)
     sizes = {"locate": cfg.locate_size, "refine": cfg.refine_size}
     jitters = {"locate": cfg.locate_jitter, "refine": cfg.refine_jitter}
     train_stream = Stream(ViewSet(train_samples, sizes, cfg.refine_margin, cfg.seed, jitters, flip_order,
@@ -257,14 +257,14 @@ def train(cfg: TrainConfig, train_samples: Samples, val_samples: Samples, flip_o
     replicas = data_parallel(nets, ctx)
     for epoch in range(first_epoch, cfg.epochs):
         started = time.perf_counter()
-        loss = _epoch(replicas, train_stream, sizes, cfg, optimiser, schedule, scaler, epoch, bad=bad, ctx=ctx)
+        loss = _epoch(replicas, train_stream, sizes, cfg, optimizer, schedule, scaler, epoch, bad=bad, ctx=ctx)
         loss = mean_over_ranks(loss, ctx)
         share_epoch(nets, bad, ctx)
         if ctx.main:
             metrics = {"train/loss": loss, "lr": schedule.get_last_lr()[0],
                        "epoch_seconds": time.perf_counter() - started}
             _validate_and_save(nets, val_stream, cfg, epoch, metrics, live, bad, checkpoint,
-                               {"optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
+                               {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                                 "scaler": scaler.state_dict()})
         if ctx.world > 1:
             dist.barrier()
@@ -318,7 +318,7 @@ def merge_bad(bad: BadInputs, records: list[dict[str, str]]) -> None:
 
 
 def _validate_and_save(nets, val_stream: Stream, cfg: TrainConfig, epoch: int, metrics: dict, live,
-                       bad: BadInputs | None, checkpoint: Checkpoint, optimisation: dict) -> None:
+                       bad: BadInputs | None, checkpoint: Checkpoint, optimization: dict) -> None:
     """Rank 0 after an epoch: val errors into `metrics`, the log, a dvclive step and the checkpoint
     (optimisation: the optimiser's, schedule's and scaler's states)."""
     errors = view_errors(nets, val_stream, 2 * cfg.batch_size, bad)
@@ -330,11 +330,11 @@ def _validate_and_save(nets, val_stream: Stream, cfg: TrainConfig, epoch: int, m
         for key, value in metrics.items():
             live.log_metric(key, value)
         live.next_step()
-    checkpoint.save({"epoch": epoch + 1, "nets": {k: n.state_dict() for k, n in nets.items()}, **optimisation,
+    checkpoint.save({"epoch": epoch + 1, "nets": {k: n.state_dict() for k, n in nets.items()}, **optimization,
                      "metrics": metrics, "bad": list(bad.records) if bad is not None else []})
 
 
-def _resume(checkpoint: Checkpoint, nets, optimiser, schedule, scaler, bad: BadInputs | None = None) -> int:
+def _resume(checkpoint: Checkpoint, nets, optimizer, schedule, scaler, bad: BadInputs | None = None) -> int:
     """Load the checkpoint's state into the objects (and the images found undecodable before it
     into `bad`) -> the epoch to start from."""
     state = checkpoint.load()
@@ -342,7 +342,7 @@ def _resume(checkpoint: Checkpoint, nets, optimiser, schedule, scaler, bad: BadI
         return 0
     for name, net in nets.items():
         net.load_state_dict(state["nets"][name])
-    optimiser.load_state_dict(state["optimiser"])
+    optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
     scaler.load_state_dict(state["scaler"])
     if bad is not None:
@@ -351,7 +351,7 @@ def _resume(checkpoint: Checkpoint, nets, optimiser, schedule, scaler, bad: BadI
     return int(state["epoch"])
 
 
-def _epoch(nets, stream: Stream, sizes, cfg: TrainConfig, optimiser, schedule, scaler, epoch: int,
+def _epoch(nets, stream: Stream, sizes, cfg: TrainConfig, optimizer, schedule, scaler, epoch: int,
            bad: BadInputs | None, ctx: Dist) -> float:
     """One pass over this process's share of the training set -> its mean loss."""
     for net in nets.values():
@@ -367,6 +367,6 @@ def _epoch(nets, stream: Stream, sizes, cfg: TrainConfig, optimiser, schedule, s
         if batch is None:
             schedule.step()
             continue
-        total += step(nets, batch, sizes, optimiser, schedule, scaler)
+        total += step(nets, batch, sizes, optimizer, schedule, scaler)
         count += 1
     return total / max(count, 1)

@@ -101,7 +101,7 @@ class FinetuneTrainer(Trainer):
                              f"this crop store and PCA basis (re-run `dvc repro train`)")
         check_start_inputs(paths.start, start, self.inputs)
         self.model.load_state_dict(start["model"])
-        self.lambdas = {**{k: params["lambda"][k] for k in ("gnll", "vdc", "wpdc", "pnp")}, "mc": finetune["mc_weight"]}
+        self.lambdas = {k: params["lambda"][k] for k in ("landmarks", "vdc", "wpdc", "pnp", "mc")}
         self.pnp = pnp_settings(finetune)
         data = self.train_data
         self.dataset = PoseBatches(data.store, data.verts, data.poses, camera, self.basis, self.dataset.perm,
@@ -126,7 +126,7 @@ class FinetuneTrainer(Trainer):
         terms = super().step_terms(out, batch, step)
         self.generator.manual_seed(self.seed * STEP_SEED_STRIDE + step * self.ctx.world + self.ctx.rank)
         pnp = pnp_terms(out, batch, self.pnp, self.generator)
-        return {**terms, "pnp": pnp["pose"], "mc": pnp["mc"],
+        return {**terms, "pnp": pnp["pnp"], "mc": pnp["mc"],
                 "pnp_valid": pnp["valid"].float().mean(), "pnp_ess": pnp["ess"].float().mean()}
 
 

@@ -32,7 +32,7 @@ from stages.common.precision import amp_dtype, autocast, needs_grad_scaler, plac
 from stages.common.threads import single_thread_blas
 from stages.face.pca import PCABasis, load_flip_perm
 from stages.nets import losses, pose_losses
-from stages.nets.colour import jitter_images
+from stages.nets.color import jitter_images
 from stages.nets.crop_pose import camera_to_crop
 from stages.nets.dataset import CropStore, Reframe, TrainBatches, crop_targets
 from stages.nets.model import FaceNet, NetConfig
@@ -65,7 +65,7 @@ class SplitData:
     store: CropStore
     verts: np.ndarray    # (N, V, 3) float32 metres
     poses: np.ndarray    # (N, 4, 4) float64
-    coeffs: np.ndarray   # (N, K) float32 normalised PCA coefficients of verts
+    coeffs: np.ndarray   # (N, C) float32 normalised PCA coefficients of verts
 
 
 def load_split(paths: TrainPaths, split: str) -> SplitData:
@@ -108,7 +108,7 @@ def fingerprint(cfg: SimpleNamespace, lambdas: dict, seed: int, extra: dict) -> 
 
 def state_layout(model: torch.nn.Module) -> list:
     """[name, shape, trained] of every parameter and buffer: what a checkpoint's model and
-    optimizer state must match (part of the fingerprint, so that a checkpoint written by a
+    optimiser state must match (part of the fingerprint, so that a checkpoint written by a
     network of another layout, e.g. by older code, is not resumed)."""
     params = [[name, list(p.shape), p.requires_grad] for name, p in model.named_parameters()]
     return params + [[name, list(b.shape), False] for name, b in model.named_buffers()]
@@ -173,11 +173,11 @@ def landmark_terms(out: dict, batch: dict, cfg: SimpleNamespace) -> tuple[dict, 
         value, gain = losses.landmark_mse(out["mu"], batch["uv"]), torch.ones(())
     else:
         raise ValueError(f"train.landmark_loss={cfg.landmark_loss!r}: expected 'gnll' or 'mse'")
-    return {"gnll": value}, {"sigma_px": out["sigma"].detach().float().mean(), "mu_gain": gain}
+    return {"landmarks": value}, {"sigma_px": out["sigma"].detach().float().mean(), "mu_gain": gain}
 
 
 def lr_factor(cfg: SimpleNamespace, step: int, total: int) -> float:
-    """Multiplier of train.lr at optimizer step `step` of `total`: a linear warm-up over the first
+    """Multiplier of train.lr at optimiser step `step` of `total`: a linear warm-up over the first
     warmup_epochs (step k of W at (k + 1) / W) times the schedule, 1 (constant) or a cosine from
     1 to min_lr_ratio over the whole run."""
     warm = total * cfg.warmup_epochs / cfg.epochs
@@ -232,11 +232,11 @@ def save_checkpoint(folder: Path, state: dict) -> None:
 
 
 class Trainer:
-    """One training run: model, optimizer, scaler, data and the epoch loop."""
+    """One training run: model, optimiser, scaler, data and the epoch loop."""
 
     def __init__(self, params: dict, paths: TrainPaths, camera: Camera):
         self.cfg = SimpleNamespace(**params["train"])
-        self.lambdas = {k: params["lambda"][k] for k in ("gnll", "vdc", "wpdc", "rot", "trans")}
+        self.lambdas = {k: params["lambda"][k] for k in ("landmarks", "vdc", "wpdc", "rot", "trans")}
         self.seed, self.paths, self.camera = params["seed"], paths, camera
         self.ctx = start_distributed(self.cfg.device)
         single_thread_blas()        # the batches are prepared in this process: see stages.common.threads
@@ -284,7 +284,7 @@ class Trainer:
 
     def trains_sigma(self) -> bool:
         """Whether sigma's FC is trained: only the GNLL uses it here (under MSE or with the direct
-        pose head it keeps its start, and is left out of the backward, the optimizer and DDP)."""
+        pose head it keeps its start, and is left out of the backward, the optimiser and DDP)."""
         return self.cfg.landmark_loss == "gnll" and self.cfg.pose_head == "pnp"
 
     def needs_verts(self) -> bool:
@@ -296,7 +296,7 @@ class Trainer:
         return loss_terms(out, batch, self.cfg, self.weights_mm)
 
     def train_step(self, batch: dict, step: int, total: int, step_terms=None) -> dict:
-        """Forward, loss, backward and optimizer step on one batch -> the loss terms (floats).
+        """Forward, loss, backward and optimiser step on one batch -> the loss terms (floats).
 
         The loss is sum_k lambda_k term_k over the terms that have a weight in self.lambdas;
         other terms are diagnostics, reported only. step_terms: another terms function with
