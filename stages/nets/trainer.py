@@ -7,7 +7,6 @@ the global batch, split across the processes; rank 0 validates, logs and writes 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -25,9 +24,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from stages.common import resume
 from stages.common.distributed import Dist, start_distributed
 from stages.common.identity import input_identity
-from stages.common.io import UnsafeCheckpointError, load_torch, save_json, save_torch
+from stages.common.io import save_json, save_torch
 from stages.common.precision import amp_dtype, autocast, needs_grad_scaler, place_network
 from stages.common.threads import single_thread_blas
 from stages.face.pca import PCABasis, load_flip_perm
@@ -41,7 +41,6 @@ from stages.wcpa.camera import Camera
 from stages.wcpa.layout import labelled_rows, read_list
 
 log = logging.getLogger("train")
-KEEP_CHECKPOINTS = 2
 
 
 @dataclass(frozen=True)
@@ -102,8 +101,7 @@ def fingerprint(cfg: SimpleNamespace, lambdas: dict, seed: int, extra: dict) -> 
 
     train.epochs is left out, so that raising it continues a finished run."""
     train = {k: v for k, v in vars(cfg).items() if k not in RESUME_FREE_KEYS}
-    text = json.dumps({"train": train, "lambda": lambdas, "seed": seed, **extra}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return resume.fingerprint({"train": train, "lambda": lambdas, "seed": seed, **extra})
 
 
 def state_layout(model: torch.nn.Module) -> list:
@@ -202,35 +200,6 @@ def make_loader(dataset: TrainBatches, ctx: Dist, cfg: SimpleNamespace, seed: in
                       pin_memory=ctx.device.type == "cuda")
 
 
-def latest_checkpoint(folder: Path, fp: str, epochs: int) -> dict | None:
-    """The newest checkpoint in `folder` written with fingerprint `fp` and at most `epochs`
-    epochs done (a run asked for fewer epochs than a checkpoint has must not end there), or None.
-    Files are read as tensors and plain data only (a file that is anything else is ignored with
-    a warning), and the fingerprint is compared before any of their content is used."""
-    for path in sorted(folder.glob("epoch_*.pt"), reverse=True):
-        try:
-            state = load_torch(path)
-        except UnsafeCheckpointError as err:
-            log.warning("%s: ignored", err)
-            continue
-        if not isinstance(state, dict) or state.get("fingerprint") != fp:
-            log.warning("%s was written with other params: ignored", path)
-        elif state["epoch"] + 1 > epochs:
-            log.warning("%s has %d epochs done, more than the %d asked for: ignored", path, state["epoch"] + 1, epochs)
-        else:
-            log.info("resuming from %s (%d epochs done)", path, state["epoch"] + 1)
-            return state
-    return None
-
-
-def save_checkpoint(folder: Path, state: dict) -> None:
-    """epoch_<NNN>.pt, atomically; only the newest KEEP_CHECKPOINTS are kept."""
-    folder.mkdir(parents=True, exist_ok=True)
-    save_torch(state, folder / f"epoch_{state['epoch']:03d}.pt")
-    for old in sorted(folder.glob("epoch_*.pt"))[:-KEEP_CHECKPOINTS]:
-        old.unlink()
-
-
 class Trainer:
     """One training run: model, optimiser, scaler, data and the epoch loop."""
 
@@ -273,14 +242,16 @@ class Trainer:
 
     def resume(self) -> bool:
         """Load the latest matching checkpoint; False when training starts from scratch."""
-        state = latest_checkpoint(self.paths.checkpoints, self.fp, self.cfg.epochs)
+        state = self.checkpoints().latest(self.cfg.epochs)
         if state is None:
             return False
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.start_epoch, self.history = state["epoch"] + 1, state["history"]
+        self.start_epoch = resume.restore(state, {"model": self.model}, self.optimizer, self.scaler)
+        self.history = state["history"]
         return True
+
+    def checkpoints(self) -> resume.Checkpoints:
+        """This run's epoch files (stages.common.resume), under its fingerprint."""
+        return resume.Checkpoints(self.paths.checkpoints, self.fp)
 
     def trains_sigma(self) -> bool:
         """Whether sigma's FC is trained: only the GNLL uses it here (under MSE or with the direct
@@ -373,11 +344,10 @@ class Trainer:
         return time.perf_counter() - started
 
     def checkpoint(self, epoch: int) -> None:
-        save_checkpoint(self.paths.checkpoints, {
-            "epoch": epoch, "fingerprint": self.fp, "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-            "params": vars(self.cfg), "config": self.model.config.to_dict(),
-            "basis_shape": list(self.basis.components.shape), "history": self.history})
+        """The resumable state after 0-based `epoch`, with the params, network config and history."""
+        self.checkpoints().save({**resume.capture(epoch, {"model": self.model}, self.optimizer, self.scaler),
+                                 "params": vars(self.cfg), "config": self.model.config.to_dict(),
+                                 "basis_shape": list(self.basis.components.shape), "history": self.history})
 
     def save_model(self) -> None:
         """artifacts/train/model.pt: config, weights (with the PCA basis buffers), params and the

@@ -35,7 +35,7 @@ def test_train_writes_checkpoints_and_resumes(tmp_path, monkeypatch, caplog):
     out = tmp_path / "artifacts" / "train"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_000.pt"]
     first = torch.load(out / "checkpoints" / "epoch_000.pt", weights_only=True)
-    assert first["epoch"] == 0 and set(first) >= {"model", "optimizer", "scaler", "params", "basis_shape"}
+    assert first["epoch"] == 0 and set(first) >= {"modules", "optimizer", "scaler", "rng", "params", "basis_shape"}
     model = torch.load(out / "model.pt", weights_only=True)
     assert model["config"]["n_components"] == 20 and model["config"]["coordconv"]
     metrics = json.loads((out / "metrics.json").read_text())
