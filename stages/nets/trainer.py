@@ -201,11 +201,15 @@ def make_loader(dataset: TrainBatches, ctx: Dist, cfg: SimpleNamespace, seed: in
 
 
 class Trainer:
-    """One training run: model, optimiser, scaler, data and the epoch loop."""
+    """One training run: model, optimiser, scaler, data and the epoch loop. A variant (finetune)
+    overrides the hooks: LOSS_WEIGHTS, make_dataset, step_terms, fingerprint_extra, trains_sigma,
+    needs_verts."""
+
+    LOSS_WEIGHTS = ("landmarks", "vdc", "wpdc", "rot", "trans")   # params.lambda keys of the loss
 
     def __init__(self, params: dict, paths: TrainPaths, camera: Camera):
         self.cfg = SimpleNamespace(**params["train"])
-        self.lambdas = {k: params["lambda"][k] for k in ("landmarks", "vdc", "wpdc", "rot", "trans")}
+        self.lambdas = {k: params["lambda"][k] for k in self.LOSS_WEIGHTS}
         self.seed, self.paths, self.camera = params["seed"], paths, camera
         self.ctx = start_distributed(self.cfg.device)
         single_thread_blas()        # the batches are prepared in this process: see stages.common.threads
@@ -214,14 +218,7 @@ class Trainer:
         flip_perm = (load_flip_perm(paths.pca / "basis.npz", "set train.flip (finetune.flip) to 0")
                      if self.cfg.flip > 0 else None)
         self.train_data, self.val_data = load_split(paths, "train"), load_split(paths, "val")
-        size = self.train_data.store.size
-        direct = self.cfg.pose_head == "direct6dof"
-        self.model = place_network(build_model(self.cfg, self.basis, size, mean_target(camera, self.train_data),
-                                               mean_crop_pose(camera, self.train_data) if direct else None),
-                                   self.ctx.device)
-        self.model.landmarks.sigma.requires_grad_(self.trains_sigma())
-        self.model.landmarks.mu.requires_grad_(not direct)     # the direct head has no landmark loss
-        self.model.landmarks.sigma_trains_backbone = self.cfg.sigma_backbone
+        self.model = self.make_model()
         self.net = (DistributedDataParallel(self.model, device_ids=[self.ctx.device] if self.ctx.device.type == "cuda" else None)
                     if self.ctx.world > 1 else self.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
@@ -229,16 +226,34 @@ class Trainer:
         self.amp = amp_dtype(self.ctx.device, self.cfg.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(self.amp))
         self.weights_mm = torch.as_tensor(self.basis.wpdc_weights(), device=self.ctx.device)
-        self.dataset = TrainBatches(self.train_data.store, self.train_data.verts, self.train_data.poses, camera,
-                                    self.basis, flip_perm, self.cfg.flip, self.cfg.color_jitter, self.seed,
-                                    reframe=reframe_limits(self.cfg), coeffs=self.train_data.coeffs,
-                                    pose_targets=direct)
+        self.dataset = self.make_dataset(flip_perm)
         self.loader = make_loader(self.dataset, self.ctx, self.cfg, self.seed)
         self.inputs = {"crop_run": self.train_data.store.run,
                        **input_identity(training_inputs(paths, params["data"]["root"]))}
-        self.fp = fingerprint(self.cfg, self.lambdas, self.seed,
-                              {"inputs": self.inputs, "layout": state_layout(self.model)})
+        self.fp = fingerprint(self.cfg, self.lambdas, self.seed, self.fingerprint_extra())
         self.start_epoch, self.history = 0, []
+
+    def make_model(self) -> FaceNet:
+        """The network on the training device, its landmark head's trained parts set (trains_sigma;
+        the direct pose head trains no landmarks)."""
+        data, camera, direct = self.train_data, self.camera, self.cfg.pose_head == "direct6dof"
+        model = place_network(build_model(self.cfg, self.basis, data.store.size, mean_target(camera, data),
+                                          mean_crop_pose(camera, data) if direct else None), self.ctx.device)
+        model.landmarks.sigma.requires_grad_(self.trains_sigma())
+        model.landmarks.mu.requires_grad_(not direct)
+        model.landmarks.sigma_trains_backbone = self.cfg.sigma_backbone
+        return model
+
+    def make_dataset(self, flip_perm: np.ndarray | None) -> TrainBatches:
+        """Hook: the training batches (flip_perm: the basis' vertex flip order, None with flips off)."""
+        data = self.train_data
+        return TrainBatches(data.store, data.verts, data.poses, self.camera, self.basis, flip_perm, self.cfg.flip,
+                            self.cfg.color_jitter, self.seed, reframe=reframe_limits(self.cfg), coeffs=data.coeffs,
+                            pose_targets=self.cfg.pose_head == "direct6dof")
+
+    def fingerprint_extra(self) -> dict:
+        """Hook: what the fingerprint holds besides the params: the inputs' identity, the layout."""
+        return {"inputs": self.inputs, "layout": state_layout(self.model)}
 
     def resume(self) -> bool:
         """Load the latest matching checkpoint; False when training starts from scratch."""
