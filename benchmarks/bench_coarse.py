@@ -79,13 +79,13 @@ def rate(args: argparse.Namespace, params: dict) -> None:
     for net in nets.values():
         place_network(net, device).train()
     params_ = [p for net in nets.values() for p in net.parameters()]
-    optimiser = torch.optim.AdamW(params_, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(params_, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = (args.rounds * 2 + 1) * args.steps + 2
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, cfg.lr, total_steps=total, pct_start=0.15)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=total, pct_start=0.15)
     scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(training_amp(device)))
 
     def run(batch):
-        step(nets, batch, sizes, optimiser, schedule, scaler)
+        step(nets, batch, sizes, optimizer, schedule, scaler)
 
     print(f"{cfg.locate_backbone} {cfg.locate_size} px + {cfg.refine_backbone} {cfg.refine_size} px, "
           f"batch {cfg.batch_size}, {len(samples)} training images, workers {workers}, "

@@ -7,7 +7,7 @@ DataLoader with flip, targets, colour jitter, forward of both heads, GNLL + VDC 
 backward, Adam step). Both run in interleaved rounds and every step is timed: the rates come
 from the median step times, robust to the bursts of a shared machine. Prints both throughputs,
 their ratio, and where the difference goes: the batch loading within the full steps and the
-optimizer step timed alone (on CPU it is memory-bound: README "Benchmarks").
+optimiser step timed alone (on CPU it is memory-bound: README "Benchmarks").
 
     python -m benchmarks.bench_train [--steps 10] [--rounds 5] [--params params.yaml]
         [--profile paper] [--set train.batch_size=32 ...] [--crop artifacts/crop]
@@ -79,7 +79,7 @@ def full_steps(trainer: Trainer, batches, steps: int) -> tuple[list[float], list
 
 
 def optimizer_steps(trainer: Trainer, steps: int) -> list[float]:
-    """Seconds of each of `steps` optimizer steps alone, on the gradients of the last full step
+    """Seconds of each of `steps` optimiser steps alone, on the gradients of the last full step
     (the weights move; it is a timing)."""
     times = []
     for _ in range(steps):

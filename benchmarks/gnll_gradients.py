@@ -2,7 +2,7 @@
 (docs/experiments.md, "GNLL against MSE").
 
 On training batches of the crop store, for a network (the initial one, or a checkpoint's), the
-gradient at the backbone's output features (B, F) of lambda.gnll x the landmark term is compared
+gradient at the backbone's output features (B, F) of lambda.landmarks x the landmark term is compared
 with the shape terms' (lambda.vdc VDC + lambda.wpdc WPDC): the ratio of their norms, per landmark
 loss: mse, gnll (eq. 1), gnll with beta-NLL weights (beta 0.5, 1) and the part of the last that
 flows through sigma alone (sigma reaches the backbone here: train.sigma_backbone true unless
@@ -40,7 +40,7 @@ def landmark_term(out: dict, uv: torch.Tensor, beta: float | None, sigma_only: b
 
 
 def batch_ratios(trainer: Trainer, batch: dict) -> dict[str, float]:
-    """Per variant: |grad of lambda.gnll x landmark term| / |grad of the shape terms| at the features."""
+    """Per variant: |grad of lambda.landmarks x landmark term| / |grad of the shape terms| at the features."""
     captured = {}
     hook = trainer.model.landmarks.register_forward_hook(lambda _m, args, _o: captured.update(features=args[0]))
     out = trainer.model(batch["images"].float(), with_verts=False)
@@ -51,7 +51,7 @@ def batch_ratios(trainer: Trainer, batch: dict) -> dict[str, float]:
                                  captured["features"], retain_graph=True)
     ratios = {}
     for name, (beta, sigma_only) in VARIANTS.items():
-        grad, = torch.autograd.grad(lambdas["gnll"] * landmark_term(out, batch["uv"], beta, sigma_only),
+        grad, = torch.autograd.grad(lambdas["landmarks"] * landmark_term(out, batch["uv"], beta, sigma_only),
                                     captured["features"], retain_graph=True)
         ratios[name] = float(grad.norm() / shape.norm())
     err = ((out["mu"].detach() - batch["uv"]) ** 2).sum(-1).mean().sqrt()

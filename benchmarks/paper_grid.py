@@ -35,7 +35,7 @@ GRID: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "t1-gnll-pnp": (GNLL_PNP + PRE_FINETUNE, PRE_FINETUNE_TARGETS),
     "t2-direct3d": (GNLL_PNP[:-1] + ("train.shape_head=direct",) + PRE_FINETUNE, PRE_FINETUNE_TARGETS),
     "t3-epro": (GNLL_PNP + ("infer.checkpoint=finetune",), ()),
-    "t3-control": (GNLL_PNP + ("infer.checkpoint=finetune", "lambda.pnp=0", "finetune.mc_weight=0"), ()),
+    "t3-control": (GNLL_PNP + ("infer.checkpoint=finetune", "lambda.pnp=0", "lambda.mc=0"), ()),
 }
 
 

@@ -2,7 +2,7 @@
 
 Reads artifacts/coarse_train/model.pt, artifacts/split/{train,val}.csv and the data root's test
 list. Writes artifacts/coarse_predict/:
-  {train,val,test}.npy   (N, K, 2) float64 landmarks in full-image px, rows aligned with the lists
+  {train,val,test}.npy   (N, L, 2) float64 landmarks in full-image px, rows aligned with the lists
                          (NaN rows for samples skipped as bad input)
   metrics.json           landmark errors against the projected GT (train, val): median and 95th
                          percentile over all points and over per-image means, in full-image px
@@ -44,7 +44,7 @@ def _read_or_error(path: Path, size: tuple[int, int]) -> np.ndarray | DataError:
 
 def predict_split(detector: Detector, root: Path | str, table: pd.DataFrame, size: tuple[int, int], cfg,
                   workers: int, bad: BadInputs, desc: str) -> np.ndarray:
-    """Landmarks (N, K, 2) full px for every listed image (NaN rows where skipped); size: the data
+    """Landmarks (N, L, 2) full px for every listed image (NaN rows where skipped); size: the data
     set's (width, height) px, which every image must have."""
     out = np.full((len(table), detector.config["n_points"], 2), np.nan)
     rows = list(table.itertuples(index=False))

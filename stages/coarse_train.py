@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import logging
 import shutil
 import time
@@ -34,12 +32,14 @@ from stages.coarse.augment import Jitter
 from stages.coarse.detector import save_detector
 from stages.coarse.sources import list_samples
 from stages.coarse.targets import landmark_flip_order, load_targets
-from stages.coarse.train import Checkpoint, TrainConfig, train
+from stages.coarse.train import TrainConfig, train
 from stages.common.badinput import SKIPPED_FILE, BadInputs
 from stages.common.distributed import start_distributed
 from stages.common.identity import files_digest, path_digest
 from stages.common.io import atomic_dir, save_json
 from stages.common.params import section
+from stages.common.resume import Checkpoints
+from stages.common.resume import fingerprint as content_fingerprint
 from stages.common.stage import stage_main
 from stages.wcpa.layout import image_path, info_path, load_resources, read_list
 
@@ -74,11 +74,8 @@ def data_identity(root: Path | str, tables: dict) -> dict[str, str]:
 def fingerprint(params: dict, tables: dict, data: dict[str, str]) -> str:
     """Hash of what the training depends on: its params, the seed, the data root, the lists
     and the data's identity (data_identity)."""
-    digest = hashlib.sha256(json.dumps([params["coarse_train"], params["seed"], params["data"]["root"], data],
-                                       sort_keys=True).encode())
-    for split in SPLITS:
-        digest.update(tables[split].to_csv(index=False).encode())
-    return digest.hexdigest()
+    lists = [tables[split].to_csv(index=False) for split in SPLITS]
+    return content_fingerprint([params["coarse_train"], params["seed"], params["data"]["root"], data, lists])
 
 
 def without_flips(cfg: TrainConfig, flip_order: np.ndarray | None) -> TrainConfig:
@@ -112,16 +109,16 @@ def run(params: dict, out: Path = Path("artifacts/coarse_train"),
         bad.finish(partial, total=total)
     prepared = time.perf_counter()
     identity = data_identity(data.root, tables)
-    checkpoint = Checkpoint(partial / "checkpoint.pt", fingerprint(params, tables, identity))
-    resuming = checkpoint.load() is not None
+    checkpoints = Checkpoints(partial / "checkpoints", fingerprint(params, tables, identity), keep=1)
+    resuming = checkpoints.latest(cfg.epochs) is not None
     if ctx.main and not resuming:
         shutil.rmtree(partial / "live", ignore_errors=True)
     with open_live(partial / "live", resuming, ctx.main) as live:
-        nets = train(cfg, samples["train"], samples["val"], flip_order, checkpoint, live, data.workers, bad, ctx)
+        nets = train(cfg, samples["train"], samples["val"], flip_order, checkpoints, live, data.workers, bad, ctx)
     if not ctx.main:
         return {}
     bad.finish(partial, total=total)     # with the images found undecodable
-    last = checkpoint.load()["metrics"]
+    last = checkpoints.latest(cfg.epochs)["metrics"]
     metrics = {**{k: v for k, v in last.items() if k.startswith("val/")},
                "train_samples": len(samples["train"]) - len(bad.keys & set(samples["train"].keys.astype(str))),
                "processes": ctx.world, "prepare_seconds": prepared - started,

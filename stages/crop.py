@@ -78,7 +78,7 @@ def _from_files(root: Path, table: pd.DataFrame, resources: Resources, source: s
 
 def load_landmarks(source: str, split: str, root: Path, table: pd.DataFrame, resources: Resources,
                    coarse_dir: Path, bad: BadInputs) -> tuple[np.ndarray, list[str]]:
-    """Landmarks (N, K, 2) full px of a split from crop.source, and the file each row came from."""
+    """Landmarks (N, L, 2) full px of a split from crop.source, and the file each row came from."""
     if source not in SOURCES:
         raise ValueError(f"crop.source = {source!r}: choose one of {', '.join(SOURCES)}")
     if source == "given68" or (source == "gt" and split == "train"):

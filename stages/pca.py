@@ -2,10 +2,10 @@
 
 Reads the train/val lists (artifacts/split), their ground truth (data.root/info) and the 51
 blendshape meshes (data.blendshapes). Writes artifacts/pca/:
-  basis.npz              mean (V,3), components (K,V,3), std (K,), wpdc_weights (K,) mm,
+  basis.npz              mean (V,3), components (C,V,3), std (C,), wpdc_weights (C,) mm,
                          flip_perm (V,) (left-right vertex permutation of the training meshes), or
                          flip_problem (a string) when they are not left-right symmetric
-  coeffs_{split}.npy     (N, K) float32 normalised coefficients, rows = the split's list
+  coeffs_{split}.npy     (N, C) float32 normalised coefficients, rows = the split's list
   verts_{split}.npy      (N, V, 3) float32 ground-truth meshes (metres), a label cache for train
   poses_{split}.npy      (N, 4, 4) float64 ground-truth R_t
   neutral.csv            the neutral frame chosen per training subject
@@ -94,7 +94,7 @@ def cache_labels(root: str, table: pd.DataFrame, n_verts: int, bad: BadInputs,
 
 def project_cache(basis: PCABasis, verts: RowReader, labelled: np.ndarray,
                   coeffs_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Write the coefficients (N, K) float32 of a verts cache to coeffs_path, block by block ->
+    """Write the coefficients (N, C) float32 of a verts cache to coeffs_path, block by block ->
     the labelled rows' reconstruction errors (M,) mm and their mean mesh (V, 3) float64 metres."""
     errors, total = [], np.zeros(verts.shape[1:])
     with RowWriter(coeffs_path, (len(verts), basis.n_components), np.float32) as out:

@@ -71,7 +71,7 @@ class PredictError(ValueError):
 @dataclass(frozen=True)
 class Pipeline:
     """Everything predict runs: detector, network, flip permutation (V,), data resources,
-    crop reference landmarks (K, 2) crop px, params sections crop / coarse_predict, infer settings."""
+    crop reference landmarks (L, 2) crop px, params sections crop / coarse_predict, infer settings."""
 
     detector: Detector
     model: FaceNet
@@ -156,7 +156,7 @@ def load_pipeline(params: dict, artifacts: Path = ARTIFACTS, **gate: float) -> P
 
 
 def check_faces(pipeline: Pipeline, trace: np.ndarray, images: list[np.ndarray], paths: list[Path]) -> Confidence:
-    """Confidence of a batch's detections (trace (P, B, K, 2)); stops at the first image without a face."""
+    """Confidence of a batch's detections (trace (P, B, L, 2)); stops at the first image without a face."""
     conf = confidence(trace, np.array([[a.shape[1], a.shape[0]] for a in images]))
     for index, path in enumerate(paths):
         reason = no_face_reason(conf, index, pipeline.min_inside, pipeline.max_shift)
@@ -167,7 +167,7 @@ def check_faces(pipeline: Pipeline, trace: np.ndarray, images: list[np.ndarray],
 
 def crop_and_predict(pipeline: Pipeline, images: list[np.ndarray], coarse: np.ndarray, camera: Camera,
                      pool: ThreadPoolExecutor) -> dict[str, np.ndarray]:
-    """Images of one camera and their coarse landmarks (B, K, 2) full px -> the crop stage's crops,
+    """Images of one camera and their coarse landmarks (B, L, 2) full px -> the crop stage's crops,
     then infer's predictions: verts (B, V, 3), R_t (B, 4, 4), landmarks (B, V, 2), sigma (B, V)."""
     model_points = pipeline.resources.template[pipeline.resources.kpt_ind]
     warps = crop_warps(coarse, pipeline.reference, pipeline.crop.rotation, camera, model_points)

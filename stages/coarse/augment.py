@@ -28,7 +28,7 @@ class Jitter:
     rotate: float
 
 
-def colour_transforms() -> list[A.BasicTransform]:
+def color_transforms() -> list[A.BasicTransform]:
     """Photometric augmentation shared by both passes."""
     return [
         A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.03, p=0.8),
@@ -61,8 +61,8 @@ class Photometric:
     """Colour augmentation of an input (S, S, 3) uint8, reseeded per call (worker-independent)."""
 
     def __init__(self):
-        self.colour = A.Compose(colour_transforms())
+        self.color = A.Compose(color_transforms())
 
     def __call__(self, image: np.ndarray, seed: int) -> np.ndarray:
-        self.colour.set_random_seed(seed)
-        return self.colour(image=image)["image"]
+        self.color.set_random_seed(seed)
+        return self.color(image=image)["image"]

@@ -33,7 +33,7 @@ class Confidence:
 
 
 def confidence(trace: np.ndarray, sizes: np.ndarray) -> Confidence:
-    """Landmarks of every pass (P, B, K, 2) full px and image sizes (B, 2) as (width, height)
+    """Landmarks of every pass (P, B, L, 2) full px and image sizes (B, 2) as (width, height)
     px -> their Confidence (shift 0 with a single pass: no refine pass to compare)."""
     last = np.asarray(trace[-1], dtype=np.float64)
     sizes = np.asarray(sizes, dtype=np.float64)[:, None, :]

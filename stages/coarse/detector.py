@@ -36,7 +36,7 @@ def save_detector(path: Path | str, nets: dict[str, LandmarkNet], config: dict[s
 
 
 class Detector:
-    """Full images (H, W, 3) uint8 -> 68 landmarks (K, 2) full-image px."""
+    """Full images (H, W, 3) uint8 -> 68 landmarks (L, 2) full-image px."""
 
     def __init__(self, path: Path | str, device: torch.device, workers: int = 1, amp: bool = False):
         """amp: mixed-precision inference where the device has it (stages.common.precision)."""
@@ -54,7 +54,7 @@ class Detector:
         self.pool = ThreadPoolExecutor(max(workers, 1))
 
     def _run(self, name: str, images: list[np.ndarray], warps: np.ndarray, flip: bool, bgr: bool = False) -> np.ndarray:
-        """Warp each image into the pass's input, predict -> landmarks (B, K, 2) full px."""
+        """Warp each image into the pass's input, predict -> landmarks (B, L, 2) full px."""
         size = self.config[f"{name}_size"]
         crops = np.stack(list(self.pool.map(lambda a: warp_image(a[0], a[1], size), zip(images, warps))))
         if bgr:     # the same pixels as warping the RGB image: resampling treats channels alike
@@ -73,12 +73,12 @@ class Detector:
 
     def __call__(self, images: list[np.ndarray], refine_passes: int = 1, flip_test: bool = False,
                  bgr: bool = False) -> np.ndarray:
-        """A batch of full images -> landmarks (B, K, 2) full-image px."""
+        """A batch of full images -> landmarks (B, L, 2) full-image px."""
         return self.trace(images, refine_passes, flip_test, bgr)[-1]
 
     def trace(self, images: list[np.ndarray], refine_passes: int = 1, flip_test: bool = False,
               bgr: bool = False) -> np.ndarray:
-        """A batch of full images -> the landmarks of every pass (1 + refine_passes, B, K, 2)
+        """A batch of full images -> the landmarks of every pass (1 + refine_passes, B, L, 2)
         full-image px: locate first, the last refine pass last (see stages.coarse.confidence).
         flip_test needs a flip order. bgr: the images are in OpenCV's BGR order
         (read_image(rgb=False)): only the small crops are converted, not the full images."""

@@ -51,7 +51,7 @@ def _pyramid_taps(blocks: list[nn.Module], probe: int = 64) -> tuple[list[int], 
 
 
 class LandmarkNet(nn.Module):
-    """Image (B, 3, S, S) float in [0, 1] -> landmarks (B, K, 2) in input px (continuous)."""
+    """Image (B, 3, S, S) float in [0, 1] -> landmarks (B, L, 2) in input px (continuous)."""
 
     def __init__(self, backbone: str, n_points: int, pretrained: bool = False, width: int = 64):
         super().__init__()
@@ -96,7 +96,7 @@ class LandmarkNet(nn.Module):
 
 
 def soft_argmax(logits: torch.Tensor, stride: float) -> torch.Tensor:
-    """Heatmap logits (B, K, h, w) -> expected positions (B, K, 2) in input px, where cell
+    """Heatmap logits (B, L, h, w) -> expected positions (B, L, 2) in input px, where cell
     (i, j) has its centre at ((j + 0.5) stride, (i + 0.5) stride)."""
     batch, points, height, width = logits.shape
     prob = logits.flatten(2).softmax(-1).view(batch, points, height, width)

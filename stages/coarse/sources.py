@@ -1,7 +1,7 @@
 """The detector's views, streamed: each image is decoded when a batch needs it, never kept.
 
 `list_samples` keeps what the set needs in memory: the listed paths (one bytes array), sample
-keys and GT landmarks (N, K, 2), after a cheap up-front check that every file exists and is not
+keys and GT landmarks (N, L, 2), after a cheap up-front check that every file exists and is not
 empty (no decode). `ViewSet` is the torch Dataset the DataLoader workers read: item (epoch, i)
 decodes image i, warps it once per pass to that pass's input (the view warp composed with the
 random augmentation warp when training, so the full image is resampled once per view and never
@@ -44,7 +44,7 @@ def source_size(size: int) -> int:
 
 @dataclass
 class Samples:
-    """One split's listed images: paths (N,) bytes, keys (N,) bytes, landmarks (N, K, 2) full px,
+    """One split's listed images: paths (N,) bytes, keys (N,) bytes, landmarks (N, L, 2) full px,
     and the data set's image size (width, height) px, which every decoded image must have."""
 
     paths: np.ndarray
@@ -94,10 +94,10 @@ class ViewSet(Dataset):
     """Items (epoch, i) -> both passes' inputs of image i, their landmark targets and scales.
 
     Returns {'index', 'error' ('' when decoded), 'locate'/'refine': {'image' (S, S, 3) uint8,
-    'points' (K, 2) float32 input px, 'scale' view px per full-image px}}.
+    'points' (L, 2) float32 input px, 'scale' view px per full-image px}}.
     jitters: {'locate': Jitter, 'refine': Jitter} to augment (training), None for the plain views
     (validation: locate on the whole image, refine centred on the GT landmarks).
-    flip_order: (K,) landmark mirror order (used only when flipping; None: flip_prob must be 0); max_reduce: the largest
+    flip_order: (L,) landmark mirror order (used only when flipping; None: flip_prob must be 0); max_reduce: the largest
     decode reduction allowed (1: always decode at full size).
     """
 
@@ -139,7 +139,7 @@ class ViewSet(Dataset):
         path = self.samples.paths[index].decode()
         landmarks = self.samples.landmarks[index]
         rng = np.random.default_rng([self.seed, epoch, index])
-        colour_seeds = rng.integers(0, 2**31, len(PASSES))
+        color_seeds = rng.integers(0, 2**31, len(PASSES))
         stretch = max((j.scale for j in self.jitters.values()), default=1.0) if self.jitters else 1.0
         # densest view, bounded before decoding: the image is at least as wide as the landmarks' box
         side = max(float(np.ptp(landmarks, axis=0).max()), 1e-6)
@@ -161,6 +161,6 @@ class ViewSet(Dataset):
                 on_reduced = warp * np.array([reduce, reduce, 1.0])
                 pixels = warp_image(image, on_reduced, size)
                 if self.jitters:
-                    pixels = self.photometric(pixels, int(colour_seeds[k]))
+                    pixels = self.photometric(pixels, int(color_seeds[k]))
             out[name] = {"image": pixels, "points": points.astype(np.float32), "scale": scale}
         return out

@@ -16,13 +16,13 @@ log = logging.getLogger("coarse")
 
 
 def project_landmarks(resources: Resources, verts: np.ndarray, R_t: np.ndarray) -> np.ndarray:
-    """Canonical meshes (N, V, 3) and poses (N, 4, 4) -> landmarks (N, K, 2) full-image px."""
+    """Canonical meshes (N, V, 3) and poses (N, 4, 4) -> landmarks (N, L, 2) full-image px."""
     return resources.camera.project(np.asarray(verts)[:, resources.kpt_ind], R_t)
 
 
 def load_targets(root: Path | str, table: pd.DataFrame, resources: Resources,
                  bad: BadInputs) -> tuple[np.ndarray, np.ndarray]:
-    """GT landmarks of the listed samples from their info files -> (landmarks (N', K, 2)
+    """GT landmarks of the listed samples from their info files -> (landmarks (N', L, 2)
     full-image px, kept row indices (N',)). A bad info file stops with its name, or with
     data.skip_bad is recorded in `bad` and left out."""
     verts = np.empty((len(table), resources.n_verts, 3), dtype=np.float32)
@@ -37,7 +37,7 @@ def load_targets(root: Path | str, table: pd.DataFrame, resources: Resources,
 
 
 def landmark_flip_order(resources: Resources) -> np.ndarray | None:
-    """(K,) mirror order of the landmarks: in a mirrored image, landmark k is the mirror of
+    """(L,) mirror order of the landmarks: in a mirrored image, landmark k is the mirror of
     landmark order[k] of the original; None when no order is known (flips must stay off).
 
     From the template's vertex flip permutation when the landmarks are closed under it; else,

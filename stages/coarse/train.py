@@ -16,8 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -32,8 +31,8 @@ from stages.coarse.model import LandmarkNet
 from stages.coarse.sources import PASSES, Samples, ViewSet
 from stages.common.badinput import BadInputs
 from stages.common.distributed import Dist, start_distributed
-from stages.common.io import UnsafeCheckpointError, load_torch, save_torch
 from stages.common.precision import amp_dtype, autocast, needs_grad_scaler, place_network
+from stages.common.resume import Checkpoints, capture, restore
 from stages.wcpa.layout import DataError
 
 log = logging.getLogger(__name__)
@@ -156,7 +155,7 @@ def take(batch: dict, samples: Samples, bad: BadInputs | None) -> dict | None:
             **{name: {k: v[keep] for k, v in batch[name].items()} for name in PASSES}}
 
 
-def step(nets: dict[str, LandmarkNet], batch: dict, sizes: dict[str, int], optimiser, schedule, scaler) -> float:
+def step(nets: dict[str, LandmarkNet], batch: dict, sizes: dict[str, int], optimizer, schedule, scaler) -> float:
     """One training step of both nets on a loaded batch -> its loss."""
     dev = next(nets["refine"].parameters()).device
     loss = 0.0
@@ -165,9 +164,9 @@ def step(nets: dict[str, LandmarkNet], batch: dict, sizes: dict[str, int], optim
             pred = nets[name](to_tensor(batch[name]["image"], dev))
         target = batch[name]["points"].to(dev, torch.float32)
         loss = loss + (pred.float() - target).abs().mean() / sizes[name]
-    optimiser.zero_grad(set_to_none=True)
+    optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
-    scaler.step(optimiser)
+    scaler.step(optimizer)
     scaler.update()
     schedule.step()
     return float(loss.detach())
@@ -176,7 +175,7 @@ def step(nets: dict[str, LandmarkNet], batch: dict, sizes: dict[str, int], optim
 @torch.no_grad()
 def view_errors(nets: dict[str, LandmarkNet], stream: Stream, batch_size: int,
                 bad: BadInputs | None = None) -> dict[str, np.ndarray]:
-    """{pass: per-point errors (N, K) in full-image px of its net on the plain views of `stream`}."""
+    """{pass: per-point errors (N, L) in full-image px of its net on the plain views of `stream`}."""
     for net in nets.values():
         net.eval()
     dev = next(nets["refine"].parameters()).device
@@ -196,39 +195,13 @@ def view_errors(nets: dict[str, LandmarkNet], stream: Stream, batch_size: int,
     return {name: np.concatenate(e) for name, e in errors.items()}
 
 
-class Checkpoint:
-    """The resumable state at `path`: nets, optimiser, schedule, scaler, epoch, metric history."""
-
-    def __init__(self, path: Path, fingerprint: str):
-        self.path = Path(path)
-        self.fingerprint = fingerprint
-
-    def load(self) -> dict[str, Any] | None:
-        """The saved state when it exists, holds tensors and plain data only and carries this
-        run's fingerprint (checked before anything else is read); else None."""
-        if not self.path.exists():
-            return None
-        try:
-            state = load_torch(self.path)
-        except UnsafeCheckpointError as err:
-            log.warning("%s: ignored, starting afresh", err)
-            return None
-        if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
-            log.info("%s: made with other params or data, starting afresh", self.path)
-            return None
-        return state
-
-    def save(self, state: dict[str, Any]) -> None:
-        save_torch({**state, "fingerprint": self.fingerprint}, self.path)
-
-
 def train(cfg: TrainConfig, train_samples: Samples, val_samples: Samples, flip_order: np.ndarray | None,
-          checkpoint: Checkpoint, live, workers: int = 0, bad: BadInputs | None = None,
+          checkpoints: Checkpoints, live, workers: int = 0, bad: BadInputs | None = None,
           ctx: Dist | None = None) -> dict[str, LandmarkNet]:
-    """Train both passes for cfg.epochs, resuming from `checkpoint` when it matches.
+    """Train both passes for cfg.epochs, resuming from `checkpoints` (stages.common.resume) when they match.
 
     train_samples / val_samples: the splits' images and GT landmarks (stages/coarse/sources.py),
-    streamed through `workers` loader processes (per process). flip_order: (K,) landmark mirror
+    streamed through `workers` loader processes (per process). flip_order: (L,) landmark mirror
     order, passed through to the augmentation (None when cfg.flip_prob is 0). bad: where
     undecodable images go with data.skip_bad (None: they stop); its records, those of every
     process, are kept in the checkpoint. live: a dvclive.Live (or None). ctx: this process's
@@ -244,11 +217,11 @@ def train(cfg: TrainConfig, train_samples: Samples, val_samples: Samples, flip_o
     for net in nets.values():
         place_network(net, ctx.device)
     params = [p for net in nets.values() for p in net.parameters()]
-    optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * max(len(train_samples) // cfg.batch_size, 1)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, cfg.lr, total_steps=steps, pct_start=0.15)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=steps, pct_start=0.15)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=needs_grad_scaler(training_amp(ctx.device)))
-    first_epoch = _resume(checkpoint, nets, optimiser, schedule, scaler, bad)
+    first_epoch = _resume(checkpoints, cfg.epochs, nets, (optimizer, scaler, schedule), bad)
     sizes = {"locate": cfg.locate_size, "refine": cfg.refine_size}
     jitters = {"locate": cfg.locate_jitter, "refine": cfg.refine_jitter}
     train_stream = Stream(ViewSet(train_samples, sizes, cfg.refine_margin, cfg.seed, jitters, flip_order,
@@ -257,15 +230,14 @@ def train(cfg: TrainConfig, train_samples: Samples, val_samples: Samples, flip_o
     replicas = data_parallel(nets, ctx)
     for epoch in range(first_epoch, cfg.epochs):
         started = time.perf_counter()
-        loss = _epoch(replicas, train_stream, sizes, cfg, optimiser, schedule, scaler, epoch, bad=bad, ctx=ctx)
+        loss = _epoch(replicas, train_stream, sizes, cfg, optimizer, schedule, scaler, epoch, bad=bad, ctx=ctx)
         loss = mean_over_ranks(loss, ctx)
         share_epoch(nets, bad, ctx)
         if ctx.main:
             metrics = {"train/loss": loss, "lr": schedule.get_last_lr()[0],
                        "epoch_seconds": time.perf_counter() - started}
-            _validate_and_save(nets, val_stream, cfg, epoch, metrics, live, bad, checkpoint,
-                               {"optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
-                                "scaler": scaler.state_dict()})
+            _validate_and_save(nets, val_stream, cfg, epoch, metrics, live, bad, checkpoints,
+                               capture(epoch, nets, optimizer, scaler, schedule))
         if ctx.world > 1:
             dist.barrier()
     for net in nets.values():
@@ -318,9 +290,9 @@ def merge_bad(bad: BadInputs, records: list[dict[str, str]]) -> None:
 
 
 def _validate_and_save(nets, val_stream: Stream, cfg: TrainConfig, epoch: int, metrics: dict, live,
-                       bad: BadInputs | None, checkpoint: Checkpoint, optimisation: dict) -> None:
+                       bad: BadInputs | None, checkpoints: Checkpoints, state: dict) -> None:
     """Rank 0 after an epoch: val errors into `metrics`, the log, a dvclive step and the checkpoint
-    (optimisation: the optimiser's, schedule's and scaler's states)."""
+    (state: stages.common.resume.capture's, to which the metrics and skipped inputs are added)."""
     errors = view_errors(nets, val_stream, 2 * cfg.batch_size, bad)
     for name in PASSES:
         metrics[f"val/{name}_median_px"] = float(np.median(errors[name]))
@@ -330,28 +302,21 @@ def _validate_and_save(nets, val_stream: Stream, cfg: TrainConfig, epoch: int, m
         for key, value in metrics.items():
             live.log_metric(key, value)
         live.next_step()
-    checkpoint.save({"epoch": epoch + 1, "nets": {k: n.state_dict() for k, n in nets.items()}, **optimisation,
-                     "metrics": metrics, "bad": list(bad.records) if bad is not None else []})
+    checkpoints.save({**state, "metrics": metrics, "bad": list(bad.records) if bad is not None else []})
 
 
-def _resume(checkpoint: Checkpoint, nets, optimiser, schedule, scaler, bad: BadInputs | None = None) -> int:
-    """Load the checkpoint's state into the objects (and the images found undecodable before it
-    into `bad`) -> the epoch to start from."""
-    state = checkpoint.load()
+def _resume(checkpoints: Checkpoints, epochs: int, nets, optimization: tuple, bad: BadInputs | None = None) -> int:
+    """Load the latest matching state into the nets and optimization (optimizer, scaler, schedule),
+    and the images found undecodable before it into `bad` -> the 0-based epoch to start from."""
+    state = checkpoints.latest(epochs)
     if state is None:
         return 0
-    for name, net in nets.items():
-        net.load_state_dict(state["nets"][name])
-    optimiser.load_state_dict(state["optimiser"])
-    schedule.load_state_dict(state["schedule"])
-    scaler.load_state_dict(state["scaler"])
     if bad is not None:
-        merge_bad(bad, state.get("bad", []))
-    log.info("resuming after epoch %d from %s", state["epoch"], checkpoint.path)
-    return int(state["epoch"])
+        merge_bad(bad, state["bad"])
+    return restore(state, nets, *optimization)
 
 
-def _epoch(nets, stream: Stream, sizes, cfg: TrainConfig, optimiser, schedule, scaler, epoch: int,
+def _epoch(nets, stream: Stream, sizes, cfg: TrainConfig, optimizer, schedule, scaler, epoch: int,
            bad: BadInputs | None, ctx: Dist) -> float:
     """One pass over this process's share of the training set -> its mean loss."""
     for net in nets.values():
@@ -367,6 +332,6 @@ def _epoch(nets, stream: Stream, sizes, cfg: TrainConfig, optimiser, schedule, s
         if batch is None:
             schedule.step()
             continue
-        total += step(nets, batch, sizes, optimiser, schedule, scaler)
+        total += step(nets, batch, sizes, optimizer, schedule, scaler)
         count += 1
     return total / max(count, 1)

@@ -18,14 +18,14 @@ def locate_warp(width: int, height: int, size: int) -> np.ndarray:
 
 
 def landmark_box(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Landmarks (..., K, 2) -> bounding box centre (..., 2) and longer side (...,) in px."""
+    """Landmarks (..., L, 2) -> bounding box centre (..., 2) and longer side (...,) in px."""
     landmarks = np.asarray(landmarks, dtype=np.float64)
     low, high = landmarks.min(-2), landmarks.max(-2)
     return (low + high) / 2, (high - low).max(-1)
 
 
 def refine_warp(landmarks: np.ndarray, size: int, margin: float) -> np.ndarray:
-    """Landmarks (..., K, 2) full px -> warps (..., 2, 3) full image -> refine input."""
+    """Landmarks (..., L, 2) full px -> warps (..., 2, 3) full image -> refine input."""
     centre, side = landmark_box(landmarks)
     side = np.maximum(side, 1e-6)
     return similarity(np.zeros(side.shape), size / (margin * side), centre,

@@ -50,7 +50,7 @@ DEVICE = Choice("auto", "cpu", "cuda")
 SCHEDULE = Choice("constant", "cosine")
 
 
-OPTIMISATION = {                  # the keys train and finetune share: the optimisation and its data
+OPTIMIZATION = {                  # the keys train and finetune share: the optimisation and its data
     "batch_size": COUNT,
     "lr": POSITIVE,           # Adam learning rate
     "schedule": SCHEDULE,     # constant | cosine (per step, to lr * min_lr_ratio)
@@ -82,10 +82,11 @@ SCHEMA = {
         "max_bad_fraction": FRACTION,  # with skip_bad, fail when more than this fraction is bad
     },
     "lambda": {
-        "gnll": WEIGHT,
+        "landmarks": WEIGHT,      # landmark term: GNLL (eq. 1) or MSE (train.landmark_loss)
         "vdc": WEIGHT,
         "wpdc": WEIGHT,
-        "pnp": WEIGHT,
+        "pnp": WEIGHT,            # eq. 5 (finetune only)
+        "mc": WEIGHT,             # EPro-PnP's Monte Carlo NLL (finetune only; nats, trains sigma with the pose)
         "rot": WEIGHT,            # direct 6DoF head (train.pose_head): geodesic rotation error, per degree
         "trans": WEIGHT,          # direct 6DoF head: squared translation error, per mm^2
     },
@@ -173,12 +174,11 @@ SCHEMA = {
         "gnll_beta": FRACTION,    # beta-NLL gradient weight sigma^(2 beta) of eq. 1 (its value unchanged)
         "sigma_backbone": bool,   # sigma's gradient reaches the backbone (true) or trains its FC alone
         "epochs": COUNT,
-        **OPTIMISATION,
+        **OPTIMIZATION,
     },
     "finetune": {                 # stage finetune (EPro-PnP, eq. 4-6); reads lambda.* too
         "epochs": NON_NEGATIVE,   # 0: the start model, unchanged
-        **OPTIMISATION,
-        "mc_weight": WEIGHT,      # weight of EPro-PnP's Monte Carlo NLL (nats; trains sigma with the pose)
+        **OPTIMIZATION,
         "mc_samples": COUNT,      # Monte Carlo poses per sample (AMIS)
         "amis_iters": COUNT,      # AMIS proposals the samples are split over
         "lm_iters": COUNT,        # most Levenberg-Marquardt iterations of the PnP solve

@@ -22,7 +22,7 @@ ROTATIONS = ("eye_line", "pose")
 
 
 def reference_shape(template: np.ndarray, kpt_ind: np.ndarray, size: int, margin: float) -> np.ndarray:
-    """Template (V, 3) metres -> reference landmarks (K, 2) in crop px."""
+    """Template (V, 3) metres -> reference landmarks (L, 2) in crop px."""
     front = np.asarray(template, dtype=np.float64)[:, :2] * [1.0, -1.0]
     low, high = front.min(0), front.max(0)
     scale = size / (margin * (high - low).max())
@@ -30,8 +30,8 @@ def reference_shape(template: np.ndarray, kpt_ind: np.ndarray, size: int, margin
 
 
 def pnp_roll(camera: Camera, model_points: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
-    """Euler roll (N,) in radians of the pose that best projects model_points (K, 3) metres onto
-    each image's landmarks (N, K, 2) px (OpenCV iterative PnP from an EPnP start). The PnP runs
+    """Euler roll (N,) in radians of the pose that best projects model_points (L, 3) metres onto
+    each image's landmarks (N, L, 2) px (OpenCV iterative PnP from an EPnP start). The PnP runs
     per image; the conversion to Euler angles once for all (the same numbers, 40x less time)."""
     model = np.ascontiguousarray(model_points, dtype=np.float64)
     landmarks = np.asarray(landmarks, dtype=np.float64)
@@ -50,7 +50,7 @@ def pnp_roll(camera: Camera, model_points: np.ndarray, landmarks: np.ndarray) ->
 
 def crop_warps(landmarks: np.ndarray, reference: np.ndarray, rotation: str,
                camera: Camera | None = None, model_points: np.ndarray | None = None) -> np.ndarray:
-    """Landmarks (N, K, 2) full px -> crop warps (N, 2, 3) full px -> crop px.
+    """Landmarks (N, L, 2) full px -> crop warps (N, 2, 3) full px -> crop px.
 
     rotation: 'eye_line' or 'pose' (which needs the camera and the model's landmark vertices).
     Raises ValueError for degenerate landmarks.
@@ -96,7 +96,7 @@ MIN_INSIDE = 0.5     # fraction of the landmarks inside the image that a crop ne
 
 def landmark_checks(landmarks: np.ndarray, width: int, height: int,
                     min_spread: float = 1.0) -> dict[str, np.ndarray]:
-    """The tests landmarks (..., K, 2) px must pass for a crop, each (...,) bool: 'finite', 'inside'
+    """The tests landmarks (..., L, 2) px must pass for a crop, each (...,) bool: 'finite', 'inside'
     (at least MIN_INSIDE of the points in the width x height image) and 'spread' (not all points equal)."""
     landmarks = np.asarray(landmarks, dtype=np.float64)
     with np.errstate(invalid="ignore"):
@@ -108,7 +108,7 @@ def landmark_checks(landmarks: np.ndarray, width: int, height: int,
 
 
 def landmark_problem(landmarks: np.ndarray, width: int, height: int, min_spread: float = 1.0) -> str:
-    """What makes landmarks (K, 2) px unusable for a crop ('' when nothing): non-finite values,
+    """What makes landmarks (L, 2) px unusable for a crop ('' when nothing): non-finite values,
     most points outside the width x height image, or all points (nearly) equal (landmark_checks)."""
     checks = landmark_checks(landmarks, width, height, min_spread)
     if not checks["finite"]:

@@ -47,7 +47,7 @@ def flip_mesh(verts: np.ndarray, perm: np.ndarray) -> np.ndarray:
 
 
 def kpt_flip_permutation(kpt_ind: np.ndarray, perm: np.ndarray) -> np.ndarray:
-    """Mirror order of the landmark subset: mirror(kpt k) is kpt kpt_perm[k]. (K,) int64."""
+    """Mirror order of the landmark subset: mirror(kpt k) is kpt kpt_perm[k]. (L,) int64."""
     where = {int(v): k for k, v in enumerate(kpt_ind)}
     try:
         return np.array([where[int(perm[v])] for v in kpt_ind], dtype=np.int64)

@@ -35,7 +35,7 @@ ARKIT_BLENDSHAPES = ARKIT_NAMES      # the 51 blendshape meshes of the PCA (pape
 
 @dataclass(frozen=True)
 class PCABasis:
-    """mean (V, 3) metres; components (K, V, 3) orthonormal as 3V vectors; std (K,) metres."""
+    """mean (V, 3) metres; components (C, V, 3) orthonormal as 3V vectors; std (C,) metres."""
 
     mean: np.ndarray
     components: np.ndarray
@@ -50,7 +50,7 @@ class PCABasis:
         return len(self.mean)
 
     def project(self, verts: np.ndarray) -> np.ndarray:
-        """Least-squares normalised coefficients of meshes (..., V, 3) -> (..., K) float32."""
+        """Least-squares normalised coefficients of meshes (..., V, 3) -> (..., C) float32."""
         verts = np.asarray(verts, dtype=np.float64)
         flat = (verts - self.mean).reshape(verts.shape[:-2] + (-1,))
         coeffs = flat @ self.components.reshape(self.n_components, -1).T / self.std
@@ -58,7 +58,7 @@ class PCABasis:
 
     def off_span_mm2(self, verts: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
         """Mean squared distance (mm^2) of the vertices of meshes (..., V, 3) from their
-        projection on the basis, given their `project` coefficients (..., K): by Pythagoras
+        projection on the basis, given their `project` coefficients (..., C): by Pythagoras
         (orthonormal components) |v - mean|^2 - |a * std|^2 per vertex, in float64, clipped at 0."""
         centred = np.asarray(verts, dtype=np.float64) - self.mean
         total = (centred ** 2).sum(axis=(-2, -1))
@@ -66,13 +66,13 @@ class PCABasis:
         return np.maximum(total - in_span, 0.0) * 1e6 / self.n_verts
 
     def reconstruct(self, coeffs: np.ndarray) -> np.ndarray:
-        """Normalised coefficients (..., K) -> meshes (..., V, 3) float32 metres."""
+        """Normalised coefficients (..., C) -> meshes (..., V, 3) float32 metres."""
         coeffs = np.asarray(coeffs, dtype=np.float64) * self.std
         flat = coeffs @ self.components.reshape(self.n_components, -1)
         return (self.mean + flat.reshape(coeffs.shape[:-1] + self.mean.shape)).astype(np.float32)
 
     def wpdc_weights(self) -> np.ndarray:
-        """(K,) mm: RMS vertex displacement caused by a unit change of each normalised coefficient."""
+        """(C,) mm: RMS vertex displacement caused by a unit change of each normalised coefficient."""
         return (1000.0 * self.std / np.sqrt(self.n_verts)).astype(np.float32)
 
     def save(self, path: Path | str, **extra: np.ndarray) -> None:

@@ -32,7 +32,7 @@ def similarity(angle: np.ndarray, scale: np.ndarray, src_centre: np.ndarray,
 
 
 def apply_warp(warps: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Map points (..., K, 2) through warps (..., 2, 3) -> (..., K, 2)."""
+    """Map points (..., L, 2) through warps (..., 2, 3) -> (..., L, 2)."""
     warps = np.asarray(warps, dtype=np.float64)
     points = np.asarray(points, dtype=np.float64)
     return points @ np.swapaxes(warps[..., :2], -1, -2) + warps[..., None, :, 2]
@@ -100,7 +100,7 @@ def eye_line_angle(landmarks: np.ndarray) -> np.ndarray:
 
 def fit_similarity(landmarks: np.ndarray, reference: np.ndarray, angle: np.ndarray) -> np.ndarray:
     """Similarity warps (..., 2, 3) with a fixed rotation `angle` (...,) (radians, as in
-    `similarity`) whose scale and shift best map landmarks (..., K, 2) onto reference (K, 2) in
+    `similarity`) whose scale and shift best map landmarks (..., L, 2) onto reference (L, 2) in
     the least-squares sense. Raises ValueError for degenerate (coincident) landmarks."""
     landmarks = np.asarray(landmarks, dtype=np.float64)
     reference = np.asarray(reference, dtype=np.float64)
@@ -119,7 +119,7 @@ def fit_similarity(landmarks: np.ndarray, reference: np.ndarray, angle: np.ndarr
 def frontal_warp(landmarks: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Similarity warps (..., 2, 3) full image -> crop with the eye line horizontal.
 
-    landmarks: (..., K, 2) full-image px (iBUG order); reference: (K, 2) the frontal reference
+    landmarks: (..., L, 2) full-image px (iBUG order); reference: (L, 2) the frontal reference
     shape in crop px (already scaled and placed with the margin). The rotation undoes the
     eye-line angle; scale and shift are the least-squares fit to the reference.
     """

@@ -6,7 +6,7 @@ a similarity with scale s_inv = sqrt|det A| full px per crop px; sigma is isotro
 sigma_full = sigma_crop * s_inv and the PnP weights are w2d = 1 / sigma_full (1 / px).
 
 Terms (per sample; the batch value is the mean over the samples the layer accepts):
-  pose: eq. 5, mean_v |P_pred X_gt - P_gt X_gt| + mean_v |P_pred X_pred - P_gt X_gt|, in mm
+  pnp:  eq. 5, mean_v |P_pred X_gt - P_gt X_gt| + mean_v |P_pred X_pred - P_gt X_gt|, in mm
         (the score's unit). The paper gives no unit for lambda.pnp = 2. Measured on the demo
         (5 epochs from the train model, cosine from 5e-5, val): in mm, lambda.pnp = 2 took the
         score from 81.37 to 79.99 and ADD from 21.69 to 21.06 mm, against 80.37 and 21.24 for
@@ -80,7 +80,7 @@ def pnp_terms(out: dict, batch: dict, settings: PnPSettings,
 
     out: network outputs mu (B, V, 2) crop px, sigma (B, V) crop px, verts (B, V, 3) metres.
     batch: verts (B, V, 3) metres (ground truth), R_gt (B, 3, 3), t_gt (B, 3) metres (OpenCV
-    pose), K (B, 3, 3), inv_warps (B, 2, 3). Returns pose (mm) and mc (nats), scalars with
+    pose), K (B, 3, 3), inv_warps (B, 2, 3). Returns pnp (eq. 5, mm) and mc (nats), scalars with
     gradients, and the diagnostics valid (B,) bool and ess (B,) (detached).
     """
     dtype = settings.dtype
@@ -96,7 +96,7 @@ def pnp_terms(out: dict, batch: dict, settings: PnPSettings,
                      n_iters=settings.amis_iters, generator=generator, max_iters=settings.lm_iters)
     valid = layer.mask & finite
     pose = pose_loss(layer.R, layer.t, R_gt, t_gt, batch["verts"].to(dtype), verts)
-    return {"pose": MM_PER_M * masked_mean(pose, valid).float(), "mc": masked_mean(layer.loss, valid).float(),
+    return {"pnp": MM_PER_M * masked_mean(pose, valid).float(), "mc": masked_mean(layer.loss, valid).float(),
             "valid": valid.detach(), "ess": layer.ess.detach()}
 
 

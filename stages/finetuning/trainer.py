@@ -23,8 +23,7 @@ from stages.common.identity import file_digest, identity_mismatches
 from stages.common.io import load_torch, save_json
 from stages.finetuning.batches import PoseBatches
 from stages.finetuning.pnp_loss import PnPSettings, pnp_terms
-from stages.nets.trainer import (Trainer, TrainPaths, fingerprint, log_epoch,
-                                 make_loader, open_live, reframe_limits, state_layout)
+from stages.nets.trainer import Trainer, TrainPaths, log_epoch, open_live, reframe_limits
 from stages.wcpa.camera import Camera
 
 log = logging.getLogger("finetune")
@@ -89,29 +88,38 @@ def pnp_settings(finetune: dict) -> PnPSettings:
 
 
 class FinetuneTrainer(Trainer):
-    """Trainer started from the train stage's model, with the PnP terms in the loss."""
+    """Trainer started from the train stage's model, with the PnP terms in the loss (the hooks
+    LOSS_WEIGHTS, make_dataset, step_terms, fingerprint_extra, trains_sigma, needs_verts)."""
+
+    LOSS_WEIGHTS = ("landmarks", "vdc", "wpdc", "pnp", "mc")
 
     def __init__(self, params: dict, paths: FinetunePaths, camera: Camera):
         start = load_start(paths.start)
         check_start_head(paths.start, start)
-        finetune = params["finetune"]
-        super().__init__({**params, "train": finetune_config(start["params"], finetune)}, paths.data, camera)
-        if self.model.config.to_dict() != start["config"] or list(self.basis.components.shape) != start["basis_shape"]:
-            raise ValueError(f"{paths.start}: network {start['config']} / basis {start['basis_shape']} do not match "
-                             f"this crop store and PCA basis (re-run `dvc repro train`)")
-        check_start_inputs(paths.start, start, self.inputs)
+        self.start_path, self.pnp = paths.start, pnp_settings(params["finetune"])
+        super().__init__({**params, "train": finetune_config(start["params"], params["finetune"])}, paths.data, camera)
+        self.check_start(start)
         self.model.load_state_dict(start["model"])
-        self.lambdas = {**{k: params["lambda"][k] for k in ("gnll", "vdc", "wpdc", "pnp")}, "mc": finetune["mc_weight"]}
-        self.pnp = pnp_settings(finetune)
-        data = self.train_data
-        self.dataset = PoseBatches(data.store, data.verts, data.poses, camera, self.basis, self.dataset.perm,
-                                   flip_prob=self.cfg.flip, color_jitter=self.cfg.color_jitter, seed=self.seed,
-                                   reframe=reframe_limits(self.cfg), coeffs=data.coeffs)
-        self.loader = make_loader(self.dataset, self.ctx, self.cfg, self.seed)
         self.generator = torch.Generator(device=self.ctx.device)
-        self.fp = fingerprint(self.cfg, self.lambdas, self.seed, {
-            "pnp": {k: str(v) for k, v in asdict(self.pnp).items()}, "start": file_digest(paths.start),
-            "inputs": self.inputs, "layout": state_layout(self.model)})
+
+    def check_start(self, start: dict) -> None:
+        """Stop unless the start model has this network, basis and inputs."""
+        if self.model.config.to_dict() != start["config"] or list(self.basis.components.shape) != start["basis_shape"]:
+            raise ValueError(f"{self.start_path}: network {start['config']} / basis {start['basis_shape']} do not "
+                             "match this crop store and PCA basis (re-run `dvc repro train`)")
+        check_start_inputs(self.start_path, start, self.inputs)
+
+    def make_dataset(self, flip_perm: np.ndarray | None) -> PoseBatches:
+        """Batches with the true pose, camera and warps the PnP terms need."""
+        data = self.train_data
+        return PoseBatches(data.store, data.verts, data.poses, self.camera, self.basis, flip_perm,
+                           flip_prob=self.cfg.flip, color_jitter=self.cfg.color_jitter, seed=self.seed,
+                           reframe=reframe_limits(self.cfg), coeffs=data.coeffs)
+
+    def fingerprint_extra(self) -> dict:
+        """Also the PnP settings and the start model's digest: a new train model restarts finetuning."""
+        return {**super().fingerprint_extra(), "pnp": {k: str(v) for k, v in asdict(self.pnp).items()},
+                "start": file_digest(self.start_path)}
 
     def trains_sigma(self) -> bool:
         """sigma weights the PnP residuals (eq. 5 and the MC loss): always trained here."""
@@ -126,7 +134,7 @@ class FinetuneTrainer(Trainer):
         terms = super().step_terms(out, batch, step)
         self.generator.manual_seed(self.seed * STEP_SEED_STRIDE + step * self.ctx.world + self.ctx.rank)
         pnp = pnp_terms(out, batch, self.pnp, self.generator)
-        return {**terms, "pnp": pnp["pose"], "mc": pnp["mc"],
+        return {**terms, "pnp": pnp["pnp"], "mc": pnp["mc"],
                 "pnp_valid": pnp["valid"].float().mean(), "pnp_ess": pnp["ess"].float().mean()}
 
 

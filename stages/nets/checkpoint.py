@@ -1,7 +1,7 @@
 """Loading a trained network (artifacts/{train,finetune}/model.pt) for inference, with checks.
 
 model.pt holds {"config": NetConfig as a dict, "model": state_dict (PCA basis buffers included),
-"params": the training params, "basis_shape": [K, V, 3], "inputs": the identity of what it was
+"params": the training params, "basis_shape": [C, V, 3], "inputs": the identity of what it was
 trained on (stages.nets.trainer.training_inputs: "crop_run", "pca/basis.npz", ...)}. It is read as
 tensors and plain data only. A checkpoint that does not fit the params or the data (another
 backbone depth, CoordConv setting, shape head, pose head, input size, vertex count, crop size or PCA size),

@@ -10,7 +10,7 @@ Augmentation: a random reframing of each crop (a small shift, scale and rotation
 `reframe_warps`: the network learns to find the face in a crop the coarse landmarks placed
 imperfectly, instead of trusting the framing), a horizontal flip consistent with the geometry (see
 `flip_targets`) and colour jitter, whose parameters are drawn here and applied to the whole batch on
-the training device (stages.nets.colour).
+the training device (stages.nets.color).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from stages.common.cropstore import RUN_FILE, read_run
 from stages.face.mesh import flip_mesh
 from stages.face.pca import PCABasis
 from stages.face.warp import apply_warp, compose, similarity, warp_image
-from stages.nets.colour import draw_jitter
+from stages.nets.color import draw_jitter
 from stages.nets.crop_pose import camera_to_crop, crop_scale, mirror_crop_pose
 from stages.wcpa.camera import Camera
 from stages.wcpa.layout import ID_COLUMNS, DataError
@@ -138,11 +138,11 @@ def reframe_warps(rng: np.random.Generator, count: int, size: int, limits: Refra
 class TrainBatches(Dataset):
     """Item = one batch (a list of positions among the store's usable rows) -> dict of tensors:
 
-    images (B, 3, S, S) uint8, uv (B, V, 2) crop px, verts (B, V, 3) metres, coeffs (B, K),
+    images (B, 3, S, S) uint8, uv (B, V, 2) crop px, verts (B, V, 3) metres, coeffs (B, C),
     off_span (B,) mm^2: each mesh's mean squared vertex distance from the basis' span,
     reframe (B, 2, 3) float64: the warp from the stored crop to the returned one (identity when
     the reframing is off), jitter (B, 8) float32: colour jitter parameters for
-    stages.nets.colour.jitter_images (the identity when off). Rows the crop stage skipped are left out.
+    stages.nets.color.jitter_images (the identity when off). Rows the crop stage skipped are left out.
     With pose_targets (the direct 6DoF head) also the pose in the returned crop's frame
     (stages.nets.crop_pose): R_crop (B, 3, 3), t_code (B, 3) and crop_scale (B,), float32.
     """
@@ -154,7 +154,7 @@ class TrainBatches(Dataset):
         self.store, self.verts, self.poses = store, verts, poses
         self.pose_targets = pose_targets
         self.camera, self.basis, self.perm = camera, basis, flip_perm
-        self.coeffs = coeffs            # (N, K) basis.project(verts) (the pca stage's cache), or None: per batch
+        self.coeffs = coeffs            # (N, C) basis.project(verts) (the pca stage's cache), or None: per batch
         self.flip_prob = flip_prob if augment else 0.0
         self.reframe = reframe if augment else Reframe()
         self.jitter = color_jitter if augment else 0.0

@@ -54,7 +54,7 @@ class LandmarkHead(nn.Module):
 
 
 class ShapeHead(nn.Module):
-    """features (B, F) -> verts (B, V, 3) metres and normalised PCA coefficients (B, K).
+    """features (B, F) -> verts (B, V, 3) metres and normalised PCA coefficients (B, C).
 
     mode 'pca': the FC gives the K coefficients in units of each component's std (well
     conditioned), the mesh is mean + (a * std) @ components. The FC starts at zero (the mean mesh). mode 'direct': the FC gives all
@@ -75,18 +75,18 @@ class ShapeHead(nn.Module):
         nn.init.zeros_(self.fc.bias)
 
     def set_basis(self, mean, components, std) -> None:
-        """Load a PCA basis: mean (V, 3), components (K, V, 3) orthonormal, std (K,), metres."""
+        """Load a PCA basis: mean (V, 3), components (C, V, 3) orthonormal, std (C,), metres."""
         with torch.no_grad():
             self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32).reshape(-1))
             self.components.copy_(torch.as_tensor(components, dtype=torch.float32).reshape(len(std), -1))
             self.std.copy_(torch.as_tensor(std, dtype=torch.float32))
 
     def to_verts(self, coeffs: torch.Tensor) -> torch.Tensor:
-        """Normalised coefficients (B, K) -> meshes (B, V, 3) metres."""
+        """Normalised coefficients (B, C) -> meshes (B, V, 3) metres."""
         return (self.mean + (coeffs * self.std) @ self.components).view(-1, self.n_verts, 3)
 
     def to_coeffs(self, verts: torch.Tensor) -> torch.Tensor:
-        """Meshes (B, V, 3) -> least-squares normalised coefficients (B, K)."""
+        """Meshes (B, V, 3) -> least-squares normalised coefficients (B, C)."""
         return ((verts.reshape(len(verts), -1) - self.mean) @ self.components.T) / self.std
 
     def forward(self, features: torch.Tensor, with_verts: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:

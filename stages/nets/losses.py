@@ -56,5 +56,5 @@ def vdc_from_coeffs(wpdc_value: torch.Tensor, off_span_mm2: torch.Tensor) -> tor
 
 
 def wpdc(coeffs: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Eq. 3: ||w * (a_pred - a_gt)||^2, coeffs (B, K) normalised, weights (K,) mm -> mm^2."""
+    """Eq. 3: ||w * (a_pred - a_gt)||^2, coeffs (B, C) normalised, weights (C,) mm -> mm^2."""
     return ((weights * (coeffs.float() - target.float())) ** 2).sum(-1).mean()

@@ -49,7 +49,7 @@ class InputResize(nn.Module):
 
 class FaceNet(nn.Module):
     """images (B, 3, S, S) RGB in [0, 255] (uint8 or float) -> dict of
-    mu (B, V, 2) crop px, sigma (B, V) crop px, verts (B, V, 3) metres, coeffs (B, K)
+    mu (B, V, 2) crop px, sigma (B, V) crop px, verts (B, V, 3) metres, coeffs (B, C)
     (verts left out under with_verts=False with a PCA shape head), and with
     config.pose_head = direct6dof R_crop (B, 3, 3), t_code (B, 3) (stages.nets.crop_pose).
 

@@ -7,7 +7,6 @@ the global batch, split across the processes; rank 0 validates, logs and writes 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -25,14 +24,15 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from stages.common import resume
 from stages.common.distributed import Dist, start_distributed
 from stages.common.identity import input_identity
-from stages.common.io import UnsafeCheckpointError, load_torch, save_json, save_torch
+from stages.common.io import save_json, save_torch
 from stages.common.precision import amp_dtype, autocast, needs_grad_scaler, place_network
 from stages.common.threads import single_thread_blas
 from stages.face.pca import PCABasis, load_flip_perm
 from stages.nets import losses, pose_losses
-from stages.nets.colour import jitter_images
+from stages.nets.color import jitter_images
 from stages.nets.crop_pose import camera_to_crop
 from stages.nets.dataset import CropStore, Reframe, TrainBatches, crop_targets
 from stages.nets.model import FaceNet, NetConfig
@@ -41,7 +41,6 @@ from stages.wcpa.camera import Camera
 from stages.wcpa.layout import labelled_rows, read_list
 
 log = logging.getLogger("train")
-KEEP_CHECKPOINTS = 2
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ class SplitData:
     store: CropStore
     verts: np.ndarray    # (N, V, 3) float32 metres
     poses: np.ndarray    # (N, 4, 4) float64
-    coeffs: np.ndarray   # (N, K) float32 normalised PCA coefficients of verts
+    coeffs: np.ndarray   # (N, C) float32 normalised PCA coefficients of verts
 
 
 def load_split(paths: TrainPaths, split: str) -> SplitData:
@@ -102,13 +101,12 @@ def fingerprint(cfg: SimpleNamespace, lambdas: dict, seed: int, extra: dict) -> 
 
     train.epochs is left out, so that raising it continues a finished run."""
     train = {k: v for k, v in vars(cfg).items() if k not in RESUME_FREE_KEYS}
-    text = json.dumps({"train": train, "lambda": lambdas, "seed": seed, **extra}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return resume.fingerprint({"train": train, "lambda": lambdas, "seed": seed, **extra})
 
 
 def state_layout(model: torch.nn.Module) -> list:
     """[name, shape, trained] of every parameter and buffer: what a checkpoint's model and
-    optimizer state must match (part of the fingerprint, so that a checkpoint written by a
+    optimiser state must match (part of the fingerprint, so that a checkpoint written by a
     network of another layout, e.g. by older code, is not resumed)."""
     params = [[name, list(p.shape), p.requires_grad] for name, p in model.named_parameters()]
     return params + [[name, list(b.shape), False] for name, b in model.named_buffers()]
@@ -173,11 +171,11 @@ def landmark_terms(out: dict, batch: dict, cfg: SimpleNamespace) -> tuple[dict, 
         value, gain = losses.landmark_mse(out["mu"], batch["uv"]), torch.ones(())
     else:
         raise ValueError(f"train.landmark_loss={cfg.landmark_loss!r}: expected 'gnll' or 'mse'")
-    return {"gnll": value}, {"sigma_px": out["sigma"].detach().float().mean(), "mu_gain": gain}
+    return {"landmarks": value}, {"sigma_px": out["sigma"].detach().float().mean(), "mu_gain": gain}
 
 
 def lr_factor(cfg: SimpleNamespace, step: int, total: int) -> float:
-    """Multiplier of train.lr at optimizer step `step` of `total`: a linear warm-up over the first
+    """Multiplier of train.lr at optimiser step `step` of `total`: a linear warm-up over the first
     warmup_epochs (step k of W at (k + 1) / W) times the schedule, 1 (constant) or a cosine from
     1 to min_lr_ratio over the whole run."""
     warm = total * cfg.warmup_epochs / cfg.epochs
@@ -202,41 +200,16 @@ def make_loader(dataset: TrainBatches, ctx: Dist, cfg: SimpleNamespace, seed: in
                       pin_memory=ctx.device.type == "cuda")
 
 
-def latest_checkpoint(folder: Path, fp: str, epochs: int) -> dict | None:
-    """The newest checkpoint in `folder` written with fingerprint `fp` and at most `epochs`
-    epochs done (a run asked for fewer epochs than a checkpoint has must not end there), or None.
-    Files are read as tensors and plain data only (a file that is anything else is ignored with
-    a warning), and the fingerprint is compared before any of their content is used."""
-    for path in sorted(folder.glob("epoch_*.pt"), reverse=True):
-        try:
-            state = load_torch(path)
-        except UnsafeCheckpointError as err:
-            log.warning("%s: ignored", err)
-            continue
-        if not isinstance(state, dict) or state.get("fingerprint") != fp:
-            log.warning("%s was written with other params: ignored", path)
-        elif state["epoch"] + 1 > epochs:
-            log.warning("%s has %d epochs done, more than the %d asked for: ignored", path, state["epoch"] + 1, epochs)
-        else:
-            log.info("resuming from %s (%d epochs done)", path, state["epoch"] + 1)
-            return state
-    return None
-
-
-def save_checkpoint(folder: Path, state: dict) -> None:
-    """epoch_<NNN>.pt, atomically; only the newest KEEP_CHECKPOINTS are kept."""
-    folder.mkdir(parents=True, exist_ok=True)
-    save_torch(state, folder / f"epoch_{state['epoch']:03d}.pt")
-    for old in sorted(folder.glob("epoch_*.pt"))[:-KEEP_CHECKPOINTS]:
-        old.unlink()
-
-
 class Trainer:
-    """One training run: model, optimizer, scaler, data and the epoch loop."""
+    """One training run: model, optimiser, scaler, data and the epoch loop. A variant (finetune)
+    overrides the hooks: LOSS_WEIGHTS, make_dataset, step_terms, fingerprint_extra, trains_sigma,
+    needs_verts."""
+
+    LOSS_WEIGHTS = ("landmarks", "vdc", "wpdc", "rot", "trans")   # params.lambda keys of the loss
 
     def __init__(self, params: dict, paths: TrainPaths, camera: Camera):
         self.cfg = SimpleNamespace(**params["train"])
-        self.lambdas = {k: params["lambda"][k] for k in ("gnll", "vdc", "wpdc", "rot", "trans")}
+        self.lambdas = {k: params["lambda"][k] for k in self.LOSS_WEIGHTS}
         self.seed, self.paths, self.camera = params["seed"], paths, camera
         self.ctx = start_distributed(self.cfg.device)
         single_thread_blas()        # the batches are prepared in this process: see stages.common.threads
@@ -245,14 +218,7 @@ class Trainer:
         flip_perm = (load_flip_perm(paths.pca / "basis.npz", "set train.flip (finetune.flip) to 0")
                      if self.cfg.flip > 0 else None)
         self.train_data, self.val_data = load_split(paths, "train"), load_split(paths, "val")
-        size = self.train_data.store.size
-        direct = self.cfg.pose_head == "direct6dof"
-        self.model = place_network(build_model(self.cfg, self.basis, size, mean_target(camera, self.train_data),
-                                               mean_crop_pose(camera, self.train_data) if direct else None),
-                                   self.ctx.device)
-        self.model.landmarks.sigma.requires_grad_(self.trains_sigma())
-        self.model.landmarks.mu.requires_grad_(not direct)     # the direct head has no landmark loss
-        self.model.landmarks.sigma_trains_backbone = self.cfg.sigma_backbone
+        self.model = self.make_model()
         self.net = (DistributedDataParallel(self.model, device_ids=[self.ctx.device] if self.ctx.device.type == "cuda" else None)
                     if self.ctx.world > 1 else self.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
@@ -260,31 +226,51 @@ class Trainer:
         self.amp = amp_dtype(self.ctx.device, self.cfg.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(self.amp))
         self.weights_mm = torch.as_tensor(self.basis.wpdc_weights(), device=self.ctx.device)
-        self.dataset = TrainBatches(self.train_data.store, self.train_data.verts, self.train_data.poses, camera,
-                                    self.basis, flip_perm, self.cfg.flip, self.cfg.color_jitter, self.seed,
-                                    reframe=reframe_limits(self.cfg), coeffs=self.train_data.coeffs,
-                                    pose_targets=direct)
+        self.dataset = self.make_dataset(flip_perm)
         self.loader = make_loader(self.dataset, self.ctx, self.cfg, self.seed)
         self.inputs = {"crop_run": self.train_data.store.run,
                        **input_identity(training_inputs(paths, params["data"]["root"]))}
-        self.fp = fingerprint(self.cfg, self.lambdas, self.seed,
-                              {"inputs": self.inputs, "layout": state_layout(self.model)})
+        self.fp = fingerprint(self.cfg, self.lambdas, self.seed, self.fingerprint_extra())
         self.start_epoch, self.history = 0, []
+
+    def make_model(self) -> FaceNet:
+        """The network on the training device, its landmark head's trained parts set (trains_sigma;
+        the direct pose head trains no landmarks)."""
+        data, camera, direct = self.train_data, self.camera, self.cfg.pose_head == "direct6dof"
+        model = place_network(build_model(self.cfg, self.basis, data.store.size, mean_target(camera, data),
+                                          mean_crop_pose(camera, data) if direct else None), self.ctx.device)
+        model.landmarks.sigma.requires_grad_(self.trains_sigma())
+        model.landmarks.mu.requires_grad_(not direct)
+        model.landmarks.sigma_trains_backbone = self.cfg.sigma_backbone
+        return model
+
+    def make_dataset(self, flip_perm: np.ndarray | None) -> TrainBatches:
+        """Hook: the training batches (flip_perm: the basis' vertex flip order, None with flips off)."""
+        data = self.train_data
+        return TrainBatches(data.store, data.verts, data.poses, self.camera, self.basis, flip_perm, self.cfg.flip,
+                            self.cfg.color_jitter, self.seed, reframe=reframe_limits(self.cfg), coeffs=data.coeffs,
+                            pose_targets=self.cfg.pose_head == "direct6dof")
+
+    def fingerprint_extra(self) -> dict:
+        """Hook: what the fingerprint holds besides the params: the inputs' identity, the layout."""
+        return {"inputs": self.inputs, "layout": state_layout(self.model)}
 
     def resume(self) -> bool:
         """Load the latest matching checkpoint; False when training starts from scratch."""
-        state = latest_checkpoint(self.paths.checkpoints, self.fp, self.cfg.epochs)
+        state = self.checkpoints().latest(self.cfg.epochs)
         if state is None:
             return False
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.start_epoch, self.history = state["epoch"] + 1, state["history"]
+        self.start_epoch = resume.restore(state, {"model": self.model}, self.optimizer, self.scaler)
+        self.history = state["history"]
         return True
+
+    def checkpoints(self) -> resume.Checkpoints:
+        """This run's epoch files (stages.common.resume), under its fingerprint."""
+        return resume.Checkpoints(self.paths.checkpoints, self.fp)
 
     def trains_sigma(self) -> bool:
         """Whether sigma's FC is trained: only the GNLL uses it here (under MSE or with the direct
-        pose head it keeps its start, and is left out of the backward, the optimizer and DDP)."""
+        pose head it keeps its start, and is left out of the backward, the optimiser and DDP)."""
         return self.cfg.landmark_loss == "gnll" and self.cfg.pose_head == "pnp"
 
     def needs_verts(self) -> bool:
@@ -296,7 +282,7 @@ class Trainer:
         return loss_terms(out, batch, self.cfg, self.weights_mm)
 
     def train_step(self, batch: dict, step: int, total: int, step_terms=None) -> dict:
-        """Forward, loss, backward and optimizer step on one batch -> the loss terms (floats).
+        """Forward, loss, backward and optimiser step on one batch -> the loss terms (floats).
 
         The loss is sum_k lambda_k term_k over the terms that have a weight in self.lambdas;
         other terms are diagnostics, reported only. step_terms: another terms function with
@@ -373,11 +359,10 @@ class Trainer:
         return time.perf_counter() - started
 
     def checkpoint(self, epoch: int) -> None:
-        save_checkpoint(self.paths.checkpoints, {
-            "epoch": epoch, "fingerprint": self.fp, "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-            "params": vars(self.cfg), "config": self.model.config.to_dict(),
-            "basis_shape": list(self.basis.components.shape), "history": self.history})
+        """The resumable state after 0-based `epoch`, with the params, network config and history."""
+        self.checkpoints().save({**resume.capture(epoch, {"model": self.model}, self.optimizer, self.scaler),
+                                 "params": vars(self.cfg), "config": self.model.config.to_dict(),
+                                 "basis_shape": list(self.basis.components.shape), "history": self.history})
 
     def save_model(self) -> None:
         """artifacts/train/model.pt: config, weights (with the PCA basis buffers), params and the

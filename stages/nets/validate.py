@@ -17,7 +17,7 @@ from stages.wcpa.score import sample_errors, summarize
 def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int, device: torch.device,
             amp: torch.dtype | None = None) -> dict[str, np.ndarray]:
     """Run the network over crops (N, S, S, 3) uint8 -> numpy mu (N, V, 2) crop px,
-    sigma (N, V) crop px, verts (N, V, 3) metres, coeffs (N, K). amp: the autocast type
+    sigma (N, V) crop px, verts (N, V, 3) metres, coeffs (N, C). amp: the autocast type
     (stages.common.precision.amp_dtype), None for float32."""
     was_training = model.training
     model.eval()

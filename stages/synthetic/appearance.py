@@ -188,7 +188,7 @@ def extend(mesh: RenderMesh, verts: np.ndarray) -> np.ndarray:
 
 
 def _polyline_distance(points: np.ndarray, line: np.ndarray) -> np.ndarray:
-    """Distance (K,) from points (K, 2) to an open polyline (M, 2)."""
+    """Distance (P,) from points (P, 2) to an open polyline (M, 2)."""
     a, b = line[:-1], line[1:]
     seg = b - a
     t = np.clip(((points[:, None] - a) * seg).sum(-1) / (seg ** 2).sum(-1), 0.0, 1.0)
@@ -216,7 +216,7 @@ class ChartFields:
     eye_centres: np.ndarray
 
     def sample(self, chart: np.ndarray) -> list[np.ndarray]:
-        """Nearest-grid-point lookup: chart (K, 2) mm -> one (K,) array per field (FIELDS order)."""
+        """Nearest-grid-point lookup: chart (P, 2) mm -> one (P,) array per field (FIELDS order)."""
         idx = np.rint((chart - self.origin) / FIELD_STEP_MM).astype(np.int64)
         h, w = self.shape
         flat = np.clip(idx[:, 1], 0, h - 1) * w + np.clip(idx[:, 0], 0, w - 1)
@@ -251,7 +251,7 @@ def chart_fields() -> ChartFields:
 
 
 def albedo(attrs: np.ndarray, look: Look) -> np.ndarray:
-    """Per-sample attributes (K, 6) -> albedo (K, 3) in [0, 1]."""
+    """Per-sample attributes (P, 6) -> albedo (P, 3) in [0, 1]."""
     chart = attrs[:, :2]
     out = np.empty((len(attrs), 3))
     eye, mouth = attrs[:, 2] > 0.5, attrs[:, 3] > 0.5
@@ -265,28 +265,28 @@ def albedo(attrs: np.ndarray, look: Look) -> np.ndarray:
 
 def _skin(chart: np.ndarray, look: Look, fields: ChartFields) -> np.ndarray:
     brow_d, lashes, lips, nostrils, cheeks, shadow = fields.sample(chart)
-    colour = look.skin * (1 - 0.08 * cheeks[:, None] * np.array([-0.3, 1.0, 1.0]))
+    color = look.skin * (1 - 0.08 * cheeks[:, None] * np.array([-0.3, 1.0, 1.0]))
     hairline = 68.0 + look.hairline - 0.0055 * chart[:, 0] ** 2
     hair_w = _soft(hairline - chart[:, 1], 1.5)[:, None]
-    _blend(colour, hair_w, look.hair)
-    colour *= (1 - 0.12 * shadow)[:, None]
+    _blend(color, hair_w, look.hair)
+    color *= (1 - 0.12 * shadow)[:, None]
     inner = np.clip(np.abs(chart[:, 0]) - 14.0, 0.0, None) / 40.0
     brow_w = _soft(brow_d - look.brow_scale * (3.2 - 1.8 * inner), 0.7)[:, None]
-    _blend(colour, brow_w, look.brow)
-    _blend(colour, lashes[:, None], 0.5 * look.brow)
-    _blend(colour, lips[:, None], look.lips)
-    colour *= (1 - 0.75 * nostrils)[:, None]
-    return colour
+    _blend(color, brow_w, look.brow)
+    _blend(color, lashes[:, None], 0.5 * look.brow)
+    _blend(color, lips[:, None], look.lips)
+    color *= (1 - 0.75 * nostrils)[:, None]
+    return color
 
 
-def _blend(colour: np.ndarray, weight: np.ndarray, paint) -> None:
-    """colour (K, 3) <- colour * (1 - weight) + paint * weight, in place; weight (K, 1)."""
-    colour *= 1 - weight
-    colour += paint * weight
+def _blend(color: np.ndarray, weight: np.ndarray, paint) -> None:
+    """colour (P, 3) <- colour * (1 - weight) + paint * weight, in place; weight (P, 1)."""
+    color *= 1 - weight
+    color += paint * weight
 
 
 def _inside(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
-    """Even-odd test: points (K, 2) inside the closed polygon (M, 2)."""
+    """Even-odd test: points (P, 2) inside the closed polygon (M, 2)."""
     a, b = polygon, np.roll(polygon, -1, axis=0)
     py = points[:, None, 1]
     crosses = (a[:, 1] > py) != (b[:, 1] > py)
@@ -303,8 +303,8 @@ def _eye(chart: np.ndarray, look: Look, eye_centres: np.ndarray) -> np.ndarray:
     iris_w = _soft(r - IRIS_RADIUS_MM, 0.3)[:, None]
     pupil_w = _soft(r - PUPIL_RADIUS_MM, 0.2)[:, None]
     ring = 1 - 0.35 * np.clip(r / IRIS_RADIUS_MM, 0, 1)[:, None] ** 4
-    colour = sclera * (1 - iris_w) + look.iris * ring * iris_w
-    return colour * (1 - pupil_w) + 0.03 * pupil_w
+    color = sclera * (1 - iris_w) + look.iris * ring * iris_w
+    return color * (1 - pupil_w) + 0.03 * pupil_w
 
 
 def _mouth(attrs: np.ndarray, look: Look) -> np.ndarray:

@@ -25,17 +25,17 @@ def shapes(rng: np.random.Generator, image: np.ndarray, count: int) -> np.ndarra
     size = image.shape[0]
     out = image.copy()
     for _ in range(count):
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        color = tuple(int(c) for c in rng.integers(0, 256, 3))
         kind = rng.integers(3)
         a = tuple(int(v) for v in rng.integers(-size // 4, size + size // 4, 2))
         if kind == 0:
             b = tuple(int(v) for v in rng.integers(-size // 4, size + size // 4, 2))
-            cv2.rectangle(out, a, b, colour, -1)
+            cv2.rectangle(out, a, b, color, -1)
         elif kind == 1:
-            cv2.circle(out, a, int(rng.integers(size // 20, size // 3)), colour, -1, cv2.LINE_AA)
+            cv2.circle(out, a, int(rng.integers(size // 20, size // 3)), color, -1, cv2.LINE_AA)
         else:
             b = tuple(int(v) for v in rng.integers(-size // 4, size + size // 4, 2))
-            cv2.line(out, a, b, colour, int(rng.integers(2, size // 25)), cv2.LINE_AA)
+            cv2.line(out, a, b, color, int(rng.integers(2, size // 25)), cv2.LINE_AA)
     return out
 
 

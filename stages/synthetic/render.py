@@ -20,8 +20,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Raster:
-    """Visible samples of a rasterization: pix (K,) flat pixel index (row-major), tri (K,)
-    triangle index, bary (K, 3) perspective-correct barycentric weights; shape (H, W)."""
+    """Visible samples of a rasterization: pix (P,) flat pixel index (row-major), tri (P,)
+    triangle index, bary (P, 3) perspective-correct barycentric weights; shape (H, W)."""
 
     pix: np.ndarray
     tri: np.ndarray
@@ -29,8 +29,8 @@ class Raster:
     shape: tuple[int, int]
 
     def interpolate(self, values: np.ndarray, faces: np.ndarray) -> np.ndarray:
-        """Per-vertex values (N, C) -> per-sample values (K, C)."""
-        corner = faces[self.tri]                             # (K, 3)
+        """Per-vertex values (N, C) -> per-sample values (P, C)."""
+        corner = faces[self.tri]                             # (P, 3)
         out = self.bary[:, :1] * values[corner[:, 0]]
         out += self.bary[:, 1:2] * values[corner[:, 1]]
         out += self.bary[:, 2:3] * values[corner[:, 2]]
@@ -77,7 +77,7 @@ def rasterize(uv: np.ndarray, depth: np.ndarray, faces: np.ndarray, width: int, 
 
 def _box_pixels(ids: np.ndarray, lo: np.ndarray, span: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every pixel of the bounding boxes of triangles `ids`, boxes lo (F, 2) px of span (F, 2)
-    pixels, row by row -> triangle index, pixel x and pixel y, each (K,)."""
+    pixels, row by row -> triangle index, pixel x and pixel y, each (P,)."""
     counts = span[ids, 0] * span[ids, 1]
     tri = np.repeat(ids, counts)
     local = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
@@ -87,10 +87,10 @@ def _box_pixels(ids: np.ndarray, lo: np.ndarray, span: np.ndarray) -> tuple[np.n
 
 def _inside_triangles(tri: np.ndarray, px: np.ndarray, py: np.ndarray, edges: np.ndarray
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
-    """Keep the candidate pixels (tri, px, py, each (K,)) whose centre is inside its triangle:
+    """Keep the candidate pixels (tri, px, py, each (P,)) whose centre is inside its triangle:
     all three barycentric functions edges (3, 3, F) [a/b/c, k, triangle] at least -1e-6. Each
     function is evaluated only where the previous ones passed. Returns the kept tri, px, py and
-    their barycentric coordinates [lam_0, lam_1, lam_2], each (K',) float32."""
+    their barycentric coordinates [lam_0, lam_1, lam_2], each (P',) float32."""
     x = px.astype(np.float32) + np.float32(0.5)
     y = py.astype(np.float32) + np.float32(0.5)
     lam: list[np.ndarray] = []
@@ -142,26 +142,26 @@ class Light:
 
 
 def shade(normals: np.ndarray, view: np.ndarray, albedo: np.ndarray, light: Light) -> np.ndarray:
-    """Per-sample colour (K, 3) in [0, 1] from unit normals (K, 3), unit view vectors toward the
-    camera (K, 3), albedo (K, 3) and the light."""
+    """Per-sample colour (P, 3) in [0, 1] from unit normals (P, 3), unit view vectors toward the
+    camera (P, 3), albedo (P, 3) and the light."""
     n = normals / np.maximum(_row_norms(normals), 1e-12)
     n_dot_l = np.clip(n @ light.direction, 0.0, None)
     half = light.direction + view
     half /= np.maximum(_row_norms(half), 1e-12)
     spec = light.specular * np.clip(_row_dots(n, half), 0.0, None) ** light.shininess * (n_dot_l > 0)
-    colour = albedo * (light.ambient + light.diffuse * n_dot_l)[:, None] + spec[:, None]
-    return np.clip(colour * light.tint, 0.0, 1.0)
+    color = albedo * (light.ambient + light.diffuse * n_dot_l)[:, None] + spec[:, None]
+    return np.clip(color * light.tint, 0.0, 1.0)
 
 
 def _row_dots(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Row-wise dot products (K,) of (K, 3) arrays, summed in index order as ndarray.sum(1)
+    """Row-wise dot products (P,) of (P, 3) arrays, summed in index order as ndarray.sum(1)
     sums three terms (the same bits)."""
     return x[:, 0] * y[:, 0] + x[:, 1] * y[:, 1] + x[:, 2] * y[:, 2]
 
 
 def _row_norms(x: np.ndarray) -> np.ndarray:
-    """Euclidean norms (K, 1) of the rows of x (K, 3): np.linalg.norm(x, axis=1, keepdims=True),
-    bit for bit, without its (K, 3) temporaries."""
+    """Euclidean norms (P, 1) of the rows of x (P, 3): np.linalg.norm(x, axis=1, keepdims=True),
+    bit for bit, without its (P, 3) temporaries."""
     return np.sqrt(_row_dots(x, x))[:, None]
 
 
@@ -171,7 +171,7 @@ def render_region(verts_cam: np.ndarray, uv: np.ndarray, faces: np.ndarray, attr
     """Render a mesh into the pixel box (x0, y0, x1, y1) of the full image.
 
     verts_cam: (N, 3) OpenGL camera points (metres); uv: (N, 2) their full-image pixels;
-    attributes: (N, C) per-vertex values handed (interpolated, (K, C)) to albedo_fn -> (K, 3).
+    attributes: (N, C) per-vertex values handed (interpolated, (P, C)) to albedo_fn -> (P, 3).
     Returns colour (h, w, 3) float in [0, 1] and coverage alpha (h, w), averaged over
     supersample x supersample samples per pixel.
     """
@@ -183,9 +183,9 @@ def render_region(verts_cam: np.ndarray, uv: np.ndarray, faces: np.ndarray, attr
     values = raster.interpolate(per_vertex, faces)
     normals, points = values[:, :3], values[:, 3:6]
     view = -points / _row_norms(points)
-    colour = shade(normals, view, albedo_fn(values[:, 6:]), light)
+    color = shade(normals, view, albedo_fn(values[:, 6:]), light)
     canvas = np.zeros((h * w, 4), dtype=np.float32)
-    canvas[raster.pix, :3] = colour
+    canvas[raster.pix, :3] = color
     canvas[raster.pix, 3] = 1.0
     canvas = canvas.reshape(h, w, 4)
     if supersample > 1:

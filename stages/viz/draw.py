@@ -20,7 +20,7 @@ def _fixed(uv: np.ndarray) -> np.ndarray:
 
 
 def draw_points(image: np.ndarray, uv: np.ndarray, color=(0, 255, 0), radius: float = 2.0) -> np.ndarray:
-    """Copy of `image` (H, W, 3) uint8 with filled dots at uv (K, 2) pixels."""
+    """Copy of `image` (H, W, 3) uint8 with filled dots at uv (L, 2) pixels."""
     out = np.ascontiguousarray(image).copy()
     for x, y in _fixed(uv):
         cv2.circle(out, (int(x), int(y)), int(radius * _SCALE), color, -1, cv2.LINE_AA, SHIFT)

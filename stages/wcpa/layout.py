@@ -221,7 +221,7 @@ def read_landmarks(path: Path | str, n_points: int) -> np.ndarray:
 
 
 def write_landmarks(path: Path | str, points: np.ndarray) -> None:
-    """Write (K, 2) pixel points as integer 'x y' lines (the challenge's format)."""
+    """Write (L, 2) pixel points as integer 'x y' lines (the challenge's format)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text("".join(f"{int(x)} {int(y)}\n" for x, y in np.rint(points)))
 
@@ -230,7 +230,7 @@ def write_landmarks(path: Path | str, points: np.ndarray) -> None:
 class Resources:
     """What the data root's resources/ define: topology, landmark vertices and the camera.
 
-    template: (V, 3) example mesh; faces: (F, 3) triangles; kpt_ind: (K,) landmark vertices.
+    template: (V, 3) example mesh; faces: (F, 3) triangles; kpt_ind: (L,) landmark vertices.
     """
 
     camera: Camera

@@ -92,7 +92,7 @@ def sample_errors(verts_gt: np.ndarray, Rt_gt: np.ndarray, verts_pred: np.ndarra
 
 
 def landmark_errors(uv_gt: np.ndarray, uv_pred: np.ndarray) -> np.ndarray:
-    """Mean 2D point error per sample: (N, K, 2), (N, K, 2) pixels -> (N,) pixels."""
+    """Mean 2D point error per sample: (N, L, 2), (N, L, 2) pixels -> (N,) pixels."""
     return mean_distance(np.asarray(uv_gt, np.float64), np.asarray(uv_pred, np.float64))
 
 

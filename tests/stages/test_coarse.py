@@ -11,8 +11,8 @@ import torch
 
 from stages import coarse_predict, coarse_train
 from stages.coarse import train as train_module
-from stages.coarse.train import Checkpoint
 from stages.common.params import load_params
+from stages.common.resume import Checkpoints
 from stages.face import ibug68
 from stages.wcpa.layout import DataError, image_path, list_path, read_list, write_list
 from tests.stages.tiny_data import write_tiny_root
@@ -56,16 +56,16 @@ def test_train_then_predict_writes_aligned_landmarks(tiny):
 
 def interrupt_after_the_first_epoch(params, tmp, split_dir, monkeypatch) -> None:
     """Run coarse_train until its first checkpoint is saved, then stop it as a kill would."""
-    save = Checkpoint.save
+    save = Checkpoints.save
 
     def save_then_interrupt(self, state):
         save(self, state)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Checkpoint, "save", save_then_interrupt)
+    monkeypatch.setattr(Checkpoints, "save", save_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         coarse_train.run(params, tmp / "coarse_train", split_dir)
-    monkeypatch.setattr(Checkpoint, "save", save)
+    monkeypatch.setattr(Checkpoints, "save", save)
 
 
 def epochs_trained(params, tmp, split_dir, monkeypatch) -> list[int]:
@@ -80,7 +80,7 @@ def epochs_trained(params, tmp, split_dir, monkeypatch) -> list[int]:
 def test_interrupted_training_resumes_after_the_last_checkpoint(tiny, monkeypatch):
     params, tmp, split_dir = tiny
     interrupt_after_the_first_epoch(params, tmp, split_dir, monkeypatch)
-    assert (tmp / "coarse_train.partial/checkpoint.pt").is_file()
+    assert (tmp / "coarse_train.partial/checkpoints/epoch_000.pt").is_file()
     assert not (tmp / "coarse_train").exists()
     assert epochs_trained(params, tmp, split_dir, monkeypatch) == [1]
     curve = (tmp / "coarse_train/live/plots/metrics/train/loss.tsv").read_text().splitlines()

@@ -23,7 +23,7 @@ def test_direct_head_trains_infers_without_pnp_and_finetune_refuses_it(tmp_path,
     monkeypatch.chdir(tmp_path)
     pca.run(params)
     final = train.run(params)["final"]
-    assert {"train_rot", "train_trans", "train_vdc"} <= set(final) and "train_gnll" not in final
+    assert {"train_rot", "train_trans", "train_vdc"} <= set(final) and "train_landmarks" not in final
     assert np.isfinite(final["val_MAE_r"]) and final["val_pnp_failed"] == 0
 
     pred = load_predictions(infer.run(params, "val"))

@@ -35,7 +35,7 @@ def test_train_writes_checkpoints_and_resumes(tmp_path, monkeypatch, caplog):
     out = tmp_path / "artifacts" / "train"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_000.pt"]
     first = torch.load(out / "checkpoints" / "epoch_000.pt", weights_only=True)
-    assert first["epoch"] == 0 and set(first) >= {"model", "optimizer", "scaler", "params", "basis_shape"}
+    assert first["epoch"] == 0 and set(first) >= {"modules", "optimizer", "scaler", "rng", "params", "basis_shape"}
     model = torch.load(out / "model.pt", weights_only=True)
     assert model["config"]["n_components"] == 20 and model["config"]["coordconv"]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -90,12 +90,12 @@ def test_gnll_trains_sigma(tmp_path, monkeypatch):
 def test_a_checkpoint_of_another_network_layout_has_another_fingerprint():
     """Older code's checkpoints (e.g. one FC for mu and sigma, or sigma trained) are not resumed."""
     config = NetConfig(depth=18, coordconv=True, shape_head="pca", crop_size=32, n_verts=10, n_components=4)
-    cfg, lambdas = SimpleNamespace(lr=1e-3, epochs=3), {"gnll": 0.01}
+    cfg, lambdas = SimpleNamespace(lr=1e-3, epochs=3), {"landmarks": 0.01}
     def fp(model):
         return fingerprint(cfg, lambdas, 0, {"layout": state_layout(model)})
     first, second = FaceNet(config), FaceNet(config)
     assert fp(first) == fp(second)
-    second.landmarks.sigma.requires_grad_(False)             # frozen: another optimizer state
+    second.landmarks.sigma.requires_grad_(False)             # frozen: another optimiser state
     third = FaceNet(config)
     third.landmarks.sigma = torch.nn.Linear(512, 20)          # another shape
     assert fp(second) != fp(first) != fp(third)

@@ -57,9 +57,9 @@ def asymmetric_mesh(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 def _render(camera: Camera, points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     image = rng.integers(0, 60, size=(camera.height, camera.width, 3), dtype=np.uint8)
-    colours = (np.arange(len(points))[:, None] * [37, 91, 53] % 200 + 55).astype(int)
-    for (x, y), colour in zip(points, colours):
-        cv2.circle(image, (int(x), int(y)), 2, tuple(int(c) for c in colour), -1)
+    colors = (np.arange(len(points))[:, None] * [37, 91, 53] % 200 + 55).astype(int)
+    for (x, y), color in zip(points, colors):
+        cv2.circle(image, (int(x), int(y)), 2, tuple(int(c) for c in color), -1)
     return image
 
 

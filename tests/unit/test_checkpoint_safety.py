@@ -7,11 +7,10 @@ import pytest
 import torch
 
 from stages.coarse.detector import Detector
-from stages.coarse.train import Checkpoint
 from stages.common.io import UnsafeCheckpointError, load_torch
+from stages.common.resume import Checkpoints
 from stages.finetuning.trainer import load_start
 from stages.nets.checkpoint import CheckpointError, read_checkpoint
-from stages.nets.trainer import latest_checkpoint
 
 
 class RunsCode:
@@ -57,6 +56,5 @@ def test_model_loaders_refuse_it(planted, load, error):
 
 def test_resume_ignores_it(planted, caplog):
     path, marker = planted
-    assert latest_checkpoint(path.parent, "x", epochs=20) is None
-    assert Checkpoint(path, "x").load() is None
+    assert Checkpoints(path.parent, "x").latest(epochs=20) is None
     assert not marker.exists() and "refused" in caplog.text

@@ -28,13 +28,13 @@ def test_forward_shapes_and_one_training_step_lowers_the_loss(backbone):
     images = torch.rand(4, 3, 64, 64)
     target = torch.rand(4, 68, 2) * 64
     assert net(images).shape == (4, 68, 2)
-    optimiser = torch.optim.Adam(net.parameters(), 1e-3)
+    optimizer = torch.optim.Adam(net.parameters(), 1e-3)
     losses = []
     for _ in range(4):
         loss = (net(images) - target).abs().mean()
-        optimiser.zero_grad()
+        optimizer.zero_grad()
         loss.backward()
-        optimiser.step()
+        optimizer.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < losses[0]
 

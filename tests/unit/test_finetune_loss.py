@@ -49,8 +49,8 @@ def pose_term_and_gradients(noise_px: float):
         out["mu"] += noise_px * torch.randn(out["mu"].shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     terms = pnp_terms(out, batch, SETTINGS, torch.Generator().manual_seed(0))
     assert terms["valid"].all()
-    terms["pose"].backward()
-    return float(terms["pose"].detach()), {name: float(out[name].grad.abs().max()) for name in ("mu", "sigma", "verts")}
+    terms["pnp"].backward()
+    return float(terms["pnp"].detach()), {name: float(out[name].grad.abs().max()) for name in ("mu", "sigma", "verts")}
 
 
 def test_pose_term_is_zero_with_zero_gradient_at_the_exact_outputs():
@@ -69,8 +69,8 @@ def test_pose_term_grows_with_a_wrong_mesh_and_its_gradient_points_back():
     with torch.no_grad():
         out["verts"] += 0.002                   # every vertex 2 mm off along each axis
     terms = pnp_terms(out, batch, SETTINGS, torch.Generator().manual_seed(0))
-    assert float(terms["pose"].detach()) > 1.0   # mm
-    terms["pose"].backward()
+    assert float(terms["pnp"].detach()) > 1.0   # mm
+    terms["pnp"].backward()
     assert float((out["verts"].grad.sum((0, 1)))[0]) > 0      # descent lowers x back
 
 
@@ -81,7 +81,7 @@ def test_degenerate_sample_is_masked_and_gradients_stay_finite():
         out["sigma"][1, 3] = float("nan")
     terms = pnp_terms(out, batch, SETTINGS, torch.Generator().manual_seed(0))
     assert terms["valid"].tolist() == [True, False, True, True]
-    loss = terms["pose"] + 0.01 * terms["mc"]
+    loss = terms["pnp"] + 0.01 * terms["mc"]
     assert torch.isfinite(loss)
     loss.backward()
     for name in ("mu", "sigma", "verts"):

@@ -62,7 +62,7 @@ def test_paper_profile_applies_and_validates(tmp_path):
     shutil.copy(ROOT / "params.yaml", target)
     apply_profile("paper", target)
     params = load_params(target)
-    assert params["lambda"] == {"gnll": 0.01, "vdc": 20.0, "wpdc": 10.0, "pnp": 2.0, "rot": 20.0, "trans": 1.0}
+    assert params["lambda"] == {"landmarks": 0.01, "vdc": 20.0, "wpdc": 10.0, "pnp": 2.0, "mc": 0.01, "rot": 20.0, "trans": 1.0}
     assert "# " in target.read_text()          # comments survive
 
 

@@ -57,7 +57,7 @@ def _linear_parts(params: torch.Tensor) -> torch.Tensor:
     return torch.stack([b * eye, c * eye, s * eye + (1 - s) * grey_rows, _hue_rotations(params[:, 3])], dim=1)
 
 
-def colour_maps(params: torch.Tensor, mean_rgb: torch.Tensor) -> torch.Tensor:
+def color_maps(params: torch.Tensor, mean_rgb: torch.Tensor) -> torch.Tensor:
     """The composed affine colour map (B, 3, 4) of each image: x -> M[:, :3] x + M[:, 3].
 
     params: (B, 8) from draw_jitter; mean_rgb: (B, 3) the images' mean colour (0-255). Only the
@@ -83,6 +83,6 @@ def jitter_images(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     """Colour-jittered images (B, 3, H, W) float32 in [0, 255] from images (B, 3, H, W) uint8 or
     float (0-255) and parameters (B, 8) from draw_jitter, on the images' device."""
     x = images.float()
-    maps = colour_maps(params.to(x.device, torch.float32), x.mean(dim=(2, 3)))
+    maps = color_maps(params.to(x.device, torch.float32), x.mean(dim=(2, 3)))
     out = torch.baddbmm(maps[:, :, 3:], maps[:, :, :3], x.flatten(2))
     return out.clamp_(0.0, 255.0).view_as(x)

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from stages.nets.colour import OPERATIONS, draw_jitter, jitter_images
+from stages.nets.color import OPERATIONS, draw_jitter, jitter_images
 
 REFERENCE = {0: TF.adjust_brightness, 1: TF.adjust_contrast, 2: TF.adjust_saturation}
 
