@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from stages.common.params import load_params
-from stages.face.topology import N_VERTS
+from stages.synthetic.topology import N_VERTS     # the challenge mesh's 1220 vertices
 from stages.pnp.api import PnPResult, solve_pnp, solve_sanitised
 from stages.pnp.cost import planar
 from stages.pnp.epro import epro_pnp

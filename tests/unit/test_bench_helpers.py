@@ -12,7 +12,7 @@ from benchmarks.bench_infer import bench_model
 from benchmarks.bench_pnp import chunk_shapes, chunk_times
 from benchmarks.bench_scale import extrapolate_hours, marginal_seconds, real_work
 from benchmarks.bench_train import bench_params
-from stages.face.topology import N_VERTS
+from stages.synthetic.topology import N_VERTS
 from stages.nets.model import NetConfig
 
 ROOT = Path(__file__).resolve().parents[2]
