@@ -43,7 +43,7 @@ from stages.nets.flipmerge import check_mode, merge_outputs, unmirror_outputs
 from stages.nets.model import FaceNet
 from stages.nets.poses import solve_poses
 from stages.wcpa.camera import Camera, make_rt
-from stages.wcpa.layout import ID_COLUMNS, labelled_rows
+from stages.wcpa.layout import ID_COLUMNS, finite_rows, labelled_rows
 from stages.wcpa.predictions import PredictionWriter
 
 log = logging.getLogger(__name__)
@@ -209,11 +209,6 @@ def repair_poses(R_t: np.ndarray, skipped: np.ndarray, fallback: Fallback, table
         log.warning("%s: PnP failed for %d sample(s): they get the mean training pose (%s)", where,
                     int(failed.sum()), _names(table, np.flatnonzero(failed)))
     return failed
-
-
-def finite_rows(array: np.ndarray) -> np.ndarray:
-    """(N,) bool: the rows of an (N, ...) array with only finite values."""
-    return np.isfinite(array.reshape(len(array), -1)).all(1)
 
 
 def _names(table: pd.DataFrame, rows: np.ndarray) -> str:

@@ -286,7 +286,12 @@ def load_labels(root: Path | str, table: pd.DataFrame, n_verts: int,
     return verts, poses
 
 
+def finite_rows(array: np.ndarray) -> np.ndarray:
+    """(N,) bool: the rows of an (N, ...) array with only finite values."""
+    return np.isfinite(np.asarray(array).reshape(len(array), -1)).all(axis=1)
+
+
 def labelled_rows(labels: np.ndarray) -> np.ndarray:
     """(N,) bool: the rows of verts (N, V, 3) or R_t (N, 4, 4) that hold a label (load_labels
     leaves the rows of skipped samples NaN)."""
-    return np.isfinite(np.asarray(labels).reshape(len(labels), -1)).all(axis=1)
+    return finite_rows(labels)

@@ -12,12 +12,12 @@ from stages import infer, pca, submit
 from stages.common.cropstore import stamp_run
 from stages.face.pca import PCABasis
 from stages.nets.checkpoint import CheckpointError, used_inputs
-from stages.nets.inference import (Fallback, InferenceError, check_network, finite_rows, network_outputs,
+from stages.nets.inference import (Fallback, InferenceError, check_network, network_outputs,
                                    repair_poses)
 from stages.nets.flipmerge import unmirror_outputs
 from stages.nets.dataset import CropStore, crop_targets
 from stages.nets.model import FaceNet, NetConfig
-from stages.wcpa.layout import ID_COLUMNS, load_resources, read_list
+from stages.wcpa.layout import ID_COLUMNS, finite_rows, load_resources, read_list
 from stages.wcpa.predictions import load_predictions
 from tests.tiny_project import make_tiny_project
 
