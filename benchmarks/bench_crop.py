@@ -22,7 +22,7 @@ from joblib import Parallel, delayed
 from stages import crop
 from stages.common.badinput import BadInputs
 from stages.common.cropstore import CropStoreWriter
-from stages.common.params import load_params
+from stages.common.params import Params, load_params
 from stages.wcpa.layout import image_path, read_image, read_list
 
 
@@ -36,10 +36,10 @@ def best_of(repeats: int, work) -> float:
     return min(times)
 
 
-def crop_vs_decode(params: dict, count: int) -> tuple[float, float]:
+def crop_vs_decode(params: Params, count: int) -> tuple[float, float]:
     """(crop loop seconds, bare decode seconds) over the first `count` val images."""
-    root, workers = Path(params["data"]["root"]), params["data"]["workers"]
-    size, chunk = params["crop"]["size"], params["crop"]["chunk"]
+    root, workers = Path(params.data.root), params.data.workers
+    size, chunk = params.crop.size, params.crop.chunk
     table = read_list(Path("artifacts/split/val.csv")).iloc[:count].reset_index(drop=True)
     warps = np.load("artifacts/crop/val/warps.npy")[:count]
     paths = [image_path(root, row) for row in table.itertuples(index=False)]
@@ -89,8 +89,8 @@ def main() -> None:
     params = load_params(args.params)
     crop_s, decode_s = crop_vs_decode(params, args.images)
     print(f"crop loop {crop_s:.3f} s vs bare decode {decode_s:.3f} s over {args.images} images, "
-          f"{params['data']['workers']} workers: ratio {crop_s / decode_s:.2f} (target <= 1.5)")
-    jpeg_s, store_s = jpeg_vs_store(args.batch, params["seed"])
+          f"{params.data.workers} workers: ratio {crop_s / decode_s:.2f} (target <= 1.5)")
+    jpeg_s, store_s = jpeg_vs_store(args.batch, params.seed)
     print(f"batch of {args.batch} crops: JPEG decode {jpeg_s * 1e3:.2f} ms vs store read {store_s * 1e3:.2f} ms: "
           f"ratio {jpeg_s / store_s:.1f} (target >= 5)")
 

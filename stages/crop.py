@@ -33,7 +33,7 @@ from stages.coarse.targets import project_landmarks
 from stages.common.badinput import BadInputs
 from stages.common.cropstore import CropStoreWriter, stamp_run
 from stages.common.io import atomic_dir, save_json
-from stages.common.params import section
+from stages.common.params import Params
 from stages.common.stage import stage_main
 from stages.face.frontal import crop_quality, crop_warps, landmark_checks, landmark_problem, reference_shape
 from stages.face.warp import invert_warp, warp_image
@@ -210,9 +210,9 @@ def quality(root: Path, table: pd.DataFrame, warps: np.ndarray, valid: np.ndarra
             "inside_fraction": float(inside.mean())}
 
 
-def run(params: dict, out: Path = Path("artifacts/crop"), coarse_dir: Path = Path("artifacts/coarse_predict"),
+def run(params: Params, out: Path = Path("artifacts/crop"), coarse_dir: Path = Path("artifacts/coarse_predict"),
         split_dir: Path = Path("artifacts/split")) -> dict:
-    cfg, data = section(params, "crop"), section(params, "data")
+    cfg, data = params.crop, params.data
     root = Path(data.root)
     resources = load_resources(root)
     camera = resources.camera

@@ -40,9 +40,9 @@ def tiny(tmp_path):
         verts, poses = load_labels(root, table, resources.n_verts)
         landmarks = project_landmarks(resources, verts, poses) + rng.normal(0, 0.1, (len(table), 68, 2))
         np.save(coarse_dir / f"{split}.npy", landmarks)
-    params = load_params("params.yaml")
-    params["data"].update(root=str(root), workers=1, skip_bad=False, max_bad_fraction=0.2)
-    params["crop"].update(size=SIZE, chunk=3, margin=1.3)
+    params = load_params("params.yaml").replace(
+        data={"root": str(root), "workers": 1, "skip_bad": False, "max_bad_fraction": 0.2},
+        crop={"size": SIZE, "chunk": 3, "margin": 1.3})
     return params, tmp_path, split_dir, coarse_dir
 
 
@@ -103,7 +103,7 @@ def test_bad_landmarks_stop_with_the_file_and_row(tiny, bad_value, reason):
 
 def test_skip_bad_lists_the_samples_and_fails_past_the_fraction(tiny):
     params, tmp, split_dir, coarse_dir = tiny
-    params["data"]["skip_bad"] = True
+    params = params.replace(data={"skip_bad": True})
     path = _corrupt_second_train_image(tmp, split_dir)
     landmarks = np.load(coarse_dir / "val.npy")
     landmarks[0] = landmarks[0, 0]
@@ -115,7 +115,7 @@ def test_skip_bad_lists_the_samples_and_fails_past_the_fraction(tiny):
     index = pd.read_csv(tmp / "crop/train/index.csv")
     assert index.skipped.tolist() == [0, 1] + [0] * 6
     assert np.isnan(np.load(tmp / "crop/train/warps.npy")[1]).all()
-    params["data"]["max_bad_fraction"] = 0.1
+    params = params.replace(data={"max_bad_fraction": 0.1})
     with pytest.raises(TooManyBadInputs, match="2 of 13"):
         run(params, tmp, split_dir, coarse_dir)
 
@@ -161,6 +161,6 @@ def test_every_split_carries_the_identity_of_its_crop_run(tiny):
     run(params, tmp, split_dir, coarse_dir)
     runs = {split: CropStore.open(tmp / "crop" / split).run for split in ("train", "val", "test")}
     assert len(set(runs.values())) == 1 and len(runs["train"]) == 16
-    params["crop"]["margin"] = 1.6
+    params = params.replace(crop={"margin": 1.6})
     run(params, tmp, split_dir, coarse_dir)
     assert CropStore.open(tmp / "crop" / "test").run != runs["test"]

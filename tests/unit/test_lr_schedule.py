@@ -1,14 +1,19 @@
 """The learning-rate multiplier of train/finetune (stages.nets.trainer.lr_factor) against closed forms."""
 import math
-from types import SimpleNamespace
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
+from stages.common.params import load_params
 from stages.nets.trainer import lr_factor
+
+ROOT = Path(__file__).resolve().parents[2]
+TRAIN = load_params(ROOT / "params.yaml").train
 
 
 def _cfg(schedule, warmup_epochs=0.0, epochs=10, min_lr_ratio=0.02):
-    return SimpleNamespace(schedule=schedule, warmup_epochs=warmup_epochs, epochs=epochs, min_lr_ratio=min_lr_ratio)
+    return replace(TRAIN, schedule=schedule, warmup_epochs=warmup_epochs, epochs=epochs, min_lr_ratio=min_lr_ratio)
 
 
 def test_cosine_runs_from_one_to_min_ratio_through_the_half_point():
