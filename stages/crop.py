@@ -44,7 +44,6 @@ from stages.wcpa.layout import (DataError, Resources, info_path, landmarks_path,
 
 log = logging.getLogger("crop")
 SPLITS = ("train", "val", "test")
-SOURCES = ("coarse", "given68", "gt")
 
 
 def _coarse(coarse_dir: Path, split: str, table: pd.DataFrame, n_points: int) -> tuple[np.ndarray, list[str]]:
@@ -78,9 +77,8 @@ def _from_files(root: Path, table: pd.DataFrame, resources: Resources, source: s
 
 def load_landmarks(source: str, split: str, root: Path, table: pd.DataFrame, resources: Resources,
                    coarse_dir: Path, bad: BadInputs) -> tuple[np.ndarray, list[str]]:
-    """Landmarks (N, L, 2) full px of a split from crop.source, and the file each row came from."""
-    if source not in SOURCES:
-        raise ValueError(f"crop.source = {source!r}: choose one of {', '.join(SOURCES)}")
+    """Landmarks (N, L, 2) full px of a split from crop.source (coarse, given68 or gt), and the
+    file each row came from."""
     if source == "given68" or (source == "gt" and split == "train"):
         return _from_files(root, table, resources, source, bad)
     return _coarse(coarse_dir, split, table, resources.n_kpts)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.common.params import load_params
+from stages.common.params import ParamsError, load_params
 from stages.nets.trainer import lr_factor
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,6 +32,7 @@ def test_warm_up_ramps_linearly_over_its_epochs_then_follows_the_schedule():
     assert lr_factor(cosine, 600, 1000) == pytest.approx(lr_factor(_cfg("cosine"), 600, 1000))
 
 
-def test_unknown_schedule_names_the_key():
-    with pytest.raises(ValueError, match="train.schedule='step'"):
-        lr_factor(_cfg("step"), 0, 10)
+def test_an_unknown_schedule_stops_at_load():
+    params = load_params(ROOT / "params.yaml")
+    with pytest.raises(ParamsError, match="train.schedule = 'step': must be one of constant, cosine"):
+        params.replace(train={"schedule": "step"})
