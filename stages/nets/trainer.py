@@ -31,7 +31,7 @@ from stages.common.params import Params, TrainParams
 from stages.common.precision import amp_dtype, autocast, needs_grad_scaler, place_network
 from stages.common.threads import single_thread_blas
 from stages.face.pca import PCABasis, load_flip_perm
-from stages.nets import losses, pose_losses
+from stages.nets import losses
 from stages.nets.color import jitter_images
 from stages.nets.crop_pose import camera_to_crop
 from stages.nets.dataset import CropStore, Reframe, TrainBatches, crop_targets
@@ -149,7 +149,7 @@ def loss_terms(out: dict, batch: dict, cfg: TrainParams, weights_mm: torch.Tenso
     """Loss terms (eq. 1-3) of one batch; see stages.nets.losses for their units. Without
     out["verts"] (a PCA head run with with_verts=False) the VDC comes from the coefficients:
     weights_mm must then be the basis' own WPDC weights (PCABasis.wpdc_weights). The direct
-    6DoF head (train.pose_head) has its pose terms rot, trans (stages.nets.pose_losses) in
+    6DoF head (train.pose_head) has its terms rot, trans (stages.nets.losses) in
     place of the landmark term. Diagnostics of the landmark head, without a weight: sigma_px
     (mean sigma, crop px) and mu_gain (losses.mean_gain; 1 under MSE)."""
     landmark, diagnostics = landmark_terms(out, batch, cfg)
@@ -160,10 +160,11 @@ def loss_terms(out: dict, batch: dict, cfg: TrainParams, weights_mm: torch.Tenso
 
 
 def landmark_terms(out: dict, batch: dict, cfg: TrainParams) -> tuple[dict, dict]:
-    """The landmark (or direct pose) terms of loss_terms and their diagnostics."""
+    """The landmark term of loss_terms (the direct 6DoF head: its rot and trans terms) and their
+    diagnostics."""
     if cfg.pose_head == "direct6dof":
-        return {"rot": pose_losses.rotation_deg(out["R_crop"], batch["R_crop"]),
-                "trans": pose_losses.translation_mm2(out["t_code"], batch["t_code"], batch["crop_scale"])}, {}
+        return {"rot": losses.rotation_deg(out["R_crop"], batch["R_crop"]),
+                "trans": losses.translation_mm2(out["t_code"], batch["t_code"], batch["crop_scale"])}, {}
     if cfg.landmark_loss == "gnll":
         value = losses.gnll(out["mu"], out["sigma"], batch["uv"], cfg.gnll_beta)
         gain = losses.mean_gain(out["sigma"], cfg.gnll_beta)

@@ -1,5 +1,5 @@
-"""The direct 6DoF head through the stages on a tiny project: train (pose terms instead of the
-landmark term), infer (the head's pose mapped from its crop's frame, no PnP; landmarks are the
+"""The direct 6DoF head through the stages on a tiny project: train (rot and trans terms instead
+of the landmark term), infer (the head's pose mapped from its crop's frame, no PnP; landmarks are the
 mesh projected with it) and finetune (refused: EPro-PnP needs the PnP head)."""
 import numpy as np
 import pytest
