@@ -192,15 +192,14 @@ Params.__doc__ = "The whole of params.yaml, typed: one attribute per section or 
 def check_section(name: str, raw: Any, source: Path | str) -> Section:
     """Validate one section's mapping (e.g. the train params saved in a checkpoint) -> its
     section object; `source` names it in the messages."""
+    keys = SCHEMA[name]
     if not isinstance(raw, Mapping):
         raise ParamsError(f"{source}: section '{name}' must be a mapping")
-    unknown = sorted(set(raw) - set(SCHEMA[name]))
-    missing = sorted(set(SCHEMA[name]) - set(raw))
+    unknown, missing = sorted(set(raw) - set(keys)), sorted(set(keys) - set(raw))
     if unknown:
         raise ParamsError(f"{source}: unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)}")
     if missing:
         raise ParamsError(f"{source}: missing key(s) {', '.join(f'{name}.{k}' for k in missing)}")
-    keys = SCHEMA[name]
     return SECTIONS[name](**{key: _coerce(raw[key], kind, f"{source}: {name}.{key}") for key, kind in keys.items()})
 
 
