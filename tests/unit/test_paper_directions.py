@@ -57,7 +57,7 @@ def test_directions_read_each_experiment_and_leave_unrun_pairs_blank():
 
 def test_every_direction_compares_two_grid_experiments_in_an_evaluate_column():
     directions = paper_tables.load_directions()
-    assert len(directions) == 6
+    assert len(directions) == 8
     for claim in directions:
         assert {claim["better"], claim["worse"]} <= set(paper_grid.GRID)
         assert claim["column"] in {"add", "shape", "score", "cam", "rot_deg"}
