@@ -3,8 +3,9 @@ crop stage's torch path (crop.decode), which decodes and warps on the GPU.
 
 `warp_images` reproduces warp_image's OpenCV convention: the warp maps continuous full-image
 coordinates (pixel i has its centre at i + 0.5) to continuous crop coordinates, which are
-grid_sample's with align_corners=False; bilinear, pixels outside the image black (zeros padding,
-each of the four taps on its own, as BORDER_CONSTANT 0), results rounded to the nearest grey
+grid_sample's with align_corners=False (the grid of F.affine_grid, computed elementwise:
+`sampling_grid`); bilinear, pixels outside the image black (zeros padding, each of the four
+taps on its own, as BORDER_CONSTANT 0), results rounded to the nearest grey
 level (half up, as OpenCV's fixed-point rounding). The anti-alias pre-shrink follows the same
 rule (stages.face.warp.area_shrink: an integer factor k = int(1 / scale) when the warp's scale
 is below 0.5, the shrunk size rounded) and the same interpolation as cv2.resize's INTER_AREA,
@@ -39,6 +40,18 @@ def grid_theta(warps: np.ndarray, width: int, height: int, size: int) -> np.ndar
     return compose(to_image, compose(invert_warp(warps), from_crop))
 
 
+def sampling_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
+    """F.affine_grid(theta, (n, C, size, size), align_corners=False) computed elementwise: (n, size,
+    size, 2) float32. affine_grid is a batched matrix product, which CUDA runs in TF32 (10-bit
+    mantissa: up to 0.4 px off at 800 px) where torch.backends.cuda.matmul.allow_tf32 or
+    NVIDIA_TF32_OVERRIDE ask for it; products and sums of single numbers never do."""
+    line = (torch.arange(size, device=theta.device, dtype=torch.float32) * 2 + 1) / size - 1
+    x, y = line[None, None, :], line[None, :, None]
+    coeff = theta[..., None, None]                     # (n, 2, 3, 1, 1)
+    grid = coeff[:, :, 0] * x + coeff[:, :, 1] * y + coeff[:, :, 2]
+    return grid.permute(0, 2, 3, 1)
+
+
 def round_uint8(values: torch.Tensor) -> torch.Tensor:
     """float grey levels -> uint8, rounded half up (OpenCV's fixed-point rounding) and clipped."""
     return values.add_(0.5).floor_().clamp_(0, 255).to(torch.uint8)
@@ -71,16 +84,16 @@ def _warp_group(images: torch.Tensor, warps: np.ndarray, size: int, small: tuple
     source = (images if small is None else area_resize(images, *small)).float()
     theta = torch.from_numpy(grid_theta(warps, source.shape[-1], source.shape[-2], size)).to(
         device=images.device, dtype=torch.float32)
-    grid = F.affine_grid(theta, [len(images), images.shape[1], size, size], align_corners=False)
-    crops = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    crops = F.grid_sample(source, sampling_grid(theta, size), mode="bilinear", padding_mode="zeros",
+                          align_corners=False)
     return round_uint8(crops).permute(0, 2, 3, 1)
 
 
 def warp_images(images: torch.Tensor, warps: np.ndarray, size: int, piece: int = 32) -> torch.Tensor:
     """Resample uint8 images (B, C, H, W) on any device into uint8 crops (B, size, size, C) on the
     same device through warps (B, 2, 3) (numpy, full -> crop in continuous px): warp_image of
-    each image, batched. The images are resampled in float32 `piece` at a time (the float copy of
-    a piece is the only extra memory), grouped by their pre-shrink."""
+    each image, batched. The images are resampled `piece` at a time, grouped by their pre-shrink
+    (the float copies of a piece are the only extra memory: float32, float64 for a pre-shrink)."""
     warps = np.asarray(warps, dtype=np.float64)
     if warps.shape != (len(images), 2, 3):
         raise ValueError(f"warps of shape {warps.shape} for {len(images)} images")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from stages.face.warp import area_shrink, similarity, warp_image
-from stages.face.warp_torch import area_resize, warp_images
+from stages.face.warp_torch import area_resize, grid_theta, sampling_grid, warp_images
 
 MAX_DIFF = 1
 MEAN_DIFF = 0.01
@@ -97,3 +97,10 @@ def test_area_resize_is_opencv_inter_area(source, target, device):
 def test_warp_images_checks_the_warps_shape():
     with pytest.raises(ValueError, match="warps of shape"):
         warp_images(torch.zeros((2, 3, 10, 10), dtype=torch.uint8), np.zeros((3, 2, 3)), 8)
+
+
+def test_sampling_grid_is_affine_grid():
+    rng = np.random.default_rng(3)
+    theta = torch.from_numpy(grid_theta(_warps(rng, 4, 300, 200, 48, "outside"), 200, 300, 48)).float()
+    expected = torch.nn.functional.affine_grid(theta, [4, 3, 48, 48], align_corners=False)
+    assert torch.allclose(sampling_grid(theta, 48), expected, atol=1e-5)
