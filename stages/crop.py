@@ -17,6 +17,7 @@ Work in progress lives in artifacts/crop.partial/; an interrupted run resumes th
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import shutil
 import time
@@ -165,38 +166,39 @@ class OpenCVCrops:
         return lambda: [future.result() for future in futures]
 
 
+@functools.cache
 def _torchvision_io():
-    """torchvision.io without its deprecation warning (torchvision 0.29 points at TorchCodec)."""
-    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                            category=DeprecationWarning)
+    """torchvision.io, imported once."""
     import torchvision.io
     return torchvision.io
+
+
+def _quiet_torchvision_io() -> None:
+    """Silence the deprecation warning of torchvision.io's decoders (torchvision 0.29 points at
+    TorchCodec; decode_jpeg is still there)."""
+    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                            category=DeprecationWarning)
 
 
 def decode_images(datas: list, paths: list[str], device, image_size: tuple[int, int]) -> list:
     """JPEG bytes (CPU uint8 tensors) -> per image a (3, H, W) uint8 RGB tensor on `device`, or
     the DataError of the OpenCV path. One batched decode_jpeg (nvJPEG on CUDA); when it raises, one
-    image at a time, and an image torchvision cannot decode goes to read_image (OpenCV), which
-    decodes it or raises the DataError it raises on the OpenCV path: both paths skip the same
-    images with the same messages. Sizes are checked as read_image checks them."""
+    image at a time (_decode_one). Sizes are checked as read_image checks them."""
     io = _torchvision_io()
     try:
         images = io.decode_jpeg(datas, mode=io.ImageReadMode.RGB, device=device) if datas else []
     except RuntimeError:
-        images = [_decode_one(io, data, path, device) for data, path in zip(datas, paths)]
-    out = []
-    for image, path in zip(images, paths):
-        try:
-            if not isinstance(image, DataError):
-                check_image_size(path, tuple(image.shape[1:]), image_size)
-            out.append(image)
-        except DataError as err:
-            out.append(err)
-    return out
+        images = [_decode_one(data, path, device) for data, path in zip(datas, paths)]
+    return [image if isinstance(image, DataError) else _checked_size(image, path, image_size)
+            for image, path in zip(images, paths)]
 
 
-def _decode_one(io, data, path: str, device):
+def _decode_one(data, path: str, device):
+    """One image's tensor, or its DataError: an image torchvision cannot decode goes to read_image
+    (OpenCV), which decodes it (a PNG, say) or raises the DataError of the OpenCV path, so that
+    both paths skip the same images with the same messages."""
     import torch
+    io = _torchvision_io()
     try:
         return io.decode_jpeg(data, mode=io.ImageReadMode.RGB, device=device)
     except RuntimeError:
@@ -205,6 +207,15 @@ def _decode_one(io, data, path: str, device):
         return torch.from_numpy(read_image(path)).permute(2, 0, 1).to(device)
     except DataError as err:
         return err
+
+
+def _checked_size(image, path: str, image_size: tuple[int, int]):
+    """A decoded (3, H, W) image, or the DataError of an image of another size than the data set's."""
+    try:
+        check_image_size(path, tuple(image.shape[1:]), image_size)
+    except DataError as err:
+        return err
+    return image
 
 
 def _load(path: str, device, image_size: tuple[int, int]):
@@ -229,6 +240,8 @@ class TorchCrops:
                  paths: list[str], size: int, image_size: tuple[int, int], device):
         self.pool, self.device_thread, self.writer = pool, device_thread, writer
         self.paths, self.size, self.image_size, self.device = paths, size, image_size, device
+        _quiet_torchvision_io()
+        _torchvision_io()    # imported here, before the threads use it
 
     def submit(self, part: np.ndarray) -> Outcome:
         loads = [self.pool.submit(_load, self.paths[i], self.device, self.image_size) for i in part]

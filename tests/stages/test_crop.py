@@ -241,6 +241,7 @@ def test_the_torch_path_stops_with_the_bad_images_name(tiny, monkeypatch, spoil,
         run(params, tmp, split_dir, coarse_dir)
 
 
+@pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision")
 @pytest.mark.parametrize("device", TORCH_DEVICES)
 def test_a_batch_that_fails_to_decode_is_decoded_one_by_one(tmp_path, device):
     """decode_images: one bad file in a batch costs only its own row; a PNG goes through OpenCV."""
