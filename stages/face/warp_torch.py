@@ -52,41 +52,51 @@ def sampling_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
     return grid.permute(0, 2, 3, 1)
 
 
-def round_uint8(values: torch.Tensor) -> torch.Tensor:
-    """float grey levels -> uint8, rounded half up (OpenCV's fixed-point rounding) and clipped."""
-    return values.add_(0.5).floor_().clamp_(0, 255).to(torch.uint8)
+def round_half_up(values: torch.Tensor) -> torch.Tensor:
+    """float grey levels rounded half up (OpenCV's fixed-point rounding) and clipped to 0-255, in place."""
+    return values.add_(0.5).floor_().clamp_(0, 255)
 
 
-def _area_last_axis(values: torch.Tensor, out: int) -> torch.Tensor:
-    """OpenCV's INTER_AREA along the last axis, n -> out samples: output i is the mean of the input
-    over its cell [i s, (i + 1) s), s = n / out, a pixel the cell covers in part weighed by the
-    covered fraction; from the integral of the piecewise constant input (cumulative sums)."""
-    n = values.shape[-1]
+def _area_axis(values: torch.Tensor, out: int, dim: int) -> torch.Tensor:
+    """OpenCV's INTER_AREA along axis `dim`, n -> out samples, in float64: output i is the mean of
+    the input over its cell [i s, (i + 1) s), s = n / out, a pixel the cell covers in part weighed
+    by the covered fraction. From the integral of the piecewise constant input, read at the cell
+    edges e: the inclusive cumulative sum C at p = floor(e) (exact: int32 for uint8 input, else
+    float64) less (1 - (e - p)) of pixel p."""
+    n = values.shape[dim]
     scale = n / out
     edges = torch.arange(out + 1, dtype=torch.float64, device=values.device) * scale
     first = edges.floor().clamp(max=n - 1)
-    integral = F.pad(values.cumsum(-1), (1, 0))
     index = first.long()
-    at_edges = integral[..., index] + (edges - first) * values[..., index]
-    return (at_edges[..., 1:] - at_edges[..., :-1]) / scale
+    sums = values.cumsum(dim, dtype=torch.float64 if values.is_floating_point() else torch.int32)
+    shape = [1] * values.dim()
+    shape[dim] = out + 1
+    at_edges = sums.index_select(dim, index).double() + (edges - first - 1).view(shape) * values.index_select(dim, index)
+    return (at_edges.narrow(dim, 1, out) - at_edges.narrow(dim, 0, out)) / scale
 
 
-def area_resize(images: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """uint8 (n, C, H, W) -> uint8 (n, C, height, width) shrunk as cv2.resize INTER_AREA does:
-    each output pixel the mean over its cell, in float64 (the cumulative sums stay exact), rounded."""
-    rows = _area_last_axis(images.double().transpose(-1, -2), height).transpose(-1, -2)
-    return round_uint8(_area_last_axis(rows, width))
+def area_resize(images: torch.Tensor, width: int, height: int, piece: int = 8) -> torch.Tensor:
+    """uint8 (n, C, H, W) -> (n, C, height, width) shrunk as cv2.resize INTER_AREA does: each
+    output pixel the mean over its cell, rounded half up to a whole grey level; float32. Sides
+    divisible by the factor: the k x k block means of avg_pool2d (exact in float32: sums below
+    2^24, and a mean within 1 / k^2 of a half is at least that far from it); others: _area_axis
+    on rows, then columns, `piece` images at a time (their cumulative sums are the extra memory)."""
+    rows, cols = images.shape[-2:]
+    if rows % height == 0 and cols % width == 0:
+        return round_half_up(F.avg_pool2d(images.float(), (rows // height, cols // width)))
+    return torch.cat([round_half_up(_area_axis(_area_axis(part, height, -2), width, -1)).float()
+                      for part in images.split(piece)])
 
 
 def _warp_group(images: torch.Tensor, warps: np.ndarray, size: int, small: tuple[int, int] | None) -> torch.Tensor:
     """uint8 (n, C, H, W) images, their warps (already from the shrunk image when `small`, its
     (width, height), is given) -> uint8 (n, size, size, C)."""
-    source = (images if small is None else area_resize(images, *small)).float()
+    source = images.float() if small is None else area_resize(images, *small)
     theta = torch.from_numpy(grid_theta(warps, source.shape[-1], source.shape[-2], size)).to(
         device=images.device, dtype=torch.float32)
     crops = F.grid_sample(source, sampling_grid(theta, size), mode="bilinear", padding_mode="zeros",
                           align_corners=False)
-    return round_uint8(crops).permute(0, 2, 3, 1)
+    return round_half_up(crops).to(torch.uint8).permute(0, 2, 3, 1)
 
 
 def warp_images(images: torch.Tensor, warps: np.ndarray, size: int, piece: int = 32) -> torch.Tensor:

@@ -90,7 +90,7 @@ def test_area_resize_is_opencv_inter_area(source, target, device):
     rng = np.random.default_rng(source[0] + target[0])
     image = rng.integers(0, 256, (source[1], source[0], 3), dtype=np.uint8)
     expected = cv2.resize(image, target, interpolation=cv2.INTER_AREA)
-    got = area_resize(torch.from_numpy(image).permute(2, 0, 1)[None].to(device), *target)[0].permute(1, 2, 0)
+    got = area_resize(torch.from_numpy(image).permute(2, 0, 1)[None].to(device), *target)[0].permute(1, 2, 0).byte()
     assert np.abs(got.cpu().numpy().astype(int) - expected).max() <= 1
 
 
