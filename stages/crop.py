@@ -36,6 +36,7 @@ from tqdm import tqdm
 from stages.coarse.targets import project_landmarks
 from stages.common.badinput import BadInputs
 from stages.common.cropstore import CropStoreWriter, stamp_run
+from stages.common.device import gpu_driver_present, pick_device
 from stages.common.io import atomic_dir, save_json
 from stages.common.params import section
 from stages.common.stage import stage_main
@@ -121,11 +122,10 @@ def warps_of(landmarks: np.ndarray, reference: np.ndarray, rotation: str, camera
 def decode_device(choice: str):
     """crop.decode -> the torch device of the torch path (torchvision decode, warp_images), or None
     for the OpenCV path. auto: torch on CUDA (stages/common/device.py), else OpenCV, so that a
-    machine without CUDA makes the same crops as before the torch path existed. (torch is imported
-    here, not at the top: the OpenCV path and quality()'s worker processes never load it.)"""
-    if choice == "opencv":
+    machine without CUDA makes the same crops as before the torch path existed; without a GPU
+    driver it does not even import torch (nor does the OpenCV path, nor quality()'s workers)."""
+    if choice == "opencv" or (choice == "auto" and not gpu_driver_present()):
         return None
-    from stages.common.device import pick_device
     device = pick_device("auto", "crop.decode")
     return device if choice == "torch" or device.type == "cuda" else None
 

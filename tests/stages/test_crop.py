@@ -1,5 +1,9 @@
-"""Stage crop on a tiny data root: the store, bad input (stop / skip / fraction) and resuming."""
+"""Stage crop on a tiny data root: the store, bad input (stop / skip / fraction) and resuming;
+the torch path (crop.decode) against the OpenCV path."""
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 
@@ -19,6 +23,7 @@ from stages.wcpa.layout import DataError, image_path, load_labels, load_resource
 from tests.stages.tiny_data import write_tiny_root
 
 SIZE = 64
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -260,10 +265,23 @@ def test_a_batch_that_fails_to_decode_is_decoded_one_by_one(tmp_path, device):
     assert isinstance(small, DataError) and "image is 30x20, the data set's images are 30x40" in str(small)
 
 
-def test_decode_auto_is_torch_on_cuda_only(monkeypatch):
+@pytest.mark.parametrize("driver", [False, True])
+def test_decode_auto_is_torch_on_cuda_only(monkeypatch, driver):
+    monkeypatch.setattr(crop, "gpu_driver_present", lambda: driver)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert crop.decode_device("auto") is None and crop.decode_device("opencv") is None
     assert crop.decode_device("torch") == torch.device("cpu")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert crop.decode_device("auto").type == crop.decode_device("torch").type == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: driver)   # (no CUDA without a driver)
     assert crop.decode_device("opencv") is None
+    assert crop.decode_device("auto") == (torch.device("cuda") if driver else None)
+    assert crop.decode_device("torch").type == ("cuda" if driver else "cpu")
+
+
+def test_the_opencv_path_never_imports_torch(tiny):
+    """Without a GPU driver, crop.decode auto: the stage in a fresh process leaves torch unloaded."""
+    params, tmp, split_dir, coarse_dir = tiny
+    code = ("import json, sys; from pathlib import Path; from stages import crop; crop.gpu_driver_present = lambda: False; "
+            "crop.run(json.loads(sys.argv[1]), *map(Path, sys.argv[2:])); print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code, json.dumps(params), str(tmp / "crop"), str(coarse_dir),
+                             str(split_dir)], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "False"
