@@ -138,6 +138,7 @@ def read_image(path: Path | str, size: tuple[int, int] | None = None, rgb: bool 
     result instead: the same pixels, without a full-resolution conversion). reduce 2, 4 or 8:
     decoded at that fraction of its size by libjpeg's scaled IDCT -> (ceil(H / reduce),
     ceil(W / reduce), 3), for a caller that needs no more detail."""
+    path = Path(path)
     data = image_bytes(path)
     image = cv2.imdecode(data, REDUCED_READS[reduce]) if data.size else None
     if image is None:
