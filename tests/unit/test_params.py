@@ -121,8 +121,9 @@ def test_gpu_profile_is_the_paper_profile_on_one_gpu_and_16_cores(tmp_path):
     assert gpu["train"]["val_batch_size"] == gpu["finetune"]["val_batch_size"] == 256
     different = {(name, key) for name, section in paper.items() if isinstance(section, dict)
                  for key in section if gpu[name][key] != section[key]}
+    assert gpu["crop"]["decode"] == "torch"
     assert different == {("data", "workers"), ("synth", "workers"), ("coarse_predict", "batch_size"),
-                         ("train", "batch_size"), ("train", "workers"), ("train", "val_batch_size"),
+                         ("crop", "decode"), ("train", "batch_size"), ("train", "workers"), ("train", "val_batch_size"),
                          ("finetune", "workers"), ("finetune", "val_batch_size"), ("infer", "batch_size"),
                          ("infer", "workers")}
 
