@@ -375,7 +375,8 @@ def run(params: dict, out: Path = Path("artifacts/crop"), coarse_dir: Path = Pat
         warps = np.tile(np.eye(2, 3), (len(table), 1, 1))
         if valid.any():
             warps[valid] = warps_of(landmarks[valid], reference, cfg.rotation, camera, model_points, data.workers)
-        writers[split] = CropStoreWriter(partial / split, table, warps, cfg.size)
+        writers[split] = CropStoreWriter(partial / split, table, warps, cfg.size,
+                                         "opencv" if device is None else f"torch-{device.type}")
         failed = crop_split(writers[split], root, table, np.flatnonzero(valid), cfg.size,
                             camera.size, cfg.chunk, data.workers, bad, split, device)
         skipped[split] = ~valid | failed

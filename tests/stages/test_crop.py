@@ -152,6 +152,25 @@ def test_interrupted_crop_resumes_without_redoing_finished_chunks(tiny, monkeypa
     assert np.array_equal(np.load(tmp / "crop/train/images.npy"), resumed)
 
 
+
+def test_a_partial_run_of_one_decode_path_is_not_resumed_by_the_other(tiny, monkeypatch):
+    params, tmp, split_dir, coarse_dir = tiny
+    write = CropStoreWriter.write
+
+    def interrupt(self, rows):
+        write(self, rows)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(CropStoreWriter, "write", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        _crop_with(params, tmp, split_dir, coarse_dir, monkeypatch, None, "unused")
+    monkeypatch.setattr(CropStoreWriter, "write", write)
+    cropped = []
+    load = crop._load
+    monkeypatch.setattr(crop, "_load", lambda path, *a: cropped.append(path) or load(path, *a))
+    _crop_with(params, tmp, split_dir, coarse_dir, monkeypatch, "cpu", "torch")
+    assert len(cropped) == 8 + 2 + 3            # every image again, the interrupted chunk too
+
 def test_crop_sheet_draws_sixteen_or_fewer_tiles(tiny):
     params, tmp, split_dir, coarse_dir = tiny
     run(params, tmp, split_dir, coarse_dir)
