@@ -32,6 +32,8 @@ GRID: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                          + PRE_FINETUNE, PRE_FINETUNE_TARGETS),
     "t1-mse-pnp": (("train.pose_head=pnp", "train.landmark_loss=mse", "train.coordconv=false", "train.shape_head=pca")
                    + PRE_FINETUNE, PRE_FINETUNE_TARGETS),
+    "t1-mse-pnp-cc": (("train.pose_head=pnp", "train.landmark_loss=mse", "train.coordconv=true",
+                       "train.shape_head=pca") + PRE_FINETUNE, PRE_FINETUNE_TARGETS),
     "t1-gnll-pnp": (GNLL_PNP + PRE_FINETUNE, PRE_FINETUNE_TARGETS),
     "t2-direct3d": (GNLL_PNP[:-1] + ("train.shape_head=direct",) + PRE_FINETUNE, PRE_FINETUNE_TARGETS),
     "t3-epro": (GNLL_PNP + ("infer.checkpoint=finetune",), ()),

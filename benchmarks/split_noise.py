@@ -32,11 +32,18 @@ def paired_scores(folder: Path, predictor: str, reference: str, split: str) -> p
     return both.rename(columns={"score_reference": "reference"})
 
 
+def resampled_sums(table: pd.DataFrame, columns: list[str], draws: int, seed: int = 0) -> np.ndarray:
+    """Sums (draws, len(columns) + 1) of `columns` and of the sample count over `draws`
+    resamplings of whole subjects (with replacement, as many subjects as the table has)."""
+    grouped = table.groupby("subject_id")
+    sums = np.column_stack([grouped[columns].sum().to_numpy(), grouped.size().to_numpy()])
+    picks = np.random.default_rng(seed).multinomial(len(sums), np.full(len(sums), 1 / len(sums)), size=draws)
+    return picks @ sums
+
+
 def subject_bootstrap(table: pd.DataFrame, draws: int, seed: int = 0) -> np.ndarray:
     """Ratios (draws,) of the summed scores over `draws` resamplings of whole subjects."""
-    sums = table.groupby("subject_id")[["score", "reference"]].sum().to_numpy()
-    counts = np.random.default_rng(seed).multinomial(len(sums), np.full(len(sums), 1 / len(sums)), size=draws)
-    totals = counts @ sums                      # (draws, 2): resampled sums of each predictor
+    totals = resampled_sums(table, ["score", "reference"], draws, seed)
     return totals[:, 0] / totals[:, 1]
 
 

@@ -16,12 +16,16 @@ Work in progress lives in artifacts/crop.partial/; an interrupted run resumes th
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import shutil
 import time
+import warnings
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -32,15 +36,16 @@ from tqdm import tqdm
 from stages.coarse.targets import project_landmarks
 from stages.common.badinput import BadInputs
 from stages.common.cropstore import CropStoreWriter, stamp_run
+from stages.common.device import gpu_driver_present, pick_device
 from stages.common.io import atomic_dir, save_json
 from stages.common.params import Params
 from stages.common.stage import stage_main
 from stages.face.frontal import crop_quality, crop_warps, landmark_checks, landmark_problem, reference_shape
 from stages.face.warp import invert_warp, warp_image
 from stages.wcpa.camera import Camera
-from stages.wcpa.layout import (DataError, Resources, info_path, landmarks_path, load_resources,
-                                read_image, read_info, read_landmarks, sample_files, sample_key, sample_keys,
-                                split_tables)
+from stages.wcpa.layout import (DataError, Resources, check_image_size, image_bytes, info_path, landmarks_path,
+                                load_resources, read_image, read_info, read_landmarks, sample_files, sample_key,
+                                sample_keys, split_tables)
 
 log = logging.getLogger("crop")
 SPLITS = ("train", "val", "test")
@@ -112,6 +117,17 @@ def warps_of(landmarks: np.ndarray, reference: np.ndarray, rotation: str, camera
     return np.concatenate(done) if done else np.zeros((0, 2, 3))
 
 
+def decode_device(choice: str):
+    """crop.decode -> the torch device of the torch path (torchvision decode, warp_images), or None
+    for the OpenCV path. auto: torch on CUDA (stages/common/device.py), else OpenCV, so that a
+    machine without CUDA makes the same crops as before the torch path existed; without a GPU
+    driver it does not even import torch (nor does the OpenCV path, nor quality()'s workers)."""
+    if choice == "opencv" or (choice == "auto" and not gpu_driver_present()):
+        return None
+    device = pick_device("auto", "crop.decode")
+    return device if choice == "torch" or device.type == "cuda" else None
+
+
 def _crop_one(path: Path | str, warp: np.ndarray, size: int, image_size: tuple[int, int]) -> np.ndarray | DataError:
     """The RGB crop of one image. The warp runs on the decoded BGR image and only the crop is
     converted to RGB: the same pixels (the resampling treats each channel alike) for a fraction
@@ -132,23 +148,143 @@ def _crop_into(writer: CropStoreWriter, index: int, path: str, size: int,
     return None
 
 
+Outcome = Callable[[], list]   # -> per row of a chunk: None (stored) or its DataError
+
+
+class OpenCVCrops:
+    """The CPU path: every row on a worker thread (read_image, warp_image, store)."""
+
+    def __init__(self, pool: ThreadPoolExecutor, writer: CropStoreWriter, paths: list[str], size: int,
+                 image_size: tuple[int, int]):
+        self.pool, self.writer, self.paths, self.size, self.image_size = pool, writer, paths, size, image_size
+
+    def submit(self, part: np.ndarray) -> Outcome:
+        futures = [self.pool.submit(_crop_into, self.writer, i, self.paths[i], self.size, self.image_size)
+                   for i in part]
+        return lambda: [future.result() for future in futures]
+
+
+@functools.cache
+def _torchvision_io():
+    """torchvision.io, imported once."""
+    import torchvision.io
+    return torchvision.io
+
+
+def _quiet_torchvision_io() -> None:
+    """Silence the deprecation warning of torchvision.io's decoders (torchvision 0.29 points at
+    TorchCodec; decode_jpeg is still there)."""
+    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                            category=DeprecationWarning)
+
+
+def decode_images(datas: list, paths: list[str], device, image_size: tuple[int, int]) -> list:
+    """JPEG bytes (CPU uint8 tensors) -> per image a (3, H, W) uint8 RGB tensor on `device`, or
+    the DataError of the OpenCV path. One batched decode_jpeg (nvJPEG on CUDA); when it raises, one
+    image at a time (_decode_one). Sizes are checked as read_image checks them."""
+    io = _torchvision_io()
+    try:
+        images = io.decode_jpeg(datas, mode=io.ImageReadMode.RGB, device=device) if datas else []
+    except RuntimeError:
+        images = [_decode_one(data, path, device) for data, path in zip(datas, paths)]
+    return [image if isinstance(image, DataError) else _checked_size(image, path, image_size)
+            for image, path in zip(images, paths)]
+
+
+def _decode_one(data, path: str, device):
+    """One image's tensor, or its DataError: an image torchvision cannot decode goes to read_image
+    (OpenCV), which decodes it (a PNG, say) or raises the DataError of the OpenCV path, so that
+    both paths skip the same images with the same messages."""
+    import torch
+    io = _torchvision_io()
+    try:
+        return io.decode_jpeg(data, mode=io.ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        pass
+    try:
+        return torch.from_numpy(read_image(path)).permute(2, 0, 1).to(device)
+    except DataError as err:
+        return err
+
+
+def _checked_size(image, path: str, image_size: tuple[int, int]):
+    """A decoded (3, H, W) image, or the DataError of an image of another size than the data set's."""
+    try:
+        check_image_size(path, tuple(image.shape[1:]), image_size)
+    except DataError as err:
+        return err
+    return image
+
+
+def _load(path: str, device, image_size: tuple[int, int]):
+    """Worker thread: an image's bytes as a CPU tensor (decoded there when `device` is the CPU,
+    where a batched decode is a loop anyway), or its DataError."""
+    import torch
+    try:
+        data = torch.from_numpy(image_bytes(path))
+    except DataError as err:
+        return err
+    return data if device.type != "cpu" else decode_images([data], [path], device, image_size)[0]
+
+
+class TorchCrops:
+    """The torch path, a chunk at a time: the worker threads read the chunk's files (on the CPU
+    they decode them too) while one device thread decodes the previous chunk in one batch
+    (decode_images: nvJPEG on CUDA), warps it on the device (warp_images) and copies the crops
+    back once into the writer's rows. crop_split keeps two chunks in flight, so the files of the
+    next chunk are read while the current one decodes."""
+
+    def __init__(self, pool: ThreadPoolExecutor, device_thread: ThreadPoolExecutor, writer: CropStoreWriter,
+                 paths: list[str], size: int, image_size: tuple[int, int], device):
+        self.pool, self.device_thread, self.writer = pool, device_thread, writer
+        self.paths, self.size, self.image_size, self.device = paths, size, image_size, device
+        _quiet_torchvision_io()
+        _torchvision_io()    # imported here, before the threads use it
+
+    def submit(self, part: np.ndarray) -> Outcome:
+        loads = [self.pool.submit(_load, self.paths[i], self.device, self.image_size) for i in part]
+        return self.device_thread.submit(self._crop_chunk, part, loads).result
+
+    def _crop_chunk(self, part: np.ndarray, loads: list[Future]) -> list:
+        """Device thread: crop the chunk's rows into the writer -> per row None or its DataError."""
+        import torch
+
+        from stages.face.warp_torch import warp_images
+        results = [load.result() for load in loads]
+        if self.device.type != "cpu":
+            todo = [k for k, r in enumerate(results) if not isinstance(r, DataError)]
+            decoded = decode_images([results[k] for k in todo], [self.paths[part[k]] for k in todo],
+                                    self.device, self.image_size)
+            for k, image in zip(todo, decoded):
+                results[k] = image
+        good = [k for k, r in enumerate(results) if not isinstance(r, DataError)]
+        if good:
+            rows = part[good]
+            crops = warp_images(torch.stack([results[k].to(self.device) for k in good]), self.writer.warps[rows],
+                                self.size).cpu().numpy()
+            for row, crop in zip(rows, crops):
+                self.writer.store(row, crop)
+        return [r if isinstance(r, DataError) else None for r in results]
+
+
 def crop_split(writer: CropStoreWriter, root: Path, table: pd.DataFrame, rows: np.ndarray, size: int,
-               image_size: tuple[int, int], chunk: int, workers: int, bad: BadInputs, desc: str) -> np.ndarray:
+               image_size: tuple[int, int], chunk: int, workers: int, bad: BadInputs, desc: str,
+               device=None) -> np.ndarray:
     """Crop the pending `rows` (images of the data set's (width, height) `image_size` px) into the
     writer -> (N,) bool of rows that failed (recorded in bad).
 
-    `workers` threads decode, warp and store each image; the main thread only commits chunks
-    (flush and done mark) in order, while the threads already work on the next chunk (two
-    chunks in flight: the memory does not grow with the split)."""
+    device None: the OpenCV path, `workers` threads decode, warp and store each image; a torch
+    device: the torch path (TorchCrops), `workers` threads read the files. Either way the main
+    thread only commits chunks (flush and done mark) in order, while the next chunk is already
+    being cropped (two chunks in flight: the memory does not grow with the split)."""
     failed = np.zeros(len(table), dtype=bool)
     chunks = writer.pending(rows, chunk)
     paths = sample_files(root, table, "image")
     keys = sample_keys(table)
 
-    def commit(part: np.ndarray, futures: list) -> None:
+    def commit(part: np.ndarray, outcome: Outcome) -> None:
         good = []
-        for index, future in zip(part, futures):
-            error = future.result()
+        for index, error in zip(part, outcome()):
             with bad.guard(keys[index]):
                 if error is not None:
                     failed[index] = True
@@ -157,11 +293,18 @@ def crop_split(writer: CropStoreWriter, root: Path, table: pd.DataFrame, rows: n
         writer.write(np.asarray(good, dtype=np.int64))
         bar.update(len(part))
 
-    with ThreadPoolExecutor(max(workers, 1)) as pool, \
-            tqdm(total=len(rows), initial=len(rows) - sum(map(len, chunks)), desc=desc, unit="img") as bar:
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(ThreadPoolExecutor(max(workers, 1)))
+        if device is None:
+            cropper = OpenCVCrops(pool, writer, paths, size, image_size)
+        else:   # (entered after the pool: on the way out the device thread finishes before the pool)
+            cropper = TorchCrops(pool, stack.enter_context(ThreadPoolExecutor(1)), writer, paths, size,
+                                 image_size, device)
+        bar = stack.enter_context(tqdm(total=len(rows), initial=len(rows) - sum(map(len, chunks)), desc=desc,
+                                       unit="img"))
         flight: deque = deque()
         for part in chunks:
-            flight.append((part, [pool.submit(_crop_into, writer, i, paths[i], size, image_size) for i in part]))
+            flight.append((part, cropper.submit(part)))
             if len(flight) > 1:
                 commit(*flight.popleft())
         while flight:
@@ -219,6 +362,8 @@ def run(params: Params, out: Path = Path("artifacts/crop"), coarse_dir: Path = P
     model_points = resources.template[resources.kpt_ind]
     bad = BadInputs(skip=data.skip_bad, max_fraction=data.max_bad_fraction)
     partial = out.with_name(out.name + ".partial")
+    device = decode_device(cfg.decode)
+    log.info("decode and warp: %s", "OpenCV" if device is None else f"torch on {device}")
     writers, skipped, metrics = {}, {}, {}
     for split in SPLITS:
         started = time.perf_counter()
@@ -228,9 +373,10 @@ def run(params: Params, out: Path = Path("artifacts/crop"), coarse_dir: Path = P
         warps = np.tile(np.eye(2, 3), (len(table), 1, 1))
         if valid.any():
             warps[valid] = warps_of(landmarks[valid], reference, cfg.rotation, camera, model_points, data.workers)
-        writers[split] = CropStoreWriter(partial / split, table, warps, cfg.size)
+        writers[split] = CropStoreWriter(partial / split, table, warps, cfg.size,
+                                         "opencv" if device is None else f"torch-{device.type}")
         failed = crop_split(writers[split], root, table, np.flatnonzero(valid), cfg.size,
-                            camera.size, cfg.chunk, data.workers, bad, split)
+                            camera.size, cfg.chunk, data.workers, bad, split, device)
         skipped[split] = ~valid | failed
         seconds = time.perf_counter() - started
         metrics[split] = {"seconds": seconds, "images_per_second": len(table) / max(seconds, 1e-9),

@@ -35,10 +35,11 @@ RUN_FILE = "run.json"
 RUN_CONTENT = ("warps.npy", "index.csv", "images.npy")
 
 
-def job_key(warps: np.ndarray, size: int, table: pd.DataFrame) -> str:
-    """Identity of a crop job: its warps, crop size and rows."""
+def job_key(warps: np.ndarray, size: int, table: pd.DataFrame, method: str = "opencv") -> str:
+    """Identity of a crop job: its warps, crop size, rows and the decode + warp path that makes the
+    pixels (`method`: the paths' crops differ by a grey level, so one never resumes the other's)."""
     digest = hashlib.sha256(np.ascontiguousarray(warps, dtype=np.float64).tobytes())
-    digest.update(str(size).encode())
+    digest.update(f"{size} {method}".encode())
     digest.update(table[ID_COLUMNS].to_csv(index=False).encode())
     return digest.hexdigest()
 
@@ -46,12 +47,13 @@ def job_key(warps: np.ndarray, size: int, table: pd.DataFrame) -> str:
 class CropStoreWriter:
     """The work folder of one split: images (N, S, S, 3) memmap, done mask (N,)."""
 
-    def __init__(self, work: Path | str, table: pd.DataFrame, warps: np.ndarray, size: int):
+    def __init__(self, work: Path | str, table: pd.DataFrame, warps: np.ndarray, size: int,
+                 method: str = "opencv"):
         self.work = Path(work)
         self.table = table.reset_index(drop=True)
         self.warps = np.asarray(warps, dtype=np.float64)
         self.size = size
-        key = job_key(self.warps, size, self.table)
+        key = job_key(self.warps, size, self.table, method)
         config = self.work / "config.json"
         resumable = config.is_file() and json.loads(config.read_text()).get("key") == key \
             and (self.work / "images.npy").is_file() and (self.work / "done.npy").is_file()

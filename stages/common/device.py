@@ -1,18 +1,31 @@
-"""The one device choice of every stage that runs a network: params `device` (auto | cpu | cuda)."""
+"""The one device choice of every stage that runs a network: params `device` (auto | cpu | cuda),
+and crop.decode's `auto` (stages/crop.py). torch is imported where a device is picked, not here:
+crop's OpenCV path asks `gpu_driver_present` first and never loads it."""
 from __future__ import annotations
 
-import torch
+import os
 
 from stages.common.schema import DEVICE
 
+GPU_DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/dxg")   # NVIDIA's driver; WSL's GPU device
 
-def pick_device(name: str, key: str = "device", index: int | None = None) -> torch.device:
-    """`auto`: CUDA when present, else the CPU; `cpu`; `cuda` (stops when CUDA is absent).
+
+def gpu_driver_present() -> bool:
+    """Whether a GPU driver that CUDA could use is loaded. Without one CUDA is unavailable, and a
+    caller that needs torch only for CUDA can skip importing it (about 470 MB of resident memory:
+    the CPU demo's crop stage would grow from 130 MB to 600 MB)."""
+    return any(os.path.exists(path) for path in GPU_DRIVER_PATHS)
+
+
+def pick_device(name: str, key: str = "device", index: int | None = None):
+    """`auto`: CUDA when present, else the CPU; `cpu`; `cuda` (stops when CUDA is absent) -> a
+    torch.device.
 
     key: the params key that gave `name`, for the messages ("infer.device"); index: this process's
     CUDA device (torchrun's LOCAL_RANK), None for the current one. An unknown name stops
     with a message naming the key and the choices, never falls back to the CPU.
     """
+    import torch
     if name not in DEVICE.values:
         raise ValueError(f"{key}={name!r}: expected one of {', '.join(DEVICE.values)}")
     if name == "cuda" and not torch.cuda.is_available():

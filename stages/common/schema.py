@@ -148,7 +148,9 @@ SCHEMA = {
         "size": COUNT,            # crop side, px
         "margin": POSITIVE,       # crop side / side of the reference face (whole mesh) in the crop
         "rotation": Choice("eye_line", "pose"),  # what levels the face (pose: roll of a PnP fit)
-        "chunk": COUNT,           # images per work unit (the resume granularity)
+        "chunk": COUNT,           # images per work unit (the resume granularity; the torch path's batch)
+        "decode": Choice("auto", "opencv", "torch"),  # decode + warp: OpenCV threads, or torchvision's batched
+                                  # decode_jpeg and warp_images on the device; auto: torch on CUDA, else OpenCV
     },
     "submit": {
         "predictors": [str],

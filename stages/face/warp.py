@@ -64,6 +64,22 @@ def to_opencv(warp: np.ndarray) -> np.ndarray:
     return out
 
 
+def area_shrink(warp: np.ndarray, width: int, height: int) -> tuple[tuple[int, int], np.ndarray] | None:
+    """The anti-alias pre-shrink of a warp (2, 3) (full -> crop) of a width x height image: None
+    when its scale is at least 0.5; else the shrunk image's (width, height), the image divided by
+    the integer factor int(1 / scale) and rounded, and the warp from the shrunk image (the same
+    crop: continuous coordinates scale by the exact size ratio). warp_image and
+    stages/face/warp_torch.py share it."""
+    warp = np.asarray(warp, dtype=np.float64)
+    scale = float(np.sqrt(abs(np.linalg.det(warp[:, :2]))))
+    if not scale < 0.5:      # (a NaN warp is not shrunk either)
+        return None
+    factor = 1.0 / int(1.0 / scale)
+    small = (round(width * factor), round(height * factor))
+    ratio = np.diag([width / small[0], height / small[1]])
+    return small, np.concatenate([warp[:, :2] @ ratio, warp[:, 2:]], axis=1)
+
+
 def warp_image(image: np.ndarray, warp: np.ndarray, size: int,
                interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
     """Resample `image` (H, W, C) into a (size, size, C) crop through `warp` (full -> crop).
@@ -71,15 +87,10 @@ def warp_image(image: np.ndarray, warp: np.ndarray, size: int,
     Pixels outside the image are black. When the warp shrinks by more than 2x, the image is
     pre-smoothed with INTER_AREA resizing first to avoid aliasing.
     """
-    scale = float(np.sqrt(abs(np.linalg.det(np.asarray(warp)[:, :2]))))
-    if scale < 0.5:
-        factor = 1.0 / int(1.0 / scale)
-        height, width = image.shape[:2]
-        small = cv2.resize(image, (round(width * factor), round(height * factor)),
-                           interpolation=cv2.INTER_AREA)
-        ratio = np.diag([width / small.shape[1], height / small.shape[0]])
-        warp = np.concatenate([np.asarray(warp)[:, :2] @ ratio, np.asarray(warp)[:, 2:]], axis=1)
-        image = small
+    shrink = area_shrink(warp, image.shape[1], image.shape[0])
+    if shrink is not None:
+        small_size, warp = shrink
+        image = cv2.resize(image, small_size, interpolation=cv2.INTER_AREA)
     return cv2.warpAffine(image, to_opencv(warp), (size, size), flags=interpolation,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 

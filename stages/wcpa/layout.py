@@ -139,16 +139,28 @@ def read_image(path: Path | str, size: tuple[int, int] | None = None, rgb: bool 
     decoded at that fraction of its size by libjpeg's scaled IDCT -> (ceil(H / reduce),
     ceil(W / reduce), 3), for a caller that needs no more detail."""
     path = Path(path)
-    data = np.fromfile(path, dtype=np.uint8) if path.exists() else None
-    if data is None:
-        raise DataError(f"{path}: image not found")
+    data = image_bytes(path)
     image = cv2.imdecode(data, REDUCED_READS[reduce]) if data.size else None
     if image is None:
         raise DataError(f"{path}: not a decodable image (corrupt or empty)")
-    if size is not None and image.shape[:2] != (-(-size[1] // reduce), -(-size[0] // reduce)):
-        raise DataError(f"{path}: image is {image.shape[1] * reduce}x{image.shape[0] * reduce}, "
-                        f"the data set's images are {size[0]}x{size[1]}")
+    check_image_size(path, image.shape[:2], size, reduce)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if rgb else image
+
+
+def image_bytes(path: Path | str) -> np.ndarray:
+    """An image file's bytes (uint8); a missing file is a DataError naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: image not found")
+    return np.fromfile(path, dtype=np.uint8)
+
+
+def check_image_size(path: Path | str, shape: tuple[int, int], size: tuple[int, int] | None, reduce: int = 1) -> None:
+    """A decoded image's (height, width) `shape` against the data set's (width, height) `size`
+    (None: any) at 1 / reduce of it: another size is a DataError naming the file and both sizes."""
+    if size is not None and tuple(shape) != (-(-size[1] // reduce), -(-size[0] // reduce)):
+        raise DataError(f"{Path(path)}: image is {shape[1] * reduce}x{shape[0] * reduce}, "
+                        f"the data set's images are {size[0]}x{size[1]}")
 
 
 def data_image_size(root: Path | str) -> tuple[int, int]:

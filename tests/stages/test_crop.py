@@ -1,11 +1,16 @@
-"""Stage crop on a tiny data root: the store, bad input (stop / skip / fraction) and resuming."""
+"""Stage crop on a tiny data root: the store, bad input (stop / skip / fraction) and resuming;
+the torch path (crop.decode) against the OpenCV path."""
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from stages import crop, crop_sheet
 from stages.coarse.targets import project_landmarks
@@ -18,6 +23,7 @@ from stages.wcpa.layout import DataError, image_path, load_labels, load_resource
 from tests.stages.tiny_data import write_tiny_root
 
 SIZE = 64
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -146,6 +152,25 @@ def test_interrupted_crop_resumes_without_redoing_finished_chunks(tiny, monkeypa
     assert np.array_equal(np.load(tmp / "crop/train/images.npy"), resumed)
 
 
+
+def test_a_partial_run_of_one_decode_path_is_not_resumed_by_the_other(tiny, monkeypatch):
+    params, tmp, split_dir, coarse_dir = tiny
+    write = CropStoreWriter.write
+
+    def interrupt(self, rows):
+        write(self, rows)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(CropStoreWriter, "write", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        _crop_with(params, tmp, split_dir, coarse_dir, monkeypatch, None, "unused")
+    monkeypatch.setattr(CropStoreWriter, "write", write)
+    cropped = []
+    load = crop._load
+    monkeypatch.setattr(crop, "_load", lambda path, *a: cropped.append(path) or load(path, *a))
+    _crop_with(params, tmp, split_dir, coarse_dir, monkeypatch, "cpu", "torch")
+    assert len(cropped) == 8 + 2 + 3            # every image again, the interrupted chunk too
+
 def test_crop_sheet_draws_sixteen_or_fewer_tiles(tiny):
     params, tmp, split_dir, coarse_dir = tiny
     run(params, tmp, split_dir, coarse_dir)
@@ -164,3 +189,120 @@ def test_every_split_carries_the_identity_of_its_crop_run(tiny):
     params = params.replace(crop={"margin": 1.6})
     run(params, tmp, split_dir, coarse_dir)
     assert CropStore.open(tmp / "crop" / "test").run != runs["test"]
+
+
+TORCH_DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+# Crops of the torch path against the OpenCV path's, per device: (max, mean) absolute difference.
+# CPU: torchvision's libjpeg-turbo decodes the same pixels as OpenCV's (measured: identical on
+# these and on 800x800 synthetic JPEGs), so the warp alone differs: at most 1 grey level
+# (tests/unit/test_warp_torch.py). CUDA: nvJPEG is another decoder; torchvision's own test allows
+# a mean difference of 2 grey levels between nvJPEG and its CPU decode: the bound here.
+CROP_TOLERANCE = {"cpu": (1, 0.01), "cuda": (255, 2.0)}
+
+
+def _crop_with(params, tmp, split_dir, coarse_dir, monkeypatch, device, name):
+    """Run the stage with crop.decode opencv (device None) or the torch path on `device` -> its folder."""
+    params = params.replace(crop={"decode": "opencv" if device is None else "torch"})
+    monkeypatch.setattr(crop, "decode_device", lambda choice: None if device is None else torch.device(device))
+    run(params, tmp, split_dir, coarse_dir)
+    return (tmp / "crop").rename(tmp / name)
+
+
+def _assert_same_crops(opencv, torch_path, device):
+    for split in ("train", "val", "test"):
+        for name in ("warps.npy", "inv_warps.npy"):
+            assert np.array_equal(np.load(opencv / split / name), np.load(torch_path / split / name), equal_nan=True)
+        assert (opencv / split / "index.csv").read_text() == (torch_path / split / "index.csv").read_text()
+        diff = np.abs(np.load(opencv / split / "images.npy").astype(int) - np.load(torch_path / split / "images.npy"))
+        assert diff.max() <= CROP_TOLERANCE[device][0] and diff.mean() <= CROP_TOLERANCE[device][1], \
+            (split, diff.max(), diff.mean())
+
+
+@pytest.mark.parametrize("device", TORCH_DEVICES)
+def test_the_torch_path_makes_the_opencv_crops(tiny, monkeypatch, device):
+    params, tmp, split_dir, coarse_dir = tiny
+    opencv = _crop_with(params, tmp, split_dir, coarse_dir, monkeypatch, None, "crop_opencv")
+    batched = _crop_with(params, tmp, split_dir, coarse_dir, monkeypatch, device, "crop_torch")
+    _assert_same_crops(opencv, batched, device)
+
+
+def _spoil_train_images(tmp, split_dir):
+    """Row 1: not a JPEG; row 2: a JPEG of the wrong size; row 4: a PNG (OpenCV reads it: not bad)."""
+    train = read_list(split_dir / "train.csv")
+    corrupt = _corrupt_second_train_image(tmp, split_dir)
+    small = image_path(tmp / "data", train.iloc[2])
+    small.write_bytes(cv2.imencode(".jpg", np.full((50, 70, 3), 90, np.uint8))[1].tobytes())
+    png = image_path(tmp / "data", train.iloc[4])
+    png.write_bytes(cv2.imencode(".png", cv2.imread(str(png)))[1].tobytes())
+    return corrupt, small
+
+
+@pytest.mark.parametrize("device", TORCH_DEVICES)
+def test_the_torch_path_skips_the_same_bad_images_with_the_same_reasons(tiny, monkeypatch, device):
+    params, tmp, split_dir, coarse_dir = tiny
+    params = params.replace(data={"skip_bad": True})
+    corrupt, small = _spoil_train_images(tmp, split_dir)
+    opencv = _crop_with(params, tmp, split_dir, coarse_dir, monkeypatch, None, "crop_opencv")
+    batched = _crop_with(params, tmp, split_dir, coarse_dir, monkeypatch, device, "crop_torch")
+    skipped = pd.read_csv(batched / "skipped.csv")
+    assert skipped.equals(pd.read_csv(opencv / "skipped.csv"))
+    assert set(skipped.file) == {str(corrupt), str(small)} and "70x50" in " ".join(skipped.reason)
+    _assert_same_crops(opencv, batched, device)
+
+
+@pytest.mark.parametrize("spoil,reason", [("corrupt", "not a decodable image"), ("missing", "image not found"),
+                                          ("size", "image is 70x50")])
+def test_the_torch_path_stops_with_the_bad_images_name(tiny, monkeypatch, spoil, reason):
+    params, tmp, split_dir, coarse_dir = tiny
+    corrupt, small = _spoil_train_images(tmp, split_dir)
+    if spoil == "size":
+        corrupt.write_bytes(image_path(tmp / "data", read_list(split_dir / "train.csv").iloc[0]).read_bytes())
+    if spoil == "missing":
+        corrupt.unlink()
+    params = params.replace(crop={"decode": "torch"})
+    monkeypatch.setattr(crop, "decode_device", lambda choice: torch.device("cpu"))
+    with pytest.raises(DataError, match=f"{corrupt if spoil != 'size' else small}: {reason}"):
+        run(params, tmp, split_dir, coarse_dir)
+
+
+@pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision")
+@pytest.mark.parametrize("device", TORCH_DEVICES)
+def test_a_batch_that_fails_to_decode_is_decoded_one_by_one(tmp_path, device):
+    """decode_images: one bad file in a batch costs only its own row; a PNG goes through OpenCV."""
+    image = np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8)
+    files = {"good.jpg": cv2.imencode(".jpg", image)[1], "bad.jpg": np.frombuffer(b"not a jpeg", np.uint8),
+             "png.jpg": cv2.imencode(".png", image)[1], "small.jpg": cv2.imencode(".jpg", image[:20])[1]}
+    paths = []
+    for name, data in files.items():
+        paths.append(str(tmp_path / name))
+        (tmp_path / name).write_bytes(data.tobytes())
+    datas = [torch.from_numpy(np.asarray(data).ravel().copy()) for data in files.values()]
+    good, bad, png, small = crop.decode_images(datas, paths, torch.device(device), (30, 40))
+    assert good.device.type == png.device.type == device and good.shape == png.shape == (3, 40, 30)
+    assert torch.equal(png.cpu(), torch.from_numpy(image[..., ::-1].copy()).permute(2, 0, 1))   # encoded as BGR
+    assert isinstance(bad, DataError) and str(bad) == f"{paths[1]}: not a decodable image (corrupt or empty)"
+    assert isinstance(small, DataError) and "image is 30x20, the data set's images are 30x40" in str(small)
+
+
+@pytest.mark.parametrize("driver", [False, True])
+def test_decode_auto_is_torch_on_cuda_only(monkeypatch, driver):
+    monkeypatch.setattr(crop, "gpu_driver_present", lambda: driver)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert crop.decode_device("auto") is None and crop.decode_device("opencv") is None
+    assert crop.decode_device("torch") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: driver)   # (no CUDA without a driver)
+    assert crop.decode_device("opencv") is None
+    assert crop.decode_device("auto") == (torch.device("cuda") if driver else None)
+    assert crop.decode_device("torch").type == ("cuda" if driver else "cpu")
+
+
+def test_the_opencv_path_never_imports_torch(tiny):
+    """Without a GPU driver, crop.decode auto: the stage in a fresh process leaves torch unloaded."""
+    params, tmp, split_dir, coarse_dir = tiny
+    code = ("import json, sys; from pathlib import Path; from stages import crop; "
+            "from stages.common.params import check_params; crop.gpu_driver_present = lambda: False; "
+            "crop.run(check_params(json.loads(sys.argv[1]), 'argv'), *map(Path, sys.argv[2:])); "
+            "print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code, json.dumps(params.as_dict()), str(tmp / "crop"),
+                             str(coarse_dir), str(split_dir)], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "False"
