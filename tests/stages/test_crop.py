@@ -152,7 +152,6 @@ def test_interrupted_crop_resumes_without_redoing_finished_chunks(tiny, monkeypa
     assert np.array_equal(np.load(tmp / "crop/train/images.npy"), resumed)
 
 
-
 def test_a_partial_run_of_one_decode_path_is_not_resumed_by_the_other(tiny, monkeypatch):
     params, tmp, split_dir, coarse_dir = tiny
     write = CropStoreWriter.write
