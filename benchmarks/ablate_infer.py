@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages.common.params import load_params, section
+from stages.common.params import load_params
 from stages.face.pca import PCABasis
 from stages.nets.checkpoint import Expected, load_network, used_inputs
 from stages.nets.dataset import CropStore
@@ -78,9 +78,9 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     params = load_params(args.params)
-    cfg, train = section(params, "infer"), section(params, "train")
+    cfg, train = params.infer, params.train
     settings = InferSettings.of(cfg)
-    resources = load_resources(section(params, "data").root)
+    resources = load_resources(params.data.root)
     store = CropStore.open(ARTIFACTS / "crop" / "val")
     basis = PCABasis.load(ARTIFACTS / "pca" / "basis.npz")
     perm = np.load(ARTIFACTS / "pca" / "basis.npz")["flip_perm"]

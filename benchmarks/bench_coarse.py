@@ -35,7 +35,7 @@ from stages.coarse.targets import load_targets
 from stages.coarse.train import build_nets, epoch_batches, loader, step, training_amp
 from stages.common.badinput import BadInputs
 from stages.common.device import pick_device
-from stages.common.params import apply_overrides, load_params
+from stages.common.params import Params, apply_overrides, load_params
 from stages.common.precision import needs_grad_scaler, place_network
 from stages.wcpa.layout import load_resources, read_list, write_list
 
@@ -62,9 +62,9 @@ def streamed(views: ViewSet, batch_size: int, seed: int, workers: int, epoch: in
     return iter(loader(views, epoch_batches(len(views), batch_size, seed, epoch)[:steps], workers))
 
 
-def rate(args: argparse.Namespace, params: dict) -> None:
-    cfg, workers = coarse_train.train_config(params), params["data"]["workers"]
-    root = params["data"]["root"]
+def rate(args: argparse.Namespace, params: Params) -> None:
+    cfg, workers = coarse_train.train_config(params), params.data.workers
+    root = params.data.root
     resources = load_resources(root)
     table = read_list(Path(args.split) / "train.csv")
     bad = BadInputs(skip=False, max_fraction=0.0)
@@ -117,11 +117,11 @@ def repeated(table: pd.DataFrame, count: int) -> pd.DataFrame:
     return table.iloc[np.arange(count) % len(table)].reset_index(drop=True)
 
 
-def stage(args: argparse.Namespace, params: dict) -> None:
+def stage(args: argparse.Namespace, params: Params) -> None:
     lists = Path(f"artifacts/bench_coarse/lists_{args.images}")
     for split, count in (("train", args.images), ("val", max(args.images // 4, 1))):
         write_list(lists / f"{split}.csv", repeated(read_list(Path(args.split) / f"{split}.csv"), count))
-    params["coarse_train"]["epochs"] = args.epochs
+    params = params.replace(coarse_train={"epochs": args.epochs})
     start = time.perf_counter()
     metrics = coarse_train.run(params, Path(f"artifacts/bench_coarse/out_{args.images}"), lists)
     print(f"{args.images} training images, {args.epochs} epoch(s): {time.perf_counter() - start:.1f} s, "
@@ -140,8 +140,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1, help="stage: epochs")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    params = load_params(args.params)
-    apply_overrides(params, args.set)
+    params = apply_overrides(load_params(args.params), args.set)
     (rate if args.mode == "rate" else stage)(args, params)
 
 

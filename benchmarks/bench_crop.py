@@ -39,7 +39,7 @@ from joblib import Parallel, delayed
 from stages import crop
 from stages.common.badinput import BadInputs
 from stages.common.cropstore import CropStoreWriter
-from stages.common.params import load_params
+from stages.common.params import Params, load_params
 from stages.face.frontal import reference_shape
 from stages.wcpa.layout import image_bytes, image_path, load_resources, read_image, read_list
 
@@ -54,38 +54,38 @@ def best_of(repeats: int, work) -> float:
     return min(times)
 
 
-def synthetic_val(params: dict, folder: Path, count: int) -> tuple[Path, pd.DataFrame, np.ndarray]:
+def synthetic_val(params: Params, folder: Path, count: int) -> tuple[Path, pd.DataFrame, np.ndarray]:
     """A synthetic data root of at least `count` training images in `folder` (made once) -> (root,
     its first `count` rows, their crop warps from the given landmarks)."""
     from stages.synth import config
     from stages.synthetic.synth_data import generate
     root = folder / "data"
     if not (root / "list").is_dir():
-        synth = dict(params["synth"], train_subjects=math.ceil(count / 9), test_subjects=1,
-                     actions_per_subject=3, frames_per_action=3)
-        generate(config({**params, "synth": synth}), root, folder / "test_gt", params["data"]["workers"])
+        small = params.replace(synth={"train_subjects": math.ceil(count / 9), "test_subjects": 1,
+                                      "actions_per_subject": 3, "frames_per_action": 3})
+        generate(config(small), root, folder / "test_gt", params.data.workers)
     resources = load_resources(root)
     table = read_list(root / "list/WCPA_track2_train.csv").iloc[:count].reset_index(drop=True)
     bad = BadInputs(skip=False, max_fraction=0.0)
     landmarks, _ = crop.load_landmarks("given68", "val", root, table, resources, folder, bad)
-    cfg = params["crop"]
-    reference = reference_shape(resources.template, resources.kpt_ind, cfg["size"], cfg["margin"])
-    warps = crop.warps_of(landmarks, reference, cfg["rotation"], resources.camera,
-                          resources.template[resources.kpt_ind], params["data"]["workers"])
+    cfg = params.crop
+    reference = reference_shape(resources.template, resources.kpt_ind, cfg.size, cfg.margin)
+    warps = crop.warps_of(landmarks, reference, cfg.rotation, resources.camera,
+                          resources.template[resources.kpt_ind], params.data.workers)
     return root, table, warps
 
 
-def artifacts_val(params: dict, count: int) -> tuple[Path, pd.DataFrame, np.ndarray]:
+def artifacts_val(params: Params, count: int) -> tuple[Path, pd.DataFrame, np.ndarray]:
     table = read_list(Path("artifacts/split/val.csv")).iloc[:count].reset_index(drop=True)
-    return Path(params["data"]["root"]), table, np.load("artifacts/crop/val/warps.npy")[:count]
+    return Path(params.data.root), table, np.load("artifacts/crop/val/warps.npy")[:count]
 
 
 class CropLoops:
     """The timed loops over one set of val images."""
 
-    def __init__(self, params: dict, root: Path, table: pd.DataFrame, warps: np.ndarray, work: Path):
+    def __init__(self, params: Params, root: Path, table: pd.DataFrame, warps: np.ndarray, work: Path):
         self.root, self.table, self.warps, self.work = root, table, warps, work
-        self.workers, self.size, self.chunk = params["data"]["workers"], params["crop"]["size"], params["crop"]["chunk"]
+        self.workers, self.size, self.chunk = params.data.workers, params.crop.size, params.crop.chunk
         self.paths = [str(image_path(root, row)) for row in table.itertuples(index=False)]
         self.shape = read_image(self.paths[0]).shape[1::-1]   # (width, height)
 
@@ -179,7 +179,7 @@ def main() -> None:
     print(f"crops torch vs OpenCV: max {diff.max()}, mean {diff.mean():.5f} grey levels, "
           f"{100 * (diff > 0).mean():.3f} % of the values differ")
     store = Path("artifacts/crop/val/images.npy") if use_artifacts else folder / "work/opencv/images.npy"
-    jpeg_s, store_s = jpeg_vs_store(store, args.batch, params["seed"])
+    jpeg_s, store_s = jpeg_vs_store(store, args.batch, params.seed)
     print(f"batch of {args.batch} crops: JPEG decode {jpeg_s * 1e3:.2f} ms vs store read {store_s * 1e3:.2f} ms: "
           f"ratio {jpeg_s / store_s:.1f} (target >= 5)")
     print(f"data in {folder}")

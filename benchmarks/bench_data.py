@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.proc import run_child
-from stages.common.params import load_params
+from stages.common.params import Params, load_params
 from stages.wcpa.layout import image_path, info_path, landmarks_path, read_image, write_list
 
 CHILD = r"""
@@ -43,9 +43,7 @@ import json, sys, time
 from benchmarks.proc import peak_kb
 from stages.common.params import load_params
 args = json.loads(sys.argv[1])
-params = load_params("params.yaml")
-for name, values in args["params"].items():
-    params[name].update(values)
+params = load_params("params.yaml").replace(**args["params"])
 from pathlib import Path
 if args["stage"] == "crop":
     from stages import crop as stage
@@ -95,14 +93,15 @@ def replicate(root: Path, table: pd.DataFrame, rows: int) -> pd.DataFrame:
     return pd.DataFrame(out).reset_index(drop=True)
 
 
-def make_detector(path: Path, params: dict) -> None:
+def make_detector(path: Path, params: Params) -> None:
     """A model.pt of random weights with the params' coarse_train sizes."""
     from stages.coarse.detector import save_detector
     from stages.coarse.model import LandmarkNet
     from stages.face import ibug68
-    cfg = {**params["coarse_train"], "n_points": 68}
-    nets = {name: LandmarkNet(cfg[f"{name}_backbone"], 68, False, cfg["head_width"]) for name in ("locate", "refine")}
-    save_detector(path, nets, cfg, ibug68.MIRROR, {})
+    cfg = params.coarse_train
+    nets = {"locate": LandmarkNet(cfg.locate_backbone, 68, False, cfg.head_width),
+            "refine": LandmarkNet(cfg.refine_backbone, 68, False, cfg.head_width)}
+    save_detector(path, nets, {**cfg.as_dict(), "n_points": 68}, ibug68.MIRROR, {})
 
 
 def coarse_landmarks(root: Path, tables: dict, folder: Path) -> None:

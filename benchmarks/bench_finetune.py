@@ -53,19 +53,18 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], help="section.key=value overrides")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    params = load_params(args.params)
-    apply_overrides(params, args.set)
+    params = apply_overrides(load_params(args.params), args.set)
     paths = FinetunePaths(start=Path(args.start), data=TrainPaths(
         crop=Path(args.crop), pca=Path("artifacts/pca"), split=Path("artifacts/split"), out=Path("/tmp/bench_finetune")))
-    trainer = FinetuneTrainer(params, paths, load_resources(params["data"]["root"]).camera)
+    trainer = FinetuneTrainer(params, paths, load_resources(params.data.root).camera)
     loader = iter(trainer.loader)
     batches = [next(loader) for _ in range(args.steps + 1)]
     plain_terms = partial(Trainer.step_terms, trainer)    # the train stage's eq. 1-3 only
     base_wall, base_cpu = step_rate(trainer, lambda *a: trainer.train_step(*a, step_terms=plain_terms), batches)
     ft_wall, ft_cpu = step_rate(trainer, trainer.train_step, batches)
-    cfg = params["finetune"]
-    print(f"batch {len(batches[0]['images'])}, pnp_points {cfg['pnp_points']}, mc_samples {cfg['mc_samples']}, "
-          f"{cfg['pnp_dtype']}, device {trainer.ctx.device}, torch threads {torch.get_num_threads()}")
+    cfg = params.finetune
+    print(f"batch {len(batches[0]['images'])}, pnp_points {cfg.pnp_points}, mc_samples {cfg.mc_samples}, "
+          f"{cfg.pnp_dtype}, device {trainer.ctx.device}, torch threads {torch.get_num_threads()}")
     print(f"train step (reference): {base_wall:7.1f} img/s wall, {base_cpu:7.1f} img/CPU-s")
     print(f"finetune step:          {ft_wall:7.1f} img/s wall, {ft_cpu:7.1f} img/CPU-s")
     print(f"ratio finetune/train:   {ft_wall / base_wall:7.2f} wall, {ft_cpu / base_cpu:7.2f} CPU")

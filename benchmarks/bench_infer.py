@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stages.common.params import load_params, section
+from stages.common.params import load_params
 from stages.common.precision import amp_dtype, autocast, memory_format, place_network
 from stages.face.mesh import flip_permutation
 from stages.face.warp import apply_warp, invert_warp, similarity
@@ -118,11 +118,11 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     params = load_params(args.params)
-    train, infer_cfg = section(params, "train"), section(params, "infer")
+    train, infer_cfg = params.train, params.infer
     settings = InferSettings.of(infer_cfg)
     settings = replace(settings, pnp=args.pnp or settings.pnp, flip_merge=args.flip_merge or settings.flip_merge)
-    resources = load_resources(params["data"]["root"])
-    crop = params["crop"]["size"]
+    resources = load_resources(params.data.root)
+    crop = params.crop.size
     config = NetConfig(depth=train.depth, coordconv=train.coordconv, shape_head=train.shape_head, crop_size=crop,
                        n_verts=resources.n_verts, n_components=N_COMPONENTS, input_size=train.input_size)
     warp, mean_uv = face_crop_warp(resources.template, resources.camera, crop)

@@ -175,9 +175,8 @@ def chunk_shapes() -> dict[str, tuple[int, int, int, int]]:
     paper profile (pnp_points 0: all N_VERTS vertices)."""
     shapes = {}
     for name, params in (("params.yaml", load_params()), ("paper", profile_params("paper"))):
-        cfg = params["finetune"]
-        shapes[name] = (cfg["batch_size"], cfg["mc_samples"], cfg["amis_iters"],
-                        cfg["pnp_points"] or N_VERTS)
+        cfg = params.finetune
+        shapes[name] = (cfg.batch_size, cfg.mc_samples, cfg.amis_iters, cfg.pnp_points or N_VERTS)
     return shapes
 
 

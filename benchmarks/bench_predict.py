@@ -24,17 +24,17 @@ from pathlib import Path
 import numpy as np
 
 from stages import predict
-from stages.common.params import load_params, section
+from stages.common.params import Params, load_params
 from stages.face.frontal import crop_warps
 from stages.face.warp import invert_warp, warp_image
 from stages.nets.inference import predict_crops
 from stages.wcpa.layout import image_path, list_path, read_list
 
 
-def test_images(params: dict, count: int, folder: Path) -> list[Path]:
+def test_images(params: Params, count: int, folder: Path) -> list[Path]:
     """The first `count` images of the data root's test list, linked into `folder` under
     distinct names (<subject>_<action>_<img>: predict names its outputs by the image's stem)."""
-    root = Path(section(params, "data").root)
+    root = Path(params.data.root)
     paths = []
     for row in read_list(list_path(root, "test")).iloc[:count].itertuples():
         paths.append(folder / f"{row.subject_id}_{row.facial_action}_{row.img_id}.jpg")
@@ -84,21 +84,21 @@ def main() -> None:
         measure(params, test_images(params, args.images, Path(folder)), args.repeats)
 
 
-def measure(params: dict, paths: list[Path], repeats: int) -> None:
+def measure(params: Params, paths: list[Path], repeats: int) -> None:
     """Print the rates and ratios of the module doc for images `paths`."""
     pipeline = predict.load_pipeline(params)
     crops, inv_warps = crops_of(pipeline, paths)
     camera, n = pipeline.resources.camera, len(paths)
     rates = {"infer (crops in memory)": rate(lambda: predict_crops(pipeline.model, crops, inv_warps, pipeline.perm,
                                                                    camera, pipeline.settings), n, repeats),
-             "predict without files": rate(lambda: without_files(pipeline, paths, section(params, "data").workers),
+             "predict without files": rate(lambda: without_files(pipeline, paths, params.data.workers),
                                            n, repeats)}
     for overlay in (False, True):
         with tempfile.TemporaryDirectory() as out:
             rates[f"predict{'' if overlay else ' --no-overlay'}"] = rate(
                 lambda: predict.run(params, paths, Path(out) / str(time.perf_counter_ns()), overlay=overlay),
                 n, repeats)
-    print(f"{n} test images of {section(params, 'data').root}, best of {repeats}")
+    print(f"{n} test images of {params.data.root}, best of {repeats}")
     for name, value in rates.items():
         print(f"  {name:28s} {value:8.1f} images/s")
     for name in ("predict --no-overlay", "predict"):

@@ -28,7 +28,6 @@ pretrained weights off: no download), slow on a CPU: use a small --rows there.
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import tempfile
 from pathlib import Path
@@ -37,7 +36,7 @@ import pandas as pd
 
 from benchmarks.bench_data import coarse_landmarks, replicate
 from benchmarks.proc import run_child
-from stages.common.params import load_params
+from stages.common.params import Params, load_params
 from stages.profile import profile_params
 from stages.wcpa.layout import list_path, read_list, write_list
 
@@ -49,7 +48,8 @@ CHILD = r"""
 import json, sys, time
 from benchmarks.proc import peak_kb
 args = json.loads(sys.argv[1])
-params, stage = args["params"], args["stage"]
+from stages.common.params import check_params
+params, stage = check_params(args["params"], "bench_scale"), args["stage"]
 import importlib
 module = importlib.import_module(f"stages.{stage}")
 call = (lambda: module.run(params, "val")) if stage == "infer" else (lambda: module.run(params))
@@ -72,35 +72,33 @@ def marginal_seconds(wall: tuple[float, float], images: tuple[int, int]) -> floa
     return extra if extra > 0 else wall[1] / images[1]
 
 
-def real_work(paper: dict) -> dict[str, tuple[int, int, str]]:
+def real_work(paper: Params) -> dict[str, tuple[int, int, str]]:
     """Per stage: (images per pass, passes, what they are) on the real data, with the paper
     profile's epochs."""
     rest = REAL_IMAGES - REAL_TRAIN
-    return {"coarse_train": (REAL_TRAIN, paper["coarse_train"]["epochs"], "train images x coarse_train.epochs"),
+    return {"coarse_train": (REAL_TRAIN, paper.coarse_train.epochs, "train images x coarse_train.epochs"),
             "coarse_predict": (REAL_IMAGES, 1, "all images"),
             "crop": (REAL_IMAGES, 1, "all images"),
             "pca": (REAL_IMAGES, 1, "all labels (upper bound: train + val)"),
-            "train": (REAL_TRAIN, paper["train"]["epochs"], "train images x train.epochs"),
+            "train": (REAL_TRAIN, paper.train.epochs, "train images x train.epochs"),
             "infer": (rest, 1, "val + test images")}
 
 
-def bench_params(profile: str | None, root: Path) -> dict:
+def bench_params(profile: str | None, root: Path) -> Params:
     """params.yaml (or with --profile merged in) for the benchmark: one epoch, no downloads, the
     benchmark's data root, infer from the train checkpoint."""
     params = profile_params(profile) if profile else load_params("params.yaml")
-    params["data"].update(root=str(root), blendshapes=str(root / "blendshapes"), skip_bad=False)
-    params["coarse_train"].update(epochs=1, pretrained=False)
-    params["train"].update(epochs=1, pretrained=False)
-    params["infer"]["checkpoint"] = "train"
-    return params
+    return params.replace(data={"root": str(root), "blendshapes": str(root / "blendshapes"), "skip_bad": False},
+                          coarse_train={"epochs": 1, "pretrained": False}, train={"epochs": 1, "pretrained": False},
+                          infer={"checkpoint": "train"})
 
 
 def make_root(root: Path, subjects: int, workers: int) -> None:
     """A synthetic data root of `subjects` training and 2 test subjects (9 images each)."""
     from stages.synth import config
     from stages.synthetic.synth_data import generate
-    params = load_params("params.yaml")
-    params["synth"].update(train_subjects=subjects, test_subjects=2, actions_per_subject=3, frames_per_action=3)
+    params = load_params("params.yaml").replace(
+        synth={"train_subjects": subjects, "test_subjects": 2, "actions_per_subject": 3, "frames_per_action": 3})
     generate(config(params), root, root.parent / "test_gt", workers)
 
 
@@ -126,7 +124,7 @@ def infer_project(folder: Path, project: Path) -> None:
             link.symlink_to(target.resolve())
 
 
-def run_stage(stage: str, params: dict, project: Path, root: Path) -> dict:
+def run_stage(stage: str, params: Params, project: Path, root: Path) -> dict:
     if stage == "crop":        # the given landmarks in place of the one-epoch detector's
         tables = {"train": read_list(project / "artifacts/split/train.csv"),
                   "val": read_list(project / "artifacts/split/val.csv"), "test": read_list(list_path(root, "test"))}
@@ -135,10 +133,10 @@ def run_stage(stage: str, params: dict, project: Path, root: Path) -> dict:
     if stage == "infer":
         cwd = project.with_name(project.name + "_infer")
         infer_project(cwd, project)
-    return run_child(CHILD, stage, {"stage": stage, "params": params}, cwd=cwd)
+    return run_child(CHILD, stage, {"stage": stage, "params": params.as_dict()}, cwd=cwd)
 
 
-def table(results: dict, counts: dict, paper: dict) -> list[str]:
+def table(results: dict, counts: dict, paper: Params) -> list[str]:
     """The printed table's lines."""
     work = real_work(paper)
     lines = ["| stage | images/s (N, 4N) | peak MiB (N, 4N) | 4N/N time, peak | s/image (margin) "
@@ -185,15 +183,15 @@ def main() -> None:
     results = {s: [] for s in stages}
     for stage in stages:        # N and 4N one after the other: both see the same machine load
         for label in sizes:
-            fig = run_stage(stage, copy.deepcopy(params), folder / f"project_{label}", root)
+            fig = run_stage(stage, params, folder / f"project_{label}", root)
             results[stage].append(fig)
             print(f"{stage} {label}: {counts[label][stage]} images in {fig['wall']:.1f} s "
                   f"({counts[label][stage] / fig['wall']:.1f} images/s), peak RSS {fig['maxrss_kb'] / 1024:.0f} MiB",
                   flush=True)
     print("\n".join(table(results, counts, paper)))
     print(f"hours: marginal seconds per image at these sizes x the real counts x the paper's epochs "
-          f"(coarse_train {paper['coarse_train']['epochs']}, train {paper['train']['epochs']}); finetune "
-          f"({paper['finetune']['epochs']} epochs) and the val passes of each epoch are not in the total")
+          f"(coarse_train {paper.coarse_train.epochs}, train {paper.train.epochs}); finetune "
+          f"({paper.finetune.epochs} epochs) and the val passes of each epoch are not in the total")
     print(f"data in {folder}")
 
 

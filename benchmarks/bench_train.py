@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.common.params import apply_overrides, load_params
+from stages.common.params import Params, apply_overrides, load_params
 from stages.common.precision import autocast
 from stages.nets.backbone import build_backbone
 from stages.nets.dataset import CropStore
@@ -97,21 +97,19 @@ def endless(loader):
         yield from loader
 
 
-def bench_params(args: argparse.Namespace) -> dict:
+def bench_params(args: argparse.Namespace) -> Params:
     """--params, with --profile merged in (pretrained weights off: no download) and --set applied."""
     if args.profile:
-        params = profile_params(args.profile, Path(args.params))
-        params["train"]["pretrained"] = False
+        params = profile_params(args.profile, Path(args.params)).replace(train={"pretrained": False})
     else:
         params = load_params(args.params)
-    apply_overrides(params, args.set)
-    return params
+    return apply_overrides(params, args.set)
 
 
-def crop_folder(params: dict, crop: Path) -> Path:
+def crop_folder(params: Params, crop: Path) -> Path:
     """`crop` when its crops have the side params crop.size asks for; otherwise a store of that
     side cut once into artifacts/bench_crop_<size> by stage crop's code."""
-    size = params["crop"]["size"]
+    size = params.crop.size
     if (crop / "train").is_dir() and CropStore.open(crop / "train").size == size:
         return crop
     folder = Path(f"artifacts/bench_crop_{size}")
@@ -135,7 +133,7 @@ def main() -> None:
     params = bench_params(args)
     paths = TrainPaths(crop=crop_folder(params, Path(args.crop)), pca=Path("artifacts/pca"),
                        split=Path("artifacts/split"), out=Path("artifacts/bench_train"))
-    trainer = Trainer(params, paths, load_resources(params["data"]["root"]).camera)
+    trainer = Trainer(params, paths, load_resources(params.data.root).camera)
     cfg, crop = trainer.cfg, trainer.train_data.store.size
     size = cfg.input_size or crop          # what the backbone sees
     channels = 5 if cfg.coordconv else 3

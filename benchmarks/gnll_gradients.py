@@ -65,11 +65,10 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
-    params = load_params()
-    apply_overrides(params, ["train.landmark_loss=gnll", "train.sigma_backbone=true", *args.set])
+    params = apply_overrides(load_params(), ["train.landmark_loss=gnll", "train.sigma_backbone=true", *args.set])
     paths = TrainPaths(crop=Path("artifacts/crop"), pca=Path("artifacts/pca"), split=Path("artifacts/split"),
                        out=Path("artifacts/bench_gnll"))
-    trainer = Trainer(params, paths, load_resources(params["data"]["root"]).camera)
+    trainer = Trainer(params, paths, load_resources(params.data.root).camera)
     if args.checkpoint:
         trainer.model.load_state_dict(load_torch(args.checkpoint)["model"])
     trainer.model.train()          # batch statistics, as in a training step (running stats are not saved)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.common.params import load_params, section
+from stages.common.params import load_params
 from stages.face.pca import PCABasis
 from stages.nets.checkpoint import Expected, load_network, used_inputs
 from stages.nets.dataset import CropStore, crop_targets
@@ -110,11 +110,11 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     params = load_params(args.params)
-    resources = load_resources(params["data"]["root"])
+    resources = load_resources(params.data.root)
     split = {name: load_split(name) for name in ("train", "val")}
     basis = PCABasis.load(ARTIFACTS / "pca" / "basis.npz")
     model = load_network(ARTIFACTS / args.checkpoint / "model.pt",
-                         Expected.of(section(params, "train"), split["val"][0].size, resources.n_verts,
+                         Expected.of(params.train, split["val"][0].size, resources.n_verts,
                                      basis.n_components),
                          used_inputs(split["val"][0].run, ARTIFACTS / "pca" / "basis.npz"))
     predicted = {name: predict(model, s[0].images, 64, torch.device("cpu")) for name, s in split.items()}

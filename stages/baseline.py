@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from stages.common.badinput import BadInputs
 from stages.common.io import atomic_dir, save_json
-from stages.common.params import section
+from stages.common.params import Params
 from stages.common.stage import stage_main
 from stages.wcpa.camera import euler_from_rt, make_rt
 from stages.wcpa.layout import DataError, info_path, list_path, load_resources, read_info, read_list, sample_key
@@ -82,8 +82,8 @@ def constant_predictions(path: Path, table, verts: np.ndarray, R_t: np.ndarray) 
     save_predictions(path, table, np.broadcast_to(verts, (n,) + verts.shape), np.broadcast_to(R_t, (n, 4, 4)))
 
 
-def run(params: dict) -> None:
-    data = section(params, "data")
+def run(params: Params) -> None:
+    data = params.data
     root = Path(data.root)
     resources = load_resources(root)
     train = read_list(SPLIT / "train.csv")

@@ -10,11 +10,11 @@ list. Writes artifacts/coarse_predict/:
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -25,7 +25,7 @@ from stages.coarse.targets import load_targets
 from stages.common.badinput import BadInputs
 from stages.common.device import pick_device
 from stages.common.io import atomic_dir, save_json
-from stages.common.params import section
+from stages.common.params import CoarsePredictParams, Params
 from stages.common.stage import stage_main
 from stages.wcpa.layout import DataError, image_path, load_resources, read_image, sample_key, split_tables
 
@@ -42,8 +42,8 @@ def _read_or_error(path: Path, size: tuple[int, int]) -> np.ndarray | DataError:
         return err
 
 
-def predict_split(detector: Detector, root: Path | str, table: pd.DataFrame, size: tuple[int, int], cfg,
-                  workers: int, bad: BadInputs, desc: str) -> np.ndarray:
+def predict_split(detector: Detector, root: Path | str, table: pd.DataFrame, size: tuple[int, int],
+                  cfg: CoarsePredictParams, workers: int, bad: BadInputs, desc: str) -> np.ndarray:
     """Landmarks (N, L, 2) full px for every listed image (NaN rows where skipped); size: the data
     set's (width, height) px, which every image must have."""
     out = np.full((len(table), detector.config["n_points"], 2), np.nan)
@@ -81,17 +81,17 @@ def error_summary(pred: np.ndarray, target: np.ndarray) -> dict:
             "image_mean_max_px": float(per_image.max()), "images": int(len(per_image))}
 
 
-def usable_flip_test(cfg: SimpleNamespace, detector: Detector) -> SimpleNamespace:
+def usable_flip_test(cfg: CoarsePredictParams, detector: Detector) -> CoarsePredictParams:
     """cfg with flip_test off (and a warning) when the detector has no landmark flip order."""
     if not cfg.flip_test or detector.flip_order is not None:
         return cfg
     log.warning("coarse_predict.flip_test ignored: the detector has no landmark flip order")
-    return SimpleNamespace(**{**vars(cfg), "flip_test": False})
+    return dataclasses.replace(cfg, flip_test=False)
 
 
-def run(params: dict, out: Path = Path("artifacts/coarse_predict"),
+def run(params: Params, out: Path = Path("artifacts/coarse_predict"),
         model: Path = Path("artifacts/coarse_train/model.pt"), split_dir: Path = Path("artifacts/split")) -> dict:
-    cfg, data = section(params, "coarse_predict"), section(params, "data")
+    cfg, data = params.coarse_predict, params.data
     resources = load_resources(data.root)
     tables = split_tables(data.root, split_dir)
     detector = Detector(model, pick_device("auto"), data.workers, cfg.amp)

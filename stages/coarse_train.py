@@ -37,7 +37,7 @@ from stages.common.badinput import SKIPPED_FILE, BadInputs
 from stages.common.distributed import start_distributed
 from stages.common.identity import files_digest, path_digest
 from stages.common.io import atomic_dir, save_json
-from stages.common.params import section
+from stages.common.params import Params
 from stages.common.resume import Checkpoints
 from stages.common.resume import fingerprint as content_fingerprint
 from stages.common.stage import stage_main
@@ -48,8 +48,8 @@ SPLITS = ("train", "val")
 DATA_SAMPLES = 64
 
 
-def train_config(params: dict) -> TrainConfig:
-    cfg = section(params, "coarse_train")
+def train_config(params: Params) -> TrainConfig:
+    cfg = params.coarse_train
     return TrainConfig(
         locate_backbone=cfg.locate_backbone, refine_backbone=cfg.refine_backbone,
         pretrained=cfg.pretrained, locate_size=cfg.locate_size, refine_size=cfg.refine_size,
@@ -57,7 +57,7 @@ def train_config(params: dict) -> TrainConfig:
         batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, flip_prob=cfg.flip_prob,
         locate_jitter=Jitter(cfg.locate_shift, cfg.locate_scale, cfg.locate_rotate),
         refine_jitter=Jitter(cfg.refine_shift, cfg.refine_scale, cfg.refine_rotate),
-        seed=params["seed"])
+        seed=params.seed)
 
 
 def data_identity(root: Path | str, tables: dict) -> dict[str, str]:
@@ -71,11 +71,11 @@ def data_identity(root: Path | str, tables: dict) -> dict[str, str]:
     return {"resources": path_digest(Path(root) / "resources"), "samples": files_digest(files)}
 
 
-def fingerprint(params: dict, tables: dict, data: dict[str, str]) -> str:
+def fingerprint(params: Params, tables: dict, data: dict[str, str]) -> str:
     """Hash of what the training depends on: its params, the seed, the data root, the lists
     and the data's identity (data_identity)."""
     lists = [tables[split].to_csv(index=False) for split in SPLITS]
-    return content_fingerprint([params["coarse_train"], params["seed"], params["data"]["root"], data, lists])
+    return content_fingerprint([params.coarse_train.as_dict(), params.seed, params.data.root, data, lists])
 
 
 def without_flips(cfg: TrainConfig, flip_order: np.ndarray | None) -> TrainConfig:
@@ -87,12 +87,12 @@ def without_flips(cfg: TrainConfig, flip_order: np.ndarray | None) -> TrainConfi
     return dataclasses.replace(cfg, flip_prob=0.0)
 
 
-def run(params: dict, out: Path = Path("artifacts/coarse_train"),
+def run(params: Params, out: Path = Path("artifacts/coarse_train"),
         split_dir: Path = Path("artifacts/split")) -> dict:
     """Train the detector into `out` -> its metrics ({} in a process other than rank 0 under torchrun)."""
     started = time.perf_counter()
     ctx = start_distributed("auto", "coarse_train")
-    cfg, data = train_config(params), section(params, "data")
+    cfg, data = train_config(params), params.data
     resources = load_resources(data.root)
     flip_order = landmark_flip_order(resources)
     cfg = without_flips(cfg, flip_order)
@@ -123,7 +123,7 @@ def run(params: dict, out: Path = Path("artifacts/coarse_train"),
                "train_samples": len(samples["train"]) - len(bad.keys & set(samples["train"].keys.astype(str))),
                "processes": ctx.world, "prepare_seconds": prepared - started,
                "total_seconds": time.perf_counter() - started}
-    write_outputs(out, partial, nets, {**vars(section(params, "coarse_train")), "n_points": resources.n_kpts},
+    write_outputs(out, partial, nets, {**params.coarse_train.as_dict(), "n_points": resources.n_kpts},
                   flip_order, identity, metrics)
     log.info("metrics: %s", metrics)
     return metrics

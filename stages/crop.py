@@ -38,7 +38,7 @@ from stages.common.badinput import BadInputs
 from stages.common.cropstore import CropStoreWriter, stamp_run
 from stages.common.device import gpu_driver_present, pick_device
 from stages.common.io import atomic_dir, save_json
-from stages.common.params import section
+from stages.common.params import Params
 from stages.common.stage import stage_main
 from stages.face.frontal import crop_quality, crop_warps, landmark_checks, landmark_problem, reference_shape
 from stages.face.warp import invert_warp, warp_image
@@ -49,7 +49,6 @@ from stages.wcpa.layout import (DataError, Resources, check_image_size, image_by
 
 log = logging.getLogger("crop")
 SPLITS = ("train", "val", "test")
-SOURCES = ("coarse", "given68", "gt")
 
 
 def _coarse(coarse_dir: Path, split: str, table: pd.DataFrame, n_points: int) -> tuple[np.ndarray, list[str]]:
@@ -83,9 +82,8 @@ def _from_files(root: Path, table: pd.DataFrame, resources: Resources, source: s
 
 def load_landmarks(source: str, split: str, root: Path, table: pd.DataFrame, resources: Resources,
                    coarse_dir: Path, bad: BadInputs) -> tuple[np.ndarray, list[str]]:
-    """Landmarks (N, L, 2) full px of a split from crop.source, and the file each row came from."""
-    if source not in SOURCES:
-        raise ValueError(f"crop.source = {source!r}: choose one of {', '.join(SOURCES)}")
+    """Landmarks (N, L, 2) full px of a split from crop.source (coarse, given68 or gt), and the
+    file each row came from."""
     if source == "given68" or (source == "gt" and split == "train"):
         return _from_files(root, table, resources, source, bad)
     return _coarse(coarse_dir, split, table, resources.n_kpts)
@@ -353,9 +351,9 @@ def quality(root: Path, table: pd.DataFrame, warps: np.ndarray, valid: np.ndarra
             "inside_fraction": float(inside.mean())}
 
 
-def run(params: dict, out: Path = Path("artifacts/crop"), coarse_dir: Path = Path("artifacts/coarse_predict"),
+def run(params: Params, out: Path = Path("artifacts/crop"), coarse_dir: Path = Path("artifacts/coarse_predict"),
         split_dir: Path = Path("artifacts/split")) -> dict:
-    cfg, data = section(params, "crop"), section(params, "data")
+    cfg, data = params.crop, params.data
     root = Path(data.root)
     resources = load_resources(root)
     camera = resources.camera

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from stages.common.params import Params
 from stages.common.stage import stage_main
 from stages.face.frontal import crop_quality
 from stages.face.warp import apply_warp
@@ -42,15 +43,15 @@ def draw_tile(crop: np.ndarray, uv: np.ndarray, kpt_ind: np.ndarray, label: str)
     return put_label(tile, label)
 
 
-def run(params: dict, out: Path = Path("artifacts/crop_sheet"), crop_dir: Path = Path("artifacts/crop/val"),
+def run(params: Params, out: Path = Path("artifacts/crop_sheet"), crop_dir: Path = Path("artifacts/crop/val"),
         split_dir: Path = Path("artifacts/split")) -> Path:
-    root = params["data"]["root"]
+    root = params.data.root
     resources = load_resources(root)
     table = read_list(split_dir / "val.csv")
     images = np.load(crop_dir / "images.npy", mmap_mode="r")
     warps = np.load(crop_dir / "warps.npy")
     skipped = pd.read_csv(crop_dir / "index.csv").skipped.to_numpy()
-    rows = pick_rows(skipped, TILES, params["seed"])
+    rows = pick_rows(skipped, TILES, params.seed)
     verts, poses = load_labels(root, table.iloc[rows], resources.n_verts)
     uv = apply_warp(warps[rows], resources.camera.project(verts, poses))
     roll = crop_quality(resources.camera, verts, poses, warps[rows], resources.kpt_ind, images.shape[1])["roll_deg"]

@@ -17,14 +17,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 
 from stages.common.badinput import BadInputs
 from stages.common.io import atomic_write, save_json
-from stages.common.params import section
+from stages.common.params import DataParams, Params
 from stages.common.predictor import add_predictor, check_finite, predictions_path
 from stages.common.stage import stage_main
 from stages.viz.draw import save_png
@@ -56,7 +55,7 @@ class SplitData:
     gt_root: Path | None
 
 
-def splits_of(predictor: str, data: SimpleNamespace) -> list[SplitData]:
+def splits_of(predictor: str, data: DataParams) -> list[SplitData]:
     """val (labels in data.root) and test (labels in data.test_gt when present)."""
     root = Path(data.root)
     test_gt = Path(data.test_gt) if data.test_gt else None
@@ -109,10 +108,10 @@ def labelled_split(split: SplitData, predictions: dict, labels: tuple) -> tuple:
     return SplitData(split.name, table, split.predictions, split.gt_root), subset, (labels[0][keep], labels[1][keep])
 
 
-def evaluate_split(split: SplitData, out: Path, root: Path, resources: Resources, params: dict,
+def evaluate_split(split: SplitData, out: Path, root: Path, resources: Resources, params: Params,
                    bad: BadInputs) -> dict | None:
     """Metrics of one split (None without ground truth); writes its errors, plots and sheet."""
-    settings = section(params, "evaluate")
+    settings = params.evaluate
     predictions = load_predictions(split.predictions, split.table)
     check_finite(split.predictions, predictions)
     labels = None if split.gt_root is None else load_labels(split.gt_root, split.table, resources.n_verts, bad)
@@ -125,7 +124,7 @@ def evaluate_split(split: SplitData, out: Path, root: Path, resources: Resources
     with atomic_write(out / f"errors_{split.name}.csv") as tmp:
         errors.to_csv(tmp, index=False, float_format="%.6g")
     write_plots(out / "plots", split.name, errors, settings.bins)
-    samples = sheet_samples(split, root, predictions, labels, errors, resources, settings.sheet_samples, params["seed"])
+    samples = sheet_samples(split, root, predictions, labels, errors, resources, settings.sheet_samples, params.seed)
     save_png(out / f"sheet_{split.name}.png", qualitative_sheet(samples, resources.faces, resources.kpt_ind,
                                                                  settings.tile_size))
     return None if labels is None else summarize(errors)
@@ -148,8 +147,8 @@ def write_headline(out: Path, metrics: dict) -> None:
     save_json(out / "headline.json", headline(metrics))
 
 
-def run(params: dict, predictor: str) -> None:
-    data = section(params, "data")
+def run(params: Params, predictor: str) -> None:
+    data = params.data
     root = Path(data.root)
     resources = load_resources(root)
     out = OUT / predictor

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from stages.common.io import atomic_write
-from stages.common.params import section
+from stages.common.params import Params
 from stages.common.stage import stage_main
 from stages.nets.checkpoint import load_network_for_images
 from stages.nets.model import FaceNet, InputResize
@@ -81,15 +81,13 @@ def export_onnx(model: FaceNet, path: Path | str) -> None:
                           output_names=list(OUTPUTS), dynamic_axes=axes, opset_version=OPSET, dynamo=False)
 
 
-def run(params: dict, checkpoint: str | None = None, out: Path | str = ARTIFACTS / "export" / "model.onnx",
+def run(params: Params, checkpoint: str | None = None, out: Path | str = ARTIFACTS / "export" / "model.onnx",
         artifacts: Path = ARTIFACTS) -> Path:
     """Export artifacts/<checkpoint or infer.checkpoint>/model.pt to `out`."""
-    if checkpoint:
-        params = {**params, "infer": {**params["infer"], "checkpoint": checkpoint}}
-    resources = load_resources(section(params, "data").root)
-    model = load_network_for_images(Path(artifacts) / section(params, "infer").checkpoint / "model.pt",
-                                    Path(artifacts) / "pca" / "basis.npz", section(params, "train"),
-                                    section(params, "crop").size, resources.n_verts)
+    resources = load_resources(params.data.root)
+    model = load_network_for_images(Path(artifacts) / (checkpoint or params.infer.checkpoint) / "model.pt",
+                                    Path(artifacts) / "pca" / "basis.npz", params.train, params.crop.size,
+                                    resources.n_verts)
     if model.pose is not None:
         raise ValueError("train.pose_head=direct6dof: export writes mu, sigma and verts only; the direct head's "
                          "crop-frame pose needs each crop's warp (stages.nets.crop_pose) and is not exported")

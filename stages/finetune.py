@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages.common.params import section
+from stages.common.params import Params
 from stages.common.stage import stage_main
 from stages.finetuning.trainer import FinetunePaths, run_finetune
 from stages.nets.trainer import TrainPaths
@@ -24,10 +24,10 @@ START = Path("artifacts/train/model.pt")
 OUT = Path("artifacts/finetune")
 
 
-def run(params: dict, paths: FinetunePaths | None = None) -> dict:
+def run(params: Params, paths: FinetunePaths | None = None) -> dict:
     paths = paths or FinetunePaths(start=START, data=TrainPaths(
         crop=Path("artifacts/crop"), pca=Path("artifacts/pca"), split=Path("artifacts/split"), out=OUT))
-    camera = load_resources(section(params, "data").root).camera
+    camera = load_resources(params.data.root).camera
     return run_finetune(params, paths, camera)
 
 

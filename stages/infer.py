@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages.common.params import section
+from stages.common.params import Params
 from stages.common.stage import stage_main
 from stages.face.pca import PCABasis, load_flip_perm
 from stages.nets.checkpoint import Expected, load_network, used_inputs
@@ -34,20 +34,20 @@ SPLITS = ("val", "test")
 ARTIFACTS = Path("artifacts")
 
 
-def split_list(params: dict, split: str) -> pd.DataFrame:
+def split_list(params: Params, split: str) -> pd.DataFrame:
     """The list the predictions are aligned with: artifacts/split/val.csv or the data's test list."""
     if split == "val":
         return read_list(ARTIFACTS / "split" / "val.csv")
     if split == "test":
-        return read_list(list_path(Path(section(params, "data").root), "test"))
+        return read_list(list_path(Path(params.data.root), "test"))
     raise ValueError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
 
 
-def run(params: dict, split: str, artifacts: Path = ARTIFACTS) -> Path:
+def run(params: Params, split: str, artifacts: Path = ARTIFACTS) -> Path:
     """Predict one split into artifacts/infer/predictions_<split>.npz, batch by batch (the
     resident memory stays flat in the split's size); returns the file's path."""
-    cfg, train = section(params, "infer"), section(params, "train")
-    resources = load_resources(section(params, "data").root)
+    cfg, train = params.infer, params.train
+    resources = load_resources(params.data.root)
     table = split_list(params, split)
     store = CropStore.open(artifacts / "crop" / split)
     store.check_rows(table, str(artifacts / "crop" / split))

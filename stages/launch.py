@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("stage", choices=STAGES)
     parser.add_argument("options", nargs=argparse.REMAINDER, help="the stage's own options, e.g. --params FILE")
     args = parser.parse_args(argv)
-    gpus = load_params(params_file(args.options))["gpus"]
+    gpus = load_params(params_file(args.options)).gpus
     if gpus == 1:
         importlib.import_module(f"stages.{args.stage}").main(args.options)
         return

@@ -23,7 +23,7 @@ import pandas as pd
 
 from stages.common.badinput import BadInputs
 from stages.common.io import save_json, save_npy
-from stages.common.params import section
+from stages.common.params import Params
 from stages.common.rowfile import RowReader, RowWriter
 from stages.common.stage import stage_main
 from stages.face.pca import (PCABasis, fit_pca, read_blendshapes, read_neutral_list,
@@ -106,8 +106,8 @@ def project_cache(basis: PCABasis, verts: RowReader, labelled: np.ndarray,
     return (np.concatenate(errors) if errors else np.zeros(0)), total / max(int(labelled.sum()), 1)
 
 
-def run(params: dict, out: Path = Path("artifacts/pca"), split_dir: Path = Path("artifacts/split")) -> dict:
-    cfg, data = section(params, "pca"), section(params, "data")
+def run(params: Params, out: Path = Path("artifacts/pca"), split_dir: Path = Path("artifacts/split")) -> dict:
+    cfg, data = params.pca, params.data
     resources = load_resources(data.root)
     tables = {s: read_list(split_dir / f"{s}.csv") for s in SPLITS}
     bad = BadInputs(skip=data.skip_bad, max_fraction=data.max_bad_fraction)
@@ -120,7 +120,7 @@ def run(params: dict, out: Path = Path("artifacts/pca"), split_dir: Path = Path(
     train_verts = RowReader(out / "verts_train.npy")
     blendshapes = read_blendshapes(data.blendshapes, resources.n_verts)
     chosen = choose_neutral(tables["train"], train_verts, labelled["train"], blendshapes, cfg.neutral_list,
-                            params["seed"], cfg.max_frames_per_subject)
+                            params.seed, cfg.max_frames_per_subject)
     meshes = np.concatenate([train_verts[chosen].astype(np.float64), blendshapes])
     log.info("PCA of %d neutral + %d blendshape meshes", len(chosen), len(blendshapes))
     basis = fit_pca(meshes, cfg.n_components)

@@ -37,7 +37,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable, Iterator
 
 import numpy as np
@@ -46,7 +45,7 @@ from tqdm import tqdm
 from stages.coarse.confidence import MAX_SHIFT, MIN_INSIDE, Confidence, confidence, no_face_reason
 from stages.coarse.detector import Detector
 from stages.common.io import save_json, save_npz
-from stages.common.params import section
+from stages.common.params import CoarsePredictParams, CropParams, Params
 from stages.common.stage import stage_main
 from stages.face.frontal import crop_warps, reference_shape
 from stages.face.pca import load_flip_perm
@@ -78,8 +77,8 @@ class Pipeline:
     perm: np.ndarray
     resources: Resources
     reference: np.ndarray
-    crop: SimpleNamespace
-    coarse: SimpleNamespace
+    crop: CropParams
+    coarse: CoarsePredictParams
     settings: InferSettings
     min_inside: float = MIN_INSIDE
     max_shift: float = MAX_SHIFT
@@ -132,23 +131,23 @@ def load_detector(path: Path, settings: InferSettings, workers: int, amp: bool) 
         raise PredictError(f"{path}: not a coarse detector model ({str(err)[:300]})") from None
 
 
-def load_model(params: dict, artifacts: Path, resources: Resources) -> tuple[FaceNet, np.ndarray | None]:
+def load_model(params: Params, artifacts: Path, resources: Resources) -> tuple[FaceNet, np.ndarray | None]:
     """The network artifacts/<infer.checkpoint>/model.pt checked as in infer, less the crop run
     (module doc), and the flip permutation (V,) of artifacts/pca/basis.npz (None without
     flip & merge)."""
     basis = artifacts / "pca" / "basis.npz"
-    infer = section(params, "infer")
-    model = load_network_for_images(artifacts / infer.checkpoint / "model.pt", basis, section(params, "train"),
-                                    section(params, "crop").size, resources.n_verts)
+    infer = params.infer
+    model = load_network_for_images(artifacts / infer.checkpoint / "model.pt", basis, params.train, params.crop.size,
+                                    resources.n_verts)
     perm = load_flip_perm(basis, "set infer.flip_merge: none") if infer.flip_merge != "none" else None
     return model, perm
 
 
-def load_pipeline(params: dict, artifacts: Path = ARTIFACTS, **gate: float) -> Pipeline:
+def load_pipeline(params: Params, artifacts: Path = ARTIFACTS, **gate: float) -> Pipeline:
     """Detector, network and settings from params and artifacts; `gate`: min_inside, max_shift."""
-    data, crop, coarse = section(params, "data"), section(params, "crop"), section(params, "coarse_predict")
+    data, crop, coarse = params.data, params.crop, params.coarse_predict
     resources = load_resources(data.root)
-    settings = InferSettings.of(section(params, "infer"))
+    settings = InferSettings.of(params.infer)
     detector = load_detector(artifacts / "coarse_train" / "model.pt", settings, data.workers, coarse.amp)
     model, perm = load_model(params, artifacts, resources)
     reference = reference_shape(resources.template, resources.kpt_ind, crop.size, crop.margin)
@@ -241,7 +240,7 @@ def batches(paths: list[Path], size: int, pool: ThreadPoolExecutor) -> Iterator[
         yield chunk, list(pending[index])
 
 
-def run(params: dict, inputs: list[Path | str], out: Path | str, focal: float | None = None,
+def run(params: Params, inputs: list[Path | str], out: Path | str, focal: float | None = None,
         fov: float | None = None, artifacts: Path = ARTIFACTS, overlay: bool = True,
         **gate: float) -> dict[str, float]:
     """Predict every image of `inputs` into `out` (files written by data.workers threads while the
@@ -252,7 +251,7 @@ def run(params: dict, inputs: list[Path | str], out: Path | str, focal: float | 
     pipeline = load_pipeline(params, Path(artifacts), **gate)
     cameras = camera_choice(pipeline.resources, focal, fov)
     started = time.perf_counter()
-    workers = max(1, section(params, "data").workers)
+    workers = max(1, params.data.workers)
     with ThreadPoolExecutor(workers) as readers, ThreadPoolExecutor(workers) as pool, \
             ThreadPoolExecutor(workers) as writer, tqdm(total=len(paths), desc="predict", unit="img") as bar:
         written = []

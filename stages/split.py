@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from stages.common.io import atomic_dir, save_json
-from stages.common.params import section
+from stages.common.params import Params
 from stages.common.stage import stage_main
 from stages.wcpa.layout import DataError, list_path, read_list, write_list
 
@@ -44,10 +44,10 @@ def summary(train: pd.DataFrame, val: pd.DataFrame, source: Path) -> dict:
             "val": {"samples": len(val), "subjects": int(val["subject_id"].nunique())}}
 
 
-def run(params: dict) -> None:
-    root = Path(section(params, "data").root)
+def run(params: Params) -> None:
+    root = Path(params.data.root)
     source = list_path(root, "train")
-    train, val = split_table(read_list(source), section(params, "split").val_fraction, params["seed"])
+    train, val = split_table(read_list(source), params.split.val_fraction, params.seed)
     with atomic_dir(OUT) as tmp:
         write_list(tmp / "train.csv", train)
         write_list(tmp / "val.csv", val)

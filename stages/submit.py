@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from stages.common.params import section
+from stages.common.params import Params
 from stages.common.predictor import add_predictor, check_finite, predictions_path
 from stages.common.stage import stage_main
 from stages.wcpa.layout import list_path, load_resources, read_list
@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 OUT = Path("submissions")
 
 
-def run(params: dict, predictor: str) -> None:
-    root = Path(section(params, "data").root)
+def run(params: Params, predictor: str) -> None:
+    root = Path(params.data.root)
     test = read_list(list_path(root, "test"))
     source = predictions_path(predictor, "test")
     predictions = load_predictions(source, test)

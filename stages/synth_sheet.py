@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.common.params import section
+from stages.common.params import Params
 from stages.common.stage import stage_main
 from stages.viz.draw import save_png
 from stages.viz.samples_sheet import sample_tiles, sheet
@@ -39,9 +39,9 @@ def build_sheet(root: Path | str, samples: int, seed: int) -> np.ndarray:
     return sheet(tiles, COLUMNS, TILE)
 
 
-def run(params: dict, out: Path = OUT) -> None:
-    root = params["data"]["root"]
-    image = build_sheet(root, section(params, "synth").sheet_samples, params["seed"])
+def run(params: Params, out: Path = OUT) -> None:
+    root = params.data.root
+    image = build_sheet(root, params.synth.sheet_samples, params.seed)
     save_png(out, image)
     log.info("wrote %s (%dx%d) from %s", out, image.shape[1], image.shape[0], root)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages.common.params import section
+from stages.common.params import Params
 from stages.common.stage import stage_main
 from stages.nets.trainer import TrainPaths, run_training
 from stages.wcpa.layout import load_resources
@@ -20,10 +20,10 @@ from stages.wcpa.layout import load_resources
 OUT = Path("artifacts/train")
 
 
-def run(params: dict, paths: TrainPaths | None = None) -> dict:
+def run(params: Params, paths: TrainPaths | None = None) -> dict:
     paths = paths or TrainPaths(crop=Path("artifacts/crop"), pca=Path("artifacts/pca"),
                                 split=Path("artifacts/split"), out=OUT)
-    camera = load_resources(section(params, "data").root).camera
+    camera = load_resources(params.data.root).camera
     return run_training(params, paths, camera)
 
 

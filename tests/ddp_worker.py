@@ -11,6 +11,7 @@ import torch.distributed as dist
 
 from stages import coarse_train
 from stages.coarse import train as coarse_loop
+from stages.common.params import Params
 from stages.nets.trainer import Trainer, TrainPaths
 from stages.wcpa.camera import Camera
 from tests.tiny_project import PROJ
@@ -23,7 +24,7 @@ def join_as(rank: int, port: int) -> None:
     torch.set_num_threads(1)
 
 
-def run_rank(rank: int, root: str, params: dict, port: int) -> None:
+def run_rank(rank: int, root: str, params: Params, port: int) -> None:
     join_as(rank, port)
     base = Path(root)
     paths = TrainPaths(crop=base / "artifacts/crop", pca=base / "artifacts/pca",
@@ -38,7 +39,7 @@ def run_rank(rank: int, root: str, params: dict, port: int) -> None:
     dist.destroy_process_group()
 
 
-def run_coarse_rank(rank: int, root: str, params: dict, port: int) -> None:
+def run_coarse_rank(rank: int, root: str, params: Params, port: int) -> None:
     """The coarse_train stage as rank `rank` (root/split lists, outputs in root/coarse_train);
     saves the rank's returned metrics, its nets and the sample indices of each of its steps."""
     join_as(rank, port)

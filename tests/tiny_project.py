@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from stages.common.cropstore import stamp_run
+from stages.common.params import Params, load_params
 from stages.face.pca import ARKIT_BLENDSHAPES
 from stages.wcpa.camera import Camera, rt_from_euler
 from stages.wcpa.obj import write_obj
@@ -96,8 +97,8 @@ def write_store(folder: Path, table: pd.DataFrame, uv: np.ndarray, size: int, rn
 
 
 def make_tiny_project(root: Path, subjects: int = 6, crop_size: int = 32, half: int = 12,
-                      seed: int = 0) -> dict:
-    """Write the tree under `root`; returns its params dict (also in root/params.yaml)."""
+                      seed: int = 0) -> Params:
+    """Write the tree under `root`; returns its params (also in root/params.yaml)."""
     rng = np.random.default_rng(seed)
     data = root / "data" / "synth"
     template = symmetric_template(half, rng)
@@ -130,19 +131,22 @@ def make_tiny_project(root: Path, subjects: int = 6, crop_size: int = 32, half: 
         write_store(root / "artifacts" / "crop" / split, part, uv[mask], crop_size, rng)
     stamp_run([root / "artifacts" / "crop" / split for split in ("train", "val")])
     params = tiny_params()
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(root / "params.yaml", params)
     return params
 
 
-def tiny_params() -> dict:
+def tiny_params() -> Params:
     """The repository's params.yaml with a tiny, fast train/pca configuration."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data"]["root"] = "data/synth"
-    params["data"]["blendshapes"] = "data/synth/blendshapes"
-    params["pca"].update(n_components=20, neutral_list="")
-    params["train"].update(depth=18, pretrained=False, input_size=0, epochs=1, batch_size=4, workers=0,
-                           device="cpu", val_batch_size=8, lr=1e-3)
-    return params
+    params = load_params(REPO / "params.yaml")
+    return params.replace(data={"root": "data/synth", "blendshapes": "data/synth/blendshapes"},
+                          pca={"n_components": 20, "neutral_list": ""},
+                          train={"depth": 18, "pretrained": False, "input_size": 0, "epochs": 1, "batch_size": 4,
+                                 "workers": 0, "device": "cpu", "val_batch_size": 8, "lr": 1e-3})
+
+
+def write_params(path: Path, params: Params) -> None:
+    """`params` as a params file (what the stages' --params and `main` read)."""
+    path.write_text(yaml.safe_dump(params.as_dict(), sort_keys=False))
 
 
 def kill_in_epoch(run, trainer_cls, epoch: int, monkeypatch) -> None:

@@ -1,14 +1,30 @@
-"""Load params.yaml, check it against the schema and coerce its types.
+"""params.yaml as one typed, frozen object generated from the schema (stages/common/schema.py).
 
-`dvc exp run -S key=value` may rewrite 1.0 as 1 or 1e-4 as a string; every value is coerced
-to the type the schema gives, and an unknown or missing key stops with a message naming it, as
-does a value outside its Range or Choice ("params.yaml: train.epochs = 0: must be >= 1").
+Every section of SCHEMA becomes a frozen dataclass (DataParams, TrainParams, ...) with a field
+per key, annotated from the key's kind: int, float, bool, str, list[...], Optional[...],
+Literal[...] for a Choice and `int | Literal['auto']` for an OrAuto. Params has one attribute per
+section or top-level value, so configuration is read one way everywhere: params.train.epochs,
+params.data.root, params.seed. The section `lambda` (a Python keyword) is the attribute
+`lambda_`; its YAML key and `dvc exp run -S lambda.pnp=2` stay.
+
+All validation happens where the objects are made from data: load_params, check_params,
+check_section, Params.replace and apply_overrides. `dvc exp run -S key=value` may rewrite 1.0 as
+1 or 1e-4 as a string, so every value is coerced to the type the schema gives; an unknown or
+missing key stops with a message naming it, as does a value outside its Range or Choice
+("params.yaml: train.epochs = 0: must be >= 1") or keys that disagree (crop.detector with
+crop.source, train.pose_head with infer.checkpoint). dataclasses.replace on a section copies it
+with values the caller vouches for (finetuning's train section with finetune's own values).
+
+params.as_dict() is the YAML-shaped plain data ({section: {key: value}}, the schema's order) for
+what needs plain data: fingerprints, the params saved in checkpoints, params files.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
+import keyword
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
+from typing import Any, Literal, Mapping, Optional, Union
 
 import yaml
 
@@ -87,23 +103,108 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
     raise ParamsError(f"{where}: schema type {kind!r} is not supported")
 
 
-def _check_section(name: str, raw: Any, schema: Any, source: Path) -> Any:
-    """Validate one section (a dict of leaves, or a bare leaf like `seed`)."""
-    if not isinstance(schema, dict):
-        return _coerce(raw, schema, f"{source}: {name}")
-    if not isinstance(raw, dict):
+def annotation(kind: Any) -> Any:
+    """The Python type of a schema kind: int, float, bool, str, list[...], Optional[...],
+    Literal[...] (Choice), Union[..., Literal['auto']] (OrAuto)."""
+    if isinstance(kind, OrAuto):
+        return Union[annotation(kind.kind), Literal[AUTO]]
+    if isinstance(kind, Range):
+        return kind.kind
+    if isinstance(kind, Choice):
+        return Literal[kind.values]
+    if isinstance(kind, tuple):
+        return Optional[annotation(kind[0])]
+    if isinstance(kind, list):
+        return list[annotation(kind[0])]
+    return kind
+
+
+def attribute(key: str) -> str:
+    """The Params attribute of a top-level key of params.yaml: the key, or key_ for a Python
+    keyword (lambda -> lambda_)."""
+    return f"{key}_" if keyword.iskeyword(key) else key
+
+
+class Section:
+    """Base of the generated section classes."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """{key: value} in the schema's order (lists copied)."""
+        return {field.name: copy.copy(getattr(self, field.name)) for field in dataclasses.fields(self)}
+
+
+def _section_class(name: str, keys: dict[str, Any]) -> type:
+    """The frozen dataclass of section `name` (e.g. coarse_train -> CoarseTrainParams)."""
+    title = "".join(part.capitalize() for part in name.split("_")) + "Params"
+    cls = dataclasses.make_dataclass(title, [(key, annotation(kind)) for key, kind in keys.items()],
+                                     bases=(Section,), frozen=True, namespace={"__module__": __name__})
+    cls.__doc__ = f"params.yaml section `{name}` (stages/common/schema.py)."
+    return cls
+
+
+SECTIONS: dict[str, type] = {name: _section_class(name, keys) for name, keys in SCHEMA.items()
+                             if isinstance(keys, dict)}
+(DataParams, LambdaParams, SynthParams, SplitParams, CoarseTrainParams, CoarsePredictParams, CropParams, SubmitParams,
+ EvaluateParams, PcaParams, TrainParams, FinetuneParams, InferParams) = (
+    SECTIONS[name] for name in ("data", "lambda", "synth", "split", "coarse_train", "coarse_predict", "crop", "submit",
+                                "evaluate", "pca", "train", "finetune", "infer"))
+
+
+class ParamsBase:
+    """Base of Params."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The YAML-shaped plain data: {key: value} for top-level values, {section: {key: value}}
+        for sections, in the schema's order (the keys of params.yaml: `lambda`, not `lambda_`)."""
+        out = {}
+        for key in SCHEMA:
+            value = getattr(self, attribute(key))
+            out[key] = value.as_dict() if isinstance(value, Section) else copy.copy(value)
+        return out
+
+    def replace(self, **changes: Any) -> "Params":
+        """A new Params, validated as at load, with `changes` by attribute: a section takes a
+        mapping of some of its keys (or a whole section object), a top-level value its value:
+        params.replace(train={"epochs": 2, "lr": 1e-3}, lambda_={"pnp": 2.5}, seed=3)."""
+        raw = self.as_dict()
+        keys = {attribute(key): key for key in SCHEMA}
+        for name, value in changes.items():
+            if name not in keys:
+                raise ParamsError(f"replace: {name!r} is no attribute of Params ({', '.join(keys)})")
+            key = keys[name]
+            if key in SECTIONS:
+                value = value.as_dict() if isinstance(value, Section) else dict(value)
+                unknown = sorted(set(value) - set(SCHEMA[key]))
+                if unknown:
+                    raise ParamsError(f"replace: unknown key(s) {', '.join(f'{key}.{k}' for k in unknown)}")
+                raw[key] = {**raw[key], **value}
+            else:
+                raw[key] = value
+        return check_params(raw, "replace")
+
+
+Params = dataclasses.make_dataclass(
+    "Params", [(attribute(key), SECTIONS.get(key) or annotation(kind)) for key, kind in SCHEMA.items()],
+    bases=(ParamsBase,), frozen=True, namespace={"__module__": __name__})
+Params.__doc__ = "The whole of params.yaml, typed: one attribute per section or top-level value (module doc)."
+
+
+def check_section(name: str, raw: Any, source: Path | str) -> Section:
+    """Validate one section's mapping (e.g. the train params saved in a checkpoint) -> its
+    section object; `source` names it in the messages."""
+    keys = SCHEMA[name]
+    if not isinstance(raw, Mapping):
         raise ParamsError(f"{source}: section '{name}' must be a mapping")
-    unknown = sorted(set(raw) - set(schema))
-    missing = sorted(set(schema) - set(raw))
+    unknown, missing = sorted(set(raw) - set(keys)), sorted(set(keys) - set(raw))
     if unknown:
         raise ParamsError(f"{source}: unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)}")
     if missing:
         raise ParamsError(f"{source}: missing key(s) {', '.join(f'{name}.{k}' for k in missing)}")
-    return {k: _coerce(raw[k], schema[k], f"{source}: {name}.{k}") for k in schema}
+    return SECTIONS[name](**{key: _coerce(raw[key], kind, f"{source}: {name}.{key}") for key, kind in keys.items()})
 
 
-def load_params(path: Path | str = PARAMS_FILE) -> dict[str, Any]:
-    """Read and validate the whole params file; returns {section: {key: value}}."""
+def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    """Read and validate the whole params file."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -114,44 +215,53 @@ def load_params(path: Path | str = PARAMS_FILE) -> dict[str, Any]:
     return check_params(raw, path)
 
 
-def check_params(raw: Any, source: Path | str) -> dict[str, Any]:
-    """Validate and coerce a parsed params mapping; `source` names it in the messages."""
-    path = Path(source)
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{path}: top level must be a mapping of sections")
+def check_params(raw: Any, source: Path | str) -> Params:
+    """Validate and coerce a parsed params mapping ({section: {key: value}}, as in params.yaml)
+    -> Params; `source` names it in the messages."""
+    if not isinstance(raw, Mapping):
+        raise ParamsError(f"{source}: top level must be a mapping of sections")
     unknown = sorted(set(raw) - set(SCHEMA))
     if unknown:
-        raise ParamsError(f"{path}: unknown section(s) {', '.join(unknown)}")
+        raise ParamsError(f"{source}: unknown section(s) {', '.join(unknown)}")
     missing = sorted(set(SCHEMA) - set(raw))
     if missing:
-        raise ParamsError(f"{path}: missing section(s) {', '.join(missing)}")
-    params = {name: _check_section(name, raw[name], SCHEMA[name], path) for name in SCHEMA}
-    _check_detector(params["crop"], path)
-    _check_pose_head(params, path)
+        raise ParamsError(f"{source}: missing section(s) {', '.join(missing)}")
+    params = Params(**{attribute(key): check_section(key, raw[key], source) if key in SECTIONS
+                       else _coerce(raw[key], kind, f"{source}: {key}") for key, kind in SCHEMA.items()})
+    for check in (_check_detector, _check_pose_head):
+        problem = check(params)
+        if problem:
+            raise ParamsError(f"{source}: {problem}")
     return params
 
 
-def _check_pose_head(params: dict[str, Any], path: Path) -> None:
-    """The direct 6DoF head has no finetune stage (EPro-PnP needs landmarks): infer reads train's model."""
-    if params["train"]["pose_head"] == "direct6dof" and params["infer"]["checkpoint"] != "train":
-        raise ParamsError(f"{path}: train.pose_head is direct6dof: set infer.checkpoint: train (finetune needs "
-                          "the PnP head), e.g. dvc exp run -S train.pose_head=direct6dof -S infer.checkpoint=train "
-                          "evaluate@infer submit@infer")
+def _check_pose_head(params: Params) -> str:
+    """The direct 6DoF head has no finetune stage (EPro-PnP needs landmarks): infer reads train's
+    model. Returns the problem ('' when none)."""
+    if params.train.pose_head == "direct6dof" and params.infer.checkpoint != "train":
+        return ("train.pose_head is direct6dof: set infer.checkpoint: train (finetune needs the PnP head), "
+                "e.g. dvc exp run -S train.pose_head=direct6dof -S infer.checkpoint=train evaluate@infer submit@infer")
+    return ""
 
 
-def _check_detector(crop: dict[str, Any], path: Path) -> None:
-    """crop.detector (the list dvc.yaml builds the coarse stages from) must match crop.source."""
-    wanted = [] if crop["source"] == "given68" else ["coarse"]
-    if crop["detector"] != wanted:
-        shown = f"[{', '.join(wanted)}]"
-        raise ParamsError(f"{path}: crop.source is {crop['source']}: set crop.detector: {shown} "
-                          f"(it is {crop['detector']}); dvc.yaml builds coarse_train and coarse_predict "
-                          f"from it, e.g. dvc exp run -S crop.source={crop['source']} -S 'crop.detector={shown}'")
+def _check_detector(params: Params) -> str:
+    """crop.detector (the list dvc.yaml builds the coarse stages from) must match crop.source.
+    Returns the problem ('' when none)."""
+    crop = params.crop
+    wanted = [] if crop.source == "given68" else ["coarse"]
+    if crop.detector == wanted:
+        return ""
+    shown = f"[{', '.join(wanted)}]"
+    return (f"crop.source is {crop.source}: set crop.detector: {shown} (it is {crop.detector}); dvc.yaml builds "
+            f"coarse_train and coarse_predict from it, e.g. dvc exp run -S crop.source={crop.source} "
+            f"-S 'crop.detector={shown}'")
 
 
-def apply_overrides(params: dict[str, Any], assignments: list[str]) -> None:
-    """Apply `section.key=value` (or `seed=value`) assignments in place, each value read as
-    YAML (as `dvc exp run -S` does) and coerced to the schema's type."""
+def apply_overrides(params: Params, assignments: list[str]) -> Params:
+    """A new Params with `section.key=value` (or `seed=value`) assignments applied, each value read
+    as YAML (as `dvc exp run -S` does) and coerced to the schema's type; the result is checked
+    as a whole (keys that must agree may be set together)."""
+    raw = params.as_dict()
     for assignment in assignments:
         key, sep, value = assignment.partition("=")
         name, _, leaf = key.partition(".")
@@ -160,15 +270,11 @@ def apply_overrides(params: dict[str, Any], assignments: list[str]) -> None:
         if not (sep and known):
             raise ParamsError(f"--set {assignment!r}: expected key=value with a key of params.yaml, e.g. train.epochs=3")
         try:
-            raw = yaml.safe_load(value)
+            parsed = yaml.safe_load(value)
         except yaml.YAMLError as err:
             raise ParamsError(f"--set {assignment!r}: not a YAML value: {err}") from None
         if leaf:
-            params[name][leaf] = _coerce(raw, schema[leaf], f"--set {key}")
+            raw[name][leaf] = _coerce(parsed, schema[leaf], f"--set {key}")
         else:
-            params[name] = _coerce(raw, schema, f"--set {key}")
-
-
-def section(params: dict[str, Any], name: str) -> SimpleNamespace:
-    """One section as attribute access: section(p, 'train').epochs."""
-    return SimpleNamespace(**params[name])
+            raw[name] = _coerce(parsed, schema, f"--set {key}")
+    return check_params(raw, "--set")

@@ -48,6 +48,7 @@ POSITIVE = Range(float, 0.0, open=True)  # learning rates, margins: > 0
 WEIGHT = Range(float, 0.0)               # loss weights, augmentation strengths: >= 0
 DEVICE = Choice("auto", "cpu", "cuda")
 SCHEDULE = Choice("constant", "cosine")
+BACKBONE = Choice("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large")  # coarse/model.py
 
 
 OPTIMIZATION = {                  # the keys train and finetune share: the optimisation and its data
@@ -115,8 +116,8 @@ SCHEMA = {
         "val_fraction": OPEN_FRACTION,
     },
     "coarse_train": {
-        "locate_backbone": str,   # torchvision backbone of pass 1 (whole image downscaled)
-        "refine_backbone": str,   # torchvision backbone of pass 2 (square around the pass-1 face)
+        "locate_backbone": BACKBONE,  # torchvision backbone of pass 1 (whole image downscaled)
+        "refine_backbone": BACKBONE,  # torchvision backbone of pass 2 (square around the pass-1 face)
         "pretrained": bool,       # ImageNet weights (needs them in the torch hub cache)
         "locate_size": COUNT,     # pass-1 input side, px
         "refine_size": COUNT,     # pass-2 input side, px

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from stages.pnp.diffpose import pose_loss
+from stages.pnp.diffpose import pnp_loss
 from stages.pnp.epro import epro_pnp
 from stages.wcpa.score import MM_PER_M
 
@@ -95,8 +95,8 @@ def pnp_terms(out: dict, batch: dict, settings: PnPSettings,
     layer = epro_pnp(x3d, x2d, w2d, K, R_gt, t_gt, n_samples=settings.mc_samples,
                      n_iters=settings.amis_iters, generator=generator, max_iters=settings.lm_iters)
     valid = layer.mask & finite
-    pose = pose_loss(layer.R, layer.t, R_gt, t_gt, batch["verts"].to(dtype), verts)
-    return {"pnp": MM_PER_M * masked_mean(pose, valid).float(), "mc": masked_mean(layer.loss, valid).float(),
+    pnp = pnp_loss(layer.R, layer.t, R_gt, t_gt, batch["verts"].to(dtype), verts)
+    return {"pnp": MM_PER_M * masked_mean(pnp, valid).float(), "mc": masked_mean(layer.loss, valid).float(),
             "valid": valid.detach(), "ess": layer.ess.detach()}
 
 

@@ -10,6 +10,7 @@ Validation runs on the start model first, so metrics.json shows the effect of fi
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -21,16 +22,17 @@ import torch
 
 from stages.common.identity import file_digest, identity_mismatches
 from stages.common.io import load_torch, save_json
+from stages.common.params import FinetuneParams, Params, ParamsError, TrainParams, check_section
+from stages.common.schema import OPTIMIZATION
 from stages.finetuning.batches import PoseBatches
 from stages.finetuning.pnp_loss import PnPSettings, pnp_terms
 from stages.nets.trainer import Trainer, TrainPaths, log_epoch, open_live, reframe_limits
 from stages.wcpa.camera import Camera
 
 log = logging.getLogger("finetune")
-# finetune keys that replace the start model's train keys (the optimisation, not the network)
-TRAIN_KEYS = ("epochs", "batch_size", "lr", "schedule", "min_lr_ratio", "warmup_epochs", "weight_decay", "flip",
-              "color_jitter", "reframe_shift", "reframe_scale", "reframe_rotate", "workers", "device", "amp",
-              "val_batch_size", "val_pnp_flags")
+# finetune keys that replace the start model's train keys: the optimisation (the keys the schema's
+# train and finetune sections share), not the network
+TRAIN_KEYS = ("epochs", *OPTIMIZATION)
 PNP_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 STEP_SEED_STRIDE = 1_000_003
 
@@ -64,43 +66,62 @@ def check_start_inputs(path: Path, start: dict, inputs: dict[str, str]) -> None:
                          "re-run `dvc repro train`")
 
 
-def finetune_config(train_params: dict, finetune: dict) -> dict:
-    """The start model's train config with finetune's optimisation keys. pretrained is off:
-    the weights come from the start model; pose_head is pnp for models from before the key."""
-    return {"pose_head": "pnp", **train_params, **{k: finetune[k] for k in TRAIN_KEYS}, "pretrained": False}
+def start_config(path: Path, start: dict) -> TrainParams:
+    """The train section the start model was trained with, checked against the schema;
+    pose_head is pnp for models from before the key."""
+    try:
+        return check_section("train", {"pose_head": "pnp", **start["params"]}, path)
+    except ParamsError as err:
+        raise ValueError(f"{err} (a train model of older code: re-run `dvc repro train`)") from None
 
 
-def check_start_head(path: Path, start: dict) -> None:
+def finetune_config(train: TrainParams, finetune: FinetuneParams) -> TrainParams:
+    """The start model's train section with finetune's optimisation keys. pretrained is off:
+    the weights come from the start model."""
+    return dataclasses.replace(train, **{key: getattr(finetune, key) for key in TRAIN_KEYS}, pretrained=False)
+
+
+def check_start_head(path: Path, train: TrainParams) -> None:
     """Stop unless the start model's pose comes from PnP (the direct 6DoF head has no landmarks
     for the PnP layer)."""
-    head = start["params"].get("pose_head", "pnp")
-    if head != "pnp":
-        raise ValueError(f"{path}: trained with train.pose_head={head}, which finetune (EPro-PnP) cannot start "
-                         "from: set infer.checkpoint=train and run `dvc repro evaluate@infer submit@infer`")
+    if train.pose_head != "pnp":
+        raise ValueError(f"{path}: trained with train.pose_head={train.pose_head}, which finetune (EPro-PnP) cannot "
+                         "start from: set infer.checkpoint=train and run `dvc repro evaluate@infer submit@infer`")
 
 
-def pnp_settings(finetune: dict) -> PnPSettings:
-    if finetune["pnp_dtype"] not in PNP_DTYPES:
-        raise ValueError(f"finetune.pnp_dtype={finetune['pnp_dtype']!r}: expected one of {sorted(PNP_DTYPES)}")
-    return PnPSettings(mc_samples=finetune["mc_samples"], amis_iters=finetune["amis_iters"],
-                       lm_iters=finetune["lm_iters"], points=finetune["pnp_points"],
-                       dtype=PNP_DTYPES[finetune["pnp_dtype"]])
+def pnp_settings(finetune: FinetuneParams) -> PnPSettings:
+    """How the PnP layer runs, from the finetune section."""
+    return PnPSettings(mc_samples=finetune.mc_samples, amis_iters=finetune.amis_iters, lm_iters=finetune.lm_iters,
+                       points=finetune.pnp_points, dtype=PNP_DTYPES[finetune.pnp_dtype])
 
 
 class FinetuneTrainer(Trainer):
     """Trainer started from the train stage's model, with the PnP terms in the loss (the hooks
-    LOSS_WEIGHTS, make_dataset, step_terms, fingerprint_extra, trains_sigma, needs_verts)."""
+    LOSS_WEIGHTS, config, make_dataset, step_terms, fingerprint_extra, saved_params, trains_sigma,
+    needs_verts)."""
 
     LOSS_WEIGHTS = ("landmarks", "vdc", "wpdc", "pnp", "mc")
 
-    def __init__(self, params: dict, paths: FinetunePaths, camera: Camera):
+    def __init__(self, params: Params, paths: FinetunePaths, camera: Camera):
         start = load_start(paths.start)
-        check_start_head(paths.start, start)
-        self.start_path, self.pnp = paths.start, pnp_settings(params["finetune"])
-        super().__init__({**params, "train": finetune_config(start["params"], params["finetune"])}, paths.data, camera)
+        self.start_params, self.start_cfg = start["params"], start_config(paths.start, start)
+        check_start_head(paths.start, self.start_cfg)
+        self.start_path, self.pnp = paths.start, pnp_settings(params.finetune)
+        super().__init__(params, paths.data, camera)
         self.check_start(start)
         self.model.load_state_dict(start["model"])
         self.generator = torch.Generator(device=self.ctx.device)
+
+    def config(self, params: Params) -> TrainParams:
+        """The start model's train section with finetune's optimisation keys (finetune_config)."""
+        return finetune_config(self.start_cfg, params.finetune)
+
+    def saved_params(self) -> dict:
+        """The train section finetuning ran with, built as finetune's model.pt files have always
+        held it: the start model's own saved dict, pose_head first, updated with this run's values.
+        (Its key order and the very key strings, which the pickle shares with the config's when
+        they are the same objects, decide the file's bytes; the content is cfg.as_dict()'s.)"""
+        return {"pose_head": "pnp", **self.start_params, **self.cfg.as_dict()}
 
     def check_start(self, start: dict) -> None:
         """Stop unless the start model has this network, basis and inputs."""
@@ -138,7 +159,7 @@ class FinetuneTrainer(Trainer):
                 "pnp_valid": pnp["valid"].float().mean(), "pnp_ess": pnp["ess"].float().mean()}
 
 
-def run_finetune(params: dict, paths: FinetunePaths, camera: Camera) -> dict:
+def run_finetune(params: Params, paths: FinetunePaths, camera: Camera) -> dict:
     """Finetune (or resume) to finetune.epochs; returns the metrics (rank 0) or {} (other ranks)."""
     trainer = FinetuneTrainer(params, paths, camera)
     out = paths.data.out

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from stages.common.identity import path_digest
 from stages.common.io import UnsafeCheckpointError, load_torch
+from stages.common.params import TrainParams
 from stages.face.pca import PCABasis
 from stages.nets.model import FaceNet, NetConfig
 
@@ -39,7 +40,7 @@ class Expected:
     pose_head: str = "pnp"  # train.pose_head
 
     @classmethod
-    def of(cls, train, crop_size: int, n_verts: int, n_components: int) -> "Expected":
+    def of(cls, train: TrainParams, crop_size: int, n_verts: int, n_components: int) -> "Expected":
         """From the train params section (depth, coordconv, shape_head, input_size, pose_head) and the data."""
         return cls(depth=train.depth, coordconv=train.coordconv, shape_head=train.shape_head,
                    crop_size=crop_size, n_verts=n_verts, n_components=n_components,
@@ -123,7 +124,8 @@ def load_network(path: Path | str, expected: Expected, inputs: dict[str, str]) -
     return model.eval()
 
 
-def load_network_for_images(path: Path | str, basis: Path, train, crop_size: int, n_verts: int) -> FaceNet:
+def load_network_for_images(path: Path | str, basis: Path, train: TrainParams, crop_size: int,
+                            n_verts: int) -> FaceNet:
     """The network of `path` for crops made outside the crop store (predict, export): checked as
     infer checks it (train.* params, crop size, vertex count, PCA size) and against the identity
     of the PCA basis file `basis`, but not against a crop run (there is none)."""

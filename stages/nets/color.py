@@ -48,28 +48,28 @@ def _hue_rotations(turns: torch.Tensor) -> torch.Tensor:
     return cos * eye + sin * cross + (1 - cos) * torch.outer(n, n)
 
 
-def _linear_parts(params: torch.Tensor) -> torch.Tensor:
+def _linear_parts(jitter: torch.Tensor) -> torch.Tensor:
     """The linear parts (B, 4, 3, 3) of brightness, contrast, saturation and hue (OPERATIONS order)."""
-    count, dtype, device = len(params), params.dtype, params.device
+    count, dtype, device = len(jitter), jitter.dtype, jitter.device
     eye = torch.eye(3, dtype=dtype, device=device).expand(count, 3, 3)
     grey_rows = torch.tensor(GREY, dtype=dtype, device=device).expand(3, 3)
-    b, c, s = (params[:, k, None, None] for k in range(3))
-    return torch.stack([b * eye, c * eye, s * eye + (1 - s) * grey_rows, _hue_rotations(params[:, 3])], dim=1)
+    b, c, s = (jitter[:, k, None, None] for k in range(3))
+    return torch.stack([b * eye, c * eye, s * eye + (1 - s) * grey_rows, _hue_rotations(jitter[:, 3])], dim=1)
 
 
-def color_maps(params: torch.Tensor, mean_rgb: torch.Tensor) -> torch.Tensor:
+def color_maps(jitter: torch.Tensor, mean_rgb: torch.Tensor) -> torch.Tensor:
     """The composed affine colour map (B, 3, 4) of each image: x -> M[:, :3] x + M[:, 3].
 
-    params: (B, 8) from draw_jitter; mean_rgb: (B, 3) the images' mean colour (0-255). Only the
+    jitter: (B, 8) from draw_jitter; mean_rgb: (B, 3) the images' mean colour (0-255). Only the
     contrast step has a shift, (1 - c) g (1, 1, 1), with g the mean grey level when it is applied."""
-    count = len(params)
-    order = params[:, OPERATIONS:].long()
-    steps = _linear_parts(params)[torch.arange(count, device=params.device)[:, None], order]   # (B, 4, 3, 3)
-    grey = torch.tensor(GREY, dtype=params.dtype, device=params.device)
-    contrast_shift = 1 - params[:, 1:2]                                                         # (B, 1)
-    linear = torch.eye(3, dtype=params.dtype, device=params.device).repeat(count, 1, 1)
-    shift = torch.zeros(count, 3, dtype=params.dtype, device=params.device)
-    mean = mean_rgb.to(params.dtype)
+    count = len(jitter)
+    order = jitter[:, OPERATIONS:].long()
+    steps = _linear_parts(jitter)[torch.arange(count, device=jitter.device)[:, None], order]   # (B, 4, 3, 3)
+    grey = torch.tensor(GREY, dtype=jitter.dtype, device=jitter.device)
+    contrast_shift = 1 - jitter[:, 1:2]                                                         # (B, 1)
+    linear = torch.eye(3, dtype=jitter.dtype, device=jitter.device).repeat(count, 1, 1)
+    shift = torch.zeros(count, 3, dtype=jitter.dtype, device=jitter.device)
+    mean = mean_rgb.to(jitter.dtype)
     for k in range(OPERATIONS):
         step_shift = torch.where(order[:, k:k + 1] == 1, contrast_shift * (mean @ grey)[:, None], 0.0)
         linear = steps[:, k] @ linear
@@ -79,10 +79,10 @@ def color_maps(params: torch.Tensor, mean_rgb: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def jitter_images(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+def jitter_images(images: torch.Tensor, jitter: torch.Tensor) -> torch.Tensor:
     """Colour-jittered images (B, 3, H, W) float32 in [0, 255] from images (B, 3, H, W) uint8 or
     float (0-255) and parameters (B, 8) from draw_jitter, on the images' device."""
     x = images.float()
-    maps = color_maps(params.to(x.device, torch.float32), x.mean(dim=(2, 3)))
+    maps = color_maps(jitter.to(x.device, torch.float32), x.mean(dim=(2, 3)))
     out = torch.baddbmm(maps[:, :, 3:], maps[:, :, :3], x.flatten(2))
     return out.clamp_(0.0, 255.0).view_as(x)

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from stages.common.cropstore import release_rows
 from stages.common.device import pick_device
+from stages.common.params import InferParams
 from stages.common.precision import amp_dtype, autocast, place_network
 from stages.common.threads import single_thread_blas, thread_count
 from stages.face.warp import apply_warp, invert_warp
@@ -69,8 +70,8 @@ class InferSettings:
     max_pnp_failures: float = 0.0   # fraction of usable rows whose PnP may fail (they get the fallback pose)
 
     @classmethod
-    def of(cls, cfg) -> "InferSettings":
-        """From the infer params section (a namespace of infer.*)."""
+    def of(cls, cfg: InferParams) -> "InferSettings":
+        """From the infer params section (params.infer)."""
         return cls(batch_size=cfg.batch_size, flip_merge=cfg.flip_merge, pnp=cfg.pnp, pnp_flags=cfg.pnp_flags,
                    device=pick_device(cfg.device, "infer.device"), amp=cfg.amp, workers=thread_count(cfg.workers),
                    max_pnp_failures=cfg.max_pnp_failures)

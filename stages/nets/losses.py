@@ -1,4 +1,4 @@
-"""Training losses (paper eq. 1-3) and their units.
+"""Training losses (paper eq. 1-3, and the direct 6DoF head's of sec. 3.2.1) and their units.
 
 Units, chosen so that the paper's weights 0.01 / 20 / 10 give terms of one order of magnitude:
   gnll: summed over the V landmarks of a sample (eq. 1), positions and sigma in crop pixels;
@@ -6,11 +6,24 @@ Units, chosen so that the paper's weights 0.01 / 20 / 10 give terms of one order
   vdc:  mean over vertices of the squared distance, mm^2 (a 1.7 mm error -> ~3 -> x 20 ~ 60).
   wpdc: sum_k (w_k * delta a_k)^2 with w_k in mm per normalised coefficient (stages.face.pca),
         i.e. the in-span mean squared vertex error, mm^2 (x 10 ~ 30).
+The direct 6DoF head (train.pose_head) regresses the pose in place of the landmarks; its terms
+(geodesic loss + MSE), in units chosen so that with lambda.rot = 20 and lambda.trans = 1 a degree
+of rotation error and the millimetres it moves the face (~1.4 mm at the face's ~80 mm radius)
+weigh about alike:
+  rot:   geodesic angle between the predicted and true crop-frame rotations, degrees (the same
+         angle as between the camera-frame rotations: the frame change cancels);
+  trans: squared distance between the predicted and true translations, mm^2 (likewise equal in
+         the crop and camera frames).
 Each loss returns the mean over the batch.
 """
 from __future__ import annotations
 
+import math
+
 import torch
+
+from stages.nets.crop_pose import translation_from_codes
+from stages.nets.rotation6d import geodesic
 
 
 def gnll(mu: torch.Tensor, sigma: torch.Tensor, target: torch.Tensor, beta: float = 0.0) -> torch.Tensor:
@@ -58,3 +71,16 @@ def vdc_from_coeffs(wpdc_value: torch.Tensor, off_span_mm2: torch.Tensor) -> tor
 def wpdc(coeffs: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Eq. 3: ||w * (a_pred - a_gt)||^2, coeffs (B, C) normalised, weights (C,) mm -> mm^2."""
     return ((weights * (coeffs.float() - target.float())) ** 2).sum(-1).mean()
+
+
+def rotation_deg(R_pred: torch.Tensor, R_gt: torch.Tensor) -> torch.Tensor:
+    """The direct head's rot term: mean geodesic angle in degrees; R_pred, R_gt (B, 3, 3)."""
+    return geodesic(R_pred.float(), R_gt.float()).mean() * (180.0 / math.pi)
+
+
+def translation_mm2(code_pred: torch.Tensor, code_gt: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The direct head's trans term: mean squared translation error in mm^2 of codes (B, 3)
+    (stages.nets.crop_pose) of crops with scales (B,) crop px per full px."""
+    t_pred = translation_from_codes(code_pred.float(), scale.float())
+    t_gt = translation_from_codes(code_gt.float(), scale.float())
+    return (((t_pred - t_gt) * 1000.0) ** 2).sum(-1).mean()

@@ -14,7 +14,6 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -28,10 +27,11 @@ from stages.common import resume
 from stages.common.distributed import Dist, start_distributed
 from stages.common.identity import input_identity
 from stages.common.io import save_json, save_torch
+from stages.common.params import Params, TrainParams
 from stages.common.precision import amp_dtype, autocast, needs_grad_scaler, place_network
 from stages.common.threads import single_thread_blas
 from stages.face.pca import PCABasis, load_flip_perm
-from stages.nets import losses, pose_losses
+from stages.nets import losses
 from stages.nets.color import jitter_images
 from stages.nets.crop_pose import camera_to_crop
 from stages.nets.dataset import CropStore, Reframe, TrainBatches, crop_targets
@@ -95,12 +95,12 @@ def training_inputs(paths: TrainPaths, data_root: Path | str) -> dict[str, Path]
     return inputs
 
 
-def fingerprint(cfg: SimpleNamespace, lambdas: dict, seed: int, extra: dict) -> str:
+def fingerprint(cfg: TrainParams, lambdas: dict, seed: int, extra: dict) -> str:
     """Hash of everything a checkpoint's validity depends on (resume only when it matches):
     the params and `extra` (the inputs' identity, the network's layout, ...).
 
     train.epochs is left out, so that raising it continues a finished run."""
-    train = {k: v for k, v in vars(cfg).items() if k not in RESUME_FREE_KEYS}
+    train = {k: v for k, v in cfg.as_dict().items() if k not in RESUME_FREE_KEYS}
     return resume.fingerprint({"train": train, "lambda": lambdas, "seed": seed, **extra})
 
 
@@ -112,7 +112,7 @@ def state_layout(model: torch.nn.Module) -> list:
     return params + [[name, list(b.shape), False] for name, b in model.named_buffers()]
 
 
-def build_model(cfg: SimpleNamespace, basis: PCABasis, crop_size: int, mean_uv: np.ndarray,
+def build_model(cfg: TrainParams, basis: PCABasis, crop_size: int, mean_uv: np.ndarray,
                 mean_crop_pose: tuple[np.ndarray, np.ndarray] | None = None) -> FaceNet:
     """The network of a train section; mean_crop_pose (R (3, 3), code (3,)) starts a direct pose head."""
     config = NetConfig(depth=cfg.depth, coordconv=cfg.coordconv, shape_head=cfg.shape_head,
@@ -126,7 +126,7 @@ def build_model(cfg: SimpleNamespace, basis: PCABasis, crop_size: int, mean_uv: 
     return model
 
 
-def reframe_limits(cfg) -> Reframe:
+def reframe_limits(cfg: TrainParams) -> Reframe:
     """The crop reframing augmentation of a train (or finetune) section."""
     return Reframe(shift=cfg.reframe_shift, scale=cfg.reframe_scale, rotate=cfg.reframe_rotate)
 
@@ -145,11 +145,11 @@ def mean_crop_pose(camera: Camera, data: SplitData, limit: int = 512) -> tuple[n
     return Rotation.from_matrix(R_crop).mean().as_matrix(), codes.mean(0)
 
 
-def loss_terms(out: dict, batch: dict, cfg: SimpleNamespace, weights_mm: torch.Tensor) -> dict:
+def loss_terms(out: dict, batch: dict, cfg: TrainParams, weights_mm: torch.Tensor) -> dict:
     """Loss terms (eq. 1-3) of one batch; see stages.nets.losses for their units. Without
     out["verts"] (a PCA head run with with_verts=False) the VDC comes from the coefficients:
     weights_mm must then be the basis' own WPDC weights (PCABasis.wpdc_weights). The direct
-    6DoF head (train.pose_head) has its pose terms rot, trans (stages.nets.pose_losses) in
+    6DoF head (train.pose_head) has its terms rot, trans (stages.nets.losses) in
     place of the landmark term. Diagnostics of the landmark head, without a weight: sigma_px
     (mean sigma, crop px) and mu_gain (losses.mean_gain; 1 under MSE)."""
     landmark, diagnostics = landmark_terms(out, batch, cfg)
@@ -159,22 +159,21 @@ def loss_terms(out: dict, batch: dict, cfg: SimpleNamespace, weights_mm: torch.T
     return {**landmark, "vdc": vdc, "wpdc": wpdc, **diagnostics}
 
 
-def landmark_terms(out: dict, batch: dict, cfg: SimpleNamespace) -> tuple[dict, dict]:
-    """The landmark (or direct pose) terms of loss_terms and their diagnostics."""
+def landmark_terms(out: dict, batch: dict, cfg: TrainParams) -> tuple[dict, dict]:
+    """The landmark term of loss_terms (the direct 6DoF head: its rot and trans terms) and their
+    diagnostics."""
     if cfg.pose_head == "direct6dof":
-        return {"rot": pose_losses.rotation_deg(out["R_crop"], batch["R_crop"]),
-                "trans": pose_losses.translation_mm2(out["t_code"], batch["t_code"], batch["crop_scale"])}, {}
+        return {"rot": losses.rotation_deg(out["R_crop"], batch["R_crop"]),
+                "trans": losses.translation_mm2(out["t_code"], batch["t_code"], batch["crop_scale"])}, {}
     if cfg.landmark_loss == "gnll":
         value = losses.gnll(out["mu"], out["sigma"], batch["uv"], cfg.gnll_beta)
         gain = losses.mean_gain(out["sigma"], cfg.gnll_beta)
-    elif cfg.landmark_loss == "mse":
+    else:                               # mse (the schema's other choice)
         value, gain = losses.landmark_mse(out["mu"], batch["uv"]), torch.ones(())
-    else:
-        raise ValueError(f"train.landmark_loss={cfg.landmark_loss!r}: expected 'gnll' or 'mse'")
     return {"landmarks": value}, {"sigma_px": out["sigma"].detach().float().mean(), "mu_gain": gain}
 
 
-def lr_factor(cfg: SimpleNamespace, step: int, total: int) -> float:
+def lr_factor(cfg: TrainParams, step: int, total: int) -> float:
     """Multiplier of train.lr at optimiser step `step` of `total`: a linear warm-up over the first
     warmup_epochs (step k of W at (k + 1) / W) times the schedule, 1 (constant) or a cosine from
     1 to min_lr_ratio over the whole run."""
@@ -182,13 +181,11 @@ def lr_factor(cfg: SimpleNamespace, step: int, total: int) -> float:
     ramp = min((step + 1) / warm, 1.0) if warm > 0 else 1.0
     if cfg.schedule == "constant":
         return ramp
-    if cfg.schedule == "cosine":
-        progress = min(step / max(total, 1), 1.0)
-        return ramp * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-    raise ValueError(f"train.schedule={cfg.schedule!r}: expected 'constant' or 'cosine'")
+    progress = min(step / max(total, 1), 1.0)           # cosine (the schema's other choice)
+    return ramp * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def make_loader(dataset: TrainBatches, ctx: Dist, cfg: SimpleNamespace, seed: int) -> DataLoader:
+def make_loader(dataset: TrainBatches, ctx: Dist, cfg: TrainParams, seed: int) -> DataLoader:
     """Shuffled batches of train.batch_size / world rows per process (the global batch is fixed)."""
     per_rank = max(cfg.batch_size // ctx.world, 1)
     sampler = DistributedSampler(range(len(dataset)), num_replicas=ctx.world, rank=ctx.rank,
@@ -202,15 +199,15 @@ def make_loader(dataset: TrainBatches, ctx: Dist, cfg: SimpleNamespace, seed: in
 
 class Trainer:
     """One training run: model, optimiser, scaler, data and the epoch loop. A variant (finetune)
-    overrides the hooks: LOSS_WEIGHTS, make_dataset, step_terms, fingerprint_extra, trains_sigma,
-    needs_verts."""
+    overrides the hooks: LOSS_WEIGHTS, config, make_dataset, step_terms, fingerprint_extra,
+    saved_params, trains_sigma, needs_verts."""
 
     LOSS_WEIGHTS = ("landmarks", "vdc", "wpdc", "rot", "trans")   # params.lambda keys of the loss
 
-    def __init__(self, params: dict, paths: TrainPaths, camera: Camera):
-        self.cfg = SimpleNamespace(**params["train"])
-        self.lambdas = {k: params["lambda"][k] for k in self.LOSS_WEIGHTS}
-        self.seed, self.paths, self.camera = params["seed"], paths, camera
+    def __init__(self, params: Params, paths: TrainPaths, camera: Camera):
+        self.cfg = self.config(params)
+        self.lambdas = {k: getattr(params.lambda_, k) for k in self.LOSS_WEIGHTS}
+        self.seed, self.paths, self.camera = params.seed, paths, camera
         self.ctx = start_distributed(self.cfg.device)
         single_thread_blas()        # the batches are prepared in this process: see stages.common.threads
         torch.manual_seed(self.seed)
@@ -229,9 +226,13 @@ class Trainer:
         self.dataset = self.make_dataset(flip_perm)
         self.loader = make_loader(self.dataset, self.ctx, self.cfg, self.seed)
         self.inputs = {"crop_run": self.train_data.store.run,
-                       **input_identity(training_inputs(paths, params["data"]["root"]))}
+                       **input_identity(training_inputs(paths, params.data.root))}
         self.fp = fingerprint(self.cfg, self.lambdas, self.seed, self.fingerprint_extra())
         self.start_epoch, self.history = 0, []
+
+    def config(self, params: Params) -> TrainParams:
+        """Hook: the train section this run trains with (the network and the optimisation)."""
+        return params.train
 
     def make_model(self) -> FaceNet:
         """The network on the training device, its landmark head's trained parts set (trains_sigma;
@@ -254,6 +255,10 @@ class Trainer:
     def fingerprint_extra(self) -> dict:
         """Hook: what the fingerprint holds besides the params: the inputs' identity, the layout."""
         return {"inputs": self.inputs, "layout": state_layout(self.model)}
+
+    def saved_params(self) -> dict:
+        """Hook: the params saved in checkpoints and model.pt (plain data: the train section)."""
+        return self.cfg.as_dict()
 
     def resume(self) -> bool:
         """Load the latest matching checkpoint; False when training starts from scratch."""
@@ -361,18 +366,18 @@ class Trainer:
     def checkpoint(self, epoch: int) -> None:
         """The resumable state after 0-based `epoch`, with the params, network config and history."""
         self.checkpoints().save({**resume.capture(epoch, {"model": self.model}, self.optimizer, self.scaler),
-                                 "params": vars(self.cfg), "config": self.model.config.to_dict(),
+                                 "params": self.saved_params(), "config": self.model.config.to_dict(),
                                  "basis_shape": list(self.basis.components.shape), "history": self.history})
 
     def save_model(self) -> None:
         """artifacts/train/model.pt: config, weights (with the PCA basis buffers), params and the
         identity of the inputs it was trained on (checked by finetune and infer)."""
         save_torch({"config": self.model.config.to_dict(), "model": self.model.state_dict(),
-                    "params": vars(self.cfg), "basis_shape": list(self.basis.components.shape),
+                    "params": self.saved_params(), "basis_shape": list(self.basis.components.shape),
                     "inputs": self.inputs}, self.paths.out / "model.pt")
 
 
-def run_training(params: dict, paths: TrainPaths, camera: Camera) -> dict:
+def run_training(params: Params, paths: TrainPaths, camera: Camera) -> dict:
     """Train (or resume) to train.epochs; returns the final metrics (rank 0) or {} (other ranks)."""
     trainer = Trainer(params, paths, camera)
     resumed = trainer.resume()

@@ -13,7 +13,7 @@ import torch
 from stages.pnp.checks import sanitise
 from stages.pnp.cost import planar, transform
 from stages.pnp.init import dlt_pose
-from stages.pnp.rotation import orthogonalise, rt_to_pose
+from stages.pnp.rotation import orthogonalise, rvec_t
 from stages.pnp.solver import covariance, levenberg_marquardt
 
 FLOAT32_START_RTOL = 1e-4     # stop of the float32 LM that starts a float64 solve (benchmarks.bench_pnp)
@@ -24,15 +24,15 @@ class PnPResult:
     """Solutions of a batch of PnP problems (B problems).
 
     R (B, 3, 3), t (B, 3): OpenCV pose, x_cam = R x + t (t in the units of x3d).
-    pose (B, 6): (rotation vector in rad, t). cost (B,): the cost at the solution (see
+    rvec_t (B, 6): the pose as (rotation vector in rad, t). cost (B,): the cost at the solution (see
     stages.pnp.cost). cov (B, 6, 6): covariance of the left increment (delta, dt), H^-1.
-    valid (B,) bool: false for degenerate problems; their R, t, pose, cost and cov are NaN in
+    valid (B,) bool: false for degenerate problems; their R, t, rvec_t, cost and cov are NaN in
     `solve_pnp`'s answer. iterations: LM iterations run (the most over the batch).
     """
 
     R: torch.Tensor
     t: torch.Tensor
-    pose: torch.Tensor
+    rvec_t: torch.Tensor
     cost: torch.Tensor
     cov: torch.Tensor
     valid: torch.Tensor
@@ -45,7 +45,7 @@ class PnPResult:
         def mask(x: torch.Tensor) -> torch.Tensor:
             return torch.where(self.valid.view((-1,) + (1,) * (x.dim() - 1)), x, nan)
 
-        return PnPResult(mask(self.R), mask(self.t), mask(self.pose), mask(self.cost),
+        return PnPResult(mask(self.R), mask(self.t), mask(self.rvec_t), mask(self.cost),
                          mask(self.cov), self.valid, self.iterations)
 
 
@@ -97,7 +97,7 @@ def _refine(x3d, x2d, w2d, K, R0, t0, huber_delta, max_iters) -> PnPResult:
     weighted = (w2d != 0).any(1)
     in_front = ((depth > 0) | ~weighted).all(-1)
     valid = cov_ok & in_front & torch.isfinite(cost)
-    return PnPResult(R, t, rt_to_pose(R, t), cost, cov, valid, iters)
+    return PnPResult(R, t, rvec_t(R, t), cost, cov, valid, iters)
 
 
 def _better(both: PnPResult, batch: int) -> PnPResult:
@@ -112,7 +112,7 @@ def _better(both: PnPResult, batch: int) -> PnPResult:
     def pick(x: torch.Tensor) -> torch.Tensor:
         return torch.where(take.view((-1,) + (1,) * (x.dim() - 1)), x[second], x[first])
 
-    return PnPResult(pick(both.R), pick(both.t), pick(both.pose), pick(both.cost),
+    return PnPResult(pick(both.R), pick(both.t), pick(both.rvec_t), pick(both.cost),
                      pick(both.cov), pick(both.valid), both.iterations)
 
 

@@ -1,4 +1,4 @@
-"""The differentiable pose (one Gauss-Newton step with gradients) and the pose loss of eq. 5.
+"""The differentiable pose (one Gauss-Newton step with gradients) and eq. 5's loss L_pnp.
 
 The LM solution (R*, t*) is found without gradients. One Gauss-Newton step from it, taken with
 autograd on, has the same value (the gradient J^T W r vanishes at the minimum) and the implicit
@@ -33,9 +33,9 @@ def gauss_newton_pose(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor, K
     return apply_increment(R, t, step)
 
 
-def pose_loss(R_pred: torch.Tensor, t_pred: torch.Tensor, R_gt: torch.Tensor, t_gt: torch.Tensor,
-              x3d_gt: torch.Tensor, x3d_pred: torch.Tensor) -> torch.Tensor:
-    """Eq. 5 of the paper, per problem (B,):
+def pnp_loss(R_pred: torch.Tensor, t_pred: torch.Tensor, R_gt: torch.Tensor, t_gt: torch.Tensor,
+             x3d_gt: torch.Tensor, x3d_pred: torch.Tensor) -> torch.Tensor:
+    """L_pnp, eq. 5 of the paper (the finetuning term `pnp`), per problem (B,):
         mean_v |P_pred X_gt - P_gt X_gt| + mean_v |P_pred X_pred - P_gt X_gt|
     with P X = R X + t (poses in one camera frame, e.g. OpenCV's; column vectors), |.| the
     Euclidean norm and mean_v the mean over the V vertices. R_* (B, 3, 3), t_* (B, 3),
@@ -43,9 +43,9 @@ def pose_loss(R_pred: torch.Tensor, t_pred: torch.Tensor, R_gt: torch.Tensor, t_
     meshes: multiply by 1000 for millimetres). The distance is smoothed below 1e-12 units so
     that its gradient stays finite where prediction and truth coincide."""
     target = x3d_gt @ R_gt.transpose(1, 2) + t_gt[:, None]
-    pose_term = x3d_gt @ R_pred.transpose(1, 2) + t_pred[:, None] - target
-    full_term = x3d_pred @ R_pred.transpose(1, 2) + t_pred[:, None] - target
-    return _mean_distance(pose_term) + _mean_distance(full_term)
+    true_mesh_error = x3d_gt @ R_pred.transpose(1, 2) + t_pred[:, None] - target
+    pred_mesh_error = x3d_pred @ R_pred.transpose(1, 2) + t_pred[:, None] - target
+    return _mean_distance(true_mesh_error) + _mean_distance(pred_mesh_error)
 
 
 def _mean_distance(diff: torch.Tensor) -> torch.Tensor:

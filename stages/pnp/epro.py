@@ -38,7 +38,7 @@ class EProPnPOutput:
     that count (well-posed, solved, a solution whose cost is not above the ground truth's,
     finite ground truth and loss); take the mean of loss[mask]. cost_gt (B,), log_z (B,): the two terms of the loss. ess (B,): effective sample
     size of the final importance weights. R (B, 3, 3), t (B, 3): the differentiable pose (one
-    Gauss-Newton step from the LM solution; for eq. 5, see stages.pnp.diffpose.pose_loss).
+    Gauss-Newton step from the LM solution; for eq. 5, see stages.pnp.diffpose.pnp_loss).
     solution: the LM solution (no gradients).
     """
 

@@ -1,7 +1,7 @@
 """Batched rotations in PyTorch: the so(3) exp and log maps and the 6-DoF pose parametrisation.
 
 A pose is (R, t) in OpenCV's camera frame: x_cam = R x + t. Its 6-vector is
-pose = (rotvec, t) with R = exp(hat(rotvec)) (axis-angle, radians; t in the units of x3d).
+rvec_t = (rotvec, t) with R = exp(hat(rotvec)) (axis-angle, radians; t in the units of x3d).
 Local increments act on the left: (R, t) + (delta, dt) = (exp(hat(delta)) R, t + dt), so a
 rotation increment is expressed in the camera frame. All functions take leading batch
 dimensions and work in float32 or float64 on any device.
@@ -89,8 +89,8 @@ def haar_log_density(delta: torch.Tensor) -> torch.Tensor:
     return torch.log(density.clamp_min(torch.finfo(delta.dtype).tiny))
 
 
-def rt_to_pose(R: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """R (..., 3, 3), t (..., 3) -> 6-vectors (..., 6) = (rotvec, t)."""
+def rvec_t(R: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The pose R (..., 3, 3), t (..., 3) as 6-vectors (..., 6) = (rotvec, t)."""
     return torch.cat([so3_log(R), t], -1)
 
 

@@ -28,10 +28,8 @@ def tiny(tmp_path, monkeypatch):
     split_dir = tmp_path / "split"
     write_list(split_dir / "train.csv", tables["train"].iloc[:8])
     write_list(split_dir / "val.csv", tables["train"].iloc[8:])
-    params = load_params("params.yaml")
-    params["data"].update(root=str(tmp_path / "data"), workers=1)
-    params["coarse_train"].update(TINY)
-    params["coarse_predict"].update(batch_size=2)
+    params = load_params("params.yaml").replace(data={"root": str(tmp_path / "data"), "workers": 1},
+                                                coarse_train=TINY, coarse_predict={"batch_size": 2})
     return params, tmp_path, split_dir
 
 
@@ -113,9 +111,8 @@ def test_asymmetric_mesh_trains_with_the_ibug_flip_order(tmp_path, monkeypatch):
     tables = write_tiny_root(tmp_path / "data", n_train=10, n_test=3, asymmetric=True)
     write_list(tmp_path / "split/train.csv", tables["train"].iloc[:8])
     write_list(tmp_path / "split/val.csv", tables["train"].iloc[8:])
-    params = load_params("params.yaml")
-    params["data"].update(root=str(tmp_path / "data"), workers=1)
-    params["coarse_train"].update(TINY, epochs=1, flip_prob=0.5)
+    params = load_params("params.yaml").replace(data={"root": str(tmp_path / "data"), "workers": 1},
+                                                coarse_train={**TINY, "epochs": 1, "flip_prob": 0.5})
     made = _record_augmenters(monkeypatch)
     coarse_train.run(params, tmp_path / "coarse_train", tmp_path / "split")
     assert made and all(np.array_equal(order, ibug68.MIRROR) and prob == 0.5 for order, prob in made)
@@ -125,8 +122,7 @@ def test_asymmetric_mesh_trains_with_the_ibug_flip_order(tmp_path, monkeypatch):
 
 def test_without_a_flip_order_training_and_flip_test_run_with_flips_off(tiny, monkeypatch, caplog):
     params, tmp, split_dir = tiny
-    params["coarse_train"].update(epochs=1, flip_prob=0.5)
-    params["coarse_predict"].update(flip_test=True)
+    params = params.replace(coarse_train={"epochs": 1, "flip_prob": 0.5}, coarse_predict={"flip_test": True})
     monkeypatch.setattr(coarse_train, "landmark_flip_order", lambda resources: None)
     made = _record_augmenters(monkeypatch)
     with caplog.at_level(logging.WARNING):
@@ -148,12 +144,12 @@ def _odd_size_image(root, row):
 @pytest.mark.parametrize("position", [0, 5])
 def test_an_image_of_another_size_stops_training_naming_it_or_is_skipped(tiny, position):
     params, tmp, split_dir = tiny
-    params["coarse_train"].update(epochs=1)
+    params = params.replace(coarse_train={"epochs": 1})
     row = next(read_list(split_dir / "train.csv").iloc[position:].itertuples(index=False))
-    path = _odd_size_image(params["data"]["root"], row)
+    path = _odd_size_image(params.data.root, row)
     with pytest.raises(DataError, match=re.escape(f"{path}: image is 640x480, the data set's images are 200x200")):
         coarse_train.run(params, tmp / "coarse_train", split_dir)
-    params["data"].update(skip_bad=True, max_bad_fraction=0.2)
+    params = params.replace(data={"skip_bad": True, "max_bad_fraction": 0.2})
     metrics = coarse_train.run(params, tmp / "coarse_train", split_dir)
     assert metrics["train_samples"] == 7
     assert str(path) in (tmp / "coarse_train/skipped.csv").read_text()
@@ -161,13 +157,13 @@ def test_an_image_of_another_size_stops_training_naming_it_or_is_skipped(tiny, p
 
 def test_an_image_of_another_size_stops_prediction_naming_it_or_is_skipped(tiny):
     params, tmp, split_dir = tiny
-    params["coarse_train"].update(epochs=1)
+    params = params.replace(coarse_train={"epochs": 1})
     coarse_train.run(params, tmp / "coarse_train", split_dir)
-    root = params["data"]["root"]
+    root = params.data.root
     path = _odd_size_image(root, next(read_list(list_path(root, "test")).iloc[1:].itertuples(index=False)))
     with pytest.raises(DataError, match=re.escape(f"{path}: image is 640x480, the data set's images are 200x200")):
         coarse_predict.run(params, tmp / "coarse_predict", tmp / "coarse_train/model.pt", split_dir)
-    params["data"].update(skip_bad=True, max_bad_fraction=0.2)
+    params = params.replace(data={"skip_bad": True, "max_bad_fraction": 0.2})
     coarse_predict.run(params, tmp / "coarse_predict", tmp / "coarse_train/model.pt", split_dir)
     test = np.load(tmp / "coarse_predict/test.npy")
     assert np.isnan(test[1]).all() and np.isfinite(test[[0, 2]]).all()
@@ -177,7 +173,7 @@ def test_an_image_of_another_size_stops_prediction_naming_it_or_is_skipped(tiny)
 def test_bad_images_stop_or_are_skipped_once(tiny):
     params, tmp, split_dir = tiny
     table = read_list(split_dir / "train.csv")
-    corrupt, empty = (image_path(params["data"]["root"], row) for row in list(table.itertuples(index=False))[2:4])
+    corrupt, empty = (image_path(params.data.root, row) for row in list(table.itertuples(index=False))[2:4])
     corrupt.write_bytes(b"not a jpeg")          # found while streaming, in every epoch
     original = empty.read_bytes()
     empty.write_bytes(b"")                       # found up front
@@ -187,7 +183,7 @@ def test_bad_images_stop_or_are_skipped_once(tiny):
     with pytest.raises(DataError, match=corrupt.name):
         coarse_train.run(params, tmp / "coarse_train", split_dir)
     empty.write_bytes(b"")
-    params["data"].update(skip_bad=True, max_bad_fraction=0.5)
+    params = params.replace(data={"skip_bad": True, "max_bad_fraction": 0.5})
     coarse_train.run(params, tmp / "coarse_train", split_dir)
     skipped = pd.read_csv(tmp / "coarse_train/skipped.csv")
     assert sorted(skipped["file"]) == sorted([str(corrupt), str(empty)])

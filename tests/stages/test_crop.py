@@ -46,9 +46,9 @@ def tiny(tmp_path):
         verts, poses = load_labels(root, table, resources.n_verts)
         landmarks = project_landmarks(resources, verts, poses) + rng.normal(0, 0.1, (len(table), 68, 2))
         np.save(coarse_dir / f"{split}.npy", landmarks)
-    params = load_params("params.yaml")
-    params["data"].update(root=str(root), workers=1, skip_bad=False, max_bad_fraction=0.2)
-    params["crop"].update(size=SIZE, chunk=3, margin=1.3)
+    params = load_params("params.yaml").replace(
+        data={"root": str(root), "workers": 1, "skip_bad": False, "max_bad_fraction": 0.2},
+        crop={"size": SIZE, "chunk": 3, "margin": 1.3})
     return params, tmp_path, split_dir, coarse_dir
 
 
@@ -109,7 +109,7 @@ def test_bad_landmarks_stop_with_the_file_and_row(tiny, bad_value, reason):
 
 def test_skip_bad_lists_the_samples_and_fails_past_the_fraction(tiny):
     params, tmp, split_dir, coarse_dir = tiny
-    params["data"]["skip_bad"] = True
+    params = params.replace(data={"skip_bad": True})
     path = _corrupt_second_train_image(tmp, split_dir)
     landmarks = np.load(coarse_dir / "val.npy")
     landmarks[0] = landmarks[0, 0]
@@ -121,7 +121,7 @@ def test_skip_bad_lists_the_samples_and_fails_past_the_fraction(tiny):
     index = pd.read_csv(tmp / "crop/train/index.csv")
     assert index.skipped.tolist() == [0, 1] + [0] * 6
     assert np.isnan(np.load(tmp / "crop/train/warps.npy")[1]).all()
-    params["data"]["max_bad_fraction"] = 0.1
+    params = params.replace(data={"max_bad_fraction": 0.1})
     with pytest.raises(TooManyBadInputs, match="2 of 13"):
         run(params, tmp, split_dir, coarse_dir)
 
@@ -185,7 +185,7 @@ def test_every_split_carries_the_identity_of_its_crop_run(tiny):
     run(params, tmp, split_dir, coarse_dir)
     runs = {split: CropStore.open(tmp / "crop" / split).run for split in ("train", "val", "test")}
     assert len(set(runs.values())) == 1 and len(runs["train"]) == 16
-    params["crop"]["margin"] = 1.6
+    params = params.replace(crop={"margin": 1.6})
     run(params, tmp, split_dir, coarse_dir)
     assert CropStore.open(tmp / "crop" / "test").run != runs["test"]
 
@@ -201,7 +201,7 @@ CROP_TOLERANCE = {"cpu": (1, 0.01), "cuda": (255, 2.0)}
 
 def _crop_with(params, tmp, split_dir, coarse_dir, monkeypatch, device, name):
     """Run the stage with crop.decode opencv (device None) or the torch path on `device` -> its folder."""
-    params["crop"]["decode"] = "opencv" if device is None else "torch"
+    params = params.replace(crop={"decode": "opencv" if device is None else "torch"})
     monkeypatch.setattr(crop, "decode_device", lambda choice: None if device is None else torch.device(device))
     run(params, tmp, split_dir, coarse_dir)
     return (tmp / "crop").rename(tmp / name)
@@ -239,7 +239,7 @@ def _spoil_train_images(tmp, split_dir):
 @pytest.mark.parametrize("device", TORCH_DEVICES)
 def test_the_torch_path_skips_the_same_bad_images_with_the_same_reasons(tiny, monkeypatch, device):
     params, tmp, split_dir, coarse_dir = tiny
-    params["data"]["skip_bad"] = True
+    params = params.replace(data={"skip_bad": True})
     corrupt, small = _spoil_train_images(tmp, split_dir)
     opencv = _crop_with(params, tmp, split_dir, coarse_dir, monkeypatch, None, "crop_opencv")
     batched = _crop_with(params, tmp, split_dir, coarse_dir, monkeypatch, device, "crop_torch")
@@ -258,7 +258,7 @@ def test_the_torch_path_stops_with_the_bad_images_name(tiny, monkeypatch, spoil,
         corrupt.write_bytes(image_path(tmp / "data", read_list(split_dir / "train.csv").iloc[0]).read_bytes())
     if spoil == "missing":
         corrupt.unlink()
-    params["crop"]["decode"] = "torch"
+    params = params.replace(crop={"decode": "torch"})
     monkeypatch.setattr(crop, "decode_device", lambda choice: torch.device("cpu"))
     with pytest.raises(DataError, match=f"{corrupt if spoil != 'size' else small}: {reason}"):
         run(params, tmp, split_dir, coarse_dir)
@@ -298,8 +298,10 @@ def test_decode_auto_is_torch_on_cuda_only(monkeypatch, driver):
 def test_the_opencv_path_never_imports_torch(tiny):
     """Without a GPU driver, crop.decode auto: the stage in a fresh process leaves torch unloaded."""
     params, tmp, split_dir, coarse_dir = tiny
-    code = ("import json, sys; from pathlib import Path; from stages import crop; crop.gpu_driver_present = lambda: False; "
-            "crop.run(json.loads(sys.argv[1]), *map(Path, sys.argv[2:])); print('torch' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code, json.dumps(params), str(tmp / "crop"), str(coarse_dir),
-                             str(split_dir)], capture_output=True, text=True, cwd=ROOT, check=True)
+    code = ("import json, sys; from pathlib import Path; from stages import crop; "
+            "from stages.common.params import check_params; crop.gpu_driver_present = lambda: False; "
+            "crop.run(check_params(json.loads(sys.argv[1]), 'argv'), *map(Path, sys.argv[2:])); "
+            "print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code, json.dumps(params.as_dict()), str(tmp / "crop"),
+                             str(coarse_dir), str(split_dir)], capture_output=True, text=True, cwd=ROOT, check=True)
     assert result.stdout.strip().splitlines()[-1] == "False"

@@ -1,5 +1,5 @@
-"""The direct 6DoF head through the stages on a tiny project: train (pose terms instead of the
-landmark term), infer (the head's pose mapped from its crop's frame, no PnP; landmarks are the
+"""The direct 6DoF head through the stages on a tiny project: train (rot and trans terms instead
+of the landmark term), infer (the head's pose mapped from its crop's frame, no PnP; landmarks are the
 mesh projected with it) and finetune (refused: EPro-PnP needs the PnP head)."""
 import numpy as np
 import pytest
@@ -17,9 +17,9 @@ from tests.tiny_project import make_tiny_project
 
 def test_direct_head_trains_infers_without_pnp_and_finetune_refuses_it(tmp_path, monkeypatch):
     params = make_tiny_project(tmp_path, subjects=4, crop_size=32)
-    params["train"].update(epochs=1, batch_size=6, pose_head="direct6dof")
-    params["infer"].update(checkpoint="train", batch_size=5, device="cpu", workers=2, flip_merge="none",
-                           amp=False)
+    params = params.replace(train={"epochs": 1, "batch_size": 6, "pose_head": "direct6dof"},
+                            infer={"checkpoint": "train", "batch_size": 5, "device": "cpu", "workers": 2,
+                                   "flip_merge": "none", "amp": False})
     monkeypatch.chdir(tmp_path)
     pca.run(params)
     final = train.run(params)["final"]
@@ -32,8 +32,8 @@ def test_direct_head_trains_infers_without_pnp_and_finetune_refuses_it(tmp_path,
     np.testing.assert_allclose(pred["landmarks"], camera.project(pred["verts"], pred["R_t"]), atol=1e-3)
     store = CropStore.open(tmp_path / "artifacts" / "crop" / "val")
     basis = tmp_path / "artifacts" / "pca" / "basis.npz"
-    expected = Expected(depth=params["train"]["depth"], coordconv=params["train"]["coordconv"], shape_head="pca",
-                        crop_size=32, n_verts=28, n_components=20, input_size=params["train"]["input_size"],
+    expected = Expected(depth=params.train.depth, coordconv=params.train.coordconv, shape_head="pca",
+                        crop_size=32, n_verts=28, n_components=20, input_size=params.train.input_size,
                         pose_head="direct6dof")
     model = load_network(tmp_path / "artifacts" / "train" / "model.pt", expected, used_inputs(store.run, basis))
     out = predict(model, store.images, 8, torch.device("cpu"))

@@ -1,5 +1,4 @@
 """export: the ONNX graph against PyTorch (onnxruntime), on random and real crops."""
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ def real_crops(root, table, params) -> np.ndarray:
     """The tiny data's images cropped as the crop stage does, from their given landmarks -> (N, 3, S, S) float32."""
     resources = load_resources(root / "data")
     landmarks = np.stack([read_landmarks(landmarks_path(root / "data", r), 68) for r in table.itertuples()])
-    reference = reference_shape(resources.template, resources.kpt_ind, CROP, params["crop"]["margin"])
+    reference = reference_shape(resources.template, resources.kpt_ind, CROP, params.crop.margin)
     warps = crop_warps(landmarks, reference, "eye_line")
     crops = [warp_image(read_image(image_path(root / "data", r)), w, CROP) for r, w in zip(table.itertuples(), warps)]
     return np.stack(crops).transpose(0, 3, 1, 2).astype(np.float32)
@@ -32,12 +31,12 @@ def test_onnx_matches_pytorch_on_random_and_real_crops(project, tmp_path, input_
     artifacts = tmp_path / "artifacts"
     artifacts.mkdir()
     (artifacts / "pca").symlink_to(root / "artifacts" / "pca")
-    save_network(tmp_path, PCABasis.load(artifacts / "pca" / "basis.npz"), params["crop"]["margin"],
+    save_network(tmp_path, PCABasis.load(artifacts / "pca" / "basis.npz"), params.crop.margin,
                  input_size=input_size)
-    params = {**params, "train": {**params["train"], "input_size": input_size}}
+    params = params.replace(train={"input_size": input_size})
     path = export.run(params, "train", tmp_path / "model.onnx", artifacts)
     model = load_network_for_images(artifacts / "train" / "model.pt", artifacts / "pca" / "basis.npz",
-                                    SimpleNamespace(**params["train"]), CROP, load_resources(root / "data").n_verts)
+                                    params.train, CROP, load_resources(root / "data").n_verts)
     session = ort.InferenceSession(str(path))
     assert [i.name for i in session.get_inputs()] == ["crops"]
     assert [o.name for o in session.get_outputs()] == ["mu", "sigma", "verts"]

@@ -9,12 +9,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from stages import finetune, pca, train
 from stages.common.cropstore import stamp_run
-from stages.finetuning.trainer import FinetuneTrainer
-from tests.tiny_project import kill_in_epoch, make_tiny_project
+from stages.common.params import Params
+from stages.finetuning.trainer import TRAIN_KEYS, FinetuneTrainer
+from tests.tiny_project import kill_in_epoch, make_tiny_project, write_params
 
 
 def run_main(monkeypatch):
@@ -22,17 +22,13 @@ def run_main(monkeypatch):
     finetune.main()
 
 
-def write_params(tmp_path, params):
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def finetune_project(root, monkeypatch, epochs: int, mc_samples: int = 16) -> dict:
+def finetune_project(root, monkeypatch, epochs: int, mc_samples: int = 16) -> Params:
     """A tiny project at `root` with a 1-epoch train model and `epochs` finetuning epochs asked for."""
     params = make_tiny_project(root, subjects=4, crop_size=32)
-    params["train"].update(epochs=1, batch_size=6, landmark_loss="mse")
-    params["finetune"].update(epochs=epochs, batch_size=6, device="cpu", val_batch_size=8, mc_samples=mc_samples,
-                              amis_iters=2, pnp_points=0)
-    write_params(root, params)
+    params = params.replace(train={"epochs": 1, "batch_size": 6, "landmark_loss": "mse"},
+                            finetune={"epochs": epochs, "batch_size": 6, "device": "cpu", "val_batch_size": 8,
+                                      "mc_samples": mc_samples, "amis_iters": 2, "pnp_points": 0})
+    write_params(root / "params.yaml", params)
     monkeypatch.chdir(root)
     pca.run(params)
     train.run(params)
@@ -47,6 +43,10 @@ def test_finetune_starts_from_train_writes_model_and_resumes(tmp_path, monkeypat
     model = torch.load(out / "model.pt", weights_only=True)
     start = torch.load(tmp_path / "artifacts" / "train" / "model.pt", weights_only=True)
     assert set(model) == set(start) and model["config"] == start["config"]
+    # the start model's train section with finetune's optimisation keys, pretrained off, pose_head first
+    expected = {**start["params"], **{key: getattr(params.finetune, key) for key in TRAIN_KEYS}, "pretrained": False}
+    assert model["params"] == expected and model["params"]["lr"] != start["params"]["lr"]
+    assert list(model["params"]) == ["pose_head"] + [key for key in start["params"] if key != "pose_head"]
     assert any(not torch.equal(model["model"][k], start["model"][k]) for k in start["model"])
     sigma = "landmarks.sigma.weight"      # untrained under the train stage's MSE, trained by the PnP terms
     assert not start["model"][sigma].any() and model["model"][sigma].any()
@@ -56,8 +56,8 @@ def test_finetune_starts_from_train_writes_model_and_resumes(tmp_path, monkeypat
     assert [e["epoch"] for e in metrics["epochs"]] == [0, 1]
     assert (out / "live" / "plots" / "metrics" / "val" / "ADD.tsv").is_file()
 
-    params["finetune"]["epochs"] = 2
-    write_params(tmp_path, params)
+    params = params.replace(finetune={"epochs": 2})
+    write_params(tmp_path / "params.yaml", params)
     with caplog.at_level(logging.INFO):
         run_main(monkeypatch)
     assert "resuming from" in caplog.text and "epoch_000.pt" in caplog.text
@@ -65,8 +65,8 @@ def test_finetune_starts_from_train_writes_model_and_resumes(tmp_path, monkeypat
     assert [e["epoch"] for e in resumed["epochs"]] == [0, 1, 2] and resumed["start"] == metrics["start"]
     assert not (tmp_path / "dvc.yaml").exists()      # dvclive wrote no dvc.yaml
 
-    params["finetune"]["epochs"] = 1                  # fewer epochs: not the 2-epoch checkpoint
-    write_params(tmp_path, params)
+    params = params.replace(finetune={"epochs": 1})   # fewer epochs: not the 2-epoch checkpoint
+    write_params(tmp_path / "params.yaml", params)
     caplog.clear()
     with caplog.at_level(logging.INFO):
         run_main(monkeypatch)
@@ -77,8 +77,8 @@ def test_finetune_starts_from_train_writes_model_and_resumes(tmp_path, monkeypat
     start_file = tmp_path / "artifacts" / "train" / "model.pt"
     start["model"]["landmarks.mu.bias"] += 0.01       # a new start model: finetuning restarts
     torch.save(start, start_file)
-    params["finetune"]["epochs"] = 0
-    write_params(tmp_path, params)
+    params = params.replace(finetune={"epochs": 0})
+    write_params(tmp_path / "params.yaml", params)
     caplog.clear()
     with caplog.at_level(logging.INFO):
         run_main(monkeypatch)

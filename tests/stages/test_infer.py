@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from stages import infer, pca, submit
 from stages.common.cropstore import stamp_run
@@ -19,15 +18,15 @@ from stages.nets.dataset import CropStore, crop_targets
 from stages.nets.model import FaceNet, NetConfig
 from stages.wcpa.layout import ID_COLUMNS, finite_rows, load_resources, read_list
 from stages.wcpa.predictions import load_predictions
-from tests.tiny_project import make_tiny_project
+from tests.tiny_project import make_tiny_project, write_params
 
 CROP = 32
 
 
 def net_config(params, **changes) -> NetConfig:
-    train = params["train"]
-    config = dict(depth=18, coordconv=train["coordconv"], shape_head=train["shape_head"], crop_size=CROP,
-                  n_verts=28, n_components=20, input_size=train["input_size"])
+    train = params.train
+    config = dict(depth=18, coordconv=train.coordconv, shape_head=train.shape_head, crop_size=CROP,
+                  n_verts=28, n_components=20, input_size=train.input_size)
     return NetConfig(**{**config, **changes})
 
 
@@ -50,8 +49,8 @@ def save_model(root, params, **changes) -> FaceNet:
             torch.nn.init.normal_(model.shape.fc.weight, std=1e-3)
     path = root / "artifacts" / "train" / "model.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_checkpoint(root, {"config": model.config.to_dict(), "model": model.state_dict(), "params": params["train"],
-                            "basis_shape": [20, 28, 3]})
+    write_checkpoint(root, {"config": model.config.to_dict(), "model": model.state_dict(),
+                            "params": params.train.as_dict(), "basis_shape": [20, 28, 3]})
     return model
 
 
@@ -72,8 +71,8 @@ def project(tmp_path, monkeypatch):
     params = make_tiny_project(tmp_path, subjects=4, crop_size=CROP)
     monkeypatch.chdir(tmp_path)
     pca.run(params)
-    params["infer"].update(checkpoint="train", batch_size=5, device="cpu", workers=2)
-    params["train"].update(depth=18, input_size=0)
+    params = params.replace(infer={"checkpoint": "train", "batch_size": 5, "device": "cpu", "workers": 2},
+                            train={"depth": 18, "input_size": 0})
     return tmp_path, params
 
 
@@ -103,7 +102,7 @@ def test_infer_writes_aligned_finite_predictions_with_fallback_for_skipped(proje
     skip_row(root, "test", 2)
     infer.run(params, "val")
     monkeypatch.setattr(sys, "argv", ["infer", "--split", "test"])
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(root / "params.yaml", params)
     infer.main()
     for split in ("val", "test"):
         table = read_list(root / "artifacts" / "split" / "val.csv")
@@ -177,7 +176,7 @@ def test_a_model_trained_on_other_crops_or_another_basis_stops(project):
 
 def test_missing_checkpoint_names_the_stage(project):
     _, params = project
-    params["infer"]["checkpoint"] = "finetune"
+    params = params.replace(infer={"checkpoint": "finetune"})
     with pytest.raises(CheckpointError, match=r"artifacts/finetune/model.pt: checkpoint not found"):
         infer.run(params, "val")
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from stages import pca
 from stages.face.pca import PCABasis
 from stages.nets.inference import mean_pose
 from stages.nets.trainer import TrainPaths, load_split
+from stages.common.params import load_params
 from stages.wcpa.layout import DataError
 from tests.tiny_project import make_tiny_project
 
@@ -52,13 +52,13 @@ def test_pca_stops_on_a_bad_info_file_without_skip_bad(tmp_path, monkeypatch):
     _corrupt_one_train_info(tmp_path)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataError, match=r"_info\.npz: not a readable npz"):
-        pca.run(yaml.safe_load((tmp_path / "params.yaml").read_text()))
+        pca.run(load_params(tmp_path / "params.yaml"))
 
 
 def test_pca_skips_a_bad_info_file_and_train_never_sees_its_row(tmp_path, monkeypatch):
     params = make_tiny_project(tmp_path)
     row, key = _corrupt_one_train_info(tmp_path)
-    params["data"].update(skip_bad=True, max_bad_fraction=0.2)
+    params = params.replace(data={"skip_bad": True, "max_bad_fraction": 0.2})
     monkeypatch.chdir(tmp_path)
     metrics = pca.run(params)
     out = tmp_path / "artifacts" / "pca"

@@ -85,15 +85,13 @@ def project(tmp_path_factory):
     tables = write_tiny_root(root / "data", n_train=6, n_test=3)
     write_list(root / "artifacts" / "split" / "train.csv", tables["train"].iloc[:4])
     write_list(root / "artifacts" / "split" / "val.csv", tables["train"].iloc[4:])
-    params = tiny_params()
-    params["data"].update(root=str(root / "data"), workers=2)
-    params["coarse_predict"].update(refine_passes=2)
-    params["crop"].update(size=CROP, source="coarse", rotation="pose")
-    params["infer"].update(checkpoint="train", batch_size=2, device="cpu", workers=2)
-    params["train"].update(input_size=0)
+    params = tiny_params().replace(data={"root": str(root / "data"), "workers": 2}, coarse_predict={"refine_passes": 2},
+                                   crop={"size": CROP, "source": "coarse", "rotation": "pose"},
+                                   infer={"checkpoint": "train", "batch_size": 2, "device": "cpu", "workers": 2},
+                                   train={"input_size": 0})
     save_random_detector(root / "artifacts" / "coarse_train" / "model.pt")
     basis = write_basis(root, tables)
-    save_network(root, basis, params["crop"]["margin"])
+    save_network(root, basis, params.crop.margin)
     return root, params, tables
 
 
@@ -137,7 +135,7 @@ def test_predict_reproduces_infer_on_the_same_crops(project, face_detector, tmp_
     crop.run(params, artifacts / "crop", coarse, root / "artifacts" / "split")
     (artifacts / "pca").symlink_to(root / "artifacts" / "pca")
     basis_run = CropStore.open(artifacts / "crop" / "test").run
-    save_network(tmp_path, PCABasis.load(artifacts / "pca" / "basis.npz"), params["crop"]["margin"], basis_run)
+    save_network(tmp_path, PCABasis.load(artifacts / "pca" / "basis.npz"), params.crop.margin, basis_run)
     pred = load_predictions(infer.run(params, "test", artifacts), tables["test"])
     assert not pred["skipped"].any() and not pred["pnp_failed"].any()
     for row, out in enumerate(outputs):

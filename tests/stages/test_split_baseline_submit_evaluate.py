@@ -180,7 +180,7 @@ def test_baseline_skips_a_bad_label_only_when_told(project, tiny_root, tmp_path)
     info_path(root, bad_row).write_bytes(b"garbage")
     with pytest.raises(DataError, match=str(info_path(root, bad_row))):
         baseline.main([])
-    write_params(project / "params.yaml", root, tiny_root / "test_gt", data__skip_bad=True, data__max_bad_fraction=0.1)
+    write_params(project / "params.yaml", root, tiny_root / "test_gt", data={"skip_bad": True, "max_bad_fraction": 0.1})
     baseline.main([])
     skipped = pd.read_csv("artifacts/baseline/skipped.csv")
     assert skipped["file"].tolist() == [str(info_path(root, bad_row))]
@@ -202,7 +202,7 @@ def test_evaluate_scores_a_skipped_crop_without_drawing_it_and_skips_a_bad_label
     info_path(test_gt, rows[2]).write_bytes(b"garbage")     # a bad ground-truth label
     with pytest.raises(DataError, match=str(info_path(test_gt, rows[2]))):
         evaluate.main(["--predictor", "baseline"])
-    write_params(project / "params.yaml", root, test_gt, data__skip_bad=True, data__max_bad_fraction=0.2)
+    write_params(project / "params.yaml", root, test_gt, data={"skip_bad": True, "max_bad_fraction": 0.2})
     evaluate.main(["--predictor", "baseline"])
     out = Path("artifacts/evaluate/baseline")
     metrics = json.loads((out / "metrics.json").read_text())

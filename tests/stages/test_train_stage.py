@@ -3,21 +3,20 @@ import json
 import logging
 import shutil
 import sys
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from stages import pca, train
 from stages.common.cropstore import stamp_run
+from stages.common.params import Params
 from stages.nets.dataset import CropStore
 from stages.nets import losses
 from stages.nets.model import FaceNet, NetConfig
 from stages.nets.trainer import Trainer, TrainPaths, fingerprint, state_layout
 from stages.wcpa.layout import load_resources
-from tests.tiny_project import kill_in_epoch, make_tiny_project
+from tests.tiny_project import kill_in_epoch, make_tiny_project, tiny_params, write_params
 
 
 def run_main(monkeypatch):
@@ -27,8 +26,8 @@ def run_main(monkeypatch):
 
 def test_train_writes_checkpoints_and_resumes(tmp_path, monkeypatch, caplog):
     params = make_tiny_project(tmp_path, subjects=4, crop_size=32)
-    params["train"].update(epochs=1, batch_size=6)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    params = params.replace(train={"epochs": 1, "batch_size": 6})
+    write_params(tmp_path / "params.yaml", params)
     monkeypatch.chdir(tmp_path)
     pca.run(params)
     run_main(monkeypatch)
@@ -44,8 +43,8 @@ def test_train_writes_checkpoints_and_resumes(tmp_path, monkeypatch, caplog):
     assert {"train_sigma_px", "train_mu_gain"} <= set(metrics["final"])
     assert (out / "live" / "plots" / "metrics" / "val" / "score.tsv").is_file()
 
-    params["train"]["epochs"] = 2
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    params = params.replace(train={"epochs": 2})
+    write_params(tmp_path / "params.yaml", params)
     with caplog.at_level(logging.INFO):
         run_main(monkeypatch)
     assert "resuming from" in caplog.text and "epoch_000.pt" in caplog.text
@@ -58,12 +57,12 @@ def test_train_writes_checkpoints_and_resumes(tmp_path, monkeypatch, caplog):
 def one_step_trainer(tmp_path, monkeypatch, landmark_loss):
     """A Trainer on a tiny project after one training step -> (trainer, batch, sigma FC before)."""
     params = make_tiny_project(tmp_path, subjects=4, crop_size=32)
-    params["train"].update(batch_size=6, landmark_loss=landmark_loss)
+    params = params.replace(train={"batch_size": 6, "landmark_loss": landmark_loss})
     monkeypatch.chdir(tmp_path)
     pca.run(params)
     paths = TrainPaths(crop=tmp_path / "artifacts" / "crop", pca=tmp_path / "artifacts" / "pca",
                        split=tmp_path / "artifacts" / "split", out=tmp_path / "artifacts" / "train")
-    trainer = Trainer(params, paths, load_resources(params["data"]["root"]).camera)
+    trainer = Trainer(params, paths, load_resources(params.data.root).camera)
     sigma_before = trainer.model.landmarks.sigma.weight.detach().clone()
     batch = next(iter(trainer.loader))
     trainer.train_step(batch, 0, 10)
@@ -90,7 +89,7 @@ def test_gnll_trains_sigma(tmp_path, monkeypatch):
 def test_a_checkpoint_of_another_network_layout_has_another_fingerprint():
     """Older code's checkpoints (e.g. one FC for mu and sigma, or sigma trained) are not resumed."""
     config = NetConfig(depth=18, coordconv=True, shape_head="pca", crop_size=32, n_verts=10, n_components=4)
-    cfg, lambdas = SimpleNamespace(lr=1e-3, epochs=3), {"landmarks": 0.01}
+    cfg, lambdas = tiny_params().train, {"landmarks": 0.01}
     def fp(model):
         return fingerprint(cfg, lambdas, 0, {"layout": state_layout(model)})
     first, second = FaceNet(config), FaceNet(config)
@@ -101,11 +100,11 @@ def test_a_checkpoint_of_another_network_layout_has_another_fingerprint():
     assert fp(second) != fp(first) != fp(third)
 
 
-def train_tiny(root, monkeypatch, seed: int = 0, epochs: int = 1) -> dict:
+def train_tiny(root, monkeypatch, seed: int = 0, epochs: int = 1) -> Params:
     """A tiny project at `root` (data `seed`), pca fitted; returns its params (train.epochs set)."""
     params = make_tiny_project(root, subjects=4, crop_size=32, seed=seed)
-    params["train"].update(epochs=epochs, batch_size=6)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    params = params.replace(train={"epochs": epochs, "batch_size": 6})
+    write_params(root / "params.yaml", params)
     monkeypatch.chdir(root)
     pca.run(params)
     return params
@@ -154,6 +153,6 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_model(tmp_path, monkeyp
     run_main(monkeypatch)
     params = train_tiny(parts, monkeypatch, epochs=2)
     kill_in_epoch(lambda: run_main(monkeypatch), Trainer, 1, monkeypatch)
-    assert params["train"]["epochs"] == 2 and not (parts / "artifacts" / "train" / "model.pt").exists()
+    assert params.train.epochs == 2 and not (parts / "artifacts" / "train" / "model.pt").exists()
     run_main(monkeypatch)
     assert model_bytes(parts) == model_bytes(whole)

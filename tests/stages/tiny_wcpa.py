@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from stages.common.params import load_params
 from stages.wcpa.camera import Camera
 from stages.wcpa.layout import image_path, info_path, landmarks_path, list_path, write_landmarks, write_list
 from stages.wcpa.obj import write_obj
@@ -71,12 +72,9 @@ def make_tiny_root(root: Path, test_gt: Path, train_subjects: int = 5, test_subj
     _write_samples(root, test_gt, test, template, seed=1)
 
 
-def write_params(path: Path, root: Path, test_gt: Path | str, **overrides) -> Path:
-    """The project's params.yaml with data.root / data.test_gt pointed at the tiny set."""
-    params = yaml.safe_load(Path("params.yaml").read_text())
-    params["data"].update(root=str(root), test_gt=str(test_gt), workers=1)
-    for dotted, value in overrides.items():
-        name, key = dotted.split("__")
-        params[name][key] = value
-    path.write_text(yaml.safe_dump(params))
+def write_params(path: Path, root: Path, test_gt: Path | str, **changes) -> Path:
+    """The project's params.yaml with data.root / data.test_gt pointed at the tiny set, then
+    `changes` (Params.replace's: data={"skip_bad": True}, ...)."""
+    params = load_params("params.yaml").replace(data={"root": str(root), "test_gt": str(test_gt), "workers": 1})
+    path.write_text(yaml.safe_dump(params.replace(**changes).as_dict()))
     return path

@@ -12,6 +12,7 @@ from benchmarks.bench_infer import bench_model
 from benchmarks.bench_pnp import chunk_shapes, chunk_times
 from benchmarks.bench_scale import extrapolate_hours, marginal_seconds, real_work
 from benchmarks.bench_train import bench_params
+from stages.common.params import load_params
 from stages.synthetic.topology import N_VERTS
 from stages.nets.model import NetConfig
 
@@ -32,8 +33,8 @@ def test_bench_infer_model_predicts_the_mean_landmarks_and_a_mesh_near_the_templ
 def test_bench_train_profile_params_drop_the_pretrained_weights_and_take_overrides():
     args = argparse.Namespace(params=str(ROOT / "params.yaml"), profile="paper", set=["train.batch_size=8"])
     params = bench_params(args)
-    assert params["train"]["depth"] == 50 and params["crop"]["size"] == 256
-    assert params["train"]["pretrained"] is False and params["train"]["batch_size"] == 8
+    assert params.train.depth == 50 and params.crop.size == 256
+    assert params.train.pretrained is False and params.train.batch_size == 8
 
 
 def test_bench_scale_extrapolates_seconds_per_image_times_images_times_epochs():
@@ -45,7 +46,7 @@ def test_bench_scale_extrapolates_seconds_per_image_times_images_times_epochs():
 
 
 def test_bench_scale_real_work_counts_the_real_images_and_the_paper_epochs():
-    work = real_work({"coarse_train": {"epochs": 30}, "train": {"epochs": 10}})
+    work = real_work(load_params(ROOT / "params.yaml").replace(coarse_train={"epochs": 30}, train={"epochs": 10}))
     assert work["coarse_train"][:2] == (356_640, 30) and work["train"][:2] == (356_640, 10)
     assert work["crop"][:2] == (447_185, 1) and work["infer"][:2] == (447_185 - 356_640, 1)
 

@@ -3,9 +3,15 @@ import numpy as np
 import pytest
 import torch
 
-from stages.coarse.model import LandmarkNet, soft_argmax
+from stages.coarse.model import BACKBONES, LandmarkNet, soft_argmax
 from stages.coarse.views import locate_warp, refine_warp
+from stages.common.schema import SCHEMA
 from stages.face.warp import apply_warp
+
+
+def test_the_params_schema_offers_exactly_the_backbones_the_detector_builds():
+    for key in ("locate_backbone", "refine_backbone"):
+        assert SCHEMA["coarse_train"][key].values == BACKBONES
 
 
 def test_soft_argmax_of_a_peaked_map_is_the_cell_centre():

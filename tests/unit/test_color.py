@@ -16,7 +16,7 @@ def mid_range_images(count: int = 6, size: int = 24, seed: int = 0) -> torch.Ten
     return torch.from_numpy(rng.integers(70, 181, (count, 3, size, size), dtype=np.uint8))
 
 
-def params_of(factors, hue: float, order) -> torch.Tensor:
+def jitter_of(factors, hue: float, order) -> torch.Tensor:
     return torch.tensor([[*factors, hue, *order]], dtype=torch.float32)
 
 
@@ -34,7 +34,7 @@ def test_each_operation_is_torchvisions(op, factor):
     factors = [1.0, 1.0, 1.0]
     factors[op] = factor
     order = [op] + [k for k in range(OPERATIONS) if k != op]
-    out = jitter_images(images, params_of(factors, 0.0, order).expand(len(images), -1))
+    out = jitter_images(images, jitter_of(factors, 0.0, order).expand(len(images), -1))
     torch.testing.assert_close(out, reference(images, factors, [op]), atol=0.02, rtol=0)
 
 
@@ -43,7 +43,7 @@ def test_composed_map_follows_the_drawn_order(order):
     """The contrast step's mean grey depends on what came before: the composition must track it."""
     images = mid_range_images(seed=1)
     factors = [1.15, 0.75, 0.8]
-    out = jitter_images(images, params_of(factors, 0.0, order).expand(len(images), -1))
+    out = jitter_images(images, jitter_of(factors, 0.0, order).expand(len(images), -1))
     torch.testing.assert_close(out, reference(images, factors, [op for op in order if op != 3]), atol=0.03, rtol=0)
 
 
@@ -54,7 +54,7 @@ def test_hue_rotation_shifts_the_hsv_hue_and_keeps_greys():
     grey = np.full((4, 3), 128.0)
     pixels = torch.from_numpy(np.concatenate([rgb, grey]).T.reshape(1, 3, 1, -1).astype(np.float32))
     turns = 0.05
-    out = jitter_images(pixels, params_of([1, 1, 1], turns, [3, 0, 1, 2]))[0, :, 0].numpy().T
+    out = jitter_images(pixels, jitter_of([1, 1, 1], turns, [3, 0, 1, 2]))[0, :, 0].numpy().T
     hue_out = cv2.cvtColor((out[None, :-4] / 255).astype(np.float32), cv2.COLOR_RGB2HSV)[0, :, 0]
     shift = (hue_out - hsv[:, 0] + 180) % 360 - 180
     assert abs(np.median(shift) - 360 * turns) < 1.0
@@ -63,12 +63,12 @@ def test_hue_rotation_shifts_the_hsv_hue_and_keeps_greys():
 
 
 def test_drawn_parameters_stay_in_their_ranges_and_strength_zero_is_the_identity():
-    params = draw_jitter(np.random.default_rng(3), 5000, 0.3)
-    assert params.shape == (5000, 8) and params.dtype == np.float32
-    assert params[:, :3].min() >= 0.7 - 1e-6 and params[:, :3].max() <= 1.3 + 1e-6
-    assert np.abs(params[:, 3]).max() <= 0.075 + 1e-6 and np.abs(params[:, 3]).max() > 0.07
-    np.testing.assert_array_equal(np.sort(params[:, 4:], axis=1), np.broadcast_to(np.arange(4), (5000, 4)))
-    assert len({tuple(row) for row in params[:, 4:].astype(int)}) == 24
+    jitter = draw_jitter(np.random.default_rng(3), 5000, 0.3)
+    assert jitter.shape == (5000, 8) and jitter.dtype == np.float32
+    assert jitter[:, :3].min() >= 0.7 - 1e-6 and jitter[:, :3].max() <= 1.3 + 1e-6
+    assert np.abs(jitter[:, 3]).max() <= 0.075 + 1e-6 and np.abs(jitter[:, 3]).max() > 0.07
+    np.testing.assert_array_equal(np.sort(jitter[:, 4:], axis=1), np.broadcast_to(np.arange(4), (5000, 4)))
+    assert len({tuple(row) for row in jitter[:, 4:].astype(int)}) == 24
     images = torch.from_numpy(np.random.default_rng(4).integers(0, 256, (3, 3, 8, 8), dtype=np.uint8))
     torch.testing.assert_close(jitter_images(images, torch.from_numpy(draw_jitter(np.random.default_rng(7), 3, 0.0))), images.float(),
                                atol=1e-3, rtol=0)

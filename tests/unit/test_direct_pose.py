@@ -9,7 +9,7 @@ from scipy.spatial.transform import Rotation
 from stages.face.mesh import flip_mesh
 from stages.face.warp import apply_warp, invert_warp, similarity
 from stages.nets.crop_pose import camera_to_crop, crop_frame, crop_to_camera, mirror_crop_pose
-from stages.nets.pose_losses import rotation_deg, translation_mm2
+from stages.nets.losses import rotation_deg, translation_mm2
 from stages.nets.posehead import PoseHead
 from stages.nets.rotation6d import geodesic, rotation_from_6d, rotation_to_6d
 from stages.wcpa.camera import rt_to_opencv

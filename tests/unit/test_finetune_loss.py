@@ -43,7 +43,7 @@ def test_crop_to_full_maps_points_by_the_inverse_warp_and_sigma_by_its_scale():
     np.testing.assert_allclose(w2d.detach().numpy(), np.broadcast_to((crop_scale / 1.5)[:, None, None], w2d.shape), rtol=1e-12)
 
 
-def pose_term_and_gradients(noise_px: float):
+def pnp_term_and_gradients(noise_px: float):
     out, batch, _ = exact_batch()
     with torch.no_grad():
         out["mu"] += noise_px * torch.randn(out["mu"].shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
@@ -53,18 +53,18 @@ def pose_term_and_gradients(noise_px: float):
     return float(terms["pnp"].detach()), {name: float(out[name].grad.abs().max()) for name in ("mu", "sigma", "verts")}
 
 
-def test_pose_term_is_zero_with_zero_gradient_at_the_exact_outputs():
+def test_pnp_term_is_zero_with_zero_gradient_at_the_exact_outputs():
     """Zero up to the norm's smoothing (1e-12 m per distance, 2e-9 mm in all); the gradient is
     below 1e-3 of its size at a 0.5 px landmark error (the norm is not smooth at 0: its gradient
     is a unit vector until the distance falls under the smoothing)."""
-    exact, exact_grads = pose_term_and_gradients(0.0)
-    noisy, noisy_grads = pose_term_and_gradients(0.5)
+    exact, exact_grads = pnp_term_and_gradients(0.0)
+    noisy, noisy_grads = pnp_term_and_gradients(0.5)
     assert exact < 1e-8 and noisy > 1.0         # mm
     for name, grad in exact_grads.items():
         assert grad <= 1e-3 * noisy_grads[name], name
 
 
-def test_pose_term_grows_with_a_wrong_mesh_and_its_gradient_points_back():
+def test_pnp_term_grows_with_a_wrong_mesh_and_its_gradient_points_back():
     out, batch, _ = exact_batch()
     with torch.no_grad():
         out["verts"] += 0.002                   # every vertex 2 mm off along each axis

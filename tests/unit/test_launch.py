@@ -2,7 +2,6 @@
 torchrun with N processes after checking N CUDA devices; dvc.yaml runs exactly the stages that
 read `gpus` through it."""
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -11,16 +10,15 @@ import torch
 import yaml
 
 from stages import launch, train
+from stages.common.params import load_params
+from tests.tiny_project import write_params
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def params_with_gpus(tmp_path, gpus: int) -> str:
     path = tmp_path / "params.yaml"
-    shutil.copy(ROOT / "params.yaml", path)
-    data = yaml.safe_load(path.read_text())
-    data["gpus"] = gpus
-    path.write_text(yaml.safe_dump(data))
+    write_params(path, load_params(ROOT / "params.yaml").replace(gpus=gpus))
     return str(path)
 
 

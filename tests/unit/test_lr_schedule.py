@@ -1,14 +1,19 @@
 """The learning-rate multiplier of train/finetune (stages.nets.trainer.lr_factor) against closed forms."""
 import math
-from types import SimpleNamespace
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
+from stages.common.params import ParamsError, load_params
 from stages.nets.trainer import lr_factor
+
+ROOT = Path(__file__).resolve().parents[2]
+TRAIN = load_params(ROOT / "params.yaml").train
 
 
 def _cfg(schedule, warmup_epochs=0.0, epochs=10, min_lr_ratio=0.02):
-    return SimpleNamespace(schedule=schedule, warmup_epochs=warmup_epochs, epochs=epochs, min_lr_ratio=min_lr_ratio)
+    return replace(TRAIN, schedule=schedule, warmup_epochs=warmup_epochs, epochs=epochs, min_lr_ratio=min_lr_ratio)
 
 
 def test_cosine_runs_from_one_to_min_ratio_through_the_half_point():
@@ -27,6 +32,7 @@ def test_warm_up_ramps_linearly_over_its_epochs_then_follows_the_schedule():
     assert lr_factor(cosine, 600, 1000) == pytest.approx(lr_factor(_cfg("cosine"), 600, 1000))
 
 
-def test_unknown_schedule_names_the_key():
-    with pytest.raises(ValueError, match="train.schedule='step'"):
-        lr_factor(_cfg("step"), 0, 10)
+def test_an_unknown_schedule_stops_at_load():
+    params = load_params(ROOT / "params.yaml")
+    with pytest.raises(ParamsError, match="train.schedule = 'step': must be one of constant, cosine"):
+        params.replace(train={"schedule": "step"})

@@ -63,13 +63,11 @@ def test_every_table_row_has_a_grid_experiment_with_valid_params():
     named = {row["experiment"] for table in paper_tables.load_spec() for row in table["rows"] if "experiment" in row}
     assert named == set(paper_grid.GRID)
     for command in paper_grid.commands("demo"):
-        params = load_params("params.yaml")
-        apply_overrides(params, [command[i + 1] for i, arg in enumerate(command) if arg == "-S"])
+        apply_overrides(load_params("params.yaml"), [command[i + 1] for i, arg in enumerate(command) if arg == "-S"])
 
 
 def test_a_profile_grid_sets_exactly_the_profiles_keys():
-    params = load_params("params.yaml")
-    apply_overrides(params, paper_grid.profile_assignments("paper"))
+    params = apply_overrides(load_params("params.yaml"), paper_grid.profile_assignments("paper"))
     assert params == profile_params("paper")
     names = [command[command.index("-n") + 1] for command in paper_grid.commands("paper")]
     assert names == [f"{name}-paper" for name in paper_grid.GRID]

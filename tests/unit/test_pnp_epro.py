@@ -9,7 +9,7 @@ import torch
 from stages.pnp.amis import amis_log_normaliser
 from stages.pnp.api import solve_pnp, solve_sanitised
 from stages.pnp.cost import planar, residuals, robust_cost
-from stages.pnp.diffpose import gauss_newton_pose, pose_loss
+from stages.pnp.diffpose import gauss_newton_pose, pnp_loss
 from stages.pnp.epro import epro_pnp, pose_log_normaliser
 from stages.pnp.sample_cost import _chunks, default_chunk, sample_costs
 from stages.pnp.rotation import so3_exp
@@ -79,7 +79,7 @@ def test_monte_carlo_loss_gradients_match_finite_differences():
     assert torch.autograd.gradcheck(loss, (x3d, x2d, w2d), atol=1e-5)
 
 
-def test_pose_loss_is_eq5_and_differentiable():
+def test_pnp_loss_is_eq5_and_differentiable():
     rng = np.random.default_rng(4)
     x_gt = torch.tensor(rng.normal(size=(2, 30, 3)) * 0.05, requires_grad=True)
     x_pred = (x_gt.detach() + 0.001).requires_grad_()
@@ -87,14 +87,14 @@ def test_pose_loss_is_eq5_and_differentiable():
     t_gt = torch.tensor([[0.0, 0.0, 0.5]] * 2, dtype=F64)
     R_pred = (so3_exp(torch.full((2, 3), 0.01, dtype=F64)) @ R_gt).requires_grad_()
     t_pred = (t_gt + 0.002).requires_grad_()
-    value = pose_loss(R_pred, t_pred, R_gt, t_gt, x_gt, x_pred)
+    value = pnp_loss(R_pred, t_pred, R_gt, t_gt, x_gt, x_pred)
     target = x_gt @ R_gt.transpose(1, 2) + t_gt[:, None]
     first = (x_gt @ R_pred.transpose(1, 2) + t_pred[:, None] - target).norm(dim=-1).mean(-1)
     second = (x_pred @ R_pred.transpose(1, 2) + t_pred[:, None] - target).norm(dim=-1).mean(-1)
     assert torch.allclose(value, first + second)
-    assert torch.autograd.gradcheck(lambda R, t, x: pose_loss(R, t, R_gt, t_gt, x_gt, x),
+    assert torch.autograd.gradcheck(lambda R, t, x: pnp_loss(R, t, R_gt, t_gt, x_gt, x),
                                     (R_pred, t_pred, x_pred))
-    same = pose_loss(R_gt, t_gt, R_gt, t_gt, x_gt, x_gt)
+    same = pnp_loss(R_gt, t_gt, R_gt, t_gt, x_gt, x_gt)
     assert same.max() < 1e-11
 
 
@@ -204,7 +204,7 @@ def test_degenerate_samples_are_masked_and_gradients_stay_finite():
                    generator=torch.Generator().manual_seed(0))
     assert out.mask.tolist() == [False, False, False, True, True, True]
     assert torch.isfinite(out.loss).all() and (out.loss[:3] == 0).all()
-    total = out.loss[out.mask].mean() + pose_loss(
+    total = out.loss[out.mask].mean() + pnp_loss(
         out.R, out.t, torch.tensor(case["R"], dtype=torch.float32),
         torch.tensor(case["t"], dtype=torch.float32), x3d, x3d)[out.mask].mean()
     total.backward()

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from stages.common.params import ParamsError
+from stages.common.params import Params, ParamsError
 from stages.common.stage import stage_main
 
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 calls = []
 
 
-def run(params: dict, split: str) -> None:
-    calls.append((params["seed"], split))
+def run(params: Params, split: str) -> None:
+    calls.append((params.seed, split))
     if split == "test":
         raise KeyError("no test split here")
 

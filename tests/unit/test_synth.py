@@ -6,15 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from stages import synth
+from stages.common.params import load_params
 from stages.face.mesh import flip_mesh, flip_permutation, kpt_flip_permutation
 from stages.synthetic.blendshapes import ARKIT_NAMES, build_blendshapes
 from stages.synthetic.model import build_face_model
 from stages.wcpa.camera import flip_rt
 from stages.wcpa.layout import (image_path, info_path, landmarks_path, list_path, load_labels, load_resources,
                                 read_image, read_landmarks, read_list)
+from tests import tiny_project
 
 REPO = Path(__file__).resolve().parents[2]
 # iBUG-68 mirror pairs, written out independently of the generator.
@@ -32,13 +33,13 @@ def ibug_mirror() -> np.ndarray:
 
 
 def write_params(tmp: Path, name: str, real_root: str | None = None) -> Path:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
     out, gt = tmp / name / "synth", tmp / name / "synth_test_gt"
-    params["data"].update(root=real_root or str(out), test_gt=str(gt))
-    params["synth"].update(out=str(out), test_gt_out=str(gt), train_subjects=2, test_subjects=1,
-                           actions_per_subject=2, frames_per_action=1, workers=1)
+    params = load_params(REPO / "params.yaml").replace(
+        data={"root": real_root or str(out), "test_gt": str(gt)},
+        synth={"out": str(out), "test_gt_out": str(gt), "train_subjects": 2, "test_subjects": 1,
+               "actions_per_subject": 2, "frames_per_action": 1, "workers": 1})
     path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(params))
+    tiny_project.write_params(path, params)
     return path
 
 

@@ -1,11 +1,13 @@
 """numpy's BLAS pool is limited to one thread for training and inference processes; `auto`
 thread counts are the process's usable cores."""
 import os
-from types import SimpleNamespace
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from stages.common.params import load_params
 from stages.common.threads import single_thread_blas, thread_count, usable_cores
 from stages.nets.inference import InferSettings
 
@@ -28,7 +30,6 @@ def test_single_thread_blas_limits_every_blas_pool_to_one_thread():
 def test_auto_threads_are_the_cores_this_process_may_use(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5})
     assert usable_cores() == 3 and thread_count("auto") == 3 and thread_count(2) == 2
-    cfg = SimpleNamespace(batch_size=8, flip_merge="both", pnp="opencv", pnp_flags="SQPNP", device="cpu",
-                          amp=False, workers="auto", max_pnp_failures=0.0)
+    cfg = replace(load_params(Path(__file__).resolve().parents[2] / "params.yaml").infer, device="cpu", workers="auto")
     assert InferSettings.of(cfg).workers == 3
-    assert InferSettings.of(SimpleNamespace(**{**vars(cfg), "workers": 2})).workers == 2
+    assert InferSettings.of(replace(cfg, workers=2)).workers == 2

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 def test_amp_training_epoch_on_cuda(tmp_path, monkeypatch):
     params = make_tiny_project(tmp_path, subjects=4, crop_size=32)
-    params["train"].update(device="cuda", amp=True, batch_size=6)
+    params = params.replace(train={"device": "cuda", "amp": True, "batch_size": 6})
     monkeypatch.chdir(tmp_path)
     pca.run(params)
     base = Path(tmp_path)
