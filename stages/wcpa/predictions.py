@@ -9,7 +9,6 @@ One .npz per predictor and split, rows aligned with the split's list:
 """
 from __future__ import annotations
 
-import io
 import shutil
 import tempfile
 import zipfile
@@ -79,11 +78,11 @@ class PredictionWriter:
         return False
 
     def _pack(self) -> None:
-        """The row files and the ids -> the .npz (np.savez's layout: uncompressed, <key>.npy)."""
-        ids = io.BytesIO()
-        np.save(ids, self.table[ID_COLUMNS].to_numpy(dtype=str))
+        """The row files and the ids -> the .npz (np.savez's layout: uncompressed, <key>.npy, every
+        entry dated 1980-01-01 as ZipFile.open dates it, so that equal predictions are equal bytes)."""
         with atomic_write(self.path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as npz:
-            npz.writestr("ids.npy", ids.getvalue())
+            with npz.open("ids.npy", "w", force_zip64=True) as dst:
+                np.save(dst, self.table[ID_COLUMNS].to_numpy(dtype=str))
             for key in self.rows:
                 with open(Path(self._folder.name) / f"{key}.npy", "rb") as src, \
                         npz.open(f"{key}.npy", "w", force_zip64=True) as dst:

@@ -1,6 +1,7 @@
 """Stage infer on a tiny project: a random depth-18 network at 32 px on a tiny crop store."""
 import shutil
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -120,6 +121,17 @@ def test_infer_writes_aligned_finite_predictions_with_fallback_for_skipped(proje
     submit.main(["--params", str(root / "params.yaml"), "--predictor", "infer"])
     assert (root / "submissions" / "infer.zip").is_file()
 
+
+def test_infer_twice_writes_the_same_bytes(project, monkeypatch):
+    root, params = project
+    save_model(root, params)
+    path = root / "artifacts" / "infer" / "predictions_val.npz"
+    infer.run(params, "val")
+    first = path.read_bytes()
+    clock = time.time()
+    monkeypatch.setattr(time, "time", lambda: clock + 86400)      # a day later: no date in the file
+    infer.run(params, "val")
+    assert path.read_bytes() == first
 
 def test_mirror_pass_is_the_network_on_flipped_crops(project):
     root, params = project
