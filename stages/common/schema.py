@@ -47,6 +47,11 @@ OPEN_FRACTION = Range(float, 0.0, 1.0, open=True)
 POSITIVE = Range(float, 0.0, open=True)  # learning rates, margins: > 0
 WEIGHT = Range(float, 0.0)               # loss weights, augmentation strengths: >= 0
 DEVICE = Choice("auto", "cpu", "cuda")
+# OpenCV's PnP methods for many points (cv2.SOLVEPNP_<name>; P3P and AP3P take exactly 4 points,
+# IPPE only planar ones), and the same refined by OpenCV's Levenberg-Marquardt (<name>+ITERATIVE)
+PNP_METHODS = ("ITERATIVE", "EPNP", "SQPNP")
+PNP_METHOD = Choice(*PNP_METHODS)
+PNP_FLAGS = Choice(*PNP_METHODS, *(f"{name}+ITERATIVE" for name in PNP_METHODS if name != "ITERATIVE"))
 SCHEDULE = Choice("constant", "cosine")
 BACKBONE = Choice("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large")  # coarse/model.py
 
@@ -68,7 +73,7 @@ OPTIMIZATION = {                  # the keys train and finetune share: the optim
     "amp": bool,              # bfloat16 autocast on CUDA with bfloat16 (else float16 + GradScaler);
                               # bfloat16 on CPUs with native bfloat16 (AVX512-BF16, AMX), float32 on others
     "val_batch_size": COUNT,
-    "val_pnp_flags": str,     # OpenCV PnP of the per-epoch validation (cv2.SOLVEPNP_<name>)
+    "val_pnp_flags": PNP_METHOD,  # OpenCV PnP of the per-epoch validation (cv2.SOLVEPNP_<name>)
 }
 
 SCHEMA = {
@@ -193,7 +198,7 @@ SCHEMA = {
         "batch_size": COUNT,      # crops per forward (each pass runs 2x this with flip & merge)
         "flip_merge": Choice("none", "3d", "both"),  # 3d: merge the mesh only (the paper); both: and landmarks
         "pnp": Choice("opencv", "batched"),  # cv2.solvePnP | stages/pnp LM, weights 1 / sigma
-        "pnp_flags": str,         # OpenCV method cv2.SOLVEPNP_<name> (ITERATIVE, EPNP, SQPNP, ...), or
+        "pnp_flags": PNP_FLAGS,   # OpenCV method cv2.SOLVEPNP_<name> (ITERATIVE, EPNP, SQPNP, ...), or
                                   # <name>+ITERATIVE: that method's pose refined by OpenCV's LM
         "device": DEVICE,         # auto | cpu | cuda
         "amp": bool,              # autocast: bfloat16 on CUDA (float16 before Ampere) and on CPUs with native bfloat16

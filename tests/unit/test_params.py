@@ -6,6 +6,7 @@ import shutil
 import typing
 from pathlib import Path
 
+import cv2
 import pytest
 import yaml
 
@@ -163,6 +164,9 @@ def test_a_profile_that_is_its_own_base_stops(tmp_path, monkeypatch):
     (lambda d: d["infer"].update(flip_merge="2d"), r"infer.flip_merge = '2d'"),
     (lambda d: d["finetune"].update(pnp_dtype="float16"), r"finetune.pnp_dtype = 'float16'"),
     (lambda d: d["train"].update(device="gpu"), r"train.device = 'gpu'"),
+    (lambda d: d["infer"].update(pnp_flags="P3P"), r"infer.pnp_flags = 'P3P'"),
+    (lambda d: d["infer"].update(pnp_flags="SQPNP+EPNP"), r"infer.pnp_flags = 'SQPNP\+EPNP'"),
+    (lambda d: d["train"].update(val_pnp_flags="EPNP+ITERATIVE"), r"train.val_pnp_flags = 'EPNP\+ITERATIVE'"),
 ])
 def test_values_outside_their_range_or_choice_stop_at_load(tmp_path, mutate, message):
     with pytest.raises(ParamsError, match=r"params.yaml: " + message):
@@ -262,3 +266,11 @@ def test_overrides_that_must_agree_are_checked_together():
     with pytest.raises(ParamsError, match=r"--set: crop.source is given68: set crop.detector: \[\]"):
         apply_overrides(params, ["crop.source=given68"])
     assert apply_overrides(params, ["crop.source=given68", "crop.detector=[]"]).crop.detector == []
+
+
+def test_every_pnp_method_of_the_schema_is_an_opencv_method_the_solvers_accept():
+    from stages.common.schema import PNP_FLAGS
+    from stages.nets.poses import parse_flags
+    for flags in PNP_FLAGS.values:
+        method, refine = parse_flags(flags)
+        assert refine == flags.endswith("+ITERATIVE") and hasattr(cv2, f"SOLVEPNP_{method}")
