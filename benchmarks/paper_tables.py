@@ -94,10 +94,15 @@ def read_errors(experiment: str, split: str) -> pd.DataFrame | None:
 def paired_gap(worse: pd.DataFrame, better: pd.DataFrame, column: str, draws: int = 4000,
                seed: int = 0) -> tuple[float, float]:
     """(mean of worse - better in `column` over the samples both scored, its standard error over
-    resamplings of whole subjects): positive when `better` is better (errors, lower is better)."""
+    resamplings of whole subjects): positive when `better` is better (errors, lower is better);
+    NaN, NaN when they share no scored sample. The error is that of the draw of subjects only: a
+    second training seed of either experiment adds its own spread."""
     both = worse[KEYS + [column]].merge(better[KEYS + [column]], on=KEYS, suffixes=("_worse", "_better"),
                                         validate="one_to_one")
     both["gap"] = both[f"{column}_worse"] - both[f"{column}_better"]
+    both = both.dropna(subset=["gap"])
+    if both.empty:
+        return float("nan"), float("nan")
     totals = resampled_sums(both, ["gap"], draws, seed)
     return float(both["gap"].mean()), float((totals[:, 0] / totals[:, 1]).std())
 
@@ -153,7 +158,8 @@ def main() -> None:
         print(render(f"{table['title']} ({args.split})", assemble(table, metrics, args.split, args.suffix)), end="\n\n")
     if args.directions:
         frame = assemble_directions(load_directions(), args.split, args.suffix)
-        print(render(f"The paper's directions ({args.split}; gap = worse - better, mm)", frame))
+        print(render(f"The paper's directions ({args.split}; gap = worse - better, mm; s.e.: the draw of "
+                     "subjects, not the training seed)", frame))
 
 
 if __name__ == "__main__":

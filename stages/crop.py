@@ -43,9 +43,9 @@ from stages.common.stage import stage_main
 from stages.face.frontal import crop_quality, crop_warps, landmark_checks, landmark_problem, reference_shape
 from stages.face.warp import invert_warp, warp_image
 from stages.wcpa.camera import Camera
-from stages.wcpa.layout import (DataError, Resources, check_image_size, image_bytes, info_path, landmarks_path,
-                                load_resources, read_image, read_info, read_landmarks, sample_files, sample_key,
-                                sample_keys, split_tables)
+from stages.wcpa.layout import (DataError, Resources, check_image_size, exif_rotated, image_bytes, info_path,
+                                landmarks_path, load_resources, read_image, read_info, read_landmarks, sample_files,
+                                sample_key, sample_keys, split_tables)
 
 log = logging.getLogger("crop")
 SPLITS = ("train", "val", "test")
@@ -185,7 +185,11 @@ def decode_images(datas: list, paths: list[str], device, image_size: tuple[int, 
     io = _torchvision_io()
     try:
         images = io.decode_jpeg(datas, mode=io.ImageReadMode.RGB, device=device) if datas else []
-    except RuntimeError:
+    except RuntimeError as err:
+        _reraise_out_of_memory(err)
+        if len(datas) > 1:
+            log.warning("a batch of %d images failed to decode at once (%s): decoding them one by one",
+                        len(datas), str(err).splitlines()[0] if str(err) else type(err).__name__)
         images = [_decode_one(data, path, device) for data, path in zip(datas, paths)]
     return [image if isinstance(image, DataError) else _checked_size(image, path, image_size)
             for image, path in zip(images, paths)]
@@ -199,12 +203,19 @@ def _decode_one(data, path: str, device):
     io = _torchvision_io()
     try:
         return io.decode_jpeg(data, mode=io.ImageReadMode.RGB, device=device)
-    except RuntimeError:
-        pass
+    except RuntimeError as err:
+        _reraise_out_of_memory(err)
     try:
         return torch.from_numpy(read_image(path)).permute(2, 0, 1).to(device)
     except DataError as err:
         return err
+
+
+def _reraise_out_of_memory(err: RuntimeError) -> None:
+    """Device memory running out is not an undecodable image: stop with it."""
+    import torch
+    if isinstance(err, torch.OutOfMemoryError):
+        raise err
 
 
 def _checked_size(image, path: str, image_size: tuple[int, int]):
@@ -217,13 +228,18 @@ def _checked_size(image, path: str, image_size: tuple[int, int]):
 
 
 def _load(path: str, device, image_size: tuple[int, int]):
-    """Worker thread: an image's bytes as a CPU tensor (decoded there when `device` is the CPU,
-    where a batched decode is a loop anyway), or its DataError."""
+    """Worker thread: an image's bytes as a (N,) CPU tensor (decoded there when `device` is the
+    CPU, where a batched decode is a loop anyway), or its DataError. An image whose EXIF
+    orientation asks for a rotation is decoded here by OpenCV, which applies it as the landmarks'
+    reader did (decode_jpeg does not): a (3, H, W) CPU tensor."""
     import torch
     try:
-        data = torch.from_numpy(image_bytes(path))
+        data = image_bytes(path)
+        if exif_rotated(data):
+            return _checked_size(torch.from_numpy(read_image(path)).permute(2, 0, 1), path, image_size)
     except DataError as err:
         return err
+    data = torch.from_numpy(data)
     return data if device.type != "cpu" else decode_images([data], [path], device, image_size)[0]
 
 
@@ -252,7 +268,7 @@ class TorchCrops:
         from stages.face.warp_torch import warp_images
         results = [load.result() for load in loads]
         if self.device.type != "cpu":
-            todo = [k for k, r in enumerate(results) if not isinstance(r, DataError)]
+            todo = [k for k, r in enumerate(results) if not isinstance(r, DataError) and r.dim() == 1]
             decoded = decode_images([results[k] for k in todo], [self.paths[part[k]] for k in todo],
                                     self.device, self.image_size)
             for k, image in zip(todo, decoded):

@@ -155,6 +155,27 @@ def image_bytes(path: Path | str) -> np.ndarray:
     return np.fromfile(path, dtype=np.uint8)
 
 
+EXIF_ORIENTATION = 0x0112
+EXIF_MARKER = b"Exif\x00\x00"
+
+
+def exif_rotated(data: np.ndarray) -> bool:
+    """Whether an image file's bytes carry an EXIF orientation other than 1 (a rotation or mirror
+    to apply when decoding), which OpenCV's reader applies and torchvision's decode_jpeg does not.
+    Files without an EXIF block (the marker sits in the first APP1 segment) are not parsed."""
+    head = data[:1 << 16].tobytes()
+    if EXIF_MARKER not in head:
+        return False
+    import io
+
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(data.tobytes())) as image:
+            return image.getexif().get(EXIF_ORIENTATION, 1) not in (0, 1)
+    except (OSError, ValueError, SyntaxError):
+        return False
+
+
 def check_image_size(path: Path | str, shape: tuple[int, int], size: tuple[int, int] | None, reduce: int = 1) -> None:
     """A decoded image's (height, width) `shape` against the data set's (width, height) `size`
     (None: any) at 1 / reduce of it: another size is a DataError naming the file and both sizes."""

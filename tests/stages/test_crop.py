@@ -19,7 +19,8 @@ from stages.common.cropstore import CropStoreWriter
 from stages.common.params import load_params
 from stages.face.warp import apply_warp, eye_line_angle
 from stages.nets.dataset import CropStore
-from stages.wcpa.layout import DataError, image_path, load_labels, load_resources, list_path, read_list, write_list
+from stages.wcpa.layout import (DataError, exif_rotated, image_path, load_labels, load_resources, list_path, read_image,
+                                read_list, write_list)
 from tests.stages.tiny_data import write_tiny_root
 
 SIZE = 64
@@ -305,3 +306,21 @@ def test_the_opencv_path_never_imports_torch(tiny):
     result = subprocess.run([sys.executable, "-c", code, json.dumps(params.as_dict()), str(tmp / "crop"),
                              str(coarse_dir), str(split_dir)], capture_output=True, text=True, cwd=ROOT, check=True)
     assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_an_exif_rotated_jpeg_reaches_the_torch_path_upright_as_opencv_reads_it(tmp_path):
+    from PIL import Image
+    image = cv2.resize(np.random.default_rng(0).integers(0, 255, (3, 4, 3), dtype=np.uint8), (40, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6                                     # "rotate 90 degrees clockwise to display"
+    rotated, plain = tmp_path / "rotated.jpg", tmp_path / "plain.jpg"
+    Image.fromarray(image).save(rotated, quality=95, exif=exif.tobytes())
+    Image.fromarray(image).save(plain, quality=95)
+    assert exif_rotated(np.fromfile(rotated, np.uint8)) and not exif_rotated(np.fromfile(plain, np.uint8))
+    upright = read_image(rotated)
+    assert upright.shape == (40, 30, 3)                 # OpenCV applies the orientation
+    loaded = crop._load(str(rotated), torch.device("cpu"), (30, 40))
+    assert np.array_equal(loaded.permute(1, 2, 0).numpy(), upright)
+    on_gpu = crop._load(str(rotated), torch.device("cuda"), (30, 40))   # decoded on the CPU, not by nvJPEG
+    assert on_gpu.shape == (3, 40, 30) and crop._load(str(plain), torch.device("cuda"), (40, 30)).dim() == 1
+    assert isinstance(crop._load(str(rotated), torch.device("cpu"), (40, 30)), DataError)   # size as OpenCV sees it

@@ -35,6 +35,13 @@ def test_a_constant_gap_has_no_spread_and_a_subject_level_gap_has_the_bootstraps
     assert math.isclose(gap, 0.5) and abs(error - 0.5 / math.sqrt(40)) < 0.02
 
 
+def test_experiments_without_a_shared_scored_sample_have_no_gap():
+    gap, error = paper_tables.paired_gap(errors({"s1": [1.0]}), errors({"s2": [2.0]}), "add")
+    assert math.isnan(gap) and math.isnan(error)
+    gap, _ = paper_tables.paired_gap(errors({"s1": [1.0, float("nan")]}), errors({"s1": [0.5, 0.0]}), "add")
+    assert gap == 0.5
+
+
 def test_the_verdict_says_which_way_and_whether_beyond_two_standard_errors():
     assert paper_tables.verdict(1.0, 0.2) == "holds"
     assert paper_tables.verdict(0.3, 0.2) == "holds, within 2 s.e."
