@@ -10,7 +10,11 @@ their ratio, and where the difference goes: the batch loading within the full st
 optimiser step timed alone (on CPU it is memory-bound: README "Benchmarks").
 
     python -m benchmarks.bench_train [--steps 10] [--rounds 5] [--params params.yaml]
-        [--profile paper] [--set train.batch_size=32 ...] [--crop artifacts/crop]
+        [--profile paper] [--set train.batch_size=32 ...] [--crop artifacts/crop] [--best-reference]
+
+--best-reference makes the reference the fastest bare step (issue 17's GPU bar): channels_last,
+bfloat16 autocast where the device has it (float16 on CUDA before Ampere), torch.compile; the
+training step is measured as the stage runs it. Compiling takes minutes on a CPU.
 
 --profile measures another profile (stages/profiles/<name>.yaml merged over --params in memory,
 e.g. the paper's ResNet50 at 256 px); the initial weights do not change the timing, so
@@ -31,7 +35,7 @@ import numpy as np
 import torch
 
 from stages.common.params import Params, apply_overrides, load_params
-from stages.common.precision import autocast
+from stages.common.precision import amp_dtype, autocast
 from stages.nets.backbone import build_backbone
 from stages.nets.dataset import CropStore
 from stages.nets.trainer import Trainer, TrainPaths
@@ -59,6 +63,14 @@ def reference_steps(net: torch.nn.Module, images: torch.Tensor, steps: int, devi
         sync(device)
         times.append(time.perf_counter() - start)
     return times
+
+
+def best_reference(net: torch.nn.Module, images: torch.Tensor,
+                   device: torch.device) -> tuple[torch.nn.Module, torch.Tensor, torch.dtype | None]:
+    """The bare backbone in its fastest form: (compiled channels_last module, channels_last
+    images, the device's mixed-precision autocast type or None)."""
+    net = net.to(memory_format=torch.channels_last)
+    return torch.compile(net), images.contiguous(memory_format=torch.channels_last), amp_dtype(device, True)
 
 
 def full_steps(trainer: Trainer, batches, steps: int) -> tuple[list[float], list[float]]:
@@ -128,6 +140,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="steps of each per round")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of reference and full steps")
     parser.add_argument("--crop", default="artifacts/crop", help="crop store folder (train/ and val/ inside)")
+    parser.add_argument("--best-reference", action="store_true",
+                        help="reference: the backbone compiled, channels_last, in the device's mixed precision")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     params = bench_params(args)
@@ -143,12 +157,16 @@ def main() -> None:
     net, _ = build_backbone(cfg.depth, channels)
     net.to(trainer.ctx.device).train()
     images = torch.randn(cfg.batch_size, channels, size, size, device=trainer.ctx.device)
+    reference_amp = trainer.amp
+    if args.best_reference:
+        net, images, reference_amp = best_reference(net, images, trainer.ctx.device)
+        print(f"reference: compiled, channels_last, autocast {reference_amp or 'off (float32)'}")
     batches = endless(trainer.loader)
-    reference_steps(net, images, 2, trainer.ctx.device, trainer.amp)         # warm-up
+    reference_steps(net, images, 2, trainer.ctx.device, reference_amp)         # warm-up (and compile)
     full_steps(trainer, batches, 2)
     reference, full, loading, optimizer = [], [], [], []
     for _ in range(args.rounds):        # interleaved, so that all see the same machine load
-        reference += reference_steps(net, images, args.steps, trainer.ctx.device, trainer.amp)
+        reference += reference_steps(net, images, args.steps, trainer.ctx.device, reference_amp)
         times, loads = full_steps(trainer, batches, args.steps)
         full += times
         loading += loads

@@ -57,3 +57,16 @@ def test_bench_pnp_chunks_times_the_finetune_shapes():
     assert set(shapes) == {"params.yaml", "paper"} and min(min(s) for s in shapes.values()) > 0
     times = chunk_times((2, 8, 2, 12), [2, 16], repeats=1)
     assert set(times) == {2, 16} and all(0 < t < 60 for t in times.values())
+
+
+def test_the_best_reference_is_the_compiled_channels_last_backbone():
+    import torch
+
+    from benchmarks.bench_train import best_reference
+    from stages.nets.backbone import build_backbone
+    net, _ = build_backbone(18, 3)
+    compiled, images, amp = best_reference(net, torch.randn(2, 3, 32, 32), torch.device("cpu"))
+    assert isinstance(compiled, torch._dynamo.eval_frame.OptimizedModule) and compiled._orig_mod is net
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    assert net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert amp in (None, torch.bfloat16)
