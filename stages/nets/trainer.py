@@ -80,7 +80,7 @@ def load_split(paths: TrainPaths, split: str) -> SplitData:
     return SplitData(store=store.skip(~labelled_rows(poses)), verts=verts, poses=poses, coeffs=coeffs)
 
 
-RESUME_FREE_KEYS = ("epochs", "workers", "device", "val_batch_size", "val_pnp_flags")   # may change between resumes
+RESUME_FREE_KEYS = ("epochs", "workers", "device", "compile", "val_batch_size", "val_pnp_flags")   # may change between resumes
 PCA_FILES = ("basis.npz", "verts_train.npy", "verts_val.npy", "poses_train.npy", "poses_val.npy",
              "coeffs_train.npy", "coeffs_val.npy")
 
@@ -218,6 +218,8 @@ class Trainer:
         self.model = self.make_model()
         self.net = (DistributedDataParallel(self.model, device_ids=[self.ctx.device] if self.ctx.device.type == "cuda" else None)
                     if self.ctx.world > 1 else self.model)
+        if self.cfg.compile:        # the step's forward compiled; self.model stays the module that is saved
+            self.net = torch.compile(self.net)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
                                           fused=True)
         self.amp = amp_dtype(self.ctx.device, self.cfg.amp)

@@ -54,10 +54,10 @@ def test_train_writes_checkpoints_and_resumes(tmp_path, monkeypatch, caplog):
     assert not (tmp_path / "dvc.yaml").exists()      # dvclive wrote no dvc.yaml
 
 
-def one_step_trainer(tmp_path, monkeypatch, landmark_loss):
+def one_step_trainer(tmp_path, monkeypatch, landmark_loss, **train_settings):
     """A Trainer on a tiny project after one training step -> (trainer, batch, sigma FC before)."""
     params = make_tiny_project(tmp_path, subjects=4, crop_size=32)
-    params = params.replace(train={"batch_size": 6, "landmark_loss": landmark_loss})
+    params = params.replace(train={"batch_size": 6, "landmark_loss": landmark_loss, **train_settings})
     monkeypatch.chdir(tmp_path)
     pca.run(params)
     paths = TrainPaths(crop=tmp_path / "artifacts" / "crop", pca=tmp_path / "artifacts" / "pca",
@@ -79,6 +79,21 @@ def test_mse_leaves_sigma_out_and_the_vdc_comes_from_the_coefficients(tmp_path, 
         terms = trainer.step_terms({k: v for k, v in out.items() if k != "verts"}, batch, 0)
         on_mesh = losses.vdc(out["verts"], batch["verts"])
     assert terms["vdc"].item() == pytest.approx(on_mesh.item(), rel=1e-4)
+
+
+def test_a_compiled_step_trains_the_saved_module_as_the_eager_step_does(tmp_path, monkeypatch):
+    eager, _, _ = one_step_trainer(tmp_path / "eager", monkeypatch, "gnll", amp=False)
+    compiled, _, _ = one_step_trainer(tmp_path / "compiled", monkeypatch, "gnll", amp=False, compile=True)
+    assert isinstance(compiled.net, torch._dynamo.eval_frame.OptimizedModule) and compiled.net._orig_mod is compiled.model
+    assert not isinstance(eager.net, torch._dynamo.eval_frame.OptimizedModule)
+    before = FaceNet(compiled.model.config)       # the saved state: the plain module's keys
+    assert compiled.model.state_dict().keys() == before.state_dict().keys()
+    # the same gradients (Adam's first step moves every weight by +-lr, the sign of a near-zero
+    # gradient's rounding, so the weights after it are not the comparison)
+    assert sum(p.grad is not None for p in compiled.model.parameters()) > 10
+    for (name, a), b in zip(eager.model.named_parameters(), compiled.model.parameters()):
+        if a.grad is not None:
+            assert (a.grad - b.grad).abs().max() <= 1e-3 * a.grad.abs().max() + 1e-8, name
 
 
 def test_gnll_trains_sigma(tmp_path, monkeypatch):

@@ -134,8 +134,8 @@ def test_gpu_profile_is_the_paper_profile_on_one_gpu_and_16_cores(tmp_path):
     assert gpu.crop.decode == "torch"
     assert different == {("data", "workers"), ("synth", "workers"), ("coarse_predict", "batch_size"),
                          ("crop", "decode"), ("train", "batch_size"), ("train", "workers"), ("train", "val_batch_size"),
-                         ("finetune", "workers"), ("finetune", "val_batch_size"), ("infer", "batch_size"),
-                         ("infer", "workers")}
+                         ("train", "compile"), ("finetune", "workers"), ("finetune", "val_batch_size"),
+                         ("finetune", "compile"), ("infer", "batch_size"), ("infer", "workers")}
 
 
 def test_a_profile_that_is_its_own_base_stops(tmp_path, monkeypatch):
