@@ -117,9 +117,11 @@ def verdict(gap: float, error: float) -> str:
 def assemble_directions(directions: list[dict], split: str, suffix: str = "", read=read_errors) -> pd.DataFrame:
     """One row per claim: the two experiments, the column, the gap (worse - better, NaN when
     either has not run), its standard error and the verdict."""
+    names = {claim[side] + suffix for claim in directions for side in ("better", "worse")}
+    tables = {name: read(name, split) for name in sorted(names)}     # each experiment read once
     rows = []
     for claim in directions:
-        better, worse = read(claim["better"] + suffix, split), read(claim["worse"] + suffix, split)
+        better, worse = tables[claim["better"] + suffix], tables[claim["worse"] + suffix]
         gap, error = paired_gap(worse, better, claim["column"]) if better is not None and worse is not None \
             else (float("nan"), float("nan"))
         rows.append({"claim": claim["claim"], "better": claim["better"] + suffix, "worse": claim["worse"] + suffix,
