@@ -100,8 +100,7 @@ class CropLoops:
     def decode_torch(self, datas: list[torch.Tensor], device: torch.device) -> None:
         """decode_jpeg of the files' bytes, already in memory: on CUDA in batches of a chunk (nvJPEG),
         on the CPU one image at a time on the worker threads (as the torch path does there)."""
-        crop._quiet_torchvision_io()
-        io = cropping._torchvision_io()
+        io = cropping.torchvision_io()
         if device.type == "cpu":
             with ThreadPoolExecutor(self.workers) as pool:
                 list(pool.map(lambda data: io.decode_jpeg(data, mode=io.ImageReadMode.RGB), datas))

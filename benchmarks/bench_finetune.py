@@ -16,6 +16,7 @@ import argparse
 import logging
 import time
 from functools import partial
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -57,8 +58,7 @@ def main() -> None:
     paths = FinetunePaths(start=Path(args.start), data=TrainPaths(
         crop=Path(args.crop), pca=Path("artifacts/pca"), split=Path("artifacts/split"), out=Path("/tmp/bench_finetune")))
     trainer = FinetuneTrainer(params, paths, load_resources(params.data.root).camera)
-    loader = iter(trainer.loader)
-    batches = [next(loader) for _ in range(args.steps + 1)]
+    batches = list(islice(trainer.loader, min(args.steps + 1, len(trainer.loader))))   # an epoch at most
     plain_terms = partial(Trainer.step_terms, trainer)    # the train stage's eq. 1-3 only
     base_wall, base_cpu = step_rate(trainer, lambda *a: trainer.train_step(*a, step_terms=plain_terms), batches)
     ft_wall, ft_cpu = step_rate(trainer, trainer.train_step, batches)

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from stages.common.cropstore import CropStoreWriter, stamp_run
 from stages.common.params import load_params
 from stages.common.precision import amp_dtype, autocast, memory_format, place_network
 from stages.face.mesh import flip_permutation
@@ -85,15 +86,14 @@ def bench_model(config: NetConfig, template: np.ndarray, mean_uv: np.ndarray) ->
 
 
 def write_store(folder: Path, n: int, crop: int, warp: np.ndarray) -> CropStore:
-    """A crop store of n random crops, all with the same warp."""
-    folder.mkdir(parents=True)
-    images = np.lib.format.open_memmap(folder / "images.npy", mode="w+", dtype=np.uint8, shape=(n, crop, crop, 3))
-    images[:] = np.random.default_rng(1).integers(0, 256, images.shape, dtype=np.uint8)
-    images.flush()
-    np.save(folder / "warps.npy", np.repeat(warp[None], n, 0))
-    np.save(folder / "inv_warps.npy", np.repeat(invert_warp(warp)[None], n, 0))
-    pd.DataFrame({"subject_id": "0", "facial_action": "a", "img_id": [f"{i:05d}" for i in range(n)],
-                  "skipped": 0}).to_csv(folder / "index.csv", index=False)
+    """A finished crop store (the crop stage's writer and run stamp) of n random crops, all with
+    the same warp."""
+    table = pd.DataFrame({"subject_id": "0", "facial_action": "a", "img_id": [f"{i:05d}" for i in range(n)]})
+    writer = CropStoreWriter(folder / "work", table, np.repeat(warp[None], n, 0), crop)
+    writer.images[:] = np.random.default_rng(1).integers(0, 256, writer.images.shape, dtype=np.uint8)
+    writer.write(np.arange(n))
+    writer.finish(folder, np.zeros(n, dtype=bool), np.repeat(invert_warp(warp)[None], n, 0))
+    stamp_run([folder])
     return CropStore.open(folder)
 
 

@@ -6,7 +6,6 @@ DataError of the OpenCV reader, with the same messages, and their crops agree wi
 """
 from __future__ import annotations
 
-import functools
 import logging
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -59,25 +58,20 @@ class OpenCVCrops:
         return lambda: [future.result() for future in futures]
 
 
-@functools.cache
-def _torchvision_io():
-    """torchvision.io, imported once."""
-    import torchvision.io
-    return torchvision.io
-
-
-def _quiet_torchvision_io() -> None:
-    """Silence the deprecation warning of torchvision.io's decoders (torchvision 0.29 points at
-    TorchCodec; decode_jpeg is still there)."""
+def torchvision_io():
+    """torchvision.io, with the deprecation warning of its decoders silenced (torchvision 0.29
+    points at TorchCodec; decode_jpeg is still there)."""
     warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
                             category=DeprecationWarning)
+    import torchvision.io
+    return torchvision.io
 
 
 def decode_images(datas: list, paths: list[str], device, image_size: tuple[int, int]) -> list:
     """JPEG bytes (CPU uint8 tensors) -> per image a (3, H, W) uint8 RGB tensor on `device`, or
     the DataError of the OpenCV path. One batched decode_jpeg (nvJPEG on CUDA); when it raises, one
     image at a time (_decode_one). Sizes are checked as read_image checks them."""
-    io = _torchvision_io()
+    io = torchvision_io()
     try:
         images = io.decode_jpeg(datas, mode=io.ImageReadMode.RGB, device=device) if datas else []
     except RuntimeError as err:
@@ -95,7 +89,7 @@ def _decode_one(data, path: str, device):
     (OpenCV), which decodes it (a PNG, say) or raises the DataError of the OpenCV path, so that
     both paths skip the same images with the same messages."""
     import torch
-    io = _torchvision_io()
+    io = torchvision_io()
     try:
         return io.decode_jpeg(data, mode=io.ImageReadMode.RGB, device=device)
     except RuntimeError as err:
@@ -149,8 +143,7 @@ class TorchCrops:
                  paths: list[str], size: int, image_size: tuple[int, int], device):
         self.pool, self.device_thread, self.writer = pool, device_thread, writer
         self.paths, self.size, self.image_size, self.device = paths, size, image_size, device
-        _quiet_torchvision_io()
-        _torchvision_io()    # imported here, before the threads use it
+        torchvision_io()    # imported here, before the threads use it
 
     def submit(self, part: np.ndarray) -> Outcome:
         loads = [self.pool.submit(_load, self.paths[i], self.device, self.image_size) for i in part]

@@ -196,9 +196,12 @@ TORCH_DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.
 # Crops of the torch path against the OpenCV path's, per device: (max, mean) absolute difference.
 # CPU: torchvision's libjpeg-turbo decodes the same pixels as OpenCV's (measured: identical on
 # these and on 800x800 synthetic JPEGs), so the warp alone differs: at most 1 grey level
-# (tests/unit/test_warp_torch.py). CUDA: nvJPEG is another decoder; torchvision's own test allows
-# a mean difference of 2 grey levels between nvJPEG and its CPU decode: the bound here.
-CROP_TOLERANCE = {"cpu": (1, 0.01), "cuda": (255, 2.0)}
+# (tests/unit/test_warp_torch.py). CUDA: nvJPEG is another decoder (its chroma upsampling is not
+# libjpeg's), so colour edges differ by up to about 60 grey levels. Measured on an H200: these
+# 200x200 images cut to 32 px crops (every edge dense), mean 3.6 and 2.2 in the two tests; 800x800
+# synthetic faces cut to 256 px (benchmarks/bench_crop.py), mean 0.33, max 61. A wrong warp or
+# channel order gives means of tens of grey levels.
+CROP_TOLERANCE = {"cpu": (1, 0.01), "cuda": (255, 4.0)}
 
 
 def _crop_with(params, tmp, split_dir, coarse_dir, monkeypatch, device, name):

@@ -1,4 +1,4 @@
-"""Benchmark helpers that CI does not otherwise run: the random inference model of bench_infer,
+"""Benchmark helpers that CI does not otherwise run: the random inference model and crop store of bench_infer,
 the params of bench_train --profile / --set, bench_scale's extrapolation arithmetic and the
 chunk timings of bench_pnp --chunks."""
 import argparse
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.bench_infer import bench_model
+from benchmarks.bench_infer import bench_model, write_store
 from benchmarks.bench_pnp import chunk_shapes, chunk_times
 from benchmarks.bench_scale import extrapolate_hours, marginal_seconds, real_work
 from benchmarks.bench_train import bench_params
@@ -28,6 +28,13 @@ def test_bench_infer_model_predicts_the_mean_landmarks_and_a_mesh_near_the_templ
         out = model(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
     np.testing.assert_allclose(out["mu"].numpy(), np.broadcast_to(mean_uv, (2, 10, 2)), atol=1e-4)
     np.testing.assert_allclose(out["verts"].numpy(), np.broadcast_to(template, (2, 10, 3)), atol=1e-4)
+
+
+def test_bench_infer_store_is_a_finished_crop_run(tmp_path):
+    warp = np.array([[0.5, 0.0, -10.0], [0.0, 0.5, -20.0]])
+    store = write_store(tmp_path / "crops", 5, 16, warp)
+    assert len(store) == 5 and store.images.shape == (5, 16, 16, 3) and store.run
+    np.testing.assert_allclose(store.inv_warps[3], [[2.0, 0.0, 20.0], [0.0, 2.0, 40.0]])
 
 
 def test_bench_train_profile_params_drop_the_pretrained_weights_and_take_overrides():
