@@ -111,7 +111,8 @@ def pipeline_rate(model, store, perm, camera, settings) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--batches", type=int, default=32,
+                        help="batches per run: enough that the last batch's PnP (not overlapped) is a small part")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs of each; medians are compared")
     parser.add_argument("--pnp", choices=["opencv", "batched"], help="default: infer.pnp")
     parser.add_argument("--flip-merge", choices=["none", "3d", "both"], help="default: infer.flip_merge")

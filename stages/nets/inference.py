@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -42,7 +42,7 @@ from stages.nets.crop_pose import crop_to_camera
 from stages.nets.dataset import CropStore
 from stages.nets.flipmerge import check_mode, merge_outputs, unmirror_outputs
 from stages.nets.model import FaceNet
-from stages.nets.poses import solve_poses
+from stages.nets.poses import submit_poses
 from stages.wcpa.camera import Camera, make_rt
 from stages.wcpa.layout import ID_COLUMNS, finite_rows, labelled_rows
 from stages.wcpa.predictions import PredictionWriter
@@ -94,8 +94,28 @@ def mean_pose(poses: np.ndarray) -> np.ndarray:
     return make_rt(rotation, poses[:, 3, :3].mean(0))
 
 
-def _to_numpy(out: dict[str, torch.Tensor], rows: slice) -> dict[str, np.ndarray]:
-    return {key: out[key][rows].float().cpu().numpy() for key in OUTPUT_KEYS + POSE_KEYS if key in out}
+def _to_host(out: dict[str, torch.Tensor], device: torch.device) -> tuple[dict[str, torch.Tensor], object]:
+    """Queue the copy of a forward's outputs (as float32) to the host behind the forward ->
+    (host tensors, a CUDA event that marks the copies done; None on the CPU). On CUDA the copies
+    go to pinned memory and do not wait: the host reads them after `_from_host` syncs."""
+    keys = [key for key in OUTPUT_KEYS + POSE_KEYS if key in out]
+    if device.type != "cuda":
+        return {key: out[key].float() for key in keys}, None
+    host = {key: out[key].float().to("cpu", non_blocking=True) for key in keys}
+    done = torch.cuda.Event()
+    done.record()
+    return host, done
+
+
+def _from_host(host: dict[str, torch.Tensor], done, rows: slice, perm: np.ndarray | None,
+               size: int) -> tuple[slice, dict, dict | None]:
+    """(rows, plain, mirrored_back) of a batch whose outputs `_to_host` queued (see network_outputs)."""
+    if done is not None:
+        done.synchronize()
+    n = rows.stop - rows.start
+    plain = {key: value[:n].numpy() for key, value in host.items()}
+    back = None if perm is None else unmirror_outputs({key: value[n:].numpy() for key, value in host.items()}, perm, size)
+    return rows, plain, back
 
 
 def direct_poses(R_crop: np.ndarray, t_code: np.ndarray, inv_warps: np.ndarray, camera: Camera,
@@ -127,13 +147,15 @@ def network_outputs(model: FaceNet, images: np.ndarray, batch_size: int, device:
     Yields (rows, plain, mirrored_back): the outputs mu (B, V, 2) crop px, sigma (B, V) crop px,
     verts (B, V, 3) metres of the crops, and those of their mirrors mapped back to the original
     crops (None when perm is None: no mirror pass). With a mirror, each batch is one forward of
-    2B images (the crops, then their mirrors).
+    2B images (the crops, then their mirrors). On CUDA a batch's forward is queued before the
+    batch before it is handed on, so the GPU computes while the caller post-processes.
     """
     model = place_network(model, device).eval()
     dtype = amp_dtype(device, amp)
     size = images.shape[2]
     starts = list(range(0, len(images), batch_size))
     pin = device.type == "cuda"
+    previous = None
     with ThreadPoolExecutor(1) as reader:
         pending = reader.submit(_read_batch, images, starts[0], batch_size, pin) if starts else None
         for i, start in enumerate(tqdm(starts, desc="infer", leave=False, disable=len(starts) < 10)):
@@ -141,13 +163,16 @@ def network_outputs(model: FaceNet, images: np.ndarray, batch_size: int, device:
             if i + 1 < len(starts):
                 pending = reader.submit(_read_batch, images, starts[i + 1], batch_size, pin)
             x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).contiguous()    # NCHW, as in training
-            n = len(x)
+            rows = slice(start, start + len(x))
             if perm is not None:
                 x = torch.cat([x, x.flip(-1)])
             with autocast(device, dtype):
-                out = model(x)
-            back = None if perm is None else unmirror_outputs(_to_numpy(out, slice(n, 2 * n)), perm, size)
-            yield slice(start, start + n), _to_numpy(out, slice(0, n)), back
+                launched = (*_to_host(model(x), device), rows)
+            if previous is not None:        # the batch before, while this one runs on the GPU
+                yield _from_host(*previous, perm, size)
+            previous = launched
+        if previous is not None:
+            yield _from_host(*previous, perm, size)
 
 
 def to_full_image(mu: np.ndarray, sigma: np.ndarray, inv_warps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -242,9 +267,9 @@ def predicted_batches(model: FaceNet, images: np.ndarray, inv_warps: np.ndarray,
             verts, uv, sigma = batch_predictions(plain, back, inv_warps[rows], mode)
             if "R_crop" in plain:
                 pose = solvers.submit(direct_poses, plain["R_crop"], plain["t_code"], inv_warps[rows], camera,
-                                      images.shape[1])
+                                      images.shape[1]).result
             else:
-                pose = solvers.submit(solve_poses, settings.pnp, verts, uv, sigma, camera, settings.pnp_flags, 1)
+                pose = submit_poses(solvers, settings.pnp, verts, uv, sigma, camera, settings.pnp_flags)
             direct = camera if model.pose is not None else None
             pending.append((rows, {"verts": verts, "landmarks": uv, "sigma": sigma}, pose, direct))
             while len(pending) > max(1, settings.workers):
@@ -253,10 +278,11 @@ def predicted_batches(model: FaceNet, images: np.ndarray, inv_warps: np.ndarray,
             yield _finished(*pending.popleft())
 
 
-def _finished(rows: slice, out: dict, pose: Future, direct: Camera | None) -> tuple[slice, dict[str, np.ndarray]]:
+def _finished(rows: slice, out: dict, pose: Callable[[], np.ndarray],
+              direct: Camera | None) -> tuple[slice, dict[str, np.ndarray]]:
     """A batch's outputs once its pose is solved. direct: the camera of a direct-pose network,
     whose landmarks are its mesh projected in its pose (sigma NaN: it has no landmark head)."""
-    out = {**{key: value.astype(np.float32) for key, value in out.items()}, "R_t": pose.result()}
+    out = {**{key: value.astype(np.float32) for key, value in out.items()}, "R_t": pose()}
     if direct is not None:
         out["landmarks"] = direct.project(out["verts"], out["R_t"]).astype(np.float32)
         out["sigma"] = np.full_like(out["sigma"], np.nan)

@@ -7,19 +7,23 @@ A thin layer over the pipeline's pose-from-landmarks entry point (stages.pnp.ope
            (DLT) puts the face behind the camera on noisy landmarks of a nearly flat face.
   batched  the project's batched Levenberg-Marquardt solver (stages.pnp.api), each point
            weighted by 1 / sigma, the landmark head's uncertainty
-Chunks run in joblib threads (OpenCV and torch release the GIL). Rows with NaN input (skipped
+Chunks run in threads (OpenCV and torch release the GIL). Rows with NaN input (skipped
 samples) are not solved and come back NaN, like the problems the solver rejects.
 """
 from __future__ import annotations
 
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Callable
+
 import cv2
 import numpy as np
-from joblib import Parallel, delayed
 
 from stages.pnp.opencv import METHODS, opencv_flag, pose_from_landmarks
 from stages.wcpa.camera import Camera, opencv_to_rt, rt_to_opencv
 
-CHUNK = 64      # samples per task
+# samples per task: OpenCV's 16 spread a batch of 256 over 16 threads; the batched solver
+# vectorises over its chunk
+CHUNK = {"opencv": 16, "batched": 64}
 
 
 def parse_flags(flags: str) -> tuple[str, bool]:
@@ -59,20 +63,38 @@ def _solve_chunk(method: str, verts: np.ndarray, uv: np.ndarray, sigma: np.ndarr
     return refine_iterative(verts, uv, poses, camera) if refine else poses
 
 
-def solve_poses(method: str, verts: np.ndarray, uv: np.ndarray, sigma: np.ndarray, camera: Camera,
-                flags: str = "EPNP+ITERATIVE", workers: int = 1) -> np.ndarray:
-    """verts (N, V, 3) metres, uv (N, V, 2) full-image px, sigma (N, V) full-image px (used by
-    'batched') -> R_t (N, 4, 4) float64, NaN where the input has NaN or PnP fails."""
+def _checked(method: str, flags: str) -> None:
     if method not in METHODS:
         raise ValueError(f"infer.pnp={method!r}: expected one of {', '.join(METHODS)}")
     if method == "opencv":
         parse_flags(flags)
+
+
+def submit_poses(pool: Executor, method: str, verts: np.ndarray, uv: np.ndarray, sigma: np.ndarray,
+                 camera: Camera, flags: str = "EPNP+ITERATIVE") -> Callable[[], np.ndarray]:
+    """Put the PnP of a batch on `pool` in chunks of CHUNK[method] samples (a batch's poses spread over
+    every thread) -> a function that waits for them: R_t (N, 4, 4) float64, NaN where the input
+    has NaN or PnP fails. Arrays as in `solve_poses`."""
+    _checked(method, flags)
     finite = np.isfinite(uv).all((1, 2)) & np.isfinite(verts).all((1, 2)) & np.isfinite(sigma).all(1)
     rows = np.flatnonzero(finite)
-    out = np.full((len(verts), 4, 4), np.nan)
-    chunks = [rows[s:s + CHUNK] for s in range(0, len(rows), CHUNK)]
-    solved = Parallel(n_jobs=max(1, workers), prefer="threads")(
-        delayed(_solve_chunk)(method, verts[c], uv[c], sigma[c], camera, flags) for c in chunks)
-    for chunk, poses in zip(chunks, solved):
-        out[chunk] = poses
-    return out
+    size = CHUNK[method]
+    chunks = [rows[s:s + size] for s in range(0, len(rows), size)]
+    futures = [pool.submit(_solve_chunk, method, verts[c], uv[c], sigma[c], camera, flags) for c in chunks]
+
+    def gather() -> np.ndarray:
+        out = np.full((len(verts), 4, 4), np.nan)
+        for chunk, future in zip(chunks, futures):
+            out[chunk] = future.result()
+        return out
+    return gather
+
+
+def solve_poses(method: str, verts: np.ndarray, uv: np.ndarray, sigma: np.ndarray, camera: Camera,
+                flags: str = "EPNP+ITERATIVE", workers: int = 1) -> np.ndarray:
+    """verts (N, V, 3) metres, uv (N, V, 2) full-image px, sigma (N, V) full-image px (used by
+    'batched') -> R_t (N, 4, 4) float64, NaN where the input has NaN or PnP fails; on `workers`
+    threads."""
+    _checked(method, flags)
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        return submit_poses(pool, method, verts, uv, sigma, camera, flags)()

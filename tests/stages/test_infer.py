@@ -148,6 +148,24 @@ def test_mirror_pass_is_the_network_on_flipped_crops(project):
         assert not np.allclose(plain[key], back[key])
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA"))])
+def test_batches_handed_on_one_behind_are_the_rows_of_one_big_batch(project, device):
+    """network_outputs queues batch k + 1 before it hands on batch k (on CUDA, with asynchronous
+    copies): every row must still come out, in order, with its own outputs."""
+    root, params = project
+    model = save_model(root, params).eval()
+    images = np.load(root / "artifacts" / "crop" / "val" / "images.npy", mmap_mode="r")[:7]
+    perm = np.load(root / "artifacts" / "pca" / "basis.npz")["flip_perm"]
+    [(_, whole, whole_back)] = list(network_outputs(model, images, 8, torch.device(device), False, perm))
+    parts = list(network_outputs(model, images, 3, torch.device(device), False, perm))
+    assert [rows for rows, _, _ in parts] == [slice(0, 3), slice(3, 6), slice(6, 7)]
+    for key in ("mu", "sigma", "verts"):
+        for got, expected in ((np.concatenate([p[key] for _, p, _ in parts]), whole[key]),
+                              (np.concatenate([b[key] for _, _, b in parts]), whole_back[key])):
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"depth": 34}, "depth 34 in the checkpoint, 18 from train.depth"),
     ({"n_verts": 30}, "n_verts 30 in the checkpoint, 28 from data vertex count"),
