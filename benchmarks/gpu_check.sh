@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The GPU checks of one machine in one run (about 6 minutes on an H200 with 16 cores): the CUDA
+# tests, a small project (benchmarks/gpu_project.py), then the train, finetune and inference
+# benchmarks and the coarse_predict stage on it. Figures: docs/benchmarks.md, "One GPU".
+#
+#   bash benchmarks/gpu_check.sh [LOG]      env: BUDGET (s, default 600), ROWS (4096), PROFILE (gpu)
+#
+# Each step runs under the smaller of its cap and the time left; the log gets every output.
+set -u
+repo=$(pwd); log=${1:-gpu_check.log}; log=$(realpath -m "$log")
+budget=${BUDGET:-600}; t0=$(date +%s); work=$(mktemp -d); rows=${ROWS:-4096}; profile=${PROFILE:-gpu}
+export PYTHONUNBUFFERED=1 DVC_NO_ANALYTICS=1 PYTHONPATH=$repo${PYTHONPATH:+:$PYTHONPATH}
+step() {
+  local name=$1 cap=$2; shift 2
+  local left=$(( budget - ($(date +%s) - t0) - 5 ))
+  [ "$left" -lt "$cap" ] && cap=$left
+  if [ "$cap" -le 10 ]; then echo "== $name: skipped (no time left)" | tee -a "$log"; return; fi
+  echo "== $name (cap $cap s): $*" | tee -a "$log"
+  local s=$(date +%s)
+  timeout "$cap" "$@" >> "$log" 2>&1
+  echo "== $name: rc $? in $(( $(date +%s) - s )) s (at $(( $(date +%s) - t0 )) s)" | tee -a "$log"
+}
+step tests_cuda 60 python -m pytest -q -p no:cacheprovider tests/unit/test_train_cuda.py tests/stages/test_crop.py \
+  tests/unit/test_warp_torch.py tests/unit/test_pnp_epro.py::test_cuda_matches_cpu \
+  tests/stages/test_infer.py::test_batches_handed_on_one_behind_are_the_rows_of_one_big_batch -k "cuda or one_behind"
+step bench_crop 60 python -m benchmarks.bench_crop --synth --keep "$work/bench_crop"
+step project 120 python -m benchmarks.gpu_project "$work" --rows "$rows" --profile "$profile"
+cd "$work/project" || exit 1
+step bench_train 100 python -m benchmarks.bench_train --params params.yaml --best-reference --set train.compile=true \
+  --steps 10 --rounds 3
+step bench_infer 40 python -m benchmarks.bench_infer --params params.yaml --pnp opencv --repeats 2
+step bench_finetune 70 python -m benchmarks.bench_finetune --params params.yaml --steps 20
+step coarse_predict 60 python -m stages.coarse_predict --params params.yaml
+grep -o '"[a-z]*_images_per_second": [0-9.]*' artifacts/coarse_predict/metrics.json | tee -a "$log"
+step bench_infer_batched 40 python -m benchmarks.bench_infer --params params.yaml --pnp batched --repeats 2
+echo "== done at $(( $(date +%s) - t0 )) s; the project is in $work" | tee -a "$log"
+grep -vE "%\||^\s*$" "$log" | grep -E "^==|ratio|img/s|images/s|images_per_second|passed|failed|Error|ResNet|medians" | cut -c1-220
