@@ -4,7 +4,10 @@ Reference (same process, same model, same batches): stages.nets.trainer.Trainer.
 i.e. GNLL + VDC + WPDC without the PnP layer. Measured: the finetune stage's step
 (FinetuneTrainer.train_step: the same plus the EPro-PnP terms with finetune.mc_samples,
 amis_iters, lm_iters, pnp_points, pnp_dtype). Prints both throughputs (wall clock and CPU time)
-and their ratio, the price of the PnP layer.
+and their ratio, the price of the PnP layer, and each step's dispatches: the top-level aten
+operators it calls and its host syncs (nonzero, item), counted by torch.profiler. On a GPU a
+step of small kernels is bound by their dispatch (several microseconds each), and a host sync
+stops the queue: the counts, taken on any device, say where a GPU step's time goes.
 
     python -m benchmarks.bench_finetune [--steps 6] [--params params.yaml] [--start artifacts/train/model.pt]
         [--crop artifacts/crop] [--set finetune.pnp_points=0 ...]
@@ -45,6 +48,19 @@ def step_rate(trainer: FinetuneTrainer, step, batches: list[dict]) -> tuple[floa
     return images / (time.perf_counter() - wall), images / (time.process_time() - cpu)
 
 
+SYNC_OPS = ("aten::nonzero", "aten::_local_scalar_dense")
+
+
+def dispatches(step, batch: dict) -> tuple[int, int]:
+    """(top-level aten operators, host syncs) of one call of step(batch, 1, 2)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step(batch, 1, 2)
+    events = [e for e in prof.events() if e.name.startswith("aten::")]
+    top = sum(1 for e in events if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
+    return top, sum(1 for e in events if e.name in SYNC_OPS)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
@@ -68,6 +84,10 @@ def main() -> None:
     print(f"train step (reference): {base_wall:7.1f} img/s wall, {base_cpu:7.1f} img/CPU-s")
     print(f"finetune step:          {ft_wall:7.1f} img/s wall, {ft_cpu:7.1f} img/CPU-s")
     print(f"ratio finetune/train:   {ft_wall / base_wall:7.2f} wall, {ft_cpu / base_cpu:7.2f} CPU")
+    for name, step in (("train", lambda *a: trainer.train_step(*a, step_terms=plain_terms)),
+                       ("finetune", trainer.train_step)):
+        ops, syncs = dispatches(step, batches[0])
+        print(f"{name} step dispatches: {ops} aten operators, {syncs} host syncs")
 
 
 if __name__ == "__main__":
