@@ -72,9 +72,9 @@ def _checked(method: str, flags: str) -> None:
 
 def submit_poses(pool: Executor, method: str, verts: np.ndarray, uv: np.ndarray, sigma: np.ndarray,
                  camera: Camera, flags: str = "EPNP+ITERATIVE") -> Callable[[], np.ndarray]:
-    """Put the PnP of a batch on `pool` in chunks of CHUNK[method] samples (a batch's poses spread over
-    every thread) -> a function that waits for them: R_t (N, 4, 4) float64, NaN where the input
-    has NaN or PnP fails. Arrays as in `solve_poses`."""
+    """Put the PnP of a batch on `pool` in chunks of CHUNK[method] samples (a batch's poses
+    spread over every thread) -> a function that waits for them: R_t (N, 4, 4) float64, NaN where
+    the input has NaN or PnP fails. Arrays as in `solve_poses`; a bad method or flags raise here."""
     _checked(method, flags)
     finite = np.isfinite(uv).all((1, 2)) & np.isfinite(verts).all((1, 2)) & np.isfinite(sigma).all(1)
     rows = np.flatnonzero(finite)
@@ -95,6 +95,5 @@ def solve_poses(method: str, verts: np.ndarray, uv: np.ndarray, sigma: np.ndarra
     """verts (N, V, 3) metres, uv (N, V, 2) full-image px, sigma (N, V) full-image px (used by
     'batched') -> R_t (N, 4, 4) float64, NaN where the input has NaN or PnP fails; on `workers`
     threads."""
-    _checked(method, flags)
     with ThreadPoolExecutor(max(1, workers)) as pool:
         return submit_poses(pool, method, verts, uv, sigma, camera, flags)()
