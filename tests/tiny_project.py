@@ -149,6 +149,24 @@ def write_params(path: Path, params: Params) -> None:
     path.write_text(yaml.safe_dump(params.as_dict(), sort_keys=False))
 
 
+def interrupt_after(owner, name: str, calls: int, run, monkeypatch) -> None:
+    """Call run() with owner.<name> stopping, as a kill would, right after its `calls`-th call
+    has done its work (a chunk written, a checkpoint saved); the method is restored afterwards."""
+    method, done = getattr(owner, name), []
+
+    def then_stop(self, *args):
+        result = method(self, *args)
+        done.append(1)
+        if len(done) == calls:
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(owner, name, then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(owner, name, method)
+
+
 def kill_in_epoch(run, trainer_cls, epoch: int, monkeypatch) -> None:
     """Call run() with trainer_cls.train_epoch stopping, as a kill would, when it reaches `epoch`
     (0-based); the trainer is restored afterwards."""

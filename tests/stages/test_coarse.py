@@ -16,6 +16,7 @@ from stages.common.resume import Checkpoints
 from stages.face import ibug68
 from stages.wcpa.layout import DataError, image_path, list_path, read_list, write_list
 from tests.stages.tiny_data import write_tiny_root
+from tests.tiny_project import interrupt_after
 
 TINY = {"locate_backbone": "mobilenet_v3_small", "refine_backbone": "mobilenet_v3_small",
         "locate_size": 64, "refine_size": 64, "epochs": 2, "batch_size": 4, "head_width": 16}
@@ -54,16 +55,8 @@ def test_train_then_predict_writes_aligned_landmarks(tiny):
 
 def interrupt_after_the_first_epoch(params, tmp, split_dir, monkeypatch) -> None:
     """Run coarse_train until its first checkpoint is saved, then stop it as a kill would."""
-    save = Checkpoints.save
-
-    def save_then_interrupt(self, state):
-        save(self, state)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Checkpoints, "save", save_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        coarse_train.run(params, tmp / "coarse_train", split_dir)
-    monkeypatch.setattr(Checkpoints, "save", save)
+    interrupt_after(Checkpoints, "save", 1, lambda: coarse_train.run(params, tmp / "coarse_train", split_dir),
+                    monkeypatch)
 
 
 def epochs_trained(params, tmp, split_dir, monkeypatch) -> list[int]:

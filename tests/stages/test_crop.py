@@ -23,6 +23,7 @@ from stages.nets.dataset import CropStore
 from stages.wcpa.layout import (DataError, exif_rotated, image_path, load_labels, load_resources, list_path, read_image,
                                 read_list, write_list)
 from tests.stages.tiny_data import write_tiny_root
+from tests.tiny_project import interrupt_after
 
 SIZE = 64
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,19 +131,7 @@ def test_skip_bad_lists_the_samples_and_fails_past_the_fraction(tiny):
 
 def test_interrupted_crop_resumes_without_redoing_finished_chunks(tiny, monkeypatch):
     params, tmp, split_dir, coarse_dir = tiny
-    write = CropStoreWriter.write
-    calls = []
-
-    def write_then_interrupt(self, rows):
-        write(self, rows)
-        calls.append(len(rows))
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(CropStoreWriter, "write", write_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        run(params, tmp, split_dir, coarse_dir)
-    monkeypatch.setattr(CropStoreWriter, "write", write)
+    interrupt_after(CropStoreWriter, "write", 2, lambda: run(params, tmp, split_dir, coarse_dir), monkeypatch)
     cropped = []
     crop_one = cropping._crop_one
     monkeypatch.setattr(cropping, "_crop_one", lambda path, *a: cropped.append(path) or crop_one(path, *a))
@@ -156,16 +145,8 @@ def test_interrupted_crop_resumes_without_redoing_finished_chunks(tiny, monkeypa
 
 def test_a_partial_run_of_one_decode_path_is_not_resumed_by_the_other(tiny, monkeypatch):
     params, tmp, split_dir, coarse_dir = tiny
-    write = CropStoreWriter.write
-
-    def interrupt(self, rows):
-        write(self, rows)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(CropStoreWriter, "write", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        _crop_with(params, tmp, split_dir, coarse_dir, monkeypatch, None, "unused")
-    monkeypatch.setattr(CropStoreWriter, "write", write)
+    interrupt_after(CropStoreWriter, "write", 1,
+                    lambda: _crop_with(params, tmp, split_dir, coarse_dir, monkeypatch, None, "unused"), monkeypatch)
     cropped = []
     load = cropping._load
     monkeypatch.setattr(cropping, "_load", lambda path, *a: cropped.append(path) or load(path, *a))
