@@ -37,7 +37,7 @@ import torch
 from joblib import Parallel, delayed
 
 from stages import crop
-from stages.face import cropping
+from stages.wcpa import decode
 from stages.common.badinput import BadInputs
 from stages.common.cropstore import CropStoreWriter
 from stages.common.params import Params, load_params
@@ -100,7 +100,7 @@ class CropLoops:
     def decode_torch(self, datas: list[torch.Tensor], device: torch.device) -> None:
         """decode_jpeg of the files' bytes, already in memory: on CUDA in batches of a chunk (nvJPEG),
         on the CPU one image at a time on the worker threads (as the torch path does there)."""
-        io = cropping.torchvision_io()
+        io = decode.torchvision_io()
         if device.type == "cpu":
             with ThreadPoolExecutor(self.workers) as pool:
                 list(pool.map(lambda data: io.decode_jpeg(data, mode=io.ImageReadMode.RGB), datas))

@@ -7,7 +7,6 @@ DataError of the OpenCV reader, with the same messages, and their crops agree wi
 from __future__ import annotations
 
 import logging
-import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -17,7 +16,8 @@ import numpy as np
 
 from stages.common.cropstore import CropStoreWriter
 from stages.face.warp import warp_image
-from stages.wcpa.layout import DataError, check_image_size, exif_rotated, image_bytes, read_image
+from stages.wcpa.decode import device_images, load_for_device, torchvision_io
+from stages.wcpa.layout import DataError, read_image
 
 log = logging.getLogger("crop")
 
@@ -58,80 +58,6 @@ class OpenCVCrops:
         return lambda: [future.result() for future in futures]
 
 
-def torchvision_io():
-    """torchvision.io, with the deprecation warning of its decoders silenced (torchvision 0.29
-    points at TorchCodec; decode_jpeg is still there)."""
-    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                            category=DeprecationWarning)
-    import torchvision.io
-    return torchvision.io
-
-
-def decode_images(datas: list, paths: list[str], device, image_size: tuple[int, int]) -> list:
-    """JPEG bytes (CPU uint8 tensors) -> per image a (3, H, W) uint8 RGB tensor on `device`, or
-    the DataError of the OpenCV path. One batched decode_jpeg (nvJPEG on CUDA); when it raises, one
-    image at a time (_decode_one). Sizes are checked as read_image checks them."""
-    io = torchvision_io()
-    try:
-        images = io.decode_jpeg(datas, mode=io.ImageReadMode.RGB, device=device) if datas else []
-    except RuntimeError as err:
-        _reraise_out_of_memory(err)
-        if len(datas) > 1:
-            log.warning("a batch of %d images failed to decode at once (%s): decoding them one by one",
-                        len(datas), str(err).splitlines()[0] if str(err) else type(err).__name__)
-        images = [_decode_one(data, path, device) for data, path in zip(datas, paths)]
-    return [image if isinstance(image, DataError) else _checked_size(image, path, image_size)
-            for image, path in zip(images, paths)]
-
-
-def _decode_one(data, path: str, device):
-    """One image's tensor, or its DataError: an image torchvision cannot decode goes to read_image
-    (OpenCV), which decodes it (a PNG, say) or raises the DataError of the OpenCV path, so that
-    both paths skip the same images with the same messages."""
-    import torch
-    io = torchvision_io()
-    try:
-        return io.decode_jpeg(data, mode=io.ImageReadMode.RGB, device=device)
-    except RuntimeError as err:
-        _reraise_out_of_memory(err)
-    try:
-        return torch.from_numpy(read_image(path)).permute(2, 0, 1).to(device)
-    except DataError as err:
-        return err
-
-
-def _reraise_out_of_memory(err: RuntimeError) -> None:
-    """Device memory running out is not an undecodable image: stop with it."""
-    import torch
-    if isinstance(err, torch.OutOfMemoryError):
-        raise err
-
-
-def _checked_size(image, path: str, image_size: tuple[int, int]):
-    """A decoded (3, H, W) image, or the DataError of an image of another size than the data set's."""
-    try:
-        check_image_size(path, tuple(image.shape[1:]), image_size)
-    except DataError as err:
-        return err
-    return image
-
-
-def _load(path: str, device, image_size: tuple[int, int]):
-    """Worker thread: an image's bytes as a (N,) CPU tensor (decoded there when `device` is the
-    CPU, where a batched decode is a loop anyway), or its DataError. An image whose EXIF
-    orientation asks for a rotation is decoded here by OpenCV, which applies it as the landmarks'
-    reader did (decode_jpeg does not): a (3, H, W) CPU tensor."""
-    import torch
-    try:
-        data = image_bytes(path)
-        if exif_rotated(data):
-            return _checked_size(torch.from_numpy(read_image(path)).permute(2, 0, 1), path, image_size)
-    except DataError as err:
-        return err
-    data = torch.from_numpy(data)
-    return data if device.type != "cpu" else decode_images([data], [path], device, image_size)[0]
-
-
 class TorchCrops:
     """The torch path, a chunk at a time: the worker threads read the chunk's files (on the CPU
     they decode them too) while one device thread decodes the previous chunk in one batch
@@ -146,7 +72,7 @@ class TorchCrops:
         torchvision_io()    # imported here, before the threads use it
 
     def submit(self, part: np.ndarray) -> Outcome:
-        loads = [self.pool.submit(_load, self.paths[i], self.device, self.image_size) for i in part]
+        loads = [self.pool.submit(load_for_device, self.paths[i], self.device, self.image_size) for i in part]
         return self.device_thread.submit(self._crop_chunk, part, loads).result
 
     def _crop_chunk(self, part: np.ndarray, loads: list[Future]) -> list:
@@ -154,17 +80,12 @@ class TorchCrops:
         import torch
 
         from stages.face.warp_torch import warp_images
-        results = [load.result() for load in loads]
-        if self.device.type != "cpu":
-            todo = [k for k, r in enumerate(results) if not isinstance(r, DataError) and r.dim() == 1]
-            decoded = decode_images([results[k] for k in todo], [self.paths[part[k]] for k in todo],
-                                    self.device, self.image_size)
-            for k, image in zip(todo, decoded):
-                results[k] = image
+        results = device_images([load.result() for load in loads], [self.paths[i] for i in part], self.device,
+                                self.image_size)
         good = [k for k, r in enumerate(results) if not isinstance(r, DataError)]
         if good:
             rows = part[good]
-            crops = warp_images(torch.stack([results[k].to(self.device) for k in good]), self.writer.warps[rows],
+            crops = warp_images(torch.stack([results[k] for k in good]), self.writer.warps[rows],
                                 self.size).cpu().numpy()
             for row, crop in zip(rows, crops):
                 self.writer.store(row, crop)

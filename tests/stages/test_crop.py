@@ -14,6 +14,7 @@ import torch
 
 from stages import crop, crop_sheet
 from stages.face import cropping
+from stages.wcpa import decode
 from stages.coarse.targets import project_landmarks
 from stages.common.badinput import TooManyBadInputs
 from stages.common.cropstore import CropStoreWriter
@@ -148,8 +149,8 @@ def test_a_partial_run_of_one_decode_path_is_not_resumed_by_the_other(tiny, monk
     interrupt_after(CropStoreWriter, "write", 1,
                     lambda: _crop_with(params, tmp, split_dir, coarse_dir, monkeypatch, None, "unused"), monkeypatch)
     cropped = []
-    load = cropping._load
-    monkeypatch.setattr(cropping, "_load", lambda path, *a: cropped.append(path) or load(path, *a))
+    load = decode.load_for_device
+    monkeypatch.setattr(cropping, "load_for_device", lambda path, *a: cropped.append(path) or load(path, *a))
     _crop_with(params, tmp, split_dir, coarse_dir, monkeypatch, "cpu", "torch")
     assert len(cropped) == 8 + 2 + 3            # every image again, the interrupted chunk too
 
@@ -262,7 +263,7 @@ def test_a_batch_that_fails_to_decode_is_decoded_one_by_one(tmp_path, device):
         paths.append(str(tmp_path / name))
         (tmp_path / name).write_bytes(data.tobytes())
     datas = [torch.from_numpy(np.asarray(data).ravel().copy()) for data in files.values()]
-    good, bad, png, small = cropping.decode_images(datas, paths, torch.device(device), (30, 40))
+    good, bad, png, small = decode.decode_images(datas, paths, torch.device(device), (30, 40))
     assert good.device.type == png.device.type == device and good.shape == png.shape == (3, 40, 30)
     assert torch.equal(png.cpu(), torch.from_numpy(image[..., ::-1].copy()).permute(2, 0, 1))   # encoded as BGR
     assert isinstance(bad, DataError) and str(bad) == f"{paths[1]}: not a decodable image (corrupt or empty)"
@@ -304,8 +305,8 @@ def test_an_exif_rotated_jpeg_reaches_the_torch_path_upright_as_opencv_reads_it(
     assert exif_rotated(np.fromfile(rotated, np.uint8)) and not exif_rotated(np.fromfile(plain, np.uint8))
     upright = read_image(rotated)
     assert upright.shape == (40, 30, 3)                 # OpenCV applies the orientation
-    loaded = cropping._load(str(rotated), torch.device("cpu"), (30, 40))
+    loaded = decode.load_for_device(str(rotated), torch.device("cpu"), (30, 40))
     assert np.array_equal(loaded.permute(1, 2, 0).numpy(), upright)
-    on_gpu = cropping._load(str(rotated), torch.device("cuda"), (30, 40))   # decoded on the CPU, not by nvJPEG
-    assert on_gpu.shape == (3, 40, 30) and cropping._load(str(plain), torch.device("cuda"), (40, 30)).dim() == 1
-    assert isinstance(cropping._load(str(rotated), torch.device("cpu"), (40, 30)), DataError)   # size as OpenCV sees it
+    on_gpu = decode.load_for_device(str(rotated), torch.device("cuda"), (30, 40))   # decoded on the CPU, not by nvJPEG
+    assert on_gpu.shape == (3, 40, 30) and decode.load_for_device(str(plain), torch.device("cuda"), (40, 30)).dim() == 1
+    assert isinstance(decode.load_for_device(str(rotated), torch.device("cpu"), (40, 30)), DataError)   # size as OpenCV sees it

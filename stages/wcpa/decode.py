@@ -1,0 +1,100 @@
+"""The challenge's images read with torchvision on a torch device: one batched decode_jpeg (nvJPEG
+on CUDA) per batch of files, with the OpenCV reader's checks and messages (stages/wcpa/layout.py
+`read_image`): an image of another size than the data set's, or one torchvision cannot decode
+and OpenCV cannot either, is the same DataError; an EXIF-rotated image is decoded by OpenCV,
+which applies the rotation as the landmarks' reader did. Used by the torch paths of crop
+(stages/face/cropping.py), coarse_train (stages/coarse/device_views.py) and coarse_predict.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+
+from stages.wcpa.layout import DataError, check_image_size, exif_rotated, image_bytes, read_image
+
+log = logging.getLogger(__name__)
+
+
+def torchvision_io():
+    """torchvision.io, with the deprecation warning of its decoders silenced (torchvision 0.29
+    points at TorchCodec; decode_jpeg is still there)."""
+    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                            category=DeprecationWarning)
+    import torchvision.io
+    return torchvision.io
+
+
+def decode_images(datas: list, paths: list[str], device, image_size: tuple[int, int]) -> list:
+    """JPEG bytes (CPU uint8 tensors) -> per image a (3, H, W) uint8 RGB tensor on `device`, or
+    the DataError of the OpenCV path. One batched decode_jpeg (nvJPEG on CUDA); when it raises, one
+    image at a time (_decode_one). Sizes are checked as read_image checks them."""
+    io = torchvision_io()
+    try:
+        images = io.decode_jpeg(datas, mode=io.ImageReadMode.RGB, device=device) if datas else []
+    except RuntimeError as err:
+        _reraise_out_of_memory(err)
+        if len(datas) > 1:
+            log.warning("a batch of %d images failed to decode at once (%s): decoding them one by one",
+                        len(datas), str(err).splitlines()[0] if str(err) else type(err).__name__)
+        images = [_decode_one(data, path, device) for data, path in zip(datas, paths)]
+    return [image if isinstance(image, DataError) else _checked_size(image, path, image_size)
+            for image, path in zip(images, paths)]
+
+
+def _decode_one(data, path: str, device):
+    """One image's tensor, or its DataError: an image torchvision cannot decode goes to read_image
+    (OpenCV), which decodes it (a PNG, say) or raises the DataError of the OpenCV path, so that
+    both paths skip the same images with the same messages."""
+    import torch
+    io = torchvision_io()
+    try:
+        return io.decode_jpeg(data, mode=io.ImageReadMode.RGB, device=device)
+    except RuntimeError as err:
+        _reraise_out_of_memory(err)
+    try:
+        return torch.from_numpy(read_image(path)).permute(2, 0, 1).to(device)
+    except DataError as err:
+        return err
+
+
+def _reraise_out_of_memory(err: RuntimeError) -> None:
+    """Device memory running out is not an undecodable image: stop with it."""
+    import torch
+    if isinstance(err, torch.OutOfMemoryError):
+        raise err
+
+
+def _checked_size(image, path: str, image_size: tuple[int, int]):
+    """A decoded (3, H, W) image, or the DataError of an image of another size than the data set's."""
+    try:
+        check_image_size(path, tuple(image.shape[1:]), image_size)
+    except DataError as err:
+        return err
+    return image
+
+
+def load_for_device(path: str, device, image_size: tuple[int, int]):
+    """A worker thread's (or loader process's) read of an image: its bytes as a (N,) CPU tensor
+    (decoded there when `device` is the CPU, where a batched decode is a loop anyway), or its
+    DataError. An image whose EXIF orientation asks for a rotation is decoded here by OpenCV,
+    which applies it as the landmarks' reader did (decode_jpeg does not): a (3, H, W) CPU tensor."""
+    import torch
+    try:
+        data = image_bytes(path)
+        if exif_rotated(data):
+            return _checked_size(torch.from_numpy(read_image(path)).permute(2, 0, 1), path, image_size)
+    except DataError as err:
+        return err
+    data = torch.from_numpy(data)
+    return data if device.type != "cpu" else decode_images([data], [path], device, image_size)[0]
+
+
+def device_images(loaded: list, paths: list[str], device, image_size: tuple[int, int]) -> list:
+    """load_for_device's results -> per image a (3, H, W) uint8 RGB tensor on `device`, or its
+    DataError: the files' bytes decoded in one batch (decode_images: nvJPEG on CUDA), images
+    decoded already (on the CPU, or EXIF-rotated ones) moved there."""
+    out = [item if isinstance(item, DataError) or item.dim() == 1 else item.to(device) for item in loaded]
+    todo = [k for k, item in enumerate(loaded) if not isinstance(item, DataError) and item.dim() == 1]
+    for k, image in zip(todo, decode_images([loaded[k] for k in todo], [paths[k] for k in todo], device, image_size)):
+        out[k] = image
+    return out
