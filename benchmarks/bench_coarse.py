@@ -3,13 +3,14 @@
 rate (default): reference (same process, same nets, optimiser and batches): the training step of
 stage coarse_train (both passes, forward, L1 loss, backward, AdamW, one-cycle) on batches
 materialised in memory beforehand; measured: the same step with its batch read through the
-stage's DataLoader and its data.workers processes (decode, one warp per view, colour augmentation).
+stage's DataLoader and its data.workers processes (decode, one warp per view, colour augmentation),
+or with coarse_train.decode's torch path (`auto` on CUDA) the views made on the device from the
+files its workers read; and the stream alone (its batches read without a step: the data path's bound).
 Both run in interleaved rounds, every step timed; the rates come from the median step times.
 The issue's bar: measured / reference >= 0.85.
 
-stage: the whole stage on --images N training images (and N / 4 validation images), for peak
-memory under /usr/bin/time -v; when the data root lists fewer images, list rows are repeated
-(the same files read again: decode and memory per image are the same).
+stage: the whole stage on the first --images N training images (and N / 4 validation images; each
+at most the split's rows: a list names a sample once), for peak memory under /usr/bin/time -v.
 
     python -m benchmarks.bench_coarse [rate] [--steps 10] [--rounds 5] [--split artifacts/split]
         [--set coarse_train.batch_size=32 data.workers=2 ...]
@@ -26,15 +27,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from stages import coarse_train
 from stages.coarse.sources import ViewSet, list_samples
 from stages.coarse.targets import load_targets
-from stages.coarse.train import build_nets, epoch_batches, loader, step, training_amp
+from stages.coarse.train import (build_nets, compiled, epoch_batches, make_optimizer, make_stream, step,
+                                 training_amp)
 from stages.common.badinput import BadInputs
-from stages.common.device import pick_device
+from stages.common.device import pick_device, torch_path
 from stages.common.params import Params, apply_overrides, load_params
 from stages.common.precision import needs_grad_scaler, place_network
 from stages.wcpa.layout import load_resources, read_list, write_list
@@ -54,12 +55,33 @@ def timed_steps(run, batches, steps: int) -> tuple[list[float], list[float]]:
     return times, loading
 
 
-def streamed(views: ViewSet, batch_size: int, seed: int, workers: int, epoch: int, steps: int):
-    """The first `steps` training batches of `epoch` through the stage's loader, its workers
-    started afresh and gone once read, so that none works in the background of the reference's
-    rounds nor has batches ready at the start of a round (the stage keeps its workers across
-    epochs: a round's first steps here wait for the start-up; the median leaves them out)."""
-    return iter(loader(views, epoch_batches(len(views), batch_size, seed, epoch)[:steps], workers))
+def streamed(views: ViewSet, batch_size: int, seed: int, workers: int, epoch: int, steps: int, decode: str, device):
+    """The first `steps` training batches of `epoch` through the stage's stream (coarse_train.decode's
+    path on `device`), its workers started afresh and gone once read, so that none works in the
+    background of the reference's rounds nor has batches ready at the start of a round (the stage
+    keeps its workers across epochs: a round's first steps here wait for the start-up; the median
+    leaves them out)."""
+    return iter(make_stream(views, workers, decode, device).read(
+        epoch_batches(len(views), batch_size, seed, epoch)[:steps]))
+
+
+def stream_rate(stream, epoch: int, batches: int, batch_size: int, device) -> float:
+    """Images a second of `batches` batches read from stream(epoch) with no step, from the first
+    batch's arrival (the workers' start-up left out) to the last's (at least 3 batches a worker,
+    so that the workers' first batches, made side by side, do not set the rate)."""
+    read = stream(epoch, batches)
+    next(read)
+    start = time.perf_counter()
+    for _ in range(batches - 1):
+        next(read)
+        synced(device)
+    return (batches - 1) * batch_size / (time.perf_counter() - start)
+
+
+def synced(device) -> None:
+    """Wait for the device's queued work (a step's time on CUDA includes its kernels)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def rate(args: argparse.Namespace, params: Params) -> None:
@@ -79,53 +101,60 @@ def rate(args: argparse.Namespace, params: Params) -> None:
     for net in nets.values():
         place_network(net, device).train()
     params_ = [p for net in nets.values() for p in net.parameters()]
-    optimizer = torch.optim.AdamW(params_, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(params_, cfg, device)
+    stepped = compiled(nets, cfg.compile)
     total = (args.rounds * 2 + 1) * args.steps + 2
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=total, pct_start=0.15)
     scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(training_amp(device)))
 
     def run(batch):
-        step(nets, batch, sizes, optimizer, schedule, scaler)
+        step(stepped, batch, sizes, optimizer, schedule, scaler)
+        synced(device)
 
+    def stream(epoch: int, steps: int = args.steps):
+        return streamed(views, cfg.batch_size, cfg.seed, workers, epoch, steps, cfg.decode, device)
+
+    path = "torch (views made on the device)" if torch_path(cfg.decode, device) else "OpenCV (loader processes)"
     print(f"{cfg.locate_backbone} {cfg.locate_size} px + {cfg.refine_backbone} {cfg.refine_size} px, "
           f"batch {cfg.batch_size}, {len(samples)} training images, workers {workers}, "
-          f"torch threads {torch.get_num_threads()}, device {device}")
-    held = list(streamed(views, cfg.batch_size, cfg.seed, workers, 0, args.steps))   # the reference's batches
+          f"torch threads {torch.get_num_threads()}, device {device}, views: {path}")
+    held = list(stream(0))                                   # the reference's batches
     in_memory = itertools.cycle(held)
     timed_steps(run, in_memory, 2)                         # warm-up
-    reference, full, loading = [], [], []
-    for epoch in range(args.rounds):        # interleaved, so that both see the same machine load
+    reference, full, loading, alone = [], [], [], []
+    for epoch in range(args.rounds):        # interleaved, so that all see the same machine load
         reference += timed_steps(run, in_memory, args.steps)[0]
-        times, loads = timed_steps(run, streamed(views, cfg.batch_size, cfg.seed, workers, epoch, args.steps),
-                                   args.steps)
+        times, loads = timed_steps(run, stream(epoch), args.steps)
         full += times
         loading += loads
+        alone.append(stream_rate(stream, epoch, max(args.steps, 3 * workers), cfg.batch_size, device))
     reference_rate, full_rate = cfg.batch_size / np.median(reference), cfg.batch_size / np.median(full)
     print(f"{args.rounds} rounds of {args.steps} steps each; rates from the median step time "
           f"(quartiles: reference {np.percentile(reference, 25) * 1e3:.1f}-{np.percentile(reference, 75) * 1e3:.1f} ms, "
           f"streamed {np.percentile(full, 25) * 1e3:.1f}-{np.percentile(full, 75) * 1e3:.1f} ms)")
     print(f"reference (batches already in memory):      {reference_rate:7.1f} img/s")
     print(f"streamed (DataLoader, {workers} workers):             {full_rate:7.1f} img/s")
+    print(f"the stream alone, no step (its bound):        {np.median(alone):7.1f} img/s")
     print(f"ratio streamed / reference: {full_rate / reference_rate:.3f}  (mean-time ratio "
           f"{np.mean(reference) / np.mean(full):.3f})")
     print(f"medians: streamed step {np.median(full) * 1e3:.1f} ms, of which waiting for the batch "
           f"{np.median(loading) * 1e3:.1f} ms; reference step {np.median(reference) * 1e3:.1f} ms")
 
 
-def repeated(table: pd.DataFrame, count: int) -> pd.DataFrame:
-    """`count` rows of `table`, repeated as often as needed."""
-    return table.iloc[np.arange(count) % len(table)].reset_index(drop=True)
-
-
 def stage(args: argparse.Namespace, params: Params) -> None:
     lists = Path(f"artifacts/bench_coarse/lists_{args.images}")
+    counts = {}
     for split, count in (("train", args.images), ("val", max(args.images // 4, 1))):
-        write_list(lists / f"{split}.csv", repeated(read_list(Path(args.split) / f"{split}.csv"), count))
+        table = read_list(Path(args.split) / f"{split}.csv").iloc[:count]
+        write_list(lists / f"{split}.csv", table)
+        counts[split] = len(table)
     params = params.replace(coarse_train={"epochs": args.epochs})
     start = time.perf_counter()
     metrics = coarse_train.run(params, Path(f"artifacts/bench_coarse/out_{args.images}"), lists)
-    print(f"{args.images} training images, {args.epochs} epoch(s): {time.perf_counter() - start:.1f} s, "
-          f"val refine median {metrics['val/refine_median_px']:.2f} px")
+    seconds = time.perf_counter() - start
+    print(f"{counts['train']} training images, {counts['val']} val, {args.epochs} epoch(s), views: "
+          f"{params.coarse_train.decode}: {seconds:.1f} s ({counts['train'] * args.epochs / seconds:.1f} training "
+          f"images/s, start-up and val included), val refine median {metrics['val/refine_median_px']:.2f} px")
 
 
 def main() -> None:

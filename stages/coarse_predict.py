@@ -14,19 +14,22 @@ import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from tqdm import tqdm
 
 from stages.coarse.detector import Detector
 from stages.coarse.targets import load_targets
 from stages.common.badinput import BadInputs
-from stages.common.device import pick_device
+from stages.common.device import pick_device, torch_path
 from stages.common.io import atomic_dir, save_json
 from stages.common.params import CoarsePredictParams, Params
 from stages.common.stage import stage_main
+from stages.wcpa.decode import device_images, load_for_device
 from stages.wcpa.layout import DataError, image_path, load_resources, read_image, sample_key, split_tables
 
 log = logging.getLogger("coarse_predict")
@@ -45,28 +48,37 @@ def _read_or_error(path: Path, size: tuple[int, int]) -> np.ndarray | DataError:
 def predict_split(detector: Detector, root: Path | str, table: pd.DataFrame, size: tuple[int, int],
                   cfg: CoarsePredictParams, workers: int, bad: BadInputs, desc: str) -> np.ndarray:
     """Landmarks (N, L, 2) full px for every listed image (NaN rows where skipped); size: the data
-    set's (width, height) px, which every image must have."""
+    set's (width, height) px, which every image must have. The `workers` threads read (OpenCV
+    path: decode) the next batch's images while the detector runs; on the torch path
+    (coarse_predict.decode) each batch is decoded in one call on the detector's device and every
+    pass warps there."""
     out = np.full((len(table), detector.config["n_points"], 2), np.nan)
     rows = list(table.itertuples(index=False))
-    starts = range(0, len(rows), cfg.batch_size)
+    paths = [str(image_path(root, row)) for row in rows]
+    on_device = torch_path(cfg.decode, detector.device)
+    read = partial(load_for_device, device=detector.device, image_size=size) if on_device else partial(
+        _read_or_error, size=size)
     with ThreadPoolExecutor(max(workers, 1)) as pool, tqdm(total=len(rows), desc=desc, unit="img") as bar:
-        def decode(start: int) -> list:
-            """Futures of one batch's images: the threads decode it while the network runs."""
-            return [pool.submit(_read_or_error, image_path(root, r), size) for r in rows[start:start + cfg.batch_size]]
+        def load(start: int) -> list:
+            """Futures of one batch's images: the threads read them while the network runs."""
+            return [pool.submit(read, path) for path in paths[start:start + cfg.batch_size]]
 
-        pending = decode(0) if rows else []
-        for start in starts:
-            futures, pending = pending, decode(start + cfg.batch_size) if start + cfg.batch_size < len(rows) else []
+        pending = load(0) if rows else []
+        for start in range(0, len(rows), cfg.batch_size):
+            futures, pending = pending, load(start + cfg.batch_size) if start + cfg.batch_size < len(rows) else []
+            loaded = [future.result() for future in futures]
+            if on_device:
+                loaded = device_images(loaded, paths[start:start + len(loaded)], detector.device, size)
             images, where = [], []
-            for offset, future in enumerate(futures):
-                image = future.result()
+            for offset, image in enumerate(loaded):
                 with bad.guard(sample_key(rows[start + offset])):
                     if isinstance(image, DataError):
                         raise image
                     images.append(image)
                     where.append(start + offset)
             if images:
-                out[where] = detector(images, cfg.refine_passes, cfg.flip_test, bgr=True)
+                batch = torch.stack(images) if on_device else images
+                out[where] = detector(batch, cfg.refine_passes, cfg.flip_test, bgr=not on_device)
             bar.update(len(futures))
     return out
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import cv2
 import numpy as np
@@ -20,6 +20,9 @@ from stages.coarse.views import locate_warp, refine_warp
 from stages.common.io import load_torch, save_torch
 from stages.common.precision import amp_dtype, autocast, place_network
 from stages.face.warp import apply_warp, invert_warp, warp_image
+from stages.face.warp_torch import warp_images
+
+Images = Union[list[np.ndarray], torch.Tensor]
 
 CONFIG_KEYS = ("locate_backbone", "refine_backbone", "locate_size", "refine_size", "refine_margin",
                "head_width", "n_points")
@@ -54,19 +57,27 @@ class Detector:
             self.nets[name] = place_network(net, device).eval()
         self.pool = ThreadPoolExecutor(max(workers, 1))
 
-    def _run(self, name: str, images: list[np.ndarray], warps: np.ndarray, flip: bool, bgr: bool = False) -> np.ndarray:
-        """Warp each image into the pass's input, predict -> landmarks (B, L, 2) full px. bgr
-        images: each crop is converted to RGB on its worker thread (the same pixels as warping
-        the RGB image: resampling treats channels alike); the flip test mirrors the input tensor
-        on the device. A numpy copy of the batch through a reversed axis instead took 19 of 31 s
-        of coarse_predict on a GPU machine."""
-        size = self.config[f"{name}_size"]
+    def _inputs(self, images: Images, warps: np.ndarray, size: int, bgr: bool) -> torch.Tensor:
+        """Each image warped into a pass's input -> float (B, 3, S, S) on the device. A list of
+        numpy images: warped on the worker threads (OpenCV), bgr ones converted to RGB there, crop
+        by crop (the same pixels as warping the RGB image: resampling treats channels alike; a
+        numpy copy of the batch through a reversed axis instead took 19 of 31 s of coarse_predict
+        on a GPU machine). A tensor (B, 3, H, W) uint8 RGB on the device: warped there, batched
+        (stages/face/warp_torch.py)."""
+        if isinstance(images, torch.Tensor):
+            return to_tensor(warp_images(images, warps, size), self.device)
 
         def crop(image: np.ndarray, warp: np.ndarray) -> np.ndarray:
             out = warp_image(image, warp, size)
             return cv2.cvtColor(out, cv2.COLOR_BGR2RGB) if bgr else out
 
-        inputs = to_tensor(np.stack(list(self.pool.map(crop, images, warps))), self.device)   # (B, 3, S, S)
+        return to_tensor(np.stack(list(self.pool.map(crop, images, warps))), self.device)
+
+    def _run(self, name: str, images: Images, warps: np.ndarray, flip: bool, bgr: bool = False) -> np.ndarray:
+        """Warp each image into the pass's input (_inputs), predict -> landmarks (B, L, 2) full
+        px; the flip test mirrors the input tensor on the device."""
+        size = self.config[f"{name}_size"]
+        inputs = self._inputs(images, warps, size, bgr)
         points = self._predict(self.nets[name], inputs)
         if flip:
             mirrored = self._predict(self.nets[name], inputs.flip(-1))[:, self.flip_order]
@@ -80,12 +91,13 @@ class Detector:
         with autocast(self.device, self.amp):
             return net(inputs).float().cpu().numpy().astype(np.float64)
 
-    def __call__(self, images: list[np.ndarray], refine_passes: int = 1, flip_test: bool = False,
+    def __call__(self, images: Images, refine_passes: int = 1, flip_test: bool = False,
                  bgr: bool = False) -> np.ndarray:
-        """A batch of full images -> landmarks (B, L, 2) full-image px."""
+        """A batch of full images (a list of (H, W, 3) uint8 arrays, or a (B, 3, H, W) uint8 RGB
+        tensor on the detector's device) -> landmarks (B, L, 2) full-image px."""
         return self.trace(images, refine_passes, flip_test, bgr)[-1]
 
-    def trace(self, images: list[np.ndarray], refine_passes: int = 1, flip_test: bool = False,
+    def trace(self, images: Images, refine_passes: int = 1, flip_test: bool = False,
               bgr: bool = False) -> np.ndarray:
         """A batch of full images -> the landmarks of every pass (1 + refine_passes, B, L, 2)
         full-image px: locate first, the last refine pass last (see stages.coarse.confidence).
@@ -94,7 +106,8 @@ class Detector:
         if flip_test and self.flip_order is None:
             raise ValueError("flip_test: this detector has no landmark flip order")
         size = self.config["locate_size"]
-        warps = np.stack([locate_warp(a.shape[1], a.shape[0], size) for a in images])
+        shapes = [tuple(images.shape[-2:])] * len(images) if isinstance(images, torch.Tensor) else [a.shape[:2] for a in images]
+        warps = np.stack([locate_warp(width, height, size) for height, width in shapes])
         passes = [self._run("locate", images, warps, flip=False, bgr=bgr)]
         for _ in range(refine_passes):
             warps = refine_warp(passes[-1], self.config["refine_size"], self.config["refine_margin"])

@@ -3,7 +3,10 @@
 Both nets learn together, one batch of each per step on the same images, with one AdamW optimiser
 and a one-cycle schedule. The loss is the L1 distance between predicted and target landmarks in
 units of the input size. The images stream through a torch DataLoader with data.workers worker
-processes (stages/coarse/sources.py::ViewSet): nothing of the set's pixels is kept. After each
+processes (stages/coarse/sources.py::ViewSet): nothing of the set's pixels is kept. With
+coarse_train.decode on the torch path (`auto` on CUDA) the workers only read the files and the
+views are decoded, warped and augmented in batches on the GPU (stages/coarse/device_views.py).
+The step's loss stays on the device until the epoch ends (no wait for the device a step). After each
 epoch: validation errors in full-image px (refine on views centred on the GT landmarks, i.e.
 without the locate pass, streamed the same way), a dvclive step and a checkpoint.
 
@@ -16,20 +19,18 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Iterator
-
-import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from stages.coarse.augment import Jitter
+from stages.coarse.device_views import DeviceStream
 from stages.coarse.model import LandmarkNet
-from stages.coarse.sources import PASSES, Samples, ViewSet
+from stages.coarse.sources import PASSES, Samples, Stream, ViewSet
 from stages.common.badinput import BadInputs
+from stages.common.device import torch_path
 from stages.common.distributed import Dist, start_distributed
 from stages.common.precision import amp_dtype, autocast, needs_grad_scaler, place_network
 from stages.common.resume import Checkpoints, capture, restore
@@ -57,6 +58,8 @@ class TrainConfig:
     locate_jitter: Jitter
     refine_jitter: Jitter
     seed: int
+    decode: str
+    compile: bool
 
 
 def build_nets(cfg: TrainConfig, n_points: int) -> dict[str, LandmarkNet]:
@@ -78,54 +81,6 @@ def to_tensor(images: np.ndarray | torch.Tensor, dev: torch.device) -> torch.Ten
         images = torch.from_numpy(np.ascontiguousarray(images))
     tensor = images.to(dev, non_blocking=True)
     return tensor.permute(0, 3, 1, 2).float().div_(255.0)
-
-
-class _Batches:
-    """The batch sampler of a Stream: whatever batches it was last given."""
-
-    def __init__(self):
-        self.batches: list[list[tuple[int, int]]] = []
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
-class Stream:
-    """A DataLoader over `views` whose `workers` processes (0: this process) start once and read,
-    in order, the batches (lists of (epoch, index) items) given to each `read`.
-
-    The workers persist from epoch to epoch (fresh train and val workers every epoch cost about
-    0.8 s an epoch on the demo data with 2 workers on 2 cores: fork of a >1 GB process, start-up,
-    the first batches' latency). They are
-    forked with OpenCV's thread pool at one thread: a child forked from a parent whose pool has
-    threads deadlocks in its first parallel OpenCV call (pthreads backend), and one thread per
-    worker is what the workers want anyway. The parent's setting is restored.
-    """
-
-    def __init__(self, views: ViewSet, workers: int):
-        self.views, self.workers, self.sampler = views, workers, _Batches()
-        self.data = DataLoader(views, batch_sampler=self.sampler, num_workers=workers,
-                               persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
-
-    def read(self, batches: list[list[tuple[int, int]]]) -> Iterator[dict]:
-        self.sampler.batches = batches
-        threads = cv2.getNumThreads()
-        if self.workers:
-            cv2.setNumThreads(1)
-        try:
-            stream = iter(self.data)          # forks the workers (the first time)
-        finally:
-            cv2.setNumThreads(threads)
-        return stream
-
-
-def loader(views: ViewSet, batches: list[list[tuple[int, int]]], workers: int) -> Iterator[dict]:
-    """Batches of `views` items, each batch a list of (epoch, index) items, read in order by
-    `workers` processes (0: in this process) started for these batches alone."""
-    return Stream(views, workers).read(batches)
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[tuple[int, int]]]:
@@ -155,8 +110,16 @@ def take(batch: dict, samples: Samples, bad: BadInputs | None) -> dict | None:
             **{name: {k: v[keep] for k, v in batch[name].items()} for name in PASSES}}
 
 
-def step(nets: dict[str, LandmarkNet], batch: dict, sizes: dict[str, int], optimizer, schedule, scaler) -> float:
-    """One training step of both nets on a loaded batch -> its loss."""
+def make_stream(views: ViewSet, workers: int, decode: str, dev: torch.device) -> Stream | DeviceStream:
+    """The stream of `views`' batches: the OpenCV path's loader processes, or the torch path's
+    (coarse_train.decode: stages.common.device.torch_path) with the views made on `dev`."""
+    return DeviceStream(views, workers, dev) if torch_path(decode, dev) else Stream(views, workers)
+
+
+def step(nets: dict[str, LandmarkNet], batch: dict, sizes: dict[str, int], optimizer, schedule,
+         scaler) -> torch.Tensor:
+    """One training step of both nets on a loaded batch -> its loss (a 0-d tensor on the device,
+    detached: read it once an epoch, so that the host does not wait for the device every step)."""
     dev = next(nets["refine"].parameters()).device
     loss = 0.0
     for name in PASSES:
@@ -169,7 +132,7 @@ def step(nets: dict[str, LandmarkNet], batch: dict, sizes: dict[str, int], optim
     scaler.step(optimizer)
     scaler.update()
     schedule.step()
-    return float(loss.detach())
+    return loss.detach()
 
 
 @torch.no_grad()
@@ -217,17 +180,17 @@ def train(cfg: TrainConfig, train_samples: Samples, val_samples: Samples, flip_o
     for net in nets.values():
         place_network(net, ctx.device)
     params = [p for net in nets.values() for p in net.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(params, cfg, ctx.device)
     steps = cfg.epochs * max(len(train_samples) // cfg.batch_size, 1)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=steps, pct_start=0.15)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=needs_grad_scaler(training_amp(ctx.device)))
     first_epoch = _resume(checkpoints, cfg.epochs, nets, (optimizer, scaler, schedule), bad)
     sizes = {"locate": cfg.locate_size, "refine": cfg.refine_size}
     jitters = {"locate": cfg.locate_jitter, "refine": cfg.refine_jitter}
-    train_stream = Stream(ViewSet(train_samples, sizes, cfg.refine_margin, cfg.seed, jitters, flip_order,
-                                  cfg.flip_prob), workers)
-    val_stream = Stream(ViewSet(val_samples, sizes, cfg.refine_margin, cfg.seed), workers)
-    replicas = data_parallel(nets, ctx)
+    train_stream = make_stream(ViewSet(train_samples, sizes, cfg.refine_margin, cfg.seed, jitters, flip_order,
+                                       cfg.flip_prob), workers, cfg.decode, ctx.device)
+    val_stream = make_stream(ViewSet(val_samples, sizes, cfg.refine_margin, cfg.seed), workers, cfg.decode, ctx.device)
+    replicas = compiled(data_parallel(nets, ctx), cfg.compile)
     for epoch in range(first_epoch, cfg.epochs):
         started = time.perf_counter()
         loss = _epoch(replicas, train_stream, sizes, cfg, optimizer, schedule, scaler, epoch, bad=bad, ctx=ctx)
@@ -243,6 +206,18 @@ def train(cfg: TrainConfig, train_samples: Samples, val_samples: Samples, flip_o
     for net in nets.values():
         net.eval()
     return nets
+
+
+def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig, dev: torch.device) -> torch.optim.AdamW:
+    """AdamW over both nets; on CUDA its fused kernel (one launch for all the weights), elsewhere
+    the default (the CPU demo's weights stay as they were)."""
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=dev.type == "cuda" or None)
+
+
+def compiled(nets: dict[str, torch.nn.Module], compile_: bool) -> dict[str, torch.nn.Module]:
+    """The training step's nets, each compiled with torch.compile when asked (the step's shapes
+    are fixed: every training batch is full; validation runs the uncompiled nets)."""
+    return {name: torch.compile(net) for name, net in nets.items()} if compile_ else nets
 
 
 def data_parallel(nets: dict[str, LandmarkNet], ctx: Dist) -> dict[str, torch.nn.Module]:
@@ -322,7 +297,7 @@ def _epoch(nets, stream: Stream, sizes, cfg: TrainConfig, optimizer, schedule, s
     for net in nets.values():
         net.train()
     batches = shard(epoch_batches(len(stream.views), cfg.batch_size, cfg.seed, epoch), ctx)
-    total, count = 0.0, 0
+    total, count = torch.zeros((), dtype=torch.float64, device=ctx.device), 0
     for batch in tqdm(stream.read(batches), total=len(batches), desc=f"epoch {epoch + 1}",
                       unit="batch", leave=False, disable=not ctx.main):
         batch = take(batch, stream.views.samples, bad)
@@ -334,4 +309,4 @@ def _epoch(nets, stream: Stream, sizes, cfg: TrainConfig, optimizer, schedule, s
             continue
         total += step(nets, batch, sizes, optimizer, schedule, scaler)
         count += 1
-    return total / max(count, 1)
+    return float(total) / max(count, 1)

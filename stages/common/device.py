@@ -1,5 +1,6 @@
 """The one device choice of every stage that runs a network: params `device` (auto | cpu | cuda),
-and crop.decode's `auto` (stages/crop.py). torch is imported where a device is picked, not here:
+the decode choices' `auto` (crop.decode: stages/crop.py; coarse_train.decode, coarse_predict.decode:
+torch_path). torch is imported where a device is picked, not here:
 crop's OpenCV path asks `gpu_driver_present` first and never loads it."""
 from __future__ import annotations
 
@@ -33,3 +34,10 @@ def pick_device(name: str, key: str = "device", index: int | None = None):
     if name == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", index)
+
+
+def torch_path(choice: str, device) -> bool:
+    """A decode choice (coarse_train.decode, coarse_predict.decode: auto | opencv | torch) and the
+    stage's torch device -> whether images are decoded and warped on that device (torchvision's
+    decode_jpeg, stages/face/warp_torch.py): `torch`, or `auto` on CUDA; `opencv` never."""
+    return choice == "torch" or (choice == "auto" and device.type == "cuda")

@@ -141,12 +141,17 @@ SCHEMA = {
         "refine_shift": WEIGHT,
         "refine_scale": Range(float, 1.0),
         "refine_rotate": WEIGHT,
+        "decode": Choice("auto", "opencv", "torch"),  # views made in the loader processes (OpenCV) or decoded, warped
+                                  # and augmented in batches on the device (torch); auto: torch on CUDA, else OpenCV
+        "compile": bool,          # torch.compile the training step's nets (GPU machines: stages/profiles/gpu.yaml)
     },
     "coarse_predict": {
         "batch_size": COUNT,
         "refine_passes": NON_NEGATIVE,  # pass 2 repeated, each time re-centred on the latest landmarks
         "flip_test": bool,        # average pass 2 with its mirrored run
         "amp": bool,              # mixed precision: bfloat16 on CUDA (float16 before Ampere) and on CPUs with native bfloat16
+        "decode": Choice("auto", "opencv", "torch"),  # images decoded and warped on worker threads (OpenCV) or in
+                                  # batches on the detector's device (torch); auto: torch on CUDA, else OpenCV
     },
     "crop": {
         "source": Choice("coarse", "given68", "gt"),  # landmarks that place the crop (gt: train only)

@@ -1,4 +1,5 @@
 """Stages coarse_train and coarse_predict on a tiny data root (CPU, seconds)."""
+import dataclasses
 import json
 import logging
 import re
@@ -11,10 +12,13 @@ import torch
 
 from stages import coarse_predict, coarse_train
 from stages.coarse import train as train_module
+from stages.coarse.detector import Detector
+from stages.coarse_predict import predict_split
+from stages.common.badinput import BadInputs
 from stages.common.params import load_params
 from stages.common.resume import Checkpoints
 from stages.face import ibug68
-from stages.wcpa.layout import DataError, image_path, list_path, read_list, write_list
+from stages.wcpa.layout import DataError, image_path, list_path, load_resources, read_list, write_list
 from tests.stages.tiny_data import write_tiny_root
 from tests.tiny_project import interrupt_after
 
@@ -134,10 +138,10 @@ def _odd_size_image(root, row):
     return path
 
 
-@pytest.mark.parametrize("position", [0, 5])
-def test_an_image_of_another_size_stops_training_naming_it_or_is_skipped(tiny, position):
+@pytest.mark.parametrize("position, decode", [(0, "opencv"), (5, "opencv"), (5, "torch")])
+def test_an_image_of_another_size_stops_training_naming_it_or_is_skipped(tiny, position, decode):
     params, tmp, split_dir = tiny
-    params = params.replace(coarse_train={"epochs": 1})
+    params = params.replace(coarse_train={"epochs": 1, "decode": decode})
     row = next(read_list(split_dir / "train.csv").iloc[position:].itertuples(index=False))
     path = _odd_size_image(params.data.root, row)
     with pytest.raises(DataError, match=re.escape(f"{path}: image is 640x480, the data set's images are 200x200")):
@@ -163,8 +167,10 @@ def test_an_image_of_another_size_stops_prediction_naming_it_or_is_skipped(tiny)
     assert str(path) in (tmp / "coarse_predict/skipped.csv").read_text()
 
 
-def test_bad_images_stop_or_are_skipped_once(tiny):
+@pytest.mark.parametrize("decode", ["opencv", "torch"])
+def test_bad_images_stop_or_are_skipped_once(tiny, decode):
     params, tmp, split_dir = tiny
+    params = params.replace(coarse_train={"decode": decode})
     table = read_list(split_dir / "train.csv")
     corrupt, empty = (image_path(params.data.root, row) for row in list(table.itertuples(index=False))[2:4])
     corrupt.write_bytes(b"not a jpeg")          # found while streaming, in every epoch
@@ -181,3 +187,21 @@ def test_bad_images_stop_or_are_skipped_once(tiny):
     skipped = pd.read_csv(tmp / "coarse_train/skipped.csv")
     assert sorted(skipped["file"]) == sorted([str(corrupt), str(empty)])
     assert json.loads((tmp / "coarse_train/metrics.json").read_text())["train_samples"] == 6
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA"))])
+def test_prediction_on_the_torch_path_is_the_opencv_paths(tiny, device):
+    params, tmp, split_dir = tiny
+    coarse_train.run(params.replace(coarse_train={"epochs": 1}), tmp / "coarse_train", split_dir)
+    model = tmp / "coarse_train/model.pt"
+    detector = Detector(model, torch.device(device), 2, amp=False)
+    table = read_list(split_dir / "train.csv")
+    cfg = params.coarse_predict
+    size = load_resources(params.data.root).camera.size
+    found = {decode: predict_split(detector, params.data.root, table, size, dataclasses.replace(cfg, decode=decode),
+                                   2, BadInputs(skip=False, max_fraction=0.0), decode)
+             for decode in ("opencv", "torch")}
+    assert np.isfinite(found["torch"]).all()
+    diff = np.abs(found["torch"] - found["opencv"]).max()     # px; the CPU decodes alike (1.2e-5 px measured)
+    assert diff < (1e-3 if device == "cpu" else 2.0), diff

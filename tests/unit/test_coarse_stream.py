@@ -1,5 +1,6 @@
 """The detector's streamed views (stages/coarse/sources.py, stages/coarse/train.py): augmentation
-geometry, determinism across loader workers, no pixels held, reduced decoding, bad images."""
+geometry, determinism across loader workers, no pixels held, reduced decoding, bad images; the
+torch path (stages/coarse/device_views.py) against the OpenCV path on the CPU."""
 import pickle
 
 import cv2
@@ -9,8 +10,9 @@ import pytest
 import torch
 
 from stages.coarse.augment import Jitter
-from stages.coarse.sources import Samples, ViewSet, list_samples, reduction
-from stages.coarse.train import epoch_batches, loader, take
+from stages.coarse.device_views import DeviceStream
+from stages.coarse.sources import Samples, ViewSet, list_samples, loader, reduction
+from stages.coarse.train import epoch_batches, take
 from stages.common.badinput import BadInputs
 from stages.wcpa.layout import DataError, read_image
 
@@ -147,3 +149,62 @@ def test_missing_or_empty_files_are_found_up_front_and_corrupt_ones_while_stream
         clean = take(batch, kept, bad)
         assert clean["index"].tolist() == [0] and clean["refine"]["image"].shape[0] == 1
     assert len(bad) == 3 and "s/a/2" in bad.keys
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+TOLERANCE = {"cpu": (1, 0.05), "cuda": (255, 4.0)}     # max, mean grey levels (nvJPEG is not libjpeg: tests/stages/test_crop.py)
+
+
+def _device_batches(views: ViewSet, workers: int, batches, device: str = "cpu") -> list[dict]:
+    return list(DeviceStream(views, workers, torch.device(device)).read(batches))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_torch_path_makes_the_opencv_paths_plain_views(tmp_path, device):
+    views = ViewSet(_face_images(tmp_path, 5), SIZES, 1.2, seed=0, max_reduce=1)
+    batches = [[(0, 0), (0, 1), (0, 2)], [(0, 3), (0, 4)]]
+    worst, mean = TOLERANCE[device]
+    for a, b in zip(list(loader(views, batches, 0)), _device_batches(views, 0, batches, device)):
+        assert torch.equal(a["index"], b["index"]) and list(b["error"]) == ["", "", ""][:len(a["index"])]
+        for name, size in SIZES.items():
+            assert torch.equal(a[name]["points"], b[name]["points"]) and torch.equal(a[name]["scale"], b[name]["scale"])
+            image = b[name]["image"]
+            assert image.shape == a[name]["image"].shape and image.dtype == torch.uint8 and image.device.type == device
+            diff = (a[name]["image"].int() - image.cpu().int()).abs()
+            assert diff.max() <= worst and diff.float().mean() <= mean, (name, diff.max(), diff.float().mean())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
+def test_the_torch_path_augments_on_cuda_as_on_the_cpu(tmp_path):
+    views = ViewSet(_face_images(tmp_path, 6), SIZES, 1.2, seed=5, jitters=JITTERS,
+                    flip_order=np.array([1, 0, 2, 4, 3]), flip_prob=0.5, max_reduce=1)
+    batches = epoch_batches(len(views), 3, seed=0, epoch=1)
+    for a, b in zip(_device_batches(views, 0, batches), _device_batches(views, 2, batches, "cuda")):
+        for name in SIZES:
+            assert torch.equal(a[name]["points"], b[name]["points"])
+            assert (a[name]["image"].float() - b[name]["image"].cpu().float()).abs().mean() < 6.0
+
+
+def test_the_torch_path_augments_with_the_same_geometry_whatever_the_workers(tmp_path):
+    views = ViewSet(_face_images(tmp_path, 7), SIZES, 1.2, seed=5, jitters=JITTERS,
+                    flip_order=np.array([1, 0, 2, 4, 3]), flip_prob=0.5, max_reduce=1)
+    batches = epoch_batches(len(views), 3, seed=0, epoch=1)
+    opencv, alone, shared = _batches(views, 0), _device_batches(views, 0, batches), _device_batches(views, 2, batches)
+    for a, b, c in zip(opencv, alone, shared):
+        for name in SIZES:
+            assert torch.equal(a[name]["points"], b[name]["points"])        # same warps, flips, targets
+            assert torch.equal(b[name]["image"], c[name]["image"]) and torch.equal(b[name]["points"], c[name]["points"])
+            assert (a[name]["image"].float() - b[name]["image"].float()).abs().mean() > 1   # augmented
+    again = _device_batches(ViewSet(views.samples, SIZES, 1.2, seed=5, jitters=JITTERS, flip_order=views.flip_order,
+                                    flip_prob=0.5, max_reduce=1), 0, batches)
+    assert torch.equal(again[0]["refine"]["image"], alone[0]["refine"]["image"])      # seeded
+
+
+def test_the_torch_path_reports_a_corrupt_image_by_name(tmp_path):
+    samples = _face_images(tmp_path, 3)
+    open(samples.paths[1], "wb").write(b"not a jpeg")
+    batch = _device_batches(ViewSet(samples, SIZES, 1.2, seed=0), 0, [[(0, 0), (0, 1), (0, 2)]])[0]
+    assert batch["error"][0] == batch["error"][2] == "" and "1.jpg" in batch["error"][1]
+    with pytest.raises(DataError, match="1.jpg"):
+        take(batch, samples, BadInputs(skip=False, max_fraction=1.0))
+    assert take(batch, samples, BadInputs(skip=True, max_fraction=1.0))["index"].tolist() == [0, 2]
