@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The GPU checks of one machine in one run (about 6 minutes on an H200 with 16 cores): the CUDA
-# tests, a small project (benchmarks/gpu_project.py), then the train, finetune and inference
-# benchmarks and the coarse_predict stage on it. Figures: docs/benchmarks.md, "One GPU".
+# The GPU checks of one machine in one run (about 8 minutes on an H200 with 16 cores): the CUDA
+# tests, a small project (benchmarks/gpu_project.py), then the coarse_train (both view paths),
+# train, finetune and inference benchmarks and the coarse_predict stage on it. Figures:
+# docs/benchmarks.md, "One GPU".
 #
-#   bash benchmarks/gpu_check.sh [LOG]      env: BUDGET (s, default 600), ROWS (4096), PROFILE (gpu)
+#   bash benchmarks/gpu_check.sh [LOG]      env: BUDGET (s, default 600), ROWS (4096), PROFILE (gpu),
+#                                                SKIP (step names to leave out, e.g. "bench_crop bench_finetune")
 #
 # Each step runs under the smaller of its cap and the time left; the log gets every output.
 set -u
@@ -12,6 +14,7 @@ budget=${BUDGET:-600}; t0=$(date +%s); work=$(mktemp -d); rows=${ROWS:-4096}; pr
 export PYTHONUNBUFFERED=1 DVC_NO_ANALYTICS=1 PYTHONPATH=$repo${PYTHONPATH:+:$PYTHONPATH}
 step() {
   local name=$1 cap=$2; shift 2
+  case " ${SKIP:-} " in *" $name "*) echo "== $name: left out (SKIP)" | tee -a "$log"; return;; esac
   local left=$(( budget - ($(date +%s) - t0) - 5 ))
   [ "$left" -lt "$cap" ] && cap=$left
   if [ "$cap" -le 10 ]; then echo "== $name: skipped (no time left)" | tee -a "$log"; return; fi
@@ -22,16 +25,24 @@ step() {
 }
 step tests_cuda 60 python -m pytest -q -p no:cacheprovider tests/unit/test_train_cuda.py tests/stages/test_crop.py \
   tests/unit/test_warp_torch.py tests/unit/test_pnp_epro.py::test_cuda_matches_cpu \
-  tests/stages/test_infer.py::test_batches_handed_on_one_behind_are_the_rows_of_one_big_batch -k "cuda or one_behind"
+  tests/stages/test_infer.py::test_batches_handed_on_one_behind_are_the_rows_of_one_big_batch \
+  tests/unit/test_coarse_stream.py tests/stages/test_coarse.py -k "cuda or one_behind or torch_path"
 step bench_crop 60 python -m benchmarks.bench_crop --synth --keep "$work/bench_crop"
 step project 120 python -m benchmarks.gpu_project "$work" --rows "$rows" --profile "$profile"
 cd "$work/project" || exit 1
+for decode in opencv torch; do
+  step "bench_coarse_$decode" 100 python -m benchmarks.bench_coarse --params params.yaml --steps 12 --rounds 2 \
+    --set coarse_train.decode=$decode coarse_train.compile=false
+done
+step bench_coarse_compiled 120 python -m benchmarks.bench_coarse --params params.yaml --steps 12 --rounds 2 \
+  --set coarse_train.decode=torch coarse_train.compile=true
+step coarse_train_epoch 90 /usr/bin/time -v python -m benchmarks.bench_coarse stage --params params.yaml --images "$rows"
+step coarse_predict 60 python -m stages.coarse_predict --params params.yaml
+grep -o '"[a-z]*_images_per_second": [0-9.]*' artifacts/coarse_predict/metrics.json | tee -a "$log"
 step bench_train 100 python -m benchmarks.bench_train --params params.yaml --best-reference --set train.compile=true \
   --steps 10 --rounds 3
 step bench_infer 40 python -m benchmarks.bench_infer --params params.yaml --pnp opencv --repeats 2
 step bench_finetune 70 python -m benchmarks.bench_finetune --params params.yaml --steps 20
-step coarse_predict 60 python -m stages.coarse_predict --params params.yaml
-grep -o '"[a-z]*_images_per_second": [0-9.]*' artifacts/coarse_predict/metrics.json | tee -a "$log"
 step bench_infer_batched 40 python -m benchmarks.bench_infer --params params.yaml --pnp batched --repeats 2
 echo "== done at $(( $(date +%s) - t0 )) s; the project is in $work" | tee -a "$log"
-grep -vE "%\||^\s*$" "$log" | grep -E "^==|ratio|img/s|images/s|images_per_second|passed|failed|Error|ResNet|medians" | cut -c1-220
+tr '\r' '\n' < "$log" | grep -vE "%\||^\s*$" | grep -E "^==|ratio|img/s|images/s|images_per_second|passed|failed|Error|ResNet|medians|views:|training images|Maximum resident" | cut -c1-220
