@@ -7,8 +7,8 @@ amis_iters, lm_iters, pnp_points, pnp_dtype). Prints both throughputs (wall cloc
 and their ratio, the price of the PnP layer, and each step's dispatches: the top-level aten
 operators it calls and its host syncs (nonzero, item), counted by torch.profiler. On a GPU a
 step of small kernels is bound by their dispatch (several microseconds each), and a host sync
-stops the queue: the counts, taken on any device (and with a GPU's code paths: the sample-cost
-chunks of a GPU, the LM loop masked), say where a GPU step's time goes.
+stops the queue: the counts, taken on any device (and with a GPU's sample-cost chunks), say
+where a GPU step's time goes.
 
     python -m benchmarks.bench_finetune [--steps 6] [--params params.yaml] [--start artifacts/train/model.pt]
         [--crop artifacts/crop] [--set finetune.pnp_points=0 ...]
@@ -29,7 +29,7 @@ import torch
 from stages.common.params import apply_overrides, load_params
 from stages.finetuning.trainer import FinetunePaths, FinetuneTrainer
 from stages.nets.trainer import Trainer, TrainPaths
-from stages.pnp import sample_cost, solver
+from stages.pnp import sample_cost
 from stages.wcpa.layout import load_resources
 
 
@@ -56,14 +56,14 @@ SYNC_OPS = ("aten::nonzero", "aten::_local_scalar_dense")
 
 @contextlib.contextmanager
 def gpu_shapes():
-    """The finetune step's GPU code paths on any device: the sample costs in a GPU's chunks and
-    the LM loop masked instead of compacted (stages.pnp.sample_cost, stages.pnp.solver)."""
-    saved = sample_cost.CPU_CHUNK_POSES, solver.COMPACT_DEVICES
-    sample_cost.CPU_CHUNK_POSES, solver.COMPACT_DEVICES = sample_cost.DEVICE_CHUNK_POSES, ()
+    """The finetune step's GPU code path on any device: the sample costs in a GPU's chunks
+    (stages.pnp.sample_cost)."""
+    saved = sample_cost.CPU_CHUNK_POSES
+    sample_cost.CPU_CHUNK_POSES = sample_cost.DEVICE_CHUNK_POSES
     try:
         yield
     finally:
-        sample_cost.CPU_CHUNK_POSES, solver.COMPACT_DEVICES = saved
+        sample_cost.CPU_CHUNK_POSES = saved
 
 
 def dispatches(step, batch: dict) -> tuple[int, int]:
@@ -105,7 +105,7 @@ def main() -> None:
         print(f"{name} step dispatches: {ops} aten operators, {syncs} host syncs")
     with gpu_shapes():
         ops, syncs = dispatches(trainer.train_step, batches[0])
-    print(f"finetune step dispatches with a GPU's code paths: {ops} aten operators, {syncs} host syncs")
+    print(f"finetune step dispatches with a GPU's sample-cost chunks: {ops} aten operators, {syncs} host syncs")
 
 
 if __name__ == "__main__":

@@ -6,12 +6,7 @@ is kept only if it lowers the cost (then lambda / 10, else lambda * 10). A probl
 the next step's predicted decrease of the cost (from the quadratic model, tested before that
 step is evaluated, and only while no step has been rejected since the last accepted one) is
 below `cost_rtol * (1 + cost)`, when a rejected step changes the cost by no more than rounding,
-or when lambda reaches its maximum. On a CPU the iterations then run on the still active problems
-only (the batch is compacted: each compaction is a host sync, cheap there). On a GPU
-(`COMPACT_DEVICES`) every problem stays in the batch and a finished one is frozen by masks: no
-host sync in an iteration (one every CHECK_EVERY iterations, to stop when all are done), at the
-price of arithmetic on finished problems, which a GPU step of small kernels does not notice;
-both give the same solutions (tested).
+or when lambda reaches its maximum; the iterations then run on the still active problems only.
 The covariance of the pose (left increment coordinates (delta, dt)) is H^-1 at the solution,
 the inverse of J^T W J (W the robust weights), i.e. the Laplace approximation of exp(-cost).
 """
@@ -24,8 +19,6 @@ from stages.pnp.rotation import apply_increment
 
 LAMBDA_START = 1e-4
 LAMBDA_MIN, LAMBDA_MAX = 1e-12, 1e12
-COMPACT_DEVICES = ("cpu",)     # device types whose LM drops finished problems from the batch
-CHECK_EVERY = 4                # masked LM: iterations between the host's checks for all done
 
 
 def _damped_step(H: torch.Tensor, g: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -64,11 +57,9 @@ def levenberg_marquardt(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor,
     w2d (B, 2, N); K (3, 3) or (B, 3, 3); start R (B, 3, 3), t (B, 3). Returns R, t, cost (B,),
     H (B, 6, 6) at the solution and the iterations run. cost_rtol defaults to 1e-10 in float64
     (the pose then moves by < 1e-6 mm and 1e-8 rad with 1e-12) and 1e-7 in float32."""
+    eps = torch.finfo(x3d.dtype).eps
     if cost_rtol is None:
         cost_rtol = 1e-10 if x3d.dtype == torch.float64 else 1e-7
-    if x3d.device.type not in COMPACT_DEVICES:
-        return _masked_lm(x3d, x2d, w2d, K, R, t, huber_delta, max_iters, cost_rtol)
-    eps = torch.finfo(x3d.dtype).eps
     R_out, t_out = R.clone(), t.clone()
     cost_out = torch.empty_like(t[:, 0])
     H_out = torch.empty(t.shape[:1] + (6, 6), dtype=t.dtype, device=t.device)
@@ -105,33 +96,6 @@ def levenberg_marquardt(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor,
         state, (index, lam, fresh, x3d, x2d, w2d, Kb) = _active(~done, state, index, lam, fresh,
                                                                x3d, x2d, w2d, Kb)
     return R_out, t_out, cost_out, H_out, iters
-
-
-def _masked_lm(x3d, x2d, w2d, K, R, t, huber_delta, max_iters: int, cost_rtol: float):
-    """levenberg_marquardt without compaction: the same iterations, each problem frozen by masks
-    once it stops (its state is then the one the compacting loop would have stored)."""
-    eps = torch.finfo(x3d.dtype).eps
-    Kb = K.expand(x3d.shape[0], 3, 3)
-    state = _State(R, t, x3d, x2d, w2d, Kb, huber_delta)
-    lam = torch.full_like(state.cost, LAMBDA_START)
-    fresh = torch.ones_like(state.cost, dtype=torch.bool)
-    active = torch.ones_like(fresh)
-    iters = 0
-    for iters in range(1, max_iters + 1):
-        step = _damped_step(state.H, state.g, lam)
-        curvature = (step * (state.H @ step[..., None])[..., 0]).sum(-1)
-        predicted = -(step * state.g).sum(-1) - 0.5 * curvature
-        active = active & ~(fresh & (predicted <= cost_rtol * (1 + state.cost)))
-        trial = _State(*apply_increment(state.R, state.t, step), x3d, x2d, w2d, Kb, huber_delta)
-        accept = active & torch.isfinite(trial.cost) & (trial.cost < state.cost)
-        unchanged = (trial.cost - state.cost).abs() <= 100 * eps * state.cost.abs()
-        state.select(accept, trial)
-        lam = torch.where(active, torch.where(accept, lam / 10, lam * 10).clamp(LAMBDA_MIN, LAMBDA_MAX), lam)
-        fresh = torch.where(active, accept, fresh)
-        active = active & ~((~accept & unchanged) | (lam >= LAMBDA_MAX) | ~torch.isfinite(state.cost))
-        if iters % CHECK_EVERY == 0 and not bool(active.any()):
-            break
-    return state.R, state.t, state.cost, state.H, iters
 
 
 def _store(R_out, t_out, cost_out, H_out, rows, state: _State, mask: torch.Tensor) -> None:

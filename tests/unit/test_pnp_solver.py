@@ -9,7 +9,6 @@ from stages.pnp.cost import (gauss_newton_system, normal_equations, planar, resi
                              residuals_and_jacobian, robust_cost)
 from stages.pnp.init import dlt_pose
 from stages.pnp.opencv import opencv_flag, pose_from_landmarks, solve_pnp_opencv
-from stages.pnp import solver
 from stages.pnp.rotation import apply_increment
 from stages.wcpa.camera import rt_to_opencv
 from tests.unit.pnp_cases import make_problems, rotation_error_rad
@@ -203,23 +202,3 @@ def test_degenerate_problems_are_flagged_not_fatal():
     assert result.valid.tolist() == [False, False, False, True, True]
     assert torch.isnan(result.R[:3]).all() and torch.isfinite(result.R[3:]).all()
     assert rotation_error_rad(result.R[3:].numpy(), case["R"][3:]).max() < 1e-2
-
-
-@pytest.mark.parametrize("dtype, huber", [(F64, None), (torch.float32, 2.0)])
-def test_the_masked_lm_of_gpus_gives_the_compacting_lms_solutions(monkeypatch, dtype, huber):
-    """A GPU's LM keeps finished problems in the batch, frozen by masks, with no host sync an
-    iteration; noisy, planar, outlier and degenerate problems end where the compacting LM of the
-    CPU leaves them."""
-    case = make_problems(np.random.default_rng(11), 24, 300, noise_px=1.0)
-    x3d, x2d, K = (x.to(dtype) for x in planar_tensors(case))
-    w2d = torch.ones_like(x2d)
-    x3d[:4, 2] = 0                                   # planar: some stop in a local minimum
-    x2d[4:8, :, :30] += 40                           # outliers
-    w2d[8] = 0                                       # no weight at all
-    R0, t0 = dlt_pose(x3d, x2d, w2d, K)
-    compact = solver.levenberg_marquardt(x3d, x2d, w2d, K, R0, t0, huber, 30)
-    monkeypatch.setattr(solver, "COMPACT_DEVICES", ())
-    masked = solver.levenberg_marquardt(x3d, x2d, w2d, K, R0, t0, huber, 30)
-    for a, b in zip(compact[:4], masked[:4]):
-        assert torch.allclose(a, b, rtol=1e-6 if dtype == F64 else 1e-4, atol=1e-9, equal_nan=True)
-    assert compact[4] <= masked[4] < compact[4] + solver.CHECK_EVERY or masked[4] == 30
