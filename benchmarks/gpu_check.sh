@@ -23,7 +23,7 @@ step() {
   timeout "$cap" "$@" >> "$log" 2>&1
   echo "== $name: rc $? in $(( $(date +%s) - s )) s (at $(( $(date +%s) - t0 )) s)" | tee -a "$log"
 }
-step tests_cuda 60 python -m pytest -q -p no:cacheprovider tests/unit/test_train_cuda.py tests/stages/test_crop.py \
+step tests_cuda 150 python -m pytest -q -p no:cacheprovider tests/unit/test_train_cuda.py tests/stages/test_crop.py \
   tests/unit/test_warp_torch.py tests/unit/test_pnp_epro.py::test_cuda_matches_cpu \
   tests/stages/test_infer.py::test_batches_handed_on_one_behind_are_the_rows_of_one_big_batch \
   tests/unit/test_coarse_stream.py tests/stages/test_coarse.py -k "cuda or one_behind or torch_path"

@@ -2,6 +2,7 @@
 (train) and the coarse detector (the coarse_train stage, rank 0 writing)."""
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -36,14 +37,16 @@ def test_two_gloo_ranks_end_with_identical_weights(tmp_path, monkeypatch):
     assert not torch.equal(states[0]["model"]["backbone.conv1.weight"], initial["backbone.conv1.weight"])
 
 
-def test_two_gloo_ranks_train_the_coarse_detector_on_halves_of_each_batch(tmp_path):
+@pytest.mark.parametrize("decode", ["opencv", "torch"])
+def test_two_gloo_ranks_train_the_coarse_detector_on_halves_of_each_batch(tmp_path, decode):
     tables = write_tiny_root(tmp_path / "data", n_train=10, n_test=3)
     write_list(tmp_path / "split/train.csv", tables["train"].iloc[:8])
     write_list(tmp_path / "split/val.csv", tables["train"].iloc[8:])
     params = load_params("params.yaml").replace(
         data={"root": str(tmp_path / "data"), "workers": 1},
         coarse_train={"locate_backbone": "mobilenet_v3_small", "refine_backbone": "mobilenet_v3_small",
-                      "locate_size": 64, "refine_size": 64, "epochs": 1, "batch_size": 4, "head_width": 16})
+                      "locate_size": 64, "refine_size": 64, "epochs": 1, "batch_size": 4, "head_width": 16,
+                      "decode": decode})
     mp.spawn(run_coarse_rank, args=(str(tmp_path), params, free_port()), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"coarse_rank{r}.pt") for r in (0, 1)]
     assert ranks[0]["metrics"]["processes"] == 2 and ranks[1]["metrics"] == {}      # rank 0 alone writes
