@@ -2,7 +2,7 @@
 augmented in batches on the training device, for a GPU machine whose CPU cores cannot decode
 and augment at the networks' rate.
 
-The loader processes do only what is cheap per image: read the file's bytes (stages/face/cropping.py
+The loader processes do only what is cheap per image: read the file's bytes (stages/wcpa/decode.py
 `load_for_device`, which also decodes an EXIF-rotated image as the OpenCV path does) and draw the
 item's geometry and photometric parameters from the same seeded generator as the OpenCV path
 (`ViewSet.views`: the same warps, landmark targets and flips for the same seed). One thread then
@@ -10,7 +10,7 @@ makes each batch on the device, one batch ahead of the training step, on its own
 one batched decode_jpeg (nvJPEG on CUDA), one warp per pass from the full-resolution image
 (stages/face/warp_torch.py, the OpenCV path's convention), and for training the batched
 photometric augmentation (stages/coarse/augment_torch.py). Batches come out as the OpenCV path's
-(stages/coarse/train.py `Stream`), with 'image' uint8 (B, S, S, 3) on the device.
+(stages/coarse/sources.py `Stream`), with 'image' uint8 (B, S, S, 3) on the device.
 
 On a CPU the path runs too (the tests compare it with the OpenCV path), decoding with
 torchvision's CPU decoder.
@@ -26,8 +26,8 @@ from torch.utils.data import default_collate
 
 from stages.coarse import augment_torch
 from stages.coarse.sources import PASSES, Stream, ViewSet
-from stages.wcpa.decode import device_images, load_for_device
 from stages.face.warp_torch import warp_images
+from stages.wcpa.decode import device_images, load_for_device
 from stages.wcpa.layout import DataError
 
 
@@ -87,7 +87,7 @@ def make_views(batch: dict, views: ViewSet, device: torch.device) -> dict:
 
 
 class DeviceStream:
-    """The torch path's counterpart of stages/coarse/train.py's Stream: `workers` loader processes
+    """The torch path's counterpart of stages/coarse/sources.py's Stream: `workers` loader processes
     read the files and draw the plans of the batches given to each `read`, one thread makes each
     batch's views on `device` one batch ahead (on a side CUDA stream on CUDA)."""
 

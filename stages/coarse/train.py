@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.distributed as dist
