@@ -17,12 +17,12 @@ Needs artifacts/train/model.pt, artifacts/crop, artifacts/pca and artifacts/spli
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import time
 from functools import partial
 from itertools import islice
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -52,18 +52,6 @@ def step_rate(trainer: FinetuneTrainer, step, batches: list[dict]) -> tuple[floa
 
 
 SYNC_OPS = ("aten::nonzero", "aten::_local_scalar_dense")
-
-
-@contextlib.contextmanager
-def gpu_shapes():
-    """The finetune step's GPU code path on any device: the sample costs in a GPU's chunks
-    (stages.pnp.sample_cost)."""
-    saved = sample_cost.CPU_CHUNK_POSES
-    sample_cost.CPU_CHUNK_POSES = sample_cost.DEVICE_CHUNK_POSES
-    try:
-        yield
-    finally:
-        sample_cost.CPU_CHUNK_POSES = saved
 
 
 def dispatches(step, batch: dict) -> tuple[int, int]:
@@ -103,7 +91,7 @@ def main() -> None:
                        ("finetune", trainer.train_step)):
         ops, syncs = dispatches(step, batches[0])
         print(f"{name} step dispatches: {ops} aten operators, {syncs} host syncs")
-    with gpu_shapes():
+    with mock.patch.object(sample_cost, "CPU_CHUNK_POSES", sample_cost.DEVICE_CHUNK_POSES):   # a GPU's chunks
         ops, syncs = dispatches(trainer.train_step, batches[0])
     print(f"finetune step dispatches with a GPU's sample-cost chunks: {ops} aten operators, {syncs} host syncs")
 

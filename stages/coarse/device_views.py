@@ -92,10 +92,10 @@ class DeviceStream:
     batch's views on `device` one batch ahead (on a side CUDA stream on CUDA)."""
 
     def __init__(self, views: ViewSet, workers: int, device: torch.device):
-        self.plans = PlanSet(views.samples, views.sizes, views.margin, views.seed, views.jitters, views.flip_order,
+        self.views = PlanSet(views.samples, views.sizes, views.margin, views.seed, views.jitters, views.flip_order,
                              views.flip_prob, device=device)
-        self.views, self.device, self.workers = self.plans, device, workers
-        self.stream = Stream(self.plans, workers, collate_plans)
+        self.device = device
+        self.stream = Stream(self.views, workers, collate_plans)
         cuda = device.type == "cuda"
         index = (torch.cuda.current_device() if device.index is None else device.index) if cuda else None
         self.thread = ThreadPoolExecutor(1, thread_name_prefix="coarse-views", initializer=torch.cuda.set_device
@@ -104,9 +104,9 @@ class DeviceStream:
 
     def _make(self, batch: dict) -> dict:
         if self.side is None:
-            return make_views(batch, self.plans, self.device)
+            return make_views(batch, self.views, self.device)
         with torch.cuda.stream(self.side):
-            out = make_views(batch, self.plans, self.device)
+            out = make_views(batch, self.views, self.device)
         event = torch.cuda.Event()
         event.record(self.side)
         out["ready"] = event

@@ -220,9 +220,3 @@ class Stream:
         finally:
             cv2.setNumThreads(threads)
         return stream
-
-
-def loader(views: ViewSet, batches: list[list[tuple[int, int]]], workers: int) -> Iterator[dict]:
-    """Batches of `views` items, each batch a list of (epoch, index) items, read in order by
-    `workers` processes (0: in this process) started for these batches alone."""
-    return Stream(views, workers).read(batches)

@@ -11,7 +11,7 @@ import torch
 
 from stages.coarse.augment import Jitter
 from stages.coarse.device_views import DeviceStream
-from stages.coarse.sources import Samples, ViewSet, list_samples, loader, reduction
+from stages.coarse.sources import Samples, Stream, ViewSet, list_samples, reduction
 from stages.coarse.train import epoch_batches, take
 from stages.common.badinput import BadInputs
 from stages.wcpa.layout import DataError, read_image
@@ -77,7 +77,7 @@ def _face_images(tmp_path, count: int) -> Samples:
 
 def _batches(views: ViewSet, workers: int) -> list[dict]:
     batches = epoch_batches(len(views), 3, seed=0, epoch=1)
-    return list(loader(views, batches, workers))
+    return list(Stream(views, workers).read(batches))
 
 
 def test_batches_do_not_depend_on_the_number_of_workers(tmp_path):
@@ -142,7 +142,7 @@ def test_missing_or_empty_files_are_found_up_front_and_corrupt_ones_while_stream
 
     (image_dir / "2_ar.jpg").write_bytes(b"not a jpeg")       # corrupt: found when decoded
     views = ViewSet(kept, SIZES, 1.2, seed=0)
-    batch = next(iter(loader(views, [[(0, 0), (0, 1)]], 0)))
+    batch = next(Stream(views, 0).read([[(0, 0), (0, 1)]]))
     with pytest.raises(DataError, match="2_ar.jpg"):
         take(batch, kept, BadInputs(skip=False, max_fraction=1.0))
     for _ in range(2):                                         # every epoch finds it again: recorded once
@@ -164,7 +164,7 @@ def test_the_torch_path_makes_the_opencv_paths_plain_views(tmp_path, device):
     views = ViewSet(_face_images(tmp_path, 5), SIZES, 1.2, seed=0, max_reduce=1)
     batches = [[(0, 0), (0, 1), (0, 2)], [(0, 3), (0, 4)]]
     worst, mean = TOLERANCE[device]
-    for a, b in zip(list(loader(views, batches, 0)), _device_batches(views, 0, batches, device)):
+    for a, b in zip(list(Stream(views, 0).read(batches)), _device_batches(views, 0, batches, device)):
         assert torch.equal(a["index"], b["index"]) and list(b["error"]) == ["", "", ""][:len(a["index"])]
         for name, size in SIZES.items():
             assert torch.equal(a[name]["points"], b[name]["points"]) and torch.equal(a[name]["scale"], b[name]["scale"])
