@@ -78,6 +78,9 @@ def main() -> None:
         crop=Path(args.crop), pca=Path("artifacts/pca"), split=Path("artifacts/split"), out=Path("/tmp/bench_finetune")))
     trainer = FinetuneTrainer(params, paths, load_resources(params.data.root).camera)
     batches = list(islice(trainer.loader, min(args.steps + 1, len(trainer.loader))))   # an epoch at most
+    if len(batches) < 2:
+        raise SystemExit(f"{len(trainer.loader)} batch(es) of {params.finetune.batch_size} in an epoch: the rates "
+                         "need a warm-up batch and one timed batch (a smaller finetune.batch_size)")
     plain_terms = partial(Trainer.step_terms, trainer)    # the train stage's eq. 1-3 only
     base_wall, base_cpu = step_rate(trainer, lambda *a: trainer.train_step(*a, step_terms=plain_terms), batches)
     ft_wall, ft_cpu = step_rate(trainer, trainer.train_step, batches)

@@ -5,7 +5,10 @@
 # docs/benchmarks.md, "One GPU".
 #
 #   bash benchmarks/gpu_check.sh [LOG]      env: BUDGET (s, default 600), ROWS (4096), PROFILE (gpu),
-#                                                SKIP (step names to leave out, e.g. "bench_crop bench_finetune")
+#                                                SKIP (step names to leave out, e.g. "bench_crop bench_finetune"),
+#                                                CUDA_TESTS (the test files of tests_cuda),
+#                                                COARSE_SET, FINETUNE_SET (--set overrides of the coarse_train
+#                                                epoch and of bench_finetune, e.g. "coarse_train.decode=torch")
 #
 # Each step runs under the smaller of its cap and the time left; the log gets every output.
 set -u
@@ -23,10 +26,11 @@ step() {
   timeout "$cap" "$@" >> "$log" 2>&1
   echo "== $name: rc $? in $(( $(date +%s) - s )) s (at $(( $(date +%s) - t0 )) s)" | tee -a "$log"
 }
-step tests_cuda 150 python -m pytest -q -p no:cacheprovider tests/unit/test_train_cuda.py tests/stages/test_crop.py \
-  tests/unit/test_warp_torch.py tests/unit/test_pnp_epro.py::test_cuda_matches_cpu \
+cuda_tests=${CUDA_TESTS:-tests/unit/test_train_cuda.py tests/stages/test_crop.py tests/unit/test_warp_torch.py \
+  tests/unit/test_pnp_epro.py::test_cuda_matches_cpu \
   tests/stages/test_infer.py::test_batches_handed_on_one_behind_are_the_rows_of_one_big_batch \
-  tests/unit/test_coarse_stream.py tests/stages/test_coarse.py -k "cuda or one_behind or torch_path"
+  tests/unit/test_coarse_stream.py tests/stages/test_coarse.py}
+step tests_cuda 150 python -m pytest -q -p no:cacheprovider $cuda_tests -k "cuda or one_behind or torch_path"
 step bench_crop 60 python -m benchmarks.bench_crop --synth --keep "$work/bench_crop"
 step project 120 python -m benchmarks.gpu_project "$work" --rows "$rows" --profile "$profile"
 cd "$work/project" || exit 1
@@ -36,13 +40,14 @@ for decode in opencv torch; do
 done
 step bench_coarse_compiled 120 python -m benchmarks.bench_coarse --params params.yaml --steps 12 --rounds 2 \
   --set coarse_train.decode=torch coarse_train.compile=true
-step coarse_train_epoch 90 /usr/bin/time -v python -m benchmarks.bench_coarse stage --params params.yaml --images "$rows"
+step coarse_train_epoch 90 /usr/bin/time -v python -m benchmarks.bench_coarse stage --params params.yaml --images "$rows" \
+  ${COARSE_SET:+--set $COARSE_SET}
 step coarse_predict 60 python -m stages.coarse_predict --params params.yaml
 grep -o '"[a-z]*_images_per_second": [0-9.]*' artifacts/coarse_predict/metrics.json | tee -a "$log"
 step bench_train 100 python -m benchmarks.bench_train --params params.yaml --best-reference --set train.compile=true \
   --steps 10 --rounds 3
 step bench_infer 40 python -m benchmarks.bench_infer --params params.yaml --pnp opencv --repeats 2
-step bench_finetune 70 python -m benchmarks.bench_finetune --params params.yaml --steps 20
+step bench_finetune 70 python -m benchmarks.bench_finetune --params params.yaml --steps 20 ${FINETUNE_SET:+--set $FINETUNE_SET}
 step bench_infer_batched 40 python -m benchmarks.bench_infer --params params.yaml --pnp batched --repeats 2
 echo "== done at $(( $(date +%s) - t0 )) s; the project is in $work" | tee -a "$log"
 tr '\r' '\n' < "$log" | grep -vE "%\||^\s*$" | grep -E "^==|ratio|img/s|images/s|images_per_second|passed|failed|Error|ResNet|medians|views:|training images|Maximum resident" | cut -c1-220
