@@ -41,7 +41,7 @@ OPENCV_FLAGS = ("ITERATIVE", "EPNP", "SQPNP", "EPNP+ITERATIVE")
 def collect_outputs(model, store: CropStore, perm: np.ndarray, settings) -> tuple[dict, dict]:
     """The network's outputs on all crops and on their mirrors (mapped back), (N, ...) each."""
     plain, back = {}, {}
-    for _, p, b in network_outputs(model, store.images, settings.batch_size, settings.device, settings.amp, perm):
+    for _, p, b in network_outputs(model, store.images, store.inv_warps, settings.batch_size, settings.device, settings.amp, perm):
         for out, part in ((plain, p), (back, b)):
             for key, value in part.items():
                 out.setdefault(key, []).append(value)

@@ -117,7 +117,7 @@ def main() -> None:
                          Expected.of(params.train, split["val"][0].size, resources.n_verts,
                                      basis.n_components),
                          used_inputs(split["val"][0].run, ARTIFACTS / "pca" / "basis.npz"))
-    predicted = {name: predict(model, s[0].images, 64, torch.device("cpu")) for name, s in split.items()}
+    predicted = {name: predict(model, s[0].images, s[0].inv_warps, 64, torch.device("cpu")) for name, s in split.items()}
     print_pnp_oracles(split, predicted["val"]["verts"].astype(np.float64), resources.camera)
     print_ridge_probe(split, predicted, resources.camera, args.ridge)
 

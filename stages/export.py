@@ -90,7 +90,10 @@ def run(params: Params, checkpoint: str | None = None, out: Path | str = ARTIFAC
                                     resources.n_verts)
     if model.pose is not None:
         raise ValueError("train.pose_head=direct6dof: export writes mu, sigma and verts only; the direct head's "
-                         "crop-frame pose needs each crop's warp (stages.nets.crop_pose) and is not exported")
+                         "pose needs each crop's warp (stages.nets.pose_frame) and is not exported")
+    if model.config.coordconv and model.config.coord_maps == "image":
+        raise ValueError("train.coord_maps=image: the network reads each crop's full-image positions, which the "
+                         "exported model (crops in, mu, sigma and verts out) has no input for")
     export_onnx(model, out)
     log.info("wrote %s", out)
     return Path(out)

@@ -180,12 +180,16 @@ SCHEMA = {
     "train": {
         "depth": Choice(18, 34, 50),  # torchvision ResNet depth: 18, 34 or 50
         "pretrained": bool,       # ImageNet weights through torchvision (must be in the torch hub cache)
-        "coordconv": bool,        # 5-channel input (RGB + crop X, Y maps) instead of RGB
+        "coordconv": bool,        # 5-channel input (RGB + X, Y maps) instead of RGB
+        "coord_maps": Choice("crop", "image"),  # CoordConv's maps: crop pixel positions (sec. 2.2.2) | each crop
+                                  # pixel's position in the full image (Direct 6DoF with CoordConv, sec. 3.2.1)
         "input_size": NON_NEGATIVE,  # crop resized to this side before the backbone (0 = the crop size)
         "shape_head": Choice("pca", "direct"),  # pca (coefficients, sec. 2.3) | direct (vertices, Table 2)
         "landmark_loss": Choice("gnll", "mse"),  # gnll (eq. 1) | mse (gnll with sigma fixed to 1 px)
         "pose_head": Choice("pnp", "direct6dof"),  # pnp (landmarks + PnP) | direct6dof (6D rotation +
-                                  # translation in the crop's frame, Table 1; needs infer.checkpoint train)
+                                  # translation, Table 1; needs infer.checkpoint train)
+        "pose_frame": Choice("crop", "camera"),  # direct6dof: the pose regressed in the crop's frame | in the
+                                  # camera's, as the paper's Direct 6DoF (stages.nets.pose_frame)
         "gnll_beta": FRACTION,    # beta-NLL gradient weight sigma^(2 beta) of eq. 1 (its value unchanged)
         "sigma_backbone": bool,   # sigma's gradient reaches the backbone (true) or trains its FC alone
         "epochs": COUNT,

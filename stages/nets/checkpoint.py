@@ -4,7 +4,7 @@ model.pt holds {"config": NetConfig as a dict, "model": state_dict (PCA basis bu
 "params": the training params, "basis_shape": [C, V, 3], "inputs": the identity of what it was
 trained on (stages.nets.trainer.training_inputs: "crop_run", "pca/basis.npz", ...)}. It is read as
 tensors and plain data only. A checkpoint that does not fit the params or the data (another
-backbone depth, CoordConv setting, shape head, pose head, input size, vertex count, crop size or PCA size),
+backbone depth, CoordConv setting or maps, shape head, pose head or frame, input size, vertex count, crop size or PCA size),
 or that was trained on crops of another crop run or on another PCA basis, stops with a message
 that names the file and every mismatch.
 """
@@ -38,13 +38,17 @@ class Expected:
     n_components: int   # components of artifacts/pca/basis.npz
     input_size: int     # train.input_size (0: the crop size)
     pose_head: str = "pnp"  # train.pose_head
+    pose_frame: str = "crop"    # train.pose_frame (compared for a direct pose head only)
+    coord_maps: str = "crop"    # train.coord_maps (compared with CoordConv only)
 
     @classmethod
     def of(cls, train: TrainParams, crop_size: int, n_verts: int, n_components: int) -> "Expected":
-        """From the train params section (depth, coordconv, shape_head, input_size, pose_head) and the data."""
+        """From the train params section (depth, coordconv, coord_maps, shape_head, input_size,
+        pose_head, pose_frame) and the data."""
         return cls(depth=train.depth, coordconv=train.coordconv, shape_head=train.shape_head,
                    crop_size=crop_size, n_verts=n_verts, n_components=n_components,
-                   input_size=train.input_size, pose_head=train.pose_head)
+                   input_size=train.input_size, pose_head=train.pose_head, pose_frame=train.pose_frame,
+                   coord_maps=train.coord_maps)
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -95,6 +99,10 @@ def mismatches(config: NetConfig, expected: Expected) -> list[str]:
                "crop_size": "crop store image size", "n_verts": "data vertex count",
                "n_components": "artifacts/pca basis components", "input_size": "train.input_size",
                "pose_head": "train.pose_head"}
+    if config.pose_head == "direct6dof":
+        sources["pose_frame"] = "train.pose_frame"
+    if config.coordconv:
+        sources["coord_maps"] = "train.coord_maps"
     out = []
     for name, source in sources.items():
         have, want = getattr(config, name), getattr(expected, name)

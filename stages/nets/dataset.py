@@ -25,9 +25,9 @@ from torch.utils.data import Dataset
 from stages.common.cropstore import RUN_FILE, read_run
 from stages.face.mesh import flip_mesh
 from stages.face.pca import PCABasis
-from stages.face.warp import apply_warp, compose, similarity, warp_image
+from stages.face.warp import apply_warp, compose, invert_warp, similarity, warp_image
 from stages.nets.color import draw_jitter
-from stages.nets.crop_pose import camera_to_crop, crop_scale, mirror_crop_pose
+from stages.nets.pose_frame import camera_to_frame, mirror_pose, pose_frame
 from stages.wcpa.camera import Camera
 from stages.wcpa.layout import ID_COLUMNS, DataError
 
@@ -141,18 +141,19 @@ class TrainBatches(Dataset):
     images (B, 3, S, S) uint8, uv (B, V, 2) crop px, verts (B, V, 3) metres, coeffs (B, C),
     off_span (B,) mm^2: each mesh's mean squared vertex distance from the basis' span,
     reframe (B, 2, 3) float64: the warp from the stored crop to the returned one (identity when
-    the reframing is off), jitter (B, 8) float32: colour jitter parameters for
+    the reframing is off), inv_warps (B, 2, 3) float32: the returned crop -> full-image px (a
+    mirrored crop keeps its crop's), jitter (B, 8) float32: colour jitter parameters for
     stages.nets.color.jitter_images (the identity when off). Rows the crop stage skipped are left out.
-    With pose_targets (the direct 6DoF head) also the pose in the returned crop's frame
-    (stages.nets.crop_pose): R_crop (B, 3, 3), t_code (B, 3) and crop_scale (B,), float32.
+    With a pose_frame (the direct 6DoF head: stages.nets.pose_frame.FRAMES) also the pose in that
+    frame: R_frame (B, 3, 3), t_code (B, 3) and the frame's scale frame_scale (B,), float32.
     """
 
     def __init__(self, store: CropStore, verts: np.ndarray, poses: np.ndarray, camera: Camera,
                  basis: PCABasis, flip_perm: np.ndarray | None, flip_prob: float, color_jitter: float,
                  seed: int, augment: bool = True, reframe: Reframe = Reframe(), coeffs: np.ndarray | None = None,
-                 pose_targets: bool = False):
+                 pose_frame: str | None = None):
         self.store, self.verts, self.poses = store, verts, poses
-        self.pose_targets = pose_targets
+        self.pose_frame = pose_frame
         self.camera, self.basis, self.perm = camera, basis, flip_perm
         self.coeffs = coeffs            # (N, C) basis.project(verts) (the pca stage's cache), or None: per batch
         self.flip_prob = flip_prob if augment else 0.0
@@ -184,7 +185,8 @@ class TrainBatches(Dataset):
         if flip.any():
             images[flip], uv[flip], verts[flip] = flip_targets(images[flip], uv[flip], verts[flip], self.perm)
             coeffs[flip] = self.basis.project(verts[flip])
-        pose = self.crop_poses(rows, reframe, flip) if self.pose_targets else {}
+        warps = compose(reframe, self.store.warps[rows])
+        pose = self.frame_poses(rows, warps, flip) if self.pose_frame else {}
         return {**pose,
             "images": torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))),
             "uv": torch.from_numpy(uv),
@@ -192,15 +194,17 @@ class TrainBatches(Dataset):
             "coeffs": torch.from_numpy(coeffs),
             "off_span": torch.from_numpy(self.basis.off_span_mm2(verts, coeffs).astype(np.float32)),
             "reframe": torch.from_numpy(reframe),
+            "inv_warps": torch.from_numpy(invert_warp(warps).astype(np.float32)),
             "jitter": torch.from_numpy(draw_jitter(rng, len(rows), self.jitter)),
         }
 
-    def crop_poses(self, rows: np.ndarray, reframe: np.ndarray, flip: np.ndarray) -> dict[str, torch.Tensor]:
-        """The poses of store rows (B,) in the frames of their returned crops (reframed by
-        `reframe` (B, 2, 3), mirrored where `flip` (B,) bool)."""
-        warps = compose(reframe, self.store.warps[rows])
-        R_crop, codes = camera_to_crop(self.poses[rows], warps, self.camera, self.store.size)
+    def frame_poses(self, rows: np.ndarray, warps: np.ndarray, flip: np.ndarray) -> dict[str, torch.Tensor]:
+        """The poses of store rows (B,) in the frames (self.pose_frame) of their returned crops,
+        whose warps are `warps` (B, 2, 3) full px -> crop px, mirrored where `flip` (B,) bool."""
+        poses = self.poses[rows].copy()
         if flip.any():
-            R_crop[flip], codes[flip] = mirror_crop_pose(R_crop[flip], codes[flip])
-        return {"R_crop": torch.from_numpy(R_crop.astype(np.float32)), "t_code": torch.from_numpy(codes.astype(np.float32)),
-                "crop_scale": torch.from_numpy(crop_scale(warps).astype(np.float32))}
+            poses[flip] = mirror_pose(poses[flip], warps[flip], self.camera, self.store.size)
+        R_frame, codes = camera_to_frame(poses, warps, self.camera, self.store.size, self.pose_frame)
+        _, scale = pose_frame(warps, self.camera, self.store.size, self.pose_frame)
+        return {"R_frame": torch.from_numpy(R_frame.astype(np.float32)), "t_code": torch.from_numpy(codes.astype(np.float32)),
+                "frame_scale": torch.from_numpy(scale.astype(np.float32))}

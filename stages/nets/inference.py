@@ -8,7 +8,7 @@ Per batch of crops (read from the memory-mapped store while the previous batch r
   3. the pose comes from PnP between the landmarks and the predicted canonical mesh
      (stages.nets.poses), solved in a thread pool while the next batch runs through the network.
      A network with the direct 6DoF head (train.pose_head = direct6dof) gives the pose itself, in
-     its crop's frame: it is mapped to the camera (stages.nets.crop_pose) from the original crop's
+     its crop's frame: it is mapped to the camera (stages.nets.pose_frame) from the original crop's
      outputs (flip & merge applies to its mesh), its landmarks are the mesh projected with that
      pose and its sigma is NaN (it has none).
 
@@ -37,8 +37,8 @@ from stages.common.device import pick_device
 from stages.common.params import InferParams
 from stages.common.precision import amp_dtype, autocast, place_network
 from stages.common.threads import single_thread_blas, thread_count
-from stages.face.warp import apply_warp, invert_warp
-from stages.nets.crop_pose import crop_to_camera
+from stages.face.warp import apply_warp
+from stages.nets.pose_frame import frame_poses
 from stages.nets.dataset import CropStore
 from stages.nets.flipmerge import check_mode, merge_outputs, unmirror_outputs
 from stages.nets.model import FaceNet
@@ -49,7 +49,7 @@ from stages.wcpa.predictions import PredictionWriter
 
 log = logging.getLogger(__name__)
 OUTPUT_KEYS = ("mu", "sigma", "verts")
-POSE_KEYS = ("R_crop", "t_code")    # the direct 6DoF head's outputs
+POSE_KEYS = ("R_frame", "t_code")    # the direct 6DoF head's outputs
 
 
 class InferenceError(RuntimeError):
@@ -118,17 +118,6 @@ def _from_host(host: dict[str, torch.Tensor], done, rows: slice, perm: np.ndarra
     return rows, plain, back
 
 
-def direct_poses(R_crop: np.ndarray, t_code: np.ndarray, inv_warps: np.ndarray, camera: Camera,
-                 crop_size: int) -> np.ndarray:
-    """The direct head's crop-frame poses R_crop (B, 3, 3), t_code (B, 3) of crops with warps
-    inv_warps (B, 2, 3) crop -> full px -> R_t (B, 4, 4); NaN for rows with NaN warps (skipped)."""
-    out = np.full((len(R_crop), 4, 4), np.nan)
-    rows = np.flatnonzero(np.isfinite(inv_warps).all((1, 2)))
-    if len(rows):
-        out[rows] = crop_to_camera(R_crop[rows], t_code[rows], invert_warp(inv_warps[rows]), camera, crop_size)
-    return out
-
-
 def _read_batch(images: np.ndarray, start: int, batch_size: int, pin: bool) -> torch.Tensor:
     """Crops [start, start + batch_size) of a (memory-mapped) store -> (B, S, S, 3) uint8 tensor
     (in pinned memory for a fast copy to the GPU when `pin`); the store's pages are released
@@ -139,10 +128,19 @@ def _read_batch(images: np.ndarray, start: int, batch_size: int, pin: bool) -> t
     return batch.pin_memory() if pin else batch
 
 
+def _batch_warps(inv_warps: np.ndarray, rows: slice, mirrored: bool, device: torch.device) -> torch.Tensor:
+    """The crop -> full-image warps (B, 2, 3) of a batch's rows on the device, twice over when the
+    batch carries its mirrors (a mirrored crop keeps its crop's place in the image:
+    stages.nets.pose_frame.mirror_pose); NaN (skipped rows) as 0, whose outputs are not used."""
+    warps = torch.as_tensor(np.nan_to_num(np.asarray(inv_warps[rows], dtype=np.float32)))
+    return (torch.cat([warps, warps]) if mirrored else warps).to(device, non_blocking=True)
+
+
 @torch.no_grad()
-def network_outputs(model: FaceNet, images: np.ndarray, batch_size: int, device: torch.device, amp: bool,
-                    perm: np.ndarray | None) -> Iterator[tuple[slice, dict, dict | None]]:
-    """Run the network over crops (N, S, S, 3) uint8 (a memmap is read batch by batch).
+def network_outputs(model: FaceNet, images: np.ndarray, inv_warps: np.ndarray, batch_size: int, device: torch.device,
+                    amp: bool, perm: np.ndarray | None) -> Iterator[tuple[slice, dict, dict | None]]:
+    """Run the network over crops (N, S, S, 3) uint8 (a memmap is read batch by batch) with their
+    crop -> full-image warps inv_warps (N, 2, 3) (read by image CoordConv maps).
 
     Yields (rows, plain, mirrored_back): the outputs mu (B, V, 2) crop px, sigma (B, V) crop px,
     verts (B, V, 3) metres of the crops, and those of their mirrors mapped back to the original
@@ -167,7 +165,8 @@ def network_outputs(model: FaceNet, images: np.ndarray, batch_size: int, device:
             if perm is not None:
                 x = torch.cat([x, x.flip(-1)])
             with autocast(device, dtype):
-                launched = (*_to_host(model(x), device), rows)
+                out = model(x, inv_warps=_batch_warps(inv_warps, rows, perm is not None, device))
+            launched = (*_to_host(out, device), rows)
             if previous is not None:        # the batch before, while this one runs on the GPU
                 yield _from_host(*previous, perm, size)
             previous = launched
@@ -262,12 +261,12 @@ def predicted_batches(model: FaceNet, images: np.ndarray, inv_warps: np.ndarray,
     mirror = perm if mode != "none" else None
     pending: deque = deque()
     with ThreadPoolExecutor(max(1, settings.workers)) as solvers:
-        for rows, plain, back in network_outputs(model, images, settings.batch_size, settings.device,
+        for rows, plain, back in network_outputs(model, images, inv_warps, settings.batch_size, settings.device,
                                                  settings.amp, mirror):
             verts, uv, sigma = batch_predictions(plain, back, inv_warps[rows], mode)
-            if "R_crop" in plain:
-                pose = solvers.submit(direct_poses, plain["R_crop"], plain["t_code"], inv_warps[rows], camera,
-                                      images.shape[1]).result
+            if "R_frame" in plain:
+                pose = solvers.submit(frame_poses, plain["R_frame"], plain["t_code"], inv_warps[rows], camera,
+                                      images.shape[1], model.config.pose_frame).result
             else:
                 pose = submit_poses(solvers, settings.pnp, verts, uv, sigma, camera, settings.pnp_flags)
             direct = camera if model.pose is not None else None

@@ -10,10 +10,11 @@ The direct 6DoF head (train.pose_head) regresses the pose in place of the landma
 (geodesic loss + MSE), in units chosen so that with lambda.rot = 20 and lambda.trans = 1 a degree
 of rotation error and the millimetres it moves the face (~1.4 mm at the face's ~80 mm radius)
 weigh about alike:
-  rot:   geodesic angle between the predicted and true crop-frame rotations, degrees (the same
-         angle as between the camera-frame rotations: the frame change cancels);
+  rot:   geodesic angle between the predicted and true rotations in the head's frame
+         (train.pose_frame), degrees (the same angle as between the camera-frame rotations: the
+         frame change cancels);
   trans: squared distance between the predicted and true translations, mm^2 (likewise equal in
-         the crop and camera frames).
+         either frame).
 Each loss returns the mean over the batch.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ import math
 
 import torch
 
-from stages.nets.crop_pose import translation_from_codes
+from stages.nets.pose_frame import translation_from_codes
 from stages.nets.rotation6d import geodesic
 
 
@@ -80,7 +81,8 @@ def rotation_deg(R_pred: torch.Tensor, R_gt: torch.Tensor) -> torch.Tensor:
 
 def translation_mm2(code_pred: torch.Tensor, code_gt: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """The direct head's trans term: mean squared translation error in mm^2 of codes (B, 3)
-    (stages.nets.crop_pose) of crops with scales (B,) crop px per full px."""
+    (stages.nets.pose_frame) in frames with scales (B,) (the crop frame's crop px per full px; 1
+    for the camera frame)."""
     t_pred = translation_from_codes(code_pred.float(), scale.float())
     t_gt = translation_from_codes(code_gt.float(), scale.float())
     return (((t_pred - t_gt) * 1000.0) ** 2).sum(-1).mean()

@@ -1,5 +1,6 @@
 """The direct 6DoF pose head (paper Table 1, "Direct 6DoF"): one FC layer regressing the rotation
-in the 6D representation and the translation, both in the crop's frame (stages.nets.crop_pose)."""
+in the 6D representation and the translation, both in the frame of train.pose_frame (the crop's or
+the camera's: stages.nets.pose_frame)."""
 from __future__ import annotations
 
 import torch
@@ -12,7 +13,7 @@ Z_UNIT_M = 0.05     # z_v: one output unit = 5 cm (its spread is the faces' size
 
 
 class PoseHead(nn.Module):
-    """features (B, F) -> R_crop (B, 3, 3) crop-frame rotation, t_code (B, 3) = (a, b, z_v metres).
+    """features (B, F) -> R_frame (B, 3, 3) rotation, t_code (B, 3) = (a, b, z_v metres) in the head's frame.
 
     The FC's weights start at zero and its bias at the mean training pose (`init_mean`): the
     first six outputs are the 6D rotation itself (columns of unit length at the start), the last

@@ -33,7 +33,7 @@ from stages.common.threads import single_thread_blas
 from stages.face.pca import PCABasis, load_flip_perm
 from stages.nets import losses
 from stages.nets.color import jitter_images
-from stages.nets.crop_pose import camera_to_crop
+from stages.nets.pose_frame import camera_to_frame
 from stages.nets.dataset import CropStore, Reframe, TrainBatches, crop_targets
 from stages.nets.model import FaceNet, NetConfig
 from stages.nets.validate import evaluate, predict
@@ -112,17 +112,19 @@ def state_layout(model: torch.nn.Module) -> list:
     return params + [[name, list(b.shape), False] for name, b in model.named_buffers()]
 
 
-def build_model(cfg: TrainParams, basis: PCABasis, crop_size: int, mean_uv: np.ndarray,
-                mean_crop_pose: tuple[np.ndarray, np.ndarray] | None = None) -> FaceNet:
-    """The network of a train section; mean_crop_pose (R (3, 3), code (3,)) starts a direct pose head."""
+def build_model(cfg: TrainParams, basis: PCABasis, crop_size: int, camera: Camera, mean_uv: np.ndarray,
+                mean_pose: tuple[np.ndarray, np.ndarray] | None = None) -> FaceNet:
+    """The network of a train section for crops of side crop_size px cut from the camera's images;
+    mean_pose (R (3, 3), code (3,), train.pose_frame) starts a direct pose head."""
     config = NetConfig(depth=cfg.depth, coordconv=cfg.coordconv, shape_head=cfg.shape_head,
                        crop_size=crop_size, n_verts=basis.n_verts, n_components=basis.n_components,
-                       input_size=cfg.input_size, pose_head=cfg.pose_head)
+                       input_size=cfg.input_size, pose_head=cfg.pose_head, pose_frame=cfg.pose_frame,
+                       coord_maps=cfg.coord_maps, image_size=(camera.width, camera.height))
     model = FaceNet(config, pretrained=cfg.pretrained)
     model.shape.set_basis(basis.mean, basis.components, basis.std)
     model.landmarks.init_mean(torch.as_tensor(mean_uv))
     if model.pose is not None:
-        model.pose.init_mean(*map(torch.as_tensor, mean_crop_pose))
+        model.pose.init_mean(*map(torch.as_tensor, mean_pose))
     return model
 
 
@@ -137,12 +139,12 @@ def mean_target(camera: Camera, data: SplitData, limit: int = 512) -> np.ndarray
     return crop_targets(camera, np.asarray(data.verts[rows]), data.poses[rows], data.store.warps[rows]).mean(0)
 
 
-def mean_crop_pose(camera: Camera, data: SplitData, limit: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """Mean crop-frame pose (stages.nets.crop_pose) over the first `limit` usable training
+def mean_frame_pose(camera: Camera, data: SplitData, frame: str, limit: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Mean pose in `frame` (stages.nets.pose_frame) over the first `limit` usable training
     samples: chordal mean rotation (3, 3) and mean translation code (3,)."""
     rows = np.flatnonzero(data.store.usable)[:limit]
-    R_crop, codes = camera_to_crop(data.poses[rows], data.store.warps[rows], camera, data.store.size)
-    return Rotation.from_matrix(R_crop).mean().as_matrix(), codes.mean(0)
+    R_frame, codes = camera_to_frame(data.poses[rows], data.store.warps[rows], camera, data.store.size, frame)
+    return Rotation.from_matrix(R_frame).mean().as_matrix(), codes.mean(0)
 
 
 def loss_terms(out: dict, batch: dict, cfg: TrainParams, weights_mm: torch.Tensor) -> dict:
@@ -163,8 +165,8 @@ def landmark_terms(out: dict, batch: dict, cfg: TrainParams) -> tuple[dict, dict
     """The landmark term of loss_terms (the direct 6DoF head: its rot and trans terms) and their
     diagnostics."""
     if cfg.pose_head == "direct6dof":
-        return {"rot": losses.rotation_deg(out["R_crop"], batch["R_crop"]),
-                "trans": losses.translation_mm2(out["t_code"], batch["t_code"], batch["crop_scale"])}, {}
+        return {"rot": losses.rotation_deg(out["R_frame"], batch["R_frame"]),
+                "trans": losses.translation_mm2(out["t_code"], batch["t_code"], batch["frame_scale"])}, {}
     if cfg.landmark_loss == "gnll":
         value = losses.gnll(out["mu"], out["sigma"], batch["uv"], cfg.gnll_beta)
         gain = losses.mean_gain(out["sigma"], cfg.gnll_beta)
@@ -240,8 +242,9 @@ class Trainer:
         """The network on the training device, its landmark head's trained parts set (trains_sigma;
         the direct pose head trains no landmarks)."""
         data, camera, direct = self.train_data, self.camera, self.cfg.pose_head == "direct6dof"
-        model = place_network(build_model(self.cfg, self.basis, data.store.size, mean_target(camera, data),
-                                          mean_crop_pose(camera, data) if direct else None), self.ctx.device)
+        mean_pose = mean_frame_pose(camera, data, self.cfg.pose_frame) if direct else None
+        model = place_network(build_model(self.cfg, self.basis, data.store.size, camera, mean_target(camera, data),
+                                          mean_pose), self.ctx.device)
         model.landmarks.sigma.requires_grad_(self.trains_sigma())
         model.landmarks.mu.requires_grad_(not direct)
         model.landmarks.sigma_trains_backbone = self.cfg.sigma_backbone
@@ -252,7 +255,7 @@ class Trainer:
         data = self.train_data
         return TrainBatches(data.store, data.verts, data.poses, self.camera, self.basis, flip_perm, self.cfg.flip,
                             self.cfg.color_jitter, self.seed, reframe=reframe_limits(self.cfg), coeffs=data.coeffs,
-                            pose_targets=self.cfg.pose_head == "direct6dof")
+                            pose_frame=self.cfg.pose_frame if self.cfg.pose_head == "direct6dof" else None)
 
     def fingerprint_extra(self) -> dict:
         """Hook: what the fingerprint holds besides the params: the inputs' identity, the layout."""
@@ -299,7 +302,7 @@ class Trainer:
         batch = {k: v.to(self.ctx.device, non_blocking=True) for k, v in batch.items()}
         images = jitter_images(batch["images"], batch["jitter"])
         with autocast(self.ctx.device, self.amp):
-            out = self.net(images, with_verts=self.needs_verts())
+            out = self.net(images, with_verts=self.needs_verts(), inv_warps=batch["inv_warps"])
         terms = (step_terms or self.step_terms)(out, batch, step)
         total_loss = sum(self.lambdas[k] * value for k, value in terms.items() if k in self.lambdas)
         self.optimizer.zero_grad(set_to_none=True)
@@ -339,9 +342,10 @@ class Trainer:
             raise ValueError(f"{self.paths.crop / 'val'}: every val crop was skipped")
         verts, poses, warps = np.asarray(data.verts[rows]), data.poses[rows], data.store.warps[rows]
         pred = predict(self.model, data.store.images[rows] if len(rows) < len(data.store) else data.store.images,
-                       self.cfg.val_batch_size, self.ctx.device, self.amp)
+                       data.store.inv_warps[rows], self.cfg.val_batch_size, self.ctx.device, self.amp)
         metrics = evaluate(pred, data.store.inv_warps[rows], self.camera, verts, poses,
-                           crop_targets(self.camera, verts, poses, warps), self.cfg.val_pnp_flags, data.store.size)
+                           crop_targets(self.camera, verts, poses, warps), self.cfg.val_pnp_flags, data.store.size,
+                           self.cfg.pose_frame)
         return {**metrics, "skipped": float(len(data.store) - len(rows))}
 
     def validation_record(self, epoch: int, train_terms: dict) -> dict:

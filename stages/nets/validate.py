@@ -7,26 +7,28 @@ from tqdm import tqdm
 
 from stages.common.precision import autocast
 from stages.face.warp import apply_warp, invert_warp
-from stages.nets.crop_pose import crop_to_camera
+from stages.nets.pose_frame import frame_poses
 from stages.pnp.opencv import pose_from_landmarks
 from stages.wcpa.camera import Camera
 from stages.wcpa.score import sample_errors, summarize
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int, device: torch.device,
-            amp: torch.dtype | None = None) -> dict[str, np.ndarray]:
-    """Run the network over crops (N, S, S, 3) uint8 -> numpy mu (N, V, 2) crop px,
-    sigma (N, V) crop px, verts (N, V, 3) metres, coeffs (N, C). amp: the autocast type
-    (stages.common.precision.amp_dtype), None for float32."""
+def predict(model: torch.nn.Module, images: np.ndarray, inv_warps: np.ndarray, batch_size: int,
+            device: torch.device, amp: torch.dtype | None = None) -> dict[str, np.ndarray]:
+    """Run the network over crops (N, S, S, 3) uint8 with their crop -> full-image warps
+    inv_warps (N, 2, 3) -> numpy mu (N, V, 2) crop px, sigma (N, V) crop px, verts (N, V, 3)
+    metres, coeffs (N, C). amp: the autocast type (stages.common.precision.amp_dtype), None
+    for float32."""
     was_training = model.training
     model.eval()
     parts: dict[str, list[np.ndarray]] = {}
     starts = range(0, len(images), batch_size)
     for start in tqdm(starts, desc="predict", leave=False, disable=len(starts) < 10):
         chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size].transpose(0, 3, 1, 2)))
+        warps = torch.as_tensor(np.asarray(inv_warps[start:start + batch_size], dtype=np.float32))
         with autocast(device, amp):
-            out = model(chunk.to(device, non_blocking=True))
+            out = model(chunk.to(device, non_blocking=True), inv_warps=warps.to(device))
         for key, value in out.items():
             parts.setdefault(key, []).append(value.float().cpu().numpy())
     model.train(was_training)
@@ -46,14 +48,6 @@ def solve_poses(verts: np.ndarray, uv_full: np.ndarray, camera: Camera, flags: s
     return poses, int(failed.sum())
 
 
-def direct_poses(pred: dict[str, np.ndarray], inv_warps: np.ndarray, camera: Camera,
-                 crop_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The direct head's poses (N, 4, 4) from its crop-frame outputs R_crop, t_code, and its
-    landmarks: the predicted mesh projected with them, (N, V, 2) full-image px."""
-    poses = crop_to_camera(pred["R_crop"], pred["t_code"], invert_warp(inv_warps), camera, crop_size)
-    return poses, camera.project(pred["verts"], poses)
-
-
 CALIBRATION_K = (1, 2)   # sigma multiples; a 2D isotropic Gaussian has 1 - exp(-k^2 / 2) = 39.3 % / 86.5 % within
 
 
@@ -71,18 +65,19 @@ def sigma_calibration(errors_px: np.ndarray, sigma_px: np.ndarray) -> dict[str, 
 
 def evaluate(pred: dict[str, np.ndarray], inv_warps: np.ndarray, camera: Camera,
              verts_gt: np.ndarray, poses_gt: np.ndarray, uv_gt_crop: np.ndarray,
-             pnp_flags: str = "SQPNP", crop_size: int = 0) -> dict[str, float]:
+             pnp_flags: str = "SQPNP", crop_size: int = 0, pose_frame: str = "crop") -> dict[str, float]:
     """Validation metrics of predictions on one split.
 
     Landmarks are unwarped to the full image with inv_warps (N, 2, 3), the pose comes from PnP
     between them and the predicted canonical mesh; the challenge score and the paper's metrics
     follow (stages.wcpa.score), with sigma's calibration (sigma_calibration, crop px) for the
     landmark head. uv_gt_crop: (N, V, 2) target positions, crop px. Predictions of the direct
-    head (R_crop in pred) take their pose from it (`direct_poses`, crop_size: the crops' side,
-    px) and their landmarks from the mesh projected with it.
+    head (R_frame in pred) take their pose from it (stages.nets.pose_frame.frame_poses in
+    `pose_frame`, crop_size: the crops' side, px) and their landmarks from the mesh projected with it.
     """
-    if "R_crop" in pred:
-        (poses, uv_full), failed = direct_poses(pred, inv_warps, camera, crop_size), 0
+    if "R_frame" in pred:
+        poses, failed = frame_poses(pred["R_frame"], pred["t_code"], inv_warps, camera, crop_size, pose_frame), 0
+        uv_full = camera.project(pred["verts"], poses)
         pred = {**pred, "mu": apply_warp(invert_warp(inv_warps), uv_full)}
     else:
         uv_full = apply_warp(inv_warps, pred["mu"])
@@ -91,7 +86,7 @@ def evaluate(pred: dict[str, np.ndarray], inv_warps: np.ndarray, camera: Camera,
     summary["pnp_failed"] = failed
     crop_errors = np.linalg.norm(pred["mu"] - uv_gt_crop, axis=-1)
     summary["landmark_crop_px"] = float(crop_errors.mean())
-    if "R_crop" not in pred:
+    if "R_frame" not in pred:
         summary.update(sigma_calibration(crop_errors, pred["sigma"]))
     uv_gt_full = apply_warp(inv_warps, uv_gt_crop)
     summary["landmark_full_px"] = float(np.linalg.norm(uv_full - uv_gt_full, axis=-1).mean())

@@ -138,7 +138,8 @@ def test_mirror_pass_is_the_network_on_flipped_crops(project):
     model = save_model(root, params).eval()
     images = np.load(root / "artifacts" / "crop" / "val" / "images.npy", mmap_mode="r")[:3]
     perm = np.load(root / "artifacts" / "pca" / "basis.npz")["flip_perm"]
-    [(rows, plain, back)] = list(network_outputs(model, images, 8, torch.device("cpu"), False, perm))
+    warps = np.load(root / "artifacts" / "crop" / "val" / "inv_warps.npy")[:3]
+    [(rows, plain, back)] = list(network_outputs(model, images, warps, 8, torch.device("cpu"), False, perm))
     with torch.no_grad():
         flipped = model(torch.from_numpy(np.ascontiguousarray(images[:, :, ::-1])).permute(0, 3, 1, 2))
     expected = unmirror_outputs({k: v.numpy() for k, v in flipped.items()}, perm, CROP)
@@ -157,8 +158,9 @@ def test_batches_handed_on_one_behind_are_the_rows_of_one_big_batch(project, dev
     model = save_model(root, params).eval()
     images = np.load(root / "artifacts" / "crop" / "val" / "images.npy", mmap_mode="r")[:7]
     perm = np.load(root / "artifacts" / "pca" / "basis.npz")["flip_perm"]
-    [(_, whole, whole_back)] = list(network_outputs(model, images, 8, torch.device(device), False, perm))
-    parts = list(network_outputs(model, images, 3, torch.device(device), False, perm))
+    warps = np.load(root / "artifacts" / "crop" / "val" / "inv_warps.npy")[:7]
+    [(_, whole, whole_back)] = list(network_outputs(model, images, warps, 8, torch.device(device), False, perm))
+    parts = list(network_outputs(model, images, warps, 3, torch.device(device), False, perm))
     assert [rows for rows, _, _ in parts] == [slice(0, 3), slice(3, 6), slice(6, 7)]
     for key in ("mu", "sigma", "verts"):
         for got, expected in ((np.concatenate([p[key] for _, p, _ in parts]), whole[key]),

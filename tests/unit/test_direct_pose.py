@@ -1,5 +1,5 @@
-"""The direct 6DoF head's geometry: the 6D rotation map, the geodesic loss (against scipy) and
-the crop <-> camera frame (against OpenCV's projections)."""
+"""The direct 6DoF head's geometry: the 6D rotation map, the geodesic loss (against scipy), the
+crop and camera frames (against OpenCV's projections) and the mirror of a pose."""
 import cv2
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ from scipy.spatial.transform import Rotation
 
 from stages.face.mesh import flip_mesh
 from stages.face.warp import apply_warp, invert_warp, similarity
-from stages.nets.crop_pose import camera_to_crop, crop_frame, crop_to_camera, mirror_crop_pose
+from stages.nets.pose_frame import camera_to_frame, crop_frame, frame_poses, frame_to_camera, mirror_pose
 from stages.nets.losses import rotation_deg, translation_mm2
 from stages.nets.posehead import PoseHead
 from stages.nets.rotation6d import geodesic, rotation_from_6d, rotation_to_6d
@@ -62,11 +62,11 @@ def test_crop_frame_round_trips_any_pose(camera):
     rng = np.random.default_rng(0)
     poses = random_poses(rng, 200)
     warps = random_crops(rng, poses, camera)
-    R_crop, codes = camera_to_crop(poses, warps, camera, SIZE)
+    R_frame, codes = camera_to_frame(poses, warps, camera, SIZE, "crop")
     frames, _ = crop_frame(warps, camera, SIZE)
     assert np.allclose(np.swapaxes(frames, 1, 2) @ frames, np.eye(3), atol=1e-12)
     assert np.allclose(np.linalg.det(frames), 1.0)
-    np.testing.assert_allclose(crop_to_camera(R_crop, codes, warps, camera, SIZE), poses, atol=1e-12)
+    np.testing.assert_allclose(frame_to_camera(R_frame, codes, warps, camera, SIZE, "crop"), poses, atol=1e-12)
 
 
 def test_translation_code_follows_the_opencv_projection_of_the_head_origin(camera):
@@ -75,7 +75,7 @@ def test_translation_code_follows_the_opencv_projection_of_the_head_origin(camer
     rng = np.random.default_rng(1)
     poses = random_poses(rng, 50)
     warps = random_crops(rng, poses, camera)
-    _, codes = camera_to_crop(poses, warps, camera, SIZE)
+    _, codes = camera_to_frame(poses, warps, camera, SIZE, "crop")
     frames, scale = crop_frame(warps, camera, SIZE)
     R_cv, t_cv = rt_to_opencv(poses)
     for i in range(len(poses)):
@@ -89,7 +89,7 @@ def test_translation_code_follows_the_opencv_projection_of_the_head_origin(camer
         assert np.linalg.norm(t_crop) == pytest.approx(np.linalg.norm(t_cv[i]))
     # crops centred on the head origin's pixel: (a, b) = 0
     on_ray = similarity(np.zeros(50), scale, camera.project(np.zeros((50, 1, 3)), poses)[:, 0], np.full((50, 2), SIZE / 2))
-    np.testing.assert_allclose(camera_to_crop(poses, on_ray, camera, SIZE)[1][:, :2], 0.0, atol=1e-12)
+    np.testing.assert_allclose(camera_to_frame(poses, on_ray, camera, SIZE, "crop")[1][:, :2], 0.0, atol=1e-12)
 
 
 def centred_crops(rng, n, camera):
@@ -104,37 +104,62 @@ def test_crop_pose_projects_like_the_warped_opencv_projection(camera):
     rng = np.random.default_rng(4)
     poses = random_poses(rng, 30)
     warps, scale = centred_crops(rng, 30, camera)
-    R_crop, codes = camera_to_crop(poses, warps, camera, SIZE)
+    R_frame, codes = camera_to_frame(poses, warps, camera, SIZE, "crop")
     R_cv, t_cv = rt_to_opencv(poses)
     for i in range(len(poses)):
         verts = face_points(rng, 100)
         full, _ = cv2.projectPoints(verts, cv2.Rodrigues(R_cv[i])[0], t_cv[i], camera.K, None)
         K_crop = np.array([[camera.fx * scale[i], 0, SIZE / 2], [0, camera.fy * scale[i], SIZE / 2], [0, 0, 1]])
         t_crop = codes[i, 2] * scale[i] * np.array([codes[i, 0], codes[i, 1], 1.0])
-        crop, _ = cv2.projectPoints(verts, cv2.Rodrigues(R_crop[i])[0], t_crop, K_crop, None)
+        crop, _ = cv2.projectPoints(verts, cv2.Rodrigues(R_frame[i])[0], t_crop, K_crop, None)
         np.testing.assert_allclose(crop[:, 0], apply_warp(warps[i], full[:, 0]), atol=1e-6)
 
 
-def test_mirrored_crop_pose_projects_the_mirrored_mesh_to_the_mirrored_crop(camera):
+def test_mirrored_pose_projects_the_mirrored_mesh_to_the_mirrored_crop(camera):
+    """For crops centred on the principal point (exactly a rotated pinhole) the mirrored mesh in the
+    mirrored pose lands, through the full camera and the same warp, at u -> S - u of the mesh."""
     rng = np.random.default_rng(6)
     poses = random_poses(rng, 10)
-    warps, scale = centred_crops(rng, 10, camera)
-    R_crop, codes = camera_to_crop(poses, warps, camera, SIZE)
-    R_m, codes_m = mirror_crop_pose(R_crop, codes)
-    back = mirror_crop_pose(R_m, codes_m)
-    np.testing.assert_allclose(back[0], R_crop)
-    np.testing.assert_allclose(back[1], codes)
+    warps, _ = centred_crops(rng, 10, camera)
+    mirrored_poses = mirror_pose(poses, warps, camera, SIZE)
+    np.testing.assert_allclose(mirror_pose(mirrored_poses, warps, camera, SIZE), poses, atol=1e-12)
     verts = face_points(rng, 50)
     mirrored = flip_mesh(verts, np.arange(50))
     for i in range(10):
-        K_crop = np.array([[camera.fx * scale[i], 0, SIZE / 2], [0, camera.fy * scale[i], SIZE / 2], [0, 0, 1]])
-
-        def project(R, code, points):
-            t = code[2] * scale[i] * np.array([code[0], code[1], 1.0])
-            return cv2.projectPoints(points, cv2.Rodrigues(R)[0], t, K_crop, None)[0][:, 0]
-        plain, flipped = project(R_crop[i], codes[i], verts), project(R_m[i], codes_m[i], mirrored)
+        plain = apply_warp(warps[i], camera.project(verts, poses[i]))
+        flipped = apply_warp(warps[i], camera.project(mirrored, mirrored_poses[i]))
         np.testing.assert_allclose(flipped[:, 0], SIZE - plain[:, 0], atol=1e-6)
         np.testing.assert_allclose(flipped[:, 1], plain[:, 1], atol=1e-6)
+
+
+def test_mirror_in_the_crop_frame_flips_x_of_the_rotation_and_a(camera):
+    rng = np.random.default_rng(7)
+    poses = random_poses(rng, 20)
+    warps = random_crops(rng, poses, camera)
+    R_frame, codes = camera_to_frame(poses, warps, camera, SIZE, "crop")
+    R_m, codes_m = camera_to_frame(mirror_pose(poses, warps, camera, SIZE), warps, camera, SIZE, "crop")
+    M = np.diag([-1.0, 1.0, 1.0])
+    np.testing.assert_allclose(R_m, M @ R_frame @ M, atol=1e-12)
+    np.testing.assert_allclose(codes_m, codes * [-1.0, 1.0, 1.0], atol=1e-12)
+
+
+def test_camera_frame_codes_are_the_opencv_translation(camera):
+    """In the camera frame R is OpenCV's rotation and the code (t_x / t_z, t_y / t_z, t_z), whatever the crop."""
+    rng = np.random.default_rng(9)
+    poses = random_poses(rng, 30)
+    warps = random_crops(rng, poses, camera)
+    R_frame, codes = camera_to_frame(poses, warps, camera, SIZE, "camera")
+    R_cv, t_cv = rt_to_opencv(poses)
+    np.testing.assert_allclose(R_frame, R_cv, atol=1e-12)
+    np.testing.assert_allclose(codes, np.concatenate([t_cv[:, :2] / t_cv[:, 2:], t_cv[:, 2:]], axis=1), atol=1e-12)
+    np.testing.assert_allclose(frame_to_camera(R_frame, codes, warps, camera, SIZE, "camera"), poses, atol=1e-12)
+    inv_warps = invert_warp(warps)
+    inv_warps[3] = np.nan                                    # a skipped crop
+    got = frame_poses(R_frame, codes, inv_warps, camera, SIZE, "camera")
+    assert np.isnan(got[3]).all()
+    np.testing.assert_allclose(np.delete(got, 3, 0), np.delete(poses, 3, 0), atol=1e-12)
+    with pytest.raises(ValueError, match="pose_frame='image'"):
+        camera_to_frame(poses, warps, camera, SIZE, "image")
 
 
 def test_translation_loss_is_the_camera_frame_distance(camera):
@@ -143,8 +168,8 @@ def test_translation_loss_is_the_camera_frame_distance(camera):
     warps = random_crops(rng, poses, camera)
     other = poses.copy()
     other[:, 3, :3] += rng.normal(0, 0.01, (20, 3))
-    _, codes = camera_to_crop(poses, warps, camera, SIZE)
-    _, codes_other = camera_to_crop(other, warps, camera, SIZE)
+    _, codes = camera_to_frame(poses, warps, camera, SIZE, "crop")
+    _, codes_other = camera_to_frame(other, warps, camera, SIZE, "crop")
     _, scale = crop_frame(warps, camera, SIZE)
     expected = (np.linalg.norm((poses - other)[:, 3, :3], axis=-1) ** 2).mean() * 1e6
     got = translation_mm2(torch.from_numpy(codes_other), torch.from_numpy(codes), torch.from_numpy(scale))

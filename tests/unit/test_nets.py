@@ -7,7 +7,8 @@ import torch
 
 from stages.face.pca import fit_pca
 from stages.nets import backbone, losses
-from stages.nets.coordconv import add_coord_channels
+from stages.face.warp import apply_warp, similarity
+from stages.nets.coordconv import add_coord_channels, image_coord_maps
 from stages.nets.heads import LandmarkHead, ShapeHead
 from stages.nets.model import FaceNet, NetConfig
 
@@ -18,6 +19,41 @@ def test_coord_maps_scale_pixel_indices_to_minus_one_one():
     np.testing.assert_allclose(out[0, 3, 0].numpy(), [-1, -0.5, 0, 0.5, 1])     # X along a row
     np.testing.assert_allclose(out[1, 4, :, 2].numpy(), [-1, -0.5, 0, 0.5, 1])  # Y down a column
     assert (out[:, 3, :, 4] == 1).all() and (out[:, 4, 0] == -1).all()
+
+
+def test_image_coord_maps_place_each_pixel_centre_in_the_full_image():
+    """Against apply_warp of the pixel centres, for the crop itself (S = 16) and for an input
+    resized to 8 px (pixel k's centre at crop px (k + 0.5) * 2)."""
+    rng = np.random.default_rng(0)
+    warps = similarity(rng.uniform(-0.5, 0.5, 3), rng.uniform(0.2, 0.5, 3), rng.uniform(200, 600, (3, 2)),
+                       np.full((3, 2), 8.0))
+    inv_warps = np.linalg.inv(np.concatenate([warps, np.tile([[[0.0, 0.0, 1.0]]], (3, 1, 1))], 1))[:, :2]
+    for size in (16, 8):
+        centres = (np.arange(size) + 0.5) * 16 / size
+        u, v = np.meshgrid(centres, centres)                  # (size, size): u along x, v along y
+        full = apply_warp(inv_warps, np.stack([u.ravel(), v.ravel()], -1)[None].repeat(3, 0))
+        expected = (full / np.array([800.0, 600.0]) * 2 - 1).reshape(3, size, size, 2).transpose(0, 3, 1, 2)
+        got = image_coord_maps(torch.from_numpy(inv_warps), 16, size, (800, 600))
+        np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)
+
+
+def test_image_coord_maps_need_the_warps_and_change_the_output():
+    config = NetConfig(depth=18, coordconv=True, shape_head="pca", crop_size=32, n_verts=10, n_components=4,
+                       coord_maps="image", image_size=(800, 800))
+    model = FaceNet(config).eval()
+    model.shape.set_basis(np.zeros((10, 3)), np.eye(4, 30).reshape(4, 10, 3), np.ones(4))
+    images = torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8)
+    with pytest.raises(ValueError, match="needs each crop's inv_warps"):
+        model(images)
+    shift = torch.tensor([[1.0, 0.0, 100.0], [0.0, 1.0, 300.0]]).expand(2, 2, 3)
+    with torch.no_grad():
+        for weight in model.parameters():           # the heads start at their means: give them some weight
+            weight.add_(0.01 * torch.randn_like(weight))
+        a, b = model(images, inv_warps=shift)["mu"], model(images, inv_warps=shift + torch.tensor([0.0, 0.0, 200.0]))["mu"]
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="needs the full images' size"):
+        FaceNet(NetConfig(depth=18, coordconv=True, shape_head="pca", crop_size=32, n_verts=10, n_components=4,
+                          coord_maps="image"))
 
 
 def test_widened_first_conv_keeps_rgb_weights_and_zeroes_the_coordinate_channels():
