@@ -7,6 +7,8 @@
 #   bash benchmarks/gpu_check.sh [LOG]      env: BUDGET (s, default 600), ROWS (4096), PROFILE (gpu),
 #                                                SKIP (step names to leave out, e.g. "bench_crop bench_finetune"),
 #                                                CUDA_TESTS (the test files of tests_cuda),
+#                                                COMPILED_DECODE (the view path of bench_coarse_compiled:
+#                                                opencv, or torch),
 #                                                COARSE_SET, FINETUNE_SET (--set overrides of the coarse_train
 #                                                epoch and of bench_finetune, e.g. "coarse_train.decode=torch")
 #
@@ -39,7 +41,7 @@ for decode in opencv torch; do
     --set coarse_train.decode=$decode coarse_train.compile=false
 done
 step bench_coarse_compiled 120 python -m benchmarks.bench_coarse --params params.yaml --steps 12 --rounds 2 \
-  --set coarse_train.decode=torch coarse_train.compile=true
+  --set coarse_train.decode=${COMPILED_DECODE:-opencv} coarse_train.compile=true
 step coarse_train_epoch 90 /usr/bin/time -v python -m benchmarks.bench_coarse stage --params params.yaml --images "$rows" \
   ${COARSE_SET:+--set $COARSE_SET}
 step coarse_predict 60 python -m stages.coarse_predict --params params.yaml
