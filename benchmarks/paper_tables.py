@@ -33,7 +33,9 @@ def experiment_metrics(show: list | dict) -> dict[str, dict]:
     """`dvc exp show --json` output -> {experiment name: its headline {split: {key: value}}}.
 
     Walks the whole document: every entry with a name and metrics of HEADLINE counts (the
-    workspace and branch entries too, under their names), wherever DVC nests it."""
+    branch entries too, under their names), wherever DVC nests it, but an experiment still
+    running: DVC shows it with the metrics of its workspace (data.rev "workspace"), which are
+    not yet its own."""
     found: dict[str, dict] = {}
     if isinstance(show, list):
         for item in show:
@@ -41,7 +43,7 @@ def experiment_metrics(show: list | dict) -> dict[str, dict]:
     elif isinstance(show, dict):
         data = show.get("data")
         name = show.get("name")
-        if name and isinstance(data, dict):
+        if name and isinstance(data, dict) and data.get("rev") != "workspace":
             headline = ((data.get("metrics") or {}).get(HEADLINE) or {}).get("data")
             if headline:
                 found[name] = headline

@@ -24,6 +24,14 @@ def test_metrics_are_found_by_experiment_name_and_failed_runs_are_absent(metrics
     assert metrics["t1-mse-pnp"]["val"]["ADD"] == 16.8 and metrics["t1-mse-pnp"]["test"]["ADD"] == 17.8
 
 
+def test_a_running_experiment_shows_no_metrics():
+    """DVC lists a running queued experiment with its workspace's metrics (here the baseline's)."""
+    running = {"rev": "5347c1fe", "name": "t1-mse-pnp", "error": None, "experiments": None,
+               "data": {"rev": "workspace", "metrics": {paper_tables.HEADLINE: {"data": {"val": {"ADD": 16.05}}}}}}
+    done = {**running, "name": "t1-direct6dof", "data": {**running["data"], "rev": "7c911bda"}}
+    assert set(paper_tables.experiment_metrics([running, done])) == {"t1-direct6dof"}
+
+
 def test_table_one_puts_each_experiment_beside_the_papers_row(metrics):
     table = paper_tables.load_spec()[0]
     frame = paper_tables.assemble(table, metrics, "val").set_index("method")
