@@ -12,9 +12,12 @@ from tests.tiny_project import PROJ, make_tiny_project
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-def test_amp_training_epoch_on_cuda(tmp_path, monkeypatch):
+@pytest.mark.parametrize("train", [{}, {"pose_head": "direct6dof", "pose_frame": "camera", "coordconv": True,
+                                        "coord_maps": "image"}], ids=["pnp", "direct-camera-image-maps"])
+def test_amp_training_epoch_on_cuda(tmp_path, monkeypatch, train):
     params = make_tiny_project(tmp_path, subjects=4, crop_size=32)
-    params = params.replace(train={"device": "cuda", "amp": True, "batch_size": 6})
+    params = params.replace(train={"device": "cuda", "amp": True, "batch_size": 6, **train},
+                            infer={"checkpoint": "train"})
     monkeypatch.chdir(tmp_path)
     pca.run(params)
     base = Path(tmp_path)
@@ -26,3 +29,4 @@ def test_amp_training_epoch_on_cuda(tmp_path, monkeypatch):
     terms = trainer.train_epoch(0)
     assert all(torch.isfinite(torch.tensor(v)) for v in terms.values())
     assert next(trainer.model.parameters()).is_cuda
+    assert all(map(torch.isfinite, map(torch.tensor, trainer.validate().values())))
