@@ -22,9 +22,7 @@ from stages.profile import profile_file
 
 PRE_FINETUNE = ("infer.checkpoint=train",)
 PRE_FINETUNE_TARGETS = ("evaluate@infer", "submit@infer")
-# the paper's Direct 6DoF: the camera-frame pose, whose translation errors start near 85 mm rms (the crop
-# frame's near 31): lambda.trans = 0.05 starts its term level with the rotation's (docs/experiments.md)
-DIRECT_CAMERA = ("train.pose_head=direct6dof", "train.pose_frame=camera", "train.shape_head=pca", "lambda.trans=0.05")
+DIRECT_CAMERA = ("train.pose_head=direct6dof", "train.pose_frame=camera", "train.shape_head=pca")   # the paper's
 GNLL_PNP = ("train.pose_head=pnp", "train.landmark_loss=gnll", "train.coordconv=true", "train.shape_head=pca")
 
 # name -> (-S assignments, targets); the names are those of benchmarks/paper_tables.yaml

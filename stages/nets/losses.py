@@ -7,9 +7,8 @@ Units, chosen so that the paper's weights 0.01 / 20 / 10 give terms of one order
   wpdc: sum_k (w_k * delta a_k)^2 with w_k in mm per normalised coefficient (stages.face.pca),
         i.e. the in-span mean squared vertex error, mm^2 (x 10 ~ 30).
 The direct 6DoF head (train.pose_head) regresses the pose in place of the landmarks; its terms
-(geodesic loss + MSE), in units chosen so that with lambda.rot = 20 and lambda.trans = 1 a degree
-of rotation error and the millimetres it moves the face (~1.4 mm at the face's ~80 mm radius)
-weigh about alike:
+(geodesic loss + MSE), in degrees and mm^2, weighted by lambda.rot = 20 and lambda.trans = 0.05
+(measured against 1, at which the translation term took the shared features: docs/experiments.md):
   rot:   geodesic angle between the predicted and true rotations in the head's frame
          (train.pose_frame), degrees (the same angle as between the camera-frame rotations: the
          frame change cancels);
