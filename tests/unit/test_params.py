@@ -69,7 +69,7 @@ def test_paper_profile_applies_and_validates(tmp_path):
     apply_profile("paper", target)
     params = load_params(target)
     assert params.lambda_.as_dict() == {"landmarks": 0.01, "vdc": 20.0, "wpdc": 10.0, "pnp": 2.0, "mc": 0.01,
-                                        "rot": 20.0, "trans": 1.0}
+                                        "rot": 20.0, "trans": 0.05}
     assert "# " in target.read_text()          # comments survive
 
 
