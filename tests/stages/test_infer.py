@@ -1,17 +1,20 @@
 """Stage infer on a tiny project: a random depth-18 network at 32 px on a tiny crop store."""
+import dataclasses
 import shutil
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from stages import infer, pca, submit
 from stages.common.cropstore import stamp_run
 from stages.face.pca import PCABasis
-from stages.nets.checkpoint import CheckpointError, used_inputs
+from stages.nets.checkpoint import CheckpointError, Expected, used_inputs
 from stages.nets.inference import (Fallback, InferenceError, check_network, network_outputs,
                                    repair_poses)
 from stages.nets.flipmerge import unmirror_outputs
@@ -255,3 +258,13 @@ def test_failed_pnp_gets_the_fallback_pose_up_to_the_allowed_fraction():
     failed = repair_poses(pred["R_t"], skipped, fallback, table, 0.5, "here")
     assert failed.tolist() == [False, True, False]
     assert pred["R_t"][1, 3, 2] == -0.6 and pred["R_t"][0, 3, 2] == -0.5
+
+
+def test_infer_lists_every_train_key_its_checkpoint_check_reads():
+    """infer checks model.pt against these train.* params (stages.nets.checkpoint.Expected.of), so
+    dvc.yaml must list them for infer: a change reruns it."""
+    from_data = {"crop_size", "n_verts", "n_components"}
+    keys = {f"train.{f.name}" for f in dataclasses.fields(Expected)} - {f"train.{k}" for k in from_data}
+    listed = set(yaml.safe_load((Path(__file__).resolve().parents[2] / "dvc.yaml").read_text())
+                 ["stages"]["infer"]["do"]["params"])
+    assert keys <= listed, sorted(keys - listed)
