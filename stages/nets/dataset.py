@@ -27,7 +27,7 @@ from stages.face.mesh import flip_mesh
 from stages.face.pca import PCABasis
 from stages.face.warp import apply_warp, compose, invert_warp, similarity, warp_image
 from stages.nets.color import draw_jitter
-from stages.nets.pose_frame import camera_to_frame, mirror_pose, pose_frame
+from stages.nets.pose_frame import camera_to_frame, frame_scale, mirror_pose
 from stages.wcpa.camera import Camera
 from stages.wcpa.layout import ID_COLUMNS, DataError
 
@@ -205,6 +205,6 @@ class TrainBatches(Dataset):
         if flip.any():
             poses[flip] = mirror_pose(poses[flip], warps[flip], self.camera, self.store.size)
         R_frame, codes = camera_to_frame(poses, warps, self.camera, self.store.size, self.pose_frame)
-        _, scale = pose_frame(warps, self.camera, self.store.size, self.pose_frame)
+        scale = frame_scale(warps, self.pose_frame)
         return {"R_frame": torch.from_numpy(R_frame.astype(np.float32)), "t_code": torch.from_numpy(codes.astype(np.float32)),
                 "frame_scale": torch.from_numpy(scale.astype(np.float32))}

@@ -8,7 +8,7 @@ Per batch of crops (read from the memory-mapped store while the previous batch r
   3. the pose comes from PnP between the landmarks and the predicted canonical mesh
      (stages.nets.poses), solved in a thread pool while the next batch runs through the network.
      A network with the direct 6DoF head (train.pose_head = direct6dof) gives the pose itself, in
-     its crop's frame: it is mapped to the camera (stages.nets.pose_frame) from the original crop's
+     its frame (train.pose_frame): it is mapped to the camera (stages.nets.pose_frame) from the original crop's
      outputs (flip & merge applies to its mesh), its landmarks are the mesh projected with that
      pose and its sigma is NaN (it has none).
 

@@ -77,15 +77,20 @@ def translation_from_codes(codes, scale):
     return t
 
 
+def frame_scale(warps: np.ndarray, frame: str) -> np.ndarray:
+    """The scales s (B,) of `frame` (FRAMES) for crops `warps` (B, 2, 3): the crops' scales, or 1
+    for the camera."""
+    if frame not in FRAMES:
+        raise ValueError(f"train.pose_frame={frame!r}: expected one of {FRAMES}")
+    return crop_scale(warps) if frame == "crop" else np.ones(len(warps))
+
+
 def pose_frame(warps: np.ndarray, camera: Camera, size: int, frame: str) -> tuple[np.ndarray, np.ndarray]:
     """The frames C (B, 3, 3) (x_frame = C x_cv) and scales s (B,) of `frame` (FRAMES) for crops
     `warps` (B, 2, 3) of side `size` px: crop_frame's, or the identity and 1 for the camera."""
     if frame == "crop":
         return crop_frame(warps, camera, size)
-    if frame != "camera":
-        raise ValueError(f"train.pose_frame={frame!r}: expected one of {FRAMES}")
-    count = len(warps)
-    return np.broadcast_to(np.eye(3), (count, 3, 3)).copy(), np.ones(count)
+    return np.broadcast_to(np.eye(3), (len(warps), 3, 3)).copy(), frame_scale(warps, frame)
 
 
 def camera_to_frame(R_t: np.ndarray, warps: np.ndarray, camera: Camera, size: int,
