@@ -127,7 +127,6 @@ def run(params: Params, out: Path = Path("artifacts/coarse_predict"),
             np.save(tmp / f"{split}.npy", landmarks[split])
         save_json(tmp / "metrics.json", metrics)
         bad.finish(tmp, total=sum(len(t) for t in tables.values()))
-    log.info("metrics: %s", metrics)
     return metrics
 
 

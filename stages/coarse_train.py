@@ -125,7 +125,6 @@ def run(params: Params, out: Path = Path("artifacts/coarse_train"),
                "total_seconds": time.perf_counter() - started}
     write_outputs(out, partial, nets, {**params.coarse_train.as_dict(), "n_points": resources.n_kpts},
                   flip_order, identity, metrics)
-    log.info("metrics: %s", metrics)
     return metrics
 
 

@@ -247,7 +247,6 @@ def run(params: Params, out: Path = Path("artifacts/crop"), coarse_dir: Path = P
         stamp_run([tmp / split for split in SPLITS])
         save_json(tmp / "metrics.json", metrics)
     shutil.rmtree(partial, ignore_errors=True)
-    log.info("metrics: %s", metrics)
     return metrics
 
 

@@ -136,7 +136,6 @@ def run(params: Params, out: Path = Path("artifacts/pca"), split_dir: Path = Pat
     basis.save(out / "basis.npz", **vertex_flip(mean_mesh["train"]))
     write_list(out / "neutral.csv", tables["train"].iloc[chosen])
     save_json(out / "metrics.json", metrics)
-    log.info("metrics: %s", metrics)
     return metrics
 
 

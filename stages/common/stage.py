@@ -26,7 +26,7 @@ def stage_main(doc: str, run: Callable[..., Any], options: Callable[[argparse.Ar
                argv: list[str] | None = None, errors: tuple[type[Exception], ...] = ()) -> None:
     """Parse --params FILE and the options `options` adds to the parser (argv None: the command
     line), set up logging, load and check the params, call run(params, **the options) and log the
-    wall time. doc: the module's docstring (its first line is the --help description); errors: the
+    metrics it returns (a dict; per-epoch histories, lists, left out) and the wall time. doc: the module's docstring (its first line is the --help description); errors: the
     exception types that stop with '<stage>: <message>' instead of a traceback."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--params", default=str(PARAMS_FILE), help="params file (default params.yaml)")
@@ -37,7 +37,9 @@ def stage_main(doc: str, run: Callable[..., Any], options: Callable[[argparse.Ar
     name = run.__module__.rpartition(".")[2]
     started = time.perf_counter()
     try:
-        run(load_params(args.pop("params")), **args)
+        result = run(load_params(args.pop("params")), **args)
     except errors as err:
         raise SystemExit(f"{name}: {err}") from None
+    if isinstance(result, dict) and result:
+        log.info("%s metrics: %s", name, {key: value for key, value in result.items() if not isinstance(value, list)})
     log.info("%s done in %.1f s", name, time.perf_counter() - started)

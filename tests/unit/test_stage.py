@@ -41,3 +41,13 @@ def test_listed_errors_stop_with_the_stage_and_message_others_propagate(tmp_path
     (tmp_path / "params.yaml").write_text("seed: 1\n")
     with pytest.raises(ParamsError):
         stage_main("Stage probe.", run, options, ["--params", str(tmp_path / "params.yaml"), "--split", "val"])
+
+
+def scored(params: Params) -> dict:
+    return {"score": 67.5, "epochs": [{"loss": 1.0}]}
+
+
+def test_the_returned_metrics_are_logged_without_their_history(caplog):
+    with caplog.at_level(logging.INFO):
+        stage_main("Stage probe.", scored, argv=["--params", str(PARAMS)])
+    assert "test_stage metrics: {'score': 67.5}" in caplog.text
