@@ -73,7 +73,8 @@ OPTIMIZATION = {                  # the keys train and finetune share: the optim
     "amp": bool,              # bfloat16 autocast on CUDA with bfloat16 (else float16 + GradScaler);
                               # bfloat16 on CPUs with native bfloat16 (AVX512-BF16, AMX), float32 on others
     "compile": bool,          # torch.compile the network of the training step (a GPU's speed-up after a
-                              # minute of compiling; the saved weights are the plain module's)
+                              # minute of compiling; the saved weights are the plain module's); finetune:
+                              # also the PnP layer's sample costs and LM iteration (stages/pnp/compiled.py)
     "val_batch_size": COUNT,
     "val_pnp_flags": PNP_METHOD,  # OpenCV PnP of the per-epoch validation (cv2.SOLVEPNP_<name>)
 }

@@ -35,13 +35,15 @@ class PnPSettings:
     """How the layer is run: mc_samples Monte Carlo poses per sample over amis_iters proposals,
     lm_iters the most Levenberg-Marquardt iterations of the solve (it starts from both the
     closed-form pose and the true one, stages.pnp.epro), points the vertices used by
-    the PnP (0 = all; a random subset per batch otherwise), dtype of the PnP arithmetic."""
+    the PnP (0 = all; a random subset per batch otherwise), dtype of the PnP arithmetic, compiled:
+    the sample costs and (off the CPU) the LM iteration through torch.compile (stages.pnp.compiled)."""
 
     mc_samples: int
     amis_iters: int
     lm_iters: int = 50
     points: int = 0
     dtype: torch.dtype = torch.float32
+    compiled: bool = False
 
 
 def crop_to_full(mu: torch.Tensor, sigma: torch.Tensor, inv_warps: torch.Tensor
@@ -93,7 +95,8 @@ def pnp_terms(out: dict, batch: dict, settings: PnPSettings,
     R_gt, t_gt = batch["R_gt"].to(dtype), batch["t_gt"].to(dtype)
     x3d, x2d, w2d, K = verts[:, subset], x2d[:, subset], w2d[:, subset], batch["K"].to(dtype)
     layer = epro_pnp(x3d, x2d, w2d, K, R_gt, t_gt, n_samples=settings.mc_samples,
-                     n_iters=settings.amis_iters, generator=generator, max_iters=settings.lm_iters)
+                     n_iters=settings.amis_iters, generator=generator, max_iters=settings.lm_iters,
+                     compiled=settings.compiled)
     valid = layer.mask & finite
     pnp = pnp_loss(layer.R, layer.t, R_gt, t_gt, batch["verts"].to(dtype), verts)
     return {"pnp": MM_PER_M * masked_mean(pnp, valid).float(), "mc": masked_mean(layer.loss, valid).float(),

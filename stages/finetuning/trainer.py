@@ -92,7 +92,7 @@ def check_start_head(path: Path, train: TrainParams) -> None:
 def pnp_settings(finetune: FinetuneParams) -> PnPSettings:
     """How the PnP layer runs, from the finetune section."""
     return PnPSettings(mc_samples=finetune.mc_samples, amis_iters=finetune.amis_iters, lm_iters=finetune.lm_iters,
-                       points=finetune.pnp_points, dtype=PNP_DTYPES[finetune.pnp_dtype])
+                       points=finetune.pnp_points, dtype=PNP_DTYPES[finetune.pnp_dtype], compiled=finetune.compile)
 
 
 class FinetuneTrainer(Trainer):

@@ -68,16 +68,24 @@ class NormaliserEstimate:
 
 
 def _refit(samples: torch.Tensor, log_w: torch.Tensor, first_cov: torch.Tensor,
-           dof: int) -> StudentT:
-    """The t proposal with the weighted mean and covariance of samples (B, S, D)."""
+           first_tril: torch.Tensor, dof: int) -> StudentT:
+    """The t proposal with the weighted mean and covariance of samples (B, S, D); the first
+    proposal's scale first_tril (B, D, D) where that covariance has no Cholesky factor."""
     w = torch.softmax(log_w, -1)
     w = torch.where(torch.isfinite(w), w, torch.zeros_like(w))
     mean = (w[..., None] * samples).sum(1)
     diff = samples - mean[:, None]
     cov = (w[..., None] * diff).transpose(1, 2) @ diff + COVARIANCE_FLOOR * first_cov
     L, info = torch.linalg.cholesky_ex(cov)
-    fallback = torch.linalg.cholesky(first_cov)
-    return StudentT(mean, torch.where((info == 0)[:, None, None], L, fallback), dof)
+    return StudentT(mean, torch.where((info == 0)[:, None, None], L, first_tril), dof)
+
+
+def _cholesky(cov: torch.Tensor) -> torch.Tensor:
+    """Lower Cholesky factors (B, D, D) of covariances (B, D, D); the identity where one is not
+    positive definite (without the host sync of torch.linalg.cholesky's error check)."""
+    L, info = torch.linalg.cholesky_ex(cov)
+    eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+    return torch.where((info == 0)[:, None, None], L, eye)
 
 
 def _ess(log_w: torch.Tensor) -> torch.Tensor:
@@ -96,7 +104,7 @@ def amis_log_normaliser(neg_log_integrand: Callable[[torch.Tensor], torch.Tensor
     approximation). n_samples in all, split evenly over n_iters proposals.
     """
     per_iter = max(1, n_samples // n_iters)
-    proposal = StudentT(mean.detach(), torch.linalg.cholesky(cov.detach()), dof)
+    proposal = first = StudentT(mean.detach(), _cholesky(cov.detach()), dof)
     samples, f_values, log_q = [], [], []
     for k in range(n_iters):
         with torch.no_grad():
@@ -106,7 +114,7 @@ def amis_log_normaliser(neg_log_integrand: Callable[[torch.Tensor], torch.Tensor
         if k + 1 < n_iters:
             with torch.no_grad():
                 log_w = -torch.cat(f_values, 1).detach() - torch.cat(log_q, 1)
-                proposal = _refit(torch.cat(samples, 1), log_w, cov.detach(), dof)
+                proposal = _refit(torch.cat(samples, 1), log_w, cov.detach(), first.scale_tril, dof)
     log_ratio = -torch.cat(f_values, 1) - torch.cat(log_q, 1)
     log_z = torch.logsumexp(log_ratio, -1) - math.log(log_ratio.shape[1])
     return NormaliserEstimate(log_z, _ess(log_ratio.detach()), torch.cat(samples, 1),

@@ -56,7 +56,8 @@ def uniform_weights(x2d: torch.Tensor) -> torch.Tensor:
 
 def solve_sanitised(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor, K: torch.Tensor,
                     huber_delta: float | None = None, max_iters: int = 50,
-                    start: tuple[torch.Tensor, torch.Tensor] | None = None) -> PnPResult:
+                    start: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    compiled: bool = False) -> PnPResult:
     """Solve problems already passed through stages.pnp.checks.sanitise (no gradients).
 
     Points in planar layout (stages.pnp.cost.planar): x3d (B, 3, N), x2d, w2d (B, 2, N).
@@ -67,16 +68,17 @@ def solve_sanitised(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor, K: 
     true pose where its cost is below that of its own initial solver's pose. Rows of start that
     are not finite use the closed-form start.
     Every field is finite; `valid` only reflects the checks after the solve (the covariance is
-    positive definite and the weighted points lie in front of the camera)."""
+    positive definite and the weighted points lie in front of the camera). compiled: the LM
+    iteration through torch.compile where it runs masked (off the CPU: stages.pnp.solver)."""
     with torch.no_grad():
-        R0, t0 = _float32_start(x3d, x2d, w2d, K, huber_delta, max_iters)
+        R0, t0 = _float32_start(x3d, x2d, w2d, K, huber_delta, max_iters, compiled)
         if start is None:
-            return _refine(x3d, x2d, w2d, K, R0, t0, huber_delta, max_iters)
+            return _refine(x3d, x2d, w2d, K, R0, t0, huber_delta, max_iters, compiled)
         R1, t1 = _finite_or(start, R0, t0)
         twice = [torch.cat([x, x]) for x in (x3d, x2d, w2d)]
         K2 = K if K.dim() == 2 else torch.cat([K, K])
         both = _refine(*twice, K2, torch.cat([R0, R1]), torch.cat([t0, t1]), huber_delta,
-                       max_iters)
+                       max_iters, compiled)
         return _better(both, x3d.shape[0])
 
 
@@ -88,10 +90,11 @@ def _finite_or(start: tuple[torch.Tensor, torch.Tensor], R0: torch.Tensor,
     return torch.where(finite[:, None, None], R, R0), torch.where(finite[:, None], t, t0)
 
 
-def _refine(x3d, x2d, w2d, K, R0, t0, huber_delta, max_iters) -> PnPResult:
+def _refine(x3d, x2d, w2d, K, R0, t0, huber_delta, max_iters, compiled) -> PnPResult:
     """LM from R0 (B, 3, 3), t0 (B, 3) on x3d (B, 3, N), x2d, w2d (B, 2, N), then the
     covariance and the validity checks: the PnPResult of these starts."""
-    R, t, cost, H, iters = levenberg_marquardt(x3d, x2d, w2d, K, R0, t0, huber_delta, max_iters)
+    R, t, cost, H, iters = levenberg_marquardt(x3d, x2d, w2d, K, R0, t0, huber_delta, max_iters,
+                                               compiled=compiled)
     cov, cov_ok = covariance(H)
     depth = transform(R, t, x3d)[:, 2]
     weighted = (w2d != 0).any(1)
@@ -116,7 +119,7 @@ def _better(both: PnPResult, batch: int) -> PnPResult:
                      pick(both.cov), pick(both.valid), both.iterations)
 
 
-def _float32_start(x3d, x2d, w2d, K, huber_delta, max_iters):
+def _float32_start(x3d, x2d, w2d, K, huber_delta, max_iters, compiled):
     """Start pose R (B, 3, 3), t (B, 3): the DLT, refined by float32 LM first when the problem
     is in float64 (the float64 LM then needs two iterations: about 2x faster). The float32
     refinement stops at FLOAT32_START_RTOL, since float64 finishes it."""
@@ -124,7 +127,7 @@ def _float32_start(x3d, x2d, w2d, K, huber_delta, max_iters):
         return dlt_pose(x3d, x2d, w2d, K)
     args = [x.float() for x in (x3d, x2d, w2d, K)]
     R, t, _, _, _ = levenberg_marquardt(*args, *dlt_pose(*args), huber_delta, max_iters,
-                                        cost_rtol=FLOAT32_START_RTOL)
+                                        cost_rtol=FLOAT32_START_RTOL, compiled=compiled)
     return orthogonalise(R.double()), t.double()
 
 

@@ -22,10 +22,9 @@ def well_posed(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor) -> torch
     with torch.no_grad():
         finite = (torch.isfinite(x3d.sum((1, 2))) & torch.isfinite(x2d.sum((1, 2)))
                   & torch.isfinite(w2d.sum((1, 2))))
-        if not bool(finite.all()):
-            keep = finite[:, None, None]
-            x3d = torch.where(keep, x3d, torch.zeros_like(x3d))
-            w2d = torch.where(keep, w2d, torch.zeros_like(w2d))
+        keep = finite[:, None, None]
+        x3d = torch.where(keep, x3d, torch.zeros_like(x3d))
+        w2d = torch.where(keep, w2d, torch.zeros_like(w2d))
         weighted = (w2d[..., 0] != 0) & (w2d[..., 1] != 0)
         enough = weighted.sum(-1) >= MIN_POINTS
         weight = weighted.to(x3d.dtype)[..., None]
@@ -54,10 +53,8 @@ def stand_in_problem(n: int, K: torch.Tensor, dtype: torch.dtype,
 def sanitise(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor, K: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Replace the degenerate problems by the stand-in. Returns x3d, x2d, w2d and the (B,)
-    mask of the problems kept."""
+    mask of the problems kept. No branch on the mask: a GPU runs it without waiting for the host."""
     ok = well_posed(x3d, x2d, w2d)
-    if bool(ok.all()):
-        return x3d, x2d, w2d, ok
     s3, s2, sw = stand_in_problem(x3d.shape[1], K, x3d.dtype, x3d.device)
     keep = ok[:, None, None]
     return (torch.where(keep, x3d, s3), torch.where(keep, x2d, s2), torch.where(keep, w2d, sw), ok)

@@ -85,8 +85,9 @@ def epro_pnp(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor | None, K: 
     poses. n_samples: Monte Carlo samples per problem, over n_iters AMIS proposals; chunk_size:
     sampled poses (all problems together) whose costs are evaluated at once (None: the
     device's default, stages.pnp.sample_cost.default_chunk); dof: degrees of
-    freedom of the Student-t proposals; compiled: fuse the sample costs with torch.compile
-    (stages.pnp.sample_cost); generator: for reproducible samples. solution: a given LM
+    freedom of the Student-t proposals; compiled: fuse the sample costs and, off the CPU, the LM
+    iteration with torch.compile (stages.pnp.compiled); generator: for reproducible samples.
+    solution: a given LM
     solution (on the same inputs) instead of solving; the solve runs at most max_iters LM
     iterations from both the closed-form start and the true pose (stages.pnp.api).
     Degenerate problems, and those whose solution is not a minimum the loss can trust (its
@@ -100,7 +101,7 @@ def epro_pnp(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor | None, K: 
     x3d_p, x2d_p, w2d_p = planar(x3d_s), planar(x2d_s), planar(w2d_s)
     if solution is None:
         solution = solve_sanitised(x3d_p.detach(), x2d_p.detach(), w2d_p.detach(), K,
-                                   huber_delta, max_iters, start=(R_gt, t_gt))
+                                   huber_delta, max_iters, start=(R_gt, t_gt), compiled=compiled)
         solution.valid = solution.valid & ok
     valid = solution.valid & ok
     R0, t0, cov = _finite_start(solution, valid)

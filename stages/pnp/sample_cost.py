@@ -15,32 +15,32 @@ the incoming gradient of cost_bs:
 Points in planar layout (stages.pnp.cost.planar).
 
 The per-chunk arithmetic is written as plain elementwise expressions so that torch.compile
-(`compiled=True`) fuses each pass into one loop: about 10x faster than eager on CPU, and no
-(B, S, N) array is materialised. If compiling fails (no C++ compiler, say), a warning is logged
-and the eager functions are used from then on.
+(`compiled=True`, stages.pnp.compiled) fuses each pass into one loop: about 10x faster than
+eager on CPU, and no (B, S, N) array is materialised.
 """
 from __future__ import annotations
 
-import logging
-
 import torch
 
+from stages.pnp.compiled import compiled_or_eager
 from stages.pnp.cost import intrinsics
-
-log = logging.getLogger(__name__)
 
 # Sampled poses (all problems together) whose costs are evaluated at once, by default. On CPU
 # the eager temporaries, chunk x N numbers each, must stay small: on the finetune's shapes
 # 8192 poses took several times as long as 256 (`python -m benchmarks.bench_pnp --chunks`,
 # docs/method.md). On other devices the chunk only bounds memory and fewer, larger chunks
-# launch fewer kernels; 8192 there is not measured.
+# launch fewer kernels; 8192 there is not measured. Compiled, a chunk is one fused loop that
+# holds no (chunk, N) array, so off the CPU a call is one chunk (COMPILED_DEVICE_CHUNK_POSES).
 CPU_CHUNK_POSES = 256
 DEVICE_CHUNK_POSES = 8192
+COMPILED_DEVICE_CHUNK_POSES = 1 << 20
 
 
-def default_chunk(device: torch.device) -> int:
-    """The default chunk size (poses) on `device`."""
-    return CPU_CHUNK_POSES if device.type == "cpu" else DEVICE_CHUNK_POSES
+def default_chunk(device: torch.device, compiled: bool = False) -> int:
+    """The default chunk size (poses) on `device`, for the eager or the compiled kernels."""
+    if device.type == "cpu":
+        return CPU_CHUNK_POSES
+    return COMPILED_DEVICE_CHUNK_POSES if compiled else DEVICE_CHUNK_POSES
 
 
 def _camera_ratios(R: torch.Tensor, t: torch.Tensor, x3d: torch.Tensor):
@@ -100,24 +100,6 @@ def chunk_gradient_sums(R, t, x3d, wfx, wfy, off_u, off_v, grad_costs,
 _KERNELS = {"eager": (chunk_costs, chunk_gradient_sums)}
 
 
-def _with_fallback(fn, eager_fn):
-    """fn, replaced by eager_fn for good once it raises (torch.compile fails on first call)."""
-    state = {"fn": fn}
-
-    def call(*args):
-        try:
-            return state["fn"](*args)
-        except Exception as err:  # noqa: BLE001 - any compiler failure falls back the same way
-            if state["fn"] is eager_fn:
-                raise
-            log.warning("torch.compile failed (%s: %s); sample costs run eagerly",
-                        type(err).__name__, err)
-            state["fn"] = eager_fn
-            return eager_fn(*args)
-
-    return call
-
-
 def _kernels(compiled: bool):
     """(chunk_costs, chunk_gradient_sums), compiled with torch.compile when asked (the first
     call compiles, tens of seconds on CPU; later processes reuse inductor's disk cache)."""
@@ -125,7 +107,7 @@ def _kernels(compiled: bool):
         return _KERNELS["eager"]
     if "compiled" not in _KERNELS:
         _KERNELS["compiled"] = tuple(
-            _with_fallback(torch.compile(fn, dynamic=True), fn) for fn in _KERNELS["eager"])
+            compiled_or_eager(fn, "sample costs") for fn in _KERNELS["eager"])
     return _KERNELS["compiled"]
 
 
@@ -186,6 +168,6 @@ def sample_costs(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor, K: tor
     (over all problems, at least one per problem) evaluated at once, `default_chunk` if None;
     memory is about 12 * chunk_size * N numbers. compiled: fuse the per-chunk arithmetic with
     torch.compile (about 10x faster on CPU)."""
-    chunk_size = default_chunk(x3d.device) if chunk_size is None else chunk_size
+    chunk_size = default_chunk(x3d.device, compiled) if chunk_size is None else chunk_size
     return SampleCost.apply(x3d, x2d, w2d, K.expand(x3d.shape[0], 3, 3), R.detach(),
                             t.detach(), huber_delta, chunk_size, compiled)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from stages.pnp.compiled import compiled_or_eager
 from stages.pnp.cost import gauss_newton_system
 from stages.pnp.rotation import apply_increment
 
@@ -51,51 +52,131 @@ class _State:
 def levenberg_marquardt(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor,
                         K: torch.Tensor, R: torch.Tensor, t: torch.Tensor,
                         huber_delta: float | None = None, max_iters: int = 50,
-                        cost_rtol: float | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+                        cost_rtol: float | None = None, masked: bool | None = None,
+                        compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Refine poses by LM. Inputs in planar layout (stages.pnp.cost): x3d (B, 3, N), x2d,
     w2d (B, 2, N); K (3, 3) or (B, 3, 3); start R (B, 3, 3), t (B, 3). Returns R, t, cost (B,),
     H (B, 6, 6) at the solution and the iterations run. cost_rtol defaults to 1e-10 in float64
-    (the pose then moves by < 1e-6 mm and 1e-8 rad with 1e-12) and 1e-7 in float32."""
-    eps = torch.finfo(x3d.dtype).eps
+    (the pose then moves by < 1e-6 mm and 1e-8 rad with 1e-12) and 1e-7 in float32.
+
+    Two loops give the same solutions. On the CPU (masked None or False) each iteration runs on
+    the still active problems only, which takes a host sync per iteration (their count). On
+    other devices (masked None or True) every problem goes through every iteration, the
+    finished ones frozen by masks, and the loop asks whether any is left every CHECK_EVERY
+    iterations: a GPU then runs the loop without waiting for the host (`_masked_lm`). compiled:
+    the masked loop's iteration through torch.compile (a few fused kernels instead of about 300
+    operators)."""
     if cost_rtol is None:
         cost_rtol = 1e-10 if x3d.dtype == torch.float64 else 1e-7
-    R_out, t_out = R.clone(), t.clone()
-    cost_out = torch.empty_like(t[:, 0])
-    H_out = torch.empty(t.shape[:1] + (6, 6), dtype=t.dtype, device=t.device)
+    if masked is None:
+        masked = x3d.device.type != "cpu"
     Kb = K.expand(x3d.shape[0], 3, 3)
-    index = torch.arange(x3d.shape[0], device=x3d.device)
-    state = _State(R, t, x3d, x2d, w2d, Kb, huber_delta)
+    state, points = _State(R, t, x3d, x2d, w2d, Kb, huber_delta), (x3d, x2d, w2d, Kb)
+    if masked:
+        return _masked_lm(state, points, huber_delta, max_iters, cost_rtol, compiled)
+    return _compacting_lm(state, points, huber_delta, max_iters, cost_rtol)
+
+
+CHECK_EVERY = 4      # masked LM: iterations between the host's checks for a finished batch
+
+
+def _proposal(state: _State, lam: torch.Tensor, fresh: torch.Tensor,
+              cost_rtol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next LM steps (b, 6) and which problems have converged (b,) bool: the step's
+    predicted decrease is below cost_rtol (1 + cost), tested only while no step has been
+    rejected since the last accepted one (fresh)."""
+    step = _damped_step(state.H, state.g, lam)
+    curvature = (step * (state.H @ step[..., None])[..., 0]).sum(-1)
+    predicted = -(step * state.g).sum(-1) - 0.5 * curvature
+    return step, fresh & (predicted <= cost_rtol * (1 + state.cost))
+
+
+def _try_step(state: _State, step: torch.Tensor, lam: torch.Tensor, points: tuple, huber_delta,
+              active: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Evaluate the steps (b, 6) and keep those that lower the cost (state updated in place).
+    points: (x3d, x2d, w2d, K) of the problems. active (b,) bool: the problems that take part
+    (None: all); the others keep their state, lam and fresh. Returns lam, fresh (an accepted
+    step) and done (b,) bool: a rejected step changed the cost by no more than rounding, lam
+    reached its maximum or the cost is not finite."""
+    eps = torch.finfo(state.cost.dtype).eps
+    trial = _State(*apply_increment(state.R, state.t, step), *points, huber_delta)
+    accept = torch.isfinite(trial.cost) & (trial.cost < state.cost)
+    unchanged = (trial.cost - state.cost).abs() <= 100 * eps * state.cost.abs()
+    if active is not None:
+        accept = accept & active
+    state.select(accept, trial)
+    new_lam = torch.where(accept, lam / 10, lam * 10).clamp(LAMBDA_MIN, LAMBDA_MAX)
+    done = (~accept & unchanged) | (new_lam >= LAMBDA_MAX) | ~torch.isfinite(state.cost)
+    if active is None:
+        return new_lam, accept, done
+    return torch.where(active, new_lam, lam), accept, done & active
+
+
+def _compacting_lm(state: _State, points: tuple, huber_delta, max_iters: int, cost_rtol: float):
+    """LM over the still active problems only (see levenberg_marquardt)."""
+    R_out, t_out = state.R.clone(), state.t.clone()
+    cost_out = torch.empty_like(state.cost)
+    H_out = torch.empty_like(state.H)
+    index = torch.arange(len(state.cost), device=state.cost.device)
     lam = torch.full_like(state.cost, LAMBDA_START)
     fresh = torch.ones_like(state.cost, dtype=torch.bool)     # no step rejected since the last accepted one
     iters = 0
     for iters in range(1, max_iters + 1):
-        step = _damped_step(state.H, state.g, lam)
-        curvature = (step * (state.H @ step[..., None])[..., 0]).sum(-1)
-        predicted = -(step * state.g).sum(-1) - 0.5 * curvature
-        converged = fresh & (predicted <= cost_rtol * (1 + state.cost))
+        step, converged = _proposal(state, lam, fresh, cost_rtol)
         if converged.any():          # stop before evaluating a step that could not help
             _store(R_out, t_out, cost_out, H_out, index[converged], state, converged)
             if converged.all():
                 break
-            state, (index, lam, step, x3d, x2d, w2d, Kb) = _active(~converged, state, index, lam, step,
-                                                                   x3d, x2d, w2d, Kb)
-        R_new, t_new = apply_increment(state.R, state.t, step)
-        trial = _State(R_new, t_new, x3d, x2d, w2d, Kb, huber_delta)
-        accept = torch.isfinite(trial.cost) & (trial.cost < state.cost)
-        unchanged = (trial.cost - state.cost).abs() <= 100 * eps * state.cost.abs()
-        state.select(accept, trial)
-        lam = torch.where(accept, lam / 10, lam * 10).clamp(LAMBDA_MIN, LAMBDA_MAX)
-        fresh = accept
-        done = (~accept & unchanged) | (lam >= LAMBDA_MAX) | ~torch.isfinite(state.cost)
+            state, (index, lam, step, *points) = _active(~converged, state, index, lam, step, *points)
+        lam, fresh, done = _try_step(state, step, lam, points, huber_delta)
         if iters == max_iters:
             done = torch.ones_like(done)
         _store(R_out, t_out, cost_out, H_out, index[done], state, done)
         if done.all():
             break
-        state, (index, lam, fresh, x3d, x2d, w2d, Kb) = _active(~done, state, index, lam, fresh,
-                                                               x3d, x2d, w2d, Kb)
+        state, (index, lam, fresh, *points) = _active(~done, state, index, lam, fresh, *points)
     return R_out, t_out, cost_out, H_out, iters
+
+
+def _masked_lm(state: _State, points: tuple, huber_delta, max_iters: int, cost_rtol: float,
+               compiled: bool = False):
+    """LM over every problem, the finished ones frozen (see levenberg_marquardt); compiled: the
+    iteration through torch.compile (stages.pnp.compiled)."""
+    iteration = _compiled_iteration() if compiled else _masked_iteration
+    lam = torch.full_like(state.cost, LAMBDA_START)
+    fresh = torch.ones_like(state.cost, dtype=torch.bool)
+    active = torch.ones_like(fresh)
+    iterations = torch.zeros_like(state.cost, dtype=torch.int32)    # per problem, as the compacting loop counts
+    values = (state.R, state.t, state.cost, state.H, state.g, lam, fresh, active, iterations)
+    for iters in range(1, max_iters + 1):
+        values = iteration(*values, *points, huber_delta, cost_rtol)
+        if iters % CHECK_EVERY == 0 and not bool(values[7].any()):
+            break
+    R, t, cost, H, _, _, _, _, iterations = values
+    return R, t, cost, H, int(iterations.max()) if len(iterations) else 0
+
+
+def _masked_iteration(R, t, cost, H, g, lam, fresh, active, iterations, x3d, x2d, w2d, K, huber_delta, cost_rtol):
+    """One iteration of the masked loop on its tensors (the state's R, t, cost, H, g; lam, fresh,
+    active (b,) bool and the per-problem iteration count) -> the same tensors after it."""
+    state = _State.__new__(_State)
+    state.R, state.t, state.cost, state.H, state.g = R, t, cost, H, g
+    iterations = iterations + active.int()
+    step, converged = _proposal(state, lam, fresh, cost_rtol)
+    active = active & ~converged
+    lam, accepted, done = _try_step(state, step, lam, (x3d, x2d, w2d, K), huber_delta, active)
+    fresh = torch.where(active, accepted, fresh)
+    return state.R, state.t, state.cost, state.H, state.g, lam, fresh, active & ~done, iterations
+
+
+_COMPILED = {}
+
+
+def _compiled_iteration():
+    """_masked_iteration through torch.compile, built once per process."""
+    if "iteration" not in _COMPILED:
+        _COMPILED["iteration"] = compiled_or_eager(_masked_iteration, "the LM iteration")
+    return _COMPILED["iteration"]
 
 
 def _store(R_out, t_out, cost_out, H_out, rows, state: _State, mask: torch.Tensor) -> None:

@@ -226,3 +226,60 @@ def test_cuda_matches_cpu():
                    torch.tensor(case["R"]).cuda(), torch.tensor(case["t"]).cuda())
     out.loss[out.mask].mean().backward()
     assert out.mask.all() and torch.isfinite(out.loss).all()
+
+
+class HostSyncs(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the operators that make a GPU wait for the host: reading a value (item, bool of a
+    tensor) and nonzero (boolean indexing)."""
+
+    SYNCS = ("aten._local_scalar_dense.default", "aten.nonzero.default")
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += str(func) in self.SYNCS
+        return func(*args, **(kwargs or {}))
+
+
+def test_device_path_of_the_loss_waits_for_the_host_a_few_times_only(monkeypatch):
+    """Off the CPU the LM runs masked (stages.pnp.solver) and nothing else branches on values:
+    the loss, forward and backward, reads values on the host a few times, where the CPU's
+    compacting LM reads them every iteration. Both paths give the same loss and gradients."""
+    from functools import partial
+
+    from stages.pnp import api, solver
+    case = make_problems(np.random.default_rng(14), 32, 300, noise_px=1.0)
+    results = {}
+    for masked in (False, True):
+        monkeypatch.setattr(api, "levenberg_marquardt", partial(solver.levenberg_marquardt, masked=masked))
+        x3d, x2d = (torch.tensor(case[k], dtype=torch.float32, requires_grad=True) for k in ("x3d", "x2d"))
+        with HostSyncs() as syncs:
+            out = epro_pnp(x3d, x2d, None, torch.tensor(case["K"]), torch.tensor(case["R"]),
+                           torch.tensor(case["t"]), n_samples=128, generator=torch.Generator().manual_seed(3),
+                           max_iters=20)
+            out.loss[out.mask].mean().backward()
+        results[masked] = (syncs.count, out.loss.detach(), x3d.grad, x2d.grad)
+    print("host syncs, masked and compacting:", results[True][0], results[False][0])
+    assert results[True][0] <= 1 + 20 // solver.CHECK_EVERY + 1 and results[True][0] < results[False][0]
+    for a, b in zip(results[True][1:], results[False][1:]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_lm_iteration_gives_the_eager_solutions():
+    """The masked LM iteration through torch.compile (finetune.compile on a GPU) against eager:
+    the same poses to float32 rounding and the same iteration count."""
+    from stages.pnp.init import dlt_pose
+    from stages.pnp.solver import levenberg_marquardt
+    case = make_problems(np.random.default_rng(15), 24, 400, noise_px=1.0)
+    x3d, x2d, K = (torch.tensor(case[k], dtype=torch.float32) for k in ("x3d", "x2d", "K"))
+    x3d, x2d = planar(x3d), planar(x2d)
+    w2d = torch.ones_like(x2d)
+    start = dlt_pose(x3d, x2d, w2d, K)
+    eager = levenberg_marquardt(x3d, x2d, w2d, K, *start, max_iters=20, masked=True)
+    fused = levenberg_marquardt(x3d, x2d, w2d, K, *start, max_iters=20, masked=True, compiled=True)
+    assert fused[4] == eager[4]
+    assert np.degrees(rotation_error_rad(fused[0].double().numpy(), eager[0].double().numpy())).max() < 1e-3
+    assert (fused[1] - eager[1]).abs().max() * 1000 < 0.01        # mm
+    torch.testing.assert_close(fused[2], eager[2], rtol=1e-4, atol=1e-4)

@@ -202,3 +202,23 @@ def test_degenerate_problems_are_flagged_not_fatal():
     assert result.valid.tolist() == [False, False, False, True, True]
     assert torch.isnan(result.R[:3]).all() and torch.isfinite(result.R[3:]).all()
     assert rotation_error_rad(result.R[3:].numpy(), case["R"][3:]).max() < 1e-2
+
+
+@pytest.mark.parametrize("dtype,huber_delta", [(F64, None), (torch.float32, 2.0)])
+def test_masked_loop_gives_the_compacting_loops_solutions(dtype, huber_delta):
+    """The device loop (every problem every iteration, the finished ones frozen, the host asked
+    every CHECK_EVERY iterations) against the CPU's (active problems only): same poses, costs,
+    normal matrices and iteration count, on problems that stop after different iterations
+    (starts near and far, noise, one cut short by max_iters)."""
+    from stages.pnp.solver import levenberg_marquardt
+    case = make_problems(np.random.default_rng(5), 48, 300, noise_px=2.0)
+    x3d, x2d, K = (planar(x) if x.dim() == 3 else x for x in tensors(case, dtype))
+    w2d = torch.ones_like(x2d)
+    R0, t0 = dlt_pose(x3d, x2d, w2d, K)
+    R0[::3], t0[::3] = torch.eye(3, dtype=dtype), t0[::3] * 1.3     # far starts need more iterations
+    for max_iters in (50, 7):
+        compact = levenberg_marquardt(x3d, x2d, w2d, K, R0, t0, huber_delta, max_iters, masked=False)
+        masked = levenberg_marquardt(x3d, x2d, w2d, K, R0, t0, huber_delta, max_iters, masked=True)
+        assert masked[4] == compact[4] and (max_iters == 7) == (compact[4] == 7)
+        for a, b in zip(masked[:4], compact[:4]):
+            torch.testing.assert_close(a, b, rtol=1e-12 if dtype == F64 else 1e-6, atol=0)   # equal on the CPU

@@ -1,0 +1,35 @@
+"""torch.compile for the PnP layer's fixed-shape kernels, with a fall-back to eager code.
+
+The sample costs (stages.pnp.sample_cost) and the masked Levenberg-Marquardt iteration
+(stages.pnp.solver) are plain tensor code of fixed shapes: compiled, each becomes a few fused
+kernels where eager PyTorch dispatches hundreds of operators (on a GPU, a step of small kernels
+is bound by their dispatch). If compiling fails (no C++ compiler, say), a warning is logged and
+the eager function is used from then on.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def compiled_or_eager(fn: Callable, name: str) -> Callable:
+    """fn compiled with torch.compile (dynamic shapes: the first call compiles, tens of seconds
+    on a CPU; later processes reuse inductor's disk cache), replaced by fn itself for good once
+    the compiled version raises. name: what the warning calls it."""
+    state = {"fn": torch.compile(fn, dynamic=True)}
+
+    def call(*args):
+        try:
+            return state["fn"](*args)
+        except Exception as err:  # noqa: BLE001 - any compiler failure falls back the same way
+            if state["fn"] is fn:
+                raise
+            log.warning("torch.compile failed (%s: %s); %s run eagerly", type(err).__name__, err, name)
+            state["fn"] = fn
+            return fn(*args)
+
+    return call
