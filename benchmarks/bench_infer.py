@@ -9,16 +9,23 @@ has random weights scaled so that its landmarks stay near a face's projection (P
 as hard as on real predictions). Prints both throughputs and their ratio.
 
     python -m benchmarks.bench_infer [--params params.yaml] [--batches 8] [--repeats 3] [--pnp opencv|batched]
+        [--phases]
+--phases also prints the time of each step of inference per image (the main thread's, and the
+reader thread's), and on CUDA the places where the host waited for the GPU.
 Needs the data root's resources (camera, template mesh): dvc repro synth.
 """
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import logging
 import tempfile
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -30,6 +37,7 @@ from stages.common.precision import amp_dtype, autocast, memory_format, place_ne
 from stages.face.mesh import flip_permutation
 from stages.face.warp import apply_warp, invert_warp, similarity
 from stages.nets.backbone import build_backbone
+from stages.nets import inference
 from stages.nets.dataset import CropStore
 from stages.nets.inference import InferSettings, predict_store
 from stages.nets.model import FaceNet, NetConfig
@@ -108,6 +116,66 @@ def pipeline_rate(model, store, perm, camera, settings) -> float:
     return len(store) / (time.perf_counter() - start)
 
 
+# inference's steps whose time --phases reports (stages.nets.inference); _read_batch runs in the
+# reader thread, the others in the main thread (_from_host waits for the GPU, _finished for the PnP)
+PHASES = ("_read_batch", "_batch_warps", "_device_outputs", "_from_host", "batch_predictions", "submit_poses",
+          "_finished")
+
+
+def phase_times(model, store, perm, camera, settings) -> dict[str, float]:
+    """Seconds spent in each of PHASES and in the network's forward call (its launch, on a GPU)
+    over one pass of predict_store, and the pass's wall time ('wall')."""
+    totals = collections.Counter()
+
+    def timed(name, fn):
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                totals[name] += time.perf_counter() - start
+        return call
+
+    patches = [mock.patch.object(inference, name, timed(name, getattr(inference, name))) for name in PHASES]
+    patches.append(mock.patch.object(model, "forward", timed("forward", model.forward)))
+    with contextlib.ExitStack() as stack:
+        for patch in patches:
+            stack.enter_context(patch)
+        start = time.perf_counter()
+        predict_store(model, store, perm, camera, settings)
+        sync(settings.device)
+        totals["wall"] = time.perf_counter() - start
+    return dict(totals)
+
+
+def host_syncs(model, store, perm, camera, settings) -> collections.Counter:
+    """The places (file:line) where one pass of predict_store made the host wait for the GPU,
+    with their counts (CUDA's sync debug mode; empty on other devices)."""
+    if settings.device.type != "cuda":
+        return collections.Counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            predict_store(model, store, perm, camera, settings)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return collections.Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught
+                               if "synchroniz" in str(w.message))
+
+
+def report_phases(model, store, perm, camera, settings) -> None:
+    """Print phase_times per image and host_syncs."""
+    times = phase_times(model, store, perm, camera, settings)
+    n = len(store)
+    print(f"phases over {n} images ({n / times['wall']:.1f} img/s), microseconds per image:")
+    for name in ("forward", *PHASES):
+        print(f"  {name:18s} {times.get(name, 0.0) / n * 1e6:8.1f}")
+    print(f"  {'wall':18s} {times['wall'] / n * 1e6:8.1f}")
+    syncs = host_syncs(model, store, perm, camera, settings)
+    print(f"host syncs in one pass: {sum(syncs.values())} " + ", ".join(f"{k} x{v}" for k, v in syncs.most_common(8)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
@@ -116,6 +184,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs of each; medians are compared")
     parser.add_argument("--pnp", choices=["opencv", "batched"], help="default: infer.pnp")
     parser.add_argument("--flip-merge", choices=["none", "3d", "both"], help="default: infer.flip_merge")
+    parser.add_argument("--phases", action="store_true",
+                        help="also the time of each of inference's steps and the places where the host waits for the GPU")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     params = load_params(args.params)
@@ -142,6 +212,8 @@ def main() -> None:
             references.append(reference_rate(train.depth, channels, settings.batch_size, size, args.batches,
                                              settings.device, settings.amp))
             fulls.append(pipeline_rate(model, store, perm, resources.camera, settings))
+        if args.phases:
+            report_phases(model, store, perm, resources.camera, settings)
     reference, full = float(np.median(references)), float(np.median(fulls))
     print(f"runs (img/s): reference {', '.join(f'{r:.1f}' for r in references)}; "
           f"inference {', '.join(f'{r:.1f}' for r in fulls)}; medians below")

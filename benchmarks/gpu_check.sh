@@ -29,7 +29,7 @@ step() {
   echo "== $name: rc $? in $(( $(date +%s) - s )) s (at $(( $(date +%s) - t0 )) s)" | tee -a "$log"
 }
 cuda_tests=${CUDA_TESTS:-tests/unit/test_train_cuda.py tests/stages/test_crop.py tests/unit/test_warp_torch.py \
-  tests/unit/test_pnp_epro.py::test_cuda_matches_cpu \
+  tests/unit/test_pnp_epro.py::test_cuda_matches_cpu tests/unit/test_pnp_epro.py::test_cuda_masked_and_compiled_loss_matches_the_cpu \
   tests/stages/test_infer.py::test_batches_handed_on_one_behind_are_the_rows_of_one_big_batch \
   tests/unit/test_coarse_stream.py tests/stages/test_coarse.py}
 step tests_cuda 150 python -m pytest -q -p no:cacheprovider $cuda_tests -k "cuda or one_behind or torch_path"
@@ -48,8 +48,8 @@ step coarse_predict 60 python -m stages.coarse_predict --params params.yaml
 grep -o '"[a-z]*_images_per_second": [0-9.]*' artifacts/coarse_predict/metrics.json | tee -a "$log"
 step bench_train 100 python -m benchmarks.bench_train --params params.yaml --best-reference --set train.compile=true \
   --steps 10 --rounds 3
-step bench_infer 40 python -m benchmarks.bench_infer --params params.yaml --pnp opencv --repeats 2
-step bench_finetune 70 python -m benchmarks.bench_finetune --params params.yaml --steps 20 ${FINETUNE_SET:+--set $FINETUNE_SET}
+step bench_infer 60 python -m benchmarks.bench_infer --params params.yaml --pnp opencv --repeats 2 --phases
+step bench_finetune 150 python -m benchmarks.bench_finetune --params params.yaml --steps 20 ${FINETUNE_SET:+--set $FINETUNE_SET}
 step bench_infer_batched 40 python -m benchmarks.bench_infer --params params.yaml --pnp batched --repeats 2
 echo "== done at $(( $(date +%s) - t0 )) s; the project is in $work" | tee -a "$log"
-tr '\r' '\n' < "$log" | grep -vE "%\||^\s*$" | grep -E "^==|ratio|img/s|images/s|images_per_second|passed|failed|Error|ResNet|medians|views:|training images|Maximum resident" | cut -c1-220
+tr '\r' '\n' < "$log" | grep -vE "%\||^\s*$" | grep -E "^==|ratio|img/s|images/s|images_per_second|passed|failed|Error|ResNet|medians|views:|training images|Maximum resident|phases|^  [_a-z]|host syncs|dispatches" | cut -c1-220

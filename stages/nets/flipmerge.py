@@ -15,8 +15,7 @@ averages the original and the mapped-back predictions:
 from __future__ import annotations
 
 import numpy as np
-
-from stages.face.mesh import flip_mesh
+import torch
 
 FLIP_MERGE_MODES = ("none", "3d", "both")
 
@@ -27,15 +26,19 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-def unmirror_outputs(out: dict[str, np.ndarray], perm: np.ndarray, crop_size: int) -> dict[str, np.ndarray]:
-    """Outputs of mirrored crops -> the same predictions for the original crops.
+def unmirror_outputs(out: dict[str, torch.Tensor], perm: torch.Tensor | np.ndarray,
+                     crop_size: int) -> dict[str, torch.Tensor]:
+    """Outputs of mirrored crops -> the same predictions for the original crops, on their device
+    (inference runs it on the GPU, before the outputs go to the host).
 
-    out: mu (B, V, 2) crop px, sigma (B, V) crop px, verts (B, V, 3) metres (other keys are
-    dropped); perm (V,) the flip permutation (an involution); crop_size S in px.
+    out: tensors mu (B, V, 2) crop px, sigma (B, V) crop px, verts (B, V, 3) metres (other keys
+    are dropped); perm (V,) the flip permutation (an involution; best a tensor on out's device:
+    an array is copied there); crop_size S in px. The mesh is stages.face.mesh.flip_mesh's.
     """
-    mu = out["mu"][:, perm].copy()
-    mu[..., 0] = crop_size - mu[..., 0]
-    return {"mu": mu, "sigma": out["sigma"][:, perm], "verts": flip_mesh(out["verts"], perm)}
+    index = torch.as_tensor(perm, device=out["mu"].device)
+    mu, verts = out["mu"][:, index], out["verts"][:, index]
+    return {"mu": torch.stack([crop_size - mu[..., 0], mu[..., 1]], -1), "sigma": out["sigma"][:, index],
+            "verts": torch.cat([-verts[..., :1], verts[..., 1:]], -1)}
 
 
 def merge_outputs(plain: dict[str, np.ndarray], mirrored_back: dict[str, np.ndarray],

@@ -2,8 +2,8 @@
 
 Per batch of crops (read from the memory-mapped store while the previous batch runs):
   1. one forward pass of the batch concatenated with its mirror (u -> S - u), on CUDA with AMP
-     and channels_last when present (stages.common.precision; stages.nets.flipmerge maps the
-     mirrored outputs back and merges them);
+     and channels_last when present (stages.common.precision); the mirrored outputs are mapped
+     back on the device, and merged on the host (stages.nets.flipmerge);
   2. landmarks and sigma go from crop px to full-image px through the store's inv_warps;
   3. the pose comes from PnP between the landmarks and the predicted canonical mesh
      (stages.nets.poses), solved in a thread pool while the next batch runs through the network.
@@ -94,28 +94,37 @@ def mean_pose(poses: np.ndarray) -> np.ndarray:
     return make_rt(rotation, poses[:, 3, :3].mean(0))
 
 
+def _device_outputs(out: dict[str, torch.Tensor], n: int, perm: torch.Tensor | None,
+                    size: int) -> dict[str, torch.Tensor]:
+    """A forward's outputs on the device -> float32 tensors: the n crops' own under their keys and,
+    with perm (the batch carries the n mirrors after them), the mirrors' mapped back to the
+    crops (stages.nets.flipmerge.unmirror_outputs, on the device) under 'back_<key>'."""
+    plain = {key: out[key][:n].float() for key in OUTPUT_KEYS + POSE_KEYS if key in out}
+    if perm is None:
+        return plain
+    back = unmirror_outputs({key: out[key][n:].float() for key in OUTPUT_KEYS}, perm, size)
+    return {**plain, **{f"back_{key}": value for key, value in back.items()}}
+
+
 def _to_host(out: dict[str, torch.Tensor], device: torch.device) -> tuple[dict[str, torch.Tensor], object]:
-    """Queue the copy of a forward's outputs (as float32) to the host behind the forward ->
-    (host tensors, a CUDA event that marks the copies done; None on the CPU). On CUDA the copies
-    go to pinned memory and do not wait: the host reads them after `_from_host` syncs."""
-    keys = [key for key in OUTPUT_KEYS + POSE_KEYS if key in out]
+    """Queue the copy of tensors (`_device_outputs`) to the host behind the forward -> (host
+    tensors, a CUDA event that marks the copies done; None on the CPU). On CUDA the copies go to
+    pinned memory and do not wait: the host reads them after `_from_host` syncs."""
     if device.type != "cuda":
-        return {key: out[key].float() for key in keys}, None
-    host = {key: out[key].float().to("cpu", non_blocking=True) for key in keys}
+        return out, None
+    host = {key: value.to("cpu", non_blocking=True) for key, value in out.items()}
     done = torch.cuda.Event()
     done.record()
     return host, done
 
 
-def _from_host(host: dict[str, torch.Tensor], done, rows: slice, perm: np.ndarray | None,
-               size: int) -> tuple[slice, dict, dict | None]:
+def _from_host(host: dict[str, torch.Tensor], done, rows: slice) -> tuple[slice, dict, dict | None]:
     """(rows, plain, mirrored_back) of a batch whose outputs `_to_host` queued (see network_outputs)."""
     if done is not None:
         done.synchronize()
-    n = rows.stop - rows.start
-    plain = {key: value[:n].numpy() for key, value in host.items()}
-    back = None if perm is None else unmirror_outputs({key: value[n:].numpy() for key, value in host.items()}, perm, size)
-    return rows, plain, back
+    plain = {key: value.numpy() for key, value in host.items() if not key.startswith("back_")}
+    back = {key[5:]: value.numpy() for key, value in host.items() if key.startswith("back_")}
+    return rows, plain, back or None
 
 
 def _read_batch(images: np.ndarray, start: int, batch_size: int, pin: bool) -> torch.Tensor:
@@ -133,7 +142,16 @@ def _batch_warps(inv_warps: np.ndarray, rows: slice, mirrored: bool, device: tor
     batch carries its mirrors (a mirrored crop keeps its crop's place in the image:
     stages.nets.pose_frame.mirror_pose); NaN (skipped rows) as 0, whose outputs are not used."""
     warps = torch.as_tensor(np.nan_to_num(np.asarray(inv_warps[rows], dtype=np.float32)))
-    return (torch.cat([warps, warps]) if mirrored else warps).to(device, non_blocking=True)
+    warps = torch.cat([warps, warps]) if mirrored else warps
+    return _to_device(warps, device)
+
+
+def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on the device, copied without waiting for the GPU: from pinned memory (a copy
+    from pageable memory first waits for the work queued before it, the previous forward)."""
+    if device.type != "cuda":
+        return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
 
 
 @torch.no_grad()
@@ -145,12 +163,15 @@ def network_outputs(model: FaceNet, images: np.ndarray, inv_warps: np.ndarray, b
     Yields (rows, plain, mirrored_back): the outputs mu (B, V, 2) crop px, sigma (B, V) crop px,
     verts (B, V, 3) metres of the crops, and those of their mirrors mapped back to the original
     crops (None when perm is None: no mirror pass). With a mirror, each batch is one forward of
-    2B images (the crops, then their mirrors). On CUDA a batch's forward is queued before the
-    batch before it is handed on, so the GPU computes while the caller post-processes.
+    2B images (the crops, then their mirrors), whose second half is mapped back on the device. On
+    CUDA a batch's forward is queued before the batch before it is handed on, and nothing in the
+    loop waits for the GPU but the copy of that batch's outputs, so the GPU computes while the
+    caller post-processes.
     """
     model = place_network(model, device).eval()
     dtype = amp_dtype(device, amp)
     size = images.shape[2]
+    perm = None if perm is None else torch.as_tensor(perm).to(device)
     starts = list(range(0, len(images), batch_size))
     pin = device.type == "cuda"
     previous = None
@@ -166,12 +187,12 @@ def network_outputs(model: FaceNet, images: np.ndarray, inv_warps: np.ndarray, b
                 x = torch.cat([x, x.flip(-1)])
             with autocast(device, dtype):
                 out = model(x, inv_warps=_batch_warps(inv_warps, rows, perm is not None, device))
-            launched = (*_to_host(out, device), rows)
+            launched = (*_to_host(_device_outputs(out, rows.stop - rows.start, perm, size), device), rows)
             if previous is not None:        # the batch before, while this one runs on the GPU
-                yield _from_host(*previous, perm, size)
+                yield _from_host(*previous)
             previous = launched
         if previous is not None:
-            yield _from_host(*previous, perm, size)
+            yield _from_host(*previous)
 
 
 def to_full_image(mu: np.ndarray, sigma: np.ndarray, inv_warps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -145,7 +145,7 @@ def test_mirror_pass_is_the_network_on_flipped_crops(project):
     [(rows, plain, back)] = list(network_outputs(model, images, warps, 8, torch.device("cpu"), False, perm))
     with torch.no_grad():
         flipped = model(torch.from_numpy(np.ascontiguousarray(images[:, :, ::-1])).permute(0, 3, 1, 2))
-    expected = unmirror_outputs({k: v.numpy() for k, v in flipped.items()}, perm, CROP)
+    expected = {k: v.numpy() for k, v in unmirror_outputs(flipped, perm, CROP).items()}
     assert rows == slice(0, 3)
     for key in ("mu", "sigma", "verts"):
         np.testing.assert_allclose(back[key], expected[key], rtol=1e-4, atol=1e-5)

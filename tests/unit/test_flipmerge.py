@@ -1,6 +1,7 @@
 """Flip & merge of the network's outputs, and the two PnP paths of inference."""
 import numpy as np
 import pytest
+import torch
 
 from stages.face.mesh import flip_mesh, flip_permutation
 from stages.nets.flipmerge import merge_outputs, unmirror_outputs
@@ -17,6 +18,12 @@ def random_outputs(rng, batch, n_verts):
             "verts": rng.normal(0, 0.05, (batch, n_verts, 3))}
 
 
+def unmirror(out: dict, perm: np.ndarray) -> dict:
+    """unmirror_outputs (torch) on numpy outputs."""
+    back = unmirror_outputs({key: torch.from_numpy(value) for key, value in out.items()}, perm, SIZE)
+    return {key: value.numpy() for key, value in back.items()}
+
+
 @pytest.fixture
 def perm():
     return flip_permutation(symmetric_template(6, np.random.default_rng(0)))
@@ -24,7 +31,7 @@ def perm():
 
 def test_unmirroring_twice_is_the_identity(perm):
     out = random_outputs(np.random.default_rng(1), 3, len(perm))
-    twice = unmirror_outputs(unmirror_outputs(out, perm, SIZE), perm, SIZE)
+    twice = unmirror(unmirror(out, perm), perm)
     for key in out:
         np.testing.assert_allclose(twice[key], out[key])
 
@@ -40,7 +47,7 @@ def test_unmirrored_point_is_where_np_flip_puts_the_pixel(perm):
     mirrored_col = int(np.flatnonzero(mirrored[5, :, 0])[0])
     out = random_outputs(rng, 1, len(perm))
     out["mu"][0, perm[0]] = (mirrored_col + 0.5, 5.5)      # mirrored-crop landmark of vertex 0
-    back = unmirror_outputs(out, perm, SIZE)
+    back = unmirror(out, perm)
     np.testing.assert_allclose(back["mu"][0, 0], (col + 0.5, 5.5))
     np.testing.assert_allclose(back["verts"], flip_mesh(out["verts"], perm))
     np.testing.assert_allclose(back["sigma"][0, 0], out["sigma"][0, perm[0]])
@@ -50,8 +57,8 @@ def test_unmirrored_point_is_where_np_flip_puts_the_pixel(perm):
 def test_merging_with_an_exact_mirror_copy_returns_the_prediction(perm, mode):
     """A perfectly mirror-equivariant network: its output on the mirror is unmirror(output)."""
     out = random_outputs(np.random.default_rng(3), 4, len(perm))
-    on_mirror = unmirror_outputs(out, perm, SIZE)
-    merged = merge_outputs(out, unmirror_outputs(on_mirror, perm, SIZE), mode)
+    on_mirror = unmirror(out, perm)
+    merged = merge_outputs(out, unmirror(on_mirror, perm), mode)
     for key in ("mu", "sigma", "verts"):
         np.testing.assert_allclose(merged[key], out[key], rtol=1e-12, atol=1e-12)
 
