@@ -11,7 +11,8 @@ stops the queue: the counts, taken on any device (and with a GPU's sample-cost c
 where a GPU step's time goes.
 
     python -m benchmarks.bench_finetune [--steps 6] [--params params.yaml] [--start artifacts/train/model.pt]
-        [--crop artifacts/crop] [--set finetune.pnp_points=0 ...]
+        [--crop artifacts/crop] [--set finetune.pnp_points=0 ...] [--profile]
+--profile also lists the places where a step waits for the GPU (CUDA) and torch.profiler's tables.
 Needs artifacts/train/model.pt, artifacts/crop, artifacts/pca and artifacts/split.
 """
 from __future__ import annotations
@@ -26,16 +27,12 @@ from unittest import mock
 
 import torch
 
+from benchmarks.gpu_probe import format_syncs, host_syncs, profile_tables, sync
 from stages.common.params import apply_overrides, load_params
 from stages.finetuning.trainer import FinetunePaths, FinetuneTrainer
 from stages.nets.trainer import Trainer, TrainPaths
 from stages.pnp import sample_cost
 from stages.wcpa.layout import load_resources
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def step_rate(trainer: FinetuneTrainer, step, batches: list[dict]) -> tuple[float, float]:
@@ -71,6 +68,8 @@ def main() -> None:
     parser.add_argument("--start", default="artifacts/train/model.pt")
     parser.add_argument("--crop", default="artifacts/crop")
     parser.add_argument("--set", nargs="*", default=[], help="section.key=value overrides")
+    parser.add_argument("--profile", action="store_true",
+                        help="also the places where a finetune step waits for the GPU and torch.profiler's tables of one")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     params = apply_overrides(load_params(args.params), args.set)
@@ -97,6 +96,10 @@ def main() -> None:
     with mock.patch.object(sample_cost, "CPU_CHUNK_POSES", sample_cost.DEVICE_CHUNK_POSES):   # a GPU's chunks
         ops, syncs = dispatches(trainer.train_step, batches[0])
     print(f"finetune step dispatches with a GPU's sample-cost chunks: {ops} aten operators, {syncs} host syncs")
+    if args.profile:
+        device = trainer.ctx.device
+        print(f"finetune step waits for the GPU at {format_syncs(host_syncs(lambda: trainer.train_step(batches[1], 1, 2), device))}")
+        print(profile_tables(lambda: trainer.train_step(batches[1], 1, 2), device))
 
 
 if __name__ == "__main__":

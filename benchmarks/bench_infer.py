@@ -22,7 +22,6 @@ import contextlib
 import logging
 import tempfile
 import time
-import warnings
 from dataclasses import replace
 from pathlib import Path
 from unittest import mock
@@ -31,6 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from benchmarks.gpu_probe import format_syncs, host_syncs, sync
 from stages.common.cropstore import CropStoreWriter, stamp_run
 from stages.common.params import load_params
 from stages.common.precision import amp_dtype, autocast, memory_format, place_network
@@ -46,11 +46,6 @@ from stages.wcpa.layout import load_resources
 
 N_COMPONENTS = 40
 FACE_DISTANCE_M = 0.53
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
@@ -148,32 +143,16 @@ def phase_times(model, store, perm, camera, settings) -> dict[str, float]:
     return dict(totals)
 
 
-def host_syncs(model, store, perm, camera, settings) -> collections.Counter:
-    """The places (file:line) where one pass of predict_store made the host wait for the GPU,
-    with their counts (CUDA's sync debug mode; empty on other devices)."""
-    if settings.device.type != "cuda":
-        return collections.Counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            predict_store(model, store, perm, camera, settings)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    return collections.Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught
-                               if "synchroniz" in str(w.message))
-
-
 def report_phases(model, store, perm, camera, settings) -> None:
-    """Print phase_times per image and host_syncs."""
+    """Print phase_times per image and the places where one pass waits for the GPU."""
     times = phase_times(model, store, perm, camera, settings)
     n = len(store)
     print(f"phases over {n} images ({n / times['wall']:.1f} img/s), microseconds per image:")
     for name in ("forward", *PHASES):
         print(f"  {name:18s} {times.get(name, 0.0) / n * 1e6:8.1f}")
     print(f"  {'wall':18s} {times['wall'] / n * 1e6:8.1f}")
-    syncs = host_syncs(model, store, perm, camera, settings)
-    print(f"host syncs in one pass: {sum(syncs.values())} " + ", ".join(f"{k} x{v}" for k, v in syncs.most_common(8)))
+    syncs = host_syncs(lambda: predict_store(model, store, perm, camera, settings), settings.device)
+    print(f"host syncs in one pass: {format_syncs(syncs)}")
 
 
 def main() -> None:

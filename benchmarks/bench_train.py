@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.gpu_probe import sync
 from stages.common.params import Params, apply_overrides, load_params
 from stages.common.precision import amp_dtype, autocast
 from stages.nets.backbone import build_backbone
@@ -41,11 +42,6 @@ from stages.nets.dataset import CropStore
 from stages.nets.trainer import Trainer, TrainPaths
 from stages.profile import profile_params
 from stages.wcpa.layout import load_resources
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def reference_steps(net: torch.nn.Module, images: torch.Tensor, steps: int, device: torch.device,

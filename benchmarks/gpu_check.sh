@@ -49,7 +49,7 @@ grep -o '"[a-z]*_images_per_second": [0-9.]*' artifacts/coarse_predict/metrics.j
 step bench_train 100 python -m benchmarks.bench_train --params params.yaml --best-reference --set train.compile=true \
   --steps 10 --rounds 3
 step bench_infer 60 python -m benchmarks.bench_infer --params params.yaml --pnp opencv --repeats 2 --phases
-step bench_finetune 150 python -m benchmarks.bench_finetune --params params.yaml --steps 20 ${FINETUNE_SET:+--set $FINETUNE_SET}
-step bench_infer_batched 40 python -m benchmarks.bench_infer --params params.yaml --pnp batched --repeats 2
+step bench_finetune 150 python -m benchmarks.bench_finetune --params params.yaml --steps 20 --profile ${FINETUNE_SET:+--set $FINETUNE_SET}
+step bench_infer_batched 60 python -m benchmarks.bench_infer --params params.yaml --pnp batched --repeats 2 --phases
 echo "== done at $(( $(date +%s) - t0 )) s; the project is in $work" | tee -a "$log"
 tr '\r' '\n' < "$log" | grep -vE "%\||^\s*$" | grep -E "^==|ratio|img/s|images/s|images_per_second|passed|failed|Error|ResNet|medians|views:|training images|Maximum resident|phases|^  [_a-z]|host syncs|dispatches" | cut -c1-220

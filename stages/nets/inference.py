@@ -289,7 +289,8 @@ def predicted_batches(model: FaceNet, images: np.ndarray, inv_warps: np.ndarray,
                 pose = solvers.submit(frame_poses, plain["R_frame"], plain["t_code"], inv_warps[rows], camera,
                                       images.shape[1], model.config.pose_frame).result
             else:
-                pose = submit_poses(solvers, settings.pnp, verts, uv, sigma, camera, settings.pnp_flags)
+                pose = submit_poses(solvers, settings.pnp, verts, uv, sigma, camera, settings.pnp_flags,
+                                    settings.device)
             direct = camera if model.pose is not None else None
             pending.append((rows, {"verts": verts, "landmarks": uv, "sigma": sigma}, pose, direct))
             while len(pending) > max(1, settings.workers):

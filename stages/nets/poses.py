@@ -6,17 +6,21 @@ A thin layer over the pipeline's pose-from-landmarks entry point (stages.pnp.ope
            from its solution, 'EPNP+ITERATIVE' (the default): OpenCV's own start for ITERATIVE
            (DLT) puts the face behind the camera on noisy landmarks of a nearly flat face.
   batched  the project's batched Levenberg-Marquardt solver (stages.pnp.api), each point
-           weighted by 1 / sigma, the landmark head's uncertainty
+           weighted by 1 / sigma, the landmark head's uncertainty; on the inference device:
+           on a GPU a whole batch is one task, solved on a CUDA stream of its own beside the
+           network's next forward, with no Python per sample
 Chunks run in threads (OpenCV and torch release the GIL). Rows with NaN input (skipped
 samples) are not solved and come back NaN, like the problems the solver rejects.
 """
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Callable
 
 import cv2
 import numpy as np
+import torch
 
 from stages.pnp.opencv import METHODS, opencv_flag, pose_from_landmarks
 from stages.wcpa.camera import Camera, opencv_to_rt, rt_to_opencv
@@ -53,14 +57,28 @@ def refine_iterative(verts: np.ndarray, uv: np.ndarray, R_t: np.ndarray, camera:
 
 
 def _solve_chunk(method: str, verts: np.ndarray, uv: np.ndarray, sigma: np.ndarray, camera: Camera,
-                 flags: str) -> np.ndarray:
+                 flags: str, device: torch.device) -> np.ndarray:
     if method == "batched":
-        weights = np.repeat(np.asarray(sigma, np.float64)[..., None], 2, -1)
-        return pose_from_landmarks(verts, uv, camera, method=method, sigma=weights)
+        with _side_stream(device):
+            return pose_from_landmarks(verts, uv, camera, method=method, sigma=np.repeat(sigma[..., None], 2, -1),
+                                       device=device)
     start, refine = parse_flags(flags)
     verts, uv = np.asarray(verts, np.float64), np.asarray(uv, np.float64)
     poses = pose_from_landmarks(verts, uv, camera, method=method, flags=start)
     return refine_iterative(verts, uv, poses, camera) if refine else poses
+
+
+def _side_stream(device: torch.device) -> contextlib.AbstractContextManager:
+    """A CUDA stream of its own for a task on a CUDA device (its copies and kernels then wait for
+    nothing queued on the network's stream); nothing elsewhere."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.cuda.stream(torch.cuda.Stream(device))
+
+
+def _chunk_size(method: str, device: torch.device, n: int) -> int:
+    """Samples per task: CHUNK[method], or all n for the batched solver on a GPU."""
+    return max(n, 1) if method == "batched" and device.type != "cpu" else CHUNK[method]
 
 
 def _checked(method: str, flags: str) -> None:
@@ -71,16 +89,18 @@ def _checked(method: str, flags: str) -> None:
 
 
 def submit_poses(pool: Executor, method: str, verts: np.ndarray, uv: np.ndarray, sigma: np.ndarray,
-                 camera: Camera, flags: str = "EPNP+ITERATIVE") -> Callable[[], np.ndarray]:
+                 camera: Camera, flags: str = "EPNP+ITERATIVE",
+                 device: torch.device = torch.device("cpu")) -> Callable[[], np.ndarray]:
     """Put the PnP of a batch on `pool` in chunks of CHUNK[method] samples (a batch's poses
-    spread over every thread) -> a function that waits for them: R_t (N, 4, 4) float64, NaN where
-    the input has NaN or PnP fails. Arrays as in `solve_poses`; a bad method or flags raise here."""
+    spread over every thread; the batched solver on a GPU `device`: one task) -> a function that
+    waits for them: R_t (N, 4, 4) float64, NaN where the input has NaN or PnP fails. Arrays as in
+    `solve_poses`; a bad method or flags raise here."""
     _checked(method, flags)
     finite = np.isfinite(uv).all((1, 2)) & np.isfinite(verts).all((1, 2)) & np.isfinite(sigma).all(1)
     rows = np.flatnonzero(finite)
-    size = CHUNK[method]
+    size = _chunk_size(method, device, len(rows))
     chunks = [rows[s:s + size] for s in range(0, len(rows), size)]
-    futures = [pool.submit(_solve_chunk, method, verts[c], uv[c], sigma[c], camera, flags) for c in chunks]
+    futures = [pool.submit(_solve_chunk, method, verts[c], uv[c], sigma[c], camera, flags, device) for c in chunks]
 
     def gather() -> np.ndarray:
         out = np.full((len(verts), 4, 4), np.nan)
@@ -91,9 +111,10 @@ def submit_poses(pool: Executor, method: str, verts: np.ndarray, uv: np.ndarray,
 
 
 def solve_poses(method: str, verts: np.ndarray, uv: np.ndarray, sigma: np.ndarray, camera: Camera,
-                flags: str = "EPNP+ITERATIVE", workers: int = 1) -> np.ndarray:
+                flags: str = "EPNP+ITERATIVE", workers: int = 1,
+                device: torch.device = torch.device("cpu")) -> np.ndarray:
     """verts (N, V, 3) metres, uv (N, V, 2) full-image px, sigma (N, V) full-image px (used by
-    'batched') -> R_t (N, 4, 4) float64, NaN where the input has NaN or PnP fails; on `workers`
-    threads."""
+    'batched', solved on `device`) -> R_t (N, 4, 4) float64, NaN where the input has NaN or PnP
+    fails; on `workers` threads."""
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        return submit_poses(pool, method, verts, uv, sigma, camera, flags)()
+        return submit_poses(pool, method, verts, uv, sigma, camera, flags, device)()

@@ -52,14 +52,16 @@ def solve_pnp_opencv(x3d: np.ndarray, x2d: np.ndarray, K: np.ndarray,
 
 def pose_from_landmarks(verts: np.ndarray, uv: np.ndarray, camera: Camera,
                         method: str = "opencv", flags: str = "ITERATIVE",
-                        sigma: np.ndarray | None = None) -> np.ndarray:
+                        sigma: np.ndarray | None = None,
+                        device: torch.device = torch.device("cpu")) -> np.ndarray:
     """Poses R_t (B, 4, 4) float64 (row-vector form) from canonical vertices verts (B, V, 3)
     in metres and their image points uv (B, V, 2) in full-image pixels.
 
     method 'opencv': cv2.solvePnP with cv2.SOLVEPNP_<flags> per sample (no weights: sigma must
-    be None). method 'batched': stages.pnp.api.solve_pnp in float64, with weights 1 / sigma
-    (sigma (B, V, 2) pixels) when given. Problems that cannot be solved get NaN rows, and a
-    warning says how many."""
+    be None). method 'batched': stages.pnp.api.solve_pnp in float64 on `device`, with weights
+    1 / sigma (sigma (B, V, 2) pixels) when given; the arrays go to the device in their own
+    dtype and are widened there (the same numbers as widening them on the host). Problems that
+    cannot be solved get NaN rows, and a warning says how many."""
     if method not in METHODS:
         raise ValueError(f"unknown PnP method {method!r}; expected one of {METHODS}")
     if method == "opencv":
@@ -68,11 +70,12 @@ def pose_from_landmarks(verts: np.ndarray, uv: np.ndarray, camera: Camera,
                              " with sigma, or pass sigma=None")
         R, t = solve_pnp_opencv(verts, uv, camera.K, flags)
     else:
-        w2d = None if sigma is None else torch.from_numpy(1.0 / np.asarray(sigma, np.float64))
-        result = solve_pnp(torch.from_numpy(np.asarray(verts, np.float64)),
-                           torch.from_numpy(np.asarray(uv, np.float64)),
-                           torch.from_numpy(camera.K), w2d)
-        R, t = result.R.numpy(), result.t.numpy()
+        def on_device(x: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(x)).to(device).double()
+
+        w2d = None if sigma is None else 1.0 / on_device(sigma)
+        result = solve_pnp(on_device(verts), on_device(uv), on_device(camera.K), w2d)
+        R, t = result.R.cpu().numpy(), result.t.cpu().numpy()
     failed = ~(np.isfinite(R).all((-1, -2)) & np.isfinite(t).all(-1))
     if failed.any():
         log.warning("PnP (%s) failed on %d of %d samples: their poses are NaN",

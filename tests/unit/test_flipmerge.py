@@ -8,6 +8,7 @@ from stages.nets.flipmerge import merge_outputs, unmirror_outputs
 from stages.nets.poses import refine_iterative, solve_poses
 from stages.wcpa.camera import rotation_angle_deg
 from tests.conftest import face_points, random_poses
+from tests.unit.pnp_cases import challenge_camera
 from tests.tiny_project import symmetric_template
 
 SIZE = 32
@@ -125,3 +126,20 @@ def test_unknown_pnp_settings_name_the_param(camera):
         solve_poses("opencv", verts, uv, sigma, camera, "EPNP+SQPNP")
     with pytest.raises(ValueError, match="infer.pnp="):
         solve_poses("dlt", verts, uv, sigma, camera)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_batched_poses_on_cuda_are_the_cpus():
+    """infer.pnp: batched on a GPU solves each batch in one task on its own CUDA stream (masked
+    LM): the poses are the CPU solver's (float64, 1 / sigma weights), NaN rows kept NaN."""
+    rng = np.random.default_rng(7)
+    verts = np.stack([face_points(rng, 400) for _ in range(24)]).astype(np.float32)
+    camera = challenge_camera()
+    R_t = random_poses(rng, 24)
+    uv = np.stack([camera.project(v, p) for v, p in zip(verts, R_t)]) + rng.normal(0, 1.0, (24, 400, 2))
+    sigma = rng.uniform(0.5, 2.0, (24, 400)).astype(np.float32)
+    uv[3] = np.nan
+    cpu = solve_poses("batched", verts, uv, sigma, camera, workers=2)
+    cuda = solve_poses("batched", verts, uv, sigma, camera, workers=2, device=torch.device("cuda"))
+    assert np.isnan(cuda[3]).all() and np.isfinite(np.delete(cuda, 3, 0)).all()
+    np.testing.assert_allclose(np.delete(cuda, 3, 0), np.delete(cpu, 3, 0), atol=1e-7)
