@@ -35,7 +35,7 @@ def predict(model: torch.nn.Module, images: np.ndarray, inv_warps: np.ndarray, b
     return {key: np.concatenate(value) for key, value in parts.items()}
 
 
-def solve_poses(verts: np.ndarray, uv_full: np.ndarray, camera: Camera, flags: str) -> tuple[np.ndarray, int]:
+def validation_poses(verts: np.ndarray, uv_full: np.ndarray, camera: Camera, flags: str) -> tuple[np.ndarray, int]:
     """Poses (N, 4, 4) from predicted meshes (N, V, 3) and their landmarks (N, V, 2) full-image
     px, by OpenCV's PnP (cv2.SOLVEPNP_<flags>) on all points, and the number of failed samples
     (their pose is replaced by the element-wise median of the solved ones, so the score stays
@@ -81,7 +81,7 @@ def evaluate(pred: dict[str, np.ndarray], inv_warps: np.ndarray, camera: Camera,
         pred = {**pred, "mu": apply_warp(invert_warp(inv_warps), uv_full)}
     else:
         uv_full = apply_warp(inv_warps, pred["mu"])
-        poses, failed = solve_poses(pred["verts"], uv_full, camera, pnp_flags)
+        poses, failed = validation_poses(pred["verts"], uv_full, camera, pnp_flags)
     summary = summarize(sample_errors(verts_gt, poses_gt, pred["verts"], poses))
     summary["pnp_failed"] = failed
     crop_errors = np.linalg.norm(pred["mu"] - uv_gt_crop, axis=-1)
