@@ -125,7 +125,7 @@ def test_gpu_profile_is_the_paper_profile_on_one_gpu_and_16_cores(tmp_path):
     apply_profile("gpu", target)
     gpu, paper = load_params(target), profile_params("paper", ROOT / "params.yaml")
     assert gpu == profile_params("gpu", ROOT / "params.yaml")
-    assert gpu.data.workers == gpu.synth.workers == 16 and gpu.infer.workers == "auto"
+    assert gpu.data.workers == gpu.synth.workers == 16 and gpu.infer.workers == 8
     assert gpu.train.batch_size == 128 and gpu.gpus == 1
     assert gpu.train.val_batch_size == gpu.finetune.val_batch_size == 256
     gpu_values = gpu.as_dict()
