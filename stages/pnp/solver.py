@@ -6,7 +6,8 @@ is kept only if it lowers the cost (then lambda / 10, else lambda * 10). A probl
 the next step's predicted decrease of the cost (from the quadratic model, tested before that
 step is evaluated, and only while no step has been rejected since the last accepted one) is
 below `cost_rtol * (1 + cost)`, when a rejected step changes the cost by no more than rounding,
-or when lambda reaches its maximum; the iterations then run on the still active problems only.
+or when lambda reaches its maximum. Finished problems leave the batch on the CPU and are frozen
+by masks elsewhere (`levenberg_marquardt`: the same solutions, without a host sync an iteration).
 The covariance of the pose (left increment coordinates (delta, dt)) is H^-1 at the solution,
 the inverse of J^T W J (W the robust weights), i.e. the Laplace approximation of exp(-cost).
 """
