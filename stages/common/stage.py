@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from typing import Any, Callable
 
@@ -15,6 +16,14 @@ from stages.common.params import PARAMS_FILE, load_params
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 log = logging.getLogger("stage")
+
+
+def stage_name(run: Callable[..., Any]) -> str:
+    """The stage a run function belongs to: its module's last name, read from the module's spec
+    when it runs as `python -m stages.<name>` (its __name__ is then __main__)."""
+    module = sys.modules.get(run.__module__)
+    spec = getattr(module, "__spec__", None)
+    return (spec.name if spec is not None else run.__module__).rpartition(".")[2]
 
 
 def setup_logging() -> None:
@@ -34,7 +43,7 @@ def stage_main(doc: str, run: Callable[..., Any], options: Callable[[argparse.Ar
         options(parser)
     args = vars(parser.parse_args(argv))
     setup_logging()
-    name = run.__module__.rpartition(".")[2]
+    name = stage_name(run)
     started = time.perf_counter()
     try:
         result = run(load_params(args.pop("params")), **args)

@@ -2,6 +2,7 @@
 the log, a bad params file or a listed error type stopping with its message."""
 import logging
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,20 @@ def test_the_returned_metrics_are_logged_without_their_history(caplog):
     with caplog.at_level(logging.INFO):
         stage_main("Stage probe.", scored, argv=["--params", str(PARAMS)])
     assert "test_stage metrics: {'score': 67.5}" in caplog.text
+
+
+def test_a_stage_run_as_a_module_logs_its_own_name(monkeypatch):
+    """`python -m stages.<name>` runs the module as __main__ (its functions' __module__ is
+    '__main__'): the name comes from the module's spec."""
+    import importlib.util
+    import types
+
+    from stages.common.stage import stage_name
+    main = types.ModuleType("__main__")
+    main.__spec__ = importlib.util.find_spec("stages.split")
+    monkeypatch.setitem(sys.modules, "__main__", main)
+
+    def run(params):
+        return None
+    run.__module__ = "__main__"
+    assert stage_name(run) == "split" and stage_name(scored) == "test_stage"
