@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.gpu_probe import sync
 from stages import coarse_train
 from stages.coarse.sources import ViewSet, list_samples
 from stages.coarse.targets import load_targets
@@ -74,14 +75,8 @@ def stream_rate(stream, epoch: int, batches: int, batch_size: int, device) -> fl
     start = time.perf_counter()
     for _ in range(batches - 1):
         next(read)
-        synced(device)
+        sync(device)
     return (batches - 1) * batch_size / (time.perf_counter() - start)
-
-
-def synced(device) -> None:
-    """Wait for the device's queued work (a step's time on CUDA includes its kernels)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def rate(args: argparse.Namespace, params: Params) -> None:
@@ -109,7 +104,7 @@ def rate(args: argparse.Namespace, params: Params) -> None:
 
     def run(batch):
         step(stepped, batch, sizes, optimizer, schedule, scaler)
-        synced(device)
+        sync(device)
 
     def stream(epoch: int, steps: int = args.steps):
         return streamed(views, cfg.batch_size, cfg.seed, workers, epoch, steps, cfg.decode, device)

@@ -123,7 +123,7 @@ def _from_host(host: dict[str, torch.Tensor], done, rows: slice) -> tuple[slice,
     if done is not None:
         done.synchronize()
     plain = {key: value.numpy() for key, value in host.items() if not key.startswith("back_")}
-    back = {key[5:]: value.numpy() for key, value in host.items() if key.startswith("back_")}
+    back = {key.removeprefix("back_"): value.numpy() for key, value in host.items() if key.startswith("back_")}
     return rows, plain, back or None
 
 

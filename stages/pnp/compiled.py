@@ -16,10 +16,21 @@ import torch
 log = logging.getLogger(__name__)
 
 
+_COMPILED: dict[Callable, Callable] = {}
+
+
 def compiled_or_eager(fn: Callable, name: str) -> Callable:
     """fn compiled with torch.compile (dynamic shapes: the first call compiles, tens of seconds
     on a CPU; later processes reuse inductor's disk cache), replaced by fn itself for good once
-    the compiled version raises. name: what the warning calls it."""
+    the compiled version raises. Built once per function and process. name: what the warning
+    calls it."""
+    if fn not in _COMPILED:
+        _COMPILED[fn] = _with_fallback(fn, name)
+    return _COMPILED[fn]
+
+
+def _with_fallback(fn: Callable, name: str) -> Callable:
+    """torch.compile(fn), falling back to fn (see compiled_or_eager)."""
     state = {"fn": torch.compile(fn, dynamic=True)}
 
     def call(*args):

@@ -97,18 +97,11 @@ def chunk_gradient_sums(R, t, x3d, wfx, wfy, off_u, off_v, grad_costs,
     return eu.sum(1), ev.sum(1), xz_eu.sum(1), yz_ev.sum(1), grad_x3d
 
 
-_KERNELS = {"eager": (chunk_costs, chunk_gradient_sums)}
-
-
 def _kernels(compiled: bool):
-    """(chunk_costs, chunk_gradient_sums), compiled with torch.compile when asked (the first
-    call compiles, tens of seconds on CPU; later processes reuse inductor's disk cache)."""
+    """(chunk_costs, chunk_gradient_sums), through torch.compile when asked (stages.pnp.compiled)."""
     if not compiled:
-        return _KERNELS["eager"]
-    if "compiled" not in _KERNELS:
-        _KERNELS["compiled"] = tuple(
-            compiled_or_eager(fn, "sample costs") for fn in _KERNELS["eager"])
-    return _KERNELS["compiled"]
+        return chunk_costs, chunk_gradient_sums
+    return (compiled_or_eager(chunk_costs, "sample costs"), compiled_or_eager(chunk_gradient_sums, "sample costs"))
 
 
 def _point_terms(x2d: torch.Tensor, w2d: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, ...]:

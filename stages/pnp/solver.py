@@ -143,7 +143,7 @@ def _masked_lm(state: _State, points: tuple, huber_delta, max_iters: int, cost_r
                compiled: bool = False):
     """LM over every problem, the finished ones frozen (see levenberg_marquardt); compiled: the
     iteration through torch.compile (stages.pnp.compiled)."""
-    iteration = _compiled_iteration() if compiled else _masked_iteration
+    iteration = compiled_or_eager(_masked_iteration, "the LM iteration") if compiled else _masked_iteration
     lam = torch.full_like(state.cost, LAMBDA_START)
     fresh = torch.ones_like(state.cost, dtype=torch.bool)
     active = torch.ones_like(fresh)
@@ -168,16 +168,6 @@ def _masked_iteration(R, t, cost, H, g, lam, fresh, active, iterations, x3d, x2d
     lam, accepted, done = _try_step(state, step, lam, (x3d, x2d, w2d, K), huber_delta, active)
     fresh = torch.where(active, accepted, fresh)
     return state.R, state.t, state.cost, state.H, state.g, lam, fresh, active & ~done, iterations
-
-
-_COMPILED = {}
-
-
-def _compiled_iteration():
-    """_masked_iteration through torch.compile, built once per process."""
-    if "iteration" not in _COMPILED:
-        _COMPILED["iteration"] = compiled_or_eager(_masked_iteration, "the LM iteration")
-    return _COMPILED["iteration"]
 
 
 def _store(R_out, t_out, cost_out, H_out, rows, state: _State, mask: torch.Tensor) -> None:
