@@ -9,11 +9,16 @@ files its workers read; and the stream alone (its batches read without a step: t
 Both run in interleaved rounds, every step timed; the rates come from the median step times.
 The issue's bar: measured / reference >= 0.85.
 
+item: a loader worker's CPU per training item (decode, both views' warps, photometric
+augmentation; one thread) against a bare cv2.imread of the same files, interleaved: the cost
+that bounds the stream on a machine's cores (16 workers stream at most 16 / item images/s).
+
 stage: the whole stage on the first --images N training images (and N / 4 validation images; each
 at most the split's rows: a list names a sample once), for peak memory under /usr/bin/time -v.
 
     python -m benchmarks.bench_coarse [rate] [--steps 10] [--rounds 5] [--split artifacts/split]
         [--set coarse_train.batch_size=32 data.workers=2 ...]
+    python -m benchmarks.bench_coarse item [--images 200] [--rounds 5] [--set coarse_train.locate_size=256 ...]
     /usr/bin/time -v python -m benchmarks.bench_coarse stage --images 1000 [--epochs 1]
 
 Needs the data root (data.root) and the split lists (dvc repro split).
@@ -26,6 +31,7 @@ import logging
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -33,7 +39,7 @@ from benchmarks.gpu_probe import sync
 from stages import coarse_train
 from stages.coarse.sources import ViewSet, list_samples
 from stages.coarse.targets import load_targets
-from stages.coarse.train import (build_nets, compiled, epoch_batches, make_optimizer, make_stream, step,
+from stages.coarse.train import (TrainConfig, build_nets, compiled, epoch_batches, make_optimizer, make_stream, step,
                                  training_amp)
 from stages.common.badinput import BadInputs
 from stages.common.device import pick_device, torch_path
@@ -79,18 +85,48 @@ def stream_rate(stream, epoch: int, batches: int, batch_size: int, device) -> fl
     return (batches - 1) * batch_size / (time.perf_counter() - start)
 
 
-def rate(args: argparse.Namespace, params: Params) -> None:
-    cfg, workers = coarse_train.train_config(params), params.data.workers
-    root = params.data.root
+def training_views(params: Params, split: Path) -> tuple[TrainConfig, ViewSet]:
+    """The stage's config and its training ViewSet over the split's train.csv."""
+    cfg, root = coarse_train.train_config(params), params.data.root
     resources = load_resources(root)
-    table = read_list(Path(args.split) / "train.csv")
+    table = read_list(split / "train.csv")
     bad = BadInputs(skip=False, max_fraction=0.0)
     landmarks, kept = load_targets(root, table, resources, bad)
     samples = list_samples(root, table.iloc[kept], landmarks, resources.camera.size, bad)
     sizes = {"locate": cfg.locate_size, "refine": cfg.refine_size}
-    views = ViewSet(samples, sizes, cfg.refine_margin, cfg.seed,
-                    {"locate": cfg.locate_jitter, "refine": cfg.refine_jitter},
-                    coarse_train.landmark_flip_order(resources), cfg.flip_prob)
+    return cfg, ViewSet(samples, sizes, cfg.refine_margin, cfg.seed,
+                        {"locate": cfg.locate_jitter, "refine": cfg.refine_jitter},
+                        coarse_train.landmark_flip_order(resources), cfg.flip_prob)
+
+
+def item(args: argparse.Namespace, params: Params) -> None:
+    """A loader worker's CPU per training item (one thread) against a bare decode of the item's
+    file: what a core spends per streamed image, in interleaved rounds over the same images."""
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    cfg, views = training_views(params, Path(args.split))
+    count = min(args.images, len(views))
+    paths = [views.samples.paths[i].decode() for i in range(count)]
+    print(f"locate {cfg.locate_size} px, refine {cfg.refine_size} px, {count} training images, one thread")
+    item_times, decode_times = [], []
+    for epoch in range(args.rounds):
+        start = time.process_time()
+        for index in range(count):
+            views[(epoch, index)]
+        item_times.append((time.process_time() - start) / count)
+        start = time.process_time()
+        for path in paths:
+            cv2.imread(path)
+        decode_times.append((time.process_time() - start) / count)
+    item_ms, decode_ms = np.median(item_times) * 1e3, np.median(decode_times) * 1e3
+    print(f"item (decode, 2 views, augmentation): {item_ms:.2f} ms CPU; bare cv2.imread: {decode_ms:.2f} ms CPU; "
+          f"ratio {item_ms / decode_ms:.2f}; one core streams {1e3 / item_ms:.0f} images/s")
+
+
+def rate(args: argparse.Namespace, params: Params) -> None:
+    workers = params.data.workers
+    cfg, views = training_views(params, Path(args.split))
+    samples, sizes = views.samples, views.sizes
     nets = build_nets(cfg, samples.landmarks.shape[1])
     device = pick_device("auto")
     for net in nets.values():
@@ -154,18 +190,18 @@ def stage(args: argparse.Namespace, params: Params) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", nargs="?", default="rate", choices=["rate", "stage"])
+    parser.add_argument("mode", nargs="?", default="rate", choices=["rate", "item", "stage"])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--set", nargs="*", default=[], help="section.key=value overrides")
     parser.add_argument("--split", default="artifacts/split", help="folder of train.csv and val.csv")
     parser.add_argument("--steps", type=int, default=10, help="rate: steps of each per round")
     parser.add_argument("--rounds", type=int, default=5, help="rate: interleaved rounds")
-    parser.add_argument("--images", type=int, default=1000, help="stage: training images")
+    parser.add_argument("--images", type=int, default=1000, help="stage, item: training images")
     parser.add_argument("--epochs", type=int, default=1, help="stage: epochs")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     params = apply_overrides(load_params(args.params), args.set)
-    (rate if args.mode == "rate" else stage)(args, params)
+    {"rate": rate, "item": item, "stage": stage}[args.mode](args, params)
 
 
 if __name__ == "__main__":

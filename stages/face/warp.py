@@ -64,20 +64,35 @@ def to_opencv(warp: np.ndarray) -> np.ndarray:
     return out
 
 
-def area_shrink(warp: np.ndarray, width: int, height: int) -> tuple[tuple[int, int], np.ndarray] | None:
-    """The anti-alias pre-shrink of a warp (2, 3) (full -> crop) of a width x height image: None
-    when its scale is at least 0.5; else the shrunk image's (width, height), the image divided by
-    the integer factor int(1 / scale) and rounded, and the warp from the shrunk image (the same
-    crop: continuous coordinates scale by the exact size ratio). warp_image and
-    stages/face/warp_torch.py share it."""
+def area_shrink(warp: np.ndarray) -> tuple[int, np.ndarray] | None:
+    """The anti-alias pre-shrink of a warp (2, 3) (full -> crop): None when its scale is at least
+    0.5; else the integer factor k = int(1 / scale) and the warp from the image shrunk k times
+    (`area_downscale`: pixel j of the shrunk image covers full-image pixels [j k, (j + 1) k), so
+    continuous coordinates scale by exactly k). warp_image and stages/face/warp_torch.py share it."""
     warp = np.asarray(warp, dtype=np.float64)
     scale = float(np.sqrt(abs(np.linalg.det(warp[:, :2]))))
     if not scale < 0.5:      # (a NaN warp is not shrunk either)
         return None
-    factor = 1.0 / int(1.0 / scale)
-    small = (round(width * factor), round(height * factor))
-    ratio = np.diag([width / small[0], height / small[1]])
-    return small, np.concatenate([warp[:, :2] @ ratio, warp[:, 2:]], axis=1)
+    factor = int(1.0 / scale)
+    return factor, np.concatenate([warp[:, :2] * factor, warp[:, 2:]], axis=1)
+
+
+def shrunk_size(width: int, height: int, factor: int) -> tuple[int, int]:
+    """(width, height) px of a width x height image shrunk `factor` times by `area_downscale`."""
+    return -(-width // factor), -(-height // factor)
+
+
+def area_downscale(image: np.ndarray, factor: int) -> np.ndarray:
+    """image (H, W, C) or (H, W) -> (ceil(H / k), ceil(W / k), ...): the mean of each k x k block
+    (k = factor), the image padded with black (the warps' border) on the right and bottom to
+    multiples of k. cv2.resize's INTER_AREA at an exact integer factor: 3x faster than at the
+    nearest non-integer one (800 -> 267 px: 0.9 against 2.6 ms)."""
+    height, width = image.shape[:2]
+    small = shrunk_size(width, height, factor)
+    pad_x, pad_y = small[0] * factor - width, small[1] * factor - height
+    if pad_x or pad_y:
+        image = cv2.copyMakeBorder(image, 0, pad_y, 0, pad_x, cv2.BORDER_CONSTANT, value=0)
+    return cv2.resize(image, small, interpolation=cv2.INTER_AREA)
 
 
 def warp_image(image: np.ndarray, warp: np.ndarray, size: int,
@@ -85,12 +100,12 @@ def warp_image(image: np.ndarray, warp: np.ndarray, size: int,
     """Resample `image` (H, W, C) into a (size, size, C) crop through `warp` (full -> crop).
 
     Pixels outside the image are black. When the warp shrinks by more than 2x, the image is
-    pre-smoothed with INTER_AREA resizing first to avoid aliasing.
+    pre-smoothed first to avoid aliasing: shrunk by the integer factor of `area_shrink`.
     """
-    shrink = area_shrink(warp, image.shape[1], image.shape[0])
+    shrink = area_shrink(warp)
     if shrink is not None:
-        small_size, warp = shrink
-        image = cv2.resize(image, small_size, interpolation=cv2.INTER_AREA)
+        factor, warp = shrink
+        image = area_downscale(image, factor)
     return cv2.warpAffine(image, to_opencv(warp), (size, size), flags=interpolation,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 

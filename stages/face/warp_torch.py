@@ -8,12 +8,8 @@ grid_sample's with align_corners=False (the grid of F.affine_grid, computed elem
 taps on its own, as BORDER_CONSTANT 0), results rounded to the nearest grey
 level (half up, as OpenCV's fixed-point rounding). The anti-alias pre-shrink follows the same
 rule (stages.face.warp.area_shrink: an integer factor k = int(1 / scale) when the warp's scale
-is below 0.5, the shrunk size rounded) and the same interpolation as cv2.resize's INTER_AREA,
-also where the image side is not divisible by k: each shrunk pixel is the mean over its cell of
-the image, a pixel the cell covers in part weighed by the covered fraction (from cumulative
-sums in float64), rounded to uint8 like cv2.resize's result. (Plain adaptive average pooling,
-torch's `area` interpolation, averages whole pixels of wider, overlapping cells instead: on
-noise images up to 79 grey levels away from OpenCV where the side is not divisible.)
+is below 0.5; the image padded with black to multiples of k and each k x k block averaged, as
+stages.face.warp.area_downscale does with cv2.resize's INTER_AREA).
 
 What is left differs only by arithmetic (OpenCV: positions and weights in fixed point, float32
 sums; here float32 sampling): crops within 1 grey level of warp_image, at most 0.19 % of the
@@ -27,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stages.face.warp import area_shrink, compose, invert_warp
+from stages.face.warp import area_shrink, compose, invert_warp, shrunk_size
 
 
 def grid_theta(warps: np.ndarray, width: int, height: int, size: int) -> np.ndarray:
@@ -57,41 +53,21 @@ def round_half_up(values: torch.Tensor) -> torch.Tensor:
     return values.add_(0.5).floor_().clamp_(0, 255)
 
 
-def _area_axis(values: torch.Tensor, out: int, dim: int) -> torch.Tensor:
-    """OpenCV's INTER_AREA along axis `dim`, n -> out samples, in float64: output i is the mean of
-    the input over its cell [i s, (i + 1) s), s = n / out, a pixel the cell covers in part weighed
-    by the covered fraction. From the integral of the piecewise constant input, read at the cell
-    edges e: the inclusive cumulative sum C at p = floor(e) (exact: int32 for uint8 input, else
-    float64) less (1 - (e - p)) of pixel p."""
-    n = values.shape[dim]
-    scale = n / out
-    edges = torch.arange(out + 1, dtype=torch.float64, device=values.device) * scale
-    first = edges.floor().clamp(max=n - 1)
-    index = first.long()
-    sums = values.cumsum(dim, dtype=torch.float64 if values.is_floating_point() else torch.int32)
-    shape = [1] * values.dim()
-    shape[dim] = out + 1
-    at_edges = sums.index_select(dim, index).double() + (edges - first - 1).view(shape) * values.index_select(dim, index)
-    return (at_edges.narrow(dim, 1, out) - at_edges.narrow(dim, 0, out)) / scale
+def area_resize(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """uint8 (n, C, H, W) -> float32 (n, C, ceil(H / k), ceil(W / k)) with k = factor: as
+    stages.face.warp.area_downscale, padded with black to multiples of k, the mean of each k x k
+    block rounded half up to a whole grey level (exact in float32: sums below 2^24, and a mean
+    within 1 / k^2 of a half is at least that far from it)."""
+    height, width = images.shape[-2:]
+    small = shrunk_size(width, height, factor)
+    padded = F.pad(images.float(), (0, small[0] * factor - width, 0, small[1] * factor - height))
+    return round_half_up(F.avg_pool2d(padded, factor))
 
 
-def area_resize(images: torch.Tensor, width: int, height: int, piece: int = 8) -> torch.Tensor:
-    """uint8 (n, C, H, W) -> (n, C, height, width) shrunk as cv2.resize INTER_AREA does: each
-    output pixel the mean over its cell, rounded half up to a whole grey level; float32. Sides
-    divisible by the factor: the k x k block means of avg_pool2d (exact in float32: sums below
-    2^24, and a mean within 1 / k^2 of a half is at least that far from it); others: _area_axis
-    on rows, then columns, `piece` images at a time (their cumulative sums are the extra memory)."""
-    rows, cols = images.shape[-2:]
-    if rows % height == 0 and cols % width == 0:
-        return round_half_up(F.avg_pool2d(images.float(), (rows // height, cols // width)))
-    return torch.cat([round_half_up(_area_axis(_area_axis(part, height, -2), width, -1)).float()
-                      for part in images.split(piece)])
-
-
-def _warp_group(images: torch.Tensor, warps: np.ndarray, size: int, small: tuple[int, int] | None) -> torch.Tensor:
-    """uint8 (n, C, H, W) images, their warps (already from the shrunk image when `small`, its
-    (width, height), is given) -> uint8 (n, size, size, C)."""
-    source = images.float() if small is None else area_resize(images, *small)
+def _warp_group(images: torch.Tensor, warps: np.ndarray, size: int, factor: int | None) -> torch.Tensor:
+    """uint8 (n, C, H, W) images, their warps (already from the image shrunk `factor` times when
+    one is given) -> uint8 (n, size, size, C)."""
+    source = images.float() if factor is None else area_resize(images, factor)
     theta = torch.from_numpy(grid_theta(warps, source.shape[-1], source.shape[-2], size)).to(
         device=images.device, dtype=torch.float32)
     crops = F.grid_sample(source, sampling_grid(theta, size), mode="bilinear", padding_mode="zeros",
@@ -103,19 +79,18 @@ def warp_images(images: torch.Tensor, warps: np.ndarray, size: int, piece: int =
     """Resample uint8 images (B, C, H, W) on any device into uint8 crops (B, size, size, C) on the
     same device through warps (B, 2, 3) (numpy, full -> crop in continuous px): warp_image of
     each image, batched. The images are resampled `piece` at a time, grouped by their pre-shrink
-    (the float copies of a piece are the only extra memory: float32, float64 for a pre-shrink)."""
+    (the float copies of a piece are the only extra memory)."""
     warps = np.asarray(warps, dtype=np.float64)
     if warps.shape != (len(images), 2, 3):
         raise ValueError(f"warps of shape {warps.shape} for {len(images)} images")
-    height, width = images.shape[-2:]
     out = torch.empty((len(images), size, size, images.shape[1]), dtype=torch.uint8, device=images.device)
     groups: dict = defaultdict(list)
     for index, warp in enumerate(warps):
-        shrink = area_shrink(warp, width, height)
+        shrink = area_shrink(warp)
         groups[None if shrink is None else shrink[0]].append((index, warp if shrink is None else shrink[1]))
-    for small, members in groups.items():
+    for factor, members in groups.items():
         for start in range(0, len(members), piece):
             rows, row_warps = zip(*members[start:start + piece])
             index = torch.tensor(rows, device=images.device)
-            out[index] = _warp_group(images[index], np.stack(row_warps), size, small)
+            out[index] = _warp_group(images[index], np.stack(row_warps), size, factor)
     return out

@@ -1,5 +1,5 @@
 """warp_images (torch, batched, any device) against warp_image (OpenCV), and area_resize against
-cv2.resize INTER_AREA.
+area_downscale (cv2.resize INTER_AREA at an integer factor).
 
 Tolerance (measured on the cases below: noise and smooth images, 800x800 and 203x317, 8 warps
 each, CPU): every value within 1 grey level of OpenCV, the rest equal; the mean absolute
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from stages.face.warp import area_shrink, similarity, warp_image
+from stages.face.warp import area_downscale, area_shrink, similarity, warp_image
 from stages.face.warp_torch import area_resize, grid_theta, sampling_grid, warp_images
 
 MAX_DIFF = 1
@@ -67,7 +67,7 @@ def test_warp_images_matches_warp_image(case, smooth, shape, device):
     images = _images(rng, 8, height, width, smooth)
     warps = _warps(rng, 8, height, width, 64, case)
     if case == "preshrink":
-        assert all(area_shrink(w, width, height) is not None for w in warps)
+        assert all(area_shrink(w) is not None for w in warps)
     diff = compare(images, warps, 64, device)
     assert diff.max() <= MAX_DIFF and diff.mean() <= MEAN_DIFF, (diff.max(), diff.mean())
 
@@ -83,15 +83,34 @@ def test_a_mixed_batch_keeps_each_image_in_its_row():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("source,target", [((800, 800), (400, 400)), ((800, 800), (267, 267)),
-                                           ((317, 203), (45, 29)), ((150, 120), (50, 60))])
-def test_area_resize_is_opencv_inter_area(source, target, device):
-    """Divisible and not: each shrunk pixel the cell's mean, partly covered pixels by fraction."""
-    rng = np.random.default_rng(source[0] + target[0])
+@pytest.mark.parametrize("source,factor", [((800, 800), 2), ((800, 800), 3), ((317, 203), 7), ((150, 120), 4)])
+def test_area_resize_is_area_downscale(source, factor, device):
+    """Divisible and not (padded with black): each shrunk pixel its block's mean."""
+    rng = np.random.default_rng(source[0] + factor)
     image = rng.integers(0, 256, (source[1], source[0], 3), dtype=np.uint8)
-    expected = cv2.resize(image, target, interpolation=cv2.INTER_AREA)
-    got = area_resize(torch.from_numpy(image).permute(2, 0, 1)[None].to(device), *target)[0].permute(1, 2, 0).byte()
+    expected = area_downscale(image, factor)
+    got = area_resize(torch.from_numpy(image).permute(2, 0, 1)[None].to(device), factor)[0].permute(1, 2, 0).byte()
+    assert got.shape == expected.shape
     assert np.abs(got.cpu().numpy().astype(int) - expected).max() <= 1
+
+
+def test_area_downscale_is_the_mean_of_each_block():
+    """Hand-checked: a 5 x 4 image shrunk 2 times is 3 x 2; the last column's blocks hold black."""
+    image = np.arange(20, dtype=np.uint8).reshape(4, 5) * 10
+    got = area_downscale(image, 2)
+    blocks = np.pad(image.astype(float), ((0, 0), (0, 1))).reshape(2, 2, 3, 2).mean((1, 3))
+    assert got.shape == (2, 3)
+    np.testing.assert_array_equal(got, np.floor(blocks + 0.5))
+
+
+def test_area_shrink_scales_the_warp_by_its_factor():
+    """A warp of scale 0.3 is shrunk 3 times: the same crop point from the shrunk image's point."""
+    warp = similarity(0.4, 0.3, np.array([400.0, 380.0]), np.array([64.0, 64.0]))
+    factor, from_small = area_shrink(warp)
+    point = np.array([123.0, 456.0])
+    assert factor == 3
+    np.testing.assert_allclose(from_small[:, :2] @ (point / 3) + from_small[:, 2], warp[:, :2] @ point + warp[:, 2])
+    assert area_shrink(similarity(0.0, 0.5, point, point)) is None
 
 
 def test_warp_images_checks_the_warps_shape():
