@@ -83,6 +83,7 @@ def load_split(paths: TrainPaths, split: str) -> SplitData:
 RESUME_FREE_KEYS = ("epochs", "workers", "device", "compile", "val_batch_size", "val_pnp_flags")   # may change between resumes
 PCA_FILES = ("basis.npz", "verts_train.npy", "verts_val.npy", "poses_train.npy", "poses_val.npy",
              "coeffs_train.npy", "coeffs_val.npy")
+SHOW_LOSS_EVERY = 20       # steps between the progress bar's loss reads (each waits for the GPU)
 
 
 def training_inputs(paths: TrainPaths, data_root: Path | str) -> dict[str, Path]:
@@ -291,8 +292,10 @@ class Trainer:
         """The loss terms of one batch (eq. 1-3); subclasses add theirs (finetune: eq. 5, MC)."""
         return loss_terms(out, batch, self.cfg, self.weights_mm)
 
-    def train_step(self, batch: dict, step: int, total: int, step_terms=None) -> dict:
-        """Forward, loss, backward and optimiser step on one batch -> the loss terms (floats).
+    def train_step(self, batch: dict, step: int, total: int, step_terms=None) -> dict[str, torch.Tensor]:
+        """Forward, loss, backward and optimiser step on one batch -> the loss terms (0-d float64
+        tensors on the training device: reading them is left to the caller, since each read
+        waits for the GPU to finish the step).
 
         The loss is sum_k lambda_k term_k over the terms that have a weight in self.lambdas;
         other terms are diagnostics, reported only. step_terms: another terms function with
@@ -309,23 +312,27 @@ class Trainer:
         self.scaler.scale(total_loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return {"loss": float(total_loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
+        return {key: value.detach().double() for key, value in {"loss": total_loss, **terms}.items()}
 
     def train_epoch(self, epoch: int) -> dict:
-        """One pass over the training crops -> mean loss terms."""
+        """One pass over the training crops -> mean loss terms (floats). The terms are summed on
+        the device and read at the end; the progress bar shows the loss every SHOW_LOSS_EVERY
+        steps (a read of the device waits for its queue: every step, it would keep the host
+        from queueing the next step while the GPU runs this one)."""
         self.loader.sampler.sampler.set_epoch(epoch)
         self.dataset.set_epoch(epoch)
         self.net.train()
         per_epoch = len(self.loader)
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
         bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", disable=not self.ctx.main)
         for i, batch in enumerate(bar):
             terms = self.train_step(batch, epoch * per_epoch + i, self.cfg.epochs * per_epoch)
             for key, value in terms.items():
-                sums[key] = sums.get(key, 0.0) + value
-            bar.set_postfix(loss=f"{terms['loss']:.1f}")
+                sums[key] = sums[key] + value if key in sums else value
+            if self.ctx.main and i % SHOW_LOSS_EVERY == 0:
+                bar.set_postfix(loss=f"{float(terms['loss']):.1f}")
         self.sync_buffers()
-        return {key: value / per_epoch for key, value in sums.items()}
+        return {key: float(value) / per_epoch for key, value in sums.items()}
 
     def sync_buffers(self) -> None:
         """Give every rank rank 0's buffers (BatchNorm statistics are updated per rank between

@@ -16,6 +16,7 @@ from stages.nets import losses
 from stages.nets.model import FaceNet, NetConfig
 from stages.nets.trainer import Trainer, TrainPaths, fingerprint, state_layout
 from stages.wcpa.layout import load_resources
+from tests.host_syncs import HostSyncs
 from tests.tiny_project import kill_in_epoch, make_tiny_project, tiny_params, write_params
 
 
@@ -67,6 +68,17 @@ def one_step_trainer(tmp_path, monkeypatch, landmark_loss, **train_settings):
     batch = next(iter(trainer.loader))
     trainer.train_step(batch, 0, 10)
     return trainer, batch, sigma_before
+
+
+def test_a_training_step_reads_no_value_on_the_host(tmp_path, monkeypatch):
+    """train_step returns its loss terms as device tensors (float64, summed by train_epoch on the
+    device) and reads none of them: on a GPU, each read would wait for the step to finish."""
+    trainer, batch, _ = one_step_trainer(tmp_path, monkeypatch, "gnll")
+    with HostSyncs() as syncs:
+        terms = trainer.train_step(batch, 1, 10)
+    assert syncs.count == 0
+    assert {"loss", "landmarks"} <= set(terms)
+    assert all(value.dtype == torch.float64 and value.dim() == 0 for value in terms.values())
 
 
 def test_mse_leaves_sigma_out_and_the_vdc_comes_from_the_coefficients(tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ from stages.pnp.diffpose import gauss_newton_pose, pnp_loss
 from stages.pnp.epro import epro_pnp, pose_log_normaliser
 from stages.pnp.sample_cost import _chunks, default_chunk, sample_costs
 from stages.pnp.rotation import so3_exp
+from tests.host_syncs import HostSyncs
 from tests.unit.pnp_cases import make_problems, rotation_error_rad
 from tests.unit.pnp_laplace import laplace_losses
 
@@ -254,21 +255,6 @@ def test_cuda_masked_and_compiled_loss_matches_the_cpu():
         assert (outs[key].loss.cpu() - cpu.loss).abs().mean() < 0.05
         error = (grads[key] - grads["cpu", False]).norm() / grads["cpu", False].norm()
         assert error < 0.01, f"{key}: gradient {error:.2e} off the CPU's (relative norm)"
-
-
-class HostSyncs(torch.utils._python_dispatch.TorchDispatchMode):
-    """Counts the operators that make a GPU wait for the host: reading a value (item, bool of a
-    tensor) and nonzero (boolean indexing)."""
-
-    SYNCS = ("aten._local_scalar_dense.default", "aten.nonzero.default")
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += str(func) in self.SYNCS
-        return func(*args, **(kwargs or {}))
 
 
 def test_device_path_of_the_loss_waits_for_the_host_a_few_times_only(monkeypatch):
