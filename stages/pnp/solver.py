@@ -28,11 +28,51 @@ def _damped_step(H: torch.Tensor, g: torch.Tensor, lam: torch.Tensor) -> torch.T
     diag = H.diagonal(dim1=-2, dim2=-1)
     floor = 1e-12 * diag.amax(-1, keepdim=True) + torch.finfo(H.dtype).tiny
     A = H + torch.diag_embed(lam[:, None] * diag + floor)
-    L, info = torch.linalg.cholesky_ex(A)
-    ok = (info == 0) & torch.isfinite(A).flatten(1).all(-1)
-    L = torch.where(ok[:, None, None], L, torch.eye(6, dtype=H.dtype, device=H.device))
-    step = -torch.cholesky_solve(g[..., None], L)[..., 0]
+    solve = unrolled_cholesky_solve if torch.compiler.is_compiling() else _library_cholesky_solve
+    x, ok = solve(A, g)
+    step = -x
+    ok = ok & torch.isfinite(A).flatten(1).all(-1)
     return torch.where(ok[:, None] & torch.isfinite(step), step, torch.zeros_like(step))
+
+
+def _library_cholesky_solve(A: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (B, n) solving A x = b for symmetric A (B, n, n), b (B, n), and ok (B,) bool: A has a
+    Cholesky factor (torch.linalg; where it has none, x is that of the identity)."""
+    L, info = torch.linalg.cholesky_ex(A)
+    ok = info == 0
+    L = torch.where(ok[:, None, None], L, torch.eye(A.shape[-1], dtype=A.dtype, device=A.device))
+    return torch.cholesky_solve(b[..., None], L)[..., 0], ok
+
+
+def unrolled_cholesky_solve(A: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_library_cholesky_solve` in plain tensor arithmetic, each entry of the factor and of the
+    two triangular solves written out (for small n: 6 here): inside torch.compile it fuses into
+    the iteration's own kernel, where on a GPU the library's factor and solve read their error
+    codes on the host (3 waits a LM iteration in bench_finetune's profile). ok: every pivot is
+    positive (a NaN one is not), as for the library's factor; x is not meaningful where not ok."""
+    n = A.shape[-1]
+    ok = torch.ones(A.shape[:-2], dtype=torch.bool, device=A.device)
+    L: list[list[torch.Tensor]] = [[] for _ in range(n)]         # L[i][j], j <= i
+    for j in range(n):
+        pivot = _less_products(A[..., j, j], [(L[j][k], L[j][k]) for k in range(j)])
+        ok = ok & (pivot > 0)
+        L[j].append(torch.sqrt(torch.where(pivot > 0, pivot, torch.ones_like(pivot))))
+        for i in range(j + 1, n):
+            L[i].append(_less_products(A[..., i, j], [(L[i][k], L[j][k]) for k in range(j)]) / L[j][j])
+    y: list[torch.Tensor] = []
+    for i in range(n):                                             # L y = b
+        y.append(_less_products(b[..., i], [(L[i][k], y[k]) for k in range(i)]) / L[i][i])
+    x: dict[int, torch.Tensor] = {}
+    for i in reversed(range(n)):                                   # L^T x = y
+        x[i] = _less_products(y[i], [(L[k][i], x[k]) for k in range(i + 1, n)]) / L[i][i]
+    return torch.stack([x[i] for i in range(n)], -1), ok
+
+
+def _less_products(value: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """value - sum of a * c over the pairs (a, c), subtracted in order."""
+    for a, c in pairs:
+        value = value - a * c
+    return value
 
 
 class _State:
