@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of one machine in one run (about 8 minutes on an H200 with 16 cores): the CUDA
-# tests, a small project (benchmarks/gpu_project.py), then the coarse_train (both view paths),
+# tests, a small project (benchmarks/gpu_project.py), then the coarse_train (both view paths, a
+# worker's item, the compiled step at the profile's batch and at 128),
 # train, finetune and inference benchmarks and the coarse_predict stage on it. Figures:
 # docs/benchmarks.md, "One GPU".
 #
@@ -43,6 +44,8 @@ for decode in opencv torch; do
 done
 step bench_coarse_compiled 120 python -m benchmarks.bench_coarse --params params.yaml --steps 12 --rounds 2 \
   --set coarse_train.decode=${COMPILED_DECODE:-opencv} coarse_train.compile=true
+step bench_coarse_b128 120 python -m benchmarks.bench_coarse --params params.yaml --steps 12 --rounds 2 \
+  --set coarse_train.decode=${COMPILED_DECODE:-opencv} coarse_train.compile=true coarse_train.batch_size=128
 step coarse_train_epoch 90 /usr/bin/time -v python -m benchmarks.bench_coarse stage --params params.yaml --images "$rows" \
   ${COARSE_SET:+--set $COARSE_SET}
 step coarse_predict 60 python -m stages.coarse_predict --params params.yaml
