@@ -11,6 +11,7 @@ import torch
 
 from stages.pnp.cost import normal_equations, residuals_and_jacobian
 from stages.pnp.rotation import apply_increment
+from stages.pnp.solver import library_cholesky_solve
 
 
 def gauss_newton_pose(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor, K: torch.Tensor,
@@ -24,11 +25,9 @@ def gauss_newton_pose(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor, K
     R, t = R.detach(), t.detach()
     r, J = residuals_and_jacobian(R, t, x3d, x2d, w2d, K)
     H, g = normal_equations(r, J, huber_delta)
-    L, info = torch.linalg.cholesky_ex(H)
-    ok = (info == 0) & torch.isfinite(L).flatten(1).all(-1)
-    eye = torch.eye(6, dtype=H.dtype, device=H.device)
-    L = torch.where(ok[:, None, None], L, eye)
-    step = -torch.cholesky_solve(g[..., None], L)[..., 0]
+    x, ok = library_cholesky_solve(H, g)
+    step = -x
+    ok = ok & torch.isfinite(step).all(-1)
     step = torch.where(ok[:, None], step, torch.zeros_like(step))
     return apply_increment(R, t, step)
 

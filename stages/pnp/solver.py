@@ -28,16 +28,16 @@ def _damped_step(H: torch.Tensor, g: torch.Tensor, lam: torch.Tensor) -> torch.T
     diag = H.diagonal(dim1=-2, dim2=-1)
     floor = 1e-12 * diag.amax(-1, keepdim=True) + torch.finfo(H.dtype).tiny
     A = H + torch.diag_embed(lam[:, None] * diag + floor)
-    solve = unrolled_cholesky_solve if torch.compiler.is_compiling() else _library_cholesky_solve
+    solve = unrolled_cholesky_solve if torch.compiler.is_compiling() else library_cholesky_solve
     x, ok = solve(A, g)
     step = -x
     ok = ok & torch.isfinite(A).flatten(1).all(-1)
     return torch.where(ok[:, None] & torch.isfinite(step), step, torch.zeros_like(step))
 
 
-def _library_cholesky_solve(A: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def library_cholesky_solve(A: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x (B, n) solving A x = b for symmetric A (B, n, n), b (B, n), and ok (B,) bool: A has a
-    Cholesky factor (torch.linalg; where it has none, x is that of the identity)."""
+    Cholesky factor (torch.linalg, differentiable; where it has none, x is that of the identity)."""
     L, info = torch.linalg.cholesky_ex(A)
     ok = info == 0
     L = torch.where(ok[:, None, None], L, torch.eye(A.shape[-1], dtype=A.dtype, device=A.device))
@@ -45,7 +45,7 @@ def _library_cholesky_solve(A: torch.Tensor, b: torch.Tensor) -> tuple[torch.Ten
 
 
 def unrolled_cholesky_solve(A: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`_library_cholesky_solve` in plain tensor arithmetic, each entry of the factor and of the
+    """`library_cholesky_solve` in plain tensor arithmetic, each entry of the factor and of the
     two triangular solves written out (for small n: 6 here): inside torch.compile it fuses into
     the iteration's own kernel, where on a GPU the library's factor and solve read their error
     codes on the host (3 waits a LM iteration in bench_finetune's profile). ok: every pivot is

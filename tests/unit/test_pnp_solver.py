@@ -230,7 +230,7 @@ def test_unrolled_cholesky_solve_is_the_librarys(dtype):
     torch.linalg, on systems of condition numbers up to 1e6: each solution within the backward
     stable bound cond(A) eps of the float64 truth, as the library's (both measured at most
     0.6 cond(A) eps), and the same failures (indefinite, singular, NaN)."""
-    from stages.pnp.solver import _library_cholesky_solve, unrolled_cholesky_solve
+    from stages.pnp.solver import library_cholesky_solve, unrolled_cholesky_solve
     rng = np.random.default_rng(8)
     Q = np.linalg.qr(rng.normal(size=(200, 6, 6)))[0]
     A64 = Q @ (10.0 ** rng.uniform(-3, 3, (200, 6, 1)) * np.swapaxes(Q, 1, 2))
@@ -238,14 +238,14 @@ def test_unrolled_cholesky_solve_is_the_librarys(dtype):
     truth = np.linalg.solve(A64, b64[..., None])[..., 0]
     bound = np.linalg.cond(A64) * torch.finfo(dtype).eps
     A, b = torch.tensor(A64, dtype=dtype), torch.tensor(b64, dtype=dtype)
-    for solve in (unrolled_cholesky_solve, _library_cholesky_solve):
+    for solve in (unrolled_cholesky_solve, library_cholesky_solve):
         x, ok = solve(A, b)
         error = np.linalg.norm(x.double().numpy() - truth, axis=-1) / np.linalg.norm(truth, axis=-1)
         assert ok.all() and (error <= bound).all(), (solve.__name__, (error / bound).max())
     A[0] = -A[0]                               # negative definite
     A[1, 5, :], A[1, :, 5] = 0.0, 0.0          # singular
     A[2, 3, 3] = float("nan")
-    assert unrolled_cholesky_solve(A, b)[1].tolist() == _library_cholesky_solve(A, b)[1].tolist() == [False] * 3 + [True] * 197
+    assert unrolled_cholesky_solve(A, b)[1].tolist() == library_cholesky_solve(A, b)[1].tolist() == [False] * 3 + [True] * 197
 
 
 def test_compiled_lm_iteration_calls_no_linear_algebra_library(monkeypatch):
@@ -261,7 +261,7 @@ def test_compiled_lm_iteration_calls_no_linear_algebra_library(monkeypatch):
     w2d = torch.ones_like(x2d)
     start = dlt_pose(x3d, x2d, w2d, K)
     eager = solver.levenberg_marquardt(x3d, x2d, w2d, K, *start, max_iters=20, masked=True)
-    monkeypatch.setattr(solver, "_library_cholesky_solve", fail)
+    monkeypatch.setattr(solver, "library_cholesky_solve", fail)
     fused = solver.levenberg_marquardt(x3d, x2d, w2d, K, *start, max_iters=20, masked=True, compiled=True)
     torch.testing.assert_close(fused[0], eager[0], rtol=0, atol=1e-4)
     with pytest.raises(AssertionError, match="library Cholesky"):
