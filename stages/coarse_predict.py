@@ -118,7 +118,7 @@ def run(params: Params, out: Path = Path("artifacts/coarse_predict"),
         metrics[f"{split}_seconds"] = seconds
         metrics[f"{split}_images_per_second"] = len(tables[split]) / max(seconds, 1e-9)
     for split in ("train", "val"):
-        target, kept = load_targets(data.root, tables[split], resources, bad)
+        target, kept = load_targets(data.root, tables[split], resources, bad, data.workers)
         pred = landmarks[split][kept]
         valid = np.isfinite(pred).all((-1, -2))
         metrics[split] = error_summary(pred[valid], target[valid])

@@ -114,7 +114,8 @@ def evaluate_split(split: SplitData, out: Path, root: Path, resources: Resources
     settings = params.evaluate
     predictions = load_predictions(split.predictions, split.table)
     check_finite(split.predictions, predictions)
-    labels = None if split.gt_root is None else load_labels(split.gt_root, split.table, resources.n_verts, bad)
+    labels = None if split.gt_root is None else load_labels(split.gt_root, split.table, resources.n_verts, bad,
+                                                            params.data.workers)
     if labels is not None:
         split, predictions, labels = labelled_split(split, predictions, labels)
     if labels is None:

@@ -28,12 +28,12 @@ from stages.common.rowfile import RowReader, RowWriter
 from stages.common.stage import stage_main
 from stages.face.pca import (PCABasis, fit_pca, read_blendshapes, read_neutral_list,
                              reconstruction_errors, select_neutral_frames, vertex_flip)
-from stages.wcpa.layout import labelled_rows, load_labels, load_resources, read_list, write_list
+from stages.wcpa.layout import iter_labels, labelled_rows, load_resources, read_list, write_list
 
 log = logging.getLogger("pca")
 SPLITS = ("train", "val")
 NEUTRAL_ACTION = "neutral"   # the synthetic data's rest-face action: used to measure, never to select
-BLOCK = 1024                 # label rows read, projected and written at a time (15 MB of meshes at 1220 vertices)
+BLOCK = 1024                 # label rows projected and written at a time (15 MB of meshes at 1220 vertices)
 
 
 class LabelledRows:
@@ -50,15 +50,17 @@ class LabelledRows:
 
 
 def choose_neutral(table: pd.DataFrame, verts: RowReader, labelled: np.ndarray, blendshapes: np.ndarray,
-                   neutral_list: str, seed: int, max_frames: int) -> np.ndarray:
+                   neutral_list: str, seed: int, max_frames: int, workers: int) -> np.ndarray:
     """Row indices of one neutral frame per training subject (automatic, or a hand-made list)
-    among the labelled rows (N,) bool of the verts cache (N, V, 3) (a skipped sample is never chosen)."""
+    among the labelled rows (N,) bool of the verts cache (N, V, 3) (a skipped sample is never
+    chosen); the subjects are scored on `workers` processes."""
     rows = np.flatnonzero(labelled)
     if neutral_list:
         log.info("neutral meshes from the hand-made list %s", neutral_list)
         return rows[read_neutral_list(neutral_list, table.iloc[rows].reset_index(drop=True))]
     subjects = table.subject_id.to_numpy()[rows]
-    return rows[select_neutral_frames(LabelledRows(verts, labelled), subjects, blendshapes, max_frames, seed)]
+    return rows[select_neutral_frames(LabelledRows(verts, labelled), subjects, blendshapes, max_frames, seed,
+                                      workers)]
 
 
 def neutral_check(table: pd.DataFrame, chosen: np.ndarray) -> dict:
@@ -78,16 +80,17 @@ def error_summary(errors: np.ndarray) -> dict:
             "median_mm": float(np.median(errors))}
 
 
-def cache_labels(root: str, table: pd.DataFrame, n_verts: int, bad: BadInputs,
-                 verts_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read the ground truth of a list block by block into the verts cache (N, V, 3) float32
-    metres at verts_path -> R_t (N, 4, 4) float64 and labelled (N,) bool (False: skipped, NaN rows)."""
+def cache_labels(root: str, table: pd.DataFrame, n_verts: int, bad: BadInputs, verts_path: Path,
+                 workers: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read the ground truth of a list chunk by chunk on `workers` processes into the verts cache
+    (N, V, 3) float32 metres at verts_path -> R_t (N, 4, 4) float64 and labelled (N,) bool
+    (False: skipped, NaN rows)."""
     poses = np.full((len(table), 4, 4), np.nan)
     labelled = np.zeros(len(table), dtype=bool)
     with RowWriter(verts_path, (len(table), n_verts, 3), np.float32) as out:
-        for start in range(0, len(table), BLOCK):
-            verts, poses[start:start + BLOCK] = load_labels(root, table.iloc[start:start + BLOCK], n_verts, bad)
-            labelled[start:start + BLOCK] = labelled_rows(verts)
+        for start, verts, chunk_poses in iter_labels(root, table, n_verts, bad, workers):
+            poses[start:start + len(verts)] = chunk_poses
+            labelled[start:start + len(verts)] = labelled_rows(verts)
             out.write(start, verts)
     return poses, labelled
 
@@ -115,12 +118,12 @@ def run(params: Params, out: Path = Path("artifacts/pca"), split_dir: Path = Pat
     for split in SPLITS:
         log.info("reading %d %s labels from %s", len(tables[split]), split, data.root)
         poses[split], labelled[split] = cache_labels(data.root, tables[split], resources.n_verts, bad,
-                                                     out / f"verts_{split}.npy")
+                                                     out / f"verts_{split}.npy", data.workers)
     bad.finish(out, total=sum(len(t) for t in tables.values()))
     train_verts = RowReader(out / "verts_train.npy")
     blendshapes = read_blendshapes(data.blendshapes, resources.n_verts)
     chosen = choose_neutral(tables["train"], train_verts, labelled["train"], blendshapes, cfg.neutral_list,
-                            params.seed, cfg.max_frames_per_subject)
+                            params.seed, cfg.max_frames_per_subject, data.workers)
     meshes = np.concatenate([train_verts[chosen].astype(np.float64), blendshapes])
     log.info("PCA of %d neutral + %d blendshape meshes", len(chosen), len(blendshapes))
     basis = fit_pca(meshes, cfg.n_components)

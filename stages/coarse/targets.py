@@ -10,7 +10,7 @@ import pandas as pd
 from stages.common.badinput import BadInputs
 from stages.face import ibug68
 from stages.face.mesh import flip_permutation, kpt_flip_permutation
-from stages.wcpa.layout import Resources, info_path, read_info, sample_key
+from stages.wcpa.layout import Resources, finite_rows, iter_labels
 
 log = logging.getLogger("coarse")
 
@@ -20,20 +20,19 @@ def project_landmarks(resources: Resources, verts: np.ndarray, R_t: np.ndarray) 
     return resources.camera.project(np.asarray(verts)[:, resources.kpt_ind], R_t)
 
 
-def load_targets(root: Path | str, table: pd.DataFrame, resources: Resources,
-                 bad: BadInputs) -> tuple[np.ndarray, np.ndarray]:
+def load_targets(root: Path | str, table: pd.DataFrame, resources: Resources, bad: BadInputs,
+                 workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """GT landmarks of the listed samples from their info files -> (landmarks (N', L, 2)
-    full-image px, kept row indices (N',)). A bad info file stops with its name, or with
-    data.skip_bad is recorded in `bad` and left out."""
-    verts = np.empty((len(table), resources.n_verts, 3), dtype=np.float32)
-    poses = np.empty((len(table), 4, 4))
-    kept = []
-    for index, row in enumerate(table.itertuples(index=False)):
-        with bad.guard(sample_key(row)):
-            verts[index], poses[index] = read_info(info_path(root, row), resources.n_verts)
-            kept.append(index)
-    kept = np.asarray(kept, dtype=np.int64)
-    return project_landmarks(resources, verts[kept], poses[kept]), kept
+    full-image px, kept row indices (N')). The files are read on `workers` processes a chunk at
+    a time (stages.wcpa.layout.iter_labels) and only the landmarks are kept. A bad info file
+    stops with its name, or with data.skip_bad is recorded in `bad` and left out."""
+    landmarks = np.empty((len(table), resources.n_kpts, 2))
+    labelled = np.zeros(len(table), dtype=bool)
+    for start, verts, poses in iter_labels(root, table, resources.n_verts, bad, workers):
+        landmarks[start:start + len(verts)] = project_landmarks(resources, verts, poses)
+        labelled[start:start + len(verts)] = finite_rows(poses)
+    kept = np.flatnonzero(labelled)
+    return landmarks[kept], kept
 
 
 def landmark_flip_order(resources: Resources) -> np.ndarray | None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from joblib import Parallel, delayed
 from scipy.optimize import nnls
 from tqdm import tqdm
 
@@ -194,28 +195,36 @@ def medoid_index(verts: np.ndarray) -> int:
 
 
 def select_neutral_frames(verts: np.ndarray, subjects: np.ndarray, blendshapes: np.ndarray | None = None,
-                          max_frames: int = 100, seed: int = 0) -> np.ndarray:
+                          max_frames: int = 100, seed: int = 0, workers: int = 1) -> np.ndarray:
     """One neutral-expression frame per subject -> row indices (S,) in order of first appearance.
 
     With blendshapes (B, V, 3): the frame with the lowest `expression_scores` (every other frame
     is its non-negative blendshape combination). Without (B = 0 or None): the subject's medoid,
     the hub the expressions radiate from (less reliable: a mild expression can be nearer the
     others than the rest face). Subjects with more than `max_frames` frames are scored on a
-    seeded subsample (the cost grows with its square).
+    seeded subsample (the cost grows with its square). The subjects are scored on `workers`
+    processes (joblib); the choice does not depend on their number.
     verts: (N, V, 3) canonical meshes; subjects: (N,) subject ids.
     """
     subjects = np.asarray(subjects)
     fit = NonNegativeFit(expression_directions(blendshapes)) if blendshapes is not None and len(blendshapes) else None
     rng = np.random.default_rng(seed)
-    chosen = []
-    for subject in tqdm(pd.unique(subjects), desc="neutral frames", leave=False):
+    candidates = []
+    for subject in pd.unique(subjects):
         rows = np.flatnonzero(subjects == subject)
         if len(rows) > max_frames:
             rows = np.sort(rng.choice(rows, max_frames, replace=False))
-        frames = np.asarray(verts[rows])
-        best = medoid_index(frames) if fit is None else int(np.argmin(expression_scores(frames, fit)))
-        chosen.append(rows[best])
-    return np.asarray(chosen, dtype=np.int64)
+        candidates.append(rows)
+    jobs = (delayed(neutral_index)(np.asarray(verts[rows]), fit) for rows in candidates)
+    indices = Parallel(n_jobs=max(workers, 1) if len(candidates) > 1 else 1, return_as="generator")(jobs)
+    indices = tqdm(indices, total=len(candidates), desc="neutral frames", leave=False)
+    return np.asarray([rows[index] for rows, index in zip(candidates, indices)], dtype=np.int64)
+
+
+def neutral_index(frames: np.ndarray, fit: NonNegativeFit | None) -> int:
+    """Index of the neutral frame among one subject's frames (M, V, 3): the lowest
+    `expression_scores` with a blendshape fit, the medoid without (fit None)."""
+    return medoid_index(frames) if fit is None else int(np.argmin(expression_scores(frames, fit)))
 
 
 def read_neutral_list(path: Path | str, table: pd.DataFrame) -> np.ndarray:

@@ -205,3 +205,32 @@ def test_prediction_on_the_torch_path_is_the_opencv_paths(tiny, device):
     assert np.isfinite(found["torch"]).all()
     diff = np.abs(found["torch"] - found["opencv"]).max()     # px; the CPU decodes alike (1.2e-5 px measured)
     assert diff < (1e-3 if device == "cpu" else 2.0), diff
+
+
+def test_targets_are_read_in_chunks_on_processes_in_row_order(tiny, monkeypatch):
+    """load_targets on 2 processes in chunks of 3 rows gives the landmarks of each row's info
+    file (project_landmarks of its mesh and pose), stops at the first bad info file in row order
+    naming it, and with data.skip_bad leaves the bad rows out and lists them in row order."""
+    from stages.coarse import targets
+    from stages.wcpa import layout
+    from stages.wcpa.layout import info_path, read_info
+    params, _, split_dir = tiny
+    root, table = params.data.root, read_list(split_dir / "train.csv")
+    resources = load_resources(root)
+    monkeypatch.setattr(layout, "LABEL_CHUNK", 3)
+    rows = list(table.itertuples(index=False))
+    labels = [read_info(info_path(root, row), resources.n_verts) for row in rows]
+    expected = targets.project_landmarks(resources, np.stack([v for v, _ in labels]), np.stack([p for _, p in labels]))
+    landmarks, kept = targets.load_targets(root, table, resources, BadInputs(False, 0.0), workers=2)
+    np.testing.assert_array_equal(kept, np.arange(len(rows)))
+    np.testing.assert_array_equal(landmarks, expected)
+    broken = [info_path(root, rows[k]) for k in (5, 1)]
+    broken[0].write_bytes(b"not an npz")
+    broken[1].unlink()
+    with pytest.raises(DataError, match=re.escape(broken[1].name)):
+        targets.load_targets(root, table, resources, BadInputs(False, 0.0), workers=2)
+    bad = BadInputs(True, 0.5)
+    landmarks, kept = targets.load_targets(root, table, resources, bad, workers=2)
+    np.testing.assert_array_equal(kept, [0, 2, 3, 4, 6, 7])
+    np.testing.assert_array_equal(landmarks, expected[kept])
+    assert [r["file"] for r in bad.records] == [str(broken[1]), str(broken[0])]

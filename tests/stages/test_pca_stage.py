@@ -77,14 +77,18 @@ def test_pca_skips_a_bad_info_file_and_train_never_sees_its_row(tmp_path, monkey
 
 
 def test_pca_in_blocks_of_three_rows_matches_one_block(tmp_path, monkeypatch):
-    """The label caches are read, projected and written block by block (flat memory): blocks of 3
-    rows give the same caches, basis and neutral frames as one block, and the coefficients
-    within float32 rounding (BLAS sums a block's rows in another order)."""
+    """The label caches are read (in chunks, on worker processes), projected and written block by
+    block (flat memory): blocks and chunks of 3 rows read on 2 processes give the same caches,
+    basis and neutral frames as one block read in this process, and the coefficients within
+    float32 rounding (BLAS sums a block's rows in another order)."""
+    from stages.wcpa import layout
     params = make_tiny_project(tmp_path)
     monkeypatch.chdir(tmp_path)
     outs = {}
-    for block in (10 ** 6, 3):
+    for block, workers in ((10 ** 6, 1), (3, 2)):
         monkeypatch.setattr(pca, "BLOCK", block)
+        monkeypatch.setattr(layout, "LABEL_CHUNK", block)
+        params = params.replace(data={"workers": workers})
         outs[block] = tmp_path / f"pca_{block}"
         pca.run(params, out=outs[block])
     whole, blocks = outs[10 ** 6], outs[3]

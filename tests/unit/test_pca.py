@@ -50,12 +50,17 @@ def test_wpdc_weights_are_the_rms_displacement_of_a_unit_coefficient_change():
         assert rms_mm == pytest.approx(weights[k], rel=1e-4)
 
 
-def test_neutral_selection_finds_the_rest_face():
+@pytest.mark.parametrize("workers", [1, 2])
+def test_neutral_selection_finds_the_rest_face(workers):
+    """The rest face of each subject, whether the subjects are scored here or on 2 processes
+    (with subsampled subjects: max_frames 5 of their 9 frames, the same seeded draw)."""
     rng = np.random.default_rng(3)
     template = symmetric_template(15, rng)
     blendshapes = face_blendshapes(rng, template)
     table, meshes = make_faces(rng, template, 10, ["smile", "neutral", "talk"], 3, blendshapes)
-    chosen = select_neutral_frames(meshes, table.subject_id.to_numpy(), blendshapes)
+    chosen = select_neutral_frames(meshes, table.subject_id.to_numpy(), blendshapes, workers=workers)
+    subsampled = select_neutral_frames(meshes, table.subject_id.to_numpy(), blendshapes, 5, 7, workers)
+    assert subsampled.tolist() == select_neutral_frames(meshes, table.subject_id.to_numpy(), blendshapes, 5, 7).tolist()
     assert len(chosen) == 10
     assert (table.facial_action.iloc[chosen] == "neutral").all()
     assert table.subject_id.iloc[chosen].is_unique
