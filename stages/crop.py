@@ -40,8 +40,8 @@ from stages.face.frontal import crop_quality, crop_warps, landmark_checks, landm
 from stages.face.cropping import OpenCVCrops, Outcome, TorchCrops
 from stages.face.warp import invert_warp
 from stages.wcpa.camera import Camera
-from stages.wcpa.layout import (DataError, Resources, info_path, landmarks_path, load_resources, read_info,
-                                read_landmarks, sample_files, sample_key, sample_keys, split_tables)
+from stages.wcpa.layout import (DataError, Resources, info_path, iter_labels, landmarks_path, load_resources,
+                                read_info, read_landmarks, sample_files, sample_key, sample_keys, split_tables)
 
 log = logging.getLogger("crop")
 SPLITS = ("train", "val", "test")
@@ -60,28 +60,29 @@ def _coarse(coarse_dir: Path, split: str, table: pd.DataFrame, n_points: int) ->
 
 
 def _from_files(root: Path, table: pd.DataFrame, resources: Resources, source: str,
-                bad: BadInputs) -> tuple[np.ndarray, list[str]]:
-    """Landmarks of each row from its 68landmarks file or its info file (NaN where bad)."""
+                bad: BadInputs, workers: int) -> tuple[np.ndarray, list[str]]:
+    """Landmarks of each row from its 68landmarks file (given68) or its info file (gt: read on
+    `workers` processes, stages.wcpa.layout.iter_labels), NaN where bad, and each row's file."""
+    rows = list(table.itertuples(index=False))
+    if source == "gt":
+        landmarks = np.empty((len(table), resources.n_kpts, 2))
+        for start, verts, poses in iter_labels(root, table, resources.n_verts, bad, workers):
+            landmarks[start:start + len(verts)] = project_landmarks(resources, verts, poses)
+        return landmarks, [str(info_path(root, row)) for row in rows]
     landmarks = np.full((len(table), resources.n_kpts, 2), np.nan)
-    files = []
-    for index, row in enumerate(table.itertuples(index=False)):
-        path = landmarks_path(root, row) if source == "given68" else info_path(root, row)
-        files.append(str(path))
+    files = [str(landmarks_path(root, row)) for row in rows]
+    for index, (row, path) in enumerate(zip(rows, files)):
         with bad.guard(sample_key(row)):
-            if source == "given68":
-                landmarks[index] = read_landmarks(path, resources.n_kpts)
-            else:
-                verts, pose = read_info(path, resources.n_verts)
-                landmarks[index] = project_landmarks(resources, verts[None], pose[None])[0]
+            landmarks[index] = read_landmarks(path, resources.n_kpts)
     return landmarks, files
 
 
 def load_landmarks(source: str, split: str, root: Path, table: pd.DataFrame, resources: Resources,
-                   coarse_dir: Path, bad: BadInputs) -> tuple[np.ndarray, list[str]]:
+                   coarse_dir: Path, bad: BadInputs, workers: int = 1) -> tuple[np.ndarray, list[str]]:
     """Landmarks (N, L, 2) full px of a split from crop.source (coarse, given68 or gt), and the
     file each row came from."""
     if source == "given68" or (source == "gt" and split == "train"):
-        return _from_files(root, table, resources, source, bad)
+        return _from_files(root, table, resources, source, bad, workers)
     return _coarse(coarse_dir, split, table, resources.n_kpts)
 
 
@@ -225,7 +226,7 @@ def run(params: Params, out: Path = Path("artifacts/crop"), coarse_dir: Path = P
     for split in SPLITS:
         started = time.perf_counter()
         table = tables[split]
-        landmarks, files = load_landmarks(cfg.source, split, root, table, resources, coarse_dir, bad)
+        landmarks, files = load_landmarks(cfg.source, split, root, table, resources, coarse_dir, bad, data.workers)
         valid = valid_rows(table, landmarks, files, camera.width, camera.height, bad)
         warps = np.tile(np.eye(2, 3), (len(table), 1, 1))
         if valid.any():

@@ -130,6 +130,28 @@ def test_skip_bad_lists_the_samples_and_fails_past_the_fraction(tiny):
         run(params, tmp, split_dir, coarse_dir)
 
 
+def test_gt_source_crops_train_on_the_info_files_read_by_the_workers(tiny, monkeypatch):
+    """crop.source gt: the train split's landmarks are its info files' projected landmarks, read
+    on 2 processes in chunks of 3 rows (layout.iter_labels), the same crops as those landmarks
+    given as coarse output; a bad info file is skipped (data.skip_bad) in its row alone."""
+    from stages.wcpa import layout
+    from stages.wcpa.layout import info_path
+    params, tmp, split_dir, coarse_dir = tiny
+    monkeypatch.setattr(layout, "LABEL_CHUNK", 3)
+    train = read_list(split_dir / "train.csv")
+    resources = load_resources(tmp / "data")
+    np.save(coarse_dir / "train.npy", project_landmarks(resources, *load_labels(tmp / "data", train, resources.n_verts)))
+    run(params, tmp, split_dir, coarse_dir)
+    given = np.load(tmp / "crop/train/warps.npy")
+    params = params.replace(crop={"source": "gt"}, data={"workers": 2, "skip_bad": True, "max_bad_fraction": 0.5})
+    info_path(tmp / "data", train.iloc[4]).write_bytes(b"not an npz")
+    crop.run(params, tmp / "crop_gt", coarse_dir, split_dir)
+    warps = np.load(tmp / "crop_gt/train/warps.npy")
+    np.testing.assert_array_equal(np.isnan(warps).all((1, 2)), np.arange(len(train)) == 4)
+    np.testing.assert_array_equal(np.delete(warps, 4, axis=0), np.delete(given, 4, axis=0))
+    assert pd.read_csv(tmp / "crop_gt/skipped.csv").file.tolist() == [str(info_path(tmp / "data", train.iloc[4]))]
+
+
 def test_interrupted_crop_resumes_without_redoing_finished_chunks(tiny, monkeypatch):
     params, tmp, split_dir, coarse_dir = tiny
     interrupt_after(CropStoreWriter, "write", 2, lambda: run(params, tmp, split_dir, coarse_dir), monkeypatch)
