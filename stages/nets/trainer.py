@@ -29,7 +29,7 @@ from stages.common.identity import input_identity
 from stages.common.io import save_json, save_torch
 from stages.common.params import Params, TrainParams
 from stages.common.precision import amp_dtype, autocast, needs_grad_scaler, place_network
-from stages.common.threads import single_thread_blas
+from stages.common.threads import single_thread_blas, usable_cores
 from stages.face.pca import PCABasis, load_flip_perm
 from stages.nets import losses
 from stages.nets.color import jitter_images
@@ -342,7 +342,10 @@ class Trainer:
                 dist.broadcast(buffer, src=0)
 
     def validate(self) -> dict:
-        """Challenge score and landmark/mesh errors on the val split's usable crops (rank 0)."""
+        """Challenge score and landmark/mesh errors on the val split's usable crops (rank 0). The
+        per-sample PnP and errors run on a thread per usable core: between epochs the loader
+        processes wait, and at the real val split's size (71k) they would take most of an epoch
+        on one thread (docs/benchmarks.md)."""
         data = self.val_data
         rows = np.flatnonzero(data.store.usable)
         if not len(rows):
@@ -352,7 +355,7 @@ class Trainer:
                        data.store.inv_warps[rows], self.cfg.val_batch_size, self.ctx.device, self.amp)
         metrics = evaluate(pred, data.store.inv_warps[rows], self.camera, verts, poses,
                            crop_targets(self.camera, verts, poses, warps), self.cfg.val_pnp_flags, data.store.size,
-                           self.cfg.pose_frame)
+                           self.cfg.pose_frame, usable_cores())
         return {**metrics, "skipped": float(len(data.store) - len(rows))}
 
     def validation_record(self, epoch: int, train_terms: dict) -> dict:

@@ -35,12 +35,13 @@ def predict(model: torch.nn.Module, images: np.ndarray, inv_warps: np.ndarray, b
     return {key: np.concatenate(value) for key, value in parts.items()}
 
 
-def validation_poses(verts: np.ndarray, uv_full: np.ndarray, camera: Camera, flags: str) -> tuple[np.ndarray, int]:
+def validation_poses(verts: np.ndarray, uv_full: np.ndarray, camera: Camera, flags: str,
+                     workers: int = 1) -> tuple[np.ndarray, int]:
     """Poses (N, 4, 4) from predicted meshes (N, V, 3) and their landmarks (N, V, 2) full-image
-    px, by OpenCV's PnP (cv2.SOLVEPNP_<flags>) on all points, and the number of failed samples
-    (their pose is replaced by the element-wise median of the solved ones, so the score stays
-    defined)."""
-    poses = pose_from_landmarks(verts, uv_full, camera, method="opencv", flags=flags)
+    px, by OpenCV's PnP (cv2.SOLVEPNP_<flags>) on all points on `workers` threads, and the
+    number of failed samples (their pose is replaced by the element-wise median of the solved
+    ones, so the score stays defined)."""
+    poses = pose_from_landmarks(verts, uv_full, camera, method="opencv", flags=flags, workers=workers)
     failed = ~np.isfinite(poses).all(axis=(1, 2))
     if failed.all():
         raise ValueError("PnP failed on every validation sample")
@@ -65,7 +66,8 @@ def sigma_calibration(errors_px: np.ndarray, sigma_px: np.ndarray) -> dict[str, 
 
 def evaluate(pred: dict[str, np.ndarray], inv_warps: np.ndarray, camera: Camera,
              verts_gt: np.ndarray, poses_gt: np.ndarray, uv_gt_crop: np.ndarray,
-             pnp_flags: str = "SQPNP", crop_size: int = 0, pose_frame: str = "crop") -> dict[str, float]:
+             pnp_flags: str = "SQPNP", crop_size: int = 0, pose_frame: str = "crop",
+             workers: int = 1) -> dict[str, float]:
     """Validation metrics of predictions on one split.
 
     Landmarks are unwarped to the full image with inv_warps (N, 2, 3), the pose comes from PnP
@@ -74,6 +76,7 @@ def evaluate(pred: dict[str, np.ndarray], inv_warps: np.ndarray, camera: Camera,
     landmark head. uv_gt_crop: (N, V, 2) target positions, crop px. Predictions of the direct
     head (R_frame in pred) take their pose from it (stages.nets.pose_frame.frame_poses in
     `pose_frame`, crop_size: the crops' side, px) and their landmarks from the mesh projected with it.
+    workers: threads of the per-sample PnP and errors (the same numbers on any count).
     """
     if "R_frame" in pred:
         poses, failed = frame_poses(pred["R_frame"], pred["t_code"], inv_warps, camera, crop_size, pose_frame), 0
@@ -81,8 +84,8 @@ def evaluate(pred: dict[str, np.ndarray], inv_warps: np.ndarray, camera: Camera,
         pred = {**pred, "mu": apply_warp(invert_warp(inv_warps), uv_full)}
     else:
         uv_full = apply_warp(inv_warps, pred["mu"])
-        poses, failed = validation_poses(pred["verts"], uv_full, camera, pnp_flags)
-    summary = summarize(sample_errors(verts_gt, poses_gt, pred["verts"], poses))
+        poses, failed = validation_poses(pred["verts"], uv_full, camera, pnp_flags, workers)
+    summary = summarize(sample_errors(verts_gt, poses_gt, pred["verts"], poses, workers))
     summary["pnp_failed"] = failed
     crop_errors = np.linalg.norm(pred["mu"] - uv_gt_crop, axis=-1)
     summary["landmark_crop_px"] = float(crop_errors.mean())

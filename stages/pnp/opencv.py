@@ -6,6 +6,7 @@ reached only through stages.wcpa.camera.opencv_to_rt.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -27,9 +28,10 @@ def opencv_flag(name: str) -> int:
     return flag
 
 
-def solve_pnp_opencv(x3d: np.ndarray, x2d: np.ndarray, K: np.ndarray,
-                     flags: str = "ITERATIVE") -> tuple[np.ndarray, np.ndarray]:
-    """cv2.solvePnP on each of B problems: x3d (B, N, 3), x2d (B, N, 2) pixels, K (3, 3).
+def solve_pnp_opencv(x3d: np.ndarray, x2d: np.ndarray, K: np.ndarray, flags: str = "ITERATIVE",
+                     workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """cv2.solvePnP on each of B problems: x3d (B, N, 3), x2d (B, N, 2) pixels, K (3, 3), on
+    `workers` threads (OpenCV releases the GIL), each a contiguous share of the problems.
 
     Returns OpenCV poses R (B, 3, 3), t (B, 3) float64 (x_cam = R x + t); NaN for a problem
     OpenCV rejects or fails on."""
@@ -39,26 +41,32 @@ def solve_pnp_opencv(x3d: np.ndarray, x2d: np.ndarray, K: np.ndarray,
     flag = opencv_flag(flags)
     R = np.full((len(x3d), 3, 3), np.nan)
     t = np.full((len(x3d), 3), np.nan)
-    for i, (obj, img) in enumerate(zip(x3d, x2d)):
-        try:
-            ok, rvec, tvec = cv2.solvePnP(obj, img, K, None, flags=flag)
-        except cv2.error:
-            ok = False
-        if ok and np.isfinite(rvec).all() and np.isfinite(tvec).all():
-            R[i] = cv2.Rodrigues(rvec)[0]
-            t[i] = tvec[:, 0]
+
+    def solve(rows: range) -> None:
+        for i in rows:
+            try:
+                ok, rvec, tvec = cv2.solvePnP(x3d[i], x2d[i], K, None, flags=flag)
+            except cv2.error:
+                ok = False
+            if ok and np.isfinite(rvec).all() and np.isfinite(tvec).all():
+                R[i] = cv2.Rodrigues(rvec)[0]
+                t[i] = tvec[:, 0]
+
+    size = max(1, -(-len(x3d) // max(workers, 1)))
+    with ThreadPoolExecutor(max(workers, 1)) as pool:
+        list(pool.map(solve, [range(start, min(start + size, len(x3d))) for start in range(0, len(x3d), size)]))
     return R, t
 
 
 def pose_from_landmarks(verts: np.ndarray, uv: np.ndarray, camera: Camera,
                         method: str = "opencv", flags: str = "ITERATIVE",
                         sigma: np.ndarray | None = None,
-                        device: torch.device = torch.device("cpu")) -> np.ndarray:
+                        device: torch.device = torch.device("cpu"), workers: int = 1) -> np.ndarray:
     """Poses R_t (B, 4, 4) float64 (row-vector form) from canonical vertices verts (B, V, 3)
     in metres and their image points uv (B, V, 2) in full-image pixels.
 
-    method 'opencv': cv2.solvePnP with cv2.SOLVEPNP_<flags> per sample (no weights: sigma must
-    be None). method 'batched': stages.pnp.api.solve_pnp in float64 on `device`, with weights
+    method 'opencv': cv2.solvePnP with cv2.SOLVEPNP_<flags> per sample on `workers` threads (no
+    weights: sigma must be None). method 'batched': stages.pnp.api.solve_pnp in float64 on `device`, with weights
     1 / sigma (sigma (B, V, 2) pixels) when given; the arrays go to the device in their own
     dtype and are widened there (the same numbers as widening them on the host). Problems that
     cannot be solved get NaN rows, and a warning says how many."""
@@ -68,7 +76,7 @@ def pose_from_landmarks(verts: np.ndarray, uv: np.ndarray, camera: Camera,
         if sigma is not None:
             raise ValueError("OpenCV's solvePnP takes no per-point weights: use method='batched'"
                              " with sigma, or pass sigma=None")
-        R, t = solve_pnp_opencv(verts, uv, camera.K, flags)
+        R, t = solve_pnp_opencv(verts, uv, camera.K, flags, workers)
     else:
         def on_device(x: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(x)).to(device).double()

@@ -77,3 +77,22 @@ def test_the_best_reference_is_the_compiled_channels_last_backbone():
     assert images.is_contiguous(memory_format=torch.channels_last)
     assert net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert amp in (None, torch.bfloat16)
+
+
+def test_bench_val_case_is_solved_to_its_noise_on_any_thread_count():
+    """bench_val's synthetic val samples (landmarks with 1 px noise, meshes 1 mm off): evaluate
+    recovers their poses (a score of tens of mm, not hundreds) and the landmark error is the
+    noise's mean norm (sqrt(pi / 2) px), with the same figures on 1 and 3 threads; every phase is timed."""
+    from benchmarks.bench_val import phase_seconds, val_case
+    from stages.face.warp import invert_warp
+    from stages.nets.dataset import crop_targets
+    from stages.nets.validate import evaluate
+    from tests.unit.pnp_cases import challenge_camera
+    case, camera = val_case(12), challenge_camera()
+    targets = crop_targets(camera, case["verts"], case["poses"], case["warps"])
+    figures = [evaluate(case["pred"], invert_warp(case["warps"]), camera, case["verts"], case["poses"], targets,
+                        "SQPNP", 0, "crop", workers) for workers in (1, 3)]
+    assert figures[0] == figures[1]
+    assert figures[0]["pnp_failed"] == 0 and figures[0]["score"] < 30
+    assert figures[0]["landmark_full_px"] == pytest.approx(np.sqrt(np.pi / 2), abs=0.1)
+    assert set(phase_seconds(case, 2)) == {"all", "pnp", "errors"}

@@ -53,6 +53,19 @@ def test_noisy_problems_reach_opencv_iterative_minimum():
     assert (result.cost <= cv_cost + 1e-9 * cv_cost).all()
 
 
+def test_opencv_on_threads_gives_the_one_thread_poses():
+    """solve_pnp_opencv on 1, 3 and 8 threads (contiguous shares of the problems, one of them
+    failing: NaN points) gives the same poses bit for bit, NaN where OpenCV fails."""
+    case = make_problems(np.random.default_rng(5), 7, 300, noise_px=1.0)
+    case["x2d"][2, :] = np.nan
+    one = solve_pnp_opencv(case["x3d"], case["x2d"], case["K"], "SQPNP")
+    assert np.isnan(one[0][2]).all() and np.isfinite(np.delete(one[0], 2, axis=0)).all()
+    for workers in (3, 8):
+        many = solve_pnp_opencv(case["x3d"], case["x2d"], case["K"], "SQPNP", workers)
+        for a, b in zip(one, many):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_float32_solve_agrees_with_float64():
     case = make_problems(np.random.default_rng(2), 64, 1220, noise_px=1.0)
     r64 = solve_pnp(*tensors(case))
