@@ -22,8 +22,7 @@ import numpy as np
 
 from stages.common.threads import single_thread_blas, usable_cores
 from stages.face.warp import invert_warp
-from stages.nets.dataset import crop_targets
-from stages.nets.validate import evaluate, validation_poses
+from stages.nets.validate import evaluate, validation_poses, validation_targets
 from stages.wcpa.score import sample_errors
 from tests.unit.pnp_cases import challenge_camera, make_problems
 
@@ -54,8 +53,9 @@ def phase_seconds(case: dict, workers: int) -> dict[str, float]:
     camera, pred, verts, poses, warps = challenge_camera(), case["pred"], case["verts"], case["poses"], case["warps"]
     inv = invert_warp(warps)
     pnp = validation_poses(pred["verts"], pred["mu"], camera, "SQPNP", workers)[0]
-    return {"all": timed(lambda: evaluate(pred, inv, camera, verts, poses, crop_targets(camera, verts, poses, warps),
-                                          "SQPNP", 0, "crop", workers)),
+    return {"all": timed(lambda: evaluate(pred, inv, camera, verts, poses,
+                                          validation_targets(camera, verts, poses, warps, workers), "SQPNP", 0, "crop",
+                                          workers)),
             "pnp": timed(lambda: validation_poses(pred["verts"], pred["mu"], camera, "SQPNP", workers)),
             "errors": timed(lambda: sample_errors(verts, poses, pred["verts"], pnp, workers))}
 

@@ -8,10 +8,14 @@ the forward of ResNet18 at 64 px took 80-100 ms instead of 38 ms (benchmarks.ben
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, TypeVar
 
 from threadpoolctl import threadpool_limits
 
 from stages.common.schema import AUTO
+
+T = TypeVar("T")
 
 
 def single_thread_blas() -> None:
@@ -44,3 +48,12 @@ def usable_cores() -> int:
 def thread_count(value: int | str) -> int:
     """A params thread count: an int as it is, `auto` (stages.common.schema.OrAuto) -> usable_cores()."""
     return usable_cores() if value == AUTO else int(value)
+
+
+def map_rows(fn: Callable[[slice], T], rows: int, workers: int, chunk: int | None = None) -> list[T]:
+    """fn over consecutive slices of `rows` rows on `workers` threads -> its results in row order.
+    Slices of `chunk` rows (the last one shorter), the same whatever the thread count; None: one
+    slice a thread. For work that releases the GIL (numpy's array loops, OpenCV)."""
+    size = max(1, chunk or -(-rows // max(workers, 1)))
+    with ThreadPoolExecutor(max(workers, 1)) as pool:
+        return list(pool.map(fn, [slice(start, start + size) for start in range(0, rows, size)]))

@@ -36,7 +36,7 @@ from stages.nets.color import jitter_images
 from stages.nets.pose_frame import camera_to_frame
 from stages.nets.dataset import CropStore, Reframe, TrainBatches, crop_targets
 from stages.nets.model import FaceNet, NetConfig
-from stages.nets.validate import evaluate, predict
+from stages.nets.validate import evaluate, predict, validation_targets
 from stages.wcpa.camera import Camera
 from stages.wcpa.layout import labelled_rows, read_list
 
@@ -353,9 +353,10 @@ class Trainer:
         verts, poses, warps = np.asarray(data.verts[rows]), data.poses[rows], data.store.warps[rows]
         pred = predict(self.model, data.store.images[rows] if len(rows) < len(data.store) else data.store.images,
                        data.store.inv_warps[rows], self.cfg.val_batch_size, self.ctx.device, self.amp)
+        workers = usable_cores()
         metrics = evaluate(pred, data.store.inv_warps[rows], self.camera, verts, poses,
-                           crop_targets(self.camera, verts, poses, warps), self.cfg.val_pnp_flags, data.store.size,
-                           self.cfg.pose_frame, usable_cores())
+                           validation_targets(self.camera, verts, poses, warps, workers), self.cfg.val_pnp_flags,
+                           data.store.size, self.cfg.pose_frame, workers)
         return {**metrics, "skipped": float(len(data.store) - len(rows))}
 
     def validation_record(self, epoch: int, train_terms: dict) -> dict:

@@ -6,7 +6,9 @@ import torch
 from tqdm import tqdm
 
 from stages.common.precision import autocast
+from stages.common.threads import map_rows
 from stages.face.warp import apply_warp, invert_warp
+from stages.nets.dataset import crop_targets
 from stages.nets.pose_frame import frame_poses
 from stages.pnp.opencv import pose_from_landmarks
 from stages.wcpa.camera import Camera
@@ -49,6 +51,7 @@ def validation_poses(verts: np.ndarray, uv_full: np.ndarray, camera: Camera, fla
     return poses, int(failed.sum())
 
 
+ROWS = 256     # samples of a batch of the per-sample work on threads (evaluate)
 CALIBRATION_K = (1, 2)   # sigma multiples; a 2D isotropic Gaussian has 1 - exp(-k^2 / 2) = 39.3 % / 86.5 % within
 
 
@@ -61,7 +64,29 @@ def sigma_calibration(errors_px: np.ndarray, sigma_px: np.ndarray) -> dict[str, 
     """
     ratio = errors_px / sigma_px
     fractions = {f"sigma_within_{k}": float((ratio <= k).mean()) for k in CALIBRATION_K}
-    return {**fractions, "sigma_mean_px": float(sigma_px.mean())}
+    return {**fractions, "sigma_mean_px": float(np.mean(sigma_px, dtype=np.float64))}
+
+
+def validation_targets(camera: Camera, verts: np.ndarray, poses: np.ndarray, warps: np.ndarray,
+                       workers: int = 1) -> np.ndarray:
+    """2D targets (N, V, 2) crop px of meshes (N, V, 3), poses (N, 4, 4) and crop warps (N, 2, 3)
+    (stages.nets.dataset.crop_targets), in batches of ROWS samples on `workers` threads."""
+    return np.concatenate(map_rows(lambda rows: crop_targets(camera, verts[rows], poses[rows], warps[rows]),
+                                   len(verts), workers, ROWS))
+
+
+def landmark_figures(mu: np.ndarray, uv_gt_crop: np.ndarray, uv_full: np.ndarray, inv_warps: np.ndarray,
+                     sigma: np.ndarray | None) -> dict[str, float]:
+    """Landmark figures of B samples, in float64: the mean point error in crop px (predictions
+    mu (B, V, 2) against uv_gt_crop (B, V, 2)) and in full-image px (uv_full (B, V, 2) against
+    the targets mapped by inv_warps (B, 2, 3)), and with sigma (B, V) crop px its calibration
+    (sigma_calibration)."""
+    crop_errors = np.linalg.norm(np.asarray(mu, np.float64) - uv_gt_crop, axis=-1)
+    figures = {"landmark_crop_px": float(crop_errors.mean())}
+    if sigma is not None:
+        figures.update(sigma_calibration(crop_errors, sigma))
+    figures["landmark_full_px"] = float(np.linalg.norm(uv_full - apply_warp(inv_warps, uv_gt_crop), axis=-1).mean())
+    return figures
 
 
 def evaluate(pred: dict[str, np.ndarray], inv_warps: np.ndarray, camera: Camera,
@@ -76,21 +101,26 @@ def evaluate(pred: dict[str, np.ndarray], inv_warps: np.ndarray, camera: Camera,
     landmark head. uv_gt_crop: (N, V, 2) target positions, crop px. Predictions of the direct
     head (R_frame in pred) take their pose from it (stages.nets.pose_frame.frame_poses in
     `pose_frame`, crop_size: the crops' side, px) and their landmarks from the mesh projected with it.
-    workers: threads of the per-sample PnP and errors (the same numbers on any count).
+    workers: threads of the per-sample work, in batches of ROWS samples whatever their number
+    (the landmark figures are the batches' figures weighted by their sizes: the same numbers on
+    any thread count, and the same as over all samples at once to float rounding).
     """
     if "R_frame" in pred:
         poses, failed = frame_poses(pred["R_frame"], pred["t_code"], inv_warps, camera, crop_size, pose_frame), 0
         uv_full = camera.project(pred["verts"], poses)
         pred = {**pred, "mu": apply_warp(invert_warp(inv_warps), uv_full)}
     else:
-        uv_full = apply_warp(inv_warps, pred["mu"])
+        uv_full = np.concatenate(map_rows(lambda rows: apply_warp(inv_warps[rows], pred["mu"][rows]), len(inv_warps),
+                                          workers, ROWS))
         poses, failed = validation_poses(pred["verts"], uv_full, camera, pnp_flags, workers)
     summary = summarize(sample_errors(verts_gt, poses_gt, pred["verts"], poses, workers))
     summary["pnp_failed"] = failed
-    crop_errors = np.linalg.norm(pred["mu"] - uv_gt_crop, axis=-1)
-    summary["landmark_crop_px"] = float(crop_errors.mean())
-    if "R_frame" not in pred:
-        summary.update(sigma_calibration(crop_errors, pred["sigma"]))
-    uv_gt_full = apply_warp(inv_warps, uv_gt_crop)
-    summary["landmark_full_px"] = float(np.linalg.norm(uv_full - uv_gt_full, axis=-1).mean())
+    sigma = None if "R_frame" in pred else pred["sigma"]
+
+    def figures(rows: slice) -> tuple[int, dict[str, float]]:
+        return len(uv_full[rows]), landmark_figures(pred["mu"][rows], uv_gt_crop[rows], uv_full[rows], inv_warps[rows],
+                                                    None if sigma is None else sigma[rows])
+
+    parts = map_rows(figures, len(uv_full), workers, ROWS)
+    summary.update({key: sum(count / len(uv_full) * part[key] for count, part in parts) for key in parts[0][1]})
     return {key: float(value) for key, value in summary.items()}

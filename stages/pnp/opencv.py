@@ -6,12 +6,12 @@ reached only through stages.wcpa.camera.opencv_to_rt.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
 import torch
 
+from stages.common.threads import map_rows
 from stages.pnp.api import solve_pnp
 from stages.wcpa.camera import Camera, opencv_to_rt
 
@@ -42,8 +42,8 @@ def solve_pnp_opencv(x3d: np.ndarray, x2d: np.ndarray, K: np.ndarray, flags: str
     R = np.full((len(x3d), 3, 3), np.nan)
     t = np.full((len(x3d), 3), np.nan)
 
-    def solve(rows: range) -> None:
-        for i in rows:
+    def solve(rows: slice) -> None:
+        for i in range(len(x3d))[rows]:
             try:
                 ok, rvec, tvec = cv2.solvePnP(x3d[i], x2d[i], K, None, flags=flag)
             except cv2.error:
@@ -52,9 +52,7 @@ def solve_pnp_opencv(x3d: np.ndarray, x2d: np.ndarray, K: np.ndarray, flags: str
                 R[i] = cv2.Rodrigues(rvec)[0]
                 t[i] = tvec[:, 0]
 
-    size = max(1, -(-len(x3d) // max(workers, 1)))
-    with ThreadPoolExecutor(max(workers, 1)) as pool:
-        list(pool.map(solve, [range(start, min(start + size, len(x3d))) for start in range(0, len(x3d), size)]))
+    map_rows(solve, len(x3d), workers)
     return R, t
 
 

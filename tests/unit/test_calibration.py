@@ -26,3 +26,28 @@ def test_overconfident_sigma_is_seen():
     got = sigma_calibration(_draws(2 * sigma, seed=2), sigma)    # errors twice as large as claimed
     assert got["sigma_within_1"] == pytest.approx(chi2(2).cdf(0.25), abs=0.005)    # 11.8 %
     assert got["sigma_within_2"] == pytest.approx(chi2(2).cdf(1.0), abs=0.005)
+
+
+def test_validation_figures_do_not_depend_on_the_threads_and_match_one_batch(monkeypatch):
+    """evaluate in batches of 5 samples (validate.ROWS) on 1 and 3 threads: the same figures bit
+    for bit; the landmark and calibration figures equal those of all 12 samples as one batch to
+    float rounding, and the 2D targets (validation_targets) are crop_targets' on every thread count."""
+    from benchmarks.bench_val import val_case
+    from stages.face.warp import apply_warp, invert_warp
+    from stages.nets import validate
+    from stages.nets.dataset import crop_targets
+    from tests.unit.pnp_cases import challenge_camera
+    case, camera = val_case(12, seed=3), challenge_camera()
+    monkeypatch.setattr(validate, "ROWS", 5)
+    targets = crop_targets(camera, case["verts"], case["poses"], case["warps"])
+    for workers in (1, 3):
+        np.testing.assert_array_equal(validate.validation_targets(camera, case["verts"], case["poses"], case["warps"],
+                                                                  workers), targets)
+    inv = invert_warp(case["warps"])
+    figures = [validate.evaluate(case["pred"], inv, camera, case["verts"], case["poses"], targets, "SQPNP", 0, "crop",
+                                 workers) for workers in (1, 3)]
+    assert figures[0] == figures[1]
+    whole = validate.landmark_figures(case["pred"]["mu"], targets, apply_warp(inv, case["pred"]["mu"]), inv,
+                                      case["pred"]["sigma"])
+    for key, value in whole.items():
+        assert figures[0][key] == pytest.approx(value, rel=1e-12), key
