@@ -121,7 +121,7 @@ def evaluate_split(split: SplitData, out: Path, root: Path, resources: Resources
     if labels is None:
         errors = empty_error_table("landmarks" in predictions)
     else:
-        errors = error_table(split.table, *labels, predictions, resources.camera)
+        errors = error_table(split.table, *labels, predictions, resources.camera, params.data.workers)
     with atomic_write(out / f"errors_{split.name}.csv") as tmp:
         errors.to_csv(tmp, index=False, float_format="%.6g")
     write_plots(out / "plots", split.name, errors, settings.bins)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from stages.common.threads import map_rows
 from stages.wcpa.camera import Camera, euler_from_rt
 from stages.wcpa.layout import ID_COLUMNS
 from stages.wcpa.score import CHUNK, ERROR_COLUMNS, landmark_errors, sample_errors
@@ -18,26 +19,28 @@ CURVE_METRICS = ("score", "cam", "add", "shape")
 
 
 def error_table(table: pd.DataFrame, verts_gt: np.ndarray, Rt_gt: np.ndarray, predictions: dict,
-                camera: Camera) -> pd.DataFrame:
-    """Per-sample errors of a split, one row per list row.
+                camera: Camera, workers: int = 1) -> pd.DataFrame:
+    """Per-sample errors of a split, one row per list row, computed on `workers` threads.
 
     table: the split's list; verts_gt (N, V, 3), Rt_gt (N, 4, 4): ground truth; predictions:
     load_predictions() output (verts, R_t, optional landmarks (N, V, 2) full-image px).
     """
-    errors = sample_errors(verts_gt, Rt_gt, predictions["verts"], predictions["R_t"])
+    errors = sample_errors(verts_gt, Rt_gt, predictions["verts"], predictions["R_t"], workers)
     if "landmarks" in predictions:
-        errors["landmark_px"] = projected_landmark_errors(camera, verts_gt, Rt_gt, predictions["landmarks"])
+        errors["landmark_px"] = projected_landmark_errors(camera, verts_gt, Rt_gt, predictions["landmarks"], workers)
     context = pd.DataFrame({"yaw_deg": np.degrees(euler_from_rt(Rt_gt)[:, 0]),
                             "distance_m": np.linalg.norm(Rt_gt[:, 3, :3], axis=1)})
     return pd.concat([table[ID_COLUMNS].reset_index(drop=True), errors, context], axis=1)
 
 
 def projected_landmark_errors(camera: Camera, verts_gt: np.ndarray, Rt_gt: np.ndarray,
-                              uv_pred: np.ndarray) -> np.ndarray:
-    """Mean px distance of predicted 2D points (N, V, 2) to the projected ground truth, (N,), in batches."""
-    return np.concatenate([
-        landmark_errors(camera.project(verts_gt[k:k + CHUNK], Rt_gt[k:k + CHUNK]), uv_pred[k:k + CHUNK])
-        for k in range(0, len(verts_gt), CHUNK)] or [np.empty(0)])
+                              uv_pred: np.ndarray, workers: int = 1) -> np.ndarray:
+    """Mean px distance of predicted 2D points (N, V, 2) to the projected ground truth, (N,), in
+    batches of CHUNK samples on `workers` threads."""
+    def batch(rows: slice) -> np.ndarray:
+        return landmark_errors(camera.project(verts_gt[rows], Rt_gt[rows]), uv_pred[rows])
+
+    return np.concatenate(map_rows(batch, len(verts_gt), workers, CHUNK) or [np.empty(0)])
 
 
 def empty_error_table(with_landmarks: bool) -> pd.DataFrame:

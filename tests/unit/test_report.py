@@ -23,3 +23,21 @@ def test_binned_means_average_each_bin_and_drop_empty_ones():
 def test_binned_means_of_no_samples_is_an_empty_table():
     empty = pd.DataFrame({"score": [], "cam": [], "add": [], "shape": []})
     assert binned_means(empty, pd.Series([], dtype=float), "distance_m", bins=3).empty
+
+
+def test_error_table_is_the_same_on_threads_and_gives_the_landmark_error(monkeypatch):
+    """error_table on 1 and 3 threads in batches of 4 samples (score.CHUNK): the same table bit
+    for bit; its landmark_px is the mean distance to the projected ground truth (1 px off in u)."""
+    from stages.wcpa import report
+    from stages.wcpa.report import error_table
+    from tests.unit.pnp_cases import challenge_camera, make_problems
+    case, camera = make_problems(np.random.default_rng(4), 10, 50), challenge_camera()
+    verts = case["x3d"].astype(np.float32)
+    uv = camera.project(verts, case["R_t"]) + np.array([1.0, 0.0])
+    table = pd.DataFrame({"subject_id": "s", "facial_action": "a", "img_id": [str(k) for k in range(10)]})
+    predictions = {"verts": verts, "R_t": case["R_t"], "landmarks": uv}
+    monkeypatch.setattr(report, "CHUNK", 4)
+    one, three = (error_table(table, verts, case["R_t"], predictions, camera, workers) for workers in (1, 3))
+    pd.testing.assert_frame_equal(one, three)
+    np.testing.assert_allclose(one["landmark_px"], 1.0, atol=1e-9)
+    assert (one["score"] == 0).all()
