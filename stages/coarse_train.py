@@ -102,7 +102,7 @@ def run(params: Params, out: Path = Path("artifacts/coarse_train"),
     samples = {}
     for split in SPLITS:
         log.info("%s: %d samples", split, len(tables[split]))
-        landmarks, kept = load_targets(data.root, tables[split], resources, bad, data.workers)
+        landmarks, kept = load_targets(data.root, tables[split], resources, bad, max(1, data.workers // ctx.world))
         samples[split] = list_samples(data.root, tables[split].iloc[kept], landmarks, resources.camera.size, bad)
     partial = out.with_name(out.name + ".partial")
     if ctx.main:

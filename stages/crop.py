@@ -40,8 +40,8 @@ from stages.face.frontal import crop_quality, crop_warps, landmark_checks, landm
 from stages.face.cropping import OpenCVCrops, Outcome, TorchCrops
 from stages.face.warp import invert_warp
 from stages.wcpa.camera import Camera
-from stages.wcpa.layout import (DataError, Resources, info_path, iter_labels, landmarks_path, load_resources,
-                                read_info, read_landmarks, sample_files, sample_key, sample_keys, split_tables)
+from stages.wcpa.layout import (DataError, Resources, iter_labels, load_resources, read_info, read_landmarks,
+                                sample_files, sample_key, sample_keys, split_tables)
 
 log = logging.getLogger("crop")
 SPLITS = ("train", "val", "test")
@@ -63,16 +63,15 @@ def _from_files(root: Path, table: pd.DataFrame, resources: Resources, source: s
                 bad: BadInputs, workers: int) -> tuple[np.ndarray, list[str]]:
     """Landmarks of each row from its 68landmarks file (given68) or its info file (gt: read on
     `workers` processes, stages.wcpa.layout.iter_labels), NaN where bad, and each row's file."""
-    rows = list(table.itertuples(index=False))
     if source == "gt":
         landmarks = np.empty((len(table), resources.n_kpts, 2))
         for start, verts, poses in iter_labels(root, table, resources.n_verts, bad, workers):
             landmarks[start:start + len(verts)] = project_landmarks(resources, verts, poses)
-        return landmarks, [str(info_path(root, row)) for row in rows]
+        return landmarks, sample_files(root, table, "info")
     landmarks = np.full((len(table), resources.n_kpts, 2), np.nan)
-    files = [str(landmarks_path(root, row)) for row in rows]
-    for index, (row, path) in enumerate(zip(rows, files)):
-        with bad.guard(sample_key(row)):
+    files = sample_files(root, table, "68landmarks")
+    for index, (key, path) in enumerate(zip(sample_keys(table), files)):
+        with bad.guard(key):
             landmarks[index] = read_landmarks(path, resources.n_kpts)
     return landmarks, files
 

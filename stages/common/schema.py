@@ -86,7 +86,7 @@ SCHEMA = {
         "root": str,              # data root in the WCPA layout (synthetic or the real download)
         "test_gt": str,           # folder with test ground truth (info/ layout); '' when none
         "blendshapes": str,       # folder of <ARKitName>.obj blendshape meshes, for the PCA; data/no_blendshapes: none
-        "workers": COUNT,         # joblib workers for per-image work
+        "workers": COUNT,         # processes or threads of the per-image work (decode, labels, errors)
         "skip_bad": bool,         # skip unreadable samples (listed in a file) instead of stopping
         "max_bad_fraction": FRACTION,  # with skip_bad, fail when more than this fraction is bad
     },

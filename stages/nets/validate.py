@@ -14,6 +14,8 @@ from stages.pnp.opencv import pose_from_landmarks
 from stages.wcpa.camera import Camera
 from stages.wcpa.score import sample_errors, summarize
 
+ROWS = 256     # samples of a batch of the per-sample work on threads (evaluate, validation_targets)
+
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, images: np.ndarray, inv_warps: np.ndarray, batch_size: int,
@@ -51,7 +53,6 @@ def validation_poses(verts: np.ndarray, uv_full: np.ndarray, camera: Camera, fla
     return poses, int(failed.sum())
 
 
-ROWS = 256     # samples of a batch of the per-sample work on threads (evaluate)
 CALIBRATION_K = (1, 2)   # sigma multiples; a 2D isotropic Gaussian has 1 - exp(-k^2 / 2) = 39.3 % / 86.5 % within
 
 
@@ -118,6 +119,7 @@ def evaluate(pred: dict[str, np.ndarray], inv_warps: np.ndarray, camera: Camera,
     sigma = None if "R_frame" in pred else pred["sigma"]
 
     def figures(rows: slice) -> tuple[int, dict[str, float]]:
+        """The number of samples in `rows` and their landmark figures."""
         return len(uv_full[rows]), landmark_figures(pred["mu"][rows], uv_gt_crop[rows], uv_full[rows], inv_warps[rows],
                                                     None if sigma is None else sigma[rows])
 

@@ -43,6 +43,7 @@ def solve_pnp_opencv(x3d: np.ndarray, x2d: np.ndarray, K: np.ndarray, flags: str
     t = np.full((len(x3d), 3), np.nan)
 
     def solve(rows: slice) -> None:
+        """Fill R, t of the problems in `rows` (each thread its own rows)."""
         for i in range(len(x3d))[rows]:
             try:
                 ok, rvec, tvec = cv2.solvePnP(x3d[i], x2d[i], K, None, flags=flag)

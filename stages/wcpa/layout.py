@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Iterator
 import cv2
 import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed
 
 from stages.common.io import atomic_write
+from stages.common.processes import ordered_map
 from stages.wcpa.camera import Camera
 from stages.wcpa.obj import read_obj
 
@@ -306,8 +306,7 @@ def load_resources(root: Path | str) -> Resources:
     return Resources(camera=camera, template=template, faces=faces, kpt_ind=kpt_ind)
 
 
-LABEL_CHUNK = 256       # info files a worker process reads per task (3.7 MB of meshes at 1220 vertices;
-                        # joblib keeps 2 tasks a worker in flight)
+LABEL_CHUNK = 256       # info files a worker process reads per task (3.7 MB of meshes at 1220 vertices)
 
 
 def _label_chunk(paths: list[str], n_verts: int, cwd: str) -> tuple[np.ndarray, np.ndarray, list]:
@@ -331,19 +330,18 @@ def iter_labels(root: Path | str, table: pd.DataFrame, n_verts: int, bad: "BadIn
                 workers: int = 1, chunk: int | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Ground truth of the listed samples, `chunk` rows (None: LABEL_CHUNK) at a time in list
     order -> (first row, verts (n, V, 3) float32 metres, R_t (n, 4, 4) float64). The info files
-    are read on `workers` processes (joblib), a few chunks ahead of the caller.
+    are read on `workers` processes, at most 2 chunks a worker ahead of the caller
+    (stages.common.processes.ordered_map: memory stays flat however slowly the caller goes).
 
     A bad info file stops with its name (the first in list order); with `bad` (data.skip_bad)
     it is recorded there instead and its rows are NaN, so that the rows stay aligned with the list."""
-    rows = list(table.itertuples(index=False))
-    paths = [str(info_path(root, row)) for row in rows]
+    keys, paths = sample_keys(table), sample_files(root, table, "info")
     chunk = chunk or LABEL_CHUNK
-    starts = range(0, len(rows), chunk)
-    jobs = (delayed(_label_chunk)(paths[start:start + chunk], n_verts, os.getcwd()) for start in starts)
-    parallel = Parallel(n_jobs=max(workers, 1) if len(starts) > 1 else 1, return_as="generator")
-    for start, (verts, poses, errors) in zip(starts, parallel(jobs)):
+    starts = range(0, len(paths), chunk)
+    jobs = ((paths[start:start + chunk], n_verts, os.getcwd()) for start in starts)
+    for start, (verts, poses, errors) in zip(starts, ordered_map(_label_chunk, jobs, workers if len(starts) > 1 else 1)):
         for index, err in errors:
-            with contextlib.nullcontext() if bad is None else bad.guard(sample_key(rows[start + index])):
+            with contextlib.nullcontext() if bad is None else bad.guard(keys[start + index]):
                 raise err
         yield start, verts, poses
 

@@ -38,6 +38,7 @@ def projected_landmark_errors(camera: Camera, verts_gt: np.ndarray, Rt_gt: np.nd
     """Mean px distance of predicted 2D points (N, V, 2) to the projected ground truth, (N,), in
     batches of CHUNK samples on `workers` threads."""
     def batch(rows: slice) -> np.ndarray:
+        """The mean px errors of the samples in `rows`."""
         return landmark_errors(camera.project(verts_gt[rows], Rt_gt[rows]), uv_pred[rows])
 
     return np.concatenate(map_rows(batch, len(verts_gt), workers, CHUNK) or [np.empty(0)])

@@ -87,6 +87,7 @@ def sample_errors(verts_gt: np.ndarray, Rt_gt: np.ndarray, verts_pred: np.ndarra
         return pd.DataFrame({name: np.empty(0) for name in ERROR_COLUMNS})
 
     def batch(part: slice) -> pd.DataFrame:
+        """The errors of the samples in `part`, in float64."""
         gt_v, gt_p = np.asarray(verts_gt[part], np.float64), np.asarray(Rt_gt[part], np.float64)
         pr_v, pr_p = np.asarray(verts_pred[part], np.float64), np.asarray(Rt_pred[part], np.float64)
         return pd.DataFrame({**score_terms(gt_v, gt_p, pr_v, pr_p), **pose_errors(gt_p, pr_p)})

@@ -18,7 +18,7 @@ from stages.common.badinput import BadInputs
 from stages.common.params import load_params
 from stages.common.resume import Checkpoints
 from stages.face import ibug68
-from stages.wcpa.layout import DataError, image_path, list_path, load_resources, read_list, write_list
+from stages.wcpa.layout import DataError, image_path, list_path, load_resources, read_info, read_list, write_list
 from tests.stages.tiny_data import write_tiny_root
 from tests.tiny_project import interrupt_after
 
@@ -234,3 +234,22 @@ def test_targets_are_read_in_chunks_on_processes_in_row_order(tiny, monkeypatch)
     np.testing.assert_array_equal(kept, [0, 2, 3, 4, 6, 7])
     np.testing.assert_array_equal(landmarks, expected[kept])
     assert [r["file"] for r in bad.records] == [str(broken[1]), str(broken[0])]
+
+
+def test_label_workers_read_relative_paths_from_the_callers_directory(tmp_path, monkeypatch):
+    """Pooled worker processes keep the directory they started in: iter_labels on a relative
+    root reads the files under the caller's current directory, not a reused worker's."""
+    from stages.wcpa import layout
+    from stages.wcpa.layout import info_path, iter_labels
+    monkeypatch.setattr(layout, "LABEL_CHUNK", 2)
+    tables = {name: write_tiny_root(tmp_path / name / "data", n_train=4, n_test=1, seed=seed)["train"]
+              for seed, name in enumerate(("a", "b"))}
+    n_verts = load_resources(tmp_path / "a" / "data").n_verts
+    first = {}
+    for name in ("a", "b"):              # the pool starts in a and is reused from b
+        monkeypatch.chdir(tmp_path / name)
+        first[name] = np.concatenate([poses for _, _, poses in iter_labels("data", tables[name], n_verts, workers=2)])
+    expected = [read_info(info_path(tmp_path / "b" / "data", row), n_verts)[1]
+                for row in tables["b"].itertuples(index=False)]
+    np.testing.assert_array_equal(first["b"], np.stack(expected))
+    assert not np.array_equal(first["a"], first["b"])

@@ -26,9 +26,10 @@ def test_binned_means_of_no_samples_is_an_empty_table():
 
 
 def test_error_table_is_the_same_on_threads_and_gives_the_landmark_error(monkeypatch):
-    """error_table on 1 and 3 threads in batches of 4 samples (score.CHUNK): the same table bit
-    for bit; its landmark_px is the mean distance to the projected ground truth (1 px off in u)."""
-    from stages.wcpa import report
+    """error_table on 1 and 3 threads in batches of 4 samples (score.CHUNK, report.CHUNK): the
+    same table bit for bit; its landmark_px is the mean distance to the projected ground truth
+    (1 px off in u)."""
+    from stages.wcpa import report, score
     from stages.wcpa.report import error_table
     from tests.unit.pnp_cases import challenge_camera, make_problems
     case, camera = make_problems(np.random.default_rng(4), 10, 50), challenge_camera()
@@ -37,6 +38,7 @@ def test_error_table_is_the_same_on_threads_and_gives_the_landmark_error(monkeyp
     table = pd.DataFrame({"subject_id": "s", "facial_action": "a", "img_id": [str(k) for k in range(10)]})
     predictions = {"verts": verts, "R_t": case["R_t"], "landmarks": uv}
     monkeypatch.setattr(report, "CHUNK", 4)
+    monkeypatch.setattr(score, "CHUNK", 4)
     one, three = (error_table(table, verts, case["R_t"], predictions, camera, workers) for workers in (1, 3))
     pd.testing.assert_frame_equal(one, three)
     np.testing.assert_allclose(one["landmark_px"], 1.0, atol=1e-9)

@@ -89,7 +89,7 @@ def test_batches_give_the_same_errors_as_one_pass(monkeypatch):
     monkeypatch.setattr(score, "CHUNK", 3)
     chunked = sample_errors(verts, poses, verts * 1.01, pred_poses)
     pd.testing.assert_frame_equal(whole, chunked)
-    for workers in (2, 3, 16):        # batches of ceil(7 / workers) samples (at most CHUNK) on threads
+    for workers in (2, 3, 16):        # the batches of 3 on threads
         pd.testing.assert_frame_equal(whole, sample_errors(verts, poses, verts * 1.01, pred_poses, workers))
 
 

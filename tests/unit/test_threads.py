@@ -33,3 +33,11 @@ def test_auto_threads_are_the_cores_this_process_may_use(monkeypatch):
     cfg = replace(load_params(Path(__file__).resolve().parents[2] / "params.yaml").infer, device="cpu", workers="auto")
     assert InferSettings.of(cfg).workers == 3
     assert InferSettings.of(replace(cfg, workers=2)).workers == 2
+
+
+def test_map_rows_covers_every_row_once_in_order_with_slices_fixed_by_the_chunk():
+    from stages.common.threads import map_rows
+    for workers in (1, 2, 5):
+        assert map_rows(lambda rows: (rows.start, rows.stop), 10, workers, chunk=4) == [(0, 4), (4, 8), (8, 12)]
+    assert map_rows(lambda rows: list(range(10))[rows], 10, 3) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert map_rows(lambda rows: rows, 0, 4) == []

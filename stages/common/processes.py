@@ -1,0 +1,35 @@
+"""Worker processes that run a bounded number of tasks ahead of their caller.
+
+joblib's `Parallel(return_as="generator")` starts the next task whenever a worker is free, so
+results pile up in the caller's memory when it consumes them more slowly than the workers make
+them (all of them, in the worst case: a whole split's meshes). `ordered_map` keeps at most
+`ahead` tasks submitted and not yet consumed.
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable, Iterable, Iterator, TypeVar
+
+from joblib.executor import get_memmapping_executor
+
+T = TypeVar("T")
+
+
+def ordered_map(fn: Callable[..., T], jobs: Iterable[tuple], workers: int, ahead: int | None = None) -> Iterator[T]:
+    """fn(*job) for each job, in job order, on `workers` loky processes (joblib's reusable pool,
+    the one Parallel uses; in this process when workers <= 1). At most `ahead` (None: 2 x workers) jobs are submitted
+    and not yet consumed. fn and its arguments must be picklable; an exception in a job is
+    raised here when its result is reached."""
+    if workers <= 1:
+        for job in jobs:
+            yield fn(*job)
+        return
+    executor = get_memmapping_executor(workers)
+    limit = ahead or 2 * workers
+    pending: deque = deque()
+    for job in jobs:
+        pending.append(executor.submit(fn, *job))
+        if len(pending) >= limit:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
