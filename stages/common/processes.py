@@ -12,19 +12,25 @@ from typing import Callable, Iterable, Iterator, TypeVar
 
 from joblib.executor import get_memmapping_executor
 
+from stages.common.threads import usable_cores
+
 T = TypeVar("T")
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+                    "NUMEXPR_NUM_THREADS")
 
 
 def ordered_map(fn: Callable[..., T], jobs: Iterable[tuple], workers: int, ahead: int | None = None) -> Iterator[T]:
-    """fn(*job) for each job, in job order, on `workers` loky processes (joblib's reusable pool,
-    the one Parallel uses; in this process when workers <= 1). At most `ahead` (None: 2 x workers) jobs are submitted
-    and not yet consumed. fn and its arguments must be picklable; an exception in a job is
-    raised here when its result is reached."""
+    """fn(*job) for each job, in job order, on `workers` loky processes (joblib's reusable pool;
+    in this process when workers <= 1), each with its BLAS and OpenMP pools limited to its
+    share of the cores. At most `ahead` (None: 2 x workers) jobs are submitted and not yet
+    consumed. fn and its arguments must be picklable (arrays over 1 MB travel as memory maps);
+    an exception in a job is raised here when its result is reached."""
     if workers <= 1:
         for job in jobs:
             yield fn(*job)
         return
-    executor = get_memmapping_executor(workers)
+    share = str(max(1, usable_cores() // workers))
+    executor = get_memmapping_executor(workers, env={name: share for name in THREAD_VARIABLES})
     limit = ahead or 2 * workers
     pending: deque = deque()
     for job in jobs:

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed
 from scipy.optimize import nnls
 from tqdm import tqdm
 
 from stages.common.io import save_npz
+from stages.common.processes import ordered_map
 from stages.face.mesh import flip_permutation
 from stages.wcpa.arkit import ARKIT_NAMES
 from stages.wcpa.obj import read_obj
@@ -203,7 +203,7 @@ def select_neutral_frames(verts: np.ndarray, subjects: np.ndarray, blendshapes: 
     the hub the expressions radiate from (less reliable: a mild expression can be nearer the
     others than the rest face). Subjects with more than `max_frames` frames are scored on a
     seeded subsample (the cost grows with its square). The subjects are scored on `workers`
-    processes (joblib); the choice does not depend on their number.
+    processes (stages.common.processes.ordered_map); the choice does not depend on their number.
     verts: (N, V, 3) canonical meshes; subjects: (N,) subject ids.
     """
     subjects = np.asarray(subjects)
@@ -215,8 +215,8 @@ def select_neutral_frames(verts: np.ndarray, subjects: np.ndarray, blendshapes: 
         if len(rows) > max_frames:
             rows = np.sort(rng.choice(rows, max_frames, replace=False))
         candidates.append(rows)
-    jobs = (delayed(neutral_index)(np.asarray(verts[rows]), fit) for rows in candidates)
-    indices = Parallel(n_jobs=max(workers, 1) if len(candidates) > 1 else 1, return_as="generator")(jobs)
+    jobs = ((np.asarray(verts[rows]), fit) for rows in candidates)
+    indices = ordered_map(neutral_index, jobs, workers if len(candidates) > 1 else 1)
     indices = tqdm(indices, total=len(candidates), desc="neutral frames", leave=False)
     return np.asarray([rows[index] for rows, index in zip(candidates, indices)], dtype=np.int64)
 
