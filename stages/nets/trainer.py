@@ -344,8 +344,8 @@ class Trainer:
     def validate(self) -> dict:
         """Challenge score and landmark/mesh errors on the val split's usable crops (rank 0). The
         per-sample PnP and errors run on a thread per usable core: between epochs the loader
-        processes wait, and at the real val split's size (71k) they would take most of an epoch
-        on one thread (docs/benchmarks.md)."""
+        processes wait, and at the real val split's size (71k) one thread would take a third of
+        an H200 train epoch (docs/benchmarks.md, "Per-epoch validation")."""
         data = self.val_data
         rows = np.flatnonzero(data.store.usable)
         if not len(rows):
