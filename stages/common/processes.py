@@ -8,6 +8,7 @@ them (all of them, in the worst case: a whole split's meshes). `ordered_map` kee
 from __future__ import annotations
 
 from collections import deque
+from itertools import chain, islice
 from typing import Callable, Iterable, Iterator, TypeVar
 
 from joblib.executor import get_memmapping_executor
@@ -21,11 +22,14 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 
 def ordered_map(fn: Callable[..., T], jobs: Iterable[tuple], workers: int, ahead: int | None = None) -> Iterator[T]:
     """fn(*job) for each job, in job order, on `workers` loky processes (joblib's reusable pool;
-    in this process when workers <= 1), each with its BLAS and OpenMP pools limited to its
+    in this process when workers <= 1 or there is a single job), each with its BLAS and OpenMP pools limited to its
     share of the cores. At most `ahead` (None: 2 x workers) jobs are submitted and not yet
     consumed. fn and its arguments must be picklable (arrays over 1 MB travel as memory maps);
     an exception in a job is raised here when its result is reached."""
-    if workers <= 1:
+    jobs = iter(jobs)
+    head = list(islice(jobs, 2))
+    jobs = chain(head, jobs)
+    if workers <= 1 or len(head) < 2:
         for job in jobs:
             yield fn(*job)
         return

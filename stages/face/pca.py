@@ -216,7 +216,7 @@ def select_neutral_frames(verts: np.ndarray, subjects: np.ndarray, blendshapes: 
             rows = np.sort(rng.choice(rows, max_frames, replace=False))
         candidates.append(rows)
     jobs = ((np.asarray(verts[rows]), fit) for rows in candidates)
-    indices = ordered_map(neutral_index, jobs, workers if len(candidates) > 1 else 1)
+    indices = ordered_map(neutral_index, jobs, workers)
     indices = tqdm(indices, total=len(candidates), desc="neutral frames", leave=False)
     return np.asarray([rows[index] for rows, index in zip(candidates, indices)], dtype=np.int64)
 

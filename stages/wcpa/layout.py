@@ -327,8 +327,8 @@ def _label_chunk(paths: list[str], n_verts: int, cwd: str) -> tuple[np.ndarray, 
 
 
 def iter_labels(root: Path | str, table: pd.DataFrame, n_verts: int, bad: "BadInputs | None" = None,
-                workers: int = 1, chunk: int | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Ground truth of the listed samples, `chunk` rows (None: LABEL_CHUNK) at a time in list
+                workers: int = 1) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Ground truth of the listed samples, LABEL_CHUNK rows at a time in list
     order -> (first row, verts (n, V, 3) float32 metres, R_t (n, 4, 4) float64). The info files
     are read on `workers` processes, at most 2 chunks a worker ahead of the caller
     (stages.common.processes.ordered_map: memory stays flat however slowly the caller goes).
@@ -336,10 +336,9 @@ def iter_labels(root: Path | str, table: pd.DataFrame, n_verts: int, bad: "BadIn
     A bad info file stops with its name (the first in list order); with `bad` (data.skip_bad)
     it is recorded there instead and its rows are NaN, so that the rows stay aligned with the list."""
     keys, paths = sample_keys(table), sample_files(root, table, "info")
-    chunk = chunk or LABEL_CHUNK
-    starts = range(0, len(paths), chunk)
-    jobs = ((paths[start:start + chunk], n_verts, os.getcwd()) for start in starts)
-    for start, (verts, poses, errors) in zip(starts, ordered_map(_label_chunk, jobs, workers if len(starts) > 1 else 1)):
+    starts = range(0, len(paths), LABEL_CHUNK)
+    jobs = ((paths[start:start + LABEL_CHUNK], n_verts, os.getcwd()) for start in starts)
+    for start, (verts, poses, errors) in zip(starts, ordered_map(_label_chunk, jobs, workers)):
         for index, err in errors:
             with contextlib.nullcontext() if bad is None else bad.guard(keys[start + index]):
                 raise err

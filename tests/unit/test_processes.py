@@ -36,3 +36,7 @@ def test_a_failing_job_raises_when_its_result_is_reached(workers):
     assert [next(results) for _ in range(5)] == [0, 1, 2, 3, 4]
     with pytest.raises(ValueError, match="job 5"):
         next(results)
+
+
+def test_a_single_job_runs_in_this_process():
+    assert list(ordered_map(os.getpid, [()], workers=4)) == [os.getpid()]
