@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from stages.pnp.checks import sanitise
+from stages.pnp.compiled import compiled_or_eager
 from stages.pnp.cost import planar, transform
 from stages.pnp.init import dlt_pose
 from stages.pnp.rotation import orthogonalise, rvec_t
@@ -27,7 +28,8 @@ class PnPResult:
     rvec_t (B, 6): the pose as (rotation vector in rad, t). cost (B,): the cost at the solution (see
     stages.pnp.cost). cov (B, 6, 6): covariance of the left increment (delta, dt), H^-1.
     valid (B,) bool: false for degenerate problems; their R, t, rvec_t, cost and cov are NaN in
-    `solve_pnp`'s answer. iterations: LM iterations run (the most over the batch).
+    `solve_pnp`'s answer. iterations: LM iterations run (the most over the batch; a 0-dim
+    tensor from the compiled masked LM, stages.pnp.solver).
     """
 
     R: torch.Tensor
@@ -36,7 +38,7 @@ class PnPResult:
     cost: torch.Tensor
     cov: torch.Tensor
     valid: torch.Tensor
-    iterations: int
+    iterations: int | torch.Tensor
 
     def masked(self) -> "PnPResult":
         """The same result with NaN in every field of the invalid problems."""
@@ -79,7 +81,7 @@ def solve_sanitised(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor, K: 
         K2 = K if K.dim() == 2 else torch.cat([K, K])
         both = _refine(*twice, K2, torch.cat([R0, R1]), torch.cat([t0, t1]), huber_delta,
                        max_iters, compiled)
-        return _better(both, x3d.shape[0])
+        return _better(both, compiled)
 
 
 def _finite_or(start: tuple[torch.Tensor, torch.Tensor], R0: torch.Tensor,
@@ -95,38 +97,55 @@ def _refine(x3d, x2d, w2d, K, R0, t0, huber_delta, max_iters, compiled) -> PnPRe
     covariance and the validity checks: the PnPResult of these starts."""
     R, t, cost, H, iters = levenberg_marquardt(x3d, x2d, w2d, K, R0, t0, huber_delta, max_iters,
                                                compiled=compiled)
+    fields = compiled_or_eager(solution_fields, "the solution's checks", compiled)
+    return PnPResult(R, t, *fields(R, t, cost, H, x3d, w2d), iters)
+
+
+def solution_fields(R: torch.Tensor, t: torch.Tensor, cost: torch.Tensor, H: torch.Tensor,
+                    x3d: torch.Tensor, w2d: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """rvec_t (B, 6), cost (B,), cov (B, 6, 6) and valid (B,) of LM solutions R (B, 3, 3), t (B, 3)
+    with costs (B,) and normal matrices H (B, 6, 6), for points x3d (B, 3, N), weights w2d
+    (B, 2, N): valid where the covariance is positive definite, the weighted points lie in front
+    of the camera and the cost is finite."""
     cov, cov_ok = covariance(H)
     depth = transform(R, t, x3d)[:, 2]
     weighted = (w2d != 0).any(1)
     in_front = ((depth > 0) | ~weighted).all(-1)
-    valid = cov_ok & in_front & torch.isfinite(cost)
-    return PnPResult(R, t, rvec_t(R, t), cost, cov, valid, iters)
+    return rvec_t(R, t), cost, cov, cov_ok & in_front & torch.isfinite(cost)
 
 
-def _better(both: PnPResult, batch: int) -> PnPResult:
+def _better(both: PnPResult, compiled: bool = False) -> PnPResult:
     """Of the solutions of two starts stacked as rows (2B,), each problem's better one: a valid
     solution before an invalid one, then the lower cost (the mirror image of a planar problem
     behind the camera has the same cost)."""
-    first, second = slice(0, batch), slice(batch, 2 * batch)
-    v1, v2 = both.valid[first], both.valid[second]
-    lower = both.cost[second] < both.cost[first]
+    pick = compiled_or_eager(better_rows, "the better solutions", compiled)
+    return PnPResult(*pick(both.valid, both.cost, both.R, both.t, both.rvec_t, both.cov), both.iterations)
+
+
+def better_rows(valid: torch.Tensor, cost: torch.Tensor, *fields: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """R, t, rvec_t, cost, cov, valid of the better of two solutions stacked as rows (2B, ...)
+    (see `_better`); valid, cost (2B,), fields: R, t, rvec_t, cov."""
+    batch = valid.shape[0] // 2
+    v1, v2 = valid[:batch], valid[batch:]
+    lower = cost[batch:] < cost[:batch]
     take = (v2 & ~v1) | ((v2 == v1) & lower)
 
     def pick(x: torch.Tensor) -> torch.Tensor:
-        return torch.where(take.view((-1,) + (1,) * (x.dim() - 1)), x[second], x[first])
+        return torch.where(take.view((-1,) + (1,) * (x.dim() - 1)), x[batch:], x[:batch])
 
-    return PnPResult(pick(both.R), pick(both.t), pick(both.rvec_t), pick(both.cost),
-                     pick(both.cov), pick(both.valid), both.iterations)
+    R, t, rvec, cov = (pick(x) for x in fields)
+    return R, t, rvec, pick(cost), cov, pick(valid)
 
 
 def _float32_start(x3d, x2d, w2d, K, huber_delta, max_iters, compiled):
     """Start pose R (B, 3, 3), t (B, 3): the DLT, refined by float32 LM first when the problem
     is in float64 (the float64 LM then needs two iterations: about 2x faster). The float32
     refinement stops at FLOAT32_START_RTOL, since float64 finishes it."""
+    start = compiled_or_eager(dlt_pose, "the closed-form start", compiled)
     if x3d.dtype != torch.float64:
-        return dlt_pose(x3d, x2d, w2d, K)
+        return start(x3d, x2d, w2d, K)
     args = [x.float() for x in (x3d, x2d, w2d, K)]
-    R, t, _, _, _ = levenberg_marquardt(*args, *dlt_pose(*args), huber_delta, max_iters,
+    R, t, _, _, _ = levenberg_marquardt(*args, *start(*args), huber_delta, max_iters,
                                         cost_rtol=FLOAT32_START_RTOL, compiled=compiled)
     return orthogonalise(R.double()), t.double()
 

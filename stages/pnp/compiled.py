@@ -19,11 +19,13 @@ log = logging.getLogger(__name__)
 _COMPILED: dict[Callable, Callable] = {}
 
 
-def compiled_or_eager(fn: Callable, name: str) -> Callable:
+def compiled_or_eager(fn: Callable, name: str, compiled: bool = True) -> Callable:
     """fn compiled with torch.compile (dynamic shapes: the first call compiles, tens of seconds
     on a CPU; later processes reuse inductor's disk cache), replaced by fn itself for good once
     the compiled version raises. Built once per function and process. name: what the warning
-    calls it."""
+    calls it. compiled False: fn itself."""
+    if not compiled:
+        return fn
     if fn not in _COMPILED:
         _COMPILED[fn] = _with_fallback(fn, name)
     return _COMPILED[fn]

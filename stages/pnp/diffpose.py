@@ -11,7 +11,7 @@ import torch
 
 from stages.pnp.cost import normal_equations, residuals_and_jacobian
 from stages.pnp.rotation import apply_increment
-from stages.pnp.solver import library_cholesky_solve
+from stages.pnp.solver import cholesky_solve
 
 
 def gauss_newton_pose(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor, K: torch.Tensor,
@@ -25,7 +25,7 @@ def gauss_newton_pose(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor, K
     R, t = R.detach(), t.detach()
     r, J = residuals_and_jacobian(R, t, x3d, x2d, w2d, K)
     H, g = normal_equations(r, J, huber_delta)
-    x, ok = library_cholesky_solve(H, g)
+    x, ok = cholesky_solve(H, g)
     step = -x
     ok = ok & torch.isfinite(step).all(-1)
     step = torch.where(ok[:, None], step, torch.zeros_like(step))

@@ -22,10 +22,11 @@ import torch
 from stages.pnp.amis import amis_log_normaliser
 from stages.pnp.api import PnPResult, solve_sanitised, uniform_weights
 from stages.pnp.checks import sanitise
+from stages.pnp.compiled import compiled_or_eager
 from stages.pnp.cost import planar, residuals, robust_cost
 from stages.pnp.diffpose import gauss_newton_pose
 from stages.pnp.rotation import haar_log_density, so3_exp
-from stages.pnp.sample_cost import sample_costs
+from stages.pnp.sample_cost import cost_gradient, pose_costs
 
 MINIMUM_RTOL = 1e-4     # float32 rounding of a cost: below 1e-5 relative (measured 6e-6)
 
@@ -59,18 +60,36 @@ def pose_log_normaliser(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor,
                         compiled: bool = False, generator: torch.Generator | None = None):
     """AMIS estimate (stages.pnp.amis.NormaliserEstimate) of log Z = log int exp(-cost) d mu
     around R0 (B, 3, 3), t0 (B, 3) with first proposal covariance cov (B, 6, 6). Points in
-    planar layout: x3d (B, 3, N), x2d, w2d (B, 2, N)."""
+    planar layout: x3d (B, 3, N), x2d, w2d (B, 2, N). The sampled poses' costs are evaluated
+    without gradients (`pose_costs`), and their gradient is attached to all of them at once
+    (`cost_gradient`)."""
     R0, t0 = R0.detach(), t0.detach()
+    pose_terms = compiled_or_eager(sample_pose_terms, "the sampled poses", compiled)
+    cost_args = (huber_delta, chunk_size, compiled)
 
     def neg_log_integrand(y: torch.Tensor) -> torch.Tensor:
-        R = so3_exp(y[..., :3]) @ R0[:, None]
-        t = t0[:, None] + y[..., 3:]
-        cost = sample_costs(x3d, x2d, w2d, K, R, t, huber_delta, chunk_size, compiled)
-        value = cost - haar_log_density(y[..., :3])
-        return torch.where(y[..., :3].norm(dim=-1) < math.pi, value, math.inf)
+        R, t, rest = pose_terms(y, R0, t0)
+        return pose_costs(x3d, x2d, w2d, K, R, t, *cost_args) + rest
+
+    def with_gradient(y: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            R, t, _ = pose_terms(y, R0, t0)
+        return values + cost_gradient(x3d, x2d, w2d, K, R, t, *cost_args)
 
     mean = torch.zeros_like(t0.new_zeros(t0.shape[0], 6))
-    return amis_log_normaliser(neg_log_integrand, mean, cov, n_samples, n_iters, dof, generator)
+    return amis_log_normaliser(neg_log_integrand, mean, cov, n_samples, n_iters, dof, generator,
+                               with_gradient, compiled)
+
+
+def sample_pose_terms(y: torch.Tensor, R0: torch.Tensor, t0: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The poses R (B, S, 3, 3), t (B, S, 3) at local coordinates y (B, S, 6) around R0
+    (B, 3, 3), t0 (B, 3), and the rest of -log integrand there (B, S): minus the log Haar
+    density, +inf outside the chart (|delta| >= pi)."""
+    R = so3_exp(y[..., :3]) @ R0[:, None]
+    t = t0[:, None] + y[..., 3:]
+    inside = y[..., :3].norm(dim=-1) < math.pi
+    return R, t, torch.where(inside, -haar_log_density(y[..., :3]), math.inf)
 
 
 def epro_pnp(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor | None, K: torch.Tensor,
@@ -97,7 +116,7 @@ def epro_pnp(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor | None, K: 
     w2d = uniform_weights(x2d) if w2d is None else w2d
     K = K.to(dtype=x3d.dtype, device=x3d.device)
     R_gt, t_gt = R_gt.to(x3d.dtype), t_gt.to(x3d.dtype)
-    x3d_s, x2d_s, w2d_s, ok = sanitise(x3d, x2d, w2d, K)
+    x3d_s, x2d_s, w2d_s, ok = compiled_or_eager(sanitise, "the degeneracy checks", compiled)(x3d, x2d, w2d, K)
     x3d_p, x2d_p, w2d_p = planar(x3d_s), planar(x2d_s), planar(w2d_s)
     if solution is None:
         solution = solve_sanitised(x3d_p.detach(), x2d_p.detach(), w2d_p.detach(), K,
@@ -114,7 +133,8 @@ def epro_pnp(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor | None, K: 
     loss = cost_gt + estimate.log_z
     mask = (valid & gt_ok & is_minimum(solution.cost, cost_gt.detach())
             & torch.isfinite(loss.detach()))
-    R, t = gauss_newton_pose(x3d_p, x2d_p, w2d_p, K, R0, t0, huber_delta)
+    step = compiled_or_eager(gauss_newton_pose, "the differentiable pose", compiled)
+    R, t = step(x3d_p, x2d_p, w2d_p, K, R0, t0, huber_delta)
     return EProPnPOutput(torch.where(mask, loss, torch.zeros_like(loss)), mask, cost_gt,
                          estimate.log_z, estimate.ess, R, t, solution)
 

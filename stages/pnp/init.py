@@ -3,10 +3,12 @@
 For normalised image points m = ((u - cx) / fx, (v - cy) / fy) and the 3x4 camera matrix
 P ~ [R | t], each point gives two linear equations p1.X - m_u p3.X = 0 and p2.X - m_v p3.X = 0
 (X = (x, 1)), weighted by w2d. P is the eigenvector of the 12x12 normal matrix of these
-equations with the smallest eigenvalue (torch.linalg.eigh, batched); the normal matrix is
+equations with the smallest eigenvalue (torch.linalg.eigh, batched; inverse iteration inside
+torch.compile, `smallest_eigenvector`); the normal matrix is
 assembled from five weighted 4x4 moment matrices of X, so no (B, 2N, 12) array is built. The
 3D points are centred and scaled first for conditioning. The rotation is the nearest rotation
-to P's left block, the sign chosen so that the points lie in front of the camera, and t is then
+to P's left block (inside torch.compile, its Gram-Schmidt rotation: no SVD, only a start for
+the LM), the sign chosen so that the points lie in front of the camera, and t is then
 re-solved in closed form with R fixed.
 Needs non-coplanar points (a face is far from planar); degenerate problems give a finite but
 meaningless start that the solver flags.
@@ -17,7 +19,11 @@ from __future__ import annotations
 import torch
 
 from stages.pnp.cost import intrinsics
-from stages.pnp.rotation import orthogonalise
+from stages.pnp.rotation import gram_schmidt, orthogonalise
+from stages.pnp.solver import unrolled_cholesky, unrolled_cholesky_solve, unrolled_triangular_solves
+
+INVERSE_SHIFT = 1e-4        # relative to the normal matrix's mean diagonal (compiled DLT)
+INVERSE_ITERATIONS = 4
 
 
 # Index of X_i X_j (X = (x, y, z, 1)) in the 10 unique products, for the 4x4 matrix row by row.
@@ -55,8 +61,25 @@ def dlt_camera_matrix(xn: torch.Tensor, mu: torch.Tensor, mv: torch.Tensor,
     normal = torch.cat([torch.cat([Su, zero, -Smu], 2), torch.cat([zero, Sv, -Smv], 2),
                         torch.cat([-Smu, -Smv, Smm], 2)], 1)
     scale = normal.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(torch.finfo(xn.dtype).tiny)
-    _, vectors = torch.linalg.eigh(normal / scale[:, None, None])
-    return vectors[..., 0].reshape(-1, 3, 4)
+    return smallest_eigenvector(normal / scale[:, None, None]).reshape(-1, 3, 4)
+
+
+def smallest_eigenvector(M: torch.Tensor) -> torch.Tensor:
+    """Unit eigenvectors (B, n) of the smallest eigenvalues of symmetric positive semi-definite
+    M (B, n, n) with mean diagonal 1. Eager: torch.linalg.eigh. Inside torch.compile (where the
+    library's eigh would wait for the host on a GPU): INVERSE_ITERATIONS of inverse iteration
+    with M + INVERSE_SHIFT I, its Cholesky factor written out (stages.pnp.solver), which
+    converges at the ratio of the two smallest eigenvalues (plus the shift) an iteration: for
+    the start of the LM, not for exact eigenvectors."""
+    if not torch.compiler.is_compiling():
+        return torch.linalg.eigh(M)[1][..., 0]
+    n = M.shape[-1]
+    L, _ = unrolled_cholesky(M + INVERSE_SHIFT * torch.eye(n, dtype=M.dtype, device=M.device))
+    v = torch.ones_like(M[..., :1])
+    for _ in range(INVERSE_ITERATIONS):
+        v = unrolled_triangular_solves(L, v)
+        v = v / v.norm(dim=-2, keepdim=True).clamp_min(torch.finfo(M.dtype).tiny)
+    return v[..., 0]
 
 
 def translation_given_rotation(R: torch.Tensor, x3d: torch.Tensor, mu: torch.Tensor,
@@ -77,6 +100,8 @@ def translation_given_rotation(R: torch.Tensor, x3d: torch.Tensor, mu: torch.Ten
     eye = torch.eye(3, dtype=R.dtype, device=R.device)
     ridge = (1e-12 * normal.diagonal(dim1=-2, dim2=-1).mean(-1)
              + torch.finfo(R.dtype).tiny)[:, None, None] * eye
+    if torch.compiler.is_compiling():
+        return unrolled_cholesky_solve(normal + ridge, rhs)[0]
     t, _ = torch.linalg.solve_ex(normal + ridge, rhs[..., None])
     return t[..., 0]
 
@@ -90,6 +115,7 @@ def dlt_pose(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor,
     xn = (x3d - centre[..., None]) / radius[:, None, None]
     P = dlt_camera_matrix(xn, mu, mv, w2d)
     depth_sign = torch.where(P[:, 2, 3] < 0, -1.0, 1.0).to(P.dtype)
-    R = orthogonalise(P[:, :, :3] * depth_sign[:, None, None])
+    M = P[:, :, :3] * depth_sign[:, None, None]
+    R = gram_schmidt(M) if torch.compiler.is_compiling() else orthogonalise(M)
     t = translation_given_rotation(R, x3d, mu, mv, w2d)
     return R, t

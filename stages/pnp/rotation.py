@@ -106,6 +106,18 @@ def increment_between(R0: torch.Tensor, t0: torch.Tensor, R: torch.Tensor,
     return torch.cat([so3_log(R @ R0.transpose(-1, -2)), t - t0], -1)
 
 
+def gram_schmidt(M: torch.Tensor) -> torch.Tensor:
+    """A rotation (..., 3, 3) near matrices M (..., 3, 3) without an SVD: the rows of M
+    orthonormalised in order (Gram-Schmidt), the third their cross product (det +1). Not the
+    nearest rotation (`orthogonalise`): the two agree when M is a scaled rotation."""
+    tiny = torch.finfo(M.dtype).tiny
+    a, b = M[..., 0, :], M[..., 1, :]
+    r1 = a / a.norm(dim=-1, keepdim=True).clamp_min(tiny)
+    b = b - (b * r1).sum(-1, keepdim=True) * r1
+    r2 = b / b.norm(dim=-1, keepdim=True).clamp_min(tiny)
+    return torch.stack([r1, r2, torch.linalg.cross(r1, r2)], -2)
+
+
 def orthogonalise(M: torch.Tensor) -> torch.Tensor:
     """Nearest rotation (..., 3, 3) to matrices M (..., 3, 3) in Frobenius norm (SVD, det +1)."""
     U, _, Vh = torch.linalg.svd(M)

@@ -2,9 +2,10 @@
 
 The Monte Carlo loss needs the cost of S poses for each of B problems: B * S * N point
 projections (256 * 512 * 1220 = 160 M). Autograd would keep several (B, S, N) arrays alive for
-the backward pass; here the forward pass keeps only the inputs, evaluates the costs in chunks
-of poses, and the backward pass recomputes each chunk and accumulates the gradients w.r.t.
-x3d, x2d and w2d in closed form. The sampled poses are constants (no gradient).
+the backward pass; here the costs are evaluated without gradients, in chunks of poses
+(`pose_costs`), and a zero term added to them (`cost_gradient`) carries their gradient: its
+backward pass recomputes each chunk and accumulates the gradients w.r.t. x3d, x2d and w2d in
+closed form. The sampled poses are constants (no gradient).
 
 Cost of pose s of problem b: stages.pnp.cost.robust_cost of its weighted residuals.
 Gradients, with e = d cost / d r (r for least squares, r * rho'(|r|) / |r| for Huber) times
@@ -99,9 +100,8 @@ def chunk_gradient_sums(R, t, x3d, wfx, wfy, off_u, off_v, grad_costs,
 
 def _kernels(compiled: bool):
     """(chunk_costs, chunk_gradient_sums), through torch.compile when asked (stages.pnp.compiled)."""
-    if not compiled:
-        return chunk_costs, chunk_gradient_sums
-    return (compiled_or_eager(chunk_costs, "sample costs"), compiled_or_eager(chunk_gradient_sums, "sample costs"))
+    return (compiled_or_eager(chunk_costs, "sample costs", compiled),
+            compiled_or_eager(chunk_gradient_sums, "sample costs", compiled))
 
 
 def _point_terms(x2d: torch.Tensor, w2d: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -118,19 +118,34 @@ def _chunks(n_samples: int, batch: int, chunk_size: int) -> list[slice]:
     return [slice(i, min(i + step, n_samples)) for i in range(0, n_samples, step)]
 
 
-class SampleCost(torch.autograd.Function):
-    """costs (B, S) = SampleCost.apply(x3d (B, 3, N), x2d (B, 2, N), w2d (B, 2, N), K,
-    R (B, S, 3, 3), t (B, S, 3), huber_delta, chunk_size, compiled)."""
+def pose_costs(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor, K: torch.Tensor,
+               R: torch.Tensor, t: torch.Tensor, huber_delta: float | None = None,
+               chunk_size: int | None = None, compiled: bool = False) -> torch.Tensor:
+    """Costs (B, S) of poses R (B, S, 3, 3), t (B, S, 3) for the problems x3d (B, 3, N), x2d,
+    w2d (B, 2, N), K (3, 3) or (B, 3, 3), without gradients. chunk_size: poses (over all
+    problems, at least one per problem) evaluated at once, `default_chunk` if None; memory is
+    about 12 * chunk_size * N numbers. compiled: the fused kernel (torch.compile)."""
+    chunk_size = default_chunk(x3d.device, compiled) if chunk_size is None else chunk_size
+    costs_fn, _ = _kernels(compiled)
+    with torch.no_grad():
+        terms = _point_terms(x2d, w2d, K.expand(x3d.shape[0], 3, 3))
+        costs = [costs_fn(R[:, c], t[:, c], x3d, *terms, huber_delta)
+                 for c in _chunks(R.shape[1], R.shape[0], chunk_size)]
+    return costs[0] if len(costs) == 1 else torch.cat(costs, 1)
+
+
+class CostGradient(torch.autograd.Function):
+    """zeros (B, S) = CostGradient.apply(x3d (B, 3, N), x2d (B, 2, N), w2d (B, 2, N), K (B, 3, 3),
+    R (B, S, 3, 3), t (B, S, 3), huber_delta, chunk_size, compiled): a zero term whose gradient
+    is that of the poses' costs. Added to costs computed without gradients (`pose_costs`), it
+    makes them differentiable without evaluating them again; the backward pass evaluates every
+    pose's gradient terms at once, however many calls made the costs."""
 
     @staticmethod
     def forward(ctx, x3d, x2d, w2d, K, R, t, huber_delta, chunk_size, compiled):
         ctx.save_for_backward(x3d, x2d, w2d, K, R, t)
         ctx.options = (huber_delta, chunk_size, compiled)
-        costs_fn, _ = _kernels(compiled)
-        terms = _point_terms(x2d, w2d, K)
-        costs = [costs_fn(R[:, c], t[:, c], x3d, *terms, huber_delta)
-                 for c in _chunks(R.shape[1], R.shape[0], chunk_size)]
-        return torch.cat(costs, 1)
+        return R.new_zeros(R.shape[:2])
 
     @staticmethod
     def backward(ctx, grad_costs):
@@ -140,11 +155,10 @@ class SampleCost(torch.autograd.Function):
         fx, fy, cx, cy = intrinsics(K, x3d.shape[0])
         terms = _point_terms(x2d, w2d, K)
         grad_costs = grad_costs.contiguous()
-        sums = [torch.zeros_like(x2d[:, 0]) for _ in range(4)] + [torch.zeros_like(x3d)]
+        sums = None
         for c in _chunks(R.shape[1], R.shape[0], chunk_size):
-            for total, part in zip(sums, sums_fn(R[:, c], t[:, c], x3d, *terms,
-                                                 grad_costs[:, c], huber_delta)):
-                total += part
+            part = sums_fn(R[:, c], t[:, c], x3d, *terms, grad_costs[:, c], huber_delta)
+            sums = list(part) if sums is None else [total + p for total, p in zip(sums, part)]
         sum_eu, sum_ev, sum_xz_eu, sum_yz_ev, grad_x3d = sums
         wu, wv = w2d[:, 0], w2d[:, 1]
         grad_x2d = -torch.stack([wu * sum_eu, wv * sum_ev], 1)
@@ -153,14 +167,21 @@ class SampleCost(torch.autograd.Function):
         return grad_x3d, grad_x2d, grad_w2d, None, None, None, None, None, None
 
 
+def cost_gradient(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor, K: torch.Tensor,
+                  R: torch.Tensor, t: torch.Tensor, huber_delta: float | None = None,
+                  chunk_size: int | None = None, compiled: bool = False) -> torch.Tensor:
+    """Zeros (B, S) carrying the gradient of the costs of poses R (B, S, 3, 3), t (B, S, 3)
+    (constants) w.r.t. x3d (B, 3, N), x2d, w2d (B, 2, N) (see CostGradient; arguments as
+    `pose_costs`)."""
+    chunk_size = default_chunk(x3d.device, compiled) if chunk_size is None else chunk_size
+    return CostGradient.apply(x3d, x2d, w2d, K.expand(x3d.shape[0], 3, 3), R.detach(),
+                              t.detach(), huber_delta, chunk_size, compiled)
+
+
 def sample_costs(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor, K: torch.Tensor,
                  R: torch.Tensor, t: torch.Tensor, huber_delta: float | None = None,
                  chunk_size: int | None = None, compiled: bool = False) -> torch.Tensor:
-    """Costs (B, S) of poses R (B, S, 3, 3), t (B, S, 3) (constants) for the problems x3d
-    (B, 3, N), x2d, w2d (B, 2, N) (differentiable), K (3, 3) or (B, 3, 3). chunk_size: poses
-    (over all problems, at least one per problem) evaluated at once, `default_chunk` if None;
-    memory is about 12 * chunk_size * N numbers. compiled: fuse the per-chunk arithmetic with
-    torch.compile (about 10x faster on CPU)."""
-    chunk_size = default_chunk(x3d.device, compiled) if chunk_size is None else chunk_size
-    return SampleCost.apply(x3d, x2d, w2d, K.expand(x3d.shape[0], 3, 3), R.detach(),
-                            t.detach(), huber_delta, chunk_size, compiled)
+    """Costs (B, S) of poses R (B, S, 3, 3), t (B, S, 3) (constants), differentiable w.r.t.
+    the problems x3d (B, 3, N), x2d, w2d (B, 2, N) (arguments as `pose_costs`)."""
+    args = (x3d, x2d, w2d, K, R, t, huber_delta, chunk_size, compiled)
+    return pose_costs(*args) + cost_gradient(*args)

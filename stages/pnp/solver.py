@@ -28,11 +28,19 @@ def _damped_step(H: torch.Tensor, g: torch.Tensor, lam: torch.Tensor) -> torch.T
     diag = H.diagonal(dim1=-2, dim2=-1)
     floor = 1e-12 * diag.amax(-1, keepdim=True) + torch.finfo(H.dtype).tiny
     A = H + torch.diag_embed(lam[:, None] * diag + floor)
-    solve = unrolled_cholesky_solve if torch.compiler.is_compiling() else library_cholesky_solve
-    x, ok = solve(A, g)
+    x, ok = cholesky_solve(A, g)
     step = -x
     ok = ok & torch.isfinite(A).flatten(1).all(-1)
     return torch.where(ok[:, None] & torch.isfinite(step), step, torch.zeros_like(step))
+
+
+def cholesky_solve(A: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (B, n) solving A x = b for symmetric A (B, n, n), b (B, n), and ok (B,) bool: A has a
+    Cholesky factor. Eager code calls torch.linalg (`library_cholesky_solve`); inside
+    torch.compile the factor and solves are written out (`unrolled_cholesky_solve`), which fuse
+    into the compiled kernel where the library's calls would read their error codes on the host."""
+    solve = unrolled_cholesky_solve if torch.compiler.is_compiling() else library_cholesky_solve
+    return solve(A, b)
 
 
 def library_cholesky_solve(A: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,6 +58,13 @@ def unrolled_cholesky_solve(A: torch.Tensor, b: torch.Tensor) -> tuple[torch.Ten
     the iteration's own kernel, where on a GPU the library's factor and solve read their error
     codes on the host (3 waits a LM iteration in bench_finetune's profile). ok: every pivot is
     positive (a NaN one is not), as for the library's factor; x is not meaningful where not ok."""
+    L, ok = unrolled_cholesky(A)
+    return unrolled_triangular_solves(L, b[..., None])[..., 0], ok
+
+
+def unrolled_cholesky(A: torch.Tensor) -> tuple[list[list[torch.Tensor]], torch.Tensor]:
+    """The lower Cholesky factor of symmetric A (..., n, n) as its entries L[i][j] (...,),
+    j <= i, and ok (...,) bool: every pivot is positive (a non-positive pivot is replaced by 1)."""
     n = A.shape[-1]
     ok = torch.ones(A.shape[:-2], dtype=torch.bool, device=A.device)
     L: list[list[torch.Tensor]] = [[] for _ in range(n)]         # L[i][j], j <= i
@@ -59,13 +74,35 @@ def unrolled_cholesky_solve(A: torch.Tensor, b: torch.Tensor) -> tuple[torch.Ten
         L[j].append(torch.sqrt(torch.where(pivot > 0, pivot, torch.ones_like(pivot))))
         for i in range(j + 1, n):
             L[i].append(_less_products(A[..., i, j], [(L[i][k], L[j][k]) for k in range(j)]) / L[j][j])
+    return L, ok
+
+
+def unrolled_triangular_solves(L: list[list[torch.Tensor]], b: torch.Tensor) -> torch.Tensor:
+    """x (..., n, k) solving L L^T x = b (..., n, k) for a factor given by its entries
+    (`unrolled_cholesky`)."""
+    n = len(L)
+    L = [[entry[..., None] for entry in row] for row in L]
     y: list[torch.Tensor] = []
     for i in range(n):                                             # L y = b
-        y.append(_less_products(b[..., i], [(L[i][k], y[k]) for k in range(i)]) / L[i][i])
+        y.append(_less_products(b[..., i, :], [(L[i][k], y[k]) for k in range(i)]) / L[i][i])
     x: dict[int, torch.Tensor] = {}
     for i in reversed(range(n)):                                   # L^T x = y
         x[i] = _less_products(y[i], [(L[k][i], x[k]) for k in range(i + 1, n)]) / L[i][i]
-    return torch.stack([x[i] for i in range(n)], -1), ok
+    return torch.stack([x[i] for i in range(n)], -2)
+
+
+def spd_inverse(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inverse (B, n, n) of symmetric A (B, n, n) through its Cholesky factor, and ok (B,)
+    bool: A has one (where not, the identity). Eager code calls torch.linalg; inside
+    torch.compile the factor and solves are written out (`unrolled_cholesky`), with no error
+    code read on the host."""
+    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device).expand(A.shape)
+    if torch.compiler.is_compiling():
+        L, ok = unrolled_cholesky(A)
+        return torch.where(ok[:, None, None], unrolled_triangular_solves(L, eye), eye), ok
+    L, info = torch.linalg.cholesky_ex(A)
+    ok = info == 0
+    return torch.cholesky_inverse(torch.where(ok[:, None, None], L, eye)), ok
 
 
 def _less_products(value: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -76,11 +113,12 @@ def _less_products(value: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Te
 
 
 class _State:
-    """Pose, cost and normal equations of the active problems."""
+    """Pose, cost and normal equations of the active problems (system: how the latter are
+    computed, stages.pnp.cost.gauss_newton_system or its compiled version)."""
 
-    def __init__(self, R, t, x3d, x2d, w2d, K, huber_delta):
+    def __init__(self, R, t, x3d, x2d, w2d, K, huber_delta, system=gauss_newton_system):
         self.R, self.t = R, t
-        self.cost, self.H, self.g = gauss_newton_system(R, t, x3d, x2d, w2d, K, huber_delta)
+        self.cost, self.H, self.g = system(R, t, x3d, x2d, w2d, K, huber_delta)
 
     def select(self, keep: torch.Tensor, other: "_State") -> None:
         """Take other's values where keep (b,) is true."""
@@ -106,13 +144,16 @@ def levenberg_marquardt(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor,
     finished ones frozen by masks, and the loop asks whether any is left every CHECK_EVERY
     iterations: a GPU then runs the loop without waiting for the host (`_masked_lm`). compiled:
     the masked loop's iteration through torch.compile (a few fused kernels instead of about 300
-    operators)."""
+    operators), and all max_iters iterations run without asking the host (a finished problem's
+    iteration is a few idle kernels): the iterations then come back as a 0-dim tensor, which
+    waits for the GPU only when read."""
     if cost_rtol is None:
         cost_rtol = 1e-10 if x3d.dtype == torch.float64 else 1e-7
     if masked is None:
         masked = x3d.device.type != "cpu"
     Kb = K.expand(x3d.shape[0], 3, 3)
-    state, points = _State(R, t, x3d, x2d, w2d, Kb, huber_delta), (x3d, x2d, w2d, Kb)
+    system = compiled_or_eager(gauss_newton_system, "the LM iteration", compiled and masked)
+    state, points = _State(R, t, x3d, x2d, w2d, Kb, huber_delta, system), (x3d, x2d, w2d, Kb)
     if masked:
         return _masked_lm(state, points, huber_delta, max_iters, cost_rtol, compiled)
     return _compacting_lm(state, points, huber_delta, max_iters, cost_rtol)
@@ -183,7 +224,7 @@ def _masked_lm(state: _State, points: tuple, huber_delta, max_iters: int, cost_r
                compiled: bool = False):
     """LM over every problem, the finished ones frozen (see levenberg_marquardt); compiled: the
     iteration through torch.compile (stages.pnp.compiled)."""
-    iteration = compiled_or_eager(_masked_iteration, "the LM iteration") if compiled else _masked_iteration
+    iteration = compiled_or_eager(_masked_iteration, "the LM iteration", compiled)
     lam = torch.full_like(state.cost, LAMBDA_START)
     fresh = torch.ones_like(state.cost, dtype=torch.bool)
     active = torch.ones_like(fresh)
@@ -191,10 +232,12 @@ def _masked_lm(state: _State, points: tuple, huber_delta, max_iters: int, cost_r
     values = (state.R, state.t, state.cost, state.H, state.g, lam, fresh, active, iterations)
     for iters in range(1, max_iters + 1):
         values = iteration(*values, *points, huber_delta, cost_rtol)
-        if iters % CHECK_EVERY == 0 and not bool(values[7].any()):
+        if not compiled and iters % CHECK_EVERY == 0 and not bool(values[7].any()):
             break
     R, t, cost, H, _, _, _, _, iterations = values
-    return R, t, cost, H, int(iterations.max()) if len(iterations) else 0
+    if not len(iterations):
+        return R, t, cost, H, 0
+    return R, t, cost, H, iterations.max() if compiled else int(iterations.max())
 
 
 def _masked_iteration(R, t, cost, H, g, lam, fresh, active, iterations, x3d, x2d, w2d, K, huber_delta, cost_rtol):
@@ -232,18 +275,22 @@ def _subset(state: _State, keep: torch.Tensor) -> _State:
 
 
 def covariance(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pose covariance H^-1 (B, 6, 6) and whether H is positive definite (B,) bool.
+    """Pose covariance H^-1 (B, 6, 6) and whether H is positive definite and not too
+    ill-conditioned (B,) bool. Where it is not (a degenerate problem), the covariance returned
+    is the identity.
 
-    Where it is not (a degenerate problem), the covariance returned is the identity."""
+    The condition is that of the diagonally scaled Hn (unit diagonal): tr(Hn) tr(Hn^-1) must
+    stay below 1 / (1e3 eps). It lies between cond(Hn) and 36 cond(Hn) (for a 6 x 6 matrix
+    lambda_max <= tr <= 6 lambda_max), and needs no eigenvalues (on a GPU the library's would
+    wait for the host); faces measure cond 10-60 and this product 75-190 (float32's limit:
+    8,400)."""
     finite = torch.isfinite(H).flatten(1).all(-1)
     eye = torch.eye(6, dtype=H.dtype, device=H.device).expand(H.shape)
     H = torch.where(finite[:, None, None], H, eye)
     scale = H.diagonal(dim1=-2, dim2=-1).clamp_min(torch.finfo(H.dtype).tiny).sqrt()
     Hn = H / (scale[:, :, None] * scale[:, None, :])
-    eigenvalues = torch.linalg.eigvalsh(Hn)
-    cond_ok = eigenvalues[:, 0] > 1e3 * torch.finfo(H.dtype).eps * eigenvalues[:, -1]
-    L, info = torch.linalg.cholesky_ex(Hn)
-    ok = finite & cond_ok & (info == 0)
-    L = torch.where(ok[:, None, None], L, eye)
-    cov = torch.cholesky_inverse(L) / (scale[:, :, None] * scale[:, None, :])
+    inverse, factor_ok = spd_inverse(Hn)
+    spread = Hn.diagonal(dim1=-2, dim2=-1).sum(-1) * inverse.diagonal(dim1=-2, dim2=-1).sum(-1)
+    ok = finite & factor_ok & (spread * 1e3 * torch.finfo(H.dtype).eps < 1)
+    cov = inverse / (scale[:, :, None] * scale[:, None, :])
     return torch.where(ok[:, None, None], cov, eye), ok

@@ -297,3 +297,57 @@ def test_compiled_lm_iteration_gives_the_eager_solutions():
     assert np.degrees(rotation_error_rad(fused[0].double().numpy(), eager[0].double().numpy())).max() < 1e-3
     assert (fused[1] - eager[1]).abs().max() * 1000 < 0.01        # mm
     torch.testing.assert_close(fused[2], eager[2], rtol=1e-4, atol=1e-4)
+
+
+def _layer_pass(case: dict, compiled: bool):
+    """One forward and backward of the layer (the MC loss and eq. 5's pose) on float32 copies of
+    case, weights 0.8 -> the output and the gradients w.r.t. x3d, x2d and w2d."""
+    from stages.finetuning.pnp_loss import masked_mean
+    x3d, x2d = (torch.tensor(case[k], dtype=torch.float32, requires_grad=True) for k in ("x3d", "x2d"))
+    w2d = torch.full_like(x2d, 0.8).requires_grad_()
+    R, t = torch.tensor(case["R"]), torch.tensor(case["t"])
+    out = epro_pnp(x3d, x2d, w2d, torch.tensor(case["K"]), R, t, n_samples=128, compiled=compiled,
+                   generator=torch.Generator().manual_seed(4), max_iters=20)
+    pose = pnp_loss(out.R, out.t, R.float(), t.float(), x3d.detach(), x3d)
+    (masked_mean(out.loss, out.mask) + pose.mean()).backward()
+    return out, [g.grad for g in (x3d, x2d, w2d)]
+
+
+@pytest.fixture
+def device_path_lm(monkeypatch):
+    """The LM on its device path (masked), as on a GPU."""
+    from functools import partial
+
+    from stages.pnp import api, solver
+    monkeypatch.setattr(api, "levenberg_marquardt", partial(solver.levenberg_marquardt, masked=True))
+
+
+def test_compiled_layer_gives_the_eager_loss_and_gradients(device_path_lm):
+    """finetune.compile on the CPU, with the LM on the device path: the sanitising checks, the
+    closed-form start, the LM iteration, the solution's checks, the AMIS draws and refits, the
+    sampled poses, their costs and gradients and the differentiable pose all run through
+    torch.compile. The loss, the gradients of both terms and the pose match the eager layer's
+    to float32 rounding (the same random numbers drive both; the compiled start differs, the
+    LM's minimum does not)."""
+    case = make_problems(np.random.default_rng(17), 12, 200, noise_px=1.0)
+    (eager, eager_grads), (fused, fused_grads) = (_layer_pass(case, c) for c in (False, True))
+    assert fused.mask.tolist() == eager.mask.tolist() and eager.mask.all()
+    torch.testing.assert_close(fused.loss, eager.loss, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(fused.t, eager.t, rtol=1e-5, atol=1e-6)
+    for a, b in zip(fused_grads, eager_grads):
+        assert (a - b).norm() < 1e-3 * b.norm()
+
+
+def test_compiled_layer_waits_for_the_host_nowhere(device_path_lm):
+    """finetune.compile with the LM on the device path: one forward and backward of the layer
+    reads no value on the host (torch.profiler: no item, no nonzero, which on the CPU also
+    shows the linear algebra library's error checks), where the eager layer reads several."""
+    from torch.profiler import ProfilerActivity, profile
+    case = make_problems(np.random.default_rng(18), 12, 200, noise_px=1.0)
+    syncs = {}
+    for compiled in (False, True):
+        _layer_pass(case, compiled)            # compiles (or finds the compiled code)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            _layer_pass(case, compiled)
+        syncs[compiled] = sum(e.name in ("aten::_local_scalar_dense", "aten::nonzero") for e in prof.events())
+    assert syncs[True] == 0 and syncs[False] > 0, syncs
