@@ -54,6 +54,7 @@ step bench_train 100 python -m benchmarks.bench_train --params params.yaml --bes
   --steps 10 --rounds 3
 step bench_infer 60 python -m benchmarks.bench_infer --params params.yaml --pnp opencv --repeats 2 --phases
 step bench_finetune 150 python -m benchmarks.bench_finetune --params params.yaml --steps 20 --profile ${FINETUNE_SET:+--set $FINETUNE_SET}
+step bench_layer 120 python -m benchmarks.bench_layer --device cuda --batch 256 --points 1220 --samples 512 --passes 10
 step bench_infer_batched 60 python -m benchmarks.bench_infer --params params.yaml --pnp batched --repeats 2 --phases
 echo "== done at $(( $(date +%s) - t0 )) s; the project is in $work" | tee -a "$log"
 tr '\r' '\n' < "$log" | grep -vE "%\||^\s*$" | grep -E "^==|ratio|img/s|images/s|images_per_second|passed|failed|Error|ResNet|medians|views:|training images|Maximum resident|phases|^  [_a-z]|host syncs|dispatches|bare cv2" | cut -c1-220
