@@ -17,6 +17,12 @@ log = logging.getLogger(__name__)
 
 
 _COMPILED: dict[Callable, Callable] = {}
+# With dynamic shapes torch.compile passes every Python float it reads (an argument such as the
+# LM's cost_rtol, a module constant such as its damping bounds) to the compiled code as a 0-dim
+# host tensor, and the code copies each to the GPU at every call: a copy from host memory that
+# waits for the stream. Specialised, they are constants of the compiled code (each distinct value
+# compiles once). The setting holds while these functions run (and trace), not elsewhere.
+FLOATS_AS_CONSTANTS = torch._dynamo.config.patch(specialize_float=True)
 
 
 def compiled_or_eager(fn: Callable, name: str, compiled: bool = True) -> Callable:
@@ -32,12 +38,14 @@ def compiled_or_eager(fn: Callable, name: str, compiled: bool = True) -> Callabl
 
 
 def _with_fallback(fn: Callable, name: str) -> Callable:
-    """torch.compile(fn), falling back to fn (see compiled_or_eager)."""
+    """torch.compile(fn), falling back to fn (see compiled_or_eager). Traced with float
+    specialisation (`FLOATS_AS_CONSTANTS`)."""
     state = {"fn": torch.compile(fn, dynamic=True)}
 
     def call(*args):
         try:
-            return state["fn"](*args)
+            with FLOATS_AS_CONSTANTS:
+                return state["fn"](*args)
         except Exception as err:  # noqa: BLE001 - any compiler failure falls back the same way
             if state["fn"] is fn:
                 raise

@@ -18,15 +18,27 @@ from __future__ import annotations
 
 import torch
 
-# Levi-Civita symbol: hat(P)[a, k] = sum_i EPS[a, i, k] P[i].
-LEVI_CIVITA = torch.zeros(3, 3, 3)
-for _a, _i, _k in ((0, 1, 2), (1, 2, 0), (2, 0, 1)):
-    LEVI_CIVITA[_a, _i, _k], LEVI_CIVITA[_a, _k, _i] = 1.0, -1.0
+# Index tables as Python ints, never as tensors: indexing a GPU tensor with a host tensor copies
+# the index to the device, and PyTorch waits for that copy (a host sync at every call).
 # Index of P_i P_j (P = (x, y, z, 1)) among the 10 unique products, row by row of a 4x4.
-SYMMETRIC_4x4 = torch.tensor([0, 1, 2, 3, 1, 4, 5, 6, 2, 5, 7, 8, 3, 6, 8, 9])
+SYMMETRIC_4x4 = ((0, 1, 2, 3), (1, 4, 5, 6), (2, 5, 7, 8), (3, 6, 8, 9))
 # Index of C_kl among the 5 stored entries (c11, c22, c13, c23, c33; c12 = 0 is entry 5).
-SYMMETRIC_3x3 = torch.tensor([0, 5, 2, 5, 1, 3, 2, 3, 4])
+SYMMETRIC_3x3 = ((0, 5, 2), (5, 1, 3), (2, 3, 4))
 CPU_CHUNK_POINTS = 1 << 15      # points (problems x points each) per chunk of gauss_newton_system
+
+
+def levi_civita(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The Levi-Civita symbol EPS (3, 3, 3), hat(P)[a, k] = sum_i EPS[a, i, k] P[i], made on
+    the device: EPS[a, i, k] = (a - i)(i - k)(k - a) / 2, exact in floating point."""
+    n = torch.arange(3, dtype=dtype, device=device)
+    a, i, k = n[:, None, None], n[None, :, None], n[None, None, :]
+    return (a - i) * (i - k) * (k - a) / 2
+
+
+def symmetric_4x4(unique: torch.Tensor) -> torch.Tensor:
+    """The symmetric 4x4 matrices (..., 4, 4) of products P_i P_j from their 10 unique entries
+    (..., 10) in `symmetric_products`' order."""
+    return torch.stack([torch.stack([unique[..., k] for k in row], -1) for row in SYMMETRIC_4x4], -2)
 
 
 def symmetric_products(x: torch.Tensor) -> torch.Tensor:
@@ -182,12 +194,11 @@ def _moment_system(R: torch.Tensor, t: torch.Tensor, x3d: torch.Tensor, x2d: tor
 
 def _assemble_normal_equations(moments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """H (B, 6, 6), g (B, 6) from the moments (B, 8, 10) of gauss_newton_system."""
-    B = moments.shape[0]
-    sym = moments[:, :, SYMMETRIC_4x4.to(moments.device)].view(B, 8, 4, 4)
-    Cm = torch.cat([sym[:, :5], torch.zeros_like(sym[:, :1])], 1)
-    M = Cm[:, SYMMETRIC_3x3.to(moments.device)].view(B, 3, 3, 4, 4)     # sum C_kl X_i X_j
+    sym = symmetric_4x4(moments)                                         # (B, 8, 4, 4)
+    blocks = list(sym[:, :5].unbind(1)) + [torch.zeros_like(sym[:, 0])]
+    M = torch.stack([torch.stack([blocks[k] for k in row], 1) for row in SYMMETRIC_3x3], 1)  # sum C_kl X_i X_j
     E = sym[:, 5:, :, 3]                                                 # sum e_k X_i: (B, 3, 4)
-    eps = LEVI_CIVITA.to(dtype=moments.dtype, device=moments.device)
+    eps = levi_civita(moments.dtype, moments.device)
     H_rr = torch.einsum("kia,ljc,nklij->nac", eps, eps, M[..., :3, :3])
     H_rt = -torch.einsum("kia,nkli->nal", eps, M[..., :3, 3])
     H_tt = M[..., 3, 3]

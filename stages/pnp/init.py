@@ -18,16 +18,12 @@ from __future__ import annotations
 
 import torch
 
-from stages.pnp.cost import intrinsics
+from stages.pnp.cost import intrinsics, symmetric_4x4
 from stages.pnp.rotation import gram_schmidt, orthogonalise
 from stages.pnp.solver import unrolled_cholesky, unrolled_cholesky_solve, unrolled_triangular_solves
 
 INVERSE_SHIFT = 1e-4        # relative to the normal matrix's mean diagonal (compiled DLT)
 INVERSE_ITERATIONS = 4
-
-
-# Index of X_i X_j (X = (x, y, z, 1)) in the 10 unique products, for the 4x4 matrix row by row.
-_SYMMETRIC_INDEX = torch.tensor([0, 1, 2, 3, 1, 4, 5, 6, 2, 5, 7, 8, 3, 6, 8, 9])
 
 
 def normalised_points(x2d: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,7 +51,7 @@ def dlt_camera_matrix(xn: torch.Tensor, mu: torch.Tensor, mv: torch.Tensor,
     wu2, wv2 = w2d[:, 0] ** 2, w2d[:, 1] ** 2
     G = torch.stack([wu2, wv2, wu2 * mu, wv2 * mv, wu2 * mu * mu + wv2 * mv * mv], 1)
     unique = G @ products.transpose(1, 2)                     # (B, 5, 10): sums of G_k X_i X_j
-    moments = unique[..., _SYMMETRIC_INDEX].view(-1, 5, 4, 4)
+    moments = symmetric_4x4(unique)                           # (B, 5, 4, 4)
     Su, Sv, Smu, Smv, Smm = moments.unbind(1)
     zero = torch.zeros_like(Su)
     normal = torch.cat([torch.cat([Su, zero, -Smu], 2), torch.cat([zero, Sv, -Smv], 2),

@@ -341,13 +341,18 @@ def test_compiled_layer_gives_the_eager_loss_and_gradients(device_path_lm):
 def test_compiled_layer_waits_for_the_host_nowhere(device_path_lm):
     """finetune.compile with the LM on the device path: one forward and backward of the layer
     reads no value on the host (torch.profiler: no item, no nonzero, which on the CPU also
-    shows the linear algebra library's error checks), where the eager layer reads several."""
+    shows the linear algebra library's error checks), where the eager layer reads several; and
+    the compiled calls make no 0-dim host tensor of a float (lift_fresh: no more than the eager
+    pass makes for its inputs), which a GPU would copy at every call
+    (stages.pnp.compiled.FLOATS_AS_CONSTANTS)."""
     from torch.profiler import ProfilerActivity, profile
     case = make_problems(np.random.default_rng(18), 12, 200, noise_px=1.0)
-    syncs = {}
+    syncs, lifts = {}, {}
     for compiled in (False, True):
         _layer_pass(case, compiled)            # compiles (or finds the compiled code)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             _layer_pass(case, compiled)
         syncs[compiled] = sum(e.name in ("aten::_local_scalar_dense", "aten::nonzero") for e in prof.events())
+        lifts[compiled] = sum(e.name == "aten::lift_fresh" for e in prof.events())
     assert syncs[True] == 0 and syncs[False] > 0, syncs
+    assert lifts[True] <= lifts[False], lifts
