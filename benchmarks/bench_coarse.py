@@ -2,11 +2,14 @@
 
 rate (default): reference (same process, same nets, optimiser and batches): the training step of
 stage coarse_train (both passes, forward, L1 loss, backward, AdamW, one-cycle) on batches
-materialised in memory beforehand; measured: the same step with its batch read through the
-stage's DataLoader and its data.workers processes (decode, one warp per view, colour augmentation),
-or with coarse_train.decode's torch path (`auto` on CUDA) the views made on the device from the
-files its workers read; and the stream alone (its batches read without a step: the data path's bound).
-Both run in interleaved rounds, every step timed; the rates come from the median step times.
+materialised in memory beforehand, on torch's threads for every core; measured: the same step with
+its batch read through the stage's DataLoader and its data.workers processes (decode, one warp per
+view, colour augmentation), on the threads the stage gives torch beside its workers on a CPU
+(stages.common.threads.training_threads), or with coarse_train.decode's torch path (`auto` on
+CUDA) the views made on the device from the files its workers read. Also timed: the in-memory
+step on the stage's threads, the streamed step on every core's threads, and the stream alone (its
+batches read without a step: the data path's bound). All run in interleaved rounds, every step
+timed; the rates come from the median step times.
 The issue's bar: measured / reference >= 0.85.
 
 item: a loader worker's CPU per training item (decode, both views' warps, photometric
@@ -45,6 +48,7 @@ from stages.common.badinput import BadInputs
 from stages.common.device import pick_device, torch_path
 from stages.common.params import Params, apply_overrides, load_params
 from stages.common.precision import needs_grad_scaler, place_network
+from stages.common.threads import training_threads
 from stages.wcpa.layout import load_resources, read_list, write_list
 
 
@@ -134,7 +138,7 @@ def rate(args: argparse.Namespace, params: Params) -> None:
     params_ = [p for net in nets.values() for p in net.parameters()]
     optimizer = make_optimizer(params_, cfg, device)
     stepped = compiled(nets, cfg.compile)
-    total = (args.rounds * 2 + 1) * args.steps + 2
+    total = (args.rounds * 4 + 1) * args.steps + 2
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=total, pct_start=0.15)
     scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(training_amp(device)))
 
@@ -146,30 +150,40 @@ def rate(args: argparse.Namespace, params: Params) -> None:
         return streamed(views, cfg.batch_size, cfg.seed, workers, epoch, steps, cfg.decode, device)
 
     path = "torch (views made on the device)" if torch_path(cfg.decode, device) else "OpenCV (loader processes)"
+    threads = {"all": torch.get_num_threads(),
+               "stage": training_threads(workers) if device.type == "cpu" else torch.get_num_threads()}
     print(f"{cfg.locate_backbone} {cfg.locate_size} px + {cfg.refine_backbone} {cfg.refine_size} px, "
-          f"batch {cfg.batch_size}, {len(samples)} training images, workers {workers}, "
-          f"torch threads {torch.get_num_threads()}, device {device}, views: {path}")
+          f"batch {cfg.batch_size}, {len(samples)} training images, workers {workers}, torch threads: "
+          f"reference {threads['all']}, the stage's {threads['stage']}, device {device}, views: {path}")
     held = list(stream(0))                                   # the reference's batches
     in_memory = itertools.cycle(held)
     timed_steps(run, in_memory, 2)                         # warm-up
-    reference, full, loading, alone = [], [], [], []
+    times = {key: [] for key in ("reference", "memory", "all", "streamed")}
+    loading, alone = [], []
     for epoch in range(args.rounds):        # interleaved, so that all see the same machine load
-        reference += timed_steps(run, in_memory, args.steps)[0]
-        times, loads = timed_steps(run, stream(epoch), args.steps)
-        full += times
+        torch.set_num_threads(threads["all"])
+        times["reference"] += timed_steps(run, in_memory, args.steps)[0]
+        times["all"] += timed_steps(run, stream(epoch), args.steps)[0]
+        torch.set_num_threads(threads["stage"])
+        times["memory"] += timed_steps(run, in_memory, args.steps)[0]
+        streamed_times, loads = timed_steps(run, stream(epoch), args.steps)
+        times["streamed"] += streamed_times
         loading += loads
         alone.append(stream_rate(stream, epoch, max(args.steps, 3 * workers), cfg.batch_size, device))
-    reference_rate, full_rate = cfg.batch_size / np.median(reference), cfg.batch_size / np.median(full)
-    print(f"{args.rounds} rounds of {args.steps} steps each; rates from the median step time "
-          f"(quartiles: reference {np.percentile(reference, 25) * 1e3:.1f}-{np.percentile(reference, 75) * 1e3:.1f} ms, "
-          f"streamed {np.percentile(full, 25) * 1e3:.1f}-{np.percentile(full, 75) * 1e3:.1f} ms)")
-    print(f"reference (batches already in memory):      {reference_rate:7.1f} img/s")
-    print(f"streamed (DataLoader, {workers} workers):             {full_rate:7.1f} img/s")
-    print(f"the stream alone, no step (its bound):        {np.median(alone):7.1f} img/s")
-    print(f"ratio streamed / reference: {full_rate / reference_rate:.3f}  (mean-time ratio "
-          f"{np.mean(reference) / np.mean(full):.3f})")
-    print(f"medians: streamed step {np.median(full) * 1e3:.1f} ms, of which waiting for the batch "
-          f"{np.median(loading) * 1e3:.1f} ms; reference step {np.median(reference) * 1e3:.1f} ms")
+    median = {key: np.median(values) for key, values in times.items()}
+    print(f"{args.rounds} rounds of {args.steps} steps each; rates from the median step time")
+    for key, label in (("reference", f"reference: in memory, {threads['all']} threads"),
+                       ("memory", f"in memory, the stage's {threads['stage']} threads"),
+                       ("all", f"streamed ({workers} workers), {threads['all']} threads"),
+                       ("streamed", f"streamed ({workers} workers), the stage's threads")):
+        quartiles = np.percentile(times[key], [25, 75]) * 1e3
+        print(f"{label:48s} {cfg.batch_size / median[key]:7.1f} img/s "
+              f"(step {median[key] * 1e3:.1f} ms, quartiles {quartiles[0]:.1f}-{quartiles[1]:.1f})")
+    print(f"{'the stream alone, no step (its bound)':48s} {np.median(alone):7.1f} img/s")
+    print(f"ratio streamed / reference: {median['reference'] / median['streamed']:.3f}  (mean-time ratio "
+          f"{np.mean(times['reference']) / np.mean(times['streamed']):.3f}; against the stage's threads in "
+          f"memory {median['memory'] / median['streamed']:.3f}); the streamed step waits "
+          f"{np.median(loading) * 1e3:.1f} ms for its batch")
 
 
 def stage(args: argparse.Namespace, params: Params) -> None:

@@ -32,7 +32,7 @@ from stages.coarse.model import LandmarkNet
 from stages.coarse.sources import PASSES, Samples, Stream, ViewSet
 from stages.common.badinput import BadInputs
 from stages.common.device import torch_path
-from stages.common.distributed import Dist, start_distributed
+from stages.common.distributed import Dist, share_cores, start_distributed
 from stages.common.precision import amp_dtype, autocast, needs_grad_scaler, place_network
 from stages.common.resume import Checkpoints, capture, restore
 from stages.wcpa.layout import DataError
@@ -175,6 +175,7 @@ def train(cfg: TrainConfig, train_samples: Samples, val_samples: Samples, flip_o
     Returns the nets, on the training device, in eval mode.
     """
     ctx = ctx or start_distributed("auto", "coarse_train")
+    share_cores(ctx, workers)
     if cfg.batch_size < ctx.world:
         raise ValueError(f"coarse_train.batch_size={cfg.batch_size} is smaller than the {ctx.world} processes")
     nets = build_nets(cfg, train_samples.landmarks.shape[1])

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from stages.common.device import pick_device
+from stages.common.threads import training_threads
 
 
 @dataclass(frozen=True)
@@ -42,3 +43,11 @@ def start_distributed(device_name: str, key: str = "train.device") -> Dist:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
     return Dist(rank=rank, world=world, device=device)
+
+
+def share_cores(ctx: Dist, workers: int) -> None:
+    """On the CPU, where the step runs on torch's threads: leave one core to each of this
+    process's `workers` loader processes (stages.common.threads.training_threads). On a GPU the
+    step does not run on them and torch's setting stays."""
+    if ctx.device.type == "cpu":
+        torch.set_num_threads(training_threads(workers, ctx.world))

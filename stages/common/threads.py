@@ -45,6 +45,16 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+def training_threads(workers: int, processes: int = 1) -> int:
+    """Torch's intra-op threads for one of `processes` training processes on this machine's cores
+    whose batches come from `workers` loader processes of its own: the cores left once each worker
+    has one, at least 1. Where the workers share the cores with torch's threads instead, the
+    step's parallel regions wait for a thread the kernel has given to a worker: on the 2-core
+    machine coarse_train's streamed step ran at 76.7 images/s with 2 threads and 86.4 with 1
+    (docs/benchmarks.md, "Data path at scale")."""
+    return max(1, usable_cores() // max(processes, 1) - workers)
+
+
 def thread_count(value: int | str) -> int:
     """A params thread count: an int as it is, `auto` (stages.common.schema.OrAuto) -> usable_cores()."""
     return usable_cores() if value == AUTO else int(value)

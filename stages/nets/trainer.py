@@ -24,7 +24,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from stages.common import resume
-from stages.common.distributed import Dist, start_distributed
+from stages.common.distributed import Dist, share_cores, start_distributed
 from stages.common.identity import input_identity
 from stages.common.io import save_json, save_torch
 from stages.common.params import Params, TrainParams
@@ -212,6 +212,7 @@ class Trainer:
         self.lambdas = {k: getattr(params.lambda_, k) for k in self.LOSS_WEIGHTS}
         self.seed, self.paths, self.camera = params.seed, paths, camera
         self.ctx = start_distributed(self.cfg.device)
+        share_cores(self.ctx, self.cfg.workers)
         single_thread_blas()        # the batches are prepared in this process: see stages.common.threads
         torch.manual_seed(self.seed)
         self.basis = PCABasis.load(paths.pca / "basis.npz")
