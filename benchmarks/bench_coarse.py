@@ -13,8 +13,9 @@ timed; the rates come from the median step times.
 The issue's bar: measured / reference >= 0.85.
 
 item: a loader worker's CPU per training item (decode, both views' warps, photometric
-augmentation; one thread) against a bare cv2.imread of the same files, interleaved: the cost
-that bounds the stream on a machine's cores (16 workers stream at most 16 / item images/s).
+augmentation; one thread), and without the augmentation (coarse_train.augment torch: it runs on
+the device), against a bare cv2.imread of the same files, interleaved: the cost that bounds the
+stream on a machine's cores (16 workers stream at most 16 / item images/s).
 
 stage: the whole stage on the first --images N training images (and N / 4 validation images; each
 at most the split's rows: a list names a sample once), for peak memory under /usr/bin/time -v.
@@ -40,6 +41,7 @@ import torch
 
 from benchmarks.gpu_probe import sync
 from stages import coarse_train
+from stages.coarse.device_views import WarpedSet
 from stages.coarse.sources import ViewSet, list_samples
 from stages.coarse.targets import load_targets
 from stages.coarse.train import (TrainConfig, build_nets, compiled, epoch_batches, make_optimizer, make_stream, step,
@@ -66,14 +68,14 @@ def timed_steps(run, batches, steps: int) -> tuple[list[float], list[float]]:
     return times, loading
 
 
-def streamed(views: ViewSet, batch_size: int, seed: int, workers: int, epoch: int, steps: int, decode: str, device):
+def streamed(views: ViewSet, cfg: TrainConfig, workers: int, epoch: int, steps: int, device):
     """The first `steps` training batches of `epoch` through the stage's stream (coarse_train.decode's
-    path on `device`), its workers started afresh and gone once read, so that none works in the
-    background of the reference's rounds nor has batches ready at the start of a round (the stage
-    keeps its workers across epochs: a round's first steps here wait for the start-up; the median
-    leaves them out)."""
-    return iter(make_stream(views, workers, decode, device).read(
-        epoch_batches(len(views), batch_size, seed, epoch)[:steps]))
+    and coarse_train.augment's paths on `device`), its workers started afresh and gone once read,
+    so that none works in the background of the reference's rounds nor has batches ready at the
+    start of a round (the stage keeps its workers across epochs: a round's first steps here wait
+    for the start-up; the median leaves them out)."""
+    return iter(make_stream(views, workers, cfg.decode, cfg.augment, device).read(
+        epoch_batches(len(views), cfg.batch_size, cfg.seed, epoch)[:steps]))
 
 
 def stream_rate(stream, epoch: int, batches: int, batch_size: int, device) -> float:
@@ -104,27 +106,35 @@ def training_views(params: Params, split: Path) -> tuple[TrainConfig, ViewSet]:
 
 
 def item(args: argparse.Namespace, params: Params) -> None:
-    """A loader worker's CPU per training item (one thread) against a bare decode of the item's
-    file: what a core spends per streamed image, in interleaved rounds over the same images."""
+    """A loader worker's CPU per training item (one thread) on the OpenCV path, with the photometric
+    augmentation (coarse_train.augment opencv) and without it (torch: it runs on the device),
+    against a bare decode of the item's file: what a core spends per streamed image, in
+    interleaved rounds over the same images."""
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
     cfg, views = training_views(params, Path(args.split))
+    warped = WarpedSet(views.samples, views.sizes, views.margin, views.seed, views.jitters, views.flip_order,
+                       views.flip_prob)
     count = min(args.images, len(views))
     paths = [views.samples.paths[i].decode() for i in range(count)]
     print(f"locate {cfg.locate_size} px, refine {cfg.refine_size} px, {count} training images, one thread")
-    item_times, decode_times = [], []
+    times = {"item": [], "warped": [], "decode": []}
     for epoch in range(args.rounds):
-        start = time.process_time()
-        for index in range(count):
-            views[(epoch, index)]
-        item_times.append((time.process_time() - start) / count)
+        for key, dataset in (("item", views), ("warped", warped)):
+            start = time.process_time()
+            for index in range(count):
+                dataset[(epoch, index)]
+            times[key].append((time.process_time() - start) / count)
         start = time.process_time()
         for path in paths:
             cv2.imread(path)
-        decode_times.append((time.process_time() - start) / count)
-    item_ms, decode_ms = np.median(item_times) * 1e3, np.median(decode_times) * 1e3
-    print(f"item (decode, 2 views, augmentation): {item_ms:.2f} ms CPU; bare cv2.imread: {decode_ms:.2f} ms CPU; "
-          f"ratio {item_ms / decode_ms:.2f}; one core streams {1e3 / item_ms:.0f} images/s")
+        times["decode"].append((time.process_time() - start) / count)
+    ms = {key: np.median(values) * 1e3 for key, values in times.items()}
+    print(f"bare cv2.imread: {ms['decode']:.2f} ms CPU")
+    for key, label in (("item", "item (decode, 2 views, photometric augmentation)"),
+                       ("warped", "item, its augmentation on the device (augment: torch)")):
+        print(f"{label:56s} {ms[key]:.2f} ms CPU = {ms[key] / ms['decode']:.2f} decodes; one core streams "
+              f"{1e3 / ms[key]:.0f} images/s")
 
 
 def rate(args: argparse.Namespace, params: Params) -> None:
@@ -147,9 +157,11 @@ def rate(args: argparse.Namespace, params: Params) -> None:
         sync(device)
 
     def stream(epoch: int, steps: int = args.steps):
-        return streamed(views, cfg.batch_size, cfg.seed, workers, epoch, steps, cfg.decode, device)
+        return streamed(views, cfg, workers, epoch, steps, device)
 
-    path = "torch (views made on the device)" if torch_path(cfg.decode, device) else "OpenCV (loader processes)"
+    path = ("torch (views made on the device)" if torch_path(cfg.decode, device) else
+            "OpenCV (loader processes), augmented on the device" if torch_path(cfg.augment, device) else
+            "OpenCV (loader processes)")
     threads = {"all": torch.get_num_threads(),
                "stage": training_threads(workers) if device.type == "cpu" else torch.get_num_threads()}
     print(f"{cfg.locate_backbone} {cfg.locate_size} px + {cfg.refine_backbone} {cfg.refine_size} px, "

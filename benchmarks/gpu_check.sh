@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of one machine in one run (about 8 minutes on an H200 with 16 cores): the CUDA
-# tests, a small project (benchmarks/gpu_project.py), then the coarse_train (both view paths, a
-# worker's item, the compiled step at the profile's batch and at 128),
+# tests, a small project (benchmarks/gpu_project.py), then the coarse_train (the OpenCV path with its
+# augmentation in the workers and on the GPU, a worker's item, the compiled step at the profile's batch and at 128),
 # train, finetune and inference benchmarks and the coarse_predict stage on it. Figures:
 # docs/benchmarks.md, "One GPU".
 #
@@ -38,9 +38,9 @@ step bench_crop 60 python -m benchmarks.bench_crop --synth --keep "$work/bench_c
 step project 120 python -m benchmarks.gpu_project "$work" --rows "$rows" --profile "$profile"
 cd "$work/project" || exit 1
 step bench_coarse_item 40 python -m benchmarks.bench_coarse item --params params.yaml --images 200 --rounds 3
-for decode in opencv torch; do
-  step "bench_coarse_$decode" 100 python -m benchmarks.bench_coarse --params params.yaml --steps 12 --rounds 2 \
-    --set coarse_train.decode=$decode coarse_train.compile=false
+for augment in opencv torch; do          # the OpenCV path, its photometric augmentation in the workers / on the GPU
+  step "bench_coarse_augment_$augment" 100 python -m benchmarks.bench_coarse --params params.yaml --steps 12 --rounds 2 \
+    --set coarse_train.decode=opencv coarse_train.augment=$augment coarse_train.compile=false
 done
 step bench_coarse_compiled 120 python -m benchmarks.bench_coarse --params params.yaml --steps 12 --rounds 2 \
   --set coarse_train.decode=${COMPILED_DECODE:-opencv} coarse_train.compile=true
@@ -57,4 +57,4 @@ step bench_finetune 150 python -m benchmarks.bench_finetune --params params.yaml
 step bench_layer 120 python -m benchmarks.bench_layer --device cuda --batch 256 --points 1220 --samples 512 --passes 10
 step bench_infer_batched 60 python -m benchmarks.bench_infer --params params.yaml --pnp batched --repeats 2 --phases
 echo "== done at $(( $(date +%s) - t0 )) s; the project is in $work" | tee -a "$log"
-tr '\r' '\n' < "$log" | grep -vE "%\||^\s*$" | grep -E "^==|ratio|img/s|images/s|images_per_second|passed|failed|Error|ResNet|medians|views:|training images|Maximum resident|phases|^  [_a-z]|host syncs|dispatches|bare cv2" | cut -c1-220
+tr '\r' '\n' < "$log" | grep -vE "%\||^\s*$" | grep -E "^==|ratio|img/s|images/s|images_per_second|passed|failed|Error|ResNet|medians|views:|training images|Maximum resident|phases|^  [_a-z]|host syncs|dispatches|bare cv2|decodes;" | cut -c1-220

@@ -57,7 +57,7 @@ def train_config(params: Params) -> TrainConfig:
         batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, flip_prob=cfg.flip_prob,
         locate_jitter=Jitter(cfg.locate_shift, cfg.locate_scale, cfg.locate_rotate),
         refine_jitter=Jitter(cfg.refine_shift, cfg.refine_scale, cfg.refine_rotate),
-        seed=params.seed, decode=cfg.decode, compile=cfg.compile)
+        seed=params.seed, decode=cfg.decode, augment=cfg.augment, compile=cfg.compile)
 
 
 def data_identity(root: Path | str, tables: dict) -> dict[str, str]:

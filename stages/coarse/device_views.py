@@ -14,6 +14,11 @@ photometric augmentation (stages/coarse/augment_torch.py). Batches come out as t
 
 On a CPU the path runs too (the tests compare it with the OpenCV path), decoding with
 torchvision's CPU decoder.
+
+Between the two (coarse_train.augment on the OpenCV path, `auto` on CUDA): the loader processes
+decode and warp with OpenCV as on the OpenCV path and draw the photometric parameters, and the
+thread applies the photometric augmentation in batches on the device (`augment_views`): the
+loader's CPU an item without its largest share after the decode.
 """
 from __future__ import annotations
 
@@ -52,6 +57,14 @@ class PlanSet(ViewSet):
         return out
 
 
+class WarpedSet(ViewSet):
+    """ViewSet's items with the photometric augmentation left to the device: each training pass's
+    'image' as warped, and 'color' (FIELDS,) its photometric parameters, drawn as PlanSet's."""
+
+    def augmented(self, pixels: np.ndarray, color_seed: int) -> dict:
+        return {"color": augment_torch.draw(np.random.default_rng(color_seed))}
+
+
 def collate_plans(items: list[dict]) -> dict:
     """PlanSet items -> one batch: the files' data as a list, the rest collated as the DataLoader does."""
     datas = [item.pop("data") for item in items]
@@ -86,16 +99,35 @@ def make_views(batch: dict, views: ViewSet, device: torch.device) -> dict:
     return out
 
 
+def augment_views(batch: dict, views: ViewSet, device: torch.device) -> dict:
+    """A collated WarpedSet batch -> the OpenCV path's batch, its training views augmented on
+    `device`: 'image' uint8 (B, S, S, 3) there."""
+    out = {"index": batch["index"], "error": list(batch["error"])}
+    for name in PASSES:
+        entry = batch[name]
+        pixels = entry["image"].to(device, non_blocking=True).permute(0, 3, 1, 2)
+        seed = int(entry["color"][0, augment_torch.NOISE_SEED])
+        pixels = augment_torch.apply(pixels, entry["color"], seed).permute(0, 2, 3, 1)
+        out[name] = {"image": pixels, "points": entry["points"], "scale": entry["scale"]}
+    return out
+
+
 class DeviceStream:
     """The torch path's counterpart of stages/coarse/sources.py's Stream: `workers` loader processes
     read the files and draw the plans of the batches given to each `read`, one thread makes each
-    batch's views on `device` one batch ahead (on a side CUDA stream on CUDA)."""
+    batch's views on `device` one batch ahead (on a side CUDA stream on CUDA). decode_on_device
+    False: the workers decode and warp (training views: WarpedSet), the thread augments
+    (`augment_views`)."""
 
-    def __init__(self, views: ViewSet, workers: int, device: torch.device):
-        self.views = PlanSet(views.samples, views.sizes, views.margin, views.seed, views.jitters, views.flip_order,
-                             views.flip_prob, device=device)
+    def __init__(self, views: ViewSet, workers: int, device: torch.device, decode_on_device: bool = True):
+        fields = (views.samples, views.sizes, views.margin, views.seed, views.jitters, views.flip_order,
+                  views.flip_prob)
+        if decode_on_device:
+            self.views, self.make = PlanSet(*fields, device=device), make_views
+        else:
+            self.views, self.make = WarpedSet(*fields), augment_views
         self.device = device
-        self.stream = Stream(self.views, workers, collate_plans)
+        self.stream = Stream(self.views, workers, collate_plans if decode_on_device else None)
         cuda = device.type == "cuda"
         index = (torch.cuda.current_device() if device.index is None else device.index) if cuda else None
         self.thread = ThreadPoolExecutor(1, thread_name_prefix="coarse-views", initializer=torch.cuda.set_device
@@ -104,9 +136,9 @@ class DeviceStream:
 
     def _make(self, batch: dict) -> dict:
         if self.side is None:
-            return make_views(batch, self.views, self.device)
+            return self.make(batch, self.views, self.device)
         with torch.cuda.stream(self.side):
-            out = make_views(batch, self.views, self.device)
+            out = self.make(batch, self.views, self.device)
         event = torch.cuda.Event()
         event.record(self.side)
         out["ready"] = event

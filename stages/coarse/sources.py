@@ -173,10 +173,15 @@ class ViewSet(Dataset):
                 pixels = np.zeros((size, size, 3), dtype=np.uint8)
             else:
                 pixels = warp_image(image, view["warp"] * np.array([reduce, reduce, 1.0]), size)
-                if self.jitters:
-                    pixels = self.photometric(pixels, view["color_seed"])
             out[name] = {"image": pixels, "points": view["points"], "scale": view["scale"]}
+            if self.jitters:
+                out[name].update(self.augmented(pixels, view["color_seed"]))
         return out
+
+    def augmented(self, pixels: np.ndarray, color_seed: int) -> dict:
+        """A training input (S, S, 3) uint8 -> its item entries after the photometric augmentation
+        drawn from `color_seed`: {'image'}."""
+        return {"image": self.photometric(pixels, color_seed)}
 
 
 class BatchList:

@@ -5,7 +5,9 @@ and a one-cycle schedule. The loss is the L1 distance between predicted and targ
 units of the input size. The images stream through a torch DataLoader with data.workers worker
 processes (stages/coarse/sources.py::ViewSet): nothing of the set's pixels is kept. With
 coarse_train.decode on the torch path (`auto` on CUDA) the workers only read the files and the
-views are decoded, warped and augmented in batches on the GPU (stages/coarse/device_views.py).
+views are decoded, warped and augmented in batches on the GPU (stages/coarse/device_views.py);
+with coarse_train.augment on it the workers decode and warp, and only the photometric
+augmentation runs in batches on the device.
 The step's loss stays on the device until the epoch ends (no wait for the device a step). After each
 epoch: validation errors in full-image px (refine on views centred on the GT landmarks, i.e.
 without the locate pass, streamed the same way), a dvclive step and a checkpoint.
@@ -60,6 +62,7 @@ class TrainConfig:
     refine_jitter: Jitter
     seed: int
     decode: str
+    augment: str
     compile: bool
 
 
@@ -111,10 +114,16 @@ def take(batch: dict, samples: Samples, bad: BadInputs | None) -> dict | None:
             **{name: {k: v[keep] for k, v in batch[name].items()} for name in PASSES}}
 
 
-def make_stream(views: ViewSet, workers: int, decode: str, dev: torch.device) -> Stream | DeviceStream:
+def make_stream(views: ViewSet, workers: int, decode: str, augment: str, dev: torch.device) -> Stream | DeviceStream:
     """The stream of `views`' batches: the OpenCV path's loader processes, or the torch path's
-    (coarse_train.decode: stages.common.device.torch_path) with the views made on `dev`."""
-    return DeviceStream(views, workers, dev) if torch_path(decode, dev) else Stream(views, workers)
+    (coarse_train.decode: stages.common.device.torch_path) with the views made on `dev`; on the
+    OpenCV path the training views' photometric augmentation runs in the loader processes or, by
+    coarse_train.augment (torch_path likewise), in batches on `dev`."""
+    if torch_path(decode, dev):
+        return DeviceStream(views, workers, dev)
+    if views.jitters and torch_path(augment, dev):
+        return DeviceStream(views, workers, dev, decode_on_device=False)
+    return Stream(views, workers)
 
 
 def step(nets: dict[str, LandmarkNet], batch: dict, sizes: dict[str, int], optimizer, schedule,
@@ -190,8 +199,9 @@ def train(cfg: TrainConfig, train_samples: Samples, val_samples: Samples, flip_o
     sizes = {"locate": cfg.locate_size, "refine": cfg.refine_size}
     jitters = {"locate": cfg.locate_jitter, "refine": cfg.refine_jitter}
     train_stream = make_stream(ViewSet(train_samples, sizes, cfg.refine_margin, cfg.seed, jitters, flip_order,
-                                       cfg.flip_prob), workers, cfg.decode, ctx.device)
-    val_stream = make_stream(ViewSet(val_samples, sizes, cfg.refine_margin, cfg.seed), workers, cfg.decode, ctx.device)
+                                       cfg.flip_prob), workers, cfg.decode, cfg.augment, ctx.device)
+    val_stream = make_stream(ViewSet(val_samples, sizes, cfg.refine_margin, cfg.seed), workers, cfg.decode,
+                             cfg.augment, ctx.device)
     replicas = compiled(data_parallel(nets, ctx), cfg.compile)
     for epoch in range(first_epoch, cfg.epochs):
         started = time.perf_counter()

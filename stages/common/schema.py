@@ -144,6 +144,8 @@ SCHEMA = {
         "refine_rotate": WEIGHT,
         "decode": Choice("auto", "opencv", "torch"),  # views made in the loader processes (OpenCV) or decoded, warped
                                   # and augmented in batches on the device (torch); auto: torch on CUDA, else OpenCV
+        "augment": Choice("auto", "opencv", "torch"),  # the OpenCV path's photometric augmentation: albumentations in
+                                  # the loader processes, or in batches on the device; auto: torch on CUDA
         "compile": bool,          # torch.compile the training step's nets (GPU machines: stages/profiles/gpu.yaml)
     },
     "coarse_predict": {

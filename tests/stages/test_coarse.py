@@ -167,10 +167,10 @@ def test_an_image_of_another_size_stops_prediction_naming_it_or_is_skipped(tiny)
     assert str(path) in (tmp / "coarse_predict/skipped.csv").read_text()
 
 
-@pytest.mark.parametrize("decode", ["opencv", "torch"])
-def test_bad_images_stop_or_are_skipped_once(tiny, decode):
+@pytest.mark.parametrize("decode, augment", [("opencv", "opencv"), ("torch", "opencv"), ("opencv", "torch")])
+def test_bad_images_stop_or_are_skipped_once(tiny, decode, augment):
     params, tmp, split_dir = tiny
-    params = params.replace(coarse_train={"decode": decode})
+    params = params.replace(coarse_train={"decode": decode, "augment": augment})
     table = read_list(split_dir / "train.csv")
     corrupt, empty = (image_path(params.data.root, row) for row in list(table.itertuples(index=False))[2:4])
     corrupt.write_bytes(b"not a jpeg")          # found while streaming, in every epoch

@@ -1,6 +1,7 @@
 """The detector's streamed views (stages/coarse/sources.py, stages/coarse/train.py): augmentation
 geometry, determinism across loader workers, no pixels held, reduced decoding, bad images; the
-torch path (stages/coarse/device_views.py) against the OpenCV path on the CPU."""
+torch path (stages/coarse/device_views.py) against the OpenCV path on the CPU, and the OpenCV
+path's views augmented on the device (coarse_train.augment) against the torch path's."""
 import pickle
 
 import cv2
@@ -10,9 +11,10 @@ import pytest
 import torch
 
 from stages.coarse.augment import Jitter
-from stages.coarse.device_views import DeviceStream
+from stages.coarse import augment_torch
+from stages.coarse.device_views import DeviceStream, PlanSet, WarpedSet
 from stages.coarse.sources import Samples, Stream, ViewSet, list_samples, reduction
-from stages.coarse.train import epoch_batches, take
+from stages.coarse.train import epoch_batches, make_stream, take
 from stages.common.badinput import BadInputs
 from stages.wcpa.layout import DataError, read_image
 
@@ -155,8 +157,8 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
 TOLERANCE = {"cpu": (1, 0.05), "cuda": (255, 4.0)}     # max, mean grey levels (nvJPEG is not libjpeg: tests/stages/test_crop.py)
 
 
-def _device_batches(views: ViewSet, workers: int, batches, device: str = "cpu") -> list[dict]:
-    return list(DeviceStream(views, workers, torch.device(device)).read(batches))
+def _device_batches(views: ViewSet, workers: int, batches, device: str = "cpu", decode: bool = True) -> list[dict]:
+    return list(DeviceStream(views, workers, torch.device(device), decode).read(batches))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -175,11 +177,13 @@ def test_the_torch_path_makes_the_opencv_paths_plain_views(tmp_path, device):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
-def test_the_torch_path_augments_on_cuda_as_on_the_cpu(tmp_path):
+@pytest.mark.parametrize("decode", [True, False], ids=["torch_path", "augmented_on_the_device"])
+def test_the_device_paths_augment_on_cuda_as_on_the_cpu(tmp_path, decode):
     views = ViewSet(_face_images(tmp_path, 6), SIZES, 1.2, seed=5, jitters=JITTERS,
                     flip_order=np.array([1, 0, 2, 4, 3]), flip_prob=0.5, max_reduce=1)
     batches = epoch_batches(len(views), 3, seed=0, epoch=1)
-    for a, b in zip(_device_batches(views, 0, batches), _device_batches(views, 2, batches, "cuda")):
+    for a, b in zip(_device_batches(views, 0, batches, decode=decode),
+                    _device_batches(views, 2, batches, "cuda", decode)):
         for name in SIZES:
             assert torch.equal(a[name]["points"], b[name]["points"])
             assert (a[name]["image"].float() - b[name]["image"].cpu().float()).abs().mean() < 6.0
@@ -200,11 +204,53 @@ def test_the_torch_path_augments_with_the_same_geometry_whatever_the_workers(tmp
     assert torch.equal(again[0]["refine"]["image"], alone[0]["refine"]["image"])      # seeded
 
 
-def test_the_torch_path_reports_a_corrupt_image_by_name(tmp_path):
+@pytest.mark.parametrize("decode", [True, False], ids=["torch_path", "augmented_on_the_device"])
+def test_the_device_paths_report_a_corrupt_image_by_name(tmp_path, decode):
     samples = _face_images(tmp_path, 3)
     open(samples.paths[1], "wb").write(b"not a jpeg")
-    batch = _device_batches(ViewSet(samples, SIZES, 1.2, seed=0), 0, [[(0, 0), (0, 1), (0, 2)]])[0]
+    views = ViewSet(samples, SIZES, 1.2, seed=0, jitters=JITTERS, flip_order=np.array([1, 0, 2, 4, 3]), flip_prob=0.5)
+    batch = _device_batches(views, 0, [[(0, 0), (0, 1), (0, 2)]], decode=decode)[0]
     assert batch["error"][0] == batch["error"][2] == "" and "1.jpg" in batch["error"][1]
     with pytest.raises(DataError, match="1.jpg"):
         take(batch, samples, BadInputs(skip=False, max_fraction=1.0))
     assert take(batch, samples, BadInputs(skip=True, max_fraction=1.0))["index"].tolist() == [0, 2]
+
+
+def test_views_augmented_on_the_device_are_the_opencv_warps_with_the_torch_paths_augmentation(tmp_path, monkeypatch):
+    views = ViewSet(_face_images(tmp_path, 7), SIZES, 1.2, seed=5, jitters=JITTERS,
+                    flip_order=np.array([1, 0, 2, 4, 3]), flip_prob=0.5)
+    batches = epoch_batches(len(views), 3, seed=0, epoch=1)
+    alone, shared = _device_batches(views, 0, batches, decode=False), _device_batches(views, 2, batches, decode=False)
+    plans = PlanSet(views.samples, SIZES, 1.2, 5, JITTERS, views.flip_order, 0.5, device=torch.device("cpu"))
+    warped = WarpedSet(views.samples, SIZES, 1.2, 5, JITTERS, views.flip_order, 0.5)
+    opencv = _batches(views, 0)
+    monkeypatch.setattr(ViewSet, "augmented", lambda self, pixels, seed: {"image": pixels})
+    unaugmented, changes = _batches(views, 0), []
+    for k, (b, c) in enumerate(zip(alone, shared)):
+        assert list(b["error"]) == [""] * len(b["index"])
+        items = [(warped[item], plans[item]) for item in batches[k]]
+        for name in SIZES:
+            assert torch.equal(b[name]["image"], c[name]["image"])             # whatever the workers
+            assert torch.equal(b[name]["points"], opencv[k][name]["points"])
+            colors = np.stack([w[name]["color"] for w, _ in items])
+            assert np.array_equal(colors, np.stack([p[name]["color"] for _, p in items]))    # the torch path's draws
+            raw = torch.from_numpy(np.stack([w[name]["image"] for w, _ in items]))
+            assert torch.equal(raw, unaugmented[k][name]["image"])             # the OpenCV path's warps
+            expected = augment_torch.apply(raw.permute(0, 3, 1, 2), torch.from_numpy(colors),
+                                           int(colors[0, augment_torch.NOISE_SEED])).permute(0, 2, 3, 1)
+            assert torch.equal(b[name]["image"], expected)
+            changes.append((raw.float() - b[name]["image"].float()).abs().mean())
+    assert np.mean(changes) > 1                                                 # augmented
+
+
+def test_the_stream_puts_the_augmentation_where_the_params_say(tmp_path):
+    samples = _face_images(tmp_path, 2)
+    training = ViewSet(samples, SIZES, 1.2, seed=0, jitters=JITTERS, flip_order=np.arange(5), flip_prob=0.5)
+    plain = ViewSet(samples, SIZES, 1.2, seed=0)
+    cpu = torch.device("cpu")
+    assert type(make_stream(training, 0, "opencv", "opencv", cpu)) is Stream
+    assert type(make_stream(training, 0, "opencv", "auto", cpu)) is Stream            # auto: on CUDA only
+    assert type(make_stream(plain, 0, "opencv", "torch", cpu)) is Stream              # validation: no augmentation
+    on_device = make_stream(training, 0, "opencv", "torch", cpu)
+    assert isinstance(on_device, DeviceStream) and on_device.make.__name__ == "augment_views"
+    assert make_stream(training, 0, "torch", "opencv", cpu).make.__name__ == "make_views"
