@@ -7,7 +7,7 @@ amis_iters, lm_iters, pnp_points, pnp_dtype). Prints both throughputs (wall cloc
 and their ratio, the price of the PnP layer, and each step's dispatches: the top-level aten
 operators it calls and its host syncs (nonzero, item), counted by torch.profiler. On a GPU a
 step of small kernels is bound by their dispatch (several microseconds each), and a host sync
-stops the queue: the counts, taken on any device (and with a GPU's sample-cost chunks), say
+stops the queue: the counts, taken on any device (and on the paths a GPU takes: the masked LM, its sample-cost chunks), say
 where a GPU step's time goes.
 
     python -m benchmarks.bench_finetune [--steps 6] [--params params.yaml] [--start artifacts/train/model.pt]
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from contextlib import contextmanager
 from functools import partial
 from itertools import islice
 from pathlib import Path
@@ -31,7 +32,7 @@ from benchmarks.gpu_probe import format_syncs, host_syncs, profile_tables, sync
 from stages.common.params import apply_overrides, load_params
 from stages.finetuning.trainer import FinetunePaths, FinetuneTrainer
 from stages.nets.trainer import Trainer, TrainPaths
-from stages.pnp import sample_cost
+from stages.pnp import api, sample_cost, solver
 from stages.wcpa.layout import load_resources
 
 
@@ -59,6 +60,18 @@ def dispatches(step, batch: dict) -> tuple[int, int]:
     events = [e for e in prof.events() if e.name.startswith("aten::")]
     top = sum(1 for e in events if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
     return top, sum(1 for e in events if e.name in SYNC_OPS)
+
+
+@contextmanager
+def as_on_a_gpu():
+    """The PnP layer on the paths it takes off the CPU: the masked LM (no host check an iteration)
+    and a GPU's sample-cost chunks (one chunk a call when compiled)."""
+    def gpu_chunk(device, compiled=False):
+        return sample_cost.COMPILED_DEVICE_CHUNK_POSES if compiled else sample_cost.DEVICE_CHUNK_POSES
+
+    with mock.patch.object(api, "levenberg_marquardt", partial(solver.levenberg_marquardt, masked=True)), \
+            mock.patch.object(sample_cost, "default_chunk", gpu_chunk):
+        yield
 
 
 def main() -> None:
@@ -93,9 +106,11 @@ def main() -> None:
                        ("finetune", trainer.train_step)):
         ops, syncs = dispatches(step, batches[0])
         print(f"{name} step dispatches: {ops} aten operators, {syncs} host syncs")
-    with mock.patch.object(sample_cost, "CPU_CHUNK_POSES", sample_cost.DEVICE_CHUNK_POSES):   # a GPU's chunks
+    with as_on_a_gpu():
+        trainer.train_step(batches[0], 1, 2)                     # compiles what the GPU's paths compile
         ops, syncs = dispatches(trainer.train_step, batches[0])
-    print(f"finetune step dispatches with a GPU's sample-cost chunks: {ops} aten operators, {syncs} host syncs")
+    print(f"finetune step dispatches on a GPU's paths (the masked LM, a GPU's sample-cost chunks): {ops} aten "
+          f"operators, {syncs} host syncs")
     if args.profile:
         device = trainer.ctx.device
         print(f"finetune step waits for the GPU at {format_syncs(host_syncs(lambda: trainer.train_step(batches[1], 1, 2), device))}")
