@@ -2,14 +2,16 @@
 
 rate (default): reference (same process, same nets, optimiser and batches): the training step of
 stage coarse_train (both passes, forward, L1 loss, backward, AdamW, one-cycle) on batches
-materialised in memory beforehand, on torch's threads for every core; measured: the same step with
-its batch read through the stage's DataLoader and its data.workers processes (decode, one warp per
-view, colour augmentation), on the threads the stage gives torch beside its workers on a CPU
-(stages.common.threads.training_threads), or with coarse_train.decode's torch path (`auto` on
-CUDA) the views made on the device from the files its workers read. Also timed: the in-memory
-step on the stage's threads, the streamed step on every core's threads, and the stream alone (its
-batches read without a step: the data path's bound). All run in interleaved rounds, every step
-timed; the rates come from the median step times.
+materialised in memory beforehand, one pass after the other on torch's threads for every core;
+measured: the stage's step (on a CPU its two passes side by side on two threads,
+stages.coarse.train.pass_threads, and torch's threads beside the loader's,
+stages.common.threads.training_threads) with its batch read through the stage's DataLoader and
+its data.workers processes (decode, one warp per view, colour augmentation; at the lowest
+priority on a CPU), or with coarse_train.decode's torch path (`auto` on CUDA) the views made on
+the device from the files its workers read. Also timed: the stage's step in memory, the streamed
+step with one pass after the other, and the stream alone (its batches read without a step: the
+data path's bound). All run in interleaved rounds, every step timed; the rates come from the
+median step times.
 The issue's bar: measured / reference >= 0.85.
 
 item: a loader worker's CPU per training item (decode, both views' warps, photometric
@@ -44,10 +46,11 @@ from stages import coarse_train
 from stages.coarse.device_views import WarpedSet
 from stages.coarse.sources import ViewSet, list_samples
 from stages.coarse.targets import load_targets
-from stages.coarse.train import (TrainConfig, build_nets, compiled, epoch_batches, make_optimizer, make_stream, step,
-                                 training_amp)
+from stages.coarse.train import (TrainConfig, build_nets, compiled, epoch_batches, make_optimizer, make_stream,
+                                 pass_threads, step, training_amp)
 from stages.common.badinput import BadInputs
 from stages.common.device import pick_device, torch_path
+from stages.common.distributed import Dist
 from stages.common.params import Params, apply_overrides, load_params
 from stages.common.precision import needs_grad_scaler, place_network
 from stages.common.threads import training_threads
@@ -152,9 +155,14 @@ def rate(args: argparse.Namespace, params: Params) -> None:
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=total, pct_start=0.15)
     scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(training_amp(device)))
 
-    def run(batch):
-        step(stepped, batch, sizes, optimizer, schedule, scaler)
+    passes = pass_threads(Dist(0, 1, device))
+
+    def run(batch, side_by_side: bool = False):
+        step(stepped, batch, sizes, optimizer, schedule, scaler, passes if side_by_side else None)
         sync(device)
+
+    def stage_run(batch):
+        run(batch, side_by_side=True)
 
     def stream(epoch: int, steps: int = args.steps):
         return streamed(views, cfg, workers, epoch, steps, device)
@@ -166,34 +174,36 @@ def rate(args: argparse.Namespace, params: Params) -> None:
                "stage": training_threads(workers) if device.type == "cpu" else torch.get_num_threads()}
     print(f"{cfg.locate_backbone} {cfg.locate_size} px + {cfg.refine_backbone} {cfg.refine_size} px, "
           f"batch {cfg.batch_size}, {len(samples)} training images, workers {workers}, torch threads: "
-          f"reference {threads['all']}, the stage's {threads['stage']}, device {device}, views: {path}")
+          f"reference {threads['all']}, the stage's {threads['stage']}, the passes side by side: "
+          f"{passes is not None}, device {device}, views: {path}")
     held = list(stream(0))                                   # the reference's batches
     in_memory = itertools.cycle(held)
     timed_steps(run, in_memory, 2)                         # warm-up
-    times = {key: [] for key in ("reference", "memory", "all", "streamed")}
+    timed_steps(stage_run, in_memory, 2)
+    times = {key: [] for key in ("reference", "memory", "sequential", "streamed")}
     loading, alone = [], []
     for epoch in range(args.rounds):        # interleaved, so that all see the same machine load
         torch.set_num_threads(threads["all"])
         times["reference"] += timed_steps(run, in_memory, args.steps)[0]
-        times["all"] += timed_steps(run, stream(epoch), args.steps)[0]
         torch.set_num_threads(threads["stage"])
-        times["memory"] += timed_steps(run, in_memory, args.steps)[0]
-        streamed_times, loads = timed_steps(run, stream(epoch), args.steps)
+        times["memory"] += timed_steps(stage_run, in_memory, args.steps)[0]
+        times["sequential"] += timed_steps(run, stream(epoch), args.steps)[0]
+        streamed_times, loads = timed_steps(stage_run, stream(epoch), args.steps)
         times["streamed"] += streamed_times
         loading += loads
         alone.append(stream_rate(stream, epoch, max(args.steps, 3 * workers), cfg.batch_size, device))
     median = {key: np.median(values) for key, values in times.items()}
     print(f"{args.rounds} rounds of {args.steps} steps each; rates from the median step time")
-    for key, label in (("reference", f"reference: in memory, {threads['all']} threads"),
-                       ("memory", f"in memory, the stage's {threads['stage']} threads"),
-                       ("all", f"streamed ({workers} workers), {threads['all']} threads"),
-                       ("streamed", f"streamed ({workers} workers), the stage's threads")):
+    for key, label in (("reference", f"reference: in memory, one pass after the other, {threads['all']} threads"),
+                       ("memory", "in memory, the stage's step"),
+                       ("sequential", f"streamed, one pass after the other, {threads['stage']} threads"),
+                       ("streamed", "streamed, the stage's step")):
         quartiles = np.percentile(times[key], [25, 75]) * 1e3
-        print(f"{label:48s} {cfg.batch_size / median[key]:7.1f} img/s "
+        print(f"{label:60s} {cfg.batch_size / median[key]:7.1f} img/s "
               f"(step {median[key] * 1e3:.1f} ms, quartiles {quartiles[0]:.1f}-{quartiles[1]:.1f})")
-    print(f"{'the stream alone, no step (its bound)':48s} {np.median(alone):7.1f} img/s")
+    print(f"{'the stream alone, no step (its bound)':60s} {np.median(alone):7.1f} img/s")
     print(f"ratio streamed / reference: {median['reference'] / median['streamed']:.3f}  (mean-time ratio "
-          f"{np.mean(times['reference']) / np.mean(times['streamed']):.3f}; against the stage's threads in "
+          f"{np.mean(times['reference']) / np.mean(times['streamed']):.3f}; against the stage's step in "
           f"memory {median['memory'] / median['streamed']:.3f}); the streamed step waits "
           f"{np.median(loading) * 1e3:.1f} ms for its batch")
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Iterator
 
@@ -197,10 +198,15 @@ class BatchList:
         return len(self.batches)
 
 
+def _lower_priority(niceness: int, worker_id: int) -> None:
+    """A loader process's start: its priority lowered by `niceness` (os.nice)."""
+    os.nice(niceness)
+
+
 class Stream:
     """A DataLoader over `views` whose `workers` processes (0: this process) start once and read,
     in order, the batches (lists of (epoch, index) items) given to each `read` (collate_fn: the
-    DataLoader's, None for its default).
+    DataLoader's, None for its default; niceness: how far the processes' priority is lowered).
 
     The workers persist from epoch to epoch (fresh train and val workers every epoch cost about
     0.8 s an epoch on the demo data with 2 workers on 2 cores: fork of a >1 GB process, start-up,
@@ -210,10 +216,11 @@ class Stream:
     worker is what the workers want anyway. The parent's setting is restored.
     """
 
-    def __init__(self, views: Dataset, workers: int, collate_fn=None):
+    def __init__(self, views: Dataset, workers: int, collate_fn=None, niceness: int = 0):
         self.views, self.workers, self.sampler = views, workers, BatchList()
         self.data = DataLoader(views, batch_sampler=self.sampler, num_workers=workers, collate_fn=collate_fn,
-                               persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+                               persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
+                               worker_init_fn=partial(_lower_priority, niceness) if niceness and workers else None)
 
     def read(self, batches: list[list[tuple[int, int]]]) -> Iterator[dict]:
         self.sampler.batches = batches

@@ -1,7 +1,8 @@
 """Training loop of the two detector passes (locate, refine), resumable from a per-epoch checkpoint.
 
 Both nets learn together, one batch of each per step on the same images, with one AdamW optimiser
-and a one-cycle schedule. The loss is the L1 distance between predicted and target landmarks in
+and a one-cycle schedule; on the CPU in a single process the two passes' forward and backward run
+side by side on two threads (`pass_threads`). The loss is the L1 distance between predicted and target landmarks in
 units of the input size. The images stream through a torch DataLoader with data.workers worker
 processes (stages/coarse/sources.py::ViewSet): nothing of the set's pixels is kept. With
 coarse_train.decode on the torch path (`auto` on CUDA) the workers only read the files and the
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,9 +39,11 @@ from stages.common.device import torch_path
 from stages.common.distributed import Dist, share_cores, start_distributed
 from stages.common.precision import amp_dtype, autocast, needs_grad_scaler, place_network
 from stages.common.resume import Checkpoints, capture, restore
+from stages.common.threads import usable_cores
 from stages.wcpa.layout import DataError
 
 log = logging.getLogger(__name__)
+LOADER_NICENESS = 19          # os.nice of the loader processes when the nets train on the CPU (make_stream)
 
 
 @dataclass(frozen=True)
@@ -118,31 +122,63 @@ def make_stream(views: ViewSet, workers: int, decode: str, augment: str, dev: to
     """The stream of `views`' batches: the OpenCV path's loader processes, or the torch path's
     (coarse_train.decode: stages.common.device.torch_path) with the views made on `dev`; on the
     OpenCV path the training views' photometric augmentation runs in the loader processes or, by
-    coarse_train.augment (torch_path likewise), in batches on `dev`."""
+    coarse_train.augment (torch_path likewise), in batches on `dev`. When the nets train on the CPU
+    the loader processes run at the lowest priority: they take the cores the passes' threads leave
+    idle (`pass_threads`) instead of stalling them."""
     if torch_path(decode, dev):
         return DeviceStream(views, workers, dev)
     if views.jitters and torch_path(augment, dev):
         return DeviceStream(views, workers, dev, decode_on_device=False)
-    return Stream(views, workers)
+    return Stream(views, workers, niceness=LOADER_NICENESS if dev.type == "cpu" else 0)
+
+
+def pass_loss(net: torch.nn.Module, batch: dict, name: str, size: int, dev: torch.device) -> torch.Tensor:
+    """Pass `name`'s L1 loss on a loaded batch, in units of its input size `size` (a 0-d tensor)."""
+    with autocast(dev, training_amp(dev)):
+        pred = net(to_tensor(batch[name]["image"], dev))
+    target = batch[name]["points"].to(dev, torch.float32)
+    return (pred.float() - target).abs().mean() / size
 
 
 def step(nets: dict[str, LandmarkNet], batch: dict, sizes: dict[str, int], optimizer, schedule,
-         scaler) -> torch.Tensor:
+         scaler, passes: ThreadPoolExecutor | None = None) -> torch.Tensor:
     """One training step of both nets on a loaded batch -> its loss (a 0-d tensor on the device,
-    detached: read it once an epoch, so that the host does not wait for the device every step)."""
+    detached: read it once an epoch, so that the host does not wait for the device every step).
+    passes: `pass_threads`' pool, whose two threads run the passes' forward and backward side by
+    side (the same gradients: each net's come from its own term); None: one after the other."""
     dev = next(nets["refine"].parameters()).device
-    loss = 0.0
-    for name in PASSES:
-        with autocast(dev, training_amp(dev)):
-            pred = nets[name](to_tensor(batch[name]["image"], dev))
-        target = batch[name]["points"].to(dev, torch.float32)
-        loss = loss + (pred.float() - target).abs().mean() / sizes[name]
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+
+    def backward(name: str) -> torch.Tensor:
+        loss = pass_loss(nets[name], batch, name, sizes[name], dev)
+        scaler.scale(loss).backward()
+        return loss
+
+    if passes is None:
+        loss = sum(pass_loss(nets[name], batch, name, sizes[name], dev) for name in PASSES)
+        scaler.scale(loss).backward()
+    else:
+        loss = sum(passes.map(backward, PASSES))
     scaler.step(optimizer)
     scaler.update()
     schedule.step()
     return loss.detach()
+
+
+def pass_threads(ctx: Dist) -> ThreadPoolExecutor | None:
+    """On the CPU in a single process: two threads that run the two passes of a step side by side
+    (`step`), each on its share of the cores for torch's operators (at least one). The locate
+    pass is the cheaper one; the loader's workers, at the lowest priority on the CPU
+    (`make_stream`), fill its core while the refine pass goes on. On 2 cores this steps as fast as
+    one pass after the other on both cores' threads, and streamed it leaves no core waiting for a
+    thread the kernel gave to a worker (docs/benchmarks.md, "Data path at scale"). None on a GPU
+    (the passes queue on one stream) and under DDP (both passes' gradient reductions must start in
+    the same order in every process)."""
+    if ctx.device.type != "cpu" or ctx.world > 1:
+        return None
+    threads = max(1, usable_cores() // len(PASSES))
+    return ThreadPoolExecutor(len(PASSES), thread_name_prefix="coarse-pass", initializer=torch.set_num_threads,
+                              initargs=(threads,))
 
 
 @torch.no_grad()
@@ -203,9 +239,11 @@ def train(cfg: TrainConfig, train_samples: Samples, val_samples: Samples, flip_o
     val_stream = make_stream(ViewSet(val_samples, sizes, cfg.refine_margin, cfg.seed), workers, cfg.decode,
                              cfg.augment, ctx.device)
     replicas = compiled(data_parallel(nets, ctx), cfg.compile)
+    passes = pass_threads(ctx)
     for epoch in range(first_epoch, cfg.epochs):
         started = time.perf_counter()
-        loss = _epoch(replicas, train_stream, sizes, cfg, optimizer, schedule, scaler, epoch, bad=bad, ctx=ctx)
+        loss = _epoch(replicas, train_stream, sizes, cfg, (optimizer, schedule, scaler, passes), epoch, bad=bad,
+                      ctx=ctx)
         loss = mean_over_ranks(loss, ctx)
         share_epoch(nets, bad, ctx)
         if ctx.main:
@@ -215,6 +253,8 @@ def train(cfg: TrainConfig, train_samples: Samples, val_samples: Samples, flip_o
                                capture(epoch, nets, optimizer, scaler, schedule))
         if ctx.world > 1:
             dist.barrier()
+    if passes is not None:
+        passes.shutdown()
     for net in nets.values():
         net.eval()
     return nets
@@ -303,9 +343,11 @@ def _resume(checkpoints: Checkpoints, epochs: int, nets, optimization: tuple, ba
     return restore(state, nets, *optimization)
 
 
-def _epoch(nets, stream: Stream, sizes, cfg: TrainConfig, optimizer, schedule, scaler, epoch: int,
+def _epoch(nets, stream: Stream, sizes, cfg: TrainConfig, stepping: tuple, epoch: int,
            bad: BadInputs | None, ctx: Dist) -> float:
-    """One pass over this process's share of the training set -> its mean loss."""
+    """One pass over this process's share of the training set -> its mean loss. stepping:
+    `step`'s (optimizer, schedule, scaler, passes)."""
+    optimizer, schedule, scaler, passes = stepping
     for net in nets.values():
         net.train()
     batches = shard(epoch_batches(len(stream.views), cfg.batch_size, cfg.seed, epoch), ctx)
@@ -319,6 +361,6 @@ def _epoch(nets, stream: Stream, sizes, cfg: TrainConfig, optimizer, schedule, s
         if batch is None:
             schedule.step()
             continue
-        total += step(nets, batch, sizes, optimizer, schedule, scaler)
+        total += step(nets, batch, sizes, optimizer, schedule, scaler, passes)
         count += 1
     return float(total) / max(count, 1)
