@@ -144,8 +144,8 @@ def step(nets: dict[str, LandmarkNet], batch: dict, sizes: dict[str, int], optim
          scaler, passes: ThreadPoolExecutor | None = None) -> torch.Tensor:
     """One training step of both nets on a loaded batch -> its loss (a 0-d tensor on the device,
     detached: read it once an epoch, so that the host does not wait for the device every step).
-    passes: `pass_threads`' pool, whose two threads run the passes' forward and backward side by
-    side (the same gradients: each net's come from its own term); None: one after the other."""
+    Each pass's forward and backward runs on its own term (each net's gradient comes from its own
+    term alone): on `pass_threads`' pool side by side, or with passes None one after the other."""
     dev = next(nets["refine"].parameters()).device
     optimizer.zero_grad(set_to_none=True)
 
@@ -154,11 +154,7 @@ def step(nets: dict[str, LandmarkNet], batch: dict, sizes: dict[str, int], optim
         scaler.scale(loss).backward()
         return loss
 
-    if passes is None:
-        loss = sum(pass_loss(nets[name], batch, name, sizes[name], dev) for name in PASSES)
-        scaler.scale(loss).backward()
-    else:
-        loss = sum(passes.map(backward, PASSES))
+    loss = sum((map if passes is None else passes.map)(backward, PASSES))
     scaler.step(optimizer)
     scaler.update()
     schedule.step()
