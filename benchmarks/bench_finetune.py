@@ -7,8 +7,8 @@ amis_iters, lm_iters, pnp_points, pnp_dtype). Prints both throughputs (wall cloc
 and their ratio, the price of the PnP layer, and each step's dispatches: the top-level aten
 operators it calls and its host syncs (nonzero, item), counted by torch.profiler. On a GPU a
 step of small kernels is bound by their dispatch (several microseconds each), and a host sync
-stops the queue: the counts, taken on any device (and on the paths a GPU takes: the masked LM, its sample-cost chunks), say
-where a GPU step's time goes.
+stops the queue: the counts, taken on any device (and on the paths a GPU takes: the masked LM,
+its sample-cost chunks), say where a GPU step's time goes.
 
     python -m benchmarks.bench_finetune [--steps 6] [--params params.yaml] [--start artifacts/train/model.pt]
         [--crop artifacts/crop] [--set finetune.pnp_points=0 ...] [--profile]

@@ -2,8 +2,8 @@
 
 Both nets learn together, one batch of each per step on the same images, with one AdamW optimiser
 and a one-cycle schedule; on the CPU in a single process the two passes' forward and backward run
-side by side on two threads (`pass_threads`). The loss is the L1 distance between predicted and target landmarks in
-units of the input size. The images stream through a torch DataLoader with data.workers worker
+side by side on two threads (`pass_threads`). The loss is the L1 distance between predicted and
+target landmarks in units of the input size. The images stream through a torch DataLoader with data.workers worker
 processes (stages/coarse/sources.py::ViewSet): nothing of the set's pixels is kept. With
 coarse_train.decode on the torch path (`auto` on CUDA) the workers only read the files and the
 views are decoded, warped and augmented in batches on the GPU (stages/coarse/device_views.py);
