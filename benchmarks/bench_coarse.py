@@ -50,10 +50,9 @@ from stages.coarse.train import (TrainConfig, build_nets, compiled, epoch_batche
                                  pass_threads, step, training_amp)
 from stages.common.badinput import BadInputs
 from stages.common.device import pick_device, torch_path
-from stages.common.distributed import Dist
+from stages.common.distributed import Dist, share_cores
 from stages.common.params import Params, apply_overrides, load_params
 from stages.common.precision import needs_grad_scaler, place_network
-from stages.common.threads import training_threads
 from stages.wcpa.layout import load_resources, read_list, write_list
 
 
@@ -170,8 +169,9 @@ def rate(args: argparse.Namespace, params: Params) -> None:
     path = ("torch (views made on the device)" if torch_path(cfg.decode, device) else
             "OpenCV (loader processes), augmented on the device" if torch_path(cfg.augment, device) else
             "OpenCV (loader processes)")
-    threads = {"all": torch.get_num_threads(),
-               "stage": training_threads(workers) if device.type == "cpu" else torch.get_num_threads()}
+    threads = {"all": torch.get_num_threads()}
+    share_cores(Dist(0, 1, device), workers)            # the stage's setting, read back
+    threads["stage"] = torch.get_num_threads()
     print(f"{cfg.locate_backbone} {cfg.locate_size} px + {cfg.refine_backbone} {cfg.refine_size} px, "
           f"batch {cfg.batch_size}, {len(samples)} training images, workers {workers}, torch threads: "
           f"reference {threads['all']}, the stage's {threads['stage']}, the passes side by side: "

@@ -50,8 +50,9 @@ def training_threads(workers: int, processes: int = 1) -> int:
     whose batches come from `workers` loader processes of its own: the cores left once each worker
     has one, at least 1. Where the workers share the cores with torch's threads instead, the
     step's parallel regions wait for a thread the kernel has given to a worker: on the 2-core
-    machine coarse_train's streamed step ran at 76.7 images/s with 2 threads and 86.4 with 1
-    (docs/benchmarks.md, "Data path at scale")."""
+    machine coarse_train's streamed step, one pass after the other, ran at 81.3-85.1 images/s
+    with 2 threads and 84.0-87.9 with 1 in the same runs (docs/benchmarks.md, "Data path at
+    scale")."""
     return max(1, usable_cores() // max(processes, 1) - workers)
 
 
