@@ -75,19 +75,24 @@ def make_root(folder: Path, unique: int) -> dict:
 
 
 def replicate(root: Path, table: pd.DataFrame, rows: int) -> pd.DataFrame:
-    """A list of `rows` rows cycling over `table`'s samples: rows past the first len(table) are
-    new ids whose image, info and landmarks files link to the original's."""
+    """A list of `rows` rows cycling over `table`'s samples. Each cycle past the first is a new
+    set of subjects (subject id + "x<cycle>", the same actions and image ids) whose image, info
+    and landmarks files link to the original's: the subjects keep their number of frames, as
+    more data brings more subjects (pca's neutral scoring grows with a subject's frames
+    squared, so N and 4N rows must not differ in that)."""
     out = []
     for k in range(rows):
         source = table.iloc[k % len(table)]
-        if k < len(table):
+        cycle = k // len(table)
+        if not cycle:
             out.append(source)
             continue
         row = source.copy()
-        row["img_id"] = f"r{k:07d}"
+        row["subject_id"] = f"{source.subject_id}x{cycle}"
         for path_of in (image_path, info_path, landmarks_path):
             link = path_of(root, row)
             if not link.exists():
+                link.parent.mkdir(parents=True, exist_ok=True)
                 link.symlink_to(path_of(root, source).resolve())
         out.append(row)
     return pd.DataFrame(out).reset_index(drop=True)

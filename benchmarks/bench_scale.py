@@ -4,9 +4,11 @@ would take on the real data on this machine (issue 17).
 The data: a synthetic data root (stage synth's generator) of --subjects training subjects
 (9 images each: 3 actions x 3 frames, 800x800 JPEGs) and 2 test subjects; the last 3 training
 subjects are the val split. The train list holds N = --rows rows and then 4N, cycling over the
-distinct training images (the extra rows are new ids whose image, info and landmarks files are
-symbolic links to the originals: benchmarks/bench_data.py replicate): the decode is the real one,
-the page cache holds only the distinct files.
+distinct training images: each cycle past the first is a new set of subjects of 9 images whose
+image, info and landmarks files are symbolic links to the originals' (benchmarks/bench_data.py
+replicate). The decode is the real one, the page cache holds only the distinct files, and pca's
+neutral scoring (per subject, quadratic in its frames up to pca.max_frames_per_subject) grows
+with N as it does when more data brings more subjects.
 
 The stages run in the pipeline's order, each on N and then 4N (so that both see the same load
 of a shared machine), each in its own child process (its own peak memory:
@@ -37,6 +39,7 @@ import pandas as pd
 from benchmarks.bench_data import coarse_landmarks, replicate
 from benchmarks.proc import run_child
 from stages.common.params import Params, load_params
+from stages.face.pca import ARKIT_BLENDSHAPES
 from stages.profile import profile_params
 from stages.wcpa.layout import list_path, read_list, write_list
 
@@ -84,13 +87,25 @@ def real_work(paper: Params) -> dict[str, tuple[int, int, str]]:
             "infer": (rest, 1, "val + test images")}
 
 
-def bench_params(profile: str | None, root: Path) -> Params:
+def base_and_val(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The data root's training list split by subject: the rows the train list cycles over (base)
+    and the last 3 subjects' rows (val)."""
+    listed = read_list(list_path(root, "train"))
+    is_val = listed.subject_id.isin(sorted(listed.subject_id.unique())[-3:])
+    return listed[~is_val].reset_index(drop=True), listed[is_val].reset_index(drop=True)
+
+
+def bench_params(profile: str | None, root: Path, base: pd.DataFrame) -> Params:
     """params.yaml (or with --profile merged in) for the benchmark: one epoch, no downloads, the
-    benchmark's data root, infer from the train checkpoint."""
+    benchmark's data root, infer from the train checkpoint, at most as many PCA components as
+    base's subjects and the blendshapes span (the replicated subjects' neutral meshes repeat
+    the originals')."""
     params = profile_params(profile) if profile else load_params("params.yaml")
+    distinct_meshes = base.subject_id.nunique() + len(ARKIT_BLENDSHAPES)
     return params.replace(data={"root": str(root), "blendshapes": str(root / "blendshapes"), "skip_bad": False},
                           coarse_train={"epochs": 1, "pretrained": False}, train={"epochs": 1, "pretrained": False},
-                          infer={"checkpoint": "train"})
+                          infer={"checkpoint": "train"},
+                          pca={"n_components": min(params.pca.n_components, distinct_meshes - 1)})
 
 
 def make_root(root: Path, subjects: int, workers: int) -> None:
@@ -168,11 +183,8 @@ def main() -> None:
     root = folder / "data"
     if not (root / "list").is_dir():
         make_root(root, args.subjects, 2)
-    listed = read_list(list_path(root, "train"))
-    val_subjects = sorted(listed.subject_id.unique())[-3:]
-    val = listed[listed.subject_id.isin(val_subjects)].reset_index(drop=True)
-    base = listed[~listed.subject_id.isin(val_subjects)].reset_index(drop=True)
-    params = bench_params(args.profile, root)
+    base, val = base_and_val(root)
+    params = bench_params(args.profile, root, base)
     paper = profile_params("paper")
     stages = [s for s in STAGES if s in args.stages.split(",")]
     print(f"profile {args.profile or 'demo (params.yaml)'}; N = {args.rows} and 4N = {4 * args.rows} train rows "

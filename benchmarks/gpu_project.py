@@ -4,8 +4,8 @@
 
 FOLDER/data: 32 synthetic training subjects and 2 test subjects (9 images each);
 FOLDER/project: params.yaml (the profile, pointing at that data, pretrained weights off) and
-artifacts/ split (--rows train rows cycling over the distinct training images: bench_scale's
-replicate), coarse_predict (the given 68 landmarks), crop, pca, train (one epoch, not compiled)
+artifacts/ split (--rows train rows cycling over the distinct training images, each cycle new
+subjects: bench_data's replicate), coarse_predict (the given 68 landmarks), crop, pca, train (one epoch, not compiled)
 and coarse_train/model.pt (a detector of the profile's backbones with random weights: the
 coarse_predict stage's speed, not its accuracy). The benchmarks then run in FOLDER/project.
 """
@@ -19,18 +19,9 @@ from pathlib import Path
 import yaml
 
 from benchmarks.bench_data import coarse_landmarks
-from benchmarks.bench_scale import bench_params, make_project, make_root
+from benchmarks.bench_scale import base_and_val, bench_params, make_project, make_root
 from stages.common.params import Params
 from stages.wcpa.layout import list_path, load_resources, read_list
-
-
-def split_project(root: Path, project: Path, rows: int) -> None:
-    """project/artifacts/split: the last 3 training subjects are val, `rows` train rows."""
-    listed = read_list(list_path(root, "train"))
-    val_subjects = sorted(listed.subject_id.unique())[-3:]
-    val = listed[listed.subject_id.isin(val_subjects)].reset_index(drop=True)
-    base = listed[~listed.subject_id.isin(val_subjects)].reset_index(drop=True)
-    make_project(project, root, base, val, rows)
 
 
 def random_detector(params: Params, root: Path, path: Path) -> None:
@@ -58,8 +49,9 @@ def main() -> None:
     root, project = args.folder.resolve() / "data", args.folder.resolve() / "project"
     if not (root / "list").is_dir():
         make_root(root, 32, os.cpu_count() or 1)
-    split_project(root, project, args.rows)
-    params = bench_params(args.profile, root).replace(train={"compile": False})
+    base, val = base_and_val(root)
+    make_project(project, root, base, val, args.rows)      # the last 3 training subjects are val
+    params = bench_params(args.profile, root, base).replace(train={"compile": False})
     (project / "params.yaml").write_text(yaml.safe_dump(params.as_dict(), sort_keys=False))
     os.chdir(project)
     tables = {split: read_list(Path(f"artifacts/split/{split}.csv")) for split in ("train", "val")}

@@ -1,6 +1,6 @@
 """Benchmark helpers that CI does not otherwise run: the random inference model and crop store of bench_infer,
-the params of bench_train --profile / --set, bench_scale's extrapolation arithmetic and the
-chunk timings of bench_pnp --chunks."""
+the params of bench_train --profile / --set, bench_scale's extrapolation arithmetic and its
+replicated rows, and the chunk timings of bench_pnp --chunks."""
 import argparse
 from pathlib import Path
 
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.bench_data import replicate
 from benchmarks.bench_infer import bench_model, write_store
 from benchmarks.bench_pnp import chunk_shapes, chunk_times
 from benchmarks.bench_scale import extrapolate_hours, marginal_seconds, real_work
@@ -15,6 +16,8 @@ from benchmarks.bench_train import bench_params
 from stages.common.params import load_params
 from stages.synthetic.topology import N_VERTS
 from stages.nets.model import NetConfig
+from stages.wcpa.layout import image_path, info_path, landmarks_path
+from tests.stages.tiny_data import write_tiny_root
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,6 +59,20 @@ def test_bench_scale_real_work_counts_the_real_images_and_the_paper_epochs():
     work = real_work(load_params(ROOT / "params.yaml").replace(coarse_train={"epochs": 30}, train={"epochs": 10}))
     assert work["coarse_train"][:2] == (356_640, 30) and work["train"][:2] == (356_640, 10)
     assert work["crop"][:2] == (447_185, 1) and work["infer"][:2] == (447_185 - 356_640, 1)
+
+
+def test_replicated_rows_are_new_subjects_of_the_same_size_linked_to_the_originals(tmp_path):
+    table = write_tiny_root(tmp_path, n_train=6, n_test=1)["train"]
+    rows = replicate(tmp_path, table, 15)
+    assert len(rows) == 15 and len(set(map(tuple, rows[["subject_id", "facial_action", "img_id"]].values))) == 15
+    assert rows.iloc[:6].equals(table.iloc[:6].reset_index(drop=True))
+    frames = rows.groupby("subject_id").size()
+    assert frames.max() <= table.groupby("subject_id").size().max()
+    for k in (6, 14):
+        copy, source = rows.iloc[k], table.iloc[k % 6]
+        assert copy.subject_id == f"{source.subject_id}x{k // 6}" and copy.img_id == source.img_id
+        for path_of in (image_path, info_path, landmarks_path):
+            assert path_of(tmp_path, copy).read_bytes() == path_of(tmp_path, source).read_bytes()
 
 
 def test_bench_pnp_chunks_times_the_finetune_shapes():
