@@ -29,6 +29,7 @@ import pandas as pd
 
 from stages.common.identity import files_digest
 from stages.common.io import save_json, save_npy
+from stages.common.rowfile import pread_rows
 from stages.wcpa.layout import ID_COLUMNS, DataError
 
 RUN_FILE = "run.json"
@@ -126,6 +127,23 @@ def release_rows(array: np.memmap, rows: np.ndarray) -> None:
     span = _mapped_span(array, rows)
     if span is not None and hasattr(mmap, "MADV_DONTNEED"):
         array._mmap.madvise(mmap.MADV_DONTNEED, *span)
+
+
+def read_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """array[rows] (rows: first-axis indices) as a new array in memory. From a memory-mapped .npy
+    (np.load(mmap_mode='r')) the rows are read from its file (stages.common.rowfile.pread_rows),
+    not through the mapping: the reading process's resident memory stays the rows it holds,
+    where faulting them in through the mapping would keep every page it ever read resident (the
+    whole store after an epoch of random batches). The page cache serves both alike (the demo's
+    crops: 71 against 60 ms an epoch of random batches of 64 through the mapping; 118 when each
+    batch's pages are released from it)."""
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if not isinstance(getattr(array, "base", None), mmap.mmap) or not array.flags.c_contiguous:
+        return np.asarray(array[rows])
+    out = np.empty((len(rows),) + array.shape[1:], dtype=array.dtype)
+    with open(array.filename, "rb", buffering=0) as file:
+        pread_rows(file.fileno(), array.offset, len(array), rows, out, array.filename)
+    return out
 
 
 def flush_rows(array: np.memmap, rows: np.ndarray) -> None:

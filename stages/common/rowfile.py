@@ -78,6 +78,22 @@ class RowWriter:
         return self._atomic.__exit__(*exc)
 
 
+def pread_rows(fd: int, offset: int, count: int, rows: np.ndarray, out: np.ndarray, name: Path | str) -> None:
+    """Read rows (M,) of the C-order (count, ...) array stored at byte `offset` of the file `fd`
+    (named `name` in errors) into out (M, ...), the array's dtype: one positioned read per run of
+    consecutive rows, straight into `out`."""
+    if len(rows) and (rows.min() < 0 or rows.max() >= count):
+        raise IndexError(f"{name}: rows {rows.min()}..{rows.max()} of {count}")
+    row_bytes = out[0].nbytes if len(out) else 0
+    flat = out.reshape(-1).view(np.uint8).reshape(len(rows), row_bytes)
+    firsts = np.flatnonzero(np.diff(rows, prepend=-2) != 1)
+    for first, end in zip(firsts, np.append(firsts[1:], len(rows))):
+        wanted = flat[first:end]
+        got = os.preadv(fd, [wanted], offset + int(rows[first]) * row_bytes)
+        if got != wanted.nbytes:
+            raise ValueError(f"{name}: truncated ({got} of {wanted.nbytes} bytes at row {rows[first]})")
+
+
 class RowReader:
     """Reads blocks of rows of an (N, ...) C-order .npy file: reader[a:b], reader[int_array]."""
 
@@ -107,8 +123,7 @@ class RowReader:
                 return self._read(fd, start, max(stop - start, 0))
             rows = np.asarray(rows, dtype=np.int64).reshape(-1)
             block = np.empty((len(rows),) + self.shape[1:], dtype=self.dtype)
-            for i, row in enumerate(rows):
-                block[i] = self._read(fd, int(row), 1)[0]
+            pread_rows(fd, self._offset, len(self), rows, block, self.path)
             return block
         finally:
             os.close(fd)

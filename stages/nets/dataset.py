@@ -4,8 +4,10 @@ The crop store (stage crop) holds artifacts/crop/<split>/images.npy (N, S, S, 3)
 warps.npy (N, 2, 3) full image px -> crop px, inv_warps.npy and index.csv. Labels come from
 the pca stage's cache (verts_<split>.npy, poses_<split>.npy, coeffs_<split>.npy), row-aligned.
 
-The dataset is indexed by *batches* (a list of row indices, from a BatchSampler): memory-mapped
-rows are read in one sorted gather and the targets are computed with array operations.
+The dataset is indexed by *batches* (a list of row indices, from a BatchSampler): the rows of
+the memory-mapped store and label caches are read from their files in one sorted gather
+(stages.common.cropstore.read_rows: a process's resident memory stays one batch's, not the
+store's, as an epoch goes over it) and the targets are computed with array operations.
 Augmentation: a random reframing of each crop (a small shift, scale and rotation about its centre,
 `reframe_warps`: the network learns to find the face in a crop the coarse landmarks placed
 imperfectly, instead of trusting the framing), a horizontal flip consistent with the geometry (see
@@ -22,7 +24,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from stages.common.cropstore import RUN_FILE, read_run
+from stages.common.cropstore import RUN_FILE, read_rows, read_run
 from stages.face.mesh import flip_mesh
 from stages.face.pca import PCABasis
 from stages.face.warp import apply_warp, compose, invert_warp, similarity, warp_image
@@ -172,8 +174,8 @@ class TrainBatches(Dataset):
     def __getitem__(self, positions) -> dict[str, torch.Tensor]:
         rows = np.sort(self.rows[np.asarray(positions, dtype=np.int64)])
         rng = np.random.default_rng([self.seed, self.epoch, int(rows[0]), len(rows)])
-        images = np.asarray(self.store.images[rows])
-        verts = np.asarray(self.verts[rows], dtype=np.float32)
+        images = read_rows(self.store.images, rows)
+        verts = read_rows(self.verts, rows).astype(np.float32, copy=False)
         uv = crop_targets(self.camera, verts, self.poses[rows], self.store.warps[rows])
         reframe = np.broadcast_to(np.eye(2, 3), (len(rows), 2, 3)).copy()
         if self.reframe.active:
@@ -181,7 +183,7 @@ class TrainBatches(Dataset):
             images = np.stack([warp_image(image, warp, self.store.size) for image, warp in zip(images, reframe)])
             uv = apply_warp(reframe, uv).astype(np.float32)
         flip = rng.random(len(rows)) < self.flip_prob
-        coeffs = self.basis.project(verts) if self.coeffs is None else np.array(self.coeffs[rows], dtype=np.float32)
+        coeffs = self.basis.project(verts) if self.coeffs is None else read_rows(self.coeffs, rows).astype(np.float32)
         if flip.any():
             images[flip], uv[flip], verts[flip] = flip_targets(images[flip], uv[flip], verts[flip], self.perm)
             coeffs[flip] = self.basis.project(verts[flip])
