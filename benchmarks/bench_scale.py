@@ -14,8 +14,8 @@ The stages run in the pipeline's order, each on N and then 4N (so that both see 
 of a shared machine), each in its own child process (its own peak memory:
 VmHWM, benchmarks/proc.py) in a project folder of its own: coarse_train (one epoch), coarse_predict
 (on the one-epoch detector), crop (on the given 68 landmarks, so that the crops do not depend on
-the detector's quality), pca, train (one epoch), infer (the N training crops as the val split,
-checkpoint train). Printed per stage: images/s and peak RSS at N and 4N, their ratios 4N/N, the
+the detector's quality), pca, train (one epoch), finetune (one epoch from that train model),
+infer (the N training crops as the val split, checkpoint train). Printed per stage: images/s and peak RSS at N and 4N, their ratios 4N/N, the
 seconds per image at the margin ((t(4N) - t(N)) / (images(4N) - images(N)): the start-up and the
 fixed-size val passes cancel), and that times the real data's images times the paper profile's
 epochs (stages/profiles/paper.yaml): the hours on 447,185 images (356,640 train) on this machine.
@@ -45,7 +45,7 @@ from stages.wcpa.layout import list_path, read_list, write_list
 
 REAL_IMAGES = 447_185
 REAL_TRAIN = 356_640
-STAGES = ("coarse_train", "coarse_predict", "crop", "pca", "train", "infer")
+STAGES = ("coarse_train", "coarse_predict", "crop", "pca", "train", "finetune", "infer")
 
 CHILD = r"""
 import json, sys, time
@@ -84,6 +84,7 @@ def real_work(paper: Params) -> dict[str, tuple[int, int, str]]:
             "crop": (REAL_IMAGES, 1, "all images"),
             "pca": (REAL_IMAGES, 1, "all labels (upper bound: train + val)"),
             "train": (REAL_TRAIN, paper.train.epochs, "train images x train.epochs"),
+            "finetune": (REAL_TRAIN, paper.finetune.epochs, "train images x finetune.epochs"),
             "infer": (rest, 1, "val + test images")}
 
 
@@ -104,6 +105,7 @@ def bench_params(profile: str | None, root: Path, base: pd.DataFrame) -> Params:
     distinct_meshes = base.subject_id.nunique() + len(ARKIT_BLENDSHAPES)
     return params.replace(data={"root": str(root), "blendshapes": str(root / "blendshapes"), "skip_bad": False},
                           coarse_train={"epochs": 1, "pretrained": False}, train={"epochs": 1, "pretrained": False},
+                          finetune={"epochs": 1},
                           infer={"checkpoint": "train"},
                           pca={"n_components": min(params.pca.n_components, distinct_meshes - 1)})
 
@@ -124,7 +126,7 @@ def make_project(folder: Path, root: Path, base: pd.DataFrame, val: pd.DataFrame
     write_list(folder / "artifacts/split/val.csv", val)
     test = len(read_list(list_path(root, "test")))
     return {"coarse_train": rows, "coarse_predict": rows + len(val) + test, "crop": rows + len(val) + test,
-            "pca": rows + len(val), "train": rows, "infer": rows}
+            "pca": rows + len(val), "train": rows, "finetune": rows, "infer": rows}
 
 
 def infer_project(folder: Path, project: Path) -> None:
@@ -202,8 +204,8 @@ def main() -> None:
                   flush=True)
     print("\n".join(table(results, counts, paper)))
     print(f"hours: marginal seconds per image at these sizes x the real counts x the paper's epochs "
-          f"(coarse_train {paper.coarse_train.epochs}, train {paper.train.epochs}); finetune "
-          f"({paper.finetune.epochs} epochs) and the val passes of each epoch are not in the total")
+          f"(coarse_train {paper.coarse_train.epochs}, train {paper.train.epochs}, finetune {paper.finetune.epochs}); "
+          f"the val passes of each epoch are not in the total")
     print(f"data in {folder}")
 
 

@@ -56,8 +56,10 @@ def test_bench_scale_extrapolates_seconds_per_image_times_images_times_epochs():
 
 
 def test_bench_scale_real_work_counts_the_real_images_and_the_paper_epochs():
-    work = real_work(load_params(ROOT / "params.yaml").replace(coarse_train={"epochs": 30}, train={"epochs": 10}))
+    work = real_work(load_params(ROOT / "params.yaml").replace(coarse_train={"epochs": 30}, train={"epochs": 10},
+                                                                finetune={"epochs": 4}))
     assert work["coarse_train"][:2] == (356_640, 30) and work["train"][:2] == (356_640, 10)
+    assert work["finetune"][:2] == (356_640, 4)
     assert work["crop"][:2] == (447_185, 1) and work["infer"][:2] == (447_185 - 356_640, 1)
 
 
