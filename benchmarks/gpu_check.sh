@@ -32,7 +32,8 @@ step() {
 cuda_tests=${CUDA_TESTS:-tests/unit/test_train_cuda.py tests/stages/test_crop.py tests/unit/test_warp_torch.py \
   tests/unit/test_pnp_epro.py::test_cuda_matches_cpu tests/unit/test_pnp_epro.py::test_cuda_masked_and_compiled_loss_matches_the_cpu \
   tests/stages/test_infer.py::test_batches_handed_on_one_behind_are_the_rows_of_one_big_batch \
-  tests/unit/test_coarse_stream.py tests/stages/test_coarse.py}
+  tests/unit/test_coarse_stream.py tests/stages/test_coarse.py \
+  tests/unit/test_ddp.py::test_the_coarse_detectors_collectives_run_on_an_nccl_group_on_cuda}
 step tests_cuda 150 python -m pytest -q -p no:cacheprovider $cuda_tests -k "cuda or one_behind or torch_path"
 step bench_crop 60 python -m benchmarks.bench_crop --synth --keep "$work/bench_crop"
 step project 120 python -m benchmarks.gpu_project "$work" --rows "$rows" --profile "$profile"

@@ -283,10 +283,11 @@ def shard(batches: list[list[tuple[int, int]]], ctx: Dist) -> list[list[tuple[in
 
 
 def mean_over_ranks(value: float, ctx: Dist) -> float:
-    """The mean of a float over the processes (every process must call it)."""
+    """The mean of a float over the processes (every process must call it). The sum runs on the
+    process's device: nccl reduces CUDA tensors only."""
     if ctx.world == 1:
         return value
-    total = torch.tensor([value], dtype=torch.float64)
+    total = torch.tensor([value], dtype=torch.float64, device=ctx.device)
     dist.all_reduce(total)
     return float(total) / ctx.world
 

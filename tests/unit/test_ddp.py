@@ -1,14 +1,17 @@
 """DDP: two CPU processes (gloo) train a few steps and end with identical weights: the network
-(train) and the coarse detector (the coarse_train stage, rank 0 writing)."""
+(train) and the coarse detector (the coarse_train stage, rank 0 writing). On CUDA, the
+collectives of the stages' own code run on an nccl group (nccl reduces CUDA tensors only)."""
 import socket
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from stages import pca
 from stages.coarse_train import train_config
-from stages.coarse.train import build_nets
+from stages.coarse.train import build_nets, mean_over_ranks, share_epoch
+from stages.common.distributed import Dist
 from stages.common.params import load_params
 from stages.wcpa.layout import write_list
 from tests.ddp_worker import run_coarse_rank, run_rank
@@ -59,3 +62,19 @@ def test_two_gloo_ranks_train_the_coarse_detector_on_halves_of_each_batch(tmp_pa
         for key, value in state.items():
             assert torch.equal(value, ranks[1]["nets"][name][key]), (name, key)
         assert not torch.equal(state["heatmaps.weight"], initial[name].state_dict()["heatmaps.weight"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_coarse_detectors_collectives_run_on_an_nccl_group_on_cuda(monkeypatch):
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    dist.init_process_group("nccl", rank=0, world_size=1)
+    try:
+        device = torch.device("cuda", torch.cuda.current_device())
+        one_rank = Dist(rank=0, world=1, device=device)
+        nets = {name: net.to(device) for name, net in build_nets(train_config(load_params("params.yaml")), 68).items()}
+        share_epoch(nets, None, Dist(rank=0, world=2, device=device))     # broadcasts from rank 0: its own buffers
+        assert mean_over_ranks(3.0, Dist(rank=0, world=2, device=device)) == 1.5   # one rank's sum over two
+        assert mean_over_ranks(3.0, one_rank) == 3.0
+    finally:
+        dist.destroy_process_group()
