@@ -10,15 +10,16 @@ replicate). The decode is the real one, the page cache holds only the distinct f
 neutral scoring (per subject, quadratic in its frames up to pca.max_frames_per_subject) grows
 with N as it does when more data brings more subjects.
 
-The stages run in the pipeline's order, each on N and then 4N (so that both see the same load
-of a shared machine), each in its own child process (its own peak memory:
-VmHWM, benchmarks/proc.py) in a project folder of its own: coarse_train (one epoch), coarse_predict
-(on the one-epoch detector), crop (on the given 68 landmarks, so that the crops do not depend on
-the detector's quality), pca, train (one epoch), finetune (one epoch from that train model),
-infer (the N training crops as the val split, checkpoint train). Printed per stage: images/s and peak RSS at N and 4N, their ratios 4N/N, the
-seconds per image at the margin ((t(4N) - t(N)) / (images(4N) - images(N)): the start-up and the
-fixed-size val passes cancel), and that times the real data's images times the paper profile's
-epochs (stages/profiles/paper.yaml): the hours on 447,185 images (356,640 train) on this machine.
+The stages run in the pipeline's order, each on N and then 4N (so that both see the same load of a
+shared machine), each in its own child process (its own peak memory: VmHWM, benchmarks/proc.py) in
+a project folder of its own: coarse_train (one epoch), coarse_predict (on the one-epoch detector),
+crop (on the given 68 landmarks, so that the crops do not depend on the detector's quality), pca,
+train (one epoch), finetune (one epoch from that train model), infer (the N training crops as the
+val split, checkpoint train). Printed per stage: images/s and peak RSS at N and 4N, their ratios
+4N/N, the seconds per image at the margin ((t(4N) - t(N)) / (images(4N) - images(N)): the start-up
+and the fixed-size val passes cancel), and that times the real data's images times the paper
+profile's epochs (stages/profiles/paper.yaml): the hours on 447,185 images (356,640 train) on this
+machine.
 
 By default the stages run at the demo's sizes (params.yaml), so the hours are the paper's image
 counts and epochs at the demo's networks and sizes; --profile paper runs the paper's networks

@@ -2,11 +2,11 @@
 
     python -m benchmarks.gpu_project FOLDER [--rows 4096] [--profile gpu]
 
-FOLDER/data: 32 synthetic training subjects and 2 test subjects (9 images each);
-FOLDER/project: params.yaml (the profile, pointing at that data, pretrained weights off) and
-artifacts/ split (--rows train rows cycling over the distinct training images, each cycle new
-subjects: bench_data's replicate), coarse_predict (the given 68 landmarks), crop, pca, train (one epoch, not compiled)
-and coarse_train/model.pt (a detector of the profile's backbones with random weights: the
+FOLDER/data: 32 synthetic training subjects and 2 test subjects (9 images each); FOLDER/project:
+params.yaml (the profile, pointing at that data, pretrained weights off) and artifacts/ split
+(--rows train rows cycling over the distinct training images, each cycle new subjects: bench_data's
+replicate), coarse_predict (the given 68 landmarks), crop, pca, train (one epoch, not compiled) and
+coarse_train/model.pt (a detector of the profile's backbones with random weights: the
 coarse_predict stage's speed, not its accuracy). The benchmarks then run in FOLDER/project.
 """
 from __future__ import annotations
