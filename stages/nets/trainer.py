@@ -24,6 +24,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from stages.common import resume
+from stages.common.cropstore import read_rows
 from stages.common.distributed import Dist, share_cores, start_distributed
 from stages.common.identity import input_identity
 from stages.common.io import save_json, save_torch
@@ -351,9 +352,9 @@ class Trainer:
         rows = np.flatnonzero(data.store.usable)
         if not len(rows):
             raise ValueError(f"{self.paths.crop / 'val'}: every val crop was skipped")
-        verts, poses, warps = np.asarray(data.verts[rows]), data.poses[rows], data.store.warps[rows]
-        pred = predict(self.model, data.store.images[rows] if len(rows) < len(data.store) else data.store.images,
-                       data.store.inv_warps[rows], self.cfg.val_batch_size, self.ctx.device, self.amp)
+        verts, poses, warps = read_rows(data.verts, rows), data.poses[rows], data.store.warps[rows]
+        pred = predict(self.model, data.store.images, data.store.inv_warps[rows], self.cfg.val_batch_size,
+                       self.ctx.device, self.amp, rows)
         workers = usable_cores()
         metrics = evaluate(pred, data.store.inv_warps[rows], self.camera, verts, poses,
                            validation_targets(self.camera, verts, poses, warps, workers), self.cfg.val_pnp_flags,

@@ -5,6 +5,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from stages.common.cropstore import read_rows
 from stages.common.precision import autocast
 from stages.common.threads import map_rows
 from stages.face.warp import apply_warp, invert_warp
@@ -19,17 +20,20 @@ ROWS = 256     # samples of a batch of the per-sample work on threads (evaluate,
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, images: np.ndarray, inv_warps: np.ndarray, batch_size: int,
-            device: torch.device, amp: torch.dtype | None = None) -> dict[str, np.ndarray]:
-    """Run the network over crops (N, S, S, 3) uint8 with their crop -> full-image warps
-    inv_warps (N, 2, 3) -> numpy mu (N, V, 2) crop px, sigma (N, V) crop px, verts (N, V, 3)
-    metres, coeffs (N, C). amp: the autocast type (stages.common.precision.amp_dtype), None
-    for float32."""
+            device: torch.device, amp: torch.dtype | None = None, rows: np.ndarray | None = None
+            ) -> dict[str, np.ndarray]:
+    """Run the network over crops (N, S, S, 3) uint8, or their `rows` (M,) only, with the crops'
+    crop -> full-image warps inv_warps (M, 2, 3) -> numpy mu (M, V, 2) crop px, sigma (M, V) crop
+    px, verts (M, V, 3) metres, coeffs (M, C). Each batch's crops are read from a memory-mapped
+    store's file (stages.common.cropstore.read_rows): the store never becomes resident. amp: the
+    autocast type (stages.common.precision.amp_dtype), None for float32."""
     was_training = model.training
     model.eval()
+    rows = np.arange(len(images)) if rows is None else np.asarray(rows)
     parts: dict[str, list[np.ndarray]] = {}
-    starts = range(0, len(images), batch_size)
+    starts = range(0, len(rows), batch_size)
     for start in tqdm(starts, desc="predict", leave=False, disable=len(starts) < 10):
-        chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size].transpose(0, 3, 1, 2)))
+        chunk = torch.from_numpy(read_rows(images, rows[start:start + batch_size]).transpose(0, 3, 1, 2).copy())
         warps = torch.as_tensor(np.asarray(inv_warps[start:start + batch_size], dtype=np.float32))
         with autocast(device, amp):
             out = model(chunk.to(device, non_blocking=True), inv_warps=warps.to(device))

@@ -1,15 +1,17 @@
 """Rows of memory-mapped arrays read from their files (stages.common.cropstore.read_rows), and the
-training batches' resident memory: an epoch over a memory-mapped crop store and label cache
-leaves the reading process holding none of their pages, and reads the same values as the arrays
-in memory."""
+resident memory of the training batches and the validation pass: an epoch over a memory-mapped
+crop store and label cache, or a prediction over the usable rows of a store, leaves the reading
+process holding none of their pages, and reads the same values as the arrays in memory."""
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from stages.common.cropstore import read_rows
 from stages.nets.dataset import TrainBatches
+from stages.nets.validate import predict
 from stages.wcpa.camera import Camera
 from tests.tiny_project import PROJ, memory_store
 
@@ -78,3 +80,24 @@ def test_read_rows_names_a_file_shorter_than_its_header(tmp_path):
         read_rows(on_disk, np.array([2, 8]))
     with pytest.raises(IndexError, match="cut.npy: rows 2..10 of 10"):
         read_rows(on_disk, np.array([2, 10]))
+
+
+class MeanColour(torch.nn.Module):
+    """A stand-in network: each crop's mean colour and its warp's translation."""
+
+    def forward(self, images: torch.Tensor, inv_warps: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"colour": images.float().mean((2, 3)), "shift": inv_warps[:, :, 2]}
+
+
+@pytest.mark.skipif(not SMAPS.is_file(), reason="needs /proc/self/smaps (Linux)")
+def test_prediction_over_a_mapped_stores_usable_rows_reads_them_batch_by_batch(tmp_path):
+    images = np.random.default_rng(1).integers(0, 256, (300, 48, 48, 3), dtype=np.uint8)
+    inv_warps = np.random.default_rng(2).normal(size=(300, 2, 3))
+    rows = np.flatnonzero(np.random.default_rng(3).random(300) < 0.9)       # the rows not skipped
+    on_disk = mapped(images, tmp_path / "images.npy")
+    got = predict(MeanColour(), on_disk, inv_warps[rows], 32, torch.device("cpu"), rows=rows)
+    expected = predict(MeanColour(), images[rows], inv_warps[rows], 32, torch.device("cpu"))
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+    np.testing.assert_allclose(got["colour"], images[rows].mean((1, 2)), rtol=1e-6)
+    assert resident_kb(tmp_path / "images.npy") * 1024 <= 2 * 32 * images[0].nbytes
