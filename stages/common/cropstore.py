@@ -22,6 +22,7 @@ import json
 import mmap
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,11 @@ def release_rows(array: np.memmap, rows: np.ndarray) -> None:
         array._mmap.madvise(mmap.MADV_DONTNEED, *span)
 
 
+def is_mapped_file(array) -> bool:
+    """True for a C-order array memory-mapped from a file (np.load(mmap_mode='r')), not a view of one."""
+    return isinstance(getattr(array, "base", None), mmap.mmap) and array.flags.c_contiguous
+
+
 def read_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """array[rows] (rows: first-axis indices) as a new array in memory. From a memory-mapped .npy
     (np.load(mmap_mode='r')) the rows are read from its file (stages.common.rowfile.pread_rows),
@@ -138,12 +144,38 @@ def read_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
     crops: 71 against 60 ms an epoch of random batches of 64 through the mapping; 118 when each
     batch's pages are released from it)."""
     rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-    if not isinstance(getattr(array, "base", None), mmap.mmap) or not array.flags.c_contiguous:
+    if not is_mapped_file(array):
         return np.asarray(array[rows])
     out = np.empty((len(rows),) + array.shape[1:], dtype=array.dtype)
     with open(array.filename, "rb", buffering=0) as file:
         pread_rows(file.fileno(), array.offset, len(array), rows, out, array.filename)
     return out
+
+
+@dataclass(frozen=True)
+class MappedFile:
+    """What reopens a read-only memory-mapped .npy array: pickled in its place (a loader process
+    started by spawn or forkserver, Python's default on macOS and from 3.14 on Linux, would
+    otherwise receive a copy of the whole array)."""
+
+    filename: str
+    offset: int
+    shape: tuple
+    dtype: str
+
+    @classmethod
+    def of(cls, array):
+        """The reference of a memory-mapped array; any other value as it is."""
+        if not is_mapped_file(array):
+            return array
+        return cls(str(array.filename), int(array.offset), tuple(array.shape), array.dtype.str)
+
+    @staticmethod
+    def reopened(value):
+        """The array a reference stands for, mapped again; any other value as it is."""
+        if not isinstance(value, MappedFile):
+            return value
+        return np.memmap(value.filename, dtype=np.dtype(value.dtype), mode="r", offset=value.offset, shape=value.shape)
 
 
 def flush_rows(array: np.memmap, rows: np.ndarray) -> None:

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from stages.common.cropstore import RUN_FILE, read_rows, read_run
+from stages.common.cropstore import RUN_FILE, MappedFile, read_rows, read_run
 from stages.face.mesh import flip_mesh
 from stages.face.pca import PCABasis
 from stages.face.warp import apply_warp, compose, invert_warp, similarity, warp_image
@@ -163,6 +163,19 @@ class TrainBatches(Dataset):
         self.jitter = color_jitter if augment else 0.0
         self.seed, self.epoch = seed, 0
         self.rows = np.flatnonzero(store.usable)
+
+    def __getstate__(self) -> dict:
+        """Pickled (for a loader process started by spawn or forkserver): the memory-mapped store
+        and label caches as references to their files (MappedFile), not their data."""
+        state = dict(self.__dict__)
+        state["store"] = replace(self.store, images=MappedFile.of(self.store.images))
+        state["verts"], state["coeffs"] = MappedFile.of(self.verts), MappedFile.of(self.coeffs)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state["store"] = replace(state["store"], images=MappedFile.reopened(state["store"].images))
+        state["verts"], state["coeffs"] = MappedFile.reopened(state["verts"]), MappedFile.reopened(state["coeffs"])
+        self.__dict__.update(state)
 
     def set_epoch(self, epoch: int) -> None:
         """Augmentation draws depend on (seed, epoch, batch): reproducible, distinct per epoch."""

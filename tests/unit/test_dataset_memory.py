@@ -1,7 +1,10 @@
 """Rows of memory-mapped arrays read from their files (stages.common.cropstore.read_rows), and the
 resident memory of the training batches and the validation pass: an epoch over a memory-mapped
 crop store and label cache, or a prediction over the usable rows of a store, leaves the reading
-process holding none of their pages, and reads the same values as the arrays in memory."""
+process holding none of their pages, and reads the same values as the arrays in memory. A
+pickled dataset (a loader process started by spawn or forkserver) carries its files' references,
+not their data."""
+import pickle
 from dataclasses import replace
 from pathlib import Path
 
@@ -101,3 +104,22 @@ def test_prediction_over_a_mapped_stores_usable_rows_reads_them_batch_by_batch(t
         np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
     np.testing.assert_allclose(got["colour"], images[rows].mean((1, 2)), rtol=1e-6)
     assert resident_kb(tmp_path / "images.npy") * 1024 <= 2 * 32 * images[0].nbytes
+
+
+def test_a_pickled_dataset_carries_its_files_references_and_reads_the_same_batches(tmp_path):
+    n, size = 64, 64
+    _, verts, poses, store, basis = memory_store(np.random.default_rng(4), n, size, CAMERA)
+    coeffs = basis.project(verts).astype(np.float32)
+    on_disk = TrainBatches(replace(store, images=mapped(store.images, tmp_path / "images.npy")),
+                           mapped(verts, tmp_path / "verts.npy"), poses, CAMERA, basis,
+                           np.arange(verts.shape[1]), 0.5, 0.2, 0, coeffs=mapped(coeffs, tmp_path / "coeffs.npy"))
+    sent = pickle.dumps(on_disk)
+    assert len(sent) < store.images.nbytes / 10                  # not the crops themselves
+    received = pickle.loads(sent)
+    assert isinstance(received.store.images, np.memmap) and isinstance(received.verts, np.memmap)
+    for positions in ([0, 5, 9, 40], list(range(n))):
+        expected, got = on_disk[positions], received[positions]
+        for key in expected:
+            np.testing.assert_array_equal(got[key].numpy(), expected[key].numpy(), err_msg=key)
+    in_memory = TrainBatches(store, verts, poses, CAMERA, basis, np.arange(verts.shape[1]), 0.5, 0.2, 0)
+    assert pickle.loads(pickle.dumps(in_memory)).store.images.shape == store.images.shape
