@@ -14,8 +14,10 @@ The stages run in the pipeline's order, each on N and then 4N (so that both see 
 shared machine), each in its own child process (its own peak memory: VmHWM, benchmarks/proc.py) in
 a project folder of its own: coarse_train (one epoch), coarse_predict (on the one-epoch detector),
 crop (on the given 68 landmarks, so that the crops do not depend on the detector's quality), pca,
-train (one epoch), finetune (one epoch from that train model), infer (the N training crops as the
-val split, checkpoint train). Printed per stage: images/s and peak RSS at N and 4N, their ratios
+baseline (the N train rows' labels), train (one epoch), finetune (one epoch from that train
+model), infer (the N training crops as the val split, checkpoint train), evaluate (infer's
+predictions: the N rows as val, scored, and as test, drawn only) and submit (the N rows as the
+test list). Printed per stage: images/s and peak RSS at N and 4N, their ratios
 4N/N, the seconds per image at the margin ((t(4N) - t(N)) / (images(4N) - images(N)): the start-up
 and the fixed-size val passes cancel), and that times the real data's images times the paper
 profile's epochs (stages/profiles/paper.yaml): the hours on 447,185 images (356,640 train) on this
@@ -46,7 +48,10 @@ from stages.wcpa.layout import list_path, read_list, write_list
 
 REAL_IMAGES = 447_185
 REAL_TRAIN = 356_640
-STAGES = ("coarse_train", "coarse_predict", "crop", "pca", "train", "finetune", "infer")
+REAL_TEST = REAL_IMAGES - REAL_TRAIN
+STAGES = ("coarse_train", "coarse_predict", "crop", "pca", "baseline", "train", "finetune", "infer", "evaluate",
+          "submit")
+PREDICTOR_STAGES = ("infer", "evaluate", "submit")    # run in the project whose val split is the N train rows
 
 CHILD = r"""
 import json, sys, time
@@ -56,9 +61,8 @@ from stages.common.params import check_params
 params, stage = check_params(args["params"], "bench_scale"), args["stage"]
 import importlib
 module = importlib.import_module(f"stages.{stage}")
-call = (lambda: module.run(params, "val")) if stage == "infer" else (lambda: module.run(params))
 start = time.perf_counter()
-call()
+module.run(params, *args["args"])
 print(json.dumps({"wall": time.perf_counter() - start, "maxrss_kb": peak_kb()}))
 """
 
@@ -78,15 +82,18 @@ def marginal_seconds(wall: tuple[float, float], images: tuple[int, int]) -> floa
 
 def real_work(paper: Params) -> dict[str, tuple[int, int, str]]:
     """Per stage: (images per pass, passes, what they are) on the real data, with the paper
-    profile's epochs."""
-    rest = REAL_IMAGES - REAL_TRAIN
+    profile's epochs (the val split: split.val_fraction of the training list)."""
+    val = round(REAL_TRAIN * paper.split.val_fraction)
     return {"coarse_train": (REAL_TRAIN, paper.coarse_train.epochs, "train images x coarse_train.epochs"),
             "coarse_predict": (REAL_IMAGES, 1, "all images"),
             "crop": (REAL_IMAGES, 1, "all images"),
             "pca": (REAL_IMAGES, 1, "all labels (upper bound: train + val)"),
+            "baseline": (REAL_TRAIN - val, 1, "train labels"),
             "train": (REAL_TRAIN, paper.train.epochs, "train images x train.epochs"),
             "finetune": (REAL_TRAIN, paper.finetune.epochs, "train images x finetune.epochs"),
-            "infer": (rest, 1, "val + test images")}
+            "infer": (val + REAL_TEST, 1, "val + test images"),
+            "evaluate": (val + REAL_TEST, 1, "val + test predictions"),
+            "submit": (REAL_TEST, 1, "test predictions")}
 
 
 def base_and_val(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -127,7 +134,8 @@ def make_project(folder: Path, root: Path, base: pd.DataFrame, val: pd.DataFrame
     write_list(folder / "artifacts/split/val.csv", val)
     test = len(read_list(list_path(root, "test")))
     return {"coarse_train": rows, "coarse_predict": rows + len(val) + test, "crop": rows + len(val) + test,
-            "pca": rows + len(val), "train": rows, "finetune": rows, "infer": rows}
+            "pca": rows + len(val), "baseline": rows, "train": rows, "finetune": rows, "infer": rows,
+            "evaluate": 2 * rows, "submit": rows}
 
 
 def infer_project(folder: Path, project: Path) -> None:
@@ -142,16 +150,39 @@ def infer_project(folder: Path, project: Path) -> None:
             link.symlink_to(target.resolve())
 
 
+def predictions_view(folder: Path, root: Path) -> Path:
+    """folder/data: `root` (its folders linked) whose test list is folder's val split (the N train
+    rows), with infer's val predictions as its test predictions: evaluate scores N val rows and
+    draws N test rows, submit packs N rows. Returns the view's root."""
+    view = folder / "data"
+    if not view.exists():
+        view.mkdir()
+        for entry in root.iterdir():
+            if entry.name != "list":
+                (view / entry.name).symlink_to(entry.resolve())
+        (view / "list").mkdir()
+        write_list(list_path(view, "train"), read_list(list_path(root, "train")))
+    write_list(list_path(view, "test"), read_list(folder / "artifacts/split/val.csv"))
+    test = folder / "artifacts/infer/predictions_test.npz"
+    test.unlink(missing_ok=True)
+    test.symlink_to("predictions_val.npz")
+    return view
+
+
 def run_stage(stage: str, params: Params, project: Path, root: Path) -> dict:
     if stage == "crop":        # the given landmarks in place of the one-epoch detector's
         tables = {"train": read_list(project / "artifacts/split/train.csv"),
                   "val": read_list(project / "artifacts/split/val.csv"), "test": read_list(list_path(root, "test"))}
         coarse_landmarks(root, tables, project / "artifacts/coarse_predict")
-    cwd = project
-    if stage == "infer":
+    cwd, args = project, []
+    if stage in PREDICTOR_STAGES:
         cwd = project.with_name(project.name + "_infer")
+        args = ["val"] if stage == "infer" else ["infer"]
+    if stage == "infer":
         infer_project(cwd, project)
-    return run_child(CHILD, stage, {"stage": stage, "params": params.as_dict()}, cwd=cwd)
+    elif stage in PREDICTOR_STAGES:
+        params = params.replace(data={"root": str(predictions_view(cwd, root)), "test_gt": ""})
+    return run_child(CHILD, stage, {"stage": stage, "params": params.as_dict(), "args": args}, cwd=cwd)
 
 
 def table(results: dict, counts: dict, paper: Params) -> list[str]:

@@ -11,6 +11,7 @@ errors_{val,test}.csv (per sample, with ids, yaw_deg and distance_m), plots/<spl
 Rows the crop stage skipped (the predictions' `skipped`) are scored with their fallback
 prediction, as the submission holds it, but never drawn (their image may be unreadable). With
 data.skip_bad a bad ground-truth info file leaves its row out of the metrics, listed in skipped.csv.
+Predictions and labels are read a chunk of rows at a time: memory stays flat in the split's size.
 """
 from __future__ import annotations
 
@@ -28,9 +29,9 @@ from stages.common.predictor import add_predictor, check_finite, predictions_pat
 from stages.common.stage import stage_main
 from stages.viz.draw import save_png
 from stages.viz.sheet import SheetSample, pick_extremes, pick_random, qualitative_sheet
-from stages.wcpa.layout import (Resources, image_path, labelled_rows, list_path, load_labels, load_resources,
-                                read_image, read_list, sample_key)
-from stages.wcpa.predictions import load_predictions
+from stages.wcpa.layout import (Resources, image_path, info_path, iter_labels, labelled_rows, list_path,
+                                load_resources, read_image, read_info, read_list, sample_key)
+from stages.wcpa.predictions import open_predictions
 from stages.wcpa.report import empty_error_table, error_table, plot_tables
 from stages.wcpa.score import summarize
 
@@ -55,6 +56,15 @@ class SplitData:
     gt_root: Path | None
 
 
+@dataclass(frozen=True)
+class ScoredRows:
+    """The per-sample errors of a split's rows with ground truth (an error_table) and those
+    rows' indices in the split (N_scored,)."""
+
+    errors: pd.DataFrame
+    rows: np.ndarray
+
+
 def splits_of(predictor: str, data: DataParams) -> list[SplitData]:
     """val (labels in data.root) and test (labels in data.test_gt when present)."""
     root = Path(data.root)
@@ -67,23 +77,28 @@ def splits_of(predictor: str, data: DataParams) -> list[SplitData]:
             SplitData("test", read_list(list_path(root, "test")), predictions_path(predictor, "test"), test_gt)]
 
 
-def sheet_samples(split: SplitData, root: Path, predictions: dict, labels, errors: pd.DataFrame,
+def sheet_samples(split: SplitData, root: Path, predictions: dict, scored: ScoredRows | None,
                   resources: Resources, count: int, seed: int) -> list[SheetSample]:
     """The rows to draw among those the crop stage did not skip: lowest/highest scores with
-    ground truth, seeded random rows without."""
+    ground truth (their labels read again), seeded random rows without."""
     camera = resources.camera
-    drawable = np.flatnonzero(~crop_skipped(predictions))
-    if labels is None:
-        rows = drawable[pick_random(len(drawable), count, seed)]
+    drawable = ~crop_skipped(predictions)
+    if scored is None:
+        rows = np.flatnonzero(drawable)
+        rows = rows[pick_random(len(rows), count, seed)]
+        labels = [None] * len(rows)
     else:
-        rows = drawable[pick_extremes(errors["score"].to_numpy()[drawable], count)]
+        positions = np.flatnonzero(drawable[scored.rows])
+        positions = positions[pick_extremes(scored.errors["score"].to_numpy()[positions], count)]
+        rows = scored.rows[positions]
+        labels = [f"score {score:.1f} mm" for score in scored.errors["score"].to_numpy()[positions]]
     samples = []
-    for i in rows:
+    for i, label in zip(rows, labels):
         row = split.table.iloc[i]
         uv_pred = camera.project(predictions["verts"][i], predictions["R_t"][i])
-        uv_gt = None if labels is None else camera.project(labels[0][i], labels[1][i])
-        label = "prediction" if labels is None else f"score {errors['score'].iloc[i]:.1f} mm"
-        samples.append(SheetSample(read_image(image_path(root, row), camera.size), uv_pred, uv_gt, sample_key(row), label))
+        uv_gt = None if label is None else camera.project(*read_info(info_path(split.gt_root, row), resources.n_verts))
+        samples.append(SheetSample(read_image(image_path(root, row), camera.size), uv_pred, uv_gt, sample_key(row),
+                                   label or "prediction"))
     return samples
 
 
@@ -96,39 +111,48 @@ def write_plots(folder: Path, split: str, errors: pd.DataFrame, bins: int) -> No
 
 def crop_skipped(predictions: dict) -> np.ndarray:
     """(N,) bool: rows the crop stage skipped (the predictions' `skipped`; none when absent)."""
-    return np.asarray(predictions.get("skipped", np.zeros(len(predictions["verts"]), bool)), dtype=bool)
+    if "skipped" not in predictions:
+        return np.zeros(len(predictions["verts"]), bool)
+    return np.asarray(predictions["skipped"][:], dtype=bool)
 
 
-def labelled_split(split: SplitData, predictions: dict, labels: tuple) -> tuple:
-    """The split, predictions and labels (verts (N, V, 3), R_t (N, 4, 4)) restricted to the rows
-    with ground truth (load_labels leaves the rows of skipped info files NaN)."""
-    keep = labelled_rows(labels[1])
-    table = split.table[keep].reset_index(drop=True)
-    subset = {k: v[keep] if len(v) == len(keep) else v for k, v in predictions.items()}
-    return SplitData(split.name, table, split.predictions, split.gt_root), subset, (labels[0][keep], labels[1][keep])
+def score_split(split: SplitData, predictions: dict, resources: Resources, bad: BadInputs,
+                workers: int) -> ScoredRows:
+    """The errors of every row with ground truth, a chunk at a time as its labels are read
+    (iter_labels on `workers` processes, the rows of skipped info files left out) with the same
+    rows of the predictions (open_predictions): memory stays flat in the split's size."""
+    keys = [key for key in ("verts", "R_t", "landmarks") if key in predictions]
+    parts, rows = [], []
+    for start, verts, poses in iter_labels(split.gt_root, split.table, resources.n_verts, bad, workers):
+        keep = labelled_rows(poses)
+        chunk_rows = start + np.flatnonzero(keep)
+        chunk = {key: predictions[key][chunk_rows] for key in keys}
+        parts.append(error_table(split.table.iloc[chunk_rows], verts[keep], poses[keep], chunk, resources.camera))
+        rows.append(chunk_rows)
+    if not parts:
+        return ScoredRows(empty_error_table("landmarks" in predictions), np.zeros(0, np.int64))
+    return ScoredRows(pd.concat(parts, ignore_index=True), np.concatenate(rows))
 
 
 def evaluate_split(split: SplitData, out: Path, root: Path, resources: Resources, params: Params,
                    bad: BadInputs) -> dict | None:
     """Metrics of one split (None without ground truth); writes its errors, plots and sheet."""
     settings = params.evaluate
-    predictions = load_predictions(split.predictions, split.table)
+    predictions = open_predictions(split.predictions, split.table)
     check_finite(split.predictions, predictions)
-    labels = None if split.gt_root is None else load_labels(split.gt_root, split.table, resources.n_verts, bad,
-                                                            params.data.workers)
-    if labels is not None:
-        split, predictions, labels = labelled_split(split, predictions, labels)
-    if labels is None:
+    scored = None
+    if split.gt_root is None:
         errors = empty_error_table("landmarks" in predictions)
     else:
-        errors = error_table(split.table, *labels, predictions, resources.camera, params.data.workers)
+        scored = score_split(split, predictions, resources, bad, params.data.workers)
+        errors = scored.errors
     with atomic_write(out / f"errors_{split.name}.csv") as tmp:
         errors.to_csv(tmp, index=False, float_format="%.6g")
     write_plots(out / "plots", split.name, errors, settings.bins)
-    samples = sheet_samples(split, root, predictions, labels, errors, resources, settings.sheet_samples, params.seed)
+    samples = sheet_samples(split, root, predictions, scored, resources, settings.sheet_samples, params.seed)
     save_png(out / f"sheet_{split.name}.png", qualitative_sheet(samples, resources.faces, resources.kpt_ind,
                                                                  settings.tile_size))
-    return None if labels is None else summarize(errors)
+    return None if scored is None else summarize(errors)
 
 
 def metrics_table(metrics: dict) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from stages.wcpa.layout import DataError
+from stages.wcpa.predictions import BLOCK_ROWS
 
 ARTIFACTS = Path("artifacts")
 
@@ -28,11 +29,14 @@ def predictions_path(predictor: str, split: str) -> Path:
 def check_finite(path: Path, predictions: dict) -> None:
     """Stop, naming the file and the first bad row, when verts or R_t hold NaN or inf.
 
-    predictions: load_predictions() output (verts (N, V, 3), R_t (N, 4, 4), ...).
+    predictions: open_predictions() or load_predictions() output (verts (N, V, 3), R_t (N, 4, 4),
+    ...), read BLOCK_ROWS rows at a time.
     """
     for key in ("verts", "R_t"):
         values = predictions[key]
-        rows = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
-        if rows.any():
-            raise DataError(f"{path}: '{key}' has NaN or inf in {int(rows.sum())} row(s), "
-                            f"first row {int(np.flatnonzero(rows)[0])}")
+        blocks = (values[start:start + BLOCK_ROWS] for start in range(0, len(values), BLOCK_ROWS))
+        bad = np.concatenate([np.zeros(0, bool)] + [~np.isfinite(part.reshape(len(part), -1)).all(axis=1)
+                                                    for part in blocks])
+        if bad.any():
+            raise DataError(f"{path}: '{key}' has NaN or inf in {int(bad.sum())} row(s), "
+                            f"first row {int(np.flatnonzero(bad)[0])}")

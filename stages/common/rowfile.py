@@ -95,11 +95,14 @@ def pread_rows(fd: int, offset: int, count: int, rows: np.ndarray, out: np.ndarr
 
 
 class RowReader:
-    """Reads blocks of rows of an (N, ...) C-order .npy file: reader[a:b], reader[int_array]."""
+    """Reads rows of an (N, ...) C-order .npy file, or of an .npy stored uncompressed inside a
+    larger file from byte `start` on (a member of an .npz): reader[a:b], reader[int_array],
+    reader[i] (one row), each a new array in memory read with positioned reads."""
 
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, start: int = 0):
         self.path = Path(path)
         with open(self.path, "rb") as handle:
+            handle.seek(start)
             version = np.lib.format.read_magic(handle)
             read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                            else np.lib.format.read_array_header_2_0)
@@ -108,36 +111,25 @@ class RowReader:
         if fortran or dtype.hasobject or not shape:
             raise ValueError(f"{self.path}: not a C-order numeric array with rows")
         self.shape, self.dtype = tuple(shape), dtype
-        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * dtype.itemsize
 
     def __len__(self) -> int:
         return self.shape[0]
 
-    def __getitem__(self, rows: slice | np.ndarray) -> np.ndarray:
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            if isinstance(rows, slice):
-                start, stop, step = rows.indices(len(self))
-                if step != 1:
-                    raise ValueError(f"{self.path}: only contiguous slices are read as one block")
-                return self._read(fd, start, max(stop - start, 0))
-            rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-            block = np.empty((len(rows),) + self.shape[1:], dtype=self.dtype)
-            pread_rows(fd, self._offset, len(self), rows, block, self.path)
-            return block
-        finally:
-            os.close(fd)
+    def __getitem__(self, rows: int | slice | np.ndarray) -> np.ndarray:
+        if isinstance(rows, (int, np.integer)):
+            return self[np.array([rows])][0]
+        if isinstance(rows, slice):
+            start, stop, step = rows.indices(len(self))
+            if step != 1:
+                raise ValueError(f"{self.path}: only contiguous slices are read as one block")
+            rows = np.arange(start, max(stop, start))
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        block = np.empty((len(rows),) + self.shape[1:], dtype=self.dtype)
+        with open(self.path, "rb", buffering=0) as file:
+            pread_rows(file.fileno(), self._offset, len(self), rows, block, self.path)
+        return block
 
     def blocks(self, size: int):
         """Yield (start, rows (B, ...)) over the file in blocks of `size` rows."""
         for start in range(0, len(self), size):
             yield start, self[start:start + size]
-
-    def _read(self, fd: int, start: int, count: int) -> np.ndarray:
-        if start < 0 or start + count > len(self):
-            raise IndexError(f"{self.path}: rows {start}..{start + count} of {len(self)}")
-        size = count * self.row_bytes
-        data = os.pread(fd, size, self._offset + start * self.row_bytes)
-        if len(data) != size:
-            raise ValueError(f"{self.path}: truncated ({len(data)} of {size} bytes at row {start})")
-        return np.frombuffer(data, dtype=self.dtype).reshape((count,) + self.shape[1:]).copy()

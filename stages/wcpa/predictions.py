@@ -6,10 +6,13 @@ One .npz per predictor and split, rows aligned with the split's list:
   R_t:      (N, 4, 4) float64  pose, row-vector form (WCPA.md)
   optional: landmarks (N, V, 2) float32 pixels in the full image; sigma (N, V) or (N, V, 2)
             pixels (the landmarks' uncertainty); any extra (infer adds skipped (N,) bool)
+The arrays are stored uncompressed (np.savez's layout), so that a reader takes any block of rows
+straight from the file (open_predictions) and never holds a whole split's meshes.
 """
 from __future__ import annotations
 
 import shutil
+import struct
 import tempfile
 import zipfile
 from pathlib import Path
@@ -18,8 +21,12 @@ import numpy as np
 import pandas as pd
 
 from stages.common.io import atomic_write, save_npz
-from stages.common.rowfile import RowWriter
+from stages.common.rowfile import RowReader, RowWriter
 from stages.wcpa.layout import ID_COLUMNS, DataError
+
+LOCAL_HEADER = struct.Struct("<4s22xHH")   # a zip entry's local header: signature, 22 bytes, name and extra lengths
+LOCAL_SIGNATURE = b"PK\x03\x04"
+BLOCK_ROWS = 512                           # rows a stage reads at a time: 7.5 MB of meshes at 1220 vertices
 
 
 def save_predictions(path: Path | str, table: pd.DataFrame, verts: np.ndarray, R_t: np.ndarray,
@@ -89,20 +96,55 @@ class PredictionWriter:
                     shutil.copyfileobj(src, dst, 1 << 20)
 
 
-def load_predictions(path: Path | str, table: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
-    """Read a predictions file; with `table`, check that its rows are the list's rows in order."""
+def _data_offset(handle, entry: zipfile.ZipInfo) -> int:
+    """The byte offset of a zip member's data: after its local header, whose name and extra
+    fields may differ in length from the central directory's."""
+    handle.seek(entry.header_offset)
+    signature, name_bytes, extra_bytes = LOCAL_HEADER.unpack(handle.read(LOCAL_HEADER.size))
+    if signature != LOCAL_SIGNATURE:
+        raise DataError(f"{handle.name}: no zip entry header for '{entry.filename}'")
+    return entry.header_offset + LOCAL_HEADER.size + name_bytes + extra_bytes
+
+
+def _member(path: Path, npz: zipfile.ZipFile, handle, entry: zipfile.ZipInfo) -> RowReader | np.ndarray:
+    """One .npy member: its rows read from the file when it is stored uncompressed with rows (as
+    np.savez and PredictionWriter write it), in memory otherwise (np.savez_compressed, 0-d)."""
+    if entry.compress_type == zipfile.ZIP_STORED:
+        try:
+            return RowReader(path, _data_offset(handle, entry))
+        except ValueError:
+            pass
+    with npz.open(entry) as member:
+        return np.lib.format.read_array(member, allow_pickle=False)
+
+
+def open_predictions(path: Path | str, table: pd.DataFrame | None = None) -> dict[str, RowReader | np.ndarray]:
+    """A predictions file's arrays, read on demand: `out[key][a:b]`, `out[key][rows]`,
+    `out[key][i]` and `len(out[key])` read only those rows from the file (RowReader), so that a
+    stage that goes through them block by block keeps its memory flat in the number of rows. ids
+    are in memory. With `table`, check that its rows are the list's rows in order."""
     path = Path(path)
     try:
-        with np.load(path) as npz:
-            data = {key: npz[key] for key in npz.files}
+        with zipfile.ZipFile(path) as npz, open(path, "rb") as handle:
+            data = {entry.filename[:-len(".npy")]: _member(path, npz, handle, entry)
+                    for entry in npz.infolist() if entry.filename.endswith(".npy")}
     except FileNotFoundError:
         raise DataError(f"{path}: predictions file not found") from None
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise DataError(f"{path}: not a readable predictions .npz: {err}") from None
     for key in ("ids", "verts", "R_t"):
         if key not in data:
             raise DataError(f"{path}: missing '{key}'")
+    data["ids"] = data["ids"][:]
     if table is not None:
         expected = table[ID_COLUMNS].to_numpy(dtype=str)
         if data["ids"].shape != expected.shape or not (data["ids"] == expected).all():
             raise DataError(f"{path}: rows do not match the list ({len(data['ids'])} vs {len(expected)} rows, "
                             "or another order)")
     return data
+
+
+def load_predictions(path: Path | str, table: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
+    """A predictions file's arrays in memory (open_predictions' checks)."""
+    return {key: values[:] if isinstance(values, RowReader) else values
+            for key, values in open_predictions(path, table).items()}

@@ -9,13 +9,15 @@ the same predictions give identical .npy and .zip bytes (fixed zip date, permiss
 """
 from __future__ import annotations
 
-import io
+import shutil
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from stages.common.io import atomic_write
+from stages.common.rowfile import RowWriter
+from stages.wcpa.predictions import BLOCK_ROWS
 
 POSE_COLUMNS = 9 + 3
 ORTHONORMAL_TOL = 1e-4      # max |R R^T - I| entry; float32 storage of an exact rotation gives ~1e-7
@@ -63,87 +65,105 @@ def validate_submission(array: np.ndarray, n_rows: int, n_verts: int, name: str 
     Checks: 2-D float32 of shape (n_rows, 3 n_verts + 12); all finite; every R orthonormal
     (|R R^T - I| <= ORTHONORMAL_TOL per entry) with det +1 (within the same tolerance); tz < 0
     (the OpenGL camera looks down -z); plausible scale: every canonical vertex within
-    MAX_VERTEX_RADIUS_M of the origin and |t| < MAX_DISTANCE_M.
+    MAX_VERTEX_RADIUS_M of the origin and |t| < MAX_DISTANCE_M. The rows are checked BLOCK_ROWS
+    at a time (`array` may be memory-mapped).
     """
-    expected = (n_rows, 3 * n_verts + POSE_COLUMNS)
     if not isinstance(array, np.ndarray) or array.ndim != 2:
-        raise SubmissionError(f"{name}: expected a 2-D array of shape {expected}, got "
+        raise SubmissionError(f"{name}: expected a 2-D array of shape {(n_rows, 3 * n_verts + POSE_COLUMNS)}, got "
                               f"{getattr(array, 'shape', type(array).__name__)}")
-    if array.shape[1] != expected[1]:
-        raise SubmissionError(f"{name}: {array.shape[1]} columns, expected {expected[1]} "
+    check_layout(array.shape, array.dtype, n_rows, n_verts, name)
+    for start in range(0, n_rows, BLOCK_ROWS):
+        check_rows(np.asarray(array[start:start + BLOCK_ROWS]), start, name)
+
+
+def check_layout(shape: tuple[int, int], dtype: np.dtype, n_rows: int, n_verts: int, name: str) -> None:
+    """The submission array's shape (n_rows, 3 n_verts + 12) and dtype float32."""
+    columns = 3 * n_verts + POSE_COLUMNS
+    if shape[1] != columns:
+        raise SubmissionError(f"{name}: {shape[1]} columns, expected {columns} "
                               f"({n_verts} vertices x 3 + 9 rotation + 3 translation)")
-    if array.shape[0] != n_rows:
-        raise SubmissionError(f"{name}: {array.shape[0]} rows, expected {n_rows} (one per test list row)")
-    if array.dtype != np.float32:
-        raise SubmissionError(f"{name}: dtype {array.dtype}, expected float32")
-    finite = np.isfinite(array).all(axis=1)
+    if shape[0] != n_rows:
+        raise SubmissionError(f"{name}: {shape[0]} rows, expected {n_rows} (one per test list row)")
+    if dtype != np.float32:
+        raise SubmissionError(f"{name}: dtype {dtype}, expected float32")
+
+
+def check_rows(block: np.ndarray, first: int, name: str) -> None:
+    """validate_submission's checks of each row of block (B, 3V + 12), rows first .. first + B of
+    the array (the row the message names)."""
+    finite = np.isfinite(block).all(axis=1)
     if not finite.all():
-        raise SubmissionError(f"{name}: row {_first_row(~finite)} has NaN or inf values")
-    verts, R_t = from_submission(array)
-    _check_scale(verts, R_t, name)
+        raise SubmissionError(f"{name}: row {first + _first_row(~finite)} has NaN or inf values")
+    verts, R_t = from_submission(block)
+    _check_scale(verts, R_t, first, name)
     R = R_t[:, :3, :3]
     deviation = np.abs(R @ np.swapaxes(R, 1, 2) - np.eye(3)).max(axis=(1, 2))
     if (deviation > ORTHONORMAL_TOL).any():
         row = _first_row(deviation > ORTHONORMAL_TOL)
-        raise SubmissionError(f"{name}: row {row} rotation is not orthonormal "
+        raise SubmissionError(f"{name}: row {first + row} rotation is not orthonormal "
                               f"(max |R R^T - I| = {deviation[row]:.2e} > {ORTHONORMAL_TOL:g})")
     det = np.linalg.det(R)
     if (np.abs(det - 1.0) > ORTHONORMAL_TOL).any():
         row = _first_row(np.abs(det - 1.0) > ORTHONORMAL_TOL)
-        raise SubmissionError(f"{name}: row {row} rotation has det {det[row]:+.4f}, expected +1 (a reflection)")
+        raise SubmissionError(f"{name}: row {first + row} rotation has det {det[row]:+.4f}, expected +1 "
+                              "(a reflection)")
     if (R_t[:, 3, 2] >= 0).any():
         row = _first_row(R_t[:, 3, 2] >= 0)
-        raise SubmissionError(f"{name}: row {row} has tz = {R_t[row, 3, 2]:.4f} m >= 0 "
+        raise SubmissionError(f"{name}: row {first + row} has tz = {R_t[row, 3, 2]:.4f} m >= 0 "
                               "(the face must be in front of the camera, tz < 0)")
 
 
-def _check_scale(verts: np.ndarray, R_t: np.ndarray, name: str) -> None:
-    """Stop on a row whose vertices (N, V, 3) or translation R_t[:, 3, :3] are implausibly far (metres)."""
+def _check_scale(verts: np.ndarray, R_t: np.ndarray, first: int, name: str) -> None:
+    """Stop on a row whose vertices (B, V, 3) or translation R_t[:, 3, :3] are implausibly far
+    (metres); rows first .. first + B of the array."""
     radius = np.linalg.norm(verts, axis=-1).max(axis=1)
     if (radius > MAX_VERTEX_RADIUS_M).any():
         row = _first_row(radius > MAX_VERTEX_RADIUS_M)
-        raise SubmissionError(f"{name}: row {row} has a vertex {radius[row]:.3g} m from the origin, more than "
-                              f"MAX_VERTEX_RADIUS_M = {MAX_VERTEX_RADIUS_M} m (vertices must be in metres)")
+        raise SubmissionError(f"{name}: row {first + row} has a vertex {radius[row]:.3g} m from the origin, more "
+                              f"than MAX_VERTEX_RADIUS_M = {MAX_VERTEX_RADIUS_M} m (vertices must be in metres)")
     distance = np.linalg.norm(R_t[:, 3, :3], axis=-1)
     if (distance >= MAX_DISTANCE_M).any():
         row = _first_row(distance >= MAX_DISTANCE_M)
-        raise SubmissionError(f"{name}: row {row} has |t| = {distance[row]:.3g} m, not below "
+        raise SubmissionError(f"{name}: row {first + row} has |t| = {distance[row]:.3g} m, not below "
                               f"MAX_DISTANCE_M = {MAX_DISTANCE_M} m (translations must be in metres)")
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
+def write_submission(npy_path: Path | str, zip_path: Path | str, verts, R_t, n_rows: int, n_verts: int) -> None:
+    """Validate and write the .npy and the upload .zip (holding the .npy), BLOCK_ROWS rows at a
+    time: memory stays flat in the number of rows.
 
-
-def write_submission(npy_path: Path | str, zip_path: Path | str, verts: np.ndarray, R_t: np.ndarray,
-                     n_rows: int, n_verts: int) -> np.ndarray:
-    """Validate and write the .npy and the upload .zip (holding the .npy); returns the array.
-
-    verts (N, V, 3) metres, R_t (N, 4, 4); n_rows: rows of the test list; n_verts: vertices of
-    the data's topology. Nothing is written when validation fails.
+    verts (N, V, 3) metres, R_t (N, 4, 4): arrays or row readers (open_predictions); n_rows: rows
+    of the test list; n_verts: vertices of the data's topology. Nothing is written when
+    validation fails.
     """
     npy_path, zip_path = Path(npy_path), Path(zip_path)
-    try:
-        array = to_submission(verts, R_t)
-    except SubmissionError as err:
-        raise SubmissionError(f"{npy_path}: {err}") from None
-    validate_submission(array, n_rows, n_verts, name=str(npy_path))
-    payload = _npy_bytes(array)
-    with atomic_write(npy_path) as tmp:
-        tmp.write_bytes(payload)
+    n = len(verts)
+    if len(verts.shape) != 3 or verts.shape[2] != 3 or tuple(R_t.shape) != (n, 4, 4):
+        raise SubmissionError(f"{npy_path}: expected verts (N, V, 3) and R_t (N, 4, 4), got {tuple(verts.shape)} "
+                              f"and {tuple(R_t.shape)}")
+    check_layout((n, 3 * verts.shape[1] + POSE_COLUMNS), np.dtype(np.float32), n_rows, n_verts, str(npy_path))
+    with RowWriter(npy_path, (n, 3 * n_verts + POSE_COLUMNS), np.float32) as out:
+        for start in range(0, n, BLOCK_ROWS):
+            block = to_submission(verts[start:start + BLOCK_ROWS], R_t[start:start + BLOCK_ROWS])
+            check_rows(block, start, str(npy_path))
+            out.write(start, block)
+    _zip(npy_path, zip_path)
+
+
+def _zip(npy_path: Path, zip_path: Path) -> None:
+    """zip_path: an archive holding npy_path, deflated, copied in 1 MB pieces (the bytes of
+    ZipFile.writestr with the fixed date and mode)."""
     entry = zipfile.ZipInfo(npy_path.name, date_time=ZIP_DATE)
     entry.external_attr = ZIP_MODE << 16
     entry.compress_type = zipfile.ZIP_DEFLATED
-    with atomic_write(zip_path) as tmp:
-        with zipfile.ZipFile(tmp, "w") as archive:
-            archive.writestr(entry, payload)
-    return array
+    entry.file_size = npy_path.stat().st_size
+    with atomic_write(zip_path) as tmp, zipfile.ZipFile(tmp, "w") as archive, \
+            archive.open(entry, "w") as dst, open(npy_path, "rb") as src:
+        shutil.copyfileobj(src, dst, 1 << 20)
 
 
 def read_submission(path: Path | str, n_rows: int, n_verts: int) -> np.ndarray:
-    """Read and validate a submission .npy, or a .zip holding exactly one .npy."""
+    """Read and validate a submission .npy (memory-mapped), or a .zip holding exactly one .npy."""
     path = Path(path)
     try:
         if path.suffix == ".zip":
@@ -151,9 +171,10 @@ def read_submission(path: Path | str, n_rows: int, n_verts: int) -> np.ndarray:
                 names = [n for n in archive.namelist() if n.endswith(".npy")]
                 if len(names) != 1:
                     raise SubmissionError(f"{path}: expected one .npy inside, found {names}")
-                array = np.load(io.BytesIO(archive.read(names[0])), allow_pickle=False)
+                with archive.open(names[0]) as member:
+                    array = np.lib.format.read_array(member, allow_pickle=False)
         else:
-            array = np.load(path, allow_pickle=False)
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
         raise SubmissionError(f"{path}: submission file not found") from None
     except (OSError, ValueError, zipfile.BadZipFile) as err:

@@ -10,10 +10,14 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from stages import baseline, evaluate, split, submit
+from stages.common import predictor
+from stages.common.rowfile import RowReader
 from stages.split import split_table
+from stages.wcpa import layout
 from stages.wcpa.layout import (DataError, image_path, info_path, list_path, load_labels, load_resources,
                                 read_list)
 from stages.wcpa.predictions import load_predictions, save_predictions
+from stages.wcpa.report import error_table
 from stages.wcpa.submission import read_submission
 from tests.stages.tiny_wcpa import grid_mesh, make_tiny_root, write_params
 
@@ -211,3 +215,35 @@ def test_evaluate_scores_a_skipped_crop_without_drawing_it_and_skips_a_bad_label
     assert errors["img_id"].tolist() == [rows[i].img_id for i in (0, 1, 3)]     # the fallback row is scored
     assert pd.read_csv(out / "skipped.csv")["file"].tolist() == [str(info_path(test_gt, rows[2]))]
     assert cv2.imread(str(out / "sheet_test.png")) is not None
+
+
+def test_evaluate_reads_a_chunk_of_rows_at_a_time_and_scores_as_on_the_whole_arrays(project, tiny_root,
+                                                                                    monkeypatch):
+    split.main([])
+    baseline.main([])
+    test = read_list(list_path(tiny_root / "root", "test"))
+    verts, poses = load_labels(tiny_root / "test_gt", test, len(grid_mesh()[0]))
+    rng = np.random.default_rng(4)
+    predicted = (verts + rng.normal(0, 0.002, verts.shape)).astype(np.float32)
+    moved = poses.copy()
+    moved[:, 3, :3] += rng.normal(0, 0.01, (len(poses), 3))
+    camera = load_resources(tiny_root / "root").camera
+    uv = (camera.project(verts, poses) + rng.normal(0, 2.0, verts.shape[:2] + (2,))).astype(np.float32)
+    save_predictions("artifacts/baseline/predictions_test.npz", test, predicted, moved, landmarks=uv)
+    reads = []
+    read = RowReader.__getitem__
+
+    def spy(reader, rows):
+        block = read(reader, rows)
+        if block.shape[1:] == verts.shape[1:]:       # blocks of the predicted meshes
+            reads.append(len(block))
+        return block
+
+    monkeypatch.setattr(RowReader, "__getitem__", spy)
+    monkeypatch.setattr(layout, "LABEL_CHUNK", 2)
+    monkeypatch.setattr(predictor, "BLOCK_ROWS", 2)
+    evaluate.main(["--predictor", "baseline"])
+    assert reads and max(reads) == 2                 # 4 test rows: never the whole split at once
+    expected = error_table(test, verts, poses, {"verts": predicted, "R_t": moved, "landmarks": uv}, camera)
+    written = Path("artifacts/evaluate/baseline/errors_test.csv").read_text()
+    assert written == expected.to_csv(index=False, float_format="%.6g")

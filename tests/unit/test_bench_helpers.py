@@ -60,7 +60,10 @@ def test_bench_scale_real_work_counts_the_real_images_and_the_paper_epochs():
                                                                 finetune={"epochs": 4}))
     assert work["coarse_train"][:2] == (356_640, 30) and work["train"][:2] == (356_640, 10)
     assert work["finetune"][:2] == (356_640, 4)
-    assert work["crop"][:2] == (447_185, 1) and work["infer"][:2] == (447_185 - 356_640, 1)
+    val, test = 71_328, 447_185 - 356_640                 # the val split: 0.2 of the training list
+    assert work["crop"][:2] == (447_185, 1) and work["infer"][:2] == (val + test, 1)
+    assert work["baseline"][:2] == (356_640 - val, 1)
+    assert work["evaluate"][:2] == (val + test, 1) and work["submit"][:2] == (test, 1)
 
 
 def test_replicated_rows_are_new_subjects_of_the_same_size_linked_to_the_originals(tmp_path):

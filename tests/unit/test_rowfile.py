@@ -47,3 +47,17 @@ def test_reader_names_a_truncated_file(tmp_path):
     (tmp_path / "a.npy").write_bytes(data[:-20])
     with pytest.raises(ValueError, match="a.npy: truncated"):
         RowReader(tmp_path / "a.npy")[5:10]
+
+
+def test_reader_of_an_array_stored_inside_a_larger_file_and_of_single_rows(tmp_path):
+    array = np.arange(24, dtype=np.float64).reshape(6, 2, 2)
+    np.save(tmp_path / "a.npy", array)
+    prefix = b"0123456789"
+    (tmp_path / "b.bin").write_bytes(prefix + (tmp_path / "a.npy").read_bytes() + b"tail")
+    reader = RowReader(tmp_path / "b.bin", len(prefix))
+    assert reader.shape == array.shape
+    np.testing.assert_array_equal(reader[1:4], array[1:4])
+    np.testing.assert_array_equal(reader[5], array[5])
+    np.testing.assert_array_equal(reader[np.int64(0)], array[0])
+    with pytest.raises(IndexError, match="b.bin: rows 6..6 of 6"):
+        reader[6]

@@ -1,9 +1,13 @@
 """The submission format: layout of the columns, validation of each kind of defect, reproducibility."""
+import io
+import tracemalloc
 import zipfile
 
 import numpy as np
 import pytest
 
+from stages.common.rowfile import RowReader
+from stages.wcpa import submission
 from stages.wcpa.submission import (SubmissionError, from_submission, read_submission, to_submission,
                                     validate_submission, write_submission)
 from tests.conftest import face_points, random_poses
@@ -78,20 +82,61 @@ def _broken(predictions, defect):
     ("rows", r"sub\.npy: 5 rows, expected 6"),
     ("flat", r"sub\.npy: expected a 2-D array"),
 ])
-def test_each_defect_is_rejected_with_its_reason(predictions, defect, message):
+@pytest.mark.parametrize("block_rows", [512, 3])
+def test_each_defect_is_rejected_with_its_reason(predictions, defect, message, block_rows, monkeypatch):
+    monkeypatch.setattr(submission, "BLOCK_ROWS", block_rows)     # 3: row 4 is in the second block
     with pytest.raises(SubmissionError, match=message):
         validate_submission(_broken(predictions, defect), N, V, name="sub.npy")
 
 
 def test_writing_twice_gives_identical_bytes(predictions, tmp_path):
-    first = write_submission(tmp_path / "a" / "sub.npy", tmp_path / "a" / "sub.zip", *predictions, N, V)
+    write_submission(tmp_path / "a" / "sub.npy", tmp_path / "a" / "sub.zip", *predictions, N, V)
     write_submission(tmp_path / "b" / "sub.npy", tmp_path / "b" / "sub.zip", *predictions, N, V)
     for name in ("sub.npy", "sub.zip"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     with zipfile.ZipFile(tmp_path / "a" / "sub.zip") as archive:
         assert archive.namelist() == ["sub.npy"]
-    assert np.array_equal(read_submission(tmp_path / "a" / "sub.zip", N, V), first)
-    assert np.array_equal(read_submission(tmp_path / "a" / "sub.npy", N, V), first)
+    expected = to_submission(*predictions)
+    assert np.array_equal(read_submission(tmp_path / "a" / "sub.zip", N, V), expected)
+    assert np.array_equal(read_submission(tmp_path / "a" / "sub.npy", N, V), expected)
+
+
+def test_blocks_written_from_row_readers_are_the_bytes_of_one_np_save_and_writestr(predictions, tmp_path,
+                                                                                  monkeypatch):
+    monkeypatch.setattr(submission, "BLOCK_ROWS", 4)
+    np.save(tmp_path / "verts.npy", predictions[0])
+    np.save(tmp_path / "R_t.npy", predictions[1])
+    write_submission(tmp_path / "sub.npy", tmp_path / "sub.zip", RowReader(tmp_path / "verts.npy"),
+                     RowReader(tmp_path / "R_t.npy"), N, V)
+    buffer = io.BytesIO()
+    np.save(buffer, to_submission(*predictions))
+    assert (tmp_path / "sub.npy").read_bytes() == buffer.getvalue()
+    entry = zipfile.ZipInfo("sub.npy", date_time=submission.ZIP_DATE)
+    entry.external_attr = submission.ZIP_MODE << 16
+    entry.compress_type = zipfile.ZIP_DEFLATED
+    with zipfile.ZipFile(tmp_path / "one.zip", "w") as archive:
+        archive.writestr(entry, buffer.getvalue())
+    assert (tmp_path / "sub.zip").read_bytes() == (tmp_path / "one.zip").read_bytes()
+
+
+def test_writing_holds_a_block_of_rows_not_the_whole_array(tmp_path, monkeypatch):
+    rows, n_verts = 4000, 400
+    rng = np.random.default_rng(5)
+    verts = np.broadcast_to(face_points(rng, n_verts).astype(np.float32), (rows, n_verts, 3))
+    np.save(tmp_path / "verts.npy", verts)
+    np.save(tmp_path / "R_t.npy", np.broadcast_to(random_poses(rng, 1)[0], (rows, 4, 4)))
+    monkeypatch.setattr(submission, "BLOCK_ROWS", 64)
+    tracemalloc.start()
+    try:
+        write_submission(tmp_path / "sub.npy", tmp_path / "sub.zip", RowReader(tmp_path / "verts.npy"),
+                         RowReader(tmp_path / "R_t.npy"), rows, n_verts)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    whole = rows * (3 * n_verts + 12) * 4                # the submission array: 19 MB (the zip copy: 1 MB pieces)
+    assert peak < whole / 4, f"{peak / 1e6:.1f} MB traced for a {whole / 1e6:.1f} MB submission"
+    last = to_submission(verts[-1:], np.load(tmp_path / "R_t.npy")[-1:])[0]
+    assert np.array_equal(np.load(tmp_path / "sub.npy", mmap_mode="r")[-1], last)
 
 
 def test_invalid_predictions_write_nothing(predictions, tmp_path):
