@@ -7,13 +7,12 @@ them (all of them, in the worst case: a whole split's meshes). `ordered_map` kee
 """
 from __future__ import annotations
 
-from collections import deque
 from itertools import chain, islice
 from typing import Callable, Iterable, Iterator, TypeVar
 
 from joblib.executor import get_memmapping_executor
 
-from stages.common.threads import usable_cores
+from stages.common.threads import bounded, usable_cores
 
 T = TypeVar("T")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
@@ -35,11 +34,4 @@ def ordered_map(fn: Callable[..., T], jobs: Iterable[tuple], workers: int, ahead
         return
     share = str(max(1, usable_cores() // workers))
     executor = get_memmapping_executor(workers, env={name: share for name in THREAD_VARIABLES})
-    limit = ahead or 2 * workers
-    pending: deque = deque()
-    for job in jobs:
-        pending.append(executor.submit(fn, *job))
-        if len(pending) >= limit:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
+    yield from bounded(lambda *job: executor.submit(fn, *job), jobs, ahead or 2 * workers)

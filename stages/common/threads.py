@@ -8,8 +8,9 @@ the forward of ResNet18 at 64 px took 80-100 ms instead of 38 ms (benchmarks.ben
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, TypeVar
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from threadpoolctl import threadpool_limits
 
@@ -68,3 +69,26 @@ def map_rows(fn: Callable[[slice], T], rows: int, workers: int, chunk: int | Non
     size = max(1, chunk or -(-rows // max(workers, 1)))
     with ThreadPoolExecutor(max(workers, 1)) as pool:
         return list(pool.map(fn, [slice(start, start + size) for start in range(0, rows, size)]))
+
+
+def bounded(submit: Callable[..., Future], jobs: Iterable[tuple], limit: int) -> Iterator:
+    """submit(*job) for each job -> the futures' results in job order, with at most `limit` jobs
+    submitted and not yet consumed (the results never pile up behind a slow caller); a job's
+    exception is raised where its result is reached."""
+    pending: deque = deque()
+    for job in jobs:
+        pending.append(submit(*job))
+        if len(pending) >= limit:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def ordered_thread_map(fn: Callable[..., T], jobs: Iterable[tuple], workers: int,
+                       ahead: int | None = None) -> Iterator[T]:
+    """fn(*job) for each job on `workers` threads, in job order, at most `ahead` (None: 2 x
+    workers) jobs submitted and not yet consumed. For work that releases the GIL (numpy's array
+    loops, file reads)."""
+    workers = max(workers, 1)
+    with ThreadPoolExecutor(workers) as pool:
+        yield from bounded(lambda *job: pool.submit(fn, *job), jobs, ahead or 2 * workers)
