@@ -130,11 +130,12 @@ def score_split(split: SplitData, predictions: dict, resources: Resources, bad: 
         for start, verts, poses in iter_labels(split.gt_root, split.table, resources.n_verts, bad, workers):
             keep = np.flatnonzero(labelled_rows(poses))
             for part in (keep[first:first + SCORE_ROWS] for first in range(0, len(keep), SCORE_ROWS)):
-                yield start + part, verts[part], poses[part]
+                yield start + part, split.table.iloc[start + part], verts[part], poses[part]
 
-    def errors(rows: np.ndarray, verts: np.ndarray, poses: np.ndarray) -> tuple[np.ndarray, pd.DataFrame]:
+    def errors(rows: np.ndarray, table: pd.DataFrame, verts: np.ndarray,
+               poses: np.ndarray) -> tuple[np.ndarray, pd.DataFrame]:
         chunk = {key: predictions[key][rows] for key in keys}
-        return rows, error_table(split.table.iloc[rows], verts, poses, chunk, resources.camera)
+        return rows, error_table(table, verts, poses, chunk, resources.camera)
 
     scored = list(ordered_thread_map(errors, labelled_chunks(), workers))
     if not scored:

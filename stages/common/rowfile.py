@@ -88,36 +88,57 @@ def pread_rows(fd: int, offset: int, count: int, rows: np.ndarray, out: np.ndarr
     flat = out.reshape(-1).view(np.uint8).reshape(len(rows), row_bytes)
     firsts = np.flatnonzero(np.diff(rows, prepend=-2) != 1)
     for first, end in zip(firsts, np.append(firsts[1:], len(rows))):
-        wanted = flat[first:end]
-        got = os.preadv(fd, [wanted], offset + int(rows[first]) * row_bytes)
-        if got != wanted.nbytes:
-            raise ValueError(f"{name}: truncated ({got} of {wanted.nbytes} bytes at row {rows[first]})")
+        wanted, position = flat[first:end].reshape(-1), offset + int(rows[first]) * row_bytes
+        done = 0
+        while done < len(wanted):         # one read returns at most 2 GiB on Linux
+            got = os.preadv(fd, [wanted[done:]], position + done)
+            if not got:
+                raise ValueError(f"{name}: truncated ({done} of {len(wanted)} bytes at row {rows[first]})")
+            done += got
 
 
 class RowReader:
     """Reads rows of an (N, ...) C-order .npy file, or of an .npy stored uncompressed inside a
     larger file from byte `start` on (a member of an .npz): reader[a:b], reader[int_array],
-    reader[i] (one row), each a new array in memory read with positioned reads."""
+    reader[i] (one row), each a new array in memory read with positioned reads. The file stays
+    open while the reader lives (a file replaced at its path meanwhile is not read), any thread
+    may read, and a pickled reader opens the file again by its path."""
 
     def __init__(self, path: Path | str, start: int = 0):
-        self.path = Path(path)
-        with open(self.path, "rb") as handle:
-            handle.seek(start)
-            version = np.lib.format.read_magic(handle)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            shape, fortran, dtype = read_header(handle)
-            self._offset = handle.tell()
-        if fortran or dtype.hasobject or not shape:
-            raise ValueError(f"{self.path}: not a C-order numeric array with rows")
+        self.path, self.start = Path(path), start
+        self._fd = os.open(self.path, os.O_RDONLY)
+        try:
+            with open(self._fd, "rb", closefd=False) as handle:
+                handle.seek(start)
+                version = np.lib.format.read_magic(handle)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, fortran, dtype = read_header(handle)
+                self.offset = handle.tell()
+            if fortran or dtype.hasobject or not shape:
+                raise ValueError(f"{self.path}: not a C-order numeric array with rows")
+        except BaseException:
+            os.close(self._fd)
+            self._fd = -1
+            raise
         self.shape, self.dtype = tuple(shape), dtype
+        self.nbytes = int(np.prod(self.shape, dtype=np.int64)) * dtype.itemsize
+
+    def __reduce__(self):
+        """Pickled as its path and start: another process opens the file again."""
+        return RowReader, (self.path, self.start)
+
+    def __del__(self):
+        if getattr(self, "_fd", -1) >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def __getitem__(self, rows: int | slice | np.ndarray) -> np.ndarray:
         if isinstance(rows, (int, np.integer)):
-            return self[np.array([rows])][0]
+            return self[np.array([rows + len(self) if rows < 0 else rows])][0]
         if isinstance(rows, slice):
             start, stop, step = rows.indices(len(self))
             if step != 1:
@@ -125,8 +146,7 @@ class RowReader:
             rows = np.arange(start, max(stop, start))
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         block = np.empty((len(rows),) + self.shape[1:], dtype=self.dtype)
-        with open(self.path, "rb", buffering=0) as file:
-            pread_rows(file.fileno(), self._offset, len(self), rows, block, self.path)
+        pread_rows(self._fd, self.offset, len(self), rows, block, self.path)
         return block
 
     def blocks(self, size: int):

@@ -67,8 +67,11 @@ def map_rows(fn: Callable[[slice], T], rows: int, workers: int, chunk: int | Non
     Slices of `chunk` rows (the last one shorter), the same whatever the thread count; None: one
     slice a thread. For work that releases the GIL (numpy's array loops, OpenCV)."""
     size = max(1, chunk or -(-rows // max(workers, 1)))
-    with ThreadPoolExecutor(max(workers, 1)) as pool:
-        return list(pool.map(fn, [slice(start, start + size) for start in range(0, rows, size)]))
+    parts = [slice(start, start + size) for start in range(0, rows, size)]
+    if workers <= 1:
+        return [fn(part) for part in parts]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, parts))
 
 
 def bounded(submit: Callable[..., Future], jobs: Iterable[tuple], limit: int) -> Iterator:

@@ -96,13 +96,14 @@ class PredictionWriter:
                     shutil.copyfileobj(src, dst, 1 << 20)
 
 
-def _data_offset(handle, entry: zipfile.ZipInfo) -> int:
+def _data_offset(path: Path, handle, entry: zipfile.ZipInfo) -> int:
     """The byte offset of a zip member's data: after its local header, whose name and extra
     fields may differ in length from the central directory's."""
     handle.seek(entry.header_offset)
-    signature, name_bytes, extra_bytes = LOCAL_HEADER.unpack(handle.read(LOCAL_HEADER.size))
-    if signature != LOCAL_SIGNATURE:
-        raise DataError(f"{handle.name}: no zip entry header for '{entry.filename}'")
+    header = handle.read(LOCAL_HEADER.size)
+    if len(header) != LOCAL_HEADER.size or header[:4] != LOCAL_SIGNATURE:
+        raise DataError(f"{path}: no zip entry header for '{entry.filename}'")
+    _, name_bytes, extra_bytes = LOCAL_HEADER.unpack(header)
     return entry.header_offset + LOCAL_HEADER.size + name_bytes + extra_bytes
 
 
@@ -110,10 +111,16 @@ def _member(path: Path, npz: zipfile.ZipFile, handle, entry: zipfile.ZipInfo) ->
     """One .npy member: its rows read from the file when it is stored uncompressed with rows (as
     np.savez and PredictionWriter write it), in memory otherwise (np.savez_compressed, 0-d)."""
     if entry.compress_type == zipfile.ZIP_STORED:
+        start = _data_offset(path, handle, entry)
         try:
-            return RowReader(path, _data_offset(handle, entry))
-        except ValueError:
-            pass
+            reader = RowReader(path, start)
+        except ValueError:              # not a C-order array with rows: read below
+            reader = None
+        if reader is not None:
+            if reader.offset - start + reader.nbytes != entry.file_size:
+                raise DataError(f"{path}: '{entry.filename}' holds {entry.file_size} bytes, its header says "
+                                f"{reader.offset - start + reader.nbytes}")
+            return reader
     with npz.open(entry) as member:
         return np.lib.format.read_array(member, allow_pickle=False)
 
@@ -130,6 +137,8 @@ def open_predictions(path: Path | str, table: pd.DataFrame | None = None) -> dic
                     for entry in npz.infolist() if entry.filename.endswith(".npy")}
     except FileNotFoundError:
         raise DataError(f"{path}: predictions file not found") from None
+    except DataError:
+        raise
     except (zipfile.BadZipFile, OSError, ValueError) as err:
         raise DataError(f"{path}: not a readable predictions .npz: {err}") from None
     for key in ("ids", "verts", "R_t"):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from stages.common.threads import map_rows
 from stages.wcpa.camera import Camera, euler_from_rt
 from stages.wcpa.layout import ID_COLUMNS
 from stages.wcpa.score import CHUNK, ERROR_COLUMNS, landmark_errors, sample_errors
@@ -19,29 +18,28 @@ CURVE_METRICS = ("score", "cam", "add", "shape")
 
 
 def error_table(table: pd.DataFrame, verts_gt: np.ndarray, Rt_gt: np.ndarray, predictions: dict,
-                camera: Camera, workers: int = 1) -> pd.DataFrame:
-    """Per-sample errors of a split, one row per list row, computed on `workers` threads.
+                camera: Camera) -> pd.DataFrame:
+    """Per-sample errors of a block of a split, one row per list row (stages.evaluate scores a
+    split block by block, on threads).
 
-    table: the split's list; verts_gt (N, V, 3), Rt_gt (N, 4, 4): ground truth; predictions:
-    load_predictions() output (verts, R_t, optional landmarks (N, V, 2) full-image px).
+    table: the block's list rows; verts_gt (N, V, 3), Rt_gt (N, 4, 4): ground truth; predictions:
+    arrays verts (N, V, 3), R_t (N, 4, 4) and optionally landmarks (N, V, 2) full-image px.
     """
-    errors = sample_errors(verts_gt, Rt_gt, predictions["verts"], predictions["R_t"], workers)
+    errors = sample_errors(verts_gt, Rt_gt, predictions["verts"], predictions["R_t"])
     if "landmarks" in predictions:
-        errors["landmark_px"] = projected_landmark_errors(camera, verts_gt, Rt_gt, predictions["landmarks"], workers)
+        errors["landmark_px"] = projected_landmark_errors(camera, verts_gt, Rt_gt, predictions["landmarks"])
     context = pd.DataFrame({"yaw_deg": np.degrees(euler_from_rt(Rt_gt)[:, 0]),
                             "distance_m": np.linalg.norm(Rt_gt[:, 3, :3], axis=1)})
     return pd.concat([table[ID_COLUMNS].reset_index(drop=True), errors, context], axis=1)
 
 
 def projected_landmark_errors(camera: Camera, verts_gt: np.ndarray, Rt_gt: np.ndarray,
-                              uv_pred: np.ndarray, workers: int = 1) -> np.ndarray:
+                              uv_pred: np.ndarray) -> np.ndarray:
     """Mean px distance of predicted 2D points (N, V, 2) to the projected ground truth, (N,), in
-    batches of CHUNK samples on `workers` threads."""
-    def batch(rows: slice) -> np.ndarray:
-        """The mean px errors of the samples in `rows`."""
-        return landmark_errors(camera.project(verts_gt[rows], Rt_gt[rows]), uv_pred[rows])
-
-    return np.concatenate(map_rows(batch, len(verts_gt), workers, CHUNK) or [np.empty(0)])
+    batches of CHUNK samples."""
+    parts = [landmark_errors(camera.project(verts_gt[start:start + CHUNK], Rt_gt[start:start + CHUNK]),
+                             uv_pred[start:start + CHUNK]) for start in range(0, len(verts_gt), CHUNK)]
+    return np.concatenate(parts or [np.empty(0)])
 
 
 def empty_error_table(with_landmarks: bool) -> pd.DataFrame:

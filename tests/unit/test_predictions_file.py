@@ -70,3 +70,12 @@ def test_bad_files_are_named(tmp_path, table, arrays):
     path = written(tmp_path / "p.npz", table, arrays, "savez")
     with pytest.raises(DataError, match="p.npz: rows do not match the list"):
         open_predictions(path, table.iloc[::-1])
+
+
+def test_a_member_whose_header_claims_more_rows_than_it_holds_is_named(tmp_path, table, arrays):
+    path = written(tmp_path / "p.npz", table, arrays, "savez")
+    data = path.read_bytes()
+    assert data.count(b"(7, 5, 3)") == 1
+    path.write_bytes(data.replace(b"(7, 5, 3)", b"(9, 5, 3)"))      # the same length: the offsets hold
+    with pytest.raises(DataError, match="p.npz: 'verts.npy' holds 548 bytes, its header says 668"):
+        open_predictions(path)

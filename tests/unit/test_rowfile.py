@@ -1,5 +1,8 @@
 """Row files: the bytes np.save writes, blocks in any order, reads by slice and by rows, and
 nothing left at the path when the writer fails."""
+import os
+import pickle
+
 import numpy as np
 import pytest
 
@@ -61,3 +64,22 @@ def test_reader_of_an_array_stored_inside_a_larger_file_and_of_single_rows(tmp_p
     np.testing.assert_array_equal(reader[np.int64(0)], array[0])
     with pytest.raises(IndexError, match="b.bin: rows 6..6 of 6"):
         reader[6]
+
+
+def test_reader_keeps_reading_the_file_it_opened_and_pickles_as_its_path(tmp_path):
+    array = np.arange(12, dtype=np.int64).reshape(4, 3)
+    np.save(tmp_path / "a.npy", array)
+    reader = RowReader(tmp_path / "a.npy")
+    np.save(tmp_path / "b.npy", -array)
+    os.replace(tmp_path / "b.npy", tmp_path / "a.npy")           # an atomic rewrite of the file
+    np.testing.assert_array_equal(reader[1:3], array[1:3])
+    np.testing.assert_array_equal(reader[-1], array[-1])
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(reader))[:], -array)
+
+
+def test_reads_longer_than_one_system_read_are_completed(tmp_path, monkeypatch):
+    array = np.arange(40, dtype=np.float32).reshape(10, 4)
+    np.save(tmp_path / "a.npy", array)
+    preadv = os.preadv
+    monkeypatch.setattr(os, "preadv", lambda fd, buffers, offset: preadv(fd, [buffers[0][:7]], offset))
+    np.testing.assert_array_equal(RowReader(tmp_path / "a.npy")[2:9], array[2:9])

@@ -111,12 +111,18 @@ def test_blocks_written_from_row_readers_are_the_bytes_of_one_np_save_and_writes
     buffer = io.BytesIO()
     np.save(buffer, to_submission(*predictions))
     assert (tmp_path / "sub.npy").read_bytes() == buffer.getvalue()
+    assert (tmp_path / "sub.zip").read_bytes() == one_zip(tmp_path, buffer.getvalue())
+
+
+def one_zip(folder, payload: bytes) -> bytes:
+    """The bytes of a zip of sub.npy written at once (ZipFile.writestr) with the submission's date
+    and mode: what the streamed zip must equal."""
     entry = zipfile.ZipInfo("sub.npy", date_time=submission.ZIP_DATE)
     entry.external_attr = submission.ZIP_MODE << 16
     entry.compress_type = zipfile.ZIP_DEFLATED
-    with zipfile.ZipFile(tmp_path / "one.zip", "w") as archive:
-        archive.writestr(entry, buffer.getvalue())
-    assert (tmp_path / "sub.zip").read_bytes() == (tmp_path / "one.zip").read_bytes()
+    with zipfile.ZipFile(folder / "one.zip", "w") as archive:
+        archive.writestr(entry, payload)
+    return (folder / "one.zip").read_bytes()
 
 
 def test_writing_holds_a_block_of_rows_not_the_whole_array(tmp_path, monkeypatch):
@@ -133,10 +139,11 @@ def test_writing_holds_a_block_of_rows_not_the_whole_array(tmp_path, monkeypatch
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    whole = rows * (3 * n_verts + 12) * 4                # the submission array: 19 MB (the zip copy: 1 MB pieces)
+    whole = rows * (3 * n_verts + 12) * 4                # the submission array: 19 MB, zipped in 1 MB pieces
     assert peak < whole / 4, f"{peak / 1e6:.1f} MB traced for a {whole / 1e6:.1f} MB submission"
     last = to_submission(verts[-1:], np.load(tmp_path / "R_t.npy")[-1:])[0]
     assert np.array_equal(np.load(tmp_path / "sub.npy", mmap_mode="r")[-1], last)
+    assert (tmp_path / "sub.zip").read_bytes() == one_zip(tmp_path, (tmp_path / "sub.npy").read_bytes())
 
 
 def test_invalid_predictions_write_nothing(predictions, tmp_path):
