@@ -7,11 +7,16 @@ list. Writes artifacts/coarse_predict/:
   metrics.json           landmark errors against the projected GT (train, val): median and 95th
                          percentile over all points and over per-image means, in full-image px
   skipped.csv            samples skipped as bad input (with data.skip_bad)
+Work in progress lives in artifacts/coarse_predict.partial/ (each batch's landmarks as they come,
+stages.common.cropstore.ResumableRows): an interrupted run resumes there with the same detector,
+rows and settings, and starts afresh with any other.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -25,12 +30,16 @@ from tqdm import tqdm
 from stages.coarse.detector import Detector
 from stages.coarse.targets import load_targets
 from stages.common.badinput import BadInputs
+from stages.common.cropstore import ResumableRows
 from stages.common.device import pick_device, torch_path
+from stages.common.identity import file_digest
 from stages.common.io import atomic_dir, save_json
 from stages.common.params import CoarsePredictParams, Params
+from stages.common.resume import fingerprint
 from stages.common.stage import stage_main
 from stages.wcpa.decode import device_images, load_for_device
-from stages.wcpa.layout import DataError, image_path, load_resources, read_image, sample_key, split_tables
+from stages.wcpa.layout import (ID_COLUMNS, DataError, image_path, load_resources, read_image, sample_key,
+                                split_tables)
 
 log = logging.getLogger("coarse_predict")
 SPLITS = ("train", "val", "test")
@@ -46,41 +55,57 @@ def _read_or_error(path: Path, size: tuple[int, int]) -> np.ndarray | DataError:
 
 
 def predict_split(detector: Detector, root: Path | str, table: pd.DataFrame, size: tuple[int, int],
-                  cfg: CoarsePredictParams, workers: int, bad: BadInputs, desc: str) -> np.ndarray:
+                  cfg: CoarsePredictParams, workers: int, bad: BadInputs, desc: str,
+                  store: ResumableRows) -> np.ndarray:
     """Landmarks (N, L, 2) full px for every listed image (NaN rows where skipped); size: the data
-    set's (width, height) px, which every image must have. The `workers` threads read (OpenCV
-    path: decode) the next batch's images while the detector runs; on the torch path
-    (coarse_predict.decode) each batch is decoded in one call on the detector's device and every
-    pass warps there."""
-    out = np.full((len(table), detector.config["n_points"], 2), np.nan)
+    set's (width, height) px, which every image must have. Each batch's landmarks go to `store`
+    (N, L, 2) float64 as they come, and the rows it holds already are not predicted again. The
+    `workers` threads read (OpenCV path: decode) the next batch's images while the detector runs;
+    on the torch path (coarse_predict.decode) each batch is decoded in one call on the detector's
+    device and every pass warps there."""
     rows = list(table.itertuples(index=False))
     paths = [str(image_path(root, row)) for row in rows]
     on_device = torch_path(cfg.decode, detector.device)
     read = partial(load_for_device, device=detector.device, image_size=size) if on_device else partial(
         _read_or_error, size=size)
-    with ThreadPoolExecutor(max(workers, 1)) as pool, tqdm(total=len(rows), desc=desc, unit="img") as bar:
-        def load(start: int) -> list:
+    batches = store.pending(np.arange(len(rows)), cfg.batch_size)
+    with ThreadPoolExecutor(max(workers, 1)) as pool, \
+            tqdm(total=len(rows), initial=len(rows) - sum(map(len, batches)), desc=desc, unit="img") as bar:
+        def load(batch: np.ndarray) -> list:
             """Futures of one batch's images: the threads read them while the network runs."""
-            return [pool.submit(read, path) for path in paths[start:start + cfg.batch_size]]
+            return [pool.submit(read, paths[i]) for i in batch]
 
-        pending = load(0) if rows else []
-        for start in range(0, len(rows), cfg.batch_size):
-            futures, pending = pending, load(start + cfg.batch_size) if start + cfg.batch_size < len(rows) else []
+        pending = load(batches[0]) if batches else []
+        for k, batch in enumerate(batches):
+            futures, pending = pending, load(batches[k + 1]) if k + 1 < len(batches) else []
             loaded = [future.result() for future in futures]
             if on_device:
-                loaded = device_images(loaded, paths[start:start + len(loaded)], detector.device, size)
+                loaded = device_images(loaded, [paths[i] for i in batch], detector.device, size)
             images, where = [], []
-            for offset, image in enumerate(loaded):
-                with bad.guard(sample_key(rows[start + offset])):
+            for i, image in zip(batch, loaded):
+                with bad.guard(sample_key(rows[i])):
                     if isinstance(image, DataError):
                         raise image
                     images.append(image)
-                    where.append(start + offset)
+                    where.append(i)
             if images:
-                batch = torch.stack(images) if on_device else images
-                out[where] = detector(batch, cfg.refine_passes, cfg.flip_test, bgr=not on_device)
+                batch_images = torch.stack(images) if on_device else images
+                store.values[where] = detector(batch_images, cfg.refine_passes, cfg.flip_test, bgr=not on_device)
+                store.write(np.asarray(where))
             bar.update(len(futures))
-    return out
+    landmarks = np.array(store.values)
+    landmarks[~np.asarray(store.done)] = np.nan
+    return landmarks
+
+
+def job_key(model: Path, root: Path | str, table: pd.DataFrame, size: tuple[int, int], cfg: CoarsePredictParams,
+            device: torch.device) -> str:
+    """Identity of one split's landmarks, which a resumed run must share: the detector's bytes, the
+    data root and the list's rows (the images, as crop's job identifies them), the image size, the
+    settings that change the landmarks and where they are computed."""
+    ids = hashlib.sha256(table[ID_COLUMNS].to_csv(index=False).encode()).hexdigest()
+    return fingerprint({"model": file_digest(model), "root": str(Path(root).resolve()), "rows": ids,
+                        "size": list(size), "settings": dataclasses.asdict(cfg), "device": device.type})
 
 
 def error_summary(pred: np.ndarray, target: np.ndarray) -> dict:
@@ -110,10 +135,13 @@ def run(params: Params, out: Path = Path("artifacts/coarse_predict"),
     cfg = usable_flip_test(cfg, detector)
     bad = BadInputs(skip=data.skip_bad, max_fraction=data.max_bad_fraction)
     metrics, landmarks = {}, {}
+    partial_dir = out.with_name(out.name + ".partial")
     for split in SPLITS:
         started = time.perf_counter()
-        landmarks[split] = predict_split(detector, data.root, tables[split], resources.camera.size, cfg,
-                                         data.workers, bad, split)
+        table, size = tables[split], resources.camera.size
+        store = ResumableRows(partial_dir / split, job_key(model, data.root, table, size, cfg, detector.device),
+                              (len(table), detector.config["n_points"], 2), np.float64)
+        landmarks[split] = predict_split(detector, data.root, table, size, cfg, data.workers, bad, split, store)
         seconds = time.perf_counter() - started
         metrics[f"{split}_seconds"] = seconds
         metrics[f"{split}_images_per_second"] = len(tables[split]) / max(seconds, 1e-9)
@@ -127,6 +155,7 @@ def run(params: Params, out: Path = Path("artifacts/coarse_predict"),
             np.save(tmp / f"{split}.npy", landmarks[split])
         save_json(tmp / "metrics.json", metrics)
         bad.finish(tmp, total=sum(len(t) for t in tables.values()))
+    shutil.rmtree(partial_dir, ignore_errors=True)
     return metrics
 
 

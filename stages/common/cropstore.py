@@ -7,13 +7,13 @@ input: its image is black and its warps NaN) and run.json ({"run": the identity 
 a digest over every split's warps, rows and images, the same in each split}: a network records
 it, and infer refuses crops of another run).
 
-While writing, everything lives in a work folder: images.npy is a memory-mapped .npy filled
-chunk by chunk (`store` from any thread), done.npy (N,) bool, memory-mapped too, marks the rows
-already written: `write` flushes the pages of a chunk's image rows to disk before it marks them
-done, and flushes only those pages and the mask's (the cost of a chunk does not grow with N), and
-config.json identifies the job (size, rows, a hash of the warps). A rerun with the same job
-continues with the rows not done; any other job starts afresh. `finish` moves the images into
-the split folder and writes the rest.
+While writing, everything lives in a work folder (`ResumableRows`, which coarse_predict uses
+too): the images are a memory-mapped .npy filled chunk by chunk (`store` from any thread), and a
+memory-mapped done mask marks the rows already written: `write` flushes the pages of a chunk's
+image rows to disk before it marks them done, and flushes only those pages and the mask's (the
+cost of a chunk does not grow with N). config.json identifies the job (size, rows, a hash of the
+warps and the decode path). A rerun with the same job continues with the rows not done; any other
+job starts afresh. `finish` moves the images into the split folder and writes the rest.
 """
 from __future__ import annotations
 
@@ -46,28 +46,30 @@ def job_key(warps: np.ndarray, size: int, table: pd.DataFrame, method: str = "op
     return digest.hexdigest()
 
 
-class CropStoreWriter:
-    """The work folder of one split: images (N, S, S, 3) memmap, done mask (N,)."""
+class ResumableRows:
+    """An (N, ...) array filled a block of rows at a time, across runs: work/values.npy
+    (memory-mapped), work/done.npy (N,) bool, memory-mapped too, and work/config.json (the job's
+    key). A run with the same key continues with the rows not done; any other key, or shape, starts
+    afresh, so that a resumed run never reuses rows made from other inputs. `write` flushes a
+    block's rows to disk before it marks them done, and only those pages (the cost of a block does
+    not grow with N)."""
 
-    def __init__(self, work: Path | str, table: pd.DataFrame, warps: np.ndarray, size: int,
-                 method: str = "opencv"):
+    def __init__(self, work: Path | str, key: str, shape: tuple[int, ...], dtype):
         self.work = Path(work)
-        self.table = table.reset_index(drop=True)
-        self.warps = np.asarray(warps, dtype=np.float64)
-        self.size = size
-        key = job_key(self.warps, size, self.table, method)
-        config = self.work / "config.json"
+        config, values, done = self.work / "config.json", self.work / "values.npy", self.work / "done.npy"
         resumable = config.is_file() and json.loads(config.read_text()).get("key") == key \
-            and (self.work / "images.npy").is_file() and (self.work / "done.npy").is_file()
+            and values.is_file() and done.is_file()
+        if resumable:
+            self.values = np.load(values, mmap_mode="r+")
+            resumable = self.values.shape == tuple(shape) and self.values.dtype == np.dtype(dtype)
         if not resumable:
             shutil.rmtree(self.work, ignore_errors=True)
             self.work.mkdir(parents=True)
-            np.lib.format.open_memmap(self.work / "images.npy", mode="w+", dtype=np.uint8,
-                                      shape=(len(self.table), size, size, 3)).flush()
-            save_npy(self.work / "done.npy", np.zeros(len(self.table), dtype=bool))
-            save_json(config, {"key": key, "rows": len(self.table), "size": size})
-        self.images = np.load(self.work / "images.npy", mmap_mode="r+")
-        self.done = np.load(self.work / "done.npy", mmap_mode="r+")
+            np.lib.format.open_memmap(values, mode="w+", dtype=dtype, shape=tuple(shape)).flush()
+            save_npy(done, np.zeros(shape[0], dtype=bool))
+            save_json(config, {"key": key, "rows": shape[0]})
+            self.values = np.load(values, mmap_mode="r+")
+        self.done = np.load(done, mmap_mode="r+")
 
     def pending(self, rows: np.ndarray, chunk: int) -> list[np.ndarray]:
         """The not-yet-written rows among `rows`, in chunks of at most `chunk`."""
@@ -75,31 +77,58 @@ class CropStoreWriter:
         todo = todo[~self.done[todo]]
         return [todo[i:i + chunk] for i in range(0, len(todo), chunk)]
 
+    def write(self, rows: np.ndarray) -> None:
+        """Mark `rows` (their values set) done: the value rows reach the disk before the mark
+        does, so a crash never leaves a row marked done whose values were not written."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows):
+            flush_rows(self.values, rows)
+            self.done[rows] = True
+            flush_rows(self.done, rows)
+
+    def close(self) -> Path:
+        """Flush and unmap -> the values file (for the caller to move or read)."""
+        self.values.flush()
+        self.done.flush()
+        del self.values, self.done
+        return self.work / "values.npy"
+
+
+class CropStoreWriter:
+    """The work folder of one split: images (N, S, S, 3) memmap with a done mask (ResumableRows)."""
+
+    def __init__(self, work: Path | str, table: pd.DataFrame, warps: np.ndarray, size: int,
+                 method: str = "opencv"):
+        self.work = Path(work)
+        self.table = table.reset_index(drop=True)
+        self.warps = np.asarray(warps, dtype=np.float64)
+        self.size = size
+        self.rows = ResumableRows(self.work, job_key(self.warps, size, self.table, method),
+                                  (len(self.table), size, size, 3), np.uint8)
+        self.images = self.rows.values
+
+    def pending(self, rows: np.ndarray, chunk: int) -> list[np.ndarray]:
+        """The not-yet-written rows among `rows`, in chunks of at most `chunk`."""
+        return self.rows.pending(rows, chunk)
+
     def store(self, row: int, crop: np.ndarray) -> None:
         """Put one crop (S, S, 3) at `row` (any thread; not done until `write` marks it)."""
         self.images[row] = crop
 
     def write(self, rows: np.ndarray) -> None:
-        """Mark `rows` (their crops `store`d) done: the image rows reach the disk before the mark
-        does, so a crash never leaves a row marked done whose pixels were not written."""
-        rows = np.asarray(rows, dtype=np.int64)
-        if len(rows):
-            flush_rows(self.images, rows)
-            self.done[rows] = True
-            flush_rows(self.done, rows)
+        """Mark `rows` (their crops `store`d) done (ResumableRows.write)."""
+        self.rows.write(rows)
 
     def finish(self, out: Path | str, skipped: np.ndarray, inverse: np.ndarray) -> None:
         """Write the finished split into `out`: inverse (N, 2, 3) are the warps' inverses (crop px
         -> full px); skipped (N,) bool rows get NaN warps and inverses."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        missing = ~self.done & ~skipped
+        missing = ~self.rows.done & ~skipped
         if missing.any():
             raise RuntimeError(f"{self.work}: {int(missing.sum())} rows neither written nor skipped")
-        self.images.flush()
-        self.done.flush()
         del self.images
-        os.replace(self.work / "images.npy", out / "images.npy")
+        os.replace(self.rows.close(), out / "images.npy")
         save_npy(out / "warps.npy", np.where(skipped[:, None, None], np.nan, self.warps))
         save_npy(out / "inv_warps.npy", np.where(skipped[:, None, None], np.nan, inverse))
         index = self.table[ID_COLUMNS].assign(skipped=skipped.astype(int))

@@ -15,6 +15,7 @@ from stages.coarse import train as train_module
 from stages.coarse.detector import Detector
 from stages.coarse_predict import predict_split
 from stages.common.badinput import BadInputs
+from stages.common.cropstore import ResumableRows
 from stages.common.params import load_params
 from stages.common.resume import Checkpoints
 from stages.face import ibug68
@@ -200,11 +201,45 @@ def test_prediction_on_the_torch_path_is_the_opencv_paths(tiny, device):
     cfg = params.coarse_predict
     size = load_resources(params.data.root).camera.size
     found = {decode: predict_split(detector, params.data.root, table, size, dataclasses.replace(cfg, decode=decode),
-                                   2, BadInputs(skip=False, max_fraction=0.0), decode)
+                                   2, BadInputs(skip=False, max_fraction=0.0), decode,
+                                   ResumableRows(tmp / decode, decode, (len(table), 68, 2), np.float64))
              for decode in ("opencv", "torch")}
     assert np.isfinite(found["torch"]).all()
     diff = np.abs(found["torch"] - found["opencv"]).max()     # px; the CPU decodes alike (1.2e-5 px measured)
     assert diff < (1e-3 if device == "cpu" else 2.0), diff
+
+
+def predicted_images(monkeypatch) -> list:
+    """The images the detector is called on from now on, one count per call."""
+    calls, call = [], Detector.__call__
+    monkeypatch.setattr(Detector, "__call__", lambda self, images, *a, **k: calls.append(len(images))
+                        or call(self, images, *a, **k))
+    return calls
+
+
+def test_interrupted_prediction_resumes_its_rows_and_only_with_the_same_detector_and_settings(tiny, monkeypatch):
+    params, tmp, split_dir = tiny
+    coarse_train.run(params.replace(coarse_train={"epochs": 1}), tmp / "coarse_train", split_dir)
+    model, out = tmp / "coarse_train/model.pt", tmp / "coarse_predict"
+    coarse_predict.run(params, out, model, split_dir)
+    whole = {split: np.load(out / f"{split}.npy") for split in ("train", "val", "test")}
+    assert not (tmp / "coarse_predict.partial").exists()
+    interrupt_after(ResumableRows, "write", 2, lambda: coarse_predict.run(params, out, model, split_dir), monkeypatch)
+    assert (tmp / "coarse_predict.partial/train/done.npy").exists()
+    calls = predicted_images(monkeypatch)
+    coarse_predict.run(params, out, model, split_dir)
+    assert sum(calls) == 8 - 4 + 2 + 3             # train's first 2 batches of 2 were kept
+    for split, landmarks in whole.items():
+        np.testing.assert_array_equal(np.load(out / f"{split}.npy"), landmarks)
+    interrupt_after(ResumableRows, "write", 2, lambda: coarse_predict.run(params, out, model, split_dir), monkeypatch)
+    calls.clear()
+    coarse_predict.run(params.replace(coarse_predict={"refine_passes": 2}), out, model, split_dir)
+    assert sum(calls) == 8 + 2 + 3                 # other settings: nothing resumed
+    interrupt_after(ResumableRows, "write", 2, lambda: coarse_predict.run(params, out, model, split_dir), monkeypatch)
+    model.write_bytes(model.read_bytes() + b" ")   # another detector file
+    calls.clear()
+    coarse_predict.run(params, out, model, split_dir)
+    assert sum(calls) == 8 + 2 + 3
 
 
 def test_targets_are_read_in_chunks_on_processes_in_row_order(tiny, monkeypatch):
