@@ -105,7 +105,6 @@ class CropStoreWriter:
         self.size = size
         self.rows = ResumableRows(self.work, job_key(self.warps, size, self.table, method),
                                   (len(self.table), size, size, 3), np.uint8)
-        self.images = self.rows.values
 
     def pending(self, rows: np.ndarray, chunk: int) -> list[np.ndarray]:
         """The not-yet-written rows among `rows`, in chunks of at most `chunk`."""
@@ -113,7 +112,7 @@ class CropStoreWriter:
 
     def store(self, row: int, crop: np.ndarray) -> None:
         """Put one crop (S, S, 3) at `row` (any thread; not done until `write` marks it)."""
-        self.images[row] = crop
+        self.rows.values[row] = crop
 
     def write(self, rows: np.ndarray) -> None:
         """Mark `rows` (their crops `store`d) done (ResumableRows.write)."""
@@ -127,7 +126,6 @@ class CropStoreWriter:
         missing = ~self.rows.done & ~skipped
         if missing.any():
             raise RuntimeError(f"{self.work}: {int(missing.sum())} rows neither written nor skipped")
-        del self.images
         os.replace(self.rows.close(), out / "images.npy")
         save_npy(out / "warps.npy", np.where(skipped[:, None, None], np.nan, self.warps))
         save_npy(out / "inv_warps.npy", np.where(skipped[:, None, None], np.nan, inverse))
