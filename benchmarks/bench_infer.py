@@ -93,7 +93,7 @@ def write_store(folder: Path, n: int, crop: int, warp: np.ndarray) -> CropStore:
     the same warp."""
     table = pd.DataFrame({"subject_id": "0", "facial_action": "a", "img_id": [f"{i:05d}" for i in range(n)]})
     writer = CropStoreWriter(folder / "work", table, np.repeat(warp[None], n, 0), crop)
-    writer.images[:] = np.random.default_rng(1).integers(0, 256, writer.images.shape, dtype=np.uint8)
+    writer.rows.values[:] = np.random.default_rng(1).integers(0, 256, writer.rows.values.shape, dtype=np.uint8)
     writer.write(np.arange(n))
     writer.finish(folder, np.zeros(n, dtype=bool), np.repeat(invert_warp(warp)[None], n, 0))
     stamp_run([folder])
