@@ -71,11 +71,12 @@ def data_identity(root: Path | str, tables: dict) -> dict[str, str]:
     return {"resources": path_digest(Path(root) / "resources"), "samples": files_digest(files)}
 
 
-def fingerprint(params: Params, tables: dict, data: dict[str, str]) -> str:
-    """Hash of what the training depends on: its params, the seed, the data root, the lists
-    and the data's identity (data_identity)."""
+def fingerprint(params: Params, tables: dict, data: dict[str, str], processes: int) -> str:
+    """Hash of what the training depends on: its params, the seed, the data root, the lists,
+    the data's identity (data_identity) and the number of processes (each takes its share of
+    every batch: a run of another world size is not resumed)."""
     lists = [tables[split].to_csv(index=False) for split in SPLITS]
-    return content_fingerprint([params.coarse_train.as_dict(), params.seed, params.data.root, data, lists])
+    return content_fingerprint([params.coarse_train.as_dict(), params.seed, params.data.root, data, lists, processes])
 
 
 def without_flips(cfg: TrainConfig, flip_order: np.ndarray | None) -> TrainConfig:
@@ -109,7 +110,7 @@ def run(params: Params, out: Path = Path("artifacts/coarse_train"),
         bad.finish(partial, total=total)
     prepared = time.perf_counter()
     identity = data_identity(data.root, tables)
-    checkpoints = Checkpoints(partial / "checkpoints", fingerprint(params, tables, identity), keep=1)
+    checkpoints = Checkpoints(partial / "checkpoints", fingerprint(params, tables, identity, ctx.world), keep=1)
     resuming = checkpoints.latest(cfg.epochs) is not None
     if ctx.main and not resuming:
         shutil.rmtree(partial / "live", ignore_errors=True)

@@ -11,8 +11,10 @@ import torch.distributed as dist
 
 from stages import coarse_train
 from stages.coarse import train as coarse_loop
+from stages.common.distributed import start_distributed
 from stages.common.params import Params
-from stages.nets.trainer import Trainer, TrainPaths
+from stages.finetuning.pnp_loss import masked_mean
+from stages.nets.trainer import Trainer, TrainPaths, run_training
 from stages.wcpa.camera import Camera
 from tests.tiny_project import PROJ
 
@@ -32,10 +34,44 @@ def run_rank(rank: int, root: str, params: Params, port: int) -> None:
     trainer = Trainer(params, paths, Camera(PROJ, 800, 800))
     assert dist.get_backend() == "gloo" and dist.get_world_size() == 2
     initial = {name: weight.clone() for name, weight in trainer.model.state_dict().items()}
+    steps, train_step = [], trainer.train_step
+
+    def recording_step(*args, **kwargs):
+        terms = train_step(*args, **kwargs)
+        steps.append({key: float(value) for key, value in terms.items()})
+        return terms
+
+    trainer.train_step = recording_step
     terms = trainer.train_epoch(0)
-    torch.save({"model": trainer.model.state_dict(), "initial": initial, "terms": terms,
+    own = {key: sum(step[key] for step in steps) / len(steps) for key in steps[0]}
+    torch.save({"model": trainer.model.state_dict(), "initial": initial, "terms": terms, "own": own,
                 "batches": len(trainer.loader)},
                base / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def run_training_rank(rank: int, root: str, params: Params, port: int) -> None:
+    """The train stage's run_training as rank `rank` of 2 in `root` (outputs in root/artifacts/train)."""
+    join_as(rank, port)
+    base = Path(root)
+    paths = TrainPaths(crop=base / "artifacts/crop", pca=base / "artifacts/pca",
+                       split=base / "artifacts/split", out=base / "artifacts/train")
+    run_training(params, paths, Camera(PROJ, 800, 800))
+    dist.destroy_process_group()
+
+
+def run_masked_mean_rank(rank: int, root: str, port: int) -> None:
+    """finetune's masked_mean of a global batch of 8 values, 4 a rank (rank 0: 4 accepted,
+    rank 1: 1, or 0 when root names 'none'), one backward; saves the term and its samples' share
+    of the gradient DDP averages."""
+    join_as(rank, port)
+    start_distributed("cpu")
+    values = torch.arange(1.0, 9.0)[4 * rank:4 * rank + 4].requires_grad_(True)
+    accepted = [True] * 4 + ([False] * 4 if "none" in root else [True, False, False, False])
+    term = masked_mean(values, torch.tensor(accepted[4 * rank:4 * rank + 4]))
+    term.backward()
+    # DDP averages the ranks' gradients: each of this rank's samples gets its term's gradient / 2
+    torch.save({"term": float(term), "grad": (values.grad / 2).tolist()}, Path(root) / f"masked{rank}.pt")
     dist.destroy_process_group()
 
 

@@ -36,7 +36,7 @@ from stages.coarse.model import LandmarkNet
 from stages.coarse.sources import PASSES, Samples, Stream, ViewSet
 from stages.common.badinput import BadInputs
 from stages.common.device import torch_path
-from stages.common.distributed import Dist, share_cores, start_distributed
+from stages.common.distributed import Dist, mean_over_ranks, share_cores, start_distributed
 from stages.common.precision import amp_dtype, autocast, needs_grad_scaler, place_network
 from stages.common.resume import Checkpoints, capture, restore
 from stages.common.threads import usable_cores
@@ -141,16 +141,19 @@ def pass_loss(net: torch.nn.Module, batch: dict, name: str, size: int, dev: torc
 
 
 def step(nets: dict[str, LandmarkNet], batch: dict, sizes: dict[str, int], optimizer, schedule,
-         scaler, passes: ThreadPoolExecutor | None = None) -> torch.Tensor:
+         scaler, passes: ThreadPoolExecutor | None = None, weight: float | None = None) -> torch.Tensor:
     """One training step of both nets on a loaded batch -> its loss (a 0-d tensor on the device,
     detached: read it once an epoch, so that the host does not wait for the device every step).
     Each pass's forward and backward runs on its own term (each net's gradient comes from its own
-    term alone): on `pass_threads`' pool side by side, or with passes None one after the other."""
+    term alone): on `pass_threads`' pool side by side, or with passes None one after the other.
+    weight: a factor of both terms (share_weight's, under DDP), None for none."""
     dev = next(nets["refine"].parameters()).device
     optimizer.zero_grad(set_to_none=True)
 
     def backward(name: str) -> torch.Tensor:
         loss = pass_loss(nets[name], batch, name, sizes[name], dev)
+        if weight is not None:
+            loss = loss * weight
         scaler.scale(loss).backward()
         return loss
 
@@ -240,7 +243,7 @@ def train(cfg: TrainConfig, train_samples: Samples, val_samples: Samples, flip_o
         started = time.perf_counter()
         loss = _epoch(replicas, train_stream, sizes, cfg, (optimizer, schedule, scaler, passes), epoch, bad=bad,
                       ctx=ctx)
-        loss = mean_over_ranks(loss, ctx)
+        loss = float(mean_over_ranks(loss, ctx))
         share_epoch(nets, bad, ctx)
         if ctx.main:
             metrics = {"train/loss": loss, "lr": schedule.get_last_lr()[0],
@@ -280,16 +283,6 @@ def shard(batches: list[list[tuple[int, int]]], ctx: Dist) -> list[list[tuple[in
     """This process's share of every batch: items rank, rank + world, ... (the global batches are
     the same on every process, so every process takes the same number of steps)."""
     return [batch[ctx.rank::ctx.world] for batch in batches]
-
-
-def mean_over_ranks(value: float, ctx: Dist) -> float:
-    """The mean of a float over the processes (every process must call it). The sum runs on the
-    process's device: nccl reduces CUDA tensors only."""
-    if ctx.world == 1:
-        return value
-    total = torch.tensor([value], dtype=torch.float64, device=ctx.device)
-    dist.all_reduce(total)
-    return float(total) / ctx.world
 
 
 def share_epoch(nets: dict[str, LandmarkNet], bad: BadInputs | None, ctx: Dist) -> None:
@@ -341,16 +334,18 @@ def _resume(checkpoints: Checkpoints, epochs: int, nets, optimization: tuple, ba
 
 
 def _epoch(nets, stream: Stream, sizes, cfg: TrainConfig, stepping: tuple, epoch: int,
-           bad: BadInputs | None, ctx: Dist) -> float:
-    """One pass over this process's share of the training set -> its mean loss. stepping:
-    `step`'s (optimizer, schedule, scaler, passes)."""
+           bad: BadInputs | None, ctx: Dist) -> torch.Tensor:
+    """One pass over this process's share of the training set -> its mean loss (a float64 0-d
+    tensor on the device). stepping: `step`'s (optimizer, schedule, scaler, passes)."""
     optimizer, schedule, scaler, passes = stepping
     for net in nets.values():
         net.train()
-    batches = shard(epoch_batches(len(stream.views), cfg.batch_size, cfg.seed, epoch), ctx)
+    whole = epoch_batches(len(stream.views), cfg.batch_size, cfg.seed, epoch)
+    batches = shard(whole, ctx)
     total, count = torch.zeros((), dtype=torch.float64, device=ctx.device), 0
-    for batch in tqdm(stream.read(batches), total=len(batches), desc=f"epoch {epoch + 1}",
-                      unit="batch", leave=False, disable=not ctx.main):
+    loaded = tqdm(stream.read(batches), total=len(batches), desc=f"epoch {epoch + 1}", unit="batch", leave=False,
+                  disable=not ctx.main)
+    for batch, batch_size in zip(loaded, map(len, whole)):
         batch = take(batch, stream.views.samples, bad)
         if batch is None and ctx.world > 1:
             raise DataError(f"every image of a batch share of process {ctx.rank} is undecodable "
@@ -358,6 +353,17 @@ def _epoch(nets, stream: Stream, sizes, cfg: TrainConfig, stepping: tuple, epoch
         if batch is None:
             schedule.step()
             continue
-        total += step(nets, batch, sizes, optimizer, schedule, scaler, passes)
+        total += step(nets, batch, sizes, optimizer, schedule, scaler, passes, share_weight(batch, batch_size, ctx))
         count += 1
-    return float(total) / max(count, 1)
+    return total / max(count, 1)
+
+
+def share_weight(batch: dict, batch_size: int, ctx: Dist) -> float | None:
+    """The weight of this process's mean loss on its share of a global batch of `batch_size`
+    items: its items x world / batch_size, so that DDP's mean of the processes' gradients weighs
+    every item alike when the batch does not divide evenly (16 on 3 processes: 6, 5, 5). None in
+    one process (no weight). Items dropped as undecodable (data.skip_bad) are not shared between
+    the processes: such a batch counts a little less than in one process."""
+    if ctx.world == 1:
+        return None
+    return len(batch["index"]) * ctx.world / batch_size

@@ -45,6 +45,22 @@ def start_distributed(device_name: str, key: str = "train.device") -> Dist:
     return Dist(rank=rank, world=world, device=device)
 
 
+def barrier(ctx: Dist) -> None:
+    """Wait until every process gets here (nothing in one process)."""
+    if ctx.world > 1:
+        dist.barrier()
+
+
+def mean_over_ranks(values: torch.Tensor, ctx: Dist) -> torch.Tensor:
+    """The element-wise mean over the processes of `values`, a tensor on ctx.device (nccl reduces
+    CUDA tensors only); every process must call it. In one process: `values` itself."""
+    if ctx.world == 1:
+        return values
+    total = values.clone()
+    dist.all_reduce(total)
+    return total / ctx.world
+
+
 def share_cores(ctx: Dist, workers: int) -> None:
     """On the CPU, where the step runs on torch's threads: leave one core to each of this
     process's `workers` loader processes (stages.common.threads.training_threads). On a GPU the

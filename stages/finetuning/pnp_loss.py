@@ -15,6 +15,7 @@ Terms (per sample; the batch value is the mean over the samples the layer accept
         landmarks worse: README "Differentiable PnP and EPro-PnP finetuning".)
   mc:   EPro-PnP's Monte Carlo NLL of the true pose, cost(P_gt) + log Z (nats); it is what
         trains sigma together with the pose (the cost is a sum over the PnP points, like eq. 1).
+Under DDP both means run over the accepted samples of the whole global batch (masked_mean).
 Samples the layer flags as degenerate (non-finite outputs, too few weighted points, no valid
 solution) are left out of both terms; their inputs are replaced before any arithmetic, so
 their gradients are exactly zero, never NaN.
@@ -24,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from stages.pnp.diffpose import pnp_loss
 from stages.pnp.epro import epro_pnp
@@ -71,9 +73,19 @@ def neutralise(x: torch.Tensor, keep: torch.Tensor, fill: float) -> torch.Tensor
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of values (B,) over mask (B,); 0 (still in the graph) when the mask is empty."""
+    """Mean of values (B,) over mask (B,); 0 (still in the graph) when the mask is empty.
+
+    Under DDP (a process group of N processes) each process holds B of the global batch's N x B
+    samples, and DDP averages the processes' gradients: the sum is then divided by the mask's
+    count over all the processes, over N, so that every accepted sample of the global batch
+    weighs alike whatever the process it fell to (a process with none accepted adds 0)."""
     values = torch.where(mask, values, torch.zeros_like(values))
-    return values.sum() / mask.sum().clamp_min(1)
+    count = mask.sum()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        count = count.to(torch.float64)
+        dist.all_reduce(count)
+        return values.sum() / (count.clamp_min(1) / dist.get_world_size()).to(values.dtype)
+    return values.sum() / count.clamp_min(1)
 
 
 def pnp_terms(out: dict, batch: dict, settings: PnPSettings,

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stages.common.distributed import barrier
 from stages.common.identity import file_digest, identity_mismatches
 from stages.common.io import load_torch, save_json
 from stages.common.params import FinetuneParams, Params, ParamsError, TrainParams, check_section
@@ -164,6 +165,7 @@ def run_finetune(params: Params, paths: FinetunePaths, camera: Camera) -> dict:
     trainer = FinetuneTrainer(params, paths, camera)
     out = paths.data.out
     resumed = trainer.resume()
+    barrier(trainer.ctx)                 # every process has read its checkpoint before any is removed
     main = trainer.ctx.main
     if not resumed and main:
         for stale in (paths.data.checkpoints, out / "live"):

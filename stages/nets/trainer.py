@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from stages.common import resume
 from stages.common.cropstore import read_rows
-from stages.common.distributed import Dist, share_cores, start_distributed
+from stages.common.distributed import Dist, barrier, mean_over_ranks, share_cores, start_distributed
 from stages.common.identity import input_identity
 from stages.common.io import save_json, save_torch
 from stages.common.params import Params, TrainParams
@@ -261,8 +261,9 @@ class Trainer:
                             pose_frame=self.cfg.pose_frame if self.cfg.pose_head == "direct6dof" else None)
 
     def fingerprint_extra(self) -> dict:
-        """Hook: what the fingerprint holds besides the params: the inputs' identity, the layout."""
-        return {"inputs": self.inputs, "layout": state_layout(self.model)}
+        """Hook: what the fingerprint holds besides the params: the inputs' identity, the layout
+        and the number of processes (a run of another world size takes other steps: not resumed)."""
+        return {"inputs": self.inputs, "layout": state_layout(self.model), "processes": self.ctx.world}
 
     def saved_params(self) -> dict:
         """Hook: the params saved in checkpoints and model.pt (plain data: the train section)."""
@@ -317,7 +318,8 @@ class Trainer:
         return {key: value.detach().double() for key, value in {"loss": total_loss, **terms}.items()}
 
     def train_epoch(self, epoch: int) -> dict:
-        """One pass over the training crops -> mean loss terms (floats). The terms are summed on
+        """One pass over the training crops -> mean loss terms (floats; under DDP the mean over
+        every process's batches, the same in all of them). The terms are summed on
         the device and read at the end; the progress bar shows the loss every SHOW_LOSS_EVERY
         steps (a read of the device waits for its queue: every step, it would keep the host
         from queueing the next step while the GPU runs this one)."""
@@ -334,7 +336,8 @@ class Trainer:
             if self.ctx.main and i % SHOW_LOSS_EVERY == 0:
                 bar.set_postfix(loss=f"{float(terms['loss']):.1f}")
         self.sync_buffers()
-        return {key: float(value) / per_epoch for key, value in sums.items()}
+        means = mean_over_ranks(torch.stack(list(sums.values())), self.ctx)
+        return {key: float(value) / per_epoch for key, value in zip(sums, means)}
 
     def sync_buffers(self) -> None:
         """Give every rank rank 0's buffers (BatchNorm statistics are updated per rank between
@@ -400,6 +403,7 @@ def run_training(params: Params, paths: TrainPaths, camera: Camera) -> dict:
     """Train (or resume) to train.epochs; returns the final metrics (rank 0) or {} (other ranks)."""
     trainer = Trainer(params, paths, camera)
     resumed = trainer.resume()
+    barrier(trainer.ctx)                 # every process has read its checkpoint before any is removed
     if not resumed and trainer.ctx.main:
         for stale in (paths.checkpoints, paths.out / "live"):
             shutil.rmtree(stale, ignore_errors=True)

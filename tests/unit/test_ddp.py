@@ -3,20 +3,24 @@
 collectives of the stages' own code run on an nccl group (nccl reduces CUDA tensors only)."""
 import socket
 
+import pandas as pd
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from stages import pca
+from stages import coarse_train, pca
 from stages.coarse_train import train_config
-from stages.coarse.train import build_nets, mean_over_ranks, share_epoch
-from stages.common.distributed import Dist
+from stages.coarse.train import build_nets, shard, share_epoch, share_weight
+from stages.common.distributed import Dist, mean_over_ranks
+from stages.finetuning.pnp_loss import masked_mean
+from stages.nets.trainer import TrainPaths, run_training
+from stages.wcpa.camera import Camera
 from stages.common.params import load_params
 from stages.wcpa.layout import write_list
-from tests.ddp_worker import run_coarse_rank, run_rank
+from tests.ddp_worker import run_coarse_rank, run_masked_mean_rank, run_rank, run_training_rank
 from tests.stages.tiny_data import write_tiny_root
-from tests.tiny_project import make_tiny_project
+from tests.tiny_project import PROJ, make_tiny_project
 
 
 def free_port() -> int:
@@ -33,11 +37,64 @@ def test_two_gloo_ranks_end_with_identical_weights(tmp_path, monkeypatch):
     mp.spawn(run_rank, args=(str(tmp_path), params, free_port()), nprocs=2, join=True)
     states = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     assert states[0]["batches"] == states[1]["batches"] == 2       # 18 train crops / (2 ranks x 4)
-    assert states[0]["terms"] != states[1]["terms"]                 # each rank saw its own samples
+    assert states[0]["own"] != states[1]["own"]                     # each rank saw its own samples
+    assert states[0]["terms"] == states[1]["terms"]                 # the epoch's means are the global ones
+    for key, value in states[0]["terms"].items():
+        assert value == pytest.approx((states[0]["own"][key] + states[1]["own"][key]) / 2, rel=1e-9), key
     for name, weight in states[0]["model"].items():
         assert torch.equal(weight, states[1]["model"][name]), name
     initial = states[0]["initial"]
     assert not torch.equal(states[0]["model"]["backbone.conv1.weight"], initial["backbone.conv1.weight"])
+
+
+def test_a_run_of_another_world_size_starts_afresh_instead_of_resuming(tmp_path, monkeypatch):
+    """A finished one-process run's checkpoints (persisted by dvc.yaml) are not resumed by the
+    same params on 2 processes (`dvc exp run -S gpus=2`): that run trains its own epochs."""
+    params = make_tiny_project(tmp_path, subjects=4, crop_size=32)
+    params = params.replace(train={"batch_size": 8, "depth": 18, "epochs": 1})
+    monkeypatch.chdir(tmp_path)
+    pca.run(params)
+    paths = TrainPaths(crop=tmp_path / "artifacts/crop", pca=tmp_path / "artifacts/pca",
+                       split=tmp_path / "artifacts/split", out=tmp_path / "artifacts/train")
+    run_training(params, paths, Camera(PROJ, 800, 800))
+    checkpoint = paths.checkpoints / "epoch_000.pt"
+    alone = torch.load(checkpoint)
+    mp.spawn(run_training_rank, args=(str(tmp_path), params, free_port()), nprocs=2, join=True)
+    pair = torch.load(checkpoint)
+    assert pair["fingerprint"] != alone["fingerprint"]
+    assert not torch.equal(pair["modules"]["model"]["backbone.conv1.weight"],
+                           alone["modules"]["model"]["backbone.conv1.weight"])
+
+
+@pytest.mark.parametrize("case, term, grad", [("some", [4.0, 2.0], [0.2] * 5 + [0.0] * 3),
+                                              ("none", [5.0, 0.0], [0.25] * 4 + [0.0] * 4)])
+def test_finetunes_pnp_means_weigh_every_accepted_sample_of_the_global_batch_alike(tmp_path, case, term, grad):
+    """Under DDP each rank's PnP term is its sum over the accepted count of all the ranks, over 2:
+    the averaged gradient is one process's over the whole batch (values 1..8, accepted 1..5 or 1..4)."""
+    root = tmp_path / case
+    root.mkdir()
+    mp.spawn(run_masked_mean_rank, args=(str(root), free_port()), nprocs=2, join=True)
+    ranks = [torch.load(root / f"masked{r}.pt") for r in (0, 1)]
+    values = torch.arange(1.0, 9.0, requires_grad=True)
+    alone = masked_mean(values, torch.tensor(grad) > 0)
+    alone.backward()
+    assert [r["term"] for r in ranks] == pytest.approx(term)
+    assert sum(term) / 2 == pytest.approx(float(alone))
+    assert values.grad.tolist() == pytest.approx(grad)
+    assert ranks[0]["grad"] + ranks[1]["grad"] == pytest.approx(grad)
+
+
+@pytest.mark.parametrize("batch_size, world", [(16, 3), (16, 2), (7, 4), (64, 5)])
+def test_uneven_shares_of_a_coarse_batch_weigh_every_item_alike(batch_size, world):
+    """Each process's mean loss times share_weight, averaged over the processes by DDP, gives
+    every item of the global batch the weight 1 / batch_size."""
+    batch = [[(i, 0) for i in range(batch_size)]]
+    for rank in range(world):
+        ctx = Dist(rank=rank, world=world, device=torch.device("cpu"))
+        share = shard(batch, ctx)[0]
+        weight = share_weight({"index": torch.tensor([i for i, _ in share])}, batch_size, ctx)
+        assert weight / len(share) / world == pytest.approx(1 / batch_size)
+    assert share_weight({"index": torch.arange(5)}, 5, Dist(rank=0, world=1, device=torch.device("cpu"))) is None
 
 
 @pytest.mark.parametrize("decode", ["opencv", "torch"])
@@ -74,7 +131,18 @@ def test_the_coarse_detectors_collectives_run_on_an_nccl_group_on_cuda(monkeypat
         one_rank = Dist(rank=0, world=1, device=device)
         nets = {name: net.to(device) for name, net in build_nets(train_config(load_params("params.yaml")), 68).items()}
         share_epoch(nets, None, Dist(rank=0, world=2, device=device))     # broadcasts from rank 0: its own buffers
-        assert mean_over_ranks(3.0, Dist(rank=0, world=2, device=device)) == 1.5   # one rank's sum over two
-        assert mean_over_ranks(3.0, one_rank) == 3.0
+        three = torch.tensor([3.0], dtype=torch.float64, device=device)
+        assert float(mean_over_ranks(three, Dist(rank=0, world=2, device=device))) == 1.5   # one rank's sum over two
+        assert float(mean_over_ranks(three, one_rank)) == 3.0
     finally:
         dist.destroy_process_group()
+
+
+def test_coarse_train_resumes_only_a_run_of_the_same_world_size():
+    params = load_params("params.yaml")
+    tables = {split: pd.DataFrame({"subject_id": ["001"], "facial_action": ["smile"], "img_id": ["1"]})
+              for split in coarse_train.SPLITS}
+    data = {"resources": "r", "samples": "s"}
+    fingerprints = {world: coarse_train.fingerprint(params, tables, data, world) for world in (1, 2, 4)}
+    assert len(set(fingerprints.values())) == 3
+    assert coarse_train.fingerprint(params, tables, data, 2) == fingerprints[2]
