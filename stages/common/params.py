@@ -228,7 +228,7 @@ def check_params(raw: Any, source: Path | str) -> Params:
         raise ParamsError(f"{source}: missing section(s) {', '.join(missing)}")
     params = Params(**{attribute(key): check_section(key, raw[key], source) if key in SECTIONS
                        else _coerce(raw[key], kind, f"{source}: {key}") for key, kind in SCHEMA.items()})
-    for check in (_check_detector, _check_pose_head):
+    for check in (_check_detector, _check_pose_head, _check_batches):
         problem = check(params)
         if problem:
             raise ParamsError(f"{source}: {problem}")
@@ -241,6 +241,17 @@ def _check_pose_head(params: Params) -> str:
     if params.train.pose_head == "direct6dof" and params.infer.checkpoint != "train":
         return ("train.pose_head is direct6dof: set infer.checkpoint: train (finetune needs the PnP head), "
                 "e.g. dvc exp run -S train.pose_head=direct6dof -S infer.checkpoint=train evaluate@infer submit@infer")
+    return ""
+
+
+def _check_batches(params: Params) -> str:
+    """train's and finetune's batch_size is the global batch, split evenly over the `gpus`
+    processes: it must be a multiple of gpus. Returns the problem ('' when none)."""
+    for name in ("train", "finetune"):
+        size = getattr(params, name).batch_size
+        if size % params.gpus:
+            return (f"{name}.batch_size ({size}) is not a multiple of gpus ({params.gpus}): each process takes "
+                    f"an equal share of the global batch")
     return ""
 
 

@@ -57,6 +57,8 @@ def test_infer_workers_take_auto_or_a_count(tmp_path, value, loaded):
     (lambda d: d["lambda"].update(pnp="two"), "lambda.pnp: expected float"),
     (lambda d: d["infer"].update(workers="many"), r"infer.workers: expected int, got 'many' \(or 'auto'\)"),
     (lambda d: d["infer"].update(workers=0), r"infer.workers = 0: must be >= 1 \(or 'auto'\)"),
+    (lambda d: d.update(gpus=3), r"train.batch_size \(16\) is not a multiple of gpus \(3\)"),
+    (lambda d: d.update(gpus=4) or d["finetune"].update(batch_size=18), r"finetune.batch_size \(18\) .* gpus \(4\)"),
 ])
 def test_bad_params_name_the_key(tmp_path, mutate, message):
     with pytest.raises(ParamsError, match=message):
