@@ -12,6 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 AFTER_FINETUNE = {"finetune", "infer@val", "infer@test", "submit@infer", "evaluate@infer"}
+INFO_READERS = {"synth_sheet", "crop", "crop_sheet", "baseline", "pca", "evaluate@baseline", "evaluate@infer"}
 
 
 def _run(args, cwd, env):
@@ -52,6 +53,35 @@ def test_repro_then_lambda_pnp_experiment(clone):
     _run(["git", "commit", "-qm", "lock"], work, env)
     log = _run(["dvc", "exp", "run", "-S", "lambda.pnp=2.5"], work, env)
     assert _stages_run(log) == AFTER_FINETUNE
+
+
+def _changed_deps(cwd, env) -> dict[str, set[str]]:
+    """`dvc status`: stage -> the paths of its changed dependencies."""
+    status = json.loads(_run(["dvc", "status", "--json"], cwd, env).strip().splitlines()[-1])
+    return {stage: {path for entry in entries if isinstance(entry, dict)
+                    for path in entry.get("changed deps", {})} for stage, entries in status.items()}
+
+
+@pytest.mark.slow
+def test_a_changed_data_file_reruns_exactly_the_stages_that_read_its_folder(clone):
+    """Stages depend on the manifest of a data folder (stages/manifest.py), not on the folder: a
+    label file changed in place (same size) changes info.tsv alone, and with it the status of
+    exactly the stages that read labels; its old bytes back, nothing is left to rerun."""
+    work, env = clone
+    _run(["dvc", "repro"], work, env)
+    label = sorted((work / "data" / "synth" / "info").rglob("*.npz"))[0]
+    original = label.read_bytes()
+    changed = bytearray(original)
+    changed[-100] ^= 1
+    try:
+        label.write_bytes(bytes(changed))
+        _run(["dvc", "repro", "--single-item", "manifest"], work, env)
+        after = {stage: paths for stage, paths in _changed_deps(work, env).items() if paths}
+        assert after == {stage: {"artifacts/manifest/info.tsv"} for stage in INFO_READERS}
+    finally:
+        label.write_bytes(original)
+    _run(["dvc", "repro", "--single-item", "manifest"], work, env)
+    assert not any(_changed_deps(work, env).values())
 
 
 def _stage_names(cwd, env) -> set[str]:
