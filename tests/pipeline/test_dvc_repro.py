@@ -62,6 +62,13 @@ def _changed_deps(cwd, env) -> dict[str, set[str]]:
                     for path in entry.get("changed deps", {})} for stage, entries in status.items()}
 
 
+def _replace(path: Path, data: bytes) -> None:
+    """Write a new file over `path` (the old one may be a hard link into DVC's cache, .dvc/config)."""
+    new = path.with_name(path.name + ".new")
+    new.write_bytes(data)
+    os.replace(new, path)
+
+
 @pytest.mark.slow
 def test_a_changed_data_file_reruns_exactly_the_stages_that_read_its_folder(clone):
     """Stages depend on the manifest of a data folder (stages/manifest.py), not on the folder: a
@@ -74,12 +81,12 @@ def test_a_changed_data_file_reruns_exactly_the_stages_that_read_its_folder(clon
     changed = bytearray(original)
     changed[-100] ^= 1
     try:
-        label.write_bytes(bytes(changed))
+        _replace(label, bytes(changed))
         _run(["dvc", "repro", "--single-item", "manifest"], work, env)
         after = {stage: paths for stage, paths in _changed_deps(work, env).items() if paths}
         assert after == {stage: {"artifacts/manifest/info.tsv"} for stage in INFO_READERS}
     finally:
-        label.write_bytes(original)
+        _replace(label, original)
     _run(["dvc", "repro", "--single-item", "manifest"], work, env)
     assert not any(_changed_deps(work, env).values())
 
