@@ -100,6 +100,7 @@ class FinetuneTrainer(Trainer):
     """Trainer started from the train stage's model, with the PnP terms in the loss (the hooks
     LOSS_WEIGHTS, config, make_dataset, step_terms, fingerprint_extra, saved_params, trains_sigma,
     needs_verts)."""
+    STAGE = "stages.finetune"
 
     LOSS_WEIGHTS = ("landmarks", "vdc", "wpdc", "pnp", "mc")
 

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from stages.common import resume
 from stages.common.cropstore import read_rows
+from stages.common.code import code_digest
 from stages.common.distributed import Dist, barrier, mean_over_ranks, share_cores, start_distributed
 from stages.common.identity import input_identity
 from stages.common.io import save_json, save_torch
@@ -81,7 +82,9 @@ def load_split(paths: TrainPaths, split: str) -> SplitData:
     return SplitData(store=store.skip(~labelled_rows(poses)), verts=verts, poses=poses, coeffs=coeffs)
 
 
-RESUME_FREE_KEYS = ("epochs", "workers", "device", "compile", "val_batch_size", "val_pnp_flags")   # may change between resumes
+# May change between resumes: more epochs continue a run; the others change no trained value.
+# (val_pnp_flags changes the recorded validation of every epoch: a run of other flags starts afresh.)
+RESUME_FREE_KEYS = ("epochs", "workers", "device", "compile", "val_batch_size")
 PCA_FILES = ("basis.npz", "verts_train.npy", "verts_val.npy", "poses_train.npy", "poses_val.npy",
              "coeffs_train.npy", "coeffs_val.npy")
 SHOW_LOSS_EVERY = 20       # steps between the progress bar's loss reads (each waits for the GPU)
@@ -205,6 +208,7 @@ class Trainer:
     """One training run: model, optimiser, scaler, data and the epoch loop. A variant (finetune)
     overrides the hooks: LOSS_WEIGHTS, config, make_dataset, step_terms, fingerprint_extra,
     saved_params, trains_sigma, needs_verts."""
+    STAGE = "stages.train"          # the stage module whose code the checkpoints are bound to
 
     LOSS_WEIGHTS = ("landmarks", "vdc", "wpdc", "rot", "trans")   # params.lambda keys of the loss
 
@@ -261,9 +265,12 @@ class Trainer:
                             pose_frame=self.cfg.pose_frame if self.cfg.pose_head == "direct6dof" else None)
 
     def fingerprint_extra(self) -> dict:
-        """Hook: what the fingerprint holds besides the params: the inputs' identity, the layout
-        and the number of processes (a run of another world size takes other steps: not resumed)."""
-        return {"inputs": self.inputs, "layout": state_layout(self.model), "processes": self.ctx.world}
+        """Hook: what the fingerprint holds besides the params: the inputs' identity, the layout,
+        the number of processes (a run of another world size takes other steps) and the digest of
+        the stage's code (stages.common.code: after a change to it, dvc repro reruns the stage,
+        which must then train, not load the finished run of the old code)."""
+        return {"inputs": self.inputs, "layout": state_layout(self.model), "processes": self.ctx.world,
+                "code": code_digest(self.STAGE)}
 
     def saved_params(self) -> dict:
         """Hook: the params saved in checkpoints and model.pt (plain data: the train section)."""

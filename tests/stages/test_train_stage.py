@@ -13,6 +13,7 @@ from stages.common.cropstore import stamp_run
 from stages.common.params import Params
 from stages.nets.dataset import CropStore
 from stages.nets import losses
+from stages.nets import trainer as trainer_module
 from stages.nets.model import FaceNet, NetConfig
 from stages.nets.trainer import Trainer, TrainPaths, fingerprint, state_layout
 from stages.wcpa.layout import load_resources
@@ -183,3 +184,21 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_model(tmp_path, monkeyp
     assert params.train.epochs == 2 and not (parts / "artifacts" / "train" / "model.pt").exists()
     run_main(monkeypatch)
     assert model_bytes(parts) == model_bytes(whole)
+
+
+@pytest.mark.parametrize("change", ["code", "val_pnp_flags"])
+def test_a_rerun_with_other_code_or_validation_trains_instead_of_loading_the_finished_run(tmp_path, monkeypatch,
+                                                                                          caplog, change):
+    """dvc repro reruns train after a change to its code (a dep) or to val_pnp_flags (a params
+    leaf): the persisted checkpoints of the finished run must not be resumed (they would write
+    the old model, or keep the old validation in metrics.json)."""
+    params = train_tiny(tmp_path, monkeypatch)
+    run_main(monkeypatch)
+    if change == "code":
+        digest = trainer_module.code_digest
+        monkeypatch.setattr(trainer_module, "code_digest", lambda module: digest(module) + "+fix")
+    else:
+        write_params(tmp_path / "params.yaml", params.replace(train={"val_pnp_flags": "EPNP"}))
+    with caplog.at_level(logging.INFO):
+        run_main(monkeypatch)
+    assert "resuming from" not in caplog.text and "written with other params or inputs" in caplog.text

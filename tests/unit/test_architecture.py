@@ -3,11 +3,12 @@ code deps against it: every stage lists the code it runs, and only synth lists t
 generator."""
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
 import yaml
+
+from stages.common.code import code_closure, imported_modules, module_file
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = ROOT / "stages"
@@ -28,39 +29,6 @@ SYNTHETIC_USERS = {"synth", "synth_sheet"}          # the stage modules that may
 # Code a stage runs that is no dep on purpose: the params loader and schema (a stage's params
 # leaves are its deps) and the command-line / logging entry, which change no output.
 NOT_DEPS = {"stages/common/params.py", "stages/common/schema.py", "stages/common/stage.py"}
-
-
-def _type_checking_only(tree: ast.AST) -> set[int]:
-    """ids of the import nodes inside `if TYPE_CHECKING:` blocks (never run)."""
-    return {id(node) for block in ast.walk(tree) if isinstance(block, ast.If)
-            and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING"
-            for node in ast.walk(block)}
-
-
-def imported_modules(path: Path) -> set[str]:
-    """The stages.* modules a file imports at run time ('stages.face.warp', ...); `from stages.face
-    import ibug68` counts as stages.face.ibug68."""
-    tree = ast.parse(path.read_text(), str(path))
-    skip, found = _type_checking_only(tree), set()
-    for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("stages.")}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "stages":
-            for alias in node.names:
-                sub = f"{node.module}.{alias.name}"
-                found.add(sub if module_file(sub) else node.module)
-    return {m for m in found if module_file(m)}
-
-
-def module_file(module: str) -> Path | None:
-    """stages.a.b -> stages/a/b.py (or the package's __init__.py), None when it is neither."""
-    base = ROOT / Path(*module.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def place(module: str) -> str:
@@ -102,20 +70,6 @@ def test_the_rules_catch_a_violation(tmp_path):
     probe.write_text("from stages.face import ibug68\nimport stages.nets.model\nfrom stages import crop\n")
     assert imported_modules(probe) == {"stages.face.ibug68", "stages.nets.model", "stages.crop"}
     assert [place(m) for m in sorted(imported_modules(probe))] == ["stage", "face", "nets"]
-
-
-def code_closure(module: str) -> set[str]:
-    """Every stages/ file (relative path) that running `python -m <module>` imports."""
-    seen, todo = set(), [module]
-    while todo:
-        current = todo.pop()
-        path = module_file(current)
-        rel = str(path.relative_to(ROOT))
-        if rel in seen:
-            continue
-        seen.add(rel)
-        todo += imported_modules(path)
-    return {f for f in seen if not f.endswith("__init__.py")}
 
 
 def dvc_stages() -> dict[str, dict]:
