@@ -40,9 +40,17 @@ CHUNK_FILES = 256
 
 
 def walk_files(folder: Path) -> Iterator[str]:
-    """Every file under `folder` (symbolic links followed), as a path relative to it with '/'
-    separators: each folder's files by name, then its subfolders by name, depth first."""
-    for current, subfolders, files in os.walk(folder, followlinks=True, onerror=_walk_error):
+    """Every file under `folder` (linked files followed), as a path relative to it with '/'
+    separators: each folder's files by name, then its subfolders by name, depth first.
+
+    A symbolic link to a folder below `folder` stops with DataError: DVC does not follow such
+    links when it checks the folder, so a change behind one would rerun nothing (`folder` itself
+    may be a link)."""
+    for current, subfolders, files in os.walk(folder, onerror=_walk_error):
+        linked = [name for name in subfolders if os.path.islink(os.path.join(current, name))]
+        if linked:
+            raise DataError(f"{Path(current) / linked[0]}: a symbolic link to a folder, which DVC does not follow "
+                            "(a change behind it would rerun nothing): copy or bind-mount the folder instead")
         subfolders.sort()
         prefix = Path(current).relative_to(folder).as_posix()
         for name in sorted(files):

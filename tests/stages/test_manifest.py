@@ -76,6 +76,13 @@ def test_bad_folders_and_files_stop_with_their_name(folder, tmp_path):
     with pytest.raises(DataError, match="gone.jpg: cannot read"):
         write_manifest(folder, tmp_path / "m.tsv", 2)
     (folder / "001" / "gone.jpg").unlink()
+    (folder / "003").symlink_to(folder / "002", target_is_directory=True)
+    with pytest.raises(DataError, match="003: a symbolic link to a folder, which DVC does not follow"):
+        write_manifest(folder, tmp_path / "m.tsv", 2)
+    (folder / "003").unlink()
+    linked = tmp_path / "linked_top"
+    linked.symlink_to(folder, target_is_directory=True)       # the folder itself may be a link
+    assert read_manifest(linked, tmp_path / "l.tsv", 1) == expected_lines(folder)
     (folder / "001" / "a\tb.jpg").write_bytes(b"x")
     with pytest.raises(DataError, match="a\tb.jpg: a file name with a tab"):
         write_manifest(folder, tmp_path / "m.tsv", 1)
