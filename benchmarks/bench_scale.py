@@ -40,7 +40,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.bench_data import coarse_landmarks, replicate
-from benchmarks.proc import run_child
+from benchmarks.proc import REPO, run_child
 from stages.common.params import Params, load_params
 from stages.face.pca import ARKIT_BLENDSHAPES
 from stages.profile import profile_params
@@ -108,14 +108,15 @@ def bench_params(profile: str | None, root: Path, base: pd.DataFrame) -> Params:
     """params.yaml (or with --profile merged in) for the benchmark: one epoch, no downloads, the
     benchmark's data root, infer from the train checkpoint, at most as many PCA components as
     base's subjects and the blendshapes span (the replicated subjects' neutral meshes repeat
-    the originals')."""
+    the originals'), the neutral list found from the project folders the stages run in."""
     params = profile_params(profile) if profile else load_params("params.yaml")
     distinct_meshes = base.subject_id.nunique() + len(ARKIT_BLENDSHAPES)
     return params.replace(data={"root": str(root), "blendshapes": str(root / "blendshapes"), "skip_bad": False},
                           coarse_train={"epochs": 1, "pretrained": False}, train={"epochs": 1, "pretrained": False},
                           finetune={"epochs": 1},
                           infer={"checkpoint": "train"},
-                          pca={"n_components": min(params.pca.n_components, distinct_meshes - 1)})
+                          pca={"n_components": min(params.pca.n_components, distinct_meshes - 1),
+                               "neutral_list": str(REPO / params.pca.neutral_list)})
 
 
 def make_root(root: Path, subjects: int, workers: int) -> None:

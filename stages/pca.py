@@ -51,13 +51,16 @@ class LabelledRows:
 
 def choose_neutral(table: pd.DataFrame, verts: RowReader, labelled: np.ndarray, blendshapes: np.ndarray,
                    neutral_list: str, seed: int, max_frames: int, workers: int) -> np.ndarray:
-    """Row indices of one neutral frame per training subject (automatic, or a hand-made list)
-    among the labelled rows (N,) bool of the verts cache (N, V, 3) (a skipped sample is never
-    chosen); the subjects are scored on `workers` processes."""
+    """Row indices of one neutral frame per training subject among the labelled rows (N,) bool of
+    the verts cache (N, V, 3) (a skipped sample is never chosen): the rows of the hand-made list
+    `neutral_list` (a CSV of ids, a dep of the stage in dvc.yaml), or, when it has none (the
+    committed data/automatic_neutrals.csv) or is '', chosen automatically, the subjects scored
+    on `workers` processes."""
     rows = np.flatnonzero(labelled)
-    if neutral_list:
+    chosen = read_neutral_list(neutral_list, table.iloc[rows].reset_index(drop=True)) if neutral_list else []
+    if len(chosen):
         log.info("neutral meshes from the hand-made list %s", neutral_list)
-        return rows[read_neutral_list(neutral_list, table.iloc[rows].reset_index(drop=True))]
+        return rows[chosen]
     subjects = table.subject_id.to_numpy()[rows]
     return rows[select_neutral_frames(LabelledRows(verts, labelled), subjects, blendshapes, max_frames, seed,
                                       workers)]

@@ -177,7 +177,7 @@ SCHEMA = {
     },
     "pca": {
         "n_components": COUNT,    # PCA components (clamped, with a warning, to meshes - 1)
-        "neutral_list": str,      # CSV of ids (subject_id, facial_action, img_id); '' = automatic
+        "neutral_list": str,      # CSV of ids (subject_id, facial_action, img_id), a dep of pca; no rows = automatic
         "max_frames_per_subject": COUNT,  # neutral selection scores at most this many frames per subject
     },
     "train": {

@@ -228,7 +228,8 @@ def neutral_index(frames: np.ndarray, fit: NonNegativeFit | None) -> int:
 
 
 def read_neutral_list(path: Path | str, table: pd.DataFrame) -> np.ndarray:
-    """A hand-made CSV of ids (subject_id, facial_action, img_id) -> row indices into `table`."""
+    """A hand-made CSV of ids (subject_id, facial_action, img_id) -> row indices into `table`
+    (none for a list with no rows)."""
     path = Path(path)
     try:
         chosen = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -237,6 +238,8 @@ def read_neutral_list(path: Path | str, table: pd.DataFrame) -> np.ndarray:
     columns = ["subject_id", "facial_action", "img_id"]
     if any(c not in chosen.columns for c in columns):
         raise ValueError(f"{path}: needs columns {', '.join(columns)}")
+    if chosen.empty:
+        return np.empty(0, dtype=np.int64)
     keys = table[columns].agg("/".join, axis=1)
     where = pd.Series(np.arange(len(table)), index=keys.to_numpy())
     wanted = chosen[columns].agg("/".join, axis=1)

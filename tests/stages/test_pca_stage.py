@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from stages import pca
 from stages.face.pca import PCABasis
@@ -101,3 +102,26 @@ def test_pca_in_blocks_of_three_rows_matches_one_block(tmp_path, monkeypatch):
         assert set(a.files) == set(b.files)
         for key in a.files:
             np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_the_neutral_list_is_a_dependency_and_the_committed_one_without_rows_chooses_automatically(tmp_path,
+                                                                                                    monkeypatch):
+    """pca.neutral_list's content reruns pca (dvc.yaml lists the file); the default,
+    data/automatic_neutrals.csv, holds no rows and picks what '' picks; a list with rows is used."""
+    root = Path(__file__).resolve().parents[2]
+    body = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["pca"]
+    assert "${pca.neutral_list}" in body["deps"]
+    assert load_params(root / "params.yaml").pca.neutral_list == "data/automatic_neutrals.csv"
+    params = make_tiny_project(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "artifacts" / "pca" / "neutral.csv"
+    pca.run(params)
+    automatic = out.read_text()
+    pca.run(params.replace(pca={"neutral_list": str(root / "data" / "automatic_neutrals.csv")}))
+    assert out.read_text() == automatic
+    chosen = pd.read_csv(tmp_path / "artifacts" / "split" / "train.csv", dtype=str).iloc[[0, 9]]
+    chosen.to_csv(tmp_path / "mine.csv", index=False)
+    pca.run(params.replace(pca={"neutral_list": str(tmp_path / "mine.csv")}))
+    picked = pd.read_csv(out, dtype=str)
+    assert picked[["subject_id", "facial_action", "img_id"]].values.tolist() == \
+        chosen[["subject_id", "facial_action", "img_id"]].values.tolist()
