@@ -1,71 +1,58 @@
 """Identity of a stage's inputs: content digests that decide whether a checkpoint may be resumed
 and whether a trained model fits the crops and the PCA basis it is used with.
 
-A digest reads the bytes, never names or times: moving a data set keeps its identity, any other
-data set or any rerun that changed the content gives another. Files up to FULL_BYTES are hashed
-whole; a larger .npy array (a crop store's images, a label cache) is hashed by its header and
-SAMPLED_ROWS evenly spaced rows, so that the identity of a 70 GB store costs a second, not
-minutes. A larger file of another kind is hashed by its size and its first and last FULL_BYTES.
+A digest reads every byte, never names or times: moving a data set keeps its identity, any other
+data set or any rerun that changed the content gives another (a sample of rows missed a change
+of some rows: a resumed training then loaded the finished run of the old inputs). A file up to
+BLOCK_BYTES is hashed whole; a larger one as the digest of its size and its blocks' digests,
+the blocks read and hashed on the usable cores (file reads and hashlib release the GIL): the
+real data's 88 GB crop store is read once, by the crop stage, in its run record.
 """
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Mapping
 
-import numpy as np
+from stages.common.threads import usable_cores
 
-FULL_BYTES = 64 << 20
-SAMPLED_ROWS = 1024
+BLOCK_BYTES = 64 << 20
 DIGEST_CHARS = 16
-BLOCK = 1 << 22
+READ_BYTES = 1 << 22
 
 
 def _hex(digest) -> str:
     return digest.hexdigest()[:DIGEST_CHARS]
 
 
-def _update_with_file(digest, path: Path, start: int = 0, length: int | None = None) -> None:
+def _block_digest(path: Path, start: int, length: int) -> bytes:
+    """sha256 of `length` bytes of `path` from `start`."""
+    digest = hashlib.sha256()
     with open(path, "rb") as handle:
         handle.seek(start)
-        left = length
-        while left is None or left > 0:
-            block = handle.read(BLOCK if left is None else min(BLOCK, left))
+        while length > 0:
+            block = handle.read(min(READ_BYTES, length))
             if not block:
-                break
+                raise OSError(f"{path}: shorter than {start + length} bytes while it was read")
             digest.update(block)
-            left = None if left is None else left - len(block)
+            length -= len(block)
+    return digest.digest()
 
 
 def file_digest(path: Path | str) -> str:
-    """Digest of a file's bytes (whole up to FULL_BYTES; larger: size, head and tail)."""
+    """Digest of a file's size and bytes (over BLOCK_BYTES: of its blocks' digests, hashed on
+    the usable cores)."""
     path = Path(path)
     size = path.stat().st_size
-    if path.suffix == ".npy" and size > FULL_BYTES:
-        return _npy_digest(path)
     digest = hashlib.sha256(str(size).encode())
-    if size <= FULL_BYTES:
-        _update_with_file(digest, path)
-    else:
-        _update_with_file(digest, path, 0, FULL_BYTES)
-        _update_with_file(digest, path, size - FULL_BYTES, FULL_BYTES)
-    return _hex(digest)
-
-
-def _npy_digest(path: Path) -> str:
-    """Digest of a large .npy: dtype, shape and SAMPLED_ROWS evenly spaced rows, read with file
-    reads (a memory map would leave the file resident in this process's memory)."""
-    with open(path, "rb") as handle:
-        major, _ = np.lib.format.read_magic(handle)
-        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read_header(handle)
-        offset = handle.tell()
-        digest = hashlib.sha256(f"{dtype.str}{shape}{fortran}".encode())
-        count = shape[0] if shape else 1
-        row_bytes = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64)) if shape else dtype.itemsize
-        for row in np.unique(np.linspace(0, count - 1, min(SAMPLED_ROWS, count)).astype(np.int64)):
-            handle.seek(offset + int(row) * row_bytes)
-            digest.update(handle.read(row_bytes))
+    if size <= BLOCK_BYTES:
+        digest.update(_block_digest(path, 0, size))
+        return _hex(digest)
+    starts = range(0, size, BLOCK_BYTES)
+    with ThreadPoolExecutor(min(usable_cores(), len(starts))) as pool:
+        for block in pool.map(lambda start: _block_digest(path, start, min(BLOCK_BYTES, size - start)), starts):
+            digest.update(block)
     return _hex(digest)
 
 

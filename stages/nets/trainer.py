@@ -91,10 +91,11 @@ SHOW_LOSS_EVERY = 20       # steps between the progress bar's loss reads (each w
 
 
 def training_inputs(paths: TrainPaths, data_root: Path | str) -> dict[str, Path]:
-    """Every input a training run reads, by the names its records and messages use: the crop
-    store, the PCA basis and label caches, the split lists and the data root's resources."""
-    inputs = {f"crop/{split}": paths.crop / split for split in ("train", "val")}
-    inputs.update({f"pca/{name}": paths.pca / name for name in PCA_FILES})
+    """Every input a training run reads besides the crop store, by the names its records and
+    messages use: the PCA basis and label caches, the split lists and the data root's resources.
+    (The crop store is known by its run record, `crop_run`: the crop stage's digest of every
+    split's warps, rows and crops, read once when it wrote them.)"""
+    inputs = {f"pca/{name}": paths.pca / name for name in PCA_FILES}
     inputs.update({f"split/{split}.csv": paths.split / f"{split}.csv" for split in ("train", "val")})
     inputs["resources"] = Path(data_root) / "resources"
     return inputs

@@ -202,3 +202,18 @@ def test_a_rerun_with_other_code_or_validation_trains_instead_of_loading_the_fin
     with caplog.at_level(logging.INFO):
         run_main(monkeypatch)
     assert "resuming from" not in caplog.text and "written with other params or inputs" in caplog.text
+
+
+def test_one_changed_crop_pixel_retrains_instead_of_resuming(tmp_path, monkeypatch, caplog):
+    """The crop run's identity reads every byte of the crops: one pixel of one row changed by a
+    rerun of crop (e.g. one image replaced, the same landmarks) must not resume the finished run."""
+    train_tiny(tmp_path, monkeypatch)
+    run_main(monkeypatch)
+    crops = tmp_path / "artifacts" / "crop"
+    images = np.load(crops / "train" / "images.npy")
+    images[len(images) // 2, 5, 7, 1] ^= 1
+    np.save(crops / "train" / "images.npy", images)
+    stamp_run([crops / "train", crops / "val"])
+    with caplog.at_level(logging.INFO):
+        run_main(monkeypatch)
+    assert "resuming from" not in caplog.text

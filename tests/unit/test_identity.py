@@ -1,14 +1,11 @@
-"""Input identities: content digests, whole for small files, sampled rows for large arrays."""
+"""Input identities: content digests of every byte, large files in blocks on threads."""
+import hashlib
+
 import numpy as np
 import pytest
 
 from stages.common import identity
 from stages.common.identity import file_digest, identity_mismatches, input_identity, path_digest
-
-
-@pytest.fixture
-def small_full_bytes(monkeypatch):
-    monkeypatch.setattr(identity, "FULL_BYTES", 1 << 16)
 
 
 def test_a_file_is_known_by_its_bytes_not_its_name_or_time(tmp_path):
@@ -19,19 +16,26 @@ def test_a_file_is_known_by_its_bytes_not_its_name_or_time(tmp_path):
     assert file_digest(tmp_path / "a.csv") != file_digest(tmp_path / "b.csv")
 
 
-def test_a_large_array_is_known_by_its_header_and_sampled_rows(tmp_path, small_full_bytes):
-    images = np.random.default_rng(0).integers(0, 256, (3000, 8, 8, 3), dtype=np.uint8)
+def test_a_large_file_is_known_by_every_byte_whatever_the_threads(tmp_path, monkeypatch):
+    """Over BLOCK_BYTES a file is hashed in blocks on threads: any byte counts (a sample of rows
+    missed a change of the others), the thread count does not."""
+    monkeypatch.setattr(identity, "BLOCK_BYTES", 1000)
+    data = np.random.default_rng(0).integers(0, 256, 10_500, dtype=np.uint8).tobytes()
     path = tmp_path / "images.npy"
-    np.save(path, images)
-    first = file_digest(path)
-    changed = images.copy()
-    changed[-1, 0, 0, 0] ^= 1                     # the last row is always sampled
-    np.save(path, changed)
-    assert file_digest(path) != first
-    np.save(path, images.reshape(3000, 8, 24, 1))   # same bytes, another shape
-    assert file_digest(path) != first
-    np.save(path, images)
-    assert file_digest(path) == first
+    path.write_bytes(data)
+    reference = hashlib.sha256(b"10500")
+    for start in range(0, len(data), 1000):
+        reference.update(hashlib.sha256(data[start:start + 1000]).digest())
+    for cores in (1, 3):
+        monkeypatch.setattr(identity, "usable_cores", lambda: cores)
+        assert file_digest(path) == reference.hexdigest()[:16]
+    for where in (0, 4321, 10_499):                # in the first, a middle and the last (short) block
+        changed = bytearray(data)
+        changed[where] ^= 1
+        path.write_bytes(bytes(changed))
+        assert file_digest(path) != reference.hexdigest()[:16]
+    path.write_bytes(data + b"\0")
+    assert file_digest(path) != reference.hexdigest()[:16]
 
 
 def test_a_folder_is_known_by_its_files_names_and_contents(tmp_path):
