@@ -32,7 +32,7 @@ from stages.coarse.targets import load_targets
 from stages.common.badinput import BadInputs
 from stages.common.cropstore import ResumableRows
 from stages.common.device import pick_device, torch_path
-from stages.common.identity import file_digest
+from stages.common.identity import file_digest, stat_digest
 from stages.common.io import atomic_dir, save_json
 from stages.common.params import CoarsePredictParams, Params
 from stages.common.resume import fingerprint
@@ -101,10 +101,12 @@ def predict_split(detector: Detector, root: Path | str, table: pd.DataFrame, siz
 def job_key(model: Path, root: Path | str, table: pd.DataFrame, size: tuple[int, int], cfg: CoarsePredictParams,
             device: torch.device) -> str:
     """Identity of one split's landmarks, which a resumed run must share: the detector's bytes, the
-    data root and the list's rows (the images, as crop's job identifies them), the image size, the
-    settings that change the landmarks and where they are computed."""
+    data root, the list's rows and their images' stat_digest (an image replaced during an
+    interruption), the image size, the settings that change the landmarks and where they are
+    computed."""
     ids = hashlib.sha256(table[ID_COLUMNS].to_csv(index=False).encode()).hexdigest()
-    return fingerprint({"model": file_digest(model), "root": str(Path(root).resolve()), "rows": ids,
+    files = stat_digest(image_path(root, row) for row in table.itertuples(index=False))
+    return fingerprint({"model": file_digest(model), "root": str(Path(root).resolve()), "rows": ids, "files": files,
                         "size": list(size), "settings": dataclasses.asdict(cfg), "device": device.type})
 
 

@@ -36,7 +36,7 @@ from stages.coarse.train import TrainConfig, train
 from stages.common.badinput import SKIPPED_FILE, BadInputs
 from stages.common.code import code_digest
 from stages.common.distributed import start_distributed
-from stages.common.identity import files_digest, path_digest
+from stages.common.identity import files_digest, path_digest, stat_digest
 from stages.common.io import atomic_dir, save_json
 from stages.common.params import Params
 from stages.common.resume import Checkpoints
@@ -74,11 +74,14 @@ def data_identity(root: Path | str, tables: dict) -> dict[str, str]:
 
 def fingerprint(params: Params, tables: dict, data: dict[str, str], processes: int) -> str:
     """Hash of what the training depends on: its params, the seed, the data root, the lists,
-    the data's identity (data_identity), the number of processes (each takes its share of every
+    the data's identity (data_identity, and the stat_digest of every listed image and label file:
+    one replaced during an interruption), the number of processes (each takes its share of every
     batch: a run of another world size is not resumed) and the digest of this stage's code."""
     lists = [tables[split].to_csv(index=False) for split in SPLITS]
+    files = stat_digest(path for split in SPLITS for row in tables[split].itertuples(index=False)
+                        for path in (image_path(params.data.root, row), info_path(params.data.root, row)))
     return content_fingerprint([params.coarse_train.as_dict(), params.seed, params.data.root, data, lists, processes,
-                                code_digest("stages.coarse_train")])
+                                files, code_digest("stages.coarse_train")])
 
 
 def without_flips(cfg: TrainConfig, flip_order: np.ndarray | None) -> TrainConfig:

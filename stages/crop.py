@@ -33,6 +33,7 @@ from stages.coarse.targets import project_landmarks
 from stages.common.badinput import BadInputs
 from stages.common.cropstore import CropStoreWriter, stamp_run
 from stages.common.device import gpu_driver_present, pick_device
+from stages.common.identity import stat_digest
 from stages.common.io import atomic_dir, save_json
 from stages.common.params import Params
 from stages.common.stage import stage_main
@@ -40,7 +41,7 @@ from stages.face.frontal import crop_quality, crop_warps, landmark_checks, landm
 from stages.face.cropping import OpenCVCrops, Outcome, TorchCrops
 from stages.face.warp import invert_warp
 from stages.wcpa.camera import Camera
-from stages.wcpa.layout import (DataError, Resources, iter_labels, load_resources, read_info, read_landmarks,
+from stages.wcpa.layout import (DataError, Resources, image_path, iter_labels, load_resources, read_info, read_landmarks,
                                 sample_files, sample_key, sample_keys, split_tables)
 
 log = logging.getLogger("crop")
@@ -231,7 +232,8 @@ def run(params: Params, out: Path = Path("artifacts/crop"), coarse_dir: Path = P
         if valid.any():
             warps[valid] = warps_of(landmarks[valid], reference, cfg.rotation, camera, model_points, data.workers)
         writers[split] = CropStoreWriter(partial / split, table, warps, cfg.size,
-                                         "opencv" if device is None else f"torch-{device.type}")
+                                         "opencv" if device is None else f"torch-{device.type}",
+                                         stat_digest(image_path(root, row) for row in table.itertuples(index=False)))
         failed = crop_split(writers[split], root, table, np.flatnonzero(valid), cfg.size,
                             camera.size, cfg.chunk, data.workers, bad, split, device)
         skipped[split] = ~valid | failed

@@ -37,11 +37,12 @@ RUN_FILE = "run.json"
 RUN_CONTENT = ("warps.npy", "index.csv", "images.npy")
 
 
-def job_key(warps: np.ndarray, size: int, table: pd.DataFrame, method: str = "opencv") -> str:
-    """Identity of a crop job: its warps, crop size, rows and the decode + warp path that makes the
-    pixels (`method`: the paths' crops differ by a grey level, so one never resumes the other's)."""
+def job_key(warps: np.ndarray, size: int, table: pd.DataFrame, method: str = "opencv", files: str = "") -> str:
+    """Identity of a crop job: its warps, crop size, rows, the decode + warp path that makes the
+    pixels (`method`: the paths' crops differ by a grey level, so one never resumes the other's)
+    and `files`, the images' stat_digest (an image replaced during an interruption)."""
     digest = hashlib.sha256(np.ascontiguousarray(warps, dtype=np.float64).tobytes())
-    digest.update(f"{size} {method}".encode())
+    digest.update(f"{size} {method} {files}".encode())
     digest.update(table[ID_COLUMNS].to_csv(index=False).encode())
     return digest.hexdigest()
 
@@ -98,12 +99,12 @@ class CropStoreWriter:
     """The work folder of one split: images (N, S, S, 3) memmap with a done mask (ResumableRows)."""
 
     def __init__(self, work: Path | str, table: pd.DataFrame, warps: np.ndarray, size: int,
-                 method: str = "opencv"):
+                 method: str = "opencv", files: str = ""):
         self.work = Path(work)
         self.table = table.reset_index(drop=True)
         self.warps = np.asarray(warps, dtype=np.float64)
         self.size = size
-        self.rows = ResumableRows(self.work, job_key(self.warps, size, self.table, method),
+        self.rows = ResumableRows(self.work, job_key(self.warps, size, self.table, method, files),
                                   (len(self.table), size, size, 3), np.uint8)
 
     def pending(self, rows: np.ndarray, chunk: int) -> list[np.ndarray]:

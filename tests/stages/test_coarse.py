@@ -3,6 +3,7 @@ import dataclasses
 import json
 import logging
 import re
+import time
 
 import cv2
 import numpy as np
@@ -240,6 +241,13 @@ def test_interrupted_prediction_resumes_its_rows_and_only_with_the_same_detector
     calls.clear()
     coarse_predict.run(params, out, model, split_dir)
     assert sum(calls) == 8 + 2 + 3
+    interrupt_after(ResumableRows, "write", 2, lambda: coarse_predict.run(params, out, model, split_dir), monkeypatch)
+    first = image_path(params.data.root, read_list(split_dir / "train.csv").iloc[0])
+    time.sleep(0.01)
+    first.write_bytes(first.read_bytes())          # an image replaced during the interruption
+    calls.clear()
+    coarse_predict.run(params, out, model, split_dir)
+    assert sum(calls) == 8 + 2 + 3                 # train's finished batches are not resumed
 
 
 def test_targets_are_read_in_chunks_on_processes_in_row_order(tiny, monkeypatch):

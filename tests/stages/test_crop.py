@@ -3,6 +3,7 @@ the torch path (crop.decode) against the OpenCV path."""
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -332,3 +333,18 @@ def test_an_exif_rotated_jpeg_reaches_the_torch_path_upright_as_opencv_reads_it(
     on_gpu = decode.load_for_device(str(rotated), torch.device("cuda"), (30, 40))   # decoded on the CPU, not by nvJPEG
     assert on_gpu.shape == (3, 40, 30) and decode.load_for_device(str(plain), torch.device("cuda"), (40, 30)).dim() == 1
     assert isinstance(decode.load_for_device(str(rotated), torch.device("cpu"), (40, 30)), DataError)   # size as OpenCV sees it
+
+
+def test_an_image_replaced_during_an_interruption_is_cropped_again(tiny, monkeypatch):
+    """The job's identity holds its images' sizes and times: a replaced image (the same
+    landmarks, so the same warps) makes the resumed run crop its split again."""
+    params, tmp, split_dir, coarse_dir = tiny
+    interrupt_after(CropStoreWriter, "write", 2, lambda: run(params, tmp, split_dir, coarse_dir), monkeypatch)
+    first = image_path(tmp / "data", read_list(split_dir / "train.csv").iloc[0])
+    time.sleep(0.01)
+    first.write_bytes(first.read_bytes())
+    cropped = []
+    crop_one = cropping._crop_one
+    monkeypatch.setattr(cropping, "_crop_one", lambda path, *a: cropped.append(path) or crop_one(path, *a))
+    run(params, tmp, split_dir, coarse_dir)
+    assert len(cropped) == 8 + 2 + 3

@@ -1,11 +1,12 @@
 """Input identities: content digests of every byte, large files in blocks on threads."""
 import hashlib
+import time
 
 import numpy as np
 import pytest
 
 from stages.common import identity
-from stages.common.identity import file_digest, identity_mismatches, input_identity, path_digest
+from stages.common.identity import file_digest, identity_mismatches, input_identity, path_digest, stat_digest
 
 
 def test_a_file_is_known_by_its_bytes_not_its_name_or_time(tmp_path):
@@ -57,3 +58,16 @@ def test_mismatches_name_the_inputs_that_differ_or_were_not_recorded(tmp_path):
     assert identity_mismatches({}, current) == ["pca/basis.npz", "split/train.csv"]
     with pytest.raises(FileNotFoundError, match="nowhere: not found"):
         path_digest(tmp_path / "nowhere")
+
+
+def test_a_stat_digest_changes_when_a_file_is_replaced_even_by_the_same_bytes(tmp_path):
+    paths = [tmp_path / "a.jpg", tmp_path / "b.jpg"]
+    for path in paths:
+        path.write_bytes(b"jpeg")
+    first = stat_digest(paths)
+    assert stat_digest(paths) == first and stat_digest(paths[::-1]) != first
+    time.sleep(0.01)
+    paths[1].write_bytes(b"jpeg")
+    assert stat_digest(paths) != first
+    paths[1].unlink()
+    assert stat_digest(paths) != first
