@@ -38,7 +38,7 @@ from stages.common.params import CoarsePredictParams, Params
 from stages.common.resume import fingerprint
 from stages.common.stage import stage_main
 from stages.wcpa.decode import device_images, load_for_device
-from stages.wcpa.layout import (ID_COLUMNS, DataError, image_path, load_resources, read_image, sample_key,
+from stages.wcpa.layout import (ID_COLUMNS, DataError, load_resources, read_image, sample_files, sample_key,
                                 split_tables)
 
 log = logging.getLogger("coarse_predict")
@@ -64,7 +64,7 @@ def predict_split(detector: Detector, root: Path | str, table: pd.DataFrame, siz
     on the torch path (coarse_predict.decode) each batch is decoded in one call on the detector's
     device and every pass warps there."""
     rows = list(table.itertuples(index=False))
-    paths = [str(image_path(root, row)) for row in rows]
+    paths = sample_files(root, table, "image")
     on_device = torch_path(cfg.decode, detector.device)
     read = partial(load_for_device, device=detector.device, image_size=size) if on_device else partial(
         _read_or_error, size=size)
@@ -105,7 +105,7 @@ def job_key(model: Path, root: Path | str, table: pd.DataFrame, size: tuple[int,
     interruption), the image size, the settings that change the landmarks and where they are
     computed."""
     ids = hashlib.sha256(table[ID_COLUMNS].to_csv(index=False).encode()).hexdigest()
-    files = stat_digest(image_path(root, row) for row in table.itertuples(index=False))
+    files = stat_digest(sample_files(root, table, "image"))
     return fingerprint({"model": file_digest(model), "root": str(Path(root).resolve()), "rows": ids, "files": files,
                         "size": list(size), "settings": dataclasses.asdict(cfg), "device": device.type})
 

@@ -42,7 +42,7 @@ from stages.common.params import Params
 from stages.common.resume import Checkpoints
 from stages.common.resume import fingerprint as content_fingerprint
 from stages.common.stage import stage_main
-from stages.wcpa.layout import image_path, info_path, load_resources, read_list
+from stages.wcpa.layout import image_path, info_path, load_resources, read_list, sample_files
 
 log = logging.getLogger("coarse_train")
 SPLITS = ("train", "val")
@@ -78,8 +78,8 @@ def fingerprint(params: Params, tables: dict, data: dict[str, str], processes: i
     one replaced during an interruption), the number of processes (each takes its share of every
     batch: a run of another world size is not resumed) and the digest of this stage's code."""
     lists = [tables[split].to_csv(index=False) for split in SPLITS]
-    files = stat_digest(path for split in SPLITS for row in tables[split].itertuples(index=False)
-                        for path in (image_path(params.data.root, row), info_path(params.data.root, row)))
+    files = stat_digest(path for split in SPLITS for kind in ("image", "info")
+                        for path in sample_files(params.data.root, tables[split], kind))
     return content_fingerprint([params.coarse_train.as_dict(), params.seed, params.data.root, data, lists, processes,
                                 files, code_digest("stages.coarse_train")])
 

@@ -41,7 +41,7 @@ from stages.face.frontal import crop_quality, crop_warps, landmark_checks, landm
 from stages.face.cropping import OpenCVCrops, Outcome, TorchCrops
 from stages.face.warp import invert_warp
 from stages.wcpa.camera import Camera
-from stages.wcpa.layout import (DataError, Resources, image_path, iter_labels, load_resources, read_info, read_landmarks,
+from stages.wcpa.layout import (DataError, Resources, iter_labels, load_resources, read_info, read_landmarks,
                                 sample_files, sample_key, sample_keys, split_tables)
 
 log = logging.getLogger("crop")
@@ -233,7 +233,7 @@ def run(params: Params, out: Path = Path("artifacts/crop"), coarse_dir: Path = P
             warps[valid] = warps_of(landmarks[valid], reference, cfg.rotation, camera, model_points, data.workers)
         writers[split] = CropStoreWriter(partial / split, table, warps, cfg.size,
                                          "opencv" if device is None else f"torch-{device.type}",
-                                         stat_digest(image_path(root, row) for row in table.itertuples(index=False)))
+                                         stat_digest(sample_files(root, table, "image")))
         failed = crop_split(writers[split], root, table, np.flatnonzero(valid), cfg.size,
                             camera.size, cfg.chunk, data.workers, bad, split, device)
         skipped[split] = ~valid | failed

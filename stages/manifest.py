@@ -17,7 +17,6 @@ lines are written as they come: memory stays flat in the number of files.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -25,17 +24,17 @@ from itertools import islice
 from pathlib import Path
 from typing import Iterator
 
+from stages.common.identity import range_sha256
 from stages.common.io import atomic_dir, save_json
 from stages.common.params import Params
 from stages.common.stage import stage_main
 from stages.common.threads import ordered_thread_map
-from stages.wcpa.layout import DataError
+from stages.wcpa.layout import SAMPLE_FILES, DataError
 
 log = logging.getLogger(__name__)
 OUT = Path("artifacts/manifest")
-FOLDERS = ("image", "info", "68landmarks")
+FOLDERS = tuple(SAMPLE_FILES)       # image, info, 68landmarks
 DIGEST_CHARS = 32
-READ_BYTES = 1 << 20
 CHUNK_FILES = 256
 
 
@@ -66,15 +65,12 @@ def file_line(folder: Path, name: str) -> str:
     name that a tab-separated line cannot hold)."""
     if "\t" in name or "\n" in name:
         raise DataError(f"{folder / name}: a file name with a tab or a line break")
-    digest, size = hashlib.sha256(), 0
     try:
-        with open(folder / name, "rb") as handle:
-            while block := handle.read(READ_BYTES):
-                digest.update(block)
-                size += len(block)
+        size = os.stat(folder / name).st_size
+        digest = range_sha256(folder / name, 0, size).hex()
     except OSError as err:
-        raise DataError(f"{folder / name}: cannot read the file ({err.strerror})") from None
-    return f"{name}\t{size}\t{digest.hexdigest()[:DIGEST_CHARS]}\n"
+        raise DataError(f"{folder / name}: cannot read the file ({err.strerror or err})") from None
+    return f"{name}\t{size}\t{digest[:DIGEST_CHARS]}\n"
 
 
 def file_lines(folder: Path, names: list[str]) -> list[str]:

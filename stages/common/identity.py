@@ -27,7 +27,7 @@ def _hex(digest) -> str:
     return digest.hexdigest()[:DIGEST_CHARS]
 
 
-def _block_digest(path: Path, start: int, length: int) -> bytes:
+def range_sha256(path: Path | str, start: int, length: int) -> bytes:
     """sha256 of `length` bytes of `path` from `start`."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -48,11 +48,11 @@ def file_digest(path: Path | str) -> str:
     size = path.stat().st_size
     digest = hashlib.sha256(str(size).encode())
     if size <= BLOCK_BYTES:
-        digest.update(_block_digest(path, 0, size))
+        digest.update(range_sha256(path, 0, size))
         return _hex(digest)
     starts = range(0, size, BLOCK_BYTES)
     with ThreadPoolExecutor(min(usable_cores(), len(starts))) as pool:
-        for block in pool.map(lambda start: _block_digest(path, start, min(BLOCK_BYTES, size - start)), starts):
+        for block in pool.map(lambda start: range_sha256(path, start, min(BLOCK_BYTES, size - start)), starts):
             digest.update(block)
     return _hex(digest)
 
