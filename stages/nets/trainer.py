@@ -82,8 +82,9 @@ def load_split(paths: TrainPaths, split: str) -> SplitData:
     return SplitData(store=store.skip(~labelled_rows(poses)), verts=verts, poses=poses, coeffs=coeffs)
 
 
-# May change between resumes: more epochs continue a run; the others change no trained value.
-# (val_pnp_flags changes the recorded validation of every epoch: a run of other flags starts afresh.)
+# May change between resumes: they change no trained value. (val_pnp_flags changes the recorded
+# validation of every epoch: a run of other flags starts afresh.) epochs is free under a constant
+# schedule alone (fingerprint).
 RESUME_FREE_KEYS = ("epochs", "workers", "device", "compile", "val_batch_size")
 PCA_FILES = ("basis.npz", "verts_train.npy", "verts_val.npy", "poses_train.npy", "poses_val.npy",
              "coeffs_train.npy", "coeffs_val.npy")
@@ -105,8 +106,12 @@ def fingerprint(cfg: TrainParams, lambdas: dict, seed: int, extra: dict) -> str:
     """Hash of everything a checkpoint's validity depends on (resume only when it matches):
     the params and `extra` (the inputs' identity, the network's layout, ...).
 
-    train.epochs is left out, so that raising it continues a finished run."""
-    train = {k: v for k, v in cfg.as_dict().items() if k not in RESUME_FREE_KEYS}
+    Under a constant schedule train.epochs is left out: every step's learning rate is then the
+    same whatever the epochs, so raising them continues a finished run to the model a longer run
+    from scratch gives, and a longer run's checkpoint ends a shorter one. A cosine schedule's
+    every step depends on the epochs: another number of them starts afresh."""
+    free = RESUME_FREE_KEYS if cfg.schedule == "constant" else tuple(k for k in RESUME_FREE_KEYS if k != "epochs")
+    train = {k: v for k, v in cfg.as_dict().items() if k not in free}
     return resume.fingerprint({"train": train, "lambda": lambdas, "seed": seed, **extra})
 
 

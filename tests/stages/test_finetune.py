@@ -22,12 +22,13 @@ def run_main(monkeypatch):
     finetune.main()
 
 
-def finetune_project(root, monkeypatch, epochs: int, mc_samples: int = 16) -> Params:
-    """A tiny project at `root` with a 1-epoch train model and `epochs` finetuning epochs asked for."""
+def finetune_project(root, monkeypatch, epochs: int, mc_samples: int = 16, schedule: str = "cosine") -> Params:
+    """A tiny project at `root` with a 1-epoch train model and `epochs` finetuning epochs asked for
+    on `schedule`."""
     params = make_tiny_project(root, subjects=4, crop_size=32)
     params = params.replace(train={"epochs": 1, "batch_size": 6, "landmark_loss": "mse"},
                             finetune={"epochs": epochs, "batch_size": 6, "device": "cpu", "val_batch_size": 8,
-                                      "mc_samples": mc_samples, "amis_iters": 2, "pnp_points": 0})
+                                      "mc_samples": mc_samples, "amis_iters": 2, "pnp_points": 0, "schedule": schedule})
     write_params(root / "params.yaml", params)
     monkeypatch.chdir(root)
     pca.run(params)
@@ -36,7 +37,8 @@ def finetune_project(root, monkeypatch, epochs: int, mc_samples: int = 16) -> Pa
 
 
 def test_finetune_starts_from_train_writes_model_and_resumes(tmp_path, monkeypatch, caplog):
-    params = finetune_project(tmp_path, monkeypatch, epochs=1, mc_samples=32)
+    """Under a constant schedule (the paper's finetuning) the epochs are free between resumes."""
+    params = finetune_project(tmp_path, monkeypatch, epochs=1, mc_samples=32, schedule="constant")
     run_main(monkeypatch)
     out = tmp_path / "artifacts" / "finetune"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_000.pt"]

@@ -1,4 +1,5 @@
-"""Stage train on a tiny project: one epoch writes a checkpoint, a rerun with more epochs resumes."""
+"""Stage train on a tiny project: one epoch writes a checkpoint; under a constant schedule a rerun
+with more epochs resumes to the longer run's model, under a cosine one it trains afresh."""
 import json
 import logging
 import shutil
@@ -28,7 +29,7 @@ def run_main(monkeypatch):
 
 def test_train_writes_checkpoints_and_resumes(tmp_path, monkeypatch, caplog):
     params = make_tiny_project(tmp_path, subjects=4, crop_size=32)
-    params = params.replace(train={"epochs": 1, "batch_size": 6})
+    params = params.replace(train={"epochs": 1, "batch_size": 6, "schedule": "constant"})
     write_params(tmp_path / "params.yaml", params)
     monkeypatch.chdir(tmp_path)
     pca.run(params)
@@ -128,10 +129,11 @@ def test_a_checkpoint_of_another_network_layout_has_another_fingerprint():
     assert fp(second) != fp(first) != fp(third)
 
 
-def train_tiny(root, monkeypatch, seed: int = 0, epochs: int = 1) -> Params:
-    """A tiny project at `root` (data `seed`), pca fitted; returns its params (train.epochs set)."""
+def train_tiny(root, monkeypatch, seed: int = 0, epochs: int = 1, schedule: str = "cosine") -> Params:
+    """A tiny project at `root` (data `seed`), pca fitted; returns its params (train.epochs and
+    train.schedule set)."""
     params = make_tiny_project(root, subjects=4, crop_size=32, seed=seed)
-    params = params.replace(train={"epochs": epochs, "batch_size": 6})
+    params = params.replace(train={"epochs": epochs, "batch_size": 6, "schedule": schedule})
     write_params(root / "params.yaml", params)
     monkeypatch.chdir(root)
     pca.run(params)
@@ -184,6 +186,23 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_model(tmp_path, monkeyp
     assert params.train.epochs == 2 and not (parts / "artifacts" / "train" / "model.pt").exists()
     run_main(monkeypatch)
     assert model_bytes(parts) == model_bytes(whole)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_more_epochs_give_the_model_of_a_longer_run_from_scratch(tmp_path, monkeypatch, caplog, schedule):
+    """`dvc exp run -S train.epochs=2` after a finished 1-epoch run: under a constant schedule it
+    resumes, under a cosine one (each step's rate depends on the epochs) it trains afresh; either
+    way the model is the one a 2-epoch run from scratch writes."""
+    scratch, raised = tmp_path / "scratch", tmp_path / "raised"
+    train_tiny(scratch, monkeypatch, epochs=2, schedule=schedule)
+    run_main(monkeypatch)
+    params = train_tiny(raised, monkeypatch, epochs=1, schedule=schedule)
+    run_main(monkeypatch)
+    write_params(raised / "params.yaml", params.replace(train={"epochs": 2}))
+    with caplog.at_level(logging.INFO):
+        run_main(monkeypatch)
+    assert ("resuming from" in caplog.text) == (schedule == "constant")
+    assert model_bytes(raised) == model_bytes(scratch)
 
 
 @pytest.mark.parametrize("change", ["code", "val_pnp_flags"])
