@@ -126,7 +126,7 @@ def run(params: Params, out: Path = Path("artifacts/coarse_train"),
     bad.finish(partial, total=total)     # with the images found undecodable
     last = checkpoints.latest(cfg.epochs)["metrics"]
     metrics = {**{k: v for k, v in last.items() if k.startswith("val/")},
-               "train_samples": len(samples["train"]) - len(bad.keys & set(samples["train"].keys.astype(str))),
+               "train_samples": len(samples["train"]) - len(bad.keys & {key.decode() for key in samples["train"].keys}),
                "processes": ctx.world, "prepare_seconds": prepared - started,
                "total_seconds": time.perf_counter() - started}
     write_outputs(out, partial, nets, {**params.coarse_train.as_dict(), "n_points": resources.n_kpts},

@@ -4,6 +4,7 @@ import json
 import logging
 import re
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -20,7 +21,8 @@ from stages.common.cropstore import ResumableRows
 from stages.common.params import load_params
 from stages.common.resume import Checkpoints
 from stages.face import ibug68
-from stages.wcpa.layout import DataError, image_path, list_path, load_resources, read_info, read_list, write_list
+from stages.wcpa.layout import (SAMPLE_FILES, DataError, image_path, list_path, load_resources, read_info, read_list,
+                                write_list)
 from tests.stages.tiny_data import write_tiny_root
 from tests.tiny_project import interrupt_after
 
@@ -131,6 +133,26 @@ def test_without_a_flip_order_training_and_flip_test_run_with_flips_off(tiny, mo
     assert "coarse_train.flip_prob=0.5 ignored" in caplog.text
     assert "coarse_predict.flip_test ignored" in caplog.text
     assert np.isfinite(np.load(tmp / "coarse_predict/val.npy")).all()
+
+
+def test_ids_with_non_ascii_characters_train_and_predict(tiny):
+    """A facial_action of UTF-8 text (keys are stored as bytes for the loader processes): the
+    stage's bookkeeping must decode them as UTF-8, not ASCII."""
+    params, tmp, split_dir = tiny
+    root, name = Path(params.data.root), "lächeln"
+    first = read_list(split_dir / "train.csv").iloc[0]
+    for kind in SAMPLE_FILES:
+        folder = root / kind / first.subject_id / first.facial_action
+        if folder.is_dir():
+            folder.rename(folder.with_name(name))
+    for path in (split_dir / "train.csv", split_dir / "val.csv", list_path(root, "train")):
+        table = read_list(path)
+        moved = (table.subject_id == first.subject_id) & (table.facial_action == first.facial_action)
+        write_list(path, table.assign(facial_action=table.facial_action.where(~moved, name)))
+    metrics = coarse_train.run(params.replace(coarse_train={"epochs": 1}), tmp / "coarse_train", split_dir)
+    assert metrics["train_samples"] == 8
+    coarse_predict.run(params, tmp / "coarse_predict", tmp / "coarse_train/model.pt", split_dir)
+    assert np.isfinite(np.load(tmp / "coarse_predict/train.npy")).all()
 
 
 def _odd_size_image(root, row):

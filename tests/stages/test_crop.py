@@ -1,5 +1,6 @@
 """Stage crop on a tiny data root: the store, bad input (stop / skip / fraction) and resuming;
 the torch path (crop.decode) against the OpenCV path."""
+import io
 import json
 import subprocess
 import sys
@@ -333,6 +334,25 @@ def test_an_exif_rotated_jpeg_reaches_the_torch_path_upright_as_opencv_reads_it(
     on_gpu = decode.load_for_device(str(rotated), torch.device("cuda"), (30, 40))   # decoded on the CPU, not by nvJPEG
     assert on_gpu.shape == (3, 40, 30) and decode.load_for_device(str(plain), torch.device("cuda"), (40, 30)).dim() == 1
     assert isinstance(decode.load_for_device(str(rotated), torch.device("cpu"), (40, 30)), DataError)   # size as OpenCV sees it
+
+
+def test_an_exif_block_after_large_segments_is_seen(tmp_path):
+    """130 kB of comment segments before the EXIF block (OpenCV finds it anywhere in the headers):
+    the torch path must still see the rotation and read the image as OpenCV does."""
+    from PIL import Image
+    image = np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 3                                     # "rotate 180 degrees"
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "JPEG", quality=95, exif=exif.tobytes())
+    data = buffer.getvalue()
+    comments = (b"\xff\xfe" + (65002).to_bytes(2, "big") + b"x" * 65000) * 2
+    late = tmp_path / "late.jpg"
+    late.write_bytes(data[:2] + comments + data[2:])
+    assert data.index(b"Exif") < 64 and late.read_bytes().index(b"Exif") > 1 << 16
+    assert exif_rotated(np.fromfile(late, np.uint8))
+    loaded = decode.load_for_device(str(late), torch.device("cpu"), (40, 30))
+    assert np.array_equal(loaded.permute(1, 2, 0).numpy(), read_image(late))
 
 
 def test_an_image_replaced_during_an_interruption_is_cropped_again(tiny, monkeypatch):
