@@ -37,12 +37,12 @@ from pathlib import Path
 import yaml
 
 from stages.manifest import FOLDERS
+from stages.wcpa.layout import SAMPLE_FILES
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_IMAGES = 447_185
 CROP_STORE_GB = REAL_IMAGES * 256 * 256 * 3 / 1e9
 FILE_BYTES = {"image": 88_000, "info": 15_270, "68landmarks": 544}
-SUFFIX = {"image": "_ar.jpg", "info": "_info.npz", "68landmarks": "_68landmarks.txt"}
 ACTIONS, FRAMES = 3, 3
 
 
@@ -71,7 +71,7 @@ def make_data(root: Path, images: int) -> None:
         subject, rest = divmod(index, ACTIONS * FRAMES)
         action, frame = divmod(rest, FRAMES)
         for folder in FOLDERS:
-            path = root / folder / f"{subject:06d}" / f"action{action}" / f"{frame + 1:04d}{SUFFIX[folder]}"
+            path = root / folder / f"{subject:06d}" / f"action{action}" / f"{frame + 1:04d}{SAMPLE_FILES[folder]}"
             path.parent.mkdir(parents=True, exist_ok=True)
             head = index.to_bytes(8, "little")
             path.write_bytes(head + block[len(head):FILE_BYTES[folder]])
@@ -88,7 +88,7 @@ def pipeline(data: Path, readers: dict[str, list[str]], manifests: bool) -> dict
     if manifests:
         code = (f"import os, sys; sys.path.insert(0, {str(REPO)!r}); from stages.manifest import write_manifest; "
                 f"[write_manifest(__import__('pathlib').Path({str(data)!r}) / f, __import__('pathlib').Path(f + '.tsv'), "
-                f"os.cpu_count()) for f in {list(FOLDERS)!r}]")
+                f"os.cpu_count(), {SAMPLE_FILES!r}[f]) for f in {list(FOLDERS)!r}]")
         stages["manifest"] = {"cmd": f"{sys.executable} -c \"{code}\"", "deps": [str(data / f) for f in FOLDERS],
                               "outs": [f"{f}.tsv" for f in FOLDERS]}
     for name, folders in readers.items():

@@ -2,10 +2,13 @@
 the stages reading those folders depend on instead of the folders themselves.
 
 For each of <data.root>/image, info and 68landmarks it writes artifacts/manifest/<folder>.tsv:
-one line a file, `<path relative to the folder>\\t<bytes>\\t<sha256, first 32 hex digits>`, in
-the order of a walk that sorts folder and file names. A file's line changes exactly when its
-name, size or content does, so a stage that depends on a manifest reruns whenever a file it may
-read changes, and a copy of the data elsewhere (other times, other inodes) changes nothing.
+one line a file that a stage may read (`<subject>/<action>/<img_id><the folder's suffix>`, the
+path a list row names), `<path relative to the folder>\\t<bytes>\\t<sha256, first 32 hex
+digits>`, in the order of a walk that sorts folder and file names. A file's line changes exactly
+when its name, size or content does, so a stage that depends on a manifest reruns whenever a file
+it may read changes, and a copy of the data elsewhere (other times, other inodes) changes
+nothing. Other files (.DS_Store, Thumbs.db, notes) are counted and named in the log, not listed:
+a change to one reruns this stage alone, whose outputs stay the same.
 
 Why: DVC checks a folder dependency by visiting every file in it (a stat and a lookup in its
 state database), before a stage runs and again when it records it. On the real data (447,185
@@ -36,6 +39,7 @@ OUT = Path("artifacts/manifest")
 FOLDERS = tuple(SAMPLE_FILES)       # image, info, 68landmarks
 DIGEST_CHARS = 32
 CHUNK_FILES = 256
+IGNORED_NAMED = 5           # files no stage reads, named in the log and metrics
 
 
 def walk_files(folder: Path) -> Iterator[str]:
@@ -56,6 +60,21 @@ def walk_files(folder: Path) -> Iterator[str]:
             yield name if prefix == "." else f"{prefix}/{name}"
 
 
+def sample_like(name: str, suffix: str) -> bool:
+    """Whether `name`, a path relative to a per-image folder, is one a stage may read:
+    <subject>/<action>/<img_id><suffix> (stages.wcpa.layout.sample_file of a list row)."""
+    return name.count("/") == 2 and name.endswith(suffix)
+
+
+def sample_names(names: Iterator[str], suffix: str, ignored: list[str]) -> Iterator[str]:
+    """The sample_like names of `names`, in order; the others are appended to `ignored`."""
+    for name in names:
+        if sample_like(name, suffix):
+            yield name
+        else:
+            ignored.append(name)
+
+
 def _walk_error(err: OSError) -> None:
     raise DataError(f"{err.filename}: cannot list the folder ({err.strerror})")
 
@@ -65,6 +84,10 @@ def file_line(folder: Path, name: str) -> str:
     name that a tab-separated line cannot hold)."""
     if "\t" in name or "\n" in name:
         raise DataError(f"{folder / name}: a file name with a tab or a line break")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"{ascii(str(folder / name))}: a file name that is not UTF-8 text") from None
     try:
         size = os.stat(folder / name).st_size
         digest = range_sha256(folder / name, 0, size).hex()
@@ -78,24 +101,27 @@ def file_lines(folder: Path, names: list[str]) -> list[str]:
     return [file_line(folder, name) for name in names]
 
 
-def chunk_jobs(folder: Path) -> Iterator[tuple[Path, list[str]]]:
-    """(folder, the next CHUNK_FILES names of its walk) jobs for file_lines (the last one shorter)."""
-    names = walk_files(folder)
+def chunk_jobs(folder: Path, suffix: str, ignored: list[str]) -> Iterator[tuple[Path, list[str]]]:
+    """(folder, the next CHUNK_FILES sample_like names of its walk) jobs for file_lines (the last
+    one shorter); the other names go to `ignored`."""
+    names = sample_names(walk_files(folder), suffix, ignored)
     while chunk := list(islice(names, CHUNK_FILES)):
         yield folder, chunk
 
 
-def write_manifest(folder: Path, out: Path, workers: int) -> dict:
-    """Write the manifest of `folder` to `out`; returns its files, bytes and seconds."""
+def write_manifest(folder: Path, out: Path, workers: int, suffix: str) -> dict:
+    """Write the manifest of `folder`'s files named `<subject>/<action>/<id><suffix>` to `out`;
+    returns their number and bytes, the seconds, and the other files' number and first names."""
     if not folder.is_dir():
         raise DataError(f"{folder}: not found (a folder of the data root that stages read)")
-    started, files, size = time.perf_counter(), 0, 0
+    started, files, size, ignored = time.perf_counter(), 0, 0, []
     with open(out, "w", encoding="utf-8", newline="\n") as handle:
-        for lines in ordered_thread_map(file_lines, chunk_jobs(folder), workers):
+        for lines in ordered_thread_map(file_lines, chunk_jobs(folder, suffix, ignored), workers):
             handle.writelines(lines)
             files += len(lines)
             size += sum(int(line.rsplit("\t", 2)[1]) for line in lines)
-    return {"files": files, "bytes": size, "seconds": round(time.perf_counter() - started, 3)}
+    return {"files": files, "bytes": size, "seconds": round(time.perf_counter() - started, 3),
+            "ignored": len(ignored), "ignored_first": ignored[:IGNORED_NAMED]}
 
 
 def run(params: Params) -> dict:
@@ -103,9 +129,12 @@ def run(params: Params) -> dict:
     metrics = {}
     with atomic_dir(OUT) as tmp:
         for name in FOLDERS:
-            metrics[name] = write_manifest(root / name, tmp / f"{name}.tsv", params.data.workers)
+            metrics[name] = write_manifest(root / name, tmp / f"{name}.tsv", params.data.workers, SAMPLE_FILES[name])
             log.info("manifest %s: %d files, %.1f MB in %.1f s", root / name, metrics[name]["files"],
                      metrics[name]["bytes"] / 1e6, metrics[name]["seconds"])
+            if metrics[name]["ignored"]:
+                log.warning("%s: %d files no stage reads are not listed (%s)", root / name,
+                            metrics[name]["ignored"], ", ".join(metrics[name]["ignored_first"]))
         save_json(tmp / "metrics.json", metrics)
     return metrics
 

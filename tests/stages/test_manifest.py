@@ -1,5 +1,6 @@
-"""Stage manifest: one line a file of the data root's per-image folders, changed exactly by a
-file's name, size or content, the same whatever the threads, chunks or the copy of the data."""
+"""Stage manifest: one line a file that a stage may read in the data root's per-image folders,
+changed exactly by a file's name, size or content, the same whatever the threads, chunks or the
+copy of the data; other files are not listed."""
 import hashlib
 import os
 import shutil
@@ -10,15 +11,16 @@ import pytest
 
 from stages import manifest
 from stages.manifest import FOLDERS, write_manifest
-from stages.wcpa.layout import DataError
+from stages.wcpa.layout import SAMPLE_FILES, DataError
 from tests.stages.tiny_wcpa import make_tiny_root, write_params
 
 PROJECT = Path(__file__).resolve().parents[2]
 
 
-def expected_lines(folder: Path) -> list[str]:
-    """The manifest by an independent walk: every file, sorted by (its folder's parts, its name)."""
-    files = sorted((p for p in folder.rglob("*") if p.is_file()),
+def expected_lines(folder: Path, suffix: str = "_ar.jpg") -> list[str]:
+    """The manifest by an independent walk: every file <subject>/<action>/<name ending in suffix>,
+    sorted by (its folder's parts, its name)."""
+    files = sorted((p for p in folder.glob(f"*/*/*{suffix}") if p.is_file()),
                    key=lambda p: (p.parent.relative_to(folder).parts, p.name))
     return [f"{p.relative_to(folder).as_posix()}\t{p.stat().st_size}\t"
             f"{hashlib.sha256(p.read_bytes()).hexdigest()[:32]}\n" for p in files]
@@ -32,12 +34,14 @@ def folder(tmp_path):
         path = root / subject / action / f"{frame:04d}_ar.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(os.urandom(size))
-    (root / "top.txt").write_text("a file beside the subject folders")
+    (root / "top_ar.jpg").write_text("a file beside the subject folders: no list row names it")
+    (root / "001" / "smile" / ".DS_Store").write_bytes(os.urandom(20))
+    (root / "001" / "Thumbs.db").write_bytes(os.urandom(20))
     return root
 
 
 def read_manifest(folder: Path, out: Path, workers: int) -> list[str]:
-    write_manifest(folder, out, workers)
+    write_manifest(folder, out, workers, "_ar.jpg")
     return out.read_text().splitlines(keepends=True)
 
 
@@ -47,8 +51,20 @@ def test_the_manifest_lists_every_file_in_walk_order_whatever_the_threads_and_ch
     monkeypatch.setattr(manifest, "CHUNK_FILES", chunk)
     lines = read_manifest(folder, tmp_path / "m.tsv", workers)
     assert lines == expected_lines(folder)
-    assert lines[0].startswith("top.txt\t") and lines[1].startswith("001/blink/0001_ar.jpg\t0\t")
-    assert len(lines) == 6
+    assert lines[0].startswith("001/blink/0001_ar.jpg\t0\t")
+    assert len(lines) == 5
+
+
+def test_files_no_stage_reads_are_counted_not_listed(folder, tmp_path):
+    """A stray file (.DS_Store, Thumbs.db, a file outside <subject>/<action>/) that changes must
+    not change the manifest: every stage after it would rerun."""
+    metrics = write_manifest(folder, tmp_path / "a.tsv", 1, "_ar.jpg")
+    assert metrics["files"] == 5 and metrics["ignored"] == 3
+    assert sorted(metrics["ignored_first"]) == ["001/Thumbs.db", "001/smile/.DS_Store", "top_ar.jpg"]
+    (folder / "001" / "smile" / ".DS_Store").write_bytes(os.urandom(30))
+    (folder / "002" / "z" / "notes.txt").write_text("a file of another name")
+    write_manifest(folder, tmp_path / "b.tsv", 1, "_ar.jpg")
+    assert (tmp_path / "a.tsv").read_bytes() == (tmp_path / "b.tsv").read_bytes()
 
 
 def test_a_content_change_changes_the_line_and_a_copy_elsewhere_changes_nothing(folder, tmp_path):
@@ -71,21 +87,29 @@ def test_a_content_change_changes_the_line_and_a_copy_elsewhere_changes_nothing(
 
 def test_bad_folders_and_files_stop_with_their_name(folder, tmp_path):
     with pytest.raises(DataError, match="missing.*not found"):
-        write_manifest(tmp_path / "missing", tmp_path / "m.tsv", 1)
-    (folder / "001" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
-    with pytest.raises(DataError, match="gone.jpg: cannot read"):
-        write_manifest(folder, tmp_path / "m.tsv", 2)
-    (folder / "001" / "gone.jpg").unlink()
+        write_manifest(tmp_path / "missing", tmp_path / "m.tsv", 1, "_ar.jpg")
+    gone = folder / "001" / "smile" / "0009_ar.jpg"
+    gone.symlink_to(tmp_path / "nowhere.jpg")
+    with pytest.raises(DataError, match="0009_ar.jpg: cannot read"):
+        write_manifest(folder, tmp_path / "m.tsv", 2, "_ar.jpg")
+    gone.unlink()
     (folder / "003").symlink_to(folder / "002", target_is_directory=True)
     with pytest.raises(DataError, match="003: a symbolic link to a folder, which DVC does not follow"):
-        write_manifest(folder, tmp_path / "m.tsv", 2)
+        write_manifest(folder, tmp_path / "m.tsv", 2, "_ar.jpg")
     (folder / "003").unlink()
     linked = tmp_path / "linked_top"
     linked.symlink_to(folder, target_is_directory=True)       # the folder itself may be a link
     assert read_manifest(linked, tmp_path / "l.tsv", 1) == expected_lines(folder)
-    (folder / "001" / "a\tb.jpg").write_bytes(b"x")
-    with pytest.raises(DataError, match="a\tb.jpg: a file name with a tab"):
-        write_manifest(folder, tmp_path / "m.tsv", 1)
+    tabbed = folder / "001" / "smile" / "a\tb_ar.jpg"
+    tabbed.write_bytes(b"x")
+    with pytest.raises(DataError, match="a\tb_ar.jpg: a file name with a tab"):
+        write_manifest(folder, tmp_path / "m.tsv", 1, "_ar.jpg")
+    tabbed.unlink()
+    latin1 = os.path.join(os.fsencode(folder / "001" / "smile"), b"l\xe4cheln_ar.jpg")
+    with open(latin1, "wb") as handle:
+        handle.write(b"x")
+    with pytest.raises(DataError, match=r"l\\udce4cheln_ar.jpg.: a file name that is not UTF-8 text"):
+        write_manifest(folder, tmp_path / "m.tsv", 1, "_ar.jpg")
 
 
 def test_the_stage_writes_one_manifest_a_folder_of_the_data_root(tmp_path, monkeypatch):
@@ -97,7 +121,8 @@ def test_the_stage_writes_one_manifest_a_folder_of_the_data_root(tmp_path, monke
     out = tmp_path / "artifacts" / "manifest"
     assert sorted(p.name for p in out.iterdir()) == sorted([f"{name}.tsv" for name in FOLDERS] + ["metrics.json"])
     for name in FOLDERS:
-        assert (out / f"{name}.tsv").read_text().splitlines(keepends=True) == expected_lines(tmp_path / "root" / name)
+        assert (out / f"{name}.tsv").read_text().splitlines(keepends=True) == \
+            expected_lines(tmp_path / "root" / name, SAMPLE_FILES[name])
     (tmp_path / "root" / "68landmarks").rename(tmp_path / "root" / "landmarks_elsewhere")
     with pytest.raises(SystemExit, match="manifest: .*68landmarks: not found"):
         manifest.main([])
