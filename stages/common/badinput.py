@@ -90,7 +90,8 @@ class BadInputs:
         if not failed and failure_list != path:
             failure_list.unlink(missing_ok=True)      # the list of an earlier failed run
         if self.records:
-            log.warning("%d of %d samples skipped as bad input, listed in %s", len(self), total, path)
+            log.warning("%d of %d samples skipped as bad input, listed in %s", len(self), total,
+                        path if failed else atomic_target(out_dir) / SKIPPED_FILE)
         if failed:
             first = "; ".join(f"{r['file']}: {r['reason']}" for r in self.records[:3])
             raise TooManyBadInputs(f"{path}: {len(self)} of {total} samples are bad, more than "

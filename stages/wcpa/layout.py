@@ -81,7 +81,7 @@ def read_list(path: Path | str) -> pd.DataFrame:
         raise DataError(f"{path}: not a readable CSV: {err}") from None
     missing = [c for c in ID_COLUMNS if c not in table.columns]
     if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)} (its columns: {list(table.columns)})")
     table = table[ID_COLUMNS].reset_index(drop=True)
     empty = (table == "").any(axis=1)
     if empty.any():

@@ -1,4 +1,6 @@
 """Skipping bad samples: recorded with file and reason, listed in skipped.csv, capped by a fraction."""
+import logging
+
 import pandas as pd
 import pytest
 
@@ -75,3 +77,14 @@ def test_a_failed_stage_keeps_its_list_beside_the_output_folder(tmp_path):
     with atomic_dir(out) as tmp:                                       # a later run that passes
         BadInputs(skip=True, max_fraction=0.25).finish(tmp, total=4)
     assert (out / "skipped.csv").is_file() and not kept.exists()
+
+
+def test_the_log_names_the_list_where_it_ends_up(tmp_path, caplog):
+    """Written inside an atomic_dir temporary, the list's path in the log is the output folder's."""
+    bad = BadInputs(skip=True, max_fraction=0.5)
+    _run(bad, list("abcd"), {"a"})
+    out = tmp_path / "artifacts" / "crop"
+    with caplog.at_level(logging.WARNING), atomic_dir(out) as tmp:
+        bad.finish(tmp, total=4)
+    assert f"1 of 4 samples skipped as bad input, listed in {out / 'skipped.csv'}" in caplog.text
+    assert (out / "skipped.csv").is_file()

@@ -116,6 +116,9 @@ def test_list_without_an_id_column_names_the_file(tmp_path):
     path.write_text("subject_id,img_id\n1,2\n")
     with pytest.raises(DataError, match=_named(path, "missing column")):
         read_list(path)
+    path.write_text("subject_id, facial_action, img_id\n1,a,2\n")          # spaces after the commas
+    with pytest.raises(DataError, match=re.escape("its columns: ['subject_id', ' facial_action', ' img_id']")):
+        read_list(path)
 
 
 def test_read_list_stops_on_a_duplicate_row(tmp_path):
