@@ -35,7 +35,7 @@ from stages.coarse.targets import landmark_flip_order, load_targets
 from stages.coarse.train import TrainConfig, train
 from stages.common.badinput import SKIPPED_FILE, BadInputs
 from stages.common.code import code_digest
-from stages.common.distributed import start_distributed
+from stages.common.distributed import barrier, start_distributed
 from stages.common.identity import files_digest, path_digest, stat_digest
 from stages.common.io import atomic_dir, save_json
 from stages.common.params import Params
@@ -117,14 +117,15 @@ def run(params: Params, out: Path = Path("artifacts/coarse_train"),
     identity = data_identity(data.root, tables)
     checkpoints = Checkpoints(partial / "checkpoints", fingerprint(params, tables, identity, ctx.world), keep=1)
     resuming = checkpoints.latest(cfg.epochs) is not None
-    if ctx.main and not resuming:
-        shutil.rmtree(partial / "live", ignore_errors=True)
-    with open_live(partial / "live", resuming, ctx.main) as live:
+    barrier(ctx)                         # every process has read its checkpoint before any is removed
+    if ctx.main:
+        clear_stale(partial, resuming)
+    with open_live(partial / "live", ctx.main) as live:
         nets = train(cfg, samples["train"], samples["val"], flip_order, checkpoints, live, data.workers, bad, ctx)
     if not ctx.main:
         return {}
     bad.finish(partial, total=total)     # with the images found undecodable
-    last = checkpoints.latest(cfg.epochs)["metrics"]
+    last = checkpoints.latest(cfg.epochs)["history"][-1]
     metrics = {**{k: v for k, v in last.items() if k.startswith("val/")},
                "train_samples": len(samples["train"]) - len(bad.keys & {key.decode() for key in samples["train"].keys}),
                "processes": ctx.world, "prepare_seconds": prepared - started,
@@ -134,11 +135,22 @@ def run(params: Params, out: Path = Path("artifacts/coarse_train"),
     return metrics
 
 
-def open_live(folder: Path, resuming: bool, main: bool):
-    """The dvclive logger of rank 0 (an empty context, yielding None, in the other processes)."""
+def clear_stale(partial: Path, resuming: bool) -> None:
+    """Before training: the curves go (a resumed run logs its finished epochs again, from the
+    checkpoint, so that an epoch logged before a kill in its checkpoint's write is not logged
+    twice), and without a checkpoint to resume the checkpoints of other runs too (their epoch
+    numbers would outrank this run's)."""
+    shutil.rmtree(partial / "live", ignore_errors=True)
+    if not resuming:
+        shutil.rmtree(partial / "checkpoints", ignore_errors=True)
+
+
+def open_live(folder: Path, main: bool):
+    """The dvclive logger of rank 0, of no steps (an empty context, yielding None, in the other
+    processes)."""
     if not main:
         return contextlib.nullcontext()
-    return Live(dir=str(folder), resume=resuming, dvcyaml=None, save_dvc_exp=False, report=None)
+    return Live(dir=str(folder), resume=False, dvcyaml=None, save_dvc_exp=False, report=None)
 
 
 def write_outputs(out: Path, partial: Path, nets: dict, config: dict, flip_order: np.ndarray | None,

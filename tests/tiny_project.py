@@ -167,6 +167,23 @@ def interrupt_after(owner, name: str, calls: int, run, monkeypatch) -> None:
     monkeypatch.setattr(owner, name, method)
 
 
+def interrupt_in(owner, name: str, calls: int, run, monkeypatch) -> None:
+    """Call run() with owner.<name> stopping, as a kill would, at its `calls`-th call before it
+    does its work (a checkpoint being written); the method is restored afterwards."""
+    method, seen = getattr(owner, name), []
+
+    def stop(self, *args):
+        seen.append(1)
+        if len(seen) == calls:
+            raise KeyboardInterrupt
+        return method(self, *args)
+
+    monkeypatch.setattr(owner, name, stop)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(owner, name, method)
+
+
 def kill_in_epoch(run, trainer_cls, epoch: int, monkeypatch) -> None:
     """Call run() with trainer_cls.train_epoch stopping, as a kill would, when it reaches `epoch`
     (0-based); the trainer is restored afterwards."""

@@ -212,7 +212,8 @@ def train(cfg: TrainConfig, train_samples: Samples, val_samples: Samples, flip_o
     streamed through `workers` loader processes (per process). flip_order: (L,) landmark mirror
     order, passed through to the augmentation (None when cfg.flip_prob is 0). bad: where
     undecodable images go with data.skip_bad (None: they stop); its records, those of every
-    process, are kept in the checkpoint. live: a dvclive.Live (or None). ctx: this process's
+    process, are kept in the checkpoint. live: a dvclive.Live of no steps (or None): a resumed
+    run first logs the finished epochs' metrics, kept in the checkpoint. ctx: this process's
     place under torchrun (stages.common.distributed; None: start_distributed's): each of the
     `world` processes trains a DDP replica on its share of every batch of cfg.batch_size (the
     global batch), rank 0 validates and writes the checkpoint.
@@ -230,7 +231,9 @@ def train(cfg: TrainConfig, train_samples: Samples, val_samples: Samples, flip_o
     steps = cfg.epochs * max(len(train_samples) // cfg.batch_size, 1)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=steps, pct_start=0.15)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=needs_grad_scaler(training_amp(ctx.device)))
-    first_epoch = _resume(checkpoints, cfg.epochs, nets, (optimizer, scaler, schedule), bad)
+    first_epoch, history = _resume(checkpoints, cfg.epochs, nets, (optimizer, scaler, schedule), bad)
+    for metrics in history:
+        log_step(live, metrics)
     sizes = {"locate": cfg.locate_size, "refine": cfg.refine_size}
     jitters = {"locate": cfg.locate_jitter, "refine": cfg.refine_jitter}
     train_stream = make_stream(ViewSet(train_samples, sizes, cfg.refine_margin, cfg.seed, jitters, flip_order,
@@ -248,7 +251,8 @@ def train(cfg: TrainConfig, train_samples: Samples, val_samples: Samples, flip_o
         if ctx.main:
             metrics = {"train/loss": loss, "lr": schedule.get_last_lr()[0],
                        "epoch_seconds": time.perf_counter() - started}
-            _validate_and_save(nets, val_stream, cfg, epoch, metrics, live, bad, checkpoints,
+            history.append(metrics)
+            _validate_and_save(nets, val_stream, cfg, epoch, history, live, bad, checkpoints,
                                capture(epoch, nets, optimizer, scaler, schedule))
         if ctx.world > 1:
             dist.barrier()
@@ -306,31 +310,41 @@ def merge_bad(bad: BadInputs, records: list[dict[str, str]]) -> None:
             bad.add(record["key"], record["file"], record["reason"])
 
 
-def _validate_and_save(nets, val_stream: Stream, cfg: TrainConfig, epoch: int, metrics: dict, live,
+def _validate_and_save(nets, val_stream: Stream, cfg: TrainConfig, epoch: int, history: list[dict], live,
                        bad: BadInputs | None, checkpoints: Checkpoints, state: dict) -> None:
-    """Rank 0 after an epoch: val errors into `metrics`, the log, a dvclive step and the checkpoint
-    (state: stages.common.resume.capture's, to which the metrics and skipped inputs are added)."""
+    """Rank 0 after an epoch: val errors into its metrics (history[-1]), the log, a dvclive step
+    and the checkpoint (state: stages.common.resume.capture's, to which the history of every
+    epoch's metrics and the skipped inputs are added)."""
+    metrics = history[-1]
     errors = view_errors(nets, val_stream, 2 * cfg.batch_size, bad)
     for name in PASSES:
         metrics[f"val/{name}_median_px"] = float(np.median(errors[name]))
         metrics[f"val/{name}_p95_px"] = float(np.percentile(errors[name], 95))
     log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-    if live is not None:
-        for key, value in metrics.items():
-            live.log_metric(key, value)
-        live.next_step()
-    checkpoints.save({**state, "metrics": metrics, "bad": list(bad.records) if bad is not None else []})
+    log_step(live, metrics)
+    checkpoints.save({**state, "history": history, "bad": list(bad.records) if bad is not None else []})
 
 
-def _resume(checkpoints: Checkpoints, epochs: int, nets, optimization: tuple, bad: BadInputs | None = None) -> int:
+def log_step(live, metrics: dict[str, float]) -> None:
+    """One dvclive step of an epoch's metrics (live None: nothing)."""
+    if live is None:
+        return
+    for key, value in metrics.items():
+        live.log_metric(key, value)
+    live.next_step()
+
+
+def _resume(checkpoints: Checkpoints, epochs: int, nets, optimization: tuple,
+            bad: BadInputs | None = None) -> tuple[int, list[dict]]:
     """Load the latest matching state into the nets and optimization (optimizer, scaler, schedule),
-    and the images found undecodable before it into `bad` -> the 0-based epoch to start from."""
+    and the images found undecodable before it into `bad` -> (the 0-based epoch to start from, the
+    finished epochs' metrics)."""
     state = checkpoints.latest(epochs)
     if state is None:
-        return 0
+        return 0, []
     if bad is not None:
         merge_bad(bad, state["bad"])
-    return restore(state, nets, *optimization)
+    return restore(state, nets, *optimization), state["history"]
 
 
 def _epoch(nets, stream: Stream, sizes, cfg: TrainConfig, stepping: tuple, epoch: int,

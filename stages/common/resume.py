@@ -71,10 +71,14 @@ class Checkpoints:
         self.folder, self.fp, self.keep = Path(folder), fp, keep
 
     def save(self, state: dict) -> None:
-        """epoch_<NNN>.pt of state (capture's keys and the trainer's own), atomically; older ones go."""
+        """epoch_<NNN>.pt of state (capture's keys and the trainer's own), atomically; of the
+        other epoch files the newest keep - 1 stay (never the one just written goes, even when a
+        file of another run has a later epoch)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        save_torch({**state, "fingerprint": self.fp}, self.folder / f"epoch_{state['epoch']:03d}.pt")
-        for old in sorted(self.folder.glob("epoch_*.pt"))[:-self.keep]:
+        path = self.folder / f"epoch_{state['epoch']:03d}.pt"
+        save_torch({**state, "fingerprint": self.fp}, path)
+        others = sorted(p for p in self.folder.glob("epoch_*.pt") if p != path)
+        for old in others[:len(others) - (self.keep - 1)]:
             old.unlink()
 
     def latest(self, epochs: int) -> dict | None:

@@ -27,7 +27,7 @@ from stages.common.params import FinetuneParams, Params, ParamsError, TrainParam
 from stages.common.schema import OPTIMIZATION
 from stages.finetuning.batches import PoseBatches
 from stages.finetuning.pnp_loss import PnPSettings, pnp_terms
-from stages.nets.trainer import Trainer, TrainPaths, log_epoch, open_live, reframe_limits
+from stages.nets.trainer import Trainer, TrainPaths, log_epoch, reframe_limits, replay_live
 from stages.wcpa.camera import Camera
 
 log = logging.getLogger("finetune")
@@ -169,9 +169,8 @@ def run_finetune(params: Params, paths: FinetunePaths, camera: Camera) -> dict:
     barrier(trainer.ctx)                 # every process has read its checkpoint before any is removed
     main = trainer.ctx.main
     if not resumed and main:
-        for stale in (paths.data.checkpoints, out / "live"):
-            shutil.rmtree(stale, ignore_errors=True)
-    live = open_live(out / "live", resumed) if main else None
+        shutil.rmtree(paths.data.checkpoints, ignore_errors=True)
+    live = replay_live(out / "live", trainer.history) if main else None
     if not resumed and main:
         record = trainer.validation_record(0, {})
         trainer.history.append(record)

@@ -418,9 +418,8 @@ def run_training(params: Params, paths: TrainPaths, camera: Camera) -> dict:
     resumed = trainer.resume()
     barrier(trainer.ctx)                 # every process has read its checkpoint before any is removed
     if not resumed and trainer.ctx.main:
-        for stale in (paths.checkpoints, paths.out / "live"):
-            shutil.rmtree(stale, ignore_errors=True)
-    live = open_live(paths.out / "live", resumed) if trainer.ctx.main else None
+        shutil.rmtree(paths.checkpoints, ignore_errors=True)
+    live = replay_live(paths.out / "live", trainer.history) if trainer.ctx.main else None
     seconds = trainer.run_epochs(live)
     if not trainer.ctx.main:
         return {}
@@ -434,10 +433,18 @@ def run_training(params: Params, paths: TrainPaths, camera: Camera) -> dict:
     return metrics
 
 
-def open_live(folder: Path, resumed: bool):
-    """dvclive logger that never touches dvc.yaml (plots are declared there by hand)."""
+def replay_live(folder: Path, history: list[dict]):
+    """A new dvclive logger in `folder` (which it empties) that never touches dvc.yaml (plots are
+    declared there by hand), with a step for each record of the finished epochs' `history`: a
+    resumed run's curves are those of an uninterrupted one (dvclive's own resume numbers the
+    steps 0, 0, 1 after one epoch, and an epoch logged before a kill in its checkpoint's write
+    would be logged twice)."""
     from dvclive import Live
-    return Live(dir=str(folder), resume=resumed, save_dvc_exp=False, dvcyaml=None, report=None)
+    shutil.rmtree(folder, ignore_errors=True)
+    live = Live(dir=str(folder), resume=False, save_dvc_exp=False, dvcyaml=None, report=None)
+    for record in history:
+        log_epoch(live, record)
+    return live
 
 
 def log_epoch(live, record: dict) -> None:

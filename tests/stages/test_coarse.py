@@ -83,7 +83,18 @@ def test_interrupted_training_resumes_after_the_last_checkpoint(tiny, monkeypatc
     assert not (tmp / "coarse_train").exists()
     assert epochs_trained(params, tmp, split_dir, monkeypatch) == [1]
     curve = (tmp / "coarse_train/live/plots/metrics/train/loss.tsv").read_text().splitlines()
-    assert len(curve) == 1 + TINY["epochs"]
+    assert [line.split("\t")[0] for line in curve] == ["step", "0", "1"]      # not dvclive's resumed 0, 0, 1
+
+
+def test_a_run_of_fewer_epochs_after_an_interruption_trains_and_writes_its_model(tiny, monkeypatch):
+    """The interrupted run's epoch_001.pt (other params) must not outrank the new run's epoch_000.pt."""
+    params, tmp, split_dir = tiny
+    interrupt_after(Checkpoints, "save", 2, lambda: coarse_train.run(params, tmp / "coarse_train", split_dir),
+                    monkeypatch)
+    assert (tmp / "coarse_train.partial/checkpoints/epoch_001.pt").is_file()
+    params = params.replace(coarse_train={"epochs": 1})
+    assert epochs_trained(params, tmp, split_dir, monkeypatch) == [0]
+    assert (tmp / "coarse_train/model.pt").is_file() and not (tmp / "coarse_train.partial").exists()
 
 
 def test_a_checkpoint_of_other_data_at_the_same_root_is_not_resumed(tiny, monkeypatch):

@@ -107,3 +107,6 @@ def test_an_interrupted_finetune_resumes_to_the_uninterrupted_model(tmp_path, mo
     run_main(monkeypatch)
     model = "artifacts/finetune/model.pt"
     assert (parts / model).read_bytes() == (whole / model).read_bytes()
+    plots = "artifacts/finetune/live/plots/metrics/val/score.tsv"     # the start model's step, then 2 epochs
+    assert (parts / plots).read_text() == (whole / plots).read_text()
+    assert [line.split("\t")[0] for line in (whole / plots).read_text().splitlines()] == ["step", "0", "1", "2"]

@@ -11,6 +11,7 @@ import torch
 
 from stages import pca, train
 from stages.common.cropstore import stamp_run
+from stages.common.resume import Checkpoints
 from stages.common.params import Params
 from stages.nets.dataset import CropStore
 from stages.nets import losses
@@ -19,7 +20,7 @@ from stages.nets.model import FaceNet, NetConfig
 from stages.nets.trainer import Trainer, TrainPaths, fingerprint, state_layout
 from stages.wcpa.layout import load_resources
 from tests.host_syncs import HostSyncs
-from tests.tiny_project import kill_in_epoch, make_tiny_project, tiny_params, write_params
+from tests.tiny_project import interrupt_in, kill_in_epoch, make_tiny_project, tiny_params, write_params
 
 
 def run_main(monkeypatch):
@@ -177,15 +178,30 @@ def test_another_data_root_with_the_same_image_count_retrains(tmp_path, monkeypa
     assert model_bytes(second) != model_bytes(first)
 
 
-def test_an_interrupted_run_resumes_to_the_uninterrupted_model(tmp_path, monkeypatch):
+def curves(root) -> dict[str, str]:
+    """The dvclive curves of train: {file under live/plots: its text}."""
+    plots = root / "artifacts" / "train" / "live" / "plots"
+    return {str(p.relative_to(plots)): p.read_text() for p in sorted(plots.rglob("*.tsv"))}
+
+
+@pytest.mark.parametrize("interruption", ["in_epoch", "in_checkpoint_write"])
+def test_an_interrupted_run_resumes_to_the_uninterrupted_model_and_curves(tmp_path, monkeypatch, interruption):
+    """Killed in epoch 2, or while epoch 2's checkpoint is written (its curves logged already):
+    the resumed run's model and dvclive curves are the uninterrupted run's."""
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     train_tiny(whole, monkeypatch, epochs=2)
     run_main(monkeypatch)
     params = train_tiny(parts, monkeypatch, epochs=2)
-    kill_in_epoch(lambda: run_main(monkeypatch), Trainer, 1, monkeypatch)
+    if interruption == "in_epoch":
+        kill_in_epoch(lambda: run_main(monkeypatch), Trainer, 1, monkeypatch)
+    else:
+        interrupt_in(Checkpoints, "save", 2, lambda: run_main(monkeypatch), monkeypatch)
     assert params.train.epochs == 2 and not (parts / "artifacts" / "train" / "model.pt").exists()
     run_main(monkeypatch)
     assert model_bytes(parts) == model_bytes(whole)
+    assert curves(parts) == curves(whole) and len(curves(whole)) > 5
+    assert curves(whole)["metrics/val/score.tsv"].splitlines()[0] == "step\tscore"
+    assert [line.split("\t")[0] for line in curves(whole)["metrics/val/score.tsv"].splitlines()] == ["step", "0", "1"]
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])

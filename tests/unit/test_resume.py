@@ -49,3 +49,14 @@ def test_latest_keeps_the_newest_and_ignores_other_runs_longer_runs_and_incomple
 
 def test_fingerprint_follows_content_not_key_order():
     assert fingerprint({"a": 1, "b": [2]}) == fingerprint({"b": [2], "a": 1}) != fingerprint({"a": 2, "b": [2]})
+
+
+def test_saving_never_removes_the_file_just_written(tmp_path):
+    """A stale file of another run with a later epoch (kept over an interruption) must not make
+    save remove this run's newest checkpoint."""
+    net, optimizer, scaler, _ = make_run()
+    Checkpoints(tmp_path, "old", keep=1).save(capture(1, {"net": net}, optimizer, scaler))
+    store = Checkpoints(tmp_path, "new", keep=1)
+    store.save(capture(0, {"net": net}, optimizer, scaler))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_000.pt"]
+    assert store.latest(epochs=1)["epoch"] == 0
