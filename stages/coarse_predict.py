@@ -30,6 +30,7 @@ from tqdm import tqdm
 from stages.coarse.detector import Detector
 from stages.coarse.targets import load_targets
 from stages.common.badinput import BadInputs
+from stages.common.code import code_digest
 from stages.common.cropstore import ResumableRows
 from stages.common.device import pick_device, torch_path
 from stages.common.identity import file_digest, stat_digest
@@ -102,12 +103,14 @@ def job_key(model: Path, root: Path | str, table: pd.DataFrame, size: tuple[int,
             device: torch.device) -> str:
     """Identity of one split's landmarks, which a resumed run must share: the detector's bytes, the
     data root, the list's rows and their images' stat_digest (an image replaced during an
-    interruption), the image size, the settings that change the landmarks and where they are
-    computed."""
+    interruption), the image size, the settings that change the landmarks, where they are
+    computed and the digest of the stage's code (a fix to it: dvc repro reruns the stage, which
+    must not keep the old code's rows)."""
     ids = hashlib.sha256(table[ID_COLUMNS].to_csv(index=False).encode()).hexdigest()
     files = stat_digest(sample_files(root, table, "image"))
     return fingerprint({"model": file_digest(model), "root": str(Path(root).resolve()), "rows": ids, "files": files,
-                        "size": list(size), "settings": dataclasses.asdict(cfg), "device": device.type})
+                        "size": list(size), "settings": dataclasses.asdict(cfg), "device": device.type,
+                        "code": code_digest("stages.coarse_predict")})
 
 
 def error_summary(pred: np.ndarray, target: np.ndarray) -> dict:

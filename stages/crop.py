@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from stages.coarse.targets import project_landmarks
 from stages.common.badinput import BadInputs
+from stages.common.code import code_digest
 from stages.common.cropstore import CropStoreWriter, stamp_run
 from stages.common.device import gpu_driver_present, pick_device
 from stages.common.identity import stat_digest
@@ -233,7 +234,7 @@ def run(params: Params, out: Path = Path("artifacts/crop"), coarse_dir: Path = P
             warps[valid] = warps_of(landmarks[valid], reference, cfg.rotation, camera, model_points, data.workers)
         writers[split] = CropStoreWriter(partial / split, table, warps, cfg.size,
                                          "opencv" if device is None else f"torch-{device.type}",
-                                         stat_digest(sample_files(root, table, "image")))
+                                         stat_digest(sample_files(root, table, "image")), code_digest("stages.crop"))
         failed = crop_split(writers[split], root, table, np.flatnonzero(valid), cfg.size,
                             camera.size, cfg.chunk, data.workers, bad, split, device)
         skipped[split] = ~valid | failed

@@ -37,12 +37,15 @@ RUN_FILE = "run.json"
 RUN_CONTENT = ("warps.npy", "index.csv", "images.npy")
 
 
-def job_key(warps: np.ndarray, size: int, table: pd.DataFrame, method: str = "opencv", files: str = "") -> str:
+def job_key(warps: np.ndarray, size: int, table: pd.DataFrame, method: str = "opencv", files: str = "",
+            code: str = "") -> str:
     """Identity of a crop job: its warps, crop size, rows, the decode + warp path that makes the
-    pixels (`method`: the paths' crops differ by a grey level, so one never resumes the other's)
-    and `files`, the images' stat_digest (an image replaced during an interruption)."""
+    pixels (`method`: the paths' crops differ by a grey level, so one never resumes the other's),
+    `files`, the images' stat_digest (an image replaced during an interruption) and `code`, the
+    digest of the code that makes them (a fix to it between two runs: dvc repro reruns the
+    stage, which must not keep the old code's rows)."""
     digest = hashlib.sha256(np.ascontiguousarray(warps, dtype=np.float64).tobytes())
-    digest.update(f"{size} {method} {files}".encode())
+    digest.update(f"{size} {method} {files} {code}".encode())
     digest.update(table[ID_COLUMNS].to_csv(index=False).encode())
     return digest.hexdigest()
 
@@ -99,12 +102,12 @@ class CropStoreWriter:
     """The work folder of one split: images (N, S, S, 3) memmap with a done mask (ResumableRows)."""
 
     def __init__(self, work: Path | str, table: pd.DataFrame, warps: np.ndarray, size: int,
-                 method: str = "opencv", files: str = ""):
+                 method: str = "opencv", files: str = "", code: str = ""):
         self.work = Path(work)
         self.table = table.reset_index(drop=True)
         self.warps = np.asarray(warps, dtype=np.float64)
         self.size = size
-        self.rows = ResumableRows(self.work, job_key(self.warps, size, self.table, method, files),
+        self.rows = ResumableRows(self.work, job_key(self.warps, size, self.table, method, files, code),
                                   (len(self.table), size, size, 3), np.uint8)
 
     def pending(self, rows: np.ndarray, chunk: int) -> list[np.ndarray]:

@@ -281,6 +281,12 @@ def test_interrupted_prediction_resumes_its_rows_and_only_with_the_same_detector
     calls.clear()
     coarse_predict.run(params, out, model, split_dir)
     assert sum(calls) == 8 + 2 + 3                 # train's finished batches are not resumed
+    interrupt_after(ResumableRows, "write", 2, lambda: coarse_predict.run(params, out, model, split_dir), monkeypatch)
+    digest = coarse_predict.code_digest
+    monkeypatch.setattr(coarse_predict, "code_digest", lambda module: digest(module) + "+fix")   # a code fix
+    calls.clear()
+    coarse_predict.run(params, out, model, split_dir)
+    assert sum(calls) == 8 + 2 + 3                 # the old code's batches are not resumed
 
 
 def test_targets_are_read_in_chunks_on_processes_in_row_order(tiny, monkeypatch):

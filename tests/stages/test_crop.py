@@ -355,14 +355,20 @@ def test_an_exif_block_after_large_segments_is_seen(tmp_path):
     assert np.array_equal(loaded.permute(1, 2, 0).numpy(), read_image(late))
 
 
-def test_an_image_replaced_during_an_interruption_is_cropped_again(tiny, monkeypatch):
-    """The job's identity holds its images' sizes and times: a replaced image (the same
-    landmarks, so the same warps) makes the resumed run crop its split again."""
+@pytest.mark.parametrize("change", ["image", "code"])
+def test_an_image_replaced_or_a_code_fix_during_an_interruption_crops_again(tiny, monkeypatch, change):
+    """The job's identity holds its images' sizes and times and the stage's code digest: a
+    replaced image (the same landmarks, so the same warps), or a fix to the code (dvc repro
+    reruns the stage), makes the resumed run crop its split again."""
     params, tmp, split_dir, coarse_dir = tiny
     interrupt_after(CropStoreWriter, "write", 2, lambda: run(params, tmp, split_dir, coarse_dir), monkeypatch)
-    first = image_path(tmp / "data", read_list(split_dir / "train.csv").iloc[0])
-    time.sleep(0.01)
-    first.write_bytes(first.read_bytes())
+    if change == "image":
+        first = image_path(tmp / "data", read_list(split_dir / "train.csv").iloc[0])
+        time.sleep(0.01)
+        first.write_bytes(first.read_bytes())
+    else:
+        digest = crop.code_digest
+        monkeypatch.setattr(crop, "code_digest", lambda module: digest(module) + "+fix")
     cropped = []
     crop_one = cropping._crop_one
     monkeypatch.setattr(cropping, "_crop_one", lambda path, *a: cropped.append(path) or crop_one(path, *a))
