@@ -11,16 +11,16 @@ straight from the file (open_predictions) and never holds a whole split's meshes
 """
 from __future__ import annotations
 
+import os
 import shutil
 import struct
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from stages.common.io import atomic_write, save_npz
+from stages.common.io import atomic_write, remove_stale_temporaries, save_npz
 from stages.common.rowfile import RowReader, RowWriter
 from stages.wcpa.layout import ID_COLUMNS, DataError
 
@@ -42,7 +42,8 @@ def save_predictions(path: Path | str, table: pd.DataFrame, verts: np.ndarray, R
 class PredictionWriter:
     """Writes a predictions file block by block, for a stage whose resident memory must stay flat
     in the number of rows: each array goes to a row file in a temporary folder beside `path`;
-    on a clean exit they are packed (copied in 1 MB pieces) into the .npz, atomically.
+    on a clean exit they are packed (copied in 1 MB pieces) into the .npz, atomically. The folder,
+    `.<stem>.rows<pid>`, goes at the exit; one left by a killed process goes at the next entry.
 
     with PredictionWriter(path, table, {"verts": ((V, 3), np.float32), "R_t": ((4, 4), np.float64),
                                         ...}) as out:
@@ -55,15 +56,15 @@ class PredictionWriter:
         if "verts" not in rows or "R_t" not in rows:
             raise ValueError(f"{path}: predictions need verts and R_t")
         self.path, self.table, self.rows = Path(path), table, rows
-        self._folder: tempfile.TemporaryDirectory | None = None
+        self._folder = self.path.with_name(f".{self.path.stem}.rows{os.getpid()}")
         self._writers: dict[str, RowWriter] = {}
 
     def __enter__(self) -> "PredictionWriter":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._folder = tempfile.TemporaryDirectory(prefix=f".{self.path.stem}.rows", dir=self.path.parent)
+        remove_stale_temporaries(self.path.parent, f".{self.path.stem}.rows")
+        self._folder.mkdir()
         for key, (shape, dtype) in self.rows.items():
-            self._writers[key] = RowWriter(Path(self._folder.name) / f"{key}.npy", (len(self.table),) + shape,
-                                           dtype).__enter__()
+            self._writers[key] = RowWriter(self._folder / f"{key}.npy", (len(self.table),) + shape, dtype).__enter__()
         return self
 
     def write(self, start: int, **blocks: np.ndarray) -> None:
@@ -81,7 +82,7 @@ class PredictionWriter:
             if kind is None:
                 self._pack()
         finally:
-            self._folder.cleanup()
+            shutil.rmtree(self._folder, ignore_errors=True)
         return False
 
     def _pack(self) -> None:
@@ -91,7 +92,7 @@ class PredictionWriter:
             with npz.open("ids.npy", "w", force_zip64=True) as dst:
                 np.save(dst, self.table[ID_COLUMNS].to_numpy(dtype=str))
             for key in self.rows:
-                with open(Path(self._folder.name) / f"{key}.npy", "rb") as src, \
+                with open(self._folder / f"{key}.npy", "rb") as src, \
                         npz.open(f"{key}.npy", "w", force_zip64=True) as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
 

@@ -79,3 +79,17 @@ def test_a_member_whose_header_claims_more_rows_than_it_holds_is_named(tmp_path,
     path.write_bytes(data.replace(b"(7, 5, 3)", b"(9, 5, 3)"))      # the same length: the offsets hold
     with pytest.raises(DataError, match="p.npz: 'verts.npy' holds 548 bytes, its header says 668"):
         open_predictions(path)
+
+
+def test_the_writers_row_folder_goes_and_a_killed_runs_goes_at_the_next_entry(tmp_path, table, arrays):
+    """A killed process leaves its `.<stem>.rows<pid>` folder (GBs on the real data): the next
+    writer of that file removes it, and its own on exit, with an error too."""
+    dead = 2 ** 22 + 1                                    # above Linux's pid_max default: no such process
+    (tmp_path / f".p.rows{dead}").mkdir()
+    (tmp_path / f".p.rows{dead}" / "verts.npy").write_bytes(b"x" * 100)
+    written(tmp_path / "p.npz", table, arrays, "writer")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.npz"]
+    rows = {key: (value.shape[1:], value.dtype) for key, value in arrays.items()}
+    with pytest.raises(RuntimeError), PredictionWriter(tmp_path / "q.npz", table, rows):
+        raise RuntimeError("a failed block")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.npz"]
