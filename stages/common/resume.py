@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 from pathlib import Path
 
 import torch
@@ -43,6 +44,23 @@ def restore_rng(state: dict) -> None:
     torch.set_rng_state(state["cpu"])
     if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def interned(value):
+    """`value` with every str in it (dict keys and values, list and tuple items) interned. Pickle
+    writes each string object once and refers back to it after, so equal states give equal
+    bytes only when their equal strings are one object: a resumed optimiser's group keys come
+    from the loaded file, a fresh one's from the code."""
+    if isinstance(value, str):
+        return sys.intern(value)
+    if isinstance(value, dict):              # a state_dict's OrderedDict stays one, with its _metadata
+        copy = type(value)((interned(key), interned(item)) for key, item in value.items())
+        if hasattr(value, "_metadata"):
+            copy._metadata = interned(value._metadata)
+        return copy
+    if isinstance(value, (list, tuple)):
+        return type(value)(interned(item) for item in value)
+    return value
 
 
 def capture(epoch: int, modules: dict[str, torch.nn.Module], optimizer, scaler, scheduler=None) -> dict:
@@ -76,7 +94,7 @@ class Checkpoints:
         file of another run has a later epoch)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"epoch_{state['epoch']:03d}.pt"
-        save_torch({**state, "fingerprint": self.fp}, path)
+        save_torch(interned({**state, "fingerprint": self.fp}), path)
         others = sorted(p for p in self.folder.glob("epoch_*.pt") if p != path)
         for old in others[:len(others) - (self.keep - 1)]:
             old.unlink()

@@ -82,9 +82,12 @@ def load_split(paths: TrainPaths, split: str) -> SplitData:
     return SplitData(store=store.skip(~labelled_rows(poses)), verts=verts, poses=poses, coeffs=coeffs)
 
 
-# May change between resumes: they change no trained value. (val_pnp_flags changes the recorded
-# validation of every epoch: a run of other flags starts afresh.) epochs is free under a constant
-# schedule alone (fingerprint).
+# May change between resumes (e.g. a run moved to another machine): they change how the same
+# computation runs (torch's threads, which follow the loader workers; compiled kernels; the
+# device; validation batches), so its floating-point rounding, not what is computed: a resumed run
+# ends within rounding of an uninterrupted one, bit-identical only with the same settings.
+# (val_pnp_flags changes what validation computes: a run of other flags starts afresh.) epochs is
+# free under a constant schedule alone (fingerprint).
 RESUME_FREE_KEYS = ("epochs", "workers", "device", "compile", "val_batch_size")
 PCA_FILES = ("basis.npz", "verts_train.npy", "verts_val.npy", "poses_train.npy", "poses_val.npy",
              "coeffs_train.npy", "coeffs_val.npy")

@@ -1,9 +1,10 @@
 """stages.common.resume: the one checkpoint format of the three trainers."""
 import logging
+import sys
 
 import torch
 
-from stages.common.resume import Checkpoints, capture, fingerprint, restore
+from stages.common.resume import Checkpoints, capture, fingerprint, interned, restore
 
 
 def make_run(seed: int = 0):
@@ -60,3 +61,14 @@ def test_saving_never_removes_the_file_just_written(tmp_path):
     store.save(capture(0, {"net": net}, optimizer, scaler))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_000.pt"]
     assert store.latest(epochs=1)["epoch"] == 0
+
+
+def test_saved_strings_are_interned_and_state_dicts_keep_their_metadata():
+    """Equal states pickle to equal bytes only when their equal strings are one object."""
+    net = torch.nn.BatchNorm1d(3)
+    state = {"modules": {"net": net.state_dict()}, "params": {"".join(["l", "r"]): 0.1}}
+    copy = interned(state)
+    assert next(iter(copy["params"])) is sys.intern("lr")
+    module = copy["modules"]["net"]
+    assert type(module) is type(net.state_dict()) and module._metadata == net.state_dict()._metadata
+    torch.nn.BatchNorm1d(3).load_state_dict(module)
