@@ -120,6 +120,7 @@ def run(params: Params, out: Path = Path("artifacts/coarse_train"),
     barrier(ctx)                         # every process has read its checkpoint before any is removed
     if ctx.main:
         clear_stale(partial, resuming)
+    barrier(ctx)                         # and none reads them again (train resumes) before they are
     with open_live(partial / "live", ctx.main) as live:
         nets = train(cfg, samples["train"], samples["val"], flip_order, checkpoints, live, data.workers, bad, ctx)
     if not ctx.main:
