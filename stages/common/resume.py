@@ -96,7 +96,7 @@ class Checkpoints:
         path = self.folder / f"epoch_{state['epoch']:03d}.pt"
         save_torch(interned({**state, "fingerprint": self.fp}), path)
         others = sorted(p for p in self.folder.glob("epoch_*.pt") if p != path)
-        for old in others[:len(others) - (self.keep - 1)]:
+        for old in others[:max(len(others) - (self.keep - 1), 0)]:
             old.unlink()
 
     def latest(self, epochs: int) -> dict | None:

@@ -192,8 +192,10 @@ def landmark_terms(out: dict, batch: dict, cfg: TrainParams) -> tuple[dict, dict
 def lr_factor(cfg: TrainParams, step: int, total: int) -> float:
     """Multiplier of train.lr at optimiser step `step` of `total`: a linear warm-up over the first
     warmup_epochs (step k of W at (k + 1) / W) times the schedule, 1 (constant) or a cosine from
-    1 to min_lr_ratio over the whole run."""
-    warm = total * cfg.warmup_epochs / cfg.epochs
+    1 to min_lr_ratio over the whole run (`total` is cfg.epochs x the steps an epoch). The warm-up
+    is counted from the steps an epoch alone, so that under a constant schedule every step's rate
+    is the same float whatever the epochs (fingerprint: raising them resumes)."""
+    warm = total // cfg.epochs * cfg.warmup_epochs
     ramp = min((step + 1) / warm, 1.0) if warm > 0 else 1.0
     if cfg.schedule == "constant":
         return ramp

@@ -62,6 +62,7 @@ class PredictionWriter:
     def __enter__(self) -> "PredictionWriter":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.path.parent, f".{self.path.stem}.rows")
+        shutil.rmtree(self._folder, ignore_errors=True)     # a killed run's of this pid (reused after a restart)
         self._folder.mkdir()
         for key, (shape, dtype) in self.rows.items():
             self._writers[key] = RowWriter(self._folder / f"{key}.npy", (len(self.table),) + shape, dtype).__enter__()

@@ -32,6 +32,16 @@ def test_warm_up_ramps_linearly_over_its_epochs_then_follows_the_schedule():
     assert lr_factor(cosine, 600, 1000) == pytest.approx(lr_factor(_cfg("cosine"), 600, 1000))
 
 
+def test_a_constant_schedules_rates_are_the_same_floats_whatever_the_epochs():
+    """Raising the epochs of a constant schedule resumes (the epochs are not in its fingerprint):
+    each step's rate must be bit for bit that of a longer run, a fractional warm-up included."""
+    for per_epoch in (2, 3, 7):
+        for warmup in (0.3, 0.7, 1.5):
+            rates = [[lr_factor(_cfg("constant", warmup, epochs), step, epochs * per_epoch) for step in range(per_epoch)]
+                     for epochs in range(2, 7)]
+            assert all(r == rates[0] for r in rates), (per_epoch, warmup)
+
+
 def test_an_unknown_schedule_stops_at_load():
     params = load_params(ROOT / "params.yaml")
     with pytest.raises(ParamsError, match="train.schedule = 'step': must be one of constant, cosine"):

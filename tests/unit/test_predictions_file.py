@@ -1,5 +1,7 @@
 """The predictions file read a block of rows at a time: np.savez's and PredictionWriter's (zip64)
 layouts, a compressed file, and the errors that name the file."""
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -92,4 +94,7 @@ def test_the_writers_row_folder_goes_and_a_killed_runs_goes_at_the_next_entry(tm
     rows = {key: (value.shape[1:], value.dtype) for key, value in arrays.items()}
     with pytest.raises(RuntimeError), PredictionWriter(tmp_path / "q.npz", table, rows):
         raise RuntimeError("a failed block")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.npz"]
+    (tmp_path / f".p.rows{os.getpid()}").mkdir()         # a killed run of the same pid (after a restart)
+    written(tmp_path / "p.npz", table, arrays, "writer")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.npz"]

@@ -72,3 +72,14 @@ def test_saved_strings_are_interned_and_state_dicts_keep_their_metadata():
     module = copy["modules"]["net"]
     assert type(module) is type(net.state_dict()) and module._metadata == net.state_dict()._metadata
     torch.nn.BatchNorm1d(3).load_state_dict(module)
+
+
+def test_the_newest_keep_files_stay_while_there_are_fewer(tmp_path):
+    net, optimizer, scaler, _ = make_run()
+    store = Checkpoints(tmp_path, "a", keep=4)
+    for epoch in range(3):
+        store.save(capture(epoch, {"net": net}, optimizer, scaler))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_000.pt", "epoch_001.pt", "epoch_002.pt"]
+    for epoch in range(3, 6):
+        store.save(capture(epoch, {"net": net}, optimizer, scaler))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"epoch_{e:03d}.pt" for e in range(2, 6)]
