@@ -10,8 +10,8 @@ as hard as on real predictions). Prints both throughputs and their ratio.
 
     python -m benchmarks.bench_infer [--params params.yaml] [--batches 8] [--repeats 3] [--pnp opencv|batched]
         [--phases]
---phases also prints the time of each step of inference per image (the main thread's, and the
-reader thread's), and on CUDA the places where the host waited for the GPU.
+--phases also prints the time of each step of inference per image (the main thread's, the reader
+thread's and the post-processing thread's), and on CUDA the places where the host waited for the GPU.
 Needs the data root's resources (camera, template mesh): dvc repro synth.
 """
 from __future__ import annotations
@@ -112,9 +112,10 @@ def pipeline_rate(model, store, perm, camera, settings) -> float:
 
 
 # inference's steps whose time --phases reports (stages.nets.inference); _read_batch runs in the
-# reader thread, the others in the main thread (_from_host waits for the GPU, _finished for the PnP)
-PHASES = ("_read_batch", "_batch_warps", "_device_outputs", "_from_host", "batch_predictions", "submit_poses",
-          "_finished")
+# reader thread, _prepared (batch_predictions and submit_poses in it) in the post-processing thread,
+# the others in the main thread (_from_host waits for the GPU, _finished for _prepared and the PnP)
+PHASES = ("_read_batch", "_batch_warps", "_device_outputs", "_from_host", "_prepared", "batch_predictions",
+          "submit_poses", "_finished")
 
 
 def phase_times(model, store, perm, camera, settings) -> dict[str, float]:

@@ -44,6 +44,18 @@ def remove_stale_temporaries(folder: Path, prefix: str, suffix: str = "") -> lis
     return stale
 
 
+def fresh_temporary_dir(folder: Path, prefix: str) -> Path:
+    """An empty folder `folder/<prefix><pid>` for this process, made after removing the
+    `<prefix><pid>` entries of processes that are gone and this pid's own leftover (a killed run's
+    whose pid came back after a restart)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(folder, prefix)
+    tmp = folder / f"{prefix}{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
 @contextlib.contextmanager
 def atomic_write(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
@@ -97,11 +109,7 @@ def atomic_dir(path: Path | str, keep: tuple[str, ...] = ()) -> Iterator[Path]:
     keep: names of files of the old folder carried into the new one (a README that git tracks
     in a folder a stage writes)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path.parent, f".{path.name}.tmp")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = fresh_temporary_dir(path.parent, f".{path.name}.tmp")
     try:
         yield tmp
         for name in keep:

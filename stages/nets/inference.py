@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -274,36 +274,50 @@ def predicted_batches(model: FaceNet, images: np.ndarray, inv_warps: np.ndarray,
                       camera: Camera, settings: InferSettings) -> Iterator[tuple[slice, dict[str, np.ndarray]]]:
     """Crops (N, S, S, 3) uint8 (a memmap is read batch by batch) and their crop -> full-image
     warps (N, 2, 3) -> per batch, in order, (rows, {verts (B, V, 3) metres, landmarks (B, V, 2)
-    full px, sigma (B, V) full px, R_t (B, 4, 4)}). The PnP of a batch runs in a thread pool while
-    the next batches go through the network, at most `settings.workers` + 1 batches in flight.
-    numpy's BLAS gets one thread (stages.common.threads): the PnP threads and torch share the cores."""
+    full px, sigma (B, V) full px, R_t (B, 4, 4)}). The main thread only feeds the network: each
+    batch's outputs go to one post-processing thread (flip-merge, unwarp, PnP submitted to the
+    pool of `settings.workers` threads, float32 copies: `_prepared`) while the next batches go
+    through the network, at most `settings.workers` + 1 batches in flight. numpy's BLAS gets one
+    thread (stages.common.threads): the PnP threads and torch share the cores."""
     single_thread_blas()
     mode = check_mode(settings.flip_merge)
     mirror = perm if mode != "none" else None
+    direct = camera if model.pose is not None else None
     pending: deque = deque()
-    with ThreadPoolExecutor(max(1, settings.workers)) as solvers:
+    with ThreadPoolExecutor(max(1, settings.workers)) as solvers, ThreadPoolExecutor(1) as post:
         for rows, plain, back in network_outputs(model, images, inv_warps, settings.batch_size, settings.device,
                                                  settings.amp, mirror):
-            verts, uv, sigma = batch_predictions(plain, back, inv_warps[rows], mode)
-            if "R_frame" in plain:
-                pose = solvers.submit(frame_poses, plain["R_frame"], plain["t_code"], inv_warps[rows], camera,
-                                      images.shape[1], model.config.pose_frame).result
-            else:
-                pose = submit_poses(solvers, settings.pnp, verts, uv, sigma, camera, settings.pnp_flags,
-                                    settings.device)
-            direct = camera if model.pose is not None else None
-            pending.append((rows, {"verts": verts, "landmarks": uv, "sigma": sigma}, pose, direct))
+            job = post.submit(_prepared, solvers, plain, back, inv_warps[rows], mode, camera, images.shape[1],
+                              model.config.pose_frame, settings)
+            pending.append((rows, job, direct))
             while len(pending) > max(1, settings.workers):
                 yield _finished(*pending.popleft())
         while pending:
             yield _finished(*pending.popleft())
 
 
-def _finished(rows: slice, out: dict, pose: Callable[[], np.ndarray],
-              direct: Camera | None) -> tuple[slice, dict[str, np.ndarray]]:
-    """A batch's outputs once its pose is solved. direct: the camera of a direct-pose network,
-    whose landmarks are its mesh projected in its pose (sigma NaN: it has no landmark head)."""
-    out = {**{key: value.astype(np.float32) for key, value in out.items()}, "R_t": pose()}
+def _prepared(solvers: ThreadPoolExecutor, plain: dict, back: dict | None, inv_warps: np.ndarray, mode: str,
+              camera: Camera, crop_size: int, pose_frame: str,
+              settings: InferSettings) -> tuple[dict[str, np.ndarray], Callable[[], np.ndarray]]:
+    """A batch's network outputs (`network_outputs`) -> ({verts, landmarks, sigma} float32, a function
+    that waits for its poses R_t (B, 4, 4)), the PnP submitted to `solvers`; the direct 6DoF
+    head's poses come from its own outputs (stages.nets.pose_frame)."""
+    verts, uv, sigma = batch_predictions(plain, back, inv_warps, mode)
+    if "R_frame" in plain:
+        pose = solvers.submit(frame_poses, plain["R_frame"], plain["t_code"], inv_warps, camera, crop_size,
+                              pose_frame).result
+    else:
+        pose = submit_poses(solvers, settings.pnp, verts, uv, sigma, camera, settings.pnp_flags, settings.device)
+    out = {key: value.astype(np.float32) for key, value in (("verts", verts), ("landmarks", uv), ("sigma", sigma))}
+    return out, pose
+
+
+def _finished(rows: slice, job: Future, direct: Camera | None) -> tuple[slice, dict[str, np.ndarray]]:
+    """A batch's outputs once `_prepared` (`job`) and its poses are done. direct: the camera of a
+    direct-pose network, whose landmarks are its mesh projected in its pose (sigma NaN: it has no
+    landmark head)."""
+    out, pose = job.result()
+    out = {**out, "R_t": pose()}
     if direct is not None:
         out["landmarks"] = direct.project(out["verts"], out["R_t"]).astype(np.float32)
         out["sigma"] = np.full_like(out["sigma"], np.nan)

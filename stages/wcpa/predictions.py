@@ -11,7 +11,6 @@ straight from the file (open_predictions) and never holds a whole split's meshes
 """
 from __future__ import annotations
 
-import os
 import shutil
 import struct
 import zipfile
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages.common.io import atomic_write, remove_stale_temporaries, save_npz
+from stages.common.io import atomic_write, fresh_temporary_dir, save_npz
 from stages.common.rowfile import RowReader, RowWriter
 from stages.wcpa.layout import ID_COLUMNS, DataError
 
@@ -56,14 +55,10 @@ class PredictionWriter:
         if "verts" not in rows or "R_t" not in rows:
             raise ValueError(f"{path}: predictions need verts and R_t")
         self.path, self.table, self.rows = Path(path), table, rows
-        self._folder = self.path.with_name(f".{self.path.stem}.rows{os.getpid()}")
         self._writers: dict[str, RowWriter] = {}
 
     def __enter__(self) -> "PredictionWriter":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(self.path.parent, f".{self.path.stem}.rows")
-        shutil.rmtree(self._folder, ignore_errors=True)     # a killed run's of this pid (reused after a restart)
-        self._folder.mkdir()
+        self._folder = fresh_temporary_dir(self.path.parent, f".{self.path.stem}.rows")
         for key, (shape, dtype) in self.rows.items():
             self._writers[key] = RowWriter(self._folder / f"{key}.npy", (len(self.table),) + shape, dtype).__enter__()
         return self

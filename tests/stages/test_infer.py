@@ -2,6 +2,7 @@
 import dataclasses
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,8 +16,10 @@ from stages import infer, pca, submit
 from stages.common.cropstore import stamp_run
 from stages.face.pca import PCABasis
 from stages.nets.checkpoint import CheckpointError, Expected, used_inputs
-from stages.nets.inference import (Fallback, InferenceError, check_network, network_outputs,
+from stages.nets import inference
+from stages.nets.inference import (Fallback, InferenceError, InferSettings, check_network, network_outputs,
                                    repair_poses)
+from stages.nets.poses import solve_poses
 from stages.nets.flipmerge import unmirror_outputs
 from stages.nets.dataset import CropStore, crop_targets
 from stages.nets.model import FaceNet, NetConfig
@@ -169,6 +172,35 @@ def test_batches_handed_on_one_behind_are_the_rows_of_one_big_batch(project, dev
         for got, expected in ((np.concatenate([p[key] for _, p, _ in parts]), whole[key]),
                               (np.concatenate([b[key] for _, _, b in parts]), whole_back[key])):
             np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_post_processing_runs_beside_the_network_and_keeps_every_batch_in_order(project, monkeypatch):
+    """predicted_batches hands each batch's flip-merge, unwarp and PnP to a thread of its own, so the
+    main thread only feeds the network: every batch must come out, in order, with the predictions
+    that the same network outputs give when post-processed in the main thread."""
+    root, params = project
+    model = save_model(root, params).eval()
+    images = np.load(root / "artifacts" / "crop" / "val" / "images.npy", mmap_mode="r")[:7]
+    perm = np.load(root / "artifacts" / "pca" / "basis.npz")["flip_perm"]
+    warps = np.load(root / "artifacts" / "crop" / "val" / "inv_warps.npy")[:7]
+    camera = load_resources(root / "data" / "synth").camera
+    settings = dataclasses.replace(InferSettings.of(params.infer), batch_size=3)
+    threads = []
+    merge = inference.batch_predictions
+    monkeypatch.setattr(inference, "batch_predictions",
+                        lambda *args: threads.append(threading.current_thread()) or merge(*args))
+    parts = list(inference.predicted_batches(model, images, warps, perm, camera, settings))
+    assert [rows for rows, _ in parts] == [slice(0, 3), slice(3, 6), slice(6, 7)]
+    assert len(threads) == 3 and threading.main_thread() not in threads
+    for (rows, out), (_, plain, back) in zip(parts, network_outputs(model, images, warps, 3, settings.device,
+                                                                     settings.amp, perm)):
+        verts, uv, sigma = merge(plain, back, warps[rows], settings.flip_merge)
+        expected = {"verts": verts, "landmarks": uv, "sigma": sigma,
+                    "R_t": solve_poses(settings.pnp, verts, uv, sigma, camera, settings.pnp_flags)}
+        assert out.keys() == expected.keys()
+        for key, value in expected.items():
+            assert out[key].dtype == (np.float64 if key == "R_t" else np.float32)
+            np.testing.assert_array_equal(out[key], value.astype(out[key].dtype))
 
 
 @pytest.mark.parametrize("changes, message", [
