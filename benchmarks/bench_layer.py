@@ -9,8 +9,13 @@ Monte Carlo poses, at shapes small enough that dispatch sets the time. On the CP
 forced onto the device path (masked, as on a GPU). Printed for the eager and the compiled
 layer: the top-level aten operators of one pass and its host syncs (torch.profiler: nonzero,
 item), and the pass's wall time, best and median of --passes after two warm-up passes.
+--kernels N adds, for the compiled layer, where one pass waits for the GPU (CUDA's sync debug
+mode) and where it spends its time (torch.profiler): the kernels launched, their summed time
+against the pass's wall time (far below it when the pass waits on launches and on the gaps
+between small kernels rather than on arithmetic) and the N operators of most time.
 
     python -m benchmarks.bench_layer [--batch 8] [--points 64] [--samples 64] [--passes 15] [--device auto]
+                                     [--kernels 0]
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ import numpy as np
 import torch
 
 from benchmarks.bench_finetune import dispatches
-from benchmarks.gpu_probe import sync
+from benchmarks.gpu_probe import format_syncs, host_syncs, profile_tables, sync
 from stages.common.device import pick_device
 from stages.finetuning.pnp_loss import masked_mean
 from stages.pnp import api, solver
@@ -69,6 +74,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--passes", type=int, default=15)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--kernels", type=int, default=0, help="rows of the compiled pass's kernel table (0: none)")
     args = parser.parse_args()
     device = pick_device(args.device, "--device")
     case = make_problems(np.random.default_rng(0), args.batch, args.points, noise_px=1.0)
@@ -82,7 +88,10 @@ def main() -> None:
             rows[compiled] = best
             print(f"{'compiled' if compiled else 'eager':9s} {operators:6d} operators {syncs:4d} host syncs"
                   f"   {best:7.1f} ms a pass (median {median:.1f})")
-    print(f"compiled / eager time: {rows[True] / rows[False]:.2f}")
+        print(f"compiled / eager time: {rows[True] / rows[False]:.2f}")
+        if args.kernels:
+            print(f"host syncs of a compiled pass: {format_syncs(host_syncs(run, device))}")
+            print(profile_tables(run, device, args.kernels))
 
 
 if __name__ == "__main__":

@@ -44,7 +44,8 @@ step bench_finetune 150 python -m benchmarks.bench_finetune --params params.yaml
 step bench_infer 60 python -m benchmarks.bench_infer --params params.yaml --pnp opencv --repeats 2 --phases
 step coarse_predict 60 python -m stages.coarse_predict --params params.yaml
 grep -o '"[a-z]*_images_per_second": [0-9.]*' artifacts/coarse_predict/metrics.json | tee -a "$log"
-step bench_layer 120 python -m benchmarks.bench_layer --device cuda --batch 256 --points 1220 --samples 512 --passes 5
+step bench_layer 120 python -m benchmarks.bench_layer --device cuda --batch 256 --points 1220 --samples 512 --passes 5 \
+  --kernels 25
 cd "$repo"
 step tests_cuda 250 python -m pytest -q -p no:cacheprovider $cuda_tests -k "cuda or one_behind or torch_path"
 cd "$work/project"

@@ -7,6 +7,7 @@ the places where a call made the host wait for the GPU (CUDA's sync debug mode),
 from __future__ import annotations
 
 import collections
+import time
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -44,14 +45,23 @@ def format_syncs(places: collections.Counter, most: int = 8) -> str:
 
 
 def profile_tables(call: Callable[[], object], device: torch.device, rows: int = 15) -> str:
-    """torch.profiler's operator tables of one call(): by device time (on CUDA) and by the host's
-    own time."""
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    """torch.profiler's view of one call(): a line with the kernels it launched on CUDA (host
+    operators elsewhere), their summed own time and the call's wall time, then the operator
+    tables by device time (on CUDA) and by the host's own time."""
+    from torch.autograd import DeviceType
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
+        start = time.perf_counter()
         call()
         sync(device)
+        wall = 1000 * (time.perf_counter() - start)
     averages = prof.key_averages()
-    tables = [averages.table(sort_by="self_cpu_time_total", row_limit=rows)]
-    if device.type == "cuda":
-        tables.insert(0, averages.table(sort_by="self_cuda_time_total", row_limit=rows))
+    own = [e for e in averages if e.device_type == (DeviceType.CUDA if cuda else DeviceType.CPU)]
+    busy = sum(e.self_device_time_total if cuda else e.self_cpu_time_total for e in own) / 1000
+    tables = [f"{sum(e.count for e in own)} {'kernels' if cuda else 'host operators'}, {busy:.1f} ms of their "
+              f"own time in {wall:.1f} ms of wall time (profiled)",
+              averages.table(sort_by="self_cpu_time_total", row_limit=rows)]
+    if cuda:
+        tables.insert(1, averages.table(sort_by="self_cuda_time_total", row_limit=rows))
     return "\n".join(tables)
