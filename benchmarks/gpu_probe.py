@@ -57,7 +57,8 @@ def profile_tables(call: Callable[[], object], device: torch.device, rows: int =
         sync(device)
         wall = 1000 * (time.perf_counter() - start)
     averages = prof.key_averages()
-    own = [e for e in averages if e.device_type == (DeviceType.CUDA if cuda else DeviceType.CPU)]
+    own = [e for e in averages if e.device_type == (DeviceType.CUDA if cuda else DeviceType.CPU)
+           and not getattr(e, "is_user_annotation", False)]      # a compiled graph's span holds its kernels
     busy = sum(e.self_device_time_total if cuda else e.self_cpu_time_total for e in own) / 1000
     tables = [f"{sum(e.count for e in own)} {'kernels' if cuda else 'host operators'}, {busy:.1f} ms of their "
               f"own time in {wall:.1f} ms of wall time (profiled)",

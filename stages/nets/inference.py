@@ -42,7 +42,7 @@ from stages.nets.pose_frame import frame_poses
 from stages.nets.dataset import CropStore
 from stages.nets.flipmerge import check_mode, merge_outputs, unmirror_outputs
 from stages.nets.model import FaceNet
-from stages.nets.poses import submit_poses
+from stages.nets.poses import check_pnp, submit_poses
 from stages.wcpa.camera import Camera, make_rt
 from stages.wcpa.layout import ID_COLUMNS, finite_rows, labelled_rows
 from stages.wcpa.predictions import PredictionWriter
@@ -281,15 +281,14 @@ def predicted_batches(model: FaceNet, images: np.ndarray, inv_warps: np.ndarray,
     thread (stages.common.threads): the PnP threads and torch share the cores."""
     single_thread_blas()
     mode = check_mode(settings.flip_merge)
+    check_pnp(settings.pnp, settings.pnp_flags)
     mirror = perm if mode != "none" else None
-    direct = camera if model.pose is not None else None
     pending: deque = deque()
     with ThreadPoolExecutor(max(1, settings.workers)) as solvers, ThreadPoolExecutor(1) as post:
         for rows, plain, back in network_outputs(model, images, inv_warps, settings.batch_size, settings.device,
                                                  settings.amp, mirror):
-            job = post.submit(_prepared, solvers, plain, back, inv_warps[rows], mode, camera, images.shape[1],
-                              model.config.pose_frame, settings)
-            pending.append((rows, job, direct))
+            pending.append((rows, post.submit(_prepared, solvers, plain, back, inv_warps[rows], mode, camera,
+                                              images.shape[1], model.config.pose_frame, settings)))
             while len(pending) > max(1, settings.workers):
                 yield _finished(*pending.popleft())
         while pending:
@@ -300,28 +299,24 @@ def _prepared(solvers: ThreadPoolExecutor, plain: dict, back: dict | None, inv_w
               camera: Camera, crop_size: int, pose_frame: str,
               settings: InferSettings) -> tuple[dict[str, np.ndarray], Callable[[], np.ndarray]]:
     """A batch's network outputs (`network_outputs`) -> ({verts, landmarks, sigma} float32, a function
-    that waits for its poses R_t (B, 4, 4)), the PnP submitted to `solvers`; the direct 6DoF
-    head's poses come from its own outputs (stages.nets.pose_frame)."""
+    that waits for its poses R_t (B, 4, 4)), the PnP submitted to `solvers`. A network with the
+    direct 6DoF head gives its poses itself (stages.nets.pose_frame): its landmarks are its mesh
+    projected in them and its sigma NaN (it has no landmark head)."""
     verts, uv, sigma = batch_predictions(plain, back, inv_warps, mode)
     if "R_frame" in plain:
-        pose = solvers.submit(frame_poses, plain["R_frame"], plain["t_code"], inv_warps, camera, crop_size,
-                              pose_frame).result
+        R_t = frame_poses(plain["R_frame"], plain["t_code"], inv_warps, camera, crop_size, pose_frame)
+        uv, sigma = camera.project(verts.astype(np.float32), R_t), np.full_like(sigma, np.nan)
+        pose = lambda: R_t
     else:
         pose = submit_poses(solvers, settings.pnp, verts, uv, sigma, camera, settings.pnp_flags, settings.device)
     out = {key: value.astype(np.float32) for key, value in (("verts", verts), ("landmarks", uv), ("sigma", sigma))}
     return out, pose
 
 
-def _finished(rows: slice, job: Future, direct: Camera | None) -> tuple[slice, dict[str, np.ndarray]]:
-    """A batch's outputs once `_prepared` (`job`) and its poses are done. direct: the camera of a
-    direct-pose network, whose landmarks are its mesh projected in its pose (sigma NaN: it has no
-    landmark head)."""
+def _finished(rows: slice, job: Future) -> tuple[slice, dict[str, np.ndarray]]:
+    """A batch's outputs once `_prepared` (`job`) and its poses are done."""
     out, pose = job.result()
-    out = {**out, "R_t": pose()}
-    if direct is not None:
-        out["landmarks"] = direct.project(out["verts"], out["R_t"]).astype(np.float32)
-        out["sigma"] = np.full_like(out["sigma"], np.nan)
-    return rows, out
+    return rows, {**out, "R_t": pose()}
 
 
 def predict_crops(model: FaceNet, images: np.ndarray, inv_warps: np.ndarray, perm: np.ndarray | None,

@@ -81,7 +81,8 @@ def _chunk_size(method: str, device: torch.device, n: int) -> int:
     return max(n, 1) if method == "batched" and device.type != "cpu" else CHUNK[method]
 
 
-def _checked(method: str, flags: str) -> None:
+def check_pnp(method: str, flags: str) -> None:
+    """Stop on an unknown PnP method (infer.pnp) or OpenCV flags (infer.pnp_flags)."""
     if method not in METHODS:
         raise ValueError(f"infer.pnp={method!r}: expected one of {', '.join(METHODS)}")
     if method == "opencv":
@@ -95,7 +96,7 @@ def submit_poses(pool: Executor, method: str, verts: np.ndarray, uv: np.ndarray,
     spread over every thread; the batched solver on a GPU `device`: one task) -> a function that
     waits for them: R_t (N, 4, 4) float64, NaN where the input has NaN or PnP fails. Arrays as in
     `solve_poses`; a bad method or flags raise here."""
-    _checked(method, flags)
+    check_pnp(method, flags)
     finite = np.isfinite(uv).all((1, 2)) & np.isfinite(verts).all((1, 2)) & np.isfinite(sigma).all(1)
     rows = np.flatnonzero(finite)
     size = _chunk_size(method, device, len(rows))

@@ -185,15 +185,28 @@ def test_post_processing_runs_beside_the_network_and_keeps_every_batch_in_order(
     warps = np.load(root / "artifacts" / "crop" / "val" / "inv_warps.npy")[:7]
     camera = load_resources(root / "data" / "synth").camera
     settings = dataclasses.replace(InferSettings.of(params.infer), batch_size=3)
-    threads = []
-    merge = inference.batch_predictions
-    monkeypatch.setattr(inference, "batch_predictions",
-                        lambda *args: threads.append(threading.current_thread()) or merge(*args))
+    threads, overlapped, second_batch = [], [], threading.Event()
+    merge, outputs = inference.batch_predictions, inference.network_outputs
+
+    def network(*args):
+        for i, item in enumerate(outputs(*args)):
+            if i == 1:
+                second_batch.set()
+            yield item
+
+    def post_processing(*args):
+        """The first batch's waits until the network has given the second (in vain if in series)."""
+        threads.append(threading.current_thread())
+        overlapped.append(second_batch.wait(timeout=10) if len(threads) == 1 else True)
+        return merge(*args)
+
+    monkeypatch.setattr(inference, "network_outputs", network)
+    monkeypatch.setattr(inference, "batch_predictions", post_processing)
     parts = list(inference.predicted_batches(model, images, warps, perm, camera, settings))
     assert [rows for rows, _ in parts] == [slice(0, 3), slice(3, 6), slice(6, 7)]
-    assert len(threads) == 3 and threading.main_thread() not in threads
-    for (rows, out), (_, plain, back) in zip(parts, network_outputs(model, images, warps, 3, settings.device,
-                                                                     settings.amp, perm)):
+    assert len(threads) == 3 and threading.main_thread() not in threads and all(overlapped)
+    for (rows, out), (_, plain, back) in zip(parts, outputs(model, images, warps, 3, settings.device,
+                                                             settings.amp, perm)):
         verts, uv, sigma = merge(plain, back, warps[rows], settings.flip_merge)
         expected = {"verts": verts, "landmarks": uv, "sigma": sigma,
                     "R_t": solve_poses(settings.pnp, verts, uv, sigma, camera, settings.pnp_flags)}
@@ -201,6 +214,19 @@ def test_post_processing_runs_beside_the_network_and_keeps_every_batch_in_order(
         for key, value in expected.items():
             assert out[key].dtype == (np.float64 if key == "R_t" else np.float32)
             np.testing.assert_array_equal(out[key], value.astype(out[key].dtype))
+
+
+def test_a_bad_pnp_setting_stops_before_the_network_runs(project, monkeypatch):
+    root, params = project
+    model = save_model(root, params).eval()
+    images = np.load(root / "artifacts" / "crop" / "val" / "images.npy", mmap_mode="r")
+    warps = np.load(root / "artifacts" / "crop" / "val" / "inv_warps.npy")
+    camera = load_resources(root / "data" / "synth").camera
+    monkeypatch.setattr(inference, "network_outputs", lambda *args: pytest.fail("the network ran"))
+    for changes, message in (({"pnp": "nope"}, "infer.pnp='nope'"), ({"pnp_flags": "EPNP+SQPNP"}, "only ITERATIVE")):
+        settings = dataclasses.replace(InferSettings.of(params.infer), **changes)
+        with pytest.raises(ValueError, match=message):
+            next(inference.predicted_batches(model, images, warps, None, camera, settings))
 
 
 @pytest.mark.parametrize("changes, message", [
