@@ -7,6 +7,8 @@ Per batch of crops (read from the memory-mapped store while the previous batch r
   2. landmarks and sigma go from crop px to full-image px through the store's inv_warps;
   3. the pose comes from PnP between the landmarks and the predicted canonical mesh
      (stages.nets.poses), solved in a thread pool while the next batch runs through the network.
+     Steps 2 and 3 (and step 1's merge) run on a post-processing thread, a batch behind the
+     network: the main thread only feeds the GPU.
      A network with the direct 6DoF head (train.pose_head = direct6dof) gives the pose itself, in
      its frame (train.pose_frame): it is mapped to the camera (stages.nets.pose_frame) from the original crop's
      outputs (flip & merge applies to its mesh), its landmarks are the mesh projected with that
