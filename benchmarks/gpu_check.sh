@@ -10,8 +10,8 @@
 # 30 s, coarse_predict 22 s, bench_layer about 80 s, the CUDA tests 150-250 s. Figures:
 # docs/benchmarks.md, "One GPU".
 #
-#   bash benchmarks/gpu_check.sh [LOG]      env: BUDGET (s, default 540: a session's 15 device minutes
-#                                                less a machine's start), ROWS (2048), PROFILE (gpu),
+#   bash benchmarks/gpu_check.sh [LOG]      env: BUDGET (s, default 540: 15 minutes of GPU time
+#                                                less the machine's start), ROWS (2048), PROFILE (gpu),
 #                                                SKIP (step names to leave out, e.g. "bench_crop bench_finetune"),
 #                                                CUDA_TESTS (the test files of tests_cuda),
 #                                                COMPILED_DECODE (the view path of bench_coarse_compiled:
