@@ -44,17 +44,18 @@ class StudentT:
         B, D = self.mean.shape
         kw = dict(dtype=self.mean.dtype, device=self.mean.device, generator=generator)
         z = torch.randn(B, n, D, **kw)
-        chi2 = (torch.randn(B, n, self.dof, **kw) ** 2).sum(-1)
+        chi = torch.randn(B, n, self.dof, **kw)
         draw = compiled_or_eager(_student_t_draw, "the AMIS draws", compiled)
-        return draw(self.mean, self.scale_tril, z, chi2, self.dof)
+        return draw(self.mean, self.scale_tril, z, chi, self.dof)
 
 
-def _student_t_draw(mean: torch.Tensor, scale_tril: torch.Tensor, z: torch.Tensor, chi2: torch.Tensor,
+def _student_t_draw(mean: torch.Tensor, scale_tril: torch.Tensor, z: torch.Tensor, chi: torch.Tensor,
                     dof: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Samples y (B, n, D) = mean + L z / sqrt(chi2 / dof) of the t distribution (mean (B, D),
-    scale_tril L (B, D, D)) from standard normals z (B, n, D) and chi-squared draws chi2 (B, n),
+    scale_tril L (B, D, D)) from standard normals z (B, n, D) and chi (B, n, dof) (chi2 = |chi|^2),
     and their log densities (B, n): L^-1 (y - mean) = z / sqrt(chi2 / dof), so the Mahalanobis
     term is |z|^2 dof / chi2 without a triangular solve."""
+    chi2 = (chi ** 2).sum(-1)
     D, nu = z.shape[-1], float(dof)
     inv_scale = torch.rsqrt(chi2 / nu)
     y = mean[:, None] + (z @ scale_tril.transpose(1, 2)) * inv_scale[..., None]
@@ -75,12 +76,12 @@ class NormaliserEstimate:
     log_weights: torch.Tensor
 
 
-def _refit(samples: torch.Tensor, log_w: torch.Tensor, first_cov: torch.Tensor,
+def _refit(samples: torch.Tensor, f_values: torch.Tensor, log_q: torch.Tensor, first_cov: torch.Tensor,
            first_tril: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean (B, D) and scale factor (B, D, D) of the next t proposal: the weighted mean and
-    covariance of samples (B, S, D) with log weights log_w (B, S); the first proposal's scale
-    first_tril (B, D, D) where that covariance has no Cholesky factor."""
-    w = torch.softmax(log_w, -1)
+    covariance of samples (B, S, D) with log weights -f_values - log_q (B, S each); the first
+    proposal's scale first_tril (B, D, D) where that covariance has no Cholesky factor."""
+    w = torch.softmax(-f_values - log_q, -1)
     w = torch.where(torch.isfinite(w), w, torch.zeros_like(w))
     mean = (w[..., None] * samples).sum(1)
     diff = samples - mean[:, None]
@@ -128,10 +129,18 @@ def amis_log_normaliser(neg_log_integrand: Callable[[torch.Tensor], torch.Tensor
             log_q.append(log_q_k)
             f_values.append(neg_log_integrand(y))
             if k + 1 < n_iters:
-                log_w = -torch.cat(f_values, 1) - torch.cat(log_q, 1)
-                proposal = StudentT(*refit(torch.cat(samples, 1), log_w, cov.detach(), first.scale_tril), dof)
+                so_far = (torch.cat(x, 1) for x in (samples, f_values, log_q))
+                proposal = StudentT(*refit(*so_far, cov.detach(), first.scale_tril), dof)
         samples, f_values, log_q = (torch.cat(x, 1) for x in (samples, f_values, log_q))
     values = neg_log_integrand(samples) if with_gradient is None else with_gradient(samples, f_values)
+    log_z, ess, log_ratio = compiled_or_eager(_estimate, "the AMIS estimate", compiled)(values, log_q)
+    return NormaliserEstimate(log_z, ess, samples, log_ratio)
+
+
+def _estimate(values: torch.Tensor, log_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """log Z_hat (B,) (differentiable through values), the effective sample size (B,) and the
+    detached log weights (B, S) of the samples' -log integrand values and log proposal
+    densities log_q (B, S each)."""
     log_ratio = -values - log_q
     log_z = torch.logsumexp(log_ratio, -1) - math.log(log_ratio.shape[1])
-    return NormaliserEstimate(log_z, _ess(log_ratio.detach()), samples, log_ratio.detach())
+    return log_z, _ess(log_ratio.detach()), log_ratio.detach()

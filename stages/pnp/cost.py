@@ -18,12 +18,17 @@ from __future__ import annotations
 
 import torch
 
+from stages.pnp.smallmat import inner_products, matmul
+
 # Index tables as Python ints, never as tensors: indexing a GPU tensor with a host tensor copies
 # the index to the device, and PyTorch waits for that copy (a host sync at every call).
 # Index of P_i P_j (P = (x, y, z, 1)) among the 10 unique products, row by row of a 4x4.
 SYMMETRIC_4x4 = ((0, 1, 2, 3), (1, 4, 5, 6), (2, 5, 7, 8), (3, 6, 8, 9))
 # Index of C_kl among the 5 stored entries (c11, c22, c13, c23, c33; c12 = 0 is entry 5).
 SYMMETRIC_3x3 = ((0, 5, 2), (5, 1, 3), (2, 3, 4))
+# For each a, the (k, i, sign) with EPS[k, i, a] = sign != 0 (see `levi_civita`).
+CROSS_TERMS = tuple(tuple((k, i, (k - i) * (i - a) * (a - k) // 2) for k in range(3) for i in range(3)
+                          if len({k, i, a}) == 3) for a in range(3))
 CPU_CHUNK_POINTS = 1 << 15      # points (problems x points each) per chunk of gauss_newton_system
 
 
@@ -60,7 +65,7 @@ def intrinsics(K: torch.Tensor, batch: int) -> tuple[torch.Tensor, ...]:
 
 def transform(R: torch.Tensor, t: torch.Tensor, x3d: torch.Tensor) -> torch.Tensor:
     """Object points (B, 3, N) -> camera points (B, 3, N): R x + t."""
-    return R @ x3d + t[..., None]
+    return matmul(R, x3d) + t[..., None]
 
 
 def project(X: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
@@ -96,7 +101,7 @@ def robust_point_weights(r: torch.Tensor, huber_delta: float | None = None) -> t
 
 def _rotated_and_normalised(R: torch.Tensor, t: torch.Tensor, x3d: torch.Tensor):
     """P = R x3d (B, 3, N) and the camera point's X / Z, Y / Z, 1 / Z, each (B, N)."""
-    P = R @ x3d
+    P = matmul(R, x3d)
     X, Y, Z = (P + t[..., None]).unbind(1)
     inv_z = 1 / Z
     return P, X * inv_z, Y * inv_z, inv_z
@@ -188,12 +193,15 @@ def _moment_system(R: torch.Tensor, t: torch.Tensor, x3d: torch.Tensor, x2d: tor
     eu, ev = a * ru, b * rv
     left = torch.stack([a2, b2, -a2x, -b2y, a2x * xz + b2y * yz,
                         eu, ev, -(eu * xz + ev * yz)], 1)
-    moments = left @ symmetric_products(P).transpose(1, 2)        # (B, 8, 10)
+    moments = inner_products(left, symmetric_products(P))          # (B, 8, 10)
     return (cost,) + _assemble_normal_equations(moments)
 
 
 def _assemble_normal_equations(moments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """H (B, 6, 6), g (B, 6) from the moments (B, 8, 10) of gauss_newton_system."""
+    """H (B, 6, 6), g (B, 6) from the moments (B, 8, 10) of gauss_newton_system: by the library's
+    einsum, or inside torch.compile entry by entry (`written_out_normal_equations`)."""
+    if torch.compiler.is_compiling():
+        return written_out_normal_equations(moments)
     sym = symmetric_4x4(moments)                                         # (B, 8, 4, 4)
     blocks = list(sym[:, :5].unbind(1)) + [torch.zeros_like(sym[:, 0])]
     M = torch.stack([torch.stack([blocks[k] for k in row], 1) for row in SYMMETRIC_3x3], 1)  # sum C_kl X_i X_j
@@ -205,3 +213,29 @@ def _assemble_normal_equations(moments: torch.Tensor) -> tuple[torch.Tensor, tor
     H = torch.cat([torch.cat([H_rr, H_rt], 2), torch.cat([H_rt.transpose(1, 2), H_tt], 2)], 1)
     g = torch.cat([-torch.einsum("kia,nki->na", eps, E[..., :3]), E[..., 3]], 1)
     return H, g
+
+
+def written_out_normal_equations(moments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_assemble_normal_equations` with every entry of H and g a signed sum of moments over the
+    Levi-Civita symbol's nonzero entries (Python indices, `CROSS_TERMS`): plain arithmetic that
+    torch.compile fuses, where the einsums are three matrix-multiply kernels."""
+    def moment(k: int, l: int, i: int, j: int) -> torch.Tensor | None:     # sum_n C_kl P_i P_j
+        block = SYMMETRIC_3x3[k][l]
+        return None if block == 5 else moments[:, block, SYMMETRIC_4x4[i][j]]
+
+    def signed_sum(terms) -> torch.Tensor:
+        total = torch.zeros_like(moments[:, 0, 0])
+        for sign, value in terms:
+            if value is not None:
+                total = total + value if sign > 0 else total - value
+        return total
+
+    rot = [[signed_sum((s1 * s2, moment(k, l, i, j)) for k, i, s1 in CROSS_TERMS[a] for l, j, s2 in CROSS_TERMS[c])
+            for c in range(3)] for a in range(3)]
+    rot_t = [[signed_sum((-s, moment(k, l, i, 3)) for k, i, s in CROSS_TERMS[a]) for l in range(3)] for a in range(3)]
+    trans = [[signed_sum([(1, moment(k, l, 3, 3))]) for l in range(3)] for k in range(3)]
+    rows = [rot[a] + rot_t[a] for a in range(3)] + [[rot_t[c][k] for c in range(3)] + trans[k] for k in range(3)]
+    H = torch.stack([torch.stack(row, -1) for row in rows], -2)
+    g_rot = [signed_sum((-s, moments[:, 5 + k, SYMMETRIC_4x4[i][3]]) for k, i, s in CROSS_TERMS[a]) for a in range(3)]
+    g_t = [moments[:, 5 + k, SYMMETRIC_4x4[3][3]] for k in range(3)]
+    return H, torch.stack(g_rot + g_t, -1)

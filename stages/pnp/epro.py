@@ -116,27 +116,54 @@ def epro_pnp(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor | None, K: 
     w2d = uniform_weights(x2d) if w2d is None else w2d
     K = K.to(dtype=x3d.dtype, device=x3d.device)
     R_gt, t_gt = R_gt.to(x3d.dtype), t_gt.to(x3d.dtype)
-    x3d_s, x2d_s, w2d_s, ok = compiled_or_eager(sanitise, "the degeneracy checks", compiled)(x3d, x2d, w2d, K)
-    x3d_p, x2d_p, w2d_p = planar(x3d_s), planar(x2d_s), planar(w2d_s)
+    x3d_p, x2d_p, w2d_p, ok = compiled_or_eager(planar_sanitised, "the degeneracy checks", compiled)(x3d, x2d, w2d, K)
     if solution is None:
         solution = solve_sanitised(x3d_p.detach(), x2d_p.detach(), w2d_p.detach(), K,
                                    huber_delta, max_iters, start=(R_gt, t_gt), compiled=compiled)
         solution.valid = solution.valid & ok
-    valid = solution.valid & ok
-    R0, t0, cov = _finite_start(solution, valid)
+    start = compiled_or_eager(start_and_true_cost, "the true pose's cost", compiled)
+    valid, gt_ok, R0, t0, cov, cost_gt = start(solution.R, solution.t, solution.cov, solution.valid & ok,
+                                               R_gt, t_gt, x3d_p, x2d_p, w2d_p, K, huber_delta)
+    estimate = pose_log_normaliser(x3d_p, x2d_p, w2d_p, K, R0, t0, cov, huber_delta,
+                                   n_samples, n_iters, chunk_size, dof, compiled, generator)
+    loss, mask = compiled_or_eager(masked_loss, "the loss", compiled)(cost_gt, estimate.log_z, valid & gt_ok,
+                                                                       solution.cost)
+    step = compiled_or_eager(gauss_newton_pose, "the differentiable pose", compiled)
+    R, t = step(x3d_p, x2d_p, w2d_p, K, R0, t0, huber_delta)
+    return EProPnPOutput(loss, mask, cost_gt, estimate.log_z, estimate.ess, R, t, solution)
+
+
+def planar_sanitised(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor, K: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """stages.pnp.checks.sanitise of x3d (B, N, 3), x2d, w2d (B, N, 2), its outputs in planar
+    layout (stages.pnp.cost.planar): x3d (B, 3, N), x2d, w2d (B, 2, N) and ok (B,) bool."""
+    x3d_s, x2d_s, w2d_s, ok = sanitise(x3d, x2d, w2d, K)
+    return planar(x3d_s), planar(x2d_s), planar(w2d_s), ok
+
+
+def start_and_true_cost(R: torch.Tensor, t: torch.Tensor, cov: torch.Tensor, valid: torch.Tensor,
+                        R_gt: torch.Tensor, t_gt: torch.Tensor, x3d: torch.Tensor, x2d: torch.Tensor,
+                        w2d: torch.Tensor, K: torch.Tensor, huber_delta: float | None
+                        ) -> tuple[torch.Tensor, ...]:
+    """From the LM solutions R (B, 3, 3), t (B, 3), cov (B, 6, 6), valid (B,) bool and the true
+    poses R_gt, t_gt: valid, gt_ok (B,) bool (a finite true pose), the AMIS start R0, t0, cov
+    (`_finite_start`) and the true pose's cost (B,) on the planar points x3d (B, 3, N), x2d,
+    w2d (B, 2, N) (the start pose's where the true one is not finite)."""
+    R0, t0, cov = _finite_start(R, t, cov, valid)
     gt_ok = torch.isfinite(R_gt).flatten(1).all(-1) & torch.isfinite(t_gt).all(-1)
     R_gt = torch.where(gt_ok[:, None, None], R_gt, R0)
     t_gt = torch.where(gt_ok[:, None], t_gt, t0)
-    cost_gt = robust_cost(residuals(R_gt, t_gt, x3d_p, x2d_p, w2d_p, K), huber_delta)
-    estimate = pose_log_normaliser(x3d_p, x2d_p, w2d_p, K, R0, t0, cov, huber_delta,
-                                   n_samples, n_iters, chunk_size, dof, compiled, generator)
-    loss = cost_gt + estimate.log_z
-    mask = (valid & gt_ok & is_minimum(solution.cost, cost_gt.detach())
-            & torch.isfinite(loss.detach()))
-    step = compiled_or_eager(gauss_newton_pose, "the differentiable pose", compiled)
-    R, t = step(x3d_p, x2d_p, w2d_p, K, R0, t0, huber_delta)
-    return EProPnPOutput(torch.where(mask, loss, torch.zeros_like(loss)), mask, cost_gt,
-                         estimate.log_z, estimate.ess, R, t, solution)
+    return valid, gt_ok, R0, t0, cov, robust_cost(residuals(R_gt, t_gt, x3d, x2d, w2d, K), huber_delta)
+
+
+def masked_loss(cost_gt: torch.Tensor, log_z: torch.Tensor, usable: torch.Tensor,
+                cost: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss cost_gt + log_z (B,), 0 outside its mask, and the mask (B,) bool: usable
+    (a valid solution and a finite true pose), a solution whose cost (B,) `is_minimum` and a
+    finite loss."""
+    loss = cost_gt + log_z
+    mask = usable & is_minimum(cost, cost_gt.detach()) & torch.isfinite(loss.detach())
+    return torch.where(mask, loss, torch.zeros_like(loss)), mask
 
 
 def is_minimum(cost: torch.Tensor, cost_gt: torch.Tensor) -> torch.Tensor:
@@ -147,13 +174,13 @@ def is_minimum(cost: torch.Tensor, cost_gt: torch.Tensor) -> torch.Tensor:
     return cost_gt >= cost - MINIMUM_RTOL * (1 + cost.abs())
 
 
-def _finite_start(solution: PnPResult, valid: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """R (B, 3, 3), t (B, 3), cov (B, 6, 6) of the solution; a harmless stand-in (identity
-    rotation, unit depth, unit covariance) where the solution is not valid."""
-    eye3 = torch.eye(3, dtype=solution.t.dtype, device=solution.t.device)
-    unit_t = torch.zeros_like(solution.t)
+def _finite_start(R: torch.Tensor, t: torch.Tensor, cov: torch.Tensor,
+                  valid: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The solutions' R (B, 3, 3), t (B, 3), cov (B, 6, 6); a harmless stand-in (identity
+    rotation, unit depth, unit covariance) where a solution is not valid (B,) bool."""
+    eye3 = torch.eye(3, dtype=t.dtype, device=t.device)
+    unit_t = torch.zeros_like(t)
     unit_t[:, 2] = 1
-    eye6 = torch.eye(6, dtype=solution.t.dtype, device=solution.t.device)
+    eye6 = torch.eye(6, dtype=t.dtype, device=t.device)
     keep = valid[:, None, None]
-    return (torch.where(keep, solution.R, eye3), torch.where(valid[:, None], solution.t, unit_t),
-            torch.where(keep, solution.cov, eye6))
+    return torch.where(keep, R, eye3), torch.where(valid[:, None], t, unit_t), torch.where(keep, cov, eye6)

@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from stages.pnp.smallmat import matmul
+
 SMALL_ANGLE = 1e-4     # below this angle (rad) the series expansions are used
 
 
@@ -41,7 +43,7 @@ def so3_exp(v: torch.Tensor) -> torch.Tensor:
     b = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(safe)) / safe ** 2)
     K = hat(v)
     eye = torch.eye(3, dtype=v.dtype, device=v.device).expand(K.shape)
-    return eye + a[..., None, None] * K + b[..., None, None] * (K @ K)
+    return eye + a[..., None, None] * K + b[..., None, None] * matmul(K, K)
 
 
 def so3_log(R: torch.Tensor) -> torch.Tensor:
@@ -97,7 +99,7 @@ def rvec_t(R: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 def apply_increment(R: torch.Tensor, t: torch.Tensor,
                     step: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Left increment step (..., 6) = (delta, dt): (exp(delta) R, t + dt)."""
-    return so3_exp(step[..., :3]) @ R, t + step[..., 3:]
+    return matmul(so3_exp(step[..., :3]), R), t + step[..., 3:]
 
 
 def increment_between(R0: torch.Tensor, t0: torch.Tensor, R: torch.Tensor,

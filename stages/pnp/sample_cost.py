@@ -64,7 +64,7 @@ def _huber_scale(ru: torch.Tensor, rv: torch.Tensor, huber_delta: float) -> torc
 
 def chunk_costs(R, t, x3d, wfx, wfy, off_u, off_v, huber_delta: float | None) -> torch.Tensor:
     """Costs (B, S) of poses R (B, S, 3, 3), t (B, S, 3) for points x3d (B, 3, N) with the
-    per-point factors of `_point_terms` (B, 1, N)."""
+    per-point factors of `point_terms` (B, 1, N)."""
     xz, yz, _ = _camera_ratios(R, t, x3d)
     ru = off_u + xz * wfx
     rv = off_v + yz * wfy
@@ -99,13 +99,16 @@ def chunk_gradient_sums(R, t, x3d, wfx, wfy, off_u, off_v, grad_costs,
 
 
 def _kernels(compiled: bool):
-    """(chunk_costs, chunk_gradient_sums), through torch.compile when asked (stages.pnp.compiled)."""
-    return (compiled_or_eager(chunk_costs, "sample costs", compiled),
-            compiled_or_eager(chunk_gradient_sums, "sample costs", compiled))
+    """(point_terms, chunk_costs, chunk_gradient_sums, input_gradients), through torch.compile
+    when asked (stages.pnp.compiled): on a GPU each is one call of a few fused kernels where
+    eager code dispatches tens of small operators."""
+    return tuple(compiled_or_eager(fn, "sample costs", compiled)
+                 for fn in (point_terms, chunk_costs, chunk_gradient_sums, input_gradients))
 
 
-def _point_terms(x2d: torch.Tensor, w2d: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Per-point factors (B, 1, N): w_u fx, w_v fy, w_u (cx - u), w_v (cy - v)."""
+def point_terms(x2d: torch.Tensor, w2d: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per-point factors (B, 1, N): w_u fx, w_v fy, w_u (cx - u), w_v (cy - v), of points x2d,
+    w2d (B, 2, N) and K (B, 3, 3)."""
     fx, fy, cx, cy = intrinsics(K, x2d.shape[0])
     wu, wv = w2d[:, None, 0], w2d[:, None, 1]
     return (wu * fx[..., None], wv * fy[..., None], wu * (cx[..., None] - x2d[:, None, 0]),
@@ -126,9 +129,9 @@ def pose_costs(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor, K: torch
     problems, at least one per problem) evaluated at once, `default_chunk` if None; memory is
     about 12 * chunk_size * N numbers. compiled: the fused kernel (torch.compile)."""
     chunk_size = default_chunk(x3d.device, compiled) if chunk_size is None else chunk_size
-    costs_fn, _ = _kernels(compiled)
+    terms_fn, costs_fn, _, _ = _kernels(compiled)
     with torch.no_grad():
-        terms = _point_terms(x2d, w2d, K.expand(x3d.shape[0], 3, 3))
+        terms = terms_fn(x2d, w2d, K.expand(x3d.shape[0], 3, 3))
         costs = [costs_fn(R[:, c], t[:, c], x3d, *terms, huber_delta)
                  for c in _chunks(R.shape[1], R.shape[0], chunk_size)]
     return costs[0] if len(costs) == 1 else torch.cat(costs, 1)
@@ -151,20 +154,27 @@ class CostGradient(torch.autograd.Function):
     def backward(ctx, grad_costs):
         x3d, x2d, w2d, K, R, t = ctx.saved_tensors
         huber_delta, chunk_size, compiled = ctx.options
-        _, sums_fn = _kernels(compiled)
-        fx, fy, cx, cy = intrinsics(K, x3d.shape[0])
-        terms = _point_terms(x2d, w2d, K)
+        terms_fn, _, sums_fn, gradients_fn = _kernels(compiled)
+        terms = terms_fn(x2d, w2d, K)
         grad_costs = grad_costs.contiguous()
         sums = None
         for c in _chunks(R.shape[1], R.shape[0], chunk_size):
             part = sums_fn(R[:, c], t[:, c], x3d, *terms, grad_costs[:, c], huber_delta)
             sums = list(part) if sums is None else [total + p for total, p in zip(sums, part)]
-        sum_eu, sum_ev, sum_xz_eu, sum_yz_ev, grad_x3d = sums
-        wu, wv = w2d[:, 0], w2d[:, 1]
-        grad_x2d = -torch.stack([wu * sum_eu, wv * sum_ev], 1)
-        grad_w2d = torch.stack([fx * sum_xz_eu + (cx - x2d[:, 0]) * sum_eu,
-                                fy * sum_yz_ev + (cy - x2d[:, 1]) * sum_ev], 1)
-        return grad_x3d, grad_x2d, grad_w2d, None, None, None, None, None, None
+        return (*gradients_fn(x2d, w2d, K, *sums), None, None, None, None, None, None)
+
+
+def input_gradients(x2d: torch.Tensor, w2d: torch.Tensor, K: torch.Tensor, sum_eu: torch.Tensor,
+                    sum_ev: torch.Tensor, sum_xz_eu: torch.Tensor, sum_yz_ev: torch.Tensor,
+                    grad_x3d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients w.r.t. x3d (B, 3, N), x2d and w2d (B, 2, N) from the sums over the poses
+    of `chunk_gradient_sums` (B, N each, and grad_x3d (B, 3, N)); K (B, 3, 3)."""
+    fx, fy, cx, cy = intrinsics(K, x2d.shape[0])
+    wu, wv = w2d[:, 0], w2d[:, 1]
+    grad_x2d = -torch.stack([wu * sum_eu, wv * sum_ev], 1)
+    grad_w2d = torch.stack([fx * sum_xz_eu + (cx - x2d[:, 0]) * sum_eu,
+                            fy * sum_yz_ev + (cy - x2d[:, 1]) * sum_ev], 1)
+    return grad_x3d, grad_x2d, grad_w2d
 
 
 def cost_gradient(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor, K: torch.Tensor,

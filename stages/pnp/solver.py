@@ -18,6 +18,7 @@ import torch
 from stages.pnp.compiled import compiled_or_eager
 from stages.pnp.cost import gauss_newton_system
 from stages.pnp.rotation import apply_increment
+from stages.pnp.smallmat import matvec
 
 LAMBDA_START = 1e-4
 LAMBDA_MIN, LAMBDA_MAX = 1e-12, 1e12
@@ -168,7 +169,7 @@ def _proposal(state: _State, lam: torch.Tensor, fresh: torch.Tensor,
     predicted decrease is below cost_rtol (1 + cost), tested only while no step has been
     rejected since the last accepted one (fresh)."""
     step = _damped_step(state.H, state.g, lam)
-    curvature = (step * (state.H @ step[..., None])[..., 0]).sum(-1)
+    curvature = (step * matvec(state.H, step)).sum(-1)
     predicted = -(step * state.g).sum(-1) - 0.5 * curvature
     return step, fresh & (predicted <= cost_rtol * (1 + state.cost))
 

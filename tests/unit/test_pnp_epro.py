@@ -356,3 +356,22 @@ def test_compiled_layer_waits_for_the_host_nowhere(device_path_lm):
         lifts[compiled] = sum(e.name == "aten::lift_fresh" for e in prof.events())
     assert syncs[True] == 0 and syncs[False] > 0, syncs
     assert lifts[True] <= lifts[False], lifts
+
+
+def test_compiled_layer_dispatches_few_operators(device_path_lm):
+    """finetune.compile with the LM on the device path: on a GPU every operator the host
+    dispatches is a launch, and the layer's pass is bound by them (docs/benchmarks.md, "One
+    GPU"). The compiled pass makes no more than 30 matrix-multiply calls (184 when the LM
+    iteration's small products were the library's: stages.pnp.smallmat), no more than 200
+    operators outside the compiled calls (359 before the sample costs' point terms, the AMIS
+    estimate and the loss's glue moved into them) and no more than 50 backward nodes (76)."""
+    from torch.profiler import ProfilerActivity, profile
+    case = make_problems(np.random.default_rng(18), 12, 200, noise_px=1.0)
+    _layer_pass(case, True)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        _layer_pass(case, True)
+    events = prof.events()
+    products = sum(e.name in ("aten::bmm", "aten::mm") for e in events)
+    outside = sum(e.cpu_parent is None and e.name.startswith("aten::") for e in events)
+    nodes = sum(e.name.startswith("autograd::engine::evaluate_function") for e in events)
+    assert products <= 30 and outside <= 200 and nodes <= 50, (products, outside, nodes)
