@@ -9,13 +9,15 @@ Monte Carlo poses, at shapes small enough that dispatch sets the time. On the CP
 forced onto the device path (masked, as on a GPU). Printed for the eager and the compiled
 layer: the top-level aten operators of one pass and its host syncs (torch.profiler: nonzero,
 item), and the pass's wall time, best and median of --passes after two warm-up passes.
---kernels N adds, for the compiled layer, where one pass waits for the GPU (CUDA's sync debug
-mode) and where it spends its time (torch.profiler): the kernels launched, their summed time
-against the pass's wall time (far below it when the pass waits on launches and on the gaps
-between small kernels rather than on arithmetic) and the N operators of most time.
+--floor adds the compiled pass at FLOOR_SHAPES: on a GPU, a pass that takes about as long at the
+given shapes waits on the host's dispatch, not on the GPU's arithmetic. --kernels N adds, for
+the compiled layer, where one pass waits for the GPU (CUDA's sync debug mode) and where it
+spends its time (torch.profiler): the kernels launched, their summed time against the pass's
+wall time (far below it when the pass waits on launches and on the gaps between small kernels
+rather than on arithmetic) and the N operators of most time.
 
     python -m benchmarks.bench_layer [--batch 8] [--points 64] [--samples 64] [--passes 15] [--device auto]
-                                     [--kernels 0]
+                                     [--kernels 0] [--floor]
 """
 from __future__ import annotations
 
@@ -36,6 +38,9 @@ from stages.pnp import api, solver
 from stages.pnp.diffpose import pnp_loss
 from stages.pnp.epro import epro_pnp
 from tests.unit.pnp_cases import make_problems
+
+
+FLOOR_SHAPES = (8, 64, 64)      # faces, points, samples of --floor's pass
 
 
 def layer_pass(case: dict, device: torch.device, samples: int, compiled: bool):
@@ -75,6 +80,9 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=15)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--kernels", type=int, default=0, help="rows of the compiled pass's kernel table (0: none)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time the compiled pass at 8 faces x 64 points x 64 samples: near the given "
+                             "shapes' time, the pass is bound by the host's dispatch")
     args = parser.parse_args()
     device = pick_device(args.device, "--device")
     case = make_problems(np.random.default_rng(0), args.batch, args.points, noise_px=1.0)
@@ -89,6 +97,11 @@ def main() -> None:
             print(f"{'compiled' if compiled else 'eager':9s} {operators:6d} operators {syncs:4d} host syncs"
                   f"   {best:7.1f} ms a pass (median {median:.1f})")
         print(f"compiled / eager time: {rows[True] / rows[False]:.2f}")
+        if args.floor:
+            small = make_problems(np.random.default_rng(0), *FLOOR_SHAPES[:2], noise_px=1.0)
+            best, median = timed(layer_pass(small, device, FLOOR_SHAPES[2], True), device, args.passes)
+            print(f"compiled at {' x '.join(map(str, FLOOR_SHAPES))} (the host's dispatch, little arithmetic): "
+                  f"{best:.1f} ms a pass (median {median:.1f}); at the shapes above / here: {rows[True] / best:.2f}")
         if args.kernels:
             print(f"host syncs of a compiled pass: {format_syncs(host_syncs(run, device))}")
             print(profile_tables(run, device, args.kernels))

@@ -48,7 +48,7 @@ in_project bench_infer 60 python -m benchmarks.bench_infer --params params.yaml 
 in_project coarse_predict 60 python -m stages.coarse_predict --params params.yaml
 grep -o '"[a-z]*_images_per_second": [0-9.]*' "$work/project/artifacts/coarse_predict/metrics.json" 2>/dev/null | tee -a "$log"
 in_project bench_layer 120 python -m benchmarks.bench_layer --device cuda --batch 256 --points 1220 --samples 512 --passes 5 \
-  --kernels 25
+  --floor --kernels 25
 step tests_cuda 250 python -m pytest -q -p no:cacheprovider $cuda_tests -k "cuda or one_behind or torch_path"
 in_project bench_train 100 python -m benchmarks.bench_train --params params.yaml --best-reference --set train.compile=true \
   --steps 10 --rounds 3
