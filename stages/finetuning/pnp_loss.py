@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from stages.pnp.compiled import compiled_or_eager
 from stages.pnp.diffpose import pnp_loss
 from stages.pnp.epro import epro_pnp
 from stages.wcpa.score import MM_PER_M
@@ -98,11 +99,9 @@ def pnp_terms(out: dict, batch: dict, settings: PnPSettings,
     gradients, and the diagnostics valid (B,) bool and ess (B,) (detached).
     """
     dtype = settings.dtype
-    mu, sigma, verts = out["mu"].to(dtype), out["sigma"].to(dtype), out["verts"].to(dtype)
-    finite = finite_samples(mu, sigma, verts)
-    mu, sigma, verts = neutralise(mu, finite, 0.0), neutralise(sigma, finite, 1.0), neutralise(verts, finite, 0.0)
-    x2d, w2d = crop_to_full(mu, sigma, batch["inv_warps"].to(dtype))
-    w2d = neutralise(w2d, finite, 0.0)
+    inputs = compiled_or_eager(layer_inputs, "the PnP layer's inputs", settings.compiled)
+    finite, x2d, w2d, verts = inputs(out["mu"].to(dtype), out["sigma"].to(dtype), out["verts"].to(dtype),
+                                     batch["inv_warps"].to(dtype))
     subset = point_subset(verts.shape[1], settings.points, generator, verts.device)
     R_gt, t_gt = batch["R_gt"].to(dtype), batch["t_gt"].to(dtype)
     x3d, x2d, w2d, K = verts[:, subset], x2d[:, subset], w2d[:, subset], batch["K"].to(dtype)
@@ -110,9 +109,22 @@ def pnp_terms(out: dict, batch: dict, settings: PnPSettings,
                      n_iters=settings.amis_iters, generator=generator, max_iters=settings.lm_iters,
                      compiled=settings.compiled)
     valid = layer.mask & finite
-    pnp = pnp_loss(layer.R, layer.t, R_gt, t_gt, batch["verts"].to(dtype), verts)
+    pnp = compiled_or_eager(pnp_loss, "eq. 5", settings.compiled)(layer.R, layer.t, R_gt, t_gt,
+                                                                  batch["verts"].to(dtype), verts)
     return {"pnp": MM_PER_M * masked_mean(pnp, valid).float(), "mc": masked_mean(layer.loss, valid).float(),
             "valid": valid.detach(), "ess": layer.ess.detach()}
+
+
+def layer_inputs(mu: torch.Tensor, sigma: torch.Tensor, verts: torch.Tensor, inv_warps: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The network's mu (B, V, 2) crop px, sigma (B, V) crop px and verts (B, V, 3) metres, with
+    the crops' inverse warps (B, 2, 3) -> finite (B,) bool (`finite_samples`), x2d (B, V, 2) full
+    px, w2d (B, V, 2) and verts (B, V, 3): the samples that are not finite neutralised (zero
+    weights, so that they neither move the layer nor get a gradient)."""
+    finite = finite_samples(mu, sigma, verts)
+    mu, sigma, verts = neutralise(mu, finite, 0.0), neutralise(sigma, finite, 1.0), neutralise(verts, finite, 0.0)
+    x2d, w2d = crop_to_full(mu, sigma, inv_warps)
+    return finite, x2d, neutralise(w2d, finite, 0.0), verts
 
 
 def point_subset(n_verts: int, points: int, generator: torch.Generator | None,

@@ -2,6 +2,8 @@
 sigma, eq. 5 vanishing (value and gradient) at exact outputs, degenerate samples masked with
 finite gradients, and flipped or reframed samples whose pose, camera and warp reproduce their 2D
 targets."""
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -88,6 +90,28 @@ def test_degenerate_sample_is_masked_and_gradients_stay_finite():
         assert torch.isfinite(out[name].grad).all(), name
         assert float(out[name].grad[1].abs().max()) == 0.0, name
         assert float(out[name].grad[0].abs().max()) > 0.0, name
+
+
+def test_compiled_terms_match_the_eager_ones_and_mask_the_same_sample():
+    """finetune.compile: the layer's inputs, the layer and eq. 5 through torch.compile give the
+    eager terms and gradients (to the LM's stopping tolerance: the compiled start differs), and the
+    degenerate sample gets exactly zero gradient there too."""
+    results = []
+    for compiled in (False, True):
+        out, batch, _ = exact_batch()
+        with torch.no_grad():
+            out["mu"] += torch.randn(out["mu"].shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+            out["sigma"][1, 3] = float("nan")
+        terms = pnp_terms(out, batch, dataclasses.replace(SETTINGS, compiled=compiled), torch.Generator().manual_seed(0))
+        (terms["pnp"] + 0.01 * terms["mc"]).backward()
+        results.append((terms, {name: out[name].grad for name in ("mu", "sigma", "verts")}))
+    (eager, eager_grads), (fused, fused_grads) = results
+    assert fused["valid"].tolist() == eager["valid"].tolist() == [True, False, True, True]
+    for key in ("pnp", "mc"):
+        torch.testing.assert_close(fused[key], eager[key], rtol=1e-6, atol=1e-9)
+    for name, grad in fused_grads.items():
+        assert float(grad[1].abs().max()) == 0.0, name
+        assert (grad - eager_grads[name]).norm() < 1e-4 * eager_grads[name].norm(), name   # the LM's stop
 
 
 def test_mc_term_trains_sigma_towards_the_residuals():
