@@ -39,7 +39,8 @@ class PnPSettings:
     lm_iters the most Levenberg-Marquardt iterations of the solve (it starts from both the
     closed-form pose and the true one, stages.pnp.epro), points the vertices used by
     the PnP (0 = all; a random subset per batch otherwise), dtype of the PnP arithmetic, compiled:
-    the sample costs and (off the CPU) the LM iteration through torch.compile (stages.pnp.compiled)."""
+    the layer's inputs, the layer (stages.pnp.epro) and eq. 5 through torch.compile
+    (stages.pnp.compiled)."""
 
     mc_samples: int
     amis_iters: int

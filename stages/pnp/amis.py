@@ -116,7 +116,7 @@ def amis_log_normaliser(neg_log_integrand: Callable[[torch.Tensor], torch.Tensor
     with_gradient(samples (B, S, D), values (B, S)): the values f(samples) carrying f's
     gradient (None: f evaluated again on all the samples, with gradients). mean (B, D), cov
     (B, D, D): the first proposal (e.g. the Laplace approximation). n_samples in all, split
-    evenly over n_iters proposals. compiled: the draws and refits through torch.compile.
+    evenly over n_iters proposals. compiled: the draws, refits and the final estimate through torch.compile.
     """
     per_iter = max(1, n_samples // n_iters)
     first = StudentT(mean.detach(), _cholesky(cov.detach()), dof)

@@ -27,6 +27,7 @@ from stages.pnp.cost import planar, residuals, robust_cost
 from stages.pnp.diffpose import gauss_newton_pose
 from stages.pnp.rotation import haar_log_density, so3_exp
 from stages.pnp.sample_cost import cost_gradient, pose_costs
+from stages.pnp.smallmat import matmul
 
 MINIMUM_RTOL = 1e-4     # float32 rounding of a cost: below 1e-5 relative (measured 6e-6)
 
@@ -86,7 +87,7 @@ def sample_pose_terms(y: torch.Tensor, R0: torch.Tensor, t0: torch.Tensor
     """The poses R (B, S, 3, 3), t (B, S, 3) at local coordinates y (B, S, 6) around R0
     (B, 3, 3), t0 (B, 3), and the rest of -log integrand there (B, S): minus the log Haar
     density, +inf outside the chart (|delta| >= pi)."""
-    R = so3_exp(y[..., :3]) @ R0[:, None]
+    R = matmul(so3_exp(y[..., :3]), R0[:, None])
     t = t0[:, None] + y[..., 3:]
     inside = y[..., :3].norm(dim=-1) < math.pi
     return R, t, torch.where(inside, -haar_log_density(y[..., :3]), math.inf)
@@ -104,11 +105,12 @@ def epro_pnp(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor | None, K: 
     poses. n_samples: Monte Carlo samples per problem, over n_iters AMIS proposals; chunk_size:
     sampled poses (all problems together) whose costs are evaluated at once (None: the
     device's default, stages.pnp.sample_cost.default_chunk); dof: degrees of
-    freedom of the Student-t proposals; compiled: fuse the sample costs and, off the CPU, the LM
-    iteration with torch.compile (stages.pnp.compiled); generator: for reproducible samples.
-    solution: a given LM
-    solution (on the same inputs) instead of solving; the solve runs at most max_iters LM
-    iterations from both the closed-form start and the true pose (stages.pnp.api).
+    freedom of the Student-t proposals; compiled: the layer's steps through torch.compile (the
+    checks, the closed-form start, off the CPU the LM iteration, the AMIS draws, refits and sample
+    costs, the loss and the differentiable pose: stages.pnp.compiled); generator: for
+    reproducible samples. solution: a given LM solution (on the same inputs) instead of solving;
+    the solve runs at most max_iters LM iterations from both the closed-form start and the true
+    pose (stages.pnp.api).
     Degenerate problems, and those whose solution is not a minimum the loss can trust (its
     cost is above the true pose's, `is_minimum`), are masked out and get zero loss and zero
     gradients.

@@ -20,6 +20,7 @@ import torch
 
 from stages.pnp.cost import intrinsics, symmetric_4x4
 from stages.pnp.rotation import gram_schmidt, orthogonalise
+from stages.pnp.smallmat import inner_products, matmul
 from stages.pnp.solver import unrolled_cholesky, unrolled_cholesky_solve, unrolled_triangular_solves
 
 INVERSE_SHIFT = 1e-4        # relative to the normal matrix's mean diagonal (compiled DLT)
@@ -50,7 +51,7 @@ def dlt_camera_matrix(xn: torch.Tensor, mu: torch.Tensor, mv: torch.Tensor,
     products = torch.stack([x * x, x * y, x * z, x, y * y, y * z, y, z * z, z, one], 1)
     wu2, wv2 = w2d[:, 0] ** 2, w2d[:, 1] ** 2
     G = torch.stack([wu2, wv2, wu2 * mu, wv2 * mv, wu2 * mu * mu + wv2 * mv * mv], 1)
-    unique = G @ products.transpose(1, 2)                     # (B, 5, 10): sums of G_k X_i X_j
+    unique = inner_products(G, products)                      # (B, 5, 10): sums of G_k X_i X_j
     moments = symmetric_4x4(unique)                           # (B, 5, 4, 4)
     Su, Sv, Smu, Smv, Smm = moments.unbind(1)
     zero = torch.zeros_like(Su)
@@ -82,7 +83,7 @@ def translation_given_rotation(R: torch.Tensor, x3d: torch.Tensor, mu: torch.Ten
                                mv: torch.Tensor, w2d: torch.Tensor) -> torch.Tensor:
     """Least-squares t (B, 3) of the weighted linear equations
     (R x + t)_x - m_u (R x + t)_z = 0 and (R x + t)_y - m_v (R x + t)_z = 0."""
-    P = R @ x3d
+    P = matmul(R, x3d)
     wu2, wv2 = w2d[:, 0] ** 2, w2d[:, 1] ** 2
     eu = P[:, 0] - mu * P[:, 2]                      # residual of the u equation at t = 0
     ev = P[:, 1] - mv * P[:, 2]

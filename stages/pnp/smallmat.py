@@ -5,7 +5,8 @@ calls the library (`@`); on a GPU each such product is a matrix-multiply kernel 
 launched by the host, and a compiled Levenberg-Marquardt iteration made 9 of them
 (docs/benchmarks.md, "One GPU"). Inside torch.compile the functions here write every entry as
 a sum of products over Python indices, which the compiler fuses into the kernels around them.
-The inner dimension must be small (it is unrolled); the outer ones may be anything.
+The dimensions a function unrolls must be small (a Python loop over each, fixed in the compiled
+code); the others may be anything.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import torch
 
 
 def matmul(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """A (..., m, k) @ B (..., k, n) -> (..., m, n); entry by entry when compiling (k unrolled)."""
+    """A (..., m, k) @ B (..., k, n) -> (..., m, n); entry by entry when compiling (m and k
+    unrolled: small; n any)."""
     if not torch.compiler.is_compiling():
         return A @ B
     rows = []
@@ -26,14 +28,14 @@ def matmul(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
 
 
 def matvec(A: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A (..., m, k) @ x (..., k) -> (..., m); entry by entry when compiling (k unrolled)."""
+    """A (..., m, k) @ x (..., k) -> (..., m); entry by entry when compiling (m and k unrolled)."""
     return matmul(A, x[..., None])[..., 0]
 
 
 def inner_products(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     """A (..., m, n) @ B (..., k, n)^T -> (..., m, k): the sums over the last axis of every
-    row pair, for small m and k; inside torch.compile one reduction that the compiler fuses
-    with whatever makes A and B, where a matrix multiply would need both written out first."""
+    row pair, for small m and k (n any); inside torch.compile a broadcast product summed over n,
+    which the compiler turns into a reduction kernel of its own instead of a library call."""
     if not torch.compiler.is_compiling():
         return A @ B.transpose(-1, -2)
     return (A[..., :, None, :] * B[..., None, :, :]).sum(-1)

@@ -95,14 +95,19 @@ def test_degenerate_sample_is_masked_and_gradients_stay_finite():
 def test_compiled_terms_match_the_eager_ones_and_mask_the_same_sample():
     """finetune.compile: the layer's inputs, the layer and eq. 5 through torch.compile give the
     eager terms and gradients (to the LM's stopping tolerance: the compiled start differs), and the
-    degenerate sample gets exactly zero gradient there too."""
+    degenerate sample gets exactly zero gradient there too. The inputs' checks and eq. 5 run
+    inside compiled calls: the crop warps' determinant and eq. 5's means are not eager operators."""
+    from torch.profiler import ProfilerActivity, profile
     results = []
     for compiled in (False, True):
         out, batch, _ = exact_batch()
         with torch.no_grad():
             out["mu"] += torch.randn(out["mu"].shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
             out["sigma"][1, 3] = float("nan")
-        terms = pnp_terms(out, batch, dataclasses.replace(SETTINGS, compiled=compiled), torch.Generator().manual_seed(0))
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            terms = pnp_terms(out, batch, dataclasses.replace(SETTINGS, compiled=compiled), torch.Generator().manual_seed(0))
+        eager_ops = {e.name for e in prof.events() if e.cpu_parent is None}
+        assert ("aten::linalg_det" in eager_ops) != compiled and ("aten::mean" in eager_ops) != compiled, eager_ops
         (terms["pnp"] + 0.01 * terms["mc"]).backward()
         results.append((terms, {name: out[name].grad for name in ("mu", "sigma", "verts")}))
     (eager, eager_grads), (fused, fused_grads) = results
