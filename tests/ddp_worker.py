@@ -11,6 +11,8 @@ import torch.distributed as dist
 
 from stages import coarse_train
 from stages.coarse import train as coarse_loop
+from stages.coarse.train import share_weight
+from stages.common.badinput import BadInputs
 from stages.common.distributed import start_distributed
 from stages.common.params import Params
 from stages.finetuning.pnp_loss import masked_mean
@@ -72,6 +74,17 @@ def run_masked_mean_rank(rank: int, root: str, port: int) -> None:
     term.backward()
     # DDP averages the ranks' gradients: each of this rank's samples gets its term's gradient / 2
     torch.save({"term": float(term), "grad": (values.grad / 2).tolist()}, Path(root) / f"masked{rank}.pt")
+    dist.destroy_process_group()
+
+
+def run_share_weight_rank(rank: int, root: str, port: int) -> None:
+    """coarse_train's share_weight of a global batch of 8 items, 4 a rank, with data.skip_bad: rank 0
+    kept 3 (one undecodable), rank 1 all 4; saves the weight and the items kept."""
+    join_as(rank, port)
+    ctx = start_distributed("cpu")
+    kept = 3 if rank == 0 else 4
+    weight = share_weight({"index": torch.arange(kept)}, 8, ctx, BadInputs(skip=True, max_fraction=1.0))
+    torch.save({"weight": float(weight), "kept": kept}, Path(root) / f"share{rank}.pt")
     dist.destroy_process_group()
 
 

@@ -141,7 +141,7 @@ def pass_loss(net: torch.nn.Module, batch: dict, name: str, size: int, dev: torc
 
 
 def step(nets: dict[str, LandmarkNet], batch: dict, sizes: dict[str, int], optimizer, schedule,
-         scaler, passes: ThreadPoolExecutor | None = None, weight: float | None = None) -> torch.Tensor:
+         scaler, passes: ThreadPoolExecutor | None = None, weight: float | torch.Tensor | None = None) -> torch.Tensor:
     """One training step of both nets on a loaded batch -> its loss (a 0-d tensor on the device,
     detached: read it once an epoch, so that the host does not wait for the device every step).
     Each pass's forward and backward runs on its own term (each net's gradient comes from its own
@@ -367,17 +367,23 @@ def _epoch(nets, stream: Stream, sizes, cfg: TrainConfig, stepping: tuple, epoch
         if batch is None:
             schedule.step()
             continue
-        total += step(nets, batch, sizes, optimizer, schedule, scaler, passes, share_weight(batch, batch_size, ctx))
+        total += step(nets, batch, sizes, optimizer, schedule, scaler, passes, share_weight(batch, batch_size, ctx, bad))
         count += 1
     return total / max(count, 1)
 
 
-def share_weight(batch: dict, batch_size: int, ctx: Dist) -> float | None:
+def share_weight(batch: dict, batch_size: int, ctx: Dist, bad: BadInputs | None = None) -> float | torch.Tensor | None:
     """The weight of this process's mean loss on its share of a global batch of `batch_size`
-    items: its items x world / batch_size, so that DDP's mean of the processes' gradients weighs
-    every item alike when the batch does not divide evenly (16 on 3 processes: 6, 5, 5). None in
-    one process (no weight). Items dropped as undecodable (data.skip_bad) are not shared between
-    the processes: such a batch counts a little less than in one process."""
+    items: its items x world / the global batch's items, so that DDP's mean of the processes'
+    gradients weighs every item alike when the batch does not divide evenly (16 on 3 processes:
+    6, 5, 5). With data.skip_bad (`bad.skip`) the processes may drop undecodable items: the global
+    count is then the sum of what each kept (an all-reduce of one number on the device: a 0-d
+    tensor weight). None in one process (no weight)."""
     if ctx.world == 1:
         return None
-    return len(batch["index"]) * ctx.world / batch_size
+    kept = len(batch["index"])
+    if bad is None or not bad.skip:
+        return kept * ctx.world / batch_size
+    total = torch.tensor(float(kept), device=ctx.device)
+    dist.all_reduce(total)
+    return kept * ctx.world / total

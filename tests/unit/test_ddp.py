@@ -18,7 +18,8 @@ from stages.nets.trainer import TrainPaths, run_training
 from stages.wcpa.camera import Camera
 from stages.common.params import load_params
 from stages.wcpa.layout import write_list
-from tests.ddp_worker import run_coarse_rank, run_masked_mean_rank, run_rank, run_training_rank
+from tests.ddp_worker import (run_coarse_rank, run_masked_mean_rank, run_rank, run_share_weight_rank,
+                               run_training_rank)
 from tests.stages.tiny_data import write_tiny_root
 from tests.tiny_project import PROJ, make_tiny_project
 
@@ -95,6 +96,16 @@ def test_uneven_shares_of_a_coarse_batch_weigh_every_item_alike(batch_size, worl
         weight = share_weight({"index": torch.tensor([i for i, _ in share])}, batch_size, ctx)
         assert weight / len(share) / world == pytest.approx(1 / batch_size)
     assert share_weight({"index": torch.arange(5)}, 5, Dist(rank=0, world=1, device=torch.device("cpu"))) is None
+
+
+def test_items_dropped_as_undecodable_leave_every_kept_item_of_the_global_batch_alike(tmp_path):
+    """With data.skip_bad, rank 0 drops 1 of its 4 items and rank 1 none: DDP's mean of the ranks'
+    weighted mean losses gives each of the 7 kept items 1 / 7, as one process's mean over them
+    (weights from the nominal batch of 8 gave 1 / 8 each: the batch counted 7 / 8)."""
+    mp.spawn(run_share_weight_rank, args=(str(tmp_path), free_port()), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"share{r}.pt") for r in (0, 1)]
+    for rank in ranks:
+        assert rank["weight"] / rank["kept"] / 2 == pytest.approx(1 / 7)
 
 
 @pytest.mark.parametrize("decode", ["opencv", "torch"])
