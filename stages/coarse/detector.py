@@ -48,6 +48,7 @@ class Detector:
         self.amp = amp_dtype(device, amp)
         self.config = state["config"]
         self.flip_order = None if state["flip_order"] is None else np.asarray(state["flip_order"])
+        self._mirror = None if self.flip_order is None else torch.as_tensor(self.flip_order, device=device)
         self.device = device
         self.nets = {}
         for name in ("locate", "refine"):
@@ -75,21 +76,23 @@ class Detector:
 
     def _run(self, name: str, images: Images, warps: np.ndarray, flip: bool, bgr: bool = False) -> np.ndarray:
         """Warp each image into the pass's input (_inputs), predict -> landmarks (B, L, 2) full
-        px; the flip test mirrors the input tensor on the device."""
+        px. The flip test mirrors the input tensor on the device and merges the two predictions
+        there: the host reads the pass's landmarks once, after both forwards are queued."""
         size = self.config[f"{name}_size"]
         inputs = self._inputs(images, warps, size, bgr)
         points = self._predict(self.nets[name], inputs)
         if flip:
-            mirrored = self._predict(self.nets[name], inputs.flip(-1))[:, self.flip_order]
+            mirrored = self._predict(self.nets[name], inputs.flip(-1))[:, self._mirror]
             mirrored[..., 0] = size - mirrored[..., 0]
             points = (points + mirrored) / 2
-        return apply_warp(invert_warp(warps), points)
+        return apply_warp(invert_warp(warps), points.cpu().numpy())
 
     @torch.no_grad()
-    def _predict(self, net: LandmarkNet, inputs: torch.Tensor) -> np.ndarray:
-        """inputs (B, 3, S, S) float RGB in [0, 1] on the device -> landmarks (B, L, 2) input px."""
+    def _predict(self, net: LandmarkNet, inputs: torch.Tensor) -> torch.Tensor:
+        """inputs (B, 3, S, S) float RGB in [0, 1] on the device -> landmarks (B, L, 2) input px,
+        float64 on the device (the network's float32 outputs, exactly)."""
         with autocast(self.device, self.amp):
-            return net(inputs).float().cpu().numpy().astype(np.float64)
+            return net(inputs).float().double()
 
     def __call__(self, images: Images, refine_passes: int = 1, flip_test: bool = False,
                  bgr: bool = False) -> np.ndarray:

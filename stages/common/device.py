@@ -41,3 +41,12 @@ def torch_path(choice: str, device) -> bool:
     stage's torch device -> whether images are decoded and warped on that device (torchvision's
     decode_jpeg, stages/face/warp_torch.py): `torch`, or `auto` on CUDA; `opencv` never."""
     return choice == "torch" or (choice == "auto" and device.type == "cuda")
+
+
+def host_to_device(x, device):
+    """A host tensor on `device`, copied without waiting for the GPU: from pinned memory, since a
+    copy from pageable memory first waits for all the work queued before it (on a GPU, the
+    previous forward). Elsewhere a plain copy."""
+    if device.type != "cuda":
+        return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)

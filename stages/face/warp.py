@@ -67,14 +67,26 @@ def to_opencv(warp: np.ndarray) -> np.ndarray:
 def area_shrink(warp: np.ndarray) -> tuple[int, np.ndarray] | None:
     """The anti-alias pre-shrink of a warp (2, 3) (full -> crop): None when its scale is at least
     0.5; else the integer factor k = int(1 / scale) and the warp from the image shrunk k times
-    (`area_downscale`: pixel j of the shrunk image covers full-image pixels [j k, (j + 1) k), so
-    continuous coordinates scale by exactly k). warp_image and stages/face/warp_torch.py share it."""
-    warp = np.asarray(warp, dtype=np.float64)
-    scale = float(np.sqrt(abs(np.linalg.det(warp[:, :2]))))
-    if not scale < 0.5:      # (a NaN warp is not shrunk either)
-        return None
-    factor = int(1.0 / scale)
-    return factor, np.concatenate([warp[:, :2] * factor, warp[:, 2:]], axis=1)
+    (`area_shrinks` of one warp)."""
+    factors, sources = area_shrinks(np.asarray(warp)[None])
+    return None if factors[0] == 0 else (int(factors[0]), sources[0])
+
+
+def area_shrinks(warps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The anti-alias pre-shrinks of warps (B, 2, 3) (full -> crop) -> the integer factors (B,)
+    (0: the warp's scale is at least 0.5, zero or not finite: not shrunk; else k = int(1 / scale)) and
+    the warps (B, 2, 3) from the images shrunk k times (the warp itself where k is 0).
+    `area_downscale`'s pixel j of the shrunk image covers full-image pixels [j k, (j + 1) k), so
+    continuous coordinates scale by exactly k. warp_image and stages/face/warp_torch.py share it."""
+    warps = np.asarray(warps, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        scale = np.sqrt(np.abs(np.linalg.det(warps[..., :2])))
+    shrunk = (scale < 0.5) & (scale > 0)      # (a NaN or degenerate warp is not shrunk)
+    factors = np.zeros(scale.shape, dtype=np.int64)
+    factors[shrunk] = (1.0 / scale[shrunk]).astype(np.int64)
+    sources = warps.copy()
+    sources[shrunk, :, :2] *= factors[shrunk, None, None]
+    return factors, sources
 
 
 def shrunk_size(width: int, height: int, factor: int) -> tuple[int, int]:

@@ -17,13 +17,12 @@ values off by 1 without the pre-shrink and 0.38 % with it (tests/unit/test_warp_
 """
 from __future__ import annotations
 
-from collections import defaultdict
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stages.face.warp import area_shrink, compose, invert_warp, shrunk_size
+from stages.common.device import host_to_device
+from stages.face.warp import area_shrinks, compose, invert_warp, shrunk_size
 
 
 def grid_theta(warps: np.ndarray, width: int, height: int, size: int) -> np.ndarray:
@@ -64,12 +63,10 @@ def area_resize(images: torch.Tensor, factor: int) -> torch.Tensor:
     return round_half_up(F.avg_pool2d(padded, factor))
 
 
-def _warp_group(images: torch.Tensor, warps: np.ndarray, size: int, factor: int | None) -> torch.Tensor:
-    """uint8 (n, C, H, W) images, their warps (already from the image shrunk `factor` times when
-    one is given) -> uint8 (n, size, size, C)."""
-    source = images.float() if factor is None else area_resize(images, factor)
-    theta = torch.from_numpy(grid_theta(warps, source.shape[-1], source.shape[-2], size)).to(
-        device=images.device, dtype=torch.float32)
+def _warp_group(images: torch.Tensor, theta: torch.Tensor, size: int, factor: int) -> torch.Tensor:
+    """uint8 (n, C, H, W) images, the affine_grid thetas (n, 2, 3) float32 on their device of
+    their warps from the images shrunk `factor` times (0: not shrunk) -> uint8 (n, size, size, C)."""
+    source = images.float() if factor == 0 else area_resize(images, factor)
     crops = F.grid_sample(source, sampling_grid(theta, size), mode="bilinear", padding_mode="zeros",
                           align_corners=False)
     return round_half_up(crops).to(torch.uint8).permute(0, 2, 3, 1)
@@ -79,18 +76,26 @@ def warp_images(images: torch.Tensor, warps: np.ndarray, size: int, piece: int =
     """Resample uint8 images (B, C, H, W) on any device into uint8 crops (B, size, size, C) on the
     same device through warps (B, 2, 3) (numpy, full -> crop in continuous px): warp_image of
     each image, batched. The images are resampled `piece` at a time, grouped by their pre-shrink
-    (the float copies of a piece are the only extra memory)."""
+    (the float copies of a piece are the only extra memory). The rows' order and the thetas go to
+    the device in one copy each, from pinned memory: the host queues every piece without waiting
+    for the GPU."""
     warps = np.asarray(warps, dtype=np.float64)
     if warps.shape != (len(images), 2, 3):
         raise ValueError(f"warps of shape {warps.shape} for {len(images)} images")
     out = torch.empty((len(images), size, size, images.shape[1]), dtype=torch.uint8, device=images.device)
-    groups: dict = defaultdict(list)
-    for index, warp in enumerate(warps):
-        shrink = area_shrink(warp)
-        groups[None if shrink is None else shrink[0]].append((index, warp if shrink is None else shrink[1]))
-    for factor, members in groups.items():
-        for start in range(0, len(members), piece):
-            rows, row_warps = zip(*members[start:start + piece])
-            index = torch.tensor(rows, device=images.device)
-            out[index] = _warp_group(images[index], np.stack(row_warps), size, factor)
+    factors, sources = area_shrinks(warps)
+    order = np.argsort(factors, kind="stable")
+    theta = np.empty_like(warps)
+    height, width = images.shape[-2:]
+    for factor in np.unique(factors):
+        rows = factors == factor
+        small = (width, height) if factor == 0 else shrunk_size(width, height, int(factor))
+        theta[rows] = grid_theta(sources[rows], *small, size)
+    index = host_to_device(torch.from_numpy(order), images.device)
+    theta = host_to_device(torch.from_numpy(theta[order]).float(), images.device)
+    bounds = np.flatnonzero(np.diff(factors[order])) + 1
+    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(order)]):
+        for start in range(lo, hi, piece):
+            rows = slice(start, min(start + piece, hi))
+            out[index[rows]] = _warp_group(images[index[rows]], theta[rows], size, int(factors[order[start]]))
     return out

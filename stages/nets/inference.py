@@ -35,7 +35,7 @@ from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 from stages.common.cropstore import release_rows
-from stages.common.device import pick_device
+from stages.common.device import host_to_device, pick_device
 from stages.common.params import InferParams
 from stages.common.precision import amp_dtype, autocast, place_network
 from stages.common.threads import single_thread_blas, thread_count
@@ -145,15 +145,7 @@ def _batch_warps(inv_warps: np.ndarray, rows: slice, mirrored: bool, device: tor
     stages.nets.pose_frame.mirror_pose); NaN (skipped rows) as 0, whose outputs are not used."""
     warps = torch.as_tensor(np.nan_to_num(np.asarray(inv_warps[rows], dtype=np.float32)))
     warps = torch.cat([warps, warps]) if mirrored else warps
-    return _to_device(warps, device)
-
-
-def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor on the device, copied without waiting for the GPU: from pinned memory (a copy
-    from pageable memory first waits for the work queued before it, the previous forward)."""
-    if device.type != "cuda":
-        return x.to(device)
-    return x.pin_memory().to(device, non_blocking=True)
+    return host_to_device(warps, device)
 
 
 @torch.no_grad()

@@ -1,8 +1,10 @@
-"""Coarse detector pieces: soft-argmax, forward shapes, one training step, view geometry."""
+"""Coarse detector pieces: soft-argmax, forward shapes, one training step, view geometry, the
+trained detector's host reads."""
 import numpy as np
 import pytest
 import torch
 
+from stages.coarse.detector import Detector, save_detector
 from stages.coarse.model import BACKBONES, LandmarkNet, soft_argmax
 from stages.coarse.views import locate_warp, refine_warp
 from stages.common.schema import SCHEMA
@@ -56,3 +58,31 @@ def test_views_map_the_face_into_the_input():
     landmarks = np.array([[[300.0, 300.0], [500.0, 400.0]]])
     inside = apply_warp(refine_warp(landmarks, 128, 2.0), landmarks)
     assert np.allclose(inside, [[[32.0, 48.0], [96.0, 80.0]]])
+
+
+def test_the_detector_reads_each_pass_once_also_with_the_flip_test(tmp_path, monkeypatch):
+    """The flip test's two forwards are merged on the device: the host reads the landmarks once a
+    pass (on a GPU each read waits for the queue), 1 + refine_passes reads a batch on both paths;
+    the mirrored pass is still the network on the mirrored input, mapped back."""
+    config = {"locate_backbone": "mobilenet_v3_small", "refine_backbone": "mobilenet_v3_small", "locate_size": 64,
+              "refine_size": 64, "refine_margin": 1.2, "head_width": 16, "n_points": 68}
+    torch.manual_seed(0)
+    nets = {name: LandmarkNet("mobilenet_v3_small", 68, False, 16) for name in ("locate", "refine")}
+    order = np.r_[np.arange(34)[::-1], np.arange(34, 68)]
+    save_detector(tmp_path / "model.pt", nets, config, order, {})
+    detector = Detector(tmp_path / "model.pt", torch.device("cpu"), 2)
+    images = np.random.default_rng(0).integers(0, 256, (3, 120, 160, 3), dtype=np.uint8)
+    reads, cpu = [], torch.Tensor.cpu
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *a, **k: reads.append(1) or cpu(self, *a, **k))
+    for batch in (list(images), torch.from_numpy(images).permute(0, 3, 1, 2)):
+        reads.clear()
+        trace = detector.trace(batch, refine_passes=2, flip_test=True)
+        assert len(reads) == 3 and trace.shape == (3, 3, 68, 2)
+    inputs = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        plain, mirrored = (detector.nets["refine"](x).double().numpy() for x in (inputs, inputs.flip(-1)))
+    mirrored = mirrored[:, order]
+    mirrored[..., 0] = 64 - mirrored[..., 0]
+    monkeypatch.setattr(detector, "_inputs", lambda *args: inputs)
+    merged = detector._run("refine", [], np.tile(np.eye(2, 3), (2, 1, 1)), flip=True)
+    np.testing.assert_array_equal(merged, (plain + mirrored) / 2)

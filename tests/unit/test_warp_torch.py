@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from stages.face.warp import area_downscale, area_shrink, similarity, warp_image
+from stages.face import warp_torch
+from stages.face.warp import area_downscale, area_shrink, area_shrinks, similarity, warp_image
 from stages.face.warp_torch import area_resize, grid_theta, sampling_grid, warp_images
 
 MAX_DIFF = 1
@@ -48,11 +49,11 @@ def _warps(rng, count: int, height: int, width: int, size: int, case: str) -> np
                       np.full((count, 2), size / 2))
 
 
-def compare(images: np.ndarray, warps: np.ndarray, size: int, device: str) -> np.ndarray:
-    """|warp_images - warp_image| (B, size, size, 3) int."""
+def compare(images: np.ndarray, warps: np.ndarray, size: int, device: str, piece: int = 3) -> np.ndarray:
+    """|warp_images - warp_image| (B, size, size, 3) int; warp_images in pieces of `piece`."""
     expected = np.stack([warp_image(image, warp, size) for image, warp in zip(images, warps)])
     batch = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
-    got = warp_images(batch, warps, size, piece=3)
+    got = warp_images(batch, warps, size, piece=piece)
     assert got.dtype == torch.uint8 and got.device.type == device and got.shape == expected.shape
     return np.abs(got.cpu().numpy().astype(int) - expected)
 
@@ -111,6 +112,31 @@ def test_area_shrink_scales_the_warp_by_its_factor():
     assert factor == 3
     np.testing.assert_allclose(from_small[:, :2] @ (point / 3) + from_small[:, 2], warp[:, :2] @ point + warp[:, 2])
     assert area_shrink(similarity(0.0, 0.5, point, point)) is None
+
+
+def test_area_shrinks_of_a_batch_are_each_warps_own():
+    """Vectorised over the batch, the same factors and source warps as one warp at a time (to the
+    bit: crops do not depend on the batch); NaN and zero-scale warps are not shrunk."""
+    rng = np.random.default_rng(3)
+    scales = np.r_[rng.uniform(0.05, 1.5, 40), np.nan, 0.0]
+    warps = similarity(rng.uniform(-1, 1, 42), scales, rng.uniform(0, 800, (42, 2)), np.full((42, 2), 64.0))
+    factors, sources = area_shrinks(warps)
+    for warp, factor, source in zip(warps, factors, sources):
+        alone = area_shrink(warp)
+        assert (factor, source.tobytes()) == ((0, warp.tobytes()) if alone is None else (alone[0], alone[1].tobytes()))
+    assert factors[-2:].tolist() == [0, 0] and len(set(factors.tolist())) > 4
+
+
+def test_warp_images_sends_the_rows_and_thetas_in_one_copy_each(monkeypatch):
+    """However many pieces and pre-shrink groups: two copies to the device, so that on a GPU the
+    host queues every piece without waiting for the work before it."""
+    copies = []
+    monkeypatch.setattr(warp_torch, "host_to_device", lambda x, device: copies.append(x.shape) or x.to(device))
+    rng = np.random.default_rng(7)
+    images = _images(rng, 11, 120, 150, smooth=True)
+    warps = np.concatenate([_warps(rng, 6, 120, 150, 32, "preshrink"), _warps(rng, 5, 120, 150, 32, "rotation")])
+    assert compare(images, warps, 32, "cpu", piece=2).max() <= MAX_DIFF
+    assert copies == [(11,), (11, 2, 3)]
 
 
 def test_warp_images_checks_the_warps_shape():
