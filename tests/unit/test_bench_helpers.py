@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.bench_coarse_predict import pass_errors
 from benchmarks.bench_data import replicate
 from benchmarks.bench_infer import bench_model, write_store
 from benchmarks.bench_pnp import chunk_shapes, chunk_times
@@ -20,6 +21,15 @@ from stages.wcpa.layout import image_path, info_path, landmarks_path
 from tests.stages.tiny_data import write_tiny_root
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_coarse_predict_pass_errors_are_point_distances_per_pass():
+    """Two passes of one image of 2 points: off by (3, 4) and (0, 0), then by (0, 1) and (0, 1)."""
+    target = np.zeros((1, 2, 2))
+    trace = np.array([[[[3.0, 4.0], [0.0, 0.0]]], [[[0.0, 1.0], [0.0, -1.0]]]])
+    first, second = pass_errors(trace, target)
+    assert (first["mean"], first["median"], second["mean"], second["p95"]) == (2.5, 2.5, 1.0, 1.0)
+    assert first["p95"] == pytest.approx(4.75)     # linear between 0 and 5
 
 
 def test_bench_infer_model_predicts_the_mean_landmarks_and_a_mesh_near_the_template():
