@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The GPU checks of one machine in one run, what issue 17's open bars need first: a small project
 # (benchmarks/gpu_project.py), the finetune step against the train step, inference, the
-# coarse_predict stage and its marginal rate, the EPro-PnP layer, the CUDA tests, then the train
-# step against its best bare reference, crop, coarse_train (the OpenCV path with its augmentation
-# in the workers and on the GPU, a worker's item, the compiled step at the profile's batch and at
-# 128), the finetune step's profile (sync debug mode and torch.profiler tables: over 170 s on an
-# H200) and the batched PnP solver. Steps that do not fit BUDGET are skipped, and the project's
-# if it failed.
+# coarse_predict stage, the EPro-PnP layer, the CUDA tests, then the train step against its best
+# bare reference, coarse_predict's batch loop after a warm-up batch, crop, coarse_train (the
+# OpenCV path with its augmentation in the workers and on the GPU, a worker's item, the compiled
+# step at the profile's batch and at 128), the finetune step's profile (sync debug mode and
+# torch.profiler tables: over 170 s on an H200) and the batched PnP solver. Steps that do not fit
+# BUDGET are skipped, and the project's if it failed.
 # On an H200 with 16 cores: project 55 s, bench_finetune 95 s (its compile included), bench_infer
 # 30 s, coarse_predict 22 s, bench_layer about 80 s (before its --floor pass and the layer's
 # further compiled functions), the CUDA tests 150-250 s. Figures: docs/benchmarks.md, "One GPU".
@@ -48,12 +48,12 @@ in_project bench_finetune 150 python -m benchmarks.bench_finetune --params param
 in_project bench_infer 60 python -m benchmarks.bench_infer --params params.yaml --pnp opencv --repeats 2 --phases
 in_project coarse_predict 60 python -m stages.coarse_predict --params params.yaml
 grep -o '"[a-z]*_images_per_second": [0-9.]*' "$work/project/artifacts/coarse_predict/metrics.json" 2>/dev/null | tee -a "$log"
-in_project bench_coarse_predict 60 python -m benchmarks.bench_coarse_predict --params params.yaml --split train --images 1024
 in_project bench_layer 150 python -m benchmarks.bench_layer --device cuda --batch 256 --points 1220 --samples 512 --passes 5 \
   --floor --kernels 25
 step tests_cuda 250 python -m pytest -q -p no:cacheprovider $cuda_tests -k "cuda or one_behind or torch_path"
 in_project bench_train 100 python -m benchmarks.bench_train --params params.yaml --best-reference --set train.compile=true \
   --steps 10 --rounds 3
+in_project bench_coarse_predict 45 python -m benchmarks.bench_coarse_predict --params params.yaml --split train --images 1024
 step bench_crop 60 python -m benchmarks.bench_crop --synth --keep "$work/bench_crop"
 in_project bench_coarse_item 40 python -m benchmarks.bench_coarse item --params params.yaml --images 200 --rounds 3
 for augment in opencv torch; do          # the OpenCV path, its photometric augmentation in the workers / on the GPU

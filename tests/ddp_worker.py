@@ -90,7 +90,7 @@ def run_share_weight_rank(rank: int, root: str, port: int) -> None:
 
 def run_coarse_rank(rank: int, root: str, params: Params, port: int) -> None:
     """The coarse_train stage as rank `rank` (root/split lists, outputs in root/coarse_train);
-    saves the rank's returned metrics, its nets and the sample indices of each of its steps."""
+    saves the rank's returned metrics, its nets and each of its steps' (sample indices, loss weight)."""
     join_as(rank, port)
     base, trained, steps = Path(root), {}, []
     train, step = coarse_loop.train, coarse_loop.step
@@ -100,7 +100,7 @@ def run_coarse_rank(rank: int, root: str, params: Params, port: int) -> None:
         return trained
 
     def recording_step(nets, batch, *args):
-        steps.append(batch["index"].tolist())
+        steps.append((batch["index"].tolist(), None if args[-1] is None else float(args[-1])))
         return step(nets, batch, *args)
 
     coarse_train.train, coarse_loop.step = recording_train, recording_step

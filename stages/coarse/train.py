@@ -378,12 +378,13 @@ def share_weight(batch: dict, batch_size: int, ctx: Dist, bad: BadInputs | None 
     gradients weighs every item alike when the batch does not divide evenly (16 on 3 processes:
     6, 5, 5). With data.skip_bad (`bad.skip`) the processes may drop undecodable items: the global
     count is then the sum of what each kept (an all-reduce of one number on the device: a 0-d
-    tensor weight). None in one process (no weight)."""
+    float32 tensor weight, the float the nominal count would give when nothing is dropped). None
+    in one process (no weight)."""
     if ctx.world == 1:
         return None
     kept = len(batch["index"])
     if bad is None or not bad.skip:
         return kept * ctx.world / batch_size
-    total = torch.tensor(float(kept), device=ctx.device)
+    total = torch.full((), float(kept), dtype=torch.float64, device=ctx.device)   # made there: no copy, no wait
     dist.all_reduce(total)
-    return kept * ctx.world / total
+    return (kept * ctx.world / total).float()

@@ -64,6 +64,9 @@ def to_opencv(warp: np.ndarray) -> np.ndarray:
     return out
 
 
+MIN_SHRUNK_SCALE = 2.0 ** -31       # a smaller scale's factor overflows: a degenerate warp
+
+
 def area_shrink(warp: np.ndarray) -> tuple[int, np.ndarray] | None:
     """The anti-alias pre-shrink of a warp (2, 3) (full -> crop): None when its scale is at least
     0.5; else the integer factor k = int(1 / scale) and the warp from the image shrunk k times
@@ -74,14 +77,15 @@ def area_shrink(warp: np.ndarray) -> tuple[int, np.ndarray] | None:
 
 def area_shrinks(warps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The anti-alias pre-shrinks of warps (B, 2, 3) (full -> crop) -> the integer factors (B,)
-    (0: the warp's scale is at least 0.5, zero or not finite: not shrunk; else k = int(1 / scale)) and
-    the warps (B, 2, 3) from the images shrunk k times (the warp itself where k is 0).
+    (k = int(1 / scale) where the warp's scale is below 0.5; 0, not shrunk, where it is at least
+    0.5, below MIN_SHRUNK_SCALE or not finite) and the warps (B, 2, 3) from the images shrunk k
+    times (the warp itself where k is 0).
     `area_downscale`'s pixel j of the shrunk image covers full-image pixels [j k, (j + 1) k), so
     continuous coordinates scale by exactly k. warp_image and stages/face/warp_torch.py share it."""
     warps = np.asarray(warps, dtype=np.float64)
     with np.errstate(invalid="ignore"):
         scale = np.sqrt(np.abs(np.linalg.det(warps[..., :2])))
-    shrunk = (scale < 0.5) & (scale > 0)      # (a NaN or degenerate warp is not shrunk)
+    shrunk = (scale < 0.5) & (scale > MIN_SHRUNK_SCALE)      # (a NaN or degenerate warp is not shrunk)
     factors = np.zeros(scale.shape, dtype=np.int64)
     factors[shrunk] = (1.0 / scale[shrunk]).astype(np.int64)
     sources = warps.copy()

@@ -2,6 +2,7 @@
 (train) and the coarse detector (the coarse_train stage, rank 0 writing). On CUDA, the
 collectives of the stages' own code run on an nccl group (nccl reduces CUDA tensors only)."""
 import socket
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -17,7 +18,7 @@ from stages.finetuning.pnp_loss import masked_mean
 from stages.nets.trainer import TrainPaths, run_training
 from stages.wcpa.camera import Camera
 from stages.common.params import load_params
-from stages.wcpa.layout import write_list
+from stages.wcpa.layout import image_path, write_list
 from tests.ddp_worker import (run_coarse_rank, run_masked_mean_rank, run_rank, run_share_weight_rank,
                                run_training_rank)
 from tests.stages.tiny_data import write_tiny_root
@@ -108,13 +109,17 @@ def test_items_dropped_as_undecodable_leave_every_kept_item_of_the_global_batch_
         assert rank["weight"] / rank["kept"] / 2 == pytest.approx(1 / 7)
 
 
-@pytest.mark.parametrize("decode", ["opencv", "torch"])
-def test_two_gloo_ranks_train_the_coarse_detector_on_halves_of_each_batch(tmp_path, decode):
+@pytest.mark.parametrize("decode, corrupt", [("opencv", False), ("torch", False), ("opencv", True)])
+def test_two_gloo_ranks_train_the_coarse_detector_on_halves_of_each_batch(tmp_path, decode, corrupt):
+    """corrupt: one training image is not a JPEG, and data.skip_bad drops it from its process's
+    share: the step's kept items still weigh alike (DDP's mean of the weighted losses)."""
     tables = write_tiny_root(tmp_path / "data", n_train=10, n_test=3)
     write_list(tmp_path / "split/train.csv", tables["train"].iloc[:8])
     write_list(tmp_path / "split/val.csv", tables["train"].iloc[8:])
+    if corrupt:
+        Path(image_path(tmp_path / "data", next(tables["train"].itertuples(index=False)))).write_bytes(b"no JPEG" * 9)
     params = load_params("params.yaml").replace(
-        data={"root": str(tmp_path / "data"), "workers": 1},
+        data={"root": str(tmp_path / "data"), "workers": 1, "skip_bad": corrupt, "max_bad_fraction": 0.5},
         coarse_train={"locate_backbone": "mobilenet_v3_small", "refine_backbone": "mobilenet_v3_small",
                       "locate_size": 64, "refine_size": 64, "epochs": 1, "batch_size": 4, "head_width": 16,
                       "decode": decode})
@@ -123,8 +128,12 @@ def test_two_gloo_ranks_train_the_coarse_detector_on_halves_of_each_batch(tmp_pa
     assert ranks[0]["metrics"]["processes"] == 2 and ranks[1]["metrics"] == {}      # rank 0 alone writes
     assert (tmp_path / "coarse_train/model.pt").is_file() and not (tmp_path / "coarse_train.partial").exists()
     assert len(ranks[0]["steps"]) == len(ranks[1]["steps"]) == 2                    # 8 images / global batch 4
-    for mine, theirs in zip(ranks[0]["steps"], ranks[1]["steps"]):
-        assert len(mine) == len(theirs) == 2 and not set(mine) & set(theirs)       # each its half of the batch
+    kept = []
+    for (mine, weight), (theirs, their_weight) in zip(ranks[0]["steps"], ranks[1]["steps"]):
+        assert not set(mine) & set(theirs)                                         # each its half of the batch
+        assert (weight + their_weight) / 2 == pytest.approx(1.0)                  # each kept item: 1 / kept
+        kept.append(len(mine) + len(theirs))
+    assert sorted(kept) == ([3, 4] if corrupt else [4, 4])
     initial = build_nets(train_config(params), 68)
     for name, state in ranks[0]["nets"].items():
         for key, value in state.items():

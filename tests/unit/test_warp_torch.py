@@ -125,6 +125,8 @@ def test_area_shrinks_of_a_batch_are_each_warps_own():
         alone = area_shrink(warp)
         assert (factor, source.tobytes()) == ((0, warp.tobytes()) if alone is None else (alone[0], alone[1].tobytes()))
     assert factors[-2:].tolist() == [0, 0] and len(set(factors.tolist())) > 4
+    hand = similarity(np.zeros(6), np.array([0.3, 0.2, 0.45, 0.5, 0.049, 1e-30]), np.zeros((6, 2)), np.zeros((6, 2)))
+    assert area_shrinks(hand)[0].tolist() == [3, 5, 2, 0, 20, 0]       # int(1 / scale); 1e-30: degenerate
 
 
 def test_warp_images_sends_the_rows_and_thetas_in_one_copy_each(monkeypatch):
