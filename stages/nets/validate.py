@@ -1,11 +1,15 @@
 """Validation of the two-branch network: predict on crops, unwarp, OpenCV PnP, challenge score."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from stages.common.cropstore import read_rows
+from stages.common.device import host_to_device
 from stages.common.precision import autocast
 from stages.common.threads import map_rows
 from stages.face.warp import apply_warp, invert_warp
@@ -25,22 +29,38 @@ def predict(model: torch.nn.Module, images: np.ndarray, inv_warps: np.ndarray, b
     """Run the network over crops (N, S, S, 3) uint8, or their `rows` (M,) only, with the crops'
     crop -> full-image warps inv_warps (M, 2, 3) -> numpy mu (M, V, 2) crop px, sigma (M, V) crop
     px, verts (M, V, 3) metres, coeffs (M, C). Each batch's crops are read from a memory-mapped
-    store's file (stages.common.cropstore.read_rows): the store never becomes resident. amp: the
-    autocast type (stages.common.precision.amp_dtype), None for float32."""
+    store's file (stages.common.cropstore.read_rows: the store never becomes resident) on a reader
+    thread while the batch before runs, into pinned memory on CUDA (their copy to the device then
+    waits for nothing queued before it). amp: the autocast type
+    (stages.common.precision.amp_dtype), None for float32."""
     was_training = model.training
     model.eval()
     rows = np.arange(len(images)) if rows is None else np.asarray(rows)
     parts: dict[str, list[np.ndarray]] = {}
-    starts = range(0, len(rows), batch_size)
-    for start in tqdm(starts, desc="predict", leave=False, disable=len(starts) < 10):
-        chunk = torch.from_numpy(read_rows(images, rows[start:start + batch_size]).transpose(0, 3, 1, 2).copy())
-        warps = torch.as_tensor(np.asarray(inv_warps[start:start + batch_size], dtype=np.float32))
-        with autocast(device, amp):
-            out = model(chunk.to(device, non_blocking=True), inv_warps=warps.to(device))
-        for key, value in out.items():
-            parts.setdefault(key, []).append(value.float().cpu().numpy())
+    starts = list(range(0, len(rows), batch_size))
+    read = partial(_read_chunk, images, inv_warps, rows, batch_size=batch_size, pin=device.type == "cuda")
+    with ThreadPoolExecutor(1) as reader:
+        pending = reader.submit(read, starts[0]) if starts else None
+        for k, start in enumerate(tqdm(starts, desc="predict", leave=False, disable=len(starts) < 10)):
+            chunk, warps = pending.result()
+            if k + 1 < len(starts):
+                pending = reader.submit(read, starts[k + 1])
+            x = host_to_device(chunk, device).permute(0, 3, 1, 2).contiguous()      # NCHW
+            with autocast(device, amp):
+                out = model(x, inv_warps=host_to_device(warps, device))
+            for key, value in out.items():
+                parts.setdefault(key, []).append(value.float().cpu().numpy())
     model.train(was_training)
     return {key: np.concatenate(value) for key, value in parts.items()}
+
+
+def _read_chunk(images: np.ndarray, inv_warps: np.ndarray, rows: np.ndarray, start: int, batch_size: int,
+                pin: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The crops (B, S, S, 3) uint8 of rows[start:start + batch_size] and their warps (B, 2, 3)
+    float32 (inv_warps[start:start + batch_size]: one per row), in pinned memory when `pin`."""
+    chunk = torch.from_numpy(read_rows(images, rows[start:start + batch_size]))
+    warps = torch.as_tensor(np.asarray(inv_warps[start:start + batch_size], dtype=np.float32))
+    return (chunk.pin_memory(), warps.pin_memory()) if pin else (chunk, warps)
 
 
 def validation_poses(verts: np.ndarray, uv_full: np.ndarray, camera: Camera, flags: str,

@@ -5,6 +5,7 @@ process holding none of their pages, and reads the same values as the arrays in 
 pickled dataset (a loader process started by spawn or forkserver) carries its files' references,
 not their data."""
 import pickle
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch
 
 from stages.common.cropstore import read_rows
 from stages.nets.dataset import TrainBatches
+from stages.nets import validate
 from stages.nets.validate import predict
 from stages.wcpa.camera import Camera
 from tests.tiny_project import PROJ, memory_store
@@ -104,6 +106,33 @@ def test_prediction_over_a_mapped_stores_usable_rows_reads_them_batch_by_batch(t
         np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
     np.testing.assert_allclose(got["colour"], images[rows].mean((1, 2)), rtol=1e-6)
     assert resident_kb(tmp_path / "images.npy") * 1024 <= 2 * 32 * images[0].nbytes
+
+
+def test_prediction_reads_the_next_batch_while_the_network_runs(monkeypatch):
+    """Each batch's forward waits until the next batch has been read: with the reads on the
+    network's thread, one after the other, the first forward would wait in vain."""
+    read, chunk = {}, validate._read_chunk
+
+    def recorded(*args, **kwargs):
+        out = chunk(*args, **kwargs)
+        read.setdefault(args[3], threading.Event()).set()
+        return out
+
+    class WaitsForTheNextRead(MeanColour):
+        def forward(self, images, inv_warps):
+            start = self.calls * 32
+            self.calls += 1
+            if start + 32 < 100:
+                assert read.setdefault(start + 32, threading.Event()).wait(10), f"batch at {start + 32} not read"
+            return super().forward(images, inv_warps)
+
+    monkeypatch.setattr(validate, "_read_chunk", recorded)
+    images = np.random.default_rng(1).integers(0, 256, (100, 16, 16, 3), dtype=np.uint8)
+    model = WaitsForTheNextRead()
+    model.calls = 0
+    got = predict(model, images, np.zeros((100, 2, 3)), 32, torch.device("cpu"))
+    np.testing.assert_allclose(got["colour"], images.mean((1, 2)), rtol=1e-6)
+    assert model.calls == 4
 
 
 def test_a_pickled_dataset_carries_its_files_references_and_reads_the_same_batches(tmp_path):
