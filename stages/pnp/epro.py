@@ -124,8 +124,9 @@ def epro_pnp(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor | None, K: 
                                    huber_delta, max_iters, start=(R_gt, t_gt), compiled=compiled)
         solution.valid = solution.valid & ok
     start = compiled_or_eager(start_and_true_cost, "the true pose's cost", compiled)
-    valid, gt_ok, R0, t0, cov, cost_gt = start(solution.R, solution.t, solution.cov, solution.valid & ok,
-                                               R_gt, t_gt, x3d_p, x2d_p, w2d_p, K, huber_delta)
+    valid = solution.valid & ok
+    gt_ok, R0, t0, cov, cost_gt = start(solution.R, solution.t, solution.cov, valid, R_gt, t_gt, x3d_p, x2d_p, w2d_p,
+                                        K, huber_delta)
     estimate = pose_log_normaliser(x3d_p, x2d_p, w2d_p, K, R0, t0, cov, huber_delta,
                                    n_samples, n_iters, chunk_size, dof, compiled, generator)
     loss, mask = compiled_or_eager(masked_loss, "the loss", compiled)(cost_gt, estimate.log_z, valid & gt_ok,
@@ -148,14 +149,14 @@ def start_and_true_cost(R: torch.Tensor, t: torch.Tensor, cov: torch.Tensor, val
                         w2d: torch.Tensor, K: torch.Tensor, huber_delta: float | None
                         ) -> tuple[torch.Tensor, ...]:
     """From the LM solutions R (B, 3, 3), t (B, 3), cov (B, 6, 6), valid (B,) bool and the true
-    poses R_gt, t_gt: valid, gt_ok (B,) bool (a finite true pose), the AMIS start R0, t0, cov
+    poses R_gt, t_gt: gt_ok (B,) bool (a finite true pose), the AMIS start R0, t0, cov
     (`_finite_start`) and the true pose's cost (B,) on the planar points x3d (B, 3, N), x2d,
     w2d (B, 2, N) (the start pose's where the true one is not finite)."""
     R0, t0, cov = _finite_start(R, t, cov, valid)
     gt_ok = torch.isfinite(R_gt).flatten(1).all(-1) & torch.isfinite(t_gt).all(-1)
     R_gt = torch.where(gt_ok[:, None, None], R_gt, R0)
     t_gt = torch.where(gt_ok[:, None], t_gt, t0)
-    return valid, gt_ok, R0, t0, cov, robust_cost(residuals(R_gt, t_gt, x3d, x2d, w2d, K), huber_delta)
+    return gt_ok, R0, t0, cov, robust_cost(residuals(R_gt, t_gt, x3d, x2d, w2d, K), huber_delta)
 
 
 def masked_loss(cost_gt: torch.Tensor, log_z: torch.Tensor, usable: torch.Tensor,

@@ -161,20 +161,21 @@ class CostGradient(torch.autograd.Function):
         for c in _chunks(R.shape[1], R.shape[0], chunk_size):
             part = sums_fn(R[:, c], t[:, c], x3d, *terms, grad_costs[:, c], huber_delta)
             sums = list(part) if sums is None else [total + p for total, p in zip(sums, part)]
-        return (*gradients_fn(x2d, w2d, K, *sums), None, None, None, None, None, None)
+        *point_sums, grad_x3d = sums
+        return (grad_x3d, *gradients_fn(x2d, w2d, K, *point_sums), None, None, None, None, None, None)
 
 
 def input_gradients(x2d: torch.Tensor, w2d: torch.Tensor, K: torch.Tensor, sum_eu: torch.Tensor,
-                    sum_ev: torch.Tensor, sum_xz_eu: torch.Tensor, sum_yz_ev: torch.Tensor,
-                    grad_x3d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The gradients w.r.t. x3d (B, 3, N), x2d and w2d (B, 2, N) from the sums over the poses
-    of `chunk_gradient_sums` (B, N each, and grad_x3d (B, 3, N)); K (B, 3, 3)."""
+                    sum_ev: torch.Tensor, sum_xz_eu: torch.Tensor, sum_yz_ev: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients w.r.t. x2d and w2d (B, 2, N) from the per-point sums over the poses of
+    `chunk_gradient_sums` (B, N each); K (B, 3, 3). (Its x3d gradient is a sum already.)"""
     fx, fy, cx, cy = intrinsics(K, x2d.shape[0])
     wu, wv = w2d[:, 0], w2d[:, 1]
     grad_x2d = -torch.stack([wu * sum_eu, wv * sum_ev], 1)
     grad_w2d = torch.stack([fx * sum_xz_eu + (cx - x2d[:, 0]) * sum_eu,
                             fy * sum_yz_ev + (cy - x2d[:, 1]) * sum_ev], 1)
-    return grad_x3d, grad_x2d, grad_w2d
+    return grad_x2d, grad_w2d
 
 
 def cost_gradient(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor, K: torch.Tensor,
