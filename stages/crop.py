@@ -38,7 +38,7 @@ from stages.common.identity import stat_digest
 from stages.common.io import atomic_dir, save_json
 from stages.common.params import Params
 from stages.common.stage import stage_main
-from stages.face.frontal import crop_quality, crop_warps, landmark_checks, landmark_problem, reference_shape
+from stages.face.frontal import crop_quality, fitted_crop_warps, landmark_checks, landmark_problem, reference_shape
 from stages.face.cropping import OpenCVCrops, Outcome, TorchCrops
 from stages.face.warp import invert_warp
 from stages.wcpa.camera import Camera
@@ -106,13 +106,35 @@ def valid_rows(table: pd.DataFrame, landmarks: np.ndarray, files: list[str], wid
 
 
 def warps_of(landmarks: np.ndarray, reference: np.ndarray, rotation: str, camera: Camera,
-             model_points: np.ndarray, workers: int, chunk: int = 512) -> np.ndarray:
-    """crop_warps over chunks of rows on `workers` threads (OpenCV's PnP releases the GIL); the
-    warps are per row, so the result is the same as one call on all rows."""
-    parts = [landmarks[i:i + chunk] for i in range(0, len(landmarks), chunk)]
+             model_points: np.ndarray, workers: int, chunk: int = 512) -> tuple[np.ndarray, dict[int, str]]:
+    """fitted_crop_warps over chunks of rows on `workers` threads (OpenCV's PnP releases the GIL):
+    warps (N, 2, 3), NaN where none fits, and those rows' problems {row: message}; the warps are
+    per row, so the result is the same as one call on all rows."""
+    starts = range(0, len(landmarks), chunk)
     with ThreadPoolExecutor(max(workers, 1)) as pool:
-        done = list(pool.map(lambda part: crop_warps(part, reference, rotation, camera, model_points), parts))
-    return np.concatenate(done) if done else np.zeros((0, 2, 3))
+        done = list(pool.map(lambda start: fitted_crop_warps(landmarks[start:start + chunk], reference, rotation,
+                                                             camera, model_points), starts))
+    warps = np.concatenate([part for part, _ in done]) if done else np.zeros((0, 2, 3))
+    return warps, {start + row: problem for start, (_, problems) in zip(starts, done) for row, problem in problems.items()}
+
+
+def fitted_rows(table: pd.DataFrame, landmarks: np.ndarray, files: list[str], valid: np.ndarray, rotation: str,
+                camera: Camera, model_points: np.ndarray, reference: np.ndarray, workers: int,
+                bad: BadInputs) -> tuple[np.ndarray, np.ndarray]:
+    """The crop warps (N, 2, 3) at crop.rotation `rotation` of the `valid` rows (N,) bool
+    (identity elsewhere) and the valid rows a warp was fitted to: landmarks that pass
+    `valid_rows` but that no warp fits (collapsed or mirrored points, a failed PnP) stop the
+    stage with their file, or are recorded (data.skip_bad)."""
+    warps = np.tile(np.eye(2, 3), (len(table), 1, 1))
+    rows = np.flatnonzero(valid)
+    warps[rows], problems = warps_of(landmarks[rows], reference, rotation, camera, model_points, workers)
+    fitted = valid.copy()
+    for index, problem in sorted(problems.items()):
+        key = sample_key(table.iloc[rows[index]])
+        with bad.guard(key):
+            raise DataError(f"{files[rows[index]]}: {problem} (sample {key})")
+        fitted[rows[index]], warps[rows[index]] = False, np.eye(2, 3)
+    return warps, fitted
 
 
 def decode_device(choice: str):
@@ -229,9 +251,8 @@ def run(params: Params, out: Path = Path("artifacts/crop"), coarse_dir: Path = P
         table = tables[split]
         landmarks, files = load_landmarks(cfg.source, split, root, table, resources, coarse_dir, bad, data.workers)
         valid = valid_rows(table, landmarks, files, camera.width, camera.height, bad)
-        warps = np.tile(np.eye(2, 3), (len(table), 1, 1))
-        if valid.any():
-            warps[valid] = warps_of(landmarks[valid], reference, cfg.rotation, camera, model_points, data.workers)
+        warps, valid = fitted_rows(table, landmarks, files, valid, cfg.rotation, camera, model_points, reference,
+                                   data.workers, bad)
         writers[split] = CropStoreWriter(partial / split, table, warps, cfg.size,
                                          "opencv" if device is None else f"torch-{device.type}",
                                          stat_digest(sample_files(root, table, "image")), code_digest("stages.crop"))

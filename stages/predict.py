@@ -47,7 +47,7 @@ from stages.coarse.detector import Detector
 from stages.common.io import save_json, save_npz
 from stages.common.params import CoarsePredictParams, CropParams, Params
 from stages.common.stage import stage_main
-from stages.face.frontal import crop_warps, reference_shape
+from stages.face.frontal import fitted_crop_warps, reference_shape
 from stages.face.pca import load_flip_perm
 from stages.face.warp import invert_warp, warp_image
 from stages.nets.checkpoint import CheckpointError, load_network_for_images
@@ -164,12 +164,16 @@ def check_faces(pipeline: Pipeline, trace: np.ndarray, images: list[np.ndarray],
     return conf
 
 
-def crop_and_predict(pipeline: Pipeline, images: list[np.ndarray], coarse: np.ndarray, camera: Camera,
-                     pool: ThreadPoolExecutor) -> dict[str, np.ndarray]:
-    """Images of one camera and their coarse landmarks (B, L, 2) full px -> the crop stage's crops,
-    then infer's predictions: verts (B, V, 3), R_t (B, 4, 4), landmarks (B, V, 2), sigma (B, V)."""
+def crop_and_predict(pipeline: Pipeline, images: list[np.ndarray], paths: list[Path], coarse: np.ndarray,
+                     camera: Camera, pool: ThreadPoolExecutor) -> dict[str, np.ndarray]:
+    """Images of one camera (their `paths`) and their coarse landmarks (B, L, 2) full px -> the
+    crop stage's crops, then infer's predictions: verts (B, V, 3), R_t (B, 4, 4), landmarks
+    (B, V, 2), sigma (B, V). Stops at the first image whose landmarks no crop warp fits."""
     model_points = pipeline.resources.template[pipeline.resources.kpt_ind]
-    warps = crop_warps(coarse, pipeline.reference, pipeline.crop.rotation, camera, model_points)
+    warps, problems = fitted_crop_warps(coarse, pipeline.reference, pipeline.crop.rotation, camera, model_points)
+    if problems:
+        row = min(problems)
+        raise PredictError(f"{paths[row]}: no crop fits the detected face ({problems[row]})")
     size = pipeline.crop.size
     crops = np.stack(list(pool.map(lambda pair: warp_image(pair[0], pair[1], size), zip(images, warps))))
     return predict_crops(pipeline.model, crops, invert_warp(warps), pipeline.perm, camera, pipeline.settings)
@@ -194,7 +198,8 @@ def predict_batch(pipeline: Pipeline, images: list[np.ndarray], paths: list[Path
     trace = pipeline.detector.trace(images, pipeline.coarse.refine_passes, pipeline.coarse.flip_test)
     conf = check_faces(pipeline, trace, images, paths)
     for size, rows in groups.items():
-        pred = crop_and_predict(pipeline, [images[i] for i in rows], trace[-1][rows], cams[size], pool)
+        pred = crop_and_predict(pipeline, [images[i] for i in rows], [paths[i] for i in rows], trace[-1][rows],
+                                cams[size], pool)
         for row, index in enumerate(rows):
             check_prediction(pred, row, paths[index], pipeline.settings)
             yield {"path": paths[index], "image": images[index], "camera": cams[size], "coarse68": trace[-1][index],

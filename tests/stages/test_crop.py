@@ -103,14 +103,42 @@ def test_corrupt_image_stops_with_its_name(tiny):
     assert not (tmp / "crop").exists()
 
 
-@pytest.mark.parametrize("bad_value,reason", [(5000.0, "outside"), (None, "degenerate")])
-def test_bad_landmarks_stop_with_the_file_and_row(tiny, bad_value, reason):
+def _collapsed(landmarks: np.ndarray) -> np.ndarray:
+    """A collapsed detection (L, 2) at the landmarks' centre: the points within a few px (seed 4:
+    no similarity at the head pose's roll maps them onto the reference with a positive scale,
+    though they pass the landmark checks)."""
+    return landmarks.mean(0) + np.random.default_rng(4).normal(0, 1.0, landmarks.shape)
+
+
+@pytest.mark.parametrize("spoil,reason", [(lambda row: 5000.0, "outside"), (lambda row: row[0], "degenerate"),
+                                          (_collapsed, "degenerate landmarks: no similarity")])
+def test_bad_landmarks_stop_with_the_file_and_row(tiny, spoil, reason):
     params, tmp, split_dir, coarse_dir = tiny
     landmarks = np.load(coarse_dir / "val.npy")
-    landmarks[1] = bad_value if bad_value is not None else landmarks[1, 0]
+    landmarks[1] = spoil(landmarks[1])
     np.save(coarse_dir / "val.npy", landmarks)
     with pytest.raises(DataError, match=rf"val\.npy row 1: .*{reason}"):
         run(params, tmp, split_dir, coarse_dir)
+    assert not (tmp / "crop").exists()
+
+
+def test_landmarks_no_warp_fits_are_skipped_in_their_row_alone(tiny):
+    """Under data.skip_bad a collapsed detection is listed with its file and reason, its crop
+    and warp are left out (NaN), and every other row gets the crop of a run without it."""
+    params, tmp, split_dir, coarse_dir = tiny
+    params = params.replace(data={"skip_bad": True})
+    run(params, tmp / "clean", split_dir, coarse_dir)
+    landmarks = np.load(coarse_dir / "val.npy")
+    landmarks[1] = _collapsed(landmarks[1])
+    np.save(coarse_dir / "val.npy", landmarks)
+    metrics = run(params, tmp, split_dir, coarse_dir)
+    skipped = pd.read_csv(tmp / "crop/skipped.csv")
+    assert len(skipped) == 1 and skipped.file[0].endswith("val.npy row 1")
+    assert "degenerate landmarks" in skipped.reason[0] and metrics["val"]["skipped"] == 1
+    assert pd.read_csv(tmp / "crop/val/index.csv").skipped.tolist() == [0, 1]
+    warps, clean = np.load(tmp / "crop/val/warps.npy"), np.load(tmp / "clean/crop/val/warps.npy")
+    assert np.isnan(warps[1]).all() and np.array_equal(warps[0], clean[0])
+    assert np.array_equal(CropStore.open(tmp / "crop/val").images[0], CropStore.open(tmp / "clean/crop/val").images[0])
 
 
 def test_skip_bad_lists_the_samples_and_fails_past_the_fraction(tiny):

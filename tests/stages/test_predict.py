@@ -195,3 +195,18 @@ def test_pinhole_camera_has_the_focal_length_and_a_centred_principal_point():
     assert camera.fx == pytest.approx(320) and camera.fy == pytest.approx(320)
     assert (camera.cx, camera.cy) == pytest.approx((320, 240))
     np.testing.assert_allclose(camera.project_camera_points(np.array([0.1, 0.0, -1.0])), [352, 240])
+
+
+
+def test_a_detection_no_crop_fits_stops_naming_the_image(project, monkeypatch, tmp_path):
+    """A detector that answers a shapeless cloud of points (seed 4 of the crop stage's collapsed
+    detection, spread to a converged detection's box) passes the confidence gate, but no crop
+    warp at the head pose's roll fits it: predict stops with the image's name and the reason."""
+    root, params, tables = project
+    cloud = np.random.default_rng(4).normal(0, 1.0, (68, 2))
+    cloud = (cloud - (cloud.min(0) + cloud.max(0)) / 2) / np.ptp(cloud, 0).max() / DETECTOR["refine_margin"] + 0.5
+    unit = torch.as_tensor(cloud, dtype=torch.float32)
+    monkeypatch.setattr(LandmarkNet, "forward", lambda self, image: unit.expand(len(image), -1, -1) * image.shape[-1])
+    image = image_path(root / "data", tables["test"].iloc[0])
+    with pytest.raises(predict.PredictError, match=r"00000_ar.jpg: no crop fits the detected face \(degenerate"):
+        predict.run(params, [image], tmp_path / "out", artifacts=root / "artifacts")

@@ -1,7 +1,9 @@
 """Frontalization: reference shape, rolling the pose with the image, and the two crop rotations."""
 import numpy as np
+import pytest
 
-from stages.face.frontal import crop_quality, crop_warps, reference_shape, rotate_pose_in_plane
+from stages.face.frontal import (crop_quality, crop_warps, fitted_crop_warps, landmark_problem, reference_shape,
+                                 rotate_pose_in_plane)
 from stages.face.warp import apply_warp, similarity
 from stages.wcpa.camera import euler_from_rt, rt_from_euler
 from tests.conftest import face_points, random_poses
@@ -46,3 +48,28 @@ def test_pose_rotation_zeroes_the_roll_and_eye_line_rotation_levels_the_eyes(cam
     assert np.abs(by_pose["roll_deg"]).max() < 1e-4
     assert np.abs(by_eyes["eye_line_deg"]).max() < 1e-6
     assert by_pose["inside"].all() and by_eyes["inside"].all()
+
+
+
+@pytest.mark.parametrize("rotation", ["pose", "eye_line"])
+def test_rows_no_warp_fits_are_nan_with_their_problem_and_leave_the_others_as_they_are(camera, rotation):
+    """A collapsed detection (the 68 points within a few px, as a detector can give on a hard
+    image) passes the crop's landmark checks, but the similarity that maps it onto the reference
+    at its rotation has a negative scale: its row is NaN with its problem, every other row the
+    warp of a call on the good rows alone; a batch without such rows is crop_warps itself."""
+    rng = np.random.default_rng(3)
+    verts, kpt_ind = toy_mesh(rng)
+    poses = rt_from_euler(rng.uniform(-0.3, 0.3, (5, 3)), np.tile([0.0, 0.0, -0.5], (5, 1)))
+    landmarks = camera.project(np.repeat(verts[None], 5, axis=0)[:, kpt_ind], poses)
+    reference = reference_shape(verts, kpt_ind, 128, 1.3)
+    spoiled = landmarks.copy()
+    spoiled[2] = landmarks[2].mean(0) + np.random.default_rng(1).normal(0, 1.0, (len(kpt_ind), 2))
+    assert landmark_problem(spoiled[2], camera.width, camera.height) == ""
+    args = (reference, rotation, camera, verts[kpt_ind])
+    warps, problems = fitted_crop_warps(spoiled, *args)
+    assert list(problems) == [2] and "degenerate landmarks" in problems[2]
+    assert np.isnan(warps[2]).all()
+    good = [0, 1, 3, 4]
+    assert np.array_equal(warps[good], crop_warps(landmarks[good], *args))
+    whole, none = fitted_crop_warps(landmarks, *args)
+    assert none == {} and np.array_equal(whole, crop_warps(landmarks, *args))
