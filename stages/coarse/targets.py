@@ -39,17 +39,23 @@ def landmark_flip_order(resources: Resources) -> np.ndarray | None:
     """(L,) mirror order of the landmarks: in a mirrored image, landmark k is the mirror of
     landmark order[k] of the original; None when no order is known (flips must stay off).
 
-    From the template's vertex flip permutation when the landmarks are closed under it; else,
-    for 68 landmarks, the iBUG-68 mirror table (the challenge's landmark order); else None,
-    with a warning that says why.
+    For 68 landmarks (the challenge's kpt_ind: the iBUG-68 points), the iBUG-68 mirror table:
+    their meaning defines it. The template's vertex flip permutation, matched on one mesh, can
+    pair points that nearly coincide (the inner lips of a closed mouth) the wrong way round and
+    still pass its checks; where it disagrees with the table, a warning names the pairs. Other
+    landmark sets: the template's order when the landmarks are closed under its flip
+    permutation; else None, with a warning that says why.
     """
     try:
-        return kpt_flip_permutation(resources.kpt_ind, flip_permutation(resources.template))
+        from_mesh, reason = kpt_flip_permutation(resources.kpt_ind, flip_permutation(resources.template)), ""
     except ValueError as err:
-        reason = f"resources/example.obj gives no landmark mirror order ({err})"
+        from_mesh, reason = None, f"resources/example.obj gives no landmark mirror order ({err})"
     if resources.n_kpts == ibug68.N_POINTS:
-        log.warning("%s: using the iBUG-68 mirror table", reason)
+        if from_mesh is not None and not np.array_equal(from_mesh, ibug68.MIRROR):
+            differ = np.flatnonzero(from_mesh != ibug68.MIRROR)
+            log.warning("the template's mirror pairs landmarks %s with %s, the iBUG-68 table with %s: using the "
+                        "table", differ.tolist(), from_mesh[differ].tolist(), ibug68.MIRROR[differ].tolist())
         return ibug68.MIRROR.copy()
-    log.warning("%s, and %d landmarks are not the iBUG-68 set: horizontal flips are off",
-                reason, resources.n_kpts)
-    return None
+    if from_mesh is None:
+        log.warning("%s, and %d landmarks are not the iBUG-68 set: horizontal flips are off", reason, resources.n_kpts)
+    return from_mesh

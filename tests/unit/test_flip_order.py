@@ -1,4 +1,4 @@
-"""Landmark mirror order: from the mesh, else the iBUG-68 table, else None (flips off)."""
+"""Landmark mirror order: the iBUG-68 table for 68 landmarks, else from the mesh, else None (flips off)."""
 import logging
 
 import cv2
@@ -45,14 +45,28 @@ def test_symmetric_mesh_gives_the_order_of_its_flip_permutation():
     assert np.array_equal(order, kpt_flip_permutation(KPT_IND, flip_permutation(template)))
 
 
-def test_asymmetric_mesh_with_68_landmarks_gives_the_ibug_order(caplog):
+def test_asymmetric_mesh_with_68_landmarks_gives_the_ibug_order():
     template, kpt_ind = asymmetric_mesh(np.random.default_rng(0))
     with pytest.raises(ValueError):
         flip_permutation(template)
+    assert np.array_equal(landmark_flip_order(_resources(template, kpt_ind)), ibug68.MIRROR)
+
+
+def test_68_landmarks_the_template_pairs_the_wrong_way_round_get_the_ibug_order_and_a_warning(caplog):
+    """A closed mouth puts the upper and lower inner lips nearly on top of each other: here the
+    vertices of landmarks 63 and 67 trade places, the mesh stays symmetric, and its mirror pairs
+    61 with 67 and 63 with 65 (a valid involution that passes every check of the mesh); the
+    landmarks' meaning pairs 61 with 63 and 65 with 67."""
+    model = build_face_model()
+    template = model.template.copy()
+    v63, v67 = model.kpt_ind[63], model.kpt_ind[67]
+    template[[v63, v67]] = template[[v67, v63]]
+    from_mesh = kpt_flip_permutation(model.kpt_ind, flip_permutation(template))
+    assert from_mesh[61] == 67 and from_mesh[63] == 65
     with caplog.at_level(logging.WARNING):
-        order = landmark_flip_order(_resources(template, kpt_ind))
+        order = landmark_flip_order(_resources(template, model.kpt_ind))
     assert np.array_equal(order, ibug68.MIRROR)
-    assert "iBUG-68" in caplog.text and "not symmetric" in caplog.text
+    assert "pairs landmarks [61, 63, 65, 67] with [67, 65, 63, 61]" in caplog.text and "using the table" in caplog.text
 
 
 def test_asymmetric_mesh_with_other_landmarks_gives_none_and_says_why(caplog):
