@@ -1,7 +1,8 @@
 """Stage pca: fit the PCA face space and the coefficients of every train and val sample.
 
 Reads the train/val lists (artifacts/split), their ground truth (data.root/info) and the 51
-blendshape meshes (data.blendshapes). Writes artifacts/pca/:
+blendshape meshes (data.blendshapes); data without them gets pca.data_expressions expression
+modes of its training frames in their place. Writes artifacts/pca/:
   basis.npz              mean (V,3), components (C,V,3), std (C,), wpdc_weights (C,) mm,
                          flip_perm (V,) (left-right vertex permutation of the training meshes), or
                          flip_problem (a string) when they are not left-right symmetric
@@ -26,7 +27,7 @@ from stages.common.io import save_json, save_npy
 from stages.common.params import Params
 from stages.common.rowfile import RowReader, RowWriter
 from stages.common.stage import stage_main
-from stages.face.pca import (PCABasis, fit_pca, read_blendshapes, read_neutral_list,
+from stages.face.pca import (PCABasis, expression_modes, fit_pca, read_blendshapes, read_neutral_list,
                              reconstruction_errors, select_neutral_frames, vertex_flip)
 from stages.wcpa.layout import iter_labels, labelled_rows, load_resources, read_list, write_list
 
@@ -34,6 +35,7 @@ log = logging.getLogger("pca")
 SPLITS = ("train", "val")
 NEUTRAL_ACTION = "neutral"   # the synthetic data's rest-face action: used to measure, never to select
 BLOCK = 1024                 # label rows projected and written at a time (15 MB of meshes at 1220 vertices)
+EXPRESSION_FRAMES = 4096     # frames whose expressions make the modes that stand in for missing blendshapes
 
 
 class LabelledRows:
@@ -64,6 +66,18 @@ def choose_neutral(table: pd.DataFrame, verts: RowReader, labelled: np.ndarray, 
     subjects = table.subject_id.to_numpy()[rows]
     return rows[select_neutral_frames(LabelledRows(verts, labelled), subjects, blendshapes, max_frames, seed,
                                       workers)]
+
+
+def data_expressions(table: pd.DataFrame, verts: RowReader, labelled: np.ndarray, neutral: np.ndarray,
+                     n_modes: int, seed: int) -> np.ndarray:
+    """Without blendshapes: n_modes expression meshes (K, V, 3) from the training frames'
+    displacements from their subject's neutral frame (stages.face.pca.expression_modes, on
+    EXPRESSION_FRAMES of them), or none when pca.data_expressions is 0."""
+    if not n_modes:
+        return np.zeros((0,) + verts.shape[1:])
+    log.info("no blendshapes: %d expression modes from up to %d training frames stand in for them", n_modes,
+             EXPRESSION_FRAMES)
+    return expression_modes(verts, table.subject_id.to_numpy(), labelled, neutral, n_modes, EXPRESSION_FRAMES, seed)
 
 
 def neutral_check(table: pd.DataFrame, chosen: np.ndarray) -> dict:
@@ -127,10 +141,14 @@ def run(params: Params, out: Path = Path("artifacts/pca"), split_dir: Path = Pat
     blendshapes = read_blendshapes(data.blendshapes, resources.n_verts)
     chosen = choose_neutral(tables["train"], train_verts, labelled["train"], blendshapes, cfg.neutral_list,
                             params.seed, cfg.max_frames_per_subject, data.workers)
-    meshes = np.concatenate([train_verts[chosen].astype(np.float64), blendshapes])
-    log.info("PCA of %d neutral + %d blendshape meshes", len(chosen), len(blendshapes))
+    expressions = blendshapes if len(blendshapes) else data_expressions(tables["train"], train_verts, labelled["train"],
+                                                                        chosen, cfg.data_expressions, params.seed)
+    meshes = np.concatenate([train_verts[chosen].astype(np.float64), expressions])
+    log.info("PCA of %d neutral + %d %s meshes", len(chosen), len(expressions),
+             "blendshape" if len(blendshapes) else "data expression")
     basis = fit_pca(meshes, cfg.n_components)
     metrics = {"n_meshes": len(meshes), "n_neutral": len(chosen), "n_blendshapes": len(blendshapes),
+               "n_data_expressions": len(expressions) - len(blendshapes),
                "n_components": basis.n_components, "neutral": neutral_check(tables["train"], chosen)}
     mean_mesh = {}
     for split in SPLITS:

@@ -179,6 +179,8 @@ SCHEMA = {
         "n_components": COUNT,    # PCA components (clamped, with a warning, to meshes - 1)
         "neutral_list": str,      # CSV of ids (subject_id, facial_action, img_id), a dep of pca; no rows = automatic
         "max_frames_per_subject": COUNT,  # neutral selection scores at most this many frames per subject
+        "data_expressions": NON_NEGATIVE,  # without blendshapes: expression modes of the training frames in
+                                  # their place (stages.face.pca.expression_modes); 0: the neutral meshes alone
     },
     "train": {
         "depth": Choice(18, 34, 50),  # torchvision ResNet depth: 18, 34 or 50

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy.optimize import nnls
+from scipy.sparse.linalg import svds
 from tqdm import tqdm
 
 from stages.common.io import save_npz
@@ -249,12 +250,46 @@ def read_neutral_list(path: Path | str, table: pd.DataFrame) -> np.ndarray:
     return where[wanted.to_numpy()].to_numpy().astype(np.int64)
 
 
+def expression_modes(verts, subjects: np.ndarray, usable: np.ndarray, neutral: np.ndarray, n_modes: int,
+                     max_frames: int, seed: int) -> np.ndarray:
+    """Stand-ins for the ARKit blendshapes when the data has none -> (K, V, 3) metres, K <= n_modes.
+
+    The expression displacements x_f - x_n(f) of up to `max_frames` frames f (a seeded draw
+    among the usable rows that are no subject's neutral frame), each from its subject's neutral
+    frame n(f), are factored by a truncated SVD. Mode k is the neutral frames' mean plus the
+    k-th right singular vector at the largest displacement the frames reach along it, as a
+    blendshape is its expression at full activation. With the neutral meshes the PCA then spans
+    identity and the data's main expressions, where the neutral meshes alone span no expression.
+
+    verts: (N, V, 3) metres, indexed by arrays of rows (an array or a stages.common.rowfile
+    RowReader); subjects (N,) subject ids; usable (N,) bool rows with labels; neutral (S,) the
+    row of each subject's neutral frame (select_neutral_frames); K = min(n_modes, frames - 1).
+    """
+    subjects = np.asarray(subjects)
+    neutral_of = dict(zip(subjects[neutral].tolist(), neutral.tolist()))
+    candidates = np.flatnonzero(usable & ~np.isin(np.arange(len(subjects)), neutral)
+                                & np.isin(subjects, list(neutral_of)))
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(candidates, min(max_frames, len(candidates)), replace=False))
+    n_modes = min(n_modes, len(rows) - 1)
+    shape = np.asarray(verts[neutral[:1]]).shape[1:]
+    if n_modes < 1:
+        return np.zeros((0,) + shape)
+    base = np.array([neutral_of[s] for s in subjects[rows].tolist()])
+    displacements = (np.asarray(verts[rows], np.float64) - np.asarray(verts[base], np.float64)).reshape(len(rows), -1)
+    _, _, vt = svds(displacements, k=n_modes, rng=np.random.default_rng(seed))
+    vt = vt[::-1]                                       # svds: ascending singular values
+    reach = np.abs(displacements @ vt.T).max(0)
+    mean = np.asarray(verts[neutral], np.float64).mean(0)
+    return mean + (reach[:, None] * vt).reshape((n_modes,) + shape)
+
+
 def read_blendshapes(folder: Path | str, n_verts: int) -> np.ndarray:
     """The 51 ARKit blendshape meshes <folder>/<Name>.obj -> (51, V, 3) metres.
 
     A folder with no .obj file at all stands for "no blendshapes" (NO_BLENDSHAPES, for data
-    that comes without them): a warning is logged and (0, V, 3) returned, and the PCA is fitted
-    on the neutral meshes alone. A missing folder, or a folder with some of the meshes, is an
+    that comes without them): a warning is logged and (0, V, 3) returned (the pca stage then puts
+    expression modes of the data in their place: expression_modes). A missing folder, or a folder with some of the meshes, is an
     error naming it.
     """
     folder = Path(folder)
@@ -262,7 +297,7 @@ def read_blendshapes(folder: Path | str, n_verts: int) -> np.ndarray:
         raise FileNotFoundError(f"{folder}: blendshape folder not found (set data.blendshapes; data without "
                                 f"ARKit blendshapes: data.blendshapes: {NO_BLENDSHAPES})")
     if not any(folder.glob("*.obj")):
-        log.warning("%s: no blendshape meshes: the PCA is fitted on the neutral meshes alone", folder)
+        log.warning("%s: no blendshape meshes", folder)
         return np.zeros((0, n_verts, 3))
     missing = [name for name in ARKIT_BLENDSHAPES if not (folder / f"{name}.obj").is_file()]
     if missing:

@@ -105,10 +105,11 @@ def test_coarse_stages_follow_crop_source(clone):
 
 
 @pytest.mark.slow
-def test_data_without_blendshapes_fits_the_pca_on_neutral_meshes(clone):
+def test_data_without_blendshapes_fits_the_pca_on_neutral_meshes_and_data_expressions(clone):
     work, env = clone
     _run(["dvc", "repro", "split"], work, env)
     log = _run(["dvc", "exp", "run", "-S", "data.blendshapes=data/no_blendshapes", "pca"], work, env)
     assert "pca" in _stages_run(log)
     metrics = json.loads((work / "artifacts" / "pca" / "metrics.json").read_text())
-    assert metrics["n_blendshapes"] == 0 and metrics["n_meshes"] == metrics["n_neutral"]
+    assert metrics["n_blendshapes"] == 0 and metrics["n_data_expressions"] > 0
+    assert metrics["n_meshes"] == metrics["n_neutral"] + metrics["n_data_expressions"]
