@@ -289,8 +289,8 @@ def read_blendshapes(folder: Path | str, n_verts: int) -> np.ndarray:
 
     A folder with no .obj file at all stands for "no blendshapes" (NO_BLENDSHAPES, for data
     that comes without them): a warning is logged and (0, V, 3) returned (the pca stage then puts
-    expression modes of the data in their place: expression_modes). A missing folder, or a folder with some of the meshes, is an
-    error naming it.
+    expression modes of the data in their place: expression_modes). A missing folder, or a
+    folder with some of the meshes, is an error naming it.
     """
     folder = Path(folder)
     if not folder.is_dir():
