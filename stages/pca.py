@@ -75,9 +75,10 @@ def data_expressions(table: pd.DataFrame, verts: RowReader, labelled: np.ndarray
     EXPRESSION_FRAMES of them), or none when pca.data_expressions is 0."""
     if not n_modes:
         return np.zeros((0,) + verts.shape[1:])
-    log.info("no blendshapes: %d expression modes from up to %d training frames stand in for them", n_modes,
+    modes = expression_modes(verts, table.subject_id.to_numpy(), labelled, neutral, n_modes, EXPRESSION_FRAMES, seed)
+    log.info("no blendshapes: %d expression modes of up to %d training frames stand in for them", len(modes),
              EXPRESSION_FRAMES)
-    return expression_modes(verts, table.subject_id.to_numpy(), labelled, neutral, n_modes, EXPRESSION_FRAMES, seed)
+    return modes
 
 
 def neutral_check(table: pd.DataFrame, chosen: np.ndarray) -> dict:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from stages.face.warp import apply_warp, eye_line_angle, fit_similarity, rotation_angle
+from stages.face.warp import DegenerateLandmarks, apply_warp, eye_line_angle, fit_similarity, rotation_angle
 from stages.wcpa.camera import Camera, euler_from_rt, make_rt, opencv_to_rt
 
 ROTATIONS = ("eye_line", "pose")
@@ -43,7 +43,7 @@ def pnp_roll(camera: Camera, model_points: np.ndarray, landmarks: np.ndarray) ->
             found, rvec, tvec = cv2.solvePnP(model, np.ascontiguousarray(points), camera.K, None, rvec, tvec,
                                              useExtrinsicGuess=True, flags=cv2.SOLVEPNP_ITERATIVE)
         if not found:
-            raise ValueError("degenerate landmarks: the head pose's PnP failed on them"
+            raise DegenerateLandmarks("degenerate landmarks: the head pose's PnP failed on them"
                              + (f" (row {index})" if len(landmarks) > 1 else ""))
         rotations[index], shifts[index] = cv2.Rodrigues(rvec)[0], tvec.ravel()
     return euler_from_rt(opencv_to_rt(rotations, shifts))[..., 2] if len(landmarks) else np.empty(0)
@@ -54,7 +54,7 @@ def crop_warps(landmarks: np.ndarray, reference: np.ndarray, rotation: str,
     """Landmarks (N, L, 2) full px -> crop warps (N, 2, 3) full px -> crop px.
 
     rotation: 'eye_line' or 'pose' (which needs the camera and the model's landmark vertices).
-    Raises ValueError for degenerate landmarks.
+    Raises DegenerateLandmarks for landmarks no warp fits.
     """
     if rotation == "eye_line":
         angle = eye_line_angle(landmarks)
@@ -69,20 +69,20 @@ def fitted_crop_warps(landmarks: np.ndarray, reference: np.ndarray, rotation: st
                       camera: Camera | None = None, model_points: np.ndarray | None = None
                       ) -> tuple[np.ndarray, dict[int, str]]:
     """crop_warps that fails row by row: warps (N, 2, 3), NaN in the rows whose landmarks
-    (N, L, 2) full px no warp fits (collapsed or mirrored points, a failed PnP), and those
-    rows' problems {row: message}. One call on the whole batch when every row fits; otherwise
+    (N, L, 2) full px no warp fits (DegenerateLandmarks: collapsed or mirrored points, a failed
+    PnP), and those rows' problems {row: message}; any other error propagates. One call on the whole batch when every row fits; otherwise
     each row alone (the same numbers: a warp depends on its own row only)."""
     if rotation not in ROTATIONS:
         raise ValueError(f"unknown crop rotation {rotation!r}; choose one of {', '.join(ROTATIONS)}")
     try:
         return crop_warps(landmarks, reference, rotation, camera, model_points), {}
-    except ValueError:
+    except DegenerateLandmarks:
         pass
     warps, problems = np.full((len(landmarks), 2, 3), np.nan), {}
     for row in range(len(landmarks)):
         try:
             warps[row] = crop_warps(landmarks[row:row + 1], reference, rotation, camera, model_points)[0]
-        except ValueError as err:
+        except DegenerateLandmarks as err:
             problems[row] = str(err)
     return warps, problems
 

@@ -257,8 +257,9 @@ def expression_modes(verts, subjects: np.ndarray, usable: np.ndarray, neutral: n
     The expression displacements x_f - x_n(f) of up to `max_frames` frames f (a seeded draw
     among the usable rows that are no subject's neutral frame), each from its subject's neutral
     frame n(f), are factored by a truncated SVD. Mode k is the neutral frames' mean plus the
-    k-th right singular vector at the largest displacement the frames reach along it, as a
-    blendshape is its expression at full activation. With the neutral meshes the PCA then spans
+    displacement along the k-th right singular vector that the frames reach farthest, on the
+    side they reach it (the vector's sign is arbitrary), as a blendshape is its expression at
+    full activation. With the neutral meshes the PCA then spans
     identity and the data's main expressions, where the neutral meshes alone span no expression.
 
     verts: (N, V, 3) metres, indexed by arrays of rows (an array or a stages.common.rowfile
@@ -278,10 +279,10 @@ def expression_modes(verts, subjects: np.ndarray, usable: np.ndarray, neutral: n
     base = np.array([neutral_of[s] for s in subjects[rows].tolist()])
     displacements = (np.asarray(verts[rows], np.float64) - np.asarray(verts[base], np.float64)).reshape(len(rows), -1)
     _, _, vt = svds(displacements, k=n_modes, rng=np.random.default_rng(seed))
-    vt = vt[::-1]                                       # svds: ascending singular values
-    reach = np.abs(displacements @ vt.T).max(0)
+    along = displacements @ vt[::-1].T                  # (frames, K); svds: ascending singular values
+    reach = along[np.abs(along).argmax(0), np.arange(n_modes)]     # the signed extreme of each direction
     mean = np.asarray(verts[neutral], np.float64).mean(0)
-    return mean + (reach[:, None] * vt).reshape((n_modes,) + shape)
+    return mean + (reach[:, None] * vt[::-1]).reshape((n_modes,) + shape)
 
 
 def read_blendshapes(folder: Path | str, n_verts: int) -> np.ndarray:

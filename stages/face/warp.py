@@ -14,6 +14,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+
+class DegenerateLandmarks(ValueError):
+    """Landmarks that no crop warp fits (coincident, collapsed or mirrored points, a failed PnP)."""
+
 RIGHT_EYE = slice(36, 42)
 LEFT_EYE = slice(42, 48)
 
@@ -143,8 +147,8 @@ def eye_line_angle(landmarks: np.ndarray) -> np.ndarray:
 def fit_similarity(landmarks: np.ndarray, reference: np.ndarray, angle: np.ndarray) -> np.ndarray:
     """Similarity warps (..., 2, 3) with a fixed rotation `angle` (...,) (radians, as in
     `similarity`) whose scale and shift best map landmarks (..., L, 2) onto reference (L, 2) in
-    the least-squares sense. Raises ValueError for degenerate landmarks (a scale that is not
-    positive: coincident, collapsed or mirrored points)."""
+    the least-squares sense. Raises DegenerateLandmarks where the scale is not positive
+    (coincident, collapsed or mirrored points)."""
     landmarks = np.asarray(landmarks, dtype=np.float64)
     reference = np.asarray(reference, dtype=np.float64)
     angle = np.broadcast_to(np.asarray(angle, dtype=np.float64), landmarks.shape[:-2])
@@ -155,8 +159,8 @@ def fit_similarity(landmarks: np.ndarray, reference: np.ndarray, angle: np.ndarr
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = (centred * (reference - ref_mean)).sum((-1, -2)) / (centred ** 2).sum((-1, -2))
     if np.any(~np.isfinite(scale)) or np.any(scale <= 0):
-        raise ValueError("degenerate landmarks: no similarity at the crop's rotation maps them onto the reference "
-                         "(scale <= 0: coincident, collapsed or mirrored points)")
+        raise DegenerateLandmarks("degenerate landmarks: no similarity at the crop's rotation maps them onto the "
+                                  "reference (scale <= 0: coincident, collapsed or mirrored points)")
     return similarity(angle, scale, landmarks.mean(-2), np.broadcast_to(ref_mean, landmarks.shape[:-2] + (2,)))
 
 

@@ -73,3 +73,5 @@ def test_rows_no_warp_fits_are_nan_with_their_problem_and_leave_the_others_as_th
     assert np.array_equal(warps[good], crop_warps(landmarks[good], *args))
     whole, none = fitted_crop_warps(landmarks, *args)
     assert none == {} and np.array_equal(whole, crop_warps(landmarks, *args))
+    with pytest.raises(ValueError, match="broadcast"):       # not the data's fault: not a row's problem
+        fitted_crop_warps(spoiled, reference[:60], rotation, camera, verts[kpt_ind])

@@ -130,3 +130,27 @@ def test_expression_modes_span_the_expressions_the_neutral_meshes_miss():
     assert reconstruction_errors(with_modes, meshes[usable]).max() < 0.05
     assert reconstruction_errors(alone, meshes[usable]).max() > 0.5
     assert len(expression_modes(meshes, subjects, usable, neutral, 6, 3, seed=0)) == 2   # at most frames - 1
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_each_expression_mode_lies_where_the_frames_reach_along_it(seed):
+    """A mode is its expression at full activation: some frame's displacement from its subject's
+    neutral frame reaches the mode's displacement from the neutrals' mean along its direction, on
+    the same side (a singular vector's sign is arbitrary; frames that are non-negative mixes of
+    blendshapes reach each direction on one side only)."""
+    rng = np.random.default_rng(5)
+    template = symmetric_template(15, rng)
+    table, meshes = make_faces(rng, template, 30, ["neutral", "smile", "talk", "frown"], 3,
+                               face_blendshapes(rng, template)[:6])
+    subjects = table.subject_id.to_numpy()
+    first = (table.facial_action == "neutral").to_numpy() & (table.img_id == "00000").to_numpy()
+    neutral = np.flatnonzero(first)
+    modes = expression_modes(meshes, subjects, np.ones(len(table), bool), neutral, 6, 1000, seed)
+    of_subject = dict(zip(subjects[neutral], neutral))
+    frames = np.flatnonzero(~first)
+    displacements = (meshes[frames].astype(np.float64)
+                     - meshes[[of_subject[s] for s in subjects[frames]]]).reshape(len(frames), -1)
+    offsets = (modes - meshes[neutral].astype(np.float64).mean(0)).reshape(len(modes), -1)
+    lengths = np.linalg.norm(offsets, axis=1)
+    reached = (displacements @ (offsets / lengths[:, None]).T).max(0)
+    np.testing.assert_allclose(reached, lengths, rtol=1e-9)
