@@ -123,8 +123,8 @@ def fitted_rows(table: pd.DataFrame, landmarks: np.ndarray, files: list[str], va
                 bad: BadInputs) -> tuple[np.ndarray, np.ndarray]:
     """The crop warps (N, 2, 3) at crop.rotation `rotation` of the `valid` rows (N,) bool
     (identity elsewhere) and the valid rows a warp was fitted to: landmarks that pass
-    `valid_rows` but that no warp fits (collapsed or mirrored points, a failed PnP) stop the
-    stage with their file, or are recorded (data.skip_bad)."""
+    `valid_rows` but that no warp fits (a failed PnP of the head pose) stop the stage with their
+    file, or are recorded (data.skip_bad)."""
     warps = np.tile(np.eye(2, 3), (len(table), 1, 1))
     rows = np.flatnonzero(valid)
     warps[rows], problems = warps_of(landmarks[rows], reference, rotation, camera, model_points, workers)

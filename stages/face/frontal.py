@@ -69,8 +69,8 @@ def fitted_crop_warps(landmarks: np.ndarray, reference: np.ndarray, rotation: st
                       camera: Camera | None = None, model_points: np.ndarray | None = None
                       ) -> tuple[np.ndarray, dict[int, str]]:
     """crop_warps that fails row by row: warps (N, 2, 3), NaN in the rows whose landmarks
-    (N, L, 2) full px no warp fits (DegenerateLandmarks: collapsed or mirrored points, a failed
-    PnP), and those rows' problems {row: message}; any other error propagates. One call on the whole batch when every row fits; otherwise
+    (N, L, 2) full px no warp fits (DegenerateLandmarks: coincident or non-finite points, a
+    failed PnP), and those rows' problems {row: message}; any other error propagates. One call on the whole batch when every row fits; otherwise
     each row alone (the same numbers: a warp depends on its own row only)."""
     if rotation not in ROTATIONS:
         raise ValueError(f"unknown crop rotation {rotation!r}; choose one of {', '.join(ROTATIONS)}")
@@ -115,30 +115,33 @@ def crop_quality(camera: Camera, verts: np.ndarray, R_t: np.ndarray, warps: np.n
 
 
 MIN_INSIDE = 0.5     # fraction of the landmarks inside the image that a crop needs
+MIN_SPREAD = 0.01    # the least extent of a face's landmarks, as a fraction of the image's shorter side
 
 
-def landmark_checks(landmarks: np.ndarray, width: int, height: int,
-                    min_spread: float = 1.0) -> dict[str, np.ndarray]:
+def landmark_checks(landmarks: np.ndarray, width: int, height: int) -> dict[str, np.ndarray]:
     """The tests landmarks (..., L, 2) px must pass for a crop, each (...,) bool: 'finite', 'inside'
-    (at least MIN_INSIDE of the points in the width x height image) and 'spread' (not all points equal)."""
+    (at least MIN_INSIDE of the points in the width x height image) and 'spread' (their extent at
+    least MIN_SPREAD of the image's shorter side, 8 px at 800 x 800: a collapsed detection is no
+    face, and a crop would blow its few pixels up)."""
     landmarks = np.asarray(landmarks, dtype=np.float64)
     with np.errstate(invalid="ignore"):
         inside = ((landmarks >= 0) & (landmarks <= [width, height])).all(-1)
-        spread = np.ptp(landmarks, axis=-2).max(-1) >= min_spread if landmarks.shape[-2] else \
+        spread = np.ptp(landmarks, axis=-2).max(-1) >= MIN_SPREAD * min(width, height) if landmarks.shape[-2] else \
             np.zeros(landmarks.shape[:-2], bool)
     return {"finite": np.isfinite(landmarks).all((-1, -2)), "inside": inside.mean(-1) >= MIN_INSIDE,
             "spread": spread}
 
 
-def landmark_problem(landmarks: np.ndarray, width: int, height: int, min_spread: float = 1.0) -> str:
+def landmark_problem(landmarks: np.ndarray, width: int, height: int) -> str:
     """What makes landmarks (L, 2) px unusable for a crop ('' when nothing): non-finite values,
-    most points outside the width x height image, or all points (nearly) equal (landmark_checks)."""
-    checks = landmark_checks(landmarks, width, height, min_spread)
+    most points outside the width x height image, or an extent too small for a face (landmark_checks)."""
+    checks = landmark_checks(landmarks, width, height)
     if not checks["finite"]:
         return "landmarks are not finite"
     if not checks["inside"]:
         outside = int((~((np.asarray(landmarks) >= 0) & (np.asarray(landmarks) <= [width, height])).all(-1)).sum())
         return f"landmarks outside the {width}x{height} image ({outside} of {len(landmarks)} points)"
     if not checks["spread"]:
-        return "degenerate landmarks (all points equal)"
+        return (f"degenerate landmarks: they span {np.ptp(np.asarray(landmarks), axis=0).max():.1f} px, under "
+                f"{MIN_SPREAD:.0%} of the image's shorter side ({MIN_SPREAD * min(width, height):.0f} px): no face")
     return ""

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from stages import crop, crop_sheet
-from stages.face import cropping
+from stages.face import cropping, frontal
 from stages.wcpa import decode
 from stages.coarse.targets import project_landmarks
 from stages.common.badinput import TooManyBadInputs
@@ -104,14 +104,13 @@ def test_corrupt_image_stops_with_its_name(tiny):
 
 
 def _collapsed(landmarks: np.ndarray) -> np.ndarray:
-    """A collapsed detection (L, 2) at the landmarks' centre: the points within a few px (seed 4:
-    no similarity at the head pose's roll maps them onto the reference with a positive scale,
-    though they pass the landmark checks)."""
-    return landmarks.mean(0) + np.random.default_rng(4).normal(0, 1.0, landmarks.shape)
+    """A collapsed detection (L, 2) at the landmarks' centre: the points within a few px, under
+    1 % of the image's side."""
+    return landmarks.mean(0) + np.random.default_rng(4).normal(0, 0.1, landmarks.shape)
 
 
 @pytest.mark.parametrize("spoil,reason", [(lambda row: 5000.0, "outside"), (lambda row: row[0], "degenerate"),
-                                          (_collapsed, "degenerate landmarks: no similarity")])
+                                          (_collapsed, "degenerate landmarks: they span")])
 def test_bad_landmarks_stop_with_the_file_and_row(tiny, spoil, reason):
     params, tmp, split_dir, coarse_dir = tiny
     landmarks = np.load(coarse_dir / "val.npy")
@@ -122,15 +121,23 @@ def test_bad_landmarks_stop_with_the_file_and_row(tiny, spoil, reason):
     assert not (tmp / "crop").exists()
 
 
-def test_landmarks_no_warp_fits_are_skipped_in_their_row_alone(tiny):
-    """Under data.skip_bad a collapsed detection is listed with its file and reason, its crop
-    and warp are left out (NaN), and every other row gets the crop of a run without it."""
+def test_landmarks_no_warp_fits_are_skipped_in_their_row_alone(tiny, monkeypatch):
+    """Under data.skip_bad a row whose head-pose PnP fails (the crop's rotation) is listed with
+    its file and reason, its crop and warp are left out (NaN), and every other row gets the crop
+    of a run without it."""
     params, tmp, split_dir, coarse_dir = tiny
     params = params.replace(data={"skip_bad": True})
     run(params, tmp / "clean", split_dir, coarse_dir)
     landmarks = np.load(coarse_dir / "val.npy")
-    landmarks[1] = _collapsed(landmarks[1])
-    np.save(coarse_dir / "val.npy", landmarks)
+    fails = landmarks[1].copy()
+    pnp_roll = frontal.pnp_roll
+
+    def failing(camera, model_points, batch):
+        if any(np.array_equal(row, fails) for row in batch):
+            raise frontal.DegenerateLandmarks("degenerate landmarks: the head pose's PnP failed on them")
+        return pnp_roll(camera, model_points, batch)
+
+    monkeypatch.setattr(frontal, "pnp_roll", failing)
     metrics = run(params, tmp, split_dir, coarse_dir)
     skipped = pd.read_csv(tmp / "crop/skipped.csv")
     assert len(skipped) == 1 and skipped.file[0].endswith("val.npy row 1")

@@ -12,6 +12,7 @@ from stages.coarse.confidence import confidence, no_face_reason
 from stages.coarse.detector import save_detector
 from stages.coarse.model import LandmarkNet
 from stages.common.identity import path_digest
+from stages.face import frontal
 from stages.face.frontal import reference_shape
 from stages.face.mesh import flip_permutation
 from stages.face.pca import PCABasis, fit_pca
@@ -198,15 +199,16 @@ def test_pinhole_camera_has_the_focal_length_and_a_centred_principal_point():
 
 
 
-def test_a_detection_no_crop_fits_stops_naming_the_image(project, monkeypatch, tmp_path):
-    """A detector that answers a shapeless cloud of points (seed 4 of the crop stage's collapsed
-    detection, spread to a converged detection's box) passes the confidence gate, but no crop
-    warp at the head pose's roll fits it: predict stops with the image's name and the reason."""
+
+def test_a_detection_no_crop_fits_stops_naming_the_image(project, face_detector, monkeypatch, tmp_path):
+    """A detection whose head-pose PnP fails (the crop's rotation: no warp fits it) stops predict
+    with the image's name and the reason."""
     root, params, tables = project
-    cloud = np.random.default_rng(4).normal(0, 1.0, (68, 2))
-    cloud = (cloud - (cloud.min(0) + cloud.max(0)) / 2) / np.ptp(cloud, 0).max() / DETECTOR["refine_margin"] + 0.5
-    unit = torch.as_tensor(cloud, dtype=torch.float32)
-    monkeypatch.setattr(LandmarkNet, "forward", lambda self, image: unit.expand(len(image), -1, -1) * image.shape[-1])
+
+    def failing(camera, model_points, landmarks):
+        raise frontal.DegenerateLandmarks("degenerate landmarks: the head pose's PnP failed on them")
+
+    monkeypatch.setattr(frontal, "pnp_roll", failing)
     image = image_path(root / "data", tables["test"].iloc[0])
     with pytest.raises(predict.PredictError, match=r"00000_ar.jpg: no crop fits the detected face \(degenerate"):
         predict.run(params, [image], tmp_path / "out", artifacts=root / "artifacts")
