@@ -27,6 +27,8 @@ from stages.common.io import save_json, save_npy
 from stages.common.params import Params
 from stages.common.rowfile import RowReader, RowWriter
 from stages.common.stage import stage_main
+from stages.face import ibug68
+from stages.face.mesh import flip_asymmetry_mm, kpt_flip_permutation
 from stages.face.pca import (PCABasis, expression_modes, fit_pca, read_blendshapes, read_neutral_list,
                              reconstruction_errors, select_neutral_frames, vertex_flip)
 from stages.wcpa.layout import iter_labels, labelled_rows, load_resources, read_list, write_list
@@ -79,6 +81,30 @@ def data_expressions(table: pd.DataFrame, verts: RowReader, labelled: np.ndarray
     log.info("no blendshapes: %d expression modes of up to %d training frames stand in for them", len(modes),
              EXPRESSION_FRAMES)
     return modes
+
+
+def flip_check(mean: np.ndarray, perm: np.ndarray, kpt_ind: np.ndarray) -> dict:
+    """How well the vertex flip permutation (V,) mirrors the mean training mesh (V, 3): the miss
+    per vertex, mean and max mm (stages.face.mesh.flip_asymmetry_mm; a network trained with flips
+    learns half of it as a bias), and, for 68 landmarks, whether it pairs them as the iBUG-68
+    mirror table does (the nearly coincident inner lips of a closed mouth can be paired the wrong
+    way round). A warning when the landmarks disagree."""
+    miss = flip_asymmetry_mm(mean, perm)
+    check = {"asymmetry_mean_mm": float(miss.mean()), "asymmetry_max_mm": float(miss.max())}
+    if len(kpt_ind) == ibug68.N_POINTS:
+        try:
+            pairs = kpt_flip_permutation(kpt_ind, perm)
+        except ValueError:
+            pairs = np.full(len(kpt_ind), -1)          # a landmark vertex's mirror is no landmark
+        differ = np.flatnonzero(pairs != ibug68.MIRROR)
+        check["landmark_pairs_as_ibug68"] = not len(differ)
+        if len(differ):
+            log.warning("the vertex flip pairs landmarks %s with %s (-1: no landmark), the iBUG-68 table with %s: "
+                        "flipped training targets and the flip-merge move those points", differ.tolist(),
+                        pairs[differ].tolist(), ibug68.MIRROR[differ].tolist())
+    log.info("vertex flip: the mean training mesh mirrored misses itself by %.3f mm (mean), %.3f mm (max)",
+             check["asymmetry_mean_mm"], check["asymmetry_max_mm"])
+    return check
 
 
 def neutral_check(table: pd.DataFrame, chosen: np.ndarray) -> dict:
@@ -158,7 +184,10 @@ def run(params: Params, out: Path = Path("artifacts/pca"), split_dir: Path = Pat
         save_npy(out / f"poses_{split}.npy", poses[split])
         metrics[f"reconstruction_{split}"] = error_summary(errors)
         metrics[f"skipped_{split}"] = int((~labelled[split]).sum())
-    basis.save(out / "basis.npz", **vertex_flip(mean_mesh["train"]))
+    flip = vertex_flip(mean_mesh["train"])
+    basis.save(out / "basis.npz", **flip)
+    if "flip_perm" in flip:
+        metrics["flip"] = flip_check(mean_mesh["train"], flip["flip_perm"], resources.kpt_ind)
     write_list(out / "neutral.csv", tables["train"].iloc[chosen])
     save_json(out / "metrics.json", metrics)
     return metrics

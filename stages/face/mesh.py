@@ -53,3 +53,12 @@ def kpt_flip_permutation(kpt_ind: np.ndarray, perm: np.ndarray) -> np.ndarray:
         return np.array([where[int(perm[v])] for v in kpt_ind], dtype=np.int64)
     except KeyError:
         raise ValueError("the landmark vertices are not closed under the flip permutation") from None
+
+
+def flip_asymmetry_mm(mean: np.ndarray, perm: np.ndarray) -> np.ndarray:
+    """How far (V,) in mm the flip misses a mesh (V, 3) metres: |flip_mesh(mean) - mean| per
+    vertex. A mirrored training target puts vertex i at the mirror of vertex perm[i]; on the
+    mean training mesh that is off by this much, and a network trained with flips (or merged
+    with its mirror pass) learns half of it as a bias. 0 for an exactly symmetric mesh."""
+    mean = np.asarray(mean, dtype=np.float64)
+    return 1000 * np.linalg.norm(flip_mesh(mean, perm) - mean, axis=-1)

@@ -36,6 +36,7 @@ def test_pca_stage_writes_basis_coefficients_and_metrics(tmp_path, monkeypatch):
     assert metrics["neutral"]["neutral_accuracy"] == 1.0
     assert metrics["reconstruction_train"]["mean_mm"] < metrics["reconstruction_train"]["max_mm"]
     assert (out / "neutral.csv").read_text().count("neutral") == 4
+    assert 0 <= metrics["flip"]["asymmetry_mean_mm"] <= metrics["flip"]["asymmetry_max_mm"]
 
 
 def _corrupt_one_train_info(root) -> tuple[int, str]:

@@ -114,3 +114,23 @@ def test_basis_of_symmetric_meshes_keeps_its_flip_permutation(tmp_path):
     entry = vertex_flip(template[None])
     _basis(template).save(tmp_path / "basis.npz", **entry)
     assert np.array_equal(load_flip_perm(tmp_path / "basis.npz", "unused"), flip_permutation(template))
+
+
+def test_the_flip_check_measures_the_mean_meshs_asymmetry_and_the_landmark_pairs(caplog):
+    """pca's metrics: a symmetric mesh mirrors onto itself (0 mm) with its landmarks paired as
+    the iBUG-68 table pairs them; its symmetry plane moved 1 mm off x = 0, the mirror misses
+    every vertex by 2 mm; two inner-lip vertices traded (a valid involution of the mesh), the
+    landmarks disagree with the table and a warning names them."""
+    from stages.pca import flip_check
+    model = build_face_model()
+    perm = flip_permutation(model.template)
+    check = flip_check(model.template, perm, model.kpt_ind)
+    assert check["asymmetry_max_mm"] < 1e-9 and check["landmark_pairs_as_ibug68"]
+    moved = flip_check(model.template + [0.001, 0.0, 0.0], perm, model.kpt_ind)
+    assert moved["asymmetry_mean_mm"] == pytest.approx(2.0) and moved["asymmetry_max_mm"] == pytest.approx(2.0)
+    template = model.template.copy()
+    v63, v67 = model.kpt_ind[63], model.kpt_ind[67]
+    template[[v63, v67]] = template[[v67, v63]]
+    with caplog.at_level(logging.WARNING):
+        swapped = flip_check(template, flip_permutation(template), model.kpt_ind)
+    assert not swapped["landmark_pairs_as_ibug68"] and "pairs landmarks [61, 63, 65, 67]" in caplog.text
