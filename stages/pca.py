@@ -75,11 +75,10 @@ def data_expressions(table: pd.DataFrame, verts: RowReader, labelled: np.ndarray
     """Without blendshapes: n_modes expression meshes (K, V, 3) from the training frames'
     displacements from their subject's neutral frame (stages.face.pca.expression_modes, on
     EXPRESSION_FRAMES of them), or none when pca.data_expressions is 0."""
-    if not n_modes:
-        return np.zeros((0,) + verts.shape[1:])
     modes = expression_modes(verts, table.subject_id.to_numpy(), labelled, neutral, n_modes, EXPRESSION_FRAMES, seed)
-    log.info("no blendshapes: %d expression modes of up to %d training frames stand in for them", len(modes),
-             EXPRESSION_FRAMES)
+    if len(modes):
+        log.info("no blendshapes: %d expression modes of up to %d training frames stand in for them", len(modes),
+                 EXPRESSION_FRAMES)
     return modes
 
 
@@ -96,12 +95,11 @@ def flip_check(mean: np.ndarray, perm: np.ndarray, kpt_ind: np.ndarray) -> dict:
             pairs = kpt_flip_permutation(kpt_ind, perm)
         except ValueError:
             pairs = np.full(len(kpt_ind), -1)          # a landmark vertex's mirror is no landmark
-        differ = np.flatnonzero(pairs != ibug68.MIRROR)
-        check["landmark_pairs_as_ibug68"] = not len(differ)
-        if len(differ):
-            log.warning("the vertex flip pairs landmarks %s with %s (-1: no landmark), the iBUG-68 table with %s: "
-                        "flipped training targets and the flip-merge move those points", differ.tolist(),
-                        pairs[differ].tolist(), ibug68.MIRROR[differ].tolist())
+        mismatch = ibug68.mirror_mismatch(pairs)
+        check["landmark_pairs_as_ibug68"] = not mismatch
+        if mismatch:
+            log.warning("the vertex flip %s (-1: no landmark): flipped training targets and the flip-merge move "
+                        "those points", mismatch)
     log.info("vertex flip: the mean training mesh mirrored misses itself by %.3f mm (mean), %.3f mm (max)",
              check["asymmetry_mean_mm"], check["asymmetry_max_mm"])
     return check

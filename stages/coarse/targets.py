@@ -51,10 +51,9 @@ def landmark_flip_order(resources: Resources) -> np.ndarray | None:
     except ValueError as err:
         from_mesh, reason = None, f"resources/example.obj gives no landmark mirror order ({err})"
     if resources.n_kpts == ibug68.N_POINTS:
-        if from_mesh is not None and not np.array_equal(from_mesh, ibug68.MIRROR):
-            differ = np.flatnonzero(from_mesh != ibug68.MIRROR)
-            log.warning("the template's mirror pairs landmarks %s with %s, the iBUG-68 table with %s: using the "
-                        "table", differ.tolist(), from_mesh[differ].tolist(), ibug68.MIRROR[differ].tolist())
+        mismatch = "" if from_mesh is None else ibug68.mirror_mismatch(from_mesh)
+        if mismatch:
+            log.warning("the template's mirror %s: using the table", mismatch)
         return ibug68.MIRROR.copy()
     if from_mesh is None:
         log.warning("%s, and %d landmarks are not the iBUG-68 set: horizontal flips are off", reason, resources.n_kpts)

@@ -22,3 +22,14 @@ MIRROR = np.array(
     + [67, 66, 65],                            # lower inner lip 65..67 <-> 67..65
     dtype=np.int64)
 N_POINTS = len(MIRROR)
+
+
+def mirror_mismatch(order: np.ndarray) -> str:
+    """Where a mirror order (68,) of the landmarks (-1: no landmark) differs from MIRROR: 'pairs
+    landmarks [...] with [...], the iBUG-68 table with [...]', or '' where it does not."""
+    order = np.asarray(order)
+    differ = np.flatnonzero(order != MIRROR)
+    if not len(differ):
+        return ""
+    return (f"pairs landmarks {differ.tolist()} with {order[differ].tolist()}, the iBUG-68 table with "
+            f"{MIRROR[differ].tolist()}")

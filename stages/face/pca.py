@@ -273,7 +273,7 @@ def expression_modes(verts, subjects: np.ndarray, usable: np.ndarray, neutral: n
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(candidates, min(max_frames, len(candidates)), replace=False))
     n_modes = min(n_modes, len(rows) - 1)
-    shape = np.asarray(verts[neutral[:1]]).shape[1:]
+    shape = verts.shape[1:]
     if n_modes < 1:
         return np.zeros((0,) + shape)
     base = np.array([neutral_of[s] for s in subjects[rows].tolist()])

@@ -14,15 +14,13 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-
+RIGHT_EYE = slice(36, 42)
+LEFT_EYE = slice(42, 48)
 MIN_CORRELATION = 0.5    # the least the layout's correlation with the reference counts in a crop's scale
 
 
 class DegenerateLandmarks(ValueError):
     """Landmarks that no crop warp fits (coincident or non-finite points, a failed PnP)."""
-
-RIGHT_EYE = slice(36, 42)
-LEFT_EYE = slice(42, 48)
 
 
 def similarity(angle: np.ndarray, scale: np.ndarray, src_centre: np.ndarray,
