@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from dvclive import Live
 
 from stages.coarse.augment import Jitter
@@ -35,6 +36,7 @@ from stages.coarse.targets import landmark_flip_order, load_targets
 from stages.coarse.train import TrainConfig, train
 from stages.common.badinput import SKIPPED_FILE, BadInputs
 from stages.common.code import code_digest
+from stages.common.device import torch_path
 from stages.common.distributed import barrier, start_distributed
 from stages.common.identity import files_digest, path_digest, stat_digest
 from stages.common.io import atomic_dir, save_json
@@ -72,15 +74,19 @@ def data_identity(root: Path | str, tables: dict) -> dict[str, str]:
     return {"resources": path_digest(Path(root) / "resources"), "samples": files_digest(files)}
 
 
-def fingerprint(params: Params, tables: dict, data: dict[str, str], processes: int) -> str:
+def fingerprint(params: Params, tables: dict, data: dict[str, str], processes: int, device: torch.device) -> str:
     """Hash of what the training depends on: its params, the seed, the data root, the lists,
     the data's identity (data_identity, and the stat_digest of every listed image and label file:
     one replaced during an interruption), the number of processes (each takes its share of every
-    batch: a run of another world size is not resumed) and the digest of this stage's code."""
+    batch: a run of another world size is not resumed), the device's type with the view paths
+    that `auto` resolves to on it (their views differ by a grey level, and the step's precision
+    with the device) and the digest of this stage's code."""
+    cfg = params.coarse_train
     lists = [tables[split].to_csv(index=False) for split in SPLITS]
     files = stat_digest(path for split in SPLITS for kind in ("image", "info")
                         for path in sample_files(params.data.root, tables[split], kind))
-    return content_fingerprint([params.coarse_train.as_dict(), params.seed, params.data.root, data, lists, processes,
+    paths = {"device": device.type, "decode": torch_path(cfg.decode, device), "augment": torch_path(cfg.augment, device)}
+    return content_fingerprint([cfg.as_dict(), params.seed, params.data.root, data, lists, processes, paths,
                                 files, code_digest("stages.coarse_train")])
 
 
@@ -115,7 +121,7 @@ def run(params: Params, out: Path = Path("artifacts/coarse_train"),
         bad.finish(partial, total=total)
     prepared = time.perf_counter()
     identity = data_identity(data.root, tables)
-    checkpoints = Checkpoints(partial / "checkpoints", fingerprint(params, tables, identity, ctx.world), keep=1)
+    checkpoints = Checkpoints(partial / "checkpoints", fingerprint(params, tables, identity, ctx.world, ctx.device), keep=1)
     resuming = checkpoints.latest(cfg.epochs) is not None
     barrier(ctx)                         # every process has read its checkpoint before any is removed
     if ctx.main:

@@ -48,7 +48,7 @@ def jitter_warp(rng: np.random.Generator, jitter: Jitter, source: int, size: int
     cos, sin = np.cos(angle), np.sin(angle)
     linear = np.array([[cos, sin], [-sin, cos]]) @ np.diag([sx, sy])
     centre = np.array([source / 2, source / 2])
-    crop = (source - size) // 2
+    crop = (source - size) / 2          # the source's centre lands on the input's, odd sizes too
     return np.concatenate([linear, (centre + shift - crop - linear @ centre)[:, None]], axis=1)
 
 

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from stages.coarse.augment import Jitter, jitter_warp
 from stages.coarse.detector import Detector, save_detector
 from stages.coarse.model import BACKBONES, LandmarkNet, soft_argmax
+from stages.coarse.sources import source_size
 from stages.coarse.views import locate_warp, refine_warp
 from stages.common.schema import SCHEMA
 from stages.face.warp import apply_warp
@@ -86,3 +88,10 @@ def test_the_detector_reads_each_pass_once_also_with_the_flip_test(tmp_path, mon
     monkeypatch.setattr(detector, "_inputs", lambda *args: inputs)
     merged = detector._run("refine", [], np.tile(np.eye(2, 3), (2, 1, 1)), flip=True)
     np.testing.assert_array_equal(merged, (plain + mirrored) / 2)
+
+
+@pytest.mark.parametrize("size", [96, 97, 128])
+def test_an_unjittered_training_view_centres_the_source_as_the_prediction_view_does(size):
+    source = source_size(size)
+    warp = jitter_warp(np.random.default_rng(0), Jitter(shift=0.0, scale=1.0, rotate=0.0), source, size)
+    np.testing.assert_allclose(apply_warp(warp, np.array([[source / 2, source / 2]])), [[size / 2, size / 2]])

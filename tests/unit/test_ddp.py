@@ -17,7 +17,7 @@ from stages.common.distributed import Dist, mean_over_ranks
 from stages.finetuning.pnp_loss import masked_mean
 from stages.nets.trainer import TrainPaths, run_training
 from stages.wcpa.camera import Camera
-from stages.common.params import load_params
+from stages.common.params import apply_overrides, load_params
 from stages.wcpa.layout import image_path, write_list
 from tests.ddp_worker import (run_coarse_rank, run_masked_mean_rank, run_rank, run_share_weight_rank,
                                run_training_rank)
@@ -163,6 +163,19 @@ def test_coarse_train_resumes_only_a_run_of_the_same_world_size():
     tables = {split: pd.DataFrame({"subject_id": ["001"], "facial_action": ["smile"], "img_id": ["1"]})
               for split in coarse_train.SPLITS}
     data = {"resources": "r", "samples": "s"}
-    fingerprints = {world: coarse_train.fingerprint(params, tables, data, world) for world in (1, 2, 4)}
+    cpu = torch.device("cpu")
+    fingerprints = {world: coarse_train.fingerprint(params, tables, data, world, cpu) for world in (1, 2, 4)}
     assert len(set(fingerprints.values())) == 3
-    assert coarse_train.fingerprint(params, tables, data, 2) == fingerprints[2]
+    assert coarse_train.fingerprint(params, tables, data, 2, cpu) == fingerprints[2]
+
+
+def test_coarse_train_resumes_only_a_run_of_the_same_device_type_and_view_paths():
+    params = load_params("params.yaml")
+    tables = {split: pd.DataFrame({"subject_id": ["001"], "facial_action": ["smile"], "img_id": ["1"]})
+              for split in coarse_train.SPLITS}
+    data = {"resources": "r", "samples": "s"}
+    auto = apply_overrides(params, ["coarse_train.decode=auto", "coarse_train.augment=auto"])
+    key = {dev: coarse_train.fingerprint(auto, tables, data, 1, torch.device(dev)) for dev in ("cpu", "cuda")}
+    assert key["cpu"] != key["cuda"]          # auto: OpenCV views on the CPU, the torch path's on CUDA
+    forced = apply_overrides(params, ["coarse_train.decode=torch", "coarse_train.augment=auto"])
+    assert coarse_train.fingerprint(forced, tables, data, 1, torch.device("cpu")) != key["cpu"]
