@@ -1,9 +1,10 @@
 """Stage evaluate: the challenge score and the paper's metrics of one predictor, on val and test.
 
 `python -m stages.evaluate --predictor NAME` reads artifacts/NAME/predictions_{val,test}.npz.
-val: ground truth from <data.root>/info. test: ground truth from <data.test_gt>/info when that
-folder exists (the synthetic set's local leaderboard); with data.test_gt '' or absent, the
-test metrics are skipped (logged), and the test sheet shows the predictions alone.
+val: ground truth from <data.root>/info. test: ground truth from <data.test_gt>/info (the
+synthetic set's local leaderboard); where that folder has no info/ (NO_TEST_GT, kept in git: the
+real challenge's test labels are not public) the test metrics are skipped (logged), and the test
+sheet shows the predictions alone.
 Writes to artifacts/evaluate/NAME/: metrics.json ({"val": {...}, "test": {...}}), headline.json
 (the same splits with HEADLINE_KEYS only: the file dvc.yaml declares as metrics),
 errors_{val,test}.csv (per sample, with ids, yaw_deg and distance_m), plots/<split>_*.csv
@@ -30,7 +31,7 @@ from stages.common.stage import stage_main
 from stages.common.threads import ordered_thread_map
 from stages.viz.draw import save_png
 from stages.viz.sheet import SheetSample, pick_extremes, pick_random, qualitative_sheet
-from stages.wcpa.layout import (Resources, image_path, info_path, iter_labels, labelled_rows, list_path,
+from stages.wcpa.layout import (DataError, Resources, image_path, info_path, iter_labels, labelled_rows, list_path,
                                 load_resources, read_image, read_info, read_list, sample_key)
 from stages.wcpa.predictions import open_predictions
 from stages.wcpa.report import empty_error_table, error_table, plot_tables
@@ -38,6 +39,7 @@ from stages.wcpa.score import summarize
 
 log = logging.getLogger(__name__)
 SPLIT = Path("artifacts/split")
+NO_TEST_GT = "data/no_test_gt"     # a folder without labels, kept in git: the setting for "none"
 OUT = Path("artifacts/evaluate")
 SUMMARY_COLUMNS = ["score", "score_cam", "score_add", "score_shape10", "ADD", "MAE_r", "MAE_t",
                    "mesh_median", "mesh_mean", "landmark_px", "n"]
@@ -69,14 +71,26 @@ class ScoredRows:
 
 def splits_of(predictor: str, data: DataParams) -> list[SplitData]:
     """val (labels in data.root) and test (labels in data.test_gt when present)."""
-    root = Path(data.root)
-    test_gt = Path(data.test_gt) if data.test_gt else None
-    if test_gt is None or not (test_gt / "info").is_dir():
+    root, test_gt = Path(data.root), test_labels(data.test_gt)
+    if test_gt is None:
         log.info("test: no ground truth at data.test_gt = %r; test metrics skipped (the real challenge's "
                  "test labels are not public: upload submissions/%s.zip instead)", data.test_gt, predictor)
-        test_gt = None
     return [SplitData("val", read_list(SPLIT / "val.csv"), predictions_path(predictor, "val"), root),
             SplitData("test", read_list(list_path(root, "test")), predictions_path(predictor, "test"), test_gt)]
+
+
+def test_labels(test_gt: str) -> Path | None:
+    """The folder of the test labels (its info/ read as the data root's) named by data.test_gt,
+    or None where that folder has no info/ (NO_TEST_GT: the real data's labels are not public).
+    dvc.yaml lists the folder as a dependency, so it must exist: an empty name or a missing folder
+    stops with DataError."""
+    if not test_gt:
+        raise DataError(f"data.test_gt is empty: name the folder of the test labels, or {NO_TEST_GT} where there "
+                        "are none (dvc.yaml lists it as a dependency of evaluate)")
+    if not Path(test_gt).is_dir():
+        raise DataError(f"{test_gt}: data.test_gt names no folder (the test labels' folder, or {NO_TEST_GT} where "
+                        "there are none)")
+    return Path(test_gt) if (Path(test_gt) / "info").is_dir() else None
 
 
 def sheet_samples(split: SplitData, root: Path, predictions: dict, scored: ScoredRows | None,

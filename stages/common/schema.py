@@ -84,7 +84,7 @@ SCHEMA = {
     "gpus": COUNT,                # processes (one per GPU) of coarse_train, train, finetune: stages/launch.py
     "data": {
         "root": str,              # data root in the WCPA layout (synthetic or the real download)
-        "test_gt": str,           # folder with test ground truth (info/ layout); '' when none
+        "test_gt": str,           # folder with test ground truth (info/ layout); data/no_test_gt: none
         "blendshapes": str,       # folder of <ARKitName>.obj blendshape meshes, for the PCA; data/no_blendshapes: none
         "workers": COUNT,         # processes or threads of the per-image work (decode, labels, errors)
         "skip_bad": bool,         # skip unreadable samples (listed in a file) instead of stopping

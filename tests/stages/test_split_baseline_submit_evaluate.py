@@ -103,7 +103,7 @@ def test_submit_and_evaluate_the_baseline(project, tiny_root, caplog):
 
 
 def test_evaluate_without_test_ground_truth_skips_test(project, tiny_root, caplog):
-    write_params(project / "params.yaml", tiny_root / "root", "")
+    write_params(project / "params.yaml", tiny_root / "root", PROJECT / evaluate.NO_TEST_GT)
     split.main([])
     baseline.main([])
     caplog.set_level("INFO")
@@ -113,6 +113,16 @@ def test_evaluate_without_test_ground_truth_skips_test(project, tiny_root, caplo
     assert set(json.loads(Path("artifacts/evaluate/baseline/headline.json").read_text())) == {"val"}
     assert "test metrics skipped" in caplog.text
     assert pd.read_csv("artifacts/evaluate/baseline/errors_test.csv").empty
+
+
+@pytest.mark.parametrize("test_gt, problem", [("", "data.test_gt is empty.*data/no_test_gt"),
+                                               ("nowhere", "nowhere: data.test_gt names no folder")])
+def test_evaluate_stops_where_data_test_gt_names_no_folder_for_dvc_to_check(project, tiny_root, test_gt, problem):
+    write_params(project / "params.yaml", tiny_root / "root", test_gt)
+    split.main([])
+    baseline.main([])
+    with pytest.raises(DataError, match=problem):
+        evaluate.main(["--predictor", "baseline"])
 
 
 def test_evaluate_reports_the_landmark_error(project, tiny_root):

@@ -114,3 +114,20 @@ def test_the_synthetic_generator_reaches_only_synth():
     assert any(f.startswith("stages/synthetic/") for f in runs["synth"])
     assert [n for n, files in runs.items() if n not in SYNTHETIC_USERS
             and any(f.startswith("stages/synthetic/") for f in files)] == []
+
+
+@pytest.mark.parametrize("name", ["train", "finetune"])
+def test_dvc_deps_list_every_input_a_training_run_reads(name):
+    """Every file of trainer.training_inputs (what its resume key and model record hash) is a dep:
+    one that is not would change without rerunning the stage."""
+    from stages.nets.trainer import TrainPaths, training_inputs
+    paths = TrainPaths(crop=Path("artifacts/crop"), pca=Path("artifacts/pca"), split=Path("artifacts/split"),
+                       out=Path("artifacts/train"))
+    deps = dvc_stages()[name]["deps"]
+    missing = sorted(p.as_posix() for p in training_inputs(paths, "${data.root}").values()
+                     if not covered(p.as_posix(), deps))
+    assert not missing, f"dvc.yaml stage {name}: reads {missing} but does not list them as deps"
+
+
+def test_evaluate_depends_on_the_test_labels_folder():
+    assert "${data.test_gt}" in dvc_stages()["evaluate"]["deps"]
