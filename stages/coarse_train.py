@@ -78,14 +78,14 @@ def fingerprint(params: Params, tables: dict, data: dict[str, str], processes: i
     """Hash of what the training depends on: its params, the seed, the data root, the lists,
     the data's identity (data_identity, and the stat_digest of every listed image and label file:
     one replaced during an interruption), the number of processes (each takes its share of every
-    batch: a run of another world size is not resumed), the device's type with the view paths
-    that `auto` resolves to on it (their views differ by a grey level, and the step's precision
-    with the device) and the digest of this stage's code."""
+    batch: a run of another world size is not resumed), the view paths that `auto` resolves to on
+    `device` (their decodes and photometric draws differ: a run moved to another device resumes
+    only where they stay, as train's may move) and the digest of this stage's code."""
     cfg = params.coarse_train
     lists = [tables[split].to_csv(index=False) for split in SPLITS]
     files = stat_digest(path for split in SPLITS for kind in ("image", "info")
                         for path in sample_files(params.data.root, tables[split], kind))
-    paths = {"device": device.type, "decode": torch_path(cfg.decode, device), "augment": torch_path(cfg.augment, device)}
+    paths = {"decode": torch_path(cfg.decode, device), "augment": torch_path(cfg.augment, device)}
     return content_fingerprint([cfg.as_dict(), params.seed, params.data.root, data, lists, processes, paths,
                                 files, code_digest("stages.coarse_train")])
 

@@ -169,7 +169,7 @@ def test_coarse_train_resumes_only_a_run_of_the_same_world_size():
     assert coarse_train.fingerprint(params, tables, data, 2, cpu) == fingerprints[2]
 
 
-def test_coarse_train_resumes_only_a_run_of_the_same_device_type_and_view_paths():
+def test_coarse_train_resumes_only_a_run_of_the_same_view_paths():
     params = load_params("params.yaml")
     tables = {split: pd.DataFrame({"subject_id": ["001"], "facial_action": ["smile"], "img_id": ["1"]})
               for split in coarse_train.SPLITS}
@@ -179,3 +179,6 @@ def test_coarse_train_resumes_only_a_run_of_the_same_device_type_and_view_paths(
     assert key["cpu"] != key["cuda"]          # auto: OpenCV views on the CPU, the torch path's on CUDA
     forced = apply_overrides(params, ["coarse_train.decode=torch", "coarse_train.augment=auto"])
     assert coarse_train.fingerprint(forced, tables, data, 1, torch.device("cpu")) != key["cpu"]
+    opencv = apply_overrides(params, ["coarse_train.decode=opencv", "coarse_train.augment=opencv"])
+    moved = {coarse_train.fingerprint(opencv, tables, data, 1, torch.device(dev)) for dev in ("cpu", "cuda")}
+    assert len(moved) == 1                    # the same views on either device: a moved run resumes
