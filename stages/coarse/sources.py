@@ -206,7 +206,8 @@ def _lower_priority(niceness: int, worker_id: int) -> None:
 class Stream:
     """A DataLoader over `views` whose `workers` processes (0: this process) start once and read,
     in order, the batches (lists of (epoch, index) items) given to each `read` (collate_fn: the
-    DataLoader's, None for its default; niceness: how far the processes' priority is lowered).
+    DataLoader's, None for its default; niceness: how far the processes' priority is lowered;
+    pin: each batch in pinned memory, for a copy to a GPU that does not wait for its queued work).
 
     The workers persist from epoch to epoch (fresh train and val workers every epoch cost about
     0.8 s an epoch on the demo data with 2 workers on 2 cores: fork of a >1 GB process, start-up,
@@ -216,9 +217,10 @@ class Stream:
     worker is what the workers want anyway. The parent's setting is restored.
     """
 
-    def __init__(self, views: Dataset, workers: int, collate_fn=None, niceness: int = 0):
+    def __init__(self, views: Dataset, workers: int, collate_fn=None, niceness: int = 0, pin: bool = False):
         self.views, self.workers, self.sampler = views, workers, BatchList()
         self.data = DataLoader(views, batch_sampler=self.sampler, num_workers=workers, collate_fn=collate_fn,
+                               pin_memory=pin,
                                persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
                                worker_init_fn=partial(_lower_priority, niceness) if niceness and workers else None)
 

@@ -124,12 +124,13 @@ def make_stream(views: ViewSet, workers: int, decode: str, augment: str, dev: to
     OpenCV path the training views' photometric augmentation runs in the loader processes or, by
     coarse_train.augment (torch_path likewise), in batches on `dev`. When the nets train on the CPU
     the loader processes run at the lowest priority: they take the cores the passes' threads leave
-    idle (`pass_threads`) instead of stalling them."""
+    idle (`pass_threads`) instead of stalling them; on CUDA their batches come in pinned memory (a
+    copy from pageable memory waits for the previous step, so the host could not queue ahead)."""
     if torch_path(decode, dev):
         return DeviceStream(views, workers, dev)
     if views.jitters and torch_path(augment, dev):
         return DeviceStream(views, workers, dev, decode_on_device=False)
-    return Stream(views, workers, niceness=LOADER_NICENESS if dev.type == "cpu" else 0)
+    return Stream(views, workers, niceness=LOADER_NICENESS if dev.type == "cpu" else 0, pin=dev.type == "cuda")
 
 
 def pass_loss(net: torch.nn.Module, batch: dict, name: str, size: int, dev: torch.device) -> torch.Tensor:

@@ -254,3 +254,17 @@ def test_the_stream_puts_the_augmentation_where_the_params_say(tmp_path):
     on_device = make_stream(training, 0, "opencv", "torch", cpu)
     assert isinstance(on_device, DeviceStream) and on_device.make.__name__ == "augment_views"
     assert make_stream(training, 0, "torch", "opencv", cpu).make.__name__ == "make_views"
+
+
+def test_the_opencv_paths_batches_come_pinned_for_a_gpu_only(tmp_path):
+    """On CUDA a batch copied from pageable memory waits for the previous step: the loader pins."""
+    views = ViewSet(_face_images(tmp_path, 2), SIZES, 1.2, seed=0, jitters=JITTERS)
+    assert not make_stream(views, 0, "opencv", "opencv", torch.device("cpu")).data.pin_memory
+    assert make_stream(views, 0, "opencv", "opencv", torch.device("cuda")).data.pin_memory
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_opencv_paths_batches_are_pinned_on_cuda(tmp_path):
+    views = ViewSet(_face_images(tmp_path, 2), SIZES, 1.2, seed=0, jitters=JITTERS)
+    batch = next(make_stream(views, 0, "opencv", "opencv", torch.device("cuda")).read([[(0, 0), (0, 1)]]))
+    assert all(batch[name]["image"].is_pinned() for name in SIZES)
