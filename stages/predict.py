@@ -1,6 +1,6 @@
 """Predict: the trained pipeline on any images (coarse detector, crop, network, unwarp, PnP).
 
-`python -m stages.predict IMAGE_OR_FOLDER... --out DIR [--focal PX | --fov DEG]` runs, per batch
+`python -m stages.predict IMAGE_OR_FOLDER... --out DIR [--focal PX | --fov DEG [--principal CX CY]]` runs, per batch
 of infer.batch_size images (decoded in data.workers threads):
   1. the coarse detector artifacts/coarse_train/model.pt (coarse_predict.refine_passes, flip_test,
      amp), gated by stages.coarse.confidence (no face: stop naming the image);
@@ -8,8 +8,9 @@ of infer.batch_size images (decoded in data.workers threads):
   3. the network artifacts/<infer.checkpoint>/model.pt with flip & merge, unwarp and PnP exactly
      as stage infer (stages.nets.inference.predict_crops; infer.flip_merge, pnp, pnp_flags).
 Camera: the challenge's (data.root's resources/projection_matrix.txt and image size; other image
-sizes stop) or, with --focal / --fov (horizontal), a pinhole camera with the principal point at
-the image centre (stages.wcpa.camera.Camera.pinhole) for any image size.
+sizes stop) or, with --focal / --fov (horizontal), a pinhole camera for any image size
+(stages.wcpa.camera.Camera.pinhole) with its principal point at the image centre or at
+--principal (OpenCV's pixel coordinates, as a calibration gives it).
 
 The network must fit the params and the data as in infer (stages.nets.checkpoint): backbone,
 CoordConv, shape head, input size, vertex count, PCA size, the crop size crop.size, and the
@@ -54,7 +55,7 @@ from stages.nets.checkpoint import CheckpointError, load_network_for_images
 from stages.nets.inference import InferSettings, predict_crops
 from stages.nets.model import FaceNet
 from stages.viz.draw import draw_points, draw_wireframe, save_png
-from stages.wcpa.camera import Camera, focal_from_fov, to_camera
+from stages.wcpa.camera import Camera, focal_from_fov, from_opencv_pixels, to_camera
 from stages.wcpa.layout import DataError, Resources, load_resources, read_image
 from stages.wcpa.obj import write_obj
 
@@ -106,14 +107,24 @@ def list_images(inputs: list[Path | str]) -> list[Path]:
     return paths
 
 
-def camera_choice(resources: Resources, focal: float | None, fov: float | None) -> Callable[[Path, int, int], Camera]:
+def camera_choice(resources: Resources, focal: float | None, fov: float | None,
+                  principal: tuple[float, float] | None = None) -> Callable[[Path, int, int], Camera]:
     """(image path, width, height) -> its Camera: the challenge's (same size only), or a pinhole
-    camera of focal length `focal` px or horizontal field of view `fov` degrees."""
+    camera of focal length `focal` px or horizontal field of view `fov` degrees, its principal
+    point `principal` (u, v) in OpenCV's pixel coordinates, as a calibration gives it (None: the
+    image centre)."""
     challenge = resources.camera
+    if principal is not None and focal is None and fov is None:
+        raise PredictError("--principal needs --focal or --fov")
+    centre = None if principal is None else tuple(from_opencv_pixels(principal))
 
     def camera(path: Path, width: int, height: int) -> Camera:
         if focal is not None or fov is not None:
-            return Camera.pinhole(focal if focal is not None else focal_from_fov(fov, width), width, height)
+            try:
+                return Camera.pinhole(focal if focal is not None else focal_from_fov(fov, width), width, height,
+                                      centre)
+            except ValueError as err:
+                raise PredictError(f"{path}: {err}") from None
         if (width, height) != (challenge.width, challenge.height):
             raise PredictError(f"{path}: image is {width}x{height}, the challenge camera's is "
                                f"{challenge.width}x{challenge.height}: give --focal PX or --fov DEG")
@@ -246,15 +257,15 @@ def batches(paths: list[Path], size: int, pool: ThreadPoolExecutor) -> Iterator[
 
 
 def run(params: Params, inputs: list[Path | str], out: Path | str, focal: float | None = None,
-        fov: float | None = None, artifacts: Path = ARTIFACTS, overlay: bool = True,
-        **gate: float) -> dict[str, float]:
+        fov: float | None = None, principal: tuple[float, float] | None = None, artifacts: Path = ARTIFACTS,
+        overlay: bool = True, **gate: float) -> dict[str, float]:
     """Predict every image of `inputs` into `out` (files written by data.workers threads while the
     next batch runs); returns {"images", "seconds", "images_per_second"}."""
     if focal is not None and fov is not None:
         raise PredictError("give --focal or --fov, not both")
     paths = list_images(inputs)
     pipeline = load_pipeline(params, Path(artifacts), **gate)
-    cameras = camera_choice(pipeline.resources, focal, fov)
+    cameras = camera_choice(pipeline.resources, focal, fov, principal)
     started = time.perf_counter()
     workers = max(1, params.data.workers)
     with ThreadPoolExecutor(workers) as readers, ThreadPoolExecutor(workers) as pool, \
@@ -275,8 +286,12 @@ def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", help="image files and folders of images")
     parser.add_argument("--out", required=True, help="output folder")
     camera = parser.add_mutually_exclusive_group()
-    camera.add_argument("--focal", type=float, help="focal length in px (principal point at the image centre)")
-    camera.add_argument("--fov", type=float, help="horizontal field of view in degrees")
+    camera.add_argument("--focal", type=float, help="focal length in px")
+    camera.add_argument("--fov", type=float, help="horizontal field of view in degrees, across the image as stored "
+                        "(after its EXIF rotation)")
+    parser.add_argument("--principal", type=float, nargs=2, metavar=("CX", "CY"),
+                        help="principal point in px, OpenCV's coordinates (the top-left pixel's centre is 0, 0), as "
+                             "a calibration gives it; default: the image centre (with --focal or --fov)")
     parser.add_argument("--min-inside", type=float, default=MIN_INSIDE, help="stages.coarse.confidence")
     parser.add_argument("--max-shift", type=float, default=MAX_SHIFT, help="stages.coarse.confidence")
     parser.add_argument("--no-overlay", dest="overlay", action="store_false", help="skip the overlay PNGs")

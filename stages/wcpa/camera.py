@@ -24,6 +24,12 @@ MIRROR = np.diag([-1.0, 1.0, 1.0])      # left-right mirror of the camera and of
 NEAR_M, FAR_M = 0.01, 100.0             # clip planes of Camera.pinhole, metres
 
 
+def from_opencv_pixels(uv) -> np.ndarray:
+    """Pixels (..., 2) in OpenCV's coordinates (pixel (i, j)'s centre at (i, j), as a calibration
+    gives a principal point) -> the continuous coordinates used here (centre at (i + 0.5, j + 0.5))."""
+    return np.asarray(uv, dtype=np.float64) + 0.5
+
+
 def focal_from_fov(fov_deg: float, width: int) -> float:
     """Horizontal field of view in degrees of an image `width` px wide -> focal length px."""
     if not 0 < fov_deg < 180:
@@ -73,14 +79,20 @@ class Camera:
             raise ValueError(f"{path}: {err}") from None
 
     @classmethod
-    def pinhole(cls, focal: float, width: int, height: int, near: float = NEAR_M, far: float = FAR_M) -> "Camera":
+    def pinhole(cls, focal: float, width: int, height: int, principal: tuple[float, float] | None = None,
+                near: float = NEAR_M, far: float = FAR_M) -> "Camera":
         """The OpenGL projection matrix of a pinhole camera with square pixels: focal length
-        `focal` px, principal point at the image centre, image width x height px, clip planes
-        near / far metres (they do not change the pixels)."""
+        `focal` px, principal point `principal` (u, v) in continuous pixel coordinates (None: the
+        image centre), image width x height px, clip planes near / far metres (they do not change
+        the pixels)."""
         if not focal > 0:
             raise ValueError(f"focal length must be positive, got {focal} px")
+        cx, cy = (width / 2, height / 2) if principal is None else principal
+        if not (0 <= cx <= width and 0 <= cy <= height):
+            raise ValueError(f"principal point ({cx}, {cy}) outside the {width}x{height} image")
         proj = np.zeros((4, 4))
         proj[0, 0], proj[1, 1] = 2 * focal / width, 2 * focal / height
+        proj[2, 0], proj[2, 1] = 1 - 2 * cx / width, 2 * cy / height - 1
         proj[2, 2], proj[3, 2] = -(far + near) / (far - near), -2 * far * near / (far - near)
         proj[2, 3] = -1.0
         return cls(proj, width, height)

@@ -2,7 +2,10 @@
 layout where a face must be found), a random network at 32 px, against the stages crop -> infer
 on the same images and coarse landmarks."""
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -196,6 +199,26 @@ def test_pinhole_camera_has_the_focal_length_and_a_centred_principal_point():
     assert camera.fx == pytest.approx(320) and camera.fy == pytest.approx(320)
     assert (camera.cx, camera.cy) == pytest.approx((320, 240))
     np.testing.assert_allclose(camera.project_camera_points(np.array([0.1, 0.0, -1.0])), [352, 240])
+
+
+NO_CHALLENGE = SimpleNamespace(camera=None)      # resources whose challenge camera the pinhole replaces
+
+
+def test_a_calibrated_principal_point_projects_as_opencv_does_half_a_pixel_on():
+    """--principal is in OpenCV's pixels (a calibration's); cv2.projectPoints is the reference."""
+    camera = predict.camera_choice(NO_CHALLENGE, 500.0, None, (250.0, 130.0))(Path("img.png"), 640, 480)
+    points = np.array([[0.1, -0.05, -0.8], [-0.2, 0.1, -1.5], [0.0, 0.0, -1.0]])        # OpenGL camera frame
+    K = np.array([[500.0, 0, 250.0], [0, 500.0, 130.0], [0, 0, 1]])
+    cv_pixels, _ = cv2.projectPoints(points * [1, -1, -1], np.zeros(3), np.zeros(3), K, None)
+    np.testing.assert_allclose(camera.project_camera_points(points), cv_pixels[:, 0] + 0.5, atol=1e-9)
+    assert (camera.cx, camera.cy) == pytest.approx((250.5, 130.5))
+
+
+@pytest.mark.parametrize("focal, principal, problem", [(None, (10.0, 10.0), "--principal needs --focal or --fov"),
+                                                       (500.0, (700.0, 10.0), "img.png: principal point .* outside")])
+def test_a_principal_point_without_a_focal_length_or_outside_the_image_stops(focal, principal, problem):
+    with pytest.raises(predict.PredictError, match=problem):
+        predict.camera_choice(NO_CHALLENGE, focal, None, principal)(Path("img.png"), 640, 480)
 
 
 
