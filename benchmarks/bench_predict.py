@@ -28,7 +28,7 @@ from stages.common.params import Params, load_params
 from stages.face.frontal import crop_warps
 from stages.face.warp import invert_warp, warp_image
 from stages.nets.inference import predict_crops
-from stages.wcpa.layout import image_path, list_path, read_list
+from stages.wcpa.layout import image_path, list_path, read_image, read_list
 
 
 def test_images(params: Params, count: int, folder: Path) -> list[Path]:
@@ -44,7 +44,7 @@ def test_images(params: Params, count: int, folder: Path) -> list[Path]:
 
 def crops_of(pipeline: predict.Pipeline, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     """The crops (N, S, S, 3) uint8 of images and their crop -> full-image warps (N, 2, 3), as predict makes them."""
-    images = [predict.read_or_stop(path) for path in paths]
+    images = [read_image(path) for path in paths]
     camera = pipeline.resources.camera
     trace = pipeline.detector.trace(images, pipeline.coarse.refine_passes, pipeline.coarse.flip_test)
     model_points = pipeline.resources.template[pipeline.resources.kpt_ind]

@@ -3,7 +3,9 @@
 `python -m stages.predict IMAGE_OR_FOLDER... --out DIR [--focal PX | --fov DEG [--principal CX CY]]` runs, per batch
 of infer.batch_size images (decoded in data.workers threads):
   1. the coarse detector artifacts/coarse_train/model.pt (coarse_predict.refine_passes, flip_test,
-     amp), gated by stages.coarse.confidence (no face: stop naming the image);
+     amp), gated by stages.coarse.confidence (no face: stop naming the image, or with --skip-bad
+     list it in DIR/skipped.csv and go on, as for an unreadable image, one no crop fits or a
+     failed PnP);
   2. the roll-frontalized crop as the crop stage makes it (crop.size, crop.margin, crop.rotation);
   3. the network artifacts/<infer.checkpoint>/model.pt with flip & merge, unwarp and PnP exactly
      as stage infer (stages.nets.inference.predict_crops; infer.flip_merge, pnp, pnp_flags).
@@ -41,11 +43,13 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+import pandas as pd
 from tqdm import tqdm
 
 from stages.coarse.confidence import MAX_SHIFT, MIN_INSIDE, Confidence, confidence, no_face_reason
 from stages.coarse.detector import Detector
-from stages.common.io import save_json, save_npz
+from stages.common.badinput import SKIPPED_FILE
+from stages.common.io import atomic_write, save_json, save_npz
 from stages.common.params import CoarsePredictParams, CropParams, Params
 from stages.common.stage import stage_main
 from stages.face.frontal import fitted_crop_warps, reference_shape
@@ -165,57 +169,75 @@ def load_pipeline(params: Params, artifacts: Path = ARTIFACTS, **gate: float) ->
     return Pipeline(detector, model, perm, resources, reference, crop, coarse, settings, **gate)
 
 
-def check_faces(pipeline: Pipeline, trace: np.ndarray, images: list[np.ndarray], paths: list[Path]) -> Confidence:
-    """Confidence of a batch's detections (trace (P, B, L, 2)); stops at the first image without a face."""
+def face_problems(pipeline: Pipeline, trace: np.ndarray, images: list[np.ndarray]) -> tuple[Confidence, dict[int, str]]:
+    """Confidence of a batch's detections (trace (P, B, L, 2)) and {image index: why it has no face}."""
     conf = confidence(trace, np.array([[a.shape[1], a.shape[0]] for a in images]))
-    for index, path in enumerate(paths):
-        reason = no_face_reason(conf, index, pipeline.min_inside, pipeline.max_shift)
-        if reason:
-            raise PredictError(f"{path}: {reason}")
-    return conf
+    reasons = {index: no_face_reason(conf, index, pipeline.min_inside, pipeline.max_shift) for index in range(len(images))}
+    return conf, {index: reason for index, reason in reasons.items() if reason}
 
 
-def crop_and_predict(pipeline: Pipeline, images: list[np.ndarray], paths: list[Path], coarse: np.ndarray,
-                     camera: Camera, pool: ThreadPoolExecutor) -> dict[str, np.ndarray]:
-    """Images of one camera (their `paths`) and their coarse landmarks (B, L, 2) full px -> the
-    crop stage's crops, then infer's predictions: verts (B, V, 3), R_t (B, 4, 4), landmarks
-    (B, V, 2), sigma (B, V). Stops at the first image whose landmarks no crop warp fits."""
+def crop_and_predict(pipeline: Pipeline, images: list[np.ndarray], coarse: np.ndarray, camera: Camera,
+                     pool: ThreadPoolExecutor) -> tuple[dict[str, np.ndarray], dict[int, str]]:
+    """Images of one camera and their coarse landmarks (B, L, 2) full px -> the crop stage's
+    crops, then infer's predictions of the B' images a crop warp fits: verts (B', V, 3), R_t
+    (B', 4, 4), landmarks (B', V, 2), sigma (B', V), row `rows` (B',) of the B; and {row: why no
+    crop fits} of the others."""
     model_points = pipeline.resources.template[pipeline.resources.kpt_ind]
     warps, problems = fitted_crop_warps(coarse, pipeline.reference, pipeline.crop.rotation, camera, model_points)
-    if problems:
-        row = min(problems)
-        raise PredictError(f"{paths[row]}: no crop fits the detected face ({problems[row]})")
+    rows = np.array([row for row in range(len(images)) if row not in problems], dtype=np.int64)
+    problems = {row: f"no crop fits the detected face ({problem})" for row, problem in problems.items()}
+    if not len(rows):
+        return {"rows": rows}, problems
     size = pipeline.crop.size
-    crops = np.stack(list(pool.map(lambda pair: warp_image(pair[0], pair[1], size), zip(images, warps))))
-    return predict_crops(pipeline.model, crops, invert_warp(warps), pipeline.perm, camera, pipeline.settings)
+    crops = np.stack(list(pool.map(lambda row: warp_image(images[row], warps[row], size), rows)))
+    pred = predict_crops(pipeline.model, crops, invert_warp(warps[rows]), pipeline.perm, camera, pipeline.settings)
+    return {**pred, "rows": rows}, problems
 
 
-def check_prediction(pred: dict[str, np.ndarray], row: int, path: Path, settings: InferSettings) -> None:
-    """Stop on non-finite network outputs or a failed PnP (no pose in front of the camera)."""
+def prediction_problem(pred: dict[str, np.ndarray], row: int, settings: InferSettings) -> str | None:
+    """Why prediction `row` is unusable (non-finite network outputs, or a failed PnP: no pose in
+    front of the camera), or None."""
     if not (np.isfinite(pred["verts"][row]).all() and np.isfinite(pred["landmarks"][row]).all()):
-        raise PredictError(f"{path}: the network gave non-finite outputs")
+        return "the network gave non-finite outputs"
     if not (np.isfinite(pred["R_t"][row]).all() and pred["R_t"][row, 3, 2] < 0):
-        raise PredictError(f"{path}: PnP ({settings.pnp}, {settings.pnp_flags}) failed or put the face behind "
-                           "the camera: another infer.pnp_flags may solve it")
+        return (f"PnP ({settings.pnp}, {settings.pnp_flags}) failed or put the face behind the camera: another "
+                "infer.pnp_flags may solve it")
+    return None
 
 
-def predict_batch(pipeline: Pipeline, images: list[np.ndarray], paths: list[Path],
+def predict_batch(pipeline: Pipeline, images: list[np.ndarray | str], paths: list[Path],
                   cameras: Callable[[Path, int, int], Camera], pool: ThreadPoolExecutor) -> Iterator[dict]:
-    """One batch of decoded images -> per image a dict of its results (see write_outputs)."""
-    groups: dict[tuple[int, int], list[int]] = {}
-    for index, image in enumerate(images):
-        groups.setdefault((image.shape[1], image.shape[0]), []).append(index)
-    cams = {size: cameras(paths[rows[0]], *size) for size, rows in groups.items()}
-    trace = pipeline.detector.trace(images, pipeline.coarse.refine_passes, pipeline.coarse.flip_test)
-    conf = check_faces(pipeline, trace, images, paths)
-    for size, rows in groups.items():
-        pred = crop_and_predict(pipeline, [images[i] for i in rows], [paths[i] for i in rows], trace[-1][rows],
-                                cams[size], pool)
-        for row, index in enumerate(rows):
-            check_prediction(pred, row, paths[index], pipeline.settings)
-            yield {"path": paths[index], "image": images[index], "camera": cams[size], "coarse68": trace[-1][index],
-                   "confidence": {"inside": float(conf.inside[index]), "shift": float(conf.shift[index])},
-                   **{key: value[row] for key, value in pred.items()}}
+    """One batch of decoded images (or, for an unreadable one, its problem) -> per image, in
+    order, a dict of its results (see write_outputs) or {"path", "problem": a message naming it}."""
+    readable = [index for index, image in enumerate(images) if not isinstance(image, str)]
+    problems = {index: images[index] for index in range(len(images)) if index not in readable}
+    results = {}
+    if readable:
+        trace = pipeline.detector.trace([images[i] for i in readable], pipeline.coarse.refine_passes,
+                                        pipeline.coarse.flip_test)
+        conf, no_face = face_problems(pipeline, trace, [images[i] for i in readable])
+        problems.update({readable[k]: f"{paths[readable[k]]}: {reason}" for k, reason in no_face.items()})
+        groups: dict[tuple[int, int], list[int]] = {}
+        for k, index in enumerate(readable):
+            if k not in no_face:
+                groups.setdefault((images[index].shape[1], images[index].shape[0]), []).append(k)
+        for size, ks in groups.items():
+            camera = cameras(paths[readable[ks[0]]], *size)
+            pred, no_crop = crop_and_predict(pipeline, [images[readable[k]] for k in ks], trace[-1][ks], camera, pool)
+            problems.update({readable[ks[row]]: f"{paths[readable[ks[row]]]}: {problem}" for row, problem in no_crop.items()})
+            for out_row, row in enumerate(pred["rows"]):
+                k = ks[row]
+                problem = prediction_problem(pred, out_row, pipeline.settings)
+                if problem:
+                    problems[readable[k]] = f"{paths[readable[k]]}: {problem}"
+                    continue
+                results[readable[k]] = {
+                    "path": paths[readable[k]], "image": images[readable[k]], "camera": camera,
+                    "coarse68": trace[-1][k],
+                    "confidence": {"inside": float(conf.inside[k]), "shift": float(conf.shift[k])},
+                    **{key: value[out_row] for key, value in pred.items() if key != "rows"}}
+    for index, path in enumerate(paths):
+        yield results[index] if index in results else {"path": path, "problem": problems[index]}
 
 
 def write_outputs(out: Path, result: dict, resources: Resources, overlay: bool = True) -> None:
@@ -238,29 +260,31 @@ def write_outputs(out: Path, result: dict, resources: Resources, overlay: bool =
         save_png(out / f"{stem}_overlay.png", draw_points(drawn, landmarks68))
 
 
-def read_or_stop(path: Path) -> np.ndarray:
-    """An image file -> (H, W, 3) uint8 RGB; an unreadable one is a PredictError naming it."""
+def read_or_problem(path: Path) -> np.ndarray | str:
+    """An image file -> (H, W, 3) uint8 RGB, or for an unreadable one the message naming it."""
     try:
         return read_image(path)
     except DataError as err:
-        raise PredictError(str(err)) from None
+        return str(err)
 
 
-def batches(paths: list[Path], size: int, pool: ThreadPoolExecutor) -> Iterator[tuple[list[Path], list[np.ndarray]]]:
-    """(paths, decoded images) per batch of `size`; the next batch decodes in `pool` meanwhile."""
+def batches(paths: list[Path], size: int, pool: ThreadPoolExecutor) -> Iterator[tuple[list[Path], list[np.ndarray | str]]]:
+    """(paths, decoded images or problems) per batch of `size`; the next batch decodes in `pool` meanwhile."""
     chunks = [paths[start:start + size] for start in range(0, len(paths), size)]
-    pending = [pool.map(read_or_stop, chunk) for chunk in chunks[:1]]
+    pending = [pool.map(read_or_problem, chunk) for chunk in chunks[:1]]
     for index, chunk in enumerate(chunks):
         if index + 1 < len(chunks):
-            pending.append(pool.map(read_or_stop, chunks[index + 1]))
+            pending.append(pool.map(read_or_problem, chunks[index + 1]))
         yield chunk, list(pending[index])
 
 
 def run(params: Params, inputs: list[Path | str], out: Path | str, focal: float | None = None,
         fov: float | None = None, principal: tuple[float, float] | None = None, artifacts: Path = ARTIFACTS,
-        overlay: bool = True, **gate: float) -> dict[str, float]:
+        overlay: bool = True, skip_bad: bool = False, **gate: float) -> dict[str, float]:
     """Predict every image of `inputs` into `out` (files written by data.workers threads while the
-    next batch runs); returns {"images", "seconds", "images_per_second"}."""
+    next batch runs); returns {"images", "skipped", "seconds", "images_per_second"}. An image that
+    gives no prediction (unreadable, no face, no crop, a failed PnP) stops the run naming it, or
+    with skip_bad is listed in out/SKIPPED_FILE and left out."""
     if focal is not None and fov is not None:
         raise PredictError("give --focal or --fov, not both")
     paths = list_images(inputs)
@@ -270,16 +294,27 @@ def run(params: Params, inputs: list[Path | str], out: Path | str, focal: float 
     workers = max(1, params.data.workers)
     with ThreadPoolExecutor(workers) as readers, ThreadPoolExecutor(workers) as pool, \
             ThreadPoolExecutor(workers) as writer, tqdm(total=len(paths), desc="predict", unit="img") as bar:
-        written = []
+        written, skipped = [], []
         for chunk, images in batches(paths, pipeline.settings.batch_size, readers):
             for result in predict_batch(pipeline, images, chunk, cameras, pool):
-                written.append(writer.submit(write_outputs, Path(out), result, pipeline.resources, overlay))
+                if "problem" not in result:
+                    written.append(writer.submit(write_outputs, Path(out), result, pipeline.resources, overlay))
+                elif skip_bad:
+                    skipped.append({"image": str(result["path"]), "problem": result["problem"]})
+                else:
+                    raise PredictError(result["problem"])
             bar.update(len(chunk))
         for future in written:
             future.result()
+    if skip_bad:                         # also when empty: no list of an earlier run stays behind
+        with atomic_write(Path(out) / SKIPPED_FILE) as tmp:
+            pd.DataFrame(skipped, columns=["image", "problem"]).to_csv(tmp, index=False)
+    if skipped:
+        log.warning("%d of %d images skipped: %s", len(skipped), len(paths), Path(out) / SKIPPED_FILE)
     seconds = time.perf_counter() - started
     log.info("%d images in %.1f s (%.1f images/s) into %s", len(paths), seconds, len(paths) / seconds, out)
-    return {"images": len(paths), "seconds": seconds, "images_per_second": len(paths) / max(seconds, 1e-9)}
+    return {"images": len(paths), "skipped": len(skipped), "seconds": seconds,
+            "images_per_second": len(paths) / max(seconds, 1e-9)}
 
 
 def options(parser: argparse.ArgumentParser) -> None:
@@ -295,6 +330,8 @@ def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-inside", type=float, default=MIN_INSIDE, help="stages.coarse.confidence")
     parser.add_argument("--max-shift", type=float, default=MAX_SHIFT, help="stages.coarse.confidence")
     parser.add_argument("--no-overlay", dest="overlay", action="store_false", help="skip the overlay PNGs")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help=f"list the images that give no prediction in DIR/{SKIPPED_FILE} and go on, instead of stopping")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -235,3 +236,27 @@ def test_a_detection_no_crop_fits_stops_naming_the_image(project, face_detector,
     image = image_path(root / "data", tables["test"].iloc[0])
     with pytest.raises(predict.PredictError, match=r"00000_ar.jpg: no crop fits the detected face \(degenerate"):
         predict.run(params, [image], tmp_path / "out", artifacts=root / "artifacts")
+
+
+def test_skip_bad_lists_the_images_without_a_prediction_and_writes_the_others(project, face_detector, monkeypatch,
+                                                                              tmp_path):
+    root, params, tables = project
+    good = [image_path(root / "data", row) for row in tables["test"].iloc[:2].itertuples()]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    result = predict.run(params, [good[0], broken, good[1]], tmp_path / "out", artifacts=root / "artifacts",
+                         skip_bad=True)
+    assert (result["images"], result["skipped"]) == (3, 1)
+    skipped = pd.read_csv(tmp_path / "out" / "skipped.csv")
+    assert skipped["image"].tolist() == [str(broken)] and "not a decodable image" in skipped["problem"][0]
+    assert all((tmp_path / "out" / f"{path.stem}_pose.json").is_file() for path in good)
+
+    def failing(camera, model_points, landmarks):
+        raise frontal.DegenerateLandmarks("degenerate landmarks: the head pose's PnP failed on them")
+
+    monkeypatch.setattr(frontal, "pnp_roll", failing)
+    result = predict.run(params, good, tmp_path / "none", artifacts=root / "artifacts", skip_bad=True)
+    skipped = pd.read_csv(tmp_path / "none" / "skipped.csv")
+    assert result["skipped"] == 2 and skipped["image"].tolist() == [str(path) for path in good]
+    assert all(problem.startswith(f"{path}: no crop fits") for path, problem in zip(good, skipped["problem"]))
+    assert not list((tmp_path / "none").glob("*.obj"))
