@@ -207,37 +207,40 @@ def prediction_problem(pred: dict[str, np.ndarray], row: int, settings: InferSet
 
 def predict_batch(pipeline: Pipeline, images: list[np.ndarray | str], paths: list[Path],
                   cameras: Callable[[Path, int, int], Camera], pool: ThreadPoolExecutor) -> Iterator[dict]:
-    """One batch of decoded images (or, for an unreadable one, its problem) -> per image, in
-    order, a dict of its results (see write_outputs) or {"path", "problem": a message naming it}."""
+    """One batch of decoded images (or, for an unreadable one, the message naming it) -> per
+    image, in order, a dict of its results (see write_outputs) or {"path", "problem"}."""
     readable = [index for index, image in enumerate(images) if not isinstance(image, str)]
-    problems = {index: images[index] for index in range(len(images)) if index not in readable}
-    results = {}
-    if readable:
-        trace = pipeline.detector.trace([images[i] for i in readable], pipeline.coarse.refine_passes,
-                                        pipeline.coarse.flip_test)
-        conf, no_face = face_problems(pipeline, trace, [images[i] for i in readable])
-        problems.update({readable[k]: f"{paths[readable[k]]}: {reason}" for k, reason in no_face.items()})
-        groups: dict[tuple[int, int], list[int]] = {}
-        for k, index in enumerate(readable):
-            if k not in no_face:
-                groups.setdefault((images[index].shape[1], images[index].shape[0]), []).append(k)
-        for size, ks in groups.items():
-            camera = cameras(paths[readable[ks[0]]], *size)
-            pred, no_crop = crop_and_predict(pipeline, [images[readable[k]] for k in ks], trace[-1][ks], camera, pool)
-            problems.update({readable[ks[row]]: f"{paths[readable[ks[row]]]}: {problem}" for row, problem in no_crop.items()})
-            for out_row, row in enumerate(pred["rows"]):
-                k = ks[row]
-                problem = prediction_problem(pred, out_row, pipeline.settings)
-                if problem:
-                    problems[readable[k]] = f"{paths[readable[k]]}: {problem}"
-                    continue
-                results[readable[k]] = {
-                    "path": paths[readable[k]], "image": images[readable[k]], "camera": camera,
-                    "coarse68": trace[-1][k],
-                    "confidence": {"inside": float(conf.inside[k]), "shift": float(conf.shift[k])},
-                    **{key: value[out_row] for key, value in pred.items() if key != "rows"}}
+    outcomes = dict(zip(readable, predict_decoded(pipeline, [images[i] for i in readable],
+                                                  [paths[i] for i in readable], cameras, pool))) if readable else {}
     for index, path in enumerate(paths):
-        yield results[index] if index in results else {"path": path, "problem": problems[index]}
+        yield outcomes.get(index, {"path": path, "problem": images[index]})
+
+
+def predict_decoded(pipeline: Pipeline, images: list[np.ndarray], paths: list[Path],
+                    cameras: Callable[[Path, int, int], Camera], pool: ThreadPoolExecutor) -> list[dict]:
+    """Decoded images -> per image, in order, a dict of its results or {"path", "problem": a
+    message naming it} (no face, no crop fits, a failed prediction)."""
+    def problem(k: int, reason: str) -> dict:
+        return {"path": paths[k], "problem": f"{paths[k]}: {reason}"}
+
+    trace = pipeline.detector.trace(images, pipeline.coarse.refine_passes, pipeline.coarse.flip_test)
+    conf, no_face = face_problems(pipeline, trace, images)
+    outcomes = {k: problem(k, reason) for k, reason in no_face.items()}
+    groups: dict[tuple[int, int], list[int]] = {}
+    for k, image in enumerate(images):
+        if k not in no_face:
+            groups.setdefault((image.shape[1], image.shape[0]), []).append(k)
+    for size, ks in groups.items():
+        camera = cameras(paths[ks[0]], *size)
+        pred, no_crop = crop_and_predict(pipeline, [images[k] for k in ks], trace[-1][ks], camera, pool)
+        outcomes.update({ks[row]: problem(ks[row], reason) for row, reason in no_crop.items()})
+        for out_row, k in enumerate(ks[row] for row in pred["rows"]):
+            failed = prediction_problem(pred, out_row, pipeline.settings)
+            outcomes[k] = problem(k, failed) if failed else {
+                "path": paths[k], "image": images[k], "camera": camera, "coarse68": trace[-1][k],
+                "confidence": {"inside": float(conf.inside[k]), "shift": float(conf.shift[k])},
+                **{key: value[out_row] for key, value in pred.items() if key != "rows"}}
+    return [outcomes[k] for k in range(len(images))]
 
 
 def write_outputs(out: Path, result: dict, resources: Resources, overlay: bool = True) -> None:
