@@ -71,7 +71,7 @@ class ScoredRows:
 
 def splits_of(predictor: str, data: DataParams) -> list[SplitData]:
     """val (labels in data.root) and test (labels in data.test_gt when present)."""
-    root, test_gt = Path(data.root), test_labels(data.test_gt)
+    root, test_gt = Path(data.root), labelled_test_folder(data.test_gt)
     if test_gt is None:
         log.info("test: no ground truth at data.test_gt = %r; test metrics skipped (the real challenge's "
                  "test labels are not public: upload submissions/%s.zip instead)", data.test_gt, predictor)
@@ -79,7 +79,7 @@ def splits_of(predictor: str, data: DataParams) -> list[SplitData]:
             SplitData("test", read_list(list_path(root, "test")), predictions_path(predictor, "test"), test_gt)]
 
 
-def test_labels(test_gt: str) -> Path | None:
+def labelled_test_folder(test_gt: str) -> Path | None:
     """The folder of the test labels (its info/ read as the data root's) named by data.test_gt,
     or None where that folder has no info/ (NO_TEST_GT: the real data's labels are not public).
     dvc.yaml lists the folder as a dependency, so it must exist: an empty name or a missing folder
