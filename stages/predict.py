@@ -4,8 +4,8 @@
 of infer.batch_size images (decoded in data.workers threads):
   1. the coarse detector artifacts/coarse_train/model.pt (coarse_predict.refine_passes, flip_test,
      amp), gated by stages.coarse.confidence (no face: stop naming the image, or with --skip-bad
-     list it in DIR/skipped.csv and go on, as for an unreadable image, one no crop fits or a
-     failed PnP);
+     list it in DIR/skipped.csv, as the stages list bad samples, and go on, as for an unreadable
+     image, one no crop fits or a failed PnP);
   2. the roll-frontalized crop as the crop stage makes it (crop.size, crop.margin, crop.rotation);
   3. the network artifacts/<infer.checkpoint>/model.pt with flip & merge, unwarp and PnP exactly
      as stage infer (stages.nets.inference.predict_crops; infer.flip_merge, pnp, pnp_flags).
@@ -43,13 +43,12 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-import pandas as pd
 from tqdm import tqdm
 
 from stages.coarse.confidence import MAX_SHIFT, MIN_INSIDE, Confidence, confidence, no_face_reason
 from stages.coarse.detector import Detector
-from stages.common.badinput import SKIPPED_FILE
-from stages.common.io import atomic_write, save_json, save_npz
+from stages.common.badinput import SKIPPED_FILE, BadInputs, split_message
+from stages.common.io import save_json, save_npz
 from stages.common.params import CoarsePredictParams, CropParams, Params
 from stages.common.stage import stage_main
 from stages.face.frontal import fitted_crop_warps, reference_shape
@@ -207,8 +206,8 @@ def prediction_problem(pred: dict[str, np.ndarray], row: int, settings: InferSet
 
 def predict_batch(pipeline: Pipeline, images: list[np.ndarray | str], paths: list[Path],
                   cameras: Callable[[Path, int, int], Camera], pool: ThreadPoolExecutor) -> Iterator[dict]:
-    """One batch of decoded images (or, for an unreadable one, the message naming it) -> per
-    image, in order, a dict of its results (see write_outputs) or {"path", "problem"}."""
+    """One batch of decoded images (or, for an unreadable one, its problem) -> per image, in
+    order, a dict of its results (see write_outputs) or {"path", "problem"}."""
     readable = [index for index, image in enumerate(images) if not isinstance(image, str)]
     outcomes = dict(zip(readable, predict_decoded(pipeline, [images[i] for i in readable],
                                                   [paths[i] for i in readable], cameras, pool))) if readable else {}
@@ -218,10 +217,10 @@ def predict_batch(pipeline: Pipeline, images: list[np.ndarray | str], paths: lis
 
 def predict_decoded(pipeline: Pipeline, images: list[np.ndarray], paths: list[Path],
                     cameras: Callable[[Path, int, int], Camera], pool: ThreadPoolExecutor) -> list[dict]:
-    """Decoded images -> per image, in order, a dict of its results or {"path", "problem": a
-    message naming it} (no face, no crop fits, a failed prediction)."""
+    """Decoded images -> per image, in order, a dict of its results or {"path", "problem"} (no
+    face, no crop fits, a failed prediction)."""
     def problem(k: int, reason: str) -> dict:
-        return {"path": paths[k], "problem": f"{paths[k]}: {reason}"}
+        return {"path": paths[k], "problem": reason}
 
     trace = pipeline.detector.trace(images, pipeline.coarse.refine_passes, pipeline.coarse.flip_test)
     conf, no_face = face_problems(pipeline, trace, images)
@@ -264,11 +263,11 @@ def write_outputs(out: Path, result: dict, resources: Resources, overlay: bool =
 
 
 def read_or_problem(path: Path) -> np.ndarray | str:
-    """An image file -> (H, W, 3) uint8 RGB, or for an unreadable one the message naming it."""
+    """An image file -> (H, W, 3) uint8 RGB, or for an unreadable one its problem."""
     try:
         return read_image(path)
     except DataError as err:
-        return str(err)
+        return split_message(err)[1]
 
 
 def batches(paths: list[Path], size: int, pool: ThreadPoolExecutor) -> Iterator[tuple[list[Path], list[np.ndarray | str]]]:
@@ -287,7 +286,7 @@ def run(params: Params, inputs: list[Path | str], out: Path | str, focal: float 
     """Predict every image of `inputs` into `out` (files written by data.workers threads while the
     next batch runs); returns {"images", "skipped", "seconds", "images_per_second"}. An image that
     gives no prediction (unreadable, no face, no crop, a failed PnP) stops the run naming it, or
-    with skip_bad is listed in out/SKIPPED_FILE and left out."""
+    with skip_bad is listed in out/SKIPPED_FILE (stages.common.badinput's list) and left out."""
     if focal is not None and fov is not None:
         raise PredictError("give --focal or --fov, not both")
     paths = list_images(inputs)
@@ -297,26 +296,23 @@ def run(params: Params, inputs: list[Path | str], out: Path | str, focal: float 
     workers = max(1, params.data.workers)
     with ThreadPoolExecutor(workers) as readers, ThreadPoolExecutor(workers) as pool, \
             ThreadPoolExecutor(workers) as writer, tqdm(total=len(paths), desc="predict", unit="img") as bar:
-        written, skipped = [], []
+        written, bad = [], BadInputs(skip=True, max_fraction=1.0)
         for chunk, images in batches(paths, pipeline.settings.batch_size, readers):
             for result in predict_batch(pipeline, images, chunk, cameras, pool):
                 if "problem" not in result:
                     written.append(writer.submit(write_outputs, Path(out), result, pipeline.resources, overlay))
                 elif skip_bad:
-                    skipped.append({"image": str(result["path"]), "problem": result["problem"]})
+                    bad.add(str(result["path"]), str(result["path"]), result["problem"])
                 else:
-                    raise PredictError(result["problem"])
+                    raise PredictError(f"{result['path']}: {result['problem']}")
             bar.update(len(chunk))
         for future in written:
             future.result()
     if skip_bad:                         # also when empty: no list of an earlier run stays behind
-        with atomic_write(Path(out) / SKIPPED_FILE) as tmp:
-            pd.DataFrame(skipped, columns=["image", "problem"]).to_csv(tmp, index=False)
-    if skipped:
-        log.warning("%d of %d images skipped: %s", len(skipped), len(paths), Path(out) / SKIPPED_FILE)
+        bad.write(Path(out) / SKIPPED_FILE)
     seconds = time.perf_counter() - started
     log.info("%d images in %.1f s (%.1f images/s) into %s", len(paths), seconds, len(paths) / seconds, out)
-    return {"images": len(paths), "skipped": len(skipped), "seconds": seconds,
+    return {"images": len(paths), "skipped": len(bad), "seconds": seconds,
             "images_per_second": len(paths) / max(seconds, 1e-9)}
 
 

@@ -248,7 +248,7 @@ def test_skip_bad_lists_the_images_without_a_prediction_and_writes_the_others(pr
                          skip_bad=True)
     assert (result["images"], result["skipped"]) == (3, 1)
     skipped = pd.read_csv(tmp_path / "out" / "skipped.csv")
-    assert skipped["image"].tolist() == [str(broken)] and "not a decodable image" in skipped["problem"][0]
+    assert skipped["file"].tolist() == [str(broken)] and "not a decodable image" in skipped["reason"][0]
     assert all((tmp_path / "out" / f"{path.stem}_pose.json").is_file() for path in good)
 
     def failing(camera, model_points, landmarks):
@@ -257,6 +257,6 @@ def test_skip_bad_lists_the_images_without_a_prediction_and_writes_the_others(pr
     monkeypatch.setattr(frontal, "pnp_roll", failing)
     result = predict.run(params, good, tmp_path / "none", artifacts=root / "artifacts", skip_bad=True)
     skipped = pd.read_csv(tmp_path / "none" / "skipped.csv")
-    assert result["skipped"] == 2 and skipped["image"].tolist() == [str(path) for path in good]
-    assert all(problem.startswith(f"{path}: no crop fits") for path, problem in zip(good, skipped["problem"]))
+    assert result["skipped"] == 2 and skipped["file"].tolist() == [str(path) for path in good]
+    assert all(reason.startswith("no crop fits") for reason in skipped["reason"])
     assert not list((tmp_path / "none").glob("*.obj"))
