@@ -15,6 +15,7 @@ from stages.coarse.train import share_weight
 from stages.common.badinput import BadInputs
 from stages.common.distributed import start_distributed
 from stages.common.params import Params
+from stages.common.stage import finish_distributed
 from stages.finetuning.pnp_loss import masked_mean
 from stages.nets.trainer import Trainer, TrainPaths, run_training
 from stages.wcpa.camera import Camera
@@ -77,13 +78,13 @@ def run_masked_mean_rank(rank: int, root: str, port: int) -> None:
     dist.destroy_process_group()
 
 
-def run_share_weight_rank(rank: int, root: str, port: int) -> None:
-    """coarse_train's share_weight of a global batch of 8 items, 4 a rank, with data.skip_bad: rank 0
-    kept 3 (one undecodable), rank 1 all 4; saves the weight and the items kept."""
+def run_share_weight_rank(rank: int, root: str, port: int, kept_by_rank: tuple[int, int]) -> None:
+    """coarse_train's share_weight of a global batch of 8 items, 4 a rank, with data.skip_bad, where
+    the ranks kept kept_by_rank of theirs (the others undecodable); saves the weight and the items kept."""
     join_as(rank, port)
     ctx = start_distributed("cpu")
-    kept = 3 if rank == 0 else 4
-    weight = share_weight({"index": torch.arange(kept)}, 8, ctx, BadInputs(skip=True, max_fraction=1.0))
+    kept = kept_by_rank[rank]
+    weight = share_weight(kept, 8, ctx, BadInputs(skip=True, max_fraction=1.0))
     torch.save({"weight": float(weight), "kept": kept}, Path(root) / f"share{rank}.pt")
     dist.destroy_process_group()
 
@@ -108,3 +109,11 @@ def run_coarse_rank(rank: int, root: str, params: Params, port: int) -> None:
     torch.save({"metrics": metrics, "steps": steps,
                 "nets": {name: net.state_dict() for name, net in trained.items()}}, base / f"coarse_rank{rank}.pt")
     dist.destroy_process_group()
+
+
+def run_finish_rank(rank: int, root: str, port: int) -> None:
+    """Join, leave through the stages' finish_distributed; saves whether the group is gone."""
+    join_as(rank, port)
+    start_distributed("cpu")
+    finish_distributed()
+    torch.save({"initialized": dist.is_initialized()}, Path(root) / f"finish{rank}.pt")

@@ -360,32 +360,39 @@ def _epoch(nets, stream: Stream, sizes, cfg: TrainConfig, stepping: tuple, epoch
     total, count = torch.zeros((), dtype=torch.float64, device=ctx.device), 0
     loaded = tqdm(stream.read(batches), total=len(batches), desc=f"epoch {epoch + 1}", unit="batch", leave=False,
                   disable=not ctx.main)
-    for batch, batch_size in zip(loaded, map(len, whole)):
-        batch = take(batch, stream.views.samples, bad)
-        if batch is None and ctx.world > 1:
-            raise DataError(f"every image of a batch share of process {ctx.rank} is undecodable "
-                            "(listed in skipped.csv with data.skip_bad): a DDP step needs images in every process")
-        if batch is None:
+    for loaded_batch, batch_size in zip(loaded, map(len, whole)):
+        batch = take(loaded_batch, stream.views.samples, bad)
+        if batch is None and ctx.world == 1:
             schedule.step()
             continue
-        total += step(nets, batch, sizes, optimizer, schedule, scaler, passes, share_weight(batch, batch_size, ctx, bad))
+        kept = 0 if batch is None else len(batch["index"])
+        if batch is None:        # every process steps under DDP: this one on a stand-in, weighted 0
+            batch = first_item(loaded_batch)
+        total += step(nets, batch, sizes, optimizer, schedule, scaler, passes, share_weight(kept, batch_size, ctx, bad))
         count += 1
     return total / max(count, 1)
 
 
-def share_weight(batch: dict, batch_size: int, ctx: Dist, bad: BadInputs | None = None) -> float | torch.Tensor | None:
+def first_item(batch: dict) -> dict:
+    """A loaded batch's first item as a batch of one (an undecodable item is a black image with
+    its finite landmark targets: a stand-in whose loss share_weight weighs 0)."""
+    return {"index": batch["index"][:1], **{name: {k: v[:1] for k, v in batch[name].items()} for name in PASSES}}
+
+
+def share_weight(kept: int, batch_size: int, ctx: Dist, bad: BadInputs | None = None) -> float | torch.Tensor | None:
     """The weight of this process's mean loss on its share of a global batch of `batch_size`
-    items: its items x world / the global batch's items, so that DDP's mean of the processes'
-    gradients weighs every item alike when the batch does not divide evenly (16 on 3 processes:
-    6, 5, 5). With data.skip_bad (`bad.skip`) the processes may drop undecodable items: the global
-    count is then the sum of what each kept (an all-reduce of one number on the device: a 0-d
-    float32 tensor weight, the float the nominal count would give when nothing is dropped). None
-    in one process (no weight)."""
+    items, of which it kept `kept`: its items x world / the global batch's items, so that DDP's
+    mean of the processes' gradients weighs every item alike when the batch does not divide
+    evenly (16 on 3 processes: 6, 5, 5). With data.skip_bad (`bad.skip`) the processes may drop
+    undecodable items: the global count is then the sum of what each kept (an all-reduce of one
+    number on the device: a 0-d float32 tensor weight, the float the nominal count would give
+    when nothing is dropped; 0 for a process that kept none, also when no process kept any: then
+    the step's gradient is 0, where one process skips the step). None in one process (no
+    weight)."""
     if ctx.world == 1:
         return None
-    kept = len(batch["index"])
     if bad is None or not bad.skip:
         return kept * ctx.world / batch_size
     total = torch.full((), float(kept), dtype=torch.float64, device=ctx.device)   # made there: no copy, no wait
     dist.all_reduce(total)
-    return (kept * ctx.world / total).float()
+    return (kept * ctx.world / total.clamp_min(1)).float()

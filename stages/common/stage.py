@@ -26,6 +26,17 @@ def stage_name(run: Callable[..., Any]) -> str:
     return (spec.name if spec is not None else run.__module__).rpartition(".")[2]
 
 
+def finish_distributed() -> None:
+    """Under torchrun, after a stage's run: every process waits for the others (rank 0 writes the
+    outputs after the last collective) and leaves the process group, so that none exits while
+    another still needs it. Nothing when no process group was started (torch.distributed then
+    need not even be imported)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def setup_logging() -> None:
     """INFO and above to stderr in LOG_FORMAT."""
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
@@ -49,6 +60,7 @@ def stage_main(doc: str, run: Callable[..., Any], options: Callable[[argparse.Ar
         result = run(load_params(args.pop("params")), **args)
     except errors as err:
         raise SystemExit(f"{name}: {err}") from None
+    finish_distributed()
     if isinstance(result, dict) and result:
         log.info("%s metrics: %s", name, {key: value for key, value in result.items() if not isinstance(value, list)})
     log.info("%s done in %.1f s", name, time.perf_counter() - started)

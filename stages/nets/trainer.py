@@ -185,7 +185,7 @@ def landmark_terms(out: dict, batch: dict, cfg: TrainParams) -> tuple[dict, dict
         value = losses.gnll(out["mu"], out["sigma"], batch["uv"], cfg.gnll_beta)
         gain = losses.mean_gain(out["sigma"], cfg.gnll_beta)
     else:                               # mse (the schema's other choice)
-        value, gain = losses.landmark_mse(out["mu"], batch["uv"]), torch.ones(())
+        value, gain = losses.landmark_mse(out["mu"], batch["uv"]), torch.ones((), device=out["mu"].device)
     return {"landmarks": value}, {"sigma_px": out["sigma"].detach().float().mean(), "mu_gain": gain}
 
 
@@ -204,8 +204,12 @@ def lr_factor(cfg: TrainParams, step: int, total: int) -> float:
 
 
 def make_loader(dataset: TrainBatches, ctx: Dist, cfg: TrainParams, seed: int) -> DataLoader:
-    """Shuffled batches of train.batch_size / world rows per process (the global batch is fixed)."""
-    per_rank = max(cfg.batch_size // ctx.world, 1)
+    """Shuffled batches of train.batch_size / world rows per process (the global batch is fixed;
+    a batch size that does not split evenly over the processes stops with a message)."""
+    if cfg.batch_size % ctx.world:
+        raise ValueError(f"batch_size {cfg.batch_size} does not split evenly over {ctx.world} processes: make it a "
+                         f"multiple of {ctx.world} (params gpus, or torchrun's --nproc_per_node)")
+    per_rank = cfg.batch_size // ctx.world
     sampler = DistributedSampler(range(len(dataset)), num_replicas=ctx.world, rank=ctx.rank,
                                  shuffle=True, seed=seed, drop_last=True)
     batches = BatchSampler(sampler, per_rank, drop_last=True)

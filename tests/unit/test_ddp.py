@@ -12,14 +12,14 @@ import torch.multiprocessing as mp
 
 from stages import coarse_train, pca
 from stages.coarse_train import train_config
-from stages.coarse.train import build_nets, shard, share_epoch, share_weight
+from stages.coarse.train import build_nets, first_item, shard, share_epoch, share_weight
 from stages.common.distributed import Dist, mean_over_ranks
 from stages.finetuning.pnp_loss import masked_mean
-from stages.nets.trainer import TrainPaths, run_training
+from stages.nets.trainer import TrainPaths, make_loader, run_training
 from stages.wcpa.camera import Camera
 from stages.common.params import apply_overrides, load_params
 from stages.wcpa.layout import image_path, write_list
-from tests.ddp_worker import (run_coarse_rank, run_masked_mean_rank, run_rank, run_share_weight_rank,
+from tests.ddp_worker import (run_coarse_rank, run_finish_rank, run_masked_mean_rank, run_rank, run_share_weight_rank,
                                run_training_rank)
 from tests.stages.tiny_data import write_tiny_root
 from tests.tiny_project import PROJ, make_tiny_project
@@ -94,19 +94,32 @@ def test_uneven_shares_of_a_coarse_batch_weigh_every_item_alike(batch_size, worl
     for rank in range(world):
         ctx = Dist(rank=rank, world=world, device=torch.device("cpu"))
         share = shard(batch, ctx)[0]
-        weight = share_weight({"index": torch.tensor([i for i, _ in share])}, batch_size, ctx)
+        weight = share_weight(len(share), batch_size, ctx)
         assert weight / len(share) / world == pytest.approx(1 / batch_size)
-    assert share_weight({"index": torch.arange(5)}, 5, Dist(rank=0, world=1, device=torch.device("cpu"))) is None
+    assert share_weight(5, 5, Dist(rank=0, world=1, device=torch.device("cpu"))) is None
 
 
 def test_items_dropped_as_undecodable_leave_every_kept_item_of_the_global_batch_alike(tmp_path):
     """With data.skip_bad, rank 0 drops 1 of its 4 items and rank 1 none: DDP's mean of the ranks'
     weighted mean losses gives each of the 7 kept items 1 / 7, as one process's mean over them
     (weights from the nominal batch of 8 gave 1 / 8 each: the batch counted 7 / 8)."""
-    mp.spawn(run_share_weight_rank, args=(str(tmp_path), free_port()), nprocs=2, join=True)
+    mp.spawn(run_share_weight_rank, args=(str(tmp_path), free_port(), (3, 4)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"share{r}.pt") for r in (0, 1)]
     for rank in ranks:
         assert rank["weight"] / rank["kept"] / 2 == pytest.approx(1 / 7)
+
+
+def test_a_process_without_a_decodable_item_steps_on_a_stand_in_weighted_zero(tmp_path):
+    """Rank 0's whole share undecodable: it steps on its share's first item (a black image) with
+    the weight 0 and rank 1's 4 items get 1 / 4 each, as in one process; with no item kept
+    anywhere both weights are 0 (a zero gradient), not a division by zero."""
+    for kept, weights in (((0, 4), [0.0, 2.0]), ((0, 0), [0.0, 0.0])):
+        mp.spawn(run_share_weight_rank, args=(str(tmp_path), free_port(), kept), nprocs=2, join=True)
+        assert [torch.load(tmp_path / f"share{r}.pt")["weight"] for r in (0, 1)] == weights
+    loaded = {"index": torch.tensor([7, 9]), **{name: {"image": torch.zeros(2, 4, 4, 3), "points": torch.ones(2, 68, 2)}
+                                               for name in ("locate", "refine")}}
+    stand_in = first_item(loaded)
+    assert stand_in["index"].tolist() == [7] and stand_in["refine"]["points"].shape == (1, 68, 2)
 
 
 @pytest.mark.parametrize("decode, corrupt", [("opencv", False), ("torch", False), ("opencv", True)])
@@ -182,3 +195,16 @@ def test_coarse_train_resumes_only_a_run_of_the_same_view_paths():
     opencv = apply_overrides(params, ["coarse_train.decode=opencv", "coarse_train.augment=opencv"])
     moved = {coarse_train.fingerprint(opencv, tables, data, 1, torch.device(dev)) for dev in ("cpu", "cuda")}
     assert len(moved) == 1                    # the same views on either device: a moved run resumes
+
+
+def test_a_batch_that_does_not_split_over_the_processes_torchrun_started_stops():
+    """torchrun --nproc_per_node 3 -m stages.train leaves params gpus at 1: the loader checks the
+    batch against the processes themselves (batch 8 took 2 a process: a global batch of 6)."""
+    cfg = load_params("params.yaml").replace(train={"batch_size": 8}).train
+    with pytest.raises(ValueError, match="batch_size 8 does not split evenly over 3 processes"):
+        make_loader(None, Dist(rank=0, world=3, device=torch.device("cpu")), cfg, seed=0)
+
+
+def test_every_process_leaves_the_group_after_a_stage(tmp_path):
+    mp.spawn(run_finish_rank, args=(str(tmp_path), free_port()), nprocs=2, join=True)
+    assert [torch.load(tmp_path / f"finish{r}.pt")["initialized"] for r in (0, 1)] == [False, False]

@@ -109,3 +109,15 @@ def test_mean_gain_is_the_factor_on_the_means_gradient():
     assert losses.mean_gain(sigma).item() == pytest.approx((4 + 0.25) / 2)
     assert losses.mean_gain(sigma, beta=0.5).item() == pytest.approx((2 + 0.5) / 2)
     assert losses.mean_gain(sigma, beta=1.0).item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("loss", ["gnll", "mse"])
+def test_every_landmark_term_and_diagnostic_is_on_the_outputs_device(loss):
+    """The epoch stacks the terms for one all-reduce: a term on another device (the MSE's
+    mu_gain was a CPU tensor) stops a CUDA run. The meta device stands in for CUDA."""
+    from stages.common.params import load_params
+    from stages.nets.trainer import landmark_terms
+    cfg = load_params("params.yaml").replace(train={"landmark_loss": loss}).train
+    out = {"mu": torch.zeros(2, 5, 2, device="meta"), "sigma": torch.ones(2, 5, device="meta")}
+    terms, diagnostics = landmark_terms(out, {"uv": torch.zeros(2, 5, 2, device="meta")}, cfg)
+    assert {value.device.type for value in {**terms, **diagnostics}.values()} == {"meta"}
