@@ -11,9 +11,11 @@ passes: the trained detector's landmarks after each pass (Detector.trace, up to 
 passes), without and with the flip test, against the projected GT: mean, median and 95th
 percentile px over all points, with the network forwards each image costs (1 + passes, twice the
 refine passes with the flip test). A refine pass that no longer lowers the error is one forward
-(two with the flip test) an image for nothing.
+(two with the flip test) an image for nothing. Then, for each --settle value, the landmarks when
+each image stops refining once a pass moves it less (coarse_predict.settle), with the refine
+passes and forwards an image that took.
 
-    python -m benchmarks.bench_coarse_predict [--images 512] [--split val] [--passes 6]
+    python -m benchmarks.bench_coarse_predict [--images 512] [--split val] [--passes 6] [--settle 0.005 0.01]
         [--params params.yaml] [--set coarse_predict.batch_size=256 ...]
 
 Needs the data root, the split lists (dvc repro split) and the detector (dvc repro coarse_train).
@@ -67,21 +69,33 @@ def rate(params: Params, detector: Detector, table, rows: int) -> None:
           f"decode {cfg.decode}, {data.workers} workers, {detector.device})")
 
 
-def passes(params: Params, detector: Detector, table, refine_passes: int) -> None:
+def passes(params: Params, detector: Detector, table, refine_passes: int, settles: list[float]) -> None:
     data, cfg = params.data, params.coarse_predict
     resources = load_resources(data.root)
     target, kept = load_targets(data.root, table, resources, BadInputs(skip=False, max_fraction=0.0), data.workers)
     paths = sample_files(data.root, table, "image")
     flips = [False] + ([True] if detector.flip_order is not None else [])
+
+    def traced(flip: bool, settle: float = 0.0) -> np.ndarray:
+        return np.concatenate([detector.trace([read_image(p, resources.camera.size, rgb=False)
+                                               for p in paths[s:s + cfg.batch_size]], refine_passes, flip, bgr=True,
+                                              settle=settle)
+                               for s in range(0, len(paths), cfg.batch_size)], axis=1)[:, kept]
+
     for flip in flips:
-        traces = [detector.trace([read_image(p, resources.camera.size, rgb=False) for p in paths[s:s + cfg.batch_size]],
-                                 refine_passes, flip, bgr=True) for s in range(0, len(paths), cfg.batch_size)]
-        rows = pass_errors(np.concatenate(traces, axis=1)[:, kept], target)
+        rows = pass_errors(traced(flip), target)
         print(f"flip test {flip}: {len(kept)} images")
         for k, row in enumerate(rows):
             forwards = 1 + k * (1 + flip)
             print(f"  {'locate' if k == 0 else f'refine {k}':>8}: mean {row['mean']:.3f} median {row['median']:.3f} "
                   f"p95 {row['p95']:.3f} px  ({forwards} forwards an image)")
+        for settle in settles:
+            trace = traced(flip, settle)
+            run = (trace[1:] != trace[:-1]).any((-1, -2)).sum(0).mean()     # the refine passes each image took
+            row = pass_errors(trace[-1:], target)[0]
+            print(f"  settle {settle:g}, at most {refine_passes} refine passes: mean {row['mean']:.3f} median "
+                  f"{row['median']:.3f} p95 {row['p95']:.3f} px  ({run:.2f} refine passes, "
+                  f"{1 + run * (1 + flip):.2f} forwards an image)")
 
 
 def main() -> None:
@@ -92,6 +106,8 @@ def main() -> None:
     parser.add_argument("--split", default="val", choices=["train", "val"], help="a labelled split")
     parser.add_argument("--images", type=int, default=512, help="the split's first rows")
     parser.add_argument("--passes", type=int, default=6, help="passes: refine passes traced")
+    parser.add_argument("--settle", type=float, nargs="*", default=[0.005, 0.01, 0.02],
+                        help="passes: also each settle value (stages.coarse.detector) with at most --passes passes")
     args = parser.parse_args()
     params = apply_overrides(load_params(args.params), args.set)
     detector = Detector(MODEL, pick_device("auto"), params.data.workers, params.coarse_predict.amp)
@@ -99,7 +115,7 @@ def main() -> None:
     if args.mode == "rate":
         rate(params, detector, table, len(table))
     else:
-        passes(params, detector, table, args.passes)
+        passes(params, detector, table, args.passes, args.settle)
 
 
 if __name__ == "__main__":

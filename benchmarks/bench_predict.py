@@ -46,7 +46,8 @@ def crops_of(pipeline: predict.Pipeline, paths: list[Path]) -> tuple[np.ndarray,
     """The crops (N, S, S, 3) uint8 of images and their crop -> full-image warps (N, 2, 3), as predict makes them."""
     images = [read_image(path) for path in paths]
     camera = pipeline.resources.camera
-    trace = pipeline.detector.trace(images, pipeline.coarse.refine_passes, pipeline.coarse.flip_test)
+    coarse = pipeline.coarse
+    trace = pipeline.detector.trace(images, coarse.refine_passes, coarse.flip_test, settle=coarse.settle)
     model_points = pipeline.resources.template[pipeline.resources.kpt_ind]
     warps = crop_warps(trace[-1], pipeline.reference, pipeline.crop.rotation, camera, model_points)
     crops = np.stack([warp_image(image, warp, pipeline.crop.size) for image, warp in zip(images, warps)])

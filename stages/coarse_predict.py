@@ -91,7 +91,8 @@ def predict_split(detector: Detector, root: Path | str, table: pd.DataFrame, siz
                     where.append(i)
             if images:
                 batch_images = torch.stack(images) if on_device else images
-                store.values[where] = detector(batch_images, cfg.refine_passes, cfg.flip_test, bgr=not on_device)
+                store.values[where] = detector(batch_images, cfg.refine_passes, cfg.flip_test,
+                                                  bgr=not on_device, settle=cfg.settle)
                 store.write(np.asarray(where))
             bar.update(len(futures))
     landmarks = np.array(store.values)

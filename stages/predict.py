@@ -3,7 +3,7 @@
 `python -m stages.predict IMAGE_OR_FOLDER... --out DIR [--focal PX | --fov DEG [--principal CX CY]]` runs, per batch
 of infer.batch_size images (decoded in data.workers threads):
   1. the coarse detector artifacts/coarse_train/model.pt (coarse_predict.refine_passes, flip_test,
-     amp), gated by stages.coarse.confidence (no face: stop naming the image, or with --skip-bad
+     settle, amp; --refine-passes and --settle override the first and third), gated by stages.coarse.confidence (no face: stop naming the image, or with --skip-bad
      list it in DIR/skipped.csv, as the stages list bad samples, and go on, as for an unreadable
      image, one no crop fits or a failed PnP);
   2. the roll-frontalized crop as the crop stage makes it (crop.size, crop.margin, crop.rotation);
@@ -49,7 +49,7 @@ from stages.coarse.confidence import MAX_SHIFT, MIN_INSIDE, Confidence, confiden
 from stages.coarse.detector import Detector
 from stages.common.badinput import SKIPPED_FILE, BadInputs, split_message
 from stages.common.io import save_json, save_npz
-from stages.common.params import CoarsePredictParams, CropParams, Params
+from stages.common.params import CoarsePredictParams, CropParams, Params, ParamsError
 from stages.common.stage import stage_main
 from stages.face.frontal import fitted_crop_warps, reference_shape
 from stages.face.pca import load_flip_perm
@@ -222,7 +222,8 @@ def predict_decoded(pipeline: Pipeline, images: list[np.ndarray], paths: list[Pa
     def problem(k: int, reason: str) -> dict:
         return {"path": paths[k], "problem": reason}
 
-    trace = pipeline.detector.trace(images, pipeline.coarse.refine_passes, pipeline.coarse.flip_test)
+    coarse = pipeline.coarse
+    trace = pipeline.detector.trace(images, coarse.refine_passes, coarse.flip_test, settle=coarse.settle)
     conf, no_face = face_problems(pipeline, trace, images)
     outcomes = {k: problem(k, reason) for k, reason in no_face.items()}
     groups: dict[tuple[int, int], list[int]] = {}
@@ -282,15 +283,18 @@ def batches(paths: list[Path], size: int, pool: ThreadPoolExecutor) -> Iterator[
 
 def run(params: Params, inputs: list[Path | str], out: Path | str, focal: float | None = None,
         fov: float | None = None, principal: tuple[float, float] | None = None, artifacts: Path = ARTIFACTS,
-        overlay: bool = True, skip_bad: bool = False, **gate: float) -> dict[str, float]:
+        overlay: bool = True, skip_bad: bool = False, refine_passes: int | None = None,
+        settle: float | None = None, **gate: float) -> dict[str, float]:
     """Predict every image of `inputs` into `out` (files written by data.workers threads while the
     next batch runs); returns {"images", "skipped", "seconds", "images_per_second"}. An image that
     gives no prediction (unreadable, no face, no crop, a failed PnP) stops the run naming it, or
-    with skip_bad is listed in out/SKIPPED_FILE (stages.common.badinput's list) and left out."""
+    with skip_bad is listed in out/SKIPPED_FILE (stages.common.badinput's list) and left out.
+    refine_passes, settle: the detector's (None: coarse_predict's in params)."""
     if focal is not None and fov is not None:
         raise PredictError("give --focal or --fov, not both")
     paths = list_images(inputs)
-    pipeline = load_pipeline(params, Path(artifacts), **gate)
+    passes = {key: value for key, value in (("refine_passes", refine_passes), ("settle", settle)) if value is not None}
+    pipeline = load_pipeline(params.replace(coarse_predict=passes), Path(artifacts), **gate)
     cameras = camera_choice(pipeline.resources, focal, fov, principal)
     started = time.perf_counter()
     workers = max(1, params.data.workers)
@@ -326,6 +330,11 @@ def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--principal", type=float, nargs=2, metavar=("CX", "CY"),
                         help="principal point in px, OpenCV's coordinates (the top-left pixel's centre is 0, 0), as "
                              "a calibration gives it; default: the image centre (with --focal or --fov)")
+    parser.add_argument("--refine-passes", type=int, help="the detector's refine passes, at most (default "
+                        "coarse_predict.refine_passes)")
+    parser.add_argument("--settle", type=float, help="stop an image's refine passes once one moves its landmarks by "
+                        "less than this share of the face (default coarse_predict.settle; e.g. 0.01 with "
+                        "--refine-passes 8 for faces smaller than the data's)")
     parser.add_argument("--min-inside", type=float, default=MIN_INSIDE, help="stages.coarse.confidence")
     parser.add_argument("--max-shift", type=float, default=MAX_SHIFT, help="stages.coarse.confidence")
     parser.add_argument("--no-overlay", dest="overlay", action="store_false", help="skip the overlay PNGs")
@@ -334,7 +343,7 @@ def options(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    stage_main(__doc__, run, options, argv, errors=(PredictError, CheckpointError, DataError))
+    stage_main(__doc__, run, options, argv, errors=(PredictError, CheckpointError, DataError, ParamsError))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 Pass 1 (locate) runs on the downscaled whole image; pass 2 (refine) on a square around the
 pass-1 landmarks, repeated `refine_passes` times, each time re-centred on the latest estimate.
 With `flip_test`, each refine pass also runs on the mirrored crop and the two are averaged.
+With `settle`, an image whose landmarks have stopped moving takes no further refine pass.
 """
 from __future__ import annotations
 
@@ -16,13 +17,15 @@ import torch
 
 from stages.coarse.model import LandmarkNet
 from stages.coarse.train import to_tensor
-from stages.coarse.views import locate_warp, refine_warp
+from stages.coarse.views import landmark_shift, locate_warp, refine_warp
 from stages.common.io import load_torch, save_torch
 from stages.common.precision import amp_dtype, autocast, place_network
 from stages.face.warp import apply_warp, invert_warp, warp_image
 from stages.face.warp_torch import warp_images
 
 Images = Union[list[np.ndarray], torch.Tensor]
+
+SHAPE_STEP = 32      # on CUDA a refine pass over some of a batch runs on a multiple of this many images
 
 CONFIG_KEYS = ("locate_backbone", "refine_backbone", "locate_size", "refine_size", "refine_margin",
                "head_width", "n_points")
@@ -95,24 +98,54 @@ class Detector:
             return net(inputs).float().double()
 
     def __call__(self, images: Images, refine_passes: int = 1, flip_test: bool = False,
-                 bgr: bool = False) -> np.ndarray:
+                 bgr: bool = False, settle: float = 0.0) -> np.ndarray:
         """A batch of full images (a list of (H, W, 3) uint8 arrays, or a (B, 3, H, W) uint8 RGB
         tensor on the detector's device) -> landmarks (B, L, 2) full-image px."""
-        return self.trace(images, refine_passes, flip_test, bgr)[-1]
+        return self.trace(images, refine_passes, flip_test, bgr, settle)[-1]
 
     def trace(self, images: Images, refine_passes: int = 1, flip_test: bool = False,
-              bgr: bool = False) -> np.ndarray:
+              bgr: bool = False, settle: float = 0.0) -> np.ndarray:
         """A batch of full images -> the landmarks of every pass (1 + refine_passes, B, L, 2)
         full-image px: locate first, the last refine pass last (see stages.coarse.confidence).
         flip_test needs a flip order. bgr: the images are in OpenCV's BGR order
-        (read_image(rgb=False)): only the small crops are converted, not the full images."""
+        (read_image(rgb=False)): only the small crops are converted, not the full images.
+        settle > 0: an image takes no further refine pass once one of its passes after the first
+        moved its landmarks by less than settle (stages.coarse.views.landmark_shift: the median
+        point's move over the face box's side); its landmarks stay as they are in the later
+        passes of the trace."""
         if flip_test and self.flip_order is None:
             raise ValueError("flip_test: this detector has no landmark flip order")
         size = self.config["locate_size"]
         shapes = [tuple(images.shape[-2:])] * len(images) if isinstance(images, torch.Tensor) else [a.shape[:2] for a in images]
         warps = np.stack([locate_warp(width, height, size) for height, width in shapes])
         passes = [self._run("locate", images, warps, flip=False, bgr=bgr)]
-        for _ in range(refine_passes):
-            warps = refine_warp(passes[-1], self.config["refine_size"], self.config["refine_margin"])
-            passes.append(self._run("refine", images, warps, flip_test, bgr))
+        active = np.arange(len(shapes))
+        for k in range(refine_passes):
+            latest = passes[-1].copy()
+            if len(active):
+                rows = self._rows(active, len(shapes))
+                warps = refine_warp(latest[rows], self.config["refine_size"], self.config["refine_margin"])
+                latest[active] = self._run("refine", _subset(images, rows), warps, flip_test, bgr)[:len(active)]
+                if settle > 0 and k > 0:
+                    active = active[~(landmark_shift(passes[-1][active], latest[active]) < settle)]
+            passes.append(latest)
         return np.stack(passes)
+
+    def _rows(self, active: np.ndarray, batch: int) -> np.ndarray:
+        """The images (indices) a refine pass runs on: the active ones first; on CUDA, padded
+        with others to a multiple of SHAPE_STEP (at most the batch), so that cuDNN's autotuning
+        (cudnn.benchmark) meets a few batch shapes rather than one per count of active images."""
+        if self.device.type != "cuda" or len(active) == batch:
+            return active
+        count = min(batch, -(-len(active) // SHAPE_STEP) * SHAPE_STEP)
+        others = np.setdiff1d(np.arange(batch), active)[:count - len(active)]
+        return np.concatenate([active, others])
+
+
+def _subset(images: Images, rows: np.ndarray) -> Images:
+    """The images at rows (all of them, unchanged, when rows is every index in order)."""
+    if len(rows) == len(images) and (rows == np.arange(len(rows))).all():
+        return images
+    if isinstance(images, torch.Tensor):
+        return images[torch.as_tensor(rows, device=images.device)]
+    return [images[i] for i in rows]

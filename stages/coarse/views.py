@@ -24,6 +24,15 @@ def landmark_box(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (low + high) / 2, (high - low).max(-1)
 
 
+def landmark_shift(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """How far landmarks moved from before to after (..., L, 2) px: the points' median distance
+    over after's box side (landmark_box), (...,); inf where that side is 0."""
+    moved = np.median(np.linalg.norm(np.asarray(after, np.float64) - before, axis=-1), axis=-1)
+    _, side = landmark_box(after)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(side > 0, moved / side, np.inf)
+
+
 def refine_warp(landmarks: np.ndarray, size: int, margin: float) -> np.ndarray:
     """Landmarks (..., L, 2) full px -> warps (..., 2, 3) full image -> refine input."""
     centre, side = landmark_box(landmarks)

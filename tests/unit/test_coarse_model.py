@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from stages.coarse.augment import Jitter, jitter_warp
-from stages.coarse.detector import Detector, save_detector
+from stages.coarse.confidence import last_shift
+from stages.coarse.detector import SHAPE_STEP, Detector, save_detector
 from stages.coarse.model import BACKBONES, LandmarkNet, soft_argmax
 from stages.coarse.sources import source_size
-from stages.coarse.views import locate_warp, refine_warp
+from stages.coarse.views import landmark_shift, locate_warp, refine_warp
 from stages.common.schema import SCHEMA
 from stages.face.warp import apply_warp
 
@@ -95,3 +96,59 @@ def test_an_unjittered_training_view_centres_the_source_as_the_prediction_view_d
     source = source_size(size)
     warp = jitter_warp(np.random.default_rng(0), Jitter(shift=0.0, scale=1.0, rotate=0.0), source, size)
     np.testing.assert_allclose(apply_warp(warp, np.array([[source / 2, source / 2]])), [[size / 2, size / 2]])
+
+
+def _random_detector(path) -> Detector:
+    config = {"locate_backbone": "mobilenet_v3_small", "refine_backbone": "mobilenet_v3_small", "locate_size": 64,
+              "refine_size": 64, "refine_margin": 1.2, "head_width": 16, "n_points": 68}
+    torch.manual_seed(0)
+    nets = {name: LandmarkNet("mobilenet_v3_small", 68, False, 16) for name in ("locate", "refine")}
+    save_detector(path, nets, config, None, {})
+    return Detector(path, torch.device("cpu"), 2)
+
+
+def test_settled_images_take_no_further_refine_pass_and_keep_their_landmarks(tmp_path, monkeypatch):
+    """Image i's refine pass k moves its landmarks by step[i] / 2^k of the face: with settle 0.03
+    image 0 (step 0.02) stops after its second refine pass, image 1 (step 0.2) after its fourth,
+    image 2 (step 1) never; the passes run on the active images only, and the gate's shift is
+    that of each image's last pass."""
+    detector = _random_detector(tmp_path / "model.pt")
+    face = np.stack(np.meshgrid(np.arange(0.0, 100.0, 10.0), np.arange(0.0, 100.0, 10.0)), -1).reshape(-1, 2)[:68]
+    step = np.array([0.02, 0.2, 1.0])
+    seen = []
+
+    def run(name, images, warps, flip, bgr=False):
+        rows = [int(image[0, 0, 0]) for image in images]
+        seen.append(rows)
+        done = len(seen) - 1                # refine passes with this one; pass j moves by 100 step 2^-j px
+        return np.stack([face + 100 * step[i] * (1 - 0.5 ** done) for i in rows])
+
+    monkeypatch.setattr(detector, "_run", run)
+    images = [np.full((8, 8, 3), i, np.uint8) for i in range(3)]
+    trace = detector.trace(images, refine_passes=5, settle=0.03)
+    assert seen == [[0, 1, 2], [0, 1, 2], [0, 1, 2], [1, 2], [1, 2], [2]]
+    np.testing.assert_array_equal(trace[3:, 0], np.broadcast_to(trace[2, 0], (3, 68, 2)))
+    np.testing.assert_array_equal(trace[5:, 1], trace[4:5, 1])
+    expected = [landmark_shift(trace[a, i], trace[a + 1, i]) for i, a in ((0, 1), (1, 3), (2, 4))]
+    np.testing.assert_allclose(last_shift(trace), expected)
+    assert expected[0] < 0.03 <= expected[2]
+
+
+def test_settle_zero_runs_every_pass_and_a_large_settle_stops_after_the_second(tmp_path):
+    detector = _random_detector(tmp_path / "model.pt")
+    images = list(np.random.default_rng(0).integers(0, 256, (3, 120, 160, 3), dtype=np.uint8))
+    full = detector.trace(images, refine_passes=4)
+    np.testing.assert_array_equal(detector.trace(images, refine_passes=4, settle=0.0), full)
+    stopped = detector.trace(images, refine_passes=4, settle=1e9)
+    np.testing.assert_array_equal(stopped[:3], full[:3])
+    np.testing.assert_array_equal(stopped[3:], np.broadcast_to(full[2], (2, 3, 68, 2)))
+
+
+def test_a_partial_refine_pass_on_cuda_runs_on_a_few_batch_shapes(tmp_path):
+    detector = _random_detector(tmp_path / "model.pt")
+    detector.device = torch.device("cuda")
+    rows = detector._rows(np.array([5, 9, 30]), 40)
+    assert len(rows) == SHAPE_STEP and rows[:3].tolist() == [5, 9, 30] and len(set(rows)) == SHAPE_STEP
+    assert len(detector._rows(np.arange(33), 40)) == 40
+    detector.device = torch.device("cpu")
+    assert detector._rows(np.array([5, 9, 30]), 40).tolist() == [5, 9, 30]
