@@ -29,8 +29,8 @@ from stages.common.rowfile import RowReader, RowWriter
 from stages.common.stage import stage_main
 from stages.face import ibug68
 from stages.face.mesh import flip_asymmetry_mm, kpt_flip_permutation
-from stages.face.pca import (PCABasis, expression_modes, fit_pca, read_blendshapes, read_neutral_list,
-                             reconstruction_errors, select_neutral_frames, vertex_flip)
+from stages.face.pca import (PCABasis, blendshape_offset_mm, expression_modes, fit_pca, read_blendshapes,
+                             read_neutral_list, reconstruction_errors, select_neutral_frames, vertex_flip)
 from stages.wcpa.layout import iter_labels, labelled_rows, load_resources, read_list, write_list
 
 log = logging.getLogger("pca")
@@ -54,20 +54,32 @@ class LabelledRows:
 
 
 def choose_neutral(table: pd.DataFrame, verts: RowReader, labelled: np.ndarray, blendshapes: np.ndarray,
-                   neutral_list: str, seed: int, max_frames: int, workers: int) -> np.ndarray:
+                   neutral_list: str, seed: int, max_frames: int, workers: int, n_subjects: int = 0) -> np.ndarray:
     """Row indices of one neutral frame per training subject among the labelled rows (N,) bool of
     the verts cache (N, V, 3) (a skipped sample is never chosen): the rows of the hand-made list
     `neutral_list` (a CSV of ids, a dep of the stage in dvc.yaml), or, when it has none (the
-    committed data/automatic_neutrals.csv) or is '', chosen automatically, the subjects scored
-    on `workers` processes."""
+    committed data/automatic_neutrals.csv) or is '', chosen automatically for every subject or
+    a seeded draw of n_subjects of them (0: every one), the subjects scored on `workers`
+    processes."""
     rows = np.flatnonzero(labelled)
     chosen = read_neutral_list(neutral_list, table.iloc[rows].reset_index(drop=True)) if neutral_list else []
     if len(chosen):
         log.info("neutral meshes from the hand-made list %s", neutral_list)
         return rows[chosen]
+    rows = rows[drawn_subjects(table.subject_id.to_numpy()[rows], n_subjects, seed)]
     subjects = table.subject_id.to_numpy()[rows]
     return rows[select_neutral_frames(LabelledRows(verts, labelled), subjects, blendshapes, max_frames, seed,
                                       workers)]
+
+
+def drawn_subjects(subjects: np.ndarray, n_subjects: int, seed: int) -> np.ndarray:
+    """(N,) bool: the rows of a seeded draw of n_subjects of the distinct subjects (N,) (all of
+    them with 0, or with no more subjects than that)."""
+    distinct = pd.unique(subjects)
+    if not n_subjects or len(distinct) <= n_subjects:
+        return np.ones(len(subjects), dtype=bool)
+    drawn = np.random.default_rng(seed).choice(len(distinct), n_subjects, replace=False)
+    return np.isin(subjects, distinct[drawn])
 
 
 def data_expressions(table: pd.DataFrame, verts: RowReader, labelled: np.ndarray, neutral: np.ndarray,
@@ -165,7 +177,8 @@ def run(params: Params, out: Path = Path("artifacts/pca"), split_dir: Path = Pat
     train_verts = RowReader(out / "verts_train.npy")
     blendshapes = read_blendshapes(data.blendshapes, resources.n_verts)
     chosen = choose_neutral(tables["train"], train_verts, labelled["train"], blendshapes, cfg.neutral_list,
-                            params.seed, cfg.max_frames_per_subject, data.workers)
+                            params.seed, cfg.max_frames_per_subject, data.workers, cfg.neutral_subjects)
+    offset = blendshape_offset_mm(blendshapes, train_verts[chosen], data.blendshapes) if len(blendshapes) else None
     expressions = blendshapes if len(blendshapes) else data_expressions(tables["train"], train_verts, labelled["train"],
                                                                         chosen, cfg.data_expressions, params.seed)
     meshes = np.concatenate([train_verts[chosen].astype(np.float64), expressions])
@@ -174,7 +187,8 @@ def run(params: Params, out: Path = Path("artifacts/pca"), split_dir: Path = Pat
     basis = fit_pca(meshes, cfg.n_components)
     metrics = {"n_meshes": len(meshes), "n_neutral": len(chosen), "n_blendshapes": len(blendshapes),
                "n_data_expressions": len(expressions) - len(blendshapes),
-               "n_components": basis.n_components, "neutral": neutral_check(tables["train"], chosen)}
+               "n_components": basis.n_components, "neutral": neutral_check(tables["train"], chosen),
+               "blendshape_offset_mm": offset}
     mean_mesh = {}
     for split in SPLITS:
         errors, mean_mesh[split] = project_cache(basis, RowReader(out / f"verts_{split}.npy"), labelled[split],

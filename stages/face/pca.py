@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 NO_BLENDSHAPES = "data/no_blendshapes"   # a folder without meshes, kept in git: the setting for "none"
 ARKIT_BLENDSHAPES = ARKIT_NAMES      # the 51 blendshape meshes of the PCA (paper sec. 2.3.1)
+MAX_BLENDSHAPE_OFFSET_MM = 20.0     # blendshapes farther from the data's faces are in other units or frame
+TIE_SHARE = 1e-6    # neutral choice: expression scores this share of the frames' spread above the lowest tie
 
 
 @dataclass(frozen=True)
@@ -189,10 +191,14 @@ def expression_scores(verts: np.ndarray, fit: NonNegativeFit) -> np.ndarray:
 
 def medoid_index(verts: np.ndarray) -> int:
     """Index of the frame (N, V, 3) with the smallest summed RMS distance to the others."""
+    return int(np.argmin(summed_distances(verts)))
+
+
+def summed_distances(verts: np.ndarray) -> np.ndarray:
+    """Each frame's (N, V, 3) summed distance to the others (N,) m (root of the summed squares)."""
     flat = np.asarray(verts, dtype=np.float64).reshape(len(verts), -1)
     sq = (flat ** 2).sum(1)
-    dist = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * flat @ flat.T, 0.0))
-    return int(np.argmin(dist.sum(1)))
+    return np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * flat @ flat.T, 0.0)).sum(1)
 
 
 def select_neutral_frames(verts: np.ndarray, subjects: np.ndarray, blendshapes: np.ndarray | None = None,
@@ -224,13 +230,23 @@ def select_neutral_frames(verts: np.ndarray, subjects: np.ndarray, blendshapes: 
 
 def neutral_index(frames: np.ndarray, fit: NonNegativeFit | None) -> int:
     """Index of the neutral frame among one subject's frames (M, V, 3): the lowest
-    `expression_scores` with a blendshape fit, the medoid without (fit None)."""
-    return medoid_index(frames) if fit is None else int(np.argmin(expression_scores(frames, fit)))
+    `expression_scores` with a blendshape fit, the medoid without (fit None). Scores within
+    TIE_SHARE of the frames' spread (their mean squared distance from their mean) of the lowest
+    are a tie, broken by the summed distance to the other frames: when the blendshapes explain
+    the frames exactly, opposing ones (jawLeft, jawRight) can explain them from a mild expression
+    as well as from the rest face, up to rounding."""
+    if fit is None:
+        return medoid_index(frames)
+    scores = expression_scores(frames, fit)
+    flat = np.asarray(frames, dtype=np.float64).reshape(len(frames), -1)
+    spread = ((flat - flat.mean(0)) ** 2).sum(1).mean()
+    tied = np.flatnonzero(scores <= scores.min() + TIE_SHARE * spread)
+    return int(tied[np.argmin(summed_distances(frames)[tied])])
 
 
 def read_neutral_list(path: Path | str, table: pd.DataFrame) -> np.ndarray:
-    """A hand-made CSV of ids (subject_id, facial_action, img_id) -> row indices into `table`
-    (none for a list with no rows)."""
+    """A hand-made CSV of ids (subject_id, facial_action, img_id), at most one a subject (the
+    paper's lists 200 of its persons) -> row indices into `table` (none for a list with no rows)."""
     path = Path(path)
     try:
         chosen = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -241,12 +257,17 @@ def read_neutral_list(path: Path | str, table: pd.DataFrame) -> np.ndarray:
         raise ValueError(f"{path}: needs columns {', '.join(columns)}")
     if chosen.empty:
         return np.empty(0, dtype=np.int64)
+    doubled = chosen.subject_id[chosen.subject_id.duplicated()]
+    if len(doubled):
+        raise ValueError(f"{path}: {doubled.nunique()} subject(s) listed more than once, e.g. {doubled.iloc[0]}: "
+                         "one neutral frame per subject")
     keys = table[columns].agg("/".join, axis=1)
     where = pd.Series(np.arange(len(table)), index=keys.to_numpy())
     wanted = chosen[columns].agg("/".join, axis=1)
     unknown = wanted[~wanted.isin(where.index)]
     if len(unknown):
-        raise ValueError(f"{path}: {len(unknown)} id(s) not in the training split, e.g. {unknown.iloc[0]}")
+        raise ValueError(f"{path}: {len(unknown)} id(s) not among the training split's labelled rows (not in the "
+                         f"split, or skipped as a bad input), e.g. {unknown.iloc[0]}")
     return where[wanted.to_numpy()].to_numpy().astype(np.int64)
 
 
@@ -283,6 +304,20 @@ def expression_modes(verts, subjects: np.ndarray, usable: np.ndarray, neutral: n
     reach = along[np.abs(along).argmax(0), np.arange(n_modes)]     # the signed extreme of each direction
     mean = np.asarray(verts[neutral], np.float64).mean(0)
     return mean + (reach[:, None] * vt[::-1]).reshape((n_modes,) + shape)
+
+
+def blendshape_offset_mm(blendshapes: np.ndarray, neutral: np.ndarray, folder: Path | str) -> float:
+    """The RMS distance (mm) of the blendshapes' (B, V, 3) rest face (their per-vertex median:
+    each blendshape moves part of the face) from the mean of the neutral meshes (S, V, 3), both
+    metres; a ValueError naming the folder above MAX_BLENDSHAPE_OFFSET_MM (other units, or
+    another frame than the data's head frame)."""
+    rest = np.median(np.asarray(blendshapes, np.float64), axis=0)
+    offset = 1000 * float(np.sqrt(((rest - np.asarray(neutral, np.float64).mean(0)) ** 2).sum(-1).mean()))
+    if not offset <= MAX_BLENDSHAPE_OFFSET_MM:
+        raise ValueError(f"{folder}: the blendshapes' rest face lies {offset:.1f} mm RMS from the mean neutral "
+                         f"mesh of the data (at most {MAX_BLENDSHAPE_OFFSET_MM:g}): the meshes must be in metres, "
+                         "in the data's head frame")
+    return offset
 
 
 def read_blendshapes(folder: Path | str, n_verts: int) -> np.ndarray:

@@ -39,6 +39,19 @@ def test_pca_stage_writes_basis_coefficients_and_metrics(tmp_path, monkeypatch):
     assert 0 <= metrics["flip"]["asymmetry_mean_mm"] <= metrics["flip"]["asymmetry_max_mm"]
 
 
+def test_pca_fits_the_neutral_meshes_of_a_seeded_draw_of_subjects(tmp_path, monkeypatch):
+    make_tiny_project(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    params = load_params("params.yaml")
+    metrics = pca.run(params.replace(pca={"neutral_subjects": 3}))
+    chosen = pd.read_csv(tmp_path / "artifacts" / "pca" / "neutral.csv", dtype=str)
+    assert metrics["n_meshes"] == 3 + 51 and len(chosen) == 3 and chosen.subject_id.is_unique
+    assert (chosen.facial_action == "neutral").all()
+    again = pca.run(params.replace(pca={"neutral_subjects": 3}), out=tmp_path / "again")
+    assert again["n_meshes"] == 3 + 51
+    assert (tmp_path / "again" / "neutral.csv").read_text() == (tmp_path / "artifacts" / "pca" / "neutral.csv").read_text()
+
+
 def _corrupt_one_train_info(root) -> tuple[int, str]:
     """Overwrite the info file of a training row (not a neutral frame) -> (row, key)."""
     table = pd.read_csv(root / "artifacts" / "split" / "train.csv", dtype=str)

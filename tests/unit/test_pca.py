@@ -6,8 +6,10 @@ import pandas as pd
 import pytest
 
 from stages.wcpa.obj import write_obj
-from stages.face.pca import (ARKIT_BLENDSHAPES, NO_BLENDSHAPES, expression_modes, fit_pca, read_blendshapes,
-                             read_neutral_list, reconstruction_errors, select_neutral_frames)
+from stages import pca as pca_stage
+from stages.face import pca as face_pca
+from stages.face.pca import (ARKIT_BLENDSHAPES, NO_BLENDSHAPES, expression_modes, fit_pca, neutral_index,
+                             read_blendshapes, read_neutral_list, reconstruction_errors, select_neutral_frames)
 from tests.tiny_project import face_blendshapes, make_faces, symmetric_template
 
 
@@ -73,6 +75,47 @@ def test_hand_made_neutral_list_gives_its_rows(tmp_path):
     pd.DataFrame({"subject_id": ["c"], "facial_action": ["x"], "img_id": ["1"]}).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(ValueError, match="bad.csv.*c/x/1"):
         read_neutral_list(tmp_path / "bad.csv", table)
+
+
+def test_a_neutral_list_naming_a_subject_twice_stops(tmp_path):
+    table = pd.DataFrame({"subject_id": ["a", "a", "b"], "facial_action": ["x", "y", "x"], "img_id": ["1", "2", "1"]})
+    table.iloc[[0, 1]].to_csv(tmp_path / "n.csv", index=False)
+    with pytest.raises(ValueError, match="n.csv: 1 subject.*more than once, e.g. a"):
+        read_neutral_list(tmp_path / "n.csv", table)
+
+
+def test_expression_scores_tied_at_rounding_go_to_the_frame_nearest_the_others(monkeypatch):
+    """Frame 2, a mild expression 1.2 mm off the rest face 0, scores 5e-15 m^2 below it (the
+    demo's subject 000436 had jaw_left over its neutral frames so): a tie, which the summed
+    distance to the other frames breaks; a score lower by more than rounding still wins."""
+    rng = np.random.default_rng(0)
+    rest = rng.normal(0, 0.05, (40, 3))
+    big, mild = (rng.normal(0, s, (40, 3)) for s in (0.01, 0.0012))
+    frames = np.stack([rest, rest + big, rest + mild, rest + big + mild])
+    monkeypatch.setattr(face_pca, "expression_scores", lambda f, fit: np.array([1.383e-13, 3e-4, 1.336e-13, 2e-4]))
+    assert neutral_index(frames, fit=object()) == 0
+    monkeypatch.setattr(face_pca, "expression_scores", lambda f, fit: np.array([1e-6, 3e-4, 1e-9, 2e-4]))
+    assert neutral_index(frames, fit=object()) == 2
+
+
+def test_blendshapes_in_other_units_or_frame_stop_naming_the_folder():
+    rng = np.random.default_rng(3)
+    template = symmetric_template(15, rng)
+    blendshapes = face_blendshapes(rng, template)
+    _, meshes = make_faces(rng, template, 4, ["neutral"], 1, blendshapes)
+    assert face_pca.blendshape_offset_mm(blendshapes, meshes, "arkit") < 5
+    for wrong in (blendshapes * 100, blendshapes + [0.0, 0.0, 0.05]):
+        with pytest.raises(ValueError, match="arkit: the blendshapes' rest face lies .* mm RMS"):
+            face_pca.blendshape_offset_mm(wrong, meshes, "arkit")
+
+
+def test_a_seeded_draw_of_subjects_keeps_all_their_rows():
+    subjects = np.repeat(np.array([f"s{i:03d}" for i in range(30)]), 3)
+    drawn = pca_stage.drawn_subjects(subjects, 10, seed=4)
+    assert len(np.unique(subjects[drawn])) == 10 and drawn.sum() == 30
+    assert (drawn == pca_stage.drawn_subjects(subjects, 10, seed=4)).all()
+    assert (drawn != pca_stage.drawn_subjects(subjects, 10, seed=5)).any()
+    assert pca_stage.drawn_subjects(subjects, 0, seed=4).all() and pca_stage.drawn_subjects(subjects, 30, seed=4).all()
 
 
 def test_missing_blendshape_folder_is_an_error_naming_it(tmp_path):
