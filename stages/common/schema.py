@@ -152,6 +152,8 @@ SCHEMA = {
         "batch_size": COUNT,
         "refine_passes": NON_NEGATIVE,  # pass 2 repeated, each time re-centred on the latest landmarks
         "flip_test": bool,        # average pass 2 with its mirrored run
+        "settle": WEIGHT,         # > 0: an image stops refining once a pass after its first moves its landmarks
+                                  # by less than this share of the face (the median point; 0: every refine pass)
         "amp": bool,              # mixed precision: bfloat16 on CUDA (float16 before Ampere) and on CPUs with native bfloat16
         "decode": Choice("auto", "opencv", "torch"),  # images decoded and warped on worker threads (OpenCV) or in
                                   # batches on the detector's device (torch); auto: torch on CUDA, else OpenCV
@@ -179,6 +181,8 @@ SCHEMA = {
         "n_components": COUNT,    # PCA components (clamped, with a warning, to meshes - 1)
         "neutral_list": str,      # CSV of ids (subject_id, facial_action, img_id), a dep of pca; no rows = automatic
         "max_frames_per_subject": COUNT,  # neutral selection scores at most this many frames per subject
+        "neutral_subjects": NON_NEGATIVE,  # automatic choice: the neutral meshes of this many training subjects (a
+                                  # seeded draw; the paper's 200), 0: of every one
         "data_expressions": NON_NEGATIVE,  # without blendshapes: expression modes of the training frames in
                                   # their place (stages.face.pca.expression_modes); 0: the neutral meshes alone
     },

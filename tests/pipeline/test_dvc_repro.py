@@ -1,5 +1,5 @@
 """End to end: `dvc repro` of the tiny profile in a temporary clone, then
-`dvc exp run -S lambda.pnp=2` must rerun only finetune and the stages after it."""
+`dvc exp run -S lambda.pnp=2.5` must rerun only finetune and the stages after it."""
 import json
 import os
 import re
