@@ -1,11 +1,13 @@
 """Colour jitter of a whole batch on the training device, one affine colour map per image.
 
-The four ColorJitter operations (torchvision's and albumentations' definitions) are affine maps
-of a pixel's RGB vector x (0-255):
+The four ColorJitter operations are affine maps of a pixel's RGB vector x (0-255), brightness,
+contrast and saturation as torchvision and albumentations define them:
   brightness b:  x -> b x
   contrast c:    x -> c x + (1 - c) g,   g the image's mean grey level (grey = GREY . rgb)
   saturation s:  x -> s x + (1 - s) (GREY . x) (1, 1, 1)
-  hue h:         x -> rotation of x by 2 pi h about the grey axis (1, 1, 1)
+  hue h:         x -> rotation of x by 2 pi h about the grey axis (1, 1, 1): a hue turn in the
+                 same direction as theirs, which shift H in HSV and are not affine (at h = 0.05
+                 (200, 80, 40) becomes (188, 110, 22) here, (200, 128, 40) in torchvision)
 so any order of them is one affine map per image, composed here as (B, 3, 4) matrices from the
 image's mean colour (which each map moves affinely: the contrast step's g is exact) and applied
 in one batched product; the result is clipped to [0, 255] once, at the end (the libraries clip
