@@ -25,7 +25,7 @@ from stages.face.warp_torch import warp_images
 
 Images = Union[list[np.ndarray], torch.Tensor]
 
-SHAPE_STEP = 32      # on CUDA a refine pass over some of a batch runs on a multiple of this many images
+SHAPE_STEP = 32      # a refine pass over some of a batch runs on a multiple of this many images
 
 CONFIG_KEYS = ("locate_backbone", "refine_backbone", "locate_size", "refine_size", "refine_margin",
                "head_width", "n_points")
@@ -131,11 +131,15 @@ class Detector:
             passes.append(latest)
         return np.stack(passes)
 
-    def _rows(self, active: np.ndarray, batch: int) -> np.ndarray:
-        """The images (indices) a refine pass runs on: the active ones first; on CUDA, padded
-        with others to a multiple of SHAPE_STEP (at most the batch), so that cuDNN's autotuning
-        (cudnn.benchmark) meets a few batch shapes rather than one per count of active images."""
-        if self.device.type != "cuda" or len(active) == batch:
+    @staticmethod
+    def _rows(active: np.ndarray, batch: int) -> np.ndarray:
+        """The images (indices) a refine pass runs on: the active ones first, padded with others
+        to a multiple of SHAPE_STEP (at most the batch), so that the networks meet a few batch
+        shapes rather than one per count of active images: cuDNN autotunes each shape on CUDA
+        (cudnn.benchmark), and on the CPU the allocator keeps blocks of each (the demo's
+        coarse_predict peaked at 1.54 GB with a shape per count, 1.34 padded, 1.33 without
+        settle; its landmarks byte-identical padded or not)."""
+        if len(active) == batch:
             return active
         count = min(batch, -(-len(active) // SHAPE_STEP) * SHAPE_STEP)
         others = np.setdiff1d(np.arange(batch), active)[:count - len(active)]

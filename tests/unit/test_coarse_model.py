@@ -6,6 +6,7 @@ import torch
 
 from stages.coarse.augment import Jitter, jitter_warp
 from stages.coarse.confidence import last_shift
+from stages.coarse import detector as detector_module
 from stages.coarse.detector import SHAPE_STEP, Detector, save_detector
 from stages.coarse.model import BACKBONES, LandmarkNet, soft_argmax
 from stages.coarse.sources import source_size
@@ -124,6 +125,7 @@ def test_settled_images_take_no_further_refine_pass_and_keep_their_landmarks(tmp
         return np.stack([face + 100 * step[i] * (1 - 0.5 ** done) for i in rows])
 
     monkeypatch.setattr(detector, "_run", run)
+    monkeypatch.setattr(detector_module, "SHAPE_STEP", 1)          # no padding: the passes' own images
     images = [np.full((8, 8, 3), i, np.uint8) for i in range(3)]
     trace = detector.trace(images, refine_passes=5, settle=0.03)
     assert seen == [[0, 1, 2], [0, 1, 2], [0, 1, 2], [1, 2], [1, 2], [2]]
@@ -144,11 +146,10 @@ def test_settle_zero_runs_every_pass_and_a_large_settle_stops_after_the_second(t
     np.testing.assert_array_equal(stopped[3:], np.broadcast_to(full[2], (2, 3, 68, 2)))
 
 
-def test_a_partial_refine_pass_on_cuda_runs_on_a_few_batch_shapes(tmp_path):
-    detector = _random_detector(tmp_path / "model.pt")
-    detector.device = torch.device("cuda")
-    rows = detector._rows(np.array([5, 9, 30]), 40)
+def test_a_partial_refine_pass_runs_on_a_few_batch_shapes(tmp_path):
+    """The active images first, padded with finished ones to a multiple of SHAPE_STEP (at most the
+    batch), each image once; the padding's landmarks are not kept (the settle test above)."""
+    rows = Detector._rows(np.array([5, 9, 30]), 40)
     assert len(rows) == SHAPE_STEP and rows[:3].tolist() == [5, 9, 30] and len(set(rows)) == SHAPE_STEP
-    assert len(detector._rows(np.arange(33), 40)) == 40
-    detector.device = torch.device("cpu")
-    assert detector._rows(np.array([5, 9, 30]), 40).tolist() == [5, 9, 30]
+    assert len(Detector._rows(np.arange(33), 40)) == 40
+    assert Detector._rows(np.array([2, 0]), 3).tolist() == [2, 0, 1]
