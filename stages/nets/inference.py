@@ -48,6 +48,7 @@ from stages.nets.poses import check_pnp, submit_poses
 from stages.wcpa.camera import Camera, make_rt
 from stages.wcpa.layout import ID_COLUMNS, finite_rows, labelled_rows
 from stages.wcpa.predictions import PredictionWriter
+from stages.wcpa.submission import pose_accepted
 
 log = logging.getLogger(__name__)
 OUTPUT_KEYS = ("mu", "sigma", "verts")
@@ -232,13 +233,13 @@ def check_network(finite: np.ndarray, skipped: np.ndarray, table: pd.DataFrame, 
 
 def repair_poses(R_t: np.ndarray, skipped: np.ndarray, fallback: Fallback, table: pd.DataFrame,
                  max_fraction: float, where: str) -> np.ndarray:
-    """Rows of R_t (N, 4, 4) whose PnP failed (non-finite pose, or the face behind the camera:
-    tz >= 0, which the submission validator rejects) get the fallback pose, in place, and keep
-    their predicted mesh.
+    """Rows of R_t (N, 4, 4) whose PnP failed (a pose the submission validator rejects:
+    stages.wcpa.submission.pose_accepted: not finite, the face behind the camera or 10 m away)
+    get the fallback pose, in place, and keep their predicted mesh.
 
     Returns (N,) bool of those rows; stops, naming them, when they are more than `max_fraction`
     of the usable rows (a broken network or a PnP method unfit for its landmarks)."""
-    failed = ~(finite_rows(R_t) & (R_t[:, 3, 2] < 0)) & ~skipped
+    failed = ~pose_accepted(R_t) & ~skipped
     usable = max(int((~skipped).sum()), 1)
     if failed.sum() > max_fraction * usable:
         raise InferenceError(f"{where}: PnP failed or put the face behind the camera for {int(failed.sum())} of "

@@ -88,6 +88,14 @@ def check_layout(shape: tuple[int, int], dtype: np.dtype, n_rows: int, n_verts: 
         raise SubmissionError(f"{name}: dtype {dtype}, expected float32")
 
 
+def pose_accepted(R_t: np.ndarray) -> np.ndarray:
+    """(N,) bool: the poses R_t (N, 4, 4) that check_rows accepts as poses (finite, the face in
+    front of the camera, |t| below MAX_DISTANCE_M); a rotation from PnP is orthonormal."""
+    finite = np.isfinite(R_t).all(axis=(1, 2))
+    t = np.where(finite[:, None], R_t[:, 3, :3], 0.0)
+    return finite & (t[:, 2] < 0) & (np.linalg.norm(t, axis=-1) < MAX_DISTANCE_M)
+
+
 def check_rows(block: np.ndarray, first: int, name: str) -> None:
     """validate_submission's checks of each row of block (B, 3V + 12), rows first .. first + B of
     the array (the row the message names)."""

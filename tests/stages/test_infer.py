@@ -25,6 +25,7 @@ from stages.nets.dataset import CropStore, crop_targets
 from stages.nets.model import FaceNet, NetConfig
 from stages.wcpa.layout import ID_COLUMNS, finite_rows, load_resources, read_list
 from stages.wcpa.predictions import load_predictions
+from stages.wcpa.submission import check_rows, to_submission
 from tests.tiny_project import make_tiny_project, write_params
 
 CROP = 32
@@ -326,3 +327,16 @@ def test_infer_lists_every_train_key_its_checkpoint_check_reads():
     listed = set(yaml.safe_load((Path(__file__).resolve().parents[2] / "dvc.yaml").read_text())
                  ["stages"]["infer"]["do"]["params"])
     assert keys <= listed, sorted(keys - listed)
+
+
+def test_a_pose_the_submission_would_refuse_gets_the_fallback_pose():
+    """A PnP pose 12 m away passed inference and stopped submit (|t| >= 10 m): every pose the
+    validator refuses is a failed PnP here, one rule for both (stages.wcpa.submission.pose_accepted)."""
+    table, pred = _three_rows()
+    fallback = Fallback(verts=np.zeros((4, 3)), R_t=np.diag([1.0, 1.0, 1.0, 1.0]))
+    fallback.R_t[3, 2] = -0.6
+    pred["R_t"][1, 3, 2] = -12.0
+    failed = repair_poses(pred["R_t"], np.zeros(3, bool), fallback, table, 0.5, "here")
+    assert failed.tolist() == [False, True, False] and pred["R_t"][1, 3, 2] == -0.6
+    block = to_submission(np.zeros((3, 4, 3)), pred["R_t"])
+    check_rows(block, 0, "here")
