@@ -266,7 +266,7 @@ def write_outputs(out: Path, result: dict, resources: Resources, overlay: bool =
 def read_or_problem(path: Path) -> np.ndarray | str:
     """An image file -> (H, W, 3) uint8 RGB, or for an unreadable one its problem."""
     try:
-        return read_image(path)
+        return read_image(path, orient=True)
     except DataError as err:
         return split_message(err)[1]
 

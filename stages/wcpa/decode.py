@@ -1,8 +1,8 @@
 """The challenge's images read with torchvision on a torch device: one batched decode_jpeg (nvJPEG
 on CUDA) per batch of files, with the OpenCV reader's checks and messages (stages/wcpa/layout.py
 `read_image`): an image of another size than the data set's, or one torchvision cannot decode
-and OpenCV cannot either, is the same DataError; an EXIF-rotated image is decoded by OpenCV,
-which applies the rotation as the landmarks' reader did. Used by the torch paths of crop
+and OpenCV cannot either, is the same DataError; both leave an EXIF orientation unapplied (the
+labels refer to the stored pixel grid). Used by the torch paths of crop
 (stages/face/cropping.py), coarse_train (stages/coarse/device_views.py) and coarse_predict.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import warnings
 
-from stages.wcpa.layout import DataError, check_image_size, exif_rotated, image_bytes, read_image
+from stages.wcpa.layout import DataError, check_image_size, image_bytes, read_image
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +76,10 @@ def _checked_size(image, path: str, image_size: tuple[int, int]):
 def load_for_device(path: str, device, image_size: tuple[int, int]):
     """A worker thread's (or loader process's) read of an image: its bytes as a (N,) CPU tensor
     (decoded there when `device` is the CPU, where a batched decode is a loop anyway), or its
-    DataError. An image whose EXIF orientation asks for a rotation is decoded here by OpenCV,
-    which applies it as the landmarks' reader did (decode_jpeg does not): a (3, H, W) CPU tensor."""
+    DataError."""
     import torch
     try:
         data = image_bytes(path)
-        if exif_rotated(data):
-            return _checked_size(torch.from_numpy(read_image(path)).permute(2, 0, 1), path, image_size)
     except DataError as err:
         return err
     data = torch.from_numpy(data)
@@ -92,7 +89,7 @@ def load_for_device(path: str, device, image_size: tuple[int, int]):
 def device_images(loaded: list, paths: list[str], device, image_size: tuple[int, int]) -> list:
     """load_for_device's results -> per image a (3, H, W) uint8 RGB tensor on `device`, or its
     DataError: the files' bytes decoded in one batch (decode_images: nvJPEG on CUDA), images
-    decoded already (on the CPU, or EXIF-rotated ones) moved there."""
+    decoded already (on the CPU) moved there."""
     out = [item if isinstance(item, DataError) or item.dim() == 1 else item.to(device) for item in loaded]
     todo = [k for k, item in enumerate(loaded) if not isinstance(item, DataError) and item.dim() == 1]
     for k, image in zip(todo, decode_images([loaded[k] for k in todo], [paths[k] for k in todo], device, image_size)):

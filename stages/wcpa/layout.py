@@ -32,6 +32,7 @@ if TYPE_CHECKING:                # badinput imports DataError from here
 ID_COLUMNS = ["subject_id", "facial_action", "img_id"]
 SPLIT_LISTS = {"train": "WCPA_track2_train.csv", "test": "WCPA_track2_test.csv"}
 SIZE_PROBES = 5   # first train images whose most common size is the data set's image size
+POSE_TOL = 1e-3        # info files' R_t (float32 labels): |R R^T - I| and its last column's entries
 log = logging.getLogger(__name__)
 
 
@@ -71,10 +72,11 @@ def list_path(root: Path, split: str) -> Path:
 
 
 def read_list(path: Path | str) -> pd.DataFrame:
-    """A list CSV -> DataFrame with the three id columns as strings, in file order."""
+    """A list CSV -> DataFrame with the three id columns as strings, in file order (a trailing
+    comma on the rows is no index column; an id with spaces around it stops)."""
     path = Path(path)
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False)
     except FileNotFoundError:
         raise DataError(f"{path}: list file not found") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
@@ -86,6 +88,10 @@ def read_list(path: Path | str) -> pd.DataFrame:
     empty = (table == "").any(axis=1)
     if empty.any():
         raise DataError(f"{path}: row {int(np.argmax(empty.to_numpy())) + 2} has an empty id")
+    padded = (table != table.apply(lambda column: column.str.strip())).any(axis=1)
+    if padded.any():
+        row = int(np.argmax(padded.to_numpy()))
+        raise DataError(f"{path}: row {row + 2} has an id with spaces around it: {list(table.iloc[row])}")
     _check_ids_safe(path, table)
     duplicated = table.duplicated()
     if duplicated.any():
@@ -132,16 +138,19 @@ REDUCED_READS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMRE
 
 
 def read_image(path: Path | str, size: tuple[int, int] | None = None, rgb: bool = True,
-               reduce: int = 1) -> np.ndarray:
-    """A JPEG -> (H, W, 3) uint8 RGB. size: the data set's (width, height) in px (the camera's
-    `size`); an image of another size is a DataError naming the file and both sizes. rgb False:
-    OpenCV's BGR order as decoded (a caller that only resamples the image can convert the small
-    result instead: the same pixels, without a full-resolution conversion). reduce 2, 4 or 8:
-    decoded at that fraction of its size by libjpeg's scaled IDCT -> (ceil(H / reduce),
+               reduce: int = 1, orient: bool = False) -> np.ndarray:
+    """A JPEG -> (H, W, 3) uint8 RGB in its stored pixel grid, the one its labels (landmarks,
+    projections) refer to: an EXIF orientation is not applied (orient True applies it, as for a
+    photo shown upright: stages.predict). size: the data set's (width, height) in px (the
+    camera's `size`); an image of another size is a DataError naming the file and both sizes.
+    rgb False: OpenCV's BGR order as decoded (a caller that only resamples the image can convert
+    the small result instead: the same pixels, without a full-resolution conversion). reduce 2, 4
+    or 8: decoded at that fraction of its size by libjpeg's scaled IDCT -> (ceil(H / reduce),
     ceil(W / reduce), 3), for a caller that needs no more detail."""
     path = Path(path)
     data = image_bytes(path)
-    image = cv2.imdecode(data, REDUCED_READS[reduce]) if data.size else None
+    flags = REDUCED_READS[reduce] | (0 if orient else cv2.IMREAD_IGNORE_ORIENTATION)
+    image = cv2.imdecode(data, flags) if data.size else None
     if image is None:
         raise DataError(f"{path}: not a decodable image (corrupt or empty)")
     check_image_size(path, image.shape[:2], size, reduce)
@@ -154,27 +163,6 @@ def image_bytes(path: Path | str) -> np.ndarray:
     if not path.exists():
         raise DataError(f"{path}: image not found")
     return np.fromfile(path, dtype=np.uint8)
-
-
-EXIF_ORIENTATION = 0x0112
-EXIF_MARKER = b"Exif\x00\x00"
-
-
-def exif_rotated(data: np.ndarray) -> bool:
-    """Whether an image file's bytes carry an EXIF orientation other than 1 (a rotation or mirror
-    to apply when decoding), which OpenCV's reader applies and torchvision's decode_jpeg does not.
-    Files without the EXIF marker anywhere are not parsed (other segments may put it past any
-    fixed offset; the search takes 25 us for a 39 kB file, 0.7 % of its decode)."""
-    if EXIF_MARKER not in memoryview(data).tobytes():
-        return False
-    import io
-
-    from PIL import Image
-    try:
-        with Image.open(io.BytesIO(data.tobytes())) as image:
-            return image.getexif().get(EXIF_ORIENTATION, 1) not in (0, 1)
-    except (OSError, ValueError, SyntaxError):
-        return False
 
 
 def check_image_size(path: Path | str, shape: tuple[int, int], size: tuple[int, int] | None, reduce: int = 1) -> None:
@@ -231,7 +219,23 @@ def read_info(path: Path | str, n_verts: int | None = None) -> tuple[np.ndarray,
         raise DataError(f"{path}: R_t has shape {R_t.shape}, expected (4, 4)")
     if not (np.isfinite(verts).all() and np.isfinite(R_t).all()):
         raise DataError(f"{path}: non-finite values")
+    problem = pose_problem(R_t.astype(np.float64))
+    if problem:
+        raise DataError(f"{path}: R_t {problem}")
     return verts.astype(np.float32), R_t.astype(np.float64)
+
+
+def pose_problem(R_t: np.ndarray) -> str:
+    """Why R_t (4, 4) is not the challenge's row-vector pose [[R, 0], [t, 1]] with R a rotation
+    and the face in front of the camera (tz < 0), or ''."""
+    R = R_t[:3, :3]
+    if np.abs(R_t[:3, 3]).max() > POSE_TOL or abs(R_t[3, 3] - 1) > POSE_TOL:
+        return f"is not [[R, 0], [t, 1]] (last column {R_t[:, 3].round(4).tolist()}; transposed?)"
+    if np.abs(R @ R.T - np.eye(3)).max() > POSE_TOL or np.linalg.det(R) < 0:
+        return f"has no rotation in its upper 3 x 3 (det {np.linalg.det(R):+.4f})"
+    if R_t[3, 2] >= 0:
+        return f"puts the face behind the camera (tz = {R_t[3, 2]:.4f} m, the camera looks along -z)"
+    return ""
 
 
 def read_landmarks(path: Path | str, n_points: int) -> np.ndarray:

@@ -23,7 +23,7 @@ from stages.common.cropstore import CropStoreWriter
 from stages.common.params import load_params
 from stages.face.warp import apply_warp, eye_line_angle
 from stages.nets.dataset import CropStore
-from stages.wcpa.layout import (DataError, exif_rotated, image_path, load_labels, load_resources, list_path, read_image,
+from stages.wcpa.layout import (DataError, image_path, load_labels, load_resources, list_path, read_image,
                                 read_list, write_list)
 from tests.stages.tiny_data import write_tiny_root
 from tests.tiny_project import interrupt_after
@@ -353,41 +353,34 @@ def test_the_opencv_path_never_imports_torch(tiny):
     assert result.stdout.strip().splitlines()[-1] == "False"
 
 
-def test_an_exif_rotated_jpeg_reaches_the_torch_path_upright_as_opencv_reads_it(tmp_path):
-    from PIL import Image
-    image = cv2.resize(np.random.default_rng(0).integers(0, 255, (3, 4, 3), dtype=np.uint8), (40, 30))
-    exif = Image.Exif()
-    exif[0x0112] = 6                                     # "rotate 90 degrees clockwise to display"
-    rotated, plain = tmp_path / "rotated.jpg", tmp_path / "plain.jpg"
-    Image.fromarray(image).save(rotated, quality=95, exif=exif.tobytes())
-    Image.fromarray(image).save(plain, quality=95)
-    assert exif_rotated(np.fromfile(rotated, np.uint8)) and not exif_rotated(np.fromfile(plain, np.uint8))
-    upright = read_image(rotated)
-    assert upright.shape == (40, 30, 3)                 # OpenCV applies the orientation
-    loaded = decode.load_for_device(str(rotated), torch.device("cpu"), (30, 40))
-    assert np.array_equal(loaded.permute(1, 2, 0).numpy(), upright)
-    on_gpu = decode.load_for_device(str(rotated), torch.device("cuda"), (30, 40))   # decoded on the CPU, not by nvJPEG
-    assert on_gpu.shape == (3, 40, 30) and decode.load_for_device(str(plain), torch.device("cuda"), (40, 30)).dim() == 1
-    assert isinstance(decode.load_for_device(str(rotated), torch.device("cpu"), (40, 30)), DataError)   # size as OpenCV sees it
-
-
-def test_an_exif_block_after_large_segments_is_seen(tmp_path):
-    """130 kB of comment segments before the EXIF block (OpenCV finds it anywhere in the headers):
-    the torch path must still see the rotation and read the image as OpenCV does."""
+def _exif_jpeg(path, orientation: int, comments: bytes = b"") -> np.ndarray:
+    """A 40 x 30 JPEG at path with that EXIF orientation (comment segments before it) -> its pixels."""
     from PIL import Image
     image = np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)
     exif = Image.Exif()
-    exif[0x0112] = 3                                     # "rotate 180 degrees"
+    exif[0x0112] = orientation
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, "JPEG", quality=95, exif=exif.tobytes())
     data = buffer.getvalue()
-    comments = (b"\xff\xfe" + (65002).to_bytes(2, "big") + b"x" * 65000) * 2
-    late = tmp_path / "late.jpg"
-    late.write_bytes(data[:2] + comments + data[2:])
-    assert data.index(b"Exif") < 64 and late.read_bytes().index(b"Exif") > 1 << 16
-    assert exif_rotated(np.fromfile(late, np.uint8))
-    loaded = decode.load_for_device(str(late), torch.device("cpu"), (40, 30))
-    assert np.array_equal(loaded.permute(1, 2, 0).numpy(), read_image(late))
+    path.write_bytes(data[:2] + comments + data[2:])
+    return image
+
+
+@pytest.mark.parametrize("orientation, comments", [(6, b""), (3, (b"\xff\xfe" + (65002).to_bytes(2, "big") + b"x" * 65000) * 2)])
+def test_an_exif_oriented_jpeg_is_read_in_its_stored_grid_on_both_paths(tmp_path, orientation, comments):
+    """The labels refer to the stored pixels: an EXIF orientation (6: a quarter turn; 3: a half
+    turn, its block after 130 kB of comments) is not applied by the OpenCV reader nor by the torch
+    path's decode_jpeg, which read the same pixels; predict's reader applies it (a photo shown
+    upright)."""
+    path = tmp_path / "oriented.jpg"
+    _exif_jpeg(path, orientation, comments)
+    stored = read_image(path, (40, 30))
+    assert stored.shape == (30, 40, 3)
+    loaded = decode.load_for_device(str(path), torch.device("cpu"), (40, 30))
+    assert np.abs(loaded.permute(1, 2, 0).numpy().astype(int) - stored).max() <= 1
+    upright = read_image(path, orient=True)
+    expected = np.rot90(stored, -1) if orientation == 6 else stored[::-1, ::-1]
+    assert upright.shape == expected.shape and np.array_equal(upright, expected)
 
 
 @pytest.mark.parametrize("change", ["image", "code"])

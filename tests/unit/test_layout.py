@@ -174,3 +174,38 @@ def test_first_images_without_a_majority_size_are_all_named(tmp_path):
     paths = [str(image_path(tmp_path, row)) for row in table.itertuples(index=False)]
     with pytest.raises(DataError, match=f"no majority.*{re.escape(paths[0])}.*{re.escape(paths[1])}"):
         data_image_size(tmp_path)
+
+
+def test_a_trailing_comma_on_the_rows_keeps_the_ids_in_their_columns(tmp_path):
+    path = tmp_path / "list.csv"
+    path.write_text("subject_id,facial_action,img_id\n007,01,0042,\n007,01,0043,\n")
+    assert read_list(path).values.tolist() == [["007", "01", "0042"], ["007", "01", "0043"]]
+
+
+def test_an_id_with_spaces_around_it_stops_naming_the_row(tmp_path):
+    path = tmp_path / "list.csv"
+    path.write_text("subject_id,facial_action,img_id\n007,01,0042\n007,neutral ,0043\n")
+    with pytest.raises(DataError, match=_named(path, "row 3 has an id with spaces around it")):
+        read_list(path)
+
+
+@pytest.mark.parametrize("change, problem", [
+    ("transposed", "is not [[R, 0], [t, 1]]"),
+    ("mirror", "has no rotation in its upper 3 x 3 (det -1.0000)"),
+    ("behind", "puts the face behind the camera (tz = 0.5000 m"),
+])
+def test_an_info_pose_that_is_no_challenge_pose_names_the_file(root, row, change, problem):
+    """A column-vector (transposed) R_t, a reflection, or a face behind the camera (a flipped sign):
+    the labels would misplace every crop and projection."""
+    path = info_path(root, row)
+    R_t = np.eye(4)
+    R_t[3, :3] = [0.01, 0.02, -0.5]
+    if change == "transposed":
+        R_t = R_t.T
+    elif change == "mirror":
+        R_t[0, 0] = -1
+    else:
+        R_t[3, 2] = 0.5
+    np.savez(path, verts=np.zeros((5, 3), np.float32), R_t=R_t)
+    with pytest.raises(DataError, match=_named(path, "R_t " + problem)):
+        read_info(path)
