@@ -14,6 +14,10 @@
    given), at a few sample-cost chunk sizes on the finetune stage's shapes (params.yaml and the
    paper profile), as ratios to the CPU default chunk (stages.pnp.sample_cost.CPU_CHUNK_POSES),
    in interleaved rounds.
+6. With --gil (instead of 1-3): inference's OpenCV PnP path (stages.nets.poses.solve_poses, one
+   thread) on 256 faces of 1,220 points, 1.5 px noise, against the same cv2 calls in a bare loop
+   (the reference, interleaved): microseconds a face each, and the difference, the Python a
+   PnP thread runs holding the GIL, which the thread that feeds the GPU then waits for.
 Times are the best of --repeats runs (other processes share the cores).
 """
 from __future__ import annotations
@@ -26,18 +30,20 @@ import subprocess
 import sys
 import time
 
+import cv2
 import numpy as np
 import torch
 
 from stages.common.params import load_params
+from stages.nets.poses import solve_poses
 from stages.synthetic.topology import N_VERTS     # the challenge mesh's 1220 vertices
 from stages.pnp.api import PnPResult, solve_pnp, solve_sanitised
 from stages.pnp.cost import planar
 from stages.pnp.epro import epro_pnp
-from stages.pnp.opencv import solve_pnp_opencv
+from stages.pnp.opencv import solve_pnp_opencv, split_flags
 from stages.pnp.sample_cost import CPU_CHUNK_POSES
 from stages.profile import profile_params
-from tests.unit.pnp_cases import make_problems, rotation_error_rad
+from tests.unit.pnp_cases import challenge_camera, make_problems, rotation_error_rad
 from tests.unit.pnp_laplace import laplace_losses
 
 CHUNK_CHOICES = (64, 128, 512, 2048, 8192)     # poses, timed against CPU_CHUNK_POSES
@@ -208,6 +214,36 @@ def bench_chunks(repeats: int) -> None:
               f"points: {times[reference] * 1000:.0f} ms at {reference};  {ratios}")
 
 
+def bare_opencv(case: dict, flags: str) -> None:
+    """The cv2 calls of `flags` ('SQPNP', 'EPNP+ITERATIVE') on each problem, nothing else."""
+    x3d, x2d, K = case["x3d"], case["x2d"], case["K"]
+    method, refine = split_flags(flags)
+    flag = getattr(cv2, f"SOLVEPNP_{method}")
+    for i in range(len(x3d)):
+        _, rvec, tvec = cv2.solvePnP(x3d[i], x2d[i], K, None, flags=flag)
+        if refine:
+            _, rvec, tvec = cv2.solvePnP(x3d[i], x2d[i], K, None, rvec, tvec, useExtrinsicGuess=True,
+                                         flags=cv2.SOLVEPNP_ITERATIVE)
+        cv2.Rodrigues(rvec)
+
+
+def bench_gil(repeats: int) -> None:
+    case = make_problems(np.random.default_rng(0), 256, N_VERTS, noise_px=1.5)
+    camera, uv = challenge_camera(), case["x2d"]        # make_problems projects with this camera's K
+    sigma = np.ones(uv.shape[:2])
+    cv2.setNumThreads(1)
+    print("OpenCV PnP as inference's threads run it (solve_poses, one thread) against the bare cv2 calls, "
+          "microseconds a face:")
+    for flags in ("EPNP+ITERATIVE", "SQPNP"):
+        bare, project = float("inf"), float("inf")
+        for _ in range(repeats):
+            bare = min(bare, best_time(lambda: bare_opencv(case, flags), 1)[0])
+            project = min(project, best_time(lambda: solve_poses("opencv", case["x3d"], uv, sigma, camera, flags), 1)[0])
+        per = 1e6 / len(uv)
+        print(f"  {flags}: bare {bare * per:.1f}, solve_poses {project * per:.1f} (ratio {project / bare:.3f}): "
+              f"{(project - bare) * per:.1f} us a face of Python beside OpenCV's")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -215,6 +251,7 @@ def main() -> None:
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--accuracy", action="store_true", help="the loss against its closed form only")
     parser.add_argument("--chunks", action="store_true", help="time sample-cost chunk sizes only")
+    parser.add_argument("--gil", action="store_true", help="inference's OpenCV PnP against the bare cv2 calls only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads")
@@ -223,6 +260,9 @@ def main() -> None:
         return
     if args.chunks:
         bench_chunks(args.repeats)
+        return
+    if args.gil:
+        bench_gil(max(args.repeats, 5))
         return
     bench_solve(args.repeats)
     bench_loss(args.repeats)

@@ -50,7 +50,6 @@ DEVICE = Choice("auto", "cpu", "cuda")
 # OpenCV's PnP methods for many points (cv2.SOLVEPNP_<name>; P3P and AP3P take exactly 4 points,
 # IPPE only planar ones), and the same refined by OpenCV's Levenberg-Marquardt (<name>+ITERATIVE)
 PNP_METHODS = ("ITERATIVE", "EPNP", "SQPNP")
-PNP_METHOD = Choice(*PNP_METHODS)
 PNP_FLAGS = Choice(*PNP_METHODS, *(f"{name}+ITERATIVE" for name in PNP_METHODS if name != "ITERATIVE"))
 SCHEDULE = Choice("constant", "cosine")
 BACKBONE = Choice("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large")  # coarse/model.py
@@ -76,7 +75,7 @@ OPTIMIZATION = {                  # the keys train and finetune share: the optim
                               # minute of compiling; the saved weights are the plain module's); finetune:
                               # also the PnP layer's sample costs and LM iteration (stages/pnp/compiled.py)
     "val_batch_size": COUNT,
-    "val_pnp_flags": PNP_METHOD,  # OpenCV PnP of the per-epoch validation (cv2.SOLVEPNP_<name>)
+    "val_pnp_flags": PNP_FLAGS,   # OpenCV PnP of the per-epoch validation (as infer.pnp_flags)
 }
 
 SCHEMA = {

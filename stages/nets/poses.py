@@ -18,12 +18,11 @@ import contextlib
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Callable
 
-import cv2
 import numpy as np
 import torch
 
-from stages.pnp.opencv import METHODS, opencv_flag, pose_from_landmarks
-from stages.wcpa.camera import Camera, opencv_to_rt, rt_to_opencv
+from stages.pnp.opencv import METHODS, pose_from_landmarks, split_flags
+from stages.wcpa.camera import Camera
 
 # samples per task: OpenCV's 16 spread a batch of 256 over 16 threads; the batched solver
 # vectorises over its chunk
@@ -32,28 +31,10 @@ CHUNK = {"opencv": 16, "batched": 64}
 
 def parse_flags(flags: str) -> tuple[str, bool]:
     """infer.pnp_flags -> (OpenCV method, refine with ITERATIVE): 'EPNP+ITERATIVE' -> ('EPNP', True)."""
-    method, _, refine = flags.upper().partition("+")
-    if refine not in ("", "ITERATIVE"):
-        raise ValueError(f"infer.pnp_flags={flags!r}: only ITERATIVE can refine a solution ('<METHOD>+ITERATIVE')")
     try:
-        opencv_flag(method)
+        return split_flags(flags)
     except ValueError as err:
-        raise ValueError(f"infer.pnp_flags: {err}") from None
-    return method, bool(refine)
-
-
-def refine_iterative(verts: np.ndarray, uv: np.ndarray, R_t: np.ndarray, camera: Camera) -> np.ndarray:
-    """OpenCV's iterative LM started from poses R_t (n, 4, 4) -> refined R_t (n, 4, 4); rows
-    that are NaN or fail stay as they were."""
-    R_cv, t_cv = rt_to_opencv(R_t)
-    out = R_t.copy()
-    for i in np.flatnonzero(np.isfinite(R_t).all((1, 2))):
-        rvec = cv2.Rodrigues(R_cv[i])[0]
-        ok, rvec, tvec = cv2.solvePnP(verts[i], uv[i], camera.K, None, rvec, t_cv[i].reshape(3, 1).copy(),
-                                      useExtrinsicGuess=True, flags=cv2.SOLVEPNP_ITERATIVE)
-        if ok and np.isfinite(rvec).all() and np.isfinite(tvec).all():
-            out[i] = opencv_to_rt(cv2.Rodrigues(rvec)[0], tvec.ravel())
-    return out
+        raise ValueError(f"infer.pnp_flags={err}") from None
 
 
 def _solve_chunk(method: str, verts: np.ndarray, uv: np.ndarray, sigma: np.ndarray, camera: Camera,
@@ -62,10 +43,7 @@ def _solve_chunk(method: str, verts: np.ndarray, uv: np.ndarray, sigma: np.ndarr
         with _side_stream(device):
             return pose_from_landmarks(verts, uv, camera, method=method, sigma=np.repeat(sigma[..., None], 2, -1),
                                        device=device)
-    start, refine = parse_flags(flags)
-    verts, uv = np.asarray(verts, np.float64), np.asarray(uv, np.float64)
-    poses = pose_from_landmarks(verts, uv, camera, method=method, flags=start)
-    return refine_iterative(verts, uv, poses, camera) if refine else poses
+    return pose_from_landmarks(verts, uv, camera, method=method, flags=flags)
 
 
 def _side_stream(device: torch.device) -> contextlib.AbstractContextManager:
@@ -100,7 +78,7 @@ def submit_poses(pool: Executor, method: str, verts: np.ndarray, uv: np.ndarray,
     finite = np.isfinite(uv).all((1, 2)) & np.isfinite(verts).all((1, 2)) & np.isfinite(sigma).all(1)
     rows = np.flatnonzero(finite)
     size = _chunk_size(method, device, len(rows))
-    chunks = [rows[s:s + size] for s in range(0, len(rows), size)]
+    chunks = [_view_index(rows[s:s + size]) for s in range(0, len(rows), size)]
     futures = [pool.submit(_solve_chunk, method, verts[c], uv[c], sigma[c], camera, flags, device) for c in chunks]
 
     def gather() -> np.ndarray:
@@ -109,6 +87,14 @@ def submit_poses(pool: Executor, method: str, verts: np.ndarray, uv: np.ndarray,
             out[chunk] = future.result()
         return out
     return gather
+
+
+def _view_index(rows: np.ndarray) -> slice | np.ndarray:
+    """Sorted row indices (n,) -> the slice they span when they are consecutive (an array indexed
+    by it is a view: the usual chunk, of a batch without skipped rows), else themselves (a copy)."""
+    if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+        return slice(int(rows[0]), int(rows[-1]) + 1)
+    return rows
 
 
 def solve_poses(method: str, verts: np.ndarray, uv: np.ndarray, sigma: np.ndarray, camera: Camera,

@@ -6,6 +6,7 @@ reached only through stages.wcpa.camera.opencv_to_rt.
 from __future__ import annotations
 
 import logging
+import math
 
 import cv2
 import numpy as np
@@ -28,33 +29,69 @@ def opencv_flag(name: str) -> int:
     return flag
 
 
+def split_flags(flags: str) -> tuple[str, bool]:
+    """PnP flags 'METHOD' or 'METHOD+ITERATIVE' -> (METHOD, whether OpenCV's iterative LM refines
+    the method's solution): 'EPNP+ITERATIVE' -> ('EPNP', True). An unknown method or another
+    refinement raises ValueError."""
+    method, _, refine = flags.upper().partition("+")
+    if refine not in ("", "ITERATIVE"):
+        raise ValueError(f"{flags!r}: only ITERATIVE can refine a solution ('<METHOD>+ITERATIVE')")
+    try:
+        opencv_flag(method)
+    except ValueError as err:
+        raise ValueError(f"{flags!r}: {err}") from None
+    return method, bool(refine)
+
+
 def solve_pnp_opencv(x3d: np.ndarray, x2d: np.ndarray, K: np.ndarray, flags: str = "ITERATIVE",
                      workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """cv2.solvePnP on each of B problems: x3d (B, N, 3), x2d (B, N, 2) pixels, K (3, 3), on
-    `workers` threads (OpenCV releases the GIL), each a contiguous share of the problems.
+    `workers` threads (OpenCV releases the GIL), each a contiguous share of the problems. flags:
+    cv2.SOLVEPNP_<METHOD>'s name, or 'METHOD+ITERATIVE': each solution then refined by OpenCV's
+    iterative LM from it (a refinement that fails keeps the solution). Per problem the thread
+    holds the GIL only around OpenCV's calls (about 1 us of Python a call, where converting the
+    pose between the calls took some 70 us a face: benchmarks/bench_pnp.py --gil).
 
     Returns OpenCV poses R (B, 3, 3), t (B, 3) float64 (x_cam = R x + t); NaN for a problem
     OpenCV rejects or fails on."""
     x3d = np.ascontiguousarray(x3d, dtype=np.float64)
     x2d = np.ascontiguousarray(x2d, dtype=np.float64)
-    K = np.asarray(K, dtype=np.float64)
-    flag = opencv_flag(flags)
+    K = np.ascontiguousarray(K, dtype=np.float64)
+    method, refine = split_flags(flags)
+    flag = opencv_flag(method)
     R = np.full((len(x3d), 3, 3), np.nan)
     t = np.full((len(x3d), 3), np.nan)
 
     def solve(rows: slice) -> None:
         """Fill R, t of the problems in `rows` (each thread its own rows)."""
         for i in range(len(x3d))[rows]:
-            try:
-                ok, rvec, tvec = cv2.solvePnP(x3d[i], x2d[i], K, None, flags=flag)
-            except cv2.error:
-                ok = False
-            if ok and np.isfinite(rvec).all() and np.isfinite(tvec).all():
-                R[i] = cv2.Rodrigues(rvec)[0]
-                t[i] = tvec[:, 0]
+            points, pixels = x3d[i], x2d[i]
+            pose = _solved(points, pixels, K, flag)
+            if pose is not None and refine:
+                pose = _solved(points, pixels, K, cv2.SOLVEPNP_ITERATIVE, pose) or pose
+            if pose is not None:
+                R[i] = cv2.Rodrigues(pose[0])[0]
+                t[i] = pose[1][:, 0]
 
     map_rows(solve, len(x3d), workers)
     return R, t
+
+
+def _solved(x3d: np.ndarray, x2d: np.ndarray, K: np.ndarray, flag: int,
+            start: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """One cv2.solvePnP -> (rvec, tvec), each (3, 1) float64, or None where OpenCV rejects the
+    problem, fails or returns a non-finite pose. start: (rvec, tvec) to refine from (copied:
+    OpenCV writes its answer into them)."""
+    try:
+        if start is None:
+            ok, rvec, tvec = cv2.solvePnP(x3d, x2d, K, None, flags=flag)
+        else:
+            ok, rvec, tvec = cv2.solvePnP(x3d, x2d, K, None, start[0].copy(), start[1].copy(),
+                                          useExtrinsicGuess=True, flags=flag)
+    except cv2.error:
+        return None
+    finite = ok and math.isfinite(sum(rvec.ravel().tolist()) + sum(tvec.ravel().tolist()))   # 5x numpy's on 3 numbers
+    return (rvec, tvec) if finite else None
 
 
 def pose_from_landmarks(verts: np.ndarray, uv: np.ndarray, camera: Camera,
@@ -64,8 +101,8 @@ def pose_from_landmarks(verts: np.ndarray, uv: np.ndarray, camera: Camera,
     """Poses R_t (B, 4, 4) float64 (row-vector form) from canonical vertices verts (B, V, 3)
     in metres and their image points uv (B, V, 2) in full-image pixels.
 
-    method 'opencv': cv2.solvePnP with cv2.SOLVEPNP_<flags> per sample on `workers` threads (no
-    weights: sigma must be None). method 'batched': stages.pnp.api.solve_pnp in float64 on `device`, with weights
+    method 'opencv': cv2.solvePnP with cv2.SOLVEPNP_<flags> per sample on `workers` threads
+    ('<METHOD>+ITERATIVE': refined by OpenCV's LM; solve_pnp_opencv) (no weights: sigma must be None). method 'batched': stages.pnp.api.solve_pnp in float64 on `device`, with weights
     1 / sigma (sigma (B, V, 2) pixels) when given; the arrays go to the device in their own
     dtype and are widened there (the same numbers as widening them on the host). Problems that
     cannot be solved get NaN rows, and a warning says how many."""

@@ -1,12 +1,13 @@
 """Flip & merge of the network's outputs, and the two PnP paths of inference."""
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from stages.face.mesh import flip_mesh, flip_permutation
 from stages.nets.flipmerge import merge_outputs, unmirror_outputs
-from stages.nets.poses import refine_iterative, solve_poses
-from stages.wcpa.camera import rotation_angle_deg
+from stages.nets.poses import solve_poses
+from stages.wcpa.camera import opencv_to_rt, rotation_angle_deg
 from tests.conftest import face_points, random_poses
 from tests.unit.pnp_cases import challenge_camera
 from tests.tiny_project import symmetric_template
@@ -93,17 +94,39 @@ def test_opencv_and_batched_pnp_agree_on_noiseless_landmarks(camera):
     np.testing.assert_allclose(opencv, batched, atol=1e-6)
 
 
-def test_refinement_moves_a_perturbed_start_to_the_exact_pose(camera):
+def test_a_refined_solution_is_opencvs_lm_from_the_methods_pose(camera):
+    """'EPNP+ITERATIVE': per face OpenCV's EPnP, then its iterative LM from that pose (the same
+    calls made here directly: the same poses to rounding); rows that are NaN stay NaN."""
     rng = np.random.default_rng(7)
     verts = np.stack([face_points(rng, 150) for _ in range(4)])
     poses = random_poses(rng, 4)
-    uv = camera.project(verts, poses)
-    start = poses.copy()
-    start[:, 3, :3] += rng.normal(0, 0.01, (4, 3))
-    start[2] = np.nan
-    refined = refine_iterative(verts, uv, start, camera)
-    np.testing.assert_allclose(refined[[0, 1, 3]], poses[[0, 1, 3]], atol=1e-6)
+    uv = camera.project(verts, poses) + rng.normal(0, 2.0, (4, 150, 2))
+    uv[2] = np.nan
+    refined = solve_poses("opencv", verts, uv, np.ones((4, 150)), camera, "EPNP+ITERATIVE", workers=2)
+    epnp = solve_poses("opencv", verts, uv, np.ones((4, 150)), camera, "EPNP", workers=2)
     assert np.isnan(refined[2]).all()
+    for i in (0, 1, 3):
+        _, rvec, tvec = cv2.solvePnP(verts[i], uv[i], camera.K, None, flags=cv2.SOLVEPNP_EPNP)
+        _, rvec, tvec = cv2.solvePnP(verts[i], uv[i], camera.K, None, rvec, tvec, useExtrinsicGuess=True,
+                                     flags=cv2.SOLVEPNP_ITERATIVE)
+        np.testing.assert_allclose(refined[i], opencv_to_rt(cv2.Rodrigues(rvec)[0], tvec.ravel()), atol=1e-12)
+        assert not np.allclose(refined[i], epnp[i], atol=1e-6)
+
+
+def test_a_refinement_that_fails_keeps_the_methods_pose(camera, monkeypatch):
+    rng = np.random.default_rng(8)
+    verts = np.stack([face_points(rng, 150) for _ in range(2)])
+    uv = camera.project(verts, random_poses(rng, 2)) + rng.normal(0, 2.0, (2, 150, 2))
+    solve = cv2.solvePnP
+
+    def failing_lm(*args, flags, **kwargs):
+        if flags == cv2.SOLVEPNP_ITERATIVE:
+            raise cv2.error("LM failed")
+        return solve(*args, flags=flags, **kwargs)
+
+    epnp = solve_poses("opencv", verts, uv, np.ones((2, 150)), camera, "EPNP")
+    monkeypatch.setattr(cv2, "solvePnP", failing_lm)
+    assert np.array_equal(solve_poses("opencv", verts, uv, np.ones((2, 150)), camera, "EPNP+ITERATIVE"), epnp)
 
 
 def test_pnp_of_nan_input_is_nan_and_other_rows_are_solved(camera):

@@ -169,7 +169,7 @@ def test_a_profile_that_is_its_own_base_stops(tmp_path, monkeypatch):
     (lambda d: d["train"].update(device="gpu"), r"train.device = 'gpu'"),
     (lambda d: d["infer"].update(pnp_flags="P3P"), r"infer.pnp_flags = 'P3P'"),
     (lambda d: d["infer"].update(pnp_flags="SQPNP+EPNP"), r"infer.pnp_flags = 'SQPNP\+EPNP'"),
-    (lambda d: d["train"].update(val_pnp_flags="EPNP+ITERATIVE"), r"train.val_pnp_flags = 'EPNP\+ITERATIVE'"),
+    (lambda d: d["train"].update(val_pnp_flags="EPNP+SQPNP"), r"train.val_pnp_flags = 'EPNP\+SQPNP'"),
 ])
 def test_values_outside_their_range_or_choice_stop_at_load(tmp_path, mutate, message):
     with pytest.raises(ParamsError, match=r"params.yaml: " + message):

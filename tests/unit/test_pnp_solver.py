@@ -203,6 +203,20 @@ def test_opencv_wrappers_and_pose_from_landmarks():
     assert opencv_flag("sqpnp") == cv2.SOLVEPNP_SQPNP
 
 
+def test_every_schema_pnp_flag_solves_through_the_validations_pnp():
+    """train/finetune val_pnp_flags take infer's flags, '<METHOD>+ITERATIVE' too (the paper
+    profile's inference): each gives the exact pose of noiseless points."""
+    from stages.common.params import load_params
+    from stages.common.schema import PNP_FLAGS
+    from stages.nets.validate import validation_poses
+    case = make_problems(np.random.default_rng(9), 4, 1220)
+    uv = case["camera"].project(case["x3d"], case["R_t"])
+    for flags in PNP_FLAGS.values:
+        assert load_params("params.yaml").replace(train={"val_pnp_flags": flags}).train.val_pnp_flags == flags
+        poses, failed = validation_poses(case["x3d"], uv, case["camera"], flags, workers=2)
+        assert failed == 0 and rotation_error_rad(rt_to_opencv(poses)[0], case["R"]).max() < 1e-5, flags
+
+
 def test_degenerate_problems_are_flagged_not_fatal():
     case = make_problems(np.random.default_rng(9), 5, 100, noise_px=0.5)
     x3d, x2d, K = tensors(case)
