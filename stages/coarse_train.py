@@ -37,7 +37,7 @@ from stages.coarse.train import TrainConfig, train
 from stages.common.badinput import SKIPPED_FILE, BadInputs
 from stages.common.code import code_digest
 from stages.common.device import torch_path
-from stages.common.distributed import barrier, start_distributed
+from stages.common.distributed import barrier, process_workers, start_distributed
 from stages.common.identity import files_digest, path_digest, stat_digest
 from stages.common.io import atomic_dir, save_json
 from stages.common.params import Params
@@ -111,10 +111,11 @@ def run(params: Params, out: Path = Path("artifacts/coarse_train"),
     tables = {s: read_list(split_dir / f"{s}.csv") for s in SPLITS}
     total = sum(len(t) for t in tables.values())
     bad = BadInputs(skip=data.skip_bad, max_fraction=data.max_bad_fraction)
+    workers = process_workers(data.workers, ctx)       # the machine's, shared by the processes
     samples = {}
     for split in SPLITS:
         log.info("%s: %d samples", split, len(tables[split]))
-        landmarks, kept = load_targets(data.root, tables[split], resources, bad, max(1, data.workers // ctx.world))
+        landmarks, kept = load_targets(data.root, tables[split], resources, bad, max(1, workers))
         samples[split] = list_samples(data.root, tables[split].iloc[kept], landmarks, resources.camera.size, bad)
     partial = out.with_name(out.name + ".partial")
     if ctx.main:
@@ -128,7 +129,7 @@ def run(params: Params, out: Path = Path("artifacts/coarse_train"),
         clear_stale(partial, resuming)
     barrier(ctx)                         # and none reads them again (train resumes) before they are
     with open_live(partial / "live", ctx.main) as live:
-        nets = train(cfg, samples["train"], samples["val"], flip_order, checkpoints, live, data.workers, bad, ctx)
+        nets = train(cfg, samples["train"], samples["val"], flip_order, checkpoints, live, workers, bad, ctx)
     if not ctx.main:
         return {}
     bad.finish(partial, total=total)     # with the images found undecodable

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
 
 from stages import coarse_train
+from stages.coarse_train import train_config
 from stages.coarse import train as coarse_loop
-from stages.coarse.train import share_weight
+from stages.coarse.train import kept_everywhere, share_weight
 from stages.common.badinput import BadInputs
-from stages.common.distributed import start_distributed
-from stages.common.params import Params
+from stages.common.distributed import host_group, start_distributed
+from stages.common.params import Params, load_params
 from stages.common.stage import finish_distributed
 from stages.finetuning.pnp_loss import masked_mean
 from stages.nets.trainer import Trainer, TrainPaths, run_training
@@ -79,24 +81,84 @@ def run_masked_mean_rank(rank: int, root: str, port: int) -> None:
 
 
 def run_share_weight_rank(rank: int, root: str, port: int, kept_by_rank: tuple[int, int]) -> None:
-    """coarse_train's share_weight of a global batch of 8 items, 4 a rank, with data.skip_bad, where
-    the ranks kept kept_by_rank of theirs (the others undecodable); saves the weight and the items kept."""
+    """coarse_train's kept_everywhere (on the host group data.skip_bad makes) and share_weight of a
+    global batch of 8 items, 4 a rank, where the ranks kept kept_by_rank of theirs (the others undecodable); saves the
+    items kept here and everywhere and the weight (None where no process steps)."""
     join_as(rank, port)
     ctx = start_distributed("cpu")
     kept = kept_by_rank[rank]
-    weight = share_weight(kept, 8, ctx, BadInputs(skip=True, max_fraction=1.0))
-    torch.save({"weight": float(weight), "kept": kept}, Path(root) / f"share{rank}.pt")
+    kept_all = kept_everywhere(kept, 8, ctx, host_group(ctx))
+    weight = share_weight(kept, kept_all, ctx) if kept_all else None
+    torch.save({"weight": weight, "kept": kept, "kept_all": kept_all}, Path(root) / f"share{rank}.pt")
+    dist.destroy_process_group()
+
+
+class _Views:
+    """The views of a stream of `n` items, keyed k<index>."""
+
+    def __init__(self, n: int):
+        self.n, self.samples = n, SimpleNamespace(key=lambda index: f"k{index}")
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class _FailingStream:
+    """coarse_train's Stream of random views (64 px, 5 points) of `n` items, those in `bad`
+    undecodable (their "error" set, as a loader process sets it)."""
+
+    def __init__(self, n: int, bad: set[int]):
+        self.views, self.bad = _Views(n), bad
+
+    def read(self, batches: list[list[tuple[int, int]]]):
+        for batch in batches:
+            index = [i for _, i in batch]
+            generator = torch.Generator().manual_seed(sum(index))
+            yield {"index": torch.tensor(index),
+                   "error": [f"/data/{i}.jpg: not a decodable image" if i in self.bad else "" for i in index],
+                   **{name: {"image": torch.randint(0, 255, (len(index), 64, 64, 3), dtype=torch.uint8,
+                                                    generator=generator),
+                             "points": 8 + 48 * torch.rand(len(index), 5, 2, generator=generator)}
+                      for name in ("locate", "refine")}}
+
+
+def run_epoch_rank(rank: int, root: str, port: int) -> None:
+    """coarse_train's _epoch over 8 items in global batches of 4 (2 a rank) with data.skip_bad:
+    in batch 1 rank 0's share does not decode, in batch 2 no item does. Saves whether the rank's
+    buffers are those it started with, its optimiser's step counts, the schedule's and its weights."""
+    join_as(rank, port)
+    ctx = start_distributed("cpu")
+    cfg = train_config(load_params("params.yaml").replace(coarse_train={
+        "locate_size": 64, "refine_size": 64, "head_width": 16, "batch_size": 4}))
+    torch.manual_seed(0)
+    nets = coarse_loop.build_nets(cfg, 5)
+    whole = coarse_loop.epoch_batches(8, 4, cfg.seed, 0)
+    bad_items = {whole[0][0][1], whole[0][2][1], *(i for _, i in whole[1])}      # rank 0 takes items 0, 2, ...
+    optimizer = coarse_loop.make_optimizer([p for net in nets.values() for p in net.parameters()], cfg, ctx.device)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=2, pct_start=0.15)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    start = [buffer.clone() for net in nets.values() for buffer in net.buffers()]
+    coarse_loop._epoch(coarse_loop.data_parallel(nets, ctx), _FailingStream(8, bad_items),
+                       {"locate": 64, "refine": 64}, cfg, (optimizer, schedule, scaler, None), 0,
+                       BadInputs(skip=True, max_fraction=1.0), ctx, host_group(ctx))
+    buffers = [buffer for net in nets.values() for buffer in net.buffers()]
+    torch.save({"buffers_kept": all(torch.equal(a, b) for a, b in zip(start, buffers)),
+                "steps": sorted({int(state["step"]) for state in optimizer.state.values()}),
+                "schedule_steps": schedule.last_epoch,
+                "weights": {name: net.state_dict() for name, net in nets.items()}}, Path(root) / f"epoch{rank}.pt")
     dist.destroy_process_group()
 
 
 def run_coarse_rank(rank: int, root: str, params: Params, port: int) -> None:
     """The coarse_train stage as rank `rank` (root/split lists, outputs in root/coarse_train);
-    saves the rank's returned metrics, its nets and each of its steps' (sample indices, loss weight)."""
+    saves the rank's returned metrics, its nets, the loader workers it trained with and each of
+    its steps' (sample indices, loss weight)."""
     join_as(rank, port)
-    base, trained, steps = Path(root), {}, []
+    base, trained, steps, workers = Path(root), {}, [], []
     train, step = coarse_loop.train, coarse_loop.step
 
     def recording_train(*args, **kwargs):
+        workers.append(args[6])
         trained.update(train(*args, **kwargs))
         return trained
 
@@ -106,7 +168,7 @@ def run_coarse_rank(rank: int, root: str, params: Params, port: int) -> None:
 
     coarse_train.train, coarse_loop.step = recording_train, recording_step
     metrics = coarse_train.run(params, base / "coarse_train", base / "split")
-    torch.save({"metrics": metrics, "steps": steps,
+    torch.save({"metrics": metrics, "steps": steps, "workers": workers,
                 "nets": {name: net.state_dict() for name, net in trained.items()}}, base / f"coarse_rank{rank}.pt")
     dist.destroy_process_group()
 

@@ -15,14 +15,17 @@ without the locate pass, streamed the same way), a dvclive step and a checkpoint
 
 Under torchrun (`python -m stages.launch coarse_train` with params `gpus` > 1) each process trains
 a DDP replica of both nets on its share of every global batch of coarse_train.batch_size, with
-its own data.workers loader processes; rank 0 validates and writes the checkpoint.
+its share of the machine's data.workers loader processes; rank 0 validates and writes the
+checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -36,7 +39,7 @@ from stages.coarse.model import LandmarkNet
 from stages.coarse.sources import PASSES, Samples, Stream, ViewSet
 from stages.common.badinput import BadInputs
 from stages.common.device import torch_path
-from stages.common.distributed import Dist, mean_over_ranks, share_cores, start_distributed
+from stages.common.distributed import Dist, host_group, mean_over_ranks, share_cores, start_distributed
 from stages.common.precision import amp_dtype, autocast, needs_grad_scaler, place_network
 from stages.common.resume import Checkpoints, capture, restore
 from stages.common.threads import usable_cores
@@ -142,7 +145,7 @@ def pass_loss(net: torch.nn.Module, batch: dict, name: str, size: int, dev: torc
 
 
 def step(nets: dict[str, LandmarkNet], batch: dict, sizes: dict[str, int], optimizer, schedule,
-         scaler, passes: ThreadPoolExecutor | None = None, weight: float | torch.Tensor | None = None) -> torch.Tensor:
+         scaler, passes: ThreadPoolExecutor | None = None, weight: float | None = None) -> torch.Tensor:
     """One training step of both nets on a loaded batch -> its loss (a 0-d tensor on the device,
     detached: read it once an epoch, so that the host does not wait for the device every step).
     Each pass's forward and backward runs on its own term (each net's gradient comes from its own
@@ -210,7 +213,7 @@ def train(cfg: TrainConfig, train_samples: Samples, val_samples: Samples, flip_o
     """Train both passes for cfg.epochs, resuming from `checkpoints` (stages.common.resume) when they match.
 
     train_samples / val_samples: the splits' images and GT landmarks (stages/coarse/sources.py),
-    streamed through `workers` loader processes (per process). flip_order: (L,) landmark mirror
+    streamed through `workers` loader processes (this process's). flip_order: (L,) landmark mirror
     order, passed through to the augmentation (None when cfg.flip_prob is 0). bad: where
     undecodable images go with data.skip_bad (None: they stop); its records, those of every
     process, are kept in the checkpoint. live: a dvclive.Live of no steps (or None): a resumed
@@ -243,10 +246,11 @@ def train(cfg: TrainConfig, train_samples: Samples, val_samples: Samples, flip_o
                              cfg.augment, ctx.device)
     replicas = compiled(data_parallel(nets, ctx), cfg.compile)
     passes = pass_threads(ctx)
+    counts = host_group(ctx) if bad is not None and bad.skip else None
     for epoch in range(first_epoch, cfg.epochs):
         started = time.perf_counter()
         loss = _epoch(replicas, train_stream, sizes, cfg, (optimizer, schedule, scaler, passes), epoch, bad=bad,
-                      ctx=ctx)
+                      ctx=ctx, counts=counts)
         loss = float(mean_over_ranks(loss, ctx))
         share_epoch(nets, bad, ctx)
         if ctx.main:
@@ -349,9 +353,10 @@ def _resume(checkpoints: Checkpoints, epochs: int, nets, optimization: tuple,
 
 
 def _epoch(nets, stream: Stream, sizes, cfg: TrainConfig, stepping: tuple, epoch: int,
-           bad: BadInputs | None, ctx: Dist) -> torch.Tensor:
+           bad: BadInputs | None, ctx: Dist, counts: dist.ProcessGroup | None = None) -> torch.Tensor:
     """One pass over this process's share of the training set -> its mean loss (a float64 0-d
-    tensor on the device). stepping: `step`'s (optimizer, schedule, scaler, passes)."""
+    tensor on the device). stepping: `step`'s (optimizer, schedule, scaler, passes); counts: the
+    group that sums the items the processes kept (kept_everywhere; None without data.skip_bad)."""
     optimizer, schedule, scaler, passes = stepping
     for net in nets.values():
         net.train()
@@ -362,15 +367,31 @@ def _epoch(nets, stream: Stream, sizes, cfg: TrainConfig, stepping: tuple, epoch
                   disable=not ctx.main)
     for loaded_batch, batch_size in zip(loaded, map(len, whole)):
         batch = take(loaded_batch, stream.views.samples, bad)
-        if batch is None and ctx.world == 1:
+        kept = 0 if batch is None else len(batch["index"])
+        kept_all = kept_everywhere(kept, batch_size, ctx, counts)
+        if kept_all == 0:        # no item of the global batch decodes: no process steps
             schedule.step()
             continue
-        kept = 0 if batch is None else len(batch["index"])
-        if batch is None:        # every process steps under DDP: this one on a stand-in, weighted 0
-            batch = first_item(loaded_batch)
-        total += step(nets, batch, sizes, optimizer, schedule, scaler, passes, share_weight(kept, batch_size, ctx, bad))
+        weight = share_weight(kept, kept_all, ctx)
+        if batch is None:        # others kept items: this process steps on a stand-in, weighted 0
+            with statistics_kept(nets):
+                total += step(nets, first_item(loaded_batch), sizes, optimizer, schedule, scaler, passes, weight)
+        else:
+            total += step(nets, batch, sizes, optimizer, schedule, scaler, passes, weight)
         count += 1
     return total / max(count, 1)
+
+
+@contextlib.contextmanager
+def statistics_kept(nets: dict[str, torch.nn.Module]) -> Iterator[None]:
+    """The nets' buffers (BatchNorm's running statistics) as they were before the block: a
+    stand-in's forward must not move them (rank 0's are every process's after DDP's broadcast)."""
+    saved = [[buffer.clone() for buffer in net.buffers()] for net in nets.values()]
+    yield
+    with torch.no_grad():
+        for net, buffers in zip(nets.values(), saved):
+            for buffer, before in zip(net.buffers(), buffers):
+                buffer.copy_(before)
 
 
 def first_item(batch: dict) -> dict:
@@ -379,20 +400,26 @@ def first_item(batch: dict) -> dict:
     return {"index": batch["index"][:1], **{name: {k: v[:1] for k, v in batch[name].items()} for name in PASSES}}
 
 
-def share_weight(kept: int, batch_size: int, ctx: Dist, bad: BadInputs | None = None) -> float | torch.Tensor | None:
-    """The weight of this process's mean loss on its share of a global batch of `batch_size`
-    items, of which it kept `kept`: its items x world / the global batch's items, so that DDP's
-    mean of the processes' gradients weighs every item alike when the batch does not divide
-    evenly (16 on 3 processes: 6, 5, 5). With data.skip_bad (`bad.skip`) the processes may drop
-    undecodable items: the global count is then the sum of what each kept (an all-reduce of one
-    number on the device: a 0-d float32 tensor weight, the float the nominal count would give
-    when nothing is dropped; 0 for a process that kept none, also when no process kept any: then
-    the step's gradient is 0, where one process skips the step). None in one process (no
-    weight)."""
+def kept_everywhere(kept: int, batch_size: int, ctx: Dist, group: dist.ProcessGroup | None = None) -> int:
+    """The items of a global batch of `batch_size` that the processes kept, where this one kept
+    `kept`: `kept` in one process; the whole batch without a `group` (no data.skip_bad: an
+    undecodable item stops the run); with it (stages.common.distributed.host_group's, under
+    data.skip_bad) the sum over the processes, all-reduced on the host, where it waits for no
+    device queue. Every process then agrees whether the step is taken: an optimiser step on a
+    zero gradient is no skipped step (AdamW's moments and weight decay move the weights)."""
     if ctx.world == 1:
-        return None
-    if bad is None or not bad.skip:
-        return kept * ctx.world / batch_size
-    total = torch.full((), float(kept), dtype=torch.float64, device=ctx.device)   # made there: no copy, no wait
-    dist.all_reduce(total)
-    return (kept * ctx.world / total.clamp_min(1)).float()
+        return kept
+    if group is None:
+        return batch_size
+    total = torch.tensor([kept], dtype=torch.int64)
+    dist.all_reduce(total, group=group)
+    return int(total[0])
+
+
+def share_weight(kept: int, kept_all: int, ctx: Dist) -> float | None:
+    """The weight of this process's mean loss on its `kept` items of a global batch whose
+    processes kept `kept_all` (> 0; kept_everywhere's): kept x world / kept_all, so that DDP's
+    mean of the processes' gradients weighs every item alike when the batch does not divide
+    evenly (16 on 3 processes: 6, 5, 5) or some were dropped as undecodable (0 for a process that
+    kept none). None in one process (no weight)."""
+    return None if ctx.world == 1 else kept * ctx.world / kept_all

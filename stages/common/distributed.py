@@ -61,6 +61,20 @@ def mean_over_ranks(values: torch.Tensor, ctx: Dist) -> torch.Tensor:
     return total / ctx.world
 
 
+def host_group(ctx: Dist) -> dist.ProcessGroup | None:
+    """A gloo group of every process, for collectives of host numbers (CPU tensors) that must not
+    wait for the device as an nccl collective's result does; None in one process. Every process
+    must call it, in the same order."""
+    return dist.new_group(backend="gloo") if ctx.world > 1 else None
+
+
+def process_workers(workers: int, ctx: Dist) -> int:
+    """A process's share of the machine's `workers` loader processes (a params value: the
+    machine's, whatever the number of training processes): workers // world, at least 1 where
+    workers > 0 (0, loading in the process itself, stays 0)."""
+    return max(1, workers // ctx.world) if workers > 0 else 0
+
+
 def share_cores(ctx: Dist, workers: int) -> None:
     """On the CPU, where the step runs on torch's threads: leave one core to each of this
     process's `workers` loader processes (stages.common.threads.training_threads). On a GPU the

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from stages.common import resume
 from stages.common.cropstore import read_rows
 from stages.common.code import code_digest
-from stages.common.distributed import Dist, barrier, mean_over_ranks, share_cores, start_distributed
+from stages.common.distributed import Dist, barrier, mean_over_ranks, process_workers, share_cores, start_distributed
 from stages.common.identity import input_identity
 from stages.common.io import save_json, save_torch
 from stages.common.params import Params, TrainParams
@@ -147,16 +147,24 @@ def reframe_limits(cfg: TrainParams) -> Reframe:
     return Reframe(shift=cfg.reframe_shift, scale=cfg.reframe_scale, rotate=cfg.reframe_rotate)
 
 
+def spread_rows(usable: np.ndarray, limit: int) -> np.ndarray:
+    """Indices (min(limit, U),) of `limit` of the U usable rows (mask (N,)) evenly spaced over the
+    split, in order: the challenge's lists run subject by subject (some 890 images each), so the first
+    rows would be one subject's."""
+    rows = np.flatnonzero(usable)
+    return rows[np.linspace(0, len(rows) - 1, min(limit, len(rows))).round().astype(np.int64)]
+
+
 def mean_target(camera: Camera, data: SplitData, limit: int = 512) -> np.ndarray:
-    """Mean 2D target (V, 2) crop px over the first `limit` usable training samples."""
-    rows = np.flatnonzero(data.store.usable)[:limit]
+    """Mean 2D target (V, 2) crop px over `limit` usable training samples spread over the split."""
+    rows = spread_rows(data.store.usable, limit)
     return crop_targets(camera, np.asarray(data.verts[rows]), data.poses[rows], data.store.warps[rows]).mean(0)
 
 
 def mean_frame_pose(camera: Camera, data: SplitData, frame: str, limit: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """Mean pose in `frame` (stages.nets.pose_frame) over the first `limit` usable training
-    samples: chordal mean rotation (3, 3) and mean translation code (3,)."""
-    rows = np.flatnonzero(data.store.usable)[:limit]
+    """Mean pose in `frame` (stages.nets.pose_frame) over `limit` usable training samples spread
+    over the split: chordal mean rotation (3, 3) and mean translation code (3,)."""
+    rows = spread_rows(data.store.usable, limit)
     R_frame, codes = camera_to_frame(data.poses[rows], data.store.warps[rows], camera, data.store.size, frame)
     return Rotation.from_matrix(R_frame).mean().as_matrix(), codes.mean(0)
 
@@ -215,7 +223,7 @@ def make_loader(dataset: TrainBatches, ctx: Dist, cfg: TrainParams, seed: int) -
     batches = BatchSampler(sampler, per_rank, drop_last=True)
     if len(batches) == 0:
         raise ValueError(f"{len(dataset)} training crops are fewer than one batch of {per_rank}")
-    return DataLoader(dataset, sampler=batches, batch_size=None, num_workers=cfg.workers,
+    return DataLoader(dataset, sampler=batches, batch_size=None, num_workers=process_workers(cfg.workers, ctx),
                       pin_memory=ctx.device.type == "cuda")
 
 
@@ -231,8 +239,8 @@ class Trainer:
         self.cfg = self.config(params)
         self.lambdas = {k: getattr(params.lambda_, k) for k in self.LOSS_WEIGHTS}
         self.seed, self.paths, self.camera = params.seed, paths, camera
-        self.ctx = start_distributed(self.cfg.device)
-        share_cores(self.ctx, self.cfg.workers)
+        self.ctx = start_distributed(self.cfg.device, f"{self.STAGE.removeprefix('stages.')}.device")
+        share_cores(self.ctx, process_workers(self.cfg.workers, self.ctx))
         single_thread_blas()        # the batches are prepared in this process: see stages.common.threads
         torch.manual_seed(self.seed)
         self.basis = PCABasis.load(paths.pca / "basis.npz")

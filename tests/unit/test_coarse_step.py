@@ -20,6 +20,17 @@ def _batch(rng: np.random.Generator) -> dict:
             for name, size in SIZES.items()}
 
 
+def _small_nets() -> tuple:
+    """The demo's detector config at 64 px with a narrow head, and its nets (seeded) in train mode."""
+    cfg = train_config(load_params("params.yaml").replace(coarse_train={
+        "locate_size": 64, "refine_size": 64, "head_width": 16}))
+    torch.manual_seed(0)
+    nets = coarse.build_nets(cfg, 5)
+    for net in nets.values():
+        net.train()
+    return cfg, nets
+
+
 def _trained(nets: dict, batches: list[dict], cfg, passes) -> dict:
     params = [p for net in nets.values() for p in net.parameters()]
     optimizer = coarse.make_optimizer(params, cfg, torch.device("cpu"))
@@ -31,12 +42,7 @@ def _trained(nets: dict, batches: list[dict], cfg, passes) -> dict:
 
 def test_the_passes_side_by_side_train_the_weights_of_one_pass_after_the_other(monkeypatch):
     monkeypatch.setattr(coarse, "usable_cores", lambda: 2)           # one torch thread a pass
-    cfg = train_config(load_params("params.yaml").replace(coarse_train={
-        "locate_size": 64, "refine_size": 64, "head_width": 16}))
-    torch.manual_seed(0)
-    nets = coarse.build_nets(cfg, 5)
-    for net in nets.values():
-        net.train()
+    cfg, nets = _small_nets()
     rng = np.random.default_rng(0)
     batches = [_batch(rng) for _ in range(3)]
     before = torch.get_num_threads()
@@ -61,3 +67,27 @@ def test_the_passes_run_side_by_side_only_on_the_cpu_in_one_process():
     pool = coarse.pass_threads(Dist(0, 1, torch.device("cpu")))
     assert pool is not None and pool._max_workers == len(PASSES)
     pool.shutdown()
+
+
+def test_a_stand_in_step_leaves_the_batchnorm_statistics_as_they_were():
+    """A process that kept no item of a global batch steps on a stand-in weighted 0: inside
+    statistics_kept its forward moves no buffer (rank 0's are every process's), where the same
+    step outside it does."""
+    cfg, nets = _small_nets()
+    params = [p for net in nets.values() for p in net.parameters()]
+    optimizer = coarse.make_optimizer(params, cfg, torch.device("cpu"))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=2, pct_start=0.15)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    stand_in = {"index": torch.tensor([0]), **coarse.first_item({"index": torch.tensor([0]), **_batch(
+        np.random.default_rng(1))})}
+    before = {name: copy.deepcopy(net.state_dict()) for name, net in nets.items()}
+
+    def moved() -> list[str]:
+        return [f"{name}.{key}" for name, net in nets.items() for key, value in net.named_buffers()
+                if not torch.equal(value, before[name][key])]
+
+    with coarse.statistics_kept(nets):
+        coarse.step(nets, stand_in, SIZES, optimizer, schedule, scaler, None, 0.0)
+    assert moved() == []
+    coarse.step(nets, stand_in, SIZES, optimizer, schedule, scaler, None, 0.0)
+    assert any(key.endswith("running_mean") for key in moved())

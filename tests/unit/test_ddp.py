@@ -12,15 +12,15 @@ import torch.multiprocessing as mp
 
 from stages import coarse_train, pca
 from stages.coarse_train import train_config
-from stages.coarse.train import build_nets, first_item, shard, share_epoch, share_weight
-from stages.common.distributed import Dist, mean_over_ranks
+from stages.coarse.train import build_nets, first_item, kept_everywhere, shard, share_epoch, share_weight
+from stages.common.distributed import Dist, mean_over_ranks, process_workers
 from stages.finetuning.pnp_loss import masked_mean
 from stages.nets.trainer import TrainPaths, make_loader, run_training
 from stages.wcpa.camera import Camera
 from stages.common.params import apply_overrides, load_params
 from stages.wcpa.layout import image_path, write_list
-from tests.ddp_worker import (run_coarse_rank, run_finish_rank, run_masked_mean_rank, run_rank, run_share_weight_rank,
-                               run_training_rank)
+from tests.ddp_worker import (run_coarse_rank, run_epoch_rank, run_finish_rank, run_masked_mean_rank, run_rank,
+                               run_share_weight_rank, run_training_rank)
 from tests.stages.tiny_data import write_tiny_root
 from tests.tiny_project import PROJ, make_tiny_project
 
@@ -94,7 +94,7 @@ def test_uneven_shares_of_a_coarse_batch_weigh_every_item_alike(batch_size, worl
     for rank in range(world):
         ctx = Dist(rank=rank, world=world, device=torch.device("cpu"))
         share = shard(batch, ctx)[0]
-        weight = share_weight(len(share), batch_size, ctx)
+        weight = share_weight(len(share), kept_everywhere(len(share), batch_size, ctx), ctx)
         assert weight / len(share) / world == pytest.approx(1 / batch_size)
     assert share_weight(5, 5, Dist(rank=0, world=1, device=torch.device("cpu"))) is None
 
@@ -112,14 +112,32 @@ def test_items_dropped_as_undecodable_leave_every_kept_item_of_the_global_batch_
 def test_a_process_without_a_decodable_item_steps_on_a_stand_in_weighted_zero(tmp_path):
     """Rank 0's whole share undecodable: it steps on its share's first item (a black image) with
     the weight 0 and rank 1's 4 items get 1 / 4 each, as in one process; with no item kept
-    anywhere both weights are 0 (a zero gradient), not a division by zero."""
-    for kept, weights in (((0, 4), [0.0, 2.0]), ((0, 0), [0.0, 0.0])):
+    anywhere every process knows it and none steps, as one process skips the batch (an AdamW
+    step on a zero gradient still moves the weights)."""
+    for kept, weights, kept_all in (((0, 4), [0.0, 2.0], 4), ((0, 0), [None, None], 0)):
         mp.spawn(run_share_weight_rank, args=(str(tmp_path), free_port(), kept), nprocs=2, join=True)
-        assert [torch.load(tmp_path / f"share{r}.pt")["weight"] for r in (0, 1)] == weights
+        ranks = [torch.load(tmp_path / f"share{r}.pt") for r in (0, 1)]
+        assert [rank["weight"] for rank in ranks] == weights and [rank["kept_all"] for rank in ranks] == [kept_all] * 2
     loaded = {"index": torch.tensor([7, 9]), **{name: {"image": torch.zeros(2, 4, 4, 3), "points": torch.ones(2, 68, 2)}
                                                for name in ("locate", "refine")}}
     stand_in = first_item(loaded)
     assert stand_in["index"].tolist() == [7] and stand_in["refine"]["points"].shape == (1, 68, 2)
+
+
+def test_a_global_batch_no_process_kept_is_skipped_and_a_stand_in_moves_no_statistics(tmp_path):
+    """coarse_train's epoch on 2 gloo ranks with data.skip_bad: where rank 0 kept none of its
+    share, its stand-in step leaves its buffers (every rank's BatchNorm statistics after DDP's
+    broadcast) as they were, while rank 1's move; where no rank kept any item, no rank steps (one
+    optimiser step in all, the schedule stepped past both batches), and the weights agree."""
+    mp.spawn(run_epoch_rank, args=(str(tmp_path), free_port()), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"epoch{r}.pt") for r in (0, 1)]
+    assert [rank["buffers_kept"] for rank in ranks] == [True, False]
+    assert [rank["steps"] for rank in ranks] == [[1], [1]]
+    assert [rank["schedule_steps"] for rank in ranks] == [2, 2]
+    for name, weights in ranks[0]["weights"].items():
+        for key, value in weights.items():
+            if not key.endswith(("running_mean", "running_var", "num_batches_tracked")):
+                assert torch.equal(value, ranks[1]["weights"][name][key]), (name, key)
 
 
 @pytest.mark.parametrize("decode, corrupt", [("opencv", False), ("torch", False), ("opencv", True)])
@@ -132,13 +150,14 @@ def test_two_gloo_ranks_train_the_coarse_detector_on_halves_of_each_batch(tmp_pa
     if corrupt:
         Path(image_path(tmp_path / "data", next(tables["train"].itertuples(index=False)))).write_bytes(b"no JPEG" * 9)
     params = load_params("params.yaml").replace(
-        data={"root": str(tmp_path / "data"), "workers": 1, "skip_bad": corrupt, "max_bad_fraction": 0.5},
+        data={"root": str(tmp_path / "data"), "workers": 2, "skip_bad": corrupt, "max_bad_fraction": 0.5},
         coarse_train={"locate_backbone": "mobilenet_v3_small", "refine_backbone": "mobilenet_v3_small",
                       "locate_size": 64, "refine_size": 64, "epochs": 1, "batch_size": 4, "head_width": 16,
                       "decode": decode})
     mp.spawn(run_coarse_rank, args=(str(tmp_path), params, free_port()), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"coarse_rank{r}.pt") for r in (0, 1)]
     assert ranks[0]["metrics"]["processes"] == 2 and ranks[1]["metrics"] == {}      # rank 0 alone writes
+    assert [rank["workers"] for rank in ranks] == [[1], [1]]                         # the machine's 2, shared
     assert (tmp_path / "coarse_train/model.pt").is_file() and not (tmp_path / "coarse_train.partial").exists()
     assert len(ranks[0]["steps"]) == len(ranks[1]["steps"]) == 2                    # 8 images / global batch 4
     kept = []
@@ -203,6 +222,16 @@ def test_a_batch_that_does_not_split_over_the_processes_torchrun_started_stops()
     cfg = load_params("params.yaml").replace(train={"batch_size": 8}).train
     with pytest.raises(ValueError, match="batch_size 8 does not split evenly over 3 processes"):
         make_loader(None, Dist(rank=0, world=3, device=torch.device("cpu")), cfg, seed=0)
+
+
+def test_the_machines_loader_workers_are_shared_by_its_processes():
+    """data.workers, train.workers and finetune.workers are the machine's: 16 on 4 processes
+    start 4 loader processes each (16 each would put 64 on 16 cores); a process keeps at least
+    one, and 0 (loading in the process) stays 0."""
+    cfg = load_params("params.yaml").replace(train={"batch_size": 8, "workers": 4}).train
+    loader = make_loader(list(range(64)), Dist(rank=1, world=2, device=torch.device("cpu")), cfg, seed=0)
+    assert loader.num_workers == 2
+    assert [process_workers(w, Dist(0, n, torch.device("cpu"))) for w, n in ((16, 1), (2, 4), (0, 4))] == [16, 1, 0]
 
 
 def test_every_process_leaves_the_group_after_a_stage(tmp_path):
