@@ -2,7 +2,9 @@
 
 Each tile is a crop of artifacts/crop/val with every mesh vertex of the sample's info file
 (projected with Camera.project, then mapped by the crop's warp) as small white dots, the 68
-landmark vertices in green, and the GT roll inside the crop and the sample id as a label.
+landmark vertices in green, and the GT roll inside the crop and the sample id as a label. With
+data.skip_bad a drawn sample whose info file is bad leaves its tile out (crop skips no row for
+it when its landmarks come from the detector).
 Writes artifacts/crop_sheet/contact_sheet.png.
 """
 from __future__ import annotations
@@ -14,12 +16,13 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from stages.common.badinput import BadInputs
 from stages.common.params import Params
 from stages.common.stage import stage_main
 from stages.face.frontal import crop_quality
 from stages.face.warp import apply_warp
 from stages.viz.draw import contact_sheet, draw_points, put_label, save_png
-from stages.wcpa.layout import load_labels, load_resources, read_list
+from stages.wcpa.layout import DataError, labelled_rows, load_labels, load_resources, read_list
 
 log = logging.getLogger("crop_sheet")
 TILES = 16
@@ -52,7 +55,12 @@ def run(params: Params, out: Path = Path("artifacts/crop_sheet"), crop_dir: Path
     warps = np.load(crop_dir / "warps.npy")
     skipped = pd.read_csv(crop_dir / "index.csv").skipped.to_numpy()
     rows = pick_rows(skipped, TILES, params.seed)
-    verts, poses = load_labels(root, table.iloc[rows], resources.n_verts)
+    bad = BadInputs(skip=params.data.skip_bad, max_fraction=1.0)     # a picture: a bad label costs its tile
+    verts, poses = load_labels(root, table.iloc[rows], resources.n_verts, bad)
+    labelled = labelled_rows(verts) & labelled_rows(poses)
+    rows, verts, poses = rows[labelled], verts[labelled], poses[labelled]
+    if not len(rows):
+        raise DataError(f"{split_dir / 'val.csv'}: no val row with a crop and a readable label to draw")
     uv = apply_warp(warps[rows], resources.camera.project(verts, poses))
     roll = crop_quality(resources.camera, verts, poses, warps[rows], resources.kpt_ind, images.shape[1])["roll_deg"]
     tiles = [draw_tile(np.asarray(images[r]), uv[k], resources.kpt_ind, f"roll {roll[k]:+.1f} deg  #{r}")

@@ -27,6 +27,7 @@ from stages.common.io import save_npz
 from stages.common.processes import ordered_map
 from stages.face.mesh import flip_permutation
 from stages.wcpa.arkit import ARKIT_NAMES
+from stages.wcpa.layout import ID_COLUMNS, read_list
 from stages.wcpa.obj import read_obj
 
 log = logging.getLogger(__name__)
@@ -248,22 +249,18 @@ def read_neutral_list(path: Path | str, table: pd.DataFrame) -> np.ndarray:
     """A hand-made CSV of ids (subject_id, facial_action, img_id), at most one a subject (the
     paper's lists 200 of its persons) -> row indices into `table` (none for a list with no rows)."""
     path = Path(path)
-    try:
-        chosen = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: neutral list (pca.neutral_list) not found") from None
-    columns = ["subject_id", "facial_action", "img_id"]
-    if any(c not in chosen.columns for c in columns):
-        raise ValueError(f"{path}: needs columns {', '.join(columns)}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: neutral list (pca.neutral_list) not found")
+    chosen = read_list(path)            # the train list's reader: its checks and messages
     if chosen.empty:
         return np.empty(0, dtype=np.int64)
     doubled = chosen.subject_id[chosen.subject_id.duplicated()]
     if len(doubled):
         raise ValueError(f"{path}: {doubled.nunique()} subject(s) listed more than once, e.g. {doubled.iloc[0]}: "
                          "one neutral frame per subject")
-    keys = table[columns].agg("/".join, axis=1)
+    keys = table[ID_COLUMNS].agg("/".join, axis=1)
     where = pd.Series(np.arange(len(table)), index=keys.to_numpy())
-    wanted = chosen[columns].agg("/".join, axis=1)
+    wanted = chosen[ID_COLUMNS].agg("/".join, axis=1)
     unknown = wanted[~wanted.isin(where.index)]
     if len(unknown):
         raise ValueError(f"{path}: {len(unknown)} id(s) not among the training split's labelled rows (not in the "

@@ -70,7 +70,7 @@ class Camera:
         """Read resources/projection_matrix.txt (4 rows of 4 numbers)."""
         path = Path(path)
         try:
-            m = np.loadtxt(path, dtype=np.float64)
+            m = np.loadtxt(path, dtype=np.float64, encoding="utf-8-sig")
         except (OSError, ValueError) as err:
             raise ValueError(f"{path}: cannot read a projection matrix: {err}") from None
         try:

@@ -242,7 +242,7 @@ def read_landmarks(path: Path | str, n_points: int) -> np.ndarray:
     """A _68landmarks.txt ('x y' per line) -> (n_points, 2) float64 pixels."""
     path = Path(path)
     try:
-        rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
+        rows = [line.split() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     except FileNotFoundError:
         raise DataError(f"{path}: landmarks file not found") from None
     except (OSError, UnicodeDecodeError) as err:

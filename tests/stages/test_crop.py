@@ -23,7 +23,7 @@ from stages.common.cropstore import CropStoreWriter
 from stages.common.params import load_params
 from stages.face.warp import apply_warp, eye_line_angle
 from stages.nets.dataset import CropStore
-from stages.wcpa.layout import (DataError, image_path, load_labels, load_resources, list_path, read_image,
+from stages.wcpa.layout import (DataError, image_path, info_path, load_labels, load_resources, list_path, read_image,
                                 read_list, write_list)
 from tests.stages.tiny_data import write_tiny_root
 from tests.tiny_project import interrupt_after
@@ -223,6 +223,20 @@ def test_crop_sheet_draws_sixteen_or_fewer_tiles(tiny):
     assert green[:, :2 * crop_sheet.TILE_SIZE].any() and not green[:, 2 * crop_sheet.TILE_SIZE:].any()
 
 
+def test_crop_sheet_leaves_out_a_tile_whose_info_file_is_bad_with_skip_bad(tiny):
+    """crop (landmarks from the detector) skips no row for a bad val info file; the sheet then
+    stops naming it, or with data.skip_bad draws the other tile."""
+    params, tmp, split_dir, coarse_dir = tiny
+    run(params, tmp, split_dir, coarse_dir)
+    info = info_path(tmp / "data", read_list(split_dir / "val.csv").iloc[1])
+    info.write_bytes(b"not an npz")
+    with pytest.raises(DataError, match=info.name):
+        crop_sheet.run(params, tmp / "crop_sheet", tmp / "crop/val", split_dir)
+    path = crop_sheet.run(params.replace(data={"skip_bad": True}), tmp / "crop_sheet", tmp / "crop/val", split_dir)
+    green = (cv2.imread(str(path))[..., 1] > 200) & (cv2.imread(str(path))[..., 2] < 80)
+    assert green[:, :crop_sheet.TILE_SIZE].any() and not green[:, crop_sheet.TILE_SIZE:].any()
+
+
 def test_every_split_carries_the_identity_of_its_crop_run(tiny):
     params, tmp, split_dir, coarse_dir = tiny
     run(params, tmp, split_dir, coarse_dir)
@@ -313,20 +327,24 @@ def test_the_torch_path_stops_with_the_bad_images_name(tiny, monkeypatch, spoil,
 @pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision")
 @pytest.mark.parametrize("device", TORCH_DEVICES)
 def test_a_batch_that_fails_to_decode_is_decoded_one_by_one(tmp_path, device):
-    """decode_images: one bad file in a batch costs only its own row; a PNG goes through OpenCV."""
+    """decode_images: one bad file in a batch costs only its own row; a PNG goes through OpenCV; a
+    JPEG cut short (its last tenth missing) is no image on either device, as on the OpenCV path."""
     image = np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8)
-    files = {"good.jpg": cv2.imencode(".jpg", image)[1], "bad.jpg": np.frombuffer(b"not a jpeg", np.uint8),
-             "png.jpg": cv2.imencode(".png", image)[1], "small.jpg": cv2.imencode(".jpg", image[:20])[1]}
+    jpeg = cv2.imencode(".jpg", image)[1].ravel()
+    files = {"good.jpg": jpeg, "bad.jpg": np.frombuffer(b"not a jpeg", np.uint8),
+             "png.jpg": cv2.imencode(".png", image)[1], "small.jpg": cv2.imencode(".jpg", image[:20])[1],
+             "cut.jpg": jpeg[:len(jpeg) * 9 // 10]}
     paths = []
     for name, data in files.items():
         paths.append(str(tmp_path / name))
         (tmp_path / name).write_bytes(data.tobytes())
     datas = [torch.from_numpy(np.asarray(data).ravel().copy()) for data in files.values()]
-    good, bad, png, small = decode.decode_images(datas, paths, torch.device(device), (30, 40))
+    good, bad, png, small, cut = decode.decode_images(datas, paths, torch.device(device), (30, 40))
     assert good.device.type == png.device.type == device and good.shape == png.shape == (3, 40, 30)
     assert torch.equal(png.cpu(), torch.from_numpy(image[..., ::-1].copy()).permute(2, 0, 1))   # encoded as BGR
     assert isinstance(bad, DataError) and str(bad) == f"{paths[1]}: not a decodable image (corrupt or empty)"
     assert isinstance(small, DataError) and "image is 30x20, the data set's images are 30x40" in str(small)
+    assert isinstance(cut, DataError) and str(cut) == f"{paths[4]}: not a decodable image (corrupt or empty)"
 
 
 @pytest.mark.parametrize("driver", [False, True])

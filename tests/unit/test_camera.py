@@ -127,3 +127,11 @@ def test_projection_file_with_nan_or_a_non_positive_focal_is_named(tmp_path, ent
     np.savetxt(path, proj)
     with pytest.raises(ValueError, match=f"resources/projection_matrix.txt: .*{problem}"):
         Camera.from_file(path, 800, 800)
+
+
+def test_a_projection_file_with_a_byte_order_mark_reads(tmp_path):
+    """A projection matrix saved by an editor that writes a UTF-8 BOM reads as the plain file
+    does (it stopped on the first number)."""
+    text = "\n".join(" ".join(f"{v:.8g}" for v in row) for row in CHALLENGE_PROJ) + "\n"
+    (tmp_path / "pm.txt").write_text(text, encoding="utf-8-sig")
+    assert Camera.from_file(tmp_path / "pm.txt", 800, 800).fx == pytest.approx(CHALLENGE_PROJ[0][0] * 400)

@@ -53,9 +53,13 @@ def test_ids_keep_leading_zeros(tmp_path):
     assert read_list(tmp_path / "list.csv").iloc[0].tolist() == ["007", "01", "0042"]
 
 
-def test_corrupt_jpeg_names_the_file(root, row):
+@pytest.mark.parametrize("kept", [20, 0.9])
+def test_corrupt_jpeg_names_the_file(root, row, kept):
+    """A file cut in its header, or one cut late (a download that stopped: libjpeg would fill the
+    missing rows with grey and warn), is no image."""
     path = image_path(root, row)
-    path.write_bytes(path.read_bytes()[:20])
+    data = path.read_bytes()
+    path.write_bytes(data[:kept if isinstance(kept, int) else int(len(data) * kept)])
     with pytest.raises(DataError, match=_named(path, "not a decodable image")):
         read_image(path)
 
@@ -176,6 +180,7 @@ def test_first_images_without_a_majority_size_are_all_named(tmp_path):
         data_image_size(tmp_path)
 
 
+@pytest.mark.filterwarnings("ignore::pandas.errors.ParserWarning")      # pandas on the empty field past the header
 def test_a_trailing_comma_on_the_rows_keeps_the_ids_in_their_columns(tmp_path):
     path = tmp_path / "list.csv"
     path.write_text("subject_id,facial_action,img_id\n007,01,0042,\n007,01,0043,\n")
@@ -209,3 +214,10 @@ def test_an_info_pose_that_is_no_challenge_pose_names_the_file(root, row, change
     np.savez(path, verts=np.zeros((5, 3), np.float32), R_t=R_t)
     with pytest.raises(DataError, match=_named(path, "R_t " + problem)):
         read_info(path)
+
+
+def test_a_byte_order_mark_before_the_numbers_is_skipped(tmp_path):
+    """A landmark file saved by an editor that writes a UTF-8 BOM reads as the plain file does
+    (it stopped on the first number)."""
+    (tmp_path / "lm.txt").write_text("".join(f"{i} {2 * i}\n" for i in range(68)), encoding="utf-8-sig")
+    assert read_landmarks(tmp_path / "lm.txt", 68)[1].tolist() == [1.0, 2.0]

@@ -77,6 +77,18 @@ def test_hand_made_neutral_list_gives_its_rows(tmp_path):
         read_neutral_list(tmp_path / "bad.csv", table)
 
 
+@pytest.mark.filterwarnings("ignore::pandas.errors.ParserWarning")      # pandas on the empty field past the header
+def test_a_hand_made_neutral_list_is_read_as_the_train_list_is(tmp_path):
+    """A trailing comma on its rows keeps the ids in place; an id with spaces around it stops
+    naming the row (read_list's checks), where both were misread as unknown ids."""
+    table = pd.DataFrame({"subject_id": ["007", "008"], "facial_action": ["x", "x"], "img_id": ["1", "1"]})
+    (tmp_path / "n.csv").write_text("subject_id,facial_action,img_id\n008,x,1,\n")
+    assert read_neutral_list(tmp_path / "n.csv", table).tolist() == [1]
+    (tmp_path / "n.csv").write_text("subject_id,facial_action,img_id\n008, x,1\n")
+    with pytest.raises(ValueError, match="n.csv: row 2 has an id with spaces around it"):
+        read_neutral_list(tmp_path / "n.csv", table)
+
+
 def test_a_neutral_list_naming_a_subject_twice_stops(tmp_path):
     table = pd.DataFrame({"subject_id": ["a", "a", "b"], "facial_action": ["x", "y", "x"], "img_id": ["1", "2", "1"]})
     table.iloc[[0, 1]].to_csv(tmp_path / "n.csv", index=False)
