@@ -358,6 +358,8 @@ def _epoch(nets, stream: Stream, sizes, cfg: TrainConfig, stepping: tuple, epoch
     tensor on the device). stepping: `step`'s (optimizer, schedule, scaler, passes); counts: the
     group that sums the items the processes kept (kept_everywhere; None without data.skip_bad)."""
     optimizer, schedule, scaler, passes = stepping
+    if ctx.world > 1 and bad is not None and bad.skip and counts is None:
+        raise ValueError("data.skip_bad under DDP needs the host group that sums the kept items (counts)")
     for net in nets.values():
         net.train()
     whole = epoch_batches(len(stream.views), cfg.batch_size, cfg.seed, epoch)

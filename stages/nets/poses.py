@@ -73,7 +73,8 @@ def submit_poses(pool: Executor, method: str, verts: np.ndarray, uv: np.ndarray,
     """Put the PnP of a batch on `pool` in chunks of CHUNK[method] samples (a batch's poses
     spread over every thread; the batched solver on a GPU `device`: one task) -> a function that
     waits for them: R_t (N, 4, 4) float64, NaN where the input has NaN or PnP fails. Arrays as in
-    `solve_poses`; a bad method or flags raise here."""
+    `solve_poses`; the threads read them in place (a chunk of consecutive rows is a view), so
+    they must not change until that function returns. A bad method or flags raise here."""
     check_pnp(method, flags)
     finite = np.isfinite(uv).all((1, 2)) & np.isfinite(verts).all((1, 2)) & np.isfinite(sigma).all(1)
     rows = np.flatnonzero(finite)

@@ -66,9 +66,9 @@ def _read_chunk(images: np.ndarray, inv_warps: np.ndarray, rows: np.ndarray, sta
 def validation_poses(verts: np.ndarray, uv_full: np.ndarray, camera: Camera, flags: str,
                      workers: int = 1) -> tuple[np.ndarray, int]:
     """Poses (N, 4, 4) from predicted meshes (N, V, 3) and their landmarks (N, V, 2) full-image
-    px, by OpenCV's PnP (cv2.SOLVEPNP_<flags>) on all points on `workers` threads, and the
-    number of failed samples (their pose is replaced by the element-wise median of the solved
-    ones, so the score stays defined)."""
+    px, by OpenCV's PnP (cv2.SOLVEPNP_<flags>, or '<METHOD>+ITERATIVE': stages.pnp.opencv) on
+    all points on `workers` threads, and the number of failed samples (their pose is replaced by
+    the element-wise median of the solved ones, so the score stays defined)."""
     poses = pose_from_landmarks(verts, uv_full, camera, method="opencv", flags=flags, workers=workers)
     failed = ~np.isfinite(poses).all(axis=(1, 2))
     if failed.all():

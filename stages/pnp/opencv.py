@@ -49,8 +49,8 @@ def solve_pnp_opencv(x3d: np.ndarray, x2d: np.ndarray, K: np.ndarray, flags: str
     `workers` threads (OpenCV releases the GIL), each a contiguous share of the problems. flags:
     cv2.SOLVEPNP_<METHOD>'s name, or 'METHOD+ITERATIVE': each solution then refined by OpenCV's
     iterative LM from it (a refinement that fails keeps the solution). Per problem the thread
-    holds the GIL only around OpenCV's calls (about 1 us of Python a call, where converting the
-    pose between the calls took some 70 us a face: benchmarks/bench_pnp.py --gil).
+    holds the GIL only around OpenCV's calls (about 20 us of Python a face in inference's chunks,
+    where converting the pose between the calls made it 41-51: benchmarks/bench_pnp.py --gil).
 
     Returns OpenCV poses R (B, 3, 3), t (B, 3) float64 (x_cam = R x + t); NaN for a problem
     OpenCV rejects or fails on."""

@@ -13,7 +13,8 @@ import torch.multiprocessing as mp
 from stages import coarse_train, pca
 from stages.coarse_train import train_config
 from stages.coarse.train import build_nets, first_item, kept_everywhere, shard, share_epoch, share_weight
-from stages.common.distributed import Dist, mean_over_ranks, process_workers
+from stages.common.badinput import BadInputs
+from stages.common.distributed import Dist, host_group, mean_over_ranks, process_workers
 from stages.finetuning.pnp_loss import masked_mean
 from stages.nets.trainer import TrainPaths, make_loader, run_training
 from stages.wcpa.camera import Camera
@@ -140,6 +141,15 @@ def test_a_global_batch_no_process_kept_is_skipped_and_a_stand_in_moves_no_stati
                 assert torch.equal(value, ranks[1]["weights"][name][key]), (name, key)
 
 
+def test_an_epoch_under_ddp_with_skip_bad_needs_the_host_group():
+    """Without the group that sums the kept items, the processes could not agree on a global
+    batch none kept (they would weigh by the nominal batch and step on it): a caller's error."""
+    from stages.coarse.train import _epoch
+    with pytest.raises(ValueError, match="needs the host group"):
+        _epoch({}, None, {}, None, (None, None, None, None), 0, BadInputs(skip=True, max_fraction=1.0),
+               Dist(rank=0, world=2, device=torch.device("cpu")))
+
+
 @pytest.mark.parametrize("decode, corrupt", [("opencv", False), ("torch", False), ("opencv", True)])
 def test_two_gloo_ranks_train_the_coarse_detector_on_halves_of_each_batch(tmp_path, decode, corrupt):
     """corrupt: one training image is not a JPEG, and data.skip_bad drops it from its process's
@@ -186,6 +196,9 @@ def test_the_coarse_detectors_collectives_run_on_an_nccl_group_on_cuda(monkeypat
         three = torch.tensor([3.0], dtype=torch.float64, device=device)
         assert float(mean_over_ranks(three, Dist(rank=0, world=2, device=device))) == 1.5   # one rank's sum over two
         assert float(mean_over_ranks(three, one_rank)) == 3.0
+        counts = host_group(one_rank)                     # gloo beside the nccl default group
+        assert counts is None and kept_everywhere(3, 8, Dist(rank=0, world=2, device=device), host_group(
+            Dist(rank=0, world=2, device=device))) == 3        # one rank's 3 kept, summed on the host
     finally:
         dist.destroy_process_group()
 

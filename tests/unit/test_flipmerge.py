@@ -113,16 +113,23 @@ def test_a_refined_solution_is_opencvs_lm_from_the_methods_pose(camera):
         assert not np.allclose(refined[i], epnp[i], atol=1e-6)
 
 
-def test_a_refinement_that_fails_keeps_the_methods_pose(camera, monkeypatch):
+@pytest.mark.parametrize("failure", ["raises", "writes NaN into its start"])
+def test_a_refinement_that_fails_keeps_the_methods_pose(camera, monkeypatch, failure):
+    """An LM that raises, or one that reports success with NaN written into the vectors it was
+    given (OpenCV writes its answer into them), leaves EPnP's pose."""
     rng = np.random.default_rng(8)
     verts = np.stack([face_points(rng, 150) for _ in range(2)])
     uv = camera.project(verts, random_poses(rng, 2)) + rng.normal(0, 2.0, (2, 150, 2))
     solve = cv2.solvePnP
 
     def failing_lm(*args, flags, **kwargs):
-        if flags == cv2.SOLVEPNP_ITERATIVE:
+        if flags != cv2.SOLVEPNP_ITERATIVE:
+            return solve(*args, flags=flags, **kwargs)
+        if failure == "raises":
             raise cv2.error("LM failed")
-        return solve(*args, flags=flags, **kwargs)
+        rvec, tvec = args[4], args[5]
+        rvec[:], tvec[:] = np.nan, np.nan
+        return True, rvec, tvec
 
     epnp = solve_poses("opencv", verts, uv, np.ones((2, 150)), camera, "EPNP")
     monkeypatch.setattr(cv2, "solvePnP", failing_lm)
