@@ -147,24 +147,16 @@ def reframe_limits(cfg: TrainParams) -> Reframe:
     return Reframe(shift=cfg.reframe_shift, scale=cfg.reframe_scale, rotate=cfg.reframe_rotate)
 
 
-def spread_rows(usable: np.ndarray, limit: int) -> np.ndarray:
-    """Indices (min(limit, U),) of `limit` of the U usable rows (mask (N,)) evenly spaced over the
-    split, in order: the challenge's lists run subject by subject (some 890 images each), so the first
-    rows would be one subject's."""
-    rows = np.flatnonzero(usable)
-    return rows[np.linspace(0, len(rows) - 1, min(limit, len(rows))).round().astype(np.int64)]
-
-
 def mean_target(camera: Camera, data: SplitData, limit: int = 512) -> np.ndarray:
-    """Mean 2D target (V, 2) crop px over `limit` usable training samples spread over the split."""
-    rows = spread_rows(data.store.usable, limit)
+    """Mean 2D target (V, 2) crop px over the first `limit` usable training samples."""
+    rows = np.flatnonzero(data.store.usable)[:limit]
     return crop_targets(camera, np.asarray(data.verts[rows]), data.poses[rows], data.store.warps[rows]).mean(0)
 
 
 def mean_frame_pose(camera: Camera, data: SplitData, frame: str, limit: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """Mean pose in `frame` (stages.nets.pose_frame) over `limit` usable training samples spread
-    over the split: chordal mean rotation (3, 3) and mean translation code (3,)."""
-    rows = spread_rows(data.store.usable, limit)
+    """Mean pose in `frame` (stages.nets.pose_frame) over the first `limit` usable training
+    samples: chordal mean rotation (3, 3) and mean translation code (3,)."""
+    rows = np.flatnonzero(data.store.usable)[:limit]
     R_frame, codes = camera_to_frame(data.poses[rows], data.store.warps[rows], camera, data.store.size, frame)
     return Rotation.from_matrix(R_frame).mean().as_matrix(), codes.mean(0)
 

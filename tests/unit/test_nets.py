@@ -136,27 +136,3 @@ def test_paper_network_runs_one_training_step_on_cpu():
     optimizer.step()
     assert torch.isfinite(loss)
     assert not any(torch.equal(b, fc.weight) for b, fc in zip(before, fcs))
-
-
-def test_the_heads_start_from_rows_spread_over_the_whole_split():
-    """spread_rows: the mean target and pose come from usable rows from the first subject to the
-    last (a list runs subject by subject), each row once; all of them where there are fewer."""
-    from stages.nets.trainer import spread_rows
-    usable = np.ones(10_000, dtype=bool)
-    usable[::7] = False
-    rows = spread_rows(usable, 512)
-    assert len(rows) == 512 and len(np.unique(rows)) == 512 and usable[rows].all()
-    assert np.all(np.diff(rows) > 0) and rows[0] == 1 and rows[-1] == 9_999
-    assert np.array_equal(spread_rows(usable[:300], 512), np.flatnonzero(usable[:300]))
-
-
-def test_the_mean_target_comes_from_rows_over_the_whole_split(monkeypatch):
-    """The landmark head's start: the mean target of rows spread over the split (the first 512
-    of 4,000 rows, one or two subjects of the real lists, would give 255.5 here)."""
-    from types import SimpleNamespace
-    from stages.nets import trainer
-    rows = np.arange(4000.0)[:, None, None] * np.ones((1, 3, 3))
-    data = SimpleNamespace(store=SimpleNamespace(usable=np.ones(4000, dtype=bool), warps=np.zeros((4000, 2, 3))),
-                           verts=rows, poses=np.zeros((4000, 4, 4)))
-    monkeypatch.setattr(trainer, "crop_targets", lambda camera, verts, poses, warps: verts[..., :2])
-    assert trainer.mean_target(None, data).mean() == pytest.approx(1999.5, abs=4)
