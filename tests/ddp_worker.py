@@ -151,22 +151,25 @@ def run_epoch_rank(rank: int, root: str, port: int) -> None:
 
 def run_coarse_rank(rank: int, root: str, params: Params, port: int) -> None:
     """The coarse_train stage as rank `rank` (root/split lists, outputs in root/coarse_train);
-    saves the rank's returned metrics, its nets, the loader workers it trained with and each of
-    its steps' (sample indices, loss weight)."""
+    saves the rank's returned metrics, its nets, the loader workers of its train and val streams
+    and each of its steps' (sample indices, loss weight)."""
     join_as(rank, port)
     base, trained, steps, workers = Path(root), {}, [], []
-    train, step = coarse_loop.train, coarse_loop.step
+    train, step, make_stream = coarse_loop.train, coarse_loop.step, coarse_loop.make_stream
 
     def recording_train(*args, **kwargs):
-        workers.append(args[6])
         trained.update(train(*args, **kwargs))
         return trained
+
+    def recording_stream(views, n_workers, *args):
+        workers.append(n_workers)
+        return make_stream(views, n_workers, *args)
 
     def recording_step(nets, batch, *args):
         steps.append((batch["index"].tolist(), None if args[-1] is None else float(args[-1])))
         return step(nets, batch, *args)
 
-    coarse_train.train, coarse_loop.step = recording_train, recording_step
+    coarse_train.train, coarse_loop.step, coarse_loop.make_stream = recording_train, recording_step, recording_stream
     metrics = coarse_train.run(params, base / "coarse_train", base / "split")
     torch.save({"metrics": metrics, "steps": steps, "workers": workers,
                 "nets": {name: net.state_dict() for name, net in trained.items()}}, base / f"coarse_rank{rank}.pt")

@@ -213,7 +213,8 @@ def train(cfg: TrainConfig, train_samples: Samples, val_samples: Samples, flip_o
     """Train both passes for cfg.epochs, resuming from `checkpoints` (stages.common.resume) when they match.
 
     train_samples / val_samples: the splits' images and GT landmarks (stages/coarse/sources.py),
-    streamed through `workers` loader processes (this process's). flip_order: (L,) landmark mirror
+    streamed through `workers` loader processes (this process's; the val pass, which rank 0 runs
+    while the others wait, through `workers` x world). flip_order: (L,) landmark mirror
     order, passed through to the augmentation (None when cfg.flip_prob is 0). bad: where
     undecodable images go with data.skip_bad (None: they stop); its records, those of every
     process, are kept in the checkpoint. live: a dvclive.Live of no steps (or None): a resumed
@@ -242,8 +243,8 @@ def train(cfg: TrainConfig, train_samples: Samples, val_samples: Samples, flip_o
     jitters = {"locate": cfg.locate_jitter, "refine": cfg.refine_jitter}
     train_stream = make_stream(ViewSet(train_samples, sizes, cfg.refine_margin, cfg.seed, jitters, flip_order,
                                        cfg.flip_prob), workers, cfg.decode, cfg.augment, ctx.device)
-    val_stream = make_stream(ViewSet(val_samples, sizes, cfg.refine_margin, cfg.seed), workers, cfg.decode,
-                             cfg.augment, ctx.device)
+    val_stream = make_stream(ViewSet(val_samples, sizes, cfg.refine_margin, cfg.seed), workers * ctx.world,
+                             cfg.decode, cfg.augment, ctx.device)      # rank 0 alone reads it: the machine's
     replicas = compiled(data_parallel(nets, ctx), cfg.compile)
     passes = pass_threads(ctx)
     counts = host_group(ctx) if bad is not None and bad.skip else None

@@ -167,7 +167,7 @@ def test_two_gloo_ranks_train_the_coarse_detector_on_halves_of_each_batch(tmp_pa
     mp.spawn(run_coarse_rank, args=(str(tmp_path), params, free_port()), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"coarse_rank{r}.pt") for r in (0, 1)]
     assert ranks[0]["metrics"]["processes"] == 2 and ranks[1]["metrics"] == {}      # rank 0 alone writes
-    assert [rank["workers"] for rank in ranks] == [[1], [1]]                         # the machine's 2, shared
+    assert [rank["workers"] for rank in ranks] == [[1, 2], [1, 2]]     # the machine's 2 shared; rank 0's val: both
     assert (tmp_path / "coarse_train/model.pt").is_file() and not (tmp_path / "coarse_train.partial").exists()
     assert len(ranks[0]["steps"]) == len(ranks[1]["steps"]) == 2                    # 8 images / global batch 4
     kept = []
