@@ -40,7 +40,7 @@ from stages.synthetic.topology import N_VERTS     # the challenge mesh's 1220 ve
 from stages.pnp.api import PnPResult, solve_pnp, solve_sanitised
 from stages.pnp.cost import planar
 from stages.pnp.epro import epro_pnp
-from stages.pnp.opencv import solve_pnp_opencv, split_flags
+from stages.pnp.opencv import opencv_flag, solve_pnp_opencv, split_flags
 from stages.pnp.sample_cost import CPU_CHUNK_POSES
 from stages.profile import profile_params
 from tests.unit.pnp_cases import challenge_camera, make_problems, rotation_error_rad
@@ -218,7 +218,7 @@ def bare_opencv(case: dict, flags: str) -> None:
     """The cv2 calls of `flags` ('SQPNP', 'EPNP+ITERATIVE') on each problem, nothing else."""
     x3d, x2d, K = case["x3d"], case["x2d"], case["K"]
     method, refine = split_flags(flags)
-    flag = getattr(cv2, f"SOLVEPNP_{method}")
+    flag = opencv_flag(method)
     for i in range(len(x3d)):
         _, rvec, tvec = cv2.solvePnP(x3d[i], x2d[i], K, None, flags=flag)
         if refine:
