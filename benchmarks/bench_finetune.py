@@ -4,11 +4,12 @@ Reference (same process, same model, same batches): stages.nets.trainer.Trainer.
 i.e. GNLL + VDC + WPDC without the PnP layer. Measured: the finetune stage's step
 (FinetuneTrainer.train_step: the same plus the EPro-PnP terms with finetune.mc_samples,
 amis_iters, lm_iters, pnp_points, pnp_dtype). Prints both throughputs (wall clock and CPU time)
-and their ratio, the price of the PnP layer, and each step's dispatches: the top-level aten
-operators it calls and its host syncs (nonzero, item), counted by torch.profiler. On a GPU a
-step of small kernels is bound by their dispatch (several microseconds each), and a host sync
-stops the queue: the counts, taken on any device (and on the paths a GPU takes: the masked LM,
-its sample-cost chunks), say where a GPU step's time goes.
+and their ratio, the price of the PnP layer (on CUDA with finetune.compile also the step with
+finetune.cuda_graph the other way: the layer replayed from CUDA graphs or run directly), and each
+step's dispatches: the top-level aten operators it calls and its host syncs (nonzero, item),
+counted by torch.profiler. On a GPU a step of small kernels is bound by their dispatch (several
+microseconds each), and a host sync stops the queue: the counts, taken on any device (and on the
+paths a GPU takes: the masked LM, its sample-cost chunks), say where a GPU step's time goes.
 
     python -m benchmarks.bench_finetune [--steps 6] [--params params.yaml] [--start artifacts/train/model.pt]
         [--crop artifacts/crop] [--set finetune.pnp_points=0 ...] [--profile]
@@ -30,6 +31,7 @@ import torch
 
 from benchmarks.gpu_probe import format_syncs, host_syncs, profile_tables, sync
 from stages.common.params import apply_overrides, load_params
+from stages.finetuning.pnp_loss import pnp_layer
 from stages.finetuning.trainer import FinetunePaths, FinetuneTrainer
 from stages.nets.trainer import Trainer, TrainPaths
 from stages.pnp import api, sample_cost, solver
@@ -74,6 +76,18 @@ def as_on_a_gpu():
         yield
 
 
+def other_graph_rates(trainer: FinetuneTrainer, batches: list[dict], base_wall: float, cuda_graph: bool) -> None:
+    """Prints the finetune step's rate with finetune.cuda_graph set to `cuda_graph` (the layer
+    replayed from CUDA graphs or run directly; its warm-up batch captures) against the train
+    step's base_wall; the trainer's own layer is back in place afterwards."""
+    configured, trainer.layer = trainer.layer, pnp_layer(trainer.pnp, trainer.generator, cuda_graph)
+    try:
+        wall, _ = step_rate(trainer, trainer.train_step, batches)
+    finally:
+        trainer.layer = configured
+    print(f"finetune step, cuda_graph {cuda_graph}: {wall:7.1f} img/s wall = {wall / base_wall:.2f} of the train step")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
@@ -100,8 +114,10 @@ def main() -> None:
     print(f"batch {len(batches[0]['images'])}, pnp_points {cfg.pnp_points}, mc_samples {cfg.mc_samples}, "
           f"{cfg.pnp_dtype}, device {trainer.ctx.device}, torch threads {torch.get_num_threads()}")
     print(f"train step (reference): {base_wall:7.1f} img/s wall, {base_cpu:7.1f} img/CPU-s")
-    print(f"finetune step:          {ft_wall:7.1f} img/s wall, {ft_cpu:7.1f} img/CPU-s")
+    print(f"finetune step:          {ft_wall:7.1f} img/s wall, {ft_cpu:7.1f} img/CPU-s (cuda_graph {cfg.cuda_graph})")
     print(f"ratio finetune/train:   {ft_wall / base_wall:7.2f} wall, {ft_cpu / base_cpu:7.2f} CPU")
+    if trainer.ctx.device.type == "cuda" and cfg.compile:
+        other_graph_rates(trainer, batches, base_wall, not cfg.cuda_graph)
     for name, step in (("train", lambda *a: trainer.train_step(*a, step_terms=plain_terms)),
                        ("finetune", trainer.train_step)):
         ops, syncs = dispatches(step, batches[0])

@@ -40,7 +40,7 @@ step() {
 in_project() {                          # a step in the small project: skipped if it was not built
   if [ -d "$work/project/artifacts" ]; then (cd "$work/project" && step "$@"); else echo "== $1: skipped (no project)" | tee -a "$log"; fi
 }
-cuda_tests=${CUDA_TESTS:-tests/unit/test_pnp_epro.py tests/unit/test_train_cuda.py tests/stages/test_crop.py \
+cuda_tests=${CUDA_TESTS:-tests/unit/test_pnp_epro.py tests/unit/test_cuda_graph.py tests/unit/test_train_cuda.py tests/stages/test_crop.py \
   tests/unit/test_warp_torch.py tests/stages/test_infer.py::test_batches_handed_on_one_behind_are_the_rows_of_one_big_batch \
   tests/unit/test_coarse_stream.py tests/stages/test_coarse.py \
   tests/unit/test_ddp.py::test_the_coarse_detectors_collectives_run_on_an_nccl_group_on_cuda}

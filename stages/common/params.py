@@ -228,7 +228,7 @@ def check_params(raw: Any, source: Path | str) -> Params:
         raise ParamsError(f"{source}: missing section(s) {', '.join(missing)}")
     params = Params(**{attribute(key): check_section(key, raw[key], source) if key in SECTIONS
                        else _coerce(raw[key], kind, f"{source}: {key}") for key, kind in SCHEMA.items()})
-    for check in (_check_detector, _check_pose_head, _check_batches):
+    for check in (_check_detector, _check_pose_head, _check_batches, _check_cuda_graph):
         problem = check(params)
         if problem:
             raise ParamsError(f"{source}: {problem}")
@@ -252,6 +252,15 @@ def _check_batches(params: Params) -> str:
         if size % params.gpus:
             return (f"{name}.batch_size ({size}) is not a multiple of gpus ({params.gpus}): each process takes "
                     f"an equal share of the global batch")
+    return ""
+
+
+def _check_cuda_graph(params: Params) -> str:
+    """finetune.cuda_graph captures the compiled PnP layer: eager code reads device values on the
+    host, which a CUDA graph cannot hold. Returns the problem ('' when none)."""
+    if params.finetune.cuda_graph and not params.finetune.compile:
+        return ("finetune.cuda_graph is true but finetune.compile is false: the CUDA graphs capture the compiled "
+                "PnP layer (the eager one reads device values on the host); set finetune.compile: true")
     return ""
 
 

@@ -211,6 +211,8 @@ SCHEMA = {
         "lm_iters": COUNT,        # most Levenberg-Marquardt iterations of the PnP solve
         "pnp_points": NON_NEGATIVE,  # vertices in the PnP, a random subset per batch (0 = all)
         "pnp_dtype": Choice("float32", "float64"),  # float32 | float64: precision of the PnP layer
+        "cuda_graph": bool,       # replay the PnP layer's forward and backward from CUDA graphs
+                                  # (stages/common/cuda_graph.py): needs compile: true and a CUDA device
     },
     "infer": {
         "checkpoint": Choice("finetune", "train"),  # network of artifacts/<checkpoint>/model.pt

@@ -23,10 +23,13 @@ their gradients are exactly zero, never NaN.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from typing import Callable
 
 import torch
 import torch.distributed as dist
 
+from stages.common.cuda_graph import graphed
 from stages.pnp.compiled import compiled_or_eager
 from stages.pnp.diffpose import pnp_loss
 from stages.pnp.epro import epro_pnp
@@ -90,30 +93,50 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return values.sum() / count.clamp_min(1)
 
 
-def pnp_terms(out: dict, batch: dict, settings: PnPSettings,
-              generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+def pnp_terms(out: dict, batch: dict, settings: PnPSettings, generator: torch.Generator | None = None,
+              layer: Callable | None = None) -> dict[str, torch.Tensor]:
     """The PnP terms of a batch.
 
     out: network outputs mu (B, V, 2) crop px, sigma (B, V) crop px, verts (B, V, 3) metres.
     batch: verts (B, V, 3) metres (ground truth), R_gt (B, 3, 3), t_gt (B, 3) metres (OpenCV
-    pose), K (B, 3, 3), inv_warps (B, 2, 3). Returns pnp (eq. 5, mm) and mc (nats), scalars with
-    gradients, and the diagnostics valid (B,) bool and ess (B,) (detached).
+    pose), K (B, 3, 3), inv_warps (B, 2, 3). layer: `sample_terms`' signature without its
+    keywords (default: sample_terms with these settings and generator; `pnp_layer` builds
+    either). Returns pnp (eq. 5, mm) and mc (nats), scalars with gradients, and the diagnostics
+    valid (B,) bool and ess (B,) (detached).
     """
-    dtype = settings.dtype
+    layer = layer or pnp_layer(settings, generator)
+    inputs = (out["mu"], out["sigma"], out["verts"], batch["inv_warps"], batch["R_gt"], batch["t_gt"], batch["K"],
+              batch["verts"])
+    pnp, mc, valid, ess = layer(*(x.to(settings.dtype) for x in inputs))
+    return {"pnp": MM_PER_M * masked_mean(pnp, valid).float(), "mc": masked_mean(mc, valid).float(),
+            "valid": valid.detach(), "ess": ess.detach()}
+
+
+def pnp_layer(settings: PnPSettings, generator: torch.Generator | None = None, cuda_graph: bool = False) -> Callable:
+    """`sample_terms` with these settings and generator; cuda_graph: replayed from CUDA graphs
+    (stages.common.cuda_graph; finetune.cuda_graph), the generator drawing as it would eagerly."""
+    layer = partial(sample_terms, settings=settings, generator=generator)
+    return graphed(layer, generator, "the PnP layer") if cuda_graph else layer
+
+
+def sample_terms(mu: torch.Tensor, sigma: torch.Tensor, verts: torch.Tensor, inv_warps: torch.Tensor,
+                 R_gt: torch.Tensor, t_gt: torch.Tensor, K: torch.Tensor, verts_gt: torch.Tensor, *,
+                 settings: PnPSettings, generator: torch.Generator | None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The PnP terms of each sample, all inputs in settings.dtype: the network's mu (B, V, 2) crop px,
+    sigma (B, V) crop px and verts (B, V, 3) metres; the crops' inv_warps (B, 2, 3), the true
+    poses R_gt (B, 3, 3), t_gt (B, 3) metres, K (B, 3, 3) and the true meshes verts_gt (B, V, 3)
+    metres -> eq. 5 (B,) metres, the NLL (B,) nats, valid (B,) bool (the samples both count
+    over) and ess (B,)."""
     inputs = compiled_or_eager(layer_inputs, "the PnP layer's inputs", settings.compiled)
-    finite, x2d, w2d, verts = inputs(out["mu"].to(dtype), out["sigma"].to(dtype), out["verts"].to(dtype),
-                                     batch["inv_warps"].to(dtype))
+    finite, x2d, w2d, verts = inputs(mu, sigma, verts, inv_warps)
     subset = point_subset(verts.shape[1], settings.points, generator, verts.device)
-    R_gt, t_gt = batch["R_gt"].to(dtype), batch["t_gt"].to(dtype)
-    x3d, x2d, w2d, K = verts[:, subset], x2d[:, subset], w2d[:, subset], batch["K"].to(dtype)
+    x3d, x2d, w2d = verts[:, subset], x2d[:, subset], w2d[:, subset]
     layer = epro_pnp(x3d, x2d, w2d, K, R_gt, t_gt, n_samples=settings.mc_samples,
                      n_iters=settings.amis_iters, generator=generator, max_iters=settings.lm_iters,
                      compiled=settings.compiled)
-    valid = layer.mask & finite
-    pnp = compiled_or_eager(pnp_loss, "eq. 5", settings.compiled)(layer.R, layer.t, R_gt, t_gt,
-                                                                  batch["verts"].to(dtype), verts)
-    return {"pnp": MM_PER_M * masked_mean(pnp, valid).float(), "mc": masked_mean(layer.loss, valid).float(),
-            "valid": valid.detach(), "ess": layer.ess.detach()}
+    pnp = compiled_or_eager(pnp_loss, "eq. 5", settings.compiled)(layer.R, layer.t, R_gt, t_gt, verts_gt, verts)
+    return pnp, layer.loss, layer.mask & finite, layer.ess
 
 
 def layer_inputs(mu: torch.Tensor, sigma: torch.Tensor, verts: torch.Tensor, inv_warps: torch.Tensor

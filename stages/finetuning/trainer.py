@@ -26,7 +26,7 @@ from stages.common.io import load_torch, save_json
 from stages.common.params import FinetuneParams, Params, ParamsError, TrainParams, check_section
 from stages.common.schema import OPTIMIZATION
 from stages.finetuning.batches import PoseBatches
-from stages.finetuning.pnp_loss import PnPSettings, pnp_terms
+from stages.finetuning.pnp_loss import PnPSettings, pnp_layer, pnp_terms
 from stages.nets.trainer import Trainer, TrainPaths, log_epoch, reframe_limits, replay_live
 from stages.wcpa.camera import Camera
 
@@ -96,6 +96,14 @@ def pnp_settings(finetune: FinetuneParams) -> PnPSettings:
                        points=finetune.pnp_points, dtype=PNP_DTYPES[finetune.pnp_dtype], compiled=finetune.compile)
 
 
+def graph_on(cuda_graph: bool, device: torch.device) -> bool:
+    """finetune.cuda_graph on the training device: stops unless that is a CUDA device."""
+    if cuda_graph and device.type != "cuda":
+        raise ValueError(f"finetune.cuda_graph is true but finetune trains on {device}: CUDA graphs need a CUDA "
+                         "device (set finetune.cuda_graph: false, or finetune.device: cuda on a GPU machine)")
+    return cuda_graph
+
+
 class FinetuneTrainer(Trainer):
     """Trainer started from the train stage's model, with the PnP terms in the loss (the hooks
     LOSS_WEIGHTS, config, make_dataset, step_terms, fingerprint_extra, saved_params, trains_sigma,
@@ -113,6 +121,7 @@ class FinetuneTrainer(Trainer):
         self.check_start(start)
         self.model.load_state_dict(start["model"])
         self.generator = torch.Generator(device=self.ctx.device)
+        self.layer = pnp_layer(self.pnp, self.generator, graph_on(params.finetune.cuda_graph, self.ctx.device))
 
     def config(self, params: Params) -> TrainParams:
         """The start model's train section with finetune's optimisation keys (finetune_config)."""
@@ -156,7 +165,7 @@ class FinetuneTrainer(Trainer):
         """Eq. 6 terms (keys of self.lambdas) and the PnP diagnostics pnp_valid, pnp_ess (no weight)."""
         terms = super().step_terms(out, batch, step)
         self.generator.manual_seed(self.seed * STEP_SEED_STRIDE + step * self.ctx.world + self.ctx.rank)
-        pnp = pnp_terms(out, batch, self.pnp, self.generator)
+        pnp = pnp_terms(out, batch, self.pnp, self.generator, self.layer)
         return {**terms, "pnp": pnp["pnp"], "mc": pnp["mc"],
                 "pnp_valid": pnp["valid"].float().mean(), "pnp_ess": pnp["ess"].float().mean()}
 

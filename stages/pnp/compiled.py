@@ -4,7 +4,8 @@ The sample costs (stages.pnp.sample_cost) and the masked Levenberg-Marquardt ite
 (stages.pnp.solver) are plain tensor code of fixed shapes: compiled, each becomes a few fused
 kernels where eager PyTorch dispatches hundreds of operators (on a GPU, a step of small kernels
 is bound by their dispatch). If compiling fails (no C++ compiler, say), a warning is logged and
-the eager function is used from then on.
+the eager function is used from then on (but for a failure during a CUDA graph's capture,
+which is raised to the capture).
 """
 from __future__ import annotations
 
@@ -47,10 +48,16 @@ def _with_fallback(fn: Callable, name: str) -> Callable:
             with FLOATS_AS_CONSTANTS:
                 return state["fn"](*args)
         except Exception as err:  # noqa: BLE001 - any compiler failure falls back the same way
-            if state["fn"] is fn:
+            if state["fn"] is fn or capturing():
                 raise
             log.warning("torch.compile failed (%s: %s); %s run eagerly", type(err).__name__, err, name)
             state["fn"] = fn
             return fn(*args)
 
     return call
+
+
+def capturing() -> bool:
+    """Whether the current CUDA stream is capturing a graph (stages.common.cuda_graph): a failure
+    there is the capture's to handle, not a reason to give up compiling for good."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
