@@ -6,7 +6,9 @@ passes per image, so the target is half its rate. Measured: stage infer's whole 
 (stages.nets.inference.predict_store) on a memory-mapped crop store in a temporary folder:
 reading, one forward of the batch with its mirror, merge, unwarp, PnP in threads. The network
 has random weights scaled so that its landmarks stay near a face's projection (PnP then works
-as hard as on real predictions). Prints both throughputs and their ratio.
+as hard as on real predictions). Prints both throughputs and their ratio; on CUDA also the
+inference's with infer.cuda_graph the other way (each batch's network pass replayed from a CUDA
+graph, or run directly).
 
     python -m benchmarks.bench_infer [--params params.yaml] [--batches 8] [--repeats 3] [--pnp opencv|batched]
         [--phases]
@@ -185,21 +187,34 @@ def main() -> None:
           f"{channels} channels, V {resources.n_verts}, flip_merge {settings.flip_merge}, pnp {settings.pnp} "
           f"({settings.pnp_flags}), PnP threads {settings.workers}, torch threads {torch.get_num_threads()}, "
           f"device {settings.device}")
-    references, fulls = [], []
+    variants = [settings]
+    if settings.device.type == "cuda":           # infer.cuda_graph both ways
+        variants.append(replace(settings, cuda_graph=not settings.cuda_graph))
+    references, fulls = [], [[] for _ in variants]
     with tempfile.TemporaryDirectory() as tmp:
         store = write_store(Path(tmp) / "crops", settings.batch_size * args.batches, crop, warp)
-        for _ in range(args.repeats):      # interleaved, so that both see the same machine load
+        for _ in range(args.repeats):      # interleaved, so that all see the same machine load
             references.append(reference_rate(train.depth, channels, settings.batch_size, size, args.batches,
                                              settings.device, settings.amp))
-            fulls.append(pipeline_rate(model, store, perm, resources.camera, settings))
-        if args.phases:
-            report_phases(model, store, perm, resources.camera, settings)
-    reference, full = float(np.median(references)), float(np.median(fulls))
-    print(f"runs (img/s): reference {', '.join(f'{r:.1f}' for r in references)}; "
-          f"inference {', '.join(f'{r:.1f}' for r in fulls)}; medians below")
+            for rates, variant in zip(fulls, variants):
+                rates.append(pipeline_rate(model, store, perm, resources.camera, variant))
+        for variant in variants if args.phases else []:
+            print(f"cuda_graph {variant.cuda_graph}:")
+            report_phases(model, store, perm, resources.camera, variant)
+    report_rates(references, fulls, variants)
+
+
+def report_rates(references: list[float], fulls: list[list[float]], variants: list[InferSettings]) -> None:
+    """Prints the reference's and each variant's runs (img/s), their medians and the ratios."""
+    reference = float(np.median(references))
+    print(f"runs (img/s): reference {', '.join(f'{r:.1f}' for r in references)}; inference "
+          + "; ".join(f"(cuda_graph {v.cuda_graph}) {', '.join(f'{r:.1f}' for r in rates)}"
+                      for v, rates in zip(variants, fulls)) + "; medians below")
     print(f"reference (bare backbone forward, random tensors): {reference:8.1f} img/s (half: {reference / 2:.1f})")
-    print(f"inference (read, 2 passes, merge, unwarp, PnP):    {full:8.1f} img/s")
-    print(f"ratio inference / (reference / 2): {full / (reference / 2):.3f}")
+    for variant, rates in zip(variants, fulls):
+        full = float(np.median(rates))
+        print(f"inference (read, 2 passes, merge, unwarp, PnP; cuda_graph {variant.cuda_graph}): {full:8.1f} img/s, "
+              f"ratio inference / (reference / 2): {full / (reference / 2):.3f}")
 
 
 if __name__ == "__main__":

@@ -156,3 +156,12 @@ def graphed(fn: Callable, generator: torch.Generator | None, name: str) -> Calla
         return replayed(captures[key], *args)
 
     return call
+
+
+def graph_on(cuda_graph: bool, device: torch.device, key: str) -> bool:
+    """The param `key` (a cuda_graph flag) for a stage running on `device`: stops unless that
+    is a CUDA device."""
+    if cuda_graph and device.type != "cuda":
+        raise ValueError(f"{key} is true but the stage runs on {device}: CUDA graphs need a CUDA device "
+                         f"(set {key}: false, or the stage's device: cuda on a GPU machine)")
+    return cuda_graph

@@ -40,11 +40,13 @@ def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
     return None
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """The autocast context for `dtype` (from amp_dtype); a no-op context for None."""
+def autocast(device: torch.device, dtype: torch.dtype | None, cache: bool = True):
+    """The autocast context for `dtype` (from amp_dtype); a no-op context for None. cache False:
+    weights are cast at each use, not kept for the context (inside a CUDA graph's capture, where
+    the kept casts would outlive it)."""
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=cache)
 
 
 def needs_grad_scaler(dtype: torch.dtype | None) -> bool:

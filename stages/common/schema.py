@@ -226,5 +226,7 @@ SCHEMA = {
         "workers": OrAuto(COUNT),  # PnP threads (run while the network does the next batch); auto: the
                                    # cores this process may use (os.sched_getaffinity)
         "max_pnp_failures": FRACTION,  # fraction of rows whose PnP may fail (mean pose instead); more stops
+        "cuda_graph": bool,       # replay each batch's network pass from a CUDA graph
+                                  # (stages/common/cuda_graph.py): needs a CUDA device
     },
 }

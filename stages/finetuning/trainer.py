@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stages.common.cuda_graph import graph_on
 from stages.common.distributed import barrier
 from stages.common.identity import file_digest, identity_mismatches
 from stages.common.io import load_torch, save_json
@@ -96,14 +97,6 @@ def pnp_settings(finetune: FinetuneParams) -> PnPSettings:
                        points=finetune.pnp_points, dtype=PNP_DTYPES[finetune.pnp_dtype], compiled=finetune.compile)
 
 
-def graph_on(cuda_graph: bool, device: torch.device) -> bool:
-    """finetune.cuda_graph on the training device: stops unless that is a CUDA device."""
-    if cuda_graph and device.type != "cuda":
-        raise ValueError(f"finetune.cuda_graph is true but finetune trains on {device}: CUDA graphs need a CUDA "
-                         "device (set finetune.cuda_graph: false, or finetune.device: cuda on a GPU machine)")
-    return cuda_graph
-
-
 class FinetuneTrainer(Trainer):
     """Trainer started from the train stage's model, with the PnP terms in the loss (the hooks
     LOSS_WEIGHTS, config, make_dataset, step_terms, fingerprint_extra, saved_params, trains_sigma,
@@ -121,7 +114,8 @@ class FinetuneTrainer(Trainer):
         self.check_start(start)
         self.model.load_state_dict(start["model"])
         self.generator = torch.Generator(device=self.ctx.device)
-        self.layer = pnp_layer(self.pnp, self.generator, graph_on(params.finetune.cuda_graph, self.ctx.device))
+        graphs = graph_on(params.finetune.cuda_graph, self.ctx.device, "finetune.cuda_graph")
+        self.layer = pnp_layer(self.pnp, self.generator, graphs)
 
     def config(self, params: Params) -> TrainParams:
         """The start model's train section with finetune's optimisation keys (finetune_config)."""

@@ -35,6 +35,7 @@ from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 from stages.common.cropstore import release_rows
+from stages.common.cuda_graph import graph_on, graphed
 from stages.common.device import host_to_device, pick_device
 from stages.common.params import InferParams
 from stages.common.precision import amp_dtype, autocast, place_network
@@ -71,13 +72,15 @@ class InferSettings:
     amp: bool
     workers: int        # PnP threads (infer.workers, `auto` resolved: stages.common.threads.thread_count)
     max_pnp_failures: float = 0.0   # fraction of usable rows whose PnP may fail (they get the fallback pose)
+    cuda_graph: bool = False        # the network's pass replayed from a CUDA graph (CUDA only)
 
     @classmethod
     def of(cls, cfg: InferParams) -> "InferSettings":
         """From the infer params section (params.infer)."""
+        device = pick_device(cfg.device, "infer.device")
         return cls(batch_size=cfg.batch_size, flip_merge=cfg.flip_merge, pnp=cfg.pnp, pnp_flags=cfg.pnp_flags,
-                   device=pick_device(cfg.device, "infer.device"), amp=cfg.amp, workers=thread_count(cfg.workers),
-                   max_pnp_failures=cfg.max_pnp_failures)
+                   device=device, amp=cfg.amp, workers=thread_count(cfg.workers),
+                   max_pnp_failures=cfg.max_pnp_failures, cuda_graph=graph_on(cfg.cuda_graph, device, "infer.cuda_graph"))
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,27 @@ def _device_outputs(out: dict[str, torch.Tensor], n: int, perm: torch.Tensor | N
         return plain
     back = unmirror_outputs({key: out[key][n:].float() for key in OUTPUT_KEYS}, perm, size)
     return {**plain, **{f"back_{key}": value for key, value in back.items()}}
+
+
+class DevicePass:
+    """The network's pass over a batch, on the device, as a function of tensors (what
+    stages.common.cuda_graph captures): images (B, S, S, 3) uint8 and their warps (B, 2, 3), twice
+    over with a mirror (`_batch_warps`) -> the values of `_device_outputs` (float32), in the order
+    of `keys` (set by each call). Autocast without its cache of cast weights (`autocast`)."""
+
+    def __init__(self, model: FaceNet, dtype: torch.dtype | None, perm: torch.Tensor | None, size: int):
+        self.model, self.dtype, self.perm, self.size = model, dtype, perm, size
+        self.keys: list[str] = []
+
+    def __call__(self, images: torch.Tensor, warps: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = images.permute(0, 3, 1, 2).contiguous()         # NCHW, as in training
+        if self.perm is not None:
+            x = torch.cat([x, x.flip(-1)])
+        with autocast(x.device, self.dtype, cache=False):
+            out = self.model(x, inv_warps=warps)
+        values = _device_outputs(out, len(images), self.perm, self.size)
+        self.keys = list(values)
+        return tuple(values.values())
 
 
 def _to_host(out: dict[str, torch.Tensor], device: torch.device) -> tuple[dict[str, torch.Tensor], object]:
@@ -151,7 +175,8 @@ def _batch_warps(inv_warps: np.ndarray, rows: slice, mirrored: bool, device: tor
 
 @torch.no_grad()
 def network_outputs(model: FaceNet, images: np.ndarray, inv_warps: np.ndarray, batch_size: int, device: torch.device,
-                    amp: bool, perm: np.ndarray | None) -> Iterator[tuple[slice, dict, dict | None]]:
+                    amp: bool, perm: np.ndarray | None, cuda_graph: bool = False
+                    ) -> Iterator[tuple[slice, dict, dict | None]]:
     """Run the network over crops (N, S, S, 3) uint8 (a memmap is read batch by batch) with their
     crop -> full-image warps inv_warps (N, 2, 3) (read by image CoordConv maps).
 
@@ -161,12 +186,14 @@ def network_outputs(model: FaceNet, images: np.ndarray, inv_warps: np.ndarray, b
     2B images (the crops, then their mirrors), whose second half is mapped back on the device. On
     CUDA a batch's forward is queued before the batch before it is handed on, and nothing in the
     loop waits for the GPU but the copy of that batch's outputs, so the GPU computes while the
-    caller post-processes.
+    caller post-processes. cuda_graph: each batch's pass (`DevicePass`) replayed from a CUDA graph,
+    one launch where the network's forward launches hundreds of kernels (a capture per batch
+    shape: the full batches' and the last one's).
     """
     model = place_network(model, device).eval()
-    dtype = amp_dtype(device, amp)
-    size = images.shape[2]
     perm = None if perm is None else torch.as_tensor(perm).to(device)
+    device_pass = DevicePass(model, amp_dtype(device, amp), perm, images.shape[2])
+    run = graphed(device_pass, None, "the network's pass") if cuda_graph else device_pass
     starts = list(range(0, len(images), batch_size))
     pin = device.type == "cuda"
     previous = None
@@ -176,13 +203,9 @@ def network_outputs(model: FaceNet, images: np.ndarray, inv_warps: np.ndarray, b
             batch = pending.result()
             if i + 1 < len(starts):
                 pending = reader.submit(_read_batch, images, starts[i + 1], batch_size, pin)
-            x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).contiguous()    # NCHW, as in training
-            rows = slice(start, start + len(x))
-            if perm is not None:
-                x = torch.cat([x, x.flip(-1)])
-            with autocast(device, dtype):
-                out = model(x, inv_warps=_batch_warps(inv_warps, rows, perm is not None, device))
-            launched = (*_to_host(_device_outputs(out, rows.stop - rows.start, perm, size), device), rows)
+            rows = slice(start, start + len(batch))
+            values = run(batch.to(device, non_blocking=True), _batch_warps(inv_warps, rows, perm is not None, device))
+            launched = (*_to_host(dict(zip(device_pass.keys, values)), device), rows)
             if previous is not None:        # the batch before, while this one runs on the GPU
                 yield _from_host(*previous)
             previous = launched
@@ -281,7 +304,7 @@ def predicted_batches(model: FaceNet, images: np.ndarray, inv_warps: np.ndarray,
     pending: deque = deque()
     with ThreadPoolExecutor(max(1, settings.workers)) as solvers, ThreadPoolExecutor(1) as post:
         for rows, plain, back in network_outputs(model, images, inv_warps, settings.batch_size, settings.device,
-                                                 settings.amp, mirror):
+                                                 settings.amp, mirror, settings.cuda_graph):
             pending.append((rows, post.submit(_prepared, solvers, plain, back, inv_warps[rows], mode, camera,
                                               images.shape[1], model.config.pose_frame, settings)))
             while len(pending) > max(1, settings.workers):

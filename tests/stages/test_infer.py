@@ -175,6 +175,26 @@ def test_batches_handed_on_one_behind_are_the_rows_of_one_big_batch(project, dev
             np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
+def test_cuda_graph_replays_of_the_network_pass_give_every_batch_its_own_outputs(project, caplog):
+    """infer.cuda_graph: batches of 3 (two captures: the full batches' shape and the last one's),
+    with the mirror and autocast, give the outputs of the same passes run directly; no capture
+    fails (a failed one would run the pass directly)."""
+    root, params = project
+    model = save_model(root, params).eval()
+    images = np.load(root / "artifacts" / "crop" / "val" / "images.npy", mmap_mode="r")[:7]
+    perm = np.load(root / "artifacts" / "pca" / "basis.npz")["flip_perm"]
+    warps = np.load(root / "artifacts" / "crop" / "val" / "inv_warps.npy")[:7]
+    runs = [list(network_outputs(model, images, warps, 3, torch.device("cuda"), True, perm, cuda_graph))
+            for cuda_graph in (False, True)]
+    assert [rows for rows, _, _ in runs[1]] == [slice(0, 3), slice(3, 6), slice(6, 7)]
+    for (_, plain, back), (_, plain_g, back_g) in zip(*runs):
+        for key in ("mu", "sigma", "verts"):
+            np.testing.assert_allclose(plain_g[key], plain[key], rtol=1e-3, atol=1e-3)
+            np.testing.assert_allclose(back_g[key], back[key], rtol=1e-3, atol=1e-3)
+    assert "capture failed" not in caplog.text
+
+
 def test_post_processing_runs_beside_the_network_and_keeps_every_batch_in_order(project, monkeypatch):
     """predicted_batches hands each batch's flip-merge, unwarp and PnP to a thread of its own, so the
     main thread only feeds the network: every batch must come out, in order, with the predictions

@@ -1,4 +1,5 @@
-"""The CUDA-graph replay of a tensor function (stages.common.cuda_graph; finetune.cuda_graph):
+"""The CUDA-graph replay of a tensor function (stages.common.cuda_graph; finetune.cuda_graph and
+infer.cuda_graph, whose CUDA test is in tests/stages/test_infer.py):
 its autograd plumbing on the CPU, with a stand-in whose replays recompute into the static
 buffers as a graph's would; the fall-back where no capture is possible; the parameter checks;
 and on CUDA (skipped without one) the finetune PnP layer replayed against the same compiled layer
@@ -10,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from stages.common.cuda_graph import Captured, graphed, input_gradients, replayed
+from stages.common.cuda_graph import Captured, graph_on, graphed, input_gradients, replayed
 from stages.common.params import ParamsError, check_params, load_params
 from stages.finetuning.pnp_loss import pnp_layer, pnp_terms
-from stages.finetuning.trainer import graph_on
+from stages.nets.inference import InferSettings
 from tests.unit.test_finetune_loss import SETTINGS, exact_batch
 
 
@@ -127,15 +128,19 @@ def test_no_capture_under_autocast(caplog):
 
 
 def test_cuda_graph_needs_the_compiled_layer_and_a_cuda_device():
+    """finetune's needs finetune.compile (params check) and CUDA (trainer); infer's CUDA."""
     raw = load_params("params.yaml").as_dict()
     raw["finetune"].update(cuda_graph=True, compile=False)
     with pytest.raises(ParamsError, match="finetune.cuda_graph is true but finetune.compile is false"):
         check_params(raw, "params.yaml")
     raw["finetune"]["compile"] = True
     assert check_params(raw, "params.yaml").finetune.cuda_graph
-    with pytest.raises(ValueError, match="finetune.cuda_graph is true but finetune trains on cpu"):
-        graph_on(True, torch.device("cpu"))
-    assert not graph_on(False, torch.device("cpu"))
+    with pytest.raises(ValueError, match="finetune.cuda_graph is true but the stage runs on cpu"):
+        graph_on(True, torch.device("cpu"), "finetune.cuda_graph")
+    assert not graph_on(False, torch.device("cpu"), "finetune.cuda_graph")
+    infer_cfg = dataclasses.replace(load_params("params.yaml").infer, device="cpu", cuda_graph=True)
+    with pytest.raises(ValueError, match="infer.cuda_graph is true but the stage runs on cpu"):
+        InferSettings.of(infer_cfg)
 
 
 def test_the_layer_argument_of_pnp_terms_is_the_default_layer():
