@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 
 from benchmarks.gpu_probe import format_syncs, host_syncs, sync
+from stages.common import cuda_graph
 from stages.common.cropstore import CropStoreWriter, stamp_run
 from stages.common.params import load_params
 from stages.common.precision import amp_dtype, autocast, memory_format, place_network
@@ -121,8 +122,9 @@ PHASES = ("_read_batch", "_batch_warps", "_device_outputs", "_from_host", "_prep
 
 
 def phase_times(model, store, perm, camera, settings) -> dict[str, float]:
-    """Seconds spent in each of PHASES and in the network's forward call (its launch, on a GPU)
-    over one pass of predict_store, and the pass's wall time ('wall')."""
+    """Seconds spent in each of PHASES, in the network's forward call (its launch, on a GPU) and
+    in the replays of its pass from CUDA graphs ('replayed': infer.cuda_graph) over one pass of
+    predict_store, and the pass's wall time ('wall')."""
     totals = collections.Counter()
 
     def timed(name, fn):
@@ -136,6 +138,7 @@ def phase_times(model, store, perm, camera, settings) -> dict[str, float]:
 
     patches = [mock.patch.object(inference, name, timed(name, getattr(inference, name))) for name in PHASES]
     patches.append(mock.patch.object(model, "forward", timed("forward", model.forward)))
+    patches.append(mock.patch.object(cuda_graph, "replayed", timed("replayed", cuda_graph.replayed)))
     with contextlib.ExitStack() as stack:
         for patch in patches:
             stack.enter_context(patch)
@@ -151,7 +154,7 @@ def report_phases(model, store, perm, camera, settings) -> None:
     times = phase_times(model, store, perm, camera, settings)
     n = len(store)
     print(f"phases over {n} images ({n / times['wall']:.1f} img/s), microseconds per image:")
-    for name in ("forward", *PHASES):
+    for name in ("forward", "replayed", *PHASES):
         print(f"  {name:18s} {times.get(name, 0.0) / n * 1e6:8.1f}")
     print(f"  {'wall':18s} {times['wall'] / n * 1e6:8.1f}")
     syncs = host_syncs(lambda: predict_store(model, store, perm, camera, settings), settings.device)

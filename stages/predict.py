@@ -38,7 +38,7 @@ import argparse
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -161,7 +161,9 @@ def load_pipeline(params: Params, artifacts: Path = ARTIFACTS, **gate: float) ->
     """Detector, network and settings from params and artifacts; `gate`: min_inside, max_shift."""
     data, crop, coarse = params.data, params.crop, params.coarse_predict
     resources = load_resources(data.root)
-    settings = InferSettings.of(params.infer)
+    # no CUDA graphs: each batch of images gives any number of crops, and a capture per number
+    # would outweigh its replays
+    settings = replace(InferSettings.of(params.infer), cuda_graph=False)
     detector = load_detector(artifacts / "coarse_train" / "model.pt", settings, data.workers, coarse.amp)
     model, perm = load_model(params, artifacts, resources)
     reference = reference_shape(resources.template, resources.kpt_ind, crop.size, crop.margin)

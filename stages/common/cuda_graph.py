@@ -1,22 +1,24 @@
 """A tensor function's forward and backward replayed from CUDA graphs: each direction of a
-step of many small kernels becomes one launch (the EPro-PnP layer of finetuning, whose hundreds
-of compiled kernels a step otherwise wait for the host to launch them: docs/benchmarks.md, "The
-finetune step on a GPU").
+step of many small kernels becomes one launch (finetuning's EPro-PnP layer, whose hundreds of
+compiled kernels a step otherwise wait for the host to launch them, and inference's network pass,
+whose launches compete for the GIL with the PnP threads: docs/benchmarks.md).
 
 `graphed(fn, generator, name)` behaves as fn(*tensors) -> tuple of tensors, differentiable in
 the inputs that require a gradient. For each new signature of its arguments (shapes, dtypes,
 which require a gradient, grad mode) it runs fn WARMUPS times, forward and backward, on a side
-stream (torch.compile's kernels compile and tune there), then captures fn's forward and the
-backward of its differentiable outputs into two CUDA graphs sharing one memory pool; later calls
-copy the arguments into the graphs' static inputs and replay them. What fn may do: CUDA work of
-fixed shapes only, no read of a device value on the host, random numbers from CUDA generators
-(torch registers a generator that draws during a capture with the graph: each replay draws from
-its state at that moment and advances it as the eager calls would; `generator`, fn's own, is set
-back after the warm-ups and the capture, so the first replay draws what the first eager call
-would). The outputs are the graphs' own buffers, overwritten by the next replay: use them within
-the step, as a loss is; a backward after a later replay of the same capture stops. Not under
-autocast (its cache of cast weights would outlive the capture). If the capture fails, a warning
-names the function and fn runs eagerly from then on.
+stream (torch.compile's kernels compile and cuDNN's algorithms are chosen there), then captures
+fn's forward and, where an output has a gradient, the backward of those outputs into CUDA graphs
+sharing one memory pool; later calls copy the arguments into the graphs' static inputs and
+replay them on the current stream. What fn may do: CUDA work of fixed shapes only, no read of a
+device value on the host, random numbers from CUDA generators (torch registers a generator that
+draws during a capture with the graph: each replay draws from its state at that moment and
+advances it as the eager calls would; `generator`, fn's own, is set back after the warm-ups and
+the capture, so the first replay draws what the first eager call would), autocast only of its
+own and without the cache of cast weights (which would outlive the capture; a capture under the
+caller's autocast is refused). The outputs are the graphs' own buffers, overwritten by the next
+replay: use them, or queue their copies on the same stream, before the next call; a backward
+after a later replay of the same capture stops. If the capture fails, a warning names the
+function and fn runs eagerly from then on.
 """
 from __future__ import annotations
 
@@ -117,23 +119,30 @@ def capture(fn: Callable, args: tuple[torch.Tensor, ...], generator: torch.Gener
         with torch.cuda.stream(stream):
             for _ in range(WARMUPS):
                 outputs = tuple(fn(*inputs))
-                input_gradients(outputs, inputs, tuple(torch.ones_like(o) if o.requires_grad else None for o in outputs))
+                ones = tuple(torch.ones_like(o) if o.requires_grad else None for o in outputs)
+                input_gradients(outputs, inputs, ones)
         torch.cuda.synchronize(device)
-        forward, backward = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        forward = torch.cuda.CUDAGraph()
         pool = torch.cuda.graph_pool_handle()
         with torch.cuda.graph(forward, pool=pool, stream=stream, capture_error_mode="thread_local"):
             outputs = tuple(fn(*inputs))
         grad_outputs = tuple(torch.empty_like(o) if o.requires_grad else None for o in outputs)
-        grad_inputs = (None,) * len(inputs)
+        grad_inputs, replay_backward = (None,) * len(inputs), _nothing_flows
         if any(grad is not None for grad in grad_outputs):
+            backward = torch.cuda.CUDAGraph()
             with torch.cuda.graph(backward, pool=pool, stream=stream, capture_error_mode="thread_local"):
                 grad_inputs = input_gradients(outputs, inputs, grad_outputs)
+            replay_backward = backward.replay
     finally:
         torch.cuda.set_stream(ambient)      # a failed capture_end leaves the capture stream current
         ambient.wait_stream(stream)
         if generator is not None:
             generator.set_state(state)
-    return Captured(inputs, outputs, grad_outputs, grad_inputs, forward.replay, backward.replay)
+    return Captured(inputs, outputs, grad_outputs, grad_inputs, forward.replay, replay_backward)
+
+
+def _nothing_flows() -> None:
+    """The backward of a capture none of whose outputs has a gradient (never called)."""
 
 
 def graphed(fn: Callable, generator: torch.Generator | None, name: str) -> Callable:

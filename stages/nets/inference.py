@@ -80,7 +80,8 @@ class InferSettings:
         device = pick_device(cfg.device, "infer.device")
         return cls(batch_size=cfg.batch_size, flip_merge=cfg.flip_merge, pnp=cfg.pnp, pnp_flags=cfg.pnp_flags,
                    device=device, amp=cfg.amp, workers=thread_count(cfg.workers),
-                   max_pnp_failures=cfg.max_pnp_failures, cuda_graph=graph_on(cfg.cuda_graph, device, "infer.cuda_graph"))
+                   max_pnp_failures=cfg.max_pnp_failures,
+                   cuda_graph=graph_on(cfg.cuda_graph, device, "infer.cuda_graph"))
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,8 @@ class DevicePass:
     """The network's pass over a batch, on the device, as a function of tensors (what
     stages.common.cuda_graph captures): images (B, S, S, 3) uint8 and their warps (B, 2, 3), twice
     over with a mirror (`_batch_warps`) -> the values of `_device_outputs` (float32), in the order
-    of `keys` (set by each call). Autocast without its cache of cast weights (`autocast`)."""
+    of `keys` (set by each call; the same for every call of a pass). Autocast without its cache of
+    cast weights (`autocast`)."""
 
     def __init__(self, model: FaceNet, dtype: torch.dtype | None, perm: torch.Tensor | None, size: int):
         self.model, self.dtype, self.perm, self.size = model, dtype, perm, size
@@ -131,6 +133,28 @@ class DevicePass:
         values = _device_outputs(out, len(images), self.perm, self.size)
         self.keys = list(values)
         return tuple(values.values())
+
+
+_GRAPHED_PASS: dict[tuple, tuple[DevicePass, Callable]] = {}   # the last graphed pass (network_pass)
+
+
+def network_pass(model: FaceNet, dtype: torch.dtype | None, perm: np.ndarray | None, size: int,
+                 cuda_graph: bool) -> tuple[DevicePass, Callable]:
+    """The pass of `model` (on its device) over crops of `size` px, mirrored with perm (V,) (None:
+    no mirror) -> (the DevicePass, what runs it: itself, or with cuda_graph its replays from CUDA
+    graphs). A graphed pass is kept for the next call with the same model, weights in the same
+    memory, dtype, perm and size, so that its captures serve every batch of a process (predict
+    calls once a batch of images); another one replaces it."""
+    device = next(model.parameters()).device
+    device_pass = DevicePass(model, dtype, None if perm is None else torch.as_tensor(perm).to(device), size)
+    if not cuda_graph:
+        return device_pass, device_pass
+    weights = tuple(t.data_ptr() for t in (*model.parameters(), *model.buffers()))
+    key = (id(model), weights, device, dtype, None if perm is None else np.asarray(perm).tobytes(), size)
+    if key not in _GRAPHED_PASS:
+        _GRAPHED_PASS.clear()
+        _GRAPHED_PASS[key] = device_pass, graphed(device_pass, None, "the network's pass")
+    return _GRAPHED_PASS[key]
 
 
 def _to_host(out: dict[str, torch.Tensor], device: torch.device) -> tuple[dict[str, torch.Tensor], object]:
@@ -188,12 +212,10 @@ def network_outputs(model: FaceNet, images: np.ndarray, inv_warps: np.ndarray, b
     loop waits for the GPU but the copy of that batch's outputs, so the GPU computes while the
     caller post-processes. cuda_graph: each batch's pass (`DevicePass`) replayed from a CUDA graph,
     one launch where the network's forward launches hundreds of kernels (a capture per batch
-    shape: the full batches' and the last one's).
+    shape, kept for the next call: `network_pass`).
     """
     model = place_network(model, device).eval()
-    perm = None if perm is None else torch.as_tensor(perm).to(device)
-    device_pass = DevicePass(model, amp_dtype(device, amp), perm, images.shape[2])
-    run = graphed(device_pass, None, "the network's pass") if cuda_graph else device_pass
+    device_pass, run = network_pass(model, amp_dtype(device, amp), perm, images.shape[2], cuda_graph)
     starts = list(range(0, len(images), batch_size))
     pin = device.type == "cuda"
     previous = None

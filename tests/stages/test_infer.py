@@ -18,7 +18,7 @@ from stages.face.pca import PCABasis
 from stages.nets.checkpoint import CheckpointError, Expected, used_inputs
 from stages.nets import inference
 from stages.nets.inference import (Fallback, InferenceError, InferSettings, check_network, network_outputs,
-                                   repair_poses)
+                                   network_pass, repair_poses)
 from stages.nets.poses import solve_poses
 from stages.nets.flipmerge import unmirror_outputs
 from stages.nets.dataset import CropStore, crop_targets
@@ -173,6 +173,23 @@ def test_batches_handed_on_one_behind_are_the_rows_of_one_big_batch(project, dev
         for got, expected in ((np.concatenate([p[key] for _, p, _ in parts]), whole[key]),
                               (np.concatenate([b[key] for _, _, b in parts]), whole_back[key])):
             np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_graphed_pass_is_kept_for_the_same_model_weights_and_mirror_only(project):
+    """infer.cuda_graph: network_pass keeps the last graphed pass (its captures) for the next call
+    with the same model, weights in the same memory, dtype, mirror and size; weights moved to new
+    memory, another mirror or another model get a new one; without graphs every call builds its own."""
+    root, params = project
+    model = save_model(root, params).eval()
+    perm = np.load(root / "artifacts" / "pca" / "basis.npz")["flip_perm"]
+    kept = network_pass(model, None, perm, CROP, True)
+    assert network_pass(model, None, perm.copy(), CROP, True) is kept
+    assert network_pass(model, None, perm, CROP, False)[1] is not network_pass(model, None, perm, CROP, False)[1]
+    assert network_pass(model, None, None, CROP, True) is not kept
+    kept = network_pass(model, None, perm, CROP, True)
+    model.double().float()                     # every parameter and buffer in new memory
+    assert network_pass(model, None, perm, CROP, True) is not kept
+    assert network_pass(save_model(root, params).eval(), None, perm, CROP, True) is not kept
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
