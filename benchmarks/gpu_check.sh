@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The GPU checks of one machine in one run, what issue 17's open bars need first: a small project
 # (benchmarks/gpu_project.py), the finetune step against the train step (finetune.cuda_graph
-# both ways), the EPro-PnP layer (both compile the whole layer: about 2 minutes cold on an H200,
-# so they come first and in a row, the second reusing inductor's disk cache), inference
-# (infer.cuda_graph both ways), the coarse_predict stage, the CUDA tests, then the train step
-# against its best bare reference, coarse_predict's batch loop after a warm-up batch, crop,
-# coarse_train (the OpenCV path with its augmentation in the workers and on the GPU, a worker's
-# item, the compiled step at the profile's batch and at 128), the finetune step's profile (sync
-# debug mode and torch.profiler tables) and the batched PnP solver. Steps that do not fit BUDGET
-# are skipped, and the project's if it failed.
+# both ways), the CUDA graphs' tests, inference (infer.cuda_graph both ways), the EPro-PnP layer
+# (bench_finetune and bench_layer compile the whole layer: about 2 minutes cold on an H200, the
+# later ones reuse inductor's disk cache), the coarse_predict stage, the other CUDA tests, then
+# the train step against its best bare reference, coarse_predict's batch loop after a warm-up
+# batch, crop, coarse_train (the OpenCV path with its augmentation in the workers and on the GPU,
+# a worker's item, the compiled step at the profile's batch and at 128), the finetune step's
+# profile (sync debug mode and torch.profiler tables) and the batched PnP solver. Steps that do
+# not fit BUDGET are skipped, and the project's if it failed.
 # On an H200 with 16 cores: project 42-55 s, bench_finetune over 150 s with a cold cache (117 s
 # warm; before it timed the graphed step too), bench_infer 27-30 s (before it timed the graphed
 # pass too), coarse_predict 22 s, the CUDA tests 150-250 s. Figures:
@@ -42,16 +42,18 @@ step() {
 in_project() {                          # a step in the small project: skipped if it was not built
   if [ -d "$work/project/artifacts" ]; then (cd "$work/project" && step "$@"); else echo "== $1: skipped (no project)" | tee -a "$log"; fi
 }
-cuda_tests=${CUDA_TESTS:-tests/unit/test_pnp_epro.py tests/unit/test_cuda_graph.py tests/unit/test_train_cuda.py tests/stages/test_crop.py \
+cuda_tests=${CUDA_TESTS:-tests/unit/test_pnp_epro.py tests/unit/test_train_cuda.py tests/stages/test_crop.py \
   tests/unit/test_warp_torch.py tests/stages/test_infer.py::test_batches_handed_on_one_behind_are_the_rows_of_one_big_batch \
-  tests/stages/test_infer.py::test_cuda_graph_replays_of_the_network_pass_give_every_batch_its_own_outputs \
   tests/unit/test_coarse_stream.py tests/stages/test_coarse.py \
   tests/unit/test_ddp.py::test_the_coarse_detectors_collectives_run_on_an_nccl_group_on_cuda}
+graph_tests="tests/unit/test_cuda_graph.py \
+  tests/stages/test_infer.py::test_cuda_graph_replays_of_the_network_pass_give_every_batch_its_own_outputs"
 step project 120 python -m benchmarks.gpu_project "$work" --rows "$rows" --profile "$profile"
 in_project bench_finetune 240 python -m benchmarks.bench_finetune --params params.yaml --steps 10 ${FINETUNE_SET:+--set $FINETUNE_SET}
+step tests_cuda_graphs 150 python -m pytest -q -p no:cacheprovider $graph_tests
+in_project bench_infer 90 python -m benchmarks.bench_infer --params params.yaml --pnp opencv --repeats 2 --phases
 in_project bench_layer 200 python -m benchmarks.bench_layer --device cuda --batch 256 --points 1220 --samples 512 --passes 5 \
   --floor --kernels 25
-in_project bench_infer 90 python -m benchmarks.bench_infer --params params.yaml --pnp opencv --repeats 2 --phases
 in_project coarse_predict 60 python -m stages.coarse_predict --params params.yaml
 grep -o '"[a-z]*_images_per_second": [0-9.]*' "$work/project/artifacts/coarse_predict/metrics.json" 2>/dev/null | tee -a "$log"
 step tests_cuda 250 python -m pytest -q -p no:cacheprovider $cuda_tests -k "cuda or one_behind or torch_path"
