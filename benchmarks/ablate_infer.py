@@ -1,4 +1,4 @@
-"""Inference variants on val (README "Inference"): flip & merge none / 3d / both x OpenCV PnP /
+"""Inference variants on val (docs/experiments.md "Flip-merge and PnP at inference"): flip & merge none / 3d / both x OpenCV PnP /
 the sigma-weighted batched solver, and OpenCV's PnP methods, scored with stages/wcpa/score.py.
 
 The network runs once over the val crops with the mirror pass; each variant then merges, unwarps

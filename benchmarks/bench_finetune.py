@@ -1,4 +1,4 @@
-"""Finetuning-step throughput against the train stage's step (README "Finetuning").
+"""Finetuning-step throughput against the train stage's step (docs/benchmarks.md "The finetune step on a GPU").
 
 Reference (same process, same model, same batches): stages.nets.trainer.Trainer.train_step,
 i.e. GNLL + VDC + WPDC without the PnP layer. Measured: the finetune stage's step

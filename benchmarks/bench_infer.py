@@ -1,4 +1,4 @@
-"""Inference throughput (flip & merge + PnP) against half the bare backbone's (README "Inference").
+"""Inference throughput (flip & merge + PnP) against half the bare backbone's (docs/benchmarks.md "Inference").
 
 Reference (same process, same batch, channels and backbone input size): the torchvision ResNet
 trunk alone, forward only, on random tensors already on the device; flip & merge runs two

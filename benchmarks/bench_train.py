@@ -1,4 +1,4 @@
-"""Training-step throughput against the bare backbone (README "Training").
+"""Training-step throughput against the bare backbone (docs/benchmarks.md "Training step").
 
 Reference (same process, same batch and backbone input size): the torchvision ResNet trunk alone, with
 the same input channels, forward + backward of its mean output on random tensors already in
@@ -7,7 +7,7 @@ DataLoader with flip, targets, colour jitter, forward of both heads, GNLL + VDC 
 backward, Adam step). Both run in interleaved rounds and every step is timed: the rates come
 from the median step times, robust to the bursts of a shared machine. Prints both throughputs,
 their ratio, and where the difference goes: the batch loading within the full steps and the
-optimiser step timed alone (on CPU it is memory-bound: README "Benchmarks").
+optimiser step timed alone (on CPU it is memory-bound: docs/benchmarks.md "Training step").
 
     python -m benchmarks.bench_train [--steps 10] [--rounds 5] [--params params.yaml]
         [--profile paper] [--set train.batch_size=32 ...] [--crop artifacts/crop] [--best-reference]

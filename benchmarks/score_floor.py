@@ -1,4 +1,4 @@
-"""What limits the demo's val score (README "Open problems"): oracle rows that keep part of the
+"""What limits the demo's val score (docs/experiments.md "Open problems"): oracle rows that keep part of the
 truth, against the trained network, all scored with stages/wcpa/score.py on the val split.
 
 1. PnP oracles (OpenCV EPnP + LM on all vertices, exact 2D = the true mesh projected with the
