@@ -1,5 +1,6 @@
 """Stage infer on a tiny project: a random depth-18 network at 32 px on a tiny crop store."""
 import dataclasses
+import logging
 import shutil
 import sys
 import threading
@@ -190,6 +191,25 @@ def test_a_graphed_pass_is_kept_for_the_same_model_weights_and_mirror_only(proje
     model.double().float()                     # every parameter and buffer in new memory
     assert network_pass(model, None, perm, CROP, True) is not kept
     assert network_pass(save_model(root, params).eval(), None, perm, CROP, True) is not kept
+
+
+def test_a_pass_that_cannot_be_captured_runs_directly_with_the_same_outputs(project, caplog):
+    """network_outputs with cuda_graph where no capture is possible (the CPU): one warning, and
+    the outputs of the direct pass, batch by batch."""
+    root, params = project
+    model = save_model(root, params).eval()
+    images = np.load(root / "artifacts" / "crop" / "val" / "images.npy", mmap_mode="r")[:7]
+    perm = np.load(root / "artifacts" / "pca" / "basis.npz")["flip_perm"]
+    warps = np.load(root / "artifacts" / "crop" / "val" / "inv_warps.npy")[:7]
+    with caplog.at_level(logging.WARNING):
+        runs = [list(network_outputs(model, images, warps, 3, torch.device("cpu"), False, perm, cuda_graph))
+                for cuda_graph in (False, True)]
+    assert caplog.text.count("CUDA graph capture failed") == 1 and "the network's pass runs eagerly" in caplog.text
+    for (rows, plain, back), (rows_g, plain_g, back_g) in zip(*runs):
+        assert rows == rows_g
+        for key in ("mu", "sigma", "verts"):
+            np.testing.assert_array_equal(plain_g[key], plain[key])
+            np.testing.assert_array_equal(back_g[key], back[key])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
