@@ -98,6 +98,13 @@ def test_a_start_model_trained_on_other_crops_stops(tmp_path, monkeypatch):
         run_main(monkeypatch)
 
 
+def test_cuda_graph_on_a_cpu_run_stops_naming_the_key(tmp_path, monkeypatch):
+    params = finetune_project(tmp_path, monkeypatch, epochs=1)
+    write_params(tmp_path / "params.yaml", params.replace(finetune={"cuda_graph": True, "compile": True}))
+    with pytest.raises(ValueError, match=r"finetune.cuda_graph is true but the stage runs on cpu"):
+        run_main(monkeypatch)
+
+
 def test_an_interrupted_finetune_resumes_to_the_uninterrupted_model(tmp_path, monkeypatch):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     finetune_project(whole, monkeypatch, epochs=2)
