@@ -97,8 +97,9 @@ def input_gradients(outputs: tuple[torch.Tensor, ...], inputs: tuple[torch.Tenso
     get none); grad_outputs None: that output has no gradient."""
     wanted = [x for x in inputs if x.requires_grad]
     pairs = [(out, grad) for out, grad in zip(outputs, grad_outputs) if grad is not None]
-    grads = iter(torch.autograd.grad([out for out, _ in pairs], wanted, [grad for _, grad in pairs],
-                                     allow_unused=True) if pairs and wanted else [None] * len(wanted))
+    if not (pairs and wanted):
+        return (None,) * len(inputs)
+    grads = iter(torch.autograd.grad([out for out, _ in pairs], wanted, [grad for _, grad in pairs], allow_unused=True))
     return tuple(next(grads) if x.requires_grad else None for x in inputs)
 
 

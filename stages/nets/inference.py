@@ -146,13 +146,18 @@ def network_pass(model: FaceNet, dtype: torch.dtype | None, perm: np.ndarray | N
     memory, dtype, perm and size, so that its captures serve every batch of a process (predict
     calls once a batch of images); another one replaces it."""
     device = next(model.parameters()).device
-    device_pass = DevicePass(model, dtype, None if perm is None else torch.as_tensor(perm).to(device), size)
+
+    def new_pass() -> DevicePass:
+        return DevicePass(model, dtype, None if perm is None else torch.as_tensor(perm).to(device), size)
+
     if not cuda_graph:
+        device_pass = new_pass()
         return device_pass, device_pass
     weights = tuple(t.data_ptr() for t in (*model.parameters(), *model.buffers()))
     key = (id(model), weights, device, dtype, None if perm is None else np.asarray(perm).tobytes(), size)
     if key not in _GRAPHED_PASS:
         _GRAPHED_PASS.clear()
+        device_pass = new_pass()
         _GRAPHED_PASS[key] = device_pass, graphed(device_pass, None, "the network's pass")
     return _GRAPHED_PASS[key]
 
