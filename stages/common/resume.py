@@ -71,11 +71,14 @@ def capture(epoch: int, modules: dict[str, torch.nn.Module], optimizer, scaler, 
 
 
 def restore(state: dict, modules: dict[str, torch.nn.Module], optimizer, scaler, scheduler=None) -> int:
-    """Load a captured state into the objects -> the 0-based epoch to continue with."""
+    """Load a captured state into the objects -> the 0-based epoch to continue with. A scaler
+    state saved by a disabled GradScaler (empty: a run on the CPU, or under bfloat16) leaves an
+    enabled one (float16 on a GPU before Ampere) at its initial scale."""
     for name, module in modules.items():
         module.load_state_dict(state["modules"][name])
     optimizer.load_state_dict(state["optimizer"])
-    scaler.load_state_dict(state["scaler"])
+    if state["scaler"]:
+        scaler.load_state_dict(state["scaler"])
     if scheduler is not None:
         scheduler.load_state_dict(state["scheduler"])
     restore_rng(state["rng"])

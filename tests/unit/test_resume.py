@@ -33,6 +33,21 @@ def test_restore_gives_back_weights_optimiser_schedule_and_rng(tmp_path):
     assert torch.equal(other_opt.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
 
 
+def test_a_disabled_scalers_state_resumes_under_an_enabled_scaler_and_back(tmp_path):
+    """A run moved from the CPU (or bfloat16) to float16 on a GPU before Ampere: the empty state
+    of a disabled GradScaler leaves the enabled one at its initial scale (torch refuses to load
+    it); the other way, the enabled one's state is ignored by the disabled one."""
+    net, optimizer, scaler, scheduler = make_run()
+    store = Checkpoints(tmp_path, "a")
+    store.save(capture(0, {"net": net}, optimizer, scaler, scheduler))
+    enabled = torch.amp.GradScaler("cpu", enabled=True, init_scale=1024.0)
+    assert restore(store.latest(epochs=3), {"net": net}, optimizer, enabled, scheduler) == 1
+    assert enabled.get_scale() == 1024.0
+    store.save(capture(1, {"net": net}, optimizer, enabled, scheduler))
+    assert restore(store.latest(epochs=3), {"net": net}, optimizer, scaler, scheduler) == 2
+    assert not scaler.is_enabled()
+
+
 def test_latest_keeps_the_newest_and_ignores_other_runs_longer_runs_and_incomplete_files(tmp_path, caplog):
     net, optimizer, scaler, _ = make_run()
     store = Checkpoints(tmp_path, "a", keep=2)
