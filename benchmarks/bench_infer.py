@@ -22,6 +22,7 @@ import argparse
 import collections
 import contextlib
 import logging
+import shutil
 import tempfile
 import time
 from dataclasses import replace
@@ -99,6 +100,7 @@ def write_store(folder: Path, n: int, crop: int, warp: np.ndarray) -> CropStore:
     writer.rows.values[:] = np.random.default_rng(1).integers(0, 256, writer.rows.values.shape, dtype=np.uint8)
     writer.write(np.arange(n))
     writer.finish(folder, np.zeros(n, dtype=bool), np.repeat(invert_warp(warp)[None], n, 0))
+    shutil.rmtree(folder / "work")
     stamp_run([folder])
     return CropStore.open(folder)
 

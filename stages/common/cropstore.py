@@ -124,18 +124,29 @@ class CropStoreWriter:
 
     def finish(self, out: Path | str, skipped: np.ndarray, inverse: np.ndarray) -> None:
         """Write the finished split into `out`: inverse (N, 2, 3) are the warps' inverses (crop px
-        -> full px); skipped (N,) bool rows get NaN warps and inverses."""
+        -> full px); skipped (N,) bool rows get NaN warps and inverses. The crops are linked into
+        `out`, not moved: the work folder keeps them, and its record of the finished rows, until
+        the caller removes it after the whole output is in place (a run stopped in between
+        resumes with every crop done)."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         missing = ~self.rows.done & ~skipped
         if missing.any():
             raise RuntimeError(f"{self.work}: {int(missing.sum())} rows neither written nor skipped")
-        os.replace(self.rows.close(), out / "images.npy")
+        link_or_copy(self.rows.close(), out / "images.npy")
         save_npy(out / "warps.npy", np.where(skipped[:, None, None], np.nan, self.warps))
         save_npy(out / "inv_warps.npy", np.where(skipped[:, None, None], np.nan, inverse))
         index = self.table[ID_COLUMNS].assign(skipped=skipped.astype(int))
         index.to_csv(out / "index.csv", index=False)
-        shutil.rmtree(self.work)
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """A second name `target` for the file `source` (a hard link), or a copy where the file
+    system has no hard links."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def _mapped_span(array: np.memmap, rows: np.ndarray) -> tuple[int, int] | None:

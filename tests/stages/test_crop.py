@@ -203,6 +203,26 @@ def test_interrupted_crop_resumes_without_redoing_finished_chunks(tiny, monkeypa
     assert np.array_equal(np.load(tmp / "crop/train/images.npy"), resumed)
 
 
+def test_a_run_stopped_after_its_stores_are_finished_resumes_with_every_crop_done(tiny, monkeypatch):
+    """Stopped between the splits' finish (their crops in the output's temporary folder) and the
+    output's rename, as a Ctrl-C in the run's digest of the stores would: the work folder still
+    holds every crop, so the rerun crops nothing and writes the same stores."""
+    params, tmp, split_dir, coarse_dir = tiny
+    run(params, tmp, split_dir, coarse_dir)
+    whole = {split: np.load(tmp / f"crop/{split}/images.npy") for split in ("train", "val", "test")}
+    (tmp / "crop").rename(tmp / "crop_whole")
+    interrupt_after(crop, "stamp_run", 1, lambda: run(params, tmp, split_dir, coarse_dir), monkeypatch)
+    assert not (tmp / "crop").exists()
+    cropped = []
+    crop_one = cropping._crop_one
+    monkeypatch.setattr(cropping, "_crop_one", lambda path, *a: cropped.append(path) or crop_one(path, *a))
+    run(params, tmp, split_dir, coarse_dir)
+    assert cropped == []
+    for split, images in whole.items():
+        assert np.array_equal(np.load(tmp / f"crop/{split}/images.npy"), images)
+    assert not (tmp / "crop.partial").exists()
+
+
 def test_a_partial_run_of_one_decode_path_is_not_resumed_by_the_other(tiny, monkeypatch):
     params, tmp, split_dir, coarse_dir = tiny
     interrupt_after(CropStoreWriter, "write", 1,
