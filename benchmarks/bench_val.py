@@ -11,18 +11,25 @@ thread count: ms a sample in all and in its parts (PnP, per-sample errors, the r
 seconds for the real val split (71,000 samples: 20 % of the training subjects), against a train
 epoch of the other 285,000 images at the H200's measured 4,162 images/s (68 s, docs/benchmarks.md).
 
-    python -m benchmarks.bench_val [--samples 4096] [--rounds 3] [--workers N]
+With --memory, the peak of the Python heap (tracemalloc: numpy's arrays are traced) of the CPU
+part on --samples and 4x as many samples, all at once against blocks of
+stages.nets.validate.BLOCK (as the trainer validates), the network's outputs held for the
+first and made a block at a time for the second: its growth with the split.
+
+    python -m benchmarks.bench_val [--samples 4096] [--rounds 3] [--workers N] [--memory]
 """
 from __future__ import annotations
 
 import argparse
 import time
+import tracemalloc
 
 import numpy as np
 
 from stages.common.threads import single_thread_blas, usable_cores
 from stages.face.warp import invert_warp
-from stages.nets.validate import evaluate, validation_poses, validation_targets
+from stages.nets.validate import (block_figures, block_rows, evaluate, summary_of, validation_poses,
+                                  validation_targets)
 from stages.wcpa.score import sample_errors
 from tests.unit.pnp_cases import challenge_camera, make_problems
 
@@ -60,13 +67,57 @@ def phase_seconds(case: dict, workers: int) -> dict[str, float]:
             "errors": timed(lambda: sample_errors(verts, poses, pred["verts"], pnp, workers))}
 
 
+def traced_peak(call) -> float:
+    """MiB: the peak of the traced heap during call(), above what was held before it."""
+    tracemalloc.start()
+    call()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak / 2**20
+
+
+def validation_peaks(samples: int, workers: int) -> dict[str, float]:
+    """MiB of the validation's CPU part on `samples` samples: all at once (their predictions,
+    labels and targets held) and in blocks (each block's made and dropped in turn)."""
+    camera = challenge_camera()
+
+    def whole() -> None:
+        case = val_case(samples)
+        evaluate(case["pred"], invert_warp(case["warps"]), camera, case["verts"], case["poses"],
+                 validation_targets(camera, case["verts"], case["poses"], case["warps"], workers), "SQPNP", 0, "crop",
+                 workers)
+
+    def one_block(rows: np.ndarray):
+        case = val_case(len(rows), seed=int(rows[0]))
+        return block_figures(case["pred"], invert_warp(case["warps"]), camera, case["verts"], case["poses"],
+                             validation_targets(camera, case["verts"], case["poses"], case["warps"], workers),
+                             "SQPNP", 0, "crop", workers)
+
+    def blocked() -> None:
+        summary_of([one_block(rows) for rows in block_rows(np.arange(samples), 256)], workers)
+
+    return {"all at once": traced_peak(whole), "in blocks": traced_peak(blocked)}
+
+
+def print_peaks(samples: int, workers: int) -> None:
+    """The validation's peak heap on `samples` and 4x as many, both ways, and their growth."""
+    small, large = validation_peaks(samples, workers), validation_peaks(4 * samples, workers)
+    for way in small:
+        print(f"validation's CPU part {way}: peak heap {small[way]:.0f} MiB on {samples:,} samples, "
+              f"{large[way]:.0f} on {4 * samples:,}: {large[way] / small[way]:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=4096)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=usable_cores(), help="threads of the parallel run")
+    parser.add_argument("--memory", action="store_true", help="the peak heap, all at once and in blocks")
     args = parser.parse_args()
     single_thread_blas()                  # as in the training process (stages.nets.trainer)
+    if args.memory:
+        print_peaks(args.samples, args.workers)
+        return
     case = val_case(args.samples)
     counts = sorted({1, args.workers})
     best = {n: {} for n in counts}

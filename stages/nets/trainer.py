@@ -38,7 +38,7 @@ from stages.nets.color import jitter_images
 from stages.nets.pose_frame import camera_to_frame
 from stages.nets.dataset import CropStore, Reframe, TrainBatches, crop_targets
 from stages.nets.model import FaceNet, NetConfig
-from stages.nets.validate import evaluate, predict, validation_targets
+from stages.nets.validate import BlockFigures, block_figures, block_rows, predict, summary_of, validation_targets
 from stages.wcpa.camera import Camera
 from stages.wcpa.layout import labelled_rows, read_list
 
@@ -369,22 +369,29 @@ class Trainer:
                 dist.broadcast(buffer, src=0)
 
     def validate(self) -> dict:
-        """Challenge score and landmark/mesh errors on the val split's usable crops (rank 0). The
-        per-sample PnP and errors run on a thread per usable core: between epochs the loader
-        processes wait, and at the real val split's size (71k) one thread would take a third of
-        an H200 train epoch (docs/benchmarks.md, "Per-epoch validation")."""
+        """Challenge score and landmark/mesh errors on the val split's usable crops (rank 0), a
+        block of about validate.BLOCK samples at a time (their labels, predictions and poses;
+        the real val split's 71k at once held 10 GB). The per-sample PnP and errors run on a
+        thread per usable core: between epochs the loader processes wait, and at the real val
+        split's size one thread would take a third of an H200 train epoch (docs/benchmarks.md,
+        "Per-epoch validation")."""
         data = self.val_data
         rows = np.flatnonzero(data.store.usable)
         if not len(rows):
             raise ValueError(f"{self.paths.crop / 'val'}: every val crop was skipped")
+        workers = usable_cores()
+        blocks = [self.validate_block(block, workers) for block in block_rows(rows, self.cfg.val_batch_size)]
+        return {**summary_of(blocks, workers), "skipped": float(len(data.store) - len(rows))}
+
+    def validate_block(self, rows: np.ndarray, workers: int) -> BlockFigures:
+        """The validation figures of the val store's rows (M,) (stages.nets.validate.block_figures)."""
+        data = self.val_data
         verts, poses, warps = read_rows(data.verts, rows), data.poses[rows], data.store.warps[rows]
         pred = predict(self.model, data.store.images, data.store.inv_warps[rows], self.cfg.val_batch_size,
                        self.ctx.device, self.amp, rows)
-        workers = usable_cores()
-        metrics = evaluate(pred, data.store.inv_warps[rows], self.camera, verts, poses,
-                           validation_targets(self.camera, verts, poses, warps, workers), self.cfg.val_pnp_flags,
-                           data.store.size, self.cfg.pose_frame, workers)
-        return {**metrics, "skipped": float(len(data.store) - len(rows))}
+        return block_figures(pred, data.store.inv_warps[rows], self.camera, verts, poses,
+                             validation_targets(self.camera, verts, poses, warps, workers), self.cfg.val_pnp_flags,
+                             data.store.size, self.cfg.pose_frame, workers)
 
     def validation_record(self, epoch: int, train_terms: dict) -> dict:
         """History entry of an epoch: its mean train terms and the val metrics (rank 0)."""

@@ -1,10 +1,13 @@
 """Validation of the two-branch network: predict on crops, unwarp, OpenCV PnP, challenge score."""
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm import tqdm
 
@@ -20,6 +23,7 @@ from stages.wcpa.camera import Camera
 from stages.wcpa.score import sample_errors, summarize
 
 ROWS = 256     # samples of a batch of the per-sample work on threads (evaluate, validation_targets)
+BLOCK = 4096   # val samples whose predictions, labels and poses are held at once (about 0.5 GB)
 
 
 @torch.no_grad()
@@ -70,11 +74,22 @@ def validation_poses(verts: np.ndarray, uv_full: np.ndarray, camera: Camera, fla
     all points on `workers` threads, and the number of failed samples (their pose is replaced by
     the element-wise median of the solved ones, so the score stays defined)."""
     poses = pose_from_landmarks(verts, uv_full, camera, method="opencv", flags=flags, workers=workers)
-    failed = ~np.isfinite(poses).all(axis=(1, 2))
+    failed = unsolved(poses)
+    poses[failed] = median_pose(poses, failed)
+    return poses, int(failed.sum())
+
+
+def unsolved(poses: np.ndarray) -> np.ndarray:
+    """(N,) bool: the poses (N, 4, 4) that PnP could not solve (NaN rows)."""
+    return ~np.isfinite(poses).all(axis=(1, 2))
+
+
+def median_pose(poses: np.ndarray, failed: np.ndarray) -> np.ndarray:
+    """The element-wise median (4, 4) of the solved poses (N, 4, 4), the stand-in of the failed
+    ones (N,) bool, so that the score stays defined."""
     if failed.all():
         raise ValueError("PnP failed on every validation sample")
-    poses[failed] = np.median(poses[~failed], axis=0)
-    return poses, int(failed.sum())
+    return np.median(poses[~failed], axis=0)
 
 
 CALIBRATION_K = (1, 2)   # sigma multiples; a 2D isotropic Gaussian has 1 - exp(-k^2 / 2) = 39.3 % / 86.5 % within
@@ -114,6 +129,81 @@ def landmark_figures(mu: np.ndarray, uv_gt_crop: np.ndarray, uv_full: np.ndarray
     return figures
 
 
+@dataclass
+class BlockFigures:
+    """What one block of validation samples leaves for the split's summary (summary_of):
+    errors, their sample_errors table (failed rows NaN); poses (n, 4, 4) and failed (n,) bool,
+    PnP's poses and the samples it did not solve; standins, the failed samples' (gt verts, gt
+    poses, predicted verts), scored against the whole split's median pose; landmarks, the
+    (samples, landmark_figures) of its batches of ROWS samples."""
+
+    errors: pd.DataFrame
+    poses: np.ndarray
+    failed: np.ndarray
+    standins: tuple[np.ndarray, np.ndarray, np.ndarray]
+    landmarks: list[tuple[int, dict[str, float]]]
+
+
+def block_figures(pred: dict[str, np.ndarray], inv_warps: np.ndarray, camera: Camera,
+                  verts_gt: np.ndarray, poses_gt: np.ndarray, uv_gt_crop: np.ndarray,
+                  pnp_flags: str = "SQPNP", crop_size: int = 0, pose_frame: str = "crop",
+                  workers: int = 1) -> BlockFigures:
+    """The figures of one block of n validation samples (evaluate's arguments): landmarks
+    unwarped to the full image with inv_warps (n, 2, 3), the pose by PnP between them and the
+    predicted canonical mesh (a direct head's from its R_frame and t_code: frame_poses, its
+    landmarks the mesh projected with it), the per-sample errors of the solved samples, and the
+    landmark figures of each batch of ROWS samples on `workers` threads."""
+    if "R_frame" in pred:
+        poses = frame_poses(pred["R_frame"], pred["t_code"], inv_warps, camera, crop_size, pose_frame)
+        uv_full = camera.project(pred["verts"], poses)
+        pred = {**pred, "mu": apply_warp(invert_warp(inv_warps), uv_full)}
+    else:
+        uv_full = np.concatenate(map_rows(lambda rows: apply_warp(inv_warps[rows], pred["mu"][rows]), len(inv_warps),
+                                          workers, ROWS))
+        poses = pose_from_landmarks(pred["verts"], uv_full, camera, method="opencv", flags=pnp_flags, workers=workers)
+    failed = unsolved(poses)
+    errors = sample_errors(verts_gt, poses_gt, pred["verts"], np.where(failed[:, None, None], np.eye(4), poses), workers)
+    errors.loc[failed] = np.nan
+    sigma = None if "R_frame" in pred else pred["sigma"]
+
+    def figures(rows: slice) -> tuple[int, dict[str, float]]:
+        """The number of samples in `rows` and their landmark figures."""
+        return len(uv_full[rows]), landmark_figures(pred["mu"][rows], uv_gt_crop[rows], uv_full[rows], inv_warps[rows],
+                                                    None if sigma is None else sigma[rows])
+
+    standins = (np.asarray(verts_gt[failed]), np.asarray(poses_gt[failed]), np.asarray(pred["verts"][failed]))
+    return BlockFigures(errors, poses, failed, standins, map_rows(figures, len(uv_full), workers, ROWS))
+
+
+def summary_of(blocks: list[BlockFigures], workers: int = 1) -> dict[str, float]:
+    """The split's metrics from its blocks' figures (block_figures, in row order): the
+    challenge score and the paper's metrics (stages.wcpa.score.summarize), the samples PnP did
+    not solve (pnp_failed; scored with the element-wise median of every solved pose of the
+    split), and the landmark figures, their batches' weighted by their sizes. The same numbers
+    as one block of every sample when the blocks are whole batches of ROWS."""
+    failed = np.concatenate([block.failed for block in blocks])
+    errors = pd.concat([block.errors for block in blocks], ignore_index=True)
+    if failed.any():
+        gt_verts, gt_poses, verts = (np.concatenate(part) for part in zip(*(block.standins for block in blocks)))
+        median = median_pose(np.concatenate([block.poses for block in blocks]), failed)
+        errors.loc[failed] = sample_errors(gt_verts, gt_poses, verts, np.broadcast_to(median, gt_poses.shape),
+                                           workers)[errors.columns].to_numpy()
+    summary = summarize(errors)
+    summary["pnp_failed"] = int(failed.sum())
+    parts = [part for block in blocks for part in block.landmarks]
+    total = sum(count for count, _ in parts)
+    summary.update({key: sum(count / total * part[key] for count, part in parts) for key in parts[0][1]})
+    return {key: float(value) for key, value in summary.items()}
+
+
+def block_rows(rows: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Consecutive blocks of about BLOCK of `rows` (M,), each a whole number of the network's
+    batches (batch_size) and of the threads' batches (ROWS), so that blocking changes no figure."""
+    unit = math.lcm(batch_size, ROWS)
+    size = unit * max(1, BLOCK // unit)
+    return [rows[start:start + size] for start in range(0, len(rows), size)]
+
+
 def evaluate(pred: dict[str, np.ndarray], inv_warps: np.ndarray, camera: Camera,
              verts_gt: np.ndarray, poses_gt: np.ndarray, uv_gt_crop: np.ndarray,
              pnp_flags: str = "SQPNP", crop_size: int = 0, pose_frame: str = "crop",
@@ -130,23 +220,5 @@ def evaluate(pred: dict[str, np.ndarray], inv_warps: np.ndarray, camera: Camera,
     (the landmark figures are the batches' figures weighted by their sizes: the same numbers on
     any thread count, and the same as over all samples at once to float rounding).
     """
-    if "R_frame" in pred:
-        poses, failed = frame_poses(pred["R_frame"], pred["t_code"], inv_warps, camera, crop_size, pose_frame), 0
-        uv_full = camera.project(pred["verts"], poses)
-        pred = {**pred, "mu": apply_warp(invert_warp(inv_warps), uv_full)}
-    else:
-        uv_full = np.concatenate(map_rows(lambda rows: apply_warp(inv_warps[rows], pred["mu"][rows]), len(inv_warps),
-                                          workers, ROWS))
-        poses, failed = validation_poses(pred["verts"], uv_full, camera, pnp_flags, workers)
-    summary = summarize(sample_errors(verts_gt, poses_gt, pred["verts"], poses, workers))
-    summary["pnp_failed"] = failed
-    sigma = None if "R_frame" in pred else pred["sigma"]
-
-    def figures(rows: slice) -> tuple[int, dict[str, float]]:
-        """The number of samples in `rows` and their landmark figures."""
-        return len(uv_full[rows]), landmark_figures(pred["mu"][rows], uv_gt_crop[rows], uv_full[rows], inv_warps[rows],
-                                                    None if sigma is None else sigma[rows])
-
-    parts = map_rows(figures, len(uv_full), workers, ROWS)
-    summary.update({key: sum(count / len(uv_full) * part[key] for count, part in parts) for key in parts[0][1]})
-    return {key: float(value) for key, value in summary.items()}
+    return summary_of([block_figures(pred, inv_warps, camera, verts_gt, poses_gt, uv_gt_crop, pnp_flags, crop_size,
+                                     pose_frame, workers)], workers)

@@ -73,6 +73,28 @@ def one_step_trainer(tmp_path, monkeypatch, landmark_loss, **train_settings):
     return trainer, batch, sigma_before
 
 
+def test_validation_runs_in_blocks_with_the_figures_of_one_block(tmp_path, monkeypatch):
+    """The trainer validates a block of validate.BLOCK samples at a time (the real val split at
+    once held 10 GB): blocks of 2 give the metrics of one block of all, bit for bit, and the
+    network never sees more than a block's rows a call."""
+    from stages.nets import validate
+    params = make_tiny_project(tmp_path, subjects=4, crop_size=32)
+    params = params.replace(train={"batch_size": 6, "val_batch_size": 2})
+    monkeypatch.chdir(tmp_path)
+    pca.run(params)
+    paths = TrainPaths(crop=tmp_path / "artifacts" / "crop", pca=tmp_path / "artifacts" / "pca",
+                       split=tmp_path / "artifacts" / "split", out=tmp_path / "artifacts" / "train")
+    trainer = Trainer(params, paths, load_resources(params.data.root).camera)
+    monkeypatch.setattr(validate, "ROWS", 2)
+    whole = trainer.validate()
+    monkeypatch.setattr(validate, "BLOCK", 2)
+    seen, predict = [], trainer_module.predict
+    monkeypatch.setattr(trainer_module, "predict", lambda model, images, inv, *a: seen.append(len(inv)) or
+                        predict(model, images, inv, *a))
+    assert trainer.validate() == whole
+    assert len(seen) > 2 and max(seen) == 2 and sum(seen) == whole["n"]
+
+
 def test_a_training_step_reads_no_value_on_the_host(tmp_path, monkeypatch):
     """train_step returns its loss terms as device tensors (float64, summed by train_epoch on the
     device) and reads none of them: on a GPU, each read would wait for the step to finish."""

@@ -51,3 +51,46 @@ def test_validation_figures_do_not_depend_on_the_threads_and_match_one_batch(mon
                                       case["pred"]["sigma"])
     for key, value in whole.items():
         assert figures[0][key] == pytest.approx(value, rel=1e-12), key
+
+
+def test_validation_in_blocks_gives_one_blocks_figures_also_where_pnp_fails(monkeypatch):
+    """summary_of the blocks' figures (10 samples a block, batches of 5) equals evaluate over all
+    30 samples bit for bit, with PnP failing on samples of three blocks: they count in pnp_failed
+    and are scored with the median of every solved pose of the split, as in one block."""
+    from benchmarks.bench_val import val_case
+    from stages.face.warp import invert_warp
+    from stages.nets import validate
+    from stages.nets.dataset import crop_targets
+    from stages.wcpa.score import sample_errors, summarize
+    from tests.unit.pnp_cases import challenge_camera
+    case, camera = val_case(30, seed=4), challenge_camera()
+    monkeypatch.setattr(validate, "ROWS", 5)
+    solve, failing = validate.pose_from_landmarks, np.isin(np.arange(30), [3, 17, 26])
+
+    def failing_pnp(verts, uv, *args, **kwargs):
+        """Solve, then fail the samples in `failing` (matched by their mesh)."""
+        poses = solve(verts, uv, *args, **kwargs)
+        poses[np.isin(verts[:, 0, 0], case["pred"]["verts"][failing, 0, 0])] = np.nan
+        return poses
+
+    monkeypatch.setattr(validate, "pose_from_landmarks", failing_pnp)
+    targets, inv = crop_targets(camera, case["verts"], case["poses"], case["warps"]), invert_warp(case["warps"])
+    args = (camera, case["verts"], case["poses"], targets)
+    whole = validate.evaluate(case["pred"], inv, *args, "SQPNP", 0, "crop", 2)
+    blocks = [validate.block_figures({k: v[part] for k, v in case["pred"].items()}, inv[part],
+                                     *(a if a is camera else a[part] for a in args), "SQPNP", 0, "crop", 2)
+              for part in (slice(0, 10), slice(10, 20), slice(20, 30))]
+    assert [int(block.failed.sum()) for block in blocks] == [1, 1, 1]
+    assert validate.summary_of(blocks, 2) == whole and whole["pnp_failed"] == 3
+    poses = solve(case["pred"]["verts"], case["pred"]["mu"], camera, method="opencv", flags="SQPNP")
+    poses[failing] = np.median(poses[~failing], axis=0)
+    expected = summarize(sample_errors(case["verts"], case["poses"], case["pred"]["verts"], poses))
+    assert {key: whole[key] for key in expected} == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("batch, sizes", [(256, [4096, 4096, 1808]), (96, [3840, 3840, 2320]), (5000, [10000])])
+def test_validation_blocks_are_whole_batches_of_the_network_and_the_threads(batch, sizes):
+    from stages.nets.validate import block_rows
+    blocks = block_rows(np.arange(10_000), batch)
+    assert [len(block) for block in blocks] == sizes
+    assert np.array_equal(np.concatenate(blocks), np.arange(10_000))
