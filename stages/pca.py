@@ -79,7 +79,7 @@ def drawn_subjects(subjects: np.ndarray, n_subjects: int, seed: int) -> np.ndarr
     if not n_subjects or len(distinct) <= n_subjects:
         return np.ones(len(subjects), dtype=bool)
     drawn = np.random.default_rng(seed).choice(len(distinct), n_subjects, replace=False)
-    return np.isin(subjects, distinct[drawn])
+    return pd.Series(subjects).isin(distinct[drawn]).to_numpy()     # hashed: np.isin loops on strings
 
 
 def data_expressions(table: pd.DataFrame, verts: RowReader, labelled: np.ndarray, neutral: np.ndarray,

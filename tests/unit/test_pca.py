@@ -209,3 +209,15 @@ def test_each_expression_mode_lies_where_the_frames_reach_along_it(seed):
     lengths = np.linalg.norm(offsets, axis=1)
     reached = (displacements @ (offsets / lengths[:, None]).T).max(0)
     np.testing.assert_allclose(reached, lengths, rtol=1e-9)
+
+
+def test_subject_rows_are_each_subjects_rows_in_order_of_first_appearance():
+    """One sort gives what a scan of the table for each subject gave (select_neutral_frames'
+    candidates and seeded draws depend on both orders)."""
+    from stages.face.pca import subject_rows
+    rng = np.random.default_rng(0)
+    subjects = rng.choice(np.array([f"s{k:03d}" for k in range(37)], dtype=object), 500)
+    expected = [np.flatnonzero(subjects == subject) for subject in pd.unique(subjects)]
+    got = subject_rows(subjects)
+    assert len(got) == len(expected) and all(np.array_equal(a, b) for a, b in zip(got, expected))
+    assert subject_rows(np.array([], dtype=object)) == []
