@@ -250,3 +250,19 @@ def test_the_machines_loader_workers_are_shared_by_its_processes():
 def test_every_process_leaves_the_group_after_a_stage(tmp_path):
     mp.spawn(run_finish_rank, args=(str(tmp_path), free_port()), nprocs=2, join=True)
     assert [torch.load(tmp_path / f"finish{r}.pt")["initialized"] for r in (0, 1)] == [False, False]
+
+
+def test_the_process_group_waits_an_hour_for_rank_zeros_validation(monkeypatch):
+    """Between epochs the other processes wait at a barrier while rank 0 validates and writes the
+    checkpoint: the group's collectives wait COLLECTIVE_TIMEOUT (NCCL's default of 10 minutes
+    would stop a run whose val pass reads 71,000 images from slow storage)."""
+    from datetime import timedelta
+    from stages.common import distributed
+    joined = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kwargs: joined.update(backend=backend, **kwargs))
+    ctx = distributed.start_distributed("cpu")
+    assert (ctx.rank, ctx.world) == (1, 2)
+    assert joined == {"backend": "gloo", "rank": 1, "world_size": 2, "timeout": timedelta(hours=1)}
