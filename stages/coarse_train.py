@@ -43,6 +43,7 @@ from stages.common.io import atomic_dir, save_json
 from stages.common.params import Params
 from stages.common.resume import Checkpoints
 from stages.common.resume import fingerprint as content_fingerprint
+from stages.common.schema import SPEED_KEYS
 from stages.common.stage import stage_main
 from stages.wcpa.layout import image_path, info_path, load_resources, read_list, sample_files
 
@@ -80,13 +81,17 @@ def fingerprint(params: Params, tables: dict, data: dict[str, str], processes: i
     one replaced during an interruption), the number of processes (each takes its share of every
     batch: a run of another world size is not resumed), the view paths that `auto` resolves to on
     `device` (their decodes and photometric draws differ: a run moved to another device resumes
-    only where they stay, as train's may move) and the digest of this stage's code."""
+    only where they stay, as train's may move) and the digest of this stage's code. Not the speed
+    keys (compile: the same arithmetic to rounding), nor decode and augment as written: what
+    they resolve to counts."""
     cfg = params.coarse_train
     lists = [tables[split].to_csv(index=False) for split in SPLITS]
     files = stat_digest(path for split in SPLITS for kind in ("image", "info")
                         for path in sample_files(params.data.root, tables[split], kind))
     paths = {"decode": torch_path(cfg.decode, device), "augment": torch_path(cfg.augment, device)}
-    return content_fingerprint([cfg.as_dict(), params.seed, params.data.root, data, lists, processes, paths,
+    settings = {key: value for key, value in cfg.as_dict().items()
+                if f"coarse_train.{key}" not in SPEED_KEYS and key not in paths}
+    return content_fingerprint([settings, params.seed, params.data.root, data, lists, processes, paths,
                                 files, code_digest("stages.coarse_train")])
 
 

@@ -230,3 +230,14 @@ SCHEMA = {
                                   # (stages/common/cuda_graph.py): needs a CUDA device
     },
 }
+
+# Keys that set how fast a stage runs, not what it makes: its processes and threads, its resume
+# granularity, compiled or graphed code (the same arithmetic to float rounding, as between two
+# GPUs) and the validation's batch. dvc.yaml lists them for no stage: a change reruns nothing
+# (tests/unit/test_architecture.py holds every other key of a stage's own section listed).
+SPEED_KEYS = frozenset({
+    "data.workers", "synth.workers", "crop.chunk", "coarse_train.compile",
+    "train.workers", "train.compile", "train.val_batch_size",
+    "finetune.workers", "finetune.compile", "finetune.cuda_graph", "finetune.val_batch_size",
+    "infer.workers", "infer.cuda_graph",
+})

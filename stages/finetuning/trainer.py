@@ -143,9 +143,10 @@ class FinetuneTrainer(Trainer):
                            reframe=reframe_limits(self.cfg), coeffs=data.coeffs)
 
     def fingerprint_extra(self) -> dict:
-        """Also the PnP settings and the start model's digest: a new train model restarts finetuning."""
-        return {**super().fingerprint_extra(), "pnp": {k: str(v) for k, v in asdict(self.pnp).items()},
-                "start": file_digest(self.start_path)}
+        """Also the PnP settings and the start model's digest: a new train model restarts finetuning.
+        Whether the layer is compiled is left out (a speed key: the same arithmetic to rounding)."""
+        pnp = {k: str(v) for k, v in asdict(self.pnp).items() if k != "compiled"}
+        return {**super().fingerprint_extra(), "pnp": pnp, "start": file_digest(self.start_path)}
 
     def trains_sigma(self) -> bool:
         """sigma weights the PnP residuals (eq. 5 and the MC loss): always trained here."""

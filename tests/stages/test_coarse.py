@@ -106,6 +106,23 @@ def test_a_checkpoint_of_other_data_at_the_same_root_is_not_resumed(tiny, monkey
     assert set(saved["inputs"]) == {"resources", "samples"} and isinstance(saved["flip_order"], list)
 
 
+def test_the_checkpoints_identity_leaves_out_speed_keys_and_keeps_the_resolved_view_paths(tiny):
+    """compile (a speed key) and decode / augment written otherwise but resolving to the same
+    path keep a run's checkpoints; a path that resolves otherwise, or a param that changes the
+    training, does not."""
+    params, tmp, split_dir = tiny
+    tables = {split: read_list(split_dir / f"{split}.csv") for split in ("train", "val")}
+    cpu = torch.device("cpu")
+
+    def key(**changes) -> str:
+        return coarse_train.fingerprint(params.replace(coarse_train=changes), tables, {}, 1, cpu)
+
+    base = key(decode="opencv", augment="opencv", compile=False)
+    assert key(decode="auto", augment="auto", compile=True) == base        # auto is opencv on a CPU
+    assert key(decode="torch", augment="opencv", compile=False) != base
+    assert key(decode="opencv", augment="opencv", compile=False, lr=0.5) != base
+
+
 def _record_augmenters(monkeypatch) -> list:
     """Patch the training's ViewSet to record (flip_order, flip_prob) of each augmenting one made."""
     made, make = [], train_module.ViewSet

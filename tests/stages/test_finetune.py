@@ -105,6 +105,24 @@ def test_cuda_graph_on_a_cpu_run_stops_naming_the_key(tmp_path, monkeypatch):
         run_main(monkeypatch)
 
 
+def test_compiling_the_layer_keeps_the_checkpoints_identity(tmp_path, monkeypatch):
+    """finetune.compile is a speed key (the same arithmetic to rounding): a run resumes across
+    it, not across a change to what the layer computes."""
+    from stages.finetuning.trainer import FinetunePaths
+    from stages.nets.trainer import TrainPaths
+    from stages.wcpa.layout import load_resources
+    params = finetune_project(tmp_path, monkeypatch, epochs=1)
+    art = tmp_path / "artifacts"
+    paths = FinetunePaths(start=art / "train" / "model.pt", data=TrainPaths(
+        crop=art / "crop", pca=art / "pca", split=art / "split", out=art / "finetune"))
+    camera = load_resources(params.data.root).camera
+
+    def identity(**changes) -> str:
+        return FinetuneTrainer(params.replace(finetune=changes), paths, camera).fp
+
+    assert identity(compile=True) == identity(compile=False) != identity(compile=False, mc_samples=8)
+
+
 def test_an_interrupted_finetune_resumes_to_the_uninterrupted_model(tmp_path, monkeypatch):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     finetune_project(whole, monkeypatch, epochs=2)

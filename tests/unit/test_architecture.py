@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.common.code import code_closure, imported_modules, module_file
+from stages.common.code import NOT_DEPS, code_closure, imported_modules, module_file
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = ROOT / "stages"
@@ -26,9 +26,6 @@ ALLOWED = {
     "finetuning": BOTTOM | {"face", "pnp", "nets"},
 }
 SYNTHETIC_USERS = {"synth", "synth_sheet"}          # the stage modules that may import stages.synthetic
-# Code a stage runs that is no dep on purpose: the params loader and schema (a stage's params
-# leaves are its deps) and the command-line / logging entry, which change no output.
-NOT_DEPS = {"stages/common/params.py", "stages/common/schema.py", "stages/common/stage.py"}
 
 
 def place(module: str) -> str:
@@ -131,3 +128,36 @@ def test_dvc_deps_list_every_input_a_training_run_reads(name):
 
 def test_evaluate_depends_on_the_test_labels_folder():
     assert "${data.test_gt}" in dvc_stages()["evaluate"]["deps"]
+
+
+OWN_SECTION = ("synth", "split", "coarse_train", "coarse_predict", "crop", "pca", "train", "finetune", "infer",
+               "evaluate")                    # the stages of the same name as a params section
+READ_ELSEWHERE = {"synth.sheet_samples"}      # synth_sheet's, in synth's section
+
+
+def listed_params(body: dict) -> set[str]:
+    """A stage's params leaves, a whole section's entry as every leaf of it in params.yaml."""
+    values = yaml.safe_load((ROOT / "params.yaml").read_text())
+    listed = set()
+    for entry in body.get("params", []):
+        section = values.get(entry)
+        listed |= {f"{entry}.{key}" for key in section} if isinstance(section, dict) else {entry}
+    return listed
+
+
+@pytest.mark.parametrize("name", OWN_SECTION)
+def test_a_stage_lists_every_key_of_its_section_but_the_speed_keys(name):
+    """A key of a stage's own section that changes what it makes reruns it (a new key cannot be
+    forgotten in dvc.yaml); one of SPEED_KEYS (workers, compiled or graphed code, the resume and
+    validation batches) reruns nothing: a full recrop or a detector's retraining made the same
+    outputs again."""
+    from stages.common.schema import SCHEMA, SPEED_KEYS
+    section = {f"{name}.{key}" for key in SCHEMA[name]}
+    listed = listed_params(dvc_stages()[name]) & section
+    assert listed == section - SPEED_KEYS - READ_ELSEWHERE
+
+
+@pytest.mark.parametrize("name", sorted(dvc_stages()))
+def test_no_stage_lists_a_speed_key(name):
+    from stages.common.schema import SPEED_KEYS
+    assert not listed_params(dvc_stages()[name]) & SPEED_KEYS

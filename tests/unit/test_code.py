@@ -24,3 +24,16 @@ def test_the_digest_follows_the_closure_files_and_nothing_else(tmp_path, monkeyp
     with open(tmp_path / "stages" / "nets" / "losses.py", "a") as handle:
         handle.write("\n# a fix of a loss\n")
     assert code_digest("stages.train") != before
+
+
+def test_the_digest_leaves_out_the_params_loader_schema_and_entry(tmp_path, monkeypatch):
+    """A key added to the schema for one stage (a NOT_DEPS file, which every stage imports) keeps
+    every other stage's resumable work: dvc reruns no stage for it, and no digest changes."""
+    shutil.copytree(code.ROOT / "stages", tmp_path / "stages")
+    monkeypatch.setattr(code, "ROOT", tmp_path)
+    assert code.NOT_DEPS <= code_closure("stages.crop")
+    before = {stage: code_digest(stage) for stage in ("stages.crop", "stages.train", "stages.coarse_train")}
+    for rel in code.NOT_DEPS:
+        with open(tmp_path / rel, "a") as handle:
+            handle.write("\n# a key for another stage\n")
+    assert {stage: code_digest(stage) for stage in before} == before
