@@ -61,7 +61,8 @@ def train_config(params: Params) -> TrainConfig:
         batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, flip_prob=cfg.flip_prob,
         locate_jitter=Jitter(cfg.locate_shift, cfg.locate_scale, cfg.locate_rotate),
         refine_jitter=Jitter(cfg.refine_shift, cfg.refine_scale, cfg.refine_rotate),
-        seed=params.seed, decode=cfg.decode, augment=cfg.augment, compile=cfg.compile)
+        seed=params.seed, decode=cfg.decode, augment=cfg.augment, compile=cfg.compile,
+        sync_batchnorm=params.sync_batchnorm)
 
 
 def data_identity(root: Path | str, tables: dict) -> dict[str, str]:
@@ -79,7 +80,8 @@ def fingerprint(params: Params, tables: dict, data: dict[str, str], processes: i
     """Hash of what the training depends on: its params, the seed, the data root, the lists,
     the data's identity (data_identity, and the stat_digest of every listed image and label file:
     one replaced during an interruption), the number of processes (each takes its share of every
-    batch: a run of another world size is not resumed), the view paths that `auto` resolves to on
+    batch: a run of another world size is not resumed) and with several whether their BatchNorm
+    is synchronised (sync_batchnorm), the view paths that `auto` resolves to on
     `device` (their decodes and photometric draws differ: a run moved to another device resumes
     only where they stay, as train's may move) and the digest of this stage's code. Not the speed
     keys (compile: the same arithmetic to rounding), nor decode and augment as written: what
@@ -91,7 +93,8 @@ def fingerprint(params: Params, tables: dict, data: dict[str, str], processes: i
     paths = {"decode": torch_path(cfg.decode, device), "augment": torch_path(cfg.augment, device)}
     settings = {key: value for key, value in cfg.as_dict().items()
                 if f"coarse_train.{key}" not in SPEED_KEYS and key not in paths}
-    return content_fingerprint([settings, params.seed, params.data.root, data, lists, processes, paths,
+    synced = ["sync_batchnorm"] if params.sync_batchnorm and processes > 1 else []
+    return content_fingerprint([settings, params.seed, params.data.root, data, lists, processes, *synced, paths,
                                 files, code_digest("stages.coarse_train")])
 
 

@@ -30,7 +30,6 @@ from typing import Iterator
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from stages.coarse.augment import Jitter
@@ -39,7 +38,7 @@ from stages.coarse.model import LandmarkNet
 from stages.coarse.sources import PASSES, Samples, Stream, ViewSet
 from stages.common.badinput import BadInputs
 from stages.common.device import torch_path
-from stages.common.distributed import Dist, host_group, mean_over_ranks, share_cores, start_distributed
+from stages.common.distributed import Dist, host_group, mean_over_ranks, replica, share_cores, start_distributed
 from stages.common.precision import amp_dtype, autocast, needs_grad_scaler, place_network
 from stages.common.resume import Checkpoints, capture, restore
 from stages.common.threads import usable_cores
@@ -71,6 +70,7 @@ class TrainConfig:
     decode: str
     augment: str
     compile: bool
+    sync_batchnorm: bool = False     # params sync_batchnorm: with several processes, BatchNorm over the global batch
 
 
 def build_nets(cfg: TrainConfig, n_points: int) -> dict[str, LandmarkNet]:
@@ -245,7 +245,7 @@ def train(cfg: TrainConfig, train_samples: Samples, val_samples: Samples, flip_o
                                        cfg.flip_prob), workers, cfg.decode, cfg.augment, ctx.device)
     val_stream = make_stream(ViewSet(val_samples, sizes, cfg.refine_margin, cfg.seed), workers * ctx.world,
                              cfg.decode, cfg.augment, ctx.device)      # rank 0 alone reads it: the machine's
-    replicas = compiled(data_parallel(nets, ctx), cfg.compile)
+    replicas = compiled(data_parallel(nets, ctx, cfg.sync_batchnorm), cfg.compile)
     passes = pass_threads(ctx)
     counts = host_group(ctx) if bad is not None and bad.skip else None
     for epoch in range(first_epoch, cfg.epochs):
@@ -281,12 +281,10 @@ def compiled(nets: dict[str, torch.nn.Module], compile_: bool) -> dict[str, torc
     return {name: torch.compile(net) for name, net in nets.items()} if compile_ else nets
 
 
-def data_parallel(nets: dict[str, LandmarkNet], ctx: Dist) -> dict[str, torch.nn.Module]:
-    """The nets as DDP replicas (gradients averaged over the processes) when world > 1, else themselves."""
-    if ctx.world == 1:
-        return nets
-    ids = [ctx.device] if ctx.device.type == "cuda" else None
-    return {name: DistributedDataParallel(net, device_ids=ids) for name, net in nets.items()}
+def data_parallel(nets: dict[str, LandmarkNet], ctx: Dist, sync_batchnorm: bool = False) -> dict[str, torch.nn.Module]:
+    """The nets as DDP replicas (gradients averaged over the processes; with sync_batchnorm their
+    BatchNorm over the global batch: stages.common.distributed.replica) when world > 1, else themselves."""
+    return {name: replica(net, ctx, sync_batchnorm) for name, net in nets.items()}
 
 
 def shard(batches: list[list[tuple[int, int]]], ctx: Dist) -> list[list[tuple[int, int]]]:

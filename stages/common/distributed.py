@@ -13,6 +13,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from stages.common.device import pick_device
 from stages.common.threads import training_threads
@@ -51,6 +52,24 @@ def start_distributed(device_name: str, key: str = "train.device") -> Dist:
         dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world,
                                 timeout=COLLECTIVE_TIMEOUT)
     return Dist(rank=rank, world=world, device=device)
+
+
+def replica(model: torch.nn.Module, ctx: Dist, sync_batchnorm: bool = False,
+            key: str = "sync_batchnorm") -> torch.nn.Module:
+    """The module a training step runs: `model` itself in one process, else a DDP replica of it
+    (gradients averaged over the processes). With sync_batchnorm (params `key`) its BatchNorm
+    layers become nn.SyncBatchNorm in place first: they normalise over the global batch, not this
+    process's share, in training; in eval mode they use their running statistics without a
+    collective (rank 0 validates alone). Their state dict is BatchNorm's: the saved model loads
+    into the plain network. CUDA only (torch's SyncBatchNorm); on the CPU it stops naming `key`."""
+    if ctx.world == 1:
+        return model
+    if sync_batchnorm:
+        if ctx.device.type != "cuda":
+            raise ValueError(f"{key} is true but the {ctx.world} processes run on {ctx.device.type}: "
+                             "torch's SyncBatchNorm needs CUDA (set it to false)")
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
 
 
 def barrier(ctx: Dist) -> None:

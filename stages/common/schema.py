@@ -81,6 +81,8 @@ OPTIMIZATION = {                  # the keys train and finetune share: the optim
 SCHEMA = {
     "seed": int,
     "gpus": COUNT,                # processes (one per GPU) of coarse_train, train, finetune: stages/launch.py
+    "sync_batchnorm": bool,       # with gpus > 1: BatchNorm normalises over the global batch (nn.SyncBatchNorm,
+                                  # CUDA only), not each process's share
     "data": {
         "root": str,              # data root in the WCPA layout (synthetic or the real download)
         "test_gt": str,           # folder with test ground truth (info/ layout); data/no_test_gt: none

@@ -19,14 +19,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from scipy.spatial.transform import Rotation
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from stages.common import resume
 from stages.common.cropstore import read_rows
 from stages.common.code import code_digest
-from stages.common.distributed import Dist, barrier, mean_over_ranks, process_workers, share_cores, start_distributed
+from stages.common.distributed import (Dist, barrier, mean_over_ranks, process_workers, replica, share_cores,
+                                       start_distributed)
 from stages.common.identity import input_identity
 from stages.common.io import save_json, save_torch
 from stages.common.params import Params, TrainParams
@@ -240,8 +240,8 @@ class Trainer:
                      if self.cfg.flip > 0 else None)
         self.train_data, self.val_data = load_split(paths, "train"), load_split(paths, "val")
         self.model = self.make_model()
-        self.net = (DistributedDataParallel(self.model, device_ids=[self.ctx.device] if self.ctx.device.type == "cuda" else None)
-                    if self.ctx.world > 1 else self.model)
+        self.sync_batchnorm = params.sync_batchnorm and self.ctx.world > 1
+        self.net = replica(self.model, self.ctx, self.sync_batchnorm)
         if self.cfg.compile:        # the step's forward compiled; self.model stays the module that is saved
             self.net = torch.compile(self.net)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
@@ -281,11 +281,12 @@ class Trainer:
 
     def fingerprint_extra(self) -> dict:
         """Hook: what the fingerprint holds besides the params: the inputs' identity, the layout,
-        the number of processes (a run of another world size takes other steps) and the digest of
+        the number of processes (a run of another world size takes other steps; with them, whether
+        BatchNorm normalises over the global batch: sync_batchnorm) and the digest of
         the stage's code (stages.common.code: after a change to it, dvc repro reruns the stage,
         which must then train, not load the finished run of the old code)."""
         return {"inputs": self.inputs, "layout": state_layout(self.model), "processes": self.ctx.world,
-                "code": code_digest(self.STAGE)}
+                **({"sync_batchnorm": True} if self.sync_batchnorm else {}), "code": code_digest(self.STAGE)}
 
     def saved_params(self) -> dict:
         """Hook: the params saved in checkpoints and model.pt (plain data: the train section)."""

@@ -266,3 +266,39 @@ def test_the_process_group_waits_an_hour_for_rank_zeros_validation(monkeypatch):
     ctx = distributed.start_distributed("cpu")
     assert (ctx.rank, ctx.world) == (1, 2)
     assert joined == {"backend": "gloo", "rank": 1, "world_size": 2, "timeout": timedelta(hours=1)}
+
+
+def test_sync_batchnorm_is_in_the_identity_of_a_run_of_several_processes_only():
+    """It changes a run of several processes (BatchNorm over the global batch): their
+    checkpoints are not resumed across it; one process it leaves as it is."""
+    params = load_params("params.yaml")
+    tables = {split: pd.DataFrame({"subject_id": ["001"], "facial_action": ["smile"], "img_id": ["1"]})
+              for split in coarse_train.SPLITS}
+    data, cpu = {"resources": "r", "samples": "s"}, torch.device("cpu")
+    synced = params.replace(sync_batchnorm=True)
+    assert coarse_train.fingerprint(synced, tables, data, 1, cpu) == coarse_train.fingerprint(params, tables, data, 1, cpu)
+    assert coarse_train.fingerprint(synced, tables, data, 2, cpu) != coarse_train.fingerprint(params, tables, data, 2, cpu)
+    assert coarse_train.train_config(synced).sync_batchnorm and not coarse_train.train_config(params).sync_batchnorm
+
+
+def test_a_replica_with_sync_batchnorm_normalises_over_the_global_batch_and_saves_as_batchnorm(monkeypatch):
+    """replica: the model itself in one process; on CUDA with several its BatchNorm layers become
+    SyncBatchNorm in place (the same parameters, so an optimiser made before still steps them,
+    and the same state dict, which the plain network loads); on the CPU it stops naming the key."""
+    import torchvision
+    from stages.common import distributed
+    model = torchvision.models.resnet18(num_classes=4)
+    params_before, keys = list(model.parameters()), list(model.state_dict())
+    assert distributed.replica(model, Dist(0, 1, torch.device("cpu")), True) is model
+    with pytest.raises(ValueError, match="sync_batchnorm is true but the 2 processes run on cpu"):
+        distributed.replica(model, Dist(0, 2, torch.device("cpu")), True)
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
+    monkeypatch.setattr(distributed, "DistributedDataParallel", lambda module, device_ids: ("ddp", module, device_ids))
+    cuda = torch.device("cuda", 1)
+    assert distributed.replica(model, Dist(1, 2, cuda), False) == ("ddp", model, [cuda])
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
+    assert distributed.replica(model, Dist(1, 2, cuda), True) == ("ddp", model, [cuda])
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert len(norms) == 20 and all(isinstance(m, torch.nn.SyncBatchNorm) for m in norms)
+    assert all(a is b for a, b in zip(model.parameters(), params_before)) and list(model.state_dict()) == keys
+    torchvision.models.resnet18(num_classes=4).load_state_dict(model.state_dict())
