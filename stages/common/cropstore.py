@@ -63,8 +63,9 @@ class ResumableRows:
         config, values, done = self.work / "config.json", self.work / "values.npy", self.work / "done.npy"
         resumable = config.is_file() and json.loads(config.read_text()).get("key") == key \
             and values.is_file() and done.is_file()
-        if resumable:
-            self.values = np.load(values, mmap_mode="r+")
+        if resumable:                   # a finished job's values may be linked into an output, read-only
+            finished = np.load(done, mmap_mode="r").all()
+            self.values = np.load(values, mmap_mode="r" if finished else "r+")
             resumable = self.values.shape == tuple(shape) and self.values.dtype == np.dtype(dtype)
         if not resumable:
             shutil.rmtree(self.work, ignore_errors=True)

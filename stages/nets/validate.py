@@ -86,9 +86,10 @@ def unsolved(poses: np.ndarray) -> np.ndarray:
 
 def median_pose(poses: np.ndarray, failed: np.ndarray) -> np.ndarray:
     """The element-wise median (4, 4) of the solved poses (N, 4, 4), the stand-in of the failed
-    ones (N,) bool, so that the score stays defined."""
+    ones (N,) bool (PnP's, or a direct head's non-finite poses), so that the score stays defined."""
     if failed.all():
-        raise ValueError("PnP failed on every validation sample")
+        raise ValueError("no validation sample has a pose: PnP failed on every one, or the network's poses "
+                         "are not finite (a diverged run)")
     return np.median(poses[~failed], axis=0)
 
 
@@ -151,8 +152,9 @@ def block_figures(pred: dict[str, np.ndarray], inv_warps: np.ndarray, camera: Ca
     """The figures of one block of n validation samples (evaluate's arguments): landmarks
     unwarped to the full image with inv_warps (n, 2, 3), the pose by PnP between them and the
     predicted canonical mesh (a direct head's from its R_frame and t_code: frame_poses, its
-    landmarks the mesh projected with it), the per-sample errors of the solved samples, and the
-    landmark figures of each batch of ROWS samples on `workers` threads."""
+    landmarks the mesh projected with it), the per-sample errors of the samples with a finite
+    pose (the others count as pnp_failed), and the landmark figures of each batch of ROWS
+    samples on `workers` threads."""
     if "R_frame" in pred:
         poses = frame_poses(pred["R_frame"], pred["t_code"], inv_warps, camera, crop_size, pose_frame)
         uv_full = camera.project(pred["verts"], poses)
@@ -198,8 +200,12 @@ def summary_of(blocks: list[BlockFigures], workers: int = 1) -> dict[str, float]
 
 def block_rows(rows: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """Consecutive blocks of about BLOCK of `rows` (M,), each a whole number of the network's
-    batches (batch_size) and of the threads' batches (ROWS), so that blocking changes no figure."""
+    batches (batch_size) and, where their least common multiple is at most BLOCK, of the
+    threads' batches (ROWS): blocking then changes no figure. Otherwise (a batch size such as
+    100 or 257) the threads' batches restart at each block: the landmark figures move by float
+    rounding, the block stays small."""
     unit = math.lcm(batch_size, ROWS)
+    unit = unit if unit <= BLOCK else batch_size
     size = unit * max(1, BLOCK // unit)
     return [rows[start:start + size] for start in range(0, len(rows), size)]
 

@@ -440,3 +440,24 @@ def test_an_image_replaced_or_a_code_fix_during_an_interruption_crops_again(tiny
     monkeypatch.setattr(cropping, "_crop_one", lambda path, *a: cropped.append(path) or crop_one(path, *a))
     run(params, tmp, split_dir, coarse_dir)
     assert len(cropped) == 8 + 2 + 3
+
+
+def test_a_finished_work_folder_whose_crops_were_made_read_only_is_resumed(tiny, monkeypatch):
+    """A run stopped after the output's rename, before its work folder went: the crops' file is
+    also the output's, which `dvc commit` (cache.type hardlink) makes read-only; the rerun reads
+    it and crops nothing."""
+    params, tmp, split_dir, coarse_dir = tiny
+    interrupt_after(crop, "stamp_run", 1, lambda: run(params, tmp, split_dir, coarse_dir), monkeypatch)
+    load = np.load
+
+    def read_only_values(path, *args, **kwargs):      # as for a user without root's rights over 0444
+        if Path(path).name == "values.npy" and kwargs.get("mmap_mode") == "r+":
+            raise PermissionError(f"[Errno 13] Permission denied: '{path}'")
+        return load(path, *args, **kwargs)
+
+    monkeypatch.setattr(np, "load", read_only_values)
+    cropped = []
+    crop_one = cropping._crop_one
+    monkeypatch.setattr(cropping, "_crop_one", lambda path, *a: cropped.append(path) or crop_one(path, *a))
+    run(params, tmp, split_dir, coarse_dir)
+    assert cropped == [] and np.load(tmp / "crop/train/images.npy").any()

@@ -58,7 +58,7 @@ def test_validation_in_blocks_gives_one_blocks_figures_also_where_pnp_fails(monk
     30 samples bit for bit, with PnP failing on samples of three blocks: they count in pnp_failed
     and are scored with the median of every solved pose of the split, as in one block."""
     from benchmarks.bench_val import val_case
-    from stages.face.warp import invert_warp
+    from stages.face.warp import apply_warp, invert_warp
     from stages.nets import validate
     from stages.nets.dataset import crop_targets
     from stages.wcpa.score import sample_errors, summarize
@@ -85,12 +85,41 @@ def test_validation_in_blocks_gives_one_blocks_figures_also_where_pnp_fails(monk
     poses = solve(case["pred"]["verts"], case["pred"]["mu"], camera, method="opencv", flags="SQPNP")
     poses[failing] = np.median(poses[~failing], axis=0)
     expected = summarize(sample_errors(case["verts"], case["poses"], case["pred"]["verts"], poses))
+    expected.update(validate.landmark_figures(case["pred"]["mu"], targets, apply_warp(inv, case["pred"]["mu"]), inv,
+                                              case["pred"]["sigma"]))
     assert {key: whole[key] for key in expected} == pytest.approx(expected, rel=1e-12)
+    assert set(whole) == set(expected) | {"pnp_failed"}
 
 
-@pytest.mark.parametrize("batch, sizes", [(256, [4096, 4096, 1808]), (96, [3840, 3840, 2320]), (5000, [10000])])
+@pytest.mark.parametrize("batch, sizes", [(256, [4096, 4096, 1808]), (96, [3840, 3840, 2320]), (100, [4000, 4000, 2000]),
+                                          (257, [3855, 3855, 2290]), (5000, [5000, 5000])])
 def test_validation_blocks_are_whole_batches_of_the_network_and_the_threads(batch, sizes):
     from stages.nets.validate import block_rows
     blocks = block_rows(np.arange(10_000), batch)
     assert [len(block) for block in blocks] == sizes
     assert np.array_equal(np.concatenate(blocks), np.arange(10_000))
+
+
+def test_a_direct_heads_non_finite_poses_are_scored_as_pnps_failures(monkeypatch):
+    """The direct 6DoF head's non-finite poses (a diverged head) count in pnp_failed and take the
+    median of the others, as PnP's failures do; with none finite validation stops saying so
+    (the errors' Euler angles of a NaN pose stopped it with scipy's 'SVD did not converge')."""
+    from benchmarks.bench_val import val_case
+    from stages.face.warp import invert_warp
+    from stages.nets import validate
+    from tests.unit.pnp_cases import challenge_camera
+    case, camera = val_case(10, seed=5), challenge_camera()
+    inv, targets = invert_warp(case["warps"]), np.zeros(case["pred"]["mu"].shape)
+    pred = {"verts": case["pred"]["verts"], "R_frame": np.zeros((10, 3, 3)), "t_code": np.zeros((10, 3))}
+
+    def figures(nan_rows: list[int]) -> dict:
+        poses = np.array(case["poses"], dtype=np.float64)
+        poses[nan_rows] = np.nan
+        monkeypatch.setattr(validate, "frame_poses", lambda *args: poses.copy())
+        return validate.evaluate(pred, inv, camera, case["verts"], case["poses"], targets, "SQPNP", 0, "crop", 1)
+
+    assert figures([])["pnp_failed"] == 0
+    some = figures([3, 7])
+    assert some["pnp_failed"] == 2 and np.isfinite(some["score"])
+    with pytest.raises(ValueError, match="no validation sample has a pose"):
+        figures(list(range(10)))

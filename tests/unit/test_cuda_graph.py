@@ -193,3 +193,19 @@ def test_cuda_graph_replays_of_the_pnp_layer_give_its_direct_terms_and_gradients
         for ours, theirs in zip(grads_r, grads):
             assert (ours - theirs).norm() <= 1e-3 * theirs.norm(), seed
     assert not [r.message for r in caplog.records if "capture failed" in r.message or "compile failed" in r.message]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_replays_advance_the_generator_as_direct_calls_do():
+    """Seeded once, three batches in a row: each replay draws where the direct layer's call at
+    the same place draws (the capture's draws undone, each replay moving the generator on), so
+    the Monte Carlo terms of every batch agree; replays that reused the first draws would not."""
+    settings = dataclasses.replace(SETTINGS, dtype=torch.float32, compiled=True, mc_samples=128)
+    generator = torch.Generator("cuda")
+    runs = {}
+    for cuda_graph in (False, True):
+        layer_fn = pnp_layer(settings, generator, cuda_graph=cuda_graph)
+        generator.manual_seed(7)
+        runs[cuda_graph] = [float(pnp_terms(*cuda_batch(seed), settings, generator, layer_fn)["mc"])
+                            for seed in range(3)]
+    assert np.allclose(runs[True], runs[False], rtol=1e-4, atol=1e-3), runs
