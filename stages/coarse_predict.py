@@ -37,6 +37,7 @@ from stages.common.identity import file_digest, stat_digest
 from stages.common.io import atomic_dir, save_json
 from stages.common.params import CoarsePredictParams, Params
 from stages.common.resume import fingerprint
+from stages.common.schema import SPEED_KEYS
 from stages.common.stage import stage_main
 from stages.wcpa.decode import device_images, load_for_device
 from stages.wcpa.layout import (ID_COLUMNS, DataError, load_resources, read_image, sample_files, sample_key,
@@ -101,16 +102,19 @@ def predict_split(detector: Detector, root: Path | str, table: pd.DataFrame, siz
 
 
 def job_key(model: Path, root: Path | str, table: pd.DataFrame, size: tuple[int, int], cfg: CoarsePredictParams,
-            device: torch.device) -> str:
+            device: torch.device, amp: torch.dtype | None = None) -> str:
     """Identity of one split's landmarks, which a resumed run must share: the detector's bytes, the
     data root, the list's rows and their images' stat_digest (an image replaced during an
-    interruption), the image size, the settings that change the landmarks, where they are
-    computed and the digest of the stage's code (a fix to it: dvc repro reruns the stage, which
-    must not keep the old code's rows)."""
+    interruption), the image size, the settings that change the landmarks (not the speed keys:
+    the batch size), where they are computed and in what precision (`amp`, the detector's
+    autocast type: a CPU with native bfloat16 or not) and the digest of the stage's code (a fix
+    to it: dvc repro reruns the stage, which must not keep the old code's rows)."""
     ids = hashlib.sha256(table[ID_COLUMNS].to_csv(index=False).encode()).hexdigest()
     files = stat_digest(sample_files(root, table, "image"))
+    settings = {key: value for key, value in dataclasses.asdict(cfg).items()
+                if f"coarse_predict.{key}" not in SPEED_KEYS}
     return fingerprint({"model": file_digest(model), "root": str(Path(root).resolve()), "rows": ids, "files": files,
-                        "size": list(size), "settings": dataclasses.asdict(cfg), "device": device.type,
+                        "size": list(size), "settings": settings, "device": device.type, "amp": str(amp),
                         "code": code_digest("stages.coarse_predict")})
 
 
@@ -145,7 +149,7 @@ def run(params: Params, out: Path = Path("artifacts/coarse_predict"),
     for split in SPLITS:
         started = time.perf_counter()
         table, size = tables[split], resources.camera.size
-        store = ResumableRows(partial_dir / split, job_key(model, data.root, table, size, cfg, detector.device),
+        store = ResumableRows(partial_dir / split, job_key(model, data.root, table, size, cfg, detector.device, detector.amp),
                               (len(table), detector.config["n_points"], 2), np.float64)
         landmarks[split] = predict_split(detector, data.root, table, size, cfg, data.workers, bad, split, store)
         seconds = time.perf_counter() - started

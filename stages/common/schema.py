@@ -235,11 +235,12 @@ SCHEMA = {
 
 # Keys that set how fast a stage runs, not what it makes: its processes and threads, its resume
 # granularity, compiled or graphed code (the same arithmetic to float rounding, as between two
-# GPUs) and the validation's batch. dvc.yaml lists them for no stage: a change reruns nothing
+# GPUs) and the batches of networks in eval mode (each image's outputs its own: validation,
+# coarse_predict, infer). dvc.yaml lists them for no stage: a change reruns nothing
 # (tests/unit/test_architecture.py holds every other key of a stage's own section listed).
 SPEED_KEYS = frozenset({
-    "data.workers", "synth.workers", "crop.chunk", "coarse_train.compile",
+    "data.workers", "synth.workers", "crop.chunk", "coarse_train.compile", "coarse_predict.batch_size",
     "train.workers", "train.compile", "train.val_batch_size",
     "finetune.workers", "finetune.compile", "finetune.cuda_graph", "finetune.val_batch_size",
-    "infer.workers", "infer.cuda_graph",
+    "infer.workers", "infer.cuda_graph", "infer.batch_size",
 })

@@ -306,6 +306,23 @@ def test_interrupted_prediction_resumes_its_rows_and_only_with_the_same_detector
     assert sum(calls) == 8 + 2 + 3                 # the old code's batches are not resumed
 
 
+def test_a_predictions_identity_holds_its_precision_and_not_its_batch_size(tiny):
+    """coarse_predict's resumable rows: the batch size (a speed key: each image's landmarks are
+    its own) keeps them; the detector's autocast type (a CPU with native bfloat16 or without)
+    does not."""
+    params, tmp, split_dir = tiny
+    model = tmp / "model.pt"
+    model.write_bytes(b"a detector")
+    table, cpu = read_list(split_dir / "train.csv"), torch.device("cpu")
+
+    def key(amp=None, **changes) -> str:
+        cfg = params.replace(coarse_predict=changes).coarse_predict
+        return coarse_predict.job_key(model, params.data.root, table, (800, 800), cfg, cpu, amp)
+
+    assert key(batch_size=2) == key(batch_size=64) != key(batch_size=2, refine_passes=1)
+    assert key(torch.bfloat16) != key(None)
+
+
 def test_targets_are_read_in_chunks_on_processes_in_row_order(tiny, monkeypatch):
     """load_targets on 2 processes in chunks of 3 rows gives the landmarks of each row's info
     file (project_landmarks of its mesh and pose), stops at the first bad info file in row order

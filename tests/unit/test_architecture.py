@@ -149,7 +149,7 @@ def listed_params(body: dict) -> set[str]:
 def test_a_stage_lists_every_key_of_its_section_but_the_speed_keys(name):
     """A key of a stage's own section that changes what it makes reruns it (a new key cannot be
     forgotten in dvc.yaml); one of SPEED_KEYS (workers, compiled or graphed code, the resume and
-    validation batches) reruns nothing: a full recrop or a detector's retraining made the same
+    eval-mode batches) reruns nothing: a full recrop or a detector's retraining made the same
     outputs again."""
     from stages.common.schema import SCHEMA, SPEED_KEYS
     section = {f"{name}.{key}" for key in SCHEMA[name]}
