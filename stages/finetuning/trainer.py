@@ -4,13 +4,15 @@
 It reuses stages.nets.trainer.Trainer (data, DDP, AMP, checkpoints, validation) with three
 changes: the network starts from artifacts/train/model.pt, the batches carry the true poses
 (stages.finetuning.batches) and the loss adds the PnP terms (stages.finetuning.pnp_loss).
-The run's fingerprint includes the start model's digest and the inputs' identity, so a new
-train model or new crops restart it; a start model trained on other inputs stops it.
+The run's fingerprint includes the start model's identity (its weights, network, inputs and
+params: start_identity) and the inputs' identity, so a new train model or new crops restart it;
+a start model trained on other inputs stops it.
 Validation runs on the start model first, so metrics.json shows the effect of finetuning.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import shutil
@@ -22,10 +24,11 @@ import torch
 
 from stages.common.cuda_graph import graph_on
 from stages.common.distributed import barrier
-from stages.common.identity import file_digest, identity_mismatches
+from stages.common.identity import identity_mismatches
 from stages.common.io import load_torch, save_json
 from stages.common.params import FinetuneParams, Params, ParamsError, TrainParams, check_section
-from stages.common.schema import OPTIMIZATION
+from stages.common.resume import fingerprint
+from stages.common.schema import OPTIMIZATION, SPEED_KEYS
 from stages.finetuning.batches import PoseBatches
 from stages.finetuning.pnp_loss import PnPSettings, pnp_layer, pnp_terms
 from stages.nets.trainer import Trainer, TrainPaths, log_epoch, reframe_limits, replay_live
@@ -58,6 +61,20 @@ def load_start(path: Path) -> dict:
         raise ValueError(f"{path}: not a train model file (missing {', '.join(sorted(missing))}; "
                          "re-run `dvc repro train`)")
     return state
+
+
+def start_identity(start: dict) -> str:
+    """The identity of a start model (load_start's dict) that finetune's checkpoints hold: its
+    weights' bytes, network, basis, inputs and the train params it was made with, less the speed
+    keys. Not the file's bytes: a train rerun that finished nothing new but wrote other workers
+    into model.pt restarted finetuning."""
+    weights = hashlib.sha256()
+    for name, tensor in sorted(start["model"].items()):
+        weights.update(name.encode() + str(tensor.dtype).encode())
+        weights.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    params = {key: value for key, value in start["params"].items() if f"train.{key}" not in SPEED_KEYS}
+    return fingerprint({"weights": weights.hexdigest(), "config": start["config"], "basis": start["basis_shape"],
+                        "inputs": start["inputs"], "params": params})
 
 
 def check_start_inputs(path: Path, start: dict, inputs: dict[str, str]) -> None:
@@ -110,6 +127,7 @@ class FinetuneTrainer(Trainer):
         self.start_params, self.start_cfg = start["params"], start_config(paths.start, start)
         check_start_head(paths.start, self.start_cfg)
         self.start_path, self.pnp = paths.start, pnp_settings(params.finetune)
+        self.start_id = start_identity(start)
         super().__init__(params, paths.data, camera)
         self.check_start(start)
         self.model.load_state_dict(start["model"])
@@ -143,10 +161,10 @@ class FinetuneTrainer(Trainer):
                            reframe=reframe_limits(self.cfg), coeffs=data.coeffs)
 
     def fingerprint_extra(self) -> dict:
-        """Also the PnP settings and the start model's digest: a new train model restarts finetuning.
+        """Also the PnP settings and the start model's identity (start_identity): a new train model restarts finetuning.
         Whether the layer is compiled is left out (a speed key: the same arithmetic to rounding)."""
         pnp = {k: str(v) for k, v in asdict(self.pnp).items() if k != "compiled"}
-        return {**super().fingerprint_extra(), "pnp": pnp, "start": file_digest(self.start_path)}
+        return {**super().fingerprint_extra(), "pnp": pnp, "start": self.start_id}
 
     def trains_sigma(self) -> bool:
         """sigma weights the PnP residuals (eq. 5 and the MC loss): always trained here."""

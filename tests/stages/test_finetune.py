@@ -123,6 +123,21 @@ def test_compiling_the_layer_keeps_the_checkpoints_identity(tmp_path, monkeypatc
     assert identity(compile=True) == identity(compile=False) != identity(compile=False, mc_samples=8)
 
 
+def test_the_start_models_identity_is_its_weights_network_inputs_and_params_less_the_speed_keys():
+    """A train rerun that rewrote model.pt with other workers (a speed key) keeps finetune's
+    checkpoints; other weights (bfloat16 ones too, and a 0-dim buffer) or another lr do not."""
+    from stages.finetuning.trainer import start_identity
+    start = {"model": {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "n": torch.tensor(3),
+                       "h": torch.ones(2, dtype=torch.bfloat16)},
+             "config": {"depth": 18}, "basis_shape": [4, 5, 3], "inputs": {"crop_run": "abc"},
+             "params": {"lr": 1e-4, "workers": 2, "compile": False}}
+    same = {**start, "params": {"lr": 1e-4, "workers": 12, "compile": True}}
+    other_lr = {**start, "params": {**start["params"], "lr": 2e-4}}
+    other_w = {**start, "model": {**start["model"], "h": torch.full((2,), 1.5, dtype=torch.bfloat16)}}
+    assert start_identity(start) == start_identity(same)
+    assert len({start_identity(start), start_identity(other_lr), start_identity(other_w)}) == 3
+
+
 def test_an_interrupted_finetune_resumes_to_the_uninterrupted_model(tmp_path, monkeypatch):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     finetune_project(whole, monkeypatch, epochs=2)
