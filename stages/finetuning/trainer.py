@@ -161,8 +161,9 @@ class FinetuneTrainer(Trainer):
                            reframe=reframe_limits(self.cfg), coeffs=data.coeffs)
 
     def fingerprint_extra(self) -> dict:
-        """Also the PnP settings and the start model's identity (start_identity): a new train model restarts finetuning.
-        Whether the layer is compiled is left out (a speed key: the same arithmetic to rounding)."""
+        """Also the PnP settings and the start model's identity (start_identity): a new train model
+        restarts finetuning. Whether the layer is compiled is left out (a speed key: the same
+        arithmetic to rounding)."""
         pnp = {k: str(v) for k, v in asdict(self.pnp).items() if k != "compiled"}
         return {**super().fingerprint_extra(), "pnp": pnp, "start": self.start_id}
 
