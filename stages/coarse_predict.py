@@ -149,8 +149,8 @@ def run(params: Params, out: Path = Path("artifacts/coarse_predict"),
     for split in SPLITS:
         started = time.perf_counter()
         table, size = tables[split], resources.camera.size
-        store = ResumableRows(partial_dir / split, job_key(model, data.root, table, size, cfg, detector.device, detector.amp),
-                              (len(table), detector.config["n_points"], 2), np.float64)
+        key = job_key(model, data.root, table, size, cfg, detector.device, detector.amp)
+        store = ResumableRows(partial_dir / split, key, (len(table), detector.config["n_points"], 2), np.float64)
         landmarks[split] = predict_split(detector, data.root, table, size, cfg, data.workers, bad, split, store)
         seconds = time.perf_counter() - started
         metrics[f"{split}_seconds"] = seconds

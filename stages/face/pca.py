@@ -295,7 +295,7 @@ def expression_modes(verts, subjects: np.ndarray, usable: np.ndarray, neutral: n
     subjects = np.asarray(subjects)
     neutral_of = dict(zip(subjects[neutral].tolist(), neutral.tolist()))
     candidates = np.flatnonzero(usable & ~np.isin(np.arange(len(subjects)), neutral)
-                                & pd.Series(subjects).isin(list(neutral_of)).to_numpy())   # hashed: np.isin loops on strings
+                                & pd.Series(subjects).isin(list(neutral_of)).to_numpy())   # np.isin loops on strings
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(candidates, min(max_frames, len(candidates)), replace=False))
     n_modes = min(n_modes, len(rows) - 1)

@@ -164,7 +164,8 @@ def block_figures(pred: dict[str, np.ndarray], inv_warps: np.ndarray, camera: Ca
                                           workers, ROWS))
         poses = pose_from_landmarks(pred["verts"], uv_full, camera, method="opencv", flags=pnp_flags, workers=workers)
     failed = unsolved(poses)
-    errors = sample_errors(verts_gt, poses_gt, pred["verts"], np.where(failed[:, None, None], np.eye(4), poses), workers)
+    solved = np.where(failed[:, None, None], np.eye(4), poses)      # the failed rows' errors: NaN below
+    errors = sample_errors(verts_gt, poses_gt, pred["verts"], solved, workers)
     errors.loc[failed] = np.nan
     sigma = None if "R_frame" in pred else pred["sigma"]
 
