@@ -59,7 +59,7 @@ def phase_seconds(case: dict, workers: int) -> dict[str, float]:
     """Seconds of the validation's CPU part and of its PnP and per-sample errors on `workers` threads."""
     camera, pred, verts, poses, warps = challenge_camera(), case["pred"], case["verts"], case["poses"], case["warps"]
     inv = invert_warp(warps)
-    pnp = validation_poses(pred["verts"], pred["mu"], camera, "SQPNP", workers)[0]
+    pnp = validation_poses(pred["verts"], pred["mu"], camera, "SQPNP", workers)
     return {"all": timed(lambda: evaluate(pred, inv, camera, verts, poses,
                                           validation_targets(camera, verts, poses, warps, workers), "SQPNP", 0, "crop",
                                           workers)),

@@ -68,15 +68,11 @@ def _read_chunk(images: np.ndarray, inv_warps: np.ndarray, rows: np.ndarray, sta
 
 
 def validation_poses(verts: np.ndarray, uv_full: np.ndarray, camera: Camera, flags: str,
-                     workers: int = 1) -> tuple[np.ndarray, int]:
+                     workers: int = 1) -> np.ndarray:
     """Poses (N, 4, 4) from predicted meshes (N, V, 3) and their landmarks (N, V, 2) full-image
     px, by OpenCV's PnP (cv2.SOLVEPNP_<flags>, or '<METHOD>+ITERATIVE': stages.pnp.opencv) on
-    all points on `workers` threads, and the number of failed samples (their pose is replaced by
-    the element-wise median of the solved ones, so the score stays defined)."""
-    poses = pose_from_landmarks(verts, uv_full, camera, method="opencv", flags=flags, workers=workers)
-    failed = unsolved(poses)
-    poses[failed] = median_pose(poses, failed)
-    return poses, int(failed.sum())
+    all points on `workers` threads; NaN where it failed (unsolved)."""
+    return pose_from_landmarks(verts, uv_full, camera, method="opencv", flags=flags, workers=workers)
 
 
 def unsolved(poses: np.ndarray) -> np.ndarray:
@@ -162,7 +158,7 @@ def block_figures(pred: dict[str, np.ndarray], inv_warps: np.ndarray, camera: Ca
     else:
         uv_full = np.concatenate(map_rows(lambda rows: apply_warp(inv_warps[rows], pred["mu"][rows]), len(inv_warps),
                                           workers, ROWS))
-        poses = pose_from_landmarks(pred["verts"], uv_full, camera, method="opencv", flags=pnp_flags, workers=workers)
+        poses = validation_poses(pred["verts"], uv_full, camera, pnp_flags, workers)
     failed = unsolved(poses)
     solved = np.where(failed[:, None, None], np.eye(4), poses)      # the failed rows' errors: NaN below
     errors = sample_errors(verts_gt, poses_gt, pred["verts"], solved, workers)
