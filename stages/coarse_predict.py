@@ -9,7 +9,7 @@ list. Writes artifacts/coarse_predict/:
   skipped.csv            samples skipped as bad input (with data.skip_bad)
 Work in progress lives in artifacts/coarse_predict.partial/ (each batch's landmarks as they come,
 stages.common.cropstore.ResumableRows): an interrupted run resumes there with the same detector,
-rows and settings, and starts afresh with any other.
+rows, settings (its batch size aside) and autocast type, and starts afresh with any other.
 """
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ R_t. Reads artifacts/split/{train,val}.csv. Writes artifacts/coarse_train/:
   live/          dvclive metrics and per-epoch curves
   skipped.csv    samples skipped as bad input (with data.skip_bad)
 Work in progress lives in artifacts/coarse_train.partial/ (checkpoint after every epoch, dvclive
-history): an interrupted run resumes from there when the params, the lists and the data's
+history): an interrupted run resumes from there when the params (less the speed keys; decode
+and augment as they resolve), the processes (and sync_batchnorm), the lists and the data's
 identity (resources and a sample of the files' bytes) are unchanged.
 
 Under torchrun (`python -m stages.launch coarse_train` with params `gpus` > 1; docs in

@@ -1,7 +1,8 @@
 """The project's own code that a stage module runs: the stages/ files it imports, read from the
 source with `ast` (imports inside functions count; those under `if TYPE_CHECKING:` do not), and
-their digest. A training checkpoint holds the digest of its stage's code: a run of other code
-never resumes it (tests/unit/test_architecture.py checks dvc.yaml's deps against the same files).
+their digest (less NOT_DEPS). Training checkpoints and crop's and coarse_predict's job keys hold
+the digest of their stage's code: a run of other code never resumes them
+(tests/unit/test_architecture.py checks dvc.yaml's deps against the same files).
 """
 from __future__ import annotations
 

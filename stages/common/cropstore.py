@@ -13,7 +13,8 @@ memory-mapped done mask marks the rows already written: `write` flushes the page
 image rows to disk before it marks them done, and flushes only those pages and the mask's (the
 cost of a chunk does not grow with N). config.json identifies the job (size, rows, a hash of the
 warps and the decode path). A rerun with the same job continues with the rows not done; any other
-job starts afresh. `finish` moves the images into the split folder and writes the rest.
+job starts afresh. `finish` links (or copies) the images into the split folder and writes the
+rest; the work folder stays until the caller removes it, once the whole output is in place.
 """
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 A type is a Python type (str, int, float, bool), `(type, None)` for an optional value,
 `[type]` for a list, `Range(type, low, high)` for a number within bounds, or `Choice(a, b, ...)`
 for one of a few values, `OrAuto(kind)` for the word `auto` (resolved where the value is used)
-or a value of `kind`. Each stage owns its section; `data`, `seed` and `lambda` are shared.
+or a value of `kind`. Each stage owns its section; `data`, `seed` and `lambda` are shared, and
+`gpus` and `sync_batchnorm` by the three training stages.
 Add a key here and in params.yaml (and in stages/profiles/*.yaml where it differs).
 """
 from __future__ import annotations

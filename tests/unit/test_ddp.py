@@ -281,7 +281,7 @@ def test_sync_batchnorm_is_in_the_identity_of_a_run_of_several_processes_only():
     assert coarse_train.train_config(synced).sync_batchnorm and not coarse_train.train_config(params).sync_batchnorm
 
 
-def test_a_replica_with_sync_batchnorm_normalises_over_the_global_batch_and_saves_as_batchnorm(monkeypatch):
+def test_a_replica_with_sync_batchnorm_converts_its_batchnorm_in_place_and_saves_as_batchnorm(monkeypatch):
     """replica: the model itself in one process; on CUDA with several its BatchNorm layers become
     SyncBatchNorm in place (the same parameters, so an optimiser made before still steps them,
     and the same state dict, which the plain network loads); on the CPU it stops naming the key."""
