@@ -15,7 +15,7 @@ from stages.coarse_train import train_config
 from stages.coarse import train as coarse_loop
 from stages.coarse.train import kept_everywhere, share_weight
 from stages.common.badinput import BadInputs
-from stages.common.distributed import host_group, start_distributed
+from stages.common.distributed import host_group, same_everywhere, start_distributed
 from stages.common.params import Params, load_params
 from stages.common.stage import finish_distributed
 from stages.finetuning.pnp_loss import masked_mean
@@ -182,3 +182,17 @@ def run_finish_rank(rank: int, root: str, port: int) -> None:
     start_distributed("cpu")
     finish_distributed()
     torch.save({"initialized": dist.is_initialized()}, Path(root) / f"finish{rank}.pt")
+
+
+def run_agreement_rank(rank: int, root: str, port: int) -> None:
+    """Agree on 3 in both processes, then offer 3 + rank: saves what each process raised."""
+    join_as(rank, port)
+    ctx = start_distributed("cpu")
+    same_everywhere(3, ctx, "the epochs done")
+    try:
+        same_everywhere(3 + rank, ctx, "the epochs done")
+        message = ""
+    except RuntimeError as err:
+        message = str(err)
+    torch.save({"message": message}, Path(root) / f"agree{rank}.pt")
+    dist.destroy_process_group()

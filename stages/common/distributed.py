@@ -72,6 +72,19 @@ def replica(model: torch.nn.Module, ctx: Dist, sync_batchnorm: bool = False,
     return DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
 
 
+def same_everywhere(value: int, ctx: Dist, what: str) -> None:
+    """Stop in every process unless all of them hold the same `value` (an int, e.g. the epoch a
+    run resumes after): processes that went on with different ones would wait in each other's
+    collectives until the timeout. `what` names the value in the message."""
+    if ctx.world == 1:
+        return
+    bounds = torch.tensor([value, -value], dtype=torch.int64, device=ctx.device)
+    dist.all_reduce(bounds, op=dist.ReduceOp.MAX)
+    high, low = int(bounds[0]), -int(bounds[1])
+    if high != low:
+        raise RuntimeError(f"the {ctx.world} processes disagree on {what}: from {low} to {high}")
+
+
 def barrier(ctx: Dist) -> None:
     """Wait until every process gets here (nothing in one process)."""
     if ctx.world > 1:

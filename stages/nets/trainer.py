@@ -25,8 +25,8 @@ from tqdm import tqdm
 from stages.common import resume
 from stages.common.cropstore import read_rows
 from stages.common.code import code_digest
-from stages.common.distributed import (Dist, barrier, mean_over_ranks, process_workers, replica, share_cores,
-                                       start_distributed)
+from stages.common.distributed import (Dist, barrier, mean_over_ranks, process_workers, replica, same_everywhere,
+                                       share_cores, start_distributed)
 from stages.common.identity import input_identity
 from stages.common.io import save_json, save_torch
 from stages.common.params import Params, TrainParams
@@ -295,11 +295,12 @@ class Trainer:
     def resume(self) -> bool:
         """Load the latest matching checkpoint; False when training starts from scratch."""
         state = self.checkpoints().latest(self.cfg.epochs)
-        if state is None:
-            return False
-        self.start_epoch = resume.restore(state, {"model": self.model}, self.optimizer, self.scaler)
-        self.history = state["history"]
-        return True
+        if state is not None:
+            self.start_epoch = resume.restore(state, {"model": self.model}, self.optimizer, self.scaler)
+            self.history = state["history"]
+        same_everywhere(self.start_epoch, self.ctx, f"the epochs done in {self.paths.checkpoints} (a process that "
+                        "could not read the checkpoint the others resume from?)")
+        return state is not None
 
     def checkpoints(self) -> resume.Checkpoints:
         """This run's epoch files (stages.common.resume), under its fingerprint."""

@@ -20,8 +20,8 @@ from stages.nets.trainer import TrainPaths, make_loader, run_training
 from stages.wcpa.camera import Camera
 from stages.common.params import apply_overrides, load_params
 from stages.wcpa.layout import image_path, write_list
-from tests.ddp_worker import (run_coarse_rank, run_epoch_rank, run_finish_rank, run_masked_mean_rank, run_rank,
-                               run_share_weight_rank, run_training_rank)
+from tests.ddp_worker import (run_agreement_rank, run_coarse_rank, run_epoch_rank, run_finish_rank,
+                               run_masked_mean_rank, run_rank, run_share_weight_rank, run_training_rank)
 from tests.stages.tiny_data import write_tiny_root
 from tests.tiny_project import PROJ, make_tiny_project
 
@@ -302,3 +302,12 @@ def test_a_replica_with_sync_batchnorm_converts_its_batchnorm_in_place_and_saves
     assert len(norms) == 20 and all(isinstance(m, torch.nn.SyncBatchNorm) for m in norms)
     assert all(a is b for a, b in zip(model.parameters(), params_before)) and list(model.state_dict()) == keys
     torchvision.models.resnet18(num_classes=4).load_state_dict(model.state_dict())
+
+
+def test_processes_that_would_resume_from_different_epochs_all_stop(tmp_path):
+    """A process that could not read the checkpoint the others resume from would train more
+    epochs, its collectives waiting for theirs until the timeout: every process stops at once,
+    saying where they disagree (Trainer.resume and the detector's loop check it)."""
+    mp.spawn(run_agreement_rank, args=(str(tmp_path), free_port()), nprocs=2, join=True)
+    messages = [torch.load(tmp_path / f"agree{rank}.pt")["message"] for rank in (0, 1)]
+    assert messages == ["the 2 processes disagree on the epochs done: from 3 to 4"] * 2
