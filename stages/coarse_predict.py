@@ -35,9 +35,8 @@ from stages.common.cropstore import ResumableRows
 from stages.common.device import pick_device, torch_path
 from stages.common.identity import file_digest, stat_digest
 from stages.common.io import atomic_dir, save_json
-from stages.common.params import CoarsePredictParams, Params
+from stages.common.params import CoarsePredictParams, Params, without_speed_keys
 from stages.common.resume import fingerprint
-from stages.common.schema import SPEED_KEYS
 from stages.common.stage import stage_main
 from stages.wcpa.decode import device_images, load_for_device
 from stages.wcpa.layout import (ID_COLUMNS, DataError, load_resources, read_image, sample_files, sample_key,
@@ -111,8 +110,7 @@ def job_key(model: Path, root: Path | str, table: pd.DataFrame, size: tuple[int,
     to it: dvc repro reruns the stage, which must not keep the old code's rows)."""
     ids = hashlib.sha256(table[ID_COLUMNS].to_csv(index=False).encode()).hexdigest()
     files = stat_digest(sample_files(root, table, "image"))
-    settings = {key: value for key, value in dataclasses.asdict(cfg).items()
-                if f"coarse_predict.{key}" not in SPEED_KEYS}
+    settings = without_speed_keys("coarse_predict", dataclasses.asdict(cfg))
     return fingerprint({"model": file_digest(model), "root": str(Path(root).resolve()), "rows": ids, "files": files,
                         "size": list(size), "settings": settings, "device": device.type, "amp": str(amp),
                         "code": code_digest("stages.coarse_predict")})

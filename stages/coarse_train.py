@@ -41,10 +41,9 @@ from stages.common.device import torch_path
 from stages.common.distributed import barrier, process_workers, start_distributed
 from stages.common.identity import files_digest, path_digest, stat_digest
 from stages.common.io import atomic_dir, save_json
-from stages.common.params import Params
+from stages.common.params import Params, without_speed_keys
 from stages.common.resume import Checkpoints
 from stages.common.resume import fingerprint as content_fingerprint
-from stages.common.schema import SPEED_KEYS
 from stages.common.stage import stage_main
 from stages.wcpa.layout import image_path, info_path, load_resources, read_list, sample_files
 
@@ -92,8 +91,8 @@ def fingerprint(params: Params, tables: dict, data: dict[str, str], processes: i
     files = stat_digest(path for split in SPLITS for kind in ("image", "info")
                         for path in sample_files(params.data.root, tables[split], kind))
     paths = {"decode": torch_path(cfg.decode, device), "augment": torch_path(cfg.augment, device)}
-    settings = {key: value for key, value in cfg.as_dict().items()
-                if f"coarse_train.{key}" not in SPEED_KEYS and key not in paths}
+    settings = {key: value for key, value in without_speed_keys("coarse_train", cfg.as_dict()).items()
+                if key not in paths}
     synced = ["sync_batchnorm"] if params.sync_batchnorm and processes > 1 else []
     return content_fingerprint([settings, params.seed, params.data.root, data, lists, processes, *synced, paths,
                                 files, code_digest("stages.coarse_train")])

@@ -38,8 +38,7 @@ from stages.coarse.model import LandmarkNet
 from stages.coarse.sources import PASSES, Samples, Stream, ViewSet
 from stages.common.badinput import BadInputs
 from stages.common.device import torch_path
-from stages.common.distributed import (Dist, host_group, mean_over_ranks, replica, same_everywhere, share_cores,
-                                       start_distributed)
+from stages.common.distributed import Dist, host_group, mean_over_ranks, replica, share_cores, start_distributed
 from stages.common.precision import amp_dtype, autocast, needs_grad_scaler, place_network
 from stages.common.resume import Checkpoints, capture, restore
 from stages.common.threads import usable_cores
@@ -238,8 +237,7 @@ def train(cfg: TrainConfig, train_samples: Samples, val_samples: Samples, flip_o
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=steps, pct_start=0.15)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=needs_grad_scaler(training_amp(ctx.device)))
     first_epoch, history = _resume(checkpoints, cfg.epochs, nets, (optimizer, scaler, schedule), bad)
-    same_everywhere(first_epoch, ctx, f"the epochs done in {checkpoints.folder} (a process that could not read "
-                    "the checkpoint the others resume from?)")
+    checkpoints.agree(first_epoch, ctx)
     for metrics in history:
         log_step(live, metrics)
     sizes = {"locate": cfg.locate_size, "refine": cfg.refine_size}

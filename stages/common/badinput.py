@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from pathlib import Path
 from collections.abc import Iterator, Set as AbstractSet
+from pathlib import Path
 
 import pandas as pd
 

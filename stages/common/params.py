@@ -28,7 +28,7 @@ from typing import Any, Literal, Mapping, Optional, Union
 
 import yaml
 
-from stages.common.schema import AUTO, SCHEMA, Choice, OrAuto, Range
+from stages.common.schema import AUTO, SCHEMA, SPEED_KEYS, Choice, OrAuto, Range
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -275,6 +275,12 @@ def _check_detector(params: Params) -> str:
     return (f"crop.source is {crop.source}: set crop.detector: {shown} (it is {crop.detector}); dvc.yaml builds "
             f"coarse_train and coarse_predict from it, e.g. dvc exp run -S crop.source={crop.source} "
             f"-S 'crop.detector={shown}'")
+
+
+def without_speed_keys(section: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of `section` in `values` that change what a stage makes: SPEED_KEYS left out
+    (for the identities that decide what a resumed run may reuse)."""
+    return {key: value for key, value in values.items() if f"{section}.{key}" not in SPEED_KEYS}
 
 
 def apply_overrides(params: Params, assignments: list[str]) -> Params:

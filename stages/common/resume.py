@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from stages.common.distributed import Dist, same_everywhere
 from stages.common.io import UnsafeCheckpointError, load_torch, save_torch
 
 log = logging.getLogger("resume")
@@ -117,6 +118,13 @@ class Checkpoints:
             log.info("resuming from %s (%d epochs done)", path, state["epoch"] + 1)
             return state
         return None
+
+    def agree(self, epoch: int, ctx: Dist) -> None:
+        """Stop every process unless all of them start from the same 0-based `epoch` (0: from
+        scratch): one that could not read the checkpoint the others read would wait in their
+        collectives until the timeout (same_everywhere)."""
+        same_everywhere(epoch, ctx, f"the epochs done in {self.folder} (a process that could not read the "
+                        "checkpoint the others resume from?)")
 
     def _read(self, path: Path) -> dict | None:
         """The state in `path` when it is this run's and complete, else None (with a warning)."""

@@ -26,9 +26,10 @@ from stages.common.cuda_graph import graph_on
 from stages.common.distributed import barrier
 from stages.common.identity import identity_mismatches
 from stages.common.io import load_torch, save_json
-from stages.common.params import FinetuneParams, Params, ParamsError, TrainParams, check_section
+from stages.common.params import (FinetuneParams, Params, ParamsError, TrainParams, check_section,
+                                  without_speed_keys)
 from stages.common.resume import fingerprint
-from stages.common.schema import OPTIMIZATION, SPEED_KEYS
+from stages.common.schema import OPTIMIZATION
 from stages.finetuning.batches import PoseBatches
 from stages.finetuning.pnp_loss import PnPSettings, pnp_layer, pnp_terms
 from stages.nets.trainer import Trainer, TrainPaths, log_epoch, reframe_limits, replay_live
@@ -72,7 +73,7 @@ def start_identity(start: dict) -> str:
     for name, tensor in sorted(start["model"].items()):
         weights.update(name.encode() + str(tensor.dtype).encode())
         weights.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-    params = {key: value for key, value in start["params"].items() if f"train.{key}" not in SPEED_KEYS}
+    params = without_speed_keys("train", start["params"])
     return fingerprint({"weights": weights.hexdigest(), "config": start["config"], "basis": start["basis_shape"],
                         "inputs": start["inputs"], "params": params})
 

@@ -25,8 +25,8 @@ from tqdm import tqdm
 from stages.common import resume
 from stages.common.cropstore import read_rows
 from stages.common.code import code_digest
-from stages.common.distributed import (Dist, barrier, mean_over_ranks, process_workers, replica, same_everywhere,
-                                       share_cores, start_distributed)
+from stages.common.distributed import (Dist, barrier, mean_over_ranks, process_workers, replica, share_cores,
+                                       start_distributed)
 from stages.common.identity import input_identity
 from stages.common.io import save_json, save_torch
 from stages.common.params import Params, TrainParams
@@ -298,8 +298,7 @@ class Trainer:
         if state is not None:
             self.start_epoch = resume.restore(state, {"model": self.model}, self.optimizer, self.scaler)
             self.history = state["history"]
-        same_everywhere(self.start_epoch, self.ctx, f"the epochs done in {self.paths.checkpoints} (a process that "
-                        "could not read the checkpoint the others resume from?)")
+        self.checkpoints().agree(self.start_epoch, self.ctx)
         return state is not None
 
     def checkpoints(self) -> resume.Checkpoints:
@@ -389,9 +388,10 @@ class Trainer:
         """The validation figures of the val store's rows (M,) (stages.nets.validate.block_figures)."""
         data = self.val_data
         verts, poses, warps = read_rows(data.verts, rows), data.poses[rows], data.store.warps[rows]
-        pred = predict(self.model, data.store.images, data.store.inv_warps[rows], self.cfg.val_batch_size,
-                       self.ctx.device, self.amp, rows)
-        return block_figures(pred, data.store.inv_warps[rows], self.camera, verts, poses,
+        inv_warps = data.store.inv_warps[rows]
+        pred = predict(self.model, data.store.images, inv_warps, self.cfg.val_batch_size, self.ctx.device, self.amp,
+                       rows)
+        return block_figures(pred, inv_warps, self.camera, verts, poses,
                              validation_targets(self.camera, verts, poses, warps, workers), self.cfg.val_pnp_flags,
                              data.store.size, self.cfg.pose_frame, workers)
 
