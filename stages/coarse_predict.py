@@ -152,7 +152,8 @@ def run(params: Params, out: Path = Path("artifacts/coarse_predict"),
         landmarks[split] = predict_split(detector, data.root, table, size, cfg, data.workers, bad, split, store)
         seconds = time.perf_counter() - started
         metrics[f"{split}_seconds"] = seconds
-        metrics[f"{split}_images_per_second"] = len(tables[split]) / max(seconds, 1e-9)
+        metrics[f"{split}_resumed"] = store.resumed
+        metrics[f"{split}_images_per_second"] = (len(table) - store.resumed) / max(seconds, 1e-9)
     for split in ("train", "val"):
         target, kept = load_targets(data.root, tables[split], resources, bad, data.workers)
         pred = landmarks[split][kept]

@@ -57,7 +57,7 @@ class ResumableRows:
     key). A run with the same key continues with the rows not done; any other key, or shape, starts
     afresh, so that a resumed run never reuses rows made from other inputs. `write` flushes a
     block's rows to disk before it marks them done, and only those pages (the cost of a block does
-    not grow with N)."""
+    not grow with N). `resumed`: the rows that earlier runs had done when this one started."""
 
     def __init__(self, work: Path | str, key: str, shape: tuple[int, ...], dtype):
         self.work = Path(work)
@@ -76,6 +76,7 @@ class ResumableRows:
             save_json(config, {"key": key, "rows": shape[0]})
             self.values = np.load(values, mmap_mode="r+")
         self.done = np.load(done, mmap_mode="r+")
+        self.resumed = int(np.count_nonzero(self.done))
 
     def pending(self, rows: np.ndarray, chunk: int) -> list[np.ndarray]:
         """The not-yet-written rows among `rows`, in chunks of at most `chunk`."""
@@ -111,6 +112,11 @@ class CropStoreWriter:
         self.size = size
         self.rows = ResumableRows(self.work, job_key(self.warps, size, self.table, method, files, code),
                                   (len(self.table), size, size, 3), np.uint8)
+
+    @property
+    def resumed(self) -> int:
+        """The crops that earlier runs had written when this one started."""
+        return self.rows.resumed
 
     def pending(self, rows: np.ndarray, chunk: int) -> list[np.ndarray]:
         """The not-yet-written rows among `rows`, in chunks of at most `chunk`."""

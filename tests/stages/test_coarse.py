@@ -280,6 +280,8 @@ def test_interrupted_prediction_resumes_its_rows_and_only_with_the_same_detector
     calls = predicted_images(monkeypatch)
     coarse_predict.run(params, out, model, split_dir)
     assert sum(calls) == 8 - 4 + 2 + 3             # train's first 2 batches of 2 were kept
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [metrics[f"{split}_resumed"] for split in ("train", "val", "test")] == [4, 0, 0]
     for split, landmarks in whole.items():
         np.testing.assert_array_equal(np.load(out / f"{split}.npy"), landmarks)
     interrupt_after(ResumableRows, "write", 2, lambda: coarse_predict.run(params, out, model, split_dir), monkeypatch)

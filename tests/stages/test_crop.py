@@ -197,6 +197,8 @@ def test_interrupted_crop_resumes_without_redoing_finished_chunks(tiny, monkeypa
     monkeypatch.setattr(cropping, "_crop_one", lambda path, *a: cropped.append(path) or crop_one(path, *a))
     run(params, tmp, split_dir, coarse_dir)
     assert len(cropped) == 8 + 2 + 3 - 6
+    metrics = json.loads((tmp / "crop/metrics.json").read_text())
+    assert [metrics[split]["resumed"] for split in ("train", "val", "test")] == [6, 0, 0]
     resumed = np.load(tmp / "crop/train/images.npy")
     (tmp / "crop").rename(tmp / "crop_resumed")
     run(params, tmp, split_dir, coarse_dir)
