@@ -33,7 +33,7 @@ from stages.coarse.augment import Jitter, Photometric, flip_warp, jitter_warp
 from stages.coarse.views import locate_warp, refine_warp
 from stages.common.badinput import BadInputs
 from stages.face.warp import apply_warp, compose, warp_image
-from stages.wcpa.layout import DataError, image_path, read_image, sample_key
+from stages.wcpa.layout import DataError, read_image, sample_files, sample_keys
 
 SOURCE_FIELD = 1.5
 PASSES = ("locate", "refine")
@@ -67,21 +67,24 @@ def list_samples(root: Path | str, table: pd.DataFrame, landmarks: np.ndarray, s
     """The listed images whose file exists and is not empty (a stat, no decode); size: the data
     set's (width, height) px. A missing or empty file stops with its name, or with data.skip_bad
     is recorded in `bad` and left out."""
-    paths, keys, kept = [], [], []
-    for index, row in enumerate(table.itertuples(index=False)):
-        path = image_path(root, row)
-        with bad.guard(sample_key(row)):
-            try:
-                empty = os.stat(path).st_size == 0
-            except OSError:
-                raise DataError(f"{path}: image not found") from None
-            if empty:
-                raise DataError(f"{path}: not a decodable image (corrupt or empty)")
-            paths.append(os.fsencode(path))
-            keys.append(sample_key(row).encode())
-            kept.append(index)
-    return Samples(np.array(paths, dtype=bytes), np.array(keys, dtype=bytes),
-                   np.asarray(landmarks, dtype=np.float64)[kept], tuple(size))
+    paths, keys = sample_files(root, table, "image"), sample_keys(table)
+    kept = np.array([_nonempty(path) for path in paths], dtype=bool)
+    for index in np.flatnonzero(~kept):
+        with bad.guard(keys[index]):
+            raise DataError(f"{paths[index]}: " + ("not a decodable image (corrupt or empty)"
+                                                   if os.path.exists(paths[index]) else "image not found"))
+    rows = np.flatnonzero(kept)
+    return Samples(np.array([os.fsencode(paths[i]) for i in rows], dtype=bytes),
+                   np.array([keys[i].encode() for i in rows], dtype=bytes),
+                   np.asarray(landmarks, dtype=np.float64)[rows], tuple(size))
+
+
+def _nonempty(path: str) -> bool:
+    """Whether `path` is a file of at least one byte."""
+    try:
+        return os.stat(path).st_size > 0
+    except OSError:
+        return False
 
 
 def reduction(density: float, limit: int) -> int:

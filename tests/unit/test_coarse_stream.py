@@ -135,11 +135,13 @@ def test_missing_or_empty_files_are_found_up_front_and_corrupt_ones_while_stream
         (image_dir / f"{k}_ar.jpg").write_bytes(open(samples.paths[k], "rb").read())
     (image_dir / "1_ar.jpg").write_bytes(b"")
     (image_dir / "3_ar.jpg").unlink()
-    with pytest.raises(DataError, match="1_ar.jpg"):
+    with pytest.raises(DataError, match="1_ar.jpg: not a decodable image"):
         list_samples(tmp_path / "root", table, samples.landmarks, samples.size, BadInputs(skip=False, max_fraction=1.0))
     bad = BadInputs(skip=True, max_fraction=1.0)
     kept = list_samples(tmp_path / "root", table, samples.landmarks, samples.size, bad)
     assert [kept.key(i) for i in range(len(kept))] == ["s/a/0", "s/a/2"] and bad.keys == {"s/a/1", "s/a/3"}
+    assert [record["reason"] for record in bad.records] == ["not a decodable image (corrupt or empty)",
+                                                            "image not found"]
     assert np.array_equal(kept.landmarks, samples.landmarks[[0, 2]])
 
     (image_dir / "2_ar.jpg").write_bytes(b"not a jpeg")       # corrupt: found when decoded
