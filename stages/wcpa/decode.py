@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import warnings
 
+import numpy as np
+
 from stages.wcpa.layout import DataError, check_image_size, image_bytes, read_image
 
 log = logging.getLogger(__name__)
@@ -74,16 +76,44 @@ def _checked_size(image, path: str, image_size: tuple[int, int]):
 
 
 def load_for_device(path: str, device, image_size: tuple[int, int]):
-    """A worker thread's (or loader process's) read of an image: its bytes as a (N,) CPU tensor
-    (decoded there when `device` is the CPU, where a batched decode is a loop anyway), or its
-    DataError."""
+    """A worker thread's (or loader process's) read of an image: its bytes as a (N,) CPU tensor,
+    decoded there when `device` is the CPU (where a batched decode is a loop anyway) or when the
+    JPEG has four colour components (CMYK or YCCK: nvJPEG, as torchvision calls it, does not
+    convert them to RGB), or its DataError."""
     import torch
     try:
         data = image_bytes(path)
     except DataError as err:
         return err
+    on_cpu = device.type == "cpu" or jpeg_components(data) == 4
     data = torch.from_numpy(data)
-    return data if device.type != "cpu" else decode_images([data], [path], device, image_size)[0]
+    return decode_images([data], [path], torch.device("cpu"), image_size)[0] if on_cpu else data
+
+
+SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}     # start of frame, any coding
+UNSIZED_MARKERS = frozenset(range(0xD0, 0xDA)) | {0x01}               # RSTn, SOI, EOI, TEM
+
+
+def jpeg_components(data: np.ndarray) -> int | None:
+    """The colour components of a JPEG's frame (1 grey, 3 YCbCr or RGB, 4 CMYK or YCCK) from its
+    header, bytes (N,) uint8; None when the bytes hold no JPEG frame header before the scan."""
+    view = memoryview(np.ascontiguousarray(data, dtype=np.uint8)).cast("B")
+    if len(view) < 4 or view[0] != 0xFF or view[1] != 0xD8:
+        return None
+    at = 2
+    while at + 4 <= len(view) and view[at] == 0xFF:
+        marker = view[at + 1]
+        if marker == 0xFF:                                  # a fill byte before the marker
+            at += 1
+        elif marker in UNSIZED_MARKERS:
+            at += 2
+        elif marker in SOF_MARKERS:
+            return view[at + 9] if at + 9 < len(view) else None
+        elif marker == 0xDA:                                # the scan starts: no frame header
+            return None
+        else:
+            at += 2 + (view[at + 2] << 8 | view[at + 3])
+    return None
 
 
 def device_images(loaded: list, paths: list[str], device, image_size: tuple[int, int]) -> list:

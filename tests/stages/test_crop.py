@@ -463,3 +463,37 @@ def test_a_finished_work_folder_whose_crops_were_made_read_only_is_resumed(tiny,
     monkeypatch.setattr(cropping, "_crop_one", lambda path, *a: cropped.append(path) or crop_one(path, *a))
     run(params, tmp, split_dir, coarse_dir)
     assert cropped == [] and np.load(tmp / "crop/train/images.npy").any()
+
+
+def _pil_jpeg(path, mode: str, **options) -> None:
+    """A 40 x 30 JPEG of PIL's `mode` ('L', 'RGB', 'CMYK') at path."""
+    from PIL import Image
+    image = np.random.default_rng(1).integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    Image.fromarray(image).convert(mode).save(path, "JPEG", quality=95, **options)
+
+
+@pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision")
+@pytest.mark.parametrize("mode, options, components", [("L", {}, 1), ("RGB", {}, 3), ("RGB", {"progressive": True}, 3),
+                                                        ("CMYK", {}, 4)])
+def test_a_cmyk_jpeg_is_decoded_on_the_cpu_and_every_other_goes_to_the_device_as_bytes(tmp_path, mode, options,
+                                                                                        components):
+    """jpeg_components reads the frame header (the number PIL wrote); load_for_device hands a
+    device other than the CPU (meta stands in for CUDA) the bytes of a grey, colour or progressive
+    JPEG, and a CMYK one decoded on the CPU (nvJPEG does not convert it), as the OpenCV reader
+    reads it within a grey level."""
+    path = tmp_path / "image.jpg"
+    _pil_jpeg(path, mode, **options)
+    data = np.fromfile(path, np.uint8)
+    assert decode.jpeg_components(data) == components
+    loaded = decode.load_for_device(str(path), torch.device("meta"), (40, 30))
+    if components != 4:
+        assert loaded.dim() == 1 and np.array_equal(loaded.numpy(), data)
+        return
+    assert loaded.device.type == "cpu" and loaded.shape == (3, 30, 40)
+    assert np.abs(loaded.permute(1, 2, 0).numpy().astype(int) - read_image(path, (40, 30))).max() <= 1
+
+
+@pytest.mark.parametrize("data", [b"", b"\xff\xd8", b"not a jpeg at all", b"\xff\xd8\xff\xda\x00\x02",
+                                  b"\xff\xd8\xff\xe0\x00\x10JFIF", b"\xff\xd8\xff\xc0\x00\x11\x08\x00"])
+def test_bytes_without_a_whole_frame_header_have_no_component_count(data):
+    assert decode.jpeg_components(np.frombuffer(data, np.uint8)) is None
