@@ -260,8 +260,7 @@ def run(params: Params, out: Path = Path("artifacts/crop"), coarse_dir: Path = P
                             camera.size, cfg.chunk, data.workers, bad, split, device)
         skipped[split] = ~valid | failed
         seconds = time.perf_counter() - started
-        done = len(table) - writers[split].resumed
-        metrics[split] = {"seconds": seconds, "images_per_second": done / max(seconds, 1e-9),
+        metrics[split] = {"seconds": seconds, "images_per_second": writers[split].made / max(seconds, 1e-9),
                           "resumed": writers[split].resumed, "skipped": int(skipped[split].sum())}
         if split != "test":
             metrics[split].update(quality(root, table, warps, ~skipped[split], resources, cfg.size, data.workers))

@@ -118,6 +118,11 @@ class CropStoreWriter:
         """The crops that earlier runs had written when this one started."""
         return self.rows.resumed
 
+    @property
+    def made(self) -> int:
+        """The crops that this run has written."""
+        return int(np.count_nonzero(self.rows.done)) - self.rows.resumed
+
     def pending(self, rows: np.ndarray, chunk: int) -> list[np.ndarray]:
         """The not-yet-written rows among `rows`, in chunks of at most `chunk`."""
         return self.rows.pending(rows, chunk)

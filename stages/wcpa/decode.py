@@ -97,11 +97,16 @@ UNSIZED_MARKERS = frozenset(range(0xD0, 0xDA)) | {0x01}               # RSTn, SO
 def jpeg_components(data: np.ndarray) -> int | None:
     """The colour components of a JPEG's frame (1 grey, 3 YCbCr or RGB, 4 CMYK or YCCK) from its
     header, bytes (N,) uint8; None when the bytes hold no JPEG frame header before the scan."""
-    view = memoryview(np.ascontiguousarray(data, dtype=np.uint8)).cast("B")
+    array = np.ascontiguousarray(data, dtype=np.uint8).ravel()
+    view = memoryview(array)
     if len(view) < 4 or view[0] != 0xFF or view[1] != 0xD8:
         return None
     at = 2
-    while at + 4 <= len(view) and view[at] == 0xFF:
+    while at + 4 <= len(view):
+        if view[at] != 0xFF:                                # stray bytes: libjpeg skips to the next marker
+            ahead = np.flatnonzero(array[at:] == 0xFF)
+            at = at + int(ahead[0]) if len(ahead) else len(view)
+            continue
         marker = view[at + 1]
         if marker == 0xFF:                                  # a fill byte before the marker
             at += 1

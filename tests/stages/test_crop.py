@@ -199,6 +199,8 @@ def test_interrupted_crop_resumes_without_redoing_finished_chunks(tiny, monkeypa
     assert len(cropped) == 8 + 2 + 3 - 6
     metrics = json.loads((tmp / "crop/metrics.json").read_text())
     assert [metrics[split]["resumed"] for split in ("train", "val", "test")] == [6, 0, 0]
+    assert [metrics[split]["images_per_second"] * metrics[split]["seconds"] for split in ("train", "val", "test")] \
+        == pytest.approx([8 - 6, 2, 3])
     resumed = np.load(tmp / "crop/train/images.npy")
     (tmp / "crop").rename(tmp / "crop_resumed")
     run(params, tmp, split_dir, coarse_dir)
@@ -477,20 +479,25 @@ def _pil_jpeg(path, mode: str, **options) -> None:
                                                         ("CMYK", {}, 4)])
 def test_a_cmyk_jpeg_is_decoded_on_the_cpu_and_every_other_goes_to_the_device_as_bytes(tmp_path, mode, options,
                                                                                         components):
-    """jpeg_components reads the frame header (the number PIL wrote); load_for_device hands a
-    device other than the CPU (meta stands in for CUDA) the bytes of a grey, colour or progressive
-    JPEG, and a CMYK one decoded on the CPU (nvJPEG does not convert it), as the OpenCV reader
-    reads it within a grey level."""
+    """jpeg_components reads the frame header (the number PIL wrote), also past stray bytes before
+    it; the torch path on the CPU decodes each to 3-channel RGB within a grey level of the OpenCV
+    reader; load_for_device hands a device other than the CPU (meta stands in for CUDA) the bytes
+    of a grey, colour or progressive JPEG, and a CMYK one decoded on the CPU (nvJPEG does not
+    convert it)."""
     path = tmp_path / "image.jpg"
     _pil_jpeg(path, mode, **options)
     data = np.fromfile(path, np.uint8)
     assert decode.jpeg_components(data) == components
+    frame = max(data.tobytes().find(bytes([0xFF, marker])) for marker in (0xC0, 0xC2))
+    assert decode.jpeg_components(np.insert(data, frame, [0, 1])) == components
+    opencv = read_image(path, (40, 30))
+    on_cpu = decode.load_for_device(str(path), torch.device("cpu"), (40, 30))
+    assert on_cpu.shape == (3, 30, 40) and np.abs(on_cpu.permute(1, 2, 0).numpy().astype(int) - opencv).max() <= 1
     loaded = decode.load_for_device(str(path), torch.device("meta"), (40, 30))
     if components != 4:
         assert loaded.dim() == 1 and np.array_equal(loaded.numpy(), data)
         return
-    assert loaded.device.type == "cpu" and loaded.shape == (3, 30, 40)
-    assert np.abs(loaded.permute(1, 2, 0).numpy().astype(int) - read_image(path, (40, 30))).max() <= 1
+    assert loaded.device.type == "cpu" and torch.equal(loaded, on_cpu)
 
 
 @pytest.mark.parametrize("data", [b"", b"\xff\xd8", b"not a jpeg at all", b"\xff\xd8\xff\xda\x00\x02",
