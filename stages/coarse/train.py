@@ -38,7 +38,8 @@ from stages.coarse.model import LandmarkNet
 from stages.coarse.sources import PASSES, Samples, Stream, ViewSet
 from stages.common.badinput import BadInputs
 from stages.common.device import torch_path
-from stages.common.distributed import Dist, host_group, mean_over_ranks, replica, share_cores, start_distributed
+from stages.common.distributed import (Dist, barrier, host_group, mean_over_ranks, replica, share_cores,
+                                       start_distributed)
 from stages.common.precision import amp_dtype, autocast, needs_grad_scaler, place_network
 from stages.common.resume import Checkpoints, capture, restore
 from stages.common.threads import usable_cores
@@ -261,8 +262,7 @@ def train(cfg: TrainConfig, train_samples: Samples, val_samples: Samples, flip_o
             history.append(metrics)
             _validate_and_save(nets, val_stream, cfg, epoch, history, live, bad, checkpoints,
                                capture(epoch, nets, optimizer, scaler, schedule))
-        if ctx.world > 1:
-            dist.barrier()
+        barrier(ctx)                        # the others wait while rank 0 validates
     if passes is not None:
         passes.shutdown()
     for net in nets.values():

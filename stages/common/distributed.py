@@ -27,11 +27,13 @@ COLLECTIVE_TIMEOUT = timedelta(hours=1)
 
 @dataclass(frozen=True)
 class Dist:
-    """This process's place in a (possibly single-process) run."""
+    """This process's place in a (possibly single-process) run. waits: the group whose barrier
+    the processes wait at (`barrier`); None for the default group."""
 
     rank: int
     world: int
     device: torch.device
+    waits: dist.ProcessGroup | None = None
 
     @property
     def main(self) -> bool:
@@ -51,7 +53,8 @@ def start_distributed(device_name: str, key: str = "train.device") -> Dist:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world,
                                 timeout=COLLECTIVE_TIMEOUT)
-    return Dist(rank=rank, world=world, device=device)
+    waits = host_group(Dist(rank, world, device)) if world > 1 and use_cuda else None
+    return Dist(rank=rank, world=world, device=device, waits=waits)
 
 
 def replica(model: torch.nn.Module, ctx: Dist, sync_batchnorm: bool = False,
@@ -86,9 +89,11 @@ def same_everywhere(value: int, ctx: Dist, what: str) -> None:
 
 
 def barrier(ctx: Dist) -> None:
-    """Wait until every process gets here (nothing in one process)."""
+    """Wait until every process gets here (nothing in one process), on ctx.waits: with nccl a
+    gloo group, whose waiting processes sleep where nccl's spin a core each (while rank 0
+    validates, say, on the machine's cores)."""
     if ctx.world > 1:
-        dist.barrier()
+        dist.barrier(group=ctx.waits)
 
 
 def mean_over_ranks(values: torch.Tensor, ctx: Dist) -> torch.Tensor:

@@ -412,8 +412,7 @@ class Trainer:
                 log_epoch(live, record)
                 self.checkpoint(epoch)
                 log.info("epoch %d: %s", epoch + 1, json.dumps({k: round(v, 3) for k, v in record.items()}))
-            if self.ctx.world > 1:
-                dist.barrier()
+            barrier(self.ctx)               # the others wait while rank 0 validates
         return time.perf_counter() - started
 
     def checkpoint(self, epoch: int) -> None:

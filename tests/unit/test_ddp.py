@@ -268,6 +268,32 @@ def test_the_process_group_waits_an_hour_for_rank_zeros_validation(monkeypatch):
     assert joined == {"backend": "gloo", "rank": 1, "world_size": 2, "timeout": timedelta(hours=1)}
 
 
+def test_processes_on_gpus_wait_at_a_gloo_barrier_and_on_cpus_at_the_default_one(monkeypatch):
+    """With nccl the processes that wait for rank 0 (its validation, say) wait on a gloo group,
+    whose waiters sleep (benchmarks/bench_wait.py) where nccl's spin a core each; gloo's default
+    group serves CPU processes itself."""
+    from datetime import timedelta
+    from stages.common import distributed
+    groups, barriers = [], []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kwargs: groups.append(backend))
+    monkeypatch.setattr(dist, "new_group", lambda backend, timeout: groups.append((backend, timeout)) or "waits")
+    monkeypatch.setattr(dist, "barrier", lambda group=None: barriers.append(group))
+    monkeypatch.setattr(distributed, "pick_device", lambda name, key, index: torch.device("cuda", index))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    on_gpus = distributed.start_distributed("cuda")
+    assert groups == ["nccl", ("gloo", timedelta(hours=1))] and on_gpus.waits == "waits"
+    monkeypatch.setattr(distributed, "pick_device", lambda name, key, index: torch.device("cpu"))
+    on_cpus = distributed.start_distributed("cpu")
+    assert groups[2:] == ["gloo"] and on_cpus.waits is None
+    distributed.barrier(on_gpus)
+    distributed.barrier(on_cpus)
+    distributed.barrier(Dist(0, 1, torch.device("cpu")))
+    assert barriers == ["waits", None]
+
+
 def test_sync_batchnorm_is_in_the_identity_of_a_run_of_several_processes_only():
     """It changes a run of several processes (BatchNorm over the global batch): their
     checkpoints are not resumed across it; one process it leaves as it is."""
