@@ -7,7 +7,8 @@
 # the train step against its best bare reference, coarse_predict's batch loop after a warm-up
 # batch, crop, coarse_train (the OpenCV path with its augmentation in the workers and on the GPU,
 # a worker's item, the compiled step at the profile's batch and at 128), the finetune step's
-# profile (sync debug mode and torch.profiler tables) and the batched PnP solver. Steps that do
+# profile (sync debug mode and torch.profiler tables), the batched PnP solver and, with several
+# GPUs, a waiting process's CPU at the barriers (bench_wait). Steps that do
 # not fit BUDGET are skipped, and the project's if it failed.
 # On an H200 with 16 cores: project 42-55 s, bench_finetune over 150 s with a cold cache (117 s
 # warm; before it timed the graphed step too), bench_infer 27-30 s (before it timed the graphed
@@ -75,5 +76,8 @@ in_project coarse_train_epoch 90 /usr/bin/time -v python -m benchmarks.bench_coa
 in_project bench_finetune_profile 240 python -m benchmarks.bench_finetune --params params.yaml --steps 10 --profile \
   ${FINETUNE_SET:+--set $FINETUNE_SET}
 in_project bench_infer_batched 60 python -m benchmarks.bench_infer --params params.yaml --pnp batched --repeats 2 --phases
+if [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then   # several GPUs: nccl's barrier
+  step bench_wait 60 python -m benchmarks.bench_wait --device cuda
+fi
 echo "== done at $(( $(date +%s) - t0 )) s; the project is in $work" | tee -a "$log"
-tr '\r' '\n' < "$log" | grep -vE "%\||^\s*$" | grep -E "^==|ratio|img/s|images/s|images_per_second|passed|failed|Error|ResNet|medians|views:|training images|Maximum resident|phases|^  [_a-z]|host syncs|dispatches|bare cv2|decodes;|a pass" | cut -c1-220
+tr '\r' '\n' < "$log" | grep -vE "%\||^\s*$" | grep -E "^==|ratio|img/s|images/s|images_per_second|passed|failed|Error|ResNet|medians|views:|training images|Maximum resident|phases|^  [_a-z]|host syncs|dispatches|bare cv2|decodes;|a pass|of a core" | cut -c1-220
