@@ -1,7 +1,7 @@
 """The CPU that processes waiting at a barrier burn while rank 0 works (issue 17: several GPUs).
 
 Between epochs the training stages' other processes wait while rank 0 validates on the machine's
-cores. `stages.common.distributed.barrier` waits on `ctx.waits`: with nccl a gloo group, where
+cores. `stages.common.distributed.barrier` waits on `ctx.host`: with nccl a gloo group, where
 the default group's barrier would hold each waiter on its GPU's stream. Here 2 processes
 (`torch.multiprocessing`, the project's `start_distributed`) on --device: rank 0 sleeps
 --seconds while rank 1 waits, once at `barrier(ctx)` and once at the default group's
@@ -44,7 +44,7 @@ def waiter(rank: int, port: int, device: str, seconds: float, queue) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
                       LOCAL_RANK=str(rank))
     ctx = start_distributed(device)
-    ways = (("barrier(ctx)", lambda: barrier(ctx), ctx.waits), ("default group", dist.barrier, None))
+    ways = (("barrier(ctx)", lambda: barrier(ctx), ctx.host), ("default group", dist.barrier, None))
     for way, wait, group in ways:
         wall, cpu = timed_wait(wait, rank, seconds)
         if rank == 1:

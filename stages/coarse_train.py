@@ -13,8 +13,8 @@ and augment as they resolve), the processes (and sync_batchnorm), the lists and 
 identity (resources and a sample of the files' bytes) are unchanged.
 
 Under torchrun (`python -m stages.launch coarse_train` with params `gpus` > 1; docs in
-stages/launch.py) every process prepares the samples and trains its DDP replica; rank 0 alone
-validates and writes.
+stages/launch.py) every process prepares a slice of the samples (their labels and files), the
+processes exchange them, and each trains its DDP replica; rank 0 alone validates and writes.
 """
 from __future__ import annotations
 
@@ -32,20 +32,21 @@ from dvclive import Live
 
 from stages.coarse.augment import Jitter
 from stages.coarse.detector import save_detector
-from stages.coarse.sources import list_samples
+from stages.coarse.sources import Samples, list_samples
 from stages.coarse.targets import landmark_flip_order, load_targets
-from stages.coarse.train import TrainConfig, train
+from stages.coarse.train import TrainConfig, merge_bad, train
 from stages.common.badinput import SKIPPED_FILE, BadInputs
 from stages.common.code import code_digest
 from stages.common.device import torch_path
-from stages.common.distributed import barrier, process_workers, start_distributed
+from stages.common.distributed import Dist, barrier, gathered, process_workers, start_distributed
 from stages.common.identity import files_digest, path_digest, stat_digest
 from stages.common.io import atomic_dir, save_json
 from stages.common.params import Params, without_speed_keys
 from stages.common.resume import Checkpoints
 from stages.common.resume import fingerprint as content_fingerprint
 from stages.common.stage import stage_main
-from stages.wcpa.layout import image_path, info_path, load_resources, read_list, sample_files
+from stages.wcpa.layout import (DataError, Resources, image_path, info_path, load_resources, read_list,
+                                sample_files)
 
 log = logging.getLogger("coarse_train")
 SPLITS = ("train", "val")
@@ -98,6 +99,34 @@ def fingerprint(params: Params, tables: dict, data: dict[str, str], processes: i
                                 files, code_digest("stages.coarse_train")])
 
 
+def prepared_samples(root: Path | str, table: pd.DataFrame, resources: Resources, bad: BadInputs, workers: int,
+                     ctx: Dist) -> Samples:
+    """One split's samples, their landmarks projected and files checked: under torchrun each
+    process prepares a slice of the rows on its `workers` and the processes exchange them (each
+    reads 1/world of the files, not all). A bad file stops every process with its message; with
+    data.skip_bad every process records the bad samples of every slice in `bad`."""
+    if ctx.world == 1:
+        return _samples(root, table, resources, bad, workers)
+    start, stop = len(table) * ctx.rank // ctx.world, len(table) * (ctx.rank + 1) // ctx.world
+    found = BadInputs(skip=bad.skip, max_fraction=bad.max_fraction)
+    try:
+        mine, error = _samples(root, table.iloc[start:stop], resources, found, workers), ""
+    except DataError as err:
+        mine, error = None, str(err)
+    parts = gathered((mine, error, found.records), ctx)
+    for _, error, _ in parts:
+        if error:
+            raise DataError(error)
+    merge_bad(bad, [record for _, _, records in parts for record in records])
+    return Samples.joined([part for part, _, _ in parts])
+
+
+def _samples(root: Path | str, table: pd.DataFrame, resources: Resources, bad: BadInputs, workers: int) -> Samples:
+    """The samples of `table`'s rows whose info file and image pass (load_targets, list_samples)."""
+    landmarks, kept = load_targets(root, table, resources, bad, max(1, workers))
+    return list_samples(root, table.iloc[kept], landmarks, resources.camera.size, bad)
+
+
 def without_flips(cfg: TrainConfig, flip_order: np.ndarray | None) -> TrainConfig:
     """cfg with flip_prob 0 (and a warning) when there is no landmark flip order."""
     if flip_order is not None or cfg.flip_prob == 0:
@@ -123,8 +152,7 @@ def run(params: Params, out: Path = Path("artifacts/coarse_train"),
     samples = {}
     for split in SPLITS:
         log.info("%s: %d samples", split, len(tables[split]))
-        landmarks, kept = load_targets(data.root, tables[split], resources, bad, max(1, workers))
-        samples[split] = list_samples(data.root, tables[split].iloc[kept], landmarks, resources.camera.size, bad)
+        samples[split] = prepared_samples(data.root, tables[split], resources, bad, workers, ctx)
     partial = out.with_name(out.name + ".partial")
     if ctx.main:
         bad.finish(partial, total=total)

@@ -196,3 +196,23 @@ def run_agreement_rank(rank: int, root: str, port: int) -> None:
         message = str(err)
     torch.save({"message": message}, Path(root) / f"agree{rank}.pt")
     dist.destroy_process_group()
+
+
+def run_prepare_rank(rank: int, root: str, params: Params, port: int) -> None:
+    """coarse_train's prepared_samples of the train list as rank `rank`: saves the samples (or the
+    DataError's message), the bad records and the rows this process read labels of."""
+    from stages.wcpa.layout import DataError, load_resources, read_list
+    join_as(rank, port)
+    ctx = start_distributed("cpu")
+    base, read = Path(root), []
+    load = coarse_train.load_targets
+    coarse_train.load_targets = lambda root, table, *args: read.extend(table.img_id) or load(root, table, *args)
+    bad = BadInputs(skip=params.data.skip_bad, max_fraction=1.0)
+    try:
+        samples = coarse_train.prepared_samples(params.data.root, read_list(base / "split/train.csv"),
+                                                load_resources(params.data.root), bad, 1, ctx)
+        result = {"keys": samples.keys.tolist(), "paths": samples.paths.tolist(), "landmarks": samples.landmarks}
+    except DataError as err:
+        result = {"error": str(err)}
+    torch.save({**result, "bad": bad.records, "read": read}, base / f"prepare{rank}.pt")
+    dist.destroy_process_group()

@@ -61,6 +61,12 @@ class Samples:
     def key(self, index: int) -> str:
         return self.keys[index].decode()
 
+    @staticmethod
+    def joined(parts: list[Samples]) -> Samples:
+        """The samples of `parts` (slices of one split's rows, of one image size) in order."""
+        return Samples(np.concatenate([part.paths for part in parts]), np.concatenate([part.keys for part in parts]),
+                       np.concatenate([part.landmarks for part in parts]), parts[0].size)
+
 
 def list_samples(root: Path | str, table: pd.DataFrame, landmarks: np.ndarray, size: tuple[int, int],
                  bad: BadInputs) -> Samples:

@@ -38,8 +38,8 @@ from stages.coarse.model import LandmarkNet
 from stages.coarse.sources import PASSES, Samples, Stream, ViewSet
 from stages.common.badinput import BadInputs
 from stages.common.device import torch_path
-from stages.common.distributed import (Dist, barrier, host_group, mean_over_ranks, replica, share_cores,
-                                       start_distributed)
+from stages.common.distributed import (Dist, barrier, gathered, host_group, mean_over_ranks, replica,
+                                       share_cores, start_distributed)
 from stages.common.precision import amp_dtype, autocast, needs_grad_scaler, place_network
 from stages.common.resume import Checkpoints, capture, restore
 from stages.common.threads import usable_cores
@@ -303,9 +303,7 @@ def share_epoch(nets: dict[str, LandmarkNet], bad: BadInputs | None, ctx: Dist) 
         for buffer in net.buffers():
             dist.broadcast(buffer, src=0)
     if bad is not None:
-        found: list = [None] * ctx.world
-        dist.all_gather_object(found, list(bad.records))
-        merge_bad(bad, [record for records in found for record in records])
+        merge_bad(bad, [record for records in gathered(list(bad.records), ctx) for record in records])
 
 
 def merge_bad(bad: BadInputs, records: list[dict[str, str]]) -> None:

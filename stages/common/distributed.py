@@ -27,13 +27,14 @@ COLLECTIVE_TIMEOUT = timedelta(hours=1)
 
 @dataclass(frozen=True)
 class Dist:
-    """This process's place in a (possibly single-process) run. waits: the group whose barrier
-    the processes wait at (`barrier`); None for the default group."""
+    """This process's place in a (possibly single-process) run. host: the group of collectives of
+    host values (the barriers' waits, objects exchanged), gloo beside nccl; None: the default
+    group (gloo itself on CPUs)."""
 
     rank: int
     world: int
     device: torch.device
-    waits: dist.ProcessGroup | None = None
+    host: dist.ProcessGroup | None = None
 
     @property
     def main(self) -> bool:
@@ -53,8 +54,8 @@ def start_distributed(device_name: str, key: str = "train.device") -> Dist:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world,
                                 timeout=COLLECTIVE_TIMEOUT)
-    waits = host_group(Dist(rank, world, device)) if world > 1 and use_cuda else None
-    return Dist(rank=rank, world=world, device=device, waits=waits)
+    host = host_group(Dist(rank, world, device)) if world > 1 and use_cuda else None
+    return Dist(rank=rank, world=world, device=device, host=host)
 
 
 def replica(model: torch.nn.Module, ctx: Dist, sync_batchnorm: bool = False,
@@ -89,11 +90,21 @@ def same_everywhere(value: int, ctx: Dist, what: str) -> None:
 
 
 def barrier(ctx: Dist) -> None:
-    """Wait until every process gets here (nothing in one process), on ctx.waits: with nccl a
+    """Wait until every process gets here (nothing in one process), on ctx.host: with nccl a
     gloo group, whose waiting processes sleep where nccl's spin a core each (while rank 0
     validates, say, on the machine's cores)."""
     if ctx.world > 1:
-        dist.barrier(group=ctx.waits)
+        dist.barrier(group=ctx.host)
+
+
+def gathered(value, ctx: Dist) -> list:
+    """Every process's `value` (any picklable object) in rank order, exchanged on the host group;
+    every process must call it. In one process: [value]."""
+    if ctx.world == 1:
+        return [value]
+    values = [None] * ctx.world
+    dist.all_gather_object(values, value, group=ctx.host)
+    return values
 
 
 def mean_over_ranks(values: torch.Tensor, ctx: Dist) -> torch.Tensor:

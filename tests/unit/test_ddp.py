@@ -4,6 +4,7 @@ collectives of the stages' own code run on an nccl group (nccl reduces CUDA tens
 import socket
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -21,7 +22,8 @@ from stages.wcpa.camera import Camera
 from stages.common.params import apply_overrides, load_params
 from stages.wcpa.layout import image_path, write_list
 from tests.ddp_worker import (run_agreement_rank, run_coarse_rank, run_epoch_rank, run_finish_rank,
-                               run_masked_mean_rank, run_rank, run_share_weight_rank, run_training_rank)
+                               run_masked_mean_rank, run_prepare_rank, run_rank, run_share_weight_rank,
+                               run_training_rank)
 from tests.stages.tiny_data import write_tiny_root
 from tests.tiny_project import PROJ, make_tiny_project
 
@@ -183,6 +185,36 @@ def test_two_gloo_ranks_train_the_coarse_detector_on_halves_of_each_batch(tmp_pa
         assert not torch.equal(state["heatmaps.weight"], initial[name].state_dict()["heatmaps.weight"])
 
 
+@pytest.mark.parametrize("skip_bad", [True, False])
+def test_processes_prepare_the_detectors_samples_a_slice_each_and_share_them(tmp_path, skip_bad):
+    """coarse_train's samples under torchrun: each process reads the labels of half the rows, and
+    both end with what one process prepares alone (with data.skip_bad, every bad sample recorded
+    in both); without it a bad file in one half stops both processes with its message (the other
+    would have waited for it in the exchange)."""
+    from stages.wcpa.layout import info_path, load_resources, read_list
+    tables = write_tiny_root(tmp_path / "data", n_train=10, n_test=3)
+    write_list(tmp_path / "split/train.csv", tables["train"].iloc[:8])
+    rows = list(tables["train"].iloc[:8].itertuples(index=False))
+    info_path(tmp_path / "data", rows[1]).write_bytes(b"no labels")
+    Path(image_path(tmp_path / "data", rows[6])).unlink()
+    params = load_params("params.yaml").replace(data={"root": str(tmp_path / "data"), "skip_bad": skip_bad})
+    mp.spawn(run_prepare_rank, args=(str(tmp_path), params, free_port()), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"prepare{r}.pt", weights_only=False) for r in (0, 1)]
+    assert [rank["read"] for rank in ranks] == [[row.img_id for row in rows[:4]], [row.img_id for row in rows[4:]]]
+    if not skip_bad:
+        assert ranks[0]["error"] == ranks[1]["error"]
+        assert ranks[0]["error"].startswith(str(info_path(tmp_path / "data", rows[1])))
+        return
+    bad = BadInputs(skip=True, max_fraction=1.0)
+    alone = coarse_train.prepared_samples(params.data.root, read_list(tmp_path / "split/train.csv"),
+                                          load_resources(params.data.root), bad, 1, Dist(0, 1, torch.device("cpu")))
+    assert len(alone) == 6
+    for rank in ranks:
+        assert rank["keys"] == alone.keys.tolist() and rank["paths"] == alone.paths.tolist()
+        assert np.array_equal(rank["landmarks"], alone.landmarks)
+        assert rank["bad"] == bad.records
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_the_coarse_detectors_collectives_run_on_an_nccl_group_on_cuda(monkeypatch):
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
@@ -279,19 +311,19 @@ def test_processes_on_gpus_wait_at_a_gloo_barrier_and_on_cpus_at_the_default_one
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setattr(dist, "is_initialized", lambda: False)
     monkeypatch.setattr(dist, "init_process_group", lambda backend, **kwargs: groups.append(backend))
-    monkeypatch.setattr(dist, "new_group", lambda backend, timeout: groups.append((backend, timeout)) or "waits")
+    monkeypatch.setattr(dist, "new_group", lambda backend, timeout: groups.append((backend, timeout)) or "host")
     monkeypatch.setattr(dist, "barrier", lambda group=None: barriers.append(group))
     monkeypatch.setattr(distributed, "pick_device", lambda name, key, index: torch.device("cuda", index))
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
     on_gpus = distributed.start_distributed("cuda")
-    assert groups == ["nccl", ("gloo", timedelta(hours=1))] and on_gpus.waits == "waits"
+    assert groups == ["nccl", ("gloo", timedelta(hours=1))] and on_gpus.host == "host"
     monkeypatch.setattr(distributed, "pick_device", lambda name, key, index: torch.device("cpu"))
     on_cpus = distributed.start_distributed("cpu")
-    assert groups[2:] == ["gloo"] and on_cpus.waits is None
+    assert groups[2:] == ["gloo"] and on_cpus.host is None
     distributed.barrier(on_gpus)
     distributed.barrier(on_cpus)
     distributed.barrier(Dist(0, 1, torch.device("cpu")))
-    assert barriers == ["waits", None]
+    assert barriers == ["host", None]
 
 
 def test_sync_batchnorm_is_in_the_identity_of_a_run_of_several_processes_only():
