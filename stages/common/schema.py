@@ -197,6 +197,8 @@ SCHEMA = {
         "input_size": NON_NEGATIVE,  # crop resized to this side before the backbone (0 = the crop size)
         "shape_head": Choice("pca", "direct"),  # pca (coefficients, sec. 2.3) | direct (vertices, Table 2)
         "landmark_loss": Choice("gnll", "mse"),  # gnll (eq. 1) | mse (gnll with sigma fixed to 1 px)
+        "wpdc_weights": Choice("fixed", "per_sample"),  # eq. 3's W: fixed (each coefficient's RMS vertex
+                                  # displacement: WPDC = VDC's in-span part) | per_sample (3DDFA's)
         "pose_head": Choice("pnp", "direct6dof"),  # pnp (landmarks + PnP) | direct6dof (6D rotation +
                                   # translation, Table 1; needs infer.checkpoint train)
         "pose_frame": Choice("crop", "camera"),  # direct6dof: the pose regressed in the crop's frame | in the

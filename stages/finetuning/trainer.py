@@ -39,6 +39,7 @@ log = logging.getLogger("finetune")
 # finetune keys that replace the start model's train keys: the optimisation (the keys the schema's
 # train and finetune sections share), not the network
 TRAIN_KEYS = ("epochs", *OPTIMIZATION)
+BEFORE_KEYS = {"pose_head": "pnp", "wpdc_weights": "fixed"}   # train keys newer than some models: their value before
 PNP_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 STEP_SEED_STRIDE = 1_000_003
 
@@ -88,9 +89,9 @@ def check_start_inputs(path: Path, start: dict, inputs: dict[str, str]) -> None:
 
 def start_config(path: Path, start: dict) -> TrainParams:
     """The train section the start model was trained with, checked against the schema;
-    pose_head is pnp for models from before the key."""
+    pose_head is pnp and wpdc_weights fixed for models from before those keys."""
     try:
-        return check_section("train", {"pose_head": "pnp", **start["params"]}, path)
+        return check_section("train", {**BEFORE_KEYS, **start["params"]}, path)
     except ParamsError as err:
         raise ValueError(f"{err} (a train model of older code: re-run `dvc repro train`)") from None
 

@@ -6,7 +6,9 @@ Units (the paper gives none; with its weights 0.01 / 20 / 10 the demo's weighted
         at a 2-px error and sigma = 2 px a point adds ~1.9, so ~2000 per sample -> x 0.01 ~ 20.
   vdc:  mean over vertices of the squared distance, mm^2 (a 1.7 mm error -> ~3 -> x 20 ~ 60).
   wpdc: sum_k (w_k * delta a_k)^2 with w_k in mm per normalised coefficient (stages.face.pca),
-        i.e. the in-span mean squared vertex error, mm^2 (x 10 ~ 30).
+        i.e. the in-span mean squared vertex error, mm^2 (x 10 ~ 30); with
+        train.wpdc_weights per_sample, 3DDFA's (`wpdc_per_sample`), unitless (a weighted sum of
+        squared normalised coefficient errors, each weight at most 1).
 The direct 6DoF head (train.pose_head) regresses the pose in place of the landmarks; its terms
 (geodesic loss + MSE), in degrees and mm^2, weighted by lambda.rot = 20 and lambda.trans = 0.05
 (measured against 1, at which the translation term took the shared features: docs/experiments.md):
@@ -72,6 +74,19 @@ def vdc_from_coeffs(wpdc_value: torch.Tensor, off_span_mm2: torch.Tensor) -> tor
 def wpdc(coeffs: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Eq. 3: ||w * (a_pred - a_gt)||^2, coeffs (B, C) normalised, weights (C,) mm -> mm^2."""
     return ((weights * (coeffs.float() - target.float())) ** 2).sum(-1).mean()
+
+
+def wpdc_per_sample(coeffs: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Eq. 3 with 3DDFA's weights (its training code's WPDC): in each sample coefficient k
+    weighs w_k = weights_k |delta a_k|, the mesh displacement that its error alone causes
+    (weights (C,), e.g. the fixed WPDC weights: proportional to std_k, the components being
+    orthonormal), over the sample's largest w, without gradient; then sum_k w_k delta a_k^2.
+    coeffs, target (B, C) normalised -> mean over the batch (3DDFA averages over its 62
+    parameters instead of summing: a constant factor)."""
+    delta = coeffs.float() - target.float()
+    moved = (weights * delta.abs()).detach()
+    share = moved / moved.amax(-1, keepdim=True).clamp_min(torch.finfo(moved.dtype).tiny)
+    return (share * delta ** 2).sum(-1).mean()
 
 
 def rotation_deg(R_pred: torch.Tensor, R_gt: torch.Tensor) -> torch.Tensor:

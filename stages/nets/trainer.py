@@ -162,16 +162,19 @@ def mean_frame_pose(camera: Camera, data: SplitData, frame: str, limit: int = 51
 
 
 def loss_terms(out: dict, batch: dict, cfg: TrainParams, weights_mm: torch.Tensor) -> dict:
-    """Loss terms (eq. 1-3) of one batch; see stages.nets.losses for their units. Without
+    """Loss terms (eq. 1-3) of one batch; see stages.nets.losses for their units (WPDC's weights:
+    cfg.wpdc_weights, fixed or 3DDFA's per sample). Without
     out["verts"] (a PCA head run with with_verts=False) the VDC comes from the coefficients:
     weights_mm must then be the basis' own WPDC weights (PCABasis.wpdc_weights). The direct
     6DoF head (train.pose_head) has its terms rot, trans (stages.nets.losses) in
     place of the landmark term. Diagnostics of the landmark head, without a weight: sigma_px
     (mean sigma, crop px) and mu_gain (losses.mean_gain; 1 under MSE)."""
     landmark, diagnostics = landmark_terms(out, batch, cfg)
-    wpdc = losses.wpdc(out["coeffs"], batch["coeffs"], weights_mm)
+    in_span = losses.wpdc(out["coeffs"], batch["coeffs"], weights_mm)
+    wpdc = (in_span if cfg.wpdc_weights == "fixed"
+            else losses.wpdc_per_sample(out["coeffs"], batch["coeffs"], weights_mm))
     vdc = (losses.vdc(out["verts"], batch["verts"]) if "verts" in out
-           else losses.vdc_from_coeffs(wpdc, batch["off_span"]))
+           else losses.vdc_from_coeffs(in_span, batch["off_span"]))
     return {**landmark, "vdc": vdc, "wpdc": wpdc, **diagnostics}
 
 

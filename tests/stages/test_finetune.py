@@ -150,3 +150,14 @@ def test_an_interrupted_finetune_resumes_to_the_uninterrupted_model(tmp_path, mo
     plots = "artifacts/finetune/live/plots/metrics/val/score.tsv"     # the start model's step, then 2 epochs
     assert (parts / plots).read_text() == (whole / plots).read_text()
     assert [line.split("\t")[0] for line in (whole / plots).read_text().splitlines()] == ["step", "0", "1", "2"]
+
+
+def test_a_start_model_from_before_the_newer_train_keys_reads_as_their_old_values(tmp_path):
+    """A train model saved before pose_head and wpdc_weights existed trained the PnP head with
+    the fixed WPDC weights: that is what finetune continues."""
+    from stages.common.params import load_params
+    from stages.finetuning.trainer import start_config
+    saved = load_params("params.yaml").train.as_dict()
+    older = {key: value for key, value in saved.items() if key not in ("pose_head", "wpdc_weights")}
+    cfg = start_config(tmp_path / "model.pt", {"params": older})
+    assert (cfg.pose_head, cfg.wpdc_weights) == ("pnp", "fixed") and cfg.as_dict() == saved

@@ -1,4 +1,6 @@
 """Losses of eq. 1-3 against torch's GaussianNLLLoss and hand-computed cases."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -41,6 +43,37 @@ def test_wpdc_with_pca_weights_is_the_in_span_vertex_error():
     wpdc = losses.wpdc(torch.as_tensor(a), torch.as_tensor(b), weights).item()
     vdc = losses.vdc(torch.as_tensor(basis.reconstruct(a)), torch.as_tensor(basis.reconstruct(b))).item()
     assert wpdc == pytest.approx(vdc, rel=1e-4)
+
+
+def test_per_sample_wpdc_weighs_each_coefficient_by_its_share_of_the_largest_displacement():
+    """3DDFA's weights by hand: coefficient errors (0.5, -1, 0.25) with weights (1, 2, 4) move the
+    mesh (0.5, 2, 1): shares (0.25, 1, 0.5) of the largest; a sample without error adds 0; the
+    shares carry no gradient, so d/da = 2 share delta / B."""
+    pred = torch.tensor([[0.5, -1.0, 0.25], [1.0, 2.0, 3.0]], requires_grad=True)
+    target = torch.tensor([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0]])
+    value = losses.wpdc_per_sample(pred, target, torch.tensor([1.0, 2.0, 4.0]))
+    assert value.item() == pytest.approx((0.25 * 0.25 + 1.0 * 1.0 + 0.5 * 0.0625) / 2)
+    grad, = torch.autograd.grad(value, pred)
+    torch.testing.assert_close(grad, torch.tensor([[0.125, -1.0, 0.125], [0.0, 0.0, 0.0]]))
+
+
+def test_per_sample_wpdc_weights_are_the_decoded_displacement_of_each_coefficients_error():
+    """Against 3DDFA's definition on a fitted basis: w_k is the norm of the mesh change when only
+    coefficient k of the target takes its predicted value (decoded), over the largest."""
+    meshes = np.random.default_rng(3).normal(0, 0.01, (12, 20, 3))
+    basis = fit_pca(meshes, 8)
+    pred, target = basis.project(meshes[:3]), basis.project(meshes[3:6])
+    expected = []
+    for p, t in zip(pred, target):
+        moved = []
+        for k in range(8):
+            changed = t.copy()
+            changed[k] = p[k]
+            moved.append(np.linalg.norm(basis.reconstruct(changed[None]) - basis.reconstruct(t[None])))
+        moved = np.array(moved)
+        expected.append((moved / moved.max() * (p - t) ** 2).sum())
+    value = losses.wpdc_per_sample(torch.as_tensor(pred), torch.as_tensor(target), torch.as_tensor(basis.wpdc_weights()))
+    assert value.item() == pytest.approx(np.mean(expected), rel=1e-4)
 
 
 def _off_span_case():
@@ -121,3 +154,22 @@ def test_every_landmark_term_and_diagnostic_is_on_the_outputs_device(loss):
     out = {"mu": torch.zeros(2, 5, 2, device="meta"), "sigma": torch.ones(2, 5, device="meta")}
     terms, diagnostics = landmark_terms(out, {"uv": torch.zeros(2, 5, 2, device="meta")}, cfg)
     assert {value.device.type for value in {**terms, **diagnostics}.values()} == {"meta"}
+
+
+def test_the_trainers_wpdc_follows_train_wpdc_weights_and_its_vdc_stays_the_in_span_error():
+    """loss_terms: per_sample replaces the WPDC term only; the VDC a PCA head takes from its
+    coefficients is the fixed weights' in-span error either way (Pythagoras needs them)."""
+    from stages.common.params import load_params
+    from stages.nets.trainer import loss_terms
+    basis, targets, target_coeffs = _off_span_case()
+    weights = torch.as_tensor(basis.wpdc_weights(), dtype=torch.float32)
+    pred = torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
+    out = {"coeffs": pred, "mu": torch.zeros(4, 20, 2), "sigma": torch.ones(4, 20)}
+    batch = {"coeffs": torch.as_tensor(target_coeffs, dtype=torch.float32), "uv": torch.zeros(4, 20, 2),
+             "off_span": torch.as_tensor(basis.off_span_mm2(targets, target_coeffs))}
+    cfg = load_params("params.yaml").train
+    fixed = loss_terms(out, batch, cfg, weights)
+    per_sample = loss_terms(out, batch, dataclasses.replace(cfg, wpdc_weights="per_sample"), weights)
+    assert fixed["wpdc"].item() == pytest.approx(losses.wpdc(pred, batch["coeffs"], weights).item())
+    assert per_sample["wpdc"].item() == pytest.approx(losses.wpdc_per_sample(pred, batch["coeffs"], weights).item())
+    assert per_sample["vdc"].item() == fixed["vdc"].item() and per_sample["wpdc"].item() != fixed["wpdc"].item()
