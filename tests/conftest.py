@@ -14,7 +14,7 @@ def camera() -> Camera:
 
 
 def random_poses(rng: np.random.Generator, n: int) -> np.ndarray:
-    """(n, 4, 4) R_t drawn from the label statistics of WCPA.md."""
+    """(n, 4, 4) R_t drawn from the statistics of the challenge's training labels."""
     ypr = rng.normal([-0.018, -0.018, 0.025], [0.272, 0.314, 0.082], size=(n, 3))
     t = rng.normal([-0.0054, 0.0012, -0.532], [0.0222, 0.0488, 0.065], size=(n, 3))
     return rt_from_euler(ypr, t)

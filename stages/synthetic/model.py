@@ -3,7 +3,7 @@
 The chart (stages/synthetic/topology.py) is wrapped around an elliptic head cylinder and given
 relief (nose, eye sockets, brow ridge, cheekbones, lips, chin) by smooth bumps. Units: the
 chart and the relief are in millimetres; the template and every displacement returned by the
-public functions are in metres, in WCPA.md's canonical frame (+x the face's left, +y up, +z
+public functions are in metres, in the challenge's canonical frame (+x the face's left, +y up, +z
 the direction the face looks).
 
 Identity: `IDENTITY_MODES` smooth global deformation fields, each scaled to one standard

@@ -1,7 +1,7 @@
 """One synthetic sample: expression, head pose, light, and the rendered 800x800 image.
 
-Poses follow the training-label statistics of WCPA.md (yaw/pitch/roll, tx/ty/tz means and
-standard deviations); a draw that puts part of the face outside the image (with a margin) is
+Poses follow the statistics of the challenge's training labels (yaw/pitch/roll, tx/ty/tz means
+and standard deviations); a draw that puts part of the face outside the image (with a margin) is
 redrawn. Facial actions are named groups of dominant ARKit blendshapes; a frame varies their
 weights and adds a few weak random ones.
 """

@@ -1,4 +1,4 @@
-"""Write a synthetic data root in exactly the WCPA challenge layout (WCPA.md "Layout").
+"""Write a synthetic data root in exactly the WCPA challenge layout (stages/wcpa/layout.py reads it).
 
 Subjects are split into train and test; each has `actions_per_subject` facial-action folders
 (the first is 'neutral') of `frames_per_action` images. Training samples get image, info and
@@ -30,7 +30,7 @@ from stages.wcpa.obj import write_obj
 
 log = logging.getLogger(__name__)
 
-# The challenge's projection matrix (WCPA.md), row-vector OpenGL form. The generator is the one
+# The challenge's projection matrix (the value its resources hold), row-vector OpenGL form. The generator is the one
 # place that defines it; everything downstream reads resources/projection_matrix.txt.
 PROJECTION_TEXT = ("1.57443701 0 0 0\n"
                    "0 1.57443701 0 0\n"

@@ -3,7 +3,7 @@
 One .npz per predictor and split, rows aligned with the split's list:
   ids:      (N, 3) str   subject_id, facial_action, img_id
   verts:    (N, V, 3) float32  canonical vertices, metres
-  R_t:      (N, 4, 4) float64  pose, row-vector form (WCPA.md)
+  R_t:      (N, 4, 4) float64  pose, row-vector form (stages/wcpa/camera.py)
   optional: landmarks (N, V, 2) float32 pixels in the full image; sigma (N, V) or (N, V, 2)
             pixels (the landmarks' uncertainty); any extra (infer adds skipped (N,) bool)
 The arrays are stored uncompressed (np.savez's layout), so that a reader takes any block of rows

@@ -1,13 +1,14 @@
 """The challenge score and the paper's metrics, per sample and summarised.
 
-Challenge score (WCPA.md "Score"), row vectors, R = R_t[:3, :3], t = R_t[3, :3]:
+Challenge score, row vectors, R = R_t[:3, :3], t = R_t[3, :3]:
   X1 = V_gt @ R_gt + t_gt      X2 = V_pred @ R_pred + t_pred
   X3 = V_gt @ R_pred + t_pred  X4 = V_pred @ R_gt + t_gt
   d  = 1000 * (mean_v |X1 - X2| + mean_v |X1 - X3| + 10 * mean_v |X1 - X4|)   (mm)
 The three terms are called cam (camera-space mesh error), add (ADD, the pose error on the true
 mesh) and shape (the canonical vertex error, since |X1 - X4| = |V_gt - V_pred|).
-Paper metrics (PAPER.md): ADD (mm), MAE_r (deg, mean absolute yaw/pitch/roll error), MAE_t
-(mm, mean absolute x/y/z error), mesh error median/mean (mm, per-sample mean vertex error).
+The paper's metrics (its Tables 1-3): ADD (mm), MAE_r (deg, mean absolute yaw/pitch/roll
+error), MAE_t (mm, mean absolute x/y/z error), mesh error median/mean (mm, per-sample mean
+vertex error).
 """
 from __future__ import annotations
 

@@ -161,3 +161,16 @@ def test_a_stage_lists_every_key_of_its_section_but_the_speed_keys(name):
 def test_no_stage_lists_a_speed_key(name):
     from stages.common.schema import SPEED_KEYS
     assert not listed_params(dvc_stages()[name]) & SPEED_KEYS
+
+
+def test_no_project_file_points_outside_the_clone():
+    """The project stands alone: no code, test, doc or config names a planning file or folder that
+    lives beside the repository and not in a user's clone."""
+    names = ["PAPER", "WCPA", "DESIGN", "GPU"]
+    outside = [name + ".md" for name in names] + ["../" + "shared"]
+    files = [path for folder in ("stages", "benchmarks", "tests", "docs", ".ci") for path in (ROOT / folder).rglob("*")
+             if path.is_file() and path.suffix in {".py", ".md", ".sh", ".yaml", ".yml", ""}]
+    files += [ROOT / name for name in ("README.md", "params.yaml", "dvc.yaml", "requirements.txt")]
+    found = [f"{path.relative_to(ROOT)}: {word}" for path in files for word in outside
+             if word in path.read_text(errors="replace")]
+    assert found == []
