@@ -103,28 +103,36 @@ def prepared_samples(root: Path | str, table: pd.DataFrame, resources: Resources
                      ctx: Dist) -> Samples:
     """One split's samples, their landmarks projected and files checked: under torchrun each
     process prepares a slice of the rows on its `workers` and the processes exchange them (each
-    reads 1/world of the files, not all). A bad file stops every process with its message; with
-    data.skip_bad every process records the bad samples of every slice in `bad`."""
+    reads 1/world of the files, not all), after the labels and again after the files, as one
+    process reads them: the same samples, the same bad-input records in `bad` (data.skip_bad) in
+    every process, and without skip_bad every process stops with the error one process meets first."""
     if ctx.world == 1:
-        return _samples(root, table, resources, bad, workers)
+        landmarks, kept = load_targets(root, table, resources, bad, max(1, workers))
+        return list_samples(root, table.iloc[kept], landmarks, resources.camera.size, bad)
     start, stop = len(table) * ctx.rank // ctx.world, len(table) * (ctx.rank + 1) // ctx.world
+    part = table.iloc[start:stop]
+    landmarks, kept = checked_everywhere(lambda found: load_targets(root, part, resources, found, max(1, workers)),
+                                         bad, ctx)
+    mine = checked_everywhere(lambda found: list_samples(root, part.iloc[kept], landmarks, resources.camera.size,
+                                                         found), bad, ctx)
+    return Samples.joined(gathered(mine, ctx))
+
+
+def checked_everywhere(work, bad: BadInputs, ctx: Dist):
+    """This process's `work(found)` (found: a BadInputs of bad's settings), once every process has
+    done its own: the bad records of all of them added to `bad` in rank order, and a DataError of
+    any raised in all of them (the first in rank order), not left to the others' wait."""
     found = BadInputs(skip=bad.skip, max_fraction=bad.max_fraction)
     try:
-        mine, error = _samples(root, table.iloc[start:stop], resources, found, workers), ""
+        mine, error = work(found), None
     except DataError as err:
         mine, error = None, str(err)
-    parts = gathered((mine, error, found.records), ctx)
-    for _, error, _ in parts:
-        if error:
+    outcomes = gathered((error, found.records), ctx)
+    for error, _ in outcomes:
+        if error is not None:
             raise DataError(error)
-    merge_bad(bad, [record for _, _, records in parts for record in records])
-    return Samples.joined([part for part, _, _ in parts])
-
-
-def _samples(root: Path | str, table: pd.DataFrame, resources: Resources, bad: BadInputs, workers: int) -> Samples:
-    """The samples of `table`'s rows whose info file and image pass (load_targets, list_samples)."""
-    landmarks, kept = load_targets(root, table, resources, bad, max(1, workers))
-    return list_samples(root, table.iloc[kept], landmarks, resources.camera.size, bad)
+    merge_bad(bad, [record for _, records in outcomes for record in records])
+    return mine
 
 
 def without_flips(cfg: TrainConfig, flip_order: np.ndarray | None) -> TrainConfig:

@@ -201,6 +201,7 @@ def run_finetune(params: Params, paths: FinetunePaths, camera: Camera) -> dict:
         trainer.history.append(record)
         log_epoch(live, record)
         log.info("start model: %s", json.dumps({k: round(v, 3) for k, v in record.items()}))
+    barrier(trainer.ctx)                 # the others wait (on the host group) while rank 0 validates
     seconds = trainer.run_epochs(live)
     if not main:
         return {}

@@ -188,27 +188,30 @@ def test_two_gloo_ranks_train_the_coarse_detector_on_halves_of_each_batch(tmp_pa
 @pytest.mark.parametrize("skip_bad", [True, False])
 def test_processes_prepare_the_detectors_samples_a_slice_each_and_share_them(tmp_path, skip_bad):
     """coarse_train's samples under torchrun: each process reads the labels of half the rows, and
-    both end with what one process prepares alone (with data.skip_bad, every bad sample recorded
-    in both); without it a bad file in one half stops both processes with its message (the other
-    would have waited for it in the exchange)."""
-    from stages.wcpa.layout import info_path, load_resources, read_list
+    both end with what one process prepares alone: the samples and, with data.skip_bad, the bad
+    records in its order (every bad label before every missing image: here a missing image in the
+    first half and a bad label file in the second); without skip_bad both stop with the error one
+    process meets first (the label file's), where the other would have waited for it."""
+    from stages.wcpa.layout import DataError, info_path, load_resources, read_list
     tables = write_tiny_root(tmp_path / "data", n_train=10, n_test=3)
     write_list(tmp_path / "split/train.csv", tables["train"].iloc[:8])
     rows = list(tables["train"].iloc[:8].itertuples(index=False))
-    info_path(tmp_path / "data", rows[1]).write_bytes(b"no labels")
-    Path(image_path(tmp_path / "data", rows[6])).unlink()
+    Path(image_path(tmp_path / "data", rows[1])).unlink()
+    info_path(tmp_path / "data", rows[6]).write_bytes(b"no labels")
     params = load_params("params.yaml").replace(data={"root": str(tmp_path / "data"), "skip_bad": skip_bad})
     mp.spawn(run_prepare_rank, args=(str(tmp_path), params, free_port()), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"prepare{r}.pt", weights_only=False) for r in (0, 1)]
     assert [rank["read"] for rank in ranks] == [[row.img_id for row in rows[:4]], [row.img_id for row in rows[4:]]]
-    if not skip_bad:
-        assert ranks[0]["error"] == ranks[1]["error"]
-        assert ranks[0]["error"].startswith(str(info_path(tmp_path / "data", rows[1])))
+    bad, alone = BadInputs(skip=skip_bad, max_fraction=1.0), None
+    try:
+        alone = coarse_train.prepared_samples(params.data.root, read_list(tmp_path / "split/train.csv"),
+                                              load_resources(params.data.root), bad, 1, Dist(0, 1, torch.device("cpu")))
+    except DataError as err:
+        assert not skip_bad and [rank["error"] for rank in ranks] == [str(err)] * 2
+        assert str(err).startswith(str(info_path(tmp_path / "data", rows[6])))
         return
-    bad = BadInputs(skip=True, max_fraction=1.0)
-    alone = coarse_train.prepared_samples(params.data.root, read_list(tmp_path / "split/train.csv"),
-                                          load_resources(params.data.root), bad, 1, Dist(0, 1, torch.device("cpu")))
-    assert len(alone) == 6
+    assert len(alone) == 6 and [record["file"] for record in bad.records] == [
+        str(info_path(tmp_path / "data", rows[6])), str(image_path(tmp_path / "data", rows[1]))]
     for rank in ranks:
         assert rank["keys"] == alone.keys.tolist() and rank["paths"] == alone.paths.tolist()
         assert np.array_equal(rank["landmarks"], alone.landmarks)
