@@ -211,7 +211,8 @@ def run_prepare_rank(rank: int, root: str, params: Params, port: int) -> None:
     try:
         samples = coarse_train.prepared_samples(params.data.root, read_list(base / "split/train.csv"),
                                                 load_resources(params.data.root), bad, 1, ctx)
-        result = {"keys": samples.keys.tolist(), "paths": samples.paths.tolist(), "landmarks": samples.landmarks}
+        result = {"keys": samples.keys.tolist(), "paths": samples.paths.tolist(),
+                  "landmarks": torch.from_numpy(samples.landmarks)}
     except DataError as err:
         result = {"error": str(err)}
     torch.save({**result, "bad": bad.records, "read": read}, base / f"prepare{rank}.pt")
