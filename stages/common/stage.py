@@ -28,12 +28,13 @@ def stage_name(run: Callable[..., Any]) -> str:
 
 def finish_distributed() -> None:
     """Under torchrun, after a stage's run: every process waits for the others (rank 0 writes the
-    outputs after the last collective) and leaves the process group, so that none exits while
-    another still needs it. Nothing when no process group was started (torch.distributed then
-    need not even be imported)."""
+    outputs after the last collective; with nccl on a gloo group, whose waiters do not spin a core
+    as nccl's do) and leaves the process group, so that none exits while another still needs it.
+    Nothing when no process group was started (torch.distributed then need not even be imported)."""
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        host = dist.new_group(backend="gloo") if dist.get_backend() == "nccl" else None   # its waiters sleep
+        dist.barrier(group=host)
         dist.destroy_process_group()
 
 

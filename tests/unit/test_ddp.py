@@ -287,6 +287,19 @@ def test_every_process_leaves_the_group_after_a_stage(tmp_path):
     assert [torch.load(tmp_path / f"finish{r}.pt")["initialized"] for r in (0, 1)] == [False, False]
 
 
+def test_processes_on_gpus_leave_a_stage_through_a_gloo_barrier(monkeypatch):
+    """finish_distributed under nccl: the processes wait for rank 0's writes on a gloo group."""
+    from stages.common.stage import finish_distributed
+    calls = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_backend", lambda: "nccl")
+    monkeypatch.setattr(dist, "new_group", lambda backend: calls.append(backend) or "host")
+    monkeypatch.setattr(dist, "barrier", lambda group=None: calls.append(("barrier", group)))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: calls.append("left"))
+    finish_distributed()
+    assert calls == ["gloo", ("barrier", "host"), "left"]
+
+
 def test_the_process_group_waits_an_hour_for_rank_zeros_validation(monkeypatch):
     """Between epochs the other processes wait at a barrier while rank 0 validates and writes the
     checkpoint: the group's collectives wait COLLECTIVE_TIMEOUT (NCCL's default of 10 minutes
