@@ -98,6 +98,16 @@ def test_dvc_deps_list_the_code_a_stage_runs_and_no_other_stage_module(name):
     assert not others, f"dvc.yaml stage {name} lists other stage modules {others}"
 
 
+@pytest.mark.parametrize("name", sorted(dvc_stages()))
+def test_no_stage_lists_the_code_that_changes_no_output(name):
+    """The params loader, the schema and the stage entry (NOT_DEPS) are no stage's deps, not even
+    through their folder: a key added to the schema for one stage would rerun every stage listing
+    stages/common (train and finetune: hours on the real data)."""
+    deps = [d for d in dvc_stages()[name]["deps"] if d.startswith("stages")]
+    listed = sorted(f for f in NOT_DEPS if covered(f, deps))
+    assert not listed, f"dvc.yaml stage {name} lists {listed} (or their folder)"
+
+
 @pytest.mark.parametrize("name", sorted(set(dvc_stages()) - SYNTHETIC_USERS))
 def test_only_synth_lists_the_synthetic_generator(name):
     deps = [d for d in dvc_stages()[name]["deps"] if d.startswith("stages")]
