@@ -33,9 +33,7 @@ def finish_distributed() -> None:
     Nothing when no process group was started (torch.distributed then need not even be imported)."""
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized():
-        from stages.common.distributed import COLLECTIVE_TIMEOUT
-        host = (dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT)    # its waiters sleep
-                if dist.get_backend() == "nccl" else None)
+        host = dist.new_group(backend="gloo") if dist.get_backend() == "nccl" else None   # its waiters sleep
         dist.barrier(group=host)
         dist.destroy_process_group()
 

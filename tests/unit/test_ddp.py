@@ -293,7 +293,7 @@ def test_processes_on_gpus_leave_a_stage_through_a_gloo_barrier(monkeypatch):
     calls = []
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "get_backend", lambda: "nccl")
-    monkeypatch.setattr(dist, "new_group", lambda backend, timeout: calls.append(backend) or "host")
+    monkeypatch.setattr(dist, "new_group", lambda backend: calls.append(backend) or "host")
     monkeypatch.setattr(dist, "barrier", lambda group=None: calls.append(("barrier", group)))
     monkeypatch.setattr(dist, "destroy_process_group", lambda: calls.append("left"))
     finish_distributed()
