@@ -34,7 +34,7 @@ from stages.coarse.augment import Jitter
 from stages.coarse.detector import save_detector
 from stages.coarse.sources import Samples, list_samples
 from stages.coarse.targets import landmark_flip_order, load_targets
-from stages.coarse.train import TrainConfig, merge_bad, train
+from stages.coarse.train import TrainConfig, train
 from stages.common.badinput import SKIPPED_FILE, BadInputs
 from stages.common.code import code_digest
 from stages.common.device import torch_path
@@ -131,7 +131,7 @@ def checked_everywhere(work, bad: BadInputs, ctx: Dist):
     for error, _ in outcomes:
         if error is not None:
             raise DataError(error)
-    merge_bad(bad, [record for _, records in outcomes for record in records])
+    bad.merge([record for _, records in outcomes for record in records], "the processes' checks")
     return mine
 
 

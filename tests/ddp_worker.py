@@ -15,7 +15,7 @@ from stages.coarse_train import train_config
 from stages.coarse import train as coarse_loop
 from stages.coarse.train import kept_everywhere, share_weight
 from stages.common.badinput import BadInputs
-from stages.common.distributed import host_group, same_everywhere, start_distributed
+from stages.common.distributed import same_everywhere, start_distributed
 from stages.common.params import Params, load_params
 from stages.common.stage import finish_distributed
 from stages.finetuning.pnp_loss import masked_mean
@@ -81,13 +81,13 @@ def run_masked_mean_rank(rank: int, root: str, port: int) -> None:
 
 
 def run_share_weight_rank(rank: int, root: str, port: int, kept_by_rank: tuple[int, int]) -> None:
-    """coarse_train's kept_everywhere (on the host group data.skip_bad makes) and share_weight of a
+    """coarse_train's kept_everywhere (summed on the host group, as under data.skip_bad) and share_weight of a
     global batch of 8 items, 4 a rank, where the ranks kept kept_by_rank of theirs (the others undecodable); saves the
     items kept here and everywhere and the weight (None where no process steps)."""
     join_as(rank, port)
     ctx = start_distributed("cpu")
     kept = kept_by_rank[rank]
-    kept_all = kept_everywhere(kept, 8, ctx, host_group(ctx))
+    kept_all = kept_everywhere(kept, 8, ctx, summed=True)
     weight = share_weight(kept, kept_all, ctx) if kept_all else None
     torch.save({"weight": weight, "kept": kept, "kept_all": kept_all}, Path(root) / f"share{rank}.pt")
     dist.destroy_process_group()
@@ -140,7 +140,7 @@ def run_epoch_rank(rank: int, root: str, port: int) -> None:
     start = [buffer.clone() for net in nets.values() for buffer in net.buffers()]
     coarse_loop._epoch(coarse_loop.data_parallel(nets, ctx), _FailingStream(8, bad_items),
                        {"locate": 64, "refine": 64}, cfg, (optimizer, schedule, scaler, None), 0,
-                       BadInputs(skip=True, max_fraction=1.0), ctx, host_group(ctx))
+                       BadInputs(skip=True, max_fraction=1.0), ctx)
     buffers = [buffer for net in nets.values() for buffer in net.buffers()]
     torch.save({"buffers_kept": all(torch.equal(a, b) for a, b in zip(start, buffers)),
                 "steps": sorted({int(state["step"]) for state in optimizer.state.values()}),

@@ -38,7 +38,7 @@ from stages.coarse.model import LandmarkNet
 from stages.coarse.sources import PASSES, Samples, Stream, ViewSet
 from stages.common.badinput import BadInputs
 from stages.common.device import torch_path
-from stages.common.distributed import (Dist, barrier, gathered, host_group, mean_over_ranks, replica,
+from stages.common.distributed import (Dist, barrier, gathered, mean_over_ranks, replica,
                                        share_cores, start_distributed)
 from stages.common.precision import amp_dtype, autocast, needs_grad_scaler, place_network
 from stages.common.resume import Checkpoints, capture, restore
@@ -249,11 +249,10 @@ def train(cfg: TrainConfig, train_samples: Samples, val_samples: Samples, flip_o
                              cfg.decode, cfg.augment, ctx.device)      # rank 0 alone reads it: the machine's
     replicas = compiled(data_parallel(nets, ctx, cfg.sync_batchnorm), cfg.compile)
     passes = pass_threads(ctx)
-    counts = host_group(ctx) if bad is not None and bad.skip else None
     for epoch in range(first_epoch, cfg.epochs):
         started = time.perf_counter()
         loss = _epoch(replicas, train_stream, sizes, cfg, (optimizer, schedule, scaler, passes), epoch, bad=bad,
-                      ctx=ctx, counts=counts)
+                      ctx=ctx)
         loss = float(mean_over_ranks(loss, ctx))
         share_epoch(nets, bad, ctx)
         if ctx.main:
@@ -303,14 +302,7 @@ def share_epoch(nets: dict[str, LandmarkNet], bad: BadInputs | None, ctx: Dist) 
         for buffer in net.buffers():
             dist.broadcast(buffer, src=0)
     if bad is not None:
-        merge_bad(bad, [record for records in gathered(list(bad.records), ctx) for record in records])
-
-
-def merge_bad(bad: BadInputs, records: list[dict[str, str]]) -> None:
-    """Add the records (key, file, reason) whose key `bad` does not hold yet."""
-    for record in records:
-        if record["key"] not in bad.keys:
-            bad.add(record["key"], record["file"], record["reason"])
+        bad.merge([record for records in gathered(list(bad.records), ctx) for record in records], "the other processes")
 
 
 def _validate_and_save(nets, val_stream: Stream, cfg: TrainConfig, epoch: int, history: list[dict], live,
@@ -346,18 +338,16 @@ def _resume(checkpoints: Checkpoints, epochs: int, nets, optimization: tuple,
     if state is None:
         return 0, []
     if bad is not None:
-        merge_bad(bad, state["bad"])
+        bad.merge(state["bad"], f"the checkpoint of epoch {state['epoch'] + 1}")
     return restore(state, nets, *optimization), state["history"]
 
 
 def _epoch(nets, stream: Stream, sizes, cfg: TrainConfig, stepping: tuple, epoch: int,
-           bad: BadInputs | None, ctx: Dist, counts: dist.ProcessGroup | None = None) -> torch.Tensor:
+           bad: BadInputs | None, ctx: Dist) -> torch.Tensor:
     """One pass over this process's share of the training set -> its mean loss (a float64 0-d
-    tensor on the device). stepping: `step`'s (optimizer, schedule, scaler, passes); counts: the
-    group that sums the items the processes kept (kept_everywhere; None without data.skip_bad)."""
+    tensor on the device). stepping: `step`'s (optimizer, schedule, scaler, passes)."""
     optimizer, schedule, scaler, passes = stepping
-    if ctx.world > 1 and bad is not None and bad.skip and counts is None:
-        raise ValueError("data.skip_bad under DDP needs the host group that sums the kept items (counts)")
+    summed = bad is not None and bad.skip
     for net in nets.values():
         net.train()
     whole = epoch_batches(len(stream.views), cfg.batch_size, cfg.seed, epoch)
@@ -368,7 +358,7 @@ def _epoch(nets, stream: Stream, sizes, cfg: TrainConfig, stepping: tuple, epoch
     for loaded_batch, batch_size in zip(loaded, map(len, whole)):
         batch = take(loaded_batch, stream.views.samples, bad)
         kept = 0 if batch is None else len(batch["index"])
-        kept_all = kept_everywhere(kept, batch_size, ctx, counts)
+        kept_all = kept_everywhere(kept, batch_size, ctx, summed)
         if kept_all == 0:        # no item of the global batch decodes: no process steps
             schedule.step()
             continue
@@ -400,19 +390,19 @@ def first_item(batch: dict) -> dict:
     return {"index": batch["index"][:1], **{name: {k: v[:1] for k, v in batch[name].items()} for name in PASSES}}
 
 
-def kept_everywhere(kept: int, batch_size: int, ctx: Dist, group: dist.ProcessGroup | None = None) -> int:
+def kept_everywhere(kept: int, batch_size: int, ctx: Dist, summed: bool) -> int:
     """The items of a global batch of `batch_size` that the processes kept, where this one kept
-    `kept`: `kept` in one process; the whole batch without a `group` (no data.skip_bad: an
-    undecodable item stops the run); with it (stages.common.distributed.host_group's, under
-    data.skip_bad) the sum over the processes, all-reduced on the host, where it waits for no
-    device queue. Every process then agrees whether the step is taken: an optimiser step on a
-    zero gradient is no skipped step (AdamW's moments and weight decay move the weights)."""
+    `kept`: `kept` in one process; the whole batch unless `summed` (no data.skip_bad: an
+    undecodable item stops the run); summed (under data.skip_bad), the sum over the processes,
+    all-reduced on the host group (ctx.host: gloo, which waits for no device queue). Every
+    process then agrees whether the step is taken: an optimiser step on a zero gradient is no
+    skipped step (AdamW's moments and weight decay move the weights)."""
     if ctx.world == 1:
         return kept
-    if group is None:
+    if not summed:
         return batch_size
     total = torch.tensor([kept], dtype=torch.int64)
-    dist.all_reduce(total, group=group)
+    dist.all_reduce(total, group=ctx.host)
     return int(total[0])
 
 

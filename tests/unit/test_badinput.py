@@ -88,3 +88,21 @@ def test_the_log_names_the_list_where_it_ends_up(tmp_path, caplog):
         bad.finish(tmp, total=4)
     assert f"1 of 4 samples skipped as bad input, listed in {out / 'skipped.csv'}" in caplog.text
     assert (out / "skipped.csv").is_file()
+
+
+def test_merged_records_are_added_once_in_order_with_one_line_of_log(caplog):
+    """Records another process (or an earlier run's checkpoint) found and logged: the new ones
+    join in their order, known keys stay as they were, and no warning repeats each of them."""
+    bad = BadInputs(skip=True, max_fraction=0.5)
+    _run(bad, ["a", "b"], {"b"})
+    others = [{"key": "c", "file": "/data/c.jpg", "reason": "truncated"},
+              {"key": "b", "file": "/data/b.json", "reason": "another reason"},
+              {"key": "d", "file": "/data/d.jpg", "reason": "empty"}]
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="stages.common.badinput"):
+        assert bad.merge(others, "the other processes") == 2
+        assert bad.merge(others, "the other processes") == 0
+    assert [r["key"] for r in bad.records] == ["b", "c", "d"]
+    assert bad.records[0]["file"] == "/data/b.jpg"
+    assert bad.keys == {"b", "c", "d"}
+    assert [r.getMessage() for r in caplog.records] == ["2 skipped samples taken from the other processes"]

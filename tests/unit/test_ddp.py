@@ -97,7 +97,7 @@ def test_uneven_shares_of_a_coarse_batch_weigh_every_item_alike(batch_size, worl
     for rank in range(world):
         ctx = Dist(rank=rank, world=world, device=torch.device("cpu"))
         share = shard(batch, ctx)[0]
-        weight = share_weight(len(share), kept_everywhere(len(share), batch_size, ctx), ctx)
+        weight = share_weight(len(share), kept_everywhere(len(share), batch_size, ctx, summed=False), ctx)
         assert weight / len(share) / world == pytest.approx(1 / batch_size)
     assert share_weight(5, 5, Dist(rank=0, world=1, device=torch.device("cpu"))) is None
 
@@ -141,15 +141,6 @@ def test_a_global_batch_no_process_kept_is_skipped_and_a_stand_in_moves_no_stati
         for key, value in weights.items():
             if not key.endswith(("running_mean", "running_var", "num_batches_tracked")):
                 assert torch.equal(value, ranks[1]["weights"][name][key]), (name, key)
-
-
-def test_an_epoch_under_ddp_with_skip_bad_needs_the_host_group():
-    """Without the group that sums the kept items, the processes could not agree on a global
-    batch none kept (they would weigh by the nominal batch and step on it): a caller's error."""
-    from stages.coarse.train import _epoch
-    with pytest.raises(ValueError, match="needs the host group"):
-        _epoch({}, None, {}, None, (None, None, None, None), 0, BadInputs(skip=True, max_fraction=1.0),
-               Dist(rank=0, world=2, device=torch.device("cpu")))
 
 
 @pytest.mark.parametrize("decode, corrupt", [("opencv", False), ("torch", False), ("opencv", True)])
@@ -231,9 +222,10 @@ def test_the_coarse_detectors_collectives_run_on_an_nccl_group_on_cuda(monkeypat
         three = torch.tensor([3.0], dtype=torch.float64, device=device)
         assert float(mean_over_ranks(three, Dist(rank=0, world=2, device=device))) == 1.5   # one rank's sum over two
         assert float(mean_over_ranks(three, one_rank)) == 3.0
-        counts = host_group(one_rank)                     # gloo beside the nccl default group
-        assert counts is None and kept_everywhere(3, 8, Dist(rank=0, world=2, device=device), host_group(
-            Dist(rank=0, world=2, device=device))) == 3        # one rank's 3 kept, summed on the host
+        assert host_group(one_rank) is None
+        two = Dist(rank=0, world=2, device=device)
+        two = Dist(rank=0, world=2, device=device, host=host_group(two))     # gloo beside the nccl default group
+        assert kept_everywhere(3, 8, two, summed=True) == 3        # one rank's 3 kept, summed on the host
     finally:
         dist.destroy_process_group()
 
