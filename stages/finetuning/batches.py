@@ -27,7 +27,10 @@ def mirror_warp(width: float) -> np.ndarray:
 class PoseBatches(TrainBatches):
     """Item = one batch (positions among the usable rows) -> TrainBatches' dict (images, uv, verts, coeffs) plus
     R_gt (B, 3, 3), t_gt (B, 3) metres (OpenCV pose, x_cv = R v + t), K (B, 3, 3) and
-    inv_warps (B, 2, 3) crop px (of the returned, possibly reframed crop) -> full-image px, all float64."""
+    pnp_inv_warps (B, 2, 3) crop px (of the returned, possibly reframed crop) -> full-image px,
+    all float64: of the mirrored image where the sample is flipped, which the flipped pose and
+    K describe. TrainBatches' inv_warps stays the network's input (CoordConv's image maps): the
+    crop's own, as in train and infer, where a mirrored crop keeps the maps of where it was cut."""
 
     def __init__(self, *args, flip_prob: float, augment: bool = True, **kwargs):
         super().__init__(*args, flip_prob=0.0, augment=augment, **kwargs)
@@ -50,7 +53,7 @@ class PoseBatches(TrainBatches):
             K[flip, 0, 2] = width - K[flip, 0, 2]
         R_gt, t_gt = rt_to_opencv(poses)
         item.update(R_gt=torch.from_numpy(R_gt), t_gt=torch.from_numpy(t_gt), K=torch.from_numpy(K),
-                    inv_warps=torch.from_numpy(inv_warps))
+                    pnp_inv_warps=torch.from_numpy(inv_warps))
         return item
 
     def _mirror(self, item: dict[str, torch.Tensor], flip: torch.Tensor) -> None:

@@ -99,13 +99,13 @@ def pnp_terms(out: dict, batch: dict, settings: PnPSettings, generator: torch.Ge
 
     out: network outputs mu (B, V, 2) crop px, sigma (B, V) crop px, verts (B, V, 3) metres.
     batch: verts (B, V, 3) metres (ground truth), R_gt (B, 3, 3), t_gt (B, 3) metres (OpenCV
-    pose), K (B, 3, 3), inv_warps (B, 2, 3). layer: `sample_terms`' signature without its
+    pose), K (B, 3, 3), pnp_inv_warps (B, 2, 3) (PoseBatches'). layer: `sample_terms`' signature without its
     keywords (default: sample_terms with these settings and generator; `pnp_layer` builds
     either). Returns pnp (eq. 5, mm) and mc (nats), scalars with gradients, and the diagnostics
     valid (B,) bool and ess (B,) (detached).
     """
     layer = layer or pnp_layer(settings, generator)
-    inputs = (out["mu"], out["sigma"], out["verts"], batch["inv_warps"], batch["R_gt"], batch["t_gt"], batch["K"],
+    inputs = (out["mu"], out["sigma"], out["verts"], batch["pnp_inv_warps"], batch["R_gt"], batch["t_gt"], batch["K"],
               batch["verts"])
     pnp, mc, valid, ess = layer(*(x.to(settings.dtype) for x in inputs))
     return {"pnp": MM_PER_M * masked_mean(pnp, valid).float(), "mc": masked_mean(mc, valid).float(),

@@ -11,7 +11,7 @@ from stages.face.mesh import flip_permutation
 from stages.face.warp import apply_warp, invert_warp
 from stages.finetuning.batches import PoseBatches
 from stages.finetuning.pnp_loss import PnPSettings, crop_to_full, pnp_terms
-from stages.nets.dataset import Reframe
+from stages.nets.dataset import Reframe, TrainBatches
 from stages.wcpa.camera import Camera, rt_to_opencv
 from tests.conftest import face_points, random_poses
 from tests.tiny_project import PROJ, crop_warps, memory_store
@@ -30,7 +30,7 @@ def exact_batch(n=4, V=60, size=64, seed=0):
     warps = crop_warps(uv_full, size)
     R, t = rt_to_opencv(poses)
     batch = {"verts": torch.tensor(verts), "R_gt": torch.tensor(R), "t_gt": torch.tensor(t),
-             "K": torch.tensor(np.repeat(CAMERA.K[None], n, 0)), "inv_warps": torch.tensor(invert_warp(warps))}
+             "K": torch.tensor(np.repeat(CAMERA.K[None], n, 0)), "pnp_inv_warps": torch.tensor(invert_warp(warps))}
     out = {"mu": torch.tensor(apply_warp(warps, uv_full), requires_grad=True),
            "sigma": torch.full((n, V), 1.5, dtype=torch.float64, requires_grad=True),
            "verts": torch.tensor(verts, requires_grad=True)}
@@ -39,7 +39,7 @@ def exact_batch(n=4, V=60, size=64, seed=0):
 
 def test_crop_to_full_maps_points_by_the_inverse_warp_and_sigma_by_its_scale():
     out, batch, warps = exact_batch()
-    x2d, w2d = crop_to_full(out["mu"], out["sigma"], batch["inv_warps"])
+    x2d, w2d = crop_to_full(out["mu"], out["sigma"], batch["pnp_inv_warps"])
     np.testing.assert_allclose(x2d.detach().numpy(), apply_warp(invert_warp(warps), out["mu"].detach().numpy()), atol=1e-9)
     crop_scale = warps[:, 0, 0]      # crop px per full px (crop_warps: no rotation)
     np.testing.assert_allclose(w2d.detach().numpy(), np.broadcast_to((crop_scale / 1.5)[:, None, None], w2d.shape), rtol=1e-12)
@@ -143,7 +143,11 @@ def test_batches_carry_a_pose_camera_and_warp_that_reproduce_the_targets_also_wh
         x_cv = item["verts"].double() @ item["R_gt"].transpose(1, 2) + item["t_gt"][:, None]
         full = (x_cv @ item["K"].transpose(1, 2))
         full = (full[..., :2] / full[..., 2:]).numpy()
-        np.testing.assert_allclose(apply_warp(invert_warp(item["inv_warps"].numpy()), full), item["uv"].numpy(), atol=1e-3)
+        np.testing.assert_allclose(apply_warp(invert_warp(item["pnp_inv_warps"].numpy()), full), item["uv"].numpy(),
+                                   atol=1e-3)
+        plain = TrainBatches(store, verts, poses, CAMERA, basis, None, flip_prob=0.0, color_jitter=0.0, seed=0,
+                             reframe=reframe)[list(range(len(usable)))]
+        assert torch.equal(item["inv_warps"], plain["inv_warps"])      # CoordConv's maps: where the crop was cut
         np.testing.assert_allclose(item["coeffs"].numpy(), basis.project(item["verts"].numpy()), atol=1e-5)
         if not reframe.active:
             flipped_images = np.array_equal(item["images"].numpy(), store.images[usable].transpose(0, 3, 1, 2)[..., ::-1])
