@@ -45,6 +45,8 @@ def _check_range(value: float, bounds: Range, where: str) -> float:
         low, high = (">", "<") if bounds.open else (">=", "<=")
         limits = [f"{sign} {limit:g}" for sign, limit in ((low, bounds.low), (high, bounds.high)) if limit is not None]
         raise ParamsError(f"{where} = {value!r}: must be {' and '.join(limits)}")
+    if bounds.multiple is not None and value % bounds.multiple:
+        raise ParamsError(f"{where} = {value!r}: must be a multiple of {bounds.multiple}")
     return value
 
 

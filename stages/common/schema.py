@@ -14,12 +14,14 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Range:
-    """A number of type `kind` within [low, high] (None: unbounded); open=True excludes both ends."""
+    """A number of type `kind` within [low, high] (None: unbounded); open=True excludes both ends;
+    multiple: it must be a multiple of this (None: any)."""
 
     kind: type
     low: float | None = None
     high: float | None = None
     open: bool = False
+    multiple: int | None = None
 
 
 class Choice:
@@ -53,6 +55,9 @@ DEVICE = Choice("auto", "cpu", "cuda")
 PNP_METHODS = ("ITERATIVE", "EPNP", "SQPNP")
 PNP_FLAGS = Choice(*PNP_METHODS, *(f"{name}+ITERATIVE" for name in PNP_METHODS if name != "ITERATIVE"))
 SCHEDULE = Choice("constant", "cosine")
+# the detector's input sides: its backbones' stride, so that the heatmap cells lie 4 px apart and
+# the feature pyramid's upsampled levels line up (98 px gave 25 cells 3.92 px apart)
+VIEW_SIZE = Range(int, 32, multiple=32)
 BACKBONE = Choice("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large")  # coarse/model.py
 
 
@@ -129,8 +134,8 @@ SCHEMA = {
         "locate_backbone": BACKBONE,  # torchvision backbone of pass 1 (whole image downscaled)
         "refine_backbone": BACKBONE,  # torchvision backbone of pass 2 (square around the pass-1 face)
         "pretrained": bool,       # ImageNet weights (needs them in the torch hub cache)
-        "locate_size": COUNT,     # pass-1 input side, px
-        "refine_size": COUNT,     # pass-2 input side, px
+        "locate_size": VIEW_SIZE,  # pass-1 input side, px
+        "refine_size": VIEW_SIZE,  # pass-2 input side, px
         "refine_margin": POSITIVE,  # pass-2 square side / longer side of the landmarks' box
         "head_width": COUNT,      # channels of the feature pyramid and heatmap head
         "epochs": COUNT,

@@ -170,6 +170,8 @@ def test_a_profile_that_is_its_own_base_stops(tmp_path, monkeypatch):
     (lambda d: d["infer"].update(pnp_flags="P3P"), r"infer.pnp_flags = 'P3P'"),
     (lambda d: d["infer"].update(pnp_flags="SQPNP+EPNP"), r"infer.pnp_flags = 'SQPNP\+EPNP'"),
     (lambda d: d["train"].update(val_pnp_flags="EPNP+SQPNP"), r"train.val_pnp_flags = 'EPNP\+SQPNP'"),
+    (lambda d: d["coarse_train"].update(locate_size=98), r"coarse_train.locate_size = 98: must be a multiple of 32"),
+    (lambda d: d["coarse_train"].update(refine_size=16), r"coarse_train.refine_size = 16: must be >= 32"),
 ])
 def test_values_outside_their_range_or_choice_stop_at_load(tmp_path, mutate, message):
     with pytest.raises(ParamsError, match=r"params.yaml: " + message):
