@@ -148,10 +148,11 @@ class ViewSet(Dataset):
 
     def reduction(self, index: int) -> int:
         """The decode reduction of sample `index` (1, 2, 4, 8): densest view, bounded before
-        decoding (the image is at least as wide as the landmarks' box)."""
+        decoding (the locate view spans the image's longer side, the refine view the landmarks'
+        box times the margin; a jitter's zoom by at most `stretch`)."""
         stretch = max((j.scale for j in self.jitters.values()), default=1.0) if self.jitters else 1.0
         side = max(float(np.ptp(self.samples.landmarks[index], axis=0).max()), 1e-6)
-        density = max(self.sizes["locate"], self.sizes["refine"] / self.margin) / side
+        density = max(self.sizes["locate"] / max(self.samples.size), self.sizes["refine"] / (self.margin * side))
         return reduction(stretch * density, self.max_reduce)
 
     def views(self, epoch: int, index: int) -> dict[str, dict]:

@@ -242,7 +242,10 @@ def pose_problem(R_t: np.ndarray) -> str:
 
 
 def read_landmarks(path: Path | str, n_points: int) -> np.ndarray:
-    """A _68landmarks.txt ('x y' per line) -> (n_points, 2) float64 pixels."""
+    """A _68landmarks.txt ('x y' per line) -> (n_points, 2) float64 pixels, read as continuous
+    image coordinates (the image's top-left corner at 0, 0), as the synthetic data rounds its
+    projections: the challenge does not say; were its integers OpenCV's pixel indices (centres at
+    integers), crops placed on them (crop.source: given68) would sit half a pixel off."""
     path = Path(path)
     try:
         rows = [line.split() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]

@@ -126,6 +126,17 @@ def test_reduced_decoding_stays_close_to_the_full_decode(tmp_path):
     assert read_image(samples.paths[0].decode(), samples.size, reduce=2).shape == (240, 240, 3)
 
 
+def test_the_decode_reduction_keeps_each_view_as_dense_as_it_samples():
+    """The locate view spans the image's longer side (480 px here): its density is locate / 480,
+    not locate over the landmarks' box, which asked for a full decode where the refine view
+    allows half the size."""
+    box = np.array([[100.0, 100.0], [200.0, 100.0], [150.0, 200.0]])          # a 100 px box
+    samples = Samples(np.array([b"x.png"]), np.array([b"s/a/0"]), box[None], (480, 480))
+    views = ViewSet(samples, {"locate": 96, "refine": 32}, 1.2, seed=0)
+    assert views.reduction(0) == 2            # refine 32 / (1.2 x 100) = 0.27, locate 96 / 480 = 0.2
+    assert ViewSet(samples, {"locate": 320, "refine": 32}, 1.2, seed=0).reduction(0) == 1     # 320 / 480
+
+
 def test_missing_or_empty_files_are_found_up_front_and_corrupt_ones_while_streaming(tmp_path):
     samples = _face_images(tmp_path, 4)
     table = pd.DataFrame({"subject_id": ["s"] * 4, "facial_action": ["a"] * 4, "img_id": ["0", "1", "2", "3"]})
