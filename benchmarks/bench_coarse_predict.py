@@ -23,6 +23,7 @@ Needs the data root, the split lists (dvc repro split) and the detector (dvc rep
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +33,7 @@ import numpy as np
 from benchmarks.gpu_probe import sync
 from stages.coarse.detector import Detector
 from stages.coarse.targets import load_targets
-from stages.coarse_predict import predict_split, usable_flip_test
+from stages.coarse_predict import predict_split
 from stages.common.badinput import BadInputs
 from stages.common.cropstore import ResumableRows
 from stages.common.device import pick_device
@@ -51,7 +52,8 @@ def pass_errors(trace: np.ndarray, target: np.ndarray) -> list[dict[str, float]]
 
 
 def rate(params: Params, detector: Detector, table, rows: int) -> None:
-    cfg, data = usable_flip_test(params.coarse_predict, detector), params.data
+    cfg, data = params.coarse_predict, params.data
+    cfg = dataclasses.replace(cfg, flip_test=detector.usable_flip_test(cfg.flip_test))
     size = load_resources(data.root).camera.size
     bad = BadInputs(skip=data.skip_bad, max_fraction=data.max_bad_fraction)
     with tempfile.TemporaryDirectory() as work:

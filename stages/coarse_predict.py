@@ -126,21 +126,13 @@ def error_summary(pred: np.ndarray, target: np.ndarray) -> dict:
             "image_mean_max_px": float(per_image.max()), "images": int(len(per_image))}
 
 
-def usable_flip_test(cfg: CoarsePredictParams, detector: Detector) -> CoarsePredictParams:
-    """cfg with flip_test off (and a warning) when the detector has no landmark flip order."""
-    if not cfg.flip_test or detector.flip_order is not None:
-        return cfg
-    log.warning("coarse_predict.flip_test ignored: the detector has no landmark flip order")
-    return dataclasses.replace(cfg, flip_test=False)
-
-
 def run(params: Params, out: Path = Path("artifacts/coarse_predict"),
         model: Path = Path("artifacts/coarse_train/model.pt"), split_dir: Path = Path("artifacts/split")) -> dict:
     cfg, data = params.coarse_predict, params.data
     resources = load_resources(data.root)
     tables = split_tables(data.root, split_dir)
     detector = Detector(model, pick_device("auto"), data.workers, cfg.amp)
-    cfg = usable_flip_test(cfg, detector)
+    cfg = dataclasses.replace(cfg, flip_test=detector.usable_flip_test(cfg.flip_test))
     bad = BadInputs(skip=data.skip_bad, max_fraction=data.max_bad_fraction)
     metrics, landmarks = {}, {}
     partial_dir = out.with_name(out.name + ".partial")

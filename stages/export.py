@@ -29,16 +29,20 @@ import torch
 from torch import nn
 
 from stages.common.io import atomic_write
-from stages.common.params import Params
+from stages.common.params import Params, ParamsError
 from stages.common.stage import stage_main
-from stages.nets.checkpoint import load_network_for_images
+from stages.nets.checkpoint import CheckpointError, load_network_for_images
 from stages.nets.model import FaceNet, InputResize
-from stages.wcpa.layout import load_resources
+from stages.wcpa.layout import DataError, load_resources
 
 log = logging.getLogger("export")
 ARTIFACTS = Path("artifacts")
 INPUTS, OUTPUTS = ("crops",), ("mu", "sigma", "verts")
 OPSET = 18
+
+
+class ExportError(ValueError):
+    """A network that the exported graph cannot hold; the message names the key."""
 
 
 class MatrixResize(nn.Module):
@@ -89,10 +93,10 @@ def run(params: Params, checkpoint: str | None = None, out: Path | str = ARTIFAC
                                     Path(artifacts) / "pca" / "basis.npz", params.train, params.crop.size,
                                     resources.n_verts)
     if model.pose is not None:
-        raise ValueError("train.pose_head=direct6dof: export writes mu, sigma and verts only; the direct head's "
+        raise ExportError("train.pose_head=direct6dof: export writes mu, sigma and verts only; the direct head's "
                          "pose needs each crop's warp (stages.nets.pose_frame) and is not exported")
     if model.config.coordconv and model.config.coord_maps == "image":
-        raise ValueError("train.coord_maps=image: the network reads each crop's full-image positions, which the "
+        raise ExportError("train.coord_maps=image: the network reads each crop's full-image positions, which the "
                          "exported model (crops in, mu, sigma and verts out) has no input for")
     export_onnx(model, out)
     log.info("wrote %s", out)
@@ -105,7 +109,7 @@ def options(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    stage_main(__doc__, run, options, argv)
+    stage_main(__doc__, run, options, argv, errors=(ExportError, CheckpointError, DataError, ParamsError))
 
 
 if __name__ == "__main__":

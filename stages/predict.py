@@ -8,11 +8,14 @@ of infer.batch_size images (decoded in data.workers threads):
      image, one no crop fits or a failed PnP);
   2. the roll-frontalized crop as the crop stage makes it (crop.size, crop.margin, crop.rotation);
   3. the network artifacts/<infer.checkpoint>/model.pt with flip & merge, unwarp and PnP exactly
-     as stage infer (stages.nets.inference.predict_crops; infer.flip_merge, pnp, pnp_flags).
-Camera: the challenge's (data.root's resources/projection_matrix.txt and image size; other image
-sizes stop) or, with --focal / --fov (horizontal), a pinhole camera for any image size
+     as stage infer (stages.nets.inference.predict_crops; infer.flip_merge, pnp, pnp_flags); a
+     pose infer would not accept (stages.wcpa.submission.pose_accepted) is a failed PnP.
+The crops come from the detector whatever crop.source (a warning says so where it is not coarse).
+Camera: the challenge's (data.root's resources/projection_matrix.txt, and the image size of its
+first train images; other image sizes stop) or, with --focal / --fov (horizontal), a pinhole camera for any image size
 (stages.wcpa.camera.Camera.pinhole) with its principal point at the image centre or at
---principal (OpenCV's pixel coordinates, as a calibration gives it).
+--principal (OpenCV's pixel coordinates, as a calibration gives it). A network tied to the
+training camera (train.pose_head=direct6dof, train.coord_maps=image) takes no pinhole camera.
 
 The network must fit the params and the data as in infer (stages.nets.checkpoint): backbone,
 CoordConv, shape head, input size, vertex count, PCA size, the crop size crop.size, and the
@@ -21,10 +24,15 @@ for arbitrary images, and crop.margin / crop.rotation are not recorded in model.
 taken from params.yaml, which must be the params the crop stage and the network were made with
 (`dvc status` tells).
 
+Images are read turned by their EXIF orientation, as displayed (cv2.imread's default); the camera
+(--fov across the width, --principal) is that image's. Pixel positions in the outputs are
+continuous coordinates: the image's top-left corner at (0, 0), a pixel's centre at i + 0.5
+(OpenCV's coordinates are 0.5 less). Lengths are in metres.
+
 Per image <stem> (folders: their image files, not recursive), written atomically into DIR:
   <stem>_canonical.obj  the predicted mesh (V, 3) metres in the head frame, the data's triangles
   <stem>_camera.obj     the same mesh in the OpenGL camera frame (v @ R + t)
-  <stem>_pose.json      R_t (4, 4), the challenge's row-vector convention; landmarks68 (68, 2)
+  <stem>_pose.json      R_t (4, 4) (t in metres), the challenge's row-vector convention; landmarks68 (68, 2)
                         full-image px; detector confidence; camera projection matrix and size
   <stem>.npz            R_t, verts (V, 3), landmarks (V, 2) and landmarks68 (68, 2) full px
                         (the network's, flip-merged), coarse68 (68, 2) full px (the detector's),
@@ -35,6 +43,7 @@ Per image <stem> (folders: their image files, not recursive), written atomically
 from __future__ import annotations
 
 import argparse
+import collections
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -61,9 +70,11 @@ from stages.viz.draw import draw_points, draw_wireframe, save_png
 from stages.wcpa.camera import Camera, focal_from_fov, from_opencv_pixels, to_camera
 from stages.wcpa.layout import DataError, Resources, load_resources, read_image
 from stages.wcpa.obj import write_obj
+from stages.wcpa.submission import pose_accepted
 
 log = logging.getLogger("predict")
 ARTIFACTS = Path("artifacts")
+WRITES_IN_FLIGHT = 4        # images a writer thread may have queued before predicting waits for them
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -135,10 +146,21 @@ def camera_choice(resources: Resources, focal: float | None, fov: float | None,
     return camera
 
 
+def camera_bound(model: FaceNet) -> str | None:
+    """The key that ties the network to the camera it was trained with (None: none does): the
+    direct head's depth code assumes its focal length, image CoordConv maps its image size."""
+    if model.pose is not None:
+        return "train.pose_head=direct6dof (its depth code assumes the training camera's focal length)"
+    if model.config.coordconv and model.config.coord_maps == "image":
+        return "train.coord_maps=image (its position maps are scaled by the training images' size)"
+    return None
+
+
 def load_detector(path: Path, settings: InferSettings, workers: int, amp: bool) -> Detector:
     """The coarse detector; a missing or unreadable file is a PredictError naming it."""
     if not path.is_file():
-        raise PredictError(f"{path}: coarse detector not found (run `dvc repro coarse_train`)")
+        raise PredictError(f"{path}: coarse detector not found (run `python -m stages.launch coarse_train`, or "
+                           "`dvc repro coarse_train` where crop.detector lists it)")
     try:
         return Detector(path, settings.device, workers, amp)
     except (ValueError, KeyError, RuntimeError) as err:
@@ -164,7 +186,11 @@ def load_pipeline(params: Params, artifacts: Path = ARTIFACTS, **gate: float) ->
     # no CUDA graphs: each batch of images gives any number of crops, and a capture per number
     # would outweigh its replays
     settings = replace(InferSettings.of(params.infer), cuda_graph=False)
+    if crop.source != "coarse":
+        log.warning("crop.source=%s: the network was trained on crops of those landmarks; predict crops every "
+                    "image from the coarse detector's", crop.source)
     detector = load_detector(artifacts / "coarse_train" / "model.pt", settings, data.workers, coarse.amp)
+    coarse = replace(coarse, flip_test=detector.usable_flip_test(coarse.flip_test))
     model, perm = load_model(params, artifacts, resources)
     reference = reference_shape(resources.template, resources.kpt_ind, crop.size, crop.margin)
     return Pipeline(detector, model, perm, resources, reference, crop, coarse, settings, **gate)
@@ -196,13 +222,13 @@ def crop_and_predict(pipeline: Pipeline, images: list[np.ndarray], coarse: np.nd
 
 
 def prediction_problem(pred: dict[str, np.ndarray], row: int, settings: InferSettings) -> str | None:
-    """Why prediction `row` is unusable (non-finite network outputs, or a failed PnP: no pose in
-    front of the camera), or None."""
+    """Why prediction `row` is unusable (non-finite network outputs, or a failed PnP: no pose
+    infer would accept, stages.wcpa.submission.pose_accepted), or None."""
     if not (np.isfinite(pred["verts"][row]).all() and np.isfinite(pred["landmarks"][row]).all()):
         return "the network gave non-finite outputs"
-    if not (np.isfinite(pred["R_t"][row]).all() and pred["R_t"][row, 3, 2] < 0):
-        return (f"PnP ({settings.pnp}, {settings.pnp_flags}) failed or put the face behind the camera: another "
-                "infer.pnp_flags may solve it")
+    if not pose_accepted(pred["R_t"][row][None])[0]:
+        return (f"PnP ({settings.pnp}, {settings.pnp_flags}) failed or put the face behind the camera or "
+                "implausibly far: another infer.pnp_flags may solve it")
     return None
 
 
@@ -233,7 +259,11 @@ def predict_decoded(pipeline: Pipeline, images: list[np.ndarray], paths: list[Pa
         if k not in no_face:
             groups.setdefault((image.shape[1], image.shape[0]), []).append(k)
     for size, ks in groups.items():
-        camera = cameras(paths[ks[0]], *size)
+        try:
+            camera = cameras(paths[ks[0]], *size)
+        except PredictError as err:             # every image of the size: a problem of its own
+            outcomes.update({k: problem(k, split_message(err)[1]) for k in ks})
+            continue
         pred, no_crop = crop_and_predict(pipeline, [images[k] for k in ks], trace[-1][ks], camera, pool)
         outcomes.update({ks[row]: problem(ks[row], reason) for row, reason in no_crop.items()})
         for out_row, k in enumerate(ks[row] for row in pred["rows"]):
@@ -297,16 +327,24 @@ def run(params: Params, inputs: list[Path | str], out: Path | str, focal: float 
     paths = list_images(inputs)
     passes = {key: value for key, value in (("refine_passes", refine_passes), ("settle", settle)) if value is not None}
     pipeline = load_pipeline(params.replace(coarse_predict=passes), Path(artifacts), **gate)
+    bound = camera_bound(pipeline.model) if focal is not None or fov is not None else None
+    if bound:
+        raise PredictError(f"{Path(artifacts) / params.infer.checkpoint / 'model.pt'}: {bound}: it predicts with the "
+                           "challenge's camera only, on its image size (leave out --focal and --fov)")
     cameras = camera_choice(pipeline.resources, focal, fov, principal)
     started = time.perf_counter()
     workers = max(1, params.data.workers)
     with ThreadPoolExecutor(workers) as readers, ThreadPoolExecutor(workers) as pool, \
             ThreadPoolExecutor(workers) as writer, tqdm(total=len(paths), desc="predict", unit="img") as bar:
-        written, bad = [], BadInputs(skip=True, max_fraction=1.0)
+        written, bad = collections.deque(), BadInputs(skip=True, max_fraction=1.0)
         for chunk, images in batches(paths, pipeline.settings.batch_size, readers):
             for result in predict_batch(pipeline, images, chunk, cameras, pool):
                 if "problem" not in result:
+                    if not overlay:
+                        result.pop("image")          # the decoded image: only the overlay draws on it
                     written.append(writer.submit(write_outputs, Path(out), result, pipeline.resources, overlay))
+                    while len(written) > WRITES_IN_FLIGHT * workers:
+                        written.popleft().result()
                 elif skip_bad:
                     bad.add(str(result["path"]), str(result["path"]), result["problem"])
                 else:
@@ -327,11 +365,12 @@ def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder")
     camera = parser.add_mutually_exclusive_group()
     camera.add_argument("--focal", type=float, help="focal length in px")
-    camera.add_argument("--fov", type=float, help="horizontal field of view in degrees, across the image as stored "
-                        "(after its EXIF rotation)")
+    camera.add_argument("--fov", type=float, help="horizontal field of view in degrees, across the image as "
+                        "displayed (turned by its EXIF orientation, as cv2.imread reads it)")
     parser.add_argument("--principal", type=float, nargs=2, metavar=("CX", "CY"),
                         help="principal point in px, OpenCV's coordinates (the top-left pixel's centre is 0, 0), as "
-                             "a calibration gives it; default: the image centre (with --focal or --fov)")
+                             "a calibration gives it, of the image as displayed (turned by its EXIF orientation); "
+                             "default: the image centre (with --focal or --fov)")
     parser.add_argument("--refine-passes", type=int, help="the detector's refine passes, at most (default "
                         "coarse_predict.refine_passes)")
     parser.add_argument("--settle", type=float, help="stop an image's refine passes once one moves its landmarks by "

@@ -7,6 +7,7 @@ With `settle`, an image whose landmarks have stopped moving takes no further ref
 """
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Union
@@ -23,6 +24,7 @@ from stages.common.precision import amp_dtype, autocast, place_network
 from stages.face.warp import apply_warp, invert_warp, warp_image
 from stages.face.warp_torch import warp_images
 
+log = logging.getLogger(__name__)
 Images = Union[list[np.ndarray], torch.Tensor]
 
 SHAPE_STEP = 32      # a refine pass over some of a batch runs on a multiple of this many images
@@ -60,6 +62,14 @@ class Detector:
             net.load_state_dict(state["nets"][name])
             self.nets[name] = place_network(net, device).eval()
         self.pool = ThreadPoolExecutor(max(workers, 1))
+
+    def usable_flip_test(self, flip_test: bool) -> bool:
+        """flip_test where this detector has a landmark flip order; False, with a warning, where
+        one is asked for and there is none (`trace` would refuse it)."""
+        if flip_test and self.flip_order is None:
+            log.warning("coarse_predict.flip_test ignored: the detector has no landmark flip order")
+            return False
+        return flip_test
 
     def _inputs(self, images: Images, warps: np.ndarray, size: int, bgr: bool) -> torch.Tensor:
         """Each image warped into a pass's input -> float (B, 3, S, S) on the device. A list of

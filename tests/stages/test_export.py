@@ -48,3 +48,12 @@ def test_onnx_matches_pytorch_on_random_and_real_crops(project, tmp_path, input_
         for name, value in zip(("mu", "sigma", "verts"), got):
             np.testing.assert_allclose(value, want[name].numpy(), atol=1e-3, rtol=1e-3)
     assert read_checkpoint(artifacts / "train" / "model.pt")["config"]["input_size"] == input_size
+
+
+def test_a_missing_checkpoint_stops_the_command_naming_it(project, tmp_path, monkeypatch):
+    import yaml
+    _, params, _ = project
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.as_dict()))
+    with pytest.raises(SystemExit, match=r"^export: artifacts/pca/basis.npz: PCA basis not found"):
+        export.main(["--params", "params.yaml", "--checkpoint", "train"])

@@ -260,3 +260,55 @@ def test_skip_bad_lists_the_images_without_a_prediction_and_writes_the_others(pr
     assert result["skipped"] == 2 and skipped["file"].tolist() == [str(path) for path in good]
     assert all(reason.startswith("no crop fits") for reason in skipped["reason"])
     assert not list((tmp_path / "none").glob("*.obj"))
+
+
+def test_skip_bad_lists_every_image_of_a_size_the_camera_refuses_and_writes_the_others(project, face_detector,
+                                                                                      tmp_path):
+    """Two images of a size the challenge camera does not have: each listed with the reason, where
+    the first one's error stopped the run, skip_bad or not."""
+    root, params, tables = project
+    good = image_path(root / "data", tables["test"].iloc[0])
+    small = []
+    for k in range(2):
+        path = tmp_path / f"small{k}.png"
+        cv2.imwrite(str(path), cv2.resize(cv2.imread(str(good)), (300, 200)))
+        small.append(path)
+    result = predict.run(params, [small[0], good, small[1]], tmp_path / "out", artifacts=root / "artifacts",
+                         skip_bad=True)
+    skipped = pd.read_csv(tmp_path / "out" / "skipped.csv")
+    assert (result["images"], result["skipped"]) == (3, 2)
+    assert skipped["file"].tolist() == [str(path) for path in small]
+    assert all(reason.startswith("image is 300x200, the challenge camera's is") for reason in skipped["reason"])
+    assert (tmp_path / "out" / f"{good.stem}_pose.json").is_file()
+
+
+def test_a_network_tied_to_the_training_camera_takes_no_pinhole_camera():
+    def net(**keys):
+        return FaceNet(NetConfig(depth=18, coordconv=True, shape_head="pca", crop_size=CROP, n_verts=10,
+                                 n_components=COMPONENTS, **keys))
+    assert predict.camera_bound(net()) is None
+    assert "train.pose_head=direct6dof" in predict.camera_bound(net(pose_head="direct6dof"))
+    assert "train.coord_maps=image" in predict.camera_bound(net(coord_maps="image", image_size=(800, 800)))
+
+
+def test_a_pose_infer_would_not_accept_is_a_failed_pnp():
+    pred = {"verts": np.zeros((3, 4, 3)), "landmarks": np.zeros((3, 4, 2)), "R_t": np.repeat(np.eye(4)[None], 3, 0)}
+    pred["R_t"][:, 3, 2] = [-0.5, 0.5, -20.0]             # in front; behind the camera; 20 m away
+    settings = SimpleNamespace(pnp="opencv", pnp_flags="SQPNP")
+    assert predict.prediction_problem(pred, 0, settings) is None
+    assert all("PnP (opencv, SQPNP) failed" in predict.prediction_problem(pred, row, settings) for row in (1, 2))
+
+
+def test_a_detector_without_a_flip_order_predicts_without_the_flip_test(project, face_detector, tmp_path, caplog):
+    root, params, tables = project
+    state = torch.load(root / "artifacts" / "coarse_train" / "model.pt")
+    state["flip_order"] = None
+    (tmp_path / "coarse_train").mkdir()
+    torch.save(state, tmp_path / "coarse_train" / "model.pt")
+    for name in ("pca", "train"):
+        (tmp_path / name).symlink_to(root / "artifacts" / name)
+    image = image_path(root / "data", tables["test"].iloc[0])
+    result = predict.run(params.replace(coarse_predict={"flip_test": True}), [image], tmp_path / "out",
+                         artifacts=tmp_path)
+    assert result["images"] == 1 and (tmp_path / "out" / f"{image.stem}_pose.json").is_file()
+    assert "coarse_predict.flip_test ignored" in caplog.text
