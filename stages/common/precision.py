@@ -34,7 +34,8 @@ def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
     if not amp:
         return None
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        with torch.cuda.device(device):      # native bfloat16 (Ampere on): emulated it is slow
+            return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     if device.type == "cpu" and cpu_has_bf16():
         return torch.bfloat16
     return None

@@ -178,12 +178,15 @@ class FinetuneTrainer(Trainer):
         return True
 
     def step_terms(self, out: dict, batch: dict, step: int) -> dict[str, torch.Tensor]:
-        """Eq. 6 terms (keys of self.lambdas) and the PnP diagnostics pnp_valid, pnp_ess (no weight)."""
+        """Eq. 6 terms (keys of self.lambdas) and the PnP diagnostics pnp_valid (the accepted share)
+        and pnp_ess (the accepted samples' mean effective sample size), without weight."""
         terms = super().step_terms(out, batch, step)
         self.generator.manual_seed(self.seed * STEP_SEED_STRIDE + step * self.ctx.world + self.ctx.rank)
         pnp = pnp_terms(out, batch, self.pnp, self.generator, self.layer)
+        valid = pnp["valid"].float()
+        ess = torch.where(pnp["valid"], pnp["ess"].float(), 0.0).sum() / valid.sum().clamp_min(1)
         return {**terms, "pnp": pnp["pnp"], "mc": pnp["mc"],
-                "pnp_valid": pnp["valid"].float().mean(), "pnp_ess": pnp["ess"].float().mean()}
+                "pnp_valid": valid.mean(), "pnp_ess": ess}
 
 
 def run_finetune(params: Params, paths: FinetunePaths, camera: Camera) -> dict:

@@ -111,7 +111,8 @@ def fingerprint(cfg: TrainParams, lambdas: dict, seed: int, extra: dict) -> str:
 
     Under a constant schedule train.epochs is left out: every step's learning rate is then the
     same whatever the epochs, so raising them continues a finished run to the model a longer run
-    from scratch gives, and a longer run's checkpoint ends a shorter one. A cosine schedule's
+    from scratch gives, and a longer run's checkpoint ends a run one epoch shorter (the newest two
+    are kept; a shorter run starts afresh). A cosine schedule's
     every step depends on the epochs: another number of them starts afresh."""
     free = RESUME_FREE_KEYS if cfg.schedule == "constant" else tuple(k for k in RESUME_FREE_KEYS if k != "epochs")
     train = {k: v for k, v in cfg.as_dict().items() if k not in free}

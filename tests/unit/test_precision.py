@@ -1,5 +1,7 @@
 """Mixed precision and memory layout: the autocast type per device (CUDA capability patched),
 float32 heads under bfloat16 autocast, channels_last networks equal to NCHW ones on the CPU."""
+import contextlib
+
 import pytest
 import torch
 
@@ -10,8 +12,11 @@ from stages.common.precision import amp_dtype, autocast, memory_format, needs_gr
 
 
 @pytest.mark.parametrize("bf16", [True, False])
-def test_cuda_autocast_type_follows_bfloat16_support(monkeypatch, bf16):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+def test_cuda_autocast_type_follows_native_bfloat16_support(monkeypatch, bf16):
+    """A GPU before Ampere (V100, T4) emulates bfloat16, which torch counts as support by default:
+    it gets float16 with the GradScaler."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16 or including_emulation)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
     dtype = amp_dtype(torch.device("cuda"), True)
     assert dtype is (torch.bfloat16 if bf16 else torch.float16)
     assert needs_grad_scaler(dtype) is not bf16
