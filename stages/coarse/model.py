@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from stages.common.precision import like_weight
+from stages.common.pretrained import with_weights
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -26,8 +27,11 @@ def _backbone_blocks(name: str, pretrained: bool) -> list[nn.Module]:
     """The backbone as a list of sequential blocks (stem first), classifier removed."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
-    weights = "DEFAULT" if pretrained else None
-    net = getattr(torchvision.models, name)(weights=weights)
+    builder = getattr(torchvision.models, name)
+    if pretrained:
+        net = with_weights(builder, torchvision.models.get_model_weights(name).DEFAULT, "coarse_train.pretrained")
+    else:
+        net = builder(weights=None)
     if name.startswith("resnet"):
         stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         return [stem, net.layer1, net.layer2, net.layer3]

@@ -1,21 +1,17 @@
 """The shared backbone: a torchvision ResNet without its classifier, optionally 5-channel."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 from torchvision import models
+
+from stages.common.pretrained import with_weights
 
 RESNETS = {
     18: (models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1),
     34: (models.resnet34, models.ResNet34_Weights.IMAGENET1K_V1),
     50: (models.resnet50, models.ResNet50_Weights.IMAGENET1K_V2),
 }
-
-
-class WeightsUnavailable(RuntimeError):
-    """ImageNet weights could not be loaded (no network and no cached file)."""
 
 
 def _check_depth(depth: int) -> None:
@@ -25,16 +21,7 @@ def _check_depth(depth: int) -> None:
 
 def _load_resnet(depth: int, pretrained: bool) -> nn.Module:
     builder, weights = RESNETS[depth]
-    if not pretrained:
-        return builder(weights=None)
-    try:
-        return builder(weights=weights)
-    except (OSError, RuntimeError) as err:    # URLError is an OSError
-        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-        raise WeightsUnavailable(
-            f"cannot load ImageNet weights {weights} for ResNet{depth}: {err}. This machine may have "
-            f"no network: download {weights.url} elsewhere and place it at {cache} (the torch hub "
-            "cache, $TORCH_HOME/hub/checkpoints), or set train.pretrained: false") from None
+    return with_weights(builder, weights, "train.pretrained") if pretrained else builder(weights=None)
 
 
 def widen_input(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from stages.common.pretrained import WeightsUnavailable
 from stages.face.pca import fit_pca
 from stages.nets import backbone, losses
 from stages.face.warp import apply_warp, similarity
@@ -68,7 +69,7 @@ def test_unavailable_imagenet_weights_say_where_to_put_the_file(monkeypatch):
     def offline(weights=None):
         raise urllib.error.URLError("no network")
     monkeypatch.setitem(backbone.RESNETS, 18, (offline, backbone.RESNETS[18][1]))
-    with pytest.raises(backbone.WeightsUnavailable, match=r"no network.*resnet18-.*\.pth.*hub.*checkpoints"):
+    with pytest.raises(WeightsUnavailable, match=r"no network.*resnet18-.*\.pth.*hub.*checkpoints.*train.pretrained"):
         backbone.build_backbone(18, 5, pretrained=True)
 
 
@@ -136,3 +137,14 @@ def test_paper_network_runs_one_training_step_on_cpu():
     optimizer.step()
     assert torch.isfinite(loss)
     assert not any(torch.equal(b, fc.weight) for b, fc in zip(before, fcs))
+
+
+def test_the_coarse_detectors_unavailable_weights_say_where_to_put_the_file_and_the_key(monkeypatch):
+    from stages.coarse import model as coarse_model
+
+    def offline(weights=None):
+        if weights is not None:
+            raise urllib.error.URLError("no network")
+    monkeypatch.setattr(coarse_model.torchvision.models, "resnet18", offline)
+    with pytest.raises(WeightsUnavailable, match=r"no network.*resnet18-.*\.pth.*hub.*checkpoints.*coarse_train.pretrained"):
+        coarse_model._backbone_blocks("resnet18", pretrained=True)
