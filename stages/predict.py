@@ -364,7 +364,8 @@ def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", help="image files and folders of images")
     parser.add_argument("--out", required=True, help="output folder")
     camera = parser.add_mutually_exclusive_group()
-    camera.add_argument("--focal", type=float, help="focal length in px")
+    camera.add_argument("--focal", type=float, help="focal length in px (a face 10 m or more away counts as a "
+                        "failed PnP, as in infer)")
     camera.add_argument("--fov", type=float, help="horizontal field of view in degrees, across the image as "
                         "displayed (turned by its EXIF orientation, as cv2.imread reads it)")
     parser.add_argument("--principal", type=float, nargs=2, metavar=("CX", "CY"),

@@ -72,13 +72,14 @@ class BadInputs:
         """Add the records (key, file, reason) found and logged elsewhere (another process, an
         earlier run: `source` names it) whose key is not held yet -> how many were new. One line
         says how many, where a warning each would repeat every record once more in each process."""
-        new = [record for record in records if record["key"] not in self._keys]
-        for record in new:
-            self._keys.add(record["key"])
-            self.records.append({"key": record["key"], "file": str(record["file"]), "reason": record["reason"]})
-        if new:
-            log.info("%d skipped samples taken from %s", len(new), source)
-        return len(new)
+        before = len(self.records)
+        for record in records:
+            if record["key"] not in self._keys:
+                self._keys.add(record["key"])
+                self.records.append({"key": record["key"], "file": str(record["file"]), "reason": record["reason"]})
+        if len(self.records) > before:
+            log.info("%d skipped samples taken from %s", len(self.records) - before, source)
+        return len(self.records) - before
 
     def add_error(self, key: str, err: Exception) -> None:
         """Record a sample from its DataError (e.g. one returned by a worker process)."""

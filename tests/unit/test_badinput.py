@@ -97,7 +97,8 @@ def test_merged_records_are_added_once_in_order_with_one_line_of_log(caplog):
     _run(bad, ["a", "b"], {"b"})
     others = [{"key": "c", "file": "/data/c.jpg", "reason": "truncated"},
               {"key": "b", "file": "/data/b.json", "reason": "another reason"},
-              {"key": "d", "file": "/data/d.jpg", "reason": "empty"}]
+              {"key": "d", "file": "/data/d.jpg", "reason": "empty"},
+              {"key": "c", "file": "/data/c.json", "reason": "its label too"}]
     caplog.clear()
     with caplog.at_level(logging.DEBUG, logger="stages.common.badinput"):
         assert bad.merge(others, "the other processes") == 2
