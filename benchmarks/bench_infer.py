@@ -1,8 +1,10 @@
 """Inference throughput (flip & merge + PnP) against half the bare backbone's (docs/benchmarks.md "Inference").
 
-Reference (same process, same batch, channels and backbone input size): the torchvision ResNet
-trunk alone, forward only, on random tensors already on the device; flip & merge runs two
-passes per image, so the target is half its rate. Measured: stage infer's whole pipeline
+Reference (same process, channels and backbone input size, and the batch of the pipeline's
+forward: 2 x infer.batch_size with flip & merge, which runs each batch with its mirror in one
+forward): the torchvision ResNet trunk alone, forward only, on random tensors already on the
+device; flip & merge runs two passes per image, so the target is half its rate (the whole rate
+with --flip-merge none). Measured: stage infer's whole pipeline
 (stages.nets.inference.predict_store) on a memory-mapped crop store in a temporary folder:
 reading, one forward of the batch with its mirror, merge, unwarp, PnP in threads. The network
 has random weights scaled so that its landmarks stay near a face's projection (PnP then works
@@ -198,28 +200,33 @@ def main() -> None:
     references, fulls = [], [[] for _ in variants]
     with tempfile.TemporaryDirectory() as tmp:
         store = write_store(Path(tmp) / "crops", settings.batch_size * args.batches, crop, warp)
+        passes = 1 if settings.flip_merge == "none" else 2
         for _ in range(args.repeats):      # interleaved, so that all see the same machine load
-            references.append(reference_rate(train.depth, channels, settings.batch_size, size, args.batches,
+            references.append(reference_rate(train.depth, channels, passes * settings.batch_size, size, args.batches,
                                              settings.device, settings.amp))
             for rates, variant in zip(fulls, variants):
                 rates.append(pipeline_rate(model, store, perm, resources.camera, variant))
         for variant in variants if args.phases else []:
             print(f"cuda_graph {variant.cuda_graph}:")
             report_phases(model, store, perm, resources.camera, variant)
-    report_rates(references, fulls, variants)
+    report_rates(references, fulls, variants, passes)
 
 
-def report_rates(references: list[float], fulls: list[list[float]], variants: list[InferSettings]) -> None:
-    """Prints the reference's and each variant's runs (img/s), their medians and the ratios."""
-    reference = float(np.median(references))
+def report_rates(references: list[float], fulls: list[list[float]], variants: list[InferSettings],
+                 passes: int) -> None:
+    """Prints the reference's and each variant's runs (img/s), their medians and the ratios to
+    the reference's rate over the `passes` forwards an image takes."""
+    reference = float(np.median(references)) / passes
     print(f"runs (img/s): reference {', '.join(f'{r:.1f}' for r in references)}; inference "
           + "; ".join(f"(cuda_graph {v.cuda_graph}) {', '.join(f'{r:.1f}' for r in rates)}"
                       for v, rates in zip(variants, fulls)) + "; medians below")
-    print(f"reference (bare backbone forward, random tensors): {reference:8.1f} img/s (half: {reference / 2:.1f})")
+    print(f"reference (bare backbone forward, random tensors): {reference * passes:8.1f} img/s "
+          f"(over {passes} pass{'es' if passes > 1 else ''}: {reference:.1f})")
     for variant, rates in zip(variants, fulls):
         full = float(np.median(rates))
-        print(f"inference (read, 2 passes, merge, unwarp, PnP; cuda_graph {variant.cuda_graph}): {full:8.1f} img/s, "
-              f"ratio inference / (reference / 2): {full / (reference / 2):.3f}")
+        print(f"inference (read, {passes} pass{'es' if passes > 1 else ''}, merge, unwarp, PnP; cuda_graph "
+              f"{variant.cuda_graph}): {full:8.1f} img/s, ratio inference / (reference / {passes}): "
+              f"{full / reference:.3f}")
 
 
 if __name__ == "__main__":

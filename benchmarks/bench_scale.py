@@ -11,7 +11,8 @@ neutral scoring (per subject, quadratic in its frames up to pca.max_frames_per_s
 with N as it does when more data brings more subjects.
 
 The stages run in the pipeline's order, each on N and then 4N (so that both see the same load of a
-shared machine), each in its own child process (its own peak memory: VmHWM, benchmarks/proc.py) in
+shared machine), each in its own child process (its own peak memory: VmHWM, and its worker processes' largest,
+benchmarks/proc.py) in
 a project folder of its own: coarse_train (one epoch), coarse_predict (on the one-epoch detector),
 crop (on the given 68 landmarks, so that the crops do not depend on the detector's quality), pca,
 baseline (the N train rows' labels), train (one epoch), finetune (one epoch from that train
@@ -55,7 +56,7 @@ PREDICTOR_STAGES = ("infer", "evaluate", "submit")    # run in the project whose
 
 CHILD = r"""
 import json, sys, time
-from benchmarks.proc import peak_kb
+from benchmarks.proc import peak_kb, workers_peak_kb
 args = json.loads(sys.argv[1])
 from stages.common.params import check_params
 params, stage = check_params(args["params"], "bench_scale"), args["stage"]
@@ -63,7 +64,8 @@ import importlib
 module = importlib.import_module(f"stages.{stage}")
 start = time.perf_counter()
 module.run(params, *args["args"])
-print(json.dumps({"wall": time.perf_counter() - start, "maxrss_kb": peak_kb()}))
+wall = time.perf_counter() - start
+print(json.dumps({"wall": wall, "maxrss_kb": peak_kb(), "workers_maxrss_kb": workers_peak_kb()}))
 """
 
 
@@ -82,18 +84,22 @@ def marginal_seconds(wall: tuple[float, float], images: tuple[int, int]) -> floa
 
 def real_work(paper: Params) -> dict[str, tuple[int, int, str]]:
     """Per stage: (images per pass, passes, what they are) on the real data, with the paper
-    profile's epochs (the val split: split.val_fraction of the training list)."""
+    profile's epochs (the val split: split.val_fraction of the training list). The training
+    stages count the whole list an epoch: its train split and its val pass, at the training
+    rate (an upper bound: validation is the forward alone); evaluate and submit run once for
+    each of the two predictors (infer, baseline)."""
     val = round(REAL_TRAIN * paper.split.val_fraction)
-    return {"coarse_train": (REAL_TRAIN, paper.coarse_train.epochs, "train images x coarse_train.epochs"),
+    listed = "train list (train split + val pass)"
+    return {"coarse_train": (REAL_TRAIN, paper.coarse_train.epochs, f"{listed} x coarse_train.epochs"),
             "coarse_predict": (REAL_IMAGES, 1, "all images"),
             "crop": (REAL_IMAGES, 1, "all images"),
-            "pca": (REAL_IMAGES, 1, "all labels (upper bound: train + val)"),
+            "pca": (REAL_TRAIN, 1, "train + val labels"),
             "baseline": (REAL_TRAIN - val, 1, "train labels"),
-            "train": (REAL_TRAIN, paper.train.epochs, "train images x train.epochs"),
-            "finetune": (REAL_TRAIN, paper.finetune.epochs, "train images x finetune.epochs"),
+            "train": (REAL_TRAIN, paper.train.epochs, f"{listed} x train.epochs"),
+            "finetune": (REAL_TRAIN, paper.finetune.epochs, f"{listed} x finetune.epochs"),
             "infer": (val + REAL_TEST, 1, "val + test images"),
-            "evaluate": (val + REAL_TEST, 1, "val + test predictions"),
-            "submit": (REAL_TEST, 1, "test predictions")}
+            "evaluate": (val + REAL_TEST, 2, "val + test predictions x 2 predictors"),
+            "submit": (REAL_TEST, 2, "test predictions x 2 predictors")}
 
 
 def base_and_val(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -189,8 +195,9 @@ def run_stage(stage: str, params: Params, project: Path, root: Path) -> dict:
 def table(results: dict, counts: dict, paper: Params) -> list[str]:
     """The printed table's lines."""
     work = real_work(paper)
-    lines = ["| stage | images/s (N, 4N) | peak MiB (N, 4N) | 4N/N time, peak | s/image (margin) "
-             "| real images x passes | hours on 447k (paper epochs) |", "|---|---|---|---|---|---|---|"]
+    lines = ["| stage | images/s (N, 4N) | peak MiB (N, 4N) | workers' peak MiB (N, 4N) | 4N/N time, peak "
+             "| s/image (margin) | real images x passes | hours on 447k (paper epochs) |",
+             "|---|---|---|---|---|---|---|---|"]
     total = 0.0
     for stage, (small, large) in results.items():
         images = (counts["N"][stage], counts["4N"][stage])
@@ -199,10 +206,12 @@ def table(results: dict, counts: dict, paper: Params) -> list[str]:
         hours = extrapolate_hours(per_image, count, passes)
         total += hours
         peak = (small["maxrss_kb"] / 1024, large["maxrss_kb"] / 1024)
+        workers = (small["workers_maxrss_kb"] / 1024, large["workers_maxrss_kb"] / 1024)
         lines.append(f"| {stage} | {images[0] / small['wall']:.1f}, {images[1] / large['wall']:.1f} "
-                     f"| {peak[0]:.0f}, {peak[1]:.0f} | {large['wall'] / small['wall']:.2f}, {peak[1] / peak[0]:.2f} "
+                     f"| {peak[0]:.0f}, {peak[1]:.0f} | {workers[0]:.0f}, {workers[1]:.0f} "
+                     f"| {large['wall'] / small['wall']:.2f}, {peak[1] / peak[0]:.2f} "
                      f"| {per_image * 1e3:.1f} ms | {count:,} x {passes} ({what}) | {hours:.1f} |")
-    lines.append(f"| total | | | | | | {total:.1f} ({total / 24:.1f} days) |")
+    lines.append(f"| total | | | | | | | {total:.1f} ({total / 24:.1f} days) |")
     return lines
 
 
@@ -233,12 +242,13 @@ def main() -> None:
             fig = run_stage(stage, params, folder / f"project_{label}", root)
             results[stage].append(fig)
             print(f"{stage} {label}: {counts[label][stage]} images in {fig['wall']:.1f} s "
-                  f"({counts[label][stage] / fig['wall']:.1f} images/s), peak RSS {fig['maxrss_kb'] / 1024:.0f} MiB",
+                  f"({counts[label][stage] / fig['wall']:.1f} images/s), peak RSS {fig['maxrss_kb'] / 1024:.0f} MiB, "
+                  f"its workers' {fig['workers_maxrss_kb'] / 1024:.0f} MiB",
                   flush=True)
     print("\n".join(table(results, counts, paper)))
     print(f"hours: marginal seconds per image at these sizes x the real counts x the paper's epochs "
           f"(coarse_train {paper.coarse_train.epochs}, train {paper.train.epochs}, finetune {paper.finetune.epochs}); "
-          f"the val passes of each epoch are not in the total")
+          f"each epoch's val pass counted with its training images at the training rate (an upper bound)")
     print(f"data in {folder}")
 
 

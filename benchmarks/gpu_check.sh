@@ -61,7 +61,7 @@ step tests_cuda 250 python -m pytest -q -p no:cacheprovider $cuda_tests -k "cuda
 in_project bench_train 100 python -m benchmarks.bench_train --params params.yaml --best-reference --set train.compile=true \
   --steps 10 --rounds 3
 in_project bench_coarse_predict 45 python -m benchmarks.bench_coarse_predict --params params.yaml --split train --images 1024
-step bench_crop 60 python -m benchmarks.bench_crop --synth --keep "$work/bench_crop"
+in_project bench_crop 60 python -m benchmarks.bench_crop --params params.yaml --synth --keep "$work/bench_crop"
 in_project bench_coarse_item 40 python -m benchmarks.bench_coarse item --params params.yaml --images 200 --rounds 3
 for augment in opencv torch; do          # the OpenCV path, its photometric augmentation in the workers / on the GPU
   in_project "bench_coarse_augment_$augment" 100 python -m benchmarks.bench_coarse --params params.yaml --steps 12 --rounds 2 \

@@ -1,9 +1,10 @@
 """Shared by the benchmarks that run a stage in a child process (bench_data, bench_scale): the
-child's own peak resident memory and the call that starts it."""
+child's own peak resident memory, its worker processes' and the call that starts it."""
 from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,15 @@ def peak_kb() -> int:
     the forking parent's across exec)."""
     line = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
     return int(line.split()[1])
+
+
+def workers_peak_kb() -> int:
+    """The largest peak resident set in KiB of this process's finished child processes (loader
+    workers, joblib's loky workers: the reusable pool is shut down first, so that its workers are
+    waited for), as /usr/bin/time -v counts a process tree; 0 without children."""
+    from joblib.externals.loky import get_reusable_executor
+    get_reusable_executor().shutdown(wait=True)
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 
 
 def run_child(code: str, name: str, settings: dict, cwd: Path = REPO) -> dict:

@@ -13,6 +13,7 @@ from benchmarks.bench_data import replicate
 from benchmarks.bench_infer import bench_model, write_store
 from benchmarks.bench_pnp import chunk_shapes, chunk_times
 from benchmarks.bench_scale import extrapolate_hours, marginal_seconds, real_work
+from benchmarks.proc import run_child
 from benchmarks.bench_train import bench_params
 from stages.common.params import load_params
 from stages.synthetic.topology import N_VERTS
@@ -72,8 +73,19 @@ def test_bench_scale_real_work_counts_the_real_images_and_the_paper_epochs():
     assert work["finetune"][:2] == (356_640, 4)
     val, test = 71_328, 447_185 - 356_640                 # the val split: 0.2 of the training list
     assert work["crop"][:2] == (447_185, 1) and work["infer"][:2] == (val + test, 1)
-    assert work["baseline"][:2] == (356_640 - val, 1)
-    assert work["evaluate"][:2] == (val + test, 1) and work["submit"][:2] == (test, 1)
+    assert work["baseline"][:2] == (356_640 - val, 1) and work["pca"][:2] == (356_640, 1)      # train + val labels
+    assert work["evaluate"][:2] == (val + test, 2) and work["submit"][:2] == (test, 2)       # infer's and baseline's
+
+
+def test_a_childs_workers_peak_counts_the_loky_pool_it_leaves_running():
+    code = ("import json, sys, numpy as np\n"
+            "from benchmarks.proc import peak_kb, workers_peak_kb\n"
+            "from stages.common.processes import ordered_map\n"
+            "def work(n):\n    return float(np.ones(n).sum())\n"
+            "list(ordered_map(work, [(40_000_000,), (10,)], 2))\n"    # 320 MB in a loky worker, a number back
+            "print(json.dumps({'self': peak_kb(), 'workers': workers_peak_kb()}))")
+    peaks = run_child(code, "workers", {})
+    assert peaks["workers"] > 300_000 > peaks["self"]
 
 
 def test_replicated_rows_are_new_subjects_of_the_same_size_linked_to_the_originals(tmp_path):
