@@ -188,7 +188,8 @@ def run_stage(stage: str, params: Params, project: Path, root: Path) -> dict:
     if stage == "infer":
         infer_project(cwd, project)
     elif stage in PREDICTOR_STAGES:
-        params = params.replace(data={"root": str(predictions_view(cwd, root)), "test_gt": ""})
+        no_labels = str(REPO / "data/no_test_gt")                # evaluate: test drawn, not scored
+        params = params.replace(data={"root": str(predictions_view(cwd, root)), "test_gt": no_labels})
     return run_child(CHILD, stage, {"stage": stage, "params": params.as_dict(), "args": args}, cwd=cwd)
 
 
