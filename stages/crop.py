@@ -10,7 +10,8 @@ Writes artifacts/crop/:
   {train,val,test}/images.npy, warps.npy, inv_warps.npy, index.csv   (stages/common/cropstore.py)
   metrics.json   per split: time and throughput; train/val: roll of the GT pose and angle of the
                  GT eye line inside the crop (degrees), fraction of images whose whole projected
-                 mesh lies inside the crop
+                 mesh lies inside the crop, mean offset (x, y px) of the landmarks that placed the
+                 crops from the labels' projection (with given68: the files' pixel convention)
   skipped.csv    samples skipped as bad input (with data.skip_bad)
 Work in progress lives in artifacts/crop.partial/; an interrupted run resumes there.
 """
@@ -193,9 +194,11 @@ def crop_split(writer: CropStoreWriter, root: Path, table: pd.DataFrame, rows: n
     return failed
 
 
-def _quality_chunk(paths: list[str], warps: np.ndarray, camera: Camera, kpt_ind: np.ndarray, n_verts: int,
-                   size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Worker process: crop_quality of the rows whose info file reads -> (roll, eye line, inside)."""
+def _quality_chunk(paths: list[str], warps: np.ndarray, landmarks: np.ndarray, camera: Camera, kpt_ind: np.ndarray,
+                   n_verts: int, size: int) -> tuple[np.ndarray, ...]:
+    """Worker process: crop_quality of the rows whose info file reads -> (roll, eye line, inside,
+    offset (n, 2): the mean of the landmarks (n, L, 2) that placed the crop less the labels' projected
+    ones, full px)."""
     verts, poses, kept = [], [], []
     for index, path in enumerate(paths):
         try:
@@ -206,30 +209,36 @@ def _quality_chunk(paths: list[str], warps: np.ndarray, camera: Camera, kpt_ind:
         poses.append(pose)
         kept.append(index)
     if not kept:
-        return np.zeros(0), np.zeros(0), np.zeros(0, bool)
-    result = crop_quality(camera, np.stack(verts), np.stack(poses), warps[kept], kpt_ind, size)
-    return result["roll_deg"], result["eye_line_deg"], result["inside"]
+        return np.zeros(0), np.zeros(0), np.zeros(0, bool), np.zeros((0, 2))
+    verts, poses = np.stack(verts), np.stack(poses)
+    result = crop_quality(camera, verts, poses, warps[kept], kpt_ind, size)
+    offset = (landmarks[kept] - camera.project(verts[:, kpt_ind], poses)).mean(1)
+    return result["roll_deg"], result["eye_line_deg"], result["inside"], offset
 
 
-def quality(root: Path, table: pd.DataFrame, warps: np.ndarray, valid: np.ndarray,
+def quality(root: Path, table: pd.DataFrame, warps: np.ndarray, landmarks: np.ndarray, valid: np.ndarray,
             resources: Resources, size: int, workers: int = 1, chunk: int = 1024) -> dict:
-    """GT roll / eye line in the crop and inside fraction over the valid rows with readable info.
-    The info files are read in chunks on `workers` processes, which return three numbers per row
-    (the meshes never gather in this process)."""
+    """GT roll / eye line in the crop, inside fraction, and the mean offset (x, y) of the landmarks
+    (N, L, 2) that placed the crops from the labels' projected ones, over the valid rows with
+    readable info. With crop.source given68 the offset tells the files' pixel convention: about
+    0 where they round continuous coordinates (as read_landmarks takes them), about -0.5 where
+    they hold OpenCV's pixel indices or truncate (the crops then sit half a pixel off). The info
+    files are read in chunks on `workers` processes, which return five numbers per row (the
+    meshes never gather in this process)."""
     rows = np.flatnonzero(valid)
     paths = sample_files(root, table, "info")
     parts = [rows[i:i + chunk] for i in range(0, len(rows), chunk)]
-    jobs = (delayed(_quality_chunk)([paths[i] for i in part], warps[part], resources.camera, resources.kpt_ind,
-                                    resources.n_verts, size) for part in parts)
+    jobs = (delayed(_quality_chunk)([paths[i] for i in part], warps[part], landmarks[part], resources.camera,
+                                    resources.kpt_ind, resources.n_verts, size) for part in parts)
     results = Parallel(n_jobs=max(workers, 1) if len(parts) > 1 else 1)(jobs)
     if not results or not sum(len(r[0]) for r in results):
         return {"images": 0}
-    roll, eyes, inside = (np.concatenate(column) for column in zip(*results))
+    roll, eyes, inside, offset = (np.concatenate(column) for column in zip(*results))
     roll, eyes = np.abs(roll), np.abs(eyes)
     return {"images": len(roll), "roll_abs_median_deg": float(np.median(roll)),
             "roll_abs_p95_deg": float(np.percentile(roll, 95)), "eye_line_abs_median_deg": float(np.median(eyes)),
             "eye_line_abs_p95_deg": float(np.percentile(eyes, 95)),
-            "inside_fraction": float(inside.mean())}
+            "inside_fraction": float(inside.mean()), "landmark_offset_mean_px": offset.mean(0).tolist()}
 
 
 def run(params: Params, out: Path = Path("artifacts/crop"), coarse_dir: Path = Path("artifacts/coarse_predict"),
@@ -263,7 +272,8 @@ def run(params: Params, out: Path = Path("artifacts/crop"), coarse_dir: Path = P
         metrics[split] = {"seconds": seconds, "images_per_second": writers[split].made / max(seconds, 1e-9),
                           "resumed": writers[split].resumed, "skipped": int(skipped[split].sum())}
         if split != "test":
-            metrics[split].update(quality(root, table, warps, ~skipped[split], resources, cfg.size, data.workers))
+            metrics[split].update(quality(root, table, warps, landmarks, ~skipped[split], resources, cfg.size,
+                                          data.workers))
     with atomic_dir(out) as tmp:
         bad.finish(tmp, total=sum(len(t) for t in tables.values()))
         for split in SPLITS:

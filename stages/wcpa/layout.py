@@ -292,7 +292,9 @@ class Resources:
 
 
 def load_resources(root: Path | str) -> Resources:
-    """Read resources/ of a data root; the image size is `data_image_size`'s."""
+    """Read resources/ of a data root; the image size is `data_image_size`'s, which reads the
+    train list and its first images: every caller reads list/ and image/ too (a stage that does
+    not list them as deps depends on the image size only through the crops, whose stage does)."""
     root = Path(root)
     res = root / "resources"
     if not (res / "example.obj").is_file():

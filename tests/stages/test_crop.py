@@ -2,6 +2,7 @@
 the torch path (crop.decode) against the OpenCV path."""
 import io
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -23,8 +24,8 @@ from stages.common.cropstore import CropStoreWriter
 from stages.common.params import load_params
 from stages.face.warp import apply_warp, eye_line_angle
 from stages.nets.dataset import CropStore
-from stages.wcpa.layout import (DataError, image_path, info_path, load_labels, load_resources, list_path, read_image,
-                                read_list, write_list)
+from stages.wcpa.layout import (DataError, image_path, info_path, landmarks_path, load_labels, load_resources,
+                                list_path, read_image, read_list, write_landmarks, write_list)
 from tests.stages.tiny_data import write_tiny_root
 from tests.tiny_project import interrupt_after
 
@@ -86,6 +87,25 @@ def test_store_is_aligned_with_the_lists_and_levels_the_eyes(tiny):
     assert metrics["val"]["inside_fraction"] == 1.0
     assert json.loads((tmp / "crop/metrics.json").read_text())["train"]["images"] == 8
     assert not (tmp / "crop.partial").exists()
+
+
+def test_the_landmark_offset_tells_the_given_files_pixel_convention(tiny):
+    """The given68 files round continuous coordinates (as the synthetic writer does): the mean
+    offset of the landmarks that placed the crops from the labels' projection is about 0; files
+    holding OpenCV's pixel indices (half a pixel less, rounded) show about -0.5."""
+    params, tmp, split_dir, coarse_dir = tiny
+    params = params.replace(crop={"source": "given68", "detector": []})
+    offset = run(params, tmp, split_dir, coarse_dir)["train"]["landmark_offset_mean_px"]
+    assert np.abs(offset).max() < 0.1
+    root = tmp / "data"
+    resources = load_resources(root)
+    train = read_list(split_dir / "train.csv")
+    verts, poses = load_labels(root, train, resources.n_verts)
+    for row, points in zip(train.itertuples(index=False), project_landmarks(resources, verts, poses)):
+        write_landmarks(landmarks_path(root, row), points - 0.5)
+    shutil.rmtree(tmp / "crop")
+    offset = run(params, tmp, split_dir, coarse_dir)["train"]["landmark_offset_mean_px"]
+    assert np.abs(np.asarray(offset) + 0.5).max() < 0.1
 
 
 def _corrupt_second_train_image(tmp, split_dir):
