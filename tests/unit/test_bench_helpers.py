@@ -2,6 +2,10 @@
 the params of bench_train --profile / --set, bench_scale's extrapolation arithmetic and its
 replicated rows, and the chunk timings of bench_pnp --chunks."""
 import argparse
+import importlib
+import re
+import shlex
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -140,3 +144,40 @@ def test_bench_val_case_is_solved_to_its_noise_on_any_thread_count():
     assert figures[0]["pnp_failed"] == 0 and figures[0]["score"] < 30
     assert figures[0]["landmark_full_px"] == pytest.approx(np.sqrt(np.pi / 2), abs=0.1)
     assert set(phase_seconds(case, 2)) == {"all", "pnp", "errors"}
+
+
+def gpu_check_commands() -> list[tuple[str, list[str]]]:
+    """(module, argv) of every `python -m benchmarks.<module> ...` of benchmarks/gpu_check.sh, its
+    continuation lines joined and its shell variables given example values."""
+    script = (ROOT / "benchmarks/gpu_check.sh").read_text().replace("\\\n", " ")
+    values = {"${FINETUNE_SET:+--set $FINETUNE_SET}": "", "${COARSE_SET:+--set $COARSE_SET}": "",
+              "${COMPILED_DECODE:-opencv}": "opencv", "$augment": "opencv", "$work": "/tmp/work", "$rows": "2048",
+              "$profile": "gpu"}
+    commands = []
+    for line in script.splitlines():
+        match = re.search(r"python -m (benchmarks\.\w+)(.*)", line)
+        if match:
+            args = match.group(2)
+            for name, value in values.items():
+                args = args.replace(name, value)
+            assert "$" not in args, f"gpu_check.sh: give {args!r} an example value here"
+            commands.append((match.group(1), shlex.split(args)))
+    return commands
+
+
+class _Parsed(Exception):
+    """Raised by the patched parse_args once a command line has parsed."""
+
+
+@pytest.mark.parametrize("module, argv", gpu_check_commands(), ids=lambda value: str(value)[:60])
+def test_every_gpu_check_command_line_parses(module, argv, monkeypatch):
+    """A GPU session is minutes long: a misspelt option in gpu_check.sh would spend one."""
+    parse = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        parse(self, args, namespace)
+        raise _Parsed
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    monkeypatch.setattr(sys, "argv", [module, *argv])
+    with pytest.raises(_Parsed):
+        importlib.import_module(module).main()
