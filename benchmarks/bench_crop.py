@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -72,8 +73,10 @@ def synthetic_val(params: Params, folder: Path, count: int) -> tuple[Path, pd.Da
     landmarks, _ = crop.load_landmarks("given68", "val", root, table, resources, folder, bad)
     cfg = params.crop
     reference = reference_shape(resources.template, resources.kpt_ind, cfg.size, cfg.margin)
-    warps = crop.warps_of(landmarks, reference, cfg.rotation, resources.camera,
-                          resources.template[resources.kpt_ind], params.data.workers)
+    warps, problems = crop.warps_of(landmarks, reference, cfg.rotation, resources.camera,
+                                    resources.template[resources.kpt_ind], params.data.workers)
+    if problems:
+        raise RuntimeError(f"no crop warp fits {len(problems)} synthetic faces: {next(iter(problems.values()))}")
     return root, table, warps
 
 
@@ -111,15 +114,17 @@ class CropLoops:
         torch.cuda.synchronize(device)
 
     def crop(self, device: torch.device | None, name: str) -> None:
-        """The crop stage's loop into work/<name> (its images kept for the comparison)."""
+        """The crop stage's loop into work/<name> (its images kept for the comparison), afresh: an
+        earlier run's folder would be resumed with every crop done."""
+        shutil.rmtree(self.work / name, ignore_errors=True)
         writer = CropStoreWriter(self.work / name, self.table, self.warps, self.size)
-        writer.done[:] = False
         crop.crop_split(writer, self.root, self.table, np.arange(len(self.table)), self.size, self.shape,
                         self.chunk, self.workers, BadInputs(skip=False, max_fraction=0.0), f"bench crop {name}",
                         device)
 
     def store(self, name: str) -> np.ndarray:
-        return np.load(self.work / name / "images.npy", mmap_mode="r")
+        """The crops (N, S, S, 3) the loop `name` wrote (its work folder's values)."""
+        return np.load(self.work / name / "values.npy", mmap_mode="r")
 
 
 def jpeg_vs_store(store: Path, batch: int, seed: int) -> tuple[float, float]:
@@ -179,7 +184,7 @@ def main() -> None:
     diff = np.abs(np.asarray(loops.store("opencv"), dtype=np.int16) - np.asarray(loops.store("torch")))
     print(f"crops torch vs OpenCV: max {diff.max()}, mean {diff.mean():.5f} grey levels, "
           f"{100 * (diff > 0).mean():.3f} % of the values differ")
-    store = Path("artifacts/crop/val/images.npy") if use_artifacts else folder / "work/opencv/images.npy"
+    store = Path("artifacts/crop/val/images.npy") if use_artifacts else folder / "work/opencv/values.npy"
     jpeg_s, store_s = jpeg_vs_store(store, args.batch, params.seed)
     print(f"batch of {args.batch} crops: JPEG decode {jpeg_s * 1e3:.2f} ms vs store read {store_s * 1e3:.2f} ms: "
           f"ratio {jpeg_s / store_s:.1f} (target >= 5)")

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from benchmarks.bench_coarse_predict import pass_errors
+from benchmarks.bench_crop import CropLoops, synthetic_val
 from benchmarks.bench_data import replicate
 from benchmarks.bench_infer import bench_model, write_store
 from benchmarks.bench_pnp import chunk_shapes, chunk_times
@@ -144,6 +145,18 @@ def test_bench_val_case_is_solved_to_its_noise_on_any_thread_count():
     assert figures[0]["pnp_failed"] == 0 and figures[0]["score"] < 30
     assert figures[0]["landmark_full_px"] == pytest.approx(np.sqrt(np.pi / 2), abs=0.1)
     assert set(phase_seconds(case, 2)) == {"all", "pnp", "errors"}
+
+
+def test_bench_crops_synthetic_images_crop_on_both_paths(tmp_path):
+    """bench_crop --synth, which gpu_check runs: 9 synthetic faces through both decode paths."""
+    params = load_params(ROOT / "params.yaml").replace(data={"workers": 2}, crop={"chunk": 4})
+    root, table, warps = synthetic_val(params, tmp_path, 9)
+    assert warps.shape == (9, 2, 3) and np.isfinite(warps).all()
+    loops = CropLoops(params, root, table, warps, tmp_path / "work")
+    for name in ("opencv", "torch"):
+        loops.crop(None if name == "opencv" else torch.device("cpu"), name)
+        assert loops.store(name).reshape(9, -1).max(1).min() > 0
+    assert np.abs(loops.store("opencv").astype(int) - loops.store("torch")).mean() < 0.5
 
 
 def gpu_check_commands() -> list[tuple[str, list[str]]]:
