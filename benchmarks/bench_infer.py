@@ -220,7 +220,8 @@ def report_rates(references: list[float], fulls: list[list[float]], variants: li
     print(f"runs (img/s): reference {', '.join(f'{r:.1f}' for r in references)}; inference "
           + "; ".join(f"(cuda_graph {v.cuda_graph}) {', '.join(f'{r:.1f}' for r in rates)}"
                       for v, rates in zip(variants, fulls)) + "; medians below")
-    print(f"reference (bare backbone forward, random tensors): {reference * passes:8.1f} img/s "
+    print(f"reference (bare backbone forward, random tensors, batch {passes} x infer.batch_size): "
+          f"{reference * passes:8.1f} img/s "
           f"(over {passes} pass{'es' if passes > 1 else ''}: {reference:.1f})")
     for variant, rates in zip(variants, fulls):
         full = float(np.median(rates))

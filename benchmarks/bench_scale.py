@@ -87,9 +87,9 @@ def real_work(paper: Params) -> dict[str, tuple[int, int, str]]:
     profile's epochs (the val split: split.val_fraction of the training list). The training
     stages count the whole list an epoch: its train split and its val pass, at the training
     rate (an upper bound: validation is the forward alone); evaluate and submit run once for
-    each of the two predictors (infer, baseline)."""
+    each of submit.predictors."""
     val = round(REAL_TRAIN * paper.split.val_fraction)
-    listed = "train list (train split + val pass)"
+    listed, predictors = "train list (train split + val pass)", len(paper.submit.predictors)
     return {"coarse_train": (REAL_TRAIN, paper.coarse_train.epochs, f"{listed} x coarse_train.epochs"),
             "coarse_predict": (REAL_IMAGES, 1, "all images"),
             "crop": (REAL_IMAGES, 1, "all images"),
@@ -98,8 +98,8 @@ def real_work(paper: Params) -> dict[str, tuple[int, int, str]]:
             "train": (REAL_TRAIN, paper.train.epochs, f"{listed} x train.epochs"),
             "finetune": (REAL_TRAIN, paper.finetune.epochs, f"{listed} x finetune.epochs"),
             "infer": (val + REAL_TEST, 1, "val + test images"),
-            "evaluate": (val + REAL_TEST, 2, "val + test predictions x 2 predictors"),
-            "submit": (REAL_TEST, 2, "test predictions x 2 predictors")}
+            "evaluate": (val + REAL_TEST, predictors, f"val + test predictions x {predictors} predictors"),
+            "submit": (REAL_TEST, predictors, f"test predictions x {predictors} predictors")}
 
 
 def base_and_val(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -2,6 +2,7 @@
 child's own peak resident memory, its worker processes' and the call that starts it."""
 from __future__ import annotations
 
+import gc
 import json
 import os
 import resource
@@ -24,6 +25,7 @@ def workers_peak_kb() -> int:
     workers, joblib's loky workers: the reusable pool is shut down first, so that its workers are
     waited for), as /usr/bin/time -v counts a process tree; 0 without children."""
     from joblib.externals.loky import get_reusable_executor
+    gc.collect()                         # loader iterators left for the collector shut their workers
     get_reusable_executor().shutdown(wait=True)
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 
