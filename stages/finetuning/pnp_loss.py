@@ -84,13 +84,19 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     samples, and DDP averages the processes' gradients: the sum is then divided by the mask's
     count over all the processes, over N, so that every accepted sample of the global batch
     weighs alike whatever the process it fell to (a process with none accepted adds 0)."""
-    values = torch.where(mask, values, torch.zeros_like(values))
+    return masked_means(mask, values)[0]
+
+
+def masked_means(mask: torch.Tensor, *values: torch.Tensor) -> list[torch.Tensor]:
+    """`masked_mean` of each of `values` (B,) over the one mask (B,), its count all-reduced once."""
     count = mask.sum()
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         count = count.to(torch.float64)
         dist.all_reduce(count)
-        return values.sum() / (count.clamp_min(1) / dist.get_world_size()).to(values.dtype)
-    return values.sum() / count.clamp_min(1)
+        count = count.clamp_min(1) / dist.get_world_size()
+    else:
+        count = count.clamp_min(1)
+    return [torch.where(mask, v, torch.zeros_like(v)).sum() / count.to(v.dtype) for v in values]
 
 
 def pnp_terms(out: dict, batch: dict, settings: PnPSettings, generator: torch.Generator | None = None,
@@ -102,14 +108,15 @@ def pnp_terms(out: dict, batch: dict, settings: PnPSettings, generator: torch.Ge
     pose), K (B, 3, 3), pnp_inv_warps (B, 2, 3) (PoseBatches'). layer: `sample_terms`' signature without its
     keywords (default: sample_terms with these settings and generator; `pnp_layer` builds
     either). Returns pnp (eq. 5, mm) and mc (nats), scalars with gradients, and the diagnostics
-    valid (B,) bool and ess (B,) (detached).
+    valid (B,) bool and ess (the accepted samples' mean effective sample size, detached), the
+    three means over one count of the accepted samples (masked_means).
     """
     layer = layer or pnp_layer(settings, generator)
     inputs = (out["mu"], out["sigma"], out["verts"], batch["pnp_inv_warps"], batch["R_gt"], batch["t_gt"], batch["K"],
               batch["verts"])
     pnp, mc, valid, ess = layer(*(x.to(settings.dtype) for x in inputs))
-    return {"pnp": MM_PER_M * masked_mean(pnp, valid).float(), "mc": masked_mean(mc, valid).float(),
-            "valid": valid.detach(), "ess": ess.detach()}
+    pnp, mc, ess = masked_means(valid, pnp, mc, ess.detach())
+    return {"pnp": MM_PER_M * pnp.float(), "mc": mc.float(), "valid": valid.detach(), "ess": ess.float()}
 
 
 def pnp_layer(settings: PnPSettings, generator: torch.Generator | None = None, cuda_graph: bool = False) -> Callable:

@@ -31,7 +31,7 @@ from stages.common.params import (FinetuneParams, Params, ParamsError, TrainPara
 from stages.common.resume import fingerprint
 from stages.common.schema import OPTIMIZATION
 from stages.finetuning.batches import PoseBatches
-from stages.finetuning.pnp_loss import PnPSettings, masked_mean, pnp_layer, pnp_terms
+from stages.finetuning.pnp_loss import PnPSettings, pnp_layer, pnp_terms
 from stages.nets.trainer import Trainer, TrainPaths, log_epoch, reframe_limits, replay_live
 from stages.wcpa.camera import Camera
 
@@ -184,7 +184,7 @@ class FinetuneTrainer(Trainer):
         self.generator.manual_seed(self.seed * STEP_SEED_STRIDE + step * self.ctx.world + self.ctx.rank)
         pnp = pnp_terms(out, batch, self.pnp, self.generator, self.layer)
         return {**terms, "pnp": pnp["pnp"], "mc": pnp["mc"], "pnp_valid": pnp["valid"].float().mean(),
-                "pnp_ess": masked_mean(pnp["ess"].float(), pnp["valid"])}
+                "pnp_ess": pnp["ess"]}
 
 
 def run_finetune(params: Params, paths: FinetunePaths, camera: Camera) -> dict:
